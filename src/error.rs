@@ -1,0 +1,51 @@
+//! The library's error type. Every variant names the offending value and what is accepted.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid {what} {value:?}; accepted: {accepted}")]
+    InvalidValue {
+        what: &'static str,
+        value: String,
+        accepted: String,
+    },
+
+    #[error("{path}: {message}")]
+    Config { path: String, message: String },
+
+    #[error("architecture {model_type:?} is not supported yet ({reason}); supported model_type values: {supported}")]
+    Unsupported {
+        model_type: String,
+        reason: String,
+        supported: String,
+    },
+
+    #[error("model {name:?} not found: it is not a built-in preset (see `llm-mem models`), not a path to a config.json or its folder, and not a model id in the local Hugging Face cache ({cache})")]
+    ModelNotFound { name: String, cache: String },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: invalid safetensors file: {message}")]
+    Safetensors { path: PathBuf, message: String },
+
+    #[error("impossible layout: {0}")]
+    Layout(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(what: &'static str, value: impl ToString, accepted: impl Into<String>) -> Error {
+        Error::InvalidValue {
+            what,
+            value: value.to_string(),
+            accepted: accepted.into(),
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! llm-mem: how much GPU memory each device needs to train, fine-tune or serve an LLM.
+//!
+//! The estimator core (`model`, `params`, `workload`, `activations`, `timeline`,
+//! `estimate`) is pure: no I/O, no candle, no CUDA. Model sources that touch the disk
+//! (`hub`, `safetensors`) and output formats (`report`) sit around it. See
+//! ARCHITECTURE.md for the code map.
+
+pub mod activations;
+pub mod bytes;
+pub mod config;
+pub mod dtype;
+pub mod error;
+pub mod estimate;
+pub mod gpu;
+pub mod hub;
+pub mod model;
+pub mod params;
+pub mod presets;
+pub mod report;
+pub mod safetensors;
+pub mod timeline;
+pub mod workload;
+
+pub use bytes::Bytes;
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use model::{Family, ModelSpec};
