@@ -26,10 +26,15 @@ pub enum Family {
     GptNeox,
     Falcon,
     Stablelm,
+    Bloom,
+    GptBigcode,
+    Phi,
+    /// Qwen-1 (remote code, `QWenLMHeadModel`).
+    Qwen,
 }
 
 impl Family {
-    pub const ALL: [Family; 11] = [
+    pub const ALL: [Family; 15] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
@@ -41,6 +46,10 @@ impl Family {
         Family::GptNeox,
         Family::Falcon,
         Family::Stablelm,
+        Family::Bloom,
+        Family::GptBigcode,
+        Family::Phi,
+        Family::Qwen,
     ];
 
     pub fn model_type(self) -> &'static str {
@@ -56,6 +65,10 @@ impl Family {
             Family::GptNeox => "gpt_neox",
             Family::Falcon => "falcon",
             Family::Stablelm => "stablelm",
+            Family::Bloom => "bloom",
+            Family::GptBigcode => "gpt_bigcode",
+            Family::Phi => "phi",
+            Family::Qwen => "qwen",
         }
     }
 
@@ -194,6 +207,10 @@ pub struct ModelSpec {
     pub qkv_bias: bool,
     pub o_bias: bool,
     pub mlp_bias: bool,
+    /// Phi-1/2 give the output head a bias.
+    pub lm_head_bias: bool,
+    /// BLOOM normalises the embeddings (`word_embeddings_layernorm`).
+    pub embed_norm: bool,
     /// Qwen3 q_norm / k_norm (RMSNorm over head_dim).
     pub qk_norm: bool,
     pub positions: Positions,
@@ -268,11 +285,11 @@ impl ModelSpec {
         };
         let mut v = Vec::new();
         match self.family {
-            Family::Gpt2 => {
+            Family::Gpt2 | Family::GptBigcode | Family::Qwen => {
                 v.push(l("c_attn", h, qd + 2 * kvd, self.qkv_bias, Qkv));
                 v.push(l("c_proj", qd, h, self.o_bias, O));
             }
-            Family::GptNeox | Family::Falcon => {
+            Family::GptNeox | Family::Falcon | Family::Bloom => {
                 v.push(l("query_key_value", h, qd + 2 * kvd, self.qkv_bias, Qkv));
                 v.push(l("dense", qd, h, self.o_bias, O));
             }
@@ -284,15 +301,27 @@ impl ModelSpec {
                 v.push(l("q_proj", h, qd, self.qkv_bias, Q));
                 v.push(l("k_proj", h, kvd, self.qkv_bias, K));
                 v.push(l("v_proj", h, kvd, self.qkv_bias, V));
-                v.push(l("o_proj", qd, h, self.o_bias, O));
+                let o_name = if self.family == Family::Phi { "dense" } else { "o_proj" };
+                v.push(l(o_name, qd, h, self.o_bias, O));
             }
         }
         match (self.family, self.mlp) {
-            (Family::Gpt2, _) => {
+            (Family::Gpt2 | Family::GptBigcode, _) => {
                 v.push(l("c_fc", h, i, self.mlp_bias, Up));
                 v.push(l("c_proj", i, h, self.mlp_bias, Down));
             }
-            (Family::GptNeox | Family::Falcon, _) => {
+            (Family::Qwen, _) => {
+                // Qwen-1: c_proj(w1(x) * silu(w2(x))); `intermediate` is the MLP width
+                // (config.json's intermediate_size / 2).
+                v.push(l("w1", h, i, self.mlp_bias, Up));
+                v.push(l("w2", h, i, self.mlp_bias, Gate));
+                v.push(l("c_proj", i, h, self.mlp_bias, Down));
+            }
+            (Family::Phi, _) => {
+                v.push(l("fc1", h, i, self.mlp_bias, Up));
+                v.push(l("fc2", i, h, self.mlp_bias, Down));
+            }
+            (Family::GptNeox | Family::Falcon | Family::Bloom, _) => {
                 v.push(l("dense_h_to_4h", h, i, self.mlp_bias, Up));
                 v.push(l("dense_4h_to_h", i, h, self.mlp_bias, Down));
             }
