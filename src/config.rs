@@ -25,7 +25,8 @@ use crate::model::{
 };
 
 /// The reason given for every mixture-of-experts / MLA / vision-language config.
-pub const LATER_VERSION: &str = "mixture-of-experts/MLA/vision-language models come in a later version";
+pub const LATER_VERSION: &str =
+    "mixture-of-experts/MLA/vision-language models come in a later version";
 
 /// Upper bound accepted for widths (hidden, intermediate, heads, head_dim): far above
 /// any published model, low enough that parameter arithmetic cannot overflow `u64`.
@@ -428,7 +429,9 @@ impl Cfg<'_> {
         let bits = u32::try_from(bits)
             .ok()
             .filter(|b| (1..=16).contains(b))
-            .ok_or_else(|| Error::invalid("quantization_config.bits", bits, "an integer in 1..=16"))?;
+            .ok_or_else(|| {
+                Error::invalid("quantization_config.bits", bits, "an integer in 1..=16")
+            })?;
         let group = match (
             int_field("group_size", "quantization_config.group_size")?,
             int_field("q_group_size", "quantization_config.q_group_size")?,
@@ -1056,7 +1059,10 @@ mod tests {
     fn missing_field_names_field_and_type() {
         let e = parse_config(r#"{"model_type":"llama","hidden_size":64}"#, "m").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("num_hidden_layers") && msg.contains("llama"), "{msg}");
+        assert!(
+            msg.contains("num_hidden_layers") && msg.contains("llama"),
+            "{msg}"
+        );
     }
 
     #[test]

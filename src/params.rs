@@ -140,7 +140,14 @@ pub fn is_quantized_checkpoint(tensors: &[TensorInfo]) -> bool {
         let last = t.name.rsplit('.').next().unwrap_or("");
         matches!(
             last,
-            "qweight" | "qzeros" | "scales" | "g_idx" | "absmax" | "quant_map" | "SCB" | "weight_scale"
+            "qweight"
+                | "qzeros"
+                | "scales"
+                | "g_idx"
+                | "absmax"
+                | "quant_map"
+                | "SCB"
+                | "weight_scale"
         ) || t.name.contains("quant_state")
     })
 }
