@@ -1,0 +1,247 @@
+//! Parameter counts against PyTorch ground truth (`tests/data/params.json`, measured with
+//! transformers + peft) and against published model sizes.
+
+use llm_mem::config::parse_config;
+use llm_mem::model::LoraTargets;
+use llm_mem::params::{self, ParamCounts};
+use llm_mem::{presets, Error, ModelSpec};
+use serde_json::Value;
+
+fn data(rel: &str) -> String {
+    let p = format!("{}/tests/data/{rel}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+fn oracle() -> Value {
+    serde_json::from_str(&data("params.json")).unwrap()
+}
+
+fn spec_of(model: &str) -> ModelSpec {
+    parse_config(&data(&format!("configs/{model}/config.json")), model).unwrap()
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap()
+}
+
+const DENSE: [&str; 3] = ["llama-2-7b", "qwen2.5-0.5b", "gpt2"];
+
+#[test]
+fn totals_and_breakdown_match_pytorch() {
+    let o = oracle();
+    for m in DENSE {
+        let r = &o[m];
+        let c: ParamCounts = params::count(&spec_of(m));
+        let b = &r["breakdown"];
+        assert_eq!(c.total, u(&r["total_params"]), "{m} total");
+        assert_eq!(c.embedding, u(&b["embedding"]), "{m} embedding");
+        assert_eq!(c.lm_head, u(&b["lm_head"]), "{m} lm_head");
+        assert_eq!(
+            c.decoder_layers,
+            u(&b["decoder_layers"]),
+            "{m} decoder_layers"
+        );
+        assert_eq!(c.per_layer, u(&b["per_decoder_layer"][0]), "{m} per layer");
+        assert_eq!(c.other, u(&b["other"]), "{m} other");
+        assert_eq!(
+            c.largest_module,
+            u(&r["largest_module_params"]),
+            "{m} largest"
+        );
+        assert_eq!(u(&b["vision"]), 0);
+    }
+}
+
+#[test]
+fn lora_matches_peft() {
+    let o = oracle();
+    for m in DENSE {
+        let spec = spec_of(m);
+        for (key, targets) in [
+            ("attn", LoraTargets::Attn),
+            ("all-linear", LoraTargets::AllLinear),
+        ] {
+            for r in [8u64, 16, 64] {
+                let want = &o[m]["lora"][format!("{key}_r{r}")];
+                let got = params::lora(&spec, r, &targets);
+                assert_eq!(got.trainable, u(&want["trainable"]), "{m} {key} r{r}");
+                assert_eq!(
+                    got.adapted_modules,
+                    u(&want["adapted_modules"]),
+                    "{m} {key} r{r}"
+                );
+                assert_eq!(
+                    params::count(&spec).total + got.trainable,
+                    u(&want["total_with_adapters"]),
+                    "{m} {key} r{r} total with adapters"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn lora_explicit_names() {
+    let spec = spec_of("llama-2-7b");
+    let qv = LoraTargets::parse("q_proj,v_proj").unwrap();
+    let c = params::lora(&spec, 16, &qv);
+    assert_eq!(c.adapted_modules, 64);
+    assert_eq!(c.trainable, 32 * 2 * 16 * (4096 + 4096));
+    // GPT-2: peft's suffix match adapts both c_proj (attention and MLP).
+    let c = params::lora(&spec_of("gpt2"), 8, &LoraTargets::parse("c_proj").unwrap());
+    assert_eq!(c.adapted_modules, 24);
+}
+
+#[test]
+fn moe_and_vlm_are_unsupported() {
+    for m in ["mixtral-8x7b-v0.1", "llava-1.5-7b"] {
+        let e = parse_config(&data(&format!("configs/{m}/config.json")), m).unwrap_err();
+        match e {
+            Error::Unsupported { reason, .. } => {
+                assert_eq!(reason, llm_mem::config::LATER_VERSION, "{m}")
+            }
+            e => panic!("{m}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn linear_weight_params_llama_2_7b() {
+    // 32 layers × (4 × 4096² + 3 × 4096 × 11008).
+    let spec = spec_of("llama-2-7b");
+    assert_eq!(
+        params::linear_weight_params(&spec),
+        32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
+    );
+}
+
+/// Published totals (model cards, the Pythia paper's table), which are exactly what
+/// transformers instantiates.
+#[test]
+fn published_totals() {
+    for (name, total) in [
+        ("llama-2-7b", 6_738_415_616u64),
+        ("llama-2-13b", 13_015_864_320),
+        ("llama-2-70b", 68_976_648_192),
+        ("llama-3.1-8b", 8_030_261_248),
+        ("llama-3.1-70b", 70_553_706_496),
+        ("llama-3.1-405b", 405_853_388_800),
+        ("llama-3.2-1b", 1_235_814_400),
+        ("llama-3.2-3b", 3_212_749_824),
+        ("mistral-7b-v0.1", 7_241_732_096),
+        ("mistral-7b-v0.3", 7_248_023_552),
+        ("qwen2.5-0.5b", 494_032_768),
+        ("qwen2.5-1.5b", 1_543_714_304),
+        ("qwen2.5-3b", 3_085_938_688),
+        ("qwen2.5-7b", 7_615_616_512),
+        ("qwen2.5-14b", 14_770_033_664),
+        ("qwen2.5-32b", 32_763_876_352),
+        ("qwen2.5-72b", 72_706_203_648),
+        ("qwen3-0.6b", 596_049_920),
+        ("qwen3-8b", 8_190_735_360),
+        ("gemma-2-2b", 2_614_341_888),
+        ("gemma-2-9b", 9_241_705_984),
+        ("gemma-2-27b", 27_227_128_320),
+        ("gemma-7b", 8_537_680_896),
+        ("phi-3-mini-4k-instruct", 3_821_079_552),
+        ("phi-3-medium-4k-instruct", 13_960_238_080),
+        ("phi-2", 2_779_683_840),
+        ("gpt2", 124_439_808),
+        ("gpt2-medium", 354_823_168),
+        ("gpt2-large", 774_030_080),
+        ("gpt2-xl", 1_557_611_200),
+        ("pythia-70m", 70_426_624),
+        ("pythia-160m", 162_322_944),
+        ("pythia-410m", 405_334_016),
+        ("pythia-1b", 1_011_781_632),
+        ("pythia-1.4b", 1_414_647_808),
+        ("pythia-2.8b", 2_775_208_960),
+        ("pythia-6.9b", 6_857_302_016),
+        ("pythia-12b", 11_846_072_320),
+        ("falcon-7b", 6_921_720_704),
+        ("qwen-7b", 7_721_324_544),
+    ] {
+        let spec = presets::get(name).unwrap().unwrap();
+        assert_eq!(params::count(&spec).total, total, "{name}");
+    }
+}
+
+/// The size in the preset's name ("7b", "0.5b", "70m", "1_8b"), in parameters.
+fn size_in_name(name: &str) -> Option<f64> {
+    name.split('-').find_map(|part| {
+        let p = part.replace('_', ".");
+        let (num, mult) = if let Some(n) = p.strip_suffix('b') {
+            (n, 1e9)
+        } else if let Some(n) = p.strip_suffix('m') {
+            (n, 1e6)
+        } else {
+            return None;
+        };
+        num.parse::<f64>().ok().map(|x| x * mult)
+    })
+}
+
+#[test]
+fn every_preset_parses_and_matches_its_name() {
+    let names = presets::names();
+    assert!(names.len() >= 70, "{}", names.len());
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    let mut off = Vec::new();
+    for name in names {
+        let spec = presets::get(name)
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let c = params::count(&spec);
+        assert!(c.total > 0, "{name}");
+        assert_eq!(
+            c.total,
+            c.embedding + c.lm_head + c.decoder_layers + c.other
+        );
+        assert_eq!(c.decoder_layers, spec.layers * c.per_layer);
+        let info = presets::describe(name).unwrap().unwrap();
+        assert_eq!(info.params_total, c.total);
+        assert!(!info.hf_id.is_empty(), "{name}");
+        if let Some(size) = size_in_name(name) {
+            let ratio = c.total as f64 / size;
+            // Names round down: the cards say Gemma-2-2B 2.6B, Gemma-2B 2.5B, Gemma-7B
+            // 8.5B, StableLM-alpha-3B 3.6B, Llama-3.2-1B 1.24B; Qwen-7B 7.7B, Qwen2-7B 7.6B.
+            let tol = match name {
+                "gemma-2-2b"
+                | "gemma-2b"
+                | "gemma-7b"
+                | "gemma-7b-it"
+                | "stablelm-base-alpha-3b"
+                | "llama-3.2-1b" => 0.32,
+                "qwen-7b"
+                | "qwen-7b-chat"
+                | "qwen-7b-chat-int4"
+                | "qwen2-7b"
+                | "qwen2.5-7b"
+                | "qwen2.5-7b-instruct" => 0.12,
+                _ => 0.08,
+            };
+            if (ratio - 1.0).abs() > tol {
+                off.push(format!("{name}: {} vs {size}", c.total));
+            }
+        }
+    }
+    assert!(off.is_empty(), "{off:#?}");
+}
+
+#[test]
+fn gptq_presets_keep_quantization() {
+    for (name, group) in [
+        ("llama-2-70b-gptq", None),
+        ("mistral-7b-v0.1-gptq", Some(128)),
+        ("qwen-7b-chat-int4", Some(128)),
+    ] {
+        let q = presets::get(name).unwrap().unwrap().quantization.unwrap();
+        assert_eq!(
+            (q.method.as_str(), q.bits, q.group_size),
+            ("gptq", 4, group),
+            "{name}"
+        );
+    }
+}
