@@ -810,7 +810,7 @@ fn falcon(c: &Cfg) -> Result<ModelSpec> {
     let new_arch = c.bool_or("new_decoder_architecture", false)?;
     let parallel = c.bool_or("parallel_attn", true)?;
     let kv_heads = if new_arch {
-        c.uint_or(&["num_kv_heads"], MAX_WIDTH, heads)?
+        c.uint_or(&["num_kv_heads", "n_head_kv"], MAX_WIDTH, heads)?
     } else if c.bool_or("multi_query", true)? {
         1
     } else {

@@ -67,7 +67,9 @@ pub fn per_layer(spec: &ModelSpec) -> u64 {
 }
 
 /// Exact parameter counts from the architecture, or from the checkpoint's tensor list
-/// when `spec.checkpoint` holds an unquantized one (see [`count_checkpoint`]).
+/// when `spec.checkpoint` holds an unquantized one (see [`count_checkpoint`]; a stored
+/// copy of a tied output head is not counted twice). Quantized checkpoints (GPTQ/AWQ
+/// packed `qweight`, bitsandbytes) fall back to the architecture formula.
 ///
 /// Architecture formula: embedding `vocab·hidden`; output head `vocab·hidden (+vocab
 /// bias)` unless tied; `layers ×` [`per_layer`]; other = final norm + learned positions
@@ -76,7 +78,13 @@ pub fn per_layer(spec: &ModelSpec) -> u64 {
 pub fn count(spec: &ModelSpec) -> ParamCounts {
     if let Some(tensors) = &spec.checkpoint {
         if spec.quantization.is_none() && !is_quantized_checkpoint(tensors) {
-            if let Some(c) = count_checkpoint(tensors) {
+            if let Some(mut c) = count_checkpoint(tensors) {
+                // Some tied checkpoints also store `lm_head.weight`; transformers
+                // instantiates one shared parameter.
+                if spec.tie_embeddings && c.lm_head > 0 {
+                    c.total -= c.lm_head;
+                    c.lm_head = 0;
+                }
                 return c;
             }
         }

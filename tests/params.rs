@@ -245,3 +245,80 @@ fn gptq_presets_keep_quantization() {
         );
     }
 }
+
+/// Family-specific fields the parser must set as transformers builds the model.
+#[test]
+fn family_fields() {
+    use llm_mem::model::{Activation, MlpKind, Positions, Residual};
+    let p = |n: &str| presets::get(n).unwrap().unwrap();
+
+    let f7 = p("falcon-7b");
+    assert_eq!(f7.kv_heads, 1);
+    assert_eq!(f7.residual, Residual::Parallel { shared_norm: true });
+    assert_eq!(f7.positions, Positions::Rope { rotary_dim: 64 });
+    assert!(f7.tie_embeddings && !f7.qkv_bias);
+    let f40 = p("falcon-40b");
+    assert_eq!(f40.kv_heads, 8);
+    assert_eq!(f40.residual, Residual::Parallel { shared_norm: false });
+
+    let g = p("gemma-2b");
+    assert_eq!(
+        (g.act, g.head_dim, g.tie_embeddings, g.embed_scale),
+        (Activation::GeluTanh, 256, true, true)
+    );
+    let g2 = p("gemma-2-2b");
+    assert!(g2.sandwich_norms);
+    assert_eq!(
+        (g2.attn_softcap, g2.final_softcap, g2.sliding_window),
+        (Some(50.0), Some(30.0), Some(4096))
+    );
+
+    let phi2 = p("phi-2");
+    assert_eq!(phi2.positions, Positions::Rope { rotary_dim: 32 });
+    assert_eq!(phi2.residual, Residual::Parallel { shared_norm: true });
+    assert!(phi2.lm_head_bias && phi2.qkv_bias && phi2.mlp_bias);
+    assert_eq!(phi2.dropout.resid, 0.1);
+
+    let phi3 = p("phi-3-mini-4k-instruct");
+    assert!(phi3.fused_qkv);
+    assert_eq!(
+        phi3.mlp,
+        MlpKind::Gated {
+            fused_gate_up: true
+        }
+    );
+    assert_eq!(phi3.sliding_window, Some(2047));
+
+    let neox = p("stablelm-base-alpha-3b");
+    assert_eq!(neox.positions, Positions::Rope { rotary_dim: 32 });
+    assert_eq!(neox.residual, Residual::Parallel { shared_norm: false });
+    assert!(neox.qkv_bias && neox.mlp_bias && !neox.tie_embeddings);
+
+    let gpt2 = p("gpt2");
+    assert_eq!(
+        (gpt2.positions, gpt2.act, gpt2.intermediate),
+        (Positions::Learned, Activation::GeluNew, 3072)
+    );
+    assert_eq!(
+        (gpt2.dropout.embd, gpt2.dropout.attn, gpt2.dropout.resid),
+        (0.1, 0.1, 0.1)
+    );
+
+    let sc = p("gpt_bigcode-santacoder");
+    assert_eq!((sc.kv_heads, sc.positions), (1, Positions::Learned));
+
+    let bloom = p("bloomz-7b1");
+    assert_eq!(bloom.positions, Positions::Alibi);
+    assert!(bloom.embed_norm && bloom.tie_embeddings);
+
+    let q1 = p("qwen-7b");
+    assert_eq!((q1.intermediate, q1.head_dim), (11008, 128));
+    assert!(q1.qkv_bias && !q1.o_bias && !q1.mlp_bias);
+
+    assert!(p("qwen3-8b").qk_norm);
+    assert_eq!(p("qwen2.5-7b").sliding_window, None);
+    assert!(p("qwen2.5-7b").qkv_bias && !p("qwen2.5-7b").o_bias);
+    assert_eq!(p("mistral-7b-v0.1").sliding_window, Some(4096));
+    assert_eq!(p("mistral-7b-v0.3").sliding_window, None);
+    assert_eq!(p("llama-3.1-8b").torch_dtype, Some(llm_mem::DType::BF16));
+}
