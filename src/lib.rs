@@ -14,11 +14,15 @@ pub mod estimate;
 pub mod gpu;
 pub mod hub;
 pub mod model;
+pub mod optimizer;
+pub mod overhead;
 pub mod params;
 pub mod presets;
 pub mod report;
+pub mod runconfig;
 pub mod safetensors;
 pub mod timeline;
+pub mod weights;
 pub mod workload;
 
 pub use bytes::Bytes;

@@ -1,1 +1,31 @@
-//! Output formats.
+//! Output formats, one file each: `human` (table), `json` (schema_version 1), `csv`.
+//! They only format an [`Estimate`](crate::estimate::Estimate); no computation here.
+
+pub mod csv;
+pub mod human;
+pub mod json;
+
+use serde::Serialize;
+
+use crate::bytes::Bytes;
+
+/// Whether the peak fits a GPU's memory.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fit {
+    pub gpu: String,
+    pub capacity_bytes: Bytes,
+    pub fits: bool,
+    /// capacity − peak device memory (negative when it does not fit).
+    pub headroom_bytes: i64,
+}
+
+impl Fit {
+    pub fn new(gpu: impl Into<String>, capacity: Bytes, need: Bytes) -> Fit {
+        Fit {
+            gpu: gpu.into(),
+            capacity_bytes: capacity,
+            fits: need <= capacity,
+            headroom_bytes: capacity.get() as i64 - need.get() as i64,
+        }
+    }
+}
