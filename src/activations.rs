@@ -32,7 +32,9 @@
 //! The `candle` runtime keeps every forward intermediate until the graph is dropped.
 
 use crate::dtype::DType;
-use crate::model::{Activation, Family, LinearSpec, LoraTargets, MlpKind, ModelSpec, NormKind, Positions, Residual};
+use crate::model::{
+    Activation, Family, LinearSpec, LoraTargets, MlpKind, ModelSpec, NormKind, Positions, Residual,
+};
 use crate::workload::{Attn, Device, GradCkpt, Loss, Precision, Runtime};
 
 /// What the ledger needs to know about the run.
@@ -50,6 +52,9 @@ pub struct LedgerParams {
     pub device: Device,
     pub trainable: Trainable,
     pub loss: Loss,
+    /// Bytes per element of a trainable base parameter's gradient (2 for bf16, 4 for
+    /// fp32 or an fp32 gradient buffer). LoRA adapters always get fp32 gradients.
+    pub param_grad_size: u64,
 }
 
 /// Which parameters require grad.
@@ -86,12 +91,20 @@ pub struct LedgerTensor {
 pub struct LayerLedger {
     /// Bytes kept from forward until this layer's backward.
     pub saved: u64,
+    /// Bytes the layer leaves alive until the end of the forward pass but not into
+    /// backward (autocast's cached weight copies under checkpointing).
+    pub fwd_cache: u64,
     /// Peak live bytes while the layer runs forward, counting its input.
     pub fwd_peak: u64,
     /// Peak live bytes during its backward (saved + gradients in flight + workspaces),
     /// counting the incoming output gradient; for checkpointed layers including the
     /// recomputation.
     pub bwd_peak: u64,
+    /// Parameter gradients of this layer already allocated at its backward peak
+    /// (included in `bwd_peak`).
+    pub bwd_peak_param_grads: u64,
+    /// All parameter gradients this layer's backward allocates.
+    pub param_grads: u64,
     /// Size of the layer output (the residual stream) — alive between layers.
     pub output_bytes: u64,
     /// Every tensor the forward creates, in order.
@@ -105,6 +118,9 @@ enum Kind {
     Other,
     /// The layer's input (owned by the previous layer).
     Input,
+    /// Autocast's half-precision weight copy: cached until the autocast region (forward
+    /// and loss) ends, whether or not autograd saves it.
+    Cache,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +131,9 @@ struct Node {
     rg: bool,
     born: u32,
     last_use: u32,
+    /// Last op that holds a reference without taking part in autograd (e.g. the
+    /// returned logits while the loss is computed); only extends forward liveness.
+    held_until: u32,
     /// Smallest op index that saved this node (u32::MAX = not saved).
     saved_by: u32,
     kind: Kind,
@@ -133,6 +152,8 @@ struct Graph<'a> {
     /// Extra bytes an op's backward needs beyond the gradients (kernel workspaces),
     /// keyed by op index.
     bwd_workspace: Vec<(u32, u64)>,
+    /// Parameter gradients allocated by an op's backward (bytes), keyed by op index.
+    param_grads: Vec<(u32, u64)>,
 }
 
 impl<'a> Graph<'a> {
@@ -143,6 +164,7 @@ impl<'a> Graph<'a> {
             p,
             tokens: p.batch * p.seq,
             bwd_workspace: Vec::new(),
+            param_grads: Vec::new(),
         }
     }
 
@@ -154,6 +176,7 @@ impl<'a> Graph<'a> {
             rg,
             born: 0,
             last_use: 0,
+            held_until: 0,
             saved_by: u32::MAX,
             kind: Kind::Input,
         });
@@ -184,10 +207,18 @@ impl<'a> Graph<'a> {
             rg,
             born: self.op,
             last_use: self.op,
+            held_until: self.op,
             saved_by: u32::MAX,
             kind,
         });
         T(self.nodes.len() - 1)
+    }
+
+    /// Keep `ts` referenced through the current op without using them.
+    fn hold(&mut self, ts: &[T]) {
+        for t in ts {
+            self.nodes[t.0].held_until = self.op;
+        }
     }
 
     fn save(&mut self, t: T) {
@@ -297,20 +328,38 @@ impl<'a> Graph<'a> {
         };
         let compute = self.compute();
         // Under autocast the input is cast per call; the half weight copy is cached.
-        let xin = if self.p.precision.is_amp() { self.cast(x, compute) } else { x };
+        let xin = if self.p.precision.is_amp() {
+            self.cast(x, compute)
+        } else {
+            x
+        };
         self.begin(&[xin]);
         let x_rg = self.rg(xin);
         self.save_if(xin, weight_trainable);
         if self.p.precision.is_amp() {
-            let w = self.out("autocast weight copy", lin.in_features * lin.out_features, compute, false, Kind::Other);
+            let w = self.out(
+                "autocast weight copy",
+                lin.in_features * lin.out_features,
+                compute,
+                false,
+                Kind::Cache,
+            );
             // Kept by the autocast cache until the forward ends; saved when x needs grad.
             self.save_if(w, x_rg);
-            if !x_rg {
-                self.nodes[w.0].last_use = u32::MAX - 1;
-            }
         }
         let out_rg = x_rg || weight_trainable;
-        let base = self.out(lin.name, self.tokens * lin.out_features, compute, out_rg, Kind::Matmul);
+        if weight_trainable {
+            let n =
+                lin.in_features * lin.out_features + if lin.bias { lin.out_features } else { 0 };
+            self.param_grads.push((self.op, n * self.p.param_grad_size));
+        }
+        let base = self.out(
+            lin.name,
+            self.tokens * lin.out_features,
+            compute,
+            out_rg,
+            Kind::Matmul,
+        );
         let Some(r) = lora_rank else { return base };
         // peft: x.to(lora_A.weight.dtype) -> lora_B(lora_A(x)) * scaling, added to the
         // base result (type promotion to fp32), then cast back.
@@ -323,11 +372,24 @@ impl<'a> Graph<'a> {
         };
         self.begin(&[x32]);
         self.save(x32);
+        self.param_grads.push((self.op, r * lin.in_features * 4));
         let a = self.out("lora_A", self.tokens * r, DType::F32, true, Kind::Matmul);
         self.begin(&[a]);
         self.save(a);
-        let b = self.out("lora_B", self.tokens * lin.out_features, DType::F32, true, Kind::Matmul);
-        let scaled = self.unary_plain("lora scaling", b, self.tokens * lin.out_features, DType::F32);
+        self.param_grads.push((self.op, r * lin.out_features * 4));
+        let b = self.out(
+            "lora_B",
+            self.tokens * lin.out_features,
+            DType::F32,
+            true,
+            Kind::Matmul,
+        );
+        let scaled = self.unary_plain(
+            "lora scaling",
+            b,
+            self.tokens * lin.out_features,
+            DType::F32,
+        );
         let sum = self.add("lora add", base, scaled);
         self.cast(sum, compute)
     }
@@ -336,6 +398,14 @@ impl<'a> Graph<'a> {
 
     fn norm(&mut self, x: T, width: u64, kind: NormKind) -> T {
         let weight_trainable = self.p.trainable.base_weights();
+        if weight_trainable {
+            let n = match kind {
+                NormKind::LayerNorm { bias: true } => 2 * width,
+                _ => width,
+            };
+            self.param_grads
+                .push((self.op + 1, n * self.p.param_grad_size));
+        }
         match kind {
             NormKind::RmsNorm { offset_one } => {
                 let in_dt = self.dt(x);
@@ -351,7 +421,13 @@ impl<'a> Graph<'a> {
                     self.begin(&[y]);
                     self.save_if(y, weight_trainable);
                     let e = self.elems(y);
-                    let z = self.out("norm out", e, DType::F32, self.rg(y) || weight_trainable, Kind::Other);
+                    let z = self.out(
+                        "norm out",
+                        e,
+                        DType::F32,
+                        self.rg(y) || weight_trainable,
+                        Kind::Other,
+                    );
                     self.cast(z, in_dt)
                 } else {
                     let y16 = self.cast(y, in_dt);
@@ -455,7 +531,11 @@ impl MaxFloat for DType {
 /// Build one decoder layer's program and measure it.
 fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (Graph<'a>, T) {
     let mut g = Graph::new(p);
-    let resid_dt = if p.precision.is_amp() { DType::F32 } else { p.precision.compute_dtype() };
+    let resid_dt = if p.precision.is_amp() {
+        DType::F32
+    } else {
+        p.precision.compute_dtype()
+    };
     let x = g.input(spec.hidden, resid_dt, input_rg);
     let lins = spec.layer_linears();
     let find = |role: crate::model::LinearRole| lins.iter().find(|l| l.role == role).copied();
@@ -490,7 +570,9 @@ fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (
         use crate::model::LinearRole::*;
         let i = spec.intermediate;
         let prod = match spec.mlp {
-            MlpKind::Gated { fused_gate_up: true } => {
+            MlpKind::Gated {
+                fused_gate_up: true,
+            } => {
                 let gu = g.linear(n, &find(GateUp).unwrap());
                 // gate, up = gu.chunk(2): views of one storage
                 let d = g.dt(gu);
@@ -503,7 +585,9 @@ fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (
                 g.save_if(a, gate_rg);
                 g.out("act*up", g.tokens * i, d, gate_rg, Kind::Other)
             }
-            MlpKind::Gated { fused_gate_up: false } => {
+            MlpKind::Gated {
+                fused_gate_up: false,
+            } => {
                 let gate = g.linear(n, &find(Gate).unwrap());
                 let a = g.act(gate, spec.act);
                 let up = g.linear(n, &find(Up).unwrap());
@@ -535,7 +619,11 @@ fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (
         }
         Residual::Parallel { shared_norm } => {
             let n1 = g.norm(x, h, spec.norm);
-            let n2 = if shared_norm { n1 } else { g.norm(x, h, spec.norm) };
+            let n2 = if shared_norm {
+                n1
+            } else {
+                g.norm(x, h, spec.norm)
+            };
             let a = attention(&mut g, n1);
             let m = mlp(&mut g, n2);
             let am = g.add("attn+mlp", m, a);
@@ -573,7 +661,8 @@ impl Graph<'_> {
                     self.save(out);
                     self.save(lse);
                     // Flash backward: fp32 dq accumulator + softmax row sums.
-                    self.bwd_workspace.push((self.op, tq * nh * hd * 4 + tq * nh * 4));
+                    self.bwd_workspace
+                        .push((self.op, tq * nh * hd * 4 + tq * nh * 4));
                 }
                 out
             }
@@ -603,10 +692,19 @@ impl Graph<'_> {
                 // llama-style models take softmax in fp32 and cast back; GPT-2-style
                 // families softmax in the compute dtype.
                 // Autocast runs softmax in fp32 for every family.
-                let fp32_softmax = p.precision.is_amp() || !matches!(spec.family, Family::Gpt2 | Family::GptBigcode);
+                let fp32_softmax = p.precision.is_amp()
+                    || !matches!(spec.family, Family::Gpt2 | Family::GptBigcode);
                 let probs = if fp32_softmax {
+                    // `attn_weights = softmax(attn_weights, dtype=fp32).to(dtype)`: the
+                    // old scores stay referenced until the assignment
                     let pr = self.unary_save_out("softmax", s, DType::F32);
-                    self.cast(pr, d)
+                    if any_rg && d != DType::F32 {
+                        // softmax backward: one more scores-sized buffer (measured)
+                        self.bwd_workspace.push((self.op, scores_elems * d.size()));
+                    }
+                    let c = self.cast(pr, d);
+                    self.hold(&[s]);
+                    c
                 } else {
                     self.unary_save_out("softmax", s, d)
                 };
@@ -632,23 +730,44 @@ fn measure(g: &Graph, out: T, p: &LedgerParams) -> LayerLedger {
     let is_saved = |n: &Node| n.saved_by != u32::MAX;
     // Kept from forward until backward without checkpointing: what autograd saved
     // (torch), or every tensor of the graph (candle).
-    let kept = |n: &Node| -> bool { training && (is_saved(n) || (candle && n.kind != Kind::Input)) };
+    let kept =
+        |n: &Node| -> bool { training && (is_saved(n) || (candle && n.kind != Kind::Input)) };
     // Kept while the forward runs, under the checkpointing mode.
     let kept_fwd = |n: &Node| -> bool {
         match ckpt {
             GradCkpt::None => kept(n),
             GradCkpt::Full => training && n.kind == Kind::Input,
-            GradCkpt::Selective => training && (n.kind == Kind::Input || (kept(n) && n.kind == Kind::Matmul)),
+            GradCkpt::Selective => {
+                training && (n.kind == Kind::Input || (kept(n) && n.kind == Kind::Matmul))
+            }
         }
     };
-    let saved: u64 = g.nodes.iter().filter(|n| kept_fwd(n)).map(|n| n.bytes).sum();
+    let saved: u64 = g
+        .nodes
+        .iter()
+        .filter(|n| kept_fwd(n))
+        .map(|n| n.bytes)
+        .sum();
+    // Autocast copies that autograd does not keep still live until the forward ends.
+    let fwd_cache: u64 = g
+        .nodes
+        .iter()
+        .filter(|n| n.kind == Kind::Cache && !kept_fwd(n))
+        .map(|n| n.bytes)
+        .sum();
     let output_bytes = g.nodes[out.0].bytes;
 
     // Forward: live bytes at each op (transients live until their last use).
     let fwd_at = |i: u32, keep: &dyn Fn(&Node) -> bool| -> u64 {
         g.nodes
             .iter()
-            .filter(|n| n.born <= i && (keep(n) || n.last_use >= i || n.born == ops))
+            .filter(|n| {
+                n.born <= i
+                    && (keep(n)
+                        || n.kind == Kind::Cache
+                        || n.last_use.max(n.held_until) >= i
+                        || n.born == ops)
+            })
             .map(|n| n.bytes)
             .sum()
     };
@@ -658,12 +777,24 @@ fn measure(g: &Graph, out: T, p: &LedgerParams) -> LayerLedger {
     // saved them has run its backward; the gradient of a tensor exists from the
     // backward of its last consumer until the backward of its producer.
     let mut bwd_peak = 0u64;
+    let mut bwd_peak_param_grads = 0u64;
+    let param_grads: u64 = g.param_grads.iter().map(|(_, b)| *b).sum();
     if training {
-        let ws = |j: u32| -> u64 { g.bwd_workspace.iter().filter(|(o, _)| *o == j).map(|(_, b)| *b).sum() };
+        let ws = |j: u32| -> u64 {
+            g.bwd_workspace
+                .iter()
+                .filter(|(o, _)| *o == j)
+                .map(|(_, b)| *b)
+                .sum()
+        };
         for j in (1..=ops).rev() {
             let mut live = 0u64;
             for (idx, n) in g.nodes.iter().enumerate() {
-                let held = if candle { kept(n) } else { is_saved(n) && n.saved_by <= j };
+                let held = if candle {
+                    kept(n)
+                } else {
+                    is_saved(n) && n.saved_by <= j
+                };
                 if held {
                     live += n.bytes;
                 }
@@ -672,13 +803,25 @@ fn measure(g: &Graph, out: T, p: &LedgerParams) -> LayerLedger {
                     live += n.bytes;
                 }
             }
-            bwd_peak = bwd_peak.max(live + ws(j));
+            let pg: u64 = g
+                .param_grads
+                .iter()
+                .filter(|(o, _)| *o >= j)
+                .map(|(_, b)| *b)
+                .sum();
+            if live + ws(j) + pg > bwd_peak {
+                bwd_peak = live + ws(j) + pg;
+                bwd_peak_param_grads = pg;
+            }
         }
         if ckpt != GradCkpt::None {
             // Recomputation rebuilds the forward and its saved set before backward,
             // while the output gradient waits.
             let recompute = (0..=ops).map(|i| fwd_at(i, &kept)).max().unwrap_or(0);
-            bwd_peak = bwd_peak.max(recompute + output_bytes);
+            if recompute + output_bytes > bwd_peak {
+                bwd_peak = recompute + output_bytes;
+                bwd_peak_param_grads = 0;
+            }
         }
     }
 
@@ -686,9 +829,23 @@ fn measure(g: &Graph, out: T, p: &LedgerParams) -> LayerLedger {
         .nodes
         .iter()
         .filter(|n| n.bytes > 0)
-        .map(|n| LedgerTensor { name: n.name, bytes: n.bytes, dtype: n.dtype, saved: kept(n) })
+        .map(|n| LedgerTensor {
+            name: n.name,
+            bytes: n.bytes,
+            dtype: n.dtype,
+            saved: kept(n),
+        })
         .collect();
-    LayerLedger { saved, fwd_peak, bwd_peak, output_bytes, tensors }
+    LayerLedger {
+        saved,
+        fwd_cache,
+        fwd_peak,
+        bwd_peak,
+        bwd_peak_param_grads,
+        param_grads,
+        output_bytes,
+        tensors,
+    }
 }
 
 /// Ledger of one decoder layer whose input requires grad (`input_rg`); layer 0 of a
@@ -723,10 +880,17 @@ pub fn non_layer(spec: &ModelSpec, p: &LedgerParams) -> NonLayer {
     let training = p.trainable.any();
     let tokens = p.batch * p.seq;
     let compute = p.precision.compute_dtype();
-    let resid_dt = if p.precision.is_amp() { DType::F32 } else { compute };
+    let resid_dt = if p.precision.is_amp() {
+        DType::F32
+    } else {
+        compute
+    };
     let h = spec.hidden;
     let v = spec.vocab;
-    let mut nl = NonLayer { embed_out: tokens * h * resid_dt.size(), ..NonLayer::default() };
+    let mut nl = NonLayer {
+        embed_out: tokens * h * resid_dt.size(),
+        ..NonLayer::default()
+    };
     if training {
         // position ids [1, s] int64: saved by a learned position table it trains, or
         // as an input of every checkpointed layer
@@ -768,7 +932,10 @@ pub fn non_layer(spec: &ModelSpec, p: &LedgerParams) -> NonLayer {
     // fine-tuning (tied or not) and frozen under LoRA (peft's all-linear excludes it).
     let p_head = LedgerParams {
         trainable: match &p.trainable {
-            Trainable::Lora { rank, .. } => Trainable::Lora { rank: *rank, targets: LoraTargets::Names(Vec::new()) },
+            Trainable::Lora { rank, .. } => Trainable::Lora {
+                rank: *rank,
+                targets: LoraTargets::Names(Vec::new()),
+            },
             t => t.clone(),
         },
         // the head and loss are never inside a checkpointed layer
@@ -799,7 +966,10 @@ pub fn non_layer(spec: &ModelSpec, p: &LedgerParams) -> NonLayer {
         // transformers' ForCausalLMLoss: logits.float(), then cross_entropy
         let l32 = g.cast(l, DType::F32);
         let lsm = g.unary_save_out("log_softmax", l32, DType::F32);
+        // The model's `logits` (returned in its output) and the loss function's fp32
+        // copy stay referenced until the loss is computed.
         g.begin(&[lsm]);
+        g.hold(&[logits, l32]);
         let labels = g.out("shift labels", tokens, DType::I64, false, Kind::Other);
         g.save_if(labels, training);
         g.out("loss", 1, DType::F32, training, Kind::Other)
@@ -807,7 +977,11 @@ pub fn non_layer(spec: &ModelSpec, p: &LedgerParams) -> NonLayer {
     // the loss scalar is the program's output, kept by the caller
     let m = measure(&g, last, &p_head);
     let loss_saved: u64 = if training {
-        g.nodes[loss_from..].iter().filter(|n| n.saved_by != u32::MAX).map(|n| n.bytes).sum()
+        g.nodes[loss_from..]
+            .iter()
+            .filter(|n| n.saved_by != u32::MAX)
+            .map(|n| n.bytes)
+            .sum()
     } else {
         0
     };
@@ -833,14 +1007,22 @@ pub fn non_layer(spec: &ModelSpec, p: &LedgerParams) -> NonLayer {
         Loss::FusedLinearCe => {
             // Liger fused linear + CE: the gradient w.r.t. the head input is computed
             // in forward chunk by chunk and kept (T×h); logits never exist in full.
-            let grad_in = if training { tokens * h * compute.size() } else { 0 };
+            let grad_in = if training {
+                tokens * h * compute.size()
+            } else {
+                0
+            };
             let head_in = g.nodes[n.0].bytes;
             let norm_saved = g.nodes[..loss_from]
                 .iter()
                 .filter(|nd| nd.saved_by != u32::MAX && nd.name != "lm_head")
                 .map(|nd| nd.bytes)
                 .sum::<u64>()
-                .saturating_sub(if g.nodes[n.0].saved_by != u32::MAX { head_in } else { 0 });
+                .saturating_sub(if g.nodes[n.0].saved_by != u32::MAX {
+                    head_in
+                } else {
+                    0
+                });
             nl.head_saved = norm_saved + grad_in;
             nl.loss_saved = grad_in;
             // one chunk of fp32 logits and its gradient (Liger sizes chunks to about
@@ -879,7 +1061,13 @@ pub fn activations(spec: &ModelSpec, p: &LedgerParams) -> Activations {
     let nl = non_layer(spec, p);
     let per_layer = layer.saved;
     let non_layer_bytes = (nl.shared + nl.head_saved + first.saved).saturating_sub(per_layer);
-    Activations { layer, first, non_layer: nl, per_layer_bytes: per_layer, non_layer_bytes }
+    Activations {
+        layer,
+        first,
+        non_layer: nl,
+        per_layer_bytes: per_layer,
+        non_layer_bytes,
+    }
 }
 
 /// Whether the embedding output requires grad: with a trainable embedding, or when

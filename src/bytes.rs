@@ -9,7 +9,9 @@ use std::ops::{Add, AddAssign, Sub};
 use crate::error::Error;
 
 /// A number of bytes. Saturating subtraction: memory never goes negative.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Bytes(pub u64);
 
@@ -49,10 +51,12 @@ impl Bytes {
     /// `512MiB` or a plain integer number of bytes.
     pub fn parse(text: &str) -> Result<Bytes, Error> {
         let t = text.trim();
-        let bad = || Error::InvalidValue {
+        let bad = || {
+            Error::InvalidValue {
             what: "memory amount",
             value: text.to_string(),
             accepted: "a positive number with a unit: B, KiB, MiB, GiB, TiB (binary) or KB, MB, GB, TB (decimal), e.g. 80GiB".into(),
+        }
         };
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -308,7 +308,7 @@ impl Cfg<'_> {
             if let Some(v) = self.get(key) {
                 // Any expert count other than 0 or 1 means a routed MoE; a non-integer
                 // value cannot be trusted either.
-                if v.as_u64().map_or(true, |n| n > 1) {
+                if v.as_u64().is_none_or(|n| n > 1) {
                     return Err(unsupported());
                 }
             }

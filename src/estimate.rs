@@ -15,7 +15,9 @@ use crate::model::ModelSpec;
 use crate::optimizer;
 use crate::overhead::Overheads;
 use crate::params;
-use crate::timeline::{self, Components, Event, EventOverheads, InferPlan, Phase, Recorder, TrainPlan};
+use crate::timeline::{
+    self, Components, Event, EventOverheads, InferPlan, Phase, Recorder, TrainPlan,
+};
 use crate::weights;
 use crate::workload::{Device, Method, Task, Workload};
 
@@ -70,8 +72,19 @@ pub struct Estimate {
     pub warnings: Vec<String>,
 }
 
-fn ledger_params(w: &Workload, trainable: Trainable, seq: u64, kv_len: u64, batch: u64) -> LedgerParams {
+fn ledger_params(
+    w: &Workload,
+    trainable: Trainable,
+    seq: u64,
+    kv_len: u64,
+    batch: u64,
+) -> LedgerParams {
     LedgerParams {
+        param_grad_size: if w.master_weights {
+            4
+        } else {
+            w.precision.param_dtype().size()
+        },
         batch,
         seq,
         kv_len,
@@ -105,7 +118,13 @@ pub fn estimate(spec: &ModelSpec, w: &Workload, ov: &Overheads) -> Result<Estima
     let (trainable_kind, lora_trainable) = match (&w.lora, w.method) {
         (Some(l), Method::Lora | Method::Qlora) => {
             let c = params::lora(spec, l.rank, &l.targets);
-            (Trainable::Lora { rank: l.rank, targets: l.targets.clone() }, c.trainable)
+            (
+                Trainable::Lora {
+                    rank: l.rank,
+                    targets: l.targets.clone(),
+                },
+                c.trainable,
+            )
         }
         _ => (Trainable::All, 0),
     };
@@ -116,9 +135,21 @@ pub fn estimate(spec: &ModelSpec, w: &Workload, ov: &Overheads) -> Result<Estima
         _ => lora_trainable,
     };
     let ev_ov = EventOverheads {
-        in_allocator: if w.device == Device::Cuda { ov.cublas_workspace.get() } else { 0 },
-        outside: if w.device == Device::Cuda { ov.cuda_context.get() + ov.nccl.get() } else { 0 },
-        fragmentation: if w.device == Device::Cuda { ov.allocator_fragmentation } else { 0.0 },
+        in_allocator: if w.device == Device::Cuda {
+            ov.cublas_workspace.get()
+        } else {
+            0
+        },
+        outside: if w.device == Device::Cuda {
+            ov.cuda_context.get() + ov.nccl.get()
+        } else {
+            0
+        },
+        fragmentation: if w.device == Device::Cuda {
+            ov.allocator_fragmentation
+        } else {
+            0.0
+        },
     };
     let mut rec = Recorder::new(ev_ov);
 
@@ -140,7 +171,11 @@ pub fn estimate(spec: &ModelSpec, w: &Workload, ov: &Overheads) -> Result<Estima
                 }
             };
             let full = w.method == Method::Full;
-            let grad_layer = if full { counts.per_layer * grad_size } else { lora_trainable / spec.layers * grad_size };
+            let grad_layer = if full {
+                counts.per_layer * grad_size
+            } else {
+                lora_trainable / spec.layers * grad_size
+            };
             let layer_extra_temp = if w.method == Method::Qlora {
                 // bitsandbytes dequantizes one linear weight at a time for the matmul
                 spec.layer_linears()
@@ -155,14 +190,21 @@ pub fn estimate(spec: &ModelSpec, w: &Workload, ov: &Overheads) -> Result<Estima
             let plan = TrainPlan {
                 layers: spec.layers,
                 weights: wb.total(),
-                master_weights: if w.master_weights { params_trainable * 4 } else { 0 },
+                master_weights: if w.master_weights {
+                    params_trainable * 4
+                } else {
+                    0
+                },
                 optimizer_state: optimizer::state_bytes(w.optimizer, &shapes, state_size),
                 optimizer_step_temp: optimizer::step_temporaries(w.optimizer, &shapes, state_size),
                 first_saved: acts.first.saved,
                 layer_saved: acts.layer.saved,
+                first_fwd_cache: acts.first.fwd_cache,
+                layer_fwd_cache: acts.layer.fwd_cache,
                 first_fwd_peak: acts.first.fwd_peak,
                 layer_fwd_peak: acts.layer.fwd_peak,
                 first_bwd_peak: acts.first.bwd_peak,
+                bwd_peak_param_grads: acts.layer.bwd_peak_param_grads,
                 layer_bwd_peak: acts.layer.bwd_peak,
                 layer_extra_temp,
                 embed_out: acts.non_layer.embed_out,
@@ -171,9 +213,28 @@ pub fn estimate(spec: &ModelSpec, w: &Workload, ov: &Overheads) -> Result<Estima
                 loss_saved: acts.non_layer.loss_saved,
                 head_fwd_transient: acts.non_layer.head_fwd_transient,
                 head_bwd_transient: acts.non_layer.head_bwd_transient,
+                head_grad_logits: match w.loss {
+                    crate::workload::Loss::Standard => {
+                        w.batch * w.seq_len * spec.vocab * w.precision.compute_dtype().size()
+                    }
+                    crate::workload::Loss::Chunked => {
+                        w.batch * w.seq_len * spec.vocab * w.precision.compute_dtype().size()
+                            / activations::CHUNKED_LOSS_CHUNKS
+                    }
+                    crate::workload::Loss::FusedLinearCe => 0,
+                },
                 grad_layer,
-                grad_head: if full { counts.lm_head * grad_size } else { 0 },
-                grad_embedding: if full { counts.embedding * grad_size } else { 0 },
+                // a tied head's gradient is the embedding's, allocated at head backward
+                grad_head: match (full, spec.tie_embeddings) {
+                    (false, _) => 0,
+                    (true, true) => counts.embedding * grad_size,
+                    (true, false) => counts.lm_head * grad_size,
+                },
+                grad_embedding: if full {
+                    counts.embedding * grad_size
+                } else {
+                    0
+                },
                 grad_other: if full { counts.other * grad_size } else { 0 },
                 tied: spec.tie_embeddings,
                 grad_accum: w.grad_accum,
@@ -183,7 +244,10 @@ pub fn estimate(spec: &ModelSpec, w: &Workload, ov: &Overheads) -> Result<Estima
         Task::Infer => {
             let inf = &w.infer;
             let c = inf.concurrency;
-            let chunk = inf.prefill_chunk.unwrap_or(inf.prompt_len).min(inf.prompt_len);
+            let chunk = inf
+                .prefill_chunk
+                .unwrap_or(inf.prompt_len)
+                .min(inf.prompt_len);
             let pre = ledger_params(w, Trainable::Nothing, chunk, inf.prompt_len, c);
             acts = activations::activations(spec, &pre);
             let total_len = inf.prompt_len + inf.gen_len;
@@ -211,7 +275,10 @@ pub fn estimate(spec: &ModelSpec, w: &Workload, ov: &Overheads) -> Result<Estima
     let peak_event = rec.peak().expect("the timeline always has events").clone();
     let total_saved = match w.task {
         Task::Train => {
-            acts.non_layer.shared + acts.first.saved + (spec.layers - 1) * acts.layer.saved + acts.non_layer.head_saved
+            acts.non_layer.shared
+                + acts.first.saved
+                + (spec.layers - 1) * acts.layer.saved
+                + acts.non_layer.head_saved
         }
         Task::Infer => 0,
     };

@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Estimate the per-GPU memory of a training step or of inference.
-    Estimate(EstimateArgs),
+    Estimate(Box<EstimateArgs>),
     /// List the built-in model presets.
     Models {
         /// Machine-readable output.
@@ -182,7 +182,8 @@ impl EstimateArgs {
 fn run_estimate(args: &EstimateArgs) -> Result<ExitCode> {
     let mut cfg = RunConfig::default();
     if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading --config {path}"))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading --config {path}"))?;
         cfg = RunConfig::parse(&text, Format::from_path(path)?, path)?;
     }
     let cfg = cfg.merged(args.to_run_config());
@@ -196,7 +197,9 @@ fn run_estimate(args: &EstimateArgs) -> Result<ExitCode> {
     }
     let (workload, overheads) = cfg.build(&spec)?;
     let est = estimate(&spec, &workload, &overheads)?;
-    let fit = cfg.capacity()?.map(|(gpu, cap)| Fit::new(gpu, cap, est.peak.device));
+    let fit = cfg
+        .capacity()?
+        .map(|(gpu, cap)| Fit::new(gpu, cap, est.peak.device));
     let out = if args.json {
         report::json::render(&est, &workload, &overheads, fit.as_ref())
     } else if args.csv {
@@ -212,7 +215,9 @@ fn run_estimate(args: &EstimateArgs) -> Result<ExitCode> {
 }
 
 fn run_models(json: bool) -> Result<ExitCode> {
-    let infos: Vec<_> = presets::describe_all().into_iter().collect::<Result<_, _>>()?;
+    let infos: Vec<_> = presets::describe_all()
+        .into_iter()
+        .collect::<Result<_, _>>()?;
     let out = if json {
         let v: Vec<_> = infos
             .iter()
@@ -225,7 +230,10 @@ fn run_models(json: bool) -> Result<ExitCode> {
             .collect();
         serde_json::to_string_pretty(&v)? + "\n"
     } else {
-        let mut s = format!("{:<44} {:<12} {:>10}  {}\n", "preset", "family", "params", "hf id");
+        let mut s = format!(
+            "{:<44} {:<12} {:>10}  {}\n",
+            "preset", "family", "params", "hf id"
+        );
         for i in &infos {
             s += &format!(
                 "{:<44} {:<12} {:>9.2}B  {}{}\n",
@@ -233,7 +241,10 @@ fn run_models(json: bool) -> Result<ExitCode> {
                 i.family,
                 i.params_total as f64 / 1e9,
                 i.hf_id,
-                i.quantization.as_deref().map(|q| format!(" ({q})")).unwrap_or_default()
+                i.quantization
+                    .as_deref()
+                    .map(|q| format!(" ({q})"))
+                    .unwrap_or_default()
             );
         }
         s
@@ -245,7 +256,12 @@ fn run_models(json: bool) -> Result<ExitCode> {
 fn run_gpus() -> Result<ExitCode> {
     let mut s = format!("{:<12} {:>10}  {}\n", "gpu", "GiB", "description");
     for g in gpu::GPUS {
-        s += &format!("{:<12} {:>10.2}  {}\n", g.name, g.memory.gib(), g.description);
+        s += &format!(
+            "{:<12} {:>10.2}  {}\n",
+            g.name,
+            g.memory.gib(),
+            g.description
+        );
     }
     print_out(&s)?;
     Ok(ExitCode::SUCCESS)
@@ -265,7 +281,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let r = match &cli.command {

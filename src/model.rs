@@ -136,7 +136,9 @@ pub enum MlpKind {
 #[serde(rename_all = "snake_case")]
 pub enum Positions {
     /// Rotary embedding over the first `rotary_dim` channels of each head.
-    Rope { rotary_dim: u64 },
+    Rope {
+        rotary_dim: u64,
+    },
     /// Learned absolute position embedding table (GPT-2 `wpe`).
     Learned,
     Alibi,
@@ -301,7 +303,11 @@ impl ModelSpec {
                 v.push(l("q_proj", h, qd, self.qkv_bias, Q));
                 v.push(l("k_proj", h, kvd, self.qkv_bias, K));
                 v.push(l("v_proj", h, kvd, self.qkv_bias, V));
-                let o_name = if self.family == Family::Phi { "dense" } else { "o_proj" };
+                let o_name = if self.family == Family::Phi {
+                    "dense"
+                } else {
+                    "o_proj"
+                };
                 v.push(l(o_name, qd, h, self.o_bias, O));
             }
         }
@@ -325,11 +331,21 @@ impl ModelSpec {
                 v.push(l("dense_h_to_4h", h, i, self.mlp_bias, Up));
                 v.push(l("dense_4h_to_h", i, h, self.mlp_bias, Down));
             }
-            (_, MlpKind::Gated { fused_gate_up: true }) => {
+            (
+                _,
+                MlpKind::Gated {
+                    fused_gate_up: true,
+                },
+            ) => {
                 v.push(l("gate_up_proj", h, 2 * i, self.mlp_bias, GateUp));
                 v.push(l("down_proj", i, h, self.mlp_bias, Down));
             }
-            (_, MlpKind::Gated { fused_gate_up: false }) => {
+            (
+                _,
+                MlpKind::Gated {
+                    fused_gate_up: false,
+                },
+            ) => {
                 v.push(l("gate_proj", h, i, self.mlp_bias, Gate));
                 v.push(l("up_proj", h, i, self.mlp_bias, Up));
                 v.push(l("down_proj", i, h, self.mlp_bias, Down));
@@ -371,10 +387,7 @@ impl ModelSpec {
             return Err(Error::invalid(
                 "num_key_value_heads",
                 self.kv_heads,
-                format!(
-                    "a divisor of num_attention_heads ({})",
-                    self.heads
-                ),
+                format!("a divisor of num_attention_heads ({})", self.heads),
             ));
         }
         if let Positions::Rope { rotary_dim } = self.positions {
@@ -427,9 +440,10 @@ impl LoraTargets {
             .filter(|n| !n.is_empty())
             .collect();
         if names.is_empty()
-            || names
-                .iter()
-                .any(|n| !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            || names.iter().any(|n| {
+                !n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            })
         {
             return Err(Error::invalid(
                 "--lora-targets",
@@ -458,7 +472,11 @@ impl LoraTargets {
                     return Err(Error::invalid(
                         "LoRA target module",
                         n,
-                        format!("attn, all-linear, or modules of {}: {}", spec.family, accepted.join(", ")),
+                        format!(
+                            "attn, all-linear, or modules of {}: {}",
+                            spec.family,
+                            accepted.join(", ")
+                        ),
                     ));
                 }
             }

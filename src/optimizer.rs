@@ -39,9 +39,17 @@ pub fn full_shapes(spec: &ModelSpec) -> Vec<Shape> {
     let mut v = Vec::new();
     let l = spec.layers;
     for lin in spec.layer_linears() {
-        v.push(Shape { rows: lin.out_features, cols: lin.in_features, count: l });
+        v.push(Shape {
+            rows: lin.out_features,
+            cols: lin.in_features,
+            count: l,
+        });
         if lin.bias {
-            v.push(Shape { rows: lin.out_features, cols: 1, count: l });
+            v.push(Shape {
+                rows: lin.out_features,
+                cols: 1,
+                count: l,
+            });
         }
     }
     // norms and other small vectors of the layers, lumped as vectors of hidden size
@@ -52,18 +60,38 @@ pub fn full_shapes(spec: &ModelSpec) -> Vec<Shape> {
         .sum();
     let rest = c.per_layer.saturating_sub(linear_params);
     if rest > 0 {
-        v.push(Shape { rows: rest, cols: 1, count: l });
+        v.push(Shape {
+            rows: rest,
+            cols: 1,
+            count: l,
+        });
     }
-    v.push(Shape { rows: spec.vocab, cols: spec.hidden, count: 1 });
+    v.push(Shape {
+        rows: spec.vocab,
+        cols: spec.hidden,
+        count: 1,
+    });
     if c.lm_head > 0 {
-        v.push(Shape { rows: spec.vocab, cols: spec.hidden, count: 1 });
+        v.push(Shape {
+            rows: spec.vocab,
+            cols: spec.hidden,
+            count: 1,
+        });
         let bias = c.lm_head - spec.vocab * spec.hidden;
         if bias > 0 {
-            v.push(Shape { rows: bias, cols: 1, count: 1 });
+            v.push(Shape {
+                rows: bias,
+                cols: 1,
+                count: 1,
+            });
         }
     }
     if c.other > 0 {
-        v.push(Shape { rows: c.other, cols: 1, count: 1 });
+        v.push(Shape {
+            rows: c.other,
+            cols: 1,
+            count: 1,
+        });
     }
     v
 }
@@ -75,8 +103,16 @@ pub fn lora_shapes(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> Vec<Sh
         .filter(|l| targets.matches(l))
         .flat_map(|l| {
             [
-                Shape { rows: rank, cols: l.in_features, count: spec.layers },
-                Shape { rows: l.out_features, cols: rank, count: spec.layers },
+                Shape {
+                    rows: rank,
+                    cols: l.in_features,
+                    count: spec.layers,
+                },
+                Shape {
+                    rows: l.out_features,
+                    cols: rank,
+                    count: spec.layers,
+                },
             ]
         })
         .collect()
@@ -131,23 +167,49 @@ mod tests {
 
     #[test]
     fn adamw_is_two_states() {
-        let t = [Shape { rows: 10, cols: 10, count: 2 }];
+        let t = [Shape {
+            rows: 10,
+            cols: 10,
+            count: 2,
+        }];
         assert_eq!(state_bytes(Optimizer::AdamW, &t, 4), 2 * 200 * 4);
         assert_eq!(step_temporaries(Optimizer::AdamW, &t, 4), 200 * 4);
     }
 
     #[test]
     fn eight_bit_blockwise_and_small_tensors_fp32() {
-        let big = [Shape { rows: 4096, cols: 4096, count: 1 }];
+        let big = [Shape {
+            rows: 4096,
+            cols: 4096,
+            count: 1,
+        }];
         let n = 4096 * 4096u64;
-        assert_eq!(state_bytes(Optimizer::AdamW8bit, &big, 2), 2 * (n + 4 * n / 256));
-        let small = [Shape { rows: 100, cols: 1, count: 1 }];
+        assert_eq!(
+            state_bytes(Optimizer::AdamW8bit, &big, 2),
+            2 * (n + 4 * n / 256)
+        );
+        let small = [Shape {
+            rows: 100,
+            cols: 1,
+            count: 1,
+        }];
         assert_eq!(state_bytes(Optimizer::AdamW8bit, &small, 2), 800);
     }
 
     #[test]
     fn adafactor_factors_matrices() {
-        let t = [Shape { rows: 300, cols: 200, count: 1 }, Shape { rows: 50, cols: 1, count: 1 }];
+        let t = [
+            Shape {
+                rows: 300,
+                cols: 200,
+                count: 1,
+            },
+            Shape {
+                rows: 50,
+                cols: 1,
+                count: 1,
+            },
+        ];
         assert_eq!(state_bytes(Optimizer::Adafactor, &t, 4), (500 + 50) * 4);
     }
 }

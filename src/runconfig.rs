@@ -27,7 +27,11 @@ impl Amount {
         match self {
             Amount::Bytes(b) => Ok(Bytes(*b)),
             Amount::Text(t) => Bytes::parse(t).map_err(|_| {
-                Error::invalid(what, t, "a memory amount such as 80GiB, 512MiB, 40GB or an integer of bytes")
+                Error::invalid(
+                    what,
+                    t,
+                    "a memory amount such as 80GiB, 512MiB, 40GB or an integer of bytes",
+                )
             }),
         }
     }
@@ -82,7 +86,11 @@ impl Format {
             "toml" => Ok(Format::Toml),
             "yaml" | "yml" => Ok(Format::Yaml),
             "json" => Ok(Format::Json),
-            _ => Err(Error::invalid("--config", path, "a file ending in .toml, .yaml, .yml or .json")),
+            _ => Err(Error::invalid(
+                "--config",
+                path,
+                "a file ending in .toml, .yaml, .yml or .json",
+            )),
         }
     }
 }
@@ -90,9 +98,11 @@ impl Format {
 /// Replace '-' by '_' in every key of a map (kebab-case keys are accepted).
 fn normalize(v: serde_json::Value) -> serde_json::Value {
     match v {
-        serde_json::Value::Object(m) => {
-            serde_json::Value::Object(m.into_iter().map(|(k, v)| (k.replace('-', "_"), normalize(v))).collect())
-        }
+        serde_json::Value::Object(m) => serde_json::Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (k.replace('-', "_"), normalize(v)))
+                .collect(),
+        ),
         other => other,
     }
 }
@@ -100,7 +110,10 @@ fn normalize(v: serde_json::Value) -> serde_json::Value {
 impl RunConfig {
     /// Parse a config file's text. `origin` names the file in errors.
     pub fn parse(text: &str, format: Format, origin: &str) -> Result<RunConfig> {
-        let err = |m: String| Error::Config { path: origin.to_string(), message: m };
+        let err = |m: String| Error::Config {
+            path: origin.to_string(),
+            message: m,
+        };
         let value: serde_json::Value = match format {
             Format::Json => serde_json::from_str(text).map_err(|e| err(e.to_string()))?,
             Format::Toml => {
@@ -110,7 +123,9 @@ impl RunConfig {
             Format::Yaml => serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?,
         };
         if !value.is_object() {
-            return Err(err("expected a table/mapping of settings at the top level".into()));
+            return Err(err(
+                "expected a table/mapping of settings at the top level".into()
+            ));
         }
         serde_json::from_value(normalize(value)).map_err(|e| err(e.to_string()))
     }
@@ -121,9 +136,34 @@ impl RunConfig {
             ($($f:ident),*) => { RunConfig { $($f: over.$f.or(self.$f)),* } };
         }
         pick!(
-            model, layers, task, method, lora_rank, lora_alpha, lora_targets, double_quant, dtype, master_weights,
-            optimizer, batch, seq_len, grad_accum, attn, grad_ckpt, loss, runtime, device, prompt_len, gen_len,
-            concurrency, kv_dtype, prefill_chunk, gpu, gpu_memory, cuda_context, cublas_workspace,
+            model,
+            layers,
+            task,
+            method,
+            lora_rank,
+            lora_alpha,
+            lora_targets,
+            double_quant,
+            dtype,
+            master_weights,
+            optimizer,
+            batch,
+            seq_len,
+            grad_accum,
+            attn,
+            grad_ckpt,
+            loss,
+            runtime,
+            device,
+            prompt_len,
+            gen_len,
+            concurrency,
+            kv_dtype,
+            prefill_chunk,
+            gpu,
+            gpu_memory,
+            cuda_context,
+            cublas_workspace,
             allocator_fragmentation
         )
     }
@@ -137,7 +177,8 @@ impl RunConfig {
         if let Some(m) = &self.method {
             w.method = m.parse()?;
         }
-        let lora_given = self.lora_rank.is_some() || self.lora_alpha.is_some() || self.lora_targets.is_some();
+        let lora_given =
+            self.lora_rank.is_some() || self.lora_alpha.is_some() || self.lora_targets.is_some();
         if w.method != Method::Full || lora_given {
             let rank = self.lora_rank.unwrap_or(16);
             let targets = match &self.lora_targets {
@@ -229,9 +270,24 @@ mod tests {
 
     #[test]
     fn three_formats_same_fields() {
-        let t = RunConfig::parse("batch = 4\nseq-len = 1024\ntask = \"train\"", Format::Toml, "a.toml").unwrap();
-        let y = RunConfig::parse("batch: 4\nseq_len: 1024\ntask: train", Format::Yaml, "a.yaml").unwrap();
-        let j = RunConfig::parse(r#"{"batch": 4, "seq-len": 1024, "task": "train"}"#, Format::Json, "a.json").unwrap();
+        let t = RunConfig::parse(
+            "batch = 4\nseq-len = 1024\ntask = \"train\"",
+            Format::Toml,
+            "a.toml",
+        )
+        .unwrap();
+        let y = RunConfig::parse(
+            "batch: 4\nseq_len: 1024\ntask: train",
+            Format::Yaml,
+            "a.yaml",
+        )
+        .unwrap();
+        let j = RunConfig::parse(
+            r#"{"batch": 4, "seq-len": 1024, "task": "train"}"#,
+            Format::Json,
+            "a.json",
+        )
+        .unwrap();
         assert_eq!(t, y);
         assert_eq!(y, j);
         assert_eq!(t.seq_len, Some(1024));
@@ -239,16 +295,27 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_types_are_errors() {
-        let e = RunConfig::parse("batchsize = 4", Format::Toml, "x.toml").unwrap_err().to_string();
+        let e = RunConfig::parse("batchsize = 4", Format::Toml, "x.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("batchsize") && e.contains("x.toml"), "{e}");
-        let e = RunConfig::parse(r#"{"batch": -1}"#, Format::Json, "x.json").unwrap_err().to_string();
+        let e = RunConfig::parse(r#"{"batch": -1}"#, Format::Json, "x.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("-1"), "{e}");
     }
 
     #[test]
     fn flags_override_file() {
-        let file = RunConfig { batch: Some(2), seq_len: Some(512), ..Default::default() };
-        let flags = RunConfig { batch: Some(8), ..Default::default() };
+        let file = RunConfig {
+            batch: Some(2),
+            seq_len: Some(512),
+            ..Default::default()
+        };
+        let flags = RunConfig {
+            batch: Some(8),
+            ..Default::default()
+        };
         let m = file.merged(flags);
         assert_eq!((m.batch, m.seq_len), (Some(8), Some(512)));
     }

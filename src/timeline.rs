@@ -125,7 +125,10 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(ov: EventOverheads) -> Self {
-        Recorder { events: Vec::with_capacity(64), ov }
+        Recorder {
+            events: Vec::with_capacity(64),
+            ov,
+        }
     }
 
     /// Record a moment. `c.overhead` is filled in here.
@@ -168,10 +171,15 @@ pub struct TrainPlan {
     /// Saved by layer 0 / by every other layer.
     pub first_saved: u64,
     pub layer_saved: u64,
+    /// Held until the end of forward only (autocast cache), by layer 0 / others.
+    pub first_fwd_cache: u64,
+    pub layer_fwd_cache: u64,
     pub first_fwd_peak: u64,
     pub layer_fwd_peak: u64,
     pub first_bwd_peak: u64,
     pub layer_bwd_peak: u64,
+    /// The layer's own parameter gradients already allocated at its backward peak.
+    pub bwd_peak_param_grads: u64,
     /// Extra transient inside each layer (e.g. QLoRA's dequantized weight).
     pub layer_extra_temp: u64,
     pub embed_out: u64,
@@ -180,6 +188,8 @@ pub struct TrainPlan {
     pub loss_saved: u64,
     pub head_fwd_transient: u64,
     pub head_bwd_transient: u64,
+    /// Gradient of the logits in the compute dtype, alive during the head's backward.
+    pub head_grad_logits: u64,
     /// Parameter gradients: per decoder layer, of the head (0 when frozen or tied), of
     /// the embedding (0 when frozen), of everything else (final norm, positions).
     pub grad_layer: u64,
@@ -192,8 +202,12 @@ pub struct TrainPlan {
 }
 
 impl TrainPlan {
+    /// Gradients resident after backward. With tied embeddings the head and the
+    /// embedding share one gradient (`grad_head`); `grad_embedding` is then only a
+    /// transient added into it.
     pub fn grads_total(&self) -> u64 {
-        self.layers * self.grad_layer + self.grad_head + self.grad_embedding + self.grad_other
+        let emb = if self.tied { 0 } else { self.grad_embedding };
+        self.layers * self.grad_layer + self.grad_head + emb + self.grad_other
     }
 }
 
@@ -209,18 +223,34 @@ pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
     let micro_batches = if p.grad_accum > 1 { 2 } else { 1 };
     for mb in 0..micro_batches {
         let resident_grads = if mb == 0 { 0 } else { p.grads_total() };
-        let tag = if micro_batches > 1 { format!(" (micro-batch {})", mb + 1) } else { String::new() };
-        let with_grads = Components { gradients: Bytes(resident_grads), ..base };
+        let tag = if micro_batches > 1 {
+            format!(" (micro-batch {})", mb + 1)
+        } else {
+            String::new()
+        };
+        let with_grads = Components {
+            gradients: Bytes(resident_grads),
+            ..base
+        };
 
         // forward
         let mut saved = p.shared;
+        let mut cache = 0u64;
         rec.record(
             Phase::Forward,
             format!("embedding{tag}"),
-            Components { activations: Bytes(saved), temporaries: Bytes(p.embed_out), ..with_grads },
+            Components {
+                activations: Bytes(saved),
+                temporaries: Bytes(p.embed_out),
+                ..with_grads
+            },
         );
         for i in 0..p.layers {
-            let (s, peak) = if i == 0 { (p.first_saved, p.first_fwd_peak) } else { (p.layer_saved, p.layer_fwd_peak) };
+            let (s, peak) = if i == 0 {
+                (p.first_saved, p.first_fwd_peak)
+            } else {
+                (p.layer_saved, p.layer_fwd_peak)
+            };
             // report the first, second and last layer; the rest are in between
             if i == 0 || i == 1 || i + 1 == p.layers {
                 let held = s.min(peak);
@@ -229,12 +259,17 @@ pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
                     format!("layer {i} forward{tag}"),
                     Components {
                         activations: Bytes(saved + held),
-                        temporaries: Bytes(peak - held + p.layer_extra_temp),
+                        temporaries: Bytes(cache + peak - held + p.layer_extra_temp),
                         ..with_grads
                     },
                 );
             }
             saved += s;
+            cache += if i == 0 {
+                p.first_fwd_cache
+            } else {
+                p.layer_fwd_cache
+            };
         }
         let head_act = p.head_saved - p.loss_saved;
         rec.record(
@@ -243,6 +278,7 @@ pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
             Components {
                 activations: Bytes(saved + head_act),
                 logits_and_loss: Bytes(p.loss_saved + p.head_fwd_transient),
+                temporaries: Bytes(cache),
                 ..with_grads
             },
         );
@@ -250,44 +286,70 @@ pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
         // backward
         let mut grads = resident_grads;
         let accum_temp = |g: u64| if mb > 0 { g } else { 0 };
+        // The loss backward peaks (fp32 logit gradients) before the head's weight
+        // gradient exists.
+        rec.record(
+            Phase::Backward,
+            format!("loss backward{tag}"),
+            Components {
+                gradients: Bytes(grads),
+                activations: Bytes(saved + head_act),
+                logits_and_loss: Bytes(p.loss_saved + p.head_bwd_transient),
+                ..base
+            },
+        );
         if mb == 0 {
             grads += p.grad_head + p.grad_other;
         }
         rec.record(
             Phase::Backward,
-            format!("loss and head backward{tag}"),
+            format!("lm_head backward{tag}"),
             Components {
                 gradients: Bytes(grads),
                 activations: Bytes(saved + head_act),
-                logits_and_loss: Bytes(p.loss_saved + p.head_bwd_transient),
-                temporaries: Bytes(accum_temp(p.grad_head)),
+                logits_and_loss: Bytes(p.head_grad_logits),
+                temporaries: Bytes(accum_temp(p.grad_head) + p.embed_out),
                 ..base
             },
         );
         for i in (0..p.layers).rev() {
-            let (s, peak) = if i == 0 { (p.first_saved, p.first_bwd_peak) } else { (p.layer_saved, p.layer_bwd_peak) };
+            let (s, peak) = if i == 0 {
+                (p.first_saved, p.first_bwd_peak)
+            } else {
+                (p.layer_saved, p.layer_bwd_peak)
+            };
             saved -= s;
-            if mb == 0 {
-                grads += p.grad_layer;
-            }
             if i == 0 || i == 1 || i + 1 == p.layers {
-                let held = s.min(peak);
+                // the layer's peak already counts its gradients allocated so far
+                let own = if mb == 0 {
+                    p.bwd_peak_param_grads.min(peak)
+                } else {
+                    0
+                };
+                let held = s.min(peak - own);
                 rec.record(
                     Phase::Backward,
                     format!("layer {i} backward{tag}"),
                     Components {
-                        gradients: Bytes(grads),
+                        gradients: Bytes(grads + own),
                         activations: Bytes(saved + held),
-                        temporaries: Bytes(peak - held + p.layer_extra_temp + accum_temp(p.grad_layer)),
+                        temporaries: Bytes(
+                            peak - own - held + p.layer_extra_temp + accum_temp(p.grad_layer),
+                        ),
                         ..base
                     },
                 );
             }
+            if mb == 0 {
+                grads += p.grad_layer;
+            }
         }
         // embedding backward: untied → its own gradient; tied → a transient that is
         // added into the head's gradient
+        // (tied: autograd sums the head's and the embedding's gradient in its input
+        // buffer — the new dense gradient plus the out-of-place sum — before storing it)
         let (emb_grad, emb_temp) = if p.tied {
-            (0, p.grad_embedding)
+            (0, 2 * p.grad_embedding)
         } else if mb == 0 {
             (p.grad_embedding, 0)
         } else {
@@ -331,12 +393,19 @@ pub struct InferPlan {
 }
 
 pub fn simulate_infer(p: &InferPlan, rec: &mut Recorder) {
-    let base = Components { weights: Bytes(p.weights), ..Components::default() };
+    let base = Components {
+        weights: Bytes(p.weights),
+        ..Components::default()
+    };
     rec.record(Phase::Load, "weights resident", base);
     rec.record(
         Phase::Prefill,
         "prefill, last layer",
-        Components { kv_cache: Bytes(p.kv_prefill), temporaries: Bytes(p.prefill_layer_peak), ..base },
+        Components {
+            kv_cache: Bytes(p.kv_prefill),
+            temporaries: Bytes(p.prefill_layer_peak),
+            ..base
+        },
     );
     rec.record(
         Phase::Prefill,
@@ -351,11 +420,19 @@ pub fn simulate_infer(p: &InferPlan, rec: &mut Recorder) {
     rec.record(
         Phase::Decode,
         "last decode step, last layer",
-        Components { kv_cache: Bytes(p.kv_final), temporaries: Bytes(p.decode_layer_peak), ..base },
+        Components {
+            kv_cache: Bytes(p.kv_final),
+            temporaries: Bytes(p.decode_layer_peak),
+            ..base
+        },
     );
     rec.record(
         Phase::Decode,
         "last decode step, logits and sampling",
-        Components { kv_cache: Bytes(p.kv_final), logits_and_loss: Bytes(p.decode_logits), ..base },
+        Components {
+            kv_cache: Bytes(p.kv_final),
+            logits_and_loss: Bytes(p.decode_logits),
+            ..base
+        },
     );
 }

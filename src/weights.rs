@@ -49,7 +49,10 @@ pub fn nf4_bytes(n: u64, double_quant: bool) -> u64 {
 /// GPTQ/AWQ packed bytes of one linear.
 pub fn gptq_bytes(in_f: u64, out_f: u64, bits: u64, group: Option<u64>) -> u64 {
     let groups = group.map_or(1, |g| in_f.div_ceil(g.max(1)));
-    (in_f * out_f * bits).div_ceil(8) + (groups * out_f * bits).div_ceil(8) + groups * out_f * 2 + in_f * 4
+    (in_f * out_f * bits).div_ceil(8)
+        + (groups * out_f * bits).div_ceil(8)
+        + groups * out_f * 2
+        + in_f * 4
 }
 
 pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_trainable: u64) -> Result<WeightBytes> {
@@ -58,7 +61,11 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_trainable: u64) -> Resu
     let linear = params::linear_weight_params(spec);
     let dt = w.precision.param_dtype();
     let rest_dt = if dt == DType::F8 { DType::BF16 } else { dt };
-    let adapters = if w.method == Method::Full { 0 } else { lora_trainable * 4 };
+    let adapters = if w.method == Method::Full {
+        0
+    } else {
+        lora_trainable * 4
+    };
     let per_layer_linears = spec.layer_linears();
     let n_linear_tensors = spec.layers * per_layer_linears.len() as u64;
 
@@ -120,6 +127,9 @@ mod tests {
     #[test]
     fn gptq_4bit_group128() {
         let b = gptq_bytes(4096, 4096, 4, Some(128));
-        assert_eq!(b, 4096 * 4096 / 2 + 32 * 4096 / 2 + 32 * 4096 * 2 + 4096 * 4);
+        assert_eq!(
+            b,
+            4096 * 4096 / 2 + 32 * 4096 / 2 + 32 * 4096 * 2 + 4096 * 4
+        );
     }
 }

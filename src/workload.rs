@@ -51,29 +51,29 @@ choice_enum!(
     /// `--method`
     Method, "--method", { Full => "full", Lora => "lora", Qlora => "qlora" });
 choice_enum!(
-    /// `--dtype`: the precision recipe. `amp-*` keeps fp32 parameters and runs matmuls
-    /// under torch autocast (half-precision copies of the weights live during forward);
-    /// `fp8` is for inference only (fp8 weights, bf16 compute).
-    Precision, "--dtype", {
-        Fp32 => "fp32" | "float32",
-        Bf16 => "bf16" | "bfloat16",
-        Fp16 => "fp16" | "float16",
-        AmpBf16 => "amp-bf16" | "amp_bf16",
-        AmpFp16 => "amp-fp16" | "amp_fp16",
-        Fp8 => "fp8",
-    });
+/// `--dtype`: the precision recipe. `amp-*` keeps fp32 parameters and runs matmuls
+/// under torch autocast (half-precision copies of the weights live during forward);
+/// `fp8` is for inference only (fp8 weights, bf16 compute).
+Precision, "--dtype", {
+    Fp32 => "fp32" | "float32",
+    Bf16 => "bf16" | "bfloat16",
+    Fp16 => "fp16" | "float16",
+    AmpBf16 => "amp-bf16" | "amp_bf16",
+    AmpFp16 => "amp-fp16" | "amp_fp16",
+    Fp8 => "fp8",
+});
 choice_enum!(
-    /// `--optimizer`
-    Optimizer, "--optimizer", {
-        AdamW => "adamw" | "adam",
-        AdamW8bit => "adamw-8bit" | "adamw8bit" | "adamw_8bit",
-        PagedAdamW => "paged-adamw" | "paged_adamw",
-        PagedAdamW8bit => "paged-adamw-8bit" | "paged_adamw_8bit",
-        Sgd => "sgd",
-        SgdMomentum => "sgd-momentum" | "sgd_momentum",
-        Adafactor => "adafactor",
-        Lion => "lion",
-    });
+/// `--optimizer`
+Optimizer, "--optimizer", {
+    AdamW => "adamw" | "adam",
+    AdamW8bit => "adamw-8bit" | "adamw8bit" | "adamw_8bit",
+    PagedAdamW => "paged-adamw" | "paged_adamw",
+    PagedAdamW8bit => "paged-adamw-8bit" | "paged_adamw_8bit",
+    Sgd => "sgd",
+    SgdMomentum => "sgd-momentum" | "sgd_momentum",
+    Adafactor => "adafactor",
+    Lion => "lion",
+});
 choice_enum!(
     /// `--attn`
     Attn, "--attn", { Eager => "eager", Sdpa => "sdpa", Flash => "flash" | "flash_attention_2" | "fa2" });
@@ -258,7 +258,10 @@ impl Workload {
                 "--master-weights with --dtype bf16 or fp16 (amp and fp32 already keep fp32 parameters)",
             ));
         }
-        if self.method == Method::Qlora && self.precision.param_dtype() == DType::F32 && !self.precision.is_amp() {
+        if self.method == Method::Qlora
+            && self.precision.param_dtype() == DType::F32
+            && !self.precision.is_amp()
+        {
             // fp32 compute with NF4 storage is legal (bnb dequantizes to fp32); nothing to reject.
         }
         if self.runtime == Runtime::Candle && self.attn == Attn::Flash {

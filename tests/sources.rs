@@ -43,7 +43,7 @@ impl Drop for TempDir {
 fn write_raw(path: &Path, header: &[u8], data_len: usize) {
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(header);
-    bytes.extend(std::iter::repeat(0u8).take(data_len));
+    bytes.extend(std::iter::repeat_n(0u8, data_len));
     fs::write(path, bytes).unwrap();
 }
 

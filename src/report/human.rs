@@ -26,7 +26,10 @@ pub fn render(e: &Estimate, w: &Workload, fit: Option<&Fit>) -> String {
         billions(m.params_trainable)
     );
     let method = match (&w.lora, w.method) {
-        (Some(l), Method::Lora | Method::Qlora) => format!("{} r={} alpha={} targets={}", w.method, l.rank, l.alpha, l.targets),
+        (Some(l), Method::Lora | Method::Qlora) => format!(
+            "{} r={} alpha={} targets={}",
+            w.method, l.rank, l.alpha, l.targets
+        ),
         _ => w.method.to_string(),
     };
     match w.task {
@@ -59,7 +62,11 @@ pub fn render(e: &Estimate, w: &Workload, fit: Option<&Fit>) -> String {
     let _ = writeln!(
         s,
         "peak: {} on the device ({} allocated, {} reserved) at {}: {}",
-        e.peak.device, e.peak.allocated, e.peak.reserved, e.peak.phase.as_str(), e.peak.event
+        e.peak.device,
+        e.peak.allocated,
+        e.peak.reserved,
+        e.peak.phase.as_str(),
+        e.peak.event
     );
     let _ = writeln!(s);
     let _ = writeln!(s, "  {:<18} {:>10}", "at the peak", "GiB");

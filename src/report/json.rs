@@ -62,7 +62,10 @@ struct EventOut<'a> {
 pub fn render(e: &Estimate, w: &Workload, ov: &Overheads, fit: Option<&Fit>) -> String {
     let doc = Doc {
         schema_version: SCHEMA_VERSION,
-        tool: Tool { name: "llm-mem", version: env!("CARGO_PKG_VERSION") },
+        tool: Tool {
+            name: "llm-mem",
+            version: env!("CARGO_PKG_VERSION"),
+        },
         model: &e.model,
         workload: w,
         overheads: ov,

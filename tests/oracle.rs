@@ -1,0 +1,219 @@
+//! The activation ledger and the timeline against PyTorch ground truth
+//! (`tests/data/oracle`, PyTorch 2.15 + transformers 5.24 + peft 0.21, CPU semantics).
+//!
+//! - `live_per_layer_bytes` / `live_non_layer_bytes` (what autograd keeps from forward
+//!   to backward): within 3% for every dense-model row — in practice within 0.8%.
+//! - `peak_fwd_bytes` / `peak_bwd_bytes` (op-granular peaks without parameters,
+//!   backward including gradients): within 3% except eager attention under
+//!   checkpointing, whose recomputed-forward peaks we under-estimate by up to 22%
+//!   (documented in ARCHITECTURE.md).
+
+use llm_mem::activations::{activations, LedgerParams, Trainable};
+use llm_mem::estimate::estimate;
+use llm_mem::model::{Dropout, LoraTargets, ModelSpec};
+use llm_mem::overhead::Overheads;
+use llm_mem::runconfig::RunConfig;
+use llm_mem::timeline::Phase;
+use llm_mem::workload::{Attn, Device, GradCkpt, Loss, Precision, Runtime};
+
+struct Row {
+    model: String,
+    layers: u64,
+    batch: u64,
+    seq: u64,
+    dtype: String,
+    attn: String,
+    ckpt: String,
+    mode: String,
+    vals: std::collections::HashMap<String, f64>,
+}
+
+fn rows(file: &str) -> Vec<Row> {
+    let mut rdr = csv::Reader::from_path(format!(
+        "{}/tests/data/oracle/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let hdr = rdr.headers().unwrap().clone();
+    rdr.records()
+        .map(|r| {
+            let r = r.unwrap();
+            let get = |n: &str| {
+                hdr.iter()
+                    .position(|h| h == n)
+                    .map(|i| r[i].to_string())
+                    .unwrap_or_default()
+            };
+            let vals = hdr
+                .iter()
+                .zip(r.iter())
+                .filter_map(|(h, v)| v.parse::<f64>().ok().map(|x| (h.to_string(), x)))
+                .collect();
+            Row {
+                model: get("model"),
+                layers: get("layers").parse().unwrap_or(0),
+                batch: get("batch").parse().unwrap(),
+                seq: get("seq").parse().unwrap(),
+                dtype: get("dtype"),
+                attn: get("attn_impl"),
+                ckpt: get("grad_ckpt"),
+                mode: get("mode"),
+                vals,
+            }
+        })
+        .collect()
+}
+
+const DENSE: [&str; 4] = ["llama-2-7b", "qwen2.5-0.5b", "gpt2", "gpt2@nodropout"];
+
+/// The config from tests/data/configs (or the gpt2 preset), dropout zeroed for
+/// `gpt2@nodropout`.
+fn spec(model: &str) -> ModelSpec {
+    let base = model.trim_end_matches("@nodropout");
+    let path = format!(
+        "{}/tests/data/configs/{base}/config.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut s = llm_mem::hub::load_config_file(std::path::Path::new(&path)).unwrap();
+    if model.ends_with("@nodropout") {
+        s.dropout = Dropout::default();
+    }
+    s
+}
+
+fn skip(r: &Row) -> bool {
+    // GPT-2 SDPA with dropout falls back to the CPU math kernel: use @nodropout rows.
+    !DENSE.contains(&r.model.as_str()) || (r.model == "gpt2" && r.attn == "sdpa")
+}
+
+fn trainable(mode: &str) -> Trainable {
+    match mode {
+        "full" => Trainable::All,
+        "lora_all" => Trainable::Lora {
+            rank: 16,
+            targets: LoraTargets::AllLinear,
+        },
+        "lora_attn" => Trainable::Lora {
+            rank: 16,
+            targets: LoraTargets::Attn,
+        },
+        m => panic!("unknown mode {m}"),
+    }
+}
+
+#[test]
+fn per_layer_and_non_layer_activations_within_3_percent() {
+    let mut checked = 0;
+    let mut worst: f64 = 0.0;
+    for r in rows("per_layer.csv").iter().filter(|r| !skip(r)) {
+        let p = LedgerParams {
+            batch: r.batch,
+            seq: r.seq,
+            kv_len: r.seq,
+            precision: if r.dtype == "amp_bf16" {
+                Precision::AmpBf16
+            } else {
+                Precision::Bf16
+            },
+            attn: r.attn.parse::<Attn>().unwrap(),
+            grad_ckpt: if r.ckpt == "none" {
+                GradCkpt::None
+            } else {
+                GradCkpt::Full
+            },
+            runtime: Runtime::Torch,
+            device: Device::Cpu,
+            trainable: trainable(&r.mode),
+            loss: Loss::Standard,
+            param_grad_size: 2,
+        };
+        let a = activations(&spec(&r.model), &p);
+        for (got, col) in [
+            (a.per_layer_bytes, "live_per_layer_bytes"),
+            (a.non_layer_bytes, "live_non_layer_bytes"),
+        ] {
+            let want = r.vals[col];
+            let err = got as f64 / want - 1.0;
+            worst = worst.max(err.abs());
+            assert!(
+                err.abs() <= 0.03,
+                "{} b{} s{} {} {} {} {}: {col} {got} vs {want} ({:+.2}%)",
+                r.model,
+                r.batch,
+                r.seq,
+                r.dtype,
+                r.attn,
+                r.ckpt,
+                r.mode,
+                err * 100.0
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 182, "every dense row is checked");
+    println!("worst relative error: {:.3}%", worst * 100.0);
+}
+
+#[test]
+fn forward_and_backward_peaks_match_pytorch() {
+    let mut checked = 0;
+    for r in rows("activations.csv")
+        .iter()
+        .filter(|r| !skip(r) && r.layers == 2)
+    {
+        let s = spec(&r.model).with_layers(2).unwrap();
+        let lora = r.mode != "full";
+        let cfg = RunConfig {
+            batch: Some(r.batch),
+            seq_len: Some(r.seq),
+            dtype: Some(r.dtype.replace('_', "-")),
+            attn: Some(r.attn.clone()),
+            grad_ckpt: Some(if r.ckpt == "none" { "none" } else { "full" }.into()),
+            method: Some(if lora { "lora" } else { "full" }.into()),
+            lora_targets: lora.then(|| {
+                if r.mode == "lora_all" {
+                    "all-linear"
+                } else {
+                    "attn"
+                }
+                .to_string()
+            }),
+            device: Some("cpu".into()),
+            optimizer: Some("sgd".into()),
+            ..Default::default()
+        };
+        let (w, _) = cfg.build(&s).unwrap();
+        let e = estimate(&s, &w, &Overheads::none()).unwrap();
+        // the oracle excludes parameters: subtract what the load event holds
+        let base = e.timeline[0].components.total().get() as f64;
+        let peak_in = |phases: &[Phase]| {
+            e.timeline
+                .iter()
+                .filter(|x| phases.contains(&x.phase))
+                .map(|x| x.components.total().get() as f64 - base)
+                .fold(0.0, f64::max)
+        };
+        let fwd = peak_in(&[Phase::Forward, Phase::Loss]) / r.vals["peak_fwd_bytes"] - 1.0;
+        let bwd = peak_in(&[Phase::Backward]) / r.vals["peak_bwd_bytes"] - 1.0;
+        let tol = if r.attn == "eager" && r.ckpt != "none" {
+            (0.25, 0.10)
+        } else {
+            (0.03, 0.03)
+        };
+        assert!(
+            fwd.abs() <= tol.0 && bwd.abs() <= tol.1,
+            "{} b{} s{} {} {} {} {}: forward peak {:+.2}%, backward peak {:+.2}%",
+            r.model,
+            r.batch,
+            r.seq,
+            r.dtype,
+            r.attn,
+            r.ckpt,
+            r.mode,
+            fwd * 100.0,
+            bwd * 100.0
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 182, "every dense two-layer row is checked");
+}
