@@ -74,7 +74,7 @@ struct EstimateArgs {
     /// Half-precision parameters with an fp32 master copy in the optimizer.
     #[arg(long)]
     master_weights: bool,
-    /// adamw | adamw-8bit | paged-adamw | paged-adamw-8bit | sgd | sgd-momentum | adafactor | lion
+    /// adamw (fused) | adamw-foreach | adamw-8bit | paged-adamw | paged-adamw-8bit | sgd | sgd-momentum | adafactor | lion
     #[arg(long)]
     optimizer: Option<String>,
     /// Micro-batch size per GPU.

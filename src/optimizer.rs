@@ -7,7 +7,8 @@
 //!
 //! | optimizer | state per tensor of n elements | step temporaries |
 //! |---|---|---|
-//! | adamw (torch, foreach) | 2·n·s | `_foreach_sqrt(exp_avg_sq)`: n·s over all params |
+//! | adamw (torch, fused: HF Trainer's default `adamw_torch_fused`) | 2·n·s | none |
+//! | adamw-foreach (torch multi-tensor) | 2·n·s | `_foreach_sqrt(exp_avg_sq)`: n·s over all params |
 //! | paged-adamw (bnb 32-bit) | 2·n·4 | none (per-tensor kernel) |
 //! | adamw-8bit, paged-adamw-8bit (bnb) | n ≥ 4096: 2·(n + 4·⌈n/256⌉) (uint8 + fp32 absmax per 256-block); smaller: 2·n·4 | none |
 //! | sgd | 0 | none |
@@ -125,7 +126,7 @@ pub fn state_bytes(opt: Optimizer, shapes: &[Shape], s: u64) -> u64 {
         .map(|t| {
             let n = t.numel();
             let per = match opt {
-                Optimizer::AdamW => 2 * n * s,
+                Optimizer::AdamW | Optimizer::AdamWForeach => 2 * n * s,
                 Optimizer::PagedAdamW => 2 * n * 4,
                 Optimizer::AdamW8bit | Optimizer::PagedAdamW8bit => {
                     if n >= 4096 {
@@ -154,7 +155,7 @@ pub fn step_temporaries(opt: Optimizer, shapes: &[Shape], s: u64) -> u64 {
     let total: u64 = shapes.iter().map(|t| t.numel() * t.count).sum();
     let largest = shapes.iter().map(|t| t.numel()).max().unwrap_or(0);
     match opt {
-        Optimizer::AdamW => total * s,
+        Optimizer::AdamWForeach => total * s,
         Optimizer::Adafactor => 2 * largest * s,
         Optimizer::Lion => largest * s,
         _ => 0,
@@ -173,7 +174,8 @@ mod tests {
             count: 2,
         }];
         assert_eq!(state_bytes(Optimizer::AdamW, &t, 4), 2 * 200 * 4);
-        assert_eq!(step_temporaries(Optimizer::AdamW, &t, 4), 200 * 4);
+        assert_eq!(step_temporaries(Optimizer::AdamWForeach, &t, 4), 200 * 4);
+        assert_eq!(step_temporaries(Optimizer::AdamW, &t, 4), 0);
     }
 
     #[test]

@@ -65,7 +65,10 @@ Precision, "--dtype", {
 choice_enum!(
 /// `--optimizer`
 Optimizer, "--optimizer", {
-    AdamW => "adamw" | "adam",
+    /// torch AdamW, fused kernel (HF Trainer's default `adamw_torch_fused`).
+    AdamW => "adamw" | "adam" | "adamw-fused" | "adamw_torch_fused",
+    /// torch AdamW with the multi-tensor (foreach) path: one state-sized temporary.
+    AdamWForeach => "adamw-foreach" | "adamw_torch",
     AdamW8bit => "adamw-8bit" | "adamw8bit" | "adamw_8bit",
     PagedAdamW => "paged-adamw" | "paged_adamw",
     PagedAdamW8bit => "paged-adamw-8bit" | "paged_adamw_8bit",
