@@ -98,8 +98,51 @@ fn ledger_params(
     }
 }
 
+/// An empirical correction fitted by `probe calibrate`: activation-class bytes
+/// (saved activations, in-flight temporaries, logits) are multiplied by
+/// `activation_scale` (α) and `extra_overhead` (β) is added to the allocator's share.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Correction {
+    pub activation_scale: f64,
+    pub extra_overhead: Bytes,
+}
+
+impl Correction {
+    pub const IDENTITY: Correction = Correction {
+        activation_scale: 1.0,
+        extra_overhead: Bytes(0),
+    };
+}
+
 /// Estimate the per-GPU memory of `w` on `spec` (single device, no parallelism).
 pub fn estimate(spec: &ModelSpec, w: &Workload, ov: &Overheads) -> Result<Estimate> {
+    estimate_corrected(spec, w, ov, &Correction::IDENTITY)
+}
+
+fn scale(b: u64, f: f64) -> u64 {
+    if f == 1.0 {
+        b
+    } else {
+        (b as f64 * f).round().max(0.0) as u64
+    }
+}
+
+/// [`estimate`] with an empirical correction applied to the simulation's inputs (so
+/// the peak may move to another event).
+pub fn estimate_corrected(
+    spec: &ModelSpec,
+    w: &Workload,
+    ov: &Overheads,
+    corr: &Correction,
+) -> Result<Estimate> {
+    let a = corr.activation_scale;
+    if !(a.is_finite() && a > 0.0) {
+        return Err(crate::error::Error::invalid(
+            "calibration alpha",
+            a,
+            "a finite number > 0",
+        ));
+    }
     spec.validate()?;
     w.validate(spec)?;
     ov.validate()?;
@@ -135,11 +178,12 @@ pub fn estimate(spec: &ModelSpec, w: &Workload, ov: &Overheads) -> Result<Estima
         _ => lora_trainable,
     };
     let ev_ov = EventOverheads {
-        in_allocator: if w.device == Device::Cuda {
-            ov.cublas_workspace.get()
-        } else {
-            0
-        },
+        in_allocator: corr.extra_overhead.get()
+            + if w.device == Device::Cuda {
+                ov.cublas_workspace.get()
+            } else {
+                0
+            },
         outside: if w.device == Device::Cuda {
             ov.cuda_context.get() + ov.nccl.get()
         } else {
@@ -157,7 +201,7 @@ pub fn estimate(spec: &ModelSpec, w: &Workload, ov: &Overheads) -> Result<Estima
     match w.task {
         Task::Train => {
             let lp = ledger_params(w, trainable_kind.clone(), w.seq_len, w.seq_len, w.batch);
-            acts = activations::activations(spec, &lp);
+            acts = scaled(activations::activations(spec, &lp), a);
             let param_dt = w.precision.param_dtype();
             // dtype the optimizer updates / gradients are kept in
             let (grad_size, state_size, shapes) = match w.method {
@@ -249,7 +293,7 @@ pub fn estimate(spec: &ModelSpec, w: &Workload, ov: &Overheads) -> Result<Estima
                 .unwrap_or(inf.prompt_len)
                 .min(inf.prompt_len);
             let pre = ledger_params(w, Trainable::Nothing, chunk, inf.prompt_len, c);
-            acts = activations::activations(spec, &pre);
+            acts = scaled(activations::activations(spec, &pre), a);
             let total_len = inf.prompt_len + inf.gen_len;
             let dec = ledger_params(w, Trainable::Nothing, 1, total_len, c);
             let dec_layer = activations::layer(spec, &dec, false);
@@ -263,7 +307,7 @@ pub fn estimate(spec: &ModelSpec, w: &Workload, ov: &Overheads) -> Result<Estima
                 prefill_layer_peak: acts.layer.fwd_peak,
                 // generate() keeps only the last position's logits and copies them to fp32
                 prefill_logits: c * v * (cd + 4),
-                decode_layer_peak: dec_layer.fwd_peak,
+                decode_layer_peak: scale(dec_layer.fwd_peak, a),
                 // logits, fp32 copy, probabilities, sorted values and int64 indices
                 decode_logits: c * v * (cd + 4 + 4 + 4 + 8),
                 embed_out_prefill: acts.non_layer.embed_out,
@@ -314,4 +358,28 @@ pub fn estimate(spec: &ModelSpec, w: &Workload, ov: &Overheads) -> Result<Estima
 /// KV-cache bytes per token of context (all layers, K and V).
 pub fn kv_bytes_per_token(spec: &ModelSpec, kv_dtype: DType) -> u64 {
     2 * spec.layers * spec.kv_dim() * kv_dtype.size()
+}
+
+/// Activation-class bytes of a ledger multiplied by α.
+fn scaled(mut x: Activations, a: f64) -> Activations {
+    if a == 1.0 {
+        return x;
+    }
+    for l in [&mut x.layer, &mut x.first] {
+        l.saved = scale(l.saved, a);
+        l.fwd_cache = scale(l.fwd_cache, a);
+        l.fwd_peak = scale(l.fwd_peak, a);
+        l.bwd_peak = scale(l.bwd_peak, a).max(l.bwd_peak_param_grads);
+        l.output_bytes = scale(l.output_bytes, a);
+    }
+    let n = &mut x.non_layer;
+    n.shared = scale(n.shared, a);
+    n.head_saved = scale(n.head_saved, a);
+    n.loss_saved = scale(n.loss_saved, a).min(n.head_saved);
+    n.head_fwd_transient = scale(n.head_fwd_transient, a);
+    n.head_bwd_transient = scale(n.head_bwd_transient, a);
+    n.embed_out = scale(n.embed_out, a);
+    x.per_layer_bytes = scale(x.per_layer_bytes, a);
+    x.non_layer_bytes = scale(x.non_layer_bytes, a);
+    x
 }
