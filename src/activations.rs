@@ -28,7 +28,8 @@
 //! - dropout (p > 0) saves its mask (bool on CUDA, input dtype on CPU).
 //!
 //! Checkpointing: `full` saves only the layer input and rebuilds the whole saved set
-//! during backward; `selective` keeps tensors produced by matmuls/attention kernels.
+//! during backward; `selective` (Megatron, Korthikanti et al. 2022) keeps everything
+//! but the attention core (QKᵀ scores, softmax, attention dropout), which it recomputes.
 //! The `candle` runtime keeps every forward intermediate until the graph is dropped.
 
 use crate::dtype::DType;
@@ -55,6 +56,11 @@ pub struct LedgerParams {
     /// Bytes per element of a trainable base parameter's gradient (2 for bf16, 4 for
     /// fp32 or an fp32 gradient buffer). LoRA adapters always get fp32 gradients.
     pub param_grad_size: u64,
+    /// Megatron sequence parallelism: tensors of the residual stream (norms, residual
+    /// adds, row-parallel outputs) are split across this many tensor-parallel ranks
+    /// (1 = off). Tensor parallelism itself is expressed by the caller passing a
+    /// sharded `ModelSpec` (heads, kv heads, intermediate and vocab divided by tp).
+    pub sp_div: u64,
 }
 
 /// Which parameters require grad.
@@ -118,6 +124,9 @@ enum Kind {
     Other,
     /// The layer's input (owned by the previous layer).
     Input,
+    /// Inside the attention core (QKᵀ, softmax, attention dropout): what Megatron's
+    /// selective recomputation drops.
+    AttnCore,
     /// Autocast's half-precision weight copy: cached until the autocast region (forward
     /// and loss) ends, whether or not autograd saves it.
     Cache,
@@ -154,6 +163,8 @@ struct Graph<'a> {
     bwd_workspace: Vec<(u32, u64)>,
     /// Parameter gradients allocated by an op's backward (bytes), keyed by op index.
     param_grads: Vec<(u32, u64)>,
+    /// While set, new tensors are tagged `Kind::AttnCore`.
+    in_attn_core: bool,
 }
 
 impl<'a> Graph<'a> {
@@ -165,13 +176,14 @@ impl<'a> Graph<'a> {
             tokens: p.batch * p.seq,
             bwd_workspace: Vec::new(),
             param_grads: Vec::new(),
+            in_attn_core: false,
         }
     }
 
     fn input(&mut self, per_token: u64, dtype: DType, rg: bool) -> T {
         self.nodes.push(Node {
             name: "layer input",
-            bytes: per_token * dtype.size() * self.tokens,
+            bytes: per_token * dtype.size() * self.tokens / self.p.sp_div.max(1),
             dtype,
             rg,
             born: 0,
@@ -200,6 +212,11 @@ impl<'a> Graph<'a> {
 
     /// A new tensor of `elems` elements, born at the current op.
     fn out(&mut self, name: &'static str, elems: u64, dtype: DType, rg: bool, kind: Kind) -> T {
+        let kind = if self.in_attn_core && kind == Kind::Other {
+            Kind::AttnCore
+        } else {
+            kind
+        };
         self.nodes.push(Node {
             name,
             bytes: elems * dtype.size(),
@@ -353,9 +370,24 @@ impl<'a> Graph<'a> {
                 lin.in_features * lin.out_features + if lin.bias { lin.out_features } else { 0 };
             self.param_grads.push((self.op, n * self.p.param_grad_size));
         }
+        use crate::model::LinearRole;
+        let sp = self.p.sp_div.max(1);
+        let row_parallel = matches!(lin.role, LinearRole::O | LinearRole::Down);
+        if sp > 1 && !row_parallel {
+            // sequence parallel: the column-parallel input is all-gathered for the matmul
+            // (a transient; the sharded input is what is saved)
+            let e = self.tokens * lin.in_features;
+            let d = self.dt(xin);
+            self.out("sequence-parallel all-gather", e, d, false, Kind::Other);
+        }
+        let out_tokens = if row_parallel {
+            self.tokens / sp
+        } else {
+            self.tokens
+        };
         let base = self.out(
             lin.name,
-            self.tokens * lin.out_features,
+            out_tokens * lin.out_features,
             compute,
             out_rg,
             Kind::Matmul,
@@ -681,7 +713,8 @@ impl Graph<'_> {
                 let (rq, rk) = (self.rg(q), self.rg(kr));
                 self.save_if(kr, rq);
                 self.save_if(q, rk);
-                let mut s = self.out("scores", scores_elems, d, any_rg, Kind::Matmul);
+                self.in_attn_core = true;
+                let mut s = self.out("scores", scores_elems, d, any_rg, Kind::AttnCore);
                 s = self.unary_plain("scale", s, scores_elems, d);
                 if spec.attn_softcap.is_some() {
                     s = self.unary_plain("softcap div", s, scores_elems, d);
@@ -709,6 +742,7 @@ impl Graph<'_> {
                     self.unary_save_out("softmax", s, d)
                 };
                 let probs = self.dropout(probs, spec.dropout.attn);
+                self.in_attn_core = false;
                 self.begin(&[probs, vr]);
                 let (rp, rv) = (self.rg(probs), self.rg(vr));
                 self.save_if(vr, rp);
@@ -737,9 +771,8 @@ fn measure(g: &Graph, out: T, p: &LedgerParams) -> LayerLedger {
         match ckpt {
             GradCkpt::None => kept(n),
             GradCkpt::Full => training && n.kind == Kind::Input,
-            GradCkpt::Selective => {
-                training && (n.kind == Kind::Input || (kept(n) && n.kind == Kind::Matmul))
-            }
+            // Megatron selective recomputation: the attention core is recomputed
+            GradCkpt::Selective => training && kept(n) && n.kind != Kind::AttnCore,
         }
     };
     let saved: u64 = g
@@ -888,7 +921,7 @@ pub fn non_layer(spec: &ModelSpec, p: &LedgerParams) -> NonLayer {
     let h = spec.hidden;
     let v = spec.vocab;
     let mut nl = NonLayer {
-        embed_out: tokens * h * resid_dt.size(),
+        embed_out: tokens * h * resid_dt.size() / p.sp_div.max(1),
         ..NonLayer::default()
     };
     if training {
@@ -950,7 +983,7 @@ pub fn non_layer(spec: &ModelSpec, p: &LedgerParams) -> NonLayer {
         in_features: h,
         out_features: v,
         bias: spec.lm_head_bias,
-        role: crate::model::LinearRole::O,
+        role: crate::model::LinearRole::Head,
     };
     let logits = g.linear(n, &head);
     let loss_from = g.nodes.len();

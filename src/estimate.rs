@@ -80,6 +80,7 @@ fn ledger_params(
     batch: u64,
 ) -> LedgerParams {
     LedgerParams {
+        sp_div: 1,
         param_grad_size: if w.master_weights {
             4
         } else {

@@ -254,6 +254,8 @@ pub enum LinearRole {
     Up,
     GateUp,
     Down,
+    /// The output head (vocab-parallel under tensor parallelism; never a LoRA target).
+    Head,
 }
 
 impl LinearRole {
@@ -457,7 +459,7 @@ impl LoraTargets {
     pub fn matches(&self, lin: &LinearSpec) -> bool {
         match self {
             LoraTargets::Attn => lin.role.is_attention(),
-            LoraTargets::AllLinear => true,
+            LoraTargets::AllLinear => lin.role != LinearRole::Head,
             LoraTargets::Names(ns) => ns.iter().any(|n| n == lin.name),
         }
     }

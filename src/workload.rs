@@ -82,8 +82,8 @@ choice_enum!(
     Attn, "--attn", { Eager => "eager", Sdpa => "sdpa", Flash => "flash" | "flash_attention_2" | "fa2" });
 choice_enum!(
     /// `--grad-ckpt`: `full` checkpoints every decoder layer (saves its input, recomputes
-    /// it in backward); `selective` keeps the outputs of matmuls and attention kernels
-    /// and recomputes the cheap element-wise ops (norms, activations, softmax).
+    /// it in backward); `selective` recomputes only the attention core (QKᵀ, softmax,
+    /// attention dropout) as Megatron does, keeping everything else.
     GradCkpt, "--grad-ckpt", { None => "none" | "off", Full => "full" | "on", Selective => "selective" });
 choice_enum!(
     /// `--loss`

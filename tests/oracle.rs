@@ -126,6 +126,7 @@ fn per_layer_and_non_layer_activations_within_3_percent() {
             trainable: trainable(&r.mode),
             loss: Loss::Standard,
             param_grad_size: 2,
+            sp_div: 1,
         };
         let a = activations(&spec(&r.model), &p);
         for (got, col) in [
