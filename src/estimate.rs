@@ -128,6 +128,136 @@ fn scale(b: u64, f: f64) -> u64 {
     }
 }
 
+/// Resident bytes of one rank that do not depend on the activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Statics {
+    pub weights: u64,
+    pub master_weights: u64,
+    pub optimizer_state: u64,
+    pub optimizer_step_temp: u64,
+    /// Resident gradients per decoder layer / head / embedding / the rest.
+    pub grad_layer: u64,
+    pub grad_head: u64,
+    pub grad_embedding: u64,
+    pub grad_other: u64,
+}
+
+/// How one rank sees a training step: its share of the model and of the batch. A
+/// single GPU is the one-rank case ([`RankView::single`]); `parallel.rs` builds one per
+/// pipeline stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankView {
+    /// The model as this rank computes it: heads, kv heads, intermediate size and
+    /// vocabulary divided by the tensor-parallel degree, `layers` = its stage's layers.
+    pub local: ModelSpec,
+    pub has_embedding: bool,
+    pub has_head: bool,
+    /// Sequence-parallel split of the residual stream (1 = off).
+    pub sp_div: u64,
+    /// Tokens per sequence this rank holds (seq_len / context-parallel degree).
+    pub seq_local: u64,
+    pub statics: Statics,
+    /// Micro-batches whose activations this stage holds at once (pipeline schedules;
+    /// 1 without pipelining). Fractional for interleaved schedules.
+    pub inflight_microbatches: f64,
+    pub gathered_fwd: u64,
+    pub gathered_bwd: u64,
+    pub optimizer_extra: u64,
+    /// Persistent buffers in the allocator (gradient buckets) / outside it (NCCL).
+    pub in_allocator_extra: u64,
+    pub outside_extra: u64,
+    /// Trainable parameters held by this rank before data-parallel sharding.
+    pub params_trainable: u64,
+}
+
+impl RankView {
+    /// The whole model on one GPU.
+    pub fn single(spec: &ModelSpec, w: &Workload) -> Result<RankView> {
+        let counts = params::count(spec);
+        let lora_trainable = lora_trainable(spec, w);
+        let wb = weights::weight_bytes(spec, w, lora_trainable)?;
+        let full = w.method == Method::Full;
+        let params_trainable = if full { counts.total } else { lora_trainable };
+        let (grad_size, state_size, shapes) = optimizer_shapes(spec, w);
+        Ok(RankView {
+            local: spec.clone(),
+            has_embedding: true,
+            has_head: true,
+            sp_div: 1,
+            seq_local: w.seq_len,
+            statics: Statics {
+                weights: wb.total(),
+                master_weights: if w.master_weights {
+                    params_trainable * 4
+                } else {
+                    0
+                },
+                optimizer_state: optimizer::state_bytes(w.optimizer, &shapes, state_size),
+                optimizer_step_temp: optimizer::step_temporaries(w.optimizer, &shapes, state_size),
+                grad_layer: if full {
+                    counts.per_layer * grad_size
+                } else {
+                    lora_trainable / spec.layers * grad_size
+                },
+                // a tied head's gradient is the embedding's, allocated at head backward
+                grad_head: match (full, spec.tie_embeddings) {
+                    (false, _) => 0,
+                    (true, true) => counts.embedding * grad_size,
+                    (true, false) => counts.lm_head * grad_size,
+                },
+                grad_embedding: if full {
+                    counts.embedding * grad_size
+                } else {
+                    0
+                },
+                grad_other: if full { counts.other * grad_size } else { 0 },
+            },
+            inflight_microbatches: 1.0,
+            gathered_fwd: 0,
+            gathered_bwd: 0,
+            optimizer_extra: 0,
+            in_allocator_extra: 0,
+            outside_extra: 0,
+            params_trainable,
+        })
+    }
+}
+
+/// LoRA adapter parameters of the run (0 for full fine-tuning).
+pub fn lora_trainable(spec: &ModelSpec, w: &Workload) -> u64 {
+    match (&w.lora, w.method) {
+        (Some(l), Method::Lora | Method::Qlora) => params::lora(spec, l.rank, &l.targets).trainable,
+        _ => 0,
+    }
+}
+
+/// Gradient element size, optimizer-state element size and the trainable tensors.
+pub fn optimizer_shapes(spec: &ModelSpec, w: &Workload) -> (u64, u64, Vec<optimizer::Shape>) {
+    match (&w.lora, w.method) {
+        (Some(l), Method::Lora | Method::Qlora) => {
+            (4, 4, optimizer::lora_shapes(spec, l.rank, &l.targets))
+        }
+        _ => {
+            let s = if w.master_weights {
+                4
+            } else {
+                w.precision.param_dtype().size()
+            };
+            (s, s, optimizer::full_shapes(spec))
+        }
+    }
+}
+
+fn trainable_kind(w: &Workload) -> Trainable {
+    match (&w.lora, w.method) {
+        (Some(l), Method::Lora | Method::Qlora) => Trainable::Lora {
+            rank: l.rank,
+            targets: l.targets.clone(),
+        },
+        _ => Trainable::All,
+    }
+}
+
 /// [`estimate`] with an empirical correction applied to the simulation's inputs (so
 /// the peak may move to another event).
 pub fn estimate_corrected(
@@ -135,6 +265,24 @@ pub fn estimate_corrected(
     w: &Workload,
     ov: &Overheads,
     corr: &Correction,
+) -> Result<Estimate> {
+    spec.validate()?;
+    w.validate(spec)?;
+    let view = match w.task {
+        Task::Train => Some(RankView::single(spec, w)?),
+        Task::Infer => None,
+    };
+    simulate(spec, w, ov, corr, view.as_ref())
+}
+
+/// Run the timeline for one rank (`view`; `None` = inference on one GPU). `spec` is the
+/// whole model (for the summary and warnings).
+pub fn simulate(
+    spec: &ModelSpec,
+    w: &Workload,
+    ov: &Overheads,
+    corr: &Correction,
+    view: Option<&RankView>,
 ) -> Result<Estimate> {
     let a = corr.activation_scale;
     if !(a.is_finite() && a > 0.0) {
@@ -144,8 +292,6 @@ pub fn estimate_corrected(
             "a finite number > 0",
         ));
     }
-    spec.validate()?;
-    w.validate(spec)?;
     ov.validate()?;
     let counts = params::count(spec);
     let mut warnings = Vec::new();
@@ -159,38 +305,18 @@ pub fn estimate_corrected(
             spec.max_positions
         ));
     }
-    let (trainable_kind, lora_trainable) = match (&w.lora, w.method) {
-        (Some(l), Method::Lora | Method::Qlora) => {
-            let c = params::lora(spec, l.rank, &l.targets);
-            (
-                Trainable::Lora {
-                    rank: l.rank,
-                    targets: l.targets.clone(),
-                },
-                c.trainable,
-            )
-        }
-        _ => (Trainable::All, 0),
-    };
-    let wb = weights::weight_bytes(spec, w, lora_trainable)?;
-    let params_trainable = match (w.task, w.method) {
-        (Task::Infer, _) => 0,
-        (_, Method::Full) => counts.total,
-        _ => lora_trainable,
-    };
+    let cuda = w.device == Device::Cuda;
     let ev_ov = EventOverheads {
         in_allocator: corr.extra_overhead.get()
-            + if w.device == Device::Cuda {
-                ov.cublas_workspace.get()
+            + view.map_or(0, |v| v.in_allocator_extra)
+            + if cuda { ov.cublas_workspace.get() } else { 0 },
+        outside: view.map_or(0, |v| v.outside_extra)
+            + if cuda {
+                ov.cuda_context.get() + ov.nccl.get()
             } else {
                 0
             },
-        outside: if w.device == Device::Cuda {
-            ov.cuda_context.get() + ov.nccl.get()
-        } else {
-            0
-        },
-        fragmentation: if w.device == Device::Cuda {
+        fragmentation: if cuda {
             ov.allocator_fragmentation
         } else {
             0.0
@@ -199,31 +325,24 @@ pub fn estimate_corrected(
     let mut rec = Recorder::new(ev_ov);
 
     let acts: Activations;
-    match w.task {
-        Task::Train => {
-            let lp = ledger_params(w, trainable_kind.clone(), w.seq_len, w.seq_len, w.batch);
-            acts = scaled(activations::activations(spec, &lp), a);
-            let param_dt = w.precision.param_dtype();
-            // dtype the optimizer updates / gradients are kept in
-            let (grad_size, state_size, shapes) = match w.method {
-                Method::Full => {
-                    let s = if w.master_weights { 4 } else { param_dt.size() };
-                    (s, s, optimizer::full_shapes(spec))
-                }
-                _ => {
-                    let l = w.lora.as_ref().expect("validated: lora config present");
-                    (4, 4, optimizer::lora_shapes(spec, l.rank, &l.targets))
-                }
-            };
-            let full = w.method == Method::Full;
-            let grad_layer = if full {
-                counts.per_layer * grad_size
+    let mut params_trainable = 0;
+    let layers_here;
+    match (w.task, view) {
+        (Task::Train, Some(v)) => {
+            let local = &v.local;
+            layers_here = local.layers;
+            params_trainable = if w.method == Method::Full {
+                counts.total
             } else {
-                lora_trainable / spec.layers * grad_size
+                lora_trainable(spec, w)
             };
+            let mut lp = ledger_params(w, trainable_kind(w), v.seq_local, w.seq_len, w.batch);
+            lp.sp_div = v.sp_div;
+            acts = scaled(activations::activations(local, &lp), a);
             let layer_extra_temp = if w.method == Method::Qlora {
                 // bitsandbytes dequantizes one linear weight at a time for the matmul
-                spec.layer_linears()
+                local
+                    .layer_linears()
                     .iter()
                     .map(|l| l.in_features * l.out_features)
                     .max()
@@ -232,16 +351,32 @@ pub fn estimate_corrected(
             } else {
                 0
             };
-            let plan = TrainPlan {
-                layers: spec.layers,
-                weights: wb.total(),
-                master_weights: if w.master_weights {
-                    params_trainable * 4
+            let tokens = w.batch * v.seq_local;
+            let cd = w.precision.compute_dtype().size();
+            let st = &v.statics;
+            let stage_saved = |first: bool| {
+                let layer_saved = if first {
+                    acts.first.saved + (local.layers - 1) * acts.layer.saved
                 } else {
-                    0
-                },
-                optimizer_state: optimizer::state_bytes(w.optimizer, &shapes, state_size),
-                optimizer_step_temp: optimizer::step_temporaries(w.optimizer, &shapes, state_size),
+                    local.layers * acts.layer.saved
+                };
+                layer_saved
+                    + acts.non_layer.shared
+                    + if v.has_head {
+                        acts.non_layer.head_saved
+                    } else {
+                        0
+                    }
+            };
+            let inflight_saved = ((v.inflight_microbatches - 1.0).max(0.0)
+                * stage_saved(v.has_embedding) as f64)
+                .round() as u64;
+            let plan = TrainPlan {
+                layers: local.layers,
+                weights: st.weights,
+                master_weights: st.master_weights,
+                optimizer_state: st.optimizer_state,
+                optimizer_step_temp: st.optimizer_step_temp,
                 first_saved: acts.first.saved,
                 layer_saved: acts.layer.saved,
                 first_fwd_cache: acts.first.fwd_cache,
@@ -249,8 +384,8 @@ pub fn estimate_corrected(
                 first_fwd_peak: acts.first.fwd_peak,
                 layer_fwd_peak: acts.layer.fwd_peak,
                 first_bwd_peak: acts.first.bwd_peak,
-                bwd_peak_param_grads: acts.layer.bwd_peak_param_grads,
                 layer_bwd_peak: acts.layer.bwd_peak,
+                bwd_peak_param_grads: acts.layer.bwd_peak_param_grads,
                 layer_extra_temp,
                 embed_out: acts.non_layer.embed_out,
                 shared: acts.non_layer.shared,
@@ -259,34 +394,37 @@ pub fn estimate_corrected(
                 head_fwd_transient: acts.non_layer.head_fwd_transient,
                 head_bwd_transient: acts.non_layer.head_bwd_transient,
                 head_grad_logits: match w.loss {
-                    crate::workload::Loss::Standard => {
-                        w.batch * w.seq_len * spec.vocab * w.precision.compute_dtype().size()
-                    }
+                    crate::workload::Loss::Standard => tokens * local.vocab * cd,
                     crate::workload::Loss::Chunked => {
-                        w.batch * w.seq_len * spec.vocab * w.precision.compute_dtype().size()
-                            / activations::CHUNKED_LOSS_CHUNKS
+                        tokens * local.vocab * cd / activations::CHUNKED_LOSS_CHUNKS
                     }
                     crate::workload::Loss::FusedLinearCe => 0,
                 },
-                grad_layer,
-                // a tied head's gradient is the embedding's, allocated at head backward
-                grad_head: match (full, spec.tie_embeddings) {
-                    (false, _) => 0,
-                    (true, true) => counts.embedding * grad_size,
-                    (true, false) => counts.lm_head * grad_size,
-                },
-                grad_embedding: if full {
-                    counts.embedding * grad_size
-                } else {
-                    0
-                },
-                grad_other: if full { counts.other * grad_size } else { 0 },
-                tied: spec.tie_embeddings,
+                grad_layer: st.grad_layer,
+                grad_head: st.grad_head,
+                grad_embedding: st.grad_embedding,
+                grad_other: st.grad_other,
+                tied: local.tie_embeddings && v.has_embedding && v.has_head,
                 grad_accum: w.grad_accum,
+                has_embedding: v.has_embedding,
+                has_head: v.has_head,
+                inflight_saved,
+                gathered_fwd: v.gathered_fwd,
+                gathered_bwd: v.gathered_bwd,
+                optimizer_extra: v.optimizer_extra,
             };
             timeline::simulate_train(&plan, &mut rec);
         }
-        Task::Infer => {
+        (Task::Train, None) => {
+            return Err(crate::error::Error::invalid(
+                "training estimate",
+                "without a rank view",
+                "a RankView",
+            ));
+        }
+        (Task::Infer, _) => {
+            layers_here = spec.layers;
+            let wb = weights::weight_bytes(spec, w, 0)?;
             let inf = &w.infer;
             let c = inf.concurrency;
             let chunk = inf
@@ -298,7 +436,7 @@ pub fn estimate_corrected(
             let total_len = inf.prompt_len + inf.gen_len;
             let dec = ledger_params(w, Trainable::Nothing, 1, total_len, c);
             let dec_layer = activations::layer(spec, &dec, false);
-            let kv_per_token = 2 * spec.layers * spec.kv_dim() * inf.kv_dtype.size();
+            let kv_per_token = kv_bytes_per_token(spec, inf.kv_dtype);
             let v = spec.vocab;
             let cd = w.precision.compute_dtype().size();
             let plan = InferPlan {
@@ -322,7 +460,7 @@ pub fn estimate_corrected(
         Task::Train => {
             acts.non_layer.shared
                 + acts.first.saved
-                + (spec.layers - 1) * acts.layer.saved
+                + (layers_here - 1) * acts.layer.saved
                 + acts.non_layer.head_saved
         }
         Task::Infer => 0,

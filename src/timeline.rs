@@ -160,9 +160,10 @@ impl Recorder {
     }
 }
 
-/// Inputs of a training-step simulation (all bytes).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Inputs of a training-step simulation (all bytes) for one rank.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TrainPlan {
+    /// Decoder layers this rank runs (its pipeline stage).
     pub layers: u64,
     pub weights: u64,
     pub master_weights: u64,
@@ -190,8 +191,9 @@ pub struct TrainPlan {
     pub head_bwd_transient: u64,
     /// Gradient of the logits in the compute dtype, alive during the head's backward.
     pub head_grad_logits: u64,
-    /// Parameter gradients: per decoder layer, of the head (0 when frozen or tied), of
-    /// the embedding (0 when frozen), of everything else (final norm, positions).
+    /// Parameter gradients resident after backward: per decoder layer, of the head (0
+    /// when frozen; a tied head's gradient is the embedding's), of the embedding (0
+    /// when frozen), of everything else (final norm, positions).
     pub grad_layer: u64,
     pub grad_head: u64,
     pub grad_embedding: u64,
@@ -199,6 +201,18 @@ pub struct TrainPlan {
     /// Tied embeddings: the embedding gradient accumulates into the head's.
     pub tied: bool,
     pub grad_accum: u64,
+    /// This rank runs the embedding (first pipeline stage) / the head and loss (last).
+    pub has_embedding: bool,
+    pub has_head: bool,
+    /// Saved activations of other micro-batches in flight on this stage (pipeline
+    /// schedules), present throughout forward and backward.
+    pub inflight_saved: u64,
+    /// Gathered (unsharded) parameters during forward / parameters and unsharded
+    /// gradients during backward (ZeRO-3, FSDP), and gradient buckets.
+    pub gathered_fwd: u64,
+    pub gathered_bwd: u64,
+    /// Extra bytes during the optimizer step (e.g. ZeRO's all-gather bucket).
+    pub optimizer_extra: u64,
 }
 
 impl TrainPlan {
@@ -221,6 +235,7 @@ pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
     };
     rec.record(Phase::Load, "weights and optimizer state resident", base);
     let micro_batches = if p.grad_accum > 1 { 2 } else { 1 };
+    let show = |i: u64| i == 0 || i == 1 || i + 1 == p.layers;
     for mb in 0..micro_batches {
         let resident_grads = if mb == 0 { 0 } else { p.grads_total() };
         let tag = if micro_batches > 1 {
@@ -232,94 +247,114 @@ pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
             gradients: Bytes(resident_grads),
             ..base
         };
+        let other_mb = p.inflight_saved;
 
         // forward
         let mut saved = p.shared;
         let mut cache = 0u64;
+        let input_event = if p.has_embedding {
+            "embedding"
+        } else {
+            "receive activations"
+        };
         rec.record(
             Phase::Forward,
-            format!("embedding{tag}"),
+            format!("{input_event}{tag}"),
             Components {
-                activations: Bytes(saved),
-                temporaries: Bytes(p.embed_out),
+                activations: Bytes(other_mb + saved),
+                temporaries: Bytes(p.embed_out + p.gathered_fwd),
                 ..with_grads
             },
         );
         for i in 0..p.layers {
-            let (s, peak) = if i == 0 {
+            let first = i == 0 && p.has_embedding;
+            let (s, peak) = if first {
                 (p.first_saved, p.first_fwd_peak)
             } else {
                 (p.layer_saved, p.layer_fwd_peak)
             };
-            // report the first, second and last layer; the rest are in between
-            if i == 0 || i == 1 || i + 1 == p.layers {
+            if show(i) {
                 let held = s.min(peak);
                 rec.record(
                     Phase::Forward,
                     format!("layer {i} forward{tag}"),
                     Components {
-                        activations: Bytes(saved + held),
-                        temporaries: Bytes(cache + peak - held + p.layer_extra_temp),
+                        activations: Bytes(other_mb + saved + held),
+                        temporaries: Bytes(
+                            cache + peak - held + p.layer_extra_temp + p.gathered_fwd,
+                        ),
                         ..with_grads
                     },
                 );
             }
             saved += s;
-            cache += if i == 0 {
+            cache += if first {
                 p.first_fwd_cache
             } else {
                 p.layer_fwd_cache
             };
         }
-        let head_act = p.head_saved - p.loss_saved;
-        rec.record(
-            Phase::Loss,
-            format!("logits and loss{tag}"),
-            Components {
-                activations: Bytes(saved + head_act),
-                logits_and_loss: Bytes(p.loss_saved + p.head_fwd_transient),
-                temporaries: Bytes(cache),
-                ..with_grads
-            },
-        );
+        let head_act = if p.has_head {
+            p.head_saved - p.loss_saved
+        } else {
+            0
+        };
+        if p.has_head {
+            rec.record(
+                Phase::Loss,
+                format!("logits and loss{tag}"),
+                Components {
+                    activations: Bytes(other_mb + saved + head_act),
+                    logits_and_loss: Bytes(p.loss_saved + p.head_fwd_transient),
+                    temporaries: Bytes(cache + p.gathered_fwd),
+                    ..with_grads
+                },
+            );
+        }
 
         // backward
         let mut grads = resident_grads;
         let accum_temp = |g: u64| if mb > 0 { g } else { 0 };
-        // The loss backward peaks (fp32 logit gradients) before the head's weight
-        // gradient exists.
-        rec.record(
-            Phase::Backward,
-            format!("loss backward{tag}"),
-            Components {
-                gradients: Bytes(grads),
-                activations: Bytes(saved + head_act),
-                logits_and_loss: Bytes(p.loss_saved + p.head_bwd_transient),
-                ..base
-            },
-        );
-        if mb == 0 {
-            grads += p.grad_head + p.grad_other;
+        if p.has_head {
+            // The loss backward peaks (fp32 logit gradients) before the head's weight
+            // gradient exists.
+            rec.record(
+                Phase::Backward,
+                format!("loss backward{tag}"),
+                Components {
+                    gradients: Bytes(grads),
+                    activations: Bytes(other_mb + saved + head_act),
+                    logits_and_loss: Bytes(p.loss_saved + p.head_bwd_transient),
+                    temporaries: Bytes(p.gathered_bwd),
+                    ..base
+                },
+            );
+            if mb == 0 {
+                grads += p.grad_head + p.grad_other;
+            }
+            rec.record(
+                Phase::Backward,
+                format!("lm_head backward{tag}"),
+                Components {
+                    gradients: Bytes(grads),
+                    activations: Bytes(other_mb + saved + head_act),
+                    logits_and_loss: Bytes(p.head_grad_logits),
+                    temporaries: Bytes(accum_temp(p.grad_head) + p.embed_out + p.gathered_bwd),
+                    ..base
+                },
+            );
+        } else if mb == 0 {
+            grads += p.grad_other;
         }
-        rec.record(
-            Phase::Backward,
-            format!("lm_head backward{tag}"),
-            Components {
-                gradients: Bytes(grads),
-                activations: Bytes(saved + head_act),
-                logits_and_loss: Bytes(p.head_grad_logits),
-                temporaries: Bytes(accum_temp(p.grad_head) + p.embed_out),
-                ..base
-            },
-        );
         for i in (0..p.layers).rev() {
-            let (s, peak) = if i == 0 {
+            let first = i == 0 && p.has_embedding;
+            let (s, peak) = if first {
                 (p.first_saved, p.first_bwd_peak)
             } else {
                 (p.layer_saved, p.layer_bwd_peak)
             };
             saved -= s;
-            if i == 0 || i == 1 || i + 1 == p.layers {
+            if show(i) {
                 // the layer's peak already counts its gradients allocated so far
                 let own = if mb == 0 {
                     p.bwd_peak_param_grads.min(peak)
@@ -332,9 +367,12 @@ pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
                     format!("layer {i} backward{tag}"),
                     Components {
                         gradients: Bytes(grads + own),
-                        activations: Bytes(saved + held),
+                        activations: Bytes(other_mb + saved + held),
                         temporaries: Bytes(
-                            peak - own - held + p.layer_extra_temp + accum_temp(p.grad_layer),
+                            peak - own - held
+                                + p.layer_extra_temp
+                                + accum_temp(p.grad_layer)
+                                + p.gathered_bwd,
                         ),
                         ..base
                     },
@@ -344,35 +382,36 @@ pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
                 grads += p.grad_layer;
             }
         }
-        // embedding backward: untied → its own gradient; tied → a transient that is
-        // added into the head's gradient
-        // (tied: autograd sums the head's and the embedding's gradient in its input
-        // buffer — the new dense gradient plus the out-of-place sum — before storing it)
-        let (emb_grad, emb_temp) = if p.tied {
-            (0, 2 * p.grad_embedding)
-        } else if mb == 0 {
-            (p.grad_embedding, 0)
-        } else {
-            (0, p.grad_embedding)
-        };
-        grads += emb_grad;
-        rec.record(
-            Phase::Backward,
-            format!("embedding backward{tag}"),
-            Components {
-                gradients: Bytes(grads),
-                activations: Bytes(saved),
-                temporaries: Bytes(emb_temp + p.embed_out),
-                ..base
-            },
-        );
+        if p.has_embedding {
+            // untied → its own gradient; tied → autograd sums the head's and the
+            // embedding's gradient in its input buffer (the new dense gradient plus the
+            // out-of-place sum) before storing it
+            let (emb_grad, emb_temp) = if p.tied {
+                (0, 2 * p.grad_embedding)
+            } else if mb == 0 {
+                (p.grad_embedding, 0)
+            } else {
+                (0, p.grad_embedding)
+            };
+            grads += emb_grad;
+            rec.record(
+                Phase::Backward,
+                format!("embedding backward{tag}"),
+                Components {
+                    gradients: Bytes(grads),
+                    activations: Bytes(other_mb + saved),
+                    temporaries: Bytes(emb_temp + p.embed_out + p.gathered_bwd),
+                    ..base
+                },
+            );
+        }
     }
     rec.record(
         Phase::Optimizer,
         "optimizer step",
         Components {
             gradients: Bytes(p.grads_total()),
-            temporaries: Bytes(p.optimizer_step_temp),
+            temporaries: Bytes(p.optimizer_step_temp + p.optimizer_extra),
             ..base
         },
     );
