@@ -16,6 +16,7 @@ pub mod hub;
 pub mod model;
 pub mod optimizer;
 pub mod overhead;
+pub mod parallel;
 pub mod params;
 pub mod presets;
 pub mod report;
