@@ -305,23 +305,7 @@ pub fn simulate(
             spec.max_positions
         ));
     }
-    let cuda = w.device == Device::Cuda;
-    let ev_ov = EventOverheads {
-        in_allocator: corr.extra_overhead.get()
-            + view.map_or(0, |v| v.in_allocator_extra)
-            + if cuda { ov.cublas_workspace.get() } else { 0 },
-        outside: view.map_or(0, |v| v.outside_extra)
-            + if cuda {
-                ov.cuda_context.get() + ov.nccl.get()
-            } else {
-                0
-            },
-        fragmentation: if cuda {
-            ov.allocator_fragmentation
-        } else {
-            0.0
-        },
-    };
+    let ev_ov = event_overheads(w, ov, corr, view);
     let mut rec = Recorder::new(ev_ov);
 
     let acts: Activations;
@@ -336,83 +320,11 @@ pub fn simulate(
             } else {
                 lora_trainable(spec, w)
             };
-            let mut lp = ledger_params(w, trainable_kind(w), v.seq_local, w.seq_len, w.batch);
-            lp.sp_div = v.sp_div;
-            acts = scaled(activations::activations(local, &lp), a);
-            let layer_extra_temp = if w.method == Method::Qlora {
-                // bitsandbytes dequantizes one linear weight at a time for the matmul
-                local
-                    .layer_linears()
-                    .iter()
-                    .map(|l| l.in_features * l.out_features)
-                    .max()
-                    .unwrap_or(0)
-                    * w.precision.compute_dtype().size()
-            } else {
-                0
-            };
-            let tokens = w.batch * v.seq_local;
-            let cd = w.precision.compute_dtype().size();
-            let st = &v.statics;
-            let stage_saved = |first: bool| {
-                let layer_saved = if first {
-                    acts.first.saved + (local.layers - 1) * acts.layer.saved
-                } else {
-                    local.layers * acts.layer.saved
-                };
-                layer_saved
-                    + acts.non_layer.shared
-                    + if v.has_head {
-                        acts.non_layer.head_saved
-                    } else {
-                        0
-                    }
-            };
-            let inflight_saved = ((v.inflight_microbatches - 1.0).max(0.0)
-                * stage_saved(v.has_embedding) as f64)
-                .round() as u64;
-            let plan = TrainPlan {
-                layers: local.layers,
-                weights: st.weights,
-                master_weights: st.master_weights,
-                optimizer_state: st.optimizer_state,
-                optimizer_step_temp: st.optimizer_step_temp,
-                first_saved: acts.first.saved,
-                layer_saved: acts.layer.saved,
-                first_fwd_cache: acts.first.fwd_cache,
-                layer_fwd_cache: acts.layer.fwd_cache,
-                first_fwd_peak: acts.first.fwd_peak,
-                layer_fwd_peak: acts.layer.fwd_peak,
-                first_bwd_peak: acts.first.bwd_peak,
-                layer_bwd_peak: acts.layer.bwd_peak,
-                bwd_peak_param_grads: acts.layer.bwd_peak_param_grads,
-                layer_extra_temp,
-                embed_out: acts.non_layer.embed_out,
-                shared: acts.non_layer.shared,
-                head_saved: acts.non_layer.head_saved,
-                loss_saved: acts.non_layer.loss_saved,
-                head_fwd_transient: acts.non_layer.head_fwd_transient,
-                head_bwd_transient: acts.non_layer.head_bwd_transient,
-                head_grad_logits: match w.loss {
-                    crate::workload::Loss::Standard => tokens * local.vocab * cd,
-                    crate::workload::Loss::Chunked => {
-                        tokens * local.vocab * cd / activations::CHUNKED_LOSS_CHUNKS
-                    }
-                    crate::workload::Loss::FusedLinearCe => 0,
-                },
-                grad_layer: st.grad_layer,
-                grad_head: st.grad_head,
-                grad_embedding: st.grad_embedding,
-                grad_other: st.grad_other,
-                tied: local.tie_embeddings && v.has_embedding && v.has_head,
-                grad_accum: w.grad_accum,
-                has_embedding: v.has_embedding,
-                has_head: v.has_head,
-                inflight_saved,
-                gathered_fwd: v.gathered_fwd,
-                gathered_bwd: v.gathered_bwd,
-                optimizer_extra: v.optimizer_extra,
-            };
+            acts = scaled(
+                activations::activations(local, &rank_ledger_params(w, v)),
+                a,
+            );
+            let plan = train_plan(w, v, &acts);
             timeline::simulate_train(&plan, &mut rec);
         }
         (Task::Train, None) => {
@@ -492,6 +404,120 @@ pub fn simulate(
         timeline: rec.events,
         warnings,
     })
+}
+
+/// Overheads of a rank's events: cuBLAS workspace and buckets in the allocator, CUDA
+/// context and NCCL outside it, allocator fragmentation (all zero on the CPU).
+pub fn event_overheads(
+    w: &Workload,
+    ov: &Overheads,
+    corr: &Correction,
+    view: Option<&RankView>,
+) -> EventOverheads {
+    let cuda = w.device == Device::Cuda;
+    EventOverheads {
+        in_allocator: corr.extra_overhead.get()
+            + view.map_or(0, |v| v.in_allocator_extra)
+            + if cuda { ov.cublas_workspace.get() } else { 0 },
+        outside: view.map_or(0, |v| v.outside_extra)
+            + if cuda {
+                ov.cuda_context.get() + ov.nccl.get()
+            } else {
+                0
+            },
+        fragmentation: if cuda {
+            ov.allocator_fragmentation
+        } else {
+            0.0
+        },
+    }
+}
+
+/// Ledger parameters of a rank's training step.
+pub fn rank_ledger_params(w: &Workload, v: &RankView) -> LedgerParams {
+    let mut lp = ledger_params(w, trainable_kind(w), v.seq_local, w.seq_len, w.batch);
+    lp.sp_div = v.sp_div;
+    lp
+}
+
+/// The timeline inputs of one rank: its view plus its activation ledger.
+pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
+    let local = &v.local;
+    let layer_extra_temp = if w.method == Method::Qlora {
+        // bitsandbytes dequantizes one linear weight at a time for the matmul
+        local
+            .layer_linears()
+            .iter()
+            .map(|l| l.in_features * l.out_features)
+            .max()
+            .unwrap_or(0)
+            * w.precision.compute_dtype().size()
+    } else {
+        0
+    };
+    let tokens = w.batch * v.seq_local;
+    let cd = w.precision.compute_dtype().size();
+    let st = &v.statics;
+    let stage_saved = |first: bool| {
+        let layer_saved = if first {
+            acts.first.saved + (local.layers - 1) * acts.layer.saved
+        } else {
+            local.layers * acts.layer.saved
+        };
+        layer_saved
+            + acts.non_layer.shared
+            + if v.has_head {
+                acts.non_layer.head_saved
+            } else {
+                0
+            }
+    };
+    let inflight_saved = ((v.inflight_microbatches - 1.0).max(0.0)
+        * stage_saved(v.has_embedding) as f64)
+        .round() as u64;
+    let plan = TrainPlan {
+        layers: local.layers,
+        weights: st.weights,
+        master_weights: st.master_weights,
+        optimizer_state: st.optimizer_state,
+        optimizer_step_temp: st.optimizer_step_temp,
+        first_saved: acts.first.saved,
+        layer_saved: acts.layer.saved,
+        first_fwd_cache: acts.first.fwd_cache,
+        layer_fwd_cache: acts.layer.fwd_cache,
+        first_fwd_peak: acts.first.fwd_peak,
+        layer_fwd_peak: acts.layer.fwd_peak,
+        first_bwd_peak: acts.first.bwd_peak,
+        layer_bwd_peak: acts.layer.bwd_peak,
+        bwd_peak_param_grads: acts.layer.bwd_peak_param_grads,
+        layer_extra_temp,
+        embed_out: acts.non_layer.embed_out,
+        shared: acts.non_layer.shared,
+        head_saved: acts.non_layer.head_saved,
+        loss_saved: acts.non_layer.loss_saved,
+        head_fwd_transient: acts.non_layer.head_fwd_transient,
+        head_bwd_transient: acts.non_layer.head_bwd_transient,
+        head_grad_logits: match w.loss {
+            crate::workload::Loss::Standard => tokens * local.vocab * cd,
+            crate::workload::Loss::Chunked => {
+                tokens * local.vocab * cd / activations::CHUNKED_LOSS_CHUNKS
+            }
+            crate::workload::Loss::FusedLinearCe => 0,
+        },
+        grad_layer: st.grad_layer,
+        grad_head: st.grad_head,
+        grad_embedding: st.grad_embedding,
+        grad_other: st.grad_other,
+        tied: local.tie_embeddings && v.has_embedding && v.has_head,
+        grad_accum: w.grad_accum,
+        has_embedding: v.has_embedding,
+        has_head: v.has_head,
+        inflight_saved,
+        gathered_fwd: v.gathered_fwd,
+        gathered_bwd: v.gathered_bwd,
+        optimizer_extra: v.optimizer_extra,
+    };
+    plan
 }
 
 /// KV-cache bytes per token of context (all layers, K and V).

@@ -18,6 +18,7 @@ pub mod optimizer;
 pub mod overhead;
 pub mod parallel;
 pub mod params;
+pub mod plan;
 pub mod presets;
 pub mod report;
 pub mod runconfig;

@@ -116,6 +116,44 @@ pub struct EventOverheads {
     pub fragmentation: f64,
 }
 
+impl EventOverheads {
+    /// (allocated, reserved, components with `overhead` filled in).
+    pub fn apply(&self, mut c: Components) -> (u64, u64, Components) {
+        let tensors = c.total().get();
+        let allocated = tensors + self.in_allocator;
+        let dynamic = c.activations + c.logits_and_loss + c.temporaries + c.gradients;
+        let slack = (dynamic.get() as f64 * self.fragmentation).round() as u64;
+        c.overhead = Bytes(self.in_allocator + slack + self.outside);
+        (allocated, allocated + slack, c)
+    }
+}
+
+/// Where a simulation sends its moments.
+pub trait Sink {
+    /// `event` names the moment; it is only called by sinks that keep names.
+    fn moment<F: FnOnce() -> String>(&mut self, phase: Phase, event: F, c: Components);
+}
+
+impl Sink for Recorder {
+    fn moment<F: FnOnce() -> String>(&mut self, phase: Phase, event: F, c: Components) {
+        self.record(phase, event(), c);
+    }
+}
+
+/// A sink that keeps only the peak device bytes: no allocation, for searches.
+#[derive(Debug, Clone, Copy)]
+pub struct PeakOnly {
+    pub ov: EventOverheads,
+    pub peak: u64,
+}
+
+impl Sink for PeakOnly {
+    fn moment<F: FnOnce() -> String>(&mut self, _phase: Phase, _event: F, c: Components) {
+        let (_, _, c) = self.ov.apply(c);
+        self.peak = self.peak.max(c.total().get());
+    }
+}
+
 /// Builds events from component snapshots.
 #[derive(Debug, Clone)]
 pub struct Recorder {
@@ -132,13 +170,8 @@ impl Recorder {
     }
 
     /// Record a moment. `c.overhead` is filled in here.
-    pub fn record(&mut self, phase: Phase, event: impl Into<String>, mut c: Components) {
-        let tensors = c.total().get();
-        let allocated = tensors + self.ov.in_allocator;
-        let dynamic = c.activations + c.logits_and_loss + c.temporaries + c.gradients;
-        let slack = (dynamic.get() as f64 * self.ov.fragmentation).round() as u64;
-        let reserved = allocated + slack;
-        c.overhead = Bytes(self.ov.in_allocator + slack + self.ov.outside);
+    pub fn record(&mut self, phase: Phase, event: impl Into<String>, c: Components) {
+        let (allocated, reserved, c) = self.ov.apply(c);
         self.events.push(Event {
             phase,
             event: event.into(),
@@ -226,14 +259,18 @@ impl TrainPlan {
 }
 
 /// Simulate one training step.
-pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
+pub fn simulate_train<S: Sink>(p: &TrainPlan, rec: &mut S) {
     let base = Components {
         weights: Bytes(p.weights),
         master_weights: Bytes(p.master_weights),
         optimizer_state: Bytes(p.optimizer_state),
         ..Components::default()
     };
-    rec.record(Phase::Load, "weights and optimizer state resident", base);
+    rec.moment(
+        Phase::Load,
+        || "weights and optimizer state resident".to_string(),
+        base,
+    );
     let micro_batches = if p.grad_accum > 1 { 2 } else { 1 };
     let show = |i: u64| i == 0 || i == 1 || i + 1 == p.layers;
     for mb in 0..micro_batches {
@@ -257,9 +294,9 @@ pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
         } else {
             "receive activations"
         };
-        rec.record(
+        rec.moment(
             Phase::Forward,
-            format!("{input_event}{tag}"),
+            || format!("{input_event}{tag}"),
             Components {
                 activations: Bytes(other_mb + saved),
                 temporaries: Bytes(p.embed_out + p.gathered_fwd),
@@ -275,9 +312,9 @@ pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
             };
             if show(i) {
                 let held = s.min(peak);
-                rec.record(
+                rec.moment(
                     Phase::Forward,
-                    format!("layer {i} forward{tag}"),
+                    || format!("layer {i} forward{tag}"),
                     Components {
                         activations: Bytes(other_mb + saved + held),
                         temporaries: Bytes(
@@ -300,9 +337,9 @@ pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
             0
         };
         if p.has_head {
-            rec.record(
+            rec.moment(
                 Phase::Loss,
-                format!("logits and loss{tag}"),
+                || format!("logits and loss{tag}"),
                 Components {
                     activations: Bytes(other_mb + saved + head_act),
                     logits_and_loss: Bytes(p.loss_saved + p.head_fwd_transient),
@@ -318,9 +355,9 @@ pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
         if p.has_head {
             // The loss backward peaks (fp32 logit gradients) before the head's weight
             // gradient exists.
-            rec.record(
+            rec.moment(
                 Phase::Backward,
-                format!("loss backward{tag}"),
+                || format!("loss backward{tag}"),
                 Components {
                     gradients: Bytes(grads),
                     activations: Bytes(other_mb + saved + head_act),
@@ -332,9 +369,9 @@ pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
             if mb == 0 {
                 grads += p.grad_head + p.grad_other;
             }
-            rec.record(
+            rec.moment(
                 Phase::Backward,
-                format!("lm_head backward{tag}"),
+                || format!("lm_head backward{tag}"),
                 Components {
                     gradients: Bytes(grads),
                     activations: Bytes(other_mb + saved + head_act),
@@ -362,9 +399,9 @@ pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
                     0
                 };
                 let held = s.min(peak - own);
-                rec.record(
+                rec.moment(
                     Phase::Backward,
-                    format!("layer {i} backward{tag}"),
+                    || format!("layer {i} backward{tag}"),
                     Components {
                         gradients: Bytes(grads + own),
                         activations: Bytes(other_mb + saved + held),
@@ -394,9 +431,9 @@ pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
                 (0, p.grad_embedding)
             };
             grads += emb_grad;
-            rec.record(
+            rec.moment(
                 Phase::Backward,
-                format!("embedding backward{tag}"),
+                || format!("embedding backward{tag}"),
                 Components {
                     gradients: Bytes(grads),
                     activations: Bytes(other_mb + saved),
@@ -406,16 +443,20 @@ pub fn simulate_train(p: &TrainPlan, rec: &mut Recorder) {
             );
         }
     }
-    rec.record(
+    rec.moment(
         Phase::Optimizer,
-        "optimizer step",
+        || "optimizer step".to_string(),
         Components {
             gradients: Bytes(p.grads_total()),
             temporaries: Bytes(p.optimizer_step_temp + p.optimizer_extra),
             ..base
         },
     );
-    rec.record(Phase::Optimizer, "zero_grad (gradients freed)", base);
+    rec.moment(
+        Phase::Optimizer,
+        || "zero_grad (gradients freed)".to_string(),
+        base,
+    );
 }
 
 /// Inputs of an inference simulation (bytes).
@@ -431,24 +472,24 @@ pub struct InferPlan {
     pub embed_out_prefill: u64,
 }
 
-pub fn simulate_infer(p: &InferPlan, rec: &mut Recorder) {
+pub fn simulate_infer<S: Sink>(p: &InferPlan, rec: &mut S) {
     let base = Components {
         weights: Bytes(p.weights),
         ..Components::default()
     };
-    rec.record(Phase::Load, "weights resident", base);
-    rec.record(
+    rec.moment(Phase::Load, || "weights resident".to_string(), base);
+    rec.moment(
         Phase::Prefill,
-        "prefill, last layer",
+        || "prefill, last layer".to_string(),
         Components {
             kv_cache: Bytes(p.kv_prefill),
             temporaries: Bytes(p.prefill_layer_peak),
             ..base
         },
     );
-    rec.record(
+    rec.moment(
         Phase::Prefill,
-        "prefill logits",
+        || "prefill logits".to_string(),
         Components {
             kv_cache: Bytes(p.kv_prefill),
             logits_and_loss: Bytes(p.prefill_logits),
@@ -456,18 +497,18 @@ pub fn simulate_infer(p: &InferPlan, rec: &mut Recorder) {
             ..base
         },
     );
-    rec.record(
+    rec.moment(
         Phase::Decode,
-        "last decode step, last layer",
+        || "last decode step, last layer".to_string(),
         Components {
             kv_cache: Bytes(p.kv_final),
             temporaries: Bytes(p.decode_layer_peak),
             ..base
         },
     );
-    rec.record(
+    rec.moment(
         Phase::Decode,
-        "last decode step, logits and sampling",
+        || "last decode step, logits and sampling".to_string(),
         Components {
             kv_cache: Bytes(p.kv_final),
             logits_and_loss: Bytes(p.decode_logits),

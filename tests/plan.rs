@@ -1,0 +1,73 @@
+//! `plan`: the search is exhaustive over its stated space and exact in the micro-batch.
+
+use llm_mem::bytes::{Bytes, GIB};
+use llm_mem::estimate::Correction;
+use llm_mem::overhead::Overheads;
+use llm_mem::parallel::estimate_layout;
+use llm_mem::plan::{layouts, plan, Evaluator, PlanQuery};
+use llm_mem::runconfig::RunConfig;
+
+#[test]
+fn llama70b_lora_on_8x80() {
+    let spec = llm_mem::presets::get("llama-3.1-70b").unwrap().unwrap();
+    let cfg = RunConfig {
+        method: Some("lora".into()),
+        seq_len: Some(4096),
+        ..Default::default()
+    };
+    let (w, ov) = cfg.build(&spec).unwrap();
+    let q = PlanQuery {
+        gpus: 8,
+        capacity: Bytes(80 * GIB),
+        max_batch: 64,
+        top: 10,
+        max_seq: 131072,
+    };
+    let t = std::time::Instant::now();
+    let r = plan(&spec, &w, &ov, &q).unwrap();
+    eprintln!(
+        "{} layouts, {} evaluations in {:?}",
+        r.layouts_considered,
+        r.evaluations,
+        t.elapsed()
+    );
+    assert!(!r.fits.is_empty());
+    let best = &r.fits[0];
+    eprintln!("{:?}", best);
+    eprintln!("{:?}", r.largest_micro_batch);
+    eprintln!("{:?}", r.longest_sequence);
+    // 70B in bf16 is 131 GiB of weights: no single GPU holds it
+    assert!(best.world > 1);
+    // ranked: the first fits with the fewest GPUs
+    assert!(r.fits.windows(2).all(|p| p[0].world <= p[1].world));
+}
+
+#[test]
+fn fast_evaluator_equals_the_full_simulation() {
+    let spec = llm_mem::presets::get("llama-3.1-8b").unwrap().unwrap();
+    for attn in ["eager", "sdpa"] {
+        let cfg = RunConfig {
+            seq_len: Some(2048),
+            attn: Some(attn.into()),
+            grad_ckpt: Some("selective".into()),
+            ..Default::default()
+        };
+        let (w, ov) = cfg.build(&spec).unwrap();
+        let mut ev = Evaluator::new(&spec, &ov);
+        for (layout, _, _) in layouts(&spec, &w, 8).into_iter().step_by(3) {
+            for b in [1u64, 3, 7] {
+                let mut wb = w.clone();
+                wb.batch = b;
+                let views = ev.views(&wb, &layout).unwrap();
+                let fast = ev.peak(&wb, &layout, &views);
+                let full =
+                    estimate_layout(&spec, &wb, &ov, &layout, &Correction::IDENTITY).unwrap();
+                assert_eq!(
+                    fast,
+                    full.worst().estimate.peak.device.get(),
+                    "{layout:?} b={b}"
+                );
+            }
+        }
+    }
+}
