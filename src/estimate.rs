@@ -475,7 +475,7 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
     let inflight_saved = ((v.inflight_microbatches - 1.0).max(0.0)
         * stage_saved(v.has_embedding) as f64)
         .round() as u64;
-    let plan = TrainPlan {
+    TrainPlan {
         layers: local.layers,
         weights: st.weights,
         master_weights: st.master_weights,
@@ -516,8 +516,7 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
         gathered_fwd: v.gathered_fwd,
         gathered_bwd: v.gathered_bwd,
         optimizer_extra: v.optimizer_extra,
-    };
-    plan
+    }
 }
 
 /// KV-cache bytes per token of context (all layers, K and V).
