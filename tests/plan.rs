@@ -2,7 +2,6 @@
 
 use llm_mem::bytes::{Bytes, GIB};
 use llm_mem::estimate::Correction;
-use llm_mem::overhead::Overheads;
 use llm_mem::parallel::estimate_layout;
 use llm_mem::plan::{layouts, plan, Evaluator, PlanQuery};
 use llm_mem::runconfig::RunConfig;
