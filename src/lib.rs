@@ -13,6 +13,7 @@ pub mod error;
 pub mod estimate;
 pub mod gpu;
 pub mod hub;
+pub mod import;
 pub mod model;
 pub mod optimizer;
 pub mod overhead;

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use llm_mem::estimate::estimate;
+use llm_mem::estimate::{estimate, Correction};
+use llm_mem::parallel::estimate_layout;
+use llm_mem::plan::{plan, PlanQuery};
 use llm_mem::report::{self, Fit};
 use llm_mem::runconfig::{Amount, Format, RunConfig};
 use llm_mem::{gpu, hub, presets};
@@ -40,9 +42,30 @@ enum Command {
     },
     /// List the GPUs known to --gpu.
     Gpus,
+    /// Search the layouts (tp, pp, dp, cp, ZeRO/FSDP, checkpointing, offload) that fit
+    /// N GPUs, the largest micro-batch and the longest sequence.
+    Plan(Box<PlanArgs>),
 }
 
-#[derive(Args, Default)]
+#[derive(Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    workload: EstimateArgs,
+    /// GPUs available (the search may use fewer).
+    #[arg(long)]
+    gpus: u64,
+    /// Largest micro-batch to try.
+    #[arg(long, default_value_t = 64)]
+    max_batch: u64,
+    /// How many fitting layouts to list.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Longest sequence to try for the "longest sequence that fits" answer (0 = skip).
+    #[arg(long, default_value_t = 131072)]
+    max_seq: u64,
+}
+
+#[derive(Args, Default, Clone)]
 struct EstimateArgs {
     /// Preset name, path to a config.json (or its folder), or a HF id in the local cache.
     #[arg(long, short = 'm')]
@@ -134,12 +157,75 @@ struct EstimateArgs {
     /// Allocator fragmentation as a fraction of dynamic memory (default 0.05).
     #[arg(long)]
     allocator_fragmentation: Option<f64>,
+    #[command(flatten)]
+    layout: LayoutArgs,
+    /// DeepSpeed JSON config (zero stage, offload, buckets, micro-batch, bf16/fp16).
+    #[arg(long)]
+    deepspeed: Option<String>,
+    /// HF TrainingArguments JSON/YAML or LLaMA-Factory YAML.
+    #[arg(long)]
+    train_args: Option<String>,
     /// JSON output (schema_version 1).
     #[arg(long, conflicts_with = "csv")]
     json: bool,
-    /// CSV output (one header, one row).
+    /// CSV output (one header, one row per rank class).
     #[arg(long)]
     csv: bool,
+}
+
+#[derive(Args, Default, Clone)]
+struct LayoutArgs {
+    /// Data-parallel degree.
+    #[arg(long)]
+    dp: Option<u64>,
+    /// Tensor-parallel degree (Megatron column/row parallel linears, vocab-parallel head).
+    #[arg(long)]
+    tp: Option<u64>,
+    /// Pipeline-parallel stages (1F1B).
+    #[arg(long)]
+    pp: Option<u64>,
+    /// Context-parallel degree (sequence split across ranks, ring attention).
+    #[arg(long)]
+    cp: Option<u64>,
+    /// Expert-parallel degree (MoE only; dense models need 1).
+    #[arg(long)]
+    ep: Option<u64>,
+    /// Virtual pipeline stages per rank (interleaved 1F1B).
+    #[arg(long)]
+    vpp: Option<u64>,
+    /// Megatron sequence parallelism (with --tp > 1).
+    #[arg(long)]
+    sequence_parallel: bool,
+    /// DeepSpeed ZeRO stage: 0 | 1 | 2 | 3.
+    #[arg(long)]
+    zero: Option<u8>,
+    /// PyTorch FSDP: full | grad-op | hybrid.
+    #[arg(long)]
+    fsdp: Option<String>,
+    /// FSDP version: 1 (flat parameters) | 2 (per-parameter sharding, default).
+    #[arg(long)]
+    fsdp_version: Option<u8>,
+    /// FSDP hybrid-shard group size (default min(dp, 8)).
+    #[arg(long)]
+    fsdp_shard_group: Option<u64>,
+    /// Optimizer state (and ZeRO's fp32 copies) in host memory.
+    #[arg(long)]
+    offload_optimizer: bool,
+    /// Parameters in host memory (ZeRO-3 or FSDP).
+    #[arg(long)]
+    offload_params: bool,
+    /// Megatron's distributed optimizer (optimizer state sharded over dp).
+    #[arg(long)]
+    distributed_optimizer: bool,
+    /// Micro-batches per pipeline flush (default: --grad-accum).
+    #[arg(long)]
+    micro_batches: Option<u64>,
+    /// Layers per pipeline stage, e.g. 10,12,10 (default: even split).
+    #[arg(long)]
+    pp_layers: Option<String>,
+    /// NCCL buffers per process group (default 128MiB).
+    #[arg(long)]
+    nccl_buffers: Option<String>,
 }
 
 impl EstimateArgs {
@@ -175,31 +261,90 @@ impl EstimateArgs {
             cuda_context: amount(&self.cuda_context),
             cublas_workspace: amount(&self.cublas_workspace),
             allocator_fragmentation: self.allocator_fragmentation,
+            dp: self.layout.dp,
+            tp: self.layout.tp,
+            pp: self.layout.pp,
+            cp: self.layout.cp,
+            ep: self.layout.ep,
+            vpp: self.layout.vpp,
+            sequence_parallel: self.layout.sequence_parallel.then_some(true),
+            zero: self.layout.zero,
+            fsdp: self.layout.fsdp.clone(),
+            fsdp_version: self.layout.fsdp_version,
+            fsdp_shard_group: self.layout.fsdp_shard_group,
+            offload_optimizer: self.layout.offload_optimizer.then_some(true),
+            offload_params: self.layout.offload_params.then_some(true),
+            distributed_optimizer: self.layout.distributed_optimizer.then_some(true),
+            micro_batches: self.layout.micro_batches,
+            pp_layers: self.layout.pp_layers.clone(),
+            nccl_buffers: amount(&self.layout.nccl_buffers),
+            ..RunConfig::default()
         }
+    }
+
+    /// Config file < DeepSpeed config < training arguments < flags; with the imports'
+    /// warnings.
+    fn resolve(&self) -> Result<(RunConfig, Vec<String>)> {
+        let mut cfg = RunConfig::default();
+        let mut warnings = Vec::new();
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --config {path}"))?;
+            cfg = RunConfig::parse(&text, Format::from_path(path)?, path)?;
+        }
+        if let Some(path) = &self.deepspeed {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --deepspeed {path}"))?;
+            let (c, w) = llm_mem::import::from_deepspeed(&text, path)?;
+            cfg = cfg.merged(c);
+            warnings.extend(w);
+        }
+        if let Some(path) = &self.train_args {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --train-args {path}"))?;
+            let (c, w) = llm_mem::import::from_train_args(&text, Format::from_path(path)?, path)?;
+            cfg = cfg.merged(c);
+            warnings.extend(w);
+        }
+        Ok((cfg.merged(self.to_run_config()), warnings))
     }
 }
 
-fn run_estimate(args: &EstimateArgs) -> Result<ExitCode> {
-    let mut cfg = RunConfig::default();
-    if let Some(path) = &args.config {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading --config {path}"))?;
-        cfg = RunConfig::parse(&text, Format::from_path(path)?, path)?;
-    }
-    let cfg = cfg.merged(args.to_run_config());
-    let name = cfg
-        .model
-        .clone()
-        .context("no model given: pass --model NAME (a preset from `llm-mem models`, a config.json path or a cached HF id)")?;
+fn load_model(cfg: &RunConfig) -> Result<llm_mem::ModelSpec> {
+    let name = cfg.model.clone().context(
+        "no model given: pass --model NAME (a preset from `llm-mem models`, a config.json path or a cached HF id)",
+    )?;
     let mut spec = hub::resolve(&name)?;
     if let Some(l) = cfg.layers {
         spec = spec.with_layers(l)?;
     }
+    Ok(spec)
+}
+
+fn run_estimate(args: &EstimateArgs) -> Result<ExitCode> {
+    let (cfg, import_warnings) = args.resolve()?;
+    for w in &import_warnings {
+        eprintln!("llm-mem: warning: {w}");
+    }
+    let spec = load_model(&cfg)?;
     let (workload, overheads) = cfg.build(&spec)?;
+    let layout = cfg.layout()?;
+    let capacity = cfg.capacity()?;
+    if layout.is_distributed() {
+        let d = estimate_layout(&spec, &workload, &overheads, &layout, &Correction::IDENTITY)?;
+        let fit = capacity.map(|(gpu, cap)| Fit::new(gpu, cap, d.worst().estimate.peak.device));
+        let out = if args.json {
+            report::json::render_distributed(&d, &workload, &overheads, &layout, fit.as_ref())
+        } else if args.csv {
+            report::csv::render_distributed(&d, &workload, fit.as_ref())
+        } else {
+            report::human::render_distributed(&d, &workload, &layout, fit.as_ref())
+        };
+        print_out(&out)?;
+        return Ok(exit_for(fit.as_ref()));
+    }
     let est = estimate(&spec, &workload, &overheads)?;
-    let fit = cfg
-        .capacity()?
-        .map(|(gpu, cap)| Fit::new(gpu, cap, est.peak.device));
+    let fit = capacity.map(|(gpu, cap)| Fit::new(gpu, cap, est.peak.device));
     let out = if args.json {
         report::json::render(&est, &workload, &overheads, fit.as_ref())
     } else if args.csv {
@@ -208,9 +353,46 @@ fn run_estimate(args: &EstimateArgs) -> Result<ExitCode> {
         report::human::render(&est, &workload, fit.as_ref())
     };
     print_out(&out)?;
-    Ok(match fit {
+    Ok(exit_for(fit.as_ref()))
+}
+
+fn exit_for(fit: Option<&Fit>) -> ExitCode {
+    match fit {
         Some(f) if !f.fits => ExitCode::from(1),
         _ => ExitCode::SUCCESS,
+    }
+}
+
+fn run_plan(args: &PlanArgs) -> Result<ExitCode> {
+    let (cfg, import_warnings) = args.workload.resolve()?;
+    for w in &import_warnings {
+        eprintln!("llm-mem: warning: {w}");
+    }
+    let spec = load_model(&cfg)?;
+    let (workload, overheads) = cfg.build(&spec)?;
+    let (gpu, capacity) = cfg
+        .capacity()?
+        .context("plan needs the memory per GPU: pass --gpu NAME or --gpu-memory 80GiB")?;
+    let q = PlanQuery {
+        gpus: args.gpus,
+        capacity,
+        max_batch: args.max_batch,
+        top: args.top,
+        max_seq: args.max_seq,
+    };
+    let t = std::time::Instant::now();
+    let r = plan(&spec, &workload, &overheads, &q)?;
+    let elapsed = t.elapsed();
+    let out = if args.workload.json {
+        report::json::render_plan(&r, &spec.name, &gpu, capacity)
+    } else {
+        report::human::render_plan(&r, &spec.name, &gpu, capacity, elapsed)
+    };
+    print_out(&out)?;
+    Ok(if r.fits.is_empty() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 
@@ -292,6 +474,7 @@ fn main() -> ExitCode {
         Command::Estimate(a) => run_estimate(a),
         Command::Models { json } => run_models(*json),
         Command::Gpus => run_gpus(),
+        Command::Plan(a) => run_plan(a),
     };
     match r {
         Ok(code) => code,

@@ -85,6 +85,16 @@ pub enum Offload {
     OptimizerAndParams,
 }
 
+impl Offload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Offload::None => "none",
+            Offload::Optimizer => "optimizer",
+            Offload::OptimizerAndParams => "optimizer+params",
+        }
+    }
+}
+
 /// One candidate of the space.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Candidate {

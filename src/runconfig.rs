@@ -69,6 +69,30 @@ pub struct RunConfig {
     pub cuda_context: Option<Amount>,
     pub cublas_workspace: Option<Amount>,
     pub allocator_fragmentation: Option<f64>,
+    // distributed layout
+    pub dp: Option<u64>,
+    pub tp: Option<u64>,
+    pub pp: Option<u64>,
+    pub cp: Option<u64>,
+    pub ep: Option<u64>,
+    pub vpp: Option<u64>,
+    pub sequence_parallel: Option<bool>,
+    pub zero: Option<u8>,
+    pub fsdp: Option<String>,
+    pub fsdp_version: Option<u8>,
+    pub fsdp_shard_group: Option<u64>,
+    pub offload_optimizer: Option<bool>,
+    pub offload_params: Option<bool>,
+    pub distributed_optimizer: Option<bool>,
+    pub micro_batches: Option<u64>,
+    /// Layers per pipeline stage, "10,12,10".
+    pub pp_layers: Option<String>,
+    pub nccl_buffers: Option<Amount>,
+    pub zero_reduce_bucket: Option<u64>,
+    pub zero_allgather_bucket: Option<u64>,
+    pub zero3_prefetch_bucket: Option<u64>,
+    pub zero3_max_live_params: Option<u64>,
+    pub ddp_bucket_view: Option<bool>,
 }
 
 /// Config file formats, chosen by extension.
@@ -164,7 +188,29 @@ impl RunConfig {
             gpu_memory,
             cuda_context,
             cublas_workspace,
-            allocator_fragmentation
+            allocator_fragmentation,
+            dp,
+            tp,
+            pp,
+            cp,
+            ep,
+            vpp,
+            sequence_parallel,
+            zero,
+            fsdp,
+            fsdp_version,
+            fsdp_shard_group,
+            offload_optimizer,
+            offload_params,
+            distributed_optimizer,
+            micro_batches,
+            pp_layers,
+            nccl_buffers,
+            zero_reduce_bucket,
+            zero_allgather_bucket,
+            zero3_prefetch_bucket,
+            zero3_max_live_params,
+            ddp_bucket_view
         )
     }
 
@@ -248,6 +294,61 @@ impl RunConfig {
         ov.validate()?;
         w.validate(spec)?;
         Ok((w, ov))
+    }
+
+    /// The parallel layout (the default is one GPU).
+    pub fn layout(&self) -> Result<crate::parallel::Layout> {
+        use crate::parallel::{Buffers, Layout};
+        let d = Layout::default();
+        let mut b = Buffers::default();
+        if let Some(a) = &self.nccl_buffers {
+            b.nccl_per_group = a.resolve("--nccl-buffers")?;
+        }
+        b.zero_reduce_bucket = self.zero_reduce_bucket.unwrap_or(b.zero_reduce_bucket);
+        b.zero_allgather_bucket = self
+            .zero_allgather_bucket
+            .unwrap_or(b.zero_allgather_bucket);
+        b.zero3_prefetch_bucket = self
+            .zero3_prefetch_bucket
+            .unwrap_or(b.zero3_prefetch_bucket);
+        b.zero3_max_live_params = self
+            .zero3_max_live_params
+            .unwrap_or(b.zero3_max_live_params);
+        b.ddp_bucket_view = self.ddp_bucket_view.unwrap_or(b.ddp_bucket_view);
+        b.fsdp_shard_group = self.fsdp_shard_group;
+        let pp_layers = match &self.pp_layers {
+            None => None,
+            Some(t) => Some(
+                t.split(',')
+                    .map(|x| x.trim().parse::<u64>())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|_| {
+                        Error::invalid(
+                            "--pp-layers",
+                            t,
+                            "comma-separated layer counts per stage, e.g. 10,12,10",
+                        )
+                    })?,
+            ),
+        };
+        Ok(Layout {
+            dp: self.dp.unwrap_or(d.dp),
+            tp: self.tp.unwrap_or(d.tp),
+            pp: self.pp.unwrap_or(d.pp),
+            cp: self.cp.unwrap_or(d.cp),
+            ep: self.ep.unwrap_or(d.ep),
+            vpp: self.vpp.unwrap_or(d.vpp),
+            sequence_parallel: self.sequence_parallel.unwrap_or(false),
+            zero: self.zero.unwrap_or(0),
+            fsdp: self.fsdp.as_deref().map(str::parse).transpose()?,
+            fsdp_version: self.fsdp_version.unwrap_or(d.fsdp_version),
+            offload_optimizer: self.offload_optimizer.unwrap_or(false),
+            offload_params: self.offload_params.unwrap_or(false),
+            distributed_optimizer: self.distributed_optimizer.unwrap_or(false),
+            micro_batches: self.micro_batches,
+            pp_layers,
+            buffers: b,
+        })
     }
 
     /// The GPU memory to check against: `gpu_memory` wins over `gpu`.

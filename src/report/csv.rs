@@ -71,3 +71,29 @@ pub fn render(e: &Estimate, w: &Workload, fit: Option<&Fit>) -> String {
     out.write_record(&row).expect("in-memory write");
     String::from_utf8(out.into_inner().expect("flush")).expect("utf-8")
 }
+
+/// One row per rank class, with `rank_class`, `ranks` and `model_states_bytes` first.
+pub fn render_distributed(
+    d: &crate::parallel::DistributedEstimate,
+    w: &Workload,
+    fit: Option<&Fit>,
+) -> String {
+    let mut out = String::new();
+    for (i, r) in d.per_rank.iter().enumerate() {
+        let one = render(&r.estimate, w, fit.filter(|_| i == d.worst_rank));
+        let mut lines = one.lines();
+        let header = lines.next().unwrap_or_default();
+        let row = lines.next().unwrap_or_default();
+        if i == 0 {
+            out += &format!("rank_class,ranks,model_states_bytes,worst,{header}\n");
+        }
+        out += &format!(
+            "\"{}\",{},{},{},{row}\n",
+            r.name,
+            r.ranks,
+            r.model_states_bytes.get(),
+            i == d.worst_rank
+        );
+    }
+    out
+}

@@ -101,3 +101,150 @@ pub fn render(e: &Estimate, w: &Workload, fit: Option<&Fit>) -> String {
     }
     s
 }
+
+/// A distributed estimate: the worst rank in full, then one line per rank class.
+pub fn render_distributed(
+    d: &crate::parallel::DistributedEstimate,
+    w: &Workload,
+    layout: &crate::parallel::Layout,
+    fit: Option<&Fit>,
+) -> String {
+    let mut s = String::new();
+    let sharding = match (layout.zero, layout.fsdp) {
+        (z, _) if z > 0 => format!("ZeRO-{z}"),
+        (_, Some(m)) => format!("FSDP {m:?} (v{})", layout.fsdp_version),
+        _ if layout.distributed_optimizer => "distributed optimizer".into(),
+        _ => "replicated".into(),
+    };
+    let _ = writeln!(
+        s,
+        "layout: {} GPUs = dp {} x tp {} x pp {} x cp {}{}, {}{}{}",
+        d.world,
+        layout.dp,
+        layout.tp,
+        layout.pp,
+        layout.cp,
+        if layout.sequence_parallel {
+            " (sequence parallel)"
+        } else {
+            ""
+        },
+        sharding,
+        if layout.offload_optimizer {
+            ", optimizer offloaded"
+        } else {
+            ""
+        },
+        if layout.offload_params {
+            ", parameters offloaded"
+        } else {
+            ""
+        },
+    );
+    let worst = d.worst();
+    let _ = writeln!(
+        s,
+        "worst rank: {} ({} ranks, {} layers)\n",
+        worst.name, worst.ranks, worst.layers
+    );
+    s += &render(&worst.estimate, w, fit);
+    let _ = writeln!(s, "\nper rank class:");
+    let _ = writeln!(
+        s,
+        "  {:<18} {:>6} {:>7} {:>12} {:>14}  peak at",
+        "class", "ranks", "layers", "device GiB", "model states"
+    );
+    for r in &d.per_rank {
+        let _ = writeln!(
+            s,
+            "  {:<18} {:>6} {:>7} {:>12.2} {:>14.2}  {}: {}",
+            r.name,
+            r.ranks,
+            r.layers,
+            r.estimate.peak.device.gib(),
+            r.model_states_bytes.gib(),
+            r.estimate.peak.phase.as_str(),
+            r.estimate.peak.event
+        );
+    }
+    s
+}
+
+/// `plan`: the fitting layouts, best first, and the two headline answers.
+pub fn render_plan(
+    r: &crate::plan::PlanResult,
+    model: &str,
+    gpu: &str,
+    capacity: Bytes,
+    elapsed: std::time::Duration,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "llm-mem plan: {model} on GPUs of {} ({gpu})", capacity);
+    let _ = writeln!(
+        s,
+        "searched {} layouts exhaustively ({} evaluations) in {:.1} ms",
+        r.layouts_considered,
+        r.evaluations,
+        elapsed.as_secs_f64() * 1e3
+    );
+    let _ = writeln!(s, "space: {}", r.space);
+    let _ = writeln!(s, "ranked by: {}\n", r.cost);
+    if r.fits.is_empty() {
+        let _ = writeln!(
+            s,
+            "nothing fits: no layout of the space runs micro-batch 1 within {}",
+            capacity
+        );
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "  {:>4} {:>4} {:>4} {:>4} {:>4}  {:<13} {:<20} {:<10} {:>6} {:>10}",
+        "gpus", "dp", "tp", "pp", "cp", "sharding", "offload", "grad-ckpt", "mbs", "peak GiB"
+    );
+    for c in &r.fits {
+        let _ = writeln!(
+            s,
+            "  {:>4} {:>4} {:>4} {:>4} {:>4}  {:<13} {:<20} {:<10} {:>6} {:>10.2}",
+            c.world,
+            c.dp,
+            c.tp,
+            c.pp,
+            c.cp,
+            c.sharding.as_str(),
+            c.offload.as_str(),
+            c.grad_ckpt.as_str(),
+            c.max_micro_batch,
+            c.peak_bytes.gib()
+        );
+    }
+    if let Some(c) = &r.largest_micro_batch {
+        let _ = writeln!(
+            s,
+            "\nlargest micro-batch that fits: {} (dp {} tp {} pp {} cp {}, {}, grad-ckpt {}, {:.2} GiB)",
+            c.max_micro_batch,
+            c.dp,
+            c.tp,
+            c.pp,
+            c.cp,
+            c.sharding.as_str(),
+            c.grad_ckpt.as_str(),
+            c.peak_bytes.gib()
+        );
+    }
+    if let Some((seq, c)) = &r.longest_sequence {
+        let _ = writeln!(
+            s,
+            "longest sequence that fits (micro-batch 1): {} tokens (dp {} tp {} pp {} cp {}, {}, grad-ckpt {}, {:.2} GiB)",
+            seq,
+            c.dp,
+            c.tp,
+            c.pp,
+            c.cp,
+            c.sharding.as_str(),
+            c.grad_ckpt.as_str(),
+            c.peak_bytes.gib()
+        );
+    }
+    s
+}

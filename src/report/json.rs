@@ -94,3 +94,73 @@ pub fn render(e: &Estimate, w: &Workload, ov: &Overheads, fit: Option<&Fit>) -> 
     };
     serde_json::to_string_pretty(&doc).expect("the estimate serializes") + "\n"
 }
+
+/// A distributed estimate: the worst rank's document at the top level (so tools that
+/// read single-GPU output keep working) plus `world`, `layout`, `worst_rank` (index
+/// into `per_rank`), `model_states_bytes` of the worst rank and `per_rank[]`, one entry
+/// per rank class with the same fields as a single-GPU document plus `name`, `stage`,
+/// `layers`, `ranks` and `model_states_bytes`.
+pub fn render_distributed(
+    d: &crate::parallel::DistributedEstimate,
+    w: &Workload,
+    ov: &Overheads,
+    layout: &crate::parallel::Layout,
+    fit: Option<&Fit>,
+) -> String {
+    let doc_of = |e: &Estimate, f: Option<&Fit>| -> serde_json::Value {
+        serde_json::from_str(&render(e, w, ov, f)).expect("our own JSON parses")
+    };
+    let worst = d.worst();
+    let mut top = doc_of(&worst.estimate, fit);
+    let per_rank: Vec<serde_json::Value> = d
+        .per_rank
+        .iter()
+        .map(|r| {
+            let mut v = doc_of(&r.estimate, None);
+            let o = v.as_object_mut().expect("object");
+            for k in ["schema_version", "tool", "workload", "overheads", "fit"] {
+                o.remove(k);
+            }
+            o.insert("name".into(), r.name.clone().into());
+            o.insert("stage".into(), r.stage.into());
+            o.insert("layers".into(), r.layers.into());
+            o.insert("ranks".into(), r.ranks.into());
+            o.insert(
+                "model_states_bytes".into(),
+                r.model_states_bytes.get().into(),
+            );
+            v
+        })
+        .collect();
+    let o = top.as_object_mut().expect("object");
+    o.insert("world".into(), d.world.into());
+    o.insert(
+        "layout".into(),
+        serde_json::to_value(layout).expect("layout serializes"),
+    );
+    o.insert("worst_rank".into(), d.worst_rank.into());
+    o.insert(
+        "model_states_bytes".into(),
+        worst.model_states_bytes.get().into(),
+    );
+    o.insert("per_rank".into(), per_rank.into());
+    serde_json::to_string_pretty(&top).expect("serializes") + "\n"
+}
+
+/// `plan --json`.
+pub fn render_plan(
+    r: &crate::plan::PlanResult,
+    model: &str,
+    gpu: &str,
+    capacity: crate::bytes::Bytes,
+) -> String {
+    let v = serde_json::json!({
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "llm-mem", "version": env!("CARGO_PKG_VERSION")},
+        "model": model,
+        "gpu": gpu,
+        "capacity_bytes": capacity.get(),
+        "result": r,
+    });
+    serde_json::to_string_pretty(&v).expect("serializes") + "\n"
+}
