@@ -433,3 +433,50 @@ fn uneven_pipeline_split_and_fsdp_modes_run() {
         last = ms;
     }
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MODELS: [&str; 5] = [
+        "llama-3.2-1b",
+        "qwen2.5-0.5b",
+        "gpt2",
+        "pythia-1b",
+        "gemma-2-2b",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Under ZeRO ≥ 1, doubling the data-parallel ranks never raises any rank's
+        /// memory; the worst rank is at least every other rank. (From dp ≥ 2: going from
+        /// one rank to two adds the data-parallel group's NCCL buffers, which can
+        /// outweigh what sharding a LoRA adapter saves — a real effect, not a bug.)
+        #[test]
+        fn dp_never_increases_memory_under_sharding(
+            m in 0usize..MODELS.len(),
+            zero in 1u8..=3,
+            dp_exp in 1u32..5,
+            seq in prop::sample::select(vec![256u64, 1024, 2048]),
+            method in prop::sample::select(vec!["full", "lora"]),
+            pp in prop::sample::select(vec![1u64, 2]),
+        ) {
+            let spec = preset(MODELS[m]);
+            let zero = if pp > 1 { 1 } else { zero };
+            let w = workload(&spec, RunConfig { seq_len: Some(seq), method: Some(method.into()), ..Default::default() });
+            let dp = 1u64 << dp_exp;
+            let run = |dp: u64| {
+                let layout = Layout { dp, zero, pp, micro_batches: Some(4), ..Layout::default() };
+                estimate_layout(&spec, &w, &Overheads::default(), &layout, &Correction::IDENTITY).unwrap()
+            };
+            let (a, b) = (run(dp), run(2 * dp));
+            for (ra, rb) in a.per_rank.iter().zip(&b.per_rank) {
+                prop_assert!(rb.estimate.peak.device <= ra.estimate.peak.device,
+                    "{} zero{zero} {method}: dp {dp} -> {}: {} > {}", MODELS[m], 2 * dp, rb.estimate.peak.device, ra.estimate.peak.device);
+            }
+            let worst = b.worst().estimate.peak.device;
+            prop_assert!(b.per_rank.iter().all(|r| r.estimate.peak.device <= worst));
+        }
+    }
+}
