@@ -34,6 +34,23 @@ impl Shape {
     }
 }
 
+/// The tensors of the decoder layers (every layer), without embedding, head or rest.
+pub fn layer_shapes(spec: &ModelSpec) -> Vec<Shape> {
+    let mut v = full_shapes(spec);
+    v.truncate(layer_shape_count(spec));
+    v
+}
+
+fn layer_shape_count(spec: &ModelSpec) -> usize {
+    let c = params::count(spec);
+    let lins = spec.layer_linears();
+    let linear_params: u64 = lins
+        .iter()
+        .map(|x| x.in_features * x.out_features + if x.bias { x.out_features } else { 0 })
+        .sum();
+    lins.len() + lins.iter().filter(|l| l.bias).count() + usize::from(c.per_layer > linear_params)
+}
+
 /// Trainable tensors of a full fine-tune: every parameter.
 pub fn full_shapes(spec: &ModelSpec) -> Vec<Shape> {
     let c = params::count(spec);

@@ -572,10 +572,50 @@ pub fn rank_view(
     let mixed = w.master_weights || w.precision.is_amp();
     let (_, state_size, mut shapes) = estimate::optimizer_shapes(&local, w);
     if full {
-        // the optimizer's tensors of this stage only
-        shapes.retain(|s| {
-            s.count == layers || (first && s.rows == local.vocab) || (last && s.count == 1)
-        });
+        // the optimizer's tensors of this stage only: its layers' tensors, the
+        // embedding side on the first stage, the head side on the last
+        shapes.retain(|s| s.count == layers && s.count > 0);
+        if layers == 1 {
+            // count == 1 cannot tell a layer tensor from the rest: rebuild the layer set
+            shapes = optimizer::layer_shapes(&local);
+        }
+        let mut vectors = Vec::new();
+        if p_emb > 0 {
+            vectors.push(optimizer::Shape {
+                rows: local.vocab,
+                cols: local.hidden,
+                count: 1,
+            });
+            if p_emb > counts.embedding {
+                vectors.push(optimizer::Shape {
+                    rows: p_emb - counts.embedding,
+                    cols: 1,
+                    count: 1,
+                });
+            }
+        }
+        if p_head > 0 {
+            vectors.push(optimizer::Shape {
+                rows: local.vocab,
+                cols: local.hidden,
+                count: 1,
+            });
+            if p_head > counts.embedding {
+                vectors.push(optimizer::Shape {
+                    rows: p_head - counts.embedding,
+                    cols: 1,
+                    count: 1,
+                });
+            }
+        }
+        if p_other > 0 {
+            vectors.push(optimizer::Shape {
+                rows: p_other,
+                cols: 1,
+                count: 1,
+            });
+        }
+        shapes.extend(vectors);
     }
     let n = layout.shard_degree() as f64;
     let div = |b: u64, by: f64| (b as f64 / by).round() as u64;

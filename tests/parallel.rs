@@ -480,3 +480,45 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn pipeline_stages_partition_the_model_states() {
+    // untied: the stages' weights, gradients and optimizer state add up to one GPU's
+    let spec = preset("llama-3.1-8b");
+    let w = workload(
+        &spec,
+        RunConfig {
+            seq_len: Some(1024),
+            ..Default::default()
+        },
+    );
+    let one = estimate_layout(
+        &spec,
+        &w,
+        &Overheads::none(),
+        &Layout {
+            buffers: Buffers::none(),
+            ..Layout::default()
+        },
+        &Correction::IDENTITY,
+    )
+    .unwrap();
+    for pp in [2u64, 4] {
+        let layout = Layout {
+            pp,
+            micro_batches: Some(8),
+            buffers: Buffers::none(),
+            ..Layout::default()
+        };
+        let d = estimate_layout(
+            &spec,
+            &w,
+            &Overheads::none(),
+            &layout,
+            &Correction::IDENTITY,
+        )
+        .unwrap();
+        let sum: u64 = d.per_rank.iter().map(|r| r.model_states_bytes.get()).sum();
+        assert_eq!(sum, one.worst().model_states_bytes.get(), "pp {pp}");
+    }
+}
