@@ -1,7 +1,8 @@
 //! Properties of `estimate()` over random presets and workloads:
 //! (a) the peak is monotone non-decreasing in batch and in sequence length;
 //! (b) full checkpointing never raises the kept activations;
-//! (c) the components at the peak sum exactly to the device peak (every event too);
+//! (c) the components at the peak sum exactly to the device peak (every event too), and
+//!     the kept activations split exactly into non-layer + layers × per-layer;
 //! (d) trainable ≤ total parameters;
 //! (e) allocated ≤ reserved ≤ device;
 //! (f) `estimate()` never panics: every input gives `Ok` or `Err`.
@@ -158,6 +159,13 @@ fn check_invariants(e: &Estimate) -> Result<(), TestCaseError> {
         prop_assert!(ev.allocated <= ev.reserved && ev.reserved <= ev.components.total());
     }
     prop_assert!(e.model.params_trainable <= e.model.params_total);
+    if e.activations.total_bytes > 0 {
+        // training: everything kept = the non-layer part + one per-layer share per layer
+        prop_assert_eq!(
+            e.activations.total_bytes,
+            e.activations.non_layer_bytes + e.model.layers * e.activations.per_layer_bytes
+        );
+    }
     prop_assert!(e.peak.allocated <= e.peak.reserved);
     prop_assert!(e.peak.reserved <= e.peak.device);
     Ok(())
