@@ -790,67 +790,81 @@ fn measure(g: &Graph, out: T, p: &LedgerParams) -> LayerLedger {
         .sum();
     let output_bytes = g.nodes[out.0].bytes;
 
-    // Forward: live bytes at each op (transients live until their last use).
-    let fwd_at = |i: u32, keep: &dyn Fn(&Node) -> bool| -> u64 {
-        g.nodes
-            .iter()
-            .filter(|n| {
-                n.born <= i
-                    && (keep(n)
-                        || n.kind == Kind::Cache
-                        || n.last_use.max(n.held_until) >= i
-                        || n.born == ops)
-            })
-            .map(|n| n.bytes)
-            .sum()
+    // Forward: live bytes at each op (transients live until their last use), by a
+    // difference array over op indices: O(tensors + ops).
+    let n_ops = ops as usize;
+    let fwd_peak_with = |keep: &dyn Fn(&Node) -> bool| -> u64 {
+        let mut diff = vec![0i128; n_ops + 2];
+        for n in &g.nodes {
+            let end = if keep(n) || n.kind == Kind::Cache || n.born == ops {
+                ops
+            } else {
+                n.last_use.max(n.held_until)
+            };
+            diff[n.born as usize] += n.bytes as i128;
+            diff[end as usize + 1] -= n.bytes as i128;
+        }
+        let mut live = 0i128;
+        let mut peak = 0i128;
+        for d in &diff[..=n_ops] {
+            live += d;
+            peak = peak.max(live);
+        }
+        peak as u64
     };
-    let fwd_peak = (0..=ops).map(|i| fwd_at(i, &kept_fwd)).max().unwrap_or(0);
+    let fwd_peak = fwd_peak_with(&kept_fwd);
 
     // Backward, ops in reverse: saved tensors are released when the earliest op that
     // saved them has run its backward; the gradient of a tensor exists from the
-    // backward of its last consumer until the backward of its producer.
+    // backward of its last consumer until the backward of its producer; parameter
+    // gradients appear at their op's backward and stay.
     let mut bwd_peak = 0u64;
     let mut bwd_peak_param_grads = 0u64;
     let param_grads: u64 = g.param_grads.iter().map(|(_, b)| *b).sum();
     if training {
-        let ws = |j: u32| -> u64 {
-            g.bwd_workspace
-                .iter()
-                .filter(|(o, _)| *o == j)
-                .map(|(_, b)| *b)
-                .sum()
-        };
-        for j in (1..=ops).rev() {
-            let mut live = 0u64;
-            for (idx, n) in g.nodes.iter().enumerate() {
-                let held = if candle {
-                    kept(n)
-                } else {
-                    is_saved(n) && n.saved_by <= j
-                };
-                if held {
-                    live += n.bytes;
-                }
-                let last = if idx == out.0 { ops } else { n.last_use };
-                if n.rg && n.born <= j && j <= last {
-                    live += n.bytes;
-                }
+        // live[j] for j in 1..=ops, as differences over j
+        let mut act = vec![0i128; n_ops + 2];
+        let mut pgd = vec![0i128; n_ops + 2];
+        let add = |v: &mut Vec<i128>, from: u32, to: u32, b: u64| {
+            if from <= to {
+                v[from as usize] += b as i128;
+                v[to as usize + 1] -= b as i128;
             }
-            let pg: u64 = g
-                .param_grads
-                .iter()
-                .filter(|(o, _)| *o >= j)
-                .map(|(_, b)| *b)
-                .sum();
-            if live + ws(j) + pg > bwd_peak {
-                bwd_peak = live + ws(j) + pg;
-                bwd_peak_param_grads = pg;
+        };
+        for (idx, n) in g.nodes.iter().enumerate() {
+            if candle {
+                if kept(n) {
+                    add(&mut act, 1, ops, n.bytes);
+                }
+            } else if is_saved(n) {
+                add(&mut act, n.saved_by.max(1), ops, n.bytes);
+            }
+            if n.rg {
+                let last = if idx == out.0 { ops } else { n.last_use };
+                add(&mut act, n.born.max(1), last.min(ops), n.bytes);
+            }
+        }
+        for &(o, b) in &g.bwd_workspace {
+            add(&mut act, o, o, b);
+        }
+        for &(o, b) in &g.param_grads {
+            add(&mut pgd, 1, o.min(ops), b);
+        }
+        let (mut live, mut pg) = (0i128, 0i128);
+        for j in 1..=n_ops {
+            live += act[j];
+            pg += pgd[j];
+            let total = (live + pg) as u64;
+            // ties go to the later op in backward order (smaller j), as the reverse walk
+            if total >= bwd_peak {
+                bwd_peak = total;
+                bwd_peak_param_grads = pg as u64;
             }
         }
         if ckpt != GradCkpt::None {
             // Recomputation rebuilds the forward and its saved set before backward,
             // while the output gradient waits.
-            let recompute = (0..=ops).map(|i| fwd_at(i, &kept)).max().unwrap_or(0);
+            let recompute = fwd_peak_with(&kept);
             if recompute + output_bytes > bwd_peak {
                 bwd_peak = recompute + output_bytes;
                 bwd_peak_param_grads = 0;

@@ -83,7 +83,8 @@ impl Family {
 
 impl std::fmt::Display for Family {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.model_type())
+        // `pad` honours width and alignment (`{:<12}` in tables)
+        f.pad(self.model_type())
     }
 }
 
@@ -407,8 +408,12 @@ impl ModelSpec {
     /// A copy with another depth (`--layers`). Drops the checkpoint tensor list, which
     /// no longer describes the model.
     pub fn with_layers(&self, layers: u64) -> Result<ModelSpec> {
-        if layers == 0 {
-            return Err(Error::invalid("--layers", layers, "an integer > 0"));
+        if layers == 0 || layers > crate::config::MAX_LAYERS {
+            return Err(Error::invalid(
+                "--layers",
+                layers,
+                format!("an integer in 1..={}", crate::config::MAX_LAYERS),
+            ));
         }
         let mut m = self.clone();
         m.layers = layers;

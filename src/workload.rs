@@ -201,6 +201,13 @@ impl Default for Workload {
     }
 }
 
+/// Upper bounds that keep every byte count far from u64 overflow.
+pub const MAX_BATCH: u64 = 1 << 20;
+pub const MAX_TOKENS: u64 = 1 << 26;
+pub const MAX_LORA_RANK: u64 = 1 << 16;
+/// 256 PiB for one tensor: beyond any device, well inside u64 for sums of hundreds.
+pub const MAX_TENSOR_BYTES: u64 = 1 << 58;
+
 impl Workload {
     pub fn is_train(&self) -> bool {
         self.task == Task::Train
@@ -208,20 +215,57 @@ impl Workload {
 
     /// Consistency checks; errors name the flag, the value and what is accepted.
     pub fn validate(&self, spec: &ModelSpec) -> Result<()> {
-        let pos = |what: &'static str, v: u64| {
-            if v == 0 {
-                Err(Error::invalid(what, v, "an integer > 0"))
+        let within = |what: &'static str, v: u64, max: u64| {
+            if v == 0 || v > max {
+                Err(Error::invalid(what, v, format!("an integer in 1..={max}")))
             } else {
                 Ok(())
             }
         };
-        pos("--batch", self.batch)?;
-        pos("--seq-len", self.seq_len)?;
-        pos("--grad-accum", self.grad_accum)?;
-        pos("--prompt-len", self.infer.prompt_len)?;
-        pos("--concurrency", self.infer.concurrency)?;
+        within("--batch", self.batch, MAX_BATCH)?;
+        within("--seq-len", self.seq_len, MAX_TOKENS)?;
+        within("--grad-accum", self.grad_accum, MAX_BATCH)?;
+        within("--prompt-len", self.infer.prompt_len, MAX_TOKENS)?;
+        within("--concurrency", self.infer.concurrency, MAX_BATCH)?;
+        if self.infer.gen_len > MAX_TOKENS {
+            return Err(Error::invalid(
+                "--gen-len",
+                self.infer.gen_len,
+                format!("an integer in 0..={MAX_TOKENS}"),
+            ));
+        }
         if let Some(c) = self.infer.prefill_chunk {
-            pos("--prefill-chunk", c)?;
+            within("--prefill-chunk", c, MAX_TOKENS)?;
+        }
+        // The largest tensor the run creates must stay far from u64 overflow: token
+        // activations (T × widest layer) and, with eager attention, the scores.
+        let (rows, len) = match self.task {
+            Task::Train => (self.batch, self.seq_len),
+            Task::Infer => (
+                self.infer.concurrency,
+                self.infer.prompt_len + self.infer.gen_len,
+            ),
+        };
+        let widest = spec
+            .hidden
+            .max(2 * spec.intermediate)
+            .max(spec.vocab)
+            .max(spec.q_dim() + 2 * spec.kv_dim());
+        let tokens = rows as f64 * len as f64;
+        let mut largest = tokens * widest as f64 * 4.0;
+        if self.attn == Attn::Eager {
+            largest = largest.max(tokens * len as f64 * spec.heads as f64 * 4.0);
+        }
+        if largest > MAX_TENSOR_BYTES as f64 {
+            return Err(Error::invalid(
+                "--batch x --seq-len",
+                format!("{rows} x {len}"),
+                format!(
+                    "shapes whose largest tensor stays under {} PiB (this one needs {:.1} PiB)",
+                    MAX_TENSOR_BYTES >> 50,
+                    largest / (1u64 << 50) as f64
+                ),
+            ));
         }
         match (self.method, &self.lora) {
             (Method::Full, Some(_)) => {
@@ -239,7 +283,7 @@ impl Workload {
                 ))
             }
             (_, Some(l)) => {
-                pos("--lora-rank", l.rank)?;
+                within("--lora-rank", l.rank, MAX_LORA_RANK)?;
                 if !(l.alpha.is_finite() && l.alpha > 0.0) {
                     return Err(Error::invalid("--lora-alpha", l.alpha, "a number > 0"));
                 }

@@ -257,19 +257,9 @@ proptest! {
 }
 
 /// Shapes far beyond any real run must be rejected with an error naming the flag, not
-/// overflow `u64`.
-///
-/// Ignored: a genuine estimator bug that needs a change in `src/`. `Workload::validate`
-/// (src/workload.rs) only checks `> 0`, and `ModelSpec::with_layers` (src/model.rs) does
-/// not apply `config::MAX_LAYERS`, so the byte arithmetic overflows: debug builds panic
-/// (src/activations.rs:165 `p.batch * p.seq`, src/activations.rs:174, src/params.rs:102
-/// `spec.layers * per_layer`, src/params.rs:243 `rank * (in + out)`, src/estimate.rs:110
-/// `prompt_len + gen_len`), release builds wrap silently and print a wrong peak
-/// (`llm-mem estimate --model llama-3.1-8b --batch 4294967296 --seq-len 4294967296`
-/// reports 2211.51 GiB), and `--layers 18446744073709551615` in release loops for
-/// minutes in `timeline::simulate_train`.
+/// overflow `u64` (bounds: `workload::MAX_BATCH`, `MAX_TOKENS`, `MAX_LORA_RANK`,
+/// `MAX_TENSOR_BYTES`, `config::MAX_LAYERS`).
 #[test]
-#[ignore = "estimator bug: no upper bounds on batch/seq/rank/layers, u64 overflow; see the doc comment"]
 fn huge_shapes_are_errors_not_overflows() {
     let spec = presets::get("llama-3.1-8b").unwrap().unwrap();
     let huge = u64::MAX;
