@@ -1,0 +1,2 @@
+//! Probes: real candle training steps, measured.
+pub mod model;
