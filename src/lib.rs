@@ -7,6 +7,7 @@
 
 pub mod activations;
 pub mod bytes;
+pub mod calibration;
 pub mod config;
 pub mod dtype;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod estimate;
 pub mod gpu;
 pub mod meter;
 pub mod hub;
+pub mod measurement;
 pub mod model;
 pub mod optimizer;
 pub mod overhead;
