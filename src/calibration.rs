@@ -423,3 +423,65 @@ mod tests {
         assert!(e.contains("candle"), "{e}");
     }
 }
+
+/// One point as the reports show it (derived from a measurement row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    pub point: String,
+    pub family: String,
+    pub status: String,
+    pub measured: u64,
+    pub estimated: u64,
+    /// Estimate with the calibration applied (static + α·(estimated − static) + β).
+    pub calibrated: Option<u64>,
+}
+
+impl Comparison {
+    /// Relative error of the uncalibrated estimate ((est − measured) / measured).
+    pub fn err_before(&self) -> Option<f64> {
+        (self.status == "ok" && self.measured > 0)
+            .then(|| (self.estimated as f64 - self.measured as f64) / self.measured as f64)
+    }
+    pub fn err_after(&self) -> Option<f64> {
+        match (self.calibrated, self.status == "ok" && self.measured > 0) {
+            (Some(c), true) => Some((c as f64 - self.measured as f64) / self.measured as f64),
+            _ => None,
+        }
+    }
+}
+
+/// Compare every row's estimate with its measurement, optionally calibrated.
+pub fn compare(rows: &[Row], cal: Option<&CalibrationFile>) -> Vec<Comparison> {
+    rows.iter()
+        .map(|r| {
+            let calibrated = cal.and_then(|c| c.entry(&r.family).ok()).map(|(e, _)| {
+                let (x, _, s) = design(r);
+                (s + e.alpha * x + e.beta_bytes).round().max(0.0) as u64
+            });
+            Comparison {
+                point: r.point.clone(),
+                family: r.family.clone(),
+                status: r.status.clone(),
+                measured: r.measured_peak_bytes,
+                estimated: r.predicted_peak_bytes,
+                calibrated,
+            }
+        })
+        .collect()
+}
+
+/// Median and maximum of |x|.
+pub fn median_max_abs(xs: &[f64]) -> Option<(f64, f64)> {
+    if xs.is_empty() {
+        return None;
+    }
+    let mut v: Vec<f64> = xs.iter().map(|x| x.abs()).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let med = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some((med, v[n - 1]))
+}

@@ -158,6 +158,10 @@ pub fn estimate_corrected(
             spec.max_positions
         ));
     }
+    if w.task == Task::Train && w.runtime == crate::workload::Runtime::Candle {
+        // candle keeps the whole graph and replays its own backward: simulated op by op
+        return crate::tape::estimate_train(spec, w, ov, corr, warnings);
+    }
     let (trainable_kind, lora_trainable) = match (&w.lora, w.method) {
         (Some(l), Method::Lora | Method::Qlora) => {
             let c = params::lora(spec, l.rank, &l.targets);

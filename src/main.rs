@@ -8,10 +8,17 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use llm_mem::estimate::estimate;
+use llm_mem::estimate::estimate_corrected;
 use llm_mem::report::{self, Fit};
 use llm_mem::runconfig::{Amount, Format, RunConfig};
 use llm_mem::{gpu, hub, presets};
+
+mod probe_cmd;
+
+/// Exact live-byte counting for `probe` on the CPU (a thin wrapper over the system
+/// allocator).
+#[global_allocator]
+static ALLOC: llm_mem::meter::CountingAlloc = llm_mem::meter::CountingAlloc;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +47,9 @@ enum Command {
     },
     /// List the GPUs known to --gpu.
     Gpus,
+    /// Measure real candle training steps, fit corrections, report.
+    #[command(subcommand)]
+    Probe(probe_cmd::ProbeCommand),
 }
 
 #[derive(Args, Default)]
@@ -140,6 +150,9 @@ struct EstimateArgs {
     /// CSV output (one header, one row).
     #[arg(long)]
     csv: bool,
+    /// Calibration file from `llm-mem probe calibrate` (applies α, β for the family).
+    #[arg(long)]
+    calibration: Option<std::path::PathBuf>,
 }
 
 impl EstimateArgs {
@@ -196,7 +209,11 @@ fn run_estimate(args: &EstimateArgs) -> Result<ExitCode> {
         spec = spec.with_layers(l)?;
     }
     let (workload, overheads) = cfg.build(&spec)?;
-    let est = estimate(&spec, &workload, &overheads)?;
+    let corr = match &args.calibration {
+        Some(p) => probe_cmd::correction(p, spec.family.model_type(), workload.runtime.as_str())?,
+        None => llm_mem::estimate::Correction::IDENTITY,
+    };
+    let est = estimate_corrected(&spec, &workload, &overheads, &corr)?;
     let fit = cfg
         .capacity()?
         .map(|(gpu, cap)| Fit::new(gpu, cap, est.peak.device));
@@ -292,6 +309,7 @@ fn main() -> ExitCode {
         Command::Estimate(a) => run_estimate(a),
         Command::Models { json } => run_models(*json),
         Command::Gpus => run_gpus(),
+        Command::Probe(p) => probe_cmd::run(p),
     };
     match r {
         Ok(code) => code,

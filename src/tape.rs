@@ -1078,3 +1078,134 @@ mod tests {
         }
     }
 }
+
+/// The probe method, element size and host-metadata flag of a candle workload.
+pub fn workload_method(w: &crate::workload::Workload) -> Result<(ProbeMethod, u64)> {
+    use crate::workload::{GradCkpt, Loss, Method, Optimizer, Precision};
+    let method = match (w.method, &w.lora) {
+        (Method::Full, _) => ProbeMethod::Full,
+        (Method::Lora, Some(l)) if l.targets == crate::model::LoraTargets::AllLinear => {
+            ProbeMethod::Lora {
+                rank: l.rank as usize,
+                alpha: l.alpha,
+            }
+        }
+        (Method::Lora, Some(l)) => {
+            return Err(Error::invalid(
+                "--lora-targets with --runtime candle",
+                &l.targets,
+                "all-linear (the candle probe models adapt every decoder linear)",
+            ))
+        }
+        (m, _) => {
+            return Err(Error::invalid(
+                "--method with --runtime candle",
+                m,
+                "full or lora",
+            ))
+        }
+    };
+    let esize = match w.precision {
+        Precision::Fp32 => 4,
+        Precision::Bf16 | Precision::Fp16 => 2,
+        p => {
+            return Err(Error::invalid(
+                "--dtype with --runtime candle",
+                p,
+                "fp32, bf16 or fp16 (candle has no autocast)",
+            ))
+        }
+    };
+    if !matches!(w.optimizer, Optimizer::AdamW | Optimizer::AdamWForeach) {
+        return Err(Error::invalid(
+            "--optimizer with --runtime candle",
+            w.optimizer,
+            "adamw (candle-nn AdamW)",
+        ));
+    }
+    if w.grad_accum != 1 || w.master_weights || w.loss != Loss::Standard || w.grad_ckpt != GradCkpt::None {
+        return Err(Error::invalid(
+            "training options with --runtime candle",
+            format!(
+                "grad-accum {}, master-weights {}, loss {}, grad-ckpt {}",
+                w.grad_accum, w.master_weights, w.loss, w.grad_ckpt
+            ),
+            "grad-accum 1, no master weights, standard loss, no checkpointing",
+        ));
+    }
+    Ok((method, esize))
+}
+
+/// The estimator's training path for `--runtime candle`: the simulated step as four
+/// events (forward, loss, backward peak, optimizer), with the correction applied to the
+/// activation-class bytes (graph and everything but parameter gradients).
+pub fn estimate_train(
+    spec: &ModelSpec,
+    w: &crate::workload::Workload,
+    ov: &crate::overhead::Overheads,
+    corr: &crate::estimate::Correction,
+    warnings: Vec<String>,
+) -> Result<crate::estimate::Estimate> {
+    use crate::bytes::Bytes;
+    use crate::estimate::{ActivationSummary, Estimate, ModelSummary, Peak};
+    use crate::timeline::{Components, EventOverheads, Phase, Recorder};
+    use crate::workload::Device;
+    let (method, esize) = workload_method(w)?;
+    let st = candle_step(
+        spec,
+        w.batch as usize,
+        w.seq_len as usize,
+        method,
+        esize,
+        w.device == Device::Cpu,
+    )?;
+    let cuda = w.device == Device::Cuda;
+    let mut rec = Recorder::new(EventOverheads {
+        in_allocator: corr.extra_overhead.get() + if cuda { ov.cublas_workspace.get() } else { 0 },
+        outside: if cuda { ov.cuda_context.get() + ov.nccl.get() } else { 0 },
+        fragmentation: if cuda { ov.allocator_fragmentation } else { 0.0 },
+    });
+    let a = corr.activation_scale;
+    let sc = |b: u64| (b as f64 * a).round() as u64;
+    let comp = |m: &Moment| Components {
+        weights: Bytes(st.weights),
+        optimizer_state: Bytes(st.optimizer_state),
+        gradients: Bytes(m.param_grads),
+        activations: Bytes(sc(m.graph)),
+        temporaries: Bytes(sc(m.other)),
+        ..Components::default()
+    };
+    rec.record(Phase::Load, "weights and AdamW state resident", comp(&Moment::default()));
+    rec.record(Phase::Forward, "end of forward (graph kept)", comp(&st.forward_peak));
+    rec.record(Phase::Loss, "log-softmax + NLL", comp(&st.loss_peak));
+    rec.record(Phase::Backward, "backward peak (graph + gradients in flight)", comp(&st.backward_peak));
+    rec.record(Phase::Optimizer, "AdamW step (graph dropped, gradients kept)", comp(&st.optimizer_peak));
+    let peak = rec.peak().expect("events recorded").clone();
+    let per_layer = st.graph / spec.layers.max(1);
+    Ok(Estimate {
+        model: ModelSummary {
+            name: spec.name.clone(),
+            family: spec.family.to_string(),
+            layers: spec.layers,
+            hidden: spec.hidden,
+            params_total: st.params_total,
+            params_trainable: st.params_trainable,
+        },
+        peak: Peak {
+            allocated: peak.allocated,
+            reserved: peak.reserved,
+            device: peak.components.total(),
+            phase: peak.phase,
+            event: peak.event.clone(),
+        },
+        components_at_peak: peak.components,
+        activations: ActivationSummary {
+            per_layer_bytes: sc(per_layer),
+            non_layer_bytes: sc(st.graph - per_layer * spec.layers),
+            total_bytes: sc(st.graph),
+            layer_tensors: Vec::new(),
+        },
+        timeline: rec.events,
+        warnings,
+    })
+}

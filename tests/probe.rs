@@ -11,6 +11,13 @@ static A: CountingAlloc = CountingAlloc;
 /// Tests share the allocator's counters: run the metered ones one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Single-threaded candle, as `llm-mem probe` runs it (see probe_cmd.rs).
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var("RAYON_NUM_THREADS", "1"));
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn tiny(name: &str) -> llm_mem::ModelSpec {
     let mut s = llm_mem::presets::get(name).unwrap().unwrap();
     s.hidden = 64;
@@ -56,7 +63,7 @@ fn cfg(method: ProbeMethod) -> StepConfig {
 
 #[test]
 fn counting_allocator_is_exact_on_known_allocations() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = lock();
     let mut m = CountingMeter::new(None);
     let base = m.baseline().unwrap();
     m.start().unwrap();
@@ -75,7 +82,7 @@ fn counting_allocator_is_exact_on_known_allocations() {
 
 #[test]
 fn artificial_limit_reports_out_of_memory() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = lock();
     let mut m = CountingMeter::new(Some(1000));
     m.baseline().unwrap();
     m.start().unwrap();
@@ -87,7 +94,7 @@ fn artificial_limit_reports_out_of_memory() {
 
 #[test]
 fn gradient_reaches_every_parameter() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = lock();
     for name in FAMILIES {
         for method in [ProbeMethod::Full, ProbeMethod::Lora { rank: 4, alpha: 8.0 }] {
             let spec = tiny(name);
@@ -101,7 +108,7 @@ fn gradient_reaches_every_parameter() {
 
 #[test]
 fn candle_profile_predicts_the_measured_step() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = lock();
     for name in FAMILIES {
         for method in [ProbeMethod::Full, ProbeMethod::Lora { rank: 4, alpha: 8.0 }] {
             let spec = tiny(name);
