@@ -482,7 +482,10 @@ fn rope<O: Ops>(o: &mut O, c: &Ctx, x: &O::T, inp: &Inputs<O::T>, rd: usize) -> 
     let o2 = o.binary(&e, &f, Bin::Add)?;
     let r = o.cat(&[&o1, &o2], 3)?;
     if rd < hd {
+        // candle concatenates contiguous pieces in one copy; a strided pass-through
+        // part would send it through transposes and a non-contiguous result
         let xp = o.narrow(x, 3, rd, hd - rd)?;
+        let xp = o.contiguous(&xp)?;
         o.cat(&[&r, &xp], 3)
     } else {
         Ok(r)
