@@ -72,11 +72,11 @@ fn counting_allocator_is_exact_on_known_allocations() {
     drop(a);
     let c: Vec<u32> = Vec::with_capacity(10);
     let r = m.stop().unwrap();
-    // exact, up to what the test harness's own threads allocate meanwhile (a few
-    // hundred bytes of result reporting at most)
-    let (peak, cur) = (r.peak - base, r.current - base);
-    assert!((1 << 20) + 8000 <= peak && peak < (1 << 20) + 8000 + 2048, "{peak}");
-    assert!(8040 <= cur && cur < 8040 + 2048, "{cur}");
+    // exact, up to what the test harness's own threads allocate or free meanwhile (a
+    // few hundred bytes of result reporting at most)
+    let (peak, cur) = (r.peak as i64 - base as i64, r.current as i64 - base as i64);
+    assert!((peak - ((1 << 20) + 8000)).abs() < 4096, "{peak}");
+    assert!((cur - 8040).abs() < 4096, "{cur}");
     drop((b, c));
 }
 
