@@ -82,7 +82,11 @@ pub fn fit_line(x: &[f64], y: &[f64], offsets: &[f64], what: &str) -> Result<Ent
         ));
     }
     let mean_y = y.iter().sum::<f64>() / n as f64;
-    let sse: f64 = x.iter().zip(y).map(|(xi, yi)| (yi - a * xi - b).powi(2)).sum();
+    let sse: f64 = x
+        .iter()
+        .zip(y)
+        .map(|(xi, yi)| (yi - a * xi - b).powi(2))
+        .sum();
     let sst: f64 = y.iter().map(|yi| (yi - mean_y).powi(2)).sum();
     let dof = (n - 2) as f64;
     let s2 = sse / dof;
@@ -227,8 +231,7 @@ impl CalibrationFile {
             }
             None => return Err(bad("no schema_version".into())),
         }
-        let f: CalibrationFile =
-            serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
+        let f: CalibrationFile = serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
         let fallback_name = "fallback".to_string();
         let entries = f
             .families
@@ -348,14 +351,26 @@ mod tests {
         let e = fit_line(&x, &y, &[0.0; 5], "t").unwrap();
         assert!((e.alpha - 1.98).abs() < 1e-12);
         assert!((e.beta_bytes - 0.16).abs() < 1e-12);
-        assert!((e.alpha_ci[1] - e.alpha - 0.137496).abs() < 1e-5, "{:?}", e.alpha_ci);
-        assert!((e.beta_ci[1] - e.beta_bytes - 0.456026).abs() < 1e-5, "{:?}", e.beta_ci);
+        assert!(
+            (e.alpha_ci[1] - e.alpha - 0.137496).abs() < 1e-5,
+            "{:?}",
+            e.alpha_ci
+        );
+        assert!(
+            (e.beta_ci[1] - e.beta_bytes - 0.456026).abs() < 1e-5,
+            "{:?}",
+            e.beta_ci
+        );
         assert!((e.r2 - 0.998574).abs() < 1e-6);
         assert_eq!(e.n_points, 5);
         // leave out x = 1: the other four (x̄ = 3.5, ȳ = 7.075, Sxx = 5, Sxy = 10.05)
         // give y = 2.01x + 0.04 → 2.05 vs 2.2: 6.818 %. (x = 2: 0.70 %, x = 3: 0 %,
         // x = 4: 3.26 %, x = 5: 3.43 %.)
-        assert!((e.loo_max_rel_err - 0.068182).abs() < 1e-5, "{}", e.loo_max_rel_err);
+        assert!(
+            (e.loo_max_rel_err - 0.068182).abs() < 1e-5,
+            "{}",
+            e.loo_max_rel_err
+        );
     }
 
     #[test]
@@ -409,11 +424,18 @@ mod tests {
         let f = file();
         let text = serde_json::to_string(&f).unwrap();
         assert_eq!(CalibrationFile::parse(&text, "c.json").unwrap(), f);
-        let e = CalibrationFile::parse("{not json", "c.json").unwrap_err().to_string();
+        let e = CalibrationFile::parse("{not json", "c.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("c.json") && e.contains("not JSON"), "{e}");
         let wrong = text.replace("\"schema_version\":1", "\"schema_version\":7");
-        let e = CalibrationFile::parse(&wrong, "c.json").unwrap_err().to_string();
-        assert!(e.contains("schema_version 7") && e.contains("accepted: 1"), "{e}");
+        let e = CalibrationFile::parse(&wrong, "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("schema_version 7") && e.contains("accepted: 1"),
+            "{e}"
+        );
         let nan = text.replace("\"alpha\":1.01", "\"alpha\":-1.0");
         assert!(CalibrationFile::parse(&nan, "c.json").is_err());
         let (c, note) = f.to_correction("gpt2", "candle").unwrap();

@@ -37,7 +37,9 @@ pub enum Error {
     #[error("impossible layout: {0}")]
     Layout(String),
 
-    #[error("out of memory: the step needed {needed} bytes above the baseline; limit {limit} bytes")]
+    #[error(
+        "out of memory: the step needed {needed} bytes above the baseline; limit {limit} bytes"
+    )]
     OutOfMemory { needed: u64, limit: u64 },
 
     #[error("memory meter: {0}")]

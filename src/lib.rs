@@ -1,7 +1,9 @@
 //! llm-mem: how much GPU memory each device needs to train, fine-tune or serve an LLM.
 //!
 //! The estimator core (`model`, `params`, `workload`, `activations`, `timeline`,
-//! `estimate`) is pure: no I/O, no candle, no CUDA. Model sources that touch the disk
+//! `estimate`, and the candle runtime profile `program` + `tape`) is pure: no I/O, no
+//! candle, no CUDA. The probe side (`probe`, `meter`, `measurement`, `calibration`)
+//! runs real candle steps, measures them and fits corrections. Model sources that touch the disk
 //! (`hub`, `safetensors`) and output formats (`report`) sit around it. See
 //! ARCHITECTURE.md for the code map.
 
@@ -13,9 +15,9 @@ pub mod dtype;
 pub mod error;
 pub mod estimate;
 pub mod gpu;
-pub mod meter;
 pub mod hub;
 pub mod measurement;
+pub mod meter;
 pub mod model;
 pub mod optimizer;
 pub mod overhead;

@@ -86,9 +86,9 @@ impl Row {
             Outcome::OutOfMemory(e) => ("oom", e.clone(), None),
             Outcome::Failed(e) => ("error", e.clone(), None),
         };
-        let st = m.map(|m| m.static_bytes).unwrap_or_else(|| {
-            pred.map(|s| s.weights + s.optimizer_state).unwrap_or(0)
-        });
+        let st = m
+            .map(|m| m.static_bytes)
+            .unwrap_or_else(|| pred.map(|s| s.weights + s.optimizer_state).unwrap_or(0));
         let abs = |x: u64| if m.is_some() { st + x } else { 0 };
         let ps = pred.map(|s| s.weights + s.optimizer_state).unwrap_or(0);
         let pa = |x: Option<u64>| x.map(|v| ps + v).unwrap_or(0);

@@ -82,7 +82,13 @@ pub fn run(cmd: &ProbeCommand) -> Result<ExitCode> {
     single_threaded_cpu();
     match cmd {
         ProbeCommand::Run(a) => {
-            let (csv, s) = run_plan(&a.plan, &a.out, a.resume.as_deref(), a.memory_limit.as_deref(), a.quiet)?;
+            let (csv, s) = run_plan(
+                &a.plan,
+                &a.out,
+                a.resume.as_deref(),
+                a.memory_limit.as_deref(),
+                a.quiet,
+            )?;
             println!(
                 "{}: {} points run ({} failed), {} already done",
                 csv.display(),
@@ -107,19 +113,30 @@ fn run_plan(
     let plan = Plan::load(plan_path)?;
     let device = plan.device()?;
     if let DeviceSpec::Cuda(_) = device {
-        bail!("device {}: built without CUDA support; see README", plan.device);
+        bail!(
+            "device {}: built without CUDA support; see README",
+            plan.device
+        );
     }
     let dir = plan_path.parent().unwrap_or(Path::new("."));
     let points = plan.points(dir)?;
     let limit = limit
         .map(|l| llm_mem::Bytes::parse(l).map(|b| b.get()))
         .transpose()
-        .map_err(|_| anyhow::anyhow!("--memory-limit {:?}: accepted: an amount such as 64MiB", limit.unwrap_or_default()))?;
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "--memory-limit {:?}: accepted: an amount such as 64MiB",
+                limit.unwrap_or_default()
+            )
+        })?;
     let csv = match resume {
         Some(p) => p.to_path_buf(),
-        None => out
-            .join("results")
-            .join(format!("{}-{}-{}.csv", plan.name, device.name(), probe::today())),
+        None => out.join("results").join(format!(
+            "{}-{}-{}.csv",
+            plan.name,
+            device.name(),
+            probe::today()
+        )),
     };
     let mut exec = CandleExecutor::new(device)?;
     let mut meter = || -> Box<dyn MemoryMeter> { Box::new(CountingMeter::new(limit)) };
@@ -144,7 +161,11 @@ fn calibrate(a: &CalibrateArgs) -> Result<ExitCode> {
     cal.write(&path)?;
     println!("{}: {} / {}", path.display(), cal.device, cal.runtime);
     let fallback = "fallback".to_string();
-    for (f, e) in cal.families.iter().chain(cal.fallback.iter().map(|e| (&fallback, e))) {
+    for (f, e) in cal
+        .families
+        .iter()
+        .chain(cal.fallback.iter().map(|e| (&fallback, e)))
+    {
         println!(
             "  {f:<10} α = {:.4} [{:.4}, {:.4}]  β = {:.0} B [{:.0}, {:.0}]  n = {}  R² = {:.5}  LOO max {:.2} %",
             e.alpha, e.alpha_ci[0], e.alpha_ci[1], e.beta_bytes, e.beta_ci[0], e.beta_ci[1], e.n_points, e.r2, e.loo_max_rel_err * 100.0
@@ -179,7 +200,10 @@ fn report(a: &ReportArgs) -> Result<ExitCode> {
     };
     let md = write("md", probe_md::render(&stem, &sources, &cmp, cal.as_ref()))?;
     write("csv", probe_csv::render(&cmp))?;
-    write("svg", probe_svg::render(&format!("{stem}: estimated vs measured"), &cmp))?;
+    write(
+        "svg",
+        probe_svg::render(&format!("{stem}: estimated vs measured"), &cmp),
+    )?;
     println!("{} (+ .csv, .svg)", md.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -103,7 +103,10 @@ pub trait Ops {
 pub enum ProbeMethod {
     Full,
     /// LoRA on every linear of the decoder layers (peft's all-linear), scale alpha/rank.
-    Lora { rank: usize, alpha: f64 },
+    Lora {
+        rank: usize,
+        alpha: f64,
+    },
 }
 
 /// The families the probe models implement.
@@ -128,7 +131,11 @@ pub fn check_supported(spec: &ModelSpec) -> Result<()> {
         ));
     }
     if matches!(spec.positions, Positions::Alibi) {
-        return Err(Error::invalid("probe positions", "alibi", "rope or learned"));
+        return Err(Error::invalid(
+            "probe positions",
+            "alibi",
+            "rope or learned",
+        ));
     }
     if spec.act == Activation::Relu {
         return Err(Error::invalid(
@@ -233,7 +240,11 @@ fn eps() -> f64 {
 }
 
 /// Create the parameters of `spec` with HF names (`model.layers.0.self_attn.q_proj.weight`).
-pub fn build_params<O: Ops>(o: &mut O, spec: &ModelSpec, method: ProbeMethod) -> Result<Params<O::T>> {
+pub fn build_params<O: Ops>(
+    o: &mut O,
+    spec: &ModelSpec,
+    method: ProbeMethod,
+) -> Result<Params<O::T>> {
     check_supported(spec)?;
     let full = method == ProbeMethod::Full;
     let h = spec.hidden as usize;
@@ -243,7 +254,12 @@ pub fn build_params<O: Ops>(o: &mut O, spec: &ModelSpec, method: ProbeMethod) ->
         let Some(l) = find(role) else { return Ok(None) };
         let (i, out) = (l.in_features as usize, l.out_features as usize);
         let name = format!("{prefix}.{}", l.name);
-        let w = o.param(&format!("{name}.weight"), &[out, i], ParamKind::Weight, full)?;
+        let w = o.param(
+            &format!("{name}.weight"),
+            &[out, i],
+            ParamKind::Weight,
+            full,
+        )?;
         let b = if l.bias {
             Some(o.param(&format!("{name}.bias"), &[out], ParamKind::Bias, full)?)
         } else {
@@ -252,15 +268,30 @@ pub fn build_params<O: Ops>(o: &mut O, spec: &ModelSpec, method: ProbeMethod) ->
         let lora = match method {
             ProbeMethod::Full => None,
             ProbeMethod::Lora { rank, alpha } => Some((
-                o.param(&format!("{name}.lora_A.weight"), &[rank, i], ParamKind::LoraA, true)?,
-                o.param(&format!("{name}.lora_B.weight"), &[out, rank], ParamKind::LoraB, true)?,
+                o.param(
+                    &format!("{name}.lora_A.weight"),
+                    &[rank, i],
+                    ParamKind::LoraA,
+                    true,
+                )?,
+                o.param(
+                    &format!("{name}.lora_B.weight"),
+                    &[out, rank],
+                    ParamKind::LoraB,
+                    true,
+                )?,
                 alpha / rank as f64,
             )),
         };
         Ok(Some(Linear { w, b, lora }))
     };
     let norm = |o: &mut O, name: &str, width: usize| -> Result<Norm<O::T>> {
-        let w = o.param(&format!("{name}.weight"), &[width], ParamKind::NormWeight, full)?;
+        let w = o.param(
+            &format!("{name}.weight"),
+            &[width],
+            ParamKind::NormWeight,
+            full,
+        )?;
         let b = if matches!(spec.norm, NormKind::LayerNorm { bias: true }) {
             Some(o.param(&format!("{name}.bias"), &[width], ParamKind::Bias, full)?)
         } else {
@@ -366,7 +397,12 @@ pub fn rotary_dim(spec: &ModelSpec) -> Option<usize> {
     }
 }
 
-pub fn build_inputs<O: Ops>(o: &mut O, spec: &ModelSpec, batch: usize, seq: usize) -> Result<Inputs<O::T>> {
+pub fn build_inputs<O: Ops>(
+    o: &mut O,
+    spec: &ModelSpec,
+    batch: usize,
+    seq: usize,
+) -> Result<Inputs<O::T>> {
     let t = batch * seq;
     let (cos, sin) = match rotary_dim(spec) {
         Some(rd) => (
@@ -464,7 +500,11 @@ fn rope<O: Ops>(o: &mut O, c: &Ctx, x: &O::T, inp: &Inputs<O::T>, rd: usize) -> 
     let d = o.dims(x);
     let hd = d[3];
     let half = rd / 2;
-    let xr = if rd < hd { o.narrow(x, 3, 0, rd)? } else { x.clone() };
+    let xr = if rd < hd {
+        o.narrow(x, 3, 0, rd)?
+    } else {
+        x.clone()
+    };
     let x1 = o.narrow(&xr, 3, 0, half)?;
     let x2 = o.narrow(&xr, 3, half, half)?;
     let hdims = [d[0], d[1], d[2], half];
@@ -609,7 +649,13 @@ fn mlp<O: Ops>(o: &mut O, c: &Ctx, x: &O::T, l: &Layer<O::T>) -> Result<O::T> {
     linear(o, &prod, &l.down)
 }
 
-fn layer<O: Ops>(o: &mut O, c: &Ctx, x: &O::T, l: &Layer<O::T>, inp: &Inputs<O::T>) -> Result<O::T> {
+fn layer<O: Ops>(
+    o: &mut O,
+    c: &Ctx,
+    x: &O::T,
+    l: &Layer<O::T>,
+    inp: &Inputs<O::T>,
+) -> Result<O::T> {
     let kind = c.spec.norm;
     match c.spec.residual {
         Residual::Sequential => {

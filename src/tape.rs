@@ -47,7 +47,10 @@ impl SOp {
     /// Arguments in the order candle's graph walk visits them.
     fn args(&self) -> Vec<usize> {
         match self {
-            SOp::Matmul(a, b) | SOp::Binary(a, b, _) | SOp::IndexSelect(a, b) | SOp::Gather(a, b) => {
+            SOp::Matmul(a, b)
+            | SOp::Binary(a, b, _)
+            | SOp::IndexSelect(a, b)
+            | SOp::Gather(a, b) => {
                 vec![*a, *b]
             }
             SOp::Cat(v) => v.clone(),
@@ -156,7 +159,13 @@ impl Tape {
     }
 
     /// A new node with its own storage.
-    fn alloc(&mut self, dims: Vec<usize>, op: Option<SOp>, inputs: &[usize], dynamic: bool) -> usize {
+    fn alloc(
+        &mut self,
+        dims: Vec<usize>,
+        op: Option<SOp>,
+        inputs: &[usize],
+        dynamic: bool,
+    ) -> usize {
         self.op += 1;
         for &i in inputs {
             self.use_(i);
@@ -225,7 +234,9 @@ impl Tape {
 
 fn same_dims(a: &[usize], b: &[usize], what: &str) -> Result<()> {
     if a != b {
-        return Err(Error::Layout(format!("{what}: shapes {a:?} and {b:?} differ")));
+        return Err(Error::Layout(format!(
+            "{what}: shapes {a:?} and {b:?} differ"
+        )));
     }
     Ok(())
 }
@@ -239,7 +250,13 @@ impl Ops for Tape {
         let int = matches!(what, Input::TokenIds | Input::Targets | Input::PositionIds);
         Ok(self.leaf(dims, int, false))
     }
-    fn param(&mut self, _name: &str, dims: &[usize], _k: ParamKind, trainable: bool) -> Result<usize> {
+    fn param(
+        &mut self,
+        _name: &str,
+        dims: &[usize],
+        _k: ParamKind,
+        trainable: bool,
+    ) -> Result<usize> {
         let n = self.leaf(dims, false, trainable);
         let b = self.bytes(n);
         self.params.push((n, b, trainable));
@@ -262,9 +279,10 @@ impl Ops for Tape {
     }
     fn broadcast_as(&mut self, a: &usize, dims: &[usize]) -> Result<usize> {
         let (da, sa) = (self.dims(a), self.nodes[*a].strides.clone());
-        let left = dims.len().checked_sub(da.len()).ok_or_else(|| {
-            Error::Layout(format!("broadcast {da:?} to {dims:?}"))
-        })?;
+        let left = dims
+            .len()
+            .checked_sub(da.len())
+            .ok_or_else(|| Error::Layout(format!("broadcast {da:?} to {dims:?}")))?;
         let mut st = vec![0; dims.len()];
         for i in 0..da.len() {
             st[left + i] = if da[i] == dims[left + i] {
@@ -301,7 +319,12 @@ impl Ops for Tape {
             return Err(Error::Layout(format!("reshape {:?} to {dims:?}", n.dims)));
         }
         if is_contiguous(&n.dims, &n.strides) {
-            Ok(self.view(*a, dims.to_vec(), contiguous_strides(dims), SOp::Reshape(*a)))
+            Ok(self.view(
+                *a,
+                dims.to_vec(),
+                contiguous_strides(dims),
+                SOp::Reshape(*a),
+            ))
         } else {
             Ok(self.alloc(dims.to_vec(), Some(SOp::Reshape(*a)), &[*a], true))
         }
@@ -318,7 +341,9 @@ impl Ops for Tape {
     fn narrow(&mut self, a: &usize, dim: usize, start: usize, len: usize) -> Result<usize> {
         let mut d = self.dims(a);
         if start + len > d[dim] {
-            return Err(Error::Layout(format!("narrow {d:?} at {dim}: {start}+{len}")));
+            return Err(Error::Layout(format!(
+                "narrow {d:?} at {dim}: {start}+{len}"
+            )));
         }
         if start == 0 && len == d[dim] {
             return Ok(*a);
@@ -477,9 +502,7 @@ impl Tape {
                 .iter()
                 .enumerate()
                 .filter(|(k, s)| {
-                    s.dynamic
-                        && s.born <= i
-                        && (keep[*k] || s.last_use >= i || held.contains(k))
+                    s.dynamic && s.born <= i && (keep[*k] || s.last_use >= i || held.contains(k))
                 })
                 .map(|(_, s)| s.bytes + sm)
                 .sum();
@@ -751,7 +774,11 @@ impl Tape {
             if node.var {
                 continue;
             }
-            let g0 = sim.store.map.remove(&x).expect("gradient populated in order");
+            let g0 = sim
+                .store
+                .map
+                .remove(&x)
+                .expect("gradient populated in order");
             if self.nodes[x].var {
                 sim.a.pg -= sim.a.storages[sim.a.nodes[g0].storage].0;
             }
@@ -1047,38 +1074,6 @@ pub fn candle_step(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tiny(family: &str) -> ModelSpec {
-        let mut s = crate::presets::get(family).expect("preset").unwrap();
-        s.hidden = 64;
-        s.heads = 4;
-        s.kv_heads = if s.kv_heads < s.heads { 2 } else { 4 };
-        s.head_dim = 16;
-        s.intermediate = 128;
-        s.vocab = 256;
-        s.layers = 2;
-        s.max_positions = 64;
-        if let crate::model::Positions::Rope { .. } = s.positions {
-            s.positions = crate::model::Positions::Rope { rotary_dim: 16 };
-        }
-        s
-    }
-
-    #[test]
-    fn simulates_every_family() {
-        for f in ["llama-3.2-1b", "gpt2", "pythia-70m", "phi-3-mini-4k-instruct", "gemma-2b", "qwen3-0.6b"] {
-            let spec = tiny(f);
-            let st = candle_step(&spec, 2, 8, ProbeMethod::Full, 4, false).unwrap();
-            assert!(st.backward_peak.total() > st.graph, "{f}");
-            assert!(st.param_grads == st.weights, "{f}: every parameter gets a gradient");
-            assert_eq!(st.optimizer_state, 2 * st.weights);
-        }
-    }
-}
-
 /// The probe method, element size and host-metadata flag of a candle workload.
 pub fn workload_method(w: &crate::workload::Workload) -> Result<(ProbeMethod, u64)> {
     use crate::workload::{GradCkpt, Loss, Method, Optimizer, Precision};
@@ -1123,7 +1118,11 @@ pub fn workload_method(w: &crate::workload::Workload) -> Result<(ProbeMethod, u6
             "adamw (candle-nn AdamW)",
         ));
     }
-    if w.grad_accum != 1 || w.master_weights || w.loss != Loss::Standard || w.grad_ckpt != GradCkpt::None {
+    if w.grad_accum != 1
+        || w.master_weights
+        || w.loss != Loss::Standard
+        || w.grad_ckpt != GradCkpt::None
+    {
         return Err(Error::invalid(
             "training options with --runtime candle",
             format!(
@@ -1162,8 +1161,16 @@ pub fn estimate_train(
     let cuda = w.device == Device::Cuda;
     let mut rec = Recorder::new(EventOverheads {
         in_allocator: corr.extra_overhead.get() + if cuda { ov.cublas_workspace.get() } else { 0 },
-        outside: if cuda { ov.cuda_context.get() + ov.nccl.get() } else { 0 },
-        fragmentation: if cuda { ov.allocator_fragmentation } else { 0.0 },
+        outside: if cuda {
+            ov.cuda_context.get() + ov.nccl.get()
+        } else {
+            0
+        },
+        fragmentation: if cuda {
+            ov.allocator_fragmentation
+        } else {
+            0.0
+        },
     });
     let a = corr.activation_scale;
     let sc = |b: u64| (b as f64 * a).round() as u64;
@@ -1175,11 +1182,27 @@ pub fn estimate_train(
         temporaries: Bytes(sc(m.other)),
         ..Components::default()
     };
-    rec.record(Phase::Load, "weights and AdamW state resident", comp(&Moment::default()));
-    rec.record(Phase::Forward, "end of forward (graph kept)", comp(&st.forward_peak));
+    rec.record(
+        Phase::Load,
+        "weights and AdamW state resident",
+        comp(&Moment::default()),
+    );
+    rec.record(
+        Phase::Forward,
+        "end of forward (graph kept)",
+        comp(&st.forward_peak),
+    );
     rec.record(Phase::Loss, "log-softmax + NLL", comp(&st.loss_peak));
-    rec.record(Phase::Backward, "backward peak (graph + gradients in flight)", comp(&st.backward_peak));
-    rec.record(Phase::Optimizer, "AdamW step (graph dropped, gradients kept)", comp(&st.optimizer_peak));
+    rec.record(
+        Phase::Backward,
+        "backward peak (graph + gradients in flight)",
+        comp(&st.backward_peak),
+    );
+    rec.record(
+        Phase::Optimizer,
+        "AdamW step (graph dropped, gradients kept)",
+        comp(&st.optimizer_peak),
+    );
     let peak = rec.peak().expect("events recorded").clone();
     let per_layer = st.graph / spec.layers.max(1);
     Ok(Estimate {
@@ -1208,4 +1231,46 @@ pub fn estimate_train(
         timeline: rec.events,
         warnings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(family: &str) -> ModelSpec {
+        let mut s = crate::presets::get(family).expect("preset").unwrap();
+        s.hidden = 64;
+        s.heads = 4;
+        s.kv_heads = if s.kv_heads < s.heads { 2 } else { 4 };
+        s.head_dim = 16;
+        s.intermediate = 128;
+        s.vocab = 256;
+        s.layers = 2;
+        s.max_positions = 64;
+        if let crate::model::Positions::Rope { .. } = s.positions {
+            s.positions = crate::model::Positions::Rope { rotary_dim: 16 };
+        }
+        s
+    }
+
+    #[test]
+    fn simulates_every_family() {
+        for f in [
+            "llama-3.2-1b",
+            "gpt2",
+            "pythia-70m",
+            "phi-3-mini-4k-instruct",
+            "gemma-2b",
+            "qwen3-0.6b",
+        ] {
+            let spec = tiny(f);
+            let st = candle_step(&spec, 2, 8, ProbeMethod::Full, 4, false).unwrap();
+            assert!(st.backward_peak.total() > st.graph, "{f}");
+            assert!(
+                st.param_grads == st.weights,
+                "{f}: every parameter gets a gradient"
+            );
+            assert_eq!(st.optimizer_state, 2 * st.weights);
+        }
+    }
 }

@@ -96,11 +96,20 @@ fn artificial_limit_reports_out_of_memory() {
 fn gradient_reaches_every_parameter() {
     let _g = lock();
     for name in FAMILIES {
-        for method in [ProbeMethod::Full, ProbeMethod::Lora { rank: 4, alpha: 8.0 }] {
+        for method in [
+            ProbeMethod::Full,
+            ProbeMethod::Lora {
+                rank: 4,
+                alpha: 8.0,
+            },
+        ] {
             let spec = tiny(name);
             let mut pm = ProbeModel::build(&spec, &cfg(method), &candle_core::Device::Cpu).unwrap();
             let missing = pm.params_without_gradient().unwrap();
-            assert!(missing.is_empty(), "{name} {method:?}: no gradient for {missing:?}");
+            assert!(
+                missing.is_empty(),
+                "{name} {method:?}: no gradient for {missing:?}"
+            );
             assert!(!pm.ops.vars.is_empty());
         }
     }
@@ -110,7 +119,13 @@ fn gradient_reaches_every_parameter() {
 fn candle_profile_predicts_the_measured_step() {
     let _g = lock();
     for name in FAMILIES {
-        for method in [ProbeMethod::Full, ProbeMethod::Lora { rank: 4, alpha: 8.0 }] {
+        for method in [
+            ProbeMethod::Full,
+            ProbeMethod::Lora {
+                rank: 4,
+                alpha: 8.0,
+            },
+        ] {
             let spec = tiny(name);
             let c = cfg(method);
             let mut meter = CountingMeter::new(None);
@@ -120,7 +135,10 @@ fn candle_profile_predicts_the_measured_step() {
             let measured = (m.static_bytes + m.step) as f64;
             let predicted = st.peak() as f64;
             let err = (predicted - measured).abs() / measured;
-            assert!(err < 0.02, "{name} {method:?}: predicted {predicted} measured {measured}");
+            assert!(
+                err < 0.02,
+                "{name} {method:?}: predicted {predicted} measured {measured}"
+            );
         }
     }
 }

@@ -42,13 +42,22 @@ impl Executor for Fake {
     fn device_name(&self) -> String {
         "fake device".into()
     }
-    fn run(&mut self, plan: &Plan, p: &Point, meter: &mut dyn MemoryMeter) -> llm_mem::Result<StepMeasurement> {
+    fn run(
+        &mut self,
+        plan: &Plan,
+        p: &Point,
+        meter: &mut dyn MemoryMeter,
+    ) -> llm_mem::Result<StepMeasurement> {
         let pred = probe::predict(plan, p)?;
         let stat = pred.weights + pred.optimizer_state;
         // 1.1 × the predicted bytes above weights, optimizer state and gradients
         let above = pred.peak() - stat - pred.param_grads;
         let dynamic = pred.param_grads + (above as f64 * 1.1) as u64 + 4096;
-        let peak = if p.id == self.oom_point { 1 << 40 } else { dynamic };
+        let peak = if p.id == self.oom_point {
+            1 << 40
+        } else {
+            dynamic
+        };
         let mut m = FakeMeter::new(100, vec![100 + peak]);
         m.limit = Some(1 << 30);
         let base = m.baseline()?;
@@ -93,8 +102,14 @@ fn pipeline_with_fake_executor() {
     let oom: Vec<_> = rows.iter().filter(|r| r.status == "oom").collect();
     assert_eq!(oom.len(), 1);
     assert_eq!(oom[0].point, "gpt2/full/b2/s32");
-    assert!(oom[0].message.contains("out of memory"), "{}", oom[0].message);
-    assert!(rows.iter().all(|r| r.device_name == "fake device" && r.predicted_peak_bytes > 0));
+    assert!(
+        oom[0].message.contains("out of memory"),
+        "{}",
+        oom[0].message
+    );
+    assert!(rows
+        .iter()
+        .all(|r| r.device_name == "fake device" && r.predicted_peak_bytes > 0));
     // calibrate: recovers the 1.1 factor and the 4 KiB offset
     let cal = calibration::fit(&rows, vec![csv.display().to_string()]).unwrap();
     for (f, e) in &cal.families {
@@ -149,18 +164,30 @@ fn cli_smoke_calibration_and_estimate() {
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(t0.elapsed().as_secs() < 60);
     let cal_path = dir.join("calibration/cpu-candle.json");
     let cal = CalibrationFile::load(&cal_path).unwrap();
-    assert_eq!((cal.device.as_str(), cal.runtime.as_str()), ("cpu", "candle"));
+    assert_eq!(
+        (cal.device.as_str(), cal.runtime.as_str()),
+        ("cpu", "candle")
+    );
     for e in cal.families.values() {
         assert!(e.alpha.is_finite() && e.beta_bytes.is_finite());
         assert!((e.alpha - 1.0).abs() < 0.03, "{e:?}");
         assert!(e.alpha_ci[0] <= e.alpha && e.alpha <= e.alpha_ci[1]);
     }
     // report
-    let csv = std::fs::read_dir(dir.join("results")).unwrap().next().unwrap().unwrap().path();
+    let csv = std::fs::read_dir(dir.join("results"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let out = bin()
         .args(["probe", "report", "--from"])
         .arg(&csv)
@@ -170,11 +197,30 @@ fn cli_smoke_calibration_and_estimate() {
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // estimate with the calibration
     let est = |cal: &Path, family: &str| {
         bin()
-            .args(["estimate", "-m", family, "--layers", "2", "--runtime", "candle", "--device", "cpu", "--dtype", "fp32", "--seq-len", "32", "--calibration"])
+            .args([
+                "estimate",
+                "-m",
+                family,
+                "--layers",
+                "2",
+                "--runtime",
+                "candle",
+                "--device",
+                "cpu",
+                "--dtype",
+                "fp32",
+                "--seq-len",
+                "32",
+                "--calibration",
+            ])
             .arg(cal)
             .output()
             .unwrap()
@@ -182,7 +228,10 @@ fn cli_smoke_calibration_and_estimate() {
     let out = est(&cal_path, "llama-3.2-1b");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("calibrated: cpu") && err.contains("points"), "{err}");
+    assert!(
+        err.contains("calibrated: cpu") && err.contains("points"),
+        "{err}"
+    );
     let out = est(&cal_path, "qwen2.5-0.5b");
     assert!(String::from_utf8_lossy(&out.stderr).contains("fallback"));
     // corrupt and wrong-version files: clear errors, exit 2
@@ -191,16 +240,33 @@ fn cli_smoke_calibration_and_estimate() {
     let out = est(&bad, "gpt2");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid calibration file"));
-    let text = std::fs::read_to_string(&cal_path).unwrap().replace("\"schema_version\": 1", "\"schema_version\": 9");
+    let text = std::fs::read_to_string(&cal_path)
+        .unwrap()
+        .replace("\"schema_version\": 1", "\"schema_version\": 9");
     std::fs::write(&bad, text).unwrap();
     let out = est(&bad, "gpt2");
     assert_eq!(out.status.code(), Some(2));
     let e = String::from_utf8_lossy(&out.stderr);
-    assert!(e.contains("schema_version 9") && e.contains("accepted: 1"), "{e}");
+    assert!(
+        e.contains("schema_version 9") && e.contains("accepted: 1"),
+        "{e}"
+    );
     // cuda without the feature
     let plan = dir.join("cuda.toml");
-    std::fs::write(&plan, std::fs::read_to_string(root.join("probes/cpu-smoke.toml")).unwrap().replace("device = \"cpu\"", "device = \"cuda:0\"")).unwrap();
-    let out = bin().args(["probe", "run", "--quiet", "--plan"]).arg(&plan).arg("--out").arg(&dir).output().unwrap();
+    std::fs::write(
+        &plan,
+        std::fs::read_to_string(root.join("probes/cpu-smoke.toml"))
+            .unwrap()
+            .replace("device = \"cpu\"", "device = \"cuda:0\""),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["probe", "run", "--quiet", "--plan"])
+        .arg(&plan)
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("built without CUDA support; see README"));
 }

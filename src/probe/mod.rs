@@ -173,7 +173,10 @@ impl Plan {
         if self.lora_rank == 0 {
             return Err(Error::invalid("lora_rank", 0, "an integer > 0"));
         }
-        for (what, v) in [("shapes.batch", &self.shapes.batch), ("shapes.seq", &self.shapes.seq)] {
+        for (what, v) in [
+            ("shapes.batch", &self.shapes.batch),
+            ("shapes.seq", &self.shapes.seq),
+        ] {
             if v.is_empty() {
                 return Err(bad(format!("{what} is empty; give at least one size")));
             }
@@ -284,11 +287,13 @@ pub fn scaled_spec(a: &Arch, plan_dir: &Path, max_seq: u64) -> Result<ModelSpec>
             (spec.heads / group).max(1)
         }
     };
-    spec.head_dim = a.head_dim.unwrap_or(if a.hidden.is_some() || a.heads.is_some() {
-        spec.hidden / spec.heads
-    } else {
-        spec.head_dim
-    });
+    spec.head_dim = a
+        .head_dim
+        .unwrap_or(if a.hidden.is_some() || a.heads.is_some() {
+            spec.hidden / spec.heads
+        } else {
+            spec.head_dim
+        });
     if let Some(i) = a.intermediate {
         spec.intermediate = i;
     } else if a.hidden.is_some() {
@@ -331,7 +336,12 @@ pub trait Executor {
     fn driver(&self) -> String {
         String::new()
     }
-    fn run(&mut self, plan: &Plan, point: &Point, meter: &mut dyn MemoryMeter) -> Result<model::StepMeasurement>;
+    fn run(
+        &mut self,
+        plan: &Plan,
+        point: &Point,
+        meter: &mut dyn MemoryMeter,
+    ) -> Result<model::StepMeasurement>;
 }
 
 /// The real thing: candle on the plan's device.
@@ -349,7 +359,12 @@ impl Executor for CandleExecutor {
     fn device_name(&self) -> String {
         cpu_name()
     }
-    fn run(&mut self, plan: &Plan, p: &Point, meter: &mut dyn MemoryMeter) -> Result<model::StepMeasurement> {
+    fn run(
+        &mut self,
+        plan: &Plan,
+        p: &Point,
+        meter: &mut dyn MemoryMeter,
+    ) -> Result<model::StepMeasurement> {
         let cfg = model::StepConfig {
             batch: p.batch,
             seq: p.seq,
@@ -468,7 +483,14 @@ pub fn run_sweep(
             Err(e) => Outcome::Failed(e.to_string()),
         };
         let pred = predict(plan, p);
-        let row = Row::new(plan, p, &prov, &outcome, pred.as_ref().ok(), t0.elapsed().as_secs_f64())?;
+        let row = Row::new(
+            plan,
+            p,
+            &prov,
+            &outcome,
+            pred.as_ref().ok(),
+            t0.elapsed().as_secs_f64(),
+        )?;
         if !matches!(outcome, Outcome::Ok(_)) {
             summary.failed += 1;
         }

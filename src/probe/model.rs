@@ -123,7 +123,9 @@ impl Ops for CandleOps {
         let d = &self.device.clone();
         let t = match what {
             Input::TokenIds | Input::Targets => {
-                let v: Vec<u32> = (0..n).map(|_| (self.next() % self.vocab as u64) as u32).collect();
+                let v: Vec<u32> = (0..n)
+                    .map(|_| (self.next() % self.vocab as u64) as u32)
+                    .collect();
                 Tensor::from_vec(v, dims, d)
             }
             Input::PositionIds => {
@@ -153,7 +155,13 @@ impl Ops for CandleOps {
         };
         t.map_err(ce)
     }
-    fn param(&mut self, name: &str, dims: &[usize], kind: ParamKind, trainable: bool) -> Result<Tensor> {
+    fn param(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        kind: ParamKind,
+        trainable: bool,
+    ) -> Result<Tensor> {
         let t = match kind {
             ParamKind::Weight | ParamKind::LoraA => self.randn(dims, 0.02)?,
             ParamKind::LoraB => self.randn(dims, 0.002)?,
@@ -386,7 +394,9 @@ pub fn measure(
     };
     for _ in 0..cfg.measured_steps.max(1) {
         let base = meter.baseline()?;
-        let r = m.step(Some(meter))?.expect("metered step has four readings");
+        let r = m
+            .step(Some(meter))?
+            .expect("metered step has four readings");
         let d = |x: &Reading| x.peak.saturating_sub(base);
         out.forward = out.forward.max(d(&r[0]));
         out.loss = out.loss.max(d(&r[1]));
@@ -394,6 +404,10 @@ pub fn measure(
         out.optimizer = out.optimizer.max(d(&r[3]));
         out.source = Some(r[0].source);
     }
-    out.step = out.forward.max(out.loss).max(out.backward).max(out.optimizer);
+    out.step = out
+        .forward
+        .max(out.loss)
+        .max(out.backward)
+        .max(out.optimizer);
     Ok(out)
 }

@@ -3,7 +3,9 @@
 use crate::calibration::Comparison;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 pub fn render(title: &str, cmp: &[Comparison]) -> String {
@@ -12,7 +14,13 @@ pub fn render(title: &str, cmp: &[Comparison]) -> String {
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     let max = ok
         .iter()
-        .flat_map(|c| [mib(c.measured), mib(c.estimated), c.calibrated.map(mib).unwrap_or(0.0)])
+        .flat_map(|c| {
+            [
+                mib(c.measured),
+                mib(c.estimated),
+                c.calibrated.map(mib).unwrap_or(0.0),
+            ]
+        })
         .fold(1.0, f64::max)
         * 1.05;
     let sx = |v: f64| m + v / max * (w - 2.0 * m);
@@ -23,14 +31,34 @@ pub fn render(title: &str, cmp: &[Comparison]) -> String {
         esc(title)
     );
     // axes and ticks
-    s += &format!("<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n", h - m, w - m, h - m);
-    s += &format!("<line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n", h - m);
+    s += &format!(
+        "<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n",
+        h - m,
+        w - m,
+        h - m
+    );
+    s += &format!(
+        "<line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n",
+        h - m
+    );
     for i in 0..=5 {
         let v = max * i as f64 / 5.0;
-        s += &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{v:.1}</text>\n", sx(v), h - m + 18.0);
-        s += &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>\n", m - 6.0, sy(v) + 4.0);
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{v:.1}</text>\n",
+            sx(v),
+            h - m + 18.0
+        );
+        s += &format!(
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>\n",
+            m - 6.0,
+            sy(v) + 4.0
+        );
     }
-    s += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">measured peak (MiB)</text>\n", w / 2.0, h - 20.0);
+    s += &format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">measured peak (MiB)</text>\n",
+        w / 2.0,
+        h - 20.0
+    );
     s += &format!("<text x=\"20\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 20 {})\">estimated peak (MiB)</text>\n", h / 2.0, h / 2.0);
     // y = x
     s += &format!(
