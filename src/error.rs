@@ -36,6 +36,29 @@ pub enum Error {
 
     #[error("impossible layout: {0}")]
     Layout(String),
+
+    #[error(
+        "out of memory: the step needed {needed} bytes above the baseline; limit {limit} bytes"
+    )]
+    OutOfMemory { needed: u64, limit: u64 },
+
+    #[error("memory meter: {0}")]
+    Meter(String),
+
+    #[error("{path}: invalid probe plan: {message}")]
+    Plan { path: String, message: String },
+
+    #[error("{path}: invalid calibration file: {message}")]
+    Calibration { path: String, message: String },
+
+    #[error("{path}: invalid measurement file: {message}")]
+    Measurement { path: String, message: String },
+
+    #[error("cannot fit {what}: {reason}")]
+    Fit { what: String, reason: String },
+
+    #[error("probe failed: {0}")]
+    Probe(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

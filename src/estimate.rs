@@ -305,6 +305,10 @@ pub fn simulate(
             spec.max_positions
         ));
     }
+    if w.task == Task::Train && w.runtime == crate::workload::Runtime::Candle {
+        // candle keeps the whole graph and replays its own backward: simulated op by op
+        return crate::tape::estimate_train(spec, w, ov, corr, warnings);
+    }
     let ev_ov = event_overheads(w, ov, corr, view);
     let mut rec = Recorder::new(ev_ov);
 

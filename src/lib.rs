@@ -1,12 +1,15 @@
 //! llm-mem: how much GPU memory each device needs to train, fine-tune or serve an LLM.
 //!
 //! The estimator core (`model`, `params`, `workload`, `activations`, `timeline`,
-//! `estimate`) is pure: no I/O, no candle, no CUDA. Model sources that touch the disk
+//! `estimate`, and the candle runtime profile `program` + `tape`) is pure: no I/O, no
+//! candle, no CUDA. The probe side (`probe`, `meter`, `measurement`, `calibration`)
+//! runs real candle steps, measures them and fits corrections. Model sources that touch the disk
 //! (`hub`, `safetensors`) and output formats (`report`) sit around it. See
 //! ARCHITECTURE.md for the code map.
 
 pub mod activations;
 pub mod bytes;
+pub mod calibration;
 pub mod config;
 pub mod dtype;
 pub mod error;
@@ -14,6 +17,8 @@ pub mod estimate;
 pub mod gpu;
 pub mod hub;
 pub mod import;
+pub mod measurement;
+pub mod meter;
 pub mod model;
 pub mod optimizer;
 pub mod overhead;
@@ -21,9 +26,12 @@ pub mod parallel;
 pub mod params;
 pub mod plan;
 pub mod presets;
+pub mod probe;
+pub mod program;
 pub mod report;
 pub mod runconfig;
 pub mod safetensors;
+pub mod tape;
 pub mod timeline;
 pub mod weights;
 pub mod workload;

@@ -8,12 +8,19 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use llm_mem::estimate::{estimate, Correction};
+use llm_mem::estimate::{estimate_corrected, Correction};
 use llm_mem::parallel::estimate_layout;
 use llm_mem::plan::{plan, PlanQuery};
 use llm_mem::report::{self, Fit};
 use llm_mem::runconfig::{Amount, Format, RunConfig};
 use llm_mem::{gpu, hub, presets};
+
+mod probe_cmd;
+
+/// Exact live-byte counting for `probe` on the CPU (a thin wrapper over the system
+/// allocator).
+#[global_allocator]
+static ALLOC: llm_mem::meter::CountingAlloc = llm_mem::meter::CountingAlloc;
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +52,9 @@ enum Command {
     /// Search the layouts (tp, pp, dp, cp, ZeRO/FSDP, checkpointing, offload) that fit
     /// N GPUs, the largest micro-batch and the longest sequence.
     Plan(Box<PlanArgs>),
+    /// Measure real candle training steps, fit corrections, report.
+    #[command(subcommand)]
+    Probe(probe_cmd::ProbeCommand),
 }
 
 #[derive(Args)]
@@ -171,6 +181,9 @@ struct EstimateArgs {
     /// CSV output (one header, one row per rank class).
     #[arg(long)]
     csv: bool,
+    /// Calibration file from `llm-mem probe calibrate` (applies α, β for the family).
+    #[arg(long)]
+    calibration: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Default, Clone)]
@@ -328,10 +341,14 @@ fn run_estimate(args: &EstimateArgs) -> Result<ExitCode> {
     }
     let spec = load_model(&cfg)?;
     let (workload, overheads) = cfg.build(&spec)?;
+    let corr = match &args.calibration {
+        Some(p) => probe_cmd::correction(p, spec.family.model_type(), workload.runtime.as_str())?,
+        None => Correction::IDENTITY,
+    };
     let layout = cfg.layout()?;
     let capacity = cfg.capacity()?;
     if layout.is_distributed() {
-        let d = estimate_layout(&spec, &workload, &overheads, &layout, &Correction::IDENTITY)?;
+        let d = estimate_layout(&spec, &workload, &overheads, &layout, &corr)?;
         let fit = capacity.map(|(gpu, cap)| Fit::new(gpu, cap, d.worst().estimate.peak.device));
         let out = if args.json {
             report::json::render_distributed(&d, &workload, &overheads, &layout, fit.as_ref())
@@ -343,7 +360,7 @@ fn run_estimate(args: &EstimateArgs) -> Result<ExitCode> {
         print_out(&out)?;
         return Ok(exit_for(fit.as_ref()));
     }
-    let est = estimate(&spec, &workload, &overheads)?;
+    let est = estimate_corrected(&spec, &workload, &overheads, &corr)?;
     let fit = capacity.map(|(gpu, cap)| Fit::new(gpu, cap, est.peak.device));
     let out = if args.json {
         report::json::render(&est, &workload, &overheads, fit.as_ref())
@@ -475,6 +492,7 @@ fn main() -> ExitCode {
         Command::Models { json } => run_models(*json),
         Command::Gpus => run_gpus(),
         Command::Plan(a) => run_plan(a),
+        Command::Probe(p) => probe_cmd::run(p),
     };
     match r {
         Ok(code) => code,

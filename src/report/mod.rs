@@ -1,9 +1,13 @@
-//! Output formats, one file each: `human` (table), `json` (schema_version 1), `csv`.
+//! Output formats, one file each: `human` (table), `json` (schema_version 1), `csv`;
+//! probe reports: `probe_md`, `probe_csv`, `probe_svg`.
 //! They only format an [`Estimate`](crate::estimate::Estimate); no computation here.
 
 pub mod csv;
 pub mod human;
 pub mod json;
+pub mod probe_csv;
+pub mod probe_md;
+pub mod probe_svg;
 
 use serde::Serialize;
 

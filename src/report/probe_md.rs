@@ -1,0 +1,94 @@
+//! Probe report as Markdown: one table row per point, then the error summary.
+
+use crate::bytes::Bytes;
+use crate::calibration::{median_max_abs, CalibrationFile, Comparison};
+
+fn pct(x: Option<f64>) -> String {
+    x.map(|v| format!("{:+.2} %", v * 100.0))
+        .unwrap_or_else(|| "–".into())
+}
+
+pub fn render(
+    title: &str,
+    sources: &[String],
+    cmp: &[Comparison],
+    cal: Option<&CalibrationFile>,
+) -> String {
+    let mut s = format!("# Probe report: {title}\n\n");
+    s += &format!("Measurements: {}\n\n", sources.join(", "));
+    if let Some(c) = cal {
+        s += &format!(
+            "Calibration: {} / {} ({}), {} — {} families{}\n\n",
+            c.device,
+            c.runtime,
+            c.device_name,
+            c.created,
+            c.families.len(),
+            if c.fallback.is_some() {
+                " + fallback"
+            } else {
+                ""
+            }
+        );
+        s += "| family | α | α 95 % CI | β | β 95 % CI | points | R² | LOO max rel. err |\n|---|---|---|---|---|---|---|---|\n";
+        let fb = c
+            .fallback
+            .iter()
+            .map(|e| ("fallback".to_string(), e.clone()));
+        for (f, e) in c
+            .families
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(fb)
+        {
+            s += &format!(
+                "| {f} | {:.4} | [{:.4}, {:.4}] | {:.0} B | [{:.0}, {:.0}] B | {} | {:.5} | {:.2} % |\n",
+                e.alpha, e.alpha_ci[0], e.alpha_ci[1], e.beta_bytes, e.beta_ci[0], e.beta_ci[1], e.n_points, e.r2, e.loo_max_rel_err * 100.0
+            );
+        }
+        s += "\n";
+    }
+    s += "| point | status | measured | estimated | error before | calibrated | error after |\n|---|---|---|---|---|---|---|\n";
+    for c in cmp {
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            c.point,
+            c.status,
+            if c.status == "ok" {
+                Bytes(c.measured).to_string()
+            } else {
+                "–".into()
+            },
+            Bytes(c.estimated),
+            pct(c.err_before()),
+            c.calibrated
+                .map(|b| Bytes(b).to_string())
+                .unwrap_or_else(|| "–".into()),
+            pct(c.err_after()),
+        );
+    }
+    let before: Vec<f64> = cmp.iter().filter_map(|c| c.err_before()).collect();
+    let after: Vec<f64> = cmp.iter().filter_map(|c| c.err_after()).collect();
+    s += "\n## Summary\n\n";
+    s += &format!(
+        "{} points, {} measured, {} failed.\n\n",
+        cmp.len(),
+        before.len(),
+        cmp.iter().filter(|c| c.status != "ok").count()
+    );
+    if let Some((m, x)) = median_max_abs(&before) {
+        s += &format!(
+            "- before calibration: median |error| {:.3} %, max |error| {:.3} %\n",
+            m * 100.0,
+            x * 100.0
+        );
+    }
+    if let Some((m, x)) = median_max_abs(&after) {
+        s += &format!(
+            "- after calibration: median |error| {:.3} %, max |error| {:.3} %\n",
+            m * 100.0,
+            x * 100.0
+        );
+    }
+    s
+}

@@ -1,0 +1,272 @@
+//! The probe pipeline (run → CSV → calibrate → report) with a fake executor and a fake
+//! meter, then the real CLI on the smoke plan.
+
+use std::path::Path;
+use std::process::Command;
+
+use llm_mem::calibration::{self, CalibrationFile};
+use llm_mem::measurement;
+use llm_mem::meter::{FakeMeter, MemoryMeter};
+use llm_mem::probe::model::StepMeasurement;
+use llm_mem::probe::{self, Executor, Plan, Point};
+
+const PLAN: &str = r#"
+schema_version = 1
+name = "fake"
+[shapes]
+batch = [1, 2]
+seq = [8, 16, 32]
+[[architectures]]
+model = "llama-3.2-1b"
+layers = 1
+hidden = 32
+heads = 2
+kv_heads = 1
+intermediate = 64
+vocab = 64
+[[architectures]]
+model = "gpt2"
+layers = 1
+hidden = 32
+heads = 2
+intermediate = 64
+vocab = 64
+"#;
+
+/// Pretends the device uses 1.1 × the predicted activation memory + 4 KiB.
+struct Fake {
+    oom_point: String,
+}
+
+impl Executor for Fake {
+    fn device_name(&self) -> String {
+        "fake device".into()
+    }
+    fn run(
+        &mut self,
+        plan: &Plan,
+        p: &Point,
+        meter: &mut dyn MemoryMeter,
+    ) -> llm_mem::Result<StepMeasurement> {
+        let pred = probe::predict(plan, p)?;
+        let stat = pred.weights + pred.optimizer_state;
+        // 1.1 × the predicted bytes above weights, optimizer state and gradients
+        let above = pred.peak() - stat - pred.param_grads;
+        let dynamic = pred.param_grads + (above as f64 * 1.1) as u64 + 4096;
+        let peak = if p.id == self.oom_point {
+            1 << 40
+        } else {
+            dynamic
+        };
+        let mut m = FakeMeter::new(100, vec![100 + peak]);
+        m.limit = Some(1 << 30);
+        let base = m.baseline()?;
+        m.start()?;
+        let r = m.stop()?;
+        let _ = meter.kind();
+        Ok(StepMeasurement {
+            static_bytes: stat,
+            forward: 0,
+            loss: 0,
+            backward: r.peak - base,
+            optimizer: 0,
+            step: r.peak - base,
+            source: Some(r.source),
+        })
+    }
+}
+
+fn fake_meter() -> Box<dyn MemoryMeter> {
+    Box::new(FakeMeter::new(0, vec![]))
+}
+
+#[test]
+fn pipeline_with_fake_executor() {
+    let dir = tempdir("pipeline");
+    let plan = Plan::parse(PLAN, "fake.toml").unwrap();
+    let points = plan.points(Path::new(".")).unwrap();
+    assert_eq!(points.len(), 12);
+    let csv = dir.join("results/fake.csv");
+    let mut exec = Fake {
+        oom_point: "gpt2/full/b2/s32".into(),
+    };
+    // an interrupted sweep: only the first five points ran
+    let s = probe::run_sweep(&plan, &points[..5], &mut exec, &mut fake_meter, &csv, false).unwrap();
+    assert_eq!((s.ran, s.skipped), (5, 0));
+    assert_eq!(measurement::read(&csv).unwrap().len(), 5);
+    // resume: the finished rows are kept and skipped
+    let s = probe::run_sweep(&plan, &points, &mut exec, &mut fake_meter, &csv, false).unwrap();
+    assert_eq!((s.ran, s.skipped, s.failed), (7, 5, 1));
+    let rows = measurement::read(&csv).unwrap();
+    assert_eq!(rows.len(), 12);
+    let oom: Vec<_> = rows.iter().filter(|r| r.status == "oom").collect();
+    assert_eq!(oom.len(), 1);
+    assert_eq!(oom[0].point, "gpt2/full/b2/s32");
+    assert!(
+        oom[0].message.contains("out of memory"),
+        "{}",
+        oom[0].message
+    );
+    assert!(rows
+        .iter()
+        .all(|r| r.device_name == "fake device" && r.predicted_peak_bytes > 0));
+    // calibrate: recovers the 1.1 factor and the 4 KiB offset
+    let cal = calibration::fit(&rows, vec![csv.display().to_string()]).unwrap();
+    for (f, e) in &cal.families {
+        assert!((e.alpha - 1.1).abs() < 1e-3, "{f}: {e:?}");
+        assert!((e.beta_bytes - 4096.0).abs() < 64.0, "{f}: {e:?}");
+        assert!(e.alpha_ci[0] <= e.alpha && e.alpha <= e.alpha_ci[1]);
+    }
+    assert_eq!(cal.families["gpt2"].n_points, 5);
+    let path = dir.join("calibration").join(cal.file_name());
+    cal.write(&path).unwrap();
+    let back = CalibrationFile::load(&path).unwrap();
+    assert_eq!(back.families.len(), cal.families.len());
+    for (f, e) in &cal.families {
+        let b = &back.families[f];
+        assert_eq!(b.n_points, e.n_points);
+        assert!((b.alpha - e.alpha).abs() < 1e-12 && (b.beta_bytes - e.beta_bytes).abs() < 1e-6);
+    }
+    // reports
+    let cmp = calibration::compare(&rows, Some(&cal));
+    let md = llm_mem::report::probe_md::render("fake", &["fake.csv".into()], &cmp, Some(&cal));
+    assert!(md.contains("| gpt2/full/b2/s32 | oom |"), "{md}");
+    assert!(md.contains("after calibration: median"), "{md}");
+    let svg = llm_mem::report::probe_svg::render("fake", &cmp);
+    assert!(svg.starts_with("<svg") && svg.contains("stroke-dasharray"));
+    let c = llm_mem::report::probe_csv::render(&cmp);
+    assert_eq!(c.lines().count(), 13);
+    for x in cmp.iter().filter_map(|c| c.err_after()) {
+        assert!(x.abs() < 0.01, "{x}");
+    }
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("llm-mem-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_llm-mem"))
+}
+
+#[test]
+fn cli_smoke_calibration_and_estimate() {
+    let dir = tempdir("cli");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let t0 = std::time::Instant::now();
+    let out = bin()
+        .args(["probe", "calibrate", "--quiet", "--plan"])
+        .arg(root.join("probes/cpu-smoke.toml"))
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t0.elapsed().as_secs() < 60);
+    let cal_path = dir.join("calibration/cpu-candle.json");
+    let cal = CalibrationFile::load(&cal_path).unwrap();
+    assert_eq!(
+        (cal.device.as_str(), cal.runtime.as_str()),
+        ("cpu", "candle")
+    );
+    for e in cal.families.values() {
+        assert!(e.alpha.is_finite() && e.beta_bytes.is_finite());
+        assert!((e.alpha - 1.0).abs() < 0.03, "{e:?}");
+        assert!(e.alpha_ci[0] <= e.alpha && e.alpha <= e.alpha_ci[1]);
+    }
+    // report
+    let csv = std::fs::read_dir(dir.join("results"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let out = bin()
+        .args(["probe", "report", "--from"])
+        .arg(&csv)
+        .arg("--calibration")
+        .arg(&cal_path)
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // estimate with the calibration
+    let est = |cal: &Path, family: &str| {
+        bin()
+            .args([
+                "estimate",
+                "-m",
+                family,
+                "--layers",
+                "2",
+                "--runtime",
+                "candle",
+                "--device",
+                "cpu",
+                "--dtype",
+                "fp32",
+                "--seq-len",
+                "32",
+                "--calibration",
+            ])
+            .arg(cal)
+            .output()
+            .unwrap()
+    };
+    let out = est(&cal_path, "llama-3.2-1b");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("calibrated: cpu") && err.contains("points"),
+        "{err}"
+    );
+    let out = est(&cal_path, "qwen2.5-0.5b");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fallback"));
+    // corrupt and wrong-version files: clear errors, exit 2
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"schema_version\": 1, \"device\": ").unwrap();
+    let out = est(&bad, "gpt2");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid calibration file"));
+    let text = std::fs::read_to_string(&cal_path)
+        .unwrap()
+        .replace("\"schema_version\": 1", "\"schema_version\": 9");
+    std::fs::write(&bad, text).unwrap();
+    let out = est(&bad, "gpt2");
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("schema_version 9") && e.contains("accepted: 1"),
+        "{e}"
+    );
+    // cuda without the feature
+    let plan = dir.join("cuda.toml");
+    std::fs::write(
+        &plan,
+        std::fs::read_to_string(root.join("probes/cpu-smoke.toml"))
+            .unwrap()
+            .replace("device = \"cpu\"", "device = \"cuda:0\""),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["probe", "run", "--quiet", "--plan"])
+        .arg(&plan)
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("built without CUDA support; see README"));
+}
