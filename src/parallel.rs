@@ -580,32 +580,22 @@ pub fn rank_view(
             shapes = optimizer::layer_shapes(&local);
         }
         let mut vectors = Vec::new();
-        if p_emb > 0 {
-            vectors.push(optimizer::Shape {
-                rows: local.vocab,
-                cols: local.hidden,
-                count: 1,
-            });
-            if p_emb > counts.embedding {
+        // the embedding table (first stage) and the head (last): a vocab × hidden matrix
+        // plus whatever else rides along (positions, embedding norm, head bias)
+        for p in [p_emb, p_head] {
+            if p > 0 {
                 vectors.push(optimizer::Shape {
-                    rows: p_emb - counts.embedding,
-                    cols: 1,
+                    rows: local.vocab,
+                    cols: local.hidden,
                     count: 1,
                 });
-            }
-        }
-        if p_head > 0 {
-            vectors.push(optimizer::Shape {
-                rows: local.vocab,
-                cols: local.hidden,
-                count: 1,
-            });
-            if p_head > counts.embedding {
-                vectors.push(optimizer::Shape {
-                    rows: p_head - counts.embedding,
-                    cols: 1,
-                    count: 1,
-                });
+                if p > counts.embedding {
+                    vectors.push(optimizer::Shape {
+                        rows: p - counts.embedding,
+                        cols: 1,
+                        count: 1,
+                    });
+                }
             }
         }
         if p_other > 0 {

@@ -222,6 +222,42 @@ impl<'a> Evaluator<'a> {
     }
 }
 
+/// The layout of one point of the space (sequence parallelism on whenever tp > 1).
+fn layout_of(
+    dp: u64,
+    tp: u64,
+    pp: u64,
+    cp: u64,
+    sh: Sharding,
+    off: Offload,
+    grad_accum: u64,
+) -> Layout {
+    Layout {
+        dp,
+        tp,
+        pp,
+        cp,
+        sequence_parallel: tp > 1,
+        zero: match sh {
+            Sharding::Zero1 => 1,
+            Sharding::Zero2 => 2,
+            Sharding::Zero3 => 3,
+            _ => 0,
+        },
+        fsdp: match sh {
+            Sharding::FsdpFull => Some(FsdpMode::Full),
+            Sharding::FsdpGradOp => Some(FsdpMode::GradOp),
+            _ => None,
+        },
+        distributed_optimizer: sh == Sharding::DistributedOptimizer,
+        // FSDP offloads parameters, gradients and optimizer together
+        offload_optimizer: off != Offload::None && sh != Sharding::FsdpFull,
+        offload_params: off == Offload::OptimizerAndParams,
+        micro_batches: Some(grad_accum.max(pp)),
+        ..Layout::default()
+    }
+}
+
 fn divisors_pow2(n: u64, max: u64) -> Vec<u64> {
     let mut v = Vec::new();
     let mut d = 1;
@@ -270,30 +306,7 @@ pub fn layouts(spec: &ModelSpec, w: &Workload, world: u64) -> Vec<(Layout, Shard
                         _ => &[Offload::None],
                     };
                     for &off in offloads {
-                        let layout = Layout {
-                            dp,
-                            tp,
-                            pp,
-                            cp,
-                            sequence_parallel: tp > 1,
-                            zero: match sh {
-                                Sharding::Zero1 => 1,
-                                Sharding::Zero2 => 2,
-                                Sharding::Zero3 => 3,
-                                _ => 0,
-                            },
-                            fsdp: match sh {
-                                Sharding::FsdpFull => Some(FsdpMode::Full),
-                                Sharding::FsdpGradOp => Some(FsdpMode::GradOp),
-                                _ => None,
-                            },
-                            distributed_optimizer: sh == Sharding::DistributedOptimizer,
-                            offload_optimizer: off != Offload::None
-                                && !matches!(sh, Sharding::FsdpFull),
-                            offload_params: off == Offload::OptimizerAndParams,
-                            micro_batches: Some(w.grad_accum.max(pp)),
-                            ..Layout::default()
-                        };
+                        let layout = layout_of(dp, tp, pp, cp, sh, off, w.grad_accum);
                         if layout.validate(spec, w).is_ok() {
                             out.push((layout, sh, off));
                         }
@@ -435,29 +448,7 @@ fn longest(
             ws.batch = 1;
             ws.seq_len = seq;
             ws.grad_ckpt = c.grad_ckpt;
-            let layout = Layout {
-                dp: c.dp,
-                tp: c.tp,
-                pp: c.pp,
-                cp: c.cp,
-                sequence_parallel: c.tp > 1,
-                zero: match c.sharding {
-                    Sharding::Zero1 => 1,
-                    Sharding::Zero2 => 2,
-                    Sharding::Zero3 => 3,
-                    _ => 0,
-                },
-                fsdp: match c.sharding {
-                    Sharding::FsdpFull => Some(FsdpMode::Full),
-                    Sharding::FsdpGradOp => Some(FsdpMode::GradOp),
-                    _ => None,
-                },
-                distributed_optimizer: c.sharding == Sharding::DistributedOptimizer,
-                offload_optimizer: c.offload != Offload::None && c.sharding != Sharding::FsdpFull,
-                offload_params: c.offload == Offload::OptimizerAndParams,
-                micro_batches: Some(w.grad_accum.max(c.pp)),
-                ..Layout::default()
-            };
+            let layout = layout_of(c.dp, c.tp, c.pp, c.cp, c.sharding, c.offload, w.grad_accum);
             estimate_layout(spec, &ws, ov, &layout, &Correction::IDENTITY)
                 .ok()
                 .map(|d| d.worst().estimate.peak.device.get())

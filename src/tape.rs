@@ -1147,7 +1147,7 @@ pub fn estimate_train(
 ) -> Result<crate::estimate::Estimate> {
     use crate::bytes::Bytes;
     use crate::estimate::{ActivationSummary, Estimate, ModelSummary, Peak};
-    use crate::timeline::{Components, EventOverheads, Phase, Recorder};
+    use crate::timeline::{Components, Phase, Recorder};
     use crate::workload::Device;
     let (method, esize) = workload_method(w)?;
     let st = candle_step(
@@ -1158,20 +1158,7 @@ pub fn estimate_train(
         esize,
         w.device == Device::Cpu,
     )?;
-    let cuda = w.device == Device::Cuda;
-    let mut rec = Recorder::new(EventOverheads {
-        in_allocator: corr.extra_overhead.get() + if cuda { ov.cublas_workspace.get() } else { 0 },
-        outside: if cuda {
-            ov.cuda_context.get() + ov.nccl.get()
-        } else {
-            0
-        },
-        fragmentation: if cuda {
-            ov.allocator_fragmentation
-        } else {
-            0.0
-        },
-    });
+    let mut rec = Recorder::new(crate::estimate::event_overheads(w, ov, corr, None));
     let a = corr.activation_scale;
     let sc = |b: u64| (b as f64 * a).round() as u64;
     let comp = |m: &Moment| Components {
