@@ -206,6 +206,9 @@ fn points(a: &PointsArgs) -> Result<ExitCode> {
         "attn": plan.attn,
         "warmup_steps": plan.warmup_steps,
         "measured_steps": plan.measured_steps,
+        "lora_rank": plan.lora_rank,
+        "tool_version": env!("CARGO_PKG_VERSION"),
+        "csv_header": measurement::header(),
         "points": out,
     });
     println!("{}", serde_json::to_string_pretty(&doc)?);
