@@ -56,13 +56,20 @@ fn de(what: &str, e: cu::DriverError) -> Error {
     Error::Cuda(format!("{what}: {e:?}"))
 }
 
+/// A candle error's message without the backtrace candle attaches when RUST_BACKTRACE
+/// is set.
 fn ce(e: candle_core::Error) -> Error {
-    Error::Cuda(e.to_string())
+    Error::Cuda(crate::probe::model::error_text(&e))
 }
 
 /// candle's CUDA device `ordinal` (CUDA context, per-thread stream, cuBLAS handle).
 pub fn open(ordinal: usize) -> Result<Device> {
-    Device::new_cuda(ordinal).map_err(|e| Error::Cuda(format!("opening cuda:{ordinal}: {e}")))
+    Device::new_cuda(ordinal).map_err(|e| {
+        Error::Cuda(format!(
+            "opening cuda:{ordinal}: {}",
+            crate::probe::model::error_text(&e)
+        ))
+    })
 }
 
 fn cuda_driver_version() -> Result<String> {
@@ -278,9 +285,17 @@ impl CudaMeter {
     }
 
     fn init(&mut self) -> Result<()> {
-        let device = self.device.as_ref().expect("set in new");
-        let pool = current_pool(device)?;
+        let device = self.device.clone().expect("set in new");
+        let pool = current_pool(&device)?;
         device.synchronize().map_err(ce)?;
+        // an error cudarc recorded while freeing the previous point's tensors (it
+        // reports it once, at the next call) must not fail this point
+        let _ = device
+            .as_cuda_device()
+            .map_err(ce)?
+            .cuda_stream()
+            .context()
+            .check_err();
         unsafe { sys::cuMemPoolTrimTo(pool, 0) }
             .result()
             .map_err(|e| de("cuMemPoolTrimTo", e))?;

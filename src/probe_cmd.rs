@@ -155,7 +155,7 @@ fn devices() -> Result<ExitCode> {
         }
         Err(e @ llm_mem::Error::NoCuda) => println!("cuda     unavailable: {e}"),
         // a CUDA build that cannot reach a GPU (no driver, the link stub): an error
-        Err(e) => bail!("cuda: {e}"),
+        Err(e) => bail!("{e}"),
     }
     Ok(ExitCode::SUCCESS)
 }

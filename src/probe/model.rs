@@ -14,8 +14,18 @@ use crate::meter::{MemoryMeter, Reading};
 use crate::model::ModelSpec;
 use crate::program::{self, Bin, Input, Ops, ParamKind, Params, ProbeMethod, Un};
 
+/// A candle error's message, without the backtrace candle appends when RUST_BACKTRACE
+/// is set (it would end up in the measurement file).
+pub fn error_text(e: &candle_core::Error) -> String {
+    let s = e.to_string();
+    match s.find("\n   0: ") {
+        Some(i) => s[..i].trim_end().to_string(),
+        None => s.trim_end().to_string(),
+    }
+}
+
 fn ce(e: candle_core::Error) -> Error {
-    let msg = e.to_string();
+    let msg = error_text(&e);
     if is_device_oom(&msg) {
         Error::DeviceOutOfMemory(msg)
     } else {
