@@ -296,7 +296,12 @@ def measure_point(point, plan, device, torch, transformers, nvml):
         side["_proc_src"] = src
     cfg = transformers.AutoConfig.for_model(**point["hf_config"])
     attn = "sdpa" if plan["attn"] == "sdpa" else "eager"
-    model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype, attn_implementation=attn)
+    try:  # transformers >= 4.56 names it `dtype`; older ones `torch_dtype`
+        model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
+    except TypeError:
+        model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype, attn_implementation=attn)
+    if next(model.parameters()).dtype != dtype:
+        model = model.to(dtype)
     model.to(device).train()
     if point["method"] == "lora":
         add_lora(model, point["lora_rank"], point["lora_alpha"], torch)
