@@ -57,6 +57,26 @@ pub struct CalibrationFile {
     pub fallback: Option<Entry>,
 }
 
+/// `NVIDIA H100 80GB HBM3` → `h100`: the first word of a GPU's name after the vendor
+/// and brand words, lower case.
+pub fn gpu_slug(device_name: &str) -> Option<String> {
+    device_name
+        .split_whitespace()
+        .map(|w| w.to_ascii_lowercase())
+        .find(|w| {
+            !matches!(
+                w.as_str(),
+                "nvidia" | "tesla" | "geforce" | "quadro" | "rtx"
+            )
+        })
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect::<String>()
+        })
+        .filter(|w| !w.is_empty())
+}
+
 /// Least squares of `y = α x + β` with 95 % CIs; `totals[i]` and `offsets[i]` turn a
 /// prediction of y back into the total the relative error is taken on.
 pub fn fit_line(x: &[f64], y: &[f64], offsets: &[f64], what: &str) -> Result<Entry> {
@@ -195,9 +215,16 @@ pub fn fit(rows: &[Row], sources: Vec<String>) -> Result<CalibrationFile> {
 }
 
 impl CalibrationFile {
-    /// `<device>-<runtime>.json`, with `cuda:0` written `cuda0`.
+    /// `<device>-<runtime>.json`: `cpu-candle.json`; on a GPU the GPU's model from
+    /// its name (`NVIDIA H100 80GB HBM3` → `h100-candle.json`), else `cuda0-...`.
     pub fn file_name(&self) -> String {
-        format!("{}-{}.json", self.device.replace(':', ""), self.runtime)
+        let gpu = if self.device.starts_with("cuda") {
+            gpu_slug(&self.device_name)
+        } else {
+            None
+        };
+        let dev = gpu.unwrap_or_else(|| self.device.replace(':', ""));
+        format!("{dev}-{}.json", self.runtime)
     }
 
     /// Write atomically (a temporary file in the same folder, then rename).
@@ -336,6 +363,15 @@ fn signed_bytes(b: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn gpu_file_names_use_the_gpu_model() {
+        assert_eq!(gpu_slug("NVIDIA H100 80GB HBM3").as_deref(), Some("h100"));
+        assert_eq!(gpu_slug("NVIDIA H200").as_deref(), Some("h200"));
+        assert_eq!(gpu_slug("NVIDIA GeForce RTX 4090").as_deref(), Some("4090"));
+        assert_eq!(gpu_slug("").as_deref(), None);
+    }
+
     use super::*;
 
     /// Textbook case (hand-computed): x = 1..5, y = 2.2, 4.1, 6.1, 7.9, 10.2.

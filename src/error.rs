@@ -57,6 +57,16 @@ pub enum Error {
     #[error("cannot fit {what}: {reason}")]
     Fit { what: String, reason: String },
 
+    /// The device ran out of memory (CUDA_ERROR_OUT_OF_MEMORY, a cuBLAS allocation...).
+    #[error("out of memory on the device: {0}")]
+    DeviceOutOfMemory(String),
+
+    #[error("built without CUDA support; see README (\"Measuring on a GPU\": rebuild with `--features cuda`, e.g. scripts/build-cuda.sh)")]
+    NoCuda,
+
+    #[error("cuda: {0}")]
+    Cuda(String),
+
     #[error("probe failed: {0}")]
     Probe(String),
 }

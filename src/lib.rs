@@ -3,7 +3,8 @@
 //! The estimator core (`model`, `params`, `workload`, `activations`, `timeline`,
 //! `estimate`, and the candle runtime profile `program` + `tape`) is pure: no I/O, no
 //! candle, no CUDA. The probe side (`probe`, `meter`, `measurement`, `calibration`)
-//! runs real candle steps, measures them and fits corrections. Model sources that touch the disk
+//! runs real candle steps, measures them and fits corrections; `cuda` (or its stand-in
+//! without the `cuda` feature) holds everything that touches a GPU. Model sources that touch the disk
 //! (`hub`, `safetensors`) and output formats (`report`) sit around it. See
 //! ARCHITECTURE.md for the code map.
 
@@ -11,6 +12,11 @@ pub mod activations;
 pub mod bytes;
 pub mod calibration;
 pub mod config;
+// The only place the `cuda` feature is named in Rust: the real module or its stand-in,
+// with the same public items (see ARCHITECTURE.md, "CUDA").
+#[cfg_attr(feature = "cuda", path = "cuda.rs")]
+#[cfg_attr(not(feature = "cuda"), path = "cuda_stub.rs")]
+pub mod cuda;
 pub mod dtype;
 pub mod error;
 pub mod estimate;

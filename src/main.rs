@@ -25,7 +25,7 @@ static ALLOC: llm_mem::meter::CountingAlloc = llm_mem::meter::CountingAlloc;
 #[derive(Parser)]
 #[command(
     name = "llm-mem",
-    version,
+    version = llm_mem::cuda::VERSION,
     about = "How much GPU memory each device needs to train, fine-tune or serve an LLM",
     long_about = "How much GPU memory each device needs to train, fine-tune or serve an LLM.\n\n\
         The estimate simulates one step as a timeline of allocations and frees, with a \

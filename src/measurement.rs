@@ -17,7 +17,7 @@ use crate::probe::{Outcome, Plan, Point, Provenance};
 use crate::program::ProbeMethod;
 use crate::tape::CandleStep;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Row {
     pub plan: String,
     pub point: String,
@@ -66,6 +66,40 @@ pub struct Row {
     pub predicted_optimizer_bytes: u64,
     pub seconds: f64,
     pub date: String,
+    // Columns added with the CUDA meter; files written before them read as empty.
+    /// Allocator high-water mark, absolute (CUDA pool `USED_MEM_HIGH`; torch
+    /// `max_memory_allocated`); empty for the CPU meter.
+    #[serde(default)]
+    pub allocator_peak_bytes: Option<u64>,
+    /// Allocator reserved high-water mark (CUDA pool `RESERVED_MEM_HIGH`; torch
+    /// `max_memory_reserved`).
+    #[serde(default)]
+    pub reserved_peak_bytes: Option<u64>,
+    /// NVML device used memory before the point's model loaded / sampled max.
+    #[serde(default)]
+    pub device_used_baseline_bytes: Option<u64>,
+    #[serde(default)]
+    pub device_used_peak_bytes: Option<u64>,
+    /// NVML process used memory (when NVML lists the process) before / sampled max.
+    #[serde(default)]
+    pub process_used_baseline_bytes: Option<u64>,
+    #[serde(default)]
+    pub process_used_peak_bytes: Option<u64>,
+    /// Which source gave each side number: `key=source;...`.
+    #[serde(default)]
+    pub side_sources: String,
+}
+
+/// The header this version writes.
+pub fn header() -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.serialize(Row::default());
+    let bytes = w.into_inner().unwrap_or_default();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 impl Row {
@@ -82,7 +116,7 @@ impl Row {
             ProbeMethod::Lora { rank, .. } => ("lora", rank as u64),
         };
         let (status, message, m) = match outcome {
-            Outcome::Ok(m) => ("ok", String::new(), Some(*m)),
+            Outcome::Ok(m) => ("ok", String::new(), Some(m)),
             Outcome::OutOfMemory(e) => ("oom", e.clone(), None),
             Outcome::Failed(e) => ("error", e.clone(), None),
         };
@@ -138,6 +172,13 @@ impl Row {
             predicted_optimizer_bytes: pa(pred.map(|s| s.optimizer_peak.total())),
             seconds: (seconds * 1000.0).round() / 1000.0,
             date: crate::probe::today(),
+            allocator_peak_bytes: m.and_then(|m| m.side.allocator_peak),
+            reserved_peak_bytes: m.and_then(|m| m.side.reserved_peak),
+            device_used_baseline_bytes: m.and_then(|m| m.side.device_used_baseline),
+            device_used_peak_bytes: m.and_then(|m| m.side.device_used_peak),
+            process_used_baseline_bytes: m.and_then(|m| m.side.process_used_baseline),
+            process_used_peak_bytes: m.and_then(|m| m.side.process_used_peak),
+            side_sources: m.map(|m| m.side.sources.clone()).unwrap_or_default(),
         })
     }
 
@@ -176,6 +217,21 @@ impl Writer {
             .open(path)
             .map_err(io)?;
         let header = file.metadata().map_err(io)?.len() == 0;
+        if !header {
+            let first = std::fs::read_to_string(path)
+                .map_err(io)?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            if first != self::header() {
+                // written by an older version (fewer columns): rewrite it with today's
+                // header, the missing columns empty, so appended rows line up
+                drop(file);
+                upgrade(path)?;
+                return Writer::append(path);
+            }
+        }
         Ok(Writer {
             file,
             header,
@@ -208,7 +264,24 @@ impl Writer {
     }
 }
 
-/// Read a measurement file.
+/// Rewrite a measurement file with the current header (atomically).
+fn upgrade(path: &Path) -> Result<()> {
+    let rows = read(path)?;
+    let tmp = path.with_extension("csv.upgrade");
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let mut w = Writer::append(&tmp)?;
+        for r in &rows {
+            w.write(r)?;
+        }
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io {
+        path: path.into(),
+        source: e,
+    })
+}
+
+/// Read a measurement file (also one written before the side columns existed).
 pub fn read(path: &Path) -> Result<Vec<Row>> {
     let bad = |m: String| Error::Measurement {
         path: path.display().to_string(),

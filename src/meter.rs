@@ -9,9 +9,10 @@
 //!   live bytes and their high-water mark exactly (install it with
 //!   `#[global_allocator]` in the binary or a test harness; the library never does).
 //! - [`FakeMeter`]: scripted readings, for deterministic pipeline tests.
-//! - A CUDA meter (next issue) reads the memory pool's `USED_MEM_HIGH` (reset per phase)
-//!   and samples NVML for the process total: [`PeakSource::PoolHighWater`] /
-//!   [`PeakSource::Sampled`].
+//! - `crate::cuda::CudaMeter` (feature `cuda`): the CUDA memory pool's `USED_MEM_HIGH`
+//!   (reset per phase) for the peaks ([`PeakSource::PoolHighWater`]), and on the side
+//!   ([`SideReadings`]) the pool's `RESERVED_MEM_HIGH` and NVML's device / process used
+//!   memory, sampled on a thread, with a baseline before the model loads.
 //!
 //! An artificial `limit` turns a peak above it into [`Error::OutOfMemory`] (the CPU has
 //! no hard limit to hit; this is how tests and small-device plans force an OOM point).
@@ -53,6 +54,30 @@ pub struct Reading {
     pub source: PeakSource,
 }
 
+/// Numbers a meter has next to its phase peaks (absolute bytes, over the measured steps),
+/// for the measurement file; `None` where the meter has no such source. `sources` says
+/// which source gave each number (`key=source;...`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SideReadings {
+    /// Allocator high-water mark (CUDA pool `USED_MEM_HIGH`; torch `max_memory_allocated`).
+    pub allocator_peak: Option<u64>,
+    /// Bytes the allocator held from the driver at most (CUDA pool `RESERVED_MEM_HIGH`;
+    /// torch `max_memory_reserved`).
+    pub reserved_peak: Option<u64>,
+    /// Device-wide used memory before the point's model loaded (NVML).
+    pub device_used_baseline: Option<u64>,
+    /// Max sampled device-wide used memory during the measured phases (NVML).
+    pub device_used_peak: Option<u64>,
+    /// This process's used memory before the model loaded (NVML, when it lists us).
+    pub process_used_baseline: Option<u64>,
+    /// Max sampled process used memory during the measured phases.
+    pub process_used_peak: Option<u64>,
+    /// How the process figures were matched (`nvml-process`, `nvml-single-process`).
+    pub process_source: Option<String>,
+    /// `key=source;...` for every number above that is set.
+    pub sources: String,
+}
+
 pub trait MemoryMeter {
     /// `counting-allocator`, `fake`, `cuda-pool+nvml`...
     fn kind(&self) -> &'static str;
@@ -62,6 +87,10 @@ pub trait MemoryMeter {
     fn start(&mut self) -> Result<()>;
     /// Peak since `start` and bytes in use now; `Error::OutOfMemory` past the limit.
     fn stop(&mut self) -> Result<Reading>;
+    /// Side numbers gathered so far (none for CPU meters).
+    fn side(&self) -> SideReadings {
+        SideReadings::default()
+    }
 }
 
 static LIVE: AtomicU64 = AtomicU64::new(0);

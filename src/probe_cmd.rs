@@ -9,8 +9,8 @@ use clap::{Args, Subcommand};
 
 use llm_mem::calibration::{self, CalibrationFile};
 use llm_mem::measurement;
-use llm_mem::meter::{CountingMeter, MemoryMeter};
-use llm_mem::probe::{self, model::DeviceSpec, CandleExecutor, Plan};
+use llm_mem::meter::MemoryMeter;
+use llm_mem::probe::{self, CandleExecutor, Plan};
 use llm_mem::report::{probe_csv, probe_md, probe_svg};
 
 #[derive(Subcommand)]
@@ -21,6 +21,21 @@ pub enum ProbeCommand {
     Calibrate(CalibrateArgs),
     /// Turn measurement files (+ a calibration) into OUT/results/report-*.{md,csv,svg}.
     Report(ReportArgs),
+    /// List the devices a probe can run on: cpu and, in a CUDA build, each GPU.
+    Devices,
+    /// Print a plan's points as JSON: resolved sizes, the scaled-down HF config.json
+    /// and the estimator's prediction (probes/torch_probe.py builds the same models).
+    Points(PointsArgs),
+}
+
+#[derive(Args)]
+pub struct PointsArgs {
+    /// Probe plan (probes/*.toml).
+    #[arg(long)]
+    plan: PathBuf,
+    /// Device to resolve the plan for (default: the plan's).
+    #[arg(long)]
+    device: Option<String>,
 }
 
 #[derive(Args)]
@@ -37,6 +52,9 @@ pub struct RunArgs {
     /// Artificial memory limit for the step (e.g. 64MiB): points above it are recorded as oom.
     #[arg(long)]
     memory_limit: Option<String>,
+    /// Run on this device instead of the plan's: cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -52,6 +70,9 @@ pub struct CalibrateArgs {
     from: Vec<PathBuf>,
     #[arg(long, default_value = ".")]
     out: PathBuf,
+    /// Run the plan on this device instead of the plan's: cpu, cuda or cuda:N.
+    #[arg(long, requires = "plan")]
+    device: Option<String>,
     #[arg(long)]
     quiet: bool,
 }
@@ -87,6 +108,7 @@ pub fn run(cmd: &ProbeCommand) -> Result<ExitCode> {
                 &a.out,
                 a.resume.as_deref(),
                 a.memory_limit.as_deref(),
+                a.device.as_deref(),
                 a.quiet,
             )?;
             println!(
@@ -100,7 +122,97 @@ pub fn run(cmd: &ProbeCommand) -> Result<ExitCode> {
         }
         ProbeCommand::Calibrate(a) => calibrate(a),
         ProbeCommand::Report(a) => report(a),
+        ProbeCommand::Devices => devices(),
+        ProbeCommand::Points(a) => points(a),
     }
+}
+
+/// A plan with `--device` applied (validated like the plan's own `device`).
+fn load_plan(path: &Path, device: Option<&str>) -> Result<Plan> {
+    let mut plan = Plan::load(path)?;
+    if let Some(d) = device {
+        probe::model::DeviceSpec::parse(d)?;
+        plan.device = d.trim().to_string();
+    }
+    Ok(plan)
+}
+
+fn devices() -> Result<ExitCode> {
+    println!("cpu      {}", probe::cpu_name());
+    match llm_mem::cuda::devices() {
+        Ok(ds) if ds.is_empty() => println!("cuda     no CUDA devices"),
+        Ok(ds) => {
+            for d in ds {
+                println!(
+                    "cuda:{:<3} {}, {:.1} GiB, compute {}, driver {}",
+                    d.ordinal,
+                    d.name,
+                    d.total_bytes as f64 / (1u64 << 30) as f64,
+                    d.compute_capability,
+                    d.driver
+                );
+            }
+        }
+        Err(e @ llm_mem::Error::NoCuda) => println!("cuda     unavailable: {e}"),
+        // a CUDA build that cannot reach a GPU (no driver, the link stub): an error
+        Err(e) => bail!("{e}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn points(a: &PointsArgs) -> Result<ExitCode> {
+    let plan = load_plan(&a.plan, a.device.as_deref())?;
+    let dir = a.plan.parent().unwrap_or(Path::new("."));
+    let max_seq = *plan.shapes.seq.iter().max().expect("validated non-empty") as u64;
+    let pts = plan.points(dir)?;
+    let mut out = Vec::new();
+    for arch in &plan.architectures {
+        let spec = probe::scaled_spec(arch, dir, max_seq)?;
+        let hf = probe::hf_config(arch, &spec, dir)?;
+        let prefix = format!("{}/", arch.model);
+        for p in pts.iter().filter(|p| p.id.starts_with(&prefix)) {
+            let (method, rank, alpha) = match p.method {
+                llm_mem::program::ProbeMethod::Full => ("full", 0, 0.0),
+                llm_mem::program::ProbeMethod::Lora { rank, alpha } => ("lora", rank, alpha),
+            };
+            let pred = probe::predict(&plan, p)?;
+            out.push(serde_json::json!({
+                "id": p.id,
+                "model": arch.model,
+                "family": p.spec.family.to_string(),
+                "model_type": p.spec.family.model_type(),
+                "layers": p.spec.layers,
+                "hidden": p.spec.hidden,
+                "heads": p.spec.heads,
+                "kv_heads": p.spec.kv_heads,
+                "head_dim": p.spec.head_dim,
+                "intermediate": p.spec.intermediate,
+                "vocab": p.spec.vocab,
+                "method": method,
+                "lora_rank": rank,
+                "lora_alpha": alpha,
+                "batch": p.batch,
+                "seq": p.seq,
+                "hf_config": hf,
+                "candle_predicted_peak_bytes": pred.peak(),
+            }));
+        }
+    }
+    let doc = serde_json::json!({
+        "plan": plan.name,
+        "device": plan.device,
+        "dtype": plan.dtype()?.to_string(),
+        "optimizer": plan.optimizer,
+        "attn": plan.attn,
+        "warmup_steps": plan.warmup_steps,
+        "measured_steps": plan.measured_steps,
+        "lora_rank": plan.lora_rank,
+        "tool_version": env!("CARGO_PKG_VERSION"),
+        "csv_header": measurement::header(),
+        "points": out,
+    });
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_plan(
@@ -108,16 +220,11 @@ fn run_plan(
     out: &Path,
     resume: Option<&Path>,
     limit: Option<&str>,
+    device: Option<&str>,
     quiet: bool,
 ) -> Result<(PathBuf, probe::SweepSummary)> {
-    let plan = Plan::load(plan_path)?;
+    let plan = load_plan(plan_path, device)?;
     let device = plan.device()?;
-    if let DeviceSpec::Cuda(_) = device {
-        bail!(
-            "device {}: built without CUDA support; see README",
-            plan.device
-        );
-    }
     let dir = plan_path.parent().unwrap_or(Path::new("."));
     let points = plan.points(dir)?;
     let limit = limit
@@ -138,8 +245,10 @@ fn run_plan(
             probe::today()
         )),
     };
-    let mut exec = CandleExecutor::new(device)?;
-    let mut meter = || -> Box<dyn MemoryMeter> { Box::new(CountingMeter::new(limit)) };
+    let mut exec =
+        CandleExecutor::new(device).with_context(|| format!("device {}", plan.device))?;
+    let (spec, dev) = (exec.spec, exec.device.clone());
+    let mut meter = move || -> Box<dyn MemoryMeter> { probe::meter_for(spec, &dev, limit) };
     let s = probe::run_sweep(&plan, &points, &mut exec, &mut meter, &csv, !quiet)
         .with_context(|| format!("running {}", plan_path.display()))?;
     Ok((csv, s))
@@ -147,7 +256,7 @@ fn run_plan(
 
 fn calibrate(a: &CalibrateArgs) -> Result<ExitCode> {
     let files: Vec<PathBuf> = match &a.plan {
-        Some(p) => vec![run_plan(p, &a.out, None, None, a.quiet)?.0],
+        Some(p) => vec![run_plan(p, &a.out, None, None, a.device.as_deref(), a.quiet)?.0],
         None if a.from.is_empty() => bail!("give --plan FILE or --from FILE..."),
         None => a.from.clone(),
     };

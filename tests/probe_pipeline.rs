@@ -72,6 +72,7 @@ impl Executor for Fake {
             optimizer: 0,
             step: r.peak - base,
             source: Some(r.source),
+            ..StepMeasurement::default()
         })
     }
 }

@@ -320,6 +320,69 @@ pub fn scaled_spec(a: &Arch, plan_dir: &Path, max_seq: u64) -> Result<ModelSpec>
     Ok(spec)
 }
 
+/// The Hugging Face `config.json` of a plan entry, scaled down exactly as
+/// [`scaled_spec`] scales it (for `probes/torch_probe.py`, which builds the same model
+/// with transformers): the source config with the sizes of `spec` written over it.
+pub fn hf_config(a: &Arch, spec: &ModelSpec, plan_dir: &Path) -> Result<serde_json::Value> {
+    let text = match crate::presets::raw(&a.model) {
+        Some(t) => t.to_string(),
+        None => {
+            let mut p = plan_dir.join(&a.model);
+            if p.is_dir() {
+                p = p.join("config.json");
+            }
+            std::fs::read_to_string(&p).map_err(|e| Error::Io { path: p, source: e })?
+        }
+    };
+    let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+        path: a.model.clone(),
+        message: e.to_string(),
+    })?;
+    let o = v.as_object_mut().ok_or_else(|| Error::Config {
+        path: a.model.clone(),
+        message: "config.json is not an object".into(),
+    })?;
+    let mt = spec.family.model_type();
+    o.insert("model_type".into(), mt.into());
+    o.remove("quantization_config");
+    o.insert("use_cache".into(), false.into());
+    let rotary = match spec.positions {
+        Positions::Rope { rotary_dim } => Some(rotary_dim as f64 / spec.head_dim.max(1) as f64),
+        _ => None,
+    };
+    let mut set = |k: &str, x: serde_json::Value| {
+        o.insert(k.into(), x);
+    };
+    match mt {
+        "gpt2" => {
+            set("n_embd", spec.hidden.into());
+            set("n_layer", spec.layers.into());
+            set("n_head", spec.heads.into());
+            set("n_inner", spec.intermediate.into());
+            set("n_positions", spec.max_positions.into());
+            set("n_ctx", spec.max_positions.into());
+            set("vocab_size", spec.vocab.into());
+        }
+        _ => {
+            set("hidden_size", spec.hidden.into());
+            set("num_hidden_layers", spec.layers.into());
+            set("num_attention_heads", spec.heads.into());
+            set("num_key_value_heads", spec.kv_heads.into());
+            set("head_dim", spec.head_dim.into());
+            set("intermediate_size", spec.intermediate.into());
+            set("vocab_size", spec.vocab.into());
+            if let Some(r) = rotary {
+                match mt {
+                    "gpt_neox" => set("rotary_pct", r.into()),
+                    "phi3" if r < 1.0 => set("partial_rotary_factor", r.into()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(v)
+}
+
 /// What a sweep point produced.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -346,18 +409,50 @@ pub trait Executor {
 
 /// The real thing: candle on the plan's device.
 pub struct CandleExecutor {
+    pub spec: model::DeviceSpec,
     pub device: candle_core::Device,
 }
 
 impl CandleExecutor {
+    /// Opens the device (`cuda:N` through `crate::cuda`: without the `cuda` feature,
+    /// "built without CUDA support; see README").
     pub fn new(d: model::DeviceSpec) -> Result<CandleExecutor> {
-        Ok(CandleExecutor { device: d.open()? })
+        Ok(CandleExecutor {
+            spec: d,
+            device: d.open()?,
+        })
+    }
+}
+
+/// The meter for a device: the counting allocator on the CPU, the CUDA pool + NVML
+/// meter on a GPU (`crate::cuda`). `limit`: artificial limit above the baseline.
+pub fn meter_for(
+    spec: model::DeviceSpec,
+    device: &candle_core::Device,
+    limit: Option<u64>,
+) -> Box<dyn MemoryMeter> {
+    match spec {
+        model::DeviceSpec::Cpu => Box::new(crate::meter::CountingMeter::new(limit)),
+        model::DeviceSpec::Cuda(_) => Box::new(crate::cuda::CudaMeter::new(device, limit)),
     }
 }
 
 impl Executor for CandleExecutor {
     fn device_name(&self) -> String {
-        cpu_name()
+        match self.spec {
+            model::DeviceSpec::Cpu => cpu_name(),
+            model::DeviceSpec::Cuda(_) => crate::cuda::describe(&self.device)
+                .map(|i| i.name)
+                .unwrap_or_else(|e| format!("cuda ({e})")),
+        }
+    }
+    fn driver(&self) -> String {
+        match self.spec {
+            model::DeviceSpec::Cpu => String::new(),
+            model::DeviceSpec::Cuda(_) => crate::cuda::describe(&self.device)
+                .map(|i| i.driver)
+                .unwrap_or_default(),
+        }
     }
     fn run(
         &mut self,
@@ -479,7 +574,9 @@ pub fn run_sweep(
         let mut m = meter();
         let outcome = match exec.run(plan, p, m.as_mut()) {
             Ok(s) => Outcome::Ok(s),
-            Err(e @ Error::OutOfMemory { .. }) => Outcome::OutOfMemory(e.to_string()),
+            Err(e @ (Error::OutOfMemory { .. } | Error::DeviceOutOfMemory(_))) => {
+                Outcome::OutOfMemory(e.to_string())
+            }
             Err(e) => Outcome::Failed(e.to_string()),
         };
         let pred = predict(plan, p);

@@ -14,8 +14,33 @@ use crate::meter::{MemoryMeter, Reading};
 use crate::model::ModelSpec;
 use crate::program::{self, Bin, Input, Ops, ParamKind, Params, ProbeMethod, Un};
 
+/// A candle error's message, without the backtrace candle appends when RUST_BACKTRACE
+/// is set (it would end up in the measurement file).
+pub fn error_text(e: &candle_core::Error) -> String {
+    let s = e.to_string();
+    match s.find("\n   0: ") {
+        Some(i) => s[..i].trim_end().to_string(),
+        None => s.trim_end().to_string(),
+    }
+}
+
 fn ce(e: candle_core::Error) -> Error {
-    Error::Probe(e.to_string())
+    let msg = error_text(&e);
+    if is_device_oom(&msg) {
+        Error::DeviceOutOfMemory(msg)
+    } else {
+        Error::Probe(msg)
+    }
+}
+
+/// Whether a candle error message says the device ran out of memory: the CUDA driver's
+/// `CUDA_ERROR_OUT_OF_MEMORY` (cudarc prints the enum name and "out of memory"), or a
+/// cuBLAS / cuRAND allocation failure. The sweep records such a point as `oom`.
+pub fn is_device_oom(msg: &str) -> bool {
+    msg.contains("CUDA_ERROR_OUT_OF_MEMORY")
+        || msg.contains("CUBLAS_STATUS_ALLOC_FAILED")
+        || msg.contains("CURAND_STATUS_ALLOCATION_FAILED")
+        || msg.contains("out of memory")
 }
 
 /// `cpu` or `cuda:N`.
@@ -45,13 +70,12 @@ impl DeviceSpec {
             DeviceSpec::Cuda(n) => format!("cuda{n}"),
         }
     }
-    /// The candle device; CUDA needs a build with the `cuda` feature.
+    /// The candle device; CUDA goes through `crate::cuda` (without the `cuda` feature:
+    /// "built without CUDA support; see README").
     pub fn open(&self) -> Result<Device> {
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
-            DeviceSpec::Cuda(_) => Err(Error::Probe(
-                "built without CUDA support; see README (rebuild with --features cuda)".into(),
-            )),
+            DeviceSpec::Cuda(n) => crate::cuda::open(*n),
         }
     }
 }
@@ -250,7 +274,7 @@ pub struct StepConfig {
 }
 
 /// What one probe point measured (bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StepMeasurement {
     /// Weights (trainable and frozen) + optimizer state, counted from the tensors.
     pub static_bytes: u64,
@@ -261,6 +285,8 @@ pub struct StepMeasurement {
     pub optimizer: u64,
     pub step: u64,
     pub source: Option<crate::meter::PeakSource>,
+    /// The meter's side numbers (CUDA: pool reserved, NVML), absolute bytes.
+    pub side: crate::meter::SideReadings,
 }
 
 /// A built probe model with its optimizer and inputs.
@@ -404,10 +430,43 @@ pub fn measure(
         out.optimizer = out.optimizer.max(d(&r[3]));
         out.source = Some(r[0].source);
     }
+    out.side = meter.side();
     out.step = out
         .forward
         .max(out.loss)
         .max(out.backward)
         .max(out.optimizer);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_out_of_memory_is_recognised() {
+        // what candle + cudarc print for a failed cuMemAllocAsync / cuBLAS allocation
+        let cuda = "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")";
+        assert!(is_device_oom(cuda));
+        assert!(is_device_oom("CublasError(CUBLAS_STATUS_ALLOC_FAILED)"));
+        assert!(!is_device_oom("shape mismatch in matmul"));
+        assert!(!is_device_oom(
+            "DriverError(CUDA_ERROR_STUB_LIBRARY, \"CUDA driver stub\")"
+        ));
+        let e = ce(candle_core::Error::Msg(cuda.into()));
+        assert!(matches!(e, Error::DeviceOutOfMemory(_)), "{e}");
+        assert!(matches!(
+            ce(candle_core::Error::Msg("x".into())),
+            Error::Probe(_)
+        ));
+    }
+
+    #[test]
+    fn cuda_devices_go_through_the_cuda_module() {
+        let e = DeviceSpec::Cuda(0).open().map(|_| ()).unwrap_err();
+        if !crate::cuda::CUDA_ENABLED {
+            assert!(matches!(e, Error::NoCuda), "{e}");
+        }
+        assert!(DeviceSpec::Cpu.open().is_ok());
+    }
 }
