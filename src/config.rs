@@ -523,26 +523,28 @@ fn base(
     })
 }
 
-/// llama / mistral / qwen2 / qwen3 (`LlamaConfig`, `MistralConfig`, `Qwen2Config`,
-/// `Qwen3Config`). `num_key_value_heads` defaults to the number of heads; `head_dim`
-/// defaults to hidden/heads except Qwen3 (class default 128). Llama: `attention_bias`
-/// on q,k,v,o and `mlp_bias` (both default false). Qwen2: q,k,v always have a bias,
-/// o_proj never. Qwen3: q_norm/k_norm, `attention_bias` (default false). Sliding window:
-/// Mistral whenever `sliding_window` is set; Qwen2/3 only with `use_sliding_window`.
-/// Ties: `tie_word_embeddings` default false for all four.
-fn llama_like(c: &Cfg, family: Family) -> Result<ModelSpec> {
+/// [`base`] for the families that use transformers' standard key names: `hidden_size`,
+/// `num_hidden_layers`, `num_attention_heads`, `num_key_value_heads` (default: the
+/// heads; read only when `gqa`), `intermediate_size`, `vocab_size`. `head_dim` picks the
+/// family's rule from (hidden, heads).
+fn std_base(
+    c: &Cfg,
+    family: Family,
+    gqa: bool,
+    head_dim: impl FnOnce(u64, u64) -> Result<u64>,
+) -> Result<ModelSpec> {
     let hidden = c.uint_req(&["hidden_size"], MAX_WIDTH)?;
     let layers = c.uint_req(&["num_hidden_layers"], MAX_LAYERS)?;
     let heads = c.uint_req(&["num_attention_heads"], MAX_WIDTH)?;
-    let kv_heads = c.uint_or(&["num_key_value_heads"], MAX_WIDTH, heads)?;
-    let head_dim = match c.uint_opt("head_dim", MAX_WIDTH)? {
-        Some(d) => d,
-        None if family == Family::Qwen3 => 128,
-        None => c.derived_head_dim(hidden, heads)?,
+    let kv_heads = if gqa {
+        c.uint_or(&["num_key_value_heads"], MAX_WIDTH, heads)?
+    } else {
+        heads
     };
+    let head_dim = head_dim(hidden, heads)?;
     let intermediate = c.uint_req(&["intermediate_size"], MAX_WIDTH)?;
     let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
-    let mut s = base(
+    base(
         c,
         family,
         hidden,
@@ -552,7 +554,24 @@ fn llama_like(c: &Cfg, family: Family) -> Result<ModelSpec> {
         head_dim,
         intermediate,
         vocab,
-    )?;
+    )
+}
+
+/// llama / mistral / qwen2 / qwen3 (`LlamaConfig`, `MistralConfig`, `Qwen2Config`,
+/// `Qwen3Config`). `num_key_value_heads` defaults to the number of heads; `head_dim`
+/// defaults to hidden/heads except Qwen3 (class default 128). Llama: `attention_bias`
+/// on q,k,v,o and `mlp_bias` (both default false). Qwen2: q,k,v always have a bias,
+/// o_proj never. Qwen3: q_norm/k_norm, `attention_bias` (default false). Sliding window:
+/// Mistral whenever `sliding_window` is set; Qwen2/3 only with `use_sliding_window`.
+/// Ties: `tie_word_embeddings` default false for all four.
+fn llama_like(c: &Cfg, family: Family) -> Result<ModelSpec> {
+    let mut s = std_base(c, family, true, |hidden, heads| {
+        match c.uint_opt("head_dim", MAX_WIDTH)? {
+            Some(d) => Ok(d),
+            None if family == Family::Qwen3 => Ok(128),
+            None => c.derived_head_dim(hidden, heads),
+        }
+    })?;
     let default_pos = match family {
         Family::Mistral => 4096 * 32,
         Family::Qwen2 | Family::Qwen3 => 32768,
@@ -600,24 +619,9 @@ fn llama_like(c: &Cfg, family: Family) -> Result<ModelSpec> {
 /// softcaps (50 / 30 by default, `null` disables) and alternating sliding-window layers
 /// (`sliding_window` default 4096).
 fn gemma(c: &Cfg, family: Family) -> Result<ModelSpec> {
-    let hidden = c.uint_req(&["hidden_size"], MAX_WIDTH)?;
-    let layers = c.uint_req(&["num_hidden_layers"], MAX_LAYERS)?;
-    let heads = c.uint_req(&["num_attention_heads"], MAX_WIDTH)?;
-    let kv_heads = c.uint_or(&["num_key_value_heads"], MAX_WIDTH, heads)?;
-    let head_dim = c.uint_or(&["head_dim"], MAX_WIDTH, 256)?;
-    let intermediate = c.uint_req(&["intermediate_size"], MAX_WIDTH)?;
-    let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
-    let mut s = base(
-        c,
-        family,
-        hidden,
-        layers,
-        heads,
-        kv_heads,
-        head_dim,
-        intermediate,
-        vocab,
-    )?;
+    let mut s = std_base(c, family, true, |_, _| {
+        c.uint_or(&["head_dim"], MAX_WIDTH, 256)
+    })?;
     s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 8192)?;
     s.tie_embeddings = c.bool_or("tie_word_embeddings", true)?;
     s.norm = NormKind::RmsNorm { offset_one: true };
@@ -646,24 +650,7 @@ fn gemma(c: &Cfg, family: Family) -> Result<ModelSpec> {
 /// `embd_pdrop` / `resid_pdrop` / `attention_dropout`, `sliding_window` when set,
 /// `tie_word_embeddings` default false.
 fn phi3(c: &Cfg) -> Result<ModelSpec> {
-    let hidden = c.uint_req(&["hidden_size"], MAX_WIDTH)?;
-    let layers = c.uint_req(&["num_hidden_layers"], MAX_LAYERS)?;
-    let heads = c.uint_req(&["num_attention_heads"], MAX_WIDTH)?;
-    let kv_heads = c.uint_or(&["num_key_value_heads"], MAX_WIDTH, heads)?;
-    let head_dim = c.derived_head_dim(hidden, heads)?;
-    let intermediate = c.uint_req(&["intermediate_size"], MAX_WIDTH)?;
-    let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
-    let mut s = base(
-        c,
-        Family::Phi3,
-        hidden,
-        layers,
-        heads,
-        kv_heads,
-        head_dim,
-        intermediate,
-        vocab,
-    )?;
+    let mut s = std_base(c, Family::Phi3, true, |h, n| c.derived_head_dim(h, n))?;
     s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 4096)?;
     s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
     s.act = c.act("hidden_act", Activation::Silu)?;
@@ -675,7 +662,7 @@ fn phi3(c: &Cfg) -> Result<ModelSpec> {
     s.o_bias = s.qkv_bias;
     let factor = c.float_or("partial_rotary_factor", f64::MIN_POSITIVE, 1.0, 1.0)?;
     s.positions = Positions::Rope {
-        rotary_dim: rotary_dim(head_dim, factor),
+        rotary_dim: rotary_dim(s.head_dim, factor),
     };
     s.sliding_window = c.window()?;
     s.dropout = Dropout {
@@ -749,23 +736,7 @@ fn gpt2(c: &Cfg, family: Family) -> Result<ModelSpec> {
 /// shared), `hidden_act` default gelu, `hidden_dropout` (embeddings and residual) and
 /// `attention_dropout`, `tie_word_embeddings` default false.
 fn gpt_neox(c: &Cfg) -> Result<ModelSpec> {
-    let hidden = c.uint_req(&["hidden_size"], MAX_WIDTH)?;
-    let layers = c.uint_req(&["num_hidden_layers"], MAX_LAYERS)?;
-    let heads = c.uint_req(&["num_attention_heads"], MAX_WIDTH)?;
-    let head_dim = c.derived_head_dim(hidden, heads)?;
-    let intermediate = c.uint_req(&["intermediate_size"], MAX_WIDTH)?;
-    let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
-    let mut s = base(
-        c,
-        Family::GptNeox,
-        hidden,
-        layers,
-        heads,
-        heads,
-        head_dim,
-        intermediate,
-        vocab,
-    )?;
+    let mut s = std_base(c, Family::GptNeox, false, |h, n| c.derived_head_dim(h, n))?;
     s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 2048)?;
     s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
     s.norm = NormKind::LayerNorm { bias: true };
@@ -777,7 +748,7 @@ fn gpt_neox(c: &Cfg) -> Result<ModelSpec> {
     s.mlp_bias = true;
     let pct = c.float_or("rotary_pct", f64::MIN_POSITIVE, 1.0, 0.25)?;
     s.positions = Positions::Rope {
-        rotary_dim: rotary_dim(head_dim, pct),
+        rotary_dim: rotary_dim(s.head_dim, pct),
     };
     s.residual = if c.bool_or("use_parallel_residual", true)? {
         Residual::Parallel { shared_norm: false }
@@ -863,24 +834,7 @@ fn falcon(c: &Cfg) -> Result<ModelSpec> {
 /// one shared norm), `partial_rotary_factor` (default 0.25), `tie_word_embeddings`
 /// default false.
 fn stablelm(c: &Cfg) -> Result<ModelSpec> {
-    let hidden = c.uint_req(&["hidden_size"], MAX_WIDTH)?;
-    let layers = c.uint_req(&["num_hidden_layers"], MAX_LAYERS)?;
-    let heads = c.uint_req(&["num_attention_heads"], MAX_WIDTH)?;
-    let kv_heads = c.uint_or(&["num_key_value_heads"], MAX_WIDTH, heads)?;
-    let head_dim = c.derived_head_dim(hidden, heads)?;
-    let intermediate = c.uint_req(&["intermediate_size"], MAX_WIDTH)?;
-    let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
-    let mut s = base(
-        c,
-        Family::Stablelm,
-        hidden,
-        layers,
-        heads,
-        kv_heads,
-        head_dim,
-        intermediate,
-        vocab,
-    )?;
+    let mut s = std_base(c, Family::Stablelm, true, |h, n| c.derived_head_dim(h, n))?;
     s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 4096)?;
     s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
     s.norm = NormKind::LayerNorm { bias: true };
@@ -889,7 +843,7 @@ fn stablelm(c: &Cfg) -> Result<ModelSpec> {
     s.qk_norm = c.bool_or("qk_layernorm", false)?;
     let factor = c.float_or("partial_rotary_factor", f64::MIN_POSITIVE, 1.0, 0.25)?;
     s.positions = Positions::Rope {
-        rotary_dim: rotary_dim(head_dim, factor),
+        rotary_dim: rotary_dim(s.head_dim, factor),
     };
     if c.bool_or("use_parallel_residual", false)? {
         s.residual = Residual::Parallel { shared_norm: true };
@@ -949,24 +903,7 @@ fn bloom(c: &Cfg) -> Result<ModelSpec> {
 /// `hidden_act` default gelu_new, dropouts `embd_pdrop` / `attention_dropout` /
 /// `resid_pdrop`, `tie_word_embeddings` default false.
 fn phi(c: &Cfg) -> Result<ModelSpec> {
-    let hidden = c.uint_req(&["hidden_size"], MAX_WIDTH)?;
-    let layers = c.uint_req(&["num_hidden_layers"], MAX_LAYERS)?;
-    let heads = c.uint_req(&["num_attention_heads"], MAX_WIDTH)?;
-    let kv_heads = c.uint_or(&["num_key_value_heads"], MAX_WIDTH, heads)?;
-    let head_dim = c.derived_head_dim(hidden, heads)?;
-    let intermediate = c.uint_req(&["intermediate_size"], MAX_WIDTH)?;
-    let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
-    let mut s = base(
-        c,
-        Family::Phi,
-        hidden,
-        layers,
-        heads,
-        kv_heads,
-        head_dim,
-        intermediate,
-        vocab,
-    )?;
+    let mut s = std_base(c, Family::Phi, true, |h, n| c.derived_head_dim(h, n))?;
     s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 2048)?;
     s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
     s.norm = NormKind::LayerNorm { bias: true };
@@ -979,7 +916,7 @@ fn phi(c: &Cfg) -> Result<ModelSpec> {
     s.qk_norm = c.bool_or("qk_layernorm", false)?;
     let factor = c.float_or("partial_rotary_factor", f64::MIN_POSITIVE, 1.0, 0.5)?;
     s.positions = Positions::Rope {
-        rotary_dim: rotary_dim(head_dim, factor),
+        rotary_dim: rotary_dim(s.head_dim, factor),
     };
     s.residual = Residual::Parallel { shared_norm: true };
     s.dropout = Dropout {
@@ -1034,7 +971,7 @@ fn qwen(c: &Cfg) -> Result<ModelSpec> {
     s.mlp_bias = bias;
     let pct = c.float_or("rotary_pct", f64::MIN_POSITIVE, 1.0, 1.0)?;
     s.positions = Positions::Rope {
-        rotary_dim: rotary_dim(head_dim, pct),
+        rotary_dim: rotary_dim(s.head_dim, pct),
     };
     s.dropout = Dropout {
         embd: c.prob("emb_dropout_prob", 0.0)?,
