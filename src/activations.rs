@@ -728,13 +728,11 @@ impl Graph<'_> {
                 let fp32_softmax = p.precision.is_amp()
                     || !matches!(spec.family, Family::Gpt2 | Family::GptBigcode);
                 let probs = if fp32_softmax {
-                    // `attn_weights = softmax(attn_weights, dtype=fp32).to(dtype)`: the
-                    // old scores stay referenced until the assignment
-                    let pr = self.unary_save_out("softmax", s, DType::F32);
-                    if any_rg && d != DType::F32 {
-                        // softmax backward: one more scores-sized buffer (measured)
-                        self.bwd_workspace.push((self.op, scores_elems * d.size()));
-                    }
+                    // `attn_weights = softmax(attn_weights, dtype=fp32).to(dtype)`:
+                    // softmax(dtype=) first casts its input to fp32 (a full copy), and
+                    // the old scores stay referenced until the assignment
+                    let s32 = self.cast(s, DType::F32);
+                    let pr = self.unary_save_out("softmax", s32, DType::F32);
                     let c = self.cast(pr, d);
                     self.hold(&[s]);
                     c

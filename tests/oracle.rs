@@ -5,8 +5,9 @@
 //!   to backward): within 3% for every dense-model row — in practice within 0.8%.
 //! - `peak_fwd_bytes` / `peak_bwd_bytes` (op-granular peaks without parameters,
 //!   backward including gradients): within 3% except eager attention under
-//!   checkpointing, whose recomputed-forward peaks we under-estimate by up to 22%
-//!   (documented in ARCHITECTURE.md).
+//!   checkpointing (forward within 5%, backward within 10%: LoRA's backward peak there
+//!   is under-estimated by up to 8.4%; documented in ARCHITECTURE.md). Set
+//!   ORACLE_VERBOSE=1 to list the rows beyond 3%.
 
 use llm_mem::activations::{activations, LedgerParams, Trainable};
 use llm_mem::estimate::estimate;
@@ -158,6 +159,8 @@ fn per_layer_and_non_layer_activations_within_3_percent() {
 #[test]
 fn forward_and_backward_peaks_match_pytorch() {
     let mut checked = 0;
+    // [other rows, eager + checkpointing][forward, backward]
+    let mut worst = [[0.0f64; 2]; 2];
     for r in rows("activations.csv")
         .iter()
         .filter(|r| !skip(r) && r.layers == 2)
@@ -196,8 +199,28 @@ fn forward_and_backward_peaks_match_pytorch() {
         };
         let fwd = peak_in(&[Phase::Forward, Phase::Loss]) / r.vals["peak_fwd_bytes"] - 1.0;
         let bwd = peak_in(&[Phase::Backward]) / r.vals["peak_bwd_bytes"] - 1.0;
+        let key = usize::from(r.attn == "eager" && r.ckpt != "none");
+        for (i, e) in [fwd, bwd].into_iter().enumerate() {
+            if e.abs() > worst[key][i].abs() {
+                worst[key][i] = e;
+            }
+        }
+        if std::env::var("ORACLE_VERBOSE").is_ok() && (fwd.abs() > 0.03 || bwd.abs() > 0.03) {
+            println!(
+                "{} b{} s{} {} {} {} {}: {:+.2}% {:+.2}%",
+                r.model,
+                r.batch,
+                r.seq,
+                r.dtype,
+                r.attn,
+                r.ckpt,
+                r.mode,
+                fwd * 100.0,
+                bwd * 100.0
+            );
+        }
         let tol = if r.attn == "eager" && r.ckpt != "none" {
-            (0.25, 0.10)
+            (0.05, 0.10)
         } else {
             (0.03, 0.03)
         };
@@ -217,4 +240,11 @@ fn forward_and_backward_peaks_match_pytorch() {
         checked += 1;
     }
     assert_eq!(checked, 182, "every dense two-layer row is checked");
+    println!(
+        "worst forward / backward peak error: {:+.2}% / {:+.2}%; eager attention under checkpointing: {:+.2}% / {:+.2}%",
+        worst[0][0] * 100.0,
+        worst[0][1] * 100.0,
+        worst[1][0] * 100.0,
+        worst[1][1] * 100.0
+    );
 }
