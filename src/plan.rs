@@ -332,6 +332,13 @@ pub fn plan(spec: &ModelSpec, w: &Workload, ov: &Overheads, q: &PlanQuery) -> Re
     if q.gpus == 0 {
         return Err(Error::invalid("--gpus", q.gpus, "an integer >= 1"));
     }
+    if w.task != crate::workload::Task::Train {
+        return Err(Error::invalid(
+            "--task",
+            w.task,
+            "train (plan searches training layouts; for serving run `llm-mem estimate --task infer`)",
+        ));
+    }
     if q.max_batch == 0 {
         return Err(Error::invalid(
             "--max-batch",

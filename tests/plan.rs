@@ -70,3 +70,67 @@ fn fast_evaluator_equals_the_full_simulation() {
         }
     }
 }
+
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_llm-mem"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+#[test]
+fn plan_cli_exit_codes_and_json() {
+    let (code, out, _) = cli(&[
+        "plan",
+        "--model",
+        "llama-3.2-1b",
+        "--gpus",
+        "4",
+        "--gpu",
+        "a10g",
+        "--seq-len",
+        "1024",
+        "--max-seq",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["schema_version"], 1);
+    let fits = v["result"]["fits"].as_array().unwrap();
+    assert!(!fits.is_empty());
+    assert_eq!(
+        fits[0]["world"], 1,
+        "a 1B model trains on one 24 GB GPU: {}",
+        fits[0]
+    );
+    assert!(v["result"]["space"]
+        .as_str()
+        .unwrap()
+        .contains("micro-batch"));
+    // nothing fits: exit 1 and says so
+    let (code, out, _) = cli(&[
+        "plan",
+        "--model",
+        "llama-3.1-405b",
+        "--gpus",
+        "2",
+        "--gpu",
+        "rtx4090",
+        "--max-seq",
+        "0",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("nothing fits"), "{out}");
+    // serving is not a plan question
+    let (code, _, err) = cli(&[
+        "plan", "--model", "gpt2", "--task", "infer", "--gpus", "2", "--gpu", "a10g",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--task") && err.contains("train"), "{err}");
+}
