@@ -354,14 +354,22 @@ impl<'a> Graph<'a> {
         let x_rg = self.rg(xin);
         self.save_if(xin, weight_trainable);
         if self.p.precision.is_amp() {
+            // Autocast caches the half copy of a weight that requires grad (a leaf) until
+            // the autocast region ends; a frozen weight is cast anew at every call and
+            // its copy lives only as long as autograd keeps it.
+            let kind = if weight_trainable {
+                Kind::Cache
+            } else {
+                Kind::Other
+            };
             let w = self.out(
                 "autocast weight copy",
                 lin.in_features * lin.out_features,
                 compute,
                 false,
-                Kind::Cache,
+                kind,
             );
-            // Kept by the autocast cache until the forward ends; saved when x needs grad.
+            // saved when x needs grad (the input's gradient needs the weight)
             self.save_if(w, x_rg);
         }
         let out_rg = x_rg || weight_trainable;
