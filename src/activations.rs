@@ -1139,3 +1139,45 @@ fn layer_for_first(spec: &ModelSpec, p: &LedgerParams) -> LayerLedger {
     }
     l
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(trainable: Trainable, ckpt: GradCkpt) -> LedgerParams {
+        LedgerParams {
+            batch: 1,
+            seq: 256,
+            kv_len: 256,
+            precision: Precision::AmpBf16,
+            attn: Attn::Sdpa,
+            grad_ckpt: ckpt,
+            runtime: Runtime::Torch,
+            device: Device::Cuda,
+            trainable,
+            loss: Loss::Standard,
+            param_grad_size: 4,
+            sp_div: 1,
+        }
+    }
+
+    #[test]
+    fn autocast_caches_only_weights_that_require_grad() {
+        let spec = crate::presets::get("llama-3.2-1b").unwrap().unwrap();
+        let lin: u64 = spec
+            .layer_linears()
+            .iter()
+            .map(|l| l.in_features * l.out_features)
+            .sum();
+        // full fine-tuning under checkpointing: the cached half copies outlive the layer
+        let full = layer(&spec, &params(Trainable::All, GradCkpt::Full), true);
+        assert_eq!(full.fwd_cache, lin * 2);
+        // LoRA: frozen weights are cast per call, nothing is cached
+        let lora = Trainable::Lora {
+            rank: 16,
+            targets: LoraTargets::AllLinear,
+        };
+        let l = layer(&spec, &params(lora, GradCkpt::Full), true);
+        assert_eq!(l.fwd_cache, 0);
+    }
+}
