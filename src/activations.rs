@@ -63,6 +63,18 @@ pub struct LedgerParams {
     pub sp_div: u64,
 }
 
+impl LedgerParams {
+    /// dtype of the residual stream (hidden states between layers, rotary tables): the
+    /// parameters' fp32 under autocast, else the compute dtype.
+    pub fn resid_dtype(&self) -> DType {
+        if self.precision.is_amp() {
+            DType::F32
+        } else {
+            self.precision.compute_dtype()
+        }
+    }
+}
+
 /// Which parameters require grad.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Trainable {
@@ -549,33 +561,14 @@ impl Graph<'_> {
 
     /// cos/sin follow the hidden-state dtype (fp32 under autocast).
     fn rope_dtype(&self) -> DType {
-        self.p.precision.param_dtype().max_float(self.compute())
-    }
-}
-
-trait MaxFloat {
-    fn max_float(self, other: DType) -> DType;
-}
-impl MaxFloat for DType {
-    fn max_float(self, other: DType) -> DType {
-        if self == DType::F8 {
-            other
-        } else if self.size() >= other.size() {
-            self
-        } else {
-            other
-        }
+        self.p.resid_dtype()
     }
 }
 
 /// Build one decoder layer's program and measure it.
 fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (Graph<'a>, T) {
     let mut g = Graph::new(p);
-    let resid_dt = if p.precision.is_amp() {
-        DType::F32
-    } else {
-        p.precision.compute_dtype()
-    };
+    let resid_dt = p.resid_dtype();
     let x = g.input(spec.hidden, resid_dt, input_rg);
     let lins = spec.layer_linears();
     let find = |role: crate::model::LinearRole| lins.iter().find(|l| l.role == role).copied();
@@ -933,11 +926,7 @@ pub fn non_layer(spec: &ModelSpec, p: &LedgerParams) -> NonLayer {
     let training = p.trainable.any();
     let tokens = p.batch * p.seq;
     let compute = p.precision.compute_dtype();
-    let resid_dt = if p.precision.is_amp() {
-        DType::F32
-    } else {
-        compute
-    };
+    let resid_dt = p.resid_dtype();
     let h = spec.hidden;
     let v = spec.vocab;
     let mut nl = NonLayer {
