@@ -30,13 +30,14 @@
 //! Checkpointing: `full` saves only the layer input and rebuilds the whole saved set
 //! during backward; `selective` (Megatron, Korthikanti et al. 2022) keeps everything
 //! but the attention core (QKᵀ scores, softmax, attention dropout), which it recomputes.
-//! The `candle` runtime keeps every forward intermediate until the graph is dropped.
+//! This ledger is the `torch` runtime profile; the `candle` profile (every forward
+//! intermediate kept until the graph is dropped) is `program` + `tape`.
 
 use crate::dtype::DType;
 use crate::model::{
     Activation, Family, LinearSpec, LoraTargets, MlpKind, ModelSpec, NormKind, Positions, Residual,
 };
-use crate::workload::{Attn, Device, GradCkpt, Loss, Precision, Runtime};
+use crate::workload::{Attn, Device, GradCkpt, Loss, Precision};
 
 /// What the ledger needs to know about the run.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,7 +50,6 @@ pub struct LedgerParams {
     pub precision: Precision,
     pub attn: Attn,
     pub grad_ckpt: GradCkpt,
-    pub runtime: Runtime,
     pub device: Device,
     pub trainable: Trainable,
     pub loss: Loss,
@@ -681,7 +681,7 @@ impl Graph<'_> {
             (q, k, v)
         };
         match p.attn {
-            Attn::Sdpa | Attn::Flash if p.runtime == Runtime::Torch => {
+            Attn::Sdpa | Attn::Flash => {
                 self.begin(&[q, k, v]);
                 if any_rg {
                     self.save(q);
@@ -700,7 +700,7 @@ impl Graph<'_> {
                 out
             }
             _ => {
-                // Eager (or candle, which has no fused kernel): explicit matmuls.
+                // Eager: explicit matmuls.
                 let rep = nh / nkv;
                 let (kr, vr) = if rep > 1 {
                     let kr = self.unary_plain("repeat_kv k", k, kv_tokens * nh * hd, d);
@@ -758,13 +758,10 @@ impl Graph<'_> {
 fn measure(g: &Graph, out: T, p: &LedgerParams) -> LayerLedger {
     let ops = g.op;
     let ckpt = p.grad_ckpt;
-    let candle = p.runtime == Runtime::Candle;
     let training = p.trainable.any();
     let is_saved = |n: &Node| n.saved_by != u32::MAX;
-    // Kept from forward until backward without checkpointing: what autograd saved
-    // (torch), or every tensor of the graph (candle).
-    let kept =
-        |n: &Node| -> bool { training && (is_saved(n) || (candle && n.kind != Kind::Input)) };
+    // Kept from forward until backward without checkpointing: what autograd saved.
+    let kept = |n: &Node| -> bool { training && is_saved(n) };
     // Kept while the forward runs, under the checkpointing mode.
     let kept_fwd = |n: &Node| -> bool {
         match ckpt {
@@ -831,11 +828,7 @@ fn measure(g: &Graph, out: T, p: &LedgerParams) -> LayerLedger {
             }
         };
         for (idx, n) in g.nodes.iter().enumerate() {
-            if candle {
-                if kept(n) {
-                    add(&mut act, 1, ops, n.bytes);
-                }
-            } else if is_saved(n) {
+            if is_saved(n) {
                 add(&mut act, n.saved_by.max(1), ops, n.bytes);
             }
             if n.rg {
@@ -948,7 +941,7 @@ pub fn non_layer(spec: &ModelSpec, p: &LedgerParams) -> NonLayer {
             // rotary muls of every layer (one storage)
             nl.shared += 2 * p.seq * rotary_dim * resid_dt.size();
         }
-        if p.attn == Attn::Eager && p.grad_ckpt != GradCkpt::None && p.runtime == Runtime::Torch {
+        if p.attn == Attn::Eager && p.grad_ckpt != GradCkpt::None {
             // the 4-D causal mask [b, 1, s, s] becomes a saved checkpoint input
             nl.shared += p.batch * p.seq * p.kv_len * resid_dt.size();
         }
@@ -1141,7 +1134,6 @@ mod tests {
             precision: Precision::AmpBf16,
             attn: Attn::Sdpa,
             grad_ckpt: ckpt,
-            runtime: Runtime::Torch,
             device: Device::Cuda,
             trainable,
             loss: Loss::Standard,

@@ -92,7 +92,6 @@ fn ledger_params(
         precision: w.precision,
         attn: w.attn,
         grad_ckpt: w.grad_ckpt,
-        runtime: w.runtime,
         device: w.device,
         trainable,
         loss: w.loss,

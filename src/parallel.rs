@@ -227,6 +227,9 @@ impl Layout {
                 self.ep, spec.name
             ));
         }
+        if w.runtime == crate::workload::Runtime::Candle && self.is_distributed() {
+            return layout("the candle runtime runs the probe on one device; use --runtime torch for distributed layouts".into());
+        }
         if w.task != Task::Train && self.is_distributed() {
             return layout("distributed layouts are modelled for --task train; serve with one GPU per replica for now".into());
         }

@@ -339,6 +339,13 @@ pub fn plan(spec: &ModelSpec, w: &Workload, ov: &Overheads, q: &PlanQuery) -> Re
             "train (plan searches training layouts; for serving run `llm-mem estimate --task infer`)",
         ));
     }
+    if w.runtime != crate::workload::Runtime::Torch {
+        return Err(Error::invalid(
+            "--runtime",
+            w.runtime,
+            "torch (plan searches PyTorch layouts)",
+        ));
+    }
     if q.max_batch == 0 {
         return Err(Error::invalid(
             "--max-batch",

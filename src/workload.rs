@@ -311,6 +311,13 @@ impl Workload {
         {
             // fp32 compute with NF4 storage is legal (bnb dequantizes to fp32); nothing to reject.
         }
+        if self.runtime == Runtime::Candle && self.task != Task::Train {
+            return Err(Error::invalid(
+                "--runtime",
+                "candle with --task infer",
+                "torch for inference (the candle profile models the probe's training step)",
+            ));
+        }
         if self.runtime == Runtime::Candle && self.attn == Attn::Flash {
             return Err(Error::invalid(
                 "--attn",

@@ -15,7 +15,7 @@ use llm_mem::model::{Dropout, LoraTargets, ModelSpec};
 use llm_mem::overhead::Overheads;
 use llm_mem::runconfig::RunConfig;
 use llm_mem::timeline::Phase;
-use llm_mem::workload::{Attn, Device, GradCkpt, Loss, Precision, Runtime};
+use llm_mem::workload::{Attn, Device, GradCkpt, Loss, Precision};
 
 struct Row {
     model: String,
@@ -122,7 +122,6 @@ fn per_layer_and_non_layer_activations_within_3_percent() {
             } else {
                 GradCkpt::Full
             },
-            runtime: Runtime::Torch,
             device: Device::Cpu,
             trainable: trainable(&r.mode),
             loss: Loss::Standard,

@@ -134,3 +134,45 @@ fn plan_cli_exit_codes_and_json() {
     assert_eq!(code, 2);
     assert!(err.contains("--task") && err.contains("train"), "{err}");
 }
+
+#[test]
+fn candle_runtime_is_single_device_training_only() {
+    for args in [
+        vec![
+            "plan",
+            "--model",
+            "gpt2",
+            "--runtime",
+            "candle",
+            "--gpus",
+            "2",
+            "--gpu",
+            "a10g",
+        ],
+        vec![
+            "estimate",
+            "--model",
+            "gpt2",
+            "--runtime",
+            "candle",
+            "--tp",
+            "2",
+        ],
+        vec![
+            "estimate",
+            "--model",
+            "gpt2",
+            "--runtime",
+            "candle",
+            "--task",
+            "infer",
+        ],
+    ] {
+        let (code, _, err) = cli(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("candle") || err.contains("--runtime"),
+            "{args:?}: {err}"
+        );
+    }
+}
