@@ -338,6 +338,8 @@ pub fn simulate(
             ));
         }
         (Task::Infer, _) => {
+            // one GPU, or one tensor-parallel rank of a served model
+            let spec = view.map_or(spec, |v| &v.local);
             layers_here = spec.layers;
             let wb = weights::weight_bytes(spec, w, 0)?;
             let inf = &w.infer;

@@ -230,8 +230,24 @@ impl Layout {
         if w.runtime == crate::workload::Runtime::Candle && self.is_distributed() {
             return layout("the candle runtime runs the probe on one device; use --runtime torch for distributed layouts".into());
         }
-        if w.task != Task::Train && self.is_distributed() {
-            return layout("distributed layouts are modelled for --task train; serve with one GPU per replica for now".into());
+        if w.task != Task::Train {
+            let d = Layout::default();
+            let only_tp = self.pp == 1
+                && self.cp == 1
+                && self.zero == 0
+                && self.fsdp.is_none()
+                && !self.offload_optimizer
+                && !self.offload_params
+                && !self.distributed_optimizer
+                && !self.sequence_parallel
+                && self.vpp == d.vpp;
+            if !only_tp {
+                return layout(
+                    "serving (--task infer) models tensor parallelism (--tp) and independent replicas (--dp); \
+                     pipeline, context, ZeRO/FSDP and offload layouts are for training"
+                        .into(),
+                );
+            }
         }
         let t = self.tp;
         if spec.heads % t != 0 {
@@ -457,6 +473,44 @@ pub fn estimate_layout(
     }
     let ranks_per_stage = layout.dp * layout.tp * layout.cp;
     let mut per_rank = Vec::with_capacity(stages.len());
+    if w.task != Task::Train {
+        // serving: every rank holds 1/tp of each layer, its KV heads and vocabulary
+        let view = RankView {
+            local: tp_local(spec, layout.tp, spec.layers),
+            has_embedding: true,
+            has_head: true,
+            sp_div: 1,
+            seq_local: w.seq_len,
+            statics: Statics::default(),
+            inflight_microbatches: 1.0,
+            gathered_fwd: 0,
+            gathered_bwd: 0,
+            optimizer_extra: 0,
+            in_allocator_extra: 0,
+            // replicas do not talk to each other: only the tensor-parallel group
+            outside_extra: if layout.tp > 1 {
+                layout.buffers.nccl_per_group.get()
+            } else {
+                0
+            },
+            params_trainable: 0,
+        };
+        let e = estimate::simulate(spec, w, ov, corr, Some(&view))?;
+        let ms = e.components_at_peak.weights.get();
+        return Ok(DistributedEstimate {
+            world: layout.world(),
+            per_rank: vec![RankClass {
+                name: "every rank".into(),
+                stage: 0,
+                layers: spec.layers,
+                ranks: layout.dp * layout.tp,
+                model_states_bytes: Bytes(ms),
+                estimate: e,
+            }],
+            worst_rank: 0,
+            warnings,
+        });
+    }
     for (i, &layers) in stages.iter().enumerate() {
         let i = i as u64;
         let view = rank_view(spec, w, layout, i, layers, m)?;

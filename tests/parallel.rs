@@ -522,3 +522,67 @@ fn pipeline_stages_partition_the_model_states() {
         assert_eq!(sum, one.worst().model_states_bytes.get(), "pp {pp}");
     }
 }
+
+#[test]
+fn tensor_parallel_serving_splits_weights_and_kv_cache() {
+    let spec = preset("llama-3.1-70b"); // 64 heads, 8 kv heads
+    let w = workload(
+        &spec,
+        RunConfig {
+            task: Some("infer".into()),
+            prompt_len: Some(4096),
+            gen_len: Some(512),
+            concurrency: Some(16),
+            ..Default::default()
+        },
+    );
+    let run = |tp: u64| {
+        let layout = Layout {
+            tp,
+            buffers: Buffers::none(),
+            ..Layout::default()
+        };
+        let d = estimate_layout(
+            &spec,
+            &w,
+            &Overheads::none(),
+            &layout,
+            &Correction::IDENTITY,
+        )
+        .unwrap();
+        let e = &d.worst().estimate;
+        let decode = e
+            .timeline
+            .iter()
+            .rev()
+            .find(|x| x.event.contains("decode"))
+            .unwrap();
+        (
+            e.components_at_peak.weights.get(),
+            decode.components.kv_cache.get(),
+        )
+    };
+    let (w1, kv1) = run(1);
+    for tp in [2u64, 4, 8] {
+        let (w, kv) = run(tp);
+        assert_eq!(kv * tp, kv1, "tp {tp}: the KV heads are split");
+        // layer and vocabulary weights split; only the norms are replicated
+        let ratio = w as f64 * tp as f64 / w1 as f64;
+        assert!((1.0..1.001).contains(&ratio), "tp {tp}: {ratio}");
+    }
+    // pipeline serving is not modelled: a clear error
+    let layout = Layout {
+        pp: 2,
+        ..Layout::default()
+    };
+    let e = estimate_layout(
+        &spec,
+        &w,
+        &Overheads::none(),
+        &layout,
+        &Correction::IDENTITY,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("serving") && e.contains("--tp"), "{e}");
+}
