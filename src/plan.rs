@@ -128,6 +128,8 @@ pub struct PlanResult {
     pub longest_sequence: Option<(u64, Candidate)>,
 }
 
+pub const SERVING_COST: &str = "fewest GPUs per replica (tp), then most concurrent sequences";
+
 pub const COST: &str = "fewest GPUs, then least recomputation (none < selective < full), then no offload, then least model parallelism (tp·pp·cp), then largest micro-batch";
 
 fn ckpt_rank(c: GradCkpt) -> u8 {
@@ -332,13 +334,6 @@ pub fn plan(spec: &ModelSpec, w: &Workload, ov: &Overheads, q: &PlanQuery) -> Re
     if q.gpus == 0 {
         return Err(Error::invalid("--gpus", q.gpus, "an integer >= 1"));
     }
-    if w.task != crate::workload::Task::Train {
-        return Err(Error::invalid(
-            "--task",
-            w.task,
-            "train (plan searches training layouts; for serving run `llm-mem estimate --task infer`)",
-        ));
-    }
     if w.runtime != crate::workload::Runtime::Torch {
         return Err(Error::invalid(
             "--runtime",
@@ -355,6 +350,9 @@ pub fn plan(spec: &ModelSpec, w: &Workload, ov: &Overheads, q: &PlanQuery) -> Re
     }
     spec.validate()?;
     w.validate(spec)?;
+    if w.task != crate::workload::Task::Train {
+        return plan_serving(spec, w, ov, q);
+    }
     let cap = q.capacity.get();
     let mut all = Vec::new();
     let mut considered = 0u64;
@@ -495,4 +493,73 @@ fn longest(
         }
     }
     Ok(best)
+}
+
+/// Serving: for each tensor-parallel degree that divides the model, the most concurrent
+/// sequences (`--concurrency`, searched 1..=max_batch) that fit one replica; replicas
+/// fill the remaining GPUs. `max_micro_batch` holds the concurrency.
+fn plan_serving(
+    spec: &ModelSpec,
+    w: &Workload,
+    ov: &Overheads,
+    q: &PlanQuery,
+) -> Result<PlanResult> {
+    let cap = q.capacity.get();
+    let mut fits = Vec::new();
+    let mut considered = 0;
+    let mut evaluations = 0;
+    for tp in divisors_pow2(q.gpus, 8) {
+        let layout = Layout {
+            tp,
+            ..Layout::default()
+        };
+        if layout.validate(spec, w).is_err() {
+            continue;
+        }
+        considered += 1;
+        let (mut best, mut best_peak) = (0, 0);
+        for c in 1..=q.max_batch {
+            let mut wc = w.clone();
+            wc.infer.concurrency = c;
+            evaluations += 1;
+            let d = estimate_layout(spec, &wc, ov, &layout, &Correction::IDENTITY)?;
+            let p = d.worst().estimate.peak.device.get();
+            if p > cap {
+                break;
+            }
+            (best, best_peak) = (c, p);
+        }
+        if best > 0 {
+            fits.push(Candidate {
+                world: tp,
+                dp: q.gpus / tp,
+                tp,
+                pp: 1,
+                cp: 1,
+                sharding: Sharding::Ddp,
+                offload: Offload::None,
+                grad_ckpt: GradCkpt::None,
+                max_micro_batch: best,
+                peak_bytes: Bytes(best_peak),
+            });
+        }
+    }
+    fits.sort_by_key(|c| (c.tp, std::cmp::Reverse(c.max_micro_batch)));
+    let largest_micro_batch = fits
+        .iter()
+        .max_by_key(|c| (c.max_micro_batch, std::cmp::Reverse(c.tp)))
+        .cloned();
+    fits.truncate(q.top);
+    Ok(PlanResult {
+        space: format!(
+            "serving: tp ∈ {{1,2,4,8}} dividing heads and MLP width, tp ≤ {} GPUs, replicas = GPUs / tp; concurrency 1..={} at prompt {} + {} generated tokens",
+            q.gpus, q.max_batch, w.infer.prompt_len, w.infer.gen_len
+        ),
+        cost: SERVING_COST,
+        layouts_considered: considered,
+        evaluations,
+        fits,
+        largest_micro_batch,
+        longest_sequence: None,
+    })
 }

@@ -127,12 +127,39 @@ fn plan_cli_exit_codes_and_json() {
     ]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("nothing fits"), "{out}");
-    // serving is not a plan question
-    let (code, _, err) = cli(&[
-        "plan", "--model", "gpt2", "--task", "infer", "--gpus", "2", "--gpu", "a10g",
+    // serving: the most concurrent sequences per tensor-parallel degree
+    let (code, out, err) = cli(&[
+        "plan",
+        "--model",
+        "llama-3.1-70b",
+        "--task",
+        "infer",
+        "--prompt-len",
+        "4096",
+        "--gen-len",
+        "512",
+        "--gpus",
+        "8",
+        "--gpu",
+        "h100-80gb",
+        "--json",
     ]);
-    assert_eq!(code, 2);
-    assert!(err.contains("--task") && err.contains("train"), "{err}");
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let fits = v["result"]["fits"].as_array().unwrap();
+    // 70B in bf16 (131 GiB of weights) needs at least two 80 GB GPUs per replica
+    assert!(
+        !fits.is_empty() && fits.iter().all(|c| c["tp"].as_u64().unwrap() >= 2),
+        "{fits:?}"
+    );
+    let conc: Vec<u64> = fits
+        .iter()
+        .map(|c| c["max_micro_batch"].as_u64().unwrap())
+        .collect();
+    assert!(
+        conc.windows(2).all(|w| w[0] <= w[1]),
+        "more tp leaves room for more sequences: {conc:?}"
+    );
 }
 
 #[test]

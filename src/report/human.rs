@@ -197,6 +197,34 @@ pub fn render_plan(
         );
         return s;
     }
+    if r.cost == crate::plan::SERVING_COST {
+        let _ = writeln!(
+            s,
+            "  {:>4} {:>9} {:>12} {:>10}",
+            "tp", "replicas", "concurrency", "peak GiB"
+        );
+        for c in &r.fits {
+            let _ = writeln!(
+                s,
+                "  {:>4} {:>9} {:>12} {:>10.2}",
+                c.tp,
+                c.dp,
+                c.max_micro_batch,
+                c.peak_bytes.gib()
+            );
+        }
+        if let Some(c) = &r.largest_micro_batch {
+            let _ = writeln!(
+                s,
+                "\nmost concurrent sequences per replica: {} (tp {}, {} replicas, {:.2} GiB)",
+                c.max_micro_batch,
+                c.tp,
+                c.dp,
+                c.peak_bytes.gib()
+            );
+        }
+        return s;
+    }
     let _ = writeln!(
         s,
         "  {:>4} {:>4} {:>4} {:>4} {:>4}  {:<13} {:<20} {:<10} {:>6} {:>10}",
