@@ -60,6 +60,13 @@ pub fn resolve_with(name: &str, cache_root: Option<&Path>) -> Result<ModelSpec> 
             return load_dir(&snapshot, name);
         }
     }
+    if let Some((model_type, kind)) = presets::known_unsupported(name) {
+        return Err(Error::Unsupported {
+            model_type: model_type.to_string(),
+            reason: format!("{name} is a {kind}; those come in a later version"),
+            supported: crate::model::Family::supported_list(),
+        });
+    }
     Err(Error::ModelNotFound {
         name: name.to_string(),
         cache: cache_root.map_or_else(

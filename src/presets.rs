@@ -251,3 +251,36 @@ mod tests {
         assert!(get("no-such-model").is_none());
     }
 }
+
+/// Models of the reference set that this version does not model, so that asking for
+/// one by name says why instead of "not found": (name, model_type, kind).
+const KNOWN_UNSUPPORTED: &[(&str, &str, &str)] = &[
+    ("mixtral-8x7b-v0.1", "mixtral", "mixture-of-experts model"),
+    (
+        "mixtral-8x7b-instruct-v0.1",
+        "mixtral",
+        "mixture-of-experts model",
+    ),
+    (
+        "mixtral-8x7b-instruct-v0.1-gptq",
+        "mixtral",
+        "mixture-of-experts model",
+    ),
+    ("qwen3-30b-a3b", "qwen3_moe", "mixture-of-experts model"),
+    ("llama-3.2-11b-vision", "mllama", "vision-language model"),
+    ("llava-1.5-7b", "llava", "vision-language model"),
+    ("qwen2-vl-2b-instruct", "qwen2_vl", "vision-language model"),
+    ("minicpm-llama3-v-2_5", "minicpmv", "vision-language model"),
+    ("qwen-vl", "qwen", "vision-language model"),
+    ("qwen-vl-chat", "qwen", "vision-language model"),
+    ("qwen-vl-chat-int4", "qwen", "vision-language model"),
+];
+
+/// `(model_type, kind)` when `name` is a known model this version rejects.
+pub fn known_unsupported(name: &str) -> Option<(&'static str, &'static str)> {
+    let n = name.trim().to_ascii_lowercase();
+    KNOWN_UNSUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == n)
+        .map(|&(_, t, kind)| (t, kind))
+}

@@ -475,3 +475,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn known_moe_and_vlm_names_say_why_they_are_rejected() {
+    for name in ["mixtral-8x7b-v0.1", "qwen3-30b-a3b", "llava-1.5-7b"] {
+        let e = llm_mem::hub::resolve_with(name, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not supported yet") && e.contains(name),
+            "{name}: {e}"
+        );
+    }
+    let e = llm_mem::hub::resolve_with("no-such-model", None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not found"), "{e}");
+}
