@@ -233,25 +233,6 @@ pub fn describe_all() -> Vec<Result<PresetInfo>> {
     names().into_iter().filter_map(describe).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_preset_parses() {
-        for n in names() {
-            let spec = get(n).unwrap().unwrap_or_else(|e| panic!("{n}: {e}"));
-            assert_eq!(spec.name, n);
-        }
-    }
-
-    #[test]
-    fn case_insensitive() {
-        assert!(get("Llama-2-7B").is_some());
-        assert!(get("no-such-model").is_none());
-    }
-}
-
 /// Models of the reference set that this version does not model, so that asking for
 /// one by name says why instead of "not found": (name, model_type, kind).
 const KNOWN_UNSUPPORTED: &[(&str, &str, &str)] = &[
@@ -283,4 +264,23 @@ pub fn known_unsupported(name: &str) -> Option<(&'static str, &'static str)> {
         .iter()
         .find(|(k, _, _)| *k == n)
         .map(|&(_, t, kind)| (t, kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_parses() {
+        for n in names() {
+            let spec = get(n).unwrap().unwrap_or_else(|e| panic!("{n}: {e}"));
+            assert_eq!(spec.name, n);
+        }
+    }
+
+    #[test]
+    fn case_insensitive() {
+        assert!(get("Llama-2-7B").is_some());
+        assert!(get("no-such-model").is_none());
+    }
 }
