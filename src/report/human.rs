@@ -246,11 +246,10 @@ pub fn render_plan(
             c.peak_bytes.gib()
         );
     }
-    if let Some(c) = &r.largest_micro_batch {
-        let _ = writeln!(
-            s,
-            "\nlargest micro-batch that fits: {} (dp {} tp {} pp {} cp {}, {}, grad-ckpt {}, {:.2} GiB)",
-            c.max_micro_batch,
+    // one candidate's layout in words, shared by the two headline answers
+    let layout = |c: &crate::plan::Candidate| {
+        format!(
+            "dp {} tp {} pp {} cp {}, {}, grad-ckpt {}, {:.2} GiB",
             c.dp,
             c.tp,
             c.pp,
@@ -258,20 +257,21 @@ pub fn render_plan(
             c.sharding.as_str(),
             c.grad_ckpt.as_str(),
             c.peak_bytes.gib()
+        )
+    };
+    if let Some(c) = &r.largest_micro_batch {
+        let _ = writeln!(
+            s,
+            "\nlargest micro-batch that fits: {} ({})",
+            c.max_micro_batch,
+            layout(c)
         );
     }
     if let Some((seq, c)) = &r.longest_sequence {
         let _ = writeln!(
             s,
-            "longest sequence that fits (micro-batch 1): {} tokens (dp {} tp {} pp {} cp {}, {}, grad-ckpt {}, {:.2} GiB)",
-            seq,
-            c.dp,
-            c.tp,
-            c.pp,
-            c.cp,
-            c.sharding.as_str(),
-            c.grad_ckpt.as_str(),
-            c.peak_bytes.gib()
+            "longest sequence that fits (micro-batch 1): {seq} tokens ({})",
+            layout(c)
         );
     }
     s
