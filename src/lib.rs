@@ -1,48 +1,35 @@
 //! llm-mem: how much GPU memory each device needs to train, fine-tune or serve an LLM.
 //!
-//! The estimator core (`model`, `params`, `workload`, `activations`, `timeline`,
-//! `estimate`, and the candle runtime profile `program` + `tape`) is pure: no I/O, no
-//! candle, no CUDA. The probe side (`probe`, `meter`, `measurement`, `calibration`)
-//! runs real candle steps, measures them and fits corrections; `cuda` (or its stand-in
-//! without the `cuda` feature) holds everything that touches a GPU. Model sources that touch the disk
-//! (`hub`, `safetensors`) and output formats (`report`) sit around it. See
-//! ARCHITECTURE.md for the code map.
+//! The modules are listed in layer order; each imports only the ones above it (checked
+//! by `tests/it/tidy.rs`, rules in ARCHITECTURE.md):
+//!
+//! - `units`: bytes, dtypes, the GPU table.
+//! - `arch`: what the model is (`ModelSpec`) and its exact parameter counts. Pure.
+//! - `hf`: model sources — `config.json` parsing, presets, the HF cache, safetensors
+//!   headers (the only part of the core side that reads files).
+//! - `workload`: what is run (`Workload`), the settings that build it (flags, `--config`,
+//!   DeepSpeed / TrainingArguments imports), the distributed `Layout`, the overheads.
+//! - `runtime`: what each op keeps, per runtime profile (`torch` ledger, `candle` tape).
+//! - `estimate`: one rank over the step (weights, optimizer, timeline → `Estimate`). Pure.
+//! - `distributed`: per-rank views of a layout and the layout search. Pure.
+//! - `probe`: real candle steps, meters, the measurement CSV (the only tree that imports
+//!   candle; `probe::cuda` or its stand-in is the only place CUDA is named).
+//! - `calibration`: fits and versioned calibration files.
+//! - `report`: output formats, no computation.
 
-pub mod activations;
-pub mod bytes;
+pub mod arch;
 pub mod calibration;
-pub mod config;
-// The only place the `cuda` feature is named in Rust: the real module or its stand-in,
-// with the same public items (see ARCHITECTURE.md, "CUDA").
-#[cfg_attr(feature = "cuda", path = "cuda.rs")]
-#[cfg_attr(not(feature = "cuda"), path = "cuda_stub.rs")]
-pub mod cuda;
-pub mod dtype;
+pub mod distributed;
 pub mod error;
 pub mod estimate;
-pub mod gpu;
-pub mod hub;
-pub mod import;
-pub mod measurement;
-pub mod meter;
-pub mod model;
-pub mod optimizer;
-pub mod overhead;
-pub mod parallel;
-pub mod params;
-pub mod plan;
-pub mod presets;
+pub mod hf;
 pub mod probe;
-pub mod program;
 pub mod report;
-pub mod runconfig;
-pub mod safetensors;
-pub mod tape;
-pub mod timeline;
-pub mod weights;
+pub mod runtime;
+pub mod units;
 pub mod workload;
 
-pub use bytes::Bytes;
-pub use dtype::DType;
+pub use arch::{Family, ModelSpec};
 pub use error::{Error, Result};
-pub use model::{Family, ModelSpec};
+pub use units::bytes::Bytes;
+pub use units::dtype::DType;

@@ -8,24 +8,25 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use llm_mem::distributed::estimate_layout;
+use llm_mem::distributed::search::{plan, PlanQuery};
 use llm_mem::estimate::{estimate_corrected, Correction};
-use llm_mem::parallel::estimate_layout;
-use llm_mem::plan::{plan, PlanQuery};
+use llm_mem::hf::{hub, presets};
 use llm_mem::report::{self, Fit};
-use llm_mem::runconfig::{Amount, Format, RunConfig};
-use llm_mem::{gpu, hub, presets};
+use llm_mem::units::gpu;
+use llm_mem::workload::settings::{Amount, Format, RunConfig};
 
-mod probe_cmd;
+mod cli;
 
 /// Exact live-byte counting for `probe` on the CPU (a thin wrapper over the system
 /// allocator).
 #[global_allocator]
-static ALLOC: llm_mem::meter::CountingAlloc = llm_mem::meter::CountingAlloc;
+static ALLOC: llm_mem::probe::meter::CountingAlloc = llm_mem::probe::meter::CountingAlloc;
 
 #[derive(Parser)]
 #[command(
     name = "llm-mem",
-    version = llm_mem::cuda::VERSION,
+    version = llm_mem::probe::cuda::VERSION,
     about = "How much GPU memory each device needs to train, fine-tune or serve an LLM",
     long_about = "How much GPU memory each device needs to train, fine-tune or serve an LLM.\n\n\
         The estimate simulates one step as a timeline of allocations and frees, with a \
@@ -54,7 +55,7 @@ enum Command {
     Plan(Box<PlanArgs>),
     /// Measure real candle training steps, fit corrections, report.
     #[command(subcommand)]
-    Probe(probe_cmd::ProbeCommand),
+    Probe(cli::probe::ProbeCommand),
 }
 
 #[derive(Args)]
@@ -308,14 +309,15 @@ impl EstimateArgs {
         if let Some(path) = &self.deepspeed {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading --deepspeed {path}"))?;
-            let (c, w) = llm_mem::import::from_deepspeed(&text, path)?;
+            let (c, w) = llm_mem::workload::import::from_deepspeed(&text, path)?;
             cfg = cfg.merged(c);
             warnings.extend(w);
         }
         if let Some(path) = &self.train_args {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading --train-args {path}"))?;
-            let (c, w) = llm_mem::import::from_train_args(&text, Format::from_path(path)?, path)?;
+            let (c, w) =
+                llm_mem::workload::import::from_train_args(&text, Format::from_path(path)?, path)?;
             cfg = cfg.merged(c);
             warnings.extend(w);
         }
@@ -342,7 +344,7 @@ fn run_estimate(args: &EstimateArgs) -> Result<ExitCode> {
     let spec = load_model(&cfg)?;
     let (workload, overheads) = cfg.build(&spec)?;
     let corr = match &args.calibration {
-        Some(p) => probe_cmd::correction(p, spec.family.model_type(), workload.runtime.as_str())?,
+        Some(p) => cli::probe::correction(p, spec.family.model_type(), workload.runtime.as_str())?,
         None => Correction::IDENTITY,
     };
     let layout = cfg.layout()?;
@@ -492,7 +494,7 @@ fn main() -> ExitCode {
         Command::Models { json } => run_models(*json),
         Command::Gpus => run_gpus(),
         Command::Plan(a) => run_plan(a),
-        Command::Probe(p) => probe_cmd::run(p),
+        Command::Probe(p) => cli::probe::run(p),
     };
     match r {
         Ok(code) => code,

@@ -1,7 +1,7 @@
 //! The counting allocator, alone in its own test binary: no other test (and no candle
 //! worker thread) allocates or frees while it measures, so the count is exact.
 
-use llm_mem::meter::{CountingAlloc, CountingMeter, MemoryMeter};
+use llm_mem::probe::meter::{CountingAlloc, CountingMeter, MemoryMeter};
 
 #[global_allocator]
 static A: CountingAlloc = CountingAlloc;

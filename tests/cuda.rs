@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use llm_mem::measurement;
+use llm_mem::probe::measurement;
 
 fn bin(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_llm-mem"))
@@ -122,7 +122,7 @@ fn version_says_whether_cuda_is_built_in() {
         stdout.trim(),
         format!("llm-mem {} (cuda: no)", env!("CARGO_PKG_VERSION"))
     );
-    const { assert!(!llm_mem::cuda::CUDA_ENABLED) };
+    const { assert!(!llm_mem::probe::cuda::CUDA_ENABLED) };
 }
 
 /// The CPU calibration measured before the side columns existed.

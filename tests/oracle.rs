@@ -9,12 +9,12 @@
 //!   is under-estimated by up to 8.4%; documented in ARCHITECTURE.md). Set
 //!   ORACLE_VERBOSE=1 to list the rows beyond 3%.
 
-use llm_mem::activations::{activations, LedgerParams, Trainable};
+use llm_mem::arch::{Dropout, LoraTargets, ModelSpec};
 use llm_mem::estimate::estimate;
-use llm_mem::model::{Dropout, LoraTargets, ModelSpec};
-use llm_mem::overhead::Overheads;
-use llm_mem::runconfig::RunConfig;
-use llm_mem::timeline::Phase;
+use llm_mem::estimate::timeline::Phase;
+use llm_mem::runtime::torch::{activations, LedgerParams, Trainable};
+use llm_mem::workload::overhead::Overheads;
+use llm_mem::workload::settings::RunConfig;
 use llm_mem::workload::{Attn, Device, GradCkpt, Loss, Precision};
 
 struct Row {
@@ -75,7 +75,7 @@ fn spec(model: &str) -> ModelSpec {
         "{}/tests/data/configs/{base}/config.json",
         env!("CARGO_MANIFEST_DIR")
     );
-    let mut s = llm_mem::hub::load_config_file(std::path::Path::new(&path)).unwrap();
+    let mut s = llm_mem::hf::hub::load_config_file(std::path::Path::new(&path)).unwrap();
     if model.ends_with("@nodropout") {
         s.dropout = Dropout::default();
     }

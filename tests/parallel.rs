@@ -6,15 +6,15 @@
 //! - Korthikanti et al. (2022) per-layer activations sbh(34 + 5as/h) and its
 //!   tensor/sequence-parallel and selective-recompute variants for a GPT layer.
 
+use llm_mem::arch::{Activation, Dropout, ModelSpec};
+use llm_mem::distributed::{estimate_layout, Buffers, FsdpMode, Layout};
 use llm_mem::estimate::Correction;
-use llm_mem::model::{Activation, Dropout, ModelSpec};
-use llm_mem::overhead::Overheads;
-use llm_mem::parallel::{estimate_layout, Buffers, FsdpMode, Layout};
-use llm_mem::runconfig::RunConfig;
+use llm_mem::workload::overhead::Overheads;
+use llm_mem::workload::settings::RunConfig;
 use llm_mem::workload::Workload;
 
 fn preset(name: &str) -> ModelSpec {
-    llm_mem::presets::get(name).unwrap().unwrap()
+    llm_mem::hf::presets::get(name).unwrap().unwrap()
 }
 
 fn config(spec: &str) -> ModelSpec {
@@ -22,7 +22,7 @@ fn config(spec: &str) -> ModelSpec {
         "{}/tests/data/configs/{spec}/config.json",
         env!("CARGO_MANIFEST_DIR")
     );
-    llm_mem::hub::load_config_file(std::path::Path::new(&path)).unwrap()
+    llm_mem::hf::hub::load_config_file(std::path::Path::new(&path)).unwrap()
 }
 
 fn workload(spec: &ModelSpec, cfg: RunConfig) -> Workload {
@@ -48,12 +48,12 @@ fn zero2_and_zero3_equal_deepspeed_estimator() {
         let m = &ds[model];
         let p = m["total_params"].as_u64().unwrap();
         assert_eq!(
-            llm_mem::params::count(&spec).total,
+            llm_mem::arch::params::count(&spec).total,
             p,
             "{model}: same P as DeepSpeed was given"
         );
         assert_eq!(
-            llm_mem::params::count(&spec).largest_module,
+            llm_mem::arch::params::count(&spec).largest_module,
             m["largest_layer_params"].as_u64().unwrap()
         );
         let w = workload(
@@ -104,7 +104,7 @@ fn zero2_and_zero3_equal_deepspeed_estimator() {
 #[test]
 fn megatron_18_bytes_per_param_and_distributed_optimizer() {
     let spec = preset("llama-3.1-8b");
-    let p = llm_mem::params::count(&spec).total;
+    let p = llm_mem::arch::params::count(&spec).total;
     let w = workload(
         &spec,
         RunConfig {

@@ -1,10 +1,11 @@
 //! Parameter counts against PyTorch ground truth (`tests/data/params.json`, measured with
 //! transformers + peft) and against published model sizes.
 
-use llm_mem::config::parse_config;
-use llm_mem::model::LoraTargets;
-use llm_mem::params::{self, ParamCounts};
-use llm_mem::{presets, Error, ModelSpec};
+use llm_mem::arch::params::{self, ParamCounts};
+use llm_mem::arch::LoraTargets;
+use llm_mem::hf::config::parse_config;
+use llm_mem::hf::presets;
+use llm_mem::{Error, ModelSpec};
 use serde_json::Value;
 
 fn data(rel: &str) -> String {
@@ -98,7 +99,7 @@ fn moe_and_vlm_are_unsupported() {
         let e = parse_config(&data(&format!("configs/{m}/config.json")), m).unwrap_err();
         match e {
             Error::Unsupported { reason, .. } => {
-                assert_eq!(reason, llm_mem::config::LATER_VERSION, "{m}")
+                assert_eq!(reason, llm_mem::hf::config::LATER_VERSION, "{m}")
             }
             e => panic!("{m}: {e}"),
         }
@@ -249,7 +250,7 @@ fn gptq_presets_keep_quantization() {
 /// Family-specific fields the parser must set as transformers builds the model.
 #[test]
 fn family_fields() {
-    use llm_mem::model::{Activation, MlpKind, Positions, Residual};
+    use llm_mem::arch::{Activation, MlpKind, Positions, Residual};
     let p = |n: &str| presets::get(n).unwrap().unwrap();
 
     let f7 = p("falcon-7b");

@@ -1,14 +1,14 @@
 //! `plan`: the search is exhaustive over its stated space and exact in the micro-batch.
 
-use llm_mem::bytes::{Bytes, GIB};
+use llm_mem::distributed::estimate_layout;
+use llm_mem::distributed::search::{layouts, plan, Evaluator, PlanQuery};
 use llm_mem::estimate::Correction;
-use llm_mem::parallel::estimate_layout;
-use llm_mem::plan::{layouts, plan, Evaluator, PlanQuery};
-use llm_mem::runconfig::RunConfig;
+use llm_mem::units::bytes::{Bytes, GIB};
+use llm_mem::workload::settings::RunConfig;
 
 #[test]
 fn llama70b_lora_on_8x80() {
-    let spec = llm_mem::presets::get("llama-3.1-70b").unwrap().unwrap();
+    let spec = llm_mem::hf::presets::get("llama-3.1-70b").unwrap().unwrap();
     let cfg = RunConfig {
         method: Some("lora".into()),
         seq_len: Some(4096),
@@ -43,7 +43,7 @@ fn llama70b_lora_on_8x80() {
 
 #[test]
 fn fast_evaluator_equals_the_full_simulation() {
-    let spec = llm_mem::presets::get("llama-3.1-8b").unwrap().unwrap();
+    let spec = llm_mem::hf::presets::get("llama-3.1-8b").unwrap().unwrap();
     for attn in ["eager", "sdpa"] {
         let cfg = RunConfig {
             seq_len: Some(2048),

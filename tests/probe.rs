@@ -1,9 +1,9 @@
 //! Probe tests with the counting allocator installed as this harness's global allocator.
 
-use llm_mem::meter::{CountingAlloc, CountingMeter, MemoryMeter};
-use llm_mem::probe::model::{measure, ProbeModel, StepConfig};
-use llm_mem::program::ProbeMethod;
-use llm_mem::tape::candle_step;
+use llm_mem::probe::candle_model::{measure, ProbeModel, StepConfig};
+use llm_mem::probe::meter::{CountingAlloc, CountingMeter, MemoryMeter};
+use llm_mem::runtime::candle::program::ProbeMethod;
+use llm_mem::runtime::candle::tape::candle_step;
 
 #[global_allocator]
 static A: CountingAlloc = CountingAlloc;
@@ -19,7 +19,7 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn tiny(name: &str) -> llm_mem::ModelSpec {
-    let mut s = llm_mem::presets::get(name).unwrap().unwrap();
+    let mut s = llm_mem::hf::presets::get(name).unwrap().unwrap();
     s.hidden = 64;
     s.heads = 4;
     s.kv_heads = if s.kv_heads < s.heads { 2 } else { 4 };
@@ -28,10 +28,10 @@ fn tiny(name: &str) -> llm_mem::ModelSpec {
     s.vocab = 512;
     s.layers = 2;
     s.max_positions = 64;
-    if let llm_mem::model::Positions::Rope { rotary_dim } = s.positions {
+    if let llm_mem::arch::Positions::Rope { rotary_dim } = s.positions {
         // keep partial rotary (GPT-NeoX) partial
         let full = rotary_dim >= 64;
-        s.positions = llm_mem::model::Positions::Rope {
+        s.positions = llm_mem::arch::Positions::Rope {
             rotary_dim: if full { 16 } else { 8 },
         };
     }

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::process::Command;
 
 use llm_mem::calibration::{self, CalibrationFile};
-use llm_mem::measurement;
-use llm_mem::meter::{FakeMeter, MemoryMeter};
-use llm_mem::probe::model::StepMeasurement;
+use llm_mem::probe::candle_model::StepMeasurement;
+use llm_mem::probe::measurement;
+use llm_mem::probe::meter::{FakeMeter, MemoryMeter};
 use llm_mem::probe::{self, Executor, Plan, Point};
 
 const PLAN: &str = r#"

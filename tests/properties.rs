@@ -11,9 +11,9 @@
 //! in `tests/properties.proptest-regressions`.
 
 use llm_mem::estimate::{estimate, Estimate};
-use llm_mem::overhead::Overheads;
-use llm_mem::presets;
-use llm_mem::runconfig::RunConfig;
+use llm_mem::hf::presets;
+use llm_mem::workload::overhead::Overheads;
+use llm_mem::workload::settings::RunConfig;
 use llm_mem::ModelSpec;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;

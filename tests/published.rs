@@ -11,7 +11,7 @@
 //! periodic evaluation inside the measured window), so the tolerance is 10%.
 
 use llm_mem::estimate::estimate;
-use llm_mem::runconfig::RunConfig;
+use llm_mem::workload::settings::RunConfig;
 
 fn measured(id: &str) -> (String, f64) {
     let mut rdr = csv::Reader::from_path(format!(
@@ -70,7 +70,7 @@ fn published_single_gpu_peaks_within_10_percent() {
         ),
     ];
     for (id, cfg) in cases {
-        let spec = llm_mem::presets::get(cfg.model.as_deref().unwrap())
+        let spec = llm_mem::hf::presets::get(cfg.model.as_deref().unwrap())
             .unwrap()
             .unwrap();
         let (w, ov) = cfg.build(&spec).unwrap();

@@ -6,10 +6,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use llm_mem::config::parse_config;
-use llm_mem::dtype::DType;
-use llm_mem::model::LoraTargets;
-use llm_mem::{hub, params, presets, safetensors, Error};
+use llm_mem::arch::params;
+use llm_mem::arch::LoraTargets;
+use llm_mem::hf::config::parse_config;
+use llm_mem::hf::{hub, presets, safetensors};
+use llm_mem::units::dtype::DType;
+use llm_mem::Error;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -479,7 +481,7 @@ proptest! {
 #[test]
 fn known_moe_and_vlm_names_say_why_they_are_rejected() {
     for name in ["mixtral-8x7b-v0.1", "qwen3-30b-a3b", "llava-1.5-7b"] {
-        let e = llm_mem::hub::resolve_with(name, None)
+        let e = llm_mem::hf::hub::resolve_with(name, None)
             .unwrap_err()
             .to_string();
         assert!(
@@ -487,7 +489,7 @@ fn known_moe_and_vlm_names_say_why_they_are_rejected() {
             "{name}: {e}"
         );
     }
-    let e = llm_mem::hub::resolve_with("no-such-model", None)
+    let e = llm_mem::hf::hub::resolve_with("no-such-model", None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("not found"), "{e}");

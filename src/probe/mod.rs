@@ -8,19 +8,27 @@
 //!   existing file are skipped (resume).
 //! - `model`: the candle probe models and the measured step.
 
-pub mod model;
+pub mod candle_model;
+use candle_model as model;
+// The only place the `cuda` feature is named in Rust: the real module or its stand-in,
+// with the same public items (see ARCHITECTURE.md, "CUDA").
+#[cfg_attr(feature = "cuda", path = "cuda.rs")]
+#[cfg_attr(not(feature = "cuda"), path = "cuda_stub.rs")]
+pub mod cuda;
+pub mod measurement;
+pub mod meter;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::arch::{ModelSpec, Positions};
 use crate::error::{Error, Result};
-use crate::measurement::{self, Row};
-use crate::meter::MemoryMeter;
-use crate::model::{ModelSpec, Positions};
-use crate::program::{self, ProbeMethod};
-use crate::tape;
+use crate::probe::meter::MemoryMeter;
+use crate::runtime::candle::program::{self, ProbeMethod};
+use crate::runtime::candle::tape;
+use measurement::Row;
 
 pub const PLAN_SCHEMA_VERSION: u32 = 1;
 
@@ -208,11 +216,11 @@ impl Plan {
         Ok(())
     }
 
-    pub fn dtype(&self) -> Result<crate::dtype::DType> {
+    pub fn dtype(&self) -> Result<crate::units::dtype::DType> {
         match self.dtype.as_str() {
-            "f32" | "fp32" => Ok(crate::dtype::DType::F32),
-            "bf16" => Ok(crate::dtype::DType::BF16),
-            "f16" | "fp16" => Ok(crate::dtype::DType::F16),
+            "f32" | "fp32" => Ok(crate::units::dtype::DType::F32),
+            "bf16" => Ok(crate::units::dtype::DType::BF16),
+            "f16" | "fp16" => Ok(crate::units::dtype::DType::F16),
             other => Err(Error::invalid("plan dtype", other, "f32, bf16, f16")),
         }
     }
@@ -260,14 +268,14 @@ impl Plan {
 
 /// The architecture of a plan entry: the source spec with the overrides applied.
 pub fn scaled_spec(a: &Arch, plan_dir: &Path, max_seq: u64) -> Result<ModelSpec> {
-    let mut spec = match crate::presets::get(&a.model) {
+    let mut spec = match crate::hf::presets::get(&a.model) {
         Some(s) => s?,
         None => {
             let p = plan_dir.join(&a.model);
             if p.exists() {
-                crate::hub::load_config_file(&p)?
+                crate::hf::hub::load_config_file(&p)?
             } else {
-                crate::hub::resolve(&a.model)?
+                crate::hf::hub::resolve(&a.model)?
             }
         }
     };
@@ -324,7 +332,7 @@ pub fn scaled_spec(a: &Arch, plan_dir: &Path, max_seq: u64) -> Result<ModelSpec>
 /// [`scaled_spec`] scales it (for `probes/torch_probe.py`, which builds the same model
 /// with transformers): the source config with the sizes of `spec` written over it.
 pub fn hf_config(a: &Arch, spec: &ModelSpec, plan_dir: &Path) -> Result<serde_json::Value> {
-    let text = match crate::presets::raw(&a.model) {
+    let text = match crate::hf::presets::raw(&a.model) {
         Some(t) => t.to_string(),
         None => {
             let mut p = plan_dir.join(&a.model);
@@ -414,7 +422,7 @@ pub struct CandleExecutor {
 }
 
 impl CandleExecutor {
-    /// Opens the device (`cuda:N` through `crate::cuda`: without the `cuda` feature,
+    /// Opens the device (`cuda:N` through `crate::probe::cuda`: without the `cuda` feature,
     /// "built without CUDA support; see README").
     pub fn new(d: model::DeviceSpec) -> Result<CandleExecutor> {
         Ok(CandleExecutor {
@@ -425,15 +433,15 @@ impl CandleExecutor {
 }
 
 /// The meter for a device: the counting allocator on the CPU, the CUDA pool + NVML
-/// meter on a GPU (`crate::cuda`). `limit`: artificial limit above the baseline.
+/// meter on a GPU (`crate::probe::cuda`). `limit`: artificial limit above the baseline.
 pub fn meter_for(
     spec: model::DeviceSpec,
     device: &candle_core::Device,
     limit: Option<u64>,
 ) -> Box<dyn MemoryMeter> {
     match spec {
-        model::DeviceSpec::Cpu => Box::new(crate::meter::CountingMeter::new(limit)),
-        model::DeviceSpec::Cuda(_) => Box::new(crate::cuda::CudaMeter::new(device, limit)),
+        model::DeviceSpec::Cpu => Box::new(crate::probe::meter::CountingMeter::new(limit)),
+        model::DeviceSpec::Cuda(_) => Box::new(crate::probe::cuda::CudaMeter::new(device, limit)),
     }
 }
 
@@ -441,7 +449,7 @@ impl Executor for CandleExecutor {
     fn device_name(&self) -> String {
         match self.spec {
             model::DeviceSpec::Cpu => cpu_name(),
-            model::DeviceSpec::Cuda(_) => crate::cuda::describe(&self.device)
+            model::DeviceSpec::Cuda(_) => crate::probe::cuda::describe(&self.device)
                 .map(|i| i.name)
                 .unwrap_or_else(|e| format!("cuda ({e})")),
         }
@@ -449,7 +457,7 @@ impl Executor for CandleExecutor {
     fn driver(&self) -> String {
         match self.spec {
             model::DeviceSpec::Cpu => String::new(),
-            model::DeviceSpec::Cuda(_) => crate::cuda::describe(&self.device)
+            model::DeviceSpec::Cuda(_) => crate::probe::cuda::describe(&self.device)
                 .map(|i| i.driver)
                 .unwrap_or_default(),
         }

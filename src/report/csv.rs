@@ -74,7 +74,7 @@ pub fn render(e: &Estimate, w: &Workload, fit: Option<&Fit>) -> String {
 
 /// One row per rank class, with `rank_class`, `ranks` and `model_states_bytes` first.
 pub fn render_distributed(
-    d: &crate::parallel::DistributedEstimate,
+    d: &crate::distributed::DistributedEstimate,
     w: &Workload,
     fit: Option<&Fit>,
 ) -> String {

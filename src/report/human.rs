@@ -3,9 +3,9 @@
 
 use std::fmt::Write;
 
-use crate::bytes::Bytes;
 use crate::estimate::Estimate;
 use crate::report::Fit;
+use crate::units::bytes::Bytes;
 use crate::workload::{Method, Task, Workload};
 
 fn billions(n: u64) -> String {
@@ -104,9 +104,9 @@ pub fn render(e: &Estimate, w: &Workload, fit: Option<&Fit>) -> String {
 
 /// A distributed estimate: the worst rank in full, then one line per rank class.
 pub fn render_distributed(
-    d: &crate::parallel::DistributedEstimate,
+    d: &crate::distributed::DistributedEstimate,
     w: &Workload,
-    layout: &crate::parallel::Layout,
+    layout: &crate::distributed::Layout,
     fit: Option<&Fit>,
 ) -> String {
     let mut s = String::new();
@@ -172,7 +172,7 @@ pub fn render_distributed(
 
 /// `plan`: the fitting layouts, best first, and the two headline answers.
 pub fn render_plan(
-    r: &crate::plan::PlanResult,
+    r: &crate::distributed::search::PlanResult,
     model: &str,
     gpu: &str,
     capacity: Bytes,
@@ -197,7 +197,7 @@ pub fn render_plan(
         );
         return s;
     }
-    if r.cost == crate::plan::SERVING_COST {
+    if r.cost == crate::distributed::search::SERVING_COST {
         let _ = writeln!(
             s,
             "  {:>4} {:>9} {:>12} {:>10}",
@@ -247,7 +247,7 @@ pub fn render_plan(
         );
     }
     // one candidate's layout in words, shared by the two headline answers
-    let layout = |c: &crate::plan::Candidate| {
+    let layout = |c: &crate::distributed::search::Candidate| {
         format!(
             "dp {} tp {} pp {} cp {}, {}, grad-ckpt {}, {:.2} GiB",
             c.dp,

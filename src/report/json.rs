@@ -12,10 +12,10 @@
 
 use serde::Serialize;
 
+use crate::estimate::timeline::Components;
 use crate::estimate::Estimate;
-use crate::overhead::Overheads;
 use crate::report::Fit;
-use crate::timeline::Components;
+use crate::workload::overhead::Overheads;
 use crate::workload::Workload;
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -101,10 +101,10 @@ pub fn render(e: &Estimate, w: &Workload, ov: &Overheads, fit: Option<&Fit>) -> 
 /// per rank class with the same fields as a single-GPU document plus `name`, `stage`,
 /// `layers`, `ranks` and `model_states_bytes`.
 pub fn render_distributed(
-    d: &crate::parallel::DistributedEstimate,
+    d: &crate::distributed::DistributedEstimate,
     w: &Workload,
     ov: &Overheads,
-    layout: &crate::parallel::Layout,
+    layout: &crate::distributed::Layout,
     fit: Option<&Fit>,
 ) -> String {
     let doc_of = |e: &Estimate, f: Option<&Fit>| -> serde_json::Value {
@@ -149,10 +149,10 @@ pub fn render_distributed(
 
 /// `plan --json`.
 pub fn render_plan(
-    r: &crate::plan::PlanResult,
+    r: &crate::distributed::search::PlanResult,
     model: &str,
     gpu: &str,
-    capacity: crate::bytes::Bytes,
+    capacity: crate::units::bytes::Bytes,
 ) -> String {
     let v = serde_json::json!({
         "schema_version": SCHEMA_VERSION,

@@ -11,7 +11,7 @@ pub mod probe_svg;
 
 use serde::Serialize;
 
-use crate::bytes::Bytes;
+use crate::units::bytes::Bytes;
 
 /// Whether the peak fits a GPU's memory.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -1,7 +1,7 @@
 //! Probe report as Markdown: one table row per point, then the error summary.
 
-use crate::bytes::Bytes;
 use crate::calibration::{median_max_abs, CalibrationFile, Comparison};
+use crate::units::bytes::Bytes;
 
 fn pct(x: Option<f64>) -> String {
     x.map(|v| format!("{:+.2} %", v * 100.0))

@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 use llm_mem::estimate::estimate;
-use llm_mem::presets;
-use llm_mem::runconfig::RunConfig;
+use llm_mem::hf::presets;
+use llm_mem::workload::settings::RunConfig;
 
 const MAIN_ARGS: &[&str] = &[
     "estimate",

@@ -2,12 +2,12 @@
 //! search (Llama-3.1-70B LoRA, 8 × 80 GiB), on one core.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use llm_mem::bytes::{Bytes, GIB};
-use llm_mem::plan::{layouts, plan, Evaluator, PlanQuery};
-use llm_mem::runconfig::RunConfig;
+use llm_mem::distributed::search::{layouts, plan, Evaluator, PlanQuery};
+use llm_mem::units::bytes::{Bytes, GIB};
+use llm_mem::workload::settings::RunConfig;
 
 fn bench(c: &mut Criterion) {
-    let spec = llm_mem::presets::get("llama-3.1-70b").unwrap().unwrap();
+    let spec = llm_mem::hf::presets::get("llama-3.1-70b").unwrap().unwrap();
     let cfg = RunConfig {
         method: Some("lora".into()),
         seq_len: Some(4096),

@@ -1,0 +1,505 @@
+//! `ModelSpec`: the architecture of a dense decoder-only LM, as the estimator needs it.
+//!
+//! A spec is built from a HF `config.json` (see `config.rs`), a built-in preset (the
+//! same JSON, embedded) or a safetensors header (which adds the exact tensor list).
+//! Everything downstream — parameter counts, the activation ledger, the timeline — reads
+//! only this struct. Invariants (checked by `ModelSpec::validate`): every size is > 0,
+//! `heads % kv_heads == 0`, `head_dim * heads` need not equal `hidden` (Gemma, Qwen3).
+
+pub mod params;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::units::dtype::DType;
+
+/// The HF `model_type`s this version models exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+    Gemma,
+    Gemma2,
+    Phi3,
+    Gpt2,
+    GptNeox,
+    Falcon,
+    Stablelm,
+    Bloom,
+    GptBigcode,
+    Phi,
+    /// Qwen-1 (remote code, `QWenLMHeadModel`).
+    Qwen,
+}
+
+impl Family {
+    pub const ALL: [Family; 15] = [
+        Family::Llama,
+        Family::Mistral,
+        Family::Qwen2,
+        Family::Qwen3,
+        Family::Gemma,
+        Family::Gemma2,
+        Family::Phi3,
+        Family::Gpt2,
+        Family::GptNeox,
+        Family::Falcon,
+        Family::Stablelm,
+        Family::Bloom,
+        Family::GptBigcode,
+        Family::Phi,
+        Family::Qwen,
+    ];
+
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Gemma => "gemma",
+            Family::Gemma2 => "gemma2",
+            Family::Phi3 => "phi3",
+            Family::Gpt2 => "gpt2",
+            Family::GptNeox => "gpt_neox",
+            Family::Falcon => "falcon",
+            Family::Stablelm => "stablelm",
+            Family::Bloom => "bloom",
+            Family::GptBigcode => "gpt_bigcode",
+            Family::Phi => "phi",
+            Family::Qwen => "qwen",
+        }
+    }
+
+    pub fn from_model_type(s: &str) -> Option<Family> {
+        Family::ALL.into_iter().find(|f| f.model_type() == s)
+    }
+
+    pub fn supported_list() -> String {
+        Family::ALL.map(|f| f.model_type()).join(", ")
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad` honours width and alignment (`{:<12}` in tables)
+        f.pad(self.model_type())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// HF `*RMSNorm`: upcast to fp32, x * rsqrt(mean(x²) + eps), cast back, × weight.
+    /// `offset_one`: Gemma multiplies by (1 + weight) in fp32 before the cast.
+    RmsNorm { offset_one: bool },
+    /// `nn.LayerNorm` (weight, and bias when `bias`).
+    LayerNorm { bias: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Silu,
+    /// `gelu_new` / `gelu_fast`: the tanh approximation written as Python ops (GPT-2).
+    GeluNew,
+    /// exact `gelu` (one fused op).
+    Gelu,
+    /// `gelu_pytorch_tanh` (one fused op).
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    pub fn from_hf(s: &str) -> Option<Activation> {
+        Some(match s {
+            "silu" | "swish" => Activation::Silu,
+            "gelu_new" | "gelu_fast" | "gelu_python_tanh" => Activation::GeluNew,
+            "gelu" | "gelu_python" => Activation::Gelu,
+            "gelu_pytorch_tanh" | "gelu_tanh" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlpKind {
+    /// down(act(gate(x)) * up(x)); `fused_gate_up`: Phi-3's single gate_up_proj.
+    Gated { fused_gate_up: bool },
+    /// proj(act(fc(x))).
+    Plain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Positions {
+    /// Rotary embedding over the first `rotary_dim` channels of each head.
+    Rope {
+        rotary_dim: u64,
+    },
+    /// Learned absolute position embedding table (GPT-2 `wpe`).
+    Learned,
+    Alibi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Residual {
+    /// x + attn(norm1(x)); then + mlp(norm2(.)).
+    Sequential,
+    /// x + attn(norm_a(x)) + mlp(norm_m(x)); `shared_norm`: one norm feeds both (Falcon-7B).
+    Parallel { shared_norm: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Dropout {
+    pub embd: f64,
+    pub attn: f64,
+    pub resid: f64,
+}
+
+/// Quantization of a checkpoint as declared by `quantization_config` (GPTQ, bnb...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quantization {
+    pub method: String,
+    pub bits: u32,
+    /// Group size of the scales; `None` = one group per output row.
+    pub group_size: Option<u64>,
+}
+
+/// One tensor of a checkpoint (safetensors header).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+}
+
+impl TensorInfo {
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().product()
+    }
+    pub fn bytes(&self) -> u64 {
+        self.numel() * self.dtype.size()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Preset name, path or hub id it came from.
+    pub name: String,
+    pub family: Family,
+    pub hidden: u64,
+    pub layers: u64,
+    pub heads: u64,
+    pub kv_heads: u64,
+    pub head_dim: u64,
+    pub intermediate: u64,
+    pub vocab: u64,
+    pub max_positions: u64,
+    pub tie_embeddings: bool,
+    pub norm: NormKind,
+    pub act: Activation,
+    pub mlp: MlpKind,
+    /// One linear produces q, k and v (GPT-2 c_attn, GPT-NeoX/Falcon query_key_value,
+    /// Phi-3 qkv_proj).
+    pub fused_qkv: bool,
+    pub qkv_bias: bool,
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    /// Phi-1/2 give the output head a bias.
+    pub lm_head_bias: bool,
+    /// BLOOM normalises the embeddings (`word_embeddings_layernorm`).
+    pub embed_norm: bool,
+    /// Qwen3 q_norm / k_norm (RMSNorm over head_dim).
+    pub qk_norm: bool,
+    pub positions: Positions,
+    pub residual: Residual,
+    /// Gemma-2 sandwich norms (post-attention and pre/post-feedforward norms).
+    pub sandwich_norms: bool,
+    /// Gemma: embeddings multiplied by sqrt(hidden).
+    pub embed_scale: bool,
+    pub attn_softcap: Option<f64>,
+    pub final_softcap: Option<f64>,
+    pub sliding_window: Option<u64>,
+    pub dropout: Dropout,
+    /// dtype of the published checkpoint (`torch_dtype`), if known.
+    pub torch_dtype: Option<DType>,
+    pub quantization: Option<Quantization>,
+    /// Exact tensor list from safetensors headers, when available.
+    pub checkpoint: Option<Vec<TensorInfo>>,
+}
+
+/// A linear layer inside one decoder layer: what LoRA adapts and what saves its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearSpec {
+    /// peft module name (`q_proj`, `c_attn`, `query_key_value`, ...).
+    pub name: &'static str,
+    pub in_features: u64,
+    pub out_features: u64,
+    pub bias: bool,
+    pub role: LinearRole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinearRole {
+    Q,
+    K,
+    V,
+    Qkv,
+    O,
+    Gate,
+    Up,
+    GateUp,
+    Down,
+    /// The output head (vocab-parallel under tensor parallelism; never a LoRA target).
+    Head,
+}
+
+impl LinearRole {
+    pub fn is_attention(self) -> bool {
+        matches!(
+            self,
+            LinearRole::Q | LinearRole::K | LinearRole::V | LinearRole::Qkv | LinearRole::O
+        )
+    }
+}
+
+impl ModelSpec {
+    pub fn q_dim(&self) -> u64 {
+        self.heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> u64 {
+        self.kv_heads * self.head_dim
+    }
+
+    /// The linears of one decoder layer, in forward order, with peft's names.
+    pub fn layer_linears(&self) -> Vec<LinearSpec> {
+        use LinearRole::*;
+        let h = self.hidden;
+        let (qd, kvd, i) = (self.q_dim(), self.kv_dim(), self.intermediate);
+        let l = |name, in_features, out_features, bias, role| LinearSpec {
+            name,
+            in_features,
+            out_features,
+            bias,
+            role,
+        };
+        let mut v = Vec::new();
+        match self.family {
+            Family::Gpt2 | Family::GptBigcode | Family::Qwen => {
+                v.push(l("c_attn", h, qd + 2 * kvd, self.qkv_bias, Qkv));
+                v.push(l("c_proj", qd, h, self.o_bias, O));
+            }
+            Family::GptNeox | Family::Falcon | Family::Bloom => {
+                v.push(l("query_key_value", h, qd + 2 * kvd, self.qkv_bias, Qkv));
+                v.push(l("dense", qd, h, self.o_bias, O));
+            }
+            Family::Phi3 => {
+                v.push(l("qkv_proj", h, qd + 2 * kvd, self.qkv_bias, Qkv));
+                v.push(l("o_proj", qd, h, self.o_bias, O));
+            }
+            _ => {
+                v.push(l("q_proj", h, qd, self.qkv_bias, Q));
+                v.push(l("k_proj", h, kvd, self.qkv_bias, K));
+                v.push(l("v_proj", h, kvd, self.qkv_bias, V));
+                let o_name = if self.family == Family::Phi {
+                    "dense"
+                } else {
+                    "o_proj"
+                };
+                v.push(l(o_name, qd, h, self.o_bias, O));
+            }
+        }
+        match (self.family, self.mlp) {
+            (Family::Gpt2 | Family::GptBigcode, _) => {
+                v.push(l("c_fc", h, i, self.mlp_bias, Up));
+                v.push(l("c_proj", i, h, self.mlp_bias, Down));
+            }
+            (Family::Qwen, _) => {
+                // Qwen-1: c_proj(w1(x) * silu(w2(x))); `intermediate` is the MLP width
+                // (config.json's intermediate_size / 2).
+                v.push(l("w1", h, i, self.mlp_bias, Up));
+                v.push(l("w2", h, i, self.mlp_bias, Gate));
+                v.push(l("c_proj", i, h, self.mlp_bias, Down));
+            }
+            (Family::Phi, _) => {
+                v.push(l("fc1", h, i, self.mlp_bias, Up));
+                v.push(l("fc2", i, h, self.mlp_bias, Down));
+            }
+            (Family::GptNeox | Family::Falcon | Family::Bloom, _) => {
+                v.push(l("dense_h_to_4h", h, i, self.mlp_bias, Up));
+                v.push(l("dense_4h_to_h", i, h, self.mlp_bias, Down));
+            }
+            (
+                _,
+                MlpKind::Gated {
+                    fused_gate_up: true,
+                },
+            ) => {
+                v.push(l("gate_up_proj", h, 2 * i, self.mlp_bias, GateUp));
+                v.push(l("down_proj", i, h, self.mlp_bias, Down));
+            }
+            (
+                _,
+                MlpKind::Gated {
+                    fused_gate_up: false,
+                },
+            ) => {
+                v.push(l("gate_proj", h, i, self.mlp_bias, Gate));
+                v.push(l("up_proj", h, i, self.mlp_bias, Up));
+                v.push(l("down_proj", i, h, self.mlp_bias, Down));
+            }
+            (_, MlpKind::Plain) => {
+                v.push(l("up_proj", h, i, self.mlp_bias, Up));
+                v.push(l("down_proj", i, h, self.mlp_bias, Down));
+            }
+        }
+        v
+    }
+
+    /// Number of norms in one decoder layer (each with `hidden` weights).
+    pub fn norms_per_layer(&self) -> u64 {
+        let base = match self.residual {
+            Residual::Parallel { shared_norm: true } => 1,
+            _ => 2,
+        };
+        base + if self.sandwich_norms { 2 } else { 0 }
+    }
+
+    /// Check the invariants; the error names the field and the accepted values.
+    pub fn validate(&self) -> Result<()> {
+        let pos = |what: &'static str, v: u64| {
+            if v == 0 {
+                Err(Error::invalid(what, v, "an integer > 0"))
+            } else {
+                Ok(())
+            }
+        };
+        pos("hidden_size", self.hidden)?;
+        pos("num_hidden_layers", self.layers)?;
+        pos("num_attention_heads", self.heads)?;
+        pos("num_key_value_heads", self.kv_heads)?;
+        pos("head_dim", self.head_dim)?;
+        pos("intermediate_size", self.intermediate)?;
+        pos("vocab_size", self.vocab)?;
+        if self.heads % self.kv_heads != 0 {
+            return Err(Error::invalid(
+                "num_key_value_heads",
+                self.kv_heads,
+                format!("a divisor of num_attention_heads ({})", self.heads),
+            ));
+        }
+        if let Positions::Rope { rotary_dim } = self.positions {
+            if rotary_dim == 0 || rotary_dim > self.head_dim || rotary_dim % 2 != 0 {
+                return Err(Error::invalid(
+                    "rotary dimension",
+                    rotary_dim,
+                    format!("an even integer in 2..={}", self.head_dim),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy with another depth (`--layers`). Drops the checkpoint tensor list, which
+    /// no longer describes the model.
+    pub fn with_layers(&self, layers: u64) -> Result<ModelSpec> {
+        if layers == 0 || layers > crate::hf::config::MAX_LAYERS {
+            return Err(Error::invalid(
+                "--layers",
+                layers,
+                format!("an integer in 1..={}", crate::hf::config::MAX_LAYERS),
+            ));
+        }
+        let mut m = self.clone();
+        m.layers = layers;
+        m.checkpoint = None;
+        Ok(m)
+    }
+}
+
+/// Which linears LoRA adapts: `attn` (q, k, v, o; the fused qkv where the architecture
+/// has one), `all-linear` (peft's meaning: every linear in the decoder layers, never the
+/// output head) or an explicit list of peft module names (`q_proj,v_proj`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoraTargets {
+    Attn,
+    AllLinear,
+    Names(Vec<String>),
+}
+
+impl LoraTargets {
+    pub fn parse(s: &str) -> Result<LoraTargets> {
+        let t = s.trim();
+        match t {
+            "attn" => return Ok(LoraTargets::Attn),
+            "all-linear" | "all_linear" | "all" => return Ok(LoraTargets::AllLinear),
+            _ => {}
+        }
+        let names: Vec<String> = t
+            .split(',')
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty()
+            || names.iter().any(|n| {
+                !n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            })
+        {
+            return Err(Error::invalid(
+                "--lora-targets",
+                s,
+                "attn, all-linear, or a comma-separated list of module names such as q_proj,v_proj",
+            ));
+        }
+        Ok(LoraTargets::Names(names))
+    }
+
+    pub fn matches(&self, lin: &LinearSpec) -> bool {
+        match self {
+            LoraTargets::Attn => lin.role.is_attention(),
+            LoraTargets::AllLinear => lin.role != LinearRole::Head,
+            LoraTargets::Names(ns) => ns.iter().any(|n| n == lin.name),
+        }
+    }
+
+    /// Names that match no linear of `spec` are an error, never silently ignored.
+    pub fn check_against(&self, spec: &ModelSpec) -> Result<()> {
+        if let LoraTargets::Names(ns) = self {
+            let lins = spec.layer_linears();
+            for n in ns {
+                if !lins.iter().any(|l| l.name == n) {
+                    let accepted: Vec<&str> = lins.iter().map(|l| l.name).collect();
+                    return Err(Error::invalid(
+                        "LoRA target module",
+                        n,
+                        format!(
+                            "attn, all-linear, or modules of {}: {}",
+                            spec.family,
+                            accepted.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for LoraTargets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoraTargets::Attn => f.write_str("attn"),
+            LoraTargets::AllLinear => f.write_str("all-linear"),
+            LoraTargets::Names(ns) => f.write_str(&ns.join(",")),
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Exact parameter counts: what transformers instantiates for a [`ModelSpec`]
+//! (`sum(p.numel() for p in model.parameters())`, tied weights counted once), its
+//! breakdown, and the trainable parameters of LoRA adapters as peft creates them.
+//!
+//! Pure: no I/O. Sizes are bounded by `config.rs` (widths ≤ 2^20, layers ≤ 2^14), so
+//! the arithmetic cannot overflow for a parsed spec; checkpoint sums saturate.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::arch::{Family, LoraTargets, ModelSpec, NormKind, Positions, TensorInfo};
+
+/// Parameter counts of a model, split like `oracle/params.json` `breakdown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ParamCounts {
+    /// All parameters, tied weights counted once.
+    pub total: u64,
+    /// Token embedding table (`vocab × hidden`).
+    pub embedding: u64,
+    /// Output head (weight, plus bias on Phi-1/2); 0 when tied to the embedding.
+    pub lm_head: u64,
+    /// All decoder layers (`layers × per_layer`).
+    pub decoder_layers: u64,
+    /// One decoder layer: its linears (weights + biases), norms and q/k norms.
+    pub per_layer: u64,
+    /// Everything else: final norm, learned position table (GPT-2 `wpe`), BLOOM's
+    /// embedding LayerNorm.
+    pub other: u64,
+    /// Parameters of the largest single module (the embedding or output head, the
+    /// position table, or the largest linear with its bias) — DeepSpeed's
+    /// "largest layer", `largest_module_params` in params.json.
+    pub largest_module: u64,
+}
+
+/// Parameters of one norm of width `width` for the spec's norm kind.
+fn norm_params(spec: &ModelSpec, width: u64) -> u64 {
+    match spec.norm {
+        NormKind::RmsNorm { .. } | NormKind::LayerNorm { bias: false } => width,
+        NormKind::LayerNorm { bias: true } => 2 * width,
+    }
+}
+
+/// Parameters of the q/k norms of one layer, when `spec.qk_norm`:
+/// Qwen3 q_norm/k_norm are RMSNorm(head_dim) shared by all heads (2·head_dim);
+/// StableLM `qk_layernorm` is one bias-free LayerNorm(head_dim) per head
+/// ((heads + kv_heads)·head_dim); Phi `qk_layernorm` is LayerNorm(head_dim) with bias
+/// for q and for k (4·head_dim).
+fn qk_norm_params(spec: &ModelSpec) -> u64 {
+    if !spec.qk_norm {
+        return 0;
+    }
+    match spec.family {
+        Family::Stablelm => (spec.heads + spec.kv_heads) * spec.head_dim,
+        Family::Phi => 4 * spec.head_dim,
+        _ => 2 * spec.head_dim,
+    }
+}
+
+/// Parameters of one decoder layer: Σ linears (in·out + out when biased) + the layer's
+/// norms (`norms_per_layer()` × hidden, ×2 for LayerNorm with bias) + q/k norms.
+pub fn per_layer(spec: &ModelSpec) -> u64 {
+    let linears: u64 = spec
+        .layer_linears()
+        .iter()
+        .map(|l| l.in_features * l.out_features + if l.bias { l.out_features } else { 0 })
+        .sum();
+    linears + spec.norms_per_layer() * norm_params(spec, spec.hidden) + qk_norm_params(spec)
+}
+
+/// Exact parameter counts from the architecture, or from the checkpoint's tensor list
+/// when `spec.checkpoint` holds an unquantized one (see [`count_checkpoint`]; a stored
+/// copy of a tied output head is not counted twice). Quantized checkpoints (GPTQ/AWQ
+/// packed `qweight`, bitsandbytes) fall back to the architecture formula.
+///
+/// Architecture formula: embedding `vocab·hidden`; output head `vocab·hidden (+vocab
+/// bias)` unless tied; `layers ×` [`per_layer`]; other = final norm + learned positions
+/// (`max_positions·hidden`) + BLOOM's embedding norm. Matches the transformers module
+/// tree for every supported family (checked against params.json and published totals).
+pub fn count(spec: &ModelSpec) -> ParamCounts {
+    if let Some(tensors) = &spec.checkpoint {
+        if spec.quantization.is_none() && !is_quantized_checkpoint(tensors) {
+            if let Some(mut c) = count_checkpoint(tensors) {
+                // Some tied checkpoints also store `lm_head.weight`; transformers
+                // instantiates one shared parameter.
+                if spec.tie_embeddings && c.lm_head > 0 {
+                    c.total -= c.lm_head;
+                    c.lm_head = 0;
+                }
+                return c;
+            }
+        }
+    }
+    count_architecture(spec)
+}
+
+/// [`count`] ignoring any checkpoint: the formula only.
+pub fn count_architecture(spec: &ModelSpec) -> ParamCounts {
+    let h = spec.hidden;
+    let embedding = spec.vocab * h;
+    let head_module = embedding + if spec.lm_head_bias { spec.vocab } else { 0 };
+    let lm_head = if spec.tie_embeddings { 0 } else { head_module };
+    let per_layer = per_layer(spec);
+    let decoder_layers = spec.layers * per_layer;
+    let positions = match spec.positions {
+        Positions::Learned => spec.max_positions * h,
+        _ => 0,
+    };
+    let final_norm = norm_params(spec, h);
+    let embed_norm = if spec.embed_norm {
+        norm_params(spec, h)
+    } else {
+        0
+    };
+    let other = final_norm + positions + embed_norm;
+    let largest_linear = spec
+        .layer_linears()
+        .iter()
+        .map(|l| l.in_features * l.out_features + if l.bias { l.out_features } else { 0 })
+        .max()
+        .unwrap_or(0);
+    // A tied head shares the embedding's weight; only its own bias would differ.
+    let largest_module = embedding
+        .max(head_module)
+        .max(positions)
+        .max(largest_linear);
+    ParamCounts {
+        total: embedding + lm_head + decoder_layers + other,
+        embedding,
+        lm_head,
+        decoder_layers,
+        per_layer,
+        other,
+        largest_module,
+    }
+}
+
+/// Names of non-parameter buffers that some checkpoints store: rotary `inv_freq`,
+/// GPT-2's causal-mask `attn.bias` / `attn.masked_bias`.
+fn is_buffer(t: &TensorInfo) -> bool {
+    t.name.ends_with("inv_freq")
+        || t.name.ends_with("masked_bias")
+        || (t.name.ends_with("attn.bias") && t.shape.len() == 4)
+}
+
+/// A checkpoint whose tensors are packed quantized weights (GPTQ/AWQ `qweight`,
+/// bitsandbytes `absmax` / `quant_state`, ...): its numels are not parameter counts.
+pub fn is_quantized_checkpoint(tensors: &[TensorInfo]) -> bool {
+    tensors.iter().any(|t| {
+        let last = t.name.rsplit('.').next().unwrap_or("");
+        matches!(
+            last,
+            "qweight"
+                | "qzeros"
+                | "scales"
+                | "g_idx"
+                | "absmax"
+                | "quant_map"
+                | "SCB"
+                | "weight_scale"
+        ) || t.name.contains("quant_state")
+    })
+}
+
+/// The decoder-layer index of a tensor name (`model.layers.3.…`, `transformer.h.3.…`,
+/// `gpt_neox.layers.3.…`), if any.
+fn layer_index(name: &str) -> Option<u64> {
+    let parts: Vec<&str> = name.split('.').collect();
+    parts.windows(2).find_map(|w| match w[0] {
+        "layers" | "h" | "blocks" | "layer" => w[1].parse().ok(),
+        _ => None,
+    })
+}
+
+fn is_embedding(name: &str) -> bool {
+    [
+        "embed_tokens.weight",
+        "wte.weight",
+        "word_embeddings.weight",
+        "embed_in.weight",
+        "tok_embeddings.weight",
+    ]
+    .iter()
+    .any(|s| name.ends_with(s))
+}
+
+fn is_lm_head(name: &str) -> bool {
+    name.starts_with("lm_head.") || name.starts_with("embed_out.") || name == "output.weight"
+}
+
+/// Exact counts summed from a checkpoint's tensor list (safetensors headers), skipping
+/// stored buffers (`inv_freq`, GPT-2 causal masks). Embedding / output head / layer
+/// tensors are recognised by their HF names; `per_layer` is the decoder total divided
+/// by the number of distinct layer indices. `largest_module` sums the tensors of each
+/// module (name without its last component). `None` when no tensor is recognised as a
+/// decoder layer (the names are not a HF causal-LM layout).
+pub fn count_checkpoint(tensors: &[TensorInfo]) -> Option<ParamCounts> {
+    let mut c = ParamCounts::default();
+    let mut layers = BTreeSet::new();
+    let mut modules: BTreeMap<&str, u64> = BTreeMap::new();
+    for t in tensors.iter().filter(|t| !is_buffer(t)) {
+        let n = t.numel();
+        c.total = c.total.saturating_add(n);
+        if is_embedding(&t.name) {
+            c.embedding = c.embedding.saturating_add(n);
+        } else if is_lm_head(&t.name) {
+            c.lm_head = c.lm_head.saturating_add(n);
+        } else if let Some(i) = layer_index(&t.name) {
+            layers.insert(i);
+            c.decoder_layers = c.decoder_layers.saturating_add(n);
+        } else {
+            c.other = c.other.saturating_add(n);
+        }
+        let module = t.name.rsplit_once('.').map_or(t.name.as_str(), |(m, _)| m);
+        let e = modules.entry(module).or_default();
+        *e = e.saturating_add(n);
+    }
+    if layers.is_empty() {
+        return None;
+    }
+    c.per_layer = c.decoder_layers / layers.len() as u64;
+    c.largest_module = modules.values().copied().max().unwrap_or(0);
+    Some(c)
+}
+
+/// LoRA adapter size, as `peft.get_peft_model` creates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoraCount {
+    /// Trainable adapter parameters: Σ over adapted linears of r·in + out·r
+    /// (`lora_A` is r×in, `lora_B` is out×r; `bias="none"`).
+    pub trainable: u64,
+    /// Number of adapted linear modules over all layers.
+    pub adapted_modules: u64,
+}
+
+/// LoRA of rank `rank` on the decoder-layer linears matched by `targets` (never the
+/// output head, as peft's `all-linear`), over all layers. Unknown names in an explicit
+/// target list simply match nothing here; use `LoraTargets::check_against` first.
+pub fn lora(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> LoraCount {
+    let (per_layer, modules) = spec
+        .layer_linears()
+        .iter()
+        .filter(|l| targets.matches(l))
+        .fold((0u64, 0u64), |(p, m), l| {
+            (p + rank * (l.in_features + l.out_features), m + 1)
+        });
+    LoraCount {
+        trainable: spec.layers.saturating_mul(per_layer),
+        adapted_modules: spec.layers * modules,
+    }
+}
+
+/// Number of elements of all decoder-layer linear weights (Σ in·out × layers; biases,
+/// norms, embeddings and the output head excluded) — what QLoRA / bitsandbytes and
+/// GPTQ quantize when a model is loaded in 4 or 8 bits (transformers keeps `lm_head`
+/// in the compute dtype).
+pub fn linear_weight_params(spec: &ModelSpec) -> u64 {
+    let per_layer: u64 = spec
+        .layer_linears()
+        .iter()
+        .map(|l| l.in_features * l.out_features)
+        .sum();
+    spec.layers * per_layer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hf::config::parse_config;
+
+    #[test]
+    fn gpt2_small_breakdown() {
+        let j = r#"{"model_type":"gpt2","n_embd":768,"n_layer":12,"n_head":12,
+            "vocab_size":50257,"n_positions":1024}"#;
+        let c = count(&parse_config(j, "gpt2").unwrap());
+        assert_eq!(c.total, 124_439_808);
+        assert_eq!(c.per_layer, 7_087_872);
+        assert_eq!(c.other, 787_968);
+        assert_eq!(c.lm_head, 0);
+    }
+
+    #[test]
+    fn checkpoint_skips_buffers() {
+        use crate::units::dtype::DType;
+        let t = |name: &str, shape: &[u64]| TensorInfo {
+            name: name.into(),
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+        };
+        let ts = vec![
+            t("wte.weight", &[10, 4]),
+            t("h.0.attn.bias", &[1, 1, 8, 8]),
+            t("h.0.attn.c_attn.weight", &[4, 12]),
+            t("h.0.attn.c_attn.bias", &[12]),
+            t("h.1.attn.c_attn.weight", &[4, 12]),
+            t("h.1.attn.c_attn.bias", &[12]),
+            t("ln_f.weight", &[4]),
+        ];
+        let c = count_checkpoint(&ts).unwrap();
+        assert_eq!(c.total, 40 + 120 + 4);
+        assert_eq!(c.per_layer, 60);
+        assert_eq!(c.largest_module, 60);
+    }
+}

@@ -1,0 +1,3 @@
+//! The command-line glue of the binary (not part of the library).
+
+pub mod probe;

@@ -1,0 +1,920 @@
+//! Distributed layouts: the memory of every rank under data parallelism (DDP, DeepSpeed
+//! ZeRO 1/2/3, PyTorch FSDP), Megatron tensor / sequence / pipeline / context
+//! parallelism and the distributed optimizer.
+//!
+//! Each pipeline stage is one rank class: its [`RankView`] (the TP-sharded model, its
+//! layers, its share of model states, in-flight micro-batches, gathered buffers) runs
+//! through the same timeline as a single GPU. Pure: no I/O.
+//!
+//! Model states per rank, P = parameters this rank holds before data-parallel sharding
+//! (its stage, divided by tp), N = sharding degree (dp, or the FSDP hybrid group):
+//!
+//! | recipe | weights | gradients | master | optimizer |
+//! |---|---|---|---|---|
+//! | DDP / Megatron, pure half | 2P | 2P | – | states(P) |
+//! | Megatron mixed (`--master-weights`) | 2P | 4P (fp32 main_grad) | 4P | 8P; ÷N with `--distributed-optimizer` (18 B/param, or 6 + 12/N) |
+//! | DeepSpeed ZeRO-z, half + fp32 master | 2P (÷N at z3) | 2P half (÷N at z2, none at z3) + 4P/N fp32 | 4P/N | 8P/N (ZeRO-2: 2P + 18P/N) |
+//! | FSDP, fp32 sharded params (amp or master) | 4P/N | 4P/N | – | 8P/N |
+//! | FSDP, pure half | 2P/N | 2P/N | – | states/N |
+//!
+//! plus gathered buffers: ZeRO-3 keeps the largest module's half parameters and
+//! gradients (4 B × largest, DeepSpeed's `largest_layer_memory`) + its prefetch bucket;
+//! FSDP keeps the root unit (embedding, head, final norm) and two decoder-layer units
+//! unsharded in the compute dtype (current + prefetched), plus one unit's unsharded
+//! gradients during backward (`SHARD_GRAD_OP` keeps every unit unsharded between
+//! forward and backward). Offloading moves the optimizer side (and with
+//! `--offload-params` the parameters) to host memory.
+//!
+//! Activations: the ledger runs on the sharded model (heads, kv heads, intermediate and
+//! vocabulary ÷ tp; residual-stream tensors ÷ tp with sequence parallelism; tokens ÷ cp
+//! with context parallelism, plus ring-attention K/V buffers). Stage i of a 1F1B
+//! pipeline holds min(pp − i, m) micro-batches of activations; interleaved schedules
+//! (`--vpp v`) multiply by 1 + (pp − 1)/(pp·v) (Narayanan et al. 2021).
+
+pub mod search;
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::params;
+use crate::arch::{LinearRole, ModelSpec, Positions};
+use crate::error::{Error, Result};
+use crate::estimate::optimizer;
+use crate::estimate::weights;
+use crate::estimate::{self, Correction, Estimate, RankView, Statics};
+use crate::units::bytes::{Bytes, MIB};
+use crate::workload::overhead::Overheads;
+use crate::workload::{Attn, Method, Task, Workload};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsdpMode {
+    /// FULL_SHARD (ZeRO-3-like).
+    Full,
+    /// SHARD_GRAD_OP (ZeRO-2-like: parameters stay gathered between forward and backward).
+    GradOp,
+    /// HYBRID_SHARD: full sharding inside a group, replication across groups.
+    Hybrid,
+}
+
+impl std::str::FromStr for FsdpMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<FsdpMode> {
+        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "full" | "full-shard" => Ok(FsdpMode::Full),
+            "grad-op" | "shard-grad-op" => Ok(FsdpMode::GradOp),
+            "hybrid" | "hybrid-shard" => Ok(FsdpMode::Hybrid),
+            _ => Err(Error::invalid("--fsdp", s, "full, grad-op, hybrid")),
+        }
+    }
+}
+
+/// Communication buffers and framework knobs, explicit and overridable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Buffers {
+    /// NCCL's own buffers per process group of size > 1 (outside the allocator).
+    pub nccl_per_group: Bytes,
+    /// DeepSpeed `reduce_bucket_size` (elements; the gradient bucket, half precision).
+    pub zero_reduce_bucket: u64,
+    /// DeepSpeed `allgather_bucket_size` (elements; ZeRO-1/2 parameter all-gather).
+    pub zero_allgather_bucket: u64,
+    /// DeepSpeed `stage3_prefetch_bucket_size` (elements).
+    pub zero3_prefetch_bucket: u64,
+    /// DeepSpeed `stage3_max_live_parameters` (elements): cap on gathered parameters.
+    pub zero3_max_live_params: u64,
+    /// torch DDP `gradient_as_bucket_view`; false (the default) keeps a second copy of
+    /// the gradients in the reducer's buckets.
+    pub ddp_bucket_view: bool,
+    /// FSDP HYBRID_SHARD group size (default: min(dp, 8), one node).
+    pub fsdp_shard_group: Option<u64>,
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Buffers {
+            nccl_per_group: Bytes(128 * MIB),
+            zero_reduce_bucket: 500_000_000,
+            zero_allgather_bucket: 500_000_000,
+            zero3_prefetch_bucket: 50_000_000,
+            zero3_max_live_params: 1_000_000_000,
+            ddp_bucket_view: false,
+            fsdp_shard_group: None,
+        }
+    }
+}
+
+impl Buffers {
+    /// Every extra term off: what DeepSpeed's and Megatron's closed-form estimators
+    /// count.
+    pub fn none() -> Self {
+        Buffers {
+            nccl_per_group: Bytes(0),
+            zero_reduce_bucket: 0,
+            zero_allgather_bucket: 0,
+            zero3_prefetch_bucket: 0,
+            zero3_max_live_params: u64::MAX,
+            ddp_bucket_view: true,
+            fsdp_shard_group: None,
+        }
+    }
+}
+
+/// A parallel layout. Degrees multiply to the world size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Layout {
+    pub dp: u64,
+    pub tp: u64,
+    pub pp: u64,
+    pub cp: u64,
+    pub ep: u64,
+    /// Virtual pipeline stages per rank (interleaved 1F1B); 1 = plain 1F1B.
+    pub vpp: u64,
+    pub sequence_parallel: bool,
+    /// DeepSpeed ZeRO stage (0 = off).
+    pub zero: u8,
+    pub fsdp: Option<FsdpMode>,
+    /// 1 = FSDP1 flat parameters (padded to the shard count), 2 = FSDP2 per-parameter.
+    pub fsdp_version: u8,
+    pub offload_optimizer: bool,
+    pub offload_params: bool,
+    pub distributed_optimizer: bool,
+    /// Micro-batches per pipeline flush (default: --grad-accum).
+    pub micro_batches: Option<u64>,
+    /// Decoder layers per pipeline stage (uneven splits); default: even, remainder to
+    /// the middle stages.
+    pub pp_layers: Option<Vec<u64>>,
+    pub buffers: Buffers,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            dp: 1,
+            tp: 1,
+            pp: 1,
+            cp: 1,
+            ep: 1,
+            vpp: 1,
+            sequence_parallel: false,
+            zero: 0,
+            fsdp: None,
+            fsdp_version: 2,
+            offload_optimizer: false,
+            offload_params: false,
+            distributed_optimizer: false,
+            micro_batches: None,
+            pp_layers: None,
+            buffers: Buffers::default(),
+        }
+    }
+}
+
+impl Layout {
+    pub fn world(&self) -> u64 {
+        self.dp * self.tp * self.pp * self.cp
+    }
+
+    /// Whether anything beyond one plain GPU is asked for.
+    pub fn is_distributed(&self) -> bool {
+        self.world() > 1 || self.zero > 0 || self.fsdp.is_some() || self.distributed_optimizer
+    }
+
+    /// Ranks sharing (sharding) the model states.
+    pub fn shard_degree(&self) -> u64 {
+        match self.fsdp {
+            Some(FsdpMode::Hybrid) => self
+                .buffers
+                .fsdp_shard_group
+                .unwrap_or(self.dp.min(8))
+                .max(1),
+            _ => self.dp,
+        }
+    }
+
+    /// Decoder layers of each pipeline stage.
+    pub fn stage_layers(&self, layers: u64) -> Vec<u64> {
+        if let Some(v) = &self.pp_layers {
+            return v.clone();
+        }
+        let base = layers / self.pp;
+        let mut v = vec![base; self.pp as usize];
+        // the remainder goes to the middle stages, which hold neither embedding nor head
+        let mut rem = layers - base * self.pp;
+        let mut i = if self.pp > 2 { 1 } else { 0 };
+        while rem > 0 {
+            v[i] += 1;
+            rem -= 1;
+            i = (i + 1) % self.pp as usize;
+        }
+        v
+    }
+
+    /// Reject impossible layouts, naming the value and what is accepted.
+    pub fn validate(&self, spec: &ModelSpec, w: &Workload) -> Result<()> {
+        for (flag, v) in [
+            ("--dp", self.dp),
+            ("--tp", self.tp),
+            ("--pp", self.pp),
+            ("--cp", self.cp),
+            ("--ep", self.ep),
+            ("--vpp", self.vpp),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(flag, v, "an integer >= 1"));
+            }
+        }
+        let layout = |m: String| Err(Error::Layout(m));
+        if self.ep > 1 {
+            return layout(format!(
+                "--ep {} needs a mixture-of-experts model; {} is dense (MoE models come in a later version), use --ep 1",
+                self.ep, spec.name
+            ));
+        }
+        if w.runtime == crate::workload::Runtime::Candle && self.is_distributed() {
+            return layout("the candle runtime runs the probe on one device; use --runtime torch for distributed layouts".into());
+        }
+        if w.task != Task::Train {
+            let d = Layout::default();
+            let only_tp = self.pp == 1
+                && self.cp == 1
+                && self.zero == 0
+                && self.fsdp.is_none()
+                && !self.offload_optimizer
+                && !self.offload_params
+                && !self.distributed_optimizer
+                && !self.sequence_parallel
+                && self.vpp == d.vpp;
+            if !only_tp {
+                return layout(
+                    "serving (--task infer) models tensor parallelism (--tp) and independent replicas (--dp); \
+                     pipeline, context, ZeRO/FSDP and offload layouts are for training"
+                        .into(),
+                );
+            }
+        }
+        let t = self.tp;
+        if spec.heads % t != 0 {
+            return layout(format!(
+                "--tp {t} does not divide the {} attention heads of {}; use a divisor of {}",
+                spec.heads, spec.name, spec.heads
+            ));
+        }
+        if spec.kv_heads % t != 0 && t % spec.kv_heads != 0 {
+            return layout(format!(
+                "--tp {t} neither divides nor is a multiple of the {} key/value heads of {}",
+                spec.kv_heads, spec.name
+            ));
+        }
+        if spec.intermediate % t != 0 {
+            return layout(format!(
+                "--tp {t} does not divide the MLP width {} of {}",
+                spec.intermediate, spec.name
+            ));
+        }
+        if self.sequence_parallel && t == 1 {
+            return layout("--sequence-parallel needs --tp > 1".into());
+        }
+        if self.pp > spec.layers {
+            return layout(format!(
+                "--pp {} exceeds the {} decoder layers of {}",
+                self.pp, spec.layers, spec.name
+            ));
+        }
+        if let Some(v) = &self.pp_layers {
+            if v.len() as u64 != self.pp || v.iter().sum::<u64>() != spec.layers || v.contains(&0) {
+                return layout(format!(
+                    "--pp-layers {:?} must list {} stages of >= 1 layer summing to {}",
+                    v, self.pp, spec.layers
+                ));
+            }
+        }
+        if self.vpp > 1 && (self.pp == 1 || spec.layers % (self.pp * self.vpp) != 0) {
+            return layout(format!(
+                "--vpp {} needs --pp > 1 and layers ({}) divisible by pp × vpp ({})",
+                self.vpp,
+                spec.layers,
+                self.pp * self.vpp
+            ));
+        }
+        if self.cp > 1 {
+            if w.seq_len % (2 * self.cp) != 0 {
+                return layout(format!(
+                    "--cp {} needs --seq-len ({}) divisible by 2 × cp",
+                    self.cp, w.seq_len
+                ));
+            }
+            if w.attn == Attn::Eager {
+                return layout(
+                    "--cp > 1 runs ring attention on flash/SDPA kernels; use --attn sdpa or flash"
+                        .into(),
+                );
+            }
+        }
+        if self.zero > 3 {
+            return Err(Error::invalid("--zero", self.zero, "0, 1, 2, 3"));
+        }
+        if self.zero > 0 && self.fsdp.is_some() {
+            return layout(
+                "--zero and --fsdp are two implementations of the same sharding; pick one".into(),
+            );
+        }
+        if self.zero >= 2 && self.pp > 1 {
+            return layout(format!("DeepSpeed supports pipeline parallelism only with ZeRO stage 0 or 1 (got --zero {})", self.zero));
+        }
+        if self.distributed_optimizer && (self.zero > 0 || self.fsdp.is_some()) {
+            return layout("--distributed-optimizer is Megatron's optimizer sharding; do not combine it with --zero or --fsdp".into());
+        }
+        if self.offload_params && self.zero != 3 && self.fsdp.is_none() {
+            return layout("--offload-params needs --zero 3 or --fsdp".into());
+        }
+        if self.offload_optimizer && self.zero == 0 {
+            return layout(if self.fsdp.is_some() {
+                "FSDP offloads parameters, gradients and optimizer together: use --offload-params"
+                    .into()
+            } else {
+                "--offload-optimizer needs --zero 1, 2 or 3".into()
+            });
+        }
+        if let Some(FsdpMode::Hybrid) = self.fsdp {
+            let g = self.shard_degree();
+            if self.dp % g != 0 {
+                return layout(format!(
+                    "FSDP hybrid shard group {g} does not divide --dp {}",
+                    self.dp
+                ));
+            }
+        }
+        if !(1..=2).contains(&self.fsdp_version) {
+            return Err(Error::invalid(
+                "--fsdp-version",
+                self.fsdp_version,
+                "1 (flat parameters) or 2 (per-parameter)",
+            ));
+        }
+        if let Some(m) = self.micro_batches {
+            if m == 0 {
+                return Err(Error::invalid("--micro-batches", m, "an integer >= 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One rank class (a pipeline stage) of a distributed estimate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RankClass {
+    /// e.g. "stage 0 (first)", or "every rank" without pipelining.
+    pub name: String,
+    pub stage: u64,
+    pub layers: u64,
+    /// Ranks in this class (dp × tp × cp).
+    pub ranks: u64,
+    /// Weights + gradients + optimizer state + master weights in steady state, plus
+    /// ZeRO-3 / FSDP gathered parameter buffers.
+    pub model_states_bytes: Bytes,
+    pub estimate: Estimate,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DistributedEstimate {
+    pub world: u64,
+    pub per_rank: Vec<RankClass>,
+    /// Index into `per_rank` of the rank with the highest device memory.
+    pub worst_rank: usize,
+    pub warnings: Vec<String>,
+}
+
+impl DistributedEstimate {
+    pub fn worst(&self) -> &RankClass {
+        &self.per_rank[self.worst_rank]
+    }
+}
+
+/// The model as one tensor-parallel rank computes it.
+pub fn tp_local(spec: &ModelSpec, tp: u64, layers: u64) -> ModelSpec {
+    let mut m = spec.clone();
+    m.checkpoint = None;
+    m.heads = spec.heads / tp;
+    m.kv_heads = (spec.kv_heads / tp).max(1);
+    m.intermediate = spec.intermediate / tp;
+    m.vocab = spec.vocab.div_ceil(tp);
+    m.layers = layers;
+    m
+}
+
+/// One tensor-parallel rank's weight bytes, split by where they live.
+struct WeightSplit {
+    per_layer: u64,
+    embedding: u64,
+    head: u64,
+    /// Learned positions and BLOOM's embedding norm (first stage).
+    first_extra: u64,
+    /// Final norm (last stage).
+    final_norm: u64,
+}
+
+fn weight_split(local: &ModelSpec, w: &Workload) -> Result<WeightSplit> {
+    let one = ModelSpec {
+        layers: 1,
+        ..local.clone()
+    };
+    let two = ModelSpec {
+        layers: 2,
+        ..local.clone()
+    };
+    let w1 = weights::weight_bytes(&one, w, 0)?.base;
+    let w2 = weights::weight_bytes(&two, w, 0)?.base;
+    let per_layer = w2 - w1;
+    let c = params::count(&one);
+    // non-layer tensors stay in the parameter dtype (bf16 for fp8 / quantized runs)
+    let rest = match w.precision.param_dtype().size() {
+        1 => 2,
+        s => s,
+    };
+    let positions = if matches!(local.positions, Positions::Learned) {
+        local.max_positions * local.hidden
+    } else {
+        0
+    };
+    let embed_norm = if local.embed_norm {
+        c.other.saturating_sub(positions) / 2
+    } else {
+        0
+    };
+    Ok(WeightSplit {
+        per_layer,
+        embedding: c.embedding * rest,
+        // a tied head's copy (pipelined) is embedding-sized
+        head: c
+            .lm_head
+            .max(if local.tie_embeddings { c.embedding } else { 0 })
+            * rest,
+        first_extra: (positions + embed_norm) * rest,
+        final_norm: (c.other - positions - embed_norm) * rest,
+    })
+}
+
+/// Estimate every rank class of `layout`.
+pub fn estimate_layout(
+    spec: &ModelSpec,
+    w: &Workload,
+    ov: &Overheads,
+    layout: &Layout,
+    corr: &Correction,
+) -> Result<DistributedEstimate> {
+    spec.validate()?;
+    w.validate(spec)?;
+    layout.validate(spec, w)?;
+    let stages = layout.stage_layers(spec.layers);
+    let pp = layout.pp;
+    let m = layout.micro_batches.unwrap_or(w.grad_accum).max(1);
+    let mut warnings = Vec::new();
+    if pp > 1 && m < pp {
+        warnings.push(format!(
+            "{m} micro-batches per flush with {pp} pipeline stages leaves the pipeline mostly idle; use --micro-batches >= {pp}"
+        ));
+    }
+    let ranks_per_stage = layout.dp * layout.tp * layout.cp;
+    let mut per_rank = Vec::with_capacity(stages.len());
+    if w.task != Task::Train {
+        // serving: every rank holds 1/tp of each layer, its KV heads and vocabulary
+        let view = RankView {
+            local: tp_local(spec, layout.tp, spec.layers),
+            has_embedding: true,
+            has_head: true,
+            sp_div: 1,
+            seq_local: w.seq_len,
+            statics: Statics::default(),
+            inflight_microbatches: 1.0,
+            gathered_fwd: 0,
+            gathered_bwd: 0,
+            optimizer_extra: 0,
+            in_allocator_extra: 0,
+            // replicas do not talk to each other: only the tensor-parallel group
+            outside_extra: if layout.tp > 1 {
+                layout.buffers.nccl_per_group.get()
+            } else {
+                0
+            },
+            params_trainable: 0,
+        };
+        let e = estimate::simulate(spec, w, ov, corr, Some(&view))?;
+        let ms = e.components_at_peak.weights.get();
+        return Ok(DistributedEstimate {
+            world: layout.world(),
+            per_rank: vec![RankClass {
+                name: "every rank".into(),
+                stage: 0,
+                layers: spec.layers,
+                ranks: layout.dp * layout.tp,
+                model_states_bytes: Bytes(ms),
+                estimate: e,
+            }],
+            worst_rank: 0,
+            warnings,
+        });
+    }
+    for (i, &layers) in stages.iter().enumerate() {
+        let i = i as u64;
+        let view = rank_view(spec, w, layout, i, layers, m)?;
+        let ms = model_states(&view);
+        let mut e = estimate::simulate(spec, w, ov, corr, Some(&view))?;
+        e.warnings.extend(warnings.iter().cloned());
+        let name = match (pp, i) {
+            (1, _) => "every rank".to_string(),
+            (_, 0) => "stage 0 (first)".to_string(),
+            (_, s) if s + 1 == pp => format!("stage {s} (last)"),
+            (_, s) => format!("stage {s}"),
+        };
+        per_rank.push(RankClass {
+            name,
+            stage: i,
+            layers,
+            ranks: ranks_per_stage,
+            model_states_bytes: Bytes(ms),
+            estimate: e,
+        });
+    }
+    let worst_rank = per_rank
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, r)| (r.estimate.peak.device, std::cmp::Reverse(*i)))
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    Ok(DistributedEstimate {
+        world: layout.world(),
+        per_rank,
+        worst_rank,
+        warnings,
+    })
+}
+
+/// Steady-state model states of a rank: weights + resident gradients + optimizer
+/// state + master weights + gathered parameter buffers (ZeRO-3 / FSDP).
+fn model_states(v: &RankView) -> u64 {
+    let s = &v.statics;
+    let grads = v.local.layers * s.grad_layer + s.grad_head + s.grad_embedding + s.grad_other;
+    s.weights + grads + s.optimizer_state + s.master_weights + v.gathered_fwd.min(v.gathered_bwd)
+}
+
+/// The view of pipeline stage `stage` (with `layers` decoder layers).
+pub fn rank_view(
+    spec: &ModelSpec,
+    w: &Workload,
+    layout: &Layout,
+    stage: u64,
+    layers: u64,
+    micro_batches: u64,
+) -> Result<RankView> {
+    let pp = layout.pp;
+    let first = stage == 0;
+    let last = stage + 1 == pp;
+    let local = tp_local(spec, layout.tp, layers);
+    let counts = params::count(&ModelSpec {
+        layers: 1,
+        ..local.clone()
+    });
+    let full = w.method == Method::Full;
+
+    // parameters this rank holds before data-parallel sharding
+    let positions = if matches!(spec.positions, Positions::Learned) {
+        spec.max_positions * spec.hidden
+    } else {
+        0
+    };
+    let embed_norm = if spec.embed_norm {
+        counts.other.saturating_sub(positions) / 2
+    } else {
+        0
+    };
+    let final_norm = counts.other - positions - embed_norm;
+    // tied weights: one copy without pipelining; the last stage keeps its own copy
+    // of the embedding as the head with pipelining (Megatron's shared embedding)
+    let head_params = match (spec.tie_embeddings, pp) {
+        (true, 1) => 0,
+        (true, _) => counts.embedding,
+        (false, _) => counts.lm_head,
+    };
+    let p_layer = counts.per_layer;
+    let p_emb = if first {
+        counts.embedding + positions + embed_norm
+    } else {
+        0
+    };
+    let p_head = if last { head_params } else { 0 };
+    let p_other = if last { final_norm } else { 0 };
+    let p_stage = layers * p_layer + p_emb + p_head + p_other;
+
+    let ws = weight_split(&local, w)?;
+    let weights_stage = layers * ws.per_layer
+        + if first {
+            ws.embedding + ws.first_extra
+        } else {
+            0
+        }
+        + if last {
+            ws.final_norm + if head_params > 0 { ws.head } else { 0 }
+        } else {
+            0
+        };
+
+    // trainable parameters on this rank
+    let lora_local = estimate::lora_trainable(&local, w);
+    let t_layer = if full {
+        p_layer
+    } else {
+        lora_local / layers.max(1)
+    };
+    let trainable = if full { p_stage } else { lora_local };
+
+    // element sizes
+    let pd = w.precision.param_dtype().size();
+    let mixed = w.master_weights || w.precision.is_amp();
+    let (_, state_size, mut shapes) = estimate::optimizer_shapes(&local, w);
+    if full {
+        // the optimizer's tensors of this stage only: its layers' tensors, the
+        // embedding side on the first stage, the head side on the last
+        shapes.retain(|s| s.count == layers && s.count > 0);
+        if layers == 1 {
+            // count == 1 cannot tell a layer tensor from the rest: rebuild the layer set
+            shapes = optimizer::layer_shapes(&local);
+        }
+        let mut vectors = Vec::new();
+        // the embedding table (first stage) and the head (last): a vocab × hidden matrix
+        // plus whatever else rides along (positions, embedding norm, head bias)
+        for p in [p_emb, p_head] {
+            if p > 0 {
+                vectors.push(optimizer::Shape {
+                    rows: local.vocab,
+                    cols: local.hidden,
+                    count: 1,
+                });
+                if p > counts.embedding {
+                    vectors.push(optimizer::Shape {
+                        rows: p - counts.embedding,
+                        cols: 1,
+                        count: 1,
+                    });
+                }
+            }
+        }
+        if p_other > 0 {
+            vectors.push(optimizer::Shape {
+                rows: p_other,
+                cols: 1,
+                count: 1,
+            });
+        }
+        shapes.extend(vectors);
+    }
+    let n = layout.shard_degree() as f64;
+    let div = |b: u64, by: f64| (b as f64 / by).round() as u64;
+    let zero = layout.zero;
+    let fsdp = layout.fsdp;
+    let offload_opt = layout.offload_optimizer;
+    let offload_params = layout.offload_params;
+    let lora_grad = 4; // peft adapters are fp32
+    let compute = w.precision.compute_dtype().size();
+
+    // optimizer state in the optimizer's element size (fp32 with master weights)
+    let ds_state = if zero > 0 && full && pd == 2 {
+        4
+    } else {
+        state_size
+    };
+    let states = optimizer::state_bytes(w.optimizer, &shapes, ds_state);
+    let step_temp = optimizer::step_temporaries(w.optimizer, &shapes, ds_state);
+
+    let frozen_weights = if full { 0 } else { weights_stage };
+    let train_bytes_pd = if full { weights_stage } else { trainable * 4 };
+    let grad_el = if full { pd } else { lora_grad };
+
+    let mut st = Statics::default();
+    let mut gathered_fwd = 0u64;
+    let mut gathered_bwd = 0u64;
+    let mut optimizer_extra = 0u64;
+    let mut in_alloc = 0u64;
+    // (resident gradient bytes per layer, of the rest)
+    let (grad_layer_b, grad_rest_b);
+    let rest_params = trainable.saturating_sub(layers * t_layer);
+
+    if zero > 0 {
+        // DeepSpeed: half parameters, half gradients, and an fp32 optimizer partition
+        // (master + states + fp32 gradients) when training in half precision
+        let ds_mixed = full && pd == 2;
+        let weights = if zero == 3 {
+            if offload_params {
+                0
+            } else {
+                div(train_bytes_pd, n) + frozen_weights.min(div(frozen_weights, n))
+            }
+        } else {
+            train_bytes_pd + frozen_weights
+        };
+        st.weights = weights;
+        let half_grad = |t: u64| -> u64 {
+            if offload_opt {
+                return 0;
+            }
+            match zero {
+                1 => t * grad_el,
+                2 => div(t * grad_el, n),
+                _ => 0,
+            }
+        };
+        let fp32_grad = |t: u64| {
+            if ds_mixed && !offload_opt {
+                div(t * 4, n)
+            } else {
+                0
+            }
+        };
+        grad_layer_b = half_grad(t_layer) + fp32_grad(t_layer);
+        grad_rest_b = half_grad(rest_params) + fp32_grad(rest_params);
+        st.master_weights = if ds_mixed && !offload_opt {
+            div(trainable * 4, n)
+        } else {
+            0
+        };
+        st.optimizer_state = if offload_opt { 0 } else { div(states, n) };
+        st.optimizer_step_temp = if offload_opt { 0 } else { div(step_temp, n) };
+        let half = 2u64;
+        if zero == 3 {
+            // largest module gathered: half parameters + half gradients, plus prefetch
+            let largest = largest_module(&local, first, last);
+            let live = (largest + layout.buffers.zero3_prefetch_bucket)
+                .min(layout.buffers.zero3_max_live_params.max(largest));
+            gathered_fwd = live * half + largest * half;
+            gathered_bwd = gathered_fwd + layout.buffers.zero_reduce_bucket * half;
+        } else {
+            gathered_bwd = layout.buffers.zero_reduce_bucket * half;
+            optimizer_extra = layout.buffers.zero_allgather_bucket * half;
+        }
+    } else if let Some(mode) = fsdp {
+        // FSDP shards parameters, gradients and optimizer state over the shard group;
+        // with mixed precision the sharded parameters are fp32 (they are the master)
+        let shard_el = if full && mixed { 4 } else { grad_el };
+        let train_shard = if full {
+            div(p_stage * shard_el, n)
+        } else {
+            div(trainable * 4, n)
+        };
+        st.weights = if offload_params {
+            0
+        } else {
+            train_shard + div(frozen_weights, n)
+        };
+        let g = |t: u64| {
+            if offload_params {
+                0
+            } else {
+                div(t * shard_el, n)
+            }
+        };
+        grad_layer_b = g(t_layer);
+        grad_rest_b = g(rest_params);
+        st.optimizer_state = if offload_params { 0 } else { div(states, n) };
+        st.optimizer_step_temp = if offload_params { 0 } else { div(step_temp, n) };
+        // unsharded units in the compute dtype
+        let unit = p_layer * compute;
+        let root = (p_emb + p_head + p_other) * compute;
+        let pad = if layout.fsdp_version == 1 {
+            (n as u64) * compute * 2
+        } else {
+            0
+        };
+        match mode {
+            FsdpMode::GradOp => {
+                gathered_fwd = p_stage * compute;
+                gathered_bwd = p_stage * compute + if full { unit } else { 0 };
+            }
+            FsdpMode::Full | FsdpMode::Hybrid => {
+                gathered_fwd = root + 2 * (unit + pad);
+                gathered_bwd = root + 2 * (unit + pad) + if full { unit } else { 0 };
+            }
+        }
+    } else {
+        // DDP / Megatron: everything replicated over data-parallel ranks
+        st.weights = train_bytes_pd + frozen_weights;
+        let main_grad = if full && w.master_weights { 4 } else { grad_el };
+        grad_layer_b = t_layer * main_grad;
+        grad_rest_b = rest_params * main_grad;
+        let d = if layout.distributed_optimizer {
+            layout.dp as f64
+        } else {
+            1.0
+        };
+        st.master_weights = if full && w.master_weights {
+            div(trainable * 4, d)
+        } else {
+            0
+        };
+        let st_size = if full && w.master_weights {
+            4
+        } else {
+            state_size
+        };
+        st.optimizer_state = div(optimizer::state_bytes(w.optimizer, &shapes, st_size), d);
+        st.optimizer_step_temp = div(
+            optimizer::step_temporaries(w.optimizer, &shapes, st_size),
+            d,
+        );
+        let megatron = layout.tp > 1 || layout.pp > 1 || layout.distributed_optimizer;
+        if layout.dp > 1 && !megatron && !layout.buffers.ddp_bucket_view {
+            // torch DDP reducer buckets: a second copy of the gradients
+            in_alloc += layers * grad_layer_b + grad_rest_b;
+        }
+    }
+    st.grad_layer = grad_layer_b;
+    // the rest of the trainable parameters (embedding, head, final norm, positions)
+    let rest_share = |p: u64| {
+        if rest_params == 0 {
+            0
+        } else {
+            (grad_rest_b as f64 * p as f64 / rest_params as f64).round() as u64
+        }
+    };
+    if full {
+        st.grad_embedding = rest_share(p_emb);
+        st.grad_head = rest_share(p_head);
+        st.grad_other = grad_rest_b - st.grad_embedding - st.grad_head;
+    } else {
+        st.grad_other = grad_rest_b;
+    }
+
+    // context parallelism: ring attention holds two K/V chunks in flight
+    let seq_local = w.seq_len / layout.cp;
+    if layout.cp > 1 {
+        let kv = 2 * 2 * w.batch * seq_local * local.kv_dim() * compute;
+        gathered_fwd += kv;
+        gathered_bwd += 2 * kv;
+    }
+    let inflight = if pp > 1 {
+        let k = micro_batches.min(pp - stage) as f64;
+        if layout.vpp > 1 {
+            k * (1.0 + (pp as f64 - 1.0) / (pp as f64 * layout.vpp as f64))
+        } else {
+            k
+        }
+    } else {
+        1.0
+    };
+    let groups = [layout.dp, layout.tp, layout.pp, layout.cp]
+        .iter()
+        .filter(|&&d| d > 1)
+        .count() as u64;
+    Ok(RankView {
+        local,
+        has_embedding: first,
+        has_head: last,
+        sp_div: if layout.sequence_parallel {
+            layout.tp
+        } else {
+            1
+        },
+        seq_local,
+        statics: st,
+        inflight_microbatches: inflight,
+        gathered_fwd,
+        gathered_bwd,
+        optimizer_extra,
+        in_allocator_extra: in_alloc,
+        outside_extra: groups * layout.buffers.nccl_per_group.get(),
+        params_trainable: trainable,
+    })
+}
+
+/// Parameters of the largest single module a rank gathers (ZeRO-3).
+fn largest_module(local: &ModelSpec, first: bool, last: bool) -> u64 {
+    let lin = local
+        .layer_linears()
+        .iter()
+        .filter(|l| l.role != LinearRole::Head)
+        .map(|l| l.in_features * l.out_features + if l.bias { l.out_features } else { 0 })
+        .max()
+        .unwrap_or(0);
+    let emb = if first || last {
+        local.vocab * local.hidden
+    } else {
+        0
+    };
+    lin.max(emb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn even_split_puts_the_remainder_in_the_middle() {
+        let l = Layout {
+            pp: 4,
+            ..Layout::default()
+        };
+        assert_eq!(l.stage_layers(30), vec![7, 8, 8, 7]);
+        let l = Layout {
+            pp: 2,
+            ..Layout::default()
+        };
+        assert_eq!(l.stage_layers(5), vec![3, 2]);
+    }
+}

@@ -1,0 +1,551 @@
+//! The estimator: model + workload + overheads → per-GPU memory, by simulating the step.
+//!
+//! Pure: no I/O. `estimate()` validates its inputs, computes exact parameter counts
+//! (`params`), static bytes (`weights`, `optimizer`), the activation ledger
+//! (`activations`), then runs the timeline (`timeline`) and reports the peak event with
+//! its breakdown.
+
+pub mod optimizer;
+pub mod timeline;
+pub mod weights;
+
+use serde::Serialize;
+
+use crate::arch::params;
+use crate::arch::ModelSpec;
+use crate::error::Result;
+use crate::runtime::torch::{self, Activations, LedgerParams, LedgerTensor, Trainable};
+use crate::units::bytes::Bytes;
+use crate::units::dtype::DType;
+use crate::workload::overhead::Overheads;
+use crate::workload::{Device, Method, Task, Workload};
+use timeline::{Components, Event, EventOverheads, InferPlan, Phase, Recorder, TrainPlan};
+
+/// Parameter counts of the run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelSummary {
+    pub name: String,
+    pub family: String,
+    pub layers: u64,
+    pub hidden: u64,
+    pub params_total: u64,
+    pub params_trainable: u64,
+}
+
+/// The moment of the peak.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Peak {
+    /// Framework-allocated bytes at the peak (`torch.cuda.max_memory_allocated`).
+    pub allocated: Bytes,
+    /// With allocator caching slack (`max_memory_reserved`).
+    pub reserved: Bytes,
+    /// Device memory in use: reserved + CUDA context + NCCL (what `nvidia-smi` shows);
+    /// equal to the sum of `components_at_peak`.
+    pub device: Bytes,
+    pub phase: Phase,
+    pub event: String,
+}
+
+/// Activation summary (the ledger's headline numbers).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActivationSummary {
+    /// Bytes one decoder layer keeps alive from its forward until its backward.
+    pub per_layer_bytes: u64,
+    /// The rest kept until backward: embedding side, final norm, head input, loss
+    /// tensors (and a frozen first layer's difference).
+    pub non_layer_bytes: u64,
+    /// All activations kept at the end of forward.
+    pub total_bytes: u64,
+    /// The tensors of one decoder layer's forward.
+    #[serde(skip)]
+    pub layer_tensors: Vec<LedgerTensor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Estimate {
+    pub model: ModelSummary,
+    pub peak: Peak,
+    pub components_at_peak: Components,
+    pub activations: ActivationSummary,
+    pub timeline: Vec<Event>,
+    /// Things the user should know (e.g. a sequence beyond the model's context).
+    pub warnings: Vec<String>,
+}
+
+fn ledger_params(
+    w: &Workload,
+    trainable: Trainable,
+    seq: u64,
+    kv_len: u64,
+    batch: u64,
+) -> LedgerParams {
+    LedgerParams {
+        sp_div: 1,
+        param_grad_size: if w.master_weights {
+            4
+        } else {
+            w.precision.param_dtype().size()
+        },
+        batch,
+        seq,
+        kv_len,
+        precision: w.precision,
+        attn: w.attn,
+        grad_ckpt: w.grad_ckpt,
+        device: w.device,
+        trainable,
+        loss: w.loss,
+    }
+}
+
+/// An empirical correction fitted by `probe calibrate`: activation-class bytes
+/// (saved activations, in-flight temporaries, logits) are multiplied by
+/// `activation_scale` (α) and `extra_overhead` (β) is added to the allocator's share.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Correction {
+    pub activation_scale: f64,
+    pub extra_overhead: Bytes,
+}
+
+impl Correction {
+    pub const IDENTITY: Correction = Correction {
+        activation_scale: 1.0,
+        extra_overhead: Bytes(0),
+    };
+}
+
+/// Estimate the per-GPU memory of `w` on `spec` (single device, no parallelism).
+pub fn estimate(spec: &ModelSpec, w: &Workload, ov: &Overheads) -> Result<Estimate> {
+    estimate_corrected(spec, w, ov, &Correction::IDENTITY)
+}
+
+fn scale(b: u64, f: f64) -> u64 {
+    if f == 1.0 {
+        b
+    } else {
+        (b as f64 * f).round().max(0.0) as u64
+    }
+}
+
+/// Resident bytes of one rank that do not depend on the activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Statics {
+    pub weights: u64,
+    pub master_weights: u64,
+    pub optimizer_state: u64,
+    pub optimizer_step_temp: u64,
+    /// Resident gradients per decoder layer / head / embedding / the rest.
+    pub grad_layer: u64,
+    pub grad_head: u64,
+    pub grad_embedding: u64,
+    pub grad_other: u64,
+}
+
+/// How one rank sees a training step: its share of the model and of the batch. A
+/// single GPU is the one-rank case ([`RankView::single`]); `parallel.rs` builds one per
+/// pipeline stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankView {
+    /// The model as this rank computes it: heads, kv heads, intermediate size and
+    /// vocabulary divided by the tensor-parallel degree, `layers` = its stage's layers.
+    pub local: ModelSpec,
+    pub has_embedding: bool,
+    pub has_head: bool,
+    /// Sequence-parallel split of the residual stream (1 = off).
+    pub sp_div: u64,
+    /// Tokens per sequence this rank holds (seq_len / context-parallel degree).
+    pub seq_local: u64,
+    pub statics: Statics,
+    /// Micro-batches whose activations this stage holds at once (pipeline schedules;
+    /// 1 without pipelining). Fractional for interleaved schedules.
+    pub inflight_microbatches: f64,
+    pub gathered_fwd: u64,
+    pub gathered_bwd: u64,
+    pub optimizer_extra: u64,
+    /// Persistent buffers in the allocator (gradient buckets) / outside it (NCCL).
+    pub in_allocator_extra: u64,
+    pub outside_extra: u64,
+    /// Trainable parameters held by this rank before data-parallel sharding.
+    pub params_trainable: u64,
+}
+
+impl RankView {
+    /// The whole model on one GPU.
+    pub fn single(spec: &ModelSpec, w: &Workload) -> Result<RankView> {
+        let counts = params::count(spec);
+        let lora_trainable = lora_trainable(spec, w);
+        let wb = weights::weight_bytes(spec, w, lora_trainable)?;
+        let full = w.method == Method::Full;
+        let params_trainable = if full { counts.total } else { lora_trainable };
+        let (grad_size, state_size, shapes) = optimizer_shapes(spec, w);
+        Ok(RankView {
+            local: spec.clone(),
+            has_embedding: true,
+            has_head: true,
+            sp_div: 1,
+            seq_local: w.seq_len,
+            statics: Statics {
+                weights: wb.total(),
+                master_weights: if w.master_weights {
+                    params_trainable * 4
+                } else {
+                    0
+                },
+                optimizer_state: optimizer::state_bytes(w.optimizer, &shapes, state_size),
+                optimizer_step_temp: optimizer::step_temporaries(w.optimizer, &shapes, state_size),
+                grad_layer: if full {
+                    counts.per_layer * grad_size
+                } else {
+                    lora_trainable / spec.layers * grad_size
+                },
+                // a tied head's gradient is the embedding's, allocated at head backward
+                grad_head: match (full, spec.tie_embeddings) {
+                    (false, _) => 0,
+                    (true, true) => counts.embedding * grad_size,
+                    (true, false) => counts.lm_head * grad_size,
+                },
+                grad_embedding: if full {
+                    counts.embedding * grad_size
+                } else {
+                    0
+                },
+                grad_other: if full { counts.other * grad_size } else { 0 },
+            },
+            inflight_microbatches: 1.0,
+            gathered_fwd: 0,
+            gathered_bwd: 0,
+            optimizer_extra: 0,
+            in_allocator_extra: 0,
+            outside_extra: 0,
+            params_trainable,
+        })
+    }
+}
+
+/// LoRA adapter parameters of the run (0 for full fine-tuning).
+pub fn lora_trainable(spec: &ModelSpec, w: &Workload) -> u64 {
+    match (&w.lora, w.method) {
+        (Some(l), Method::Lora | Method::Qlora) => params::lora(spec, l.rank, &l.targets).trainable,
+        _ => 0,
+    }
+}
+
+/// Gradient element size, optimizer-state element size and the trainable tensors.
+pub fn optimizer_shapes(spec: &ModelSpec, w: &Workload) -> (u64, u64, Vec<optimizer::Shape>) {
+    match (&w.lora, w.method) {
+        (Some(l), Method::Lora | Method::Qlora) => {
+            (4, 4, optimizer::lora_shapes(spec, l.rank, &l.targets))
+        }
+        _ => {
+            let s = if w.master_weights {
+                4
+            } else {
+                w.precision.param_dtype().size()
+            };
+            (s, s, optimizer::full_shapes(spec))
+        }
+    }
+}
+
+fn trainable_kind(w: &Workload) -> Trainable {
+    match (&w.lora, w.method) {
+        (Some(l), Method::Lora | Method::Qlora) => Trainable::Lora {
+            rank: l.rank,
+            targets: l.targets.clone(),
+        },
+        _ => Trainable::All,
+    }
+}
+
+/// [`estimate`] with an empirical correction applied to the simulation's inputs (so
+/// the peak may move to another event).
+pub fn estimate_corrected(
+    spec: &ModelSpec,
+    w: &Workload,
+    ov: &Overheads,
+    corr: &Correction,
+) -> Result<Estimate> {
+    spec.validate()?;
+    w.validate(spec)?;
+    let view = match w.task {
+        Task::Train => Some(RankView::single(spec, w)?),
+        Task::Infer => None,
+    };
+    simulate(spec, w, ov, corr, view.as_ref())
+}
+
+/// Run the timeline for one rank (`view`; `None` = inference on one GPU). `spec` is the
+/// whole model (for the summary and warnings).
+pub fn simulate(
+    spec: &ModelSpec,
+    w: &Workload,
+    ov: &Overheads,
+    corr: &Correction,
+    view: Option<&RankView>,
+) -> Result<Estimate> {
+    let a = corr.activation_scale;
+    if !(a.is_finite() && a > 0.0) {
+        return Err(crate::error::Error::invalid(
+            "calibration alpha",
+            a,
+            "a finite number > 0",
+        ));
+    }
+    ov.validate()?;
+    let counts = params::count(spec);
+    let mut warnings = Vec::new();
+    let ctx_len = match w.task {
+        Task::Train => w.seq_len,
+        Task::Infer => w.infer.prompt_len + w.infer.gen_len,
+    };
+    if ctx_len > spec.max_positions {
+        warnings.push(format!(
+            "{ctx_len} tokens exceed the model's max_position_embeddings ({}); the estimate assumes the context is extended (e.g. RoPE scaling)",
+            spec.max_positions
+        ));
+    }
+    if w.task == Task::Train && w.runtime == crate::workload::Runtime::Candle {
+        // candle keeps the whole graph and replays its own backward: simulated op by op
+        return crate::runtime::candle::tape::estimate_train(spec, w, ov, corr, warnings);
+    }
+    let ev_ov = event_overheads(w, ov, corr, view);
+    let mut rec = Recorder::new(ev_ov);
+
+    let acts: Activations;
+    let mut params_trainable = 0;
+    let layers_here;
+    match (w.task, view) {
+        (Task::Train, Some(v)) => {
+            let local = &v.local;
+            layers_here = local.layers;
+            params_trainable = if w.method == Method::Full {
+                counts.total
+            } else {
+                lora_trainable(spec, w)
+            };
+            acts = scaled(torch::activations(local, &rank_ledger_params(w, v)), a);
+            let plan = train_plan(w, v, &acts);
+            timeline::simulate_train(&plan, &mut rec);
+        }
+        (Task::Train, None) => {
+            return Err(crate::error::Error::invalid(
+                "training estimate",
+                "without a rank view",
+                "a RankView",
+            ));
+        }
+        (Task::Infer, _) => {
+            // one GPU, or one tensor-parallel rank of a served model
+            let spec = view.map_or(spec, |v| &v.local);
+            layers_here = spec.layers;
+            let wb = weights::weight_bytes(spec, w, 0)?;
+            let inf = &w.infer;
+            let c = inf.concurrency;
+            let chunk = inf
+                .prefill_chunk
+                .unwrap_or(inf.prompt_len)
+                .min(inf.prompt_len);
+            let pre = ledger_params(w, Trainable::Nothing, chunk, inf.prompt_len, c);
+            acts = scaled(torch::activations(spec, &pre), a);
+            let total_len = inf.prompt_len + inf.gen_len;
+            let dec = ledger_params(w, Trainable::Nothing, 1, total_len, c);
+            let dec_layer = torch::layer(spec, &dec, false);
+            let kv_per_token = kv_bytes_per_token(spec, inf.kv_dtype);
+            let v = spec.vocab;
+            let cd = w.precision.compute_dtype().size();
+            let plan = InferPlan {
+                weights: wb.total(),
+                kv_prefill: c * inf.prompt_len * kv_per_token,
+                kv_final: c * total_len * kv_per_token,
+                prefill_layer_peak: acts.layer.fwd_peak,
+                // generate() keeps only the last position's logits and copies them to fp32
+                prefill_logits: c * v * (cd + 4),
+                decode_layer_peak: scale(dec_layer.fwd_peak, a),
+                // logits, fp32 copy, probabilities, sorted values and int64 indices
+                decode_logits: c * v * (cd + 4 + 4 + 4 + 8),
+                embed_out_prefill: acts.non_layer.embed_out,
+            };
+            timeline::simulate_infer(&plan, &mut rec);
+        }
+    }
+
+    let peak_event = rec.peak().expect("the timeline always has events").clone();
+    let total_saved = match w.task {
+        Task::Train => {
+            acts.non_layer.shared
+                + acts.first.saved
+                + (layers_here - 1) * acts.layer.saved
+                + acts.non_layer.head_saved
+        }
+        Task::Infer => 0,
+    };
+    let device = peak_event.components.total();
+    Ok(Estimate {
+        model: ModelSummary {
+            name: spec.name.clone(),
+            family: spec.family.to_string(),
+            layers: spec.layers,
+            hidden: spec.hidden,
+            params_total: counts.total,
+            params_trainable,
+        },
+        peak: Peak {
+            allocated: peak_event.allocated,
+            reserved: peak_event.reserved,
+            device,
+            phase: peak_event.phase,
+            event: peak_event.event.clone(),
+        },
+        components_at_peak: peak_event.components,
+        activations: ActivationSummary {
+            per_layer_bytes: acts.per_layer_bytes,
+            non_layer_bytes: acts.non_layer_bytes,
+            total_bytes: total_saved,
+            layer_tensors: acts.layer.tensors.clone(),
+        },
+        timeline: rec.events,
+        warnings,
+    })
+}
+
+/// Overheads of a rank's events: cuBLAS workspace and buckets in the allocator, CUDA
+/// context and NCCL outside it, allocator fragmentation (all zero on the CPU).
+pub fn event_overheads(
+    w: &Workload,
+    ov: &Overheads,
+    corr: &Correction,
+    view: Option<&RankView>,
+) -> EventOverheads {
+    let cuda = w.device == Device::Cuda;
+    EventOverheads {
+        in_allocator: corr.extra_overhead.get()
+            + view.map_or(0, |v| v.in_allocator_extra)
+            + if cuda { ov.cublas_workspace.get() } else { 0 },
+        outside: view.map_or(0, |v| v.outside_extra)
+            + if cuda {
+                ov.cuda_context.get() + ov.nccl.get()
+            } else {
+                0
+            },
+        fragmentation: if cuda {
+            ov.allocator_fragmentation
+        } else {
+            0.0
+        },
+    }
+}
+
+/// Ledger parameters of a rank's training step.
+pub fn rank_ledger_params(w: &Workload, v: &RankView) -> LedgerParams {
+    let mut lp = ledger_params(w, trainable_kind(w), v.seq_local, w.seq_len, w.batch);
+    lp.sp_div = v.sp_div;
+    lp
+}
+
+/// The timeline inputs of one rank: its view plus its activation ledger.
+pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
+    let local = &v.local;
+    let layer_extra_temp = if w.method == Method::Qlora {
+        // bitsandbytes dequantizes one linear weight at a time for the matmul
+        local
+            .layer_linears()
+            .iter()
+            .map(|l| l.in_features * l.out_features)
+            .max()
+            .unwrap_or(0)
+            * w.precision.compute_dtype().size()
+    } else {
+        0
+    };
+    let tokens = w.batch * v.seq_local;
+    let cd = w.precision.compute_dtype().size();
+    let st = &v.statics;
+    let stage_saved = |first: bool| {
+        let layer_saved = if first {
+            acts.first.saved + (local.layers - 1) * acts.layer.saved
+        } else {
+            local.layers * acts.layer.saved
+        };
+        layer_saved
+            + acts.non_layer.shared
+            + if v.has_head {
+                acts.non_layer.head_saved
+            } else {
+                0
+            }
+    };
+    let inflight_saved = ((v.inflight_microbatches - 1.0).max(0.0)
+        * stage_saved(v.has_embedding) as f64)
+        .round() as u64;
+    TrainPlan {
+        layers: local.layers,
+        weights: st.weights,
+        master_weights: st.master_weights,
+        optimizer_state: st.optimizer_state,
+        optimizer_step_temp: st.optimizer_step_temp,
+        first_saved: acts.first.saved,
+        layer_saved: acts.layer.saved,
+        first_fwd_cache: acts.first.fwd_cache,
+        layer_fwd_cache: acts.layer.fwd_cache,
+        first_fwd_peak: acts.first.fwd_peak,
+        layer_fwd_peak: acts.layer.fwd_peak,
+        first_bwd_peak: acts.first.bwd_peak,
+        layer_bwd_peak: acts.layer.bwd_peak,
+        bwd_peak_param_grads: acts.layer.bwd_peak_param_grads,
+        layer_extra_temp,
+        embed_out: acts.non_layer.embed_out,
+        shared: acts.non_layer.shared,
+        head_saved: acts.non_layer.head_saved,
+        loss_saved: acts.non_layer.loss_saved,
+        head_fwd_transient: acts.non_layer.head_fwd_transient,
+        head_bwd_transient: acts.non_layer.head_bwd_transient,
+        head_grad_logits: match w.loss {
+            crate::workload::Loss::Standard => tokens * local.vocab * cd,
+            crate::workload::Loss::Chunked => {
+                tokens * local.vocab * cd / torch::CHUNKED_LOSS_CHUNKS
+            }
+            crate::workload::Loss::FusedLinearCe => 0,
+        },
+        grad_layer: st.grad_layer,
+        grad_head: st.grad_head,
+        grad_embedding: st.grad_embedding,
+        grad_other: st.grad_other,
+        tied: local.tie_embeddings && v.has_embedding && v.has_head,
+        grad_accum: w.grad_accum,
+        has_embedding: v.has_embedding,
+        has_head: v.has_head,
+        inflight_saved,
+        gathered_fwd: v.gathered_fwd,
+        gathered_bwd: v.gathered_bwd,
+        optimizer_extra: v.optimizer_extra,
+    }
+}
+
+/// KV-cache bytes per token of context (all layers, K and V).
+pub fn kv_bytes_per_token(spec: &ModelSpec, kv_dtype: DType) -> u64 {
+    2 * spec.layers * spec.kv_dim() * kv_dtype.size()
+}
+
+/// Activation-class bytes of a ledger multiplied by α.
+fn scaled(mut x: Activations, a: f64) -> Activations {
+    if a == 1.0 {
+        return x;
+    }
+    for l in [&mut x.layer, &mut x.first] {
+        l.saved = scale(l.saved, a);
+        l.fwd_cache = scale(l.fwd_cache, a);
+        l.fwd_peak = scale(l.fwd_peak, a);
+        l.bwd_peak = scale(l.bwd_peak, a).max(l.bwd_peak_param_grads);
+        l.output_bytes = scale(l.output_bytes, a);
+    }
+    let n = &mut x.non_layer;
+    n.shared = scale(n.shared, a);
+    n.head_saved = scale(n.head_saved, a);
+    n.loss_saved = scale(n.loss_saved, a).min(n.head_saved);
+    n.head_fwd_transient = scale(n.head_fwd_transient, a);
+    n.head_bwd_transient = scale(n.head_bwd_transient, a);
+    n.embed_out = scale(n.embed_out, a);
+    x.per_layer_bytes = scale(x.per_layer_bytes, a);
+    x.non_layer_bytes = scale(x.non_layer_bytes, a);
+    x
+}

@@ -1,0 +1,234 @@
+//! Optimizer state and step temporaries, per trainable tensor.
+//!
+//! State dtype `s` = dtype of the parameters the optimizer updates: the fp32 master copy
+//! with `--master-weights`, else the parameter dtype (fp32 with amp, fp32 for peft's
+//! LoRA adapters, bf16/fp16 for pure half-precision training, as `torch.optim` does with
+//! `zeros_like(p)`).
+//!
+//! | optimizer | state per tensor of n elements | step temporaries |
+//! |---|---|---|
+//! | adamw (torch, fused: HF Trainer's default `adamw_torch_fused`) | 2·n·s | none |
+//! | adamw-foreach (torch multi-tensor) | 2·n·s | `_foreach_sqrt(exp_avg_sq)`: n·s over all params |
+//! | paged-adamw (bnb 32-bit) | 2·n·4 | none (per-tensor kernel) |
+//! | adamw-8bit, paged-adamw-8bit (bnb) | n ≥ 4096: 2·(n + 4·⌈n/256⌉) (uint8 + fp32 absmax per 256-block); smaller: 2·n·4 | none |
+//! | sgd | 0 | none |
+//! | sgd-momentum | n·s | none |
+//! | adafactor (HF, β1 = None) | ≥2-D r×c: (r + c)·s; 1-D: n·s | 2 × largest tensor · s |
+//! | lion | n·s | 1 × largest tensor · s |
+
+use crate::arch::params;
+use crate::arch::{LoraTargets, ModelSpec};
+use crate::workload::Optimizer;
+
+/// A trainable tensor: `count` tensors of shape rows × cols (cols = 1 for vectors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub rows: u64,
+    pub cols: u64,
+    pub count: u64,
+}
+
+impl Shape {
+    fn numel(&self) -> u64 {
+        self.rows * self.cols
+    }
+}
+
+/// The tensors of the decoder layers (every layer), without embedding, head or rest.
+pub fn layer_shapes(spec: &ModelSpec) -> Vec<Shape> {
+    let mut v = full_shapes(spec);
+    v.truncate(layer_shape_count(spec));
+    v
+}
+
+fn layer_shape_count(spec: &ModelSpec) -> usize {
+    let c = params::count(spec);
+    let lins = spec.layer_linears();
+    let linear_params: u64 = lins
+        .iter()
+        .map(|x| x.in_features * x.out_features + if x.bias { x.out_features } else { 0 })
+        .sum();
+    lins.len() + lins.iter().filter(|l| l.bias).count() + usize::from(c.per_layer > linear_params)
+}
+
+/// Trainable tensors of a full fine-tune: every parameter.
+pub fn full_shapes(spec: &ModelSpec) -> Vec<Shape> {
+    let c = params::count(spec);
+    let mut v = Vec::new();
+    let l = spec.layers;
+    for lin in spec.layer_linears() {
+        v.push(Shape {
+            rows: lin.out_features,
+            cols: lin.in_features,
+            count: l,
+        });
+        if lin.bias {
+            v.push(Shape {
+                rows: lin.out_features,
+                cols: 1,
+                count: l,
+            });
+        }
+    }
+    // norms and other small vectors of the layers, lumped as vectors of hidden size
+    let linear_params: u64 = spec
+        .layer_linears()
+        .iter()
+        .map(|x| x.in_features * x.out_features + if x.bias { x.out_features } else { 0 })
+        .sum();
+    let rest = c.per_layer.saturating_sub(linear_params);
+    if rest > 0 {
+        v.push(Shape {
+            rows: rest,
+            cols: 1,
+            count: l,
+        });
+    }
+    v.push(Shape {
+        rows: spec.vocab,
+        cols: spec.hidden,
+        count: 1,
+    });
+    if c.lm_head > 0 {
+        v.push(Shape {
+            rows: spec.vocab,
+            cols: spec.hidden,
+            count: 1,
+        });
+        let bias = c.lm_head - spec.vocab * spec.hidden;
+        if bias > 0 {
+            v.push(Shape {
+                rows: bias,
+                cols: 1,
+                count: 1,
+            });
+        }
+    }
+    if c.other > 0 {
+        v.push(Shape {
+            rows: c.other,
+            cols: 1,
+            count: 1,
+        });
+    }
+    v
+}
+
+/// Trainable tensors of LoRA: lora_A (r × in) and lora_B (out × r) per adapted linear.
+pub fn lora_shapes(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> Vec<Shape> {
+    spec.layer_linears()
+        .iter()
+        .filter(|l| targets.matches(l))
+        .flat_map(|l| {
+            [
+                Shape {
+                    rows: rank,
+                    cols: l.in_features,
+                    count: spec.layers,
+                },
+                Shape {
+                    rows: l.out_features,
+                    cols: rank,
+                    count: spec.layers,
+                },
+            ]
+        })
+        .collect()
+}
+
+/// Bytes of optimizer state for these tensors; `s` = state element size.
+pub fn state_bytes(opt: Optimizer, shapes: &[Shape], s: u64) -> u64 {
+    shapes
+        .iter()
+        .map(|t| {
+            let n = t.numel();
+            let per = match opt {
+                Optimizer::AdamW | Optimizer::AdamWForeach => 2 * n * s,
+                Optimizer::PagedAdamW => 2 * n * 4,
+                Optimizer::AdamW8bit | Optimizer::PagedAdamW8bit => {
+                    if n >= 4096 {
+                        2 * (n + 4 * n.div_ceil(256))
+                    } else {
+                        2 * n * 4
+                    }
+                }
+                Optimizer::Sgd => 0,
+                Optimizer::SgdMomentum | Optimizer::Lion => n * s,
+                Optimizer::Adafactor => {
+                    if t.cols > 1 {
+                        (t.rows + t.cols) * s
+                    } else {
+                        n * s
+                    }
+                }
+            };
+            per * t.count
+        })
+        .sum()
+}
+
+/// Bytes of temporaries that exist only during `optimizer.step()`.
+pub fn step_temporaries(opt: Optimizer, shapes: &[Shape], s: u64) -> u64 {
+    let total: u64 = shapes.iter().map(|t| t.numel() * t.count).sum();
+    let largest = shapes.iter().map(|t| t.numel()).max().unwrap_or(0);
+    match opt {
+        Optimizer::AdamWForeach => total * s,
+        Optimizer::Adafactor => 2 * largest * s,
+        Optimizer::Lion => largest * s,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adamw_is_two_states() {
+        let t = [Shape {
+            rows: 10,
+            cols: 10,
+            count: 2,
+        }];
+        assert_eq!(state_bytes(Optimizer::AdamW, &t, 4), 2 * 200 * 4);
+        assert_eq!(step_temporaries(Optimizer::AdamWForeach, &t, 4), 200 * 4);
+        assert_eq!(step_temporaries(Optimizer::AdamW, &t, 4), 0);
+    }
+
+    #[test]
+    fn eight_bit_blockwise_and_small_tensors_fp32() {
+        let big = [Shape {
+            rows: 4096,
+            cols: 4096,
+            count: 1,
+        }];
+        let n = 4096 * 4096u64;
+        assert_eq!(
+            state_bytes(Optimizer::AdamW8bit, &big, 2),
+            2 * (n + 4 * n / 256)
+        );
+        let small = [Shape {
+            rows: 100,
+            cols: 1,
+            count: 1,
+        }];
+        assert_eq!(state_bytes(Optimizer::AdamW8bit, &small, 2), 800);
+    }
+
+    #[test]
+    fn adafactor_factors_matrices() {
+        let t = [
+            Shape {
+                rows: 300,
+                cols: 200,
+                count: 1,
+            },
+            Shape {
+                rows: 50,
+                cols: 1,
+                count: 1,
+            },
+        ];
+        assert_eq!(state_bytes(Optimizer::Adafactor, &t, 4), (500 + 50) * 4);
+    }
+}

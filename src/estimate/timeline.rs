@@ -1,0 +1,518 @@
+//! The step as a timeline of allocations and frees; the peak is its maximum.
+//!
+//! Training step (steady state: optimizer state exists from step 1 on):
+//! 1. `load`: weights, master weights, optimizer state, cuBLAS workspace resident.
+//! 2. `forward`: embedding (shared non-layer tensors), then layer by layer — the saved
+//!    bytes of finished layers accumulate, the running layer adds its in-flight peak.
+//! 3. `loss`: final norm, head, logits and their fp32 copy, log-softmax.
+//! 4. `backward`: loss/head backward (head gradient allocated), then layers in reverse:
+//!    each frees its saved tensors and allocates its parameter gradients; gradients of
+//!    activations are in flight; the embedding gradient comes last.
+//! 5. With `--grad-accum N > 1`, a second micro-batch runs forward and backward with
+//!    every gradient already resident (accumulation adds a transient per layer).
+//! 6. `optimizer`: step temporaries on top of weights + gradients + state; then
+//!    `zero_grad(set_to_none=True)` frees the gradients.
+//!
+//! Inference: `load` → `prefill` (per-layer transients of the prompt chunk, KV cache of
+//! the prompt, last-position logits) → `decode` (KV cache at prompt + generated tokens,
+//! one-token transients, logits and sampling buffers).
+
+use serde::Serialize;
+
+use crate::units::bytes::Bytes;
+
+/// What is in memory at one moment, by kind. Every byte counted once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Components {
+    pub weights: Bytes,
+    pub gradients: Bytes,
+    pub optimizer_state: Bytes,
+    pub master_weights: Bytes,
+    pub activations: Bytes,
+    pub logits_and_loss: Bytes,
+    pub kv_cache: Bytes,
+    pub temporaries: Bytes,
+    pub overhead: Bytes,
+}
+
+impl Components {
+    pub fn total(&self) -> Bytes {
+        self.weights
+            + self.gradients
+            + self.optimizer_state
+            + self.master_weights
+            + self.activations
+            + self.logits_and_loss
+            + self.kv_cache
+            + self.temporaries
+            + self.overhead
+    }
+
+    /// Named entries, in display order.
+    pub fn entries(&self) -> [(&'static str, Bytes); 9] {
+        [
+            ("weights", self.weights),
+            ("gradients", self.gradients),
+            ("optimizer_state", self.optimizer_state),
+            ("master_weights", self.master_weights),
+            ("activations", self.activations),
+            ("logits_and_loss", self.logits_and_loss),
+            ("kv_cache", self.kv_cache),
+            ("temporaries", self.temporaries),
+            ("overhead", self.overhead),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Load,
+    Forward,
+    Loss,
+    Backward,
+    Optimizer,
+    Prefill,
+    Decode,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Load => "load",
+            Phase::Forward => "forward",
+            Phase::Loss => "loss",
+            Phase::Backward => "backward",
+            Phase::Optimizer => "optimizer",
+            Phase::Prefill => "prefill",
+            Phase::Decode => "decode",
+        }
+    }
+}
+
+/// One moment of the timeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub phase: Phase,
+    pub event: String,
+    /// Bytes handed out by the framework allocator (tensors + cuBLAS workspace): what
+    /// `torch.cuda.memory_allocated` reports.
+    pub allocated: Bytes,
+    /// `allocated` + the allocator's fragmentation/caching slack (`memory_reserved`).
+    pub reserved: Bytes,
+    /// Components at this moment; their sum is the device memory in use (`reserved` +
+    /// CUDA context + NCCL buffers).
+    pub components: Components,
+}
+
+/// Fixed per-run overheads applied to every event.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventOverheads {
+    /// In the allocator (cuBLAS workspace).
+    pub in_allocator: u64,
+    /// Outside it (CUDA context, NCCL).
+    pub outside: u64,
+    /// Fraction of dynamic memory the caching allocator holds in addition.
+    pub fragmentation: f64,
+}
+
+impl EventOverheads {
+    /// (allocated, reserved, components with `overhead` filled in).
+    pub fn apply(&self, mut c: Components) -> (u64, u64, Components) {
+        let tensors = c.total().get();
+        let allocated = tensors + self.in_allocator;
+        let dynamic = c.activations + c.logits_and_loss + c.temporaries + c.gradients;
+        let slack = (dynamic.get() as f64 * self.fragmentation).round() as u64;
+        c.overhead = Bytes(self.in_allocator + slack + self.outside);
+        (allocated, allocated + slack, c)
+    }
+}
+
+/// Where a simulation sends its moments.
+pub trait Sink {
+    /// `event` names the moment; it is only called by sinks that keep names.
+    fn moment<F: FnOnce() -> String>(&mut self, phase: Phase, event: F, c: Components);
+}
+
+impl Sink for Recorder {
+    fn moment<F: FnOnce() -> String>(&mut self, phase: Phase, event: F, c: Components) {
+        self.record(phase, event(), c);
+    }
+}
+
+/// A sink that keeps only the peak device bytes: no allocation, for searches.
+#[derive(Debug, Clone, Copy)]
+pub struct PeakOnly {
+    pub ov: EventOverheads,
+    pub peak: u64,
+}
+
+impl Sink for PeakOnly {
+    fn moment<F: FnOnce() -> String>(&mut self, _phase: Phase, _event: F, c: Components) {
+        let (_, _, c) = self.ov.apply(c);
+        self.peak = self.peak.max(c.total().get());
+    }
+}
+
+/// Builds events from component snapshots.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    pub events: Vec<Event>,
+    ov: EventOverheads,
+}
+
+impl Recorder {
+    pub fn new(ov: EventOverheads) -> Self {
+        Recorder {
+            events: Vec::with_capacity(64),
+            ov,
+        }
+    }
+
+    /// Record a moment. `c.overhead` is filled in here.
+    pub fn record(&mut self, phase: Phase, event: impl Into<String>, c: Components) {
+        let (allocated, reserved, c) = self.ov.apply(c);
+        self.events.push(Event {
+            phase,
+            event: event.into(),
+            allocated: Bytes(allocated),
+            reserved: Bytes(reserved),
+            components: c,
+        });
+    }
+
+    /// The event with the most device memory in use (first one on ties).
+    pub fn peak(&self) -> Option<&Event> {
+        let mut best: Option<&Event> = None;
+        for e in &self.events {
+            if best.is_none_or(|b| e.components.total() > b.components.total()) {
+                best = Some(e);
+            }
+        }
+        best
+    }
+}
+
+/// Inputs of a training-step simulation (all bytes) for one rank.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TrainPlan {
+    /// Decoder layers this rank runs (its pipeline stage).
+    pub layers: u64,
+    pub weights: u64,
+    pub master_weights: u64,
+    pub optimizer_state: u64,
+    pub optimizer_step_temp: u64,
+    /// Saved by layer 0 / by every other layer.
+    pub first_saved: u64,
+    pub layer_saved: u64,
+    /// Held until the end of forward only (autocast cache), by layer 0 / others.
+    pub first_fwd_cache: u64,
+    pub layer_fwd_cache: u64,
+    pub first_fwd_peak: u64,
+    pub layer_fwd_peak: u64,
+    pub first_bwd_peak: u64,
+    pub layer_bwd_peak: u64,
+    /// The layer's own parameter gradients already allocated at its backward peak.
+    pub bwd_peak_param_grads: u64,
+    /// Extra transient inside each layer (e.g. QLoRA's dequantized weight).
+    pub layer_extra_temp: u64,
+    pub embed_out: u64,
+    pub shared: u64,
+    pub head_saved: u64,
+    pub loss_saved: u64,
+    pub head_fwd_transient: u64,
+    pub head_bwd_transient: u64,
+    /// Gradient of the logits in the compute dtype, alive during the head's backward.
+    pub head_grad_logits: u64,
+    /// Parameter gradients resident after backward: per decoder layer, of the head (0
+    /// when frozen; a tied head's gradient is the embedding's), of the embedding (0
+    /// when frozen), of everything else (final norm, positions).
+    pub grad_layer: u64,
+    pub grad_head: u64,
+    pub grad_embedding: u64,
+    pub grad_other: u64,
+    /// Tied embeddings: the embedding gradient accumulates into the head's.
+    pub tied: bool,
+    pub grad_accum: u64,
+    /// This rank runs the embedding (first pipeline stage) / the head and loss (last).
+    pub has_embedding: bool,
+    pub has_head: bool,
+    /// Saved activations of other micro-batches in flight on this stage (pipeline
+    /// schedules), present throughout forward and backward.
+    pub inflight_saved: u64,
+    /// Gathered (unsharded) parameters during forward / parameters and unsharded
+    /// gradients during backward (ZeRO-3, FSDP), and gradient buckets.
+    pub gathered_fwd: u64,
+    pub gathered_bwd: u64,
+    /// Extra bytes during the optimizer step (e.g. ZeRO's all-gather bucket).
+    pub optimizer_extra: u64,
+}
+
+impl TrainPlan {
+    /// Gradients resident after backward. With tied embeddings the head and the
+    /// embedding share one gradient (`grad_head`); `grad_embedding` is then only a
+    /// transient added into it.
+    pub fn grads_total(&self) -> u64 {
+        let emb = if self.tied { 0 } else { self.grad_embedding };
+        self.layers * self.grad_layer + self.grad_head + emb + self.grad_other
+    }
+}
+
+/// Simulate one training step.
+pub fn simulate_train<S: Sink>(p: &TrainPlan, rec: &mut S) {
+    let base = Components {
+        weights: Bytes(p.weights),
+        master_weights: Bytes(p.master_weights),
+        optimizer_state: Bytes(p.optimizer_state),
+        ..Components::default()
+    };
+    rec.moment(
+        Phase::Load,
+        || "weights and optimizer state resident".to_string(),
+        base,
+    );
+    let micro_batches = if p.grad_accum > 1 { 2 } else { 1 };
+    let show = |i: u64| i == 0 || i == 1 || i + 1 == p.layers;
+    for mb in 0..micro_batches {
+        let resident_grads = if mb == 0 { 0 } else { p.grads_total() };
+        let tag = if micro_batches > 1 {
+            format!(" (micro-batch {})", mb + 1)
+        } else {
+            String::new()
+        };
+        let with_grads = Components {
+            gradients: Bytes(resident_grads),
+            ..base
+        };
+        let other_mb = p.inflight_saved;
+
+        // forward
+        let mut saved = p.shared;
+        let mut cache = 0u64;
+        let input_event = if p.has_embedding {
+            "embedding"
+        } else {
+            "receive activations"
+        };
+        rec.moment(
+            Phase::Forward,
+            || format!("{input_event}{tag}"),
+            Components {
+                activations: Bytes(other_mb + saved),
+                temporaries: Bytes(p.embed_out + p.gathered_fwd),
+                ..with_grads
+            },
+        );
+        for i in 0..p.layers {
+            let first = i == 0 && p.has_embedding;
+            let (s, peak) = if first {
+                (p.first_saved, p.first_fwd_peak)
+            } else {
+                (p.layer_saved, p.layer_fwd_peak)
+            };
+            if show(i) {
+                let held = s.min(peak);
+                rec.moment(
+                    Phase::Forward,
+                    || format!("layer {i} forward{tag}"),
+                    Components {
+                        activations: Bytes(other_mb + saved + held),
+                        temporaries: Bytes(
+                            cache + peak - held + p.layer_extra_temp + p.gathered_fwd,
+                        ),
+                        ..with_grads
+                    },
+                );
+            }
+            saved += s;
+            cache += if first {
+                p.first_fwd_cache
+            } else {
+                p.layer_fwd_cache
+            };
+        }
+        let head_act = if p.has_head {
+            p.head_saved - p.loss_saved
+        } else {
+            0
+        };
+        if p.has_head {
+            rec.moment(
+                Phase::Loss,
+                || format!("logits and loss{tag}"),
+                Components {
+                    activations: Bytes(other_mb + saved + head_act),
+                    logits_and_loss: Bytes(p.loss_saved + p.head_fwd_transient),
+                    temporaries: Bytes(cache + p.gathered_fwd),
+                    ..with_grads
+                },
+            );
+        }
+
+        // backward
+        let mut grads = resident_grads;
+        let accum_temp = |g: u64| if mb > 0 { g } else { 0 };
+        if p.has_head {
+            // The loss backward peaks (fp32 logit gradients) before the head's weight
+            // gradient exists.
+            rec.moment(
+                Phase::Backward,
+                || format!("loss backward{tag}"),
+                Components {
+                    gradients: Bytes(grads),
+                    activations: Bytes(other_mb + saved + head_act),
+                    logits_and_loss: Bytes(p.loss_saved + p.head_bwd_transient),
+                    temporaries: Bytes(p.gathered_bwd),
+                    ..base
+                },
+            );
+            if mb == 0 {
+                grads += p.grad_head + p.grad_other;
+            }
+            rec.moment(
+                Phase::Backward,
+                || format!("lm_head backward{tag}"),
+                Components {
+                    gradients: Bytes(grads),
+                    activations: Bytes(other_mb + saved + head_act),
+                    logits_and_loss: Bytes(p.head_grad_logits),
+                    temporaries: Bytes(accum_temp(p.grad_head) + p.embed_out + p.gathered_bwd),
+                    ..base
+                },
+            );
+        } else if mb == 0 {
+            grads += p.grad_other;
+        }
+        for i in (0..p.layers).rev() {
+            let first = i == 0 && p.has_embedding;
+            let (s, peak) = if first {
+                (p.first_saved, p.first_bwd_peak)
+            } else {
+                (p.layer_saved, p.layer_bwd_peak)
+            };
+            saved -= s;
+            if show(i) {
+                // the layer's peak already counts its gradients allocated so far
+                let own = if mb == 0 {
+                    p.bwd_peak_param_grads.min(peak)
+                } else {
+                    0
+                };
+                let held = s.min(peak - own);
+                rec.moment(
+                    Phase::Backward,
+                    || format!("layer {i} backward{tag}"),
+                    Components {
+                        gradients: Bytes(grads + own),
+                        activations: Bytes(other_mb + saved + held),
+                        temporaries: Bytes(
+                            peak - own - held
+                                + p.layer_extra_temp
+                                + accum_temp(p.grad_layer)
+                                + p.gathered_bwd,
+                        ),
+                        ..base
+                    },
+                );
+            }
+            if mb == 0 {
+                grads += p.grad_layer;
+            }
+        }
+        if p.has_embedding {
+            // untied → its own gradient; tied → autograd sums the head's and the
+            // embedding's gradient in its input buffer (the new dense gradient plus the
+            // out-of-place sum) before storing it
+            let (emb_grad, emb_temp) = if p.tied {
+                (0, 2 * p.grad_embedding)
+            } else if mb == 0 {
+                (p.grad_embedding, 0)
+            } else {
+                (0, p.grad_embedding)
+            };
+            grads += emb_grad;
+            rec.moment(
+                Phase::Backward,
+                || format!("embedding backward{tag}"),
+                Components {
+                    gradients: Bytes(grads),
+                    activations: Bytes(other_mb + saved),
+                    temporaries: Bytes(emb_temp + p.embed_out + p.gathered_bwd),
+                    ..base
+                },
+            );
+        }
+    }
+    rec.moment(
+        Phase::Optimizer,
+        || "optimizer step".to_string(),
+        Components {
+            gradients: Bytes(p.grads_total()),
+            temporaries: Bytes(p.optimizer_step_temp + p.optimizer_extra),
+            ..base
+        },
+    );
+    rec.moment(
+        Phase::Optimizer,
+        || "zero_grad (gradients freed)".to_string(),
+        base,
+    );
+}
+
+/// Inputs of an inference simulation (bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InferPlan {
+    pub weights: u64,
+    pub kv_prefill: u64,
+    pub kv_final: u64,
+    pub prefill_layer_peak: u64,
+    pub prefill_logits: u64,
+    pub decode_layer_peak: u64,
+    pub decode_logits: u64,
+    pub embed_out_prefill: u64,
+}
+
+pub fn simulate_infer<S: Sink>(p: &InferPlan, rec: &mut S) {
+    let base = Components {
+        weights: Bytes(p.weights),
+        ..Components::default()
+    };
+    rec.moment(Phase::Load, || "weights resident".to_string(), base);
+    rec.moment(
+        Phase::Prefill,
+        || "prefill, last layer".to_string(),
+        Components {
+            kv_cache: Bytes(p.kv_prefill),
+            temporaries: Bytes(p.prefill_layer_peak),
+            ..base
+        },
+    );
+    rec.moment(
+        Phase::Prefill,
+        || "prefill logits".to_string(),
+        Components {
+            kv_cache: Bytes(p.kv_prefill),
+            logits_and_loss: Bytes(p.prefill_logits),
+            temporaries: Bytes(p.embed_out_prefill),
+            ..base
+        },
+    );
+    rec.moment(
+        Phase::Decode,
+        || "last decode step, last layer".to_string(),
+        Components {
+            kv_cache: Bytes(p.kv_final),
+            temporaries: Bytes(p.decode_layer_peak),
+            ..base
+        },
+    );
+    rec.moment(
+        Phase::Decode,
+        || "last decode step, logits and sampling".to_string(),
+        Components {
+            kv_cache: Bytes(p.kv_final),
+            logits_and_loss: Bytes(p.decode_logits),
+            ..base
+        },
+    );
+}

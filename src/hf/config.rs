@@ -1,0 +1,1043 @@
+//! HF `config.json` → [`ModelSpec`]. Pure: parses a `&str`, no I/O.
+//!
+//! Each supported `model_type` is read with the field names and the class defaults of
+//! its transformers configuration class (`LlamaConfig`, `GPT2Config`, `FalconConfig`,
+//! ... and the remote-code `QWenConfig` for Qwen-1), so that the spec describes exactly
+//! the module tree that `AutoModelForCausalLM.from_config` would instantiate.
+//!
+//! Class defaults are applied only to fields that do not change the size of the model
+//! by more than a convention (biases, eps, dropout, number of KV heads = heads, the
+//! class's `head_dim`, ...). The core dimensions (`hidden_size`, `num_hidden_layers`,
+//! `num_attention_heads`, `intermediate_size` where the class has one, `vocab_size`)
+//! are required: transformers would silently fall back to the 7B-class defaults, which
+//! would describe another model. A missing one is an [`Error::Config`] naming the field
+//! and the `model_type`.
+//!
+//! Mixture-of-experts, MLA and vision-language configs are rejected with
+//! [`Error::Unsupported`] rather than estimated wrongly.
+
+use serde_json::{Map, Value};
+
+use crate::arch::{
+    Activation, Dropout, Family, MlpKind, ModelSpec, NormKind, Positions, Quantization, Residual,
+};
+use crate::error::{Error, Result};
+use crate::units::dtype::DType;
+
+/// The reason given for every mixture-of-experts / MLA / vision-language config.
+pub const LATER_VERSION: &str =
+    "mixture-of-experts/MLA/vision-language models come in a later version";
+
+/// Upper bound accepted for widths (hidden, intermediate, heads, head_dim): far above
+/// any published model, low enough that parameter arithmetic cannot overflow `u64`.
+pub const MAX_WIDTH: u64 = 1 << 20;
+/// Upper bound for `vocab_size`.
+pub const MAX_VOCAB: u64 = 1 << 24;
+/// Upper bound for the number of decoder layers.
+pub const MAX_LAYERS: u64 = 1 << 14;
+/// Upper bound for `max_position_embeddings` / `n_positions`.
+pub const MAX_POSITIONS: u64 = 1 << 32;
+
+/// `model_type`s of mixture-of-experts or MLA text models (rejected, see [`LATER_VERSION`]).
+const MOE_TYPES: &[&str] = &[
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "dbrx",
+    "jamba",
+    "olmoe",
+    "granitemoe",
+    "granitemoeshared",
+    "phimoe",
+    "jetmoe",
+    "switch_transformers",
+    "nllb_moe",
+    "llama4",
+    "llama4_text",
+    "gpt_oss",
+    "minimax",
+    "ernie4_5_moe",
+    "glm4_moe",
+    "hunyuan_v1_moe",
+    "dots1",
+];
+
+/// `model_type`s of vision-language models (rejected, see [`LATER_VERSION`]).
+const VLM_TYPES: &[&str] = &[
+    "llava",
+    "llava_next",
+    "llava_next_video",
+    "llava_onevision",
+    "mllama",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen2_5_omni",
+    "minicpmv",
+    "idefics",
+    "idefics2",
+    "idefics3",
+    "paligemma",
+    "gemma3",
+    "blip-2",
+    "instructblip",
+    "chameleon",
+    "pixtral",
+    "internvl",
+    "internvl_chat",
+    "smolvlm",
+    "aria",
+    "emu3",
+    "fuyu",
+    "kosmos-2",
+];
+
+/// Parse a HF `config.json` into a validated [`ModelSpec`].
+///
+/// `name` is where the text came from (preset name, path or hub id); it becomes
+/// `spec.name` and the `path` of every [`Error::Config`].
+///
+/// Errors: malformed JSON → [`Error::Config`] with serde's line and column; a missing
+/// required field → [`Error::Config`] naming the field and the `model_type`; a field of
+/// the wrong type or out of range → [`Error::InvalidValue`] naming the field; an unknown
+/// `model_type` → [`Error::Unsupported`] listing the supported ones; MoE / MLA / VLM
+/// configs → [`Error::Unsupported`] with reason [`LATER_VERSION`].
+pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
+    let value: Value = serde_json::from_str(json).map_err(|e| Error::Config {
+        path: name.to_string(),
+        message: format!(
+            "invalid JSON at line {} column {}: {}",
+            e.line(),
+            e.column(),
+            e
+        ),
+    })?;
+    let obj = match value {
+        Value::Object(m) => m,
+        other => {
+            return Err(Error::Config {
+                path: name.to_string(),
+                message: format!(
+                    "expected a JSON object at the top level, found {}",
+                    type_name(&other)
+                ),
+            })
+        }
+    };
+    let model_type = match obj.get("model_type") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            return Err(Error::invalid(
+                "model_type",
+                other,
+                format!("a string, one of: {}", Family::supported_list()),
+            ))
+        }
+        None => {
+            return Err(Error::Config {
+                path: name.to_string(),
+                message: format!(
+                    "missing required field `model_type` (one of: {})",
+                    Family::supported_list()
+                ),
+            })
+        }
+    };
+    let c = Cfg {
+        m: &obj,
+        path: name,
+        model_type: &model_type,
+    };
+    c.reject_later_version()?;
+    let family = Family::from_model_type(&model_type).ok_or_else(|| Error::Unsupported {
+        model_type: model_type.clone(),
+        reason: "this architecture is not modelled".to_string(),
+        supported: Family::supported_list(),
+    })?;
+    let spec = match family {
+        Family::Llama | Family::Mistral | Family::Qwen2 | Family::Qwen3 => llama_like(&c, family)?,
+        Family::Gemma | Family::Gemma2 => gemma(&c, family)?,
+        Family::Phi3 => phi3(&c)?,
+        Family::Gpt2 | Family::GptBigcode => gpt2(&c, family)?,
+        Family::GptNeox => gpt_neox(&c)?,
+        Family::Falcon => falcon(&c)?,
+        Family::Stablelm => stablelm(&c)?,
+        Family::Bloom => bloom(&c)?,
+        Family::Phi => phi(&c)?,
+        Family::Qwen => qwen(&c)?,
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A config object plus where it came from, with typed accessors that name the field in
+/// every error. `null` counts as absent (transformers treats `None` as "use the default").
+struct Cfg<'a> {
+    m: &'a Map<String, Value>,
+    path: &'a str,
+    model_type: &'a str,
+}
+
+impl Cfg<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.m.get(key).filter(|v| !v.is_null())
+    }
+
+    fn missing(&self, key: &str) -> Error {
+        Error::Config {
+            path: self.path.to_string(),
+            message: format!(
+                "missing required field `{key}` for model_type {:?}",
+                self.model_type
+            ),
+        }
+    }
+
+    /// A positive integer in `1..=max`, or `None` when absent / null.
+    fn uint_opt(&self, key: &'static str, max: u64) -> Result<Option<u64>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let accepted = || format!("an integer in 1..={max}");
+        match v.as_u64() {
+            Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(Error::invalid(key, v, accepted())),
+        }
+    }
+
+    /// A required positive integer; `keys` are aliases tried in order (the first is
+    /// the name used in the error).
+    fn uint_req(&self, keys: &[&'static str], max: u64) -> Result<u64> {
+        for k in keys {
+            if let Some(n) = self.uint_opt(k, max)? {
+                return Ok(n);
+            }
+        }
+        Err(self.missing(keys[0]))
+    }
+
+    /// First present alias, or the class default.
+    fn uint_or(&self, keys: &[&'static str], max: u64, default: u64) -> Result<u64> {
+        for k in keys {
+            if let Some(n) = self.uint_opt(k, max)? {
+                return Ok(n);
+            }
+        }
+        Ok(default)
+    }
+
+    fn bool_or(&self, key: &'static str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(Error::invalid(key, v, "true or false")),
+        }
+    }
+
+    /// A finite number in `[lo, hi]`.
+    fn float_opt(&self, key: &'static str, lo: f64, hi: f64) -> Result<Option<f64>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        match v.as_f64() {
+            Some(x) if x.is_finite() && x >= lo && x <= hi => Ok(Some(x)),
+            _ => Err(Error::invalid(key, v, format!("a number in [{lo}, {hi}]"))),
+        }
+    }
+
+    fn float_or(&self, key: &'static str, lo: f64, hi: f64, default: f64) -> Result<f64> {
+        Ok(self.float_opt(key, lo, hi)?.unwrap_or(default))
+    }
+
+    /// A dropout probability in [0, 1] (class default when absent).
+    fn prob(&self, key: &'static str, default: f64) -> Result<f64> {
+        self.float_or(key, 0.0, 1.0, default)
+    }
+
+    fn str_opt(&self, key: &'static str) -> Result<Option<&str>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(v) => Err(Error::invalid(key, v, "a string")),
+        }
+    }
+
+    /// The activation named by `key` (class default when absent).
+    fn act(&self, key: &'static str, default: Activation) -> Result<Activation> {
+        match self.str_opt(key)? {
+            None => Ok(default),
+            Some(s) => Activation::from_hf(s).ok_or_else(|| {
+                Error::invalid(
+                    key,
+                    s,
+                    "silu, swish, gelu, gelu_new, gelu_fast, gelu_python_tanh, gelu_pytorch_tanh, relu",
+                )
+            }),
+        }
+    }
+
+    /// Reject MoE, MLA and VLM configs (by `model_type` or by their tell-tale fields).
+    fn reject_later_version(&self) -> Result<()> {
+        let unsupported = || Error::Unsupported {
+            model_type: self.model_type.to_string(),
+            reason: LATER_VERSION.to_string(),
+            supported: Family::supported_list(),
+        };
+        let mt = self.model_type;
+        if MOE_TYPES.contains(&mt) || VLM_TYPES.contains(&mt) || mt.contains("moe") {
+            return Err(unsupported());
+        }
+        for key in [
+            "num_local_experts",
+            "num_experts",
+            "n_routed_experts",
+            "moe_num_experts",
+        ] {
+            if let Some(v) = self.get(key) {
+                // Any expert count other than 0 or 1 means a routed MoE; a non-integer
+                // value cannot be trusted either.
+                if v.as_u64().is_none_or(|n| n > 1) {
+                    return Err(unsupported());
+                }
+            }
+        }
+        for key in ["kv_lora_rank", "q_lora_rank"] {
+            if self.get(key).is_some() {
+                return Err(unsupported());
+            }
+        }
+        for key in ["vision_config", "visual", "vision_tower", "mm_vision_tower"] {
+            if self.get(key).is_some() {
+                return Err(unsupported());
+            }
+        }
+        Ok(())
+    }
+
+    /// `head_dim` from `hidden / heads`, which must divide exactly.
+    fn derived_head_dim(&self, hidden: u64, heads: u64) -> Result<u64> {
+        if hidden % heads != 0 {
+            return Err(Error::invalid(
+                "num_attention_heads",
+                heads,
+                format!("a divisor of hidden_size ({hidden}) when head_dim is not given"),
+            ));
+        }
+        Ok(hidden / heads)
+    }
+
+    /// `torch_dtype` (or transformers 5's `dtype`); `"auto"` or absent → `None`.
+    fn torch_dtype(&self) -> Result<Option<DType>> {
+        for key in ["torch_dtype", "dtype"] {
+            if let Some(s) = self.str_opt(key)? {
+                if s == "auto" {
+                    return Ok(None);
+                }
+                return DType::from_name(s).map(Some).ok_or_else(|| {
+                    Error::invalid(
+                        key,
+                        s,
+                        "float32, float16, bfloat16, float64, float8_e4m3fn, float8_e5m2, int8, uint8, auto",
+                    )
+                });
+            }
+        }
+        Ok(None)
+    }
+
+    /// `quantization_config`: method (`quant_method`), bits and group size.
+    ///
+    /// Bits: `bits` (GPTQ, AWQ, HQQ…), `w_bit` (old AWQ), bitsandbytes
+    /// `load_in_4bit` / `load_in_8bit`, or 8 for `quant_method` `fp8`. Group size:
+    /// `group_size` / `q_group_size`; `-1` (GPTQ "no grouping") → `None`;
+    /// bitsandbytes 4-bit → 64 (its fixed absmax block), 8-bit → `None` (row-wise).
+    fn quantization(&self) -> Result<Option<Quantization>> {
+        let Some(v) = self.get("quantization_config") else {
+            return Ok(None);
+        };
+        let Value::Object(q) = v else {
+            return Err(Error::invalid(
+                "quantization_config",
+                v,
+                "an object with quant_method and bits",
+            ));
+        };
+        let qc = Cfg {
+            m: q,
+            path: self.path,
+            model_type: self.model_type,
+        };
+        let method = match qc.get("quant_method") {
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => {
+                return Err(Error::invalid(
+                    "quantization_config.quant_method",
+                    v,
+                    "a string such as gptq, awq, bitsandbytes, fp8",
+                ))
+            }
+            // transformers treats a config with load_in_*bit and no method as bitsandbytes.
+            None if qc.get("load_in_4bit").is_some() || qc.get("load_in_8bit").is_some() => {
+                "bitsandbytes".to_string()
+            }
+            None => return Err(self.missing("quantization_config.quant_method")),
+        };
+        let int_field = |key: &'static str, what: &'static str| -> Result<Option<i64>> {
+            match qc.get(key) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_i64()
+                    .map(Some)
+                    .ok_or_else(|| Error::invalid(what, v, "an integer")),
+            }
+        };
+        let bits = match (
+            int_field("bits", "quantization_config.bits")?,
+            int_field("w_bit", "quantization_config.w_bit")?,
+        ) {
+            (Some(b), _) | (None, Some(b)) => Some(b),
+            _ => None,
+        };
+        let load4 = qc.bool_or("load_in_4bit", false)?;
+        let load8 = qc.bool_or("load_in_8bit", false)?;
+        let bits = match bits {
+            Some(b) => b,
+            None if load4 => 4,
+            None if load8 => 8,
+            None if method == "fp8" => 8,
+            None => {
+                return Err(Error::Config {
+                    path: self.path.to_string(),
+                    message: format!(
+                        "quantization_config (quant_method {method:?}) has no `bits`, `load_in_4bit` or `load_in_8bit`"
+                    ),
+                })
+            }
+        };
+        let bits = u32::try_from(bits)
+            .ok()
+            .filter(|b| (1..=16).contains(b))
+            .ok_or_else(|| {
+                Error::invalid("quantization_config.bits", bits, "an integer in 1..=16")
+            })?;
+        let group = match (
+            int_field("group_size", "quantization_config.group_size")?,
+            int_field("q_group_size", "quantization_config.q_group_size")?,
+        ) {
+            (Some(g), _) | (None, Some(g)) => Some(g),
+            _ => None,
+        };
+        let group_size = match group {
+            Some(-1) => None,
+            Some(g) if g > 0 && g as u64 <= MAX_WIDTH => Some(g as u64),
+            Some(g) => {
+                return Err(Error::invalid(
+                    "quantization_config.group_size",
+                    g,
+                    "-1 (no grouping) or an integer in 1..=1048576",
+                ))
+            }
+            None if method == "bitsandbytes" && bits == 4 => Some(64),
+            None => None,
+        };
+        Ok(Some(Quantization {
+            method,
+            bits,
+            group_size,
+        }))
+    }
+
+    /// A `sliding_window` value when present (must be a positive integer).
+    fn window(&self) -> Result<Option<u64>> {
+        self.uint_opt("sliding_window", MAX_POSITIONS)
+    }
+}
+
+/// `int(head_dim * factor)`, as transformers computes the rotary dimension.
+fn rotary_dim(head_dim: u64, factor: f64) -> u64 {
+    (head_dim as f64 * factor) as u64
+}
+
+/// A spec with the fields every family sets the same way; callers override the rest.
+#[allow(clippy::too_many_arguments)]
+fn base(
+    c: &Cfg,
+    family: Family,
+    hidden: u64,
+    layers: u64,
+    heads: u64,
+    kv_heads: u64,
+    head_dim: u64,
+    intermediate: u64,
+    vocab: u64,
+) -> Result<ModelSpec> {
+    Ok(ModelSpec {
+        name: c.path.to_string(),
+        family,
+        hidden,
+        layers,
+        heads,
+        kv_heads,
+        head_dim,
+        intermediate,
+        vocab,
+        max_positions: 2048,
+        tie_embeddings: false,
+        norm: NormKind::RmsNorm { offset_one: false },
+        act: Activation::Silu,
+        mlp: MlpKind::Gated {
+            fused_gate_up: false,
+        },
+        fused_qkv: false,
+        qkv_bias: false,
+        o_bias: false,
+        mlp_bias: false,
+        lm_head_bias: false,
+        embed_norm: false,
+        qk_norm: false,
+        positions: Positions::Rope {
+            rotary_dim: head_dim,
+        },
+        residual: Residual::Sequential,
+        sandwich_norms: false,
+        embed_scale: false,
+        attn_softcap: None,
+        final_softcap: None,
+        sliding_window: None,
+        dropout: Dropout::default(),
+        torch_dtype: c.torch_dtype()?,
+        quantization: c.quantization()?,
+        checkpoint: None,
+    })
+}
+
+/// [`base`] for the families that use transformers' standard key names: `hidden_size`,
+/// `num_hidden_layers`, `num_attention_heads`, `num_key_value_heads` (default: the
+/// heads; read only when `gqa`), `intermediate_size`, `vocab_size`. `head_dim` picks the
+/// family's rule from (hidden, heads).
+fn std_base(
+    c: &Cfg,
+    family: Family,
+    gqa: bool,
+    head_dim: impl FnOnce(u64, u64) -> Result<u64>,
+) -> Result<ModelSpec> {
+    let hidden = c.uint_req(&["hidden_size"], MAX_WIDTH)?;
+    let layers = c.uint_req(&["num_hidden_layers"], MAX_LAYERS)?;
+    let heads = c.uint_req(&["num_attention_heads"], MAX_WIDTH)?;
+    let kv_heads = if gqa {
+        c.uint_or(&["num_key_value_heads"], MAX_WIDTH, heads)?
+    } else {
+        heads
+    };
+    let head_dim = head_dim(hidden, heads)?;
+    let intermediate = c.uint_req(&["intermediate_size"], MAX_WIDTH)?;
+    let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
+    base(
+        c,
+        family,
+        hidden,
+        layers,
+        heads,
+        kv_heads,
+        head_dim,
+        intermediate,
+        vocab,
+    )
+}
+
+/// llama / mistral / qwen2 / qwen3 (`LlamaConfig`, `MistralConfig`, `Qwen2Config`,
+/// `Qwen3Config`). `num_key_value_heads` defaults to the number of heads; `head_dim`
+/// defaults to hidden/heads except Qwen3 (class default 128). Llama: `attention_bias`
+/// on q,k,v,o and `mlp_bias` (both default false). Qwen2: q,k,v always have a bias,
+/// o_proj never. Qwen3: q_norm/k_norm, `attention_bias` (default false). Sliding window:
+/// Mistral whenever `sliding_window` is set; Qwen2/3 only with `use_sliding_window`.
+/// Ties: `tie_word_embeddings` default false for all four.
+fn llama_like(c: &Cfg, family: Family) -> Result<ModelSpec> {
+    let mut s = std_base(c, family, true, |hidden, heads| {
+        match c.uint_opt("head_dim", MAX_WIDTH)? {
+            Some(d) => Ok(d),
+            None if family == Family::Qwen3 => Ok(128),
+            None => c.derived_head_dim(hidden, heads),
+        }
+    })?;
+    let default_pos = match family {
+        Family::Mistral => 4096 * 32,
+        Family::Qwen2 | Family::Qwen3 => 32768,
+        _ => 2048,
+    };
+    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, default_pos)?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
+    s.act = c.act("hidden_act", Activation::Silu)?;
+    s.dropout.attn = c.prob("attention_dropout", 0.0)?;
+    match family {
+        Family::Qwen2 => {
+            s.qkv_bias = true;
+        }
+        Family::Qwen3 => {
+            s.qkv_bias = c.bool_or("attention_bias", false)?;
+            s.o_bias = s.qkv_bias;
+            s.qk_norm = true;
+        }
+        _ => {
+            s.qkv_bias = c.bool_or("attention_bias", false)?;
+            s.o_bias = s.qkv_bias;
+            s.mlp_bias = c.bool_or("mlp_bias", false)?;
+        }
+    }
+    s.sliding_window = match family {
+        Family::Mistral => c.window()?,
+        Family::Qwen2 | Family::Qwen3 => {
+            let window = c.window()?;
+            if c.bool_or("use_sliding_window", false)? {
+                Some(window.unwrap_or(4096))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
+    Ok(s)
+}
+
+/// gemma / gemma2 (`GemmaConfig`, `Gemma2Config`): `head_dim` (default 256), RMSNorm
+/// with (1 + weight), embeddings × sqrt(hidden), output head always tied (the class
+/// default; `tie_word_embeddings: false` is honoured). The MLP runs `hidden_activation`
+/// (default `gelu_pytorch_tanh`); Gemma-1's `hidden_act: "gelu"` is ignored, as
+/// transformers does. Gemma-2 adds the sandwich norms, the attention/final logit
+/// softcaps (50 / 30 by default, `null` disables) and alternating sliding-window layers
+/// (`sliding_window` default 4096).
+fn gemma(c: &Cfg, family: Family) -> Result<ModelSpec> {
+    let mut s = std_base(c, family, true, |_, _| {
+        c.uint_or(&["head_dim"], MAX_WIDTH, 256)
+    })?;
+    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 8192)?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", true)?;
+    s.norm = NormKind::RmsNorm { offset_one: true };
+    s.act = c.act("hidden_activation", Activation::GeluTanh)?;
+    s.embed_scale = true;
+    s.qkv_bias = c.bool_or("attention_bias", false)?;
+    s.o_bias = s.qkv_bias;
+    s.dropout.attn = c.prob("attention_dropout", 0.0)?;
+    if family == Family::Gemma2 {
+        s.sandwich_norms = true;
+        let cap = |key: &'static str, default: f64| -> Result<Option<f64>> {
+            if c.m.get(key).is_some_and(Value::is_null) {
+                return Ok(None);
+            }
+            Ok(Some(c.float_or(key, f64::MIN_POSITIVE, 1e9, default)?))
+        };
+        s.attn_softcap = cap("attn_logit_softcapping", 50.0)?;
+        s.final_softcap = cap("final_logit_softcapping", 30.0)?;
+        s.sliding_window = Some(c.window()?.unwrap_or(4096));
+    }
+    Ok(s)
+}
+
+/// phi3 (`Phi3Config`): fused `qkv_proj` and `gate_up_proj`, no biases (unless
+/// `attention_bias`), RMSNorm, `partial_rotary_factor` (default 1.0), dropouts
+/// `embd_pdrop` / `resid_pdrop` / `attention_dropout`, `sliding_window` when set,
+/// `tie_word_embeddings` default false.
+fn phi3(c: &Cfg) -> Result<ModelSpec> {
+    let mut s = std_base(c, Family::Phi3, true, |h, n| c.derived_head_dim(h, n))?;
+    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 4096)?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
+    s.act = c.act("hidden_act", Activation::Silu)?;
+    s.mlp = MlpKind::Gated {
+        fused_gate_up: true,
+    };
+    s.fused_qkv = true;
+    s.qkv_bias = c.bool_or("attention_bias", false)?;
+    s.o_bias = s.qkv_bias;
+    let factor = c.float_or("partial_rotary_factor", f64::MIN_POSITIVE, 1.0, 1.0)?;
+    s.positions = Positions::Rope {
+        rotary_dim: rotary_dim(s.head_dim, factor),
+    };
+    s.sliding_window = c.window()?;
+    s.dropout = Dropout {
+        embd: c.prob("embd_pdrop", 0.0)?,
+        attn: c.prob("attention_dropout", 0.0)?,
+        resid: c.prob("resid_pdrop", 0.0)?,
+    };
+    Ok(s)
+}
+
+/// gpt2 / gpt_bigcode (`GPT2Config`, `GPTBigCodeConfig`): `n_embd`, `n_layer`,
+/// `n_head`, `n_inner` (null → 4·n_embd), `n_positions` (learned `wpe`),
+/// `activation_function` (gelu_new / gelu_pytorch_tanh), LayerNorm with bias, a bias on
+/// every linear, dropouts `embd_pdrop` / `attn_pdrop` / `resid_pdrop` (default 0.1),
+/// tied output head (default true). GPT-BigCode `multi_query` (default true) → one KV
+/// head. The `hidden_size` / `num_hidden_layers` / `num_attention_heads` aliases of the
+/// classes' `attribute_map` are accepted too.
+fn gpt2(c: &Cfg, family: Family) -> Result<ModelSpec> {
+    let hidden = c.uint_req(&["n_embd", "hidden_size"], MAX_WIDTH)?;
+    let layers = c.uint_req(&["n_layer", "num_hidden_layers"], MAX_LAYERS)?;
+    let heads = c.uint_req(&["n_head", "num_attention_heads"], MAX_WIDTH)?;
+    let head_dim = c.derived_head_dim(hidden, heads)?;
+    let intermediate = c.uint_or(&["n_inner"], MAX_WIDTH, 4 * hidden)?;
+    let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
+    let kv_heads = if family == Family::GptBigcode && c.bool_or("multi_query", true)? {
+        1
+    } else {
+        heads
+    };
+    let mut s = base(
+        c,
+        family,
+        hidden,
+        layers,
+        heads,
+        kv_heads,
+        head_dim,
+        intermediate,
+        vocab,
+    )?;
+    s.max_positions = c.uint_or(
+        &["n_positions", "max_position_embeddings"],
+        MAX_POSITIONS,
+        1024,
+    )?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", true)?;
+    s.norm = NormKind::LayerNorm { bias: true };
+    let default_act = if family == Family::Gpt2 {
+        Activation::GeluNew
+    } else {
+        Activation::GeluTanh
+    };
+    s.act = c.act("activation_function", default_act)?;
+    s.mlp = MlpKind::Plain;
+    s.fused_qkv = true;
+    s.qkv_bias = true;
+    s.o_bias = true;
+    s.mlp_bias = true;
+    s.positions = Positions::Learned;
+    s.dropout = Dropout {
+        embd: c.prob("embd_pdrop", 0.1)?,
+        attn: c.prob("attn_pdrop", 0.1)?,
+        resid: c.prob("resid_pdrop", 0.1)?,
+    };
+    Ok(s)
+}
+
+/// gpt_neox (`GPTNeoXConfig`): fused `query_key_value`, biases on attention
+/// (`attention_bias`, default true) and MLP (always), LayerNorm with bias,
+/// `rotary_pct` (default 0.25), `use_parallel_residual` (default true: two norms, not
+/// shared), `hidden_act` default gelu, `hidden_dropout` (embeddings and residual) and
+/// `attention_dropout`, `tie_word_embeddings` default false.
+fn gpt_neox(c: &Cfg) -> Result<ModelSpec> {
+    let mut s = std_base(c, Family::GptNeox, false, |h, n| c.derived_head_dim(h, n))?;
+    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 2048)?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
+    s.norm = NormKind::LayerNorm { bias: true };
+    s.act = c.act("hidden_act", Activation::Gelu)?;
+    s.mlp = MlpKind::Plain;
+    s.fused_qkv = true;
+    s.qkv_bias = c.bool_or("attention_bias", true)?;
+    s.o_bias = s.qkv_bias;
+    s.mlp_bias = true;
+    let pct = c.float_or("rotary_pct", f64::MIN_POSITIVE, 1.0, 0.25)?;
+    s.positions = Positions::Rope {
+        rotary_dim: rotary_dim(s.head_dim, pct),
+    };
+    s.residual = if c.bool_or("use_parallel_residual", true)? {
+        Residual::Parallel { shared_norm: false }
+    } else {
+        Residual::Sequential
+    };
+    let hidden_dropout = c.prob("hidden_dropout", 0.0)?;
+    s.dropout = Dropout {
+        embd: hidden_dropout,
+        attn: c.prob("attention_dropout", 0.0)?,
+        resid: hidden_dropout,
+    };
+    Ok(s)
+}
+
+/// falcon (`FalconConfig`): `new_decoder_architecture` → `num_kv_heads` KV heads (GQA)
+/// and, with `parallel_attn`, two parallel norms (`num_ln_in_parallel_attn`, default 2);
+/// otherwise `multi_query` (default true) → 1 KV head, else one per head, and
+/// `parallel_attn` (default true) → one shared norm. `bias` (default false) on every
+/// linear; LayerNorm with bias; `alibi` (default false) or rotary; `ffn_hidden_size`
+/// default 4·hidden; `activation` default gelu; `tie_word_embeddings` default true.
+/// `n_embed` / `n_head` / `n_layer` are accepted as in the class.
+fn falcon(c: &Cfg) -> Result<ModelSpec> {
+    let hidden = c.uint_req(&["hidden_size", "n_embed"], MAX_WIDTH)?;
+    let layers = c.uint_req(&["num_hidden_layers", "n_layer"], MAX_LAYERS)?;
+    let heads = c.uint_req(&["num_attention_heads", "n_head"], MAX_WIDTH)?;
+    let head_dim = c.derived_head_dim(hidden, heads)?;
+    let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
+    let intermediate = c.uint_or(&["ffn_hidden_size"], MAX_WIDTH, 4 * hidden)?;
+    let new_arch = c.bool_or("new_decoder_architecture", false)?;
+    let parallel = c.bool_or("parallel_attn", true)?;
+    let kv_heads = if new_arch {
+        c.uint_or(&["num_kv_heads", "n_head_kv"], MAX_WIDTH, heads)?
+    } else if c.bool_or("multi_query", true)? {
+        1
+    } else {
+        heads
+    };
+    let mut s = base(
+        c,
+        Family::Falcon,
+        hidden,
+        layers,
+        heads,
+        kv_heads,
+        head_dim,
+        intermediate,
+        vocab,
+    )?;
+    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 2048)?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", true)?;
+    s.norm = NormKind::LayerNorm { bias: true };
+    s.act = c.act("activation", Activation::Gelu)?;
+    s.mlp = MlpKind::Plain;
+    s.fused_qkv = true;
+    let bias = c.bool_or("bias", false)?;
+    s.qkv_bias = bias;
+    s.o_bias = bias;
+    s.mlp_bias = bias;
+    if c.bool_or("alibi", false)? {
+        s.positions = Positions::Alibi;
+    }
+    s.residual = if !parallel {
+        Residual::Sequential
+    } else {
+        let default_ln = if new_arch { 2 } else { 1 };
+        let n_ln = c.uint_or(&["num_ln_in_parallel_attn"], 2, default_ln)?;
+        Residual::Parallel {
+            shared_norm: n_ln != 2,
+        }
+    };
+    s.dropout = Dropout {
+        embd: 0.0,
+        attn: c.prob("attention_dropout", 0.0)?,
+        resid: c.prob("hidden_dropout", 0.0)?,
+    };
+    Ok(s)
+}
+
+/// stablelm (`StableLmConfig`): q/k/v bias from `use_qkv_bias` (default false), no
+/// o_proj / MLP bias, gated SiLU MLP, LayerNorm with bias, `qk_layernorm` (per-head
+/// LayerNorms, modelled as `qk_norm`), `use_parallel_residual` (default false; true →
+/// one shared norm), `partial_rotary_factor` (default 0.25), `tie_word_embeddings`
+/// default false.
+fn stablelm(c: &Cfg) -> Result<ModelSpec> {
+    let mut s = std_base(c, Family::Stablelm, true, |h, n| c.derived_head_dim(h, n))?;
+    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 4096)?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
+    s.norm = NormKind::LayerNorm { bias: true };
+    s.act = c.act("hidden_act", Activation::Silu)?;
+    s.qkv_bias = c.bool_or("use_qkv_bias", false)?;
+    s.qk_norm = c.bool_or("qk_layernorm", false)?;
+    let factor = c.float_or("partial_rotary_factor", f64::MIN_POSITIVE, 1.0, 0.25)?;
+    s.positions = Positions::Rope {
+        rotary_dim: rotary_dim(s.head_dim, factor),
+    };
+    if c.bool_or("use_parallel_residual", false)? {
+        s.residual = Residual::Parallel { shared_norm: true };
+    }
+    s.dropout = Dropout {
+        embd: 0.0,
+        attn: c.prob("attention_dropout", 0.0)?,
+        resid: c.prob("hidden_dropout", 0.0)?,
+    };
+    Ok(s)
+}
+
+/// bloom (`BloomConfig`): `hidden_size` (or `n_embed`), `n_layer`, `n_head`, MLP 4·hidden,
+/// biases everywhere, LayerNorm with bias, `word_embeddings_layernorm`, ALiBi, BLOOM's
+/// tanh GELU (`bloom_gelu_forward`, written as Python ops like gelu_new),
+/// `tie_word_embeddings` default true. ALiBi has no position limit: `max_positions` is
+/// `seq_length` when given, else the 2048 of the BLOOM training runs.
+fn bloom(c: &Cfg) -> Result<ModelSpec> {
+    let hidden = c.uint_req(&["hidden_size", "n_embed"], MAX_WIDTH)?;
+    let layers = c.uint_req(&["n_layer", "num_hidden_layers"], MAX_LAYERS)?;
+    let heads = c.uint_req(&["n_head", "num_attention_heads"], MAX_WIDTH)?;
+    let head_dim = c.derived_head_dim(hidden, heads)?;
+    let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
+    let mut s = base(
+        c,
+        Family::Bloom,
+        hidden,
+        layers,
+        heads,
+        heads,
+        head_dim,
+        4 * hidden,
+        vocab,
+    )?;
+    s.max_positions = c.uint_or(&["seq_length"], MAX_POSITIONS, 2048)?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", true)?;
+    s.norm = NormKind::LayerNorm { bias: true };
+    s.act = Activation::GeluNew;
+    s.mlp = MlpKind::Plain;
+    s.fused_qkv = true;
+    s.qkv_bias = true;
+    s.o_bias = true;
+    s.mlp_bias = true;
+    s.embed_norm = true;
+    s.positions = Positions::Alibi;
+    s.dropout = Dropout {
+        embd: 0.0,
+        attn: c.prob("attention_dropout", 0.0)?,
+        resid: c.prob("hidden_dropout", 0.0)?,
+    };
+    Ok(s)
+}
+
+/// phi (`PhiConfig`, Phi-1/1.5/2): separate q/k/v and `dense` with biases, fc1/fc2 with
+/// biases, one LayerNorm (with bias) shared by the parallel attention and MLP, output
+/// head with a bias, `partial_rotary_factor` (default 0.5), optional `qk_layernorm`,
+/// `hidden_act` default gelu_new, dropouts `embd_pdrop` / `attention_dropout` /
+/// `resid_pdrop`, `tie_word_embeddings` default false.
+fn phi(c: &Cfg) -> Result<ModelSpec> {
+    let mut s = std_base(c, Family::Phi, true, |h, n| c.derived_head_dim(h, n))?;
+    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 2048)?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
+    s.norm = NormKind::LayerNorm { bias: true };
+    s.act = c.act("hidden_act", Activation::GeluNew)?;
+    s.mlp = MlpKind::Plain;
+    s.qkv_bias = true;
+    s.o_bias = true;
+    s.mlp_bias = true;
+    s.lm_head_bias = true;
+    s.qk_norm = c.bool_or("qk_layernorm", false)?;
+    let factor = c.float_or("partial_rotary_factor", f64::MIN_POSITIVE, 1.0, 0.5)?;
+    s.positions = Positions::Rope {
+        rotary_dim: rotary_dim(s.head_dim, factor),
+    };
+    s.residual = Residual::Parallel { shared_norm: true };
+    s.dropout = Dropout {
+        embd: c.prob("embd_pdrop", 0.0)?,
+        attn: c.prob("attention_dropout", 0.0)?,
+        resid: c.prob("resid_pdrop", 0.0)?,
+    };
+    Ok(s)
+}
+
+/// qwen (Qwen-1 remote code, `QWenConfig` / `QWenLMHeadModel`): `kv_channels` is the
+/// head dim (default 128), `c_attn` always has a bias, `c_proj` / w1 / w2 have one only
+/// when `no_bias` is false (default true = no bias), RMSNorm, `rotary_pct` (default 1.0).
+/// `intermediate_size` is twice the MLP width (w1, w2: hidden → intermediate_size / 2);
+/// the spec stores the MLP width. Dropouts `emb_dropout_prob` / `attn_dropout_prob`.
+/// `tie_word_embeddings` default false. `max_position_embeddings`, else `seq_length`.
+fn qwen(c: &Cfg) -> Result<ModelSpec> {
+    let hidden = c.uint_req(&["hidden_size"], MAX_WIDTH)?;
+    let layers = c.uint_req(&["num_hidden_layers"], MAX_LAYERS)?;
+    let heads = c.uint_req(&["num_attention_heads"], MAX_WIDTH)?;
+    let head_dim = c.uint_or(&["kv_channels"], MAX_WIDTH, 128)?;
+    let ff = c.uint_req(&["intermediate_size"], 2 * MAX_WIDTH)?;
+    if ff % 2 != 0 {
+        return Err(Error::invalid(
+            "intermediate_size",
+            ff,
+            "an even integer (Qwen-1's intermediate_size is twice the MLP width)",
+        ));
+    }
+    let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
+    let mut s = base(
+        c,
+        Family::Qwen,
+        hidden,
+        layers,
+        heads,
+        heads,
+        head_dim,
+        ff / 2,
+        vocab,
+    )?;
+    s.max_positions = c.uint_or(
+        &["max_position_embeddings", "seq_length"],
+        MAX_POSITIONS,
+        8192,
+    )?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
+    s.fused_qkv = true;
+    s.qkv_bias = true;
+    let bias = !c.bool_or("no_bias", true)?;
+    s.o_bias = bias;
+    s.mlp_bias = bias;
+    let pct = c.float_or("rotary_pct", f64::MIN_POSITIVE, 1.0, 1.0)?;
+    s.positions = Positions::Rope {
+        rotary_dim: rotary_dim(s.head_dim, pct),
+    };
+    s.dropout = Dropout {
+        embd: c.prob("emb_dropout_prob", 0.0)?,
+        attn: c.prob("attn_dropout_prob", 0.0)?,
+        resid: 0.0,
+    };
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_json_names_line_and_column() {
+        let e = parse_config("{\n \"model_type\": \"llama\",\n", "x.json").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("x.json") && msg.contains("line"), "{msg}");
+    }
+
+    #[test]
+    fn missing_field_names_field_and_type() {
+        let e = parse_config(r#"{"model_type":"llama","hidden_size":64}"#, "m").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("num_hidden_layers") && msg.contains("llama"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_is_invalid_value() {
+        let j = r#"{"model_type":"llama","hidden_size":"64","num_hidden_layers":2,
+            "num_attention_heads":4,"intermediate_size":128,"vocab_size":100}"#;
+        match parse_config(j, "m").unwrap_err() {
+            Error::InvalidValue { what, .. } => assert_eq!(what, "hidden_size"),
+            e => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn moe_and_vlm_are_unsupported() {
+        for j in [
+            r#"{"model_type":"mixtral"}"#,
+            r#"{"model_type":"llama","num_local_experts":8}"#,
+            r#"{"model_type":"qwen","visual":{}}"#,
+            r#"{"model_type":"llava"}"#,
+        ] {
+            match parse_config(j, "m").unwrap_err() {
+                Error::Unsupported { reason, .. } => assert_eq!(reason, LATER_VERSION),
+                e => panic!("{e}"),
+            }
+        }
+        assert!(matches!(
+            parse_config(r#"{"model_type":"t5"}"#, "m").unwrap_err(),
+            Error::Unsupported { .. }
+        ));
+    }
+
+    #[test]
+    fn gptq_group_minus_one_is_none() {
+        let j = r#"{"model_type":"llama","hidden_size":64,"num_hidden_layers":2,
+            "num_attention_heads":4,"intermediate_size":128,"vocab_size":100,
+            "quantization_config":{"quant_method":"gptq","bits":4,"group_size":-1}}"#;
+        let s = parse_config(j, "m").unwrap();
+        let q = s.quantization.unwrap();
+        assert_eq!((q.method.as_str(), q.bits, q.group_size), ("gptq", 4, None));
+    }
+}

@@ -1,0 +1,1164 @@
+//! The activation ledger: every tensor a decoder layer creates in forward, whether
+//! autograd saves it for backward, and how long it lives.
+//!
+//! A layer is written as a small program of ops (`Graph`), mirroring the HF
+//! transformers forward of its family op by op. Each op applies PyTorch's autograd rule
+//! for what it saves, *conditioned on which inputs require grad* — so frozen weights
+//! (LoRA/QLoRA) and a first layer whose input needs no gradient save less, exactly as
+//! autograd does. From the program we read:
+//! - `saved`: bytes of distinct storages kept from forward until the layer's backward
+//!   (the oracle's `live_per_layer_bytes`);
+//! - `fwd_peak`: the highest live total while the layer runs forward (saved tensors of
+//!   this layer + transients whose last use has not passed + the layer input);
+//! - `bwd_peak`: the highest live total during its backward (saved tensors not yet
+//!   released + activation gradients in flight + kernel workspaces).
+//!
+//! Formulas, per op (bytes = elements × dtype size; T = batch × seq tokens):
+//! - `linear(x, W)`: saves x if W is trainable (grad of W needs x); output T×out.
+//!   Under autocast: x is cast to half per call (new tensor) and W's half copy is cached
+//!   for the whole forward and saved when x requires grad.
+//! - peft LoRA (adapters fp32, dropout 0): x32 = x.to(fp32) saved by lora_A, a = x32·Aᵀ
+//!   (T×r fp32) saved by lora_B, out = (base(x) + B·a·s).to(dtype).
+//! - `mul(a, b)` saves b if a needs grad and a if b needs grad; `pow`, `silu`, `gelu`
+//!   save their input; `tanh`, `rsqrt`, `softmax`, `log_softmax` save their output.
+//! - `layer_norm` saves input, mean and rstd (fp32 on CUDA, input dtype on CPU).
+//! - SDPA/flash: saves q, k, v (k, v un-repeated for GQA), output and the fp32
+//!   logsumexp (T×heads×4 B). Eager: QKᵀ saves q and repeated k; softmax (fp32 in
+//!   llama-style models) saves probs; probs.to(dtype) and repeated v saved by P·V.
+//! - dropout (p > 0) saves its mask (bool on CUDA, input dtype on CPU).
+//!
+//! Checkpointing: `full` saves only the layer input and rebuilds the whole saved set
+//! during backward; `selective` (Megatron, Korthikanti et al. 2022) keeps everything
+//! but the attention core (QKᵀ scores, softmax, attention dropout), which it recomputes.
+//! This ledger is the `torch` runtime profile; the `candle` profile (every forward
+//! intermediate kept until the graph is dropped) is `program` + `tape`.
+
+use crate::arch::{
+    Activation, Family, LinearSpec, LoraTargets, MlpKind, ModelSpec, NormKind, Positions, Residual,
+};
+use crate::units::dtype::DType;
+use crate::workload::{Attn, Device, GradCkpt, Loss, Precision};
+
+/// What the ledger needs to know about the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerParams {
+    pub batch: u64,
+    /// Query tokens per sequence in this pass.
+    pub seq: u64,
+    /// Key/value length attended to (= seq in training and prefill).
+    pub kv_len: u64,
+    pub precision: Precision,
+    pub attn: Attn,
+    pub grad_ckpt: GradCkpt,
+    pub device: Device,
+    pub trainable: Trainable,
+    pub loss: Loss,
+    /// Bytes per element of a trainable base parameter's gradient (2 for bf16, 4 for
+    /// fp32 or an fp32 gradient buffer). LoRA adapters always get fp32 gradients.
+    pub param_grad_size: u64,
+    /// Megatron sequence parallelism: tensors of the residual stream (norms, residual
+    /// adds, row-parallel outputs) are split across this many tensor-parallel ranks
+    /// (1 = off). Tensor parallelism itself is expressed by the caller passing a
+    /// sharded `ModelSpec` (heads, kv heads, intermediate and vocab divided by tp).
+    pub sp_div: u64,
+}
+
+impl LedgerParams {
+    /// dtype of the residual stream (hidden states between layers, rotary tables): the
+    /// parameters' fp32 under autocast, else the compute dtype.
+    pub fn resid_dtype(&self) -> DType {
+        if self.precision.is_amp() {
+            DType::F32
+        } else {
+            self.precision.compute_dtype()
+        }
+    }
+}
+
+/// Which parameters require grad.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trainable {
+    /// Full fine-tuning / pre-training.
+    All,
+    /// Only LoRA adapters (fp32, peft default) on the targeted linears.
+    Lora { rank: u64, targets: LoraTargets },
+    /// Inference: nothing requires grad, nothing is saved.
+    Nothing,
+}
+
+impl Trainable {
+    fn base_weights(&self) -> bool {
+        matches!(self, Trainable::All)
+    }
+    fn any(&self) -> bool {
+        !matches!(self, Trainable::Nothing)
+    }
+}
+
+/// One tensor of a layer program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerTensor {
+    pub name: &'static str,
+    pub bytes: u64,
+    pub dtype: DType,
+    pub saved: bool,
+}
+
+/// Memory behaviour of one decoder layer (or of the non-layer head/loss part).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerLedger {
+    /// Bytes kept from forward until this layer's backward.
+    pub saved: u64,
+    /// Bytes the layer leaves alive until the end of the forward pass but not into
+    /// backward (autocast's cached weight copies under checkpointing).
+    pub fwd_cache: u64,
+    /// Peak live bytes while the layer runs forward, counting its input.
+    pub fwd_peak: u64,
+    /// Peak live bytes during its backward (saved + gradients in flight + workspaces),
+    /// counting the incoming output gradient; for checkpointed layers including the
+    /// recomputation.
+    pub bwd_peak: u64,
+    /// Parameter gradients of this layer already allocated at its backward peak
+    /// (included in `bwd_peak`).
+    pub bwd_peak_param_grads: u64,
+    /// All parameter gradients this layer's backward allocates.
+    pub param_grads: u64,
+    /// Size of the layer output (the residual stream) — alive between layers.
+    pub output_bytes: u64,
+    /// Every tensor the forward creates, in order.
+    pub tensors: Vec<LedgerTensor>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Produced by a matmul or attention kernel: kept under selective checkpointing.
+    Matmul,
+    Other,
+    /// The layer's input (owned by the previous layer).
+    Input,
+    /// Inside the attention core (QKᵀ, softmax, attention dropout): what Megatron's
+    /// selective recomputation drops.
+    AttnCore,
+    /// Autocast's half-precision weight copy: cached until the autocast region (forward
+    /// and loss) ends, whether or not autograd saves it.
+    Cache,
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    name: &'static str,
+    bytes: u64,
+    dtype: DType,
+    rg: bool,
+    born: u32,
+    last_use: u32,
+    /// Last op that holds a reference without taking part in autograd (e.g. the
+    /// returned logits while the loss is computed); only extends forward liveness.
+    held_until: u32,
+    /// Smallest op index that saved this node (u32::MAX = not saved).
+    saved_by: u32,
+    kind: Kind,
+}
+
+/// A tensor handle in a layer program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct T(usize);
+
+/// A recorded forward program: ops are numbered from 1; the input is born at 0.
+struct Graph<'a> {
+    nodes: Vec<Node>,
+    op: u32,
+    p: &'a LedgerParams,
+    tokens: u64,
+    /// Extra bytes an op's backward needs beyond the gradients (kernel workspaces),
+    /// keyed by op index.
+    bwd_workspace: Vec<(u32, u64)>,
+    /// Parameter gradients allocated by an op's backward (bytes), keyed by op index.
+    param_grads: Vec<(u32, u64)>,
+    /// While set, new tensors are tagged `Kind::AttnCore`.
+    in_attn_core: bool,
+}
+
+impl<'a> Graph<'a> {
+    fn new(p: &'a LedgerParams) -> Self {
+        Graph {
+            nodes: Vec::with_capacity(64),
+            op: 0,
+            p,
+            tokens: p.batch * p.seq,
+            bwd_workspace: Vec::new(),
+            param_grads: Vec::new(),
+            in_attn_core: false,
+        }
+    }
+
+    fn input(&mut self, per_token: u64, dtype: DType, rg: bool) -> T {
+        self.nodes.push(Node {
+            name: "layer input",
+            bytes: per_token * dtype.size() * self.tokens / self.p.sp_div.max(1),
+            dtype,
+            rg,
+            born: 0,
+            last_use: 0,
+            held_until: 0,
+            saved_by: u32::MAX,
+            kind: Kind::Input,
+        });
+        T(self.nodes.len() - 1)
+    }
+
+    fn dt(&self, t: T) -> DType {
+        self.nodes[t.0].dtype
+    }
+    fn rg(&self, t: T) -> bool {
+        self.nodes[t.0].rg
+    }
+
+    /// Start an op consuming `inputs`.
+    fn begin(&mut self, inputs: &[T]) {
+        self.op += 1;
+        for t in inputs {
+            self.nodes[t.0].last_use = self.op;
+        }
+    }
+
+    /// A new tensor of `elems` elements, born at the current op.
+    fn out(&mut self, name: &'static str, elems: u64, dtype: DType, rg: bool, kind: Kind) -> T {
+        let kind = if self.in_attn_core && kind == Kind::Other {
+            Kind::AttnCore
+        } else {
+            kind
+        };
+        self.nodes.push(Node {
+            name,
+            bytes: elems * dtype.size(),
+            dtype,
+            rg,
+            born: self.op,
+            last_use: self.op,
+            held_until: self.op,
+            saved_by: u32::MAX,
+            kind,
+        });
+        T(self.nodes.len() - 1)
+    }
+
+    /// Keep `ts` referenced through the current op without using them.
+    fn hold(&mut self, ts: &[T]) {
+        for t in ts {
+            self.nodes[t.0].held_until = self.op;
+        }
+    }
+
+    fn save(&mut self, t: T) {
+        let n = &mut self.nodes[t.0];
+        n.saved_by = n.saved_by.min(self.op);
+    }
+
+    fn save_if(&mut self, t: T, cond: bool) {
+        if cond {
+            self.save(t);
+        }
+    }
+
+    fn elems(&self, t: T) -> u64 {
+        self.nodes[t.0].bytes / self.nodes[t.0].dtype.size()
+    }
+
+    // ---- element-wise ops -------------------------------------------------------
+
+    /// `x.to(dtype)`: a no-op when the dtype matches; saves nothing.
+    fn cast(&mut self, x: T, dtype: DType) -> T {
+        if self.dt(x) == dtype {
+            return x;
+        }
+        self.begin(&[x]);
+        let e = self.elems(x);
+        let rg = self.rg(x);
+        self.out("cast", e, dtype, rg, Kind::Other)
+    }
+
+    /// Unary op that saves its input (pow, silu, gelu, exp-free activations).
+    fn unary_save_in(&mut self, name: &'static str, x: T) -> T {
+        self.begin(&[x]);
+        let rg = self.rg(x);
+        self.save_if(x, rg);
+        let (e, d) = (self.elems(x), self.dt(x));
+        self.out(name, e, d, rg, Kind::Other)
+    }
+
+    /// Unary op that saves its output (tanh, rsqrt, softmax, sigmoid).
+    fn unary_save_out(&mut self, name: &'static str, x: T, dtype: DType) -> T {
+        self.begin(&[x]);
+        let rg = self.rg(x);
+        let e = self.elems(x);
+        let y = self.out(name, e, dtype, rg, Kind::Other);
+        self.save_if(y, rg);
+        y
+    }
+
+    /// Unary op that saves nothing (scalar mul/add, neg, cat of halves, mean...).
+    fn unary_plain(&mut self, name: &'static str, x: T, elems: u64, dtype: DType) -> T {
+        self.begin(&[x]);
+        let rg = self.rg(x);
+        self.out(name, elems, dtype, rg, Kind::Other)
+    }
+
+    /// `a * b` (both tensors, broadcast to the larger): saves b if a needs grad and a if
+    /// b needs grad. Output dtype follows type promotion (the wider of the two).
+    fn mul(&mut self, name: &'static str, a: T, b: T) -> T {
+        self.begin(&[a, b]);
+        let (ra, rb) = (self.rg(a), self.rg(b));
+        self.save_if(b, ra);
+        self.save_if(a, rb);
+        let e = self.elems(a).max(self.elems(b));
+        let d = promote(self.dt(a), self.dt(b));
+        self.out(name, e, d, ra || rb, Kind::Other)
+    }
+
+    /// `a + b`: saves nothing.
+    fn add(&mut self, name: &'static str, a: T, b: T) -> T {
+        self.begin(&[a, b]);
+        let rg = self.rg(a) || self.rg(b);
+        let e = self.elems(a).max(self.elems(b));
+        let d = promote(self.dt(a), self.dt(b));
+        self.out(name, e, d, rg, Kind::Other)
+    }
+
+    fn dropout(&mut self, x: T, p: f64) -> T {
+        if p <= 0.0 || !self.p.trainable.any() {
+            return x;
+        }
+        self.begin(&[x]);
+        let rg = self.rg(x);
+        let e = self.elems(x);
+        let mask_dt = match self.p.device {
+            Device::Cuda => DType::Bool,
+            Device::Cpu => self.dt(x),
+        };
+        let mask = self.out("dropout mask", e, mask_dt, false, Kind::Other);
+        self.save_if(mask, rg);
+        let d = self.dt(x);
+        self.out("dropout", e, d, rg, Kind::Other)
+    }
+
+    // ---- linears ----------------------------------------------------------------
+
+    fn compute(&self) -> DType {
+        self.p.precision.compute_dtype()
+    }
+
+    /// `nn.Linear` / `Conv1D` with optional peft LoRA, per the trainable set.
+    fn linear(&mut self, x: T, lin: &LinearSpec) -> T {
+        let weight_trainable = self.p.trainable.base_weights();
+        let lora_rank = match &self.p.trainable {
+            Trainable::Lora { rank, targets } if targets.matches(lin) => Some(*rank),
+            _ => None,
+        };
+        let compute = self.compute();
+        // Under autocast the input is cast per call; the half weight copy is cached.
+        let xin = if self.p.precision.is_amp() {
+            self.cast(x, compute)
+        } else {
+            x
+        };
+        self.begin(&[xin]);
+        let x_rg = self.rg(xin);
+        self.save_if(xin, weight_trainable);
+        if self.p.precision.is_amp() {
+            // Autocast caches the half copy of a weight that requires grad (a leaf) until
+            // the autocast region ends; a frozen weight is cast anew at every call and
+            // its copy lives only as long as autograd keeps it.
+            let kind = if weight_trainable {
+                Kind::Cache
+            } else {
+                Kind::Other
+            };
+            let w = self.out(
+                "autocast weight copy",
+                lin.in_features * lin.out_features,
+                compute,
+                false,
+                kind,
+            );
+            // saved when x needs grad (the input's gradient needs the weight)
+            self.save_if(w, x_rg);
+        }
+        let out_rg = x_rg || weight_trainable;
+        if weight_trainable {
+            let n =
+                lin.in_features * lin.out_features + if lin.bias { lin.out_features } else { 0 };
+            self.param_grads.push((self.op, n * self.p.param_grad_size));
+        }
+        use crate::arch::LinearRole;
+        let sp = self.p.sp_div.max(1);
+        let row_parallel = matches!(lin.role, LinearRole::O | LinearRole::Down);
+        if sp > 1 && !row_parallel {
+            // sequence parallel: the column-parallel input is all-gathered for the matmul
+            // (a transient; the sharded input is what is saved)
+            let e = self.tokens * lin.in_features;
+            let d = self.dt(xin);
+            self.out("sequence-parallel all-gather", e, d, false, Kind::Other);
+        }
+        let out_tokens = if row_parallel {
+            self.tokens / sp
+        } else {
+            self.tokens
+        };
+        let base = self.out(
+            lin.name,
+            out_tokens * lin.out_features,
+            compute,
+            out_rg,
+            Kind::Matmul,
+        );
+        let Some(r) = lora_rank else { return base };
+        // peft: x.to(lora_A.weight.dtype) -> lora_B(lora_A(x)) * scaling, added to the
+        // base result (type promotion to fp32), then cast back.
+        let x32 = self.cast(x, DType::F32);
+        let x32 = if x32 == x {
+            // already fp32: peft still feeds the same tensor
+            x
+        } else {
+            x32
+        };
+        self.begin(&[x32]);
+        self.save(x32);
+        self.param_grads.push((self.op, r * lin.in_features * 4));
+        let a = self.out("lora_A", self.tokens * r, DType::F32, true, Kind::Matmul);
+        self.begin(&[a]);
+        self.save(a);
+        self.param_grads.push((self.op, r * lin.out_features * 4));
+        let b = self.out(
+            "lora_B",
+            self.tokens * lin.out_features,
+            DType::F32,
+            true,
+            Kind::Matmul,
+        );
+        let scaled = self.unary_plain(
+            "lora scaling",
+            b,
+            self.tokens * lin.out_features,
+            DType::F32,
+        );
+        let sum = self.add("lora add", base, scaled);
+        self.cast(sum, compute)
+    }
+
+    // ---- norms --------------------------------------------------------------------
+
+    fn norm(&mut self, x: T, width: u64, kind: NormKind) -> T {
+        let weight_trainable = self.p.trainable.base_weights();
+        if weight_trainable {
+            let n = match kind {
+                NormKind::LayerNorm { bias: true } => 2 * width,
+                _ => width,
+            };
+            self.param_grads
+                .push((self.op + 1, n * self.p.param_grad_size));
+        }
+        match kind {
+            NormKind::RmsNorm { offset_one } => {
+                let in_dt = self.dt(x);
+                let x32 = self.cast(x, DType::F32);
+                let sq = self.unary_save_in("pow", x32);
+                let rows = self.elems(x) / width;
+                let mean = self.unary_plain("mean", sq, rows, DType::F32);
+                let var = self.unary_plain("add eps", mean, rows, DType::F32);
+                let r = self.unary_save_out("rsqrt", var, DType::F32);
+                let y = self.mul("normalized", x32, r);
+                if offset_one {
+                    // Gemma: (y * (1 + w.float())).type_as(x)
+                    self.begin(&[y]);
+                    self.save_if(y, weight_trainable);
+                    let e = self.elems(y);
+                    let z = self.out(
+                        "norm out",
+                        e,
+                        DType::F32,
+                        self.rg(y) || weight_trainable,
+                        Kind::Other,
+                    );
+                    self.cast(z, in_dt)
+                } else {
+                    let y16 = self.cast(y, in_dt);
+                    self.begin(&[y16]);
+                    self.save_if(y16, weight_trainable);
+                    let e = self.elems(y16);
+                    let rg = self.rg(y16) || weight_trainable;
+                    self.out("norm out", e, in_dt, rg, Kind::Other)
+                }
+            }
+            NormKind::LayerNorm { .. } => {
+                self.begin(&[x]);
+                let rg = self.rg(x);
+                let any = rg || weight_trainable;
+                self.save_if(x, any);
+                let rows = self.elems(x) / width;
+                let stat_dt = match self.p.device {
+                    Device::Cuda => DType::F32,
+                    Device::Cpu => self.dt(x),
+                };
+                let mean = self.out("ln mean", rows, stat_dt, false, Kind::Other);
+                let rstd = self.out("ln rstd", rows, stat_dt, false, Kind::Other);
+                self.save_if(mean, any);
+                self.save_if(rstd, any);
+                let (e, d) = (self.elems(x), self.dt(x));
+                self.out("ln out", e, d, any, Kind::Other)
+            }
+        }
+    }
+
+    // ---- activations ----------------------------------------------------------------
+
+    fn act(&mut self, x: T, act: Activation) -> T {
+        match act {
+            Activation::Silu => self.unary_save_in("silu", x),
+            Activation::Gelu | Activation::GeluTanh => self.unary_save_in("gelu", x),
+            Activation::Relu => self.unary_save_out("relu", x, self.dt(x)),
+            Activation::GeluNew => {
+                // 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))
+                let (e, d) = (self.elems(x), self.dt(x));
+                let cube = self.unary_save_in("pow3", x);
+                let c = self.unary_plain("mul c", cube, e, d);
+                let inner = self.add("add", x, c);
+                let s = self.unary_plain("mul sqrt(2/pi)", inner, e, d);
+                let t = self.unary_save_out("tanh", s, d);
+                let one_t = self.unary_plain("1 + tanh", t, e, d);
+                let half_x = self.unary_plain("0.5 x", x, e, d);
+                self.mul("gelu_new", half_x, one_t)
+            }
+        }
+    }
+}
+
+fn promote(a: DType, b: DType) -> DType {
+    if a.size() >= b.size() {
+        a
+    } else {
+        b
+    }
+}
+
+impl Graph<'_> {
+    /// Rotary embedding as HF writes it: q*cos + rotate_half(q)*sin (cos/sin are shared
+    /// non-layer tensors that need no grad: only they are saved, by the muls).
+    fn rope(&mut self, x: T, heads: u64, head_dim: u64, rotary_dim: u64) -> T {
+        let d = self.dt(x);
+        let rot_elems = self.tokens * heads * rotary_dim;
+        let full = self.tokens * heads * head_dim;
+        let xc = self.unary_plain("x*cos", x, rot_elems, promote(d, self.rope_dtype()));
+        let neg = self.unary_plain("neg half", x, rot_elems / 2, d);
+        let rh = self.unary_plain("rotate_half", neg, rot_elems, d);
+        let xs = self.unary_plain("rot*sin", rh, rot_elems, promote(d, self.rope_dtype()));
+        let mut y = self.add("rope", xc, xs);
+        if rotary_dim < head_dim {
+            y = self.unary_plain("cat pass-through", y, full, self.dt(y));
+        }
+        y
+    }
+
+    /// cos/sin follow the hidden-state dtype (fp32 under autocast).
+    fn rope_dtype(&self) -> DType {
+        self.p.resid_dtype()
+    }
+}
+
+/// Build one decoder layer's program and measure it.
+fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (Graph<'a>, T) {
+    let mut g = Graph::new(p);
+    let resid_dt = p.resid_dtype();
+    let x = g.input(spec.hidden, resid_dt, input_rg);
+    let lins = spec.layer_linears();
+    let find = |role: crate::arch::LinearRole| lins.iter().find(|l| l.role == role).copied();
+    let h = spec.hidden;
+
+    let attention = |g: &mut Graph, n: T| -> T {
+        use crate::arch::LinearRole::*;
+        let (q, k, v) = if let Some(qkv) = find(Qkv) {
+            let t = g.linear(n, &qkv);
+            (t, t, t)
+        } else {
+            let q = g.linear(n, &find(Q).unwrap());
+            let k = g.linear(n, &find(K).unwrap());
+            let v = g.linear(n, &find(V).unwrap());
+            (q, k, v)
+        };
+        let (mut q, mut k) = (q, k);
+        if spec.qk_norm {
+            q = g.norm(q, spec.head_dim, spec.norm);
+            k = g.norm(k, spec.head_dim, spec.norm);
+        }
+        if let Positions::Rope { rotary_dim } = spec.positions {
+            q = g.rope(q, spec.heads, spec.head_dim, rotary_dim);
+            k = g.rope(k, spec.kv_heads, spec.head_dim, rotary_dim);
+        }
+        let out = g.attention_core(spec, q, k, v);
+        let o = g.linear(out, &find(O).unwrap());
+        g.dropout(o, spec.dropout.resid)
+    };
+
+    let mlp = |g: &mut Graph, n: T| -> T {
+        use crate::arch::LinearRole::*;
+        let i = spec.intermediate;
+        let prod = match spec.mlp {
+            MlpKind::Gated {
+                fused_gate_up: true,
+            } => {
+                let gu = g.linear(n, &find(GateUp).unwrap());
+                // gate, up = gu.chunk(2): views of one storage
+                let d = g.dt(gu);
+                g.begin(&[gu]);
+                let gate_rg = g.rg(gu);
+                g.save_if(gu, gate_rg);
+                let a = g.out("act(gate)", g.tokens * i, d, gate_rg, Kind::Other);
+                g.begin(&[gu, a]);
+                g.save_if(gu, g.rg(a));
+                g.save_if(a, gate_rg);
+                g.out("act*up", g.tokens * i, d, gate_rg, Kind::Other)
+            }
+            MlpKind::Gated {
+                fused_gate_up: false,
+            } => {
+                let gate = g.linear(n, &find(Gate).unwrap());
+                let a = g.act(gate, spec.act);
+                let up = g.linear(n, &find(Up).unwrap());
+                g.mul("act*up", a, up)
+            }
+            MlpKind::Plain => {
+                let f = g.linear(n, &find(Up).unwrap());
+                g.act(f, spec.act)
+            }
+        };
+        let d = g.linear(prod, &find(Down).unwrap());
+        g.dropout(d, spec.dropout.resid)
+    };
+
+    let out = match spec.residual {
+        Residual::Sequential => {
+            let n1 = g.norm(x, h, spec.norm);
+            let mut a = attention(&mut g, n1);
+            if spec.sandwich_norms {
+                a = g.norm(a, h, spec.norm);
+            }
+            let h1 = g.add("residual", x, a);
+            let n2 = g.norm(h1, h, spec.norm);
+            let mut m = mlp(&mut g, n2);
+            if spec.sandwich_norms {
+                m = g.norm(m, h, spec.norm);
+            }
+            g.add("residual", h1, m)
+        }
+        Residual::Parallel { shared_norm } => {
+            let n1 = g.norm(x, h, spec.norm);
+            let n2 = if shared_norm {
+                n1
+            } else {
+                g.norm(x, h, spec.norm)
+            };
+            let a = attention(&mut g, n1);
+            let m = mlp(&mut g, n2);
+            let am = g.add("attn+mlp", m, a);
+            g.add("residual", am, x)
+        }
+    };
+    (g, out)
+}
+
+impl Graph<'_> {
+    fn attention_core(&mut self, spec: &ModelSpec, q: T, k: T, v: T) -> T {
+        let p = self.p;
+        let d = self.compute();
+        let (nh, nkv, hd) = (spec.heads, spec.kv_heads, spec.head_dim);
+        let tq = self.tokens;
+        let kv_tokens = p.batch * p.kv_len;
+        let any_rg = self.rg(q) || self.rg(k) || self.rg(v);
+        // Under autocast the attention kernel receives half-precision copies.
+        let (q, k, v) = if p.precision.is_amp() {
+            (self.cast(q, d), self.cast(k, d), self.cast(v, d))
+        } else {
+            (q, k, v)
+        };
+        match p.attn {
+            Attn::Sdpa | Attn::Flash => {
+                self.begin(&[q, k, v]);
+                if any_rg {
+                    self.save(q);
+                    self.save(k);
+                    self.save(v);
+                }
+                let out = self.out("attention out", tq * nh * hd, d, any_rg, Kind::Matmul);
+                let lse = self.out("logsumexp", tq * nh, DType::F32, false, Kind::Matmul);
+                if any_rg {
+                    self.save(out);
+                    self.save(lse);
+                    // Flash backward: fp32 dq accumulator + softmax row sums.
+                    self.bwd_workspace
+                        .push((self.op, tq * nh * hd * 4 + tq * nh * 4));
+                }
+                out
+            }
+            _ => {
+                // Eager: explicit matmuls.
+                let rep = nh / nkv;
+                let (kr, vr) = if rep > 1 {
+                    let kr = self.unary_plain("repeat_kv k", k, kv_tokens * nh * hd, d);
+                    let vr = self.unary_plain("repeat_kv v", v, kv_tokens * nh * hd, d);
+                    (kr, vr)
+                } else {
+                    (k, v)
+                };
+                let scores_elems = p.batch * nh * p.seq * p.kv_len;
+                self.begin(&[q, kr]);
+                let (rq, rk) = (self.rg(q), self.rg(kr));
+                self.save_if(kr, rq);
+                self.save_if(q, rk);
+                self.in_attn_core = true;
+                let mut s = self.out("scores", scores_elems, d, any_rg, Kind::AttnCore);
+                s = self.unary_plain("scale", s, scores_elems, d);
+                if spec.attn_softcap.is_some() {
+                    s = self.unary_plain("softcap div", s, scores_elems, d);
+                    s = self.unary_save_out("softcap tanh", s, d);
+                    s = self.unary_plain("softcap mul", s, scores_elems, d);
+                }
+                s = self.unary_plain("mask add", s, scores_elems, d);
+                // llama-style models take softmax in fp32 and cast back; GPT-2-style
+                // families softmax in the compute dtype.
+                // Autocast runs softmax in fp32 for every family.
+                let fp32_softmax = p.precision.is_amp()
+                    || !matches!(spec.family, Family::Gpt2 | Family::GptBigcode);
+                let probs = if fp32_softmax {
+                    // `attn_weights = softmax(attn_weights, dtype=fp32).to(dtype)`:
+                    // softmax(dtype=) first casts its input to fp32 (a full copy), and
+                    // the old scores stay referenced until the assignment
+                    let s32 = self.cast(s, DType::F32);
+                    let pr = self.unary_save_out("softmax", s32, DType::F32);
+                    let c = self.cast(pr, d);
+                    self.hold(&[s]);
+                    c
+                } else {
+                    self.unary_save_out("softmax", s, d)
+                };
+                let probs = self.dropout(probs, spec.dropout.attn);
+                self.in_attn_core = false;
+                self.begin(&[probs, vr]);
+                let (rp, rv) = (self.rg(probs), self.rg(vr));
+                self.save_if(vr, rp);
+                self.save_if(probs, rv);
+                let o = self.out("P·V", tq * nh * hd, d, any_rg, Kind::Matmul);
+                // [b,h,s,d] -> [b,s,h*d]: transpose + contiguous copy
+                self.unary_plain("attn transpose", o, tq * nh * hd, d)
+            }
+        }
+    }
+}
+
+/// Liveness of a recorded program.
+fn measure(g: &Graph, out: T, p: &LedgerParams) -> LayerLedger {
+    let ops = g.op;
+    let ckpt = p.grad_ckpt;
+    let training = p.trainable.any();
+    let is_saved = |n: &Node| n.saved_by != u32::MAX;
+    // Kept from forward until backward without checkpointing: what autograd saved.
+    let kept = |n: &Node| -> bool { training && is_saved(n) };
+    // Kept while the forward runs, under the checkpointing mode.
+    let kept_fwd = |n: &Node| -> bool {
+        match ckpt {
+            GradCkpt::None => kept(n),
+            GradCkpt::Full => training && n.kind == Kind::Input,
+            // Megatron selective recomputation: the attention core is recomputed
+            GradCkpt::Selective => training && kept(n) && n.kind != Kind::AttnCore,
+        }
+    };
+    let saved: u64 = g
+        .nodes
+        .iter()
+        .filter(|n| kept_fwd(n))
+        .map(|n| n.bytes)
+        .sum();
+    // Autocast copies that autograd does not keep still live until the forward ends.
+    let fwd_cache: u64 = g
+        .nodes
+        .iter()
+        .filter(|n| n.kind == Kind::Cache && !kept_fwd(n))
+        .map(|n| n.bytes)
+        .sum();
+    let output_bytes = g.nodes[out.0].bytes;
+
+    // Forward: live bytes at each op (transients live until their last use), by a
+    // difference array over op indices: O(tensors + ops).
+    let n_ops = ops as usize;
+    let fwd_peak_with = |keep: &dyn Fn(&Node) -> bool| -> u64 {
+        let mut diff = vec![0i128; n_ops + 2];
+        for n in &g.nodes {
+            let end = if keep(n) || n.kind == Kind::Cache || n.born == ops {
+                ops
+            } else {
+                n.last_use.max(n.held_until)
+            };
+            diff[n.born as usize] += n.bytes as i128;
+            diff[end as usize + 1] -= n.bytes as i128;
+        }
+        let mut live = 0i128;
+        let mut peak = 0i128;
+        for d in &diff[..=n_ops] {
+            live += d;
+            peak = peak.max(live);
+        }
+        peak as u64
+    };
+    let fwd_peak = fwd_peak_with(&kept_fwd);
+
+    // Backward, ops in reverse: saved tensors are released when the earliest op that
+    // saved them has run its backward; the gradient of a tensor exists from the
+    // backward of its last consumer until the backward of its producer; parameter
+    // gradients appear at their op's backward and stay.
+    let mut bwd_peak = 0u64;
+    let mut bwd_peak_param_grads = 0u64;
+    let param_grads: u64 = g.param_grads.iter().map(|(_, b)| *b).sum();
+    if training {
+        // live[j] for j in 1..=ops, as differences over j
+        let mut act = vec![0i128; n_ops + 2];
+        let mut pgd = vec![0i128; n_ops + 2];
+        let add = |v: &mut Vec<i128>, from: u32, to: u32, b: u64| {
+            if from <= to {
+                v[from as usize] += b as i128;
+                v[to as usize + 1] -= b as i128;
+            }
+        };
+        for (idx, n) in g.nodes.iter().enumerate() {
+            if is_saved(n) {
+                add(&mut act, n.saved_by.max(1), ops, n.bytes);
+            }
+            if n.rg {
+                let last = if idx == out.0 { ops } else { n.last_use };
+                add(&mut act, n.born.max(1), last.min(ops), n.bytes);
+            }
+        }
+        for &(o, b) in &g.bwd_workspace {
+            add(&mut act, o, o, b);
+        }
+        for &(o, b) in &g.param_grads {
+            add(&mut pgd, 1, o.min(ops), b);
+        }
+        let (mut live, mut pg) = (0i128, 0i128);
+        for j in 1..=n_ops {
+            live += act[j];
+            pg += pgd[j];
+            let total = (live + pg) as u64;
+            // ties go to the later op in backward order (smaller j), as the reverse walk
+            if total >= bwd_peak {
+                bwd_peak = total;
+                bwd_peak_param_grads = pg as u64;
+            }
+        }
+        if ckpt != GradCkpt::None {
+            // Recomputation rebuilds the forward and its saved set before backward,
+            // while the output gradient waits.
+            let recompute = fwd_peak_with(&kept);
+            if recompute + output_bytes > bwd_peak {
+                bwd_peak = recompute + output_bytes;
+                bwd_peak_param_grads = 0;
+            }
+        }
+    }
+
+    let tensors = g
+        .nodes
+        .iter()
+        .filter(|n| n.bytes > 0)
+        .map(|n| LedgerTensor {
+            name: n.name,
+            bytes: n.bytes,
+            dtype: n.dtype,
+            saved: kept(n),
+        })
+        .collect();
+    LayerLedger {
+        saved,
+        fwd_cache,
+        fwd_peak,
+        bwd_peak,
+        bwd_peak_param_grads,
+        param_grads,
+        output_bytes,
+        tensors,
+    }
+}
+
+/// Ledger of one decoder layer whose input requires grad (`input_rg`); layer 0 of a
+/// LoRA model gets `false` (the frozen embedding's output needs no gradient).
+pub fn layer(spec: &ModelSpec, p: &LedgerParams, input_rg: bool) -> LayerLedger {
+    let (g, out) = layer_program(spec, p, input_rg && p.trainable.any());
+    measure(&g, out, p)
+}
+
+/// Everything outside the decoder layers that stays alive from forward to backward,
+/// and the transient peaks of the head + loss.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NonLayer {
+    /// Saved by the embedding side and shared by all layers (position ids, rotary
+    /// cos/sin, causal mask under checkpointing, embedding dropout mask).
+    pub shared: u64,
+    /// Saved by the final norm, the output head and the loss.
+    pub head_saved: u64,
+    /// Of which: the loss (log-probabilities in fp32, labels).
+    pub loss_saved: u64,
+    /// Extra live bytes at the forward peak of head + loss (logits and their fp32
+    /// copy), beyond `head_saved`.
+    pub head_fwd_transient: u64,
+    /// Extra live bytes at the backward peak of loss + head, beyond `head_saved`.
+    pub head_bwd_transient: u64,
+    /// Bytes of the embedding output (the first residual stream tensor).
+    pub embed_out: u64,
+}
+
+/// The non-layer ledger.
+pub fn non_layer(spec: &ModelSpec, p: &LedgerParams) -> NonLayer {
+    let training = p.trainable.any();
+    let tokens = p.batch * p.seq;
+    let compute = p.precision.compute_dtype();
+    let resid_dt = p.resid_dtype();
+    let h = spec.hidden;
+    let v = spec.vocab;
+    let mut nl = NonLayer {
+        embed_out: tokens * h * resid_dt.size() / p.sp_div.max(1),
+        ..NonLayer::default()
+    };
+    if training {
+        // position ids [1, s] int64: saved by a learned position table it trains, or
+        // as an input of every checkpointed layer
+        let pos_saved = match spec.positions {
+            Positions::Learned => p.trainable.base_weights() || p.grad_ckpt != GradCkpt::None,
+            _ => p.grad_ckpt != GradCkpt::None,
+        };
+        if pos_saved {
+            nl.shared += p.seq * 8;
+        }
+        if let Positions::Rope { rotary_dim } = spec.positions {
+            // cos and sin [1, s, rotary_dim] in the hidden-state dtype, saved by the
+            // rotary muls of every layer (one storage)
+            nl.shared += 2 * p.seq * rotary_dim * resid_dt.size();
+        }
+        if p.attn == Attn::Eager && p.grad_ckpt != GradCkpt::None {
+            // the 4-D causal mask [b, 1, s, s] becomes a saved checkpoint input
+            nl.shared += p.batch * p.seq * p.kv_len * resid_dt.size();
+        }
+        if spec.dropout.embd > 0.0 && embedding_output_requires_grad(p) {
+            // the mask is saved only when the embedding output needs a gradient
+            let mask = match p.device {
+                Device::Cuda => 1,
+                Device::Cpu => resid_dt.size(),
+            };
+            nl.shared += tokens * h * mask;
+        }
+        if spec.embed_norm && p.trainable.base_weights() {
+            // BLOOM's word_embeddings_layernorm: input + mean + rstd
+            let stat = match p.device {
+                Device::Cuda => 4,
+                Device::Cpu => resid_dt.size(),
+            };
+            nl.shared += tokens * h * resid_dt.size() + 2 * tokens * stat;
+        }
+    }
+
+    // Final norm + head + loss as a small program. The head is trainable with full
+    // fine-tuning (tied or not) and frozen under LoRA (peft's all-linear excludes it).
+    let p_head = LedgerParams {
+        trainable: match &p.trainable {
+            Trainable::Lora { rank, .. } => Trainable::Lora {
+                rank: *rank,
+                targets: LoraTargets::Names(Vec::new()),
+            },
+            t => t.clone(),
+        },
+        // the head and loss are never inside a checkpointed layer
+        grad_ckpt: GradCkpt::None,
+        ..p.clone()
+    };
+    let mut g = Graph::new(&p_head);
+    let x = g.input(h, resid_dt, training);
+    let n = g.norm(x, h, spec.norm);
+    let head = LinearSpec {
+        name: "lm_head",
+        in_features: h,
+        out_features: v,
+        bias: spec.lm_head_bias,
+        role: crate::arch::LinearRole::Head,
+    };
+    let logits = g.linear(n, &head);
+    let loss_from = g.nodes.len();
+    let last = if p.loss == Loss::FusedLinearCe {
+        logits
+    } else {
+        let mut l = logits;
+        if spec.final_softcap.is_some() {
+            l = g.unary_plain("softcap div", l, tokens * v, compute);
+            l = g.unary_save_out("softcap tanh", l, compute);
+            l = g.unary_plain("softcap mul", l, tokens * v, compute);
+        }
+        // transformers' ForCausalLMLoss: logits.float(), then cross_entropy
+        let l32 = g.cast(l, DType::F32);
+        let lsm = g.unary_save_out("log_softmax", l32, DType::F32);
+        // The model's `logits` (returned in its output) and the loss function's fp32
+        // copy stay referenced until the loss is computed.
+        g.begin(&[lsm]);
+        g.hold(&[logits, l32]);
+        let labels = g.out("shift labels", tokens, DType::I64, false, Kind::Other);
+        g.save_if(labels, training);
+        g.out("loss", 1, DType::F32, training, Kind::Other)
+    };
+    // the loss scalar is the program's output, kept by the caller
+    let m = measure(&g, last, &p_head);
+    let loss_saved: u64 = if training {
+        g.nodes[loss_from..]
+            .iter()
+            .filter(|n| n.saved_by != u32::MAX)
+            .map(|n| n.bytes)
+            .sum()
+    } else {
+        0
+    };
+    let head_saved = m.saved;
+    let fwd_t = m.fwd_peak.saturating_sub(m.saved);
+    let bwd_t = m.bwd_peak.saturating_sub(m.saved);
+    match p.loss {
+        Loss::Standard => {
+            nl.head_saved = head_saved;
+            nl.loss_saved = loss_saved;
+            nl.head_fwd_transient = fwd_t;
+            nl.head_bwd_transient = bwd_t;
+        }
+        Loss::Chunked => {
+            // Logits are produced and upcast chunk by chunk (torchtune / litgpt use 8
+            // chunks); autograd still keeps every chunk's fp32 log-probabilities.
+            let chunks = CHUNKED_LOSS_CHUNKS.min(tokens.max(1));
+            nl.head_saved = head_saved;
+            nl.loss_saved = loss_saved;
+            nl.head_fwd_transient = fwd_t / chunks;
+            nl.head_bwd_transient = bwd_t / chunks;
+        }
+        Loss::FusedLinearCe => {
+            // Liger fused linear + CE: the gradient w.r.t. the head input is computed
+            // in forward chunk by chunk and kept (T×h); logits never exist in full.
+            let grad_in = if training {
+                tokens * h * compute.size()
+            } else {
+                0
+            };
+            let head_in = g.nodes[n.0].bytes;
+            let norm_saved = g.nodes[..loss_from]
+                .iter()
+                .filter(|nd| nd.saved_by != u32::MAX && nd.name != "lm_head")
+                .map(|nd| nd.bytes)
+                .sum::<u64>()
+                .saturating_sub(if g.nodes[n.0].saved_by != u32::MAX {
+                    head_in
+                } else {
+                    0
+                });
+            nl.head_saved = norm_saved + grad_in;
+            nl.loss_saved = grad_in;
+            // one chunk of fp32 logits and its gradient (Liger sizes chunks to about
+            // hidden_size tokens)
+            let chunk_tokens = tokens.min(h);
+            nl.head_fwd_transient = chunk_tokens * v * 4 * 2;
+            nl.head_bwd_transient = 0;
+        }
+    }
+    nl
+}
+
+/// Chunks of the chunked cross-entropy (torchtune `CEWithChunkedOutputLoss`, litgpt).
+pub const CHUNKED_LOSS_CHUNKS: u64 = 8;
+
+/// The whole activation picture for one pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activations {
+    /// A layer whose input requires grad (every layer but possibly the first).
+    pub layer: LayerLedger,
+    /// Layer 0 (differs under LoRA/QLoRA: its input needs no gradient).
+    pub first: LayerLedger,
+    pub non_layer: NonLayer,
+    /// `activations.per_layer_bytes`: what one decoder layer keeps alive until its
+    /// backward.
+    pub per_layer_bytes: u64,
+    /// `activations.non_layer_bytes`: everything else kept until backward (embedding
+    /// side, final norm, head input, loss tensors, and the first layer's difference).
+    pub non_layer_bytes: u64,
+}
+
+pub fn activations(spec: &ModelSpec, p: &LedgerParams) -> Activations {
+    let layer = layer(spec, p, true);
+    // The embedding output requires grad only when the embedding is trainable.
+    let first = layer_for_first(spec, p);
+    let nl = non_layer(spec, p);
+    let per_layer = layer.saved;
+    let non_layer_bytes = (nl.shared + nl.head_saved + first.saved).saturating_sub(per_layer);
+    Activations {
+        layer,
+        first,
+        non_layer: nl,
+        per_layer_bytes: per_layer,
+        non_layer_bytes,
+    }
+}
+
+/// Whether the embedding output requires grad: with a trainable embedding, or when
+/// transformers' `gradient_checkpointing_enable()` calls `enable_input_require_grads()`
+/// on a PEFT model (so checkpointed layers get a gradient-carrying input).
+fn embedding_output_requires_grad(p: &LedgerParams) -> bool {
+    p.trainable.base_weights() || (p.trainable.any() && p.grad_ckpt != GradCkpt::None)
+}
+
+fn layer_for_first(spec: &ModelSpec, p: &LedgerParams) -> LayerLedger {
+    let embed_rg = embedding_output_requires_grad(p);
+    let mut l = layer(spec, p, embed_rg);
+    if p.grad_ckpt == GradCkpt::Full && p.trainable.any() {
+        // a checkpointed layer saves its input even when it needs no gradient
+        l.saved = l.saved.max(layer(spec, p, true).saved);
+    }
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(trainable: Trainable, ckpt: GradCkpt) -> LedgerParams {
+        LedgerParams {
+            batch: 1,
+            seq: 256,
+            kv_len: 256,
+            precision: Precision::AmpBf16,
+            attn: Attn::Sdpa,
+            grad_ckpt: ckpt,
+            device: Device::Cuda,
+            trainable,
+            loss: Loss::Standard,
+            param_grad_size: 4,
+            sp_div: 1,
+        }
+    }
+
+    #[test]
+    fn autocast_caches_only_weights_that_require_grad() {
+        let spec = crate::hf::presets::get("llama-3.2-1b").unwrap().unwrap();
+        let lin: u64 = spec
+            .layer_linears()
+            .iter()
+            .map(|l| l.in_features * l.out_features)
+            .sum();
+        // full fine-tuning under checkpointing: the cached half copies outlive the layer
+        let full = layer(&spec, &params(Trainable::All, GradCkpt::Full), true);
+        assert_eq!(full.fwd_cache, lin * 2);
+        // LoRA: frozen weights are cast per call, nothing is cached
+        let lora = Trainable::Lora {
+            rank: 16,
+            targets: LoraTargets::AllLinear,
+        };
+        let l = layer(&spec, &params(lora, GradCkpt::Full), true);
+        assert_eq!(l.fwd_cache, 0);
+    }
+}

@@ -1,0 +1,5 @@
+//! Units: the byte-count type, element types, the GPU table.
+
+pub mod bytes;
+pub mod dtype;
+pub mod gpu;

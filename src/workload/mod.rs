@@ -1,0 +1,341 @@
+//! `Workload`: what the user runs on the model — task, method, precision, optimizer,
+//! shapes, attention kernel, checkpointing, loss, runtime, inference shapes.
+//!
+//! Built from CLI flags or a config file and validated here (`Workload::validate`), so
+//! the estimator core only ever sees consistent values.
+
+pub mod import;
+pub mod overhead;
+pub mod settings;
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::{LoraTargets, ModelSpec};
+use crate::error::{Error, Result};
+use crate::units::dtype::DType;
+
+macro_rules! choice_enum {
+    ($(#[$m:meta])* $name:ident, $what:literal, { $($(#[$vm:meta])* $var:ident => $s:literal $(| $alias:literal)*),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name { $($(#[$vm])* #[serde(rename = $s)] $var),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$var => $s),+ }
+            }
+            pub fn accepted() -> String {
+                [$($s),+].join(", ")
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<$name> {
+                match s.trim().to_ascii_lowercase().as_str() {
+                    $($s $(| $alias)* => Ok($name::$var),)+
+                    _ => Err(Error::invalid($what, s, $name::accepted())),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+choice_enum!(
+    /// `--task`
+    Task, "--task", { Train => "train", Infer => "infer" | "inference" | "serve" });
+choice_enum!(
+    /// `--method`
+    Method, "--method", { Full => "full", Lora => "lora", Qlora => "qlora" });
+choice_enum!(
+/// `--dtype`: the precision recipe. `amp-*` keeps fp32 parameters and runs matmuls
+/// under torch autocast (half-precision copies of the weights live during forward);
+/// `fp8` is for inference only (fp8 weights, bf16 compute).
+Precision, "--dtype", {
+    Fp32 => "fp32" | "float32",
+    Bf16 => "bf16" | "bfloat16",
+    Fp16 => "fp16" | "float16",
+    AmpBf16 => "amp-bf16" | "amp_bf16",
+    AmpFp16 => "amp-fp16" | "amp_fp16",
+    Fp8 => "fp8",
+});
+choice_enum!(
+/// `--optimizer`
+Optimizer, "--optimizer", {
+    /// torch AdamW, fused kernel (HF Trainer's default `adamw_torch_fused`).
+    AdamW => "adamw" | "adam" | "adamw-fused" | "adamw_torch_fused",
+    /// torch AdamW with the multi-tensor (foreach) path: one state-sized temporary.
+    AdamWForeach => "adamw-foreach" | "adamw_torch",
+    AdamW8bit => "adamw-8bit" | "adamw8bit" | "adamw_8bit",
+    PagedAdamW => "paged-adamw" | "paged_adamw",
+    PagedAdamW8bit => "paged-adamw-8bit" | "paged_adamw_8bit",
+    Sgd => "sgd",
+    SgdMomentum => "sgd-momentum" | "sgd_momentum",
+    Adafactor => "adafactor",
+    Lion => "lion",
+});
+choice_enum!(
+    /// `--attn`
+    Attn, "--attn", { Eager => "eager", Sdpa => "sdpa", Flash => "flash" | "flash_attention_2" | "fa2" });
+choice_enum!(
+    /// `--grad-ckpt`: `full` checkpoints every decoder layer (saves its input, recomputes
+    /// it in backward); `selective` recomputes only the attention core (QKᵀ, softmax,
+    /// attention dropout) as Megatron does, keeping everything else.
+    GradCkpt, "--grad-ckpt", { None => "none" | "off", Full => "full" | "on", Selective => "selective" });
+choice_enum!(
+    /// `--loss`
+    Loss, "--loss", { Standard => "standard", Chunked => "chunked", FusedLinearCe => "fused-linear-ce" | "liger" });
+choice_enum!(
+    /// `--runtime`: whose memory behaviour to simulate.
+    Runtime, "--runtime", { Torch => "torch" | "pytorch", Candle => "candle" });
+
+impl Precision {
+    /// dtype the model's parameters are stored in.
+    pub fn param_dtype(self) -> DType {
+        match self {
+            Precision::Fp32 | Precision::AmpBf16 | Precision::AmpFp16 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::Fp16 => DType::F16,
+            Precision::Fp8 => DType::F8,
+        }
+    }
+    /// dtype of matmul inputs/outputs.
+    pub fn compute_dtype(self) -> DType {
+        match self {
+            Precision::Fp32 => DType::F32,
+            Precision::Bf16 | Precision::AmpBf16 | Precision::Fp8 => DType::BF16,
+            Precision::Fp16 | Precision::AmpFp16 => DType::F16,
+        }
+    }
+    pub fn is_amp(self) -> bool {
+        matches!(self, Precision::AmpBf16 | Precision::AmpFp16)
+    }
+}
+
+impl Optimizer {
+    /// bitsandbytes paged optimizers keep their state in CUDA unified memory, which the
+    /// driver may evict to host memory under pressure.
+    pub fn is_paged(self) -> bool {
+        matches!(self, Optimizer::PagedAdamW | Optimizer::PagedAdamW8bit)
+    }
+}
+
+/// Where the torch profile's tensors live: semantics differ in a few dtypes
+/// (LayerNorm statistics are fp32 on CUDA but the input dtype on CPU; dropout masks are
+/// bool on CUDA but the input dtype on CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cuda,
+    Cpu,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub rank: u64,
+    pub alpha: f64,
+    pub targets: LoraTargets,
+    /// QLoRA with bitsandbytes double quantization of the NF4 absmax.
+    pub double_quant: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferConfig {
+    pub prompt_len: u64,
+    pub gen_len: u64,
+    pub concurrency: u64,
+    pub kv_dtype: DType,
+    /// Prefill processed in chunks of this many tokens (vLLM-style chunked prefill).
+    pub prefill_chunk: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workload {
+    pub task: Task,
+    pub method: Method,
+    pub lora: Option<LoraConfig>,
+    pub precision: Precision,
+    /// Half-precision parameters with an fp32 master copy (and fp32 gradient buffer)
+    /// held by the optimizer, as DeepSpeed and Megatron do.
+    pub master_weights: bool,
+    pub optimizer: Optimizer,
+    pub batch: u64,
+    pub seq_len: u64,
+    pub grad_accum: u64,
+    pub attn: Attn,
+    pub grad_ckpt: GradCkpt,
+    pub loss: Loss,
+    pub runtime: Runtime,
+    pub device: Device,
+    pub infer: InferConfig,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            task: Task::Train,
+            method: Method::Full,
+            lora: None,
+            precision: Precision::Bf16,
+            master_weights: false,
+            optimizer: Optimizer::AdamW,
+            batch: 1,
+            seq_len: 2048,
+            grad_accum: 1,
+            attn: Attn::Sdpa,
+            grad_ckpt: GradCkpt::None,
+            loss: Loss::Standard,
+            runtime: Runtime::Torch,
+            device: Device::Cuda,
+            infer: InferConfig {
+                prompt_len: 1024,
+                gen_len: 256,
+                concurrency: 1,
+                kv_dtype: DType::BF16,
+                prefill_chunk: None,
+            },
+        }
+    }
+}
+
+/// Upper bounds that keep every byte count far from u64 overflow.
+pub const MAX_BATCH: u64 = 1 << 20;
+pub const MAX_TOKENS: u64 = 1 << 26;
+pub const MAX_LORA_RANK: u64 = 1 << 16;
+/// 256 PiB for one tensor: beyond any device, well inside u64 for sums of hundreds.
+pub const MAX_TENSOR_BYTES: u64 = 1 << 58;
+
+impl Workload {
+    pub fn is_train(&self) -> bool {
+        self.task == Task::Train
+    }
+
+    /// Consistency checks; errors name the flag, the value and what is accepted.
+    pub fn validate(&self, spec: &ModelSpec) -> Result<()> {
+        let within = |what: &'static str, v: u64, max: u64| {
+            if v == 0 || v > max {
+                Err(Error::invalid(what, v, format!("an integer in 1..={max}")))
+            } else {
+                Ok(())
+            }
+        };
+        within("--batch", self.batch, MAX_BATCH)?;
+        within("--seq-len", self.seq_len, MAX_TOKENS)?;
+        within("--grad-accum", self.grad_accum, MAX_BATCH)?;
+        within("--prompt-len", self.infer.prompt_len, MAX_TOKENS)?;
+        within("--concurrency", self.infer.concurrency, MAX_BATCH)?;
+        if self.infer.gen_len > MAX_TOKENS {
+            return Err(Error::invalid(
+                "--gen-len",
+                self.infer.gen_len,
+                format!("an integer in 0..={MAX_TOKENS}"),
+            ));
+        }
+        if let Some(c) = self.infer.prefill_chunk {
+            within("--prefill-chunk", c, MAX_TOKENS)?;
+        }
+        // The largest tensor the run creates must stay far from u64 overflow: token
+        // activations (T × widest layer) and, with eager attention, the scores.
+        let (rows, len) = match self.task {
+            Task::Train => (self.batch, self.seq_len),
+            Task::Infer => (
+                self.infer.concurrency,
+                self.infer.prompt_len + self.infer.gen_len,
+            ),
+        };
+        let widest = spec
+            .hidden
+            .max(2 * spec.intermediate)
+            .max(spec.vocab)
+            .max(spec.q_dim() + 2 * spec.kv_dim());
+        let tokens = rows as f64 * len as f64;
+        let mut largest = tokens * widest as f64 * 4.0;
+        if self.attn == Attn::Eager {
+            largest = largest.max(tokens * len as f64 * spec.heads as f64 * 4.0);
+        }
+        if largest > MAX_TENSOR_BYTES as f64 {
+            return Err(Error::invalid(
+                "--batch x --seq-len",
+                format!("{rows} x {len}"),
+                format!(
+                    "shapes whose largest tensor stays under {} PiB (this one needs {:.1} PiB)",
+                    MAX_TENSOR_BYTES >> 50,
+                    largest / (1u64 << 50) as f64
+                ),
+            ));
+        }
+        match (self.method, &self.lora) {
+            (Method::Full, Some(_)) => {
+                return Err(Error::invalid(
+                    "--lora-rank/--lora-targets",
+                    "set with --method full",
+                    "LoRA options only with --method lora or qlora",
+                ))
+            }
+            (Method::Lora | Method::Qlora, None) => {
+                return Err(Error::invalid(
+                    "--method",
+                    self.method,
+                    "lora/qlora need a LoRA rank (--lora-rank R)",
+                ))
+            }
+            (_, Some(l)) => {
+                within("--lora-rank", l.rank, MAX_LORA_RANK)?;
+                if !(l.alpha.is_finite() && l.alpha > 0.0) {
+                    return Err(Error::invalid("--lora-alpha", l.alpha, "a number > 0"));
+                }
+                l.targets.check_against(spec)?;
+            }
+            _ => {}
+        }
+        if self.precision == Precision::Fp8 && self.is_train() {
+            return Err(Error::invalid(
+                "--dtype",
+                "fp8",
+                "fp8 weights for --task infer only; for training use fp32, bf16, fp16, amp-bf16 or amp-fp16",
+            ));
+        }
+        if self.master_weights && !matches!(self.precision, Precision::Bf16 | Precision::Fp16) {
+            return Err(Error::invalid(
+                "--master-weights",
+                format!("with --dtype {}", self.precision),
+                "--master-weights with --dtype bf16 or fp16 (amp and fp32 already keep fp32 parameters)",
+            ));
+        }
+        if self.method == Method::Qlora
+            && self.precision.param_dtype() == DType::F32
+            && !self.precision.is_amp()
+        {
+            // fp32 compute with NF4 storage is legal (bnb dequantizes to fp32); nothing to reject.
+        }
+        if self.runtime == Runtime::Candle && self.task != Task::Train {
+            return Err(Error::invalid(
+                "--runtime",
+                "candle with --task infer",
+                "torch for inference (the candle profile models the probe's training step)",
+            ));
+        }
+        if self.runtime == Runtime::Candle && self.attn == Attn::Flash {
+            return Err(Error::invalid(
+                "--attn",
+                "flash with --runtime candle",
+                "eager or sdpa with the candle runtime (its probe models have no flash-attention kernel)",
+            ));
+        }
+        if self.runtime == Runtime::Candle && self.grad_ckpt != GradCkpt::None {
+            return Err(Error::invalid(
+                "--grad-ckpt",
+                self.grad_ckpt,
+                "none with --runtime candle (candle has no gradient checkpointing)",
+            ));
+        }
+        Ok(())
+    }
+}
