@@ -7,8 +7,9 @@
 //!   tensor/sequence-parallel and selective-recompute variants for a GPT layer.
 
 use llm_mem::arch::{Activation, Dropout, ModelSpec};
-use llm_mem::distributed::{estimate_layout, Buffers, FsdpMode, Layout};
+use llm_mem::distributed::estimate_layout;
 use llm_mem::estimate::Correction;
+use llm_mem::workload::layout::{Buffers, FsdpMode, Layout};
 use llm_mem::workload::overhead::Overheads;
 use llm_mem::workload::settings::RunConfig;
 use llm_mem::workload::Workload;

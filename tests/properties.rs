@@ -258,7 +258,7 @@ proptest! {
 
 /// Shapes far beyond any real run must be rejected with an error naming the flag, not
 /// overflow `u64` (bounds: `workload::MAX_BATCH`, `MAX_TOKENS`, `MAX_LORA_RANK`,
-/// `MAX_TENSOR_BYTES`, `config::MAX_LAYERS`).
+/// `MAX_TENSOR_BYTES`, `arch::MAX_LAYERS`).
 #[test]
 fn huge_shapes_are_errors_not_overflows() {
     let spec = presets::get("llama-3.1-8b").unwrap().unwrap();
@@ -308,7 +308,7 @@ fn huge_shapes_are_errors_not_overflows() {
             Ok(Err(_)) => {}
         }
     }
-    // --layers above config::MAX_LAYERS is accepted
+    // --layers above arch::MAX_LAYERS is accepted
     assert!(
         spec.with_layers(1 << 20).is_err(),
         "--layers 1048576 accepted (config.json allows at most 2^14)"

@@ -13,6 +13,16 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::units::dtype::DType;
 
+/// Upper bound accepted for widths (hidden, intermediate, heads, head_dim): far above
+/// any published model, low enough that parameter arithmetic cannot overflow `u64`.
+pub const MAX_WIDTH: u64 = 1 << 20;
+/// Upper bound for `vocab_size`.
+pub const MAX_VOCAB: u64 = 1 << 24;
+/// Upper bound for the number of decoder layers.
+pub const MAX_LAYERS: u64 = 1 << 14;
+/// Upper bound for `max_position_embeddings` / `n_positions`.
+pub const MAX_POSITIONS: u64 = 1 << 32;
+
 /// The HF `model_type`s this version models exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -410,11 +420,11 @@ impl ModelSpec {
     /// A copy with another depth (`--layers`). Drops the checkpoint tensor list, which
     /// no longer describes the model.
     pub fn with_layers(&self, layers: u64) -> Result<ModelSpec> {
-        if layers == 0 || layers > crate::hf::config::MAX_LAYERS {
+        if layers == 0 || layers > MAX_LAYERS {
             return Err(Error::invalid(
                 "--layers",
                 layers,
-                format!("an integer in 1..={}", crate::hf::config::MAX_LAYERS),
+                format!("an integer in 1..={}", MAX_LAYERS),
             ));
         }
         let mut m = self.clone();

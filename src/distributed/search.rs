@@ -33,10 +33,11 @@ use crate::units::bytes::Bytes;
 use crate::workload::overhead::Overheads;
 use std::collections::HashMap;
 
-use crate::distributed::{estimate_layout, rank_view, FsdpMode, Layout};
+use crate::distributed::{estimate_layout, rank_view};
 use crate::estimate::timeline::{self, PeakOnly};
 use crate::estimate::{self, RankView};
 use crate::runtime::torch::{self, Activations};
+use crate::workload::layout::{FsdpMode, Layout};
 use crate::workload::{Attn, GradCkpt, Workload};
 
 /// What to search for.

@@ -5,6 +5,7 @@
 //! (`activations`), then runs the timeline (`timeline`) and reports the peak event with
 //! its breakdown.
 
+pub mod candle;
 pub mod optimizer;
 pub mod timeline;
 pub mod weights;
@@ -306,7 +307,7 @@ pub fn simulate(
     }
     if w.task == Task::Train && w.runtime == crate::workload::Runtime::Candle {
         // candle keeps the whole graph and replays its own backward: simulated op by op
-        return crate::runtime::candle::tape::estimate_train(spec, w, ov, corr, warnings);
+        return candle::estimate_train(spec, w, ov, corr, warnings);
     }
     let ev_ov = event_overheads(w, ov, corr, view);
     let mut rec = Recorder::new(ev_ov);

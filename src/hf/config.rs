@@ -21,22 +21,13 @@ use serde_json::{Map, Value};
 use crate::arch::{
     Activation, Dropout, Family, MlpKind, ModelSpec, NormKind, Positions, Quantization, Residual,
 };
+use crate::arch::{MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH};
 use crate::error::{Error, Result};
 use crate::units::dtype::DType;
 
 /// The reason given for every mixture-of-experts / MLA / vision-language config.
 pub const LATER_VERSION: &str =
     "mixture-of-experts/MLA/vision-language models come in a later version";
-
-/// Upper bound accepted for widths (hidden, intermediate, heads, head_dim): far above
-/// any published model, low enough that parameter arithmetic cannot overflow `u64`.
-pub const MAX_WIDTH: u64 = 1 << 20;
-/// Upper bound for `vocab_size`.
-pub const MAX_VOCAB: u64 = 1 << 24;
-/// Upper bound for the number of decoder layers.
-pub const MAX_LAYERS: u64 = 1 << 14;
-/// Upper bound for `max_position_embeddings` / `n_positions`.
-pub const MAX_POSITIONS: u64 = 1 << 32;
 
 /// `model_type`s of mixture-of-experts or MLA text models (rejected, see [`LATER_VERSION`]).
 const MOE_TYPES: &[&str] = &[

@@ -106,7 +106,7 @@ pub fn render(e: &Estimate, w: &Workload, fit: Option<&Fit>) -> String {
 pub fn render_distributed(
     d: &crate::distributed::DistributedEstimate,
     w: &Workload,
-    layout: &crate::distributed::Layout,
+    layout: &crate::workload::layout::Layout,
     fit: Option<&Fit>,
 ) -> String {
     let mut s = String::new();

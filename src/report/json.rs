@@ -104,7 +104,7 @@ pub fn render_distributed(
     d: &crate::distributed::DistributedEstimate,
     w: &Workload,
     ov: &Overheads,
-    layout: &crate::distributed::Layout,
+    layout: &crate::workload::layout::Layout,
     fit: Option<&Fit>,
 ) -> String {
     let doc_of = |e: &Estimate, f: Option<&Fit>| -> serde_json::Value {

@@ -5,6 +5,7 @@
 //! the estimator core only ever sees consistent values.
 
 pub mod import;
+pub mod layout;
 pub mod overhead;
 pub mod settings;
 

@@ -297,8 +297,8 @@ impl RunConfig {
     }
 
     /// The parallel layout (the default is one GPU).
-    pub fn layout(&self) -> Result<crate::distributed::Layout> {
-        use crate::distributed::{Buffers, Layout};
+    pub fn layout(&self) -> Result<crate::workload::layout::Layout> {
+        use crate::workload::layout::{Buffers, Layout};
         let d = Layout::default();
         let mut b = Buffers::default();
         if let Some(a) = &self.nccl_buffers {

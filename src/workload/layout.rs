@@ -1,0 +1,325 @@
+//! The distributed layout a run asks for: parallel degrees (dp, tp, pp, cp, ep, vpp),
+//! ZeRO / FSDP sharding, offload, the distributed optimizer, micro-batches, the pipeline
+//! split and communication buffers, with the one `validate` that rejects impossible
+//! layouts against the model. What each rank then holds is `distributed`'s business.
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::ModelSpec;
+use crate::error::{Error, Result};
+use crate::units::bytes::{Bytes, MIB};
+use crate::workload::{Attn, Task, Workload};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsdpMode {
+    /// FULL_SHARD (ZeRO-3-like).
+    Full,
+    /// SHARD_GRAD_OP (ZeRO-2-like: parameters stay gathered between forward and backward).
+    GradOp,
+    /// HYBRID_SHARD: full sharding inside a group, replication across groups.
+    Hybrid,
+}
+
+impl std::str::FromStr for FsdpMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<FsdpMode> {
+        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "full" | "full-shard" => Ok(FsdpMode::Full),
+            "grad-op" | "shard-grad-op" => Ok(FsdpMode::GradOp),
+            "hybrid" | "hybrid-shard" => Ok(FsdpMode::Hybrid),
+            _ => Err(Error::invalid("--fsdp", s, "full, grad-op, hybrid")),
+        }
+    }
+}
+
+/// Communication buffers and framework knobs, explicit and overridable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Buffers {
+    /// NCCL's own buffers per process group of size > 1 (outside the allocator).
+    pub nccl_per_group: Bytes,
+    /// DeepSpeed `reduce_bucket_size` (elements; the gradient bucket, half precision).
+    pub zero_reduce_bucket: u64,
+    /// DeepSpeed `allgather_bucket_size` (elements; ZeRO-1/2 parameter all-gather).
+    pub zero_allgather_bucket: u64,
+    /// DeepSpeed `stage3_prefetch_bucket_size` (elements).
+    pub zero3_prefetch_bucket: u64,
+    /// DeepSpeed `stage3_max_live_parameters` (elements): cap on gathered parameters.
+    pub zero3_max_live_params: u64,
+    /// torch DDP `gradient_as_bucket_view`; false (the default) keeps a second copy of
+    /// the gradients in the reducer's buckets.
+    pub ddp_bucket_view: bool,
+    /// FSDP HYBRID_SHARD group size (default: min(dp, 8), one node).
+    pub fsdp_shard_group: Option<u64>,
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Buffers {
+            nccl_per_group: Bytes(128 * MIB),
+            zero_reduce_bucket: 500_000_000,
+            zero_allgather_bucket: 500_000_000,
+            zero3_prefetch_bucket: 50_000_000,
+            zero3_max_live_params: 1_000_000_000,
+            ddp_bucket_view: false,
+            fsdp_shard_group: None,
+        }
+    }
+}
+
+impl Buffers {
+    /// Every extra term off: what DeepSpeed's and Megatron's closed-form estimators
+    /// count.
+    pub fn none() -> Self {
+        Buffers {
+            nccl_per_group: Bytes(0),
+            zero_reduce_bucket: 0,
+            zero_allgather_bucket: 0,
+            zero3_prefetch_bucket: 0,
+            zero3_max_live_params: u64::MAX,
+            ddp_bucket_view: true,
+            fsdp_shard_group: None,
+        }
+    }
+}
+
+/// A parallel layout. Degrees multiply to the world size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Layout {
+    pub dp: u64,
+    pub tp: u64,
+    pub pp: u64,
+    pub cp: u64,
+    pub ep: u64,
+    /// Virtual pipeline stages per rank (interleaved 1F1B); 1 = plain 1F1B.
+    pub vpp: u64,
+    pub sequence_parallel: bool,
+    /// DeepSpeed ZeRO stage (0 = off).
+    pub zero: u8,
+    pub fsdp: Option<FsdpMode>,
+    /// 1 = FSDP1 flat parameters (padded to the shard count), 2 = FSDP2 per-parameter.
+    pub fsdp_version: u8,
+    pub offload_optimizer: bool,
+    pub offload_params: bool,
+    pub distributed_optimizer: bool,
+    /// Micro-batches per pipeline flush (default: --grad-accum).
+    pub micro_batches: Option<u64>,
+    /// Decoder layers per pipeline stage (uneven splits); default: even, remainder to
+    /// the middle stages.
+    pub pp_layers: Option<Vec<u64>>,
+    pub buffers: Buffers,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            dp: 1,
+            tp: 1,
+            pp: 1,
+            cp: 1,
+            ep: 1,
+            vpp: 1,
+            sequence_parallel: false,
+            zero: 0,
+            fsdp: None,
+            fsdp_version: 2,
+            offload_optimizer: false,
+            offload_params: false,
+            distributed_optimizer: false,
+            micro_batches: None,
+            pp_layers: None,
+            buffers: Buffers::default(),
+        }
+    }
+}
+
+impl Layout {
+    pub fn world(&self) -> u64 {
+        self.dp * self.tp * self.pp * self.cp
+    }
+
+    /// Whether anything beyond one plain GPU is asked for.
+    pub fn is_distributed(&self) -> bool {
+        self.world() > 1 || self.zero > 0 || self.fsdp.is_some() || self.distributed_optimizer
+    }
+
+    /// Ranks sharing (sharding) the model states.
+    pub fn shard_degree(&self) -> u64 {
+        match self.fsdp {
+            Some(FsdpMode::Hybrid) => self
+                .buffers
+                .fsdp_shard_group
+                .unwrap_or(self.dp.min(8))
+                .max(1),
+            _ => self.dp,
+        }
+    }
+
+    /// Decoder layers of each pipeline stage.
+    pub fn stage_layers(&self, layers: u64) -> Vec<u64> {
+        if let Some(v) = &self.pp_layers {
+            return v.clone();
+        }
+        let base = layers / self.pp;
+        let mut v = vec![base; self.pp as usize];
+        // the remainder goes to the middle stages, which hold neither embedding nor head
+        let mut rem = layers - base * self.pp;
+        let mut i = if self.pp > 2 { 1 } else { 0 };
+        while rem > 0 {
+            v[i] += 1;
+            rem -= 1;
+            i = (i + 1) % self.pp as usize;
+        }
+        v
+    }
+
+    /// Reject impossible layouts, naming the value and what is accepted.
+    pub fn validate(&self, spec: &ModelSpec, w: &Workload) -> Result<()> {
+        for (flag, v) in [
+            ("--dp", self.dp),
+            ("--tp", self.tp),
+            ("--pp", self.pp),
+            ("--cp", self.cp),
+            ("--ep", self.ep),
+            ("--vpp", self.vpp),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(flag, v, "an integer >= 1"));
+            }
+        }
+        let layout = |m: String| Err(Error::Layout(m));
+        if self.ep > 1 {
+            return layout(format!(
+                "--ep {} needs a mixture-of-experts model; {} is dense (MoE models come in a later version), use --ep 1",
+                self.ep, spec.name
+            ));
+        }
+        if w.runtime == crate::workload::Runtime::Candle && self.is_distributed() {
+            return layout("the candle runtime runs the probe on one device; use --runtime torch for distributed layouts".into());
+        }
+        if w.task != Task::Train {
+            let d = Layout::default();
+            let only_tp = self.pp == 1
+                && self.cp == 1
+                && self.zero == 0
+                && self.fsdp.is_none()
+                && !self.offload_optimizer
+                && !self.offload_params
+                && !self.distributed_optimizer
+                && !self.sequence_parallel
+                && self.vpp == d.vpp;
+            if !only_tp {
+                return layout(
+                    "serving (--task infer) models tensor parallelism (--tp) and independent replicas (--dp); \
+                     pipeline, context, ZeRO/FSDP and offload layouts are for training"
+                        .into(),
+                );
+            }
+        }
+        let t = self.tp;
+        if spec.heads % t != 0 {
+            return layout(format!(
+                "--tp {t} does not divide the {} attention heads of {}; use a divisor of {}",
+                spec.heads, spec.name, spec.heads
+            ));
+        }
+        if spec.kv_heads % t != 0 && t % spec.kv_heads != 0 {
+            return layout(format!(
+                "--tp {t} neither divides nor is a multiple of the {} key/value heads of {}",
+                spec.kv_heads, spec.name
+            ));
+        }
+        if spec.intermediate % t != 0 {
+            return layout(format!(
+                "--tp {t} does not divide the MLP width {} of {}",
+                spec.intermediate, spec.name
+            ));
+        }
+        if self.sequence_parallel && t == 1 {
+            return layout("--sequence-parallel needs --tp > 1".into());
+        }
+        if self.pp > spec.layers {
+            return layout(format!(
+                "--pp {} exceeds the {} decoder layers of {}",
+                self.pp, spec.layers, spec.name
+            ));
+        }
+        if let Some(v) = &self.pp_layers {
+            if v.len() as u64 != self.pp || v.iter().sum::<u64>() != spec.layers || v.contains(&0) {
+                return layout(format!(
+                    "--pp-layers {:?} must list {} stages of >= 1 layer summing to {}",
+                    v, self.pp, spec.layers
+                ));
+            }
+        }
+        if self.vpp > 1 && (self.pp == 1 || spec.layers % (self.pp * self.vpp) != 0) {
+            return layout(format!(
+                "--vpp {} needs --pp > 1 and layers ({}) divisible by pp × vpp ({})",
+                self.vpp,
+                spec.layers,
+                self.pp * self.vpp
+            ));
+        }
+        if self.cp > 1 {
+            if w.seq_len % (2 * self.cp) != 0 {
+                return layout(format!(
+                    "--cp {} needs --seq-len ({}) divisible by 2 × cp",
+                    self.cp, w.seq_len
+                ));
+            }
+            if w.attn == Attn::Eager {
+                return layout(
+                    "--cp > 1 runs ring attention on flash/SDPA kernels; use --attn sdpa or flash"
+                        .into(),
+                );
+            }
+        }
+        if self.zero > 3 {
+            return Err(Error::invalid("--zero", self.zero, "0, 1, 2, 3"));
+        }
+        if self.zero > 0 && self.fsdp.is_some() {
+            return layout(
+                "--zero and --fsdp are two implementations of the same sharding; pick one".into(),
+            );
+        }
+        if self.zero >= 2 && self.pp > 1 {
+            return layout(format!("DeepSpeed supports pipeline parallelism only with ZeRO stage 0 or 1 (got --zero {})", self.zero));
+        }
+        if self.distributed_optimizer && (self.zero > 0 || self.fsdp.is_some()) {
+            return layout("--distributed-optimizer is Megatron's optimizer sharding; do not combine it with --zero or --fsdp".into());
+        }
+        if self.offload_params && self.zero != 3 && self.fsdp.is_none() {
+            return layout("--offload-params needs --zero 3 or --fsdp".into());
+        }
+        if self.offload_optimizer && self.zero == 0 {
+            return layout(if self.fsdp.is_some() {
+                "FSDP offloads parameters, gradients and optimizer together: use --offload-params"
+                    .into()
+            } else {
+                "--offload-optimizer needs --zero 1, 2 or 3".into()
+            });
+        }
+        if let Some(FsdpMode::Hybrid) = self.fsdp {
+            let g = self.shard_degree();
+            if self.dp % g != 0 {
+                return layout(format!(
+                    "FSDP hybrid shard group {g} does not divide --dp {}",
+                    self.dp
+                ));
+            }
+        }
+        if !(1..=2).contains(&self.fsdp_version) {
+            return Err(Error::invalid(
+                "--fsdp-version",
+                self.fsdp_version,
+                "1 (flat parameters) or 2 (per-parameter)",
+            ));
+        }
+        if let Some(m) = self.micro_batches {
+            if m == 0 {
+                return Err(Error::invalid("--micro-batches", m, "an integer >= 1"));
+            }
+        }
+        Ok(())
+    }
+}
