@@ -44,7 +44,7 @@ use crate::estimate::{self, Correction, Estimate, RankView, Statics};
 use crate::units::bytes::Bytes;
 use crate::workload::layout::{FsdpMode, Layout};
 use crate::workload::overhead::Overheads;
-use crate::workload::{Method, Task, Workload};
+use crate::workload::{Task, Workload};
 
 /// One rank class (a pipeline stage) of a distributed estimate.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -260,7 +260,7 @@ pub fn rank_view(
         layers: 1,
         ..local.clone()
     });
-    let full = w.method == Method::Full;
+    let full = w.method.is_full();
 
     // parameters this rank holds before data-parallel sharding
     let positions = if matches!(spec.positions, Positions::Learned) {

@@ -19,7 +19,7 @@ use crate::runtime::torch::{self, Activations, LedgerParams, LedgerTensor, Train
 use crate::units::bytes::Bytes;
 use crate::units::dtype::DType;
 use crate::workload::overhead::Overheads;
-use crate::workload::{Device, Method, Task, Workload};
+use crate::workload::{Device, Task, Workload};
 use timeline::{Components, Event, EventOverheads, InferPlan, Phase, Recorder, TrainPlan};
 
 /// Parameter counts of the run.
@@ -176,7 +176,7 @@ impl RankView {
         let counts = params::count(spec);
         let lora_trainable = lora_trainable(spec, w);
         let wb = weights::weight_bytes(spec, w, lora_trainable)?;
-        let full = w.method == Method::Full;
+        let full = w.method.is_full();
         let params_trainable = if full { counts.total } else { lora_trainable };
         let (grad_size, state_size, shapes) = optimizer_shapes(spec, w);
         Ok(RankView {
@@ -225,19 +225,17 @@ impl RankView {
 
 /// LoRA adapter parameters of the run (0 for full fine-tuning).
 pub fn lora_trainable(spec: &ModelSpec, w: &Workload) -> u64 {
-    match (&w.lora, w.method) {
-        (Some(l), Method::Lora | Method::Qlora) => params::lora(spec, l.rank, &l.targets).trainable,
-        _ => 0,
-    }
+    w.method
+        .lora()
+        .map_or(0, |l| params::lora(spec, l.rank, &l.targets).trainable)
 }
 
 /// Gradient element size, optimizer-state element size and the trainable tensors.
 pub fn optimizer_shapes(spec: &ModelSpec, w: &Workload) -> (u64, u64, Vec<optimizer::Shape>) {
-    match (&w.lora, w.method) {
-        (Some(l), Method::Lora | Method::Qlora) => {
-            (4, 4, optimizer::lora_shapes(spec, l.rank, &l.targets))
-        }
-        _ => {
+    match w.method.lora() {
+        // peft adapters are fp32 (autocast_adapter_dtype), so are their grads and state
+        Some(l) => (4, 4, optimizer::lora_shapes(spec, l.rank, &l.targets)),
+        None => {
             let s = if w.master_weights {
                 4
             } else {
@@ -249,12 +247,12 @@ pub fn optimizer_shapes(spec: &ModelSpec, w: &Workload) -> (u64, u64, Vec<optimi
 }
 
 fn trainable_kind(w: &Workload) -> Trainable {
-    match (&w.lora, w.method) {
-        (Some(l), Method::Lora | Method::Qlora) => Trainable::Lora {
+    match w.method.lora() {
+        Some(l) => Trainable::Lora {
             rank: l.rank,
             targets: l.targets.clone(),
         },
-        _ => Trainable::All,
+        None => Trainable::All,
     }
 }
 
@@ -319,7 +317,7 @@ pub fn simulate(
         (Task::Train, Some(v)) => {
             let local = &v.local;
             layers_here = local.layers;
-            params_trainable = if w.method == Method::Full {
+            params_trainable = if w.method.is_full() {
                 counts.total
             } else {
                 lora_trainable(spec, w)
@@ -446,7 +444,7 @@ pub fn rank_ledger_params(w: &Workload, v: &RankView) -> LedgerParams {
 /// The timeline inputs of one rank: its view plus its activation ledger.
 pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
     let local = &v.local;
-    let layer_extra_temp = if w.method == Method::Qlora {
+    let layer_extra_temp = if w.method.is_qlora() {
         // bitsandbytes dequantizes one linear weight at a time for the matmul
         local
             .layer_linears()

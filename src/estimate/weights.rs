@@ -61,7 +61,7 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_trainable: u64) -> Resu
     let linear = params::linear_weight_params(spec);
     let dt = w.precision.param_dtype();
     let rest_dt = if dt == DType::F8 { DType::BF16 } else { dt };
-    let adapters = if w.method == Method::Full {
+    let adapters = if w.method.is_full() {
         0
     } else {
         lora_trainable * 4
@@ -72,7 +72,7 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_trainable: u64) -> Resu
     if let Some(q) = &spec.quantization {
         let m = q.method.to_ascii_lowercase();
         if m == "gptq" || m == "awq" {
-            if w.method == Method::Full && w.is_train() {
+            if w.method.is_full() && w.is_train() {
                 return Err(Error::invalid(
                     "--method",
                     "full",
@@ -89,9 +89,9 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_trainable: u64) -> Resu
         }
     }
 
-    let base = match (w.method, w.precision) {
-        (Method::Qlora, _) => {
-            let dq = w.lora.as_ref().is_some_and(|l| l.double_quant);
+    let base = match (&w.method, w.precision) {
+        (Method::Qlora(l), _) => {
+            let dq = l.double_quant;
             let quant: u64 = per_layer_linears
                 .iter()
                 .map(|l| nf4_bytes(l.in_features * l.out_features, dq))

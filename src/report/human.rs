@@ -6,7 +6,7 @@ use std::fmt::Write;
 use crate::estimate::Estimate;
 use crate::report::Fit;
 use crate::units::bytes::Bytes;
-use crate::workload::{Method, Task, Workload};
+use crate::workload::{Task, Workload};
 
 fn billions(n: u64) -> String {
     format!("{:.2} B", n as f64 / 1e9)
@@ -25,12 +25,12 @@ pub fn render(e: &Estimate, w: &Workload, fit: Option<&Fit>) -> String {
         billions(m.params_total),
         billions(m.params_trainable)
     );
-    let method = match (&w.lora, w.method) {
-        (Some(l), Method::Lora | Method::Qlora) => format!(
+    let method = match w.method.lora() {
+        Some(l) => format!(
             "{} r={} alpha={} targets={}",
             w.method, l.rank, l.alpha, l.targets
         ),
-        _ => w.method.to_string(),
+        None => w.method.to_string(),
     };
     match w.task {
         Task::Train => {

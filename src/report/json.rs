@@ -25,7 +25,7 @@ struct Doc<'a> {
     schema_version: u32,
     tool: Tool,
     model: &'a crate::estimate::ModelSummary,
-    workload: &'a Workload,
+    workload: WorkloadOut<'a>,
     overheads: &'a Overheads,
     peak: PeakOut<'a>,
     components_at_peak: &'a Components,
@@ -33,6 +33,81 @@ struct Doc<'a> {
     timeline: Vec<EventOut<'a>>,
     fit: Option<&'a Fit>,
     warnings: &'a [String],
+}
+
+/// The `workload` block: the settings of the run under their v1 names (`precision` is
+/// `--dtype`'s value; `lora` is null for full fine-tuning).
+#[derive(Serialize)]
+struct WorkloadOut<'a> {
+    task: &'static str,
+    method: &'static str,
+    lora: Option<LoraOut<'a>>,
+    precision: &'static str,
+    master_weights: bool,
+    optimizer: &'static str,
+    batch: u64,
+    seq_len: u64,
+    grad_accum: u64,
+    attn: &'static str,
+    grad_ckpt: &'static str,
+    loss: &'static str,
+    runtime: &'static str,
+    device: &'static str,
+    infer: InferOut,
+}
+
+#[derive(Serialize)]
+struct LoraOut<'a> {
+    rank: u64,
+    alpha: f64,
+    /// `"attn"`, `"all-linear"` or `{"names": [...]}`.
+    targets: &'a crate::arch::LoraTargets,
+    double_quant: bool,
+}
+
+#[derive(Serialize)]
+struct InferOut {
+    prompt_len: u64,
+    gen_len: u64,
+    concurrency: u64,
+    kv_dtype: crate::units::dtype::DType,
+    prefill_chunk: Option<u64>,
+}
+
+impl<'a> WorkloadOut<'a> {
+    fn new(w: &'a Workload) -> WorkloadOut<'a> {
+        WorkloadOut {
+            task: w.task.as_str(),
+            method: w.method.kind().as_str(),
+            lora: w.method.lora().map(|l| LoraOut {
+                rank: l.rank,
+                alpha: l.alpha,
+                targets: &l.targets,
+                double_quant: l.double_quant,
+            }),
+            precision: w.precision.as_str(),
+            master_weights: w.master_weights,
+            optimizer: w.optimizer.as_str(),
+            batch: w.batch,
+            seq_len: w.seq_len,
+            grad_accum: w.grad_accum,
+            attn: w.attn.as_str(),
+            grad_ckpt: w.grad_ckpt.as_str(),
+            loss: w.loss.as_str(),
+            runtime: w.runtime.as_str(),
+            device: match w.device {
+                crate::workload::Device::Cuda => "cuda",
+                crate::workload::Device::Cpu => "cpu",
+            },
+            infer: InferOut {
+                prompt_len: w.infer.prompt_len,
+                gen_len: w.infer.gen_len,
+                concurrency: w.infer.concurrency,
+                kv_dtype: w.infer.kv_dtype,
+                prefill_chunk: w.infer.prefill_chunk,
+            },
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -67,7 +142,7 @@ pub fn render(e: &Estimate, w: &Workload, ov: &Overheads, fit: Option<&Fit>) -> 
             version: env!("CARGO_PKG_VERSION"),
         },
         model: &e.model,
-        workload: w,
+        workload: WorkloadOut::new(w),
         overheads: ov,
         peak: PeakOut {
             allocated_bytes: e.peak.allocated.get(),

@@ -53,8 +53,55 @@ choice_enum!(
     /// `--task`
     Task, "--task", { Train => "train", Infer => "infer" | "inference" | "serve" });
 choice_enum!(
-    /// `--method`
-    Method, "--method", { Full => "full", Lora => "lora", Qlora => "qlora" });
+    /// `--method`: the name of what is trained, without its LoRA settings.
+    MethodKind, "--method", { Full => "full", Lora => "lora", Qlora => "qlora" });
+
+/// What is trained: every parameter, or LoRA adapters (peft) over frozen base weights —
+/// in `Qlora`, NF4-quantized base weights (bitsandbytes `Linear4bit`). The LoRA settings
+/// travel inside the variant, so no code pairs a method with an optional LoRA config.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Method {
+    Full,
+    Lora(LoraConfig),
+    Qlora(LoraConfig),
+}
+
+impl Method {
+    pub fn kind(&self) -> MethodKind {
+        match self {
+            Method::Full => MethodKind::Full,
+            Method::Lora(_) => MethodKind::Lora,
+            Method::Qlora(_) => MethodKind::Qlora,
+        }
+    }
+    /// The adapters' settings (`None` for full fine-tuning).
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        match self {
+            Method::Full => None,
+            Method::Lora(l) | Method::Qlora(l) => Some(l),
+        }
+    }
+    pub fn is_full(&self) -> bool {
+        matches!(self, Method::Full)
+    }
+    pub fn is_qlora(&self) -> bool {
+        matches!(self, Method::Qlora(_))
+    }
+    /// `kind` with `l` as the LoRA settings (ignored for `Full`).
+    pub fn new(kind: MethodKind, l: LoraConfig) -> Method {
+        match kind {
+            MethodKind::Full => Method::Full,
+            MethodKind::Lora => Method::Lora(l),
+            MethodKind::Qlora => Method::Qlora(l),
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind().as_str())
+    }
+}
 choice_enum!(
 /// `--dtype`: the precision recipe. `amp-*` keeps fp32 parameters and runs matmuls
 /// under torch autocast (half-precision copies of the weights live during forward);
@@ -138,7 +185,7 @@ pub enum Device {
     Cpu,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LoraConfig {
     pub rank: u64,
     pub alpha: f64,
@@ -147,7 +194,7 @@ pub struct LoraConfig {
     pub double_quant: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InferConfig {
     pub prompt_len: u64,
     pub gen_len: u64,
@@ -157,11 +204,10 @@ pub struct InferConfig {
     pub prefill_chunk: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Workload {
     pub task: Task,
     pub method: Method,
-    pub lora: Option<LoraConfig>,
     pub precision: Precision,
     /// Half-precision parameters with an fp32 master copy (and fp32 gradient buffer)
     /// held by the optimizer, as DeepSpeed and Megatron do.
@@ -183,7 +229,6 @@ impl Default for Workload {
         Workload {
             task: Task::Train,
             method: Method::Full,
-            lora: None,
             precision: Precision::Bf16,
             master_weights: false,
             optimizer: Optimizer::AdamW,
@@ -272,29 +317,12 @@ impl Workload {
                 ),
             ));
         }
-        match (self.method, &self.lora) {
-            (Method::Full, Some(_)) => {
-                return Err(Error::invalid(
-                    "--lora-rank/--lora-targets",
-                    "set with --method full",
-                    "LoRA options only with --method lora or qlora",
-                ))
+        if let Some(l) = self.method.lora() {
+            within("--lora-rank", l.rank, MAX_LORA_RANK)?;
+            if !(l.alpha.is_finite() && l.alpha > 0.0) {
+                return Err(Error::invalid("--lora-alpha", l.alpha, "a number > 0"));
             }
-            (Method::Lora | Method::Qlora, None) => {
-                return Err(Error::invalid(
-                    "--method",
-                    self.method,
-                    "lora/qlora need a LoRA rank (--lora-rank R)",
-                ))
-            }
-            (_, Some(l)) => {
-                within("--lora-rank", l.rank, MAX_LORA_RANK)?;
-                if !(l.alpha.is_finite() && l.alpha > 0.0) {
-                    return Err(Error::invalid("--lora-alpha", l.alpha, "a number > 0"));
-                }
-                l.targets.check_against(spec)?;
-            }
-            _ => {}
+            l.targets.check_against(spec)?;
         }
         if self.precision == Precision::Fp8 && self.is_train() {
             return Err(Error::invalid(
@@ -309,12 +337,6 @@ impl Workload {
                 format!("with --dtype {}", self.precision),
                 "--master-weights with --dtype bf16 or fp16 (amp and fp32 already keep fp32 parameters)",
             ));
-        }
-        if self.method == Method::Qlora
-            && self.precision.param_dtype() == DType::F32
-            && !self.precision.is_amp()
-        {
-            // fp32 compute with NF4 storage is legal (bnb dequantizes to fp32); nothing to reject.
         }
         if self.runtime == Runtime::Candle && self.task != Task::Train {
             return Err(Error::invalid(

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::units::bytes::Bytes;
 use crate::units::dtype::DType;
 use crate::workload::overhead::Overheads;
-use crate::workload::{Device, InferConfig, LoraConfig, Method, Workload};
+use crate::workload::{Device, InferConfig, LoraConfig, Method, MethodKind, Workload};
 
 /// A memory amount: an integer number of bytes or a string such as "80GiB".
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -220,23 +220,32 @@ impl RunConfig {
         if let Some(t) = &self.task {
             w.task = t.parse()?;
         }
-        if let Some(m) = &self.method {
-            w.method = m.parse()?;
-        }
+        let kind: MethodKind = match &self.method {
+            Some(m) => m.parse()?,
+            None => MethodKind::Full,
+        };
         let lora_given =
             self.lora_rank.is_some() || self.lora_alpha.is_some() || self.lora_targets.is_some();
-        if w.method != Method::Full || lora_given {
+        if kind == MethodKind::Full && lora_given {
+            return Err(Error::invalid(
+                "--lora-rank/--lora-targets",
+                "set with --method full",
+                "LoRA options only with --method lora or qlora",
+            ));
+        }
+        if kind != MethodKind::Full {
             let rank = self.lora_rank.unwrap_or(16);
             let targets = match &self.lora_targets {
                 Some(t) => LoraTargets::parse(t)?,
                 None => LoraTargets::AllLinear,
             };
-            w.lora = Some(LoraConfig {
+            let l = LoraConfig {
                 rank,
                 alpha: self.lora_alpha.unwrap_or(2.0 * rank as f64),
                 targets,
                 double_quant: self.double_quant.unwrap_or(true),
-            });
+            };
+            w.method = Method::new(kind, l);
         }
         if let Some(d) = &self.dtype {
             w.precision = d.parse()?;

@@ -1077,22 +1077,20 @@ pub fn candle_step(
 /// The probe method, element size and host-metadata flag of a candle workload.
 pub fn workload_method(w: &crate::workload::Workload) -> Result<(ProbeMethod, u64)> {
     use crate::workload::{GradCkpt, Loss, Method, Optimizer, Precision};
-    let method = match (w.method, &w.lora) {
-        (Method::Full, _) => ProbeMethod::Full,
-        (Method::Lora, Some(l)) if l.targets == crate::arch::LoraTargets::AllLinear => {
-            ProbeMethod::Lora {
-                rank: l.rank as usize,
-                alpha: l.alpha,
-            }
-        }
-        (Method::Lora, Some(l)) => {
+    let method = match &w.method {
+        Method::Full => ProbeMethod::Full,
+        Method::Lora(l) if l.targets == crate::arch::LoraTargets::AllLinear => ProbeMethod::Lora {
+            rank: l.rank as usize,
+            alpha: l.alpha,
+        },
+        Method::Lora(l) => {
             return Err(Error::invalid(
                 "--lora-targets with --runtime candle",
                 &l.targets,
                 "all-linear (the candle probe models adapt every decoder linear)",
             ))
         }
-        (m, _) => {
+        m => {
             return Err(Error::invalid(
                 "--method with --runtime candle",
                 m,
