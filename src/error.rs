@@ -6,7 +6,7 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("invalid {what} {value:?}; accepted: {accepted}")]
     InvalidValue {
-        what: &'static str,
+        what: String,
         value: String,
         accepted: String,
     },
@@ -74,9 +74,13 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn invalid(what: &'static str, value: impl ToString, accepted: impl Into<String>) -> Error {
+    pub fn invalid(
+        what: impl Into<String>,
+        value: impl ToString,
+        accepted: impl Into<String>,
+    ) -> Error {
         Error::InvalidValue {
-            what,
+            what: what.into(),
             value: value.to_string(),
             accepted: accepted.into(),
         }

@@ -14,7 +14,7 @@ use llm_mem::estimate::estimate;
 use llm_mem::estimate::timeline::Phase;
 use llm_mem::runtime::torch::{activations, LedgerParams, Trainable};
 use llm_mem::workload::overhead::Overheads;
-use llm_mem::workload::settings::RunConfig;
+use llm_mem::workload::settings::Settings;
 use llm_mem::workload::{Attn, Device, GradCkpt, Loss, Precision};
 
 struct Row {
@@ -166,25 +166,30 @@ fn forward_and_backward_peaks_match_pytorch() {
     {
         let s = spec(&r.model).with_layers(2).unwrap();
         let lora = r.mode != "full";
-        let cfg = RunConfig {
-            batch: Some(r.batch),
-            seq_len: Some(r.seq),
-            dtype: Some(r.dtype.replace('_', "-")),
-            attn: Some(r.attn.clone()),
-            grad_ckpt: Some(if r.ckpt == "none" { "none" } else { "full" }.into()),
-            method: Some(if lora { "lora" } else { "full" }.into()),
-            lora_targets: lora.then(|| {
-                if r.mode == "lora_all" {
-                    "all-linear"
-                } else {
-                    "attn"
-                }
-                .to_string()
-            }),
-            device: Some("cpu".into()),
-            optimizer: Some("sgd".into()),
-            ..Default::default()
-        };
+        let (batch, seq, dtype) = (
+            r.batch.to_string(),
+            r.seq.to_string(),
+            r.dtype.replace('_', "-"),
+        );
+        let mut pairs = vec![
+            ("batch", batch.as_str()),
+            ("seq_len", seq.as_str()),
+            ("dtype", dtype.as_str()),
+            ("attn", r.attn.as_str()),
+            ("grad_ckpt", if r.ckpt == "none" { "none" } else { "full" }),
+            ("method", if lora { "lora" } else { "full" }),
+            ("device", "cpu"),
+            ("optimizer", "sgd"),
+        ];
+        if lora {
+            let targets = if r.mode == "lora_all" {
+                "all-linear"
+            } else {
+                "attn"
+            };
+            pairs.push(("lora_targets", targets));
+        }
+        let cfg = Settings::from_flags(&pairs).unwrap();
         let (w, _) = cfg.build(&s).unwrap();
         let e = estimate(&s, &w, &Overheads::none()).unwrap();
         // the oracle excludes parameters: subtract what the load event holds

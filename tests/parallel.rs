@@ -11,7 +11,7 @@ use llm_mem::distributed::estimate_layout;
 use llm_mem::estimate::Correction;
 use llm_mem::workload::layout::{Buffers, FsdpMode, Layout};
 use llm_mem::workload::overhead::Overheads;
-use llm_mem::workload::settings::RunConfig;
+use llm_mem::workload::settings::Settings;
 use llm_mem::workload::Workload;
 
 fn preset(name: &str) -> ModelSpec {
@@ -26,7 +26,7 @@ fn config(spec: &str) -> ModelSpec {
     llm_mem::hf::hub::load_config_file(std::path::Path::new(&path)).unwrap()
 }
 
-fn workload(spec: &ModelSpec, cfg: RunConfig) -> Workload {
+fn workload(spec: &ModelSpec, cfg: Settings) -> Workload {
     cfg.build(spec).unwrap().0
 }
 
@@ -59,11 +59,7 @@ fn zero2_and_zero3_equal_deepspeed_estimator() {
         );
         let w = workload(
             &spec,
-            RunConfig {
-                dtype: Some("bf16".into()),
-                seq_len: Some(512),
-                ..Default::default()
-            },
+            Settings::from_flags(&[("dtype", "bf16"), ("seq_len", "512")]).unwrap(),
         );
         for gpus in [1u64, 8] {
             for (zero, key_fmt) in [(2u8, "zero2"), (3u8, "zero3")] {
@@ -108,12 +104,12 @@ fn megatron_18_bytes_per_param_and_distributed_optimizer() {
     let p = llm_mem::arch::params::count(&spec).total;
     let w = workload(
         &spec,
-        RunConfig {
-            dtype: Some("bf16".into()),
-            master_weights: Some(true),
-            seq_len: Some(1024),
-            ..Default::default()
-        },
+        Settings::from_flags(&[
+            ("dtype", "bf16"),
+            ("master_weights", "true"),
+            ("seq_len", "1024"),
+        ])
+        .unwrap(),
     );
     let plain = Layout {
         dp: 8,
@@ -169,13 +165,13 @@ fn korthikanti_activation_formulas() {
     for (tp, sp, ckpt, want) in cases {
         let w = workload(
             &spec,
-            RunConfig {
-                dtype: Some("bf16".into()),
-                attn: Some("eager".into()),
-                seq_len: Some(2048),
-                grad_ckpt: Some(ckpt.into()),
-                ..Default::default()
-            },
+            Settings::from_flags(&[
+                ("dtype", "bf16"),
+                ("attn", "eager"),
+                ("seq_len", "2048"),
+                ("grad_ckpt", ckpt),
+            ])
+            .unwrap(),
         );
         let layout = Layout {
             tp,
@@ -205,13 +201,7 @@ fn korthikanti_activation_formulas() {
 #[test]
 fn more_data_parallel_ranks_never_increase_memory_under_zero() {
     let spec = preset("llama-3.1-8b");
-    let w = workload(
-        &spec,
-        RunConfig {
-            seq_len: Some(2048),
-            ..Default::default()
-        },
-    );
+    let w = workload(&spec, Settings::from_flags(&[("seq_len", "2048")]).unwrap());
     for zero in 1..=3u8 {
         let mut prev = u64::MAX;
         for dp in [1u64, 2, 4, 8, 16, 64] {
@@ -240,11 +230,7 @@ fn worst_rank_is_the_maximum_and_first_stage_holds_most_microbatches() {
     let spec = preset("llama-3.1-70b");
     let w = workload(
         &spec,
-        RunConfig {
-            seq_len: Some(4096),
-            grad_ckpt: Some("selective".into()),
-            ..Default::default()
-        },
+        Settings::from_flags(&[("seq_len", "4096"), ("grad_ckpt", "selective")]).unwrap(),
     );
     let layout = Layout {
         tp: 8,
@@ -288,13 +274,7 @@ fn worst_rank_is_the_maximum_and_first_stage_holds_most_microbatches() {
 #[test]
 fn impossible_layouts_are_rejected_with_the_reason() {
     let spec = preset("llama-3.1-8b"); // 32 heads, 8 kv heads, 32 layers
-    let w = workload(
-        &spec,
-        RunConfig {
-            seq_len: Some(1024),
-            ..Default::default()
-        },
-    );
+    let w = workload(&spec, Settings::from_flags(&[("seq_len", "1024")]).unwrap());
     let bad = [
         (
             Layout {
@@ -388,13 +368,7 @@ fn impossible_layouts_are_rejected_with_the_reason() {
 #[test]
 fn uneven_pipeline_split_and_fsdp_modes_run() {
     let spec = preset("llama-3.1-8b");
-    let w = workload(
-        &spec,
-        RunConfig {
-            seq_len: Some(2048),
-            ..Default::default()
-        },
-    );
+    let w = workload(&spec, Settings::from_flags(&[("seq_len", "2048")]).unwrap());
     let layout = Layout {
         pp: 3,
         pp_layers: Some(vec![10, 12, 10]),
@@ -465,7 +439,8 @@ mod properties {
         ) {
             let spec = preset(MODELS[m]);
             let zero = if pp > 1 { 1 } else { zero };
-            let w = workload(&spec, RunConfig { seq_len: Some(seq), method: Some(method.into()), ..Default::default() });
+            let seq_s = seq.to_string();
+            let w = workload(&spec, Settings::from_flags(&[("seq_len", seq_s.as_str()), ("method", method)]).unwrap());
             let dp = 1u64 << dp_exp;
             let run = |dp: u64| {
                 let layout = Layout { dp, zero, pp, micro_batches: Some(4), ..Layout::default() };
@@ -486,13 +461,7 @@ mod properties {
 fn pipeline_stages_partition_the_model_states() {
     // untied: the stages' weights, gradients and optimizer state add up to one GPU's
     let spec = preset("llama-3.1-8b");
-    let w = workload(
-        &spec,
-        RunConfig {
-            seq_len: Some(1024),
-            ..Default::default()
-        },
-    );
+    let w = workload(&spec, Settings::from_flags(&[("seq_len", "1024")]).unwrap());
     let one = estimate_layout(
         &spec,
         &w,
@@ -529,13 +498,13 @@ fn tensor_parallel_serving_splits_weights_and_kv_cache() {
     let spec = preset("llama-3.1-70b"); // 64 heads, 8 kv heads
     let w = workload(
         &spec,
-        RunConfig {
-            task: Some("infer".into()),
-            prompt_len: Some(4096),
-            gen_len: Some(512),
-            concurrency: Some(16),
-            ..Default::default()
-        },
+        Settings::from_flags(&[
+            ("task", "infer"),
+            ("prompt_len", "4096"),
+            ("gen_len", "512"),
+            ("concurrency", "16"),
+        ])
+        .unwrap(),
     );
     let run = |tp: u64| {
         let layout = Layout {

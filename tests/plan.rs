@@ -4,16 +4,12 @@ use llm_mem::distributed::estimate_layout;
 use llm_mem::distributed::search::{layouts, plan, Evaluator, PlanQuery};
 use llm_mem::estimate::Correction;
 use llm_mem::units::bytes::{Bytes, GIB};
-use llm_mem::workload::settings::RunConfig;
+use llm_mem::workload::settings::Settings;
 
 #[test]
 fn llama70b_lora_on_8x80() {
     let spec = llm_mem::hf::presets::get("llama-3.1-70b").unwrap().unwrap();
-    let cfg = RunConfig {
-        method: Some("lora".into()),
-        seq_len: Some(4096),
-        ..Default::default()
-    };
+    let cfg = Settings::from_flags(&[("method", "lora"), ("seq_len", "4096")]).unwrap();
     let (w, ov) = cfg.build(&spec).unwrap();
     let q = PlanQuery {
         gpus: 8,
@@ -45,12 +41,12 @@ fn llama70b_lora_on_8x80() {
 fn fast_evaluator_equals_the_full_simulation() {
     let spec = llm_mem::hf::presets::get("llama-3.1-8b").unwrap().unwrap();
     for attn in ["eager", "sdpa"] {
-        let cfg = RunConfig {
-            seq_len: Some(2048),
-            attn: Some(attn.into()),
-            grad_ckpt: Some("selective".into()),
-            ..Default::default()
-        };
+        let cfg = Settings::from_flags(&[
+            ("seq_len", "2048"),
+            ("attn", attn),
+            ("grad_ckpt", "selective"),
+        ])
+        .unwrap();
         let (w, ov) = cfg.build(&spec).unwrap();
         let mut ev = Evaluator::new(&spec, &ov);
         for (layout, _, _) in layouts(&spec, &w, 8).into_iter().step_by(3) {

@@ -13,7 +13,7 @@
 use llm_mem::estimate::{estimate, Estimate};
 use llm_mem::hf::presets;
 use llm_mem::workload::overhead::Overheads;
-use llm_mem::workload::settings::RunConfig;
+use llm_mem::workload::settings::Settings;
 use llm_mem::ModelSpec;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -120,29 +120,34 @@ fn skipped(spec: &ModelSpec, c: &Case) -> bool {
 
 /// The run config of `c` with `batch` and `seq` (for inference: concurrency and prompt
 /// length, which are what batch and sequence mean there).
-fn config(c: &Case, batch: u64, seq: u64, ckpt: &str) -> RunConfig {
+fn config(c: &Case, batch: u64, seq: u64, ckpt: &str) -> Settings {
     let infer = c.task == "infer";
-    RunConfig {
-        task: Some(c.task.into()),
-        method: Some(c.method.into()),
-        dtype: Some(c.dtype.into()),
-        master_weights: Some(c.master_weights),
-        optimizer: Some(c.optimizer.into()),
-        attn: Some(c.attn.into()),
-        grad_ckpt: Some(ckpt.into()),
-        loss: Some(c.loss.into()),
-        runtime: Some(c.runtime.into()),
-        device: Some(c.device.into()),
-        batch: Some(batch),
-        seq_len: Some(seq),
-        concurrency: infer.then_some(batch),
-        prompt_len: infer.then_some(seq),
-        ..Default::default()
+    let (b, s) = (batch.to_string(), seq.to_string());
+    let mut pairs = vec![
+        ("task", c.task),
+        ("method", c.method),
+        ("dtype", c.dtype),
+        (
+            "master_weights",
+            if c.master_weights { "true" } else { "false" },
+        ),
+        ("optimizer", c.optimizer),
+        ("attn", c.attn),
+        ("grad_ckpt", ckpt),
+        ("loss", c.loss),
+        ("runtime", c.runtime),
+        ("device", c.device),
+        ("batch", b.as_str()),
+        ("seq_len", s.as_str()),
+    ];
+    if infer {
+        pairs.extend([("concurrency", b.as_str()), ("prompt_len", s.as_str())]);
     }
+    Settings::from_flags(&pairs).expect("every generated value parses")
 }
 
 /// `None` when the combination is rejected (by the config layer or the estimator).
-fn run(spec: &ModelSpec, cfg: &RunConfig) -> Option<Estimate> {
+fn run(spec: &ModelSpec, cfg: &Settings) -> Option<Estimate> {
     let (w, ov) = cfg.build(spec).ok()?;
     estimate(spec, &w, &ov).ok()
 }
@@ -263,37 +268,23 @@ proptest! {
 fn huge_shapes_are_errors_not_overflows() {
     let spec = presets::get("llama-3.1-8b").unwrap().unwrap();
     let huge = u64::MAX;
-    let cases: Vec<(&str, RunConfig)> = vec![
+    let huge_s = huge.to_string();
+    let cases: Vec<(&str, Settings)> = vec![
         (
             "batch 2^32 x seq 2^32",
-            RunConfig {
-                batch: Some(1 << 32),
-                seq_len: Some(1 << 32),
-                ..Default::default()
-            },
+            Settings::from_flags(&[("batch", "4294967296"), ("seq_len", "4294967296")]).unwrap(),
         ),
         (
             "seq u64::MAX",
-            RunConfig {
-                seq_len: Some(huge),
-                ..Default::default()
-            },
+            Settings::from_flags(&[("seq_len", &huge_s)]).unwrap(),
         ),
         (
             "lora rank u64::MAX",
-            RunConfig {
-                method: Some("lora".into()),
-                lora_rank: Some(huge),
-                ..Default::default()
-            },
+            Settings::from_flags(&[("method", "lora"), ("lora_rank", &huge_s)]).unwrap(),
         ),
         (
             "infer gen u64::MAX",
-            RunConfig {
-                task: Some("infer".into()),
-                gen_len: Some(huge),
-                ..Default::default()
-            },
+            Settings::from_flags(&[("task", "infer"), ("gen_len", &huge_s)]).unwrap(),
         ),
     ];
     for (what, cfg) in cases {

@@ -11,7 +11,7 @@
 //! periodic evaluation inside the measured window), so the tolerance is 10%.
 
 use llm_mem::estimate::estimate;
-use llm_mem::workload::settings::RunConfig;
+use llm_mem::workload::settings::Settings;
 
 fn measured(id: &str) -> (String, f64) {
     let mut rdr = csv::Reader::from_path(format!(
@@ -33,40 +33,42 @@ fn measured(id: &str) -> (String, f64) {
 
 #[test]
 fn published_single_gpu_peaks_within_10_percent() {
-    let metamath = |method: &str, rank: Option<u64>, targets: Option<&str>| RunConfig {
-        model: Some("llama-3.2-3b".into()),
-        method: Some(method.into()),
-        lora_rank: rank,
-        lora_targets: targets.map(str::to_string),
-        batch: Some(4),
-        seq_len: Some(768),
-        attn: Some("sdpa".into()),
-        ..Default::default()
+    let metamath = |method: &str, rank: Option<&str>, targets: Option<&str>| {
+        let mut pairs = vec![
+            ("model", "llama-3.2-3b"),
+            ("method", method),
+            ("batch", "4"),
+            ("seq_len", "768"),
+            ("attn", "sdpa"),
+        ];
+        pairs.extend(rank.map(|r| ("lora_rank", r)));
+        pairs.extend(targets.map(|t| ("lora_targets", t)));
+        Settings::from_flags(&pairs).unwrap()
     };
     let cases = [
         ("peft-metamath-001", metamath("full", None, None)),
         (
             "peft-metamath-002",
-            metamath("lora", Some(32), Some("q_proj,v_proj")),
+            metamath("lora", Some("32"), Some("q_proj,v_proj")),
         ),
         (
             "peft-metamath-003",
-            metamath("lora", Some(64), Some("q_proj,v_proj")),
+            metamath("lora", Some("64"), Some("q_proj,v_proj")),
         ),
         (
             "peft-metamath-004",
-            metamath("lora", Some(10), Some("gate_proj,up_proj,down_proj")),
+            metamath("lora", Some("10"), Some("gate_proj,up_proj,down_proj")),
         ),
         (
             "hf-blog-001",
-            RunConfig {
-                model: Some("octocoder".into()),
-                task: Some("infer".into()),
-                prompt_len: Some(20),
-                gen_len: Some(60),
-                attn: Some("eager".into()),
-                ..Default::default()
-            },
+            Settings::from_flags(&[
+                ("model", "octocoder"),
+                ("task", "infer"),
+                ("prompt_len", "20"),
+                ("gen_len", "60"),
+                ("attn", "eager"),
+            ])
+            .unwrap(),
         ),
     ];
     for (id, cfg) in cases {

@@ -422,7 +422,7 @@ impl ModelSpec {
     pub fn with_layers(&self, layers: u64) -> Result<ModelSpec> {
         if layers == 0 || layers > MAX_LAYERS {
             return Err(Error::invalid(
-                "--layers",
+                "layers",
                 layers,
                 format!("an integer in 1..={}", MAX_LAYERS),
             ));
@@ -465,7 +465,7 @@ impl LoraTargets {
             })
         {
             return Err(Error::invalid(
-                "--lora-targets",
+                "lora_targets",
                 s,
                 "attn, all-linear, or a comma-separated list of module names such as q_proj,v_proj",
             ));

@@ -53,7 +53,7 @@ impl Bytes {
         let t = text.trim();
         let bad = || {
             Error::InvalidValue {
-            what: "memory amount",
+            what: "memory amount".into(),
             value: text.to_string(),
             accepted: "a positive number with a unit: B, KiB, MiB, GiB, TiB (binary) or KB, MB, GB, TB (decimal), e.g. 80GiB".into(),
         }

@@ -105,7 +105,7 @@ pub fn find(name: &str) -> Result<Gpu> {
     let n = name.trim().to_ascii_lowercase();
     GPUS.iter().copied().find(|g| g.name == n).ok_or_else(|| {
         Error::invalid(
-            "--gpu",
+            "gpu",
             name,
             GPUS.iter().map(|g| g.name).collect::<Vec<_>>().join(", "),
         )

@@ -1,14 +1,18 @@
 //! Importing training configs people already have: a DeepSpeed JSON config
 //! (`--deepspeed`), HF `TrainingArguments`-style JSON/YAML and LLaMA-Factory YAML
-//! (`--train-args`). Each becomes a [`RunConfig`] plus warnings. Keys that matter for
-//! memory are mapped; keys known to have no memory effect are accepted; anything else is
+//! (`--train-args`). Each becomes [`Settings`] plus warnings, every value typed and
+//! marked with the file and key it came from (so errors say
+//! `ds.json: train_micro_batch_size_per_gpu`, not a flag). Keys that matter for memory
+//! are mapped; keys known to have no memory effect are accepted; anything else is
 //! reported as a warning (never silently ignored); contradictory values are errors.
 //! Pure: parses text.
 
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::workload::settings::{Format, RunConfig};
+use crate::workload::layout::FsdpMode;
+use crate::workload::settings::{Format, Origin, Settings, ZeroStage};
+use crate::workload::{Attn, GradCkpt, Loss, MethodKind, Optimizer, Precision};
 
 fn err(origin: &str, m: impl Into<String>) -> Error {
     Error::Config {
@@ -23,7 +27,7 @@ fn as_u64(v: &Value, key: &str, origin: &str) -> Result<Option<u64>> {
         Value::String(s) if s == "auto" => Ok(None),
         Value::Number(n) => match n.as_u64().or_else(|| {
             n.as_f64()
-                .filter(|f| *f >= 0.0 && f.fract() == 0.0)
+                .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f <= u64::MAX as f64)
                 .map(|f| f as u64)
         }) {
             Some(x) => Ok(Some(x)),
@@ -51,22 +55,54 @@ fn as_bool(v: &Value, key: &str, origin: &str) -> Result<Option<bool>> {
     }
 }
 
-fn set_once<T: PartialEq + std::fmt::Debug>(
-    slot: &mut Option<T>,
-    v: T,
-    key: &str,
-    origin: &str,
-) -> Result<()> {
-    if let Some(old) = slot {
-        if *old != v {
-            return Err(err(
-                origin,
-                format!("{key} = {v:?} contradicts {old:?} set by another key"),
-            ));
+/// The settings one imported file builds, each value noted with the key it came from.
+struct Import<'a> {
+    s: Settings,
+    origin: &'a str,
+}
+
+impl<'a> Import<'a> {
+    fn new(origin: &'a str) -> Import<'a> {
+        Import {
+            s: Settings::default(),
+            origin,
         }
     }
-    *slot = Some(v);
-    Ok(())
+
+    /// Set `slot` (the setting `key`) to `v`, read from the file's `from` key.
+    fn put<T>(
+        &mut self,
+        slot: fn(&mut Settings) -> &mut Option<T>,
+        key: &'static str,
+        v: Option<T>,
+        from: &str,
+    ) {
+        if let Some(v) = v {
+            *slot(&mut self.s) = Some(v);
+            self.s.note(key, Origin::file(self.origin, from));
+        }
+    }
+
+    /// [`Import::put`], refusing a second key that sets another value.
+    fn put_once<T: PartialEq + std::fmt::Debug>(
+        &mut self,
+        slot: fn(&mut Settings) -> &mut Option<T>,
+        key: &'static str,
+        v: T,
+        from: &str,
+    ) -> Result<()> {
+        let by = self.s.describe(key);
+        if let Some(old) = slot(&mut self.s) {
+            if *old != v {
+                return Err(err(
+                    self.origin,
+                    format!("{from} = {v:?} contradicts {old:?} set by {by}"),
+                ));
+            }
+        }
+        self.put(slot, key, Some(v), from);
+        Ok(())
+    }
 }
 
 /// DeepSpeed keys with no effect on memory.
@@ -89,26 +125,42 @@ const DS_QUIET: &[&str] = &[
 ];
 
 /// A DeepSpeed JSON config.
-pub fn from_deepspeed(text: &str, origin: &str) -> Result<(RunConfig, Vec<String>)> {
+pub fn from_deepspeed(text: &str, origin: &str) -> Result<(Settings, Vec<String>)> {
     let v: Value = serde_json::from_str(text).map_err(|e| err(origin, e.to_string()))?;
     let Value::Object(map) = v else {
         return Err(err(origin, "expected a JSON object at the top level"));
     };
-    let mut c = RunConfig::default();
+    let mut c = Import::new(origin);
     let mut warn = Vec::new();
     for (k, val) in &map {
         match k.as_str() {
-            "train_micro_batch_size_per_gpu" => c.batch = as_u64(val, k, origin)?,
-            "gradient_accumulation_steps" => c.grad_accum = as_u64(val, k, origin)?,
+            "train_micro_batch_size_per_gpu" => {
+                c.put(|s| &mut s.batch, "batch", as_u64(val, k, origin)?, k)
+            }
+            "gradient_accumulation_steps" => c.put(
+                |s| &mut s.grad_accum,
+                "grad_accum",
+                as_u64(val, k, origin)?,
+                k,
+            ),
             "bf16" | "fp16" => {
-                if as_bool(
-                    val.get("enabled").unwrap_or(&Value::Null),
-                    &format!("{k}.enabled"),
-                    origin,
-                )? == Some(true)
+                let key = format!("{k}.enabled");
+                if as_bool(val.get("enabled").unwrap_or(&Value::Null), &key, origin)? == Some(true)
                 {
-                    set_once(&mut c.dtype, k.to_string(), k, origin)?;
-                    c.master_weights = Some(true);
+                    // DeepSpeed's bf16/fp16: half-precision weights with fp32 master
+                    // weights in the optimizer (deepspeed/runtime/bf16_optimizer.py)
+                    let p = if k == "bf16" {
+                        Precision::Bf16
+                    } else {
+                        Precision::Fp16
+                    };
+                    c.put_once(|s| &mut s.dtype, "dtype", p, &key)?;
+                    c.put(
+                        |s| &mut s.master_weights,
+                        "master_weights",
+                        Some(true),
+                        &key,
+                    );
                 }
             }
             "optimizer" => {
@@ -117,64 +169,25 @@ pub fn from_deepspeed(text: &str, origin: &str) -> Result<(RunConfig, Vec<String
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_ascii_lowercase();
-                c.optimizer = Some(
-                    match t.as_str() {
-                        "adam" | "adamw" | "fusedadam" => "adamw",
-                        "onebitadam" | "zerooneadam" | "onebitlamb" | "lamb" => {
-                            warn.push(format!("{origin}: optimizer {t} is modelled as AdamW (two fp32 states)"));
-                            "adamw"
-                        }
-                        "sgd" => "sgd-momentum",
-                        "adafactor" => "adafactor",
-                        "lion" => "lion",
-                        _ => return Err(err(origin, format!("optimizer.type {t:?}: accepted Adam, AdamW, FusedAdam, SGD, Adafactor, Lion"))),
+                let o = match t.as_str() {
+                    "adam" | "adamw" | "fusedadam" => Optimizer::AdamW,
+                    "onebitadam" | "zerooneadam" | "onebitlamb" | "lamb" => {
+                        warn.push(format!("{origin}: optimizer {t} is modelled as AdamW (two fp32 states)"));
+                        Optimizer::AdamW
                     }
-                    .to_string(),
-                );
+                    "sgd" => Optimizer::SgdMomentum,
+                    "adafactor" => Optimizer::Adafactor,
+                    "lion" => Optimizer::Lion,
+                    _ => return Err(err(origin, format!("optimizer.type {t:?}: accepted Adam, AdamW, FusedAdam, SGD, Adafactor, Lion"))),
+                };
+                c.put(|s| &mut s.optimizer, "optimizer", Some(o), "optimizer.type");
             }
             "zero_optimization" => {
                 let Value::Object(z) = val else {
                     return Err(err(origin, "zero_optimization: expected an object"));
                 };
                 for (zk, zv) in z {
-                    let key = format!("zero_optimization.{zk}");
-                    match zk.as_str() {
-                        "stage" => {
-                            c.zero = as_u64(zv, &key, origin)?.map(|s| s as u8);
-                        }
-                        "offload_optimizer" => {
-                            let dev = zv.get("device").and_then(Value::as_str).unwrap_or("none");
-                            c.offload_optimizer = Some(dev == "cpu" || dev == "nvme");
-                        }
-                        "offload_param" => {
-                            let dev = zv.get("device").and_then(Value::as_str).unwrap_or("none");
-                            c.offload_params = Some(dev == "cpu" || dev == "nvme");
-                        }
-                        "reduce_bucket_size" => c.zero_reduce_bucket = as_u64(zv, &key, origin)?,
-                        "allgather_bucket_size" => {
-                            c.zero_allgather_bucket = as_u64(zv, &key, origin)?
-                        }
-                        "stage3_prefetch_bucket_size" => {
-                            c.zero3_prefetch_bucket = as_u64(zv, &key, origin)?
-                        }
-                        "stage3_max_live_parameters" => {
-                            c.zero3_max_live_params = as_u64(zv, &key, origin)?
-                        }
-                        "overlap_comm"
-                        | "contiguous_gradients"
-                        | "reduce_scatter"
-                        | "allgather_partitions"
-                        | "stage3_param_persistence_threshold"
-                        | "stage3_max_reuse_distance"
-                        | "stage3_gather_16bit_weights_on_model_save"
-                        | "sub_group_size"
-                        | "round_robin_gradients"
-                        | "cpu_offload"
-                        | "load_from_fp32_weights"
-                        | "elastic_checkpoint"
-                        | "ignore_unused_parameters" => {}
-                        _ => warn.push(format!("{origin}: {key} is not modelled")),
-                    }
+                    zero_key(&mut c, &mut warn, zk, zv)?;
                 }
             }
             "activation_checkpointing" => {
@@ -188,7 +201,78 @@ pub fn from_deepspeed(text: &str, origin: &str) -> Result<(RunConfig, Vec<String
             _ => warn.push(format!("{origin}: key {k:?} is not modelled")),
         }
     }
-    Ok((c, warn))
+    Ok((c.s, warn))
+}
+
+/// One key of DeepSpeed's `zero_optimization` block.
+fn zero_key(c: &mut Import, warn: &mut Vec<String>, zk: &str, zv: &Value) -> Result<()> {
+    let origin = c.origin;
+    let key = format!("zero_optimization.{zk}");
+    let offloaded = || {
+        let dev = zv.get("device").and_then(Value::as_str).unwrap_or("none");
+        Some(dev == "cpu" || dev == "nvme")
+    };
+    match zk {
+        "stage" => {
+            let stage = match as_u64(zv, &key, origin)? {
+                None => None,
+                Some(s @ 0..=3) => Some(ZeroStage(s as u8)),
+                Some(s) => return Err(Error::invalid(format!("{origin}: {key}"), s, "0, 1, 2, 3")),
+            };
+            c.put(|s| &mut s.zero, "zero", stage, &key);
+        }
+        "offload_optimizer" => c.put(
+            |s| &mut s.offload_optimizer,
+            "offload_optimizer",
+            offloaded(),
+            &key,
+        ),
+        "offload_param" => c.put(
+            |s| &mut s.offload_params,
+            "offload_params",
+            offloaded(),
+            &key,
+        ),
+        "reduce_bucket_size" => c.put(
+            |s| &mut s.zero_reduce_bucket,
+            "zero_reduce_bucket",
+            as_u64(zv, &key, origin)?,
+            &key,
+        ),
+        "allgather_bucket_size" => c.put(
+            |s| &mut s.zero_allgather_bucket,
+            "zero_allgather_bucket",
+            as_u64(zv, &key, origin)?,
+            &key,
+        ),
+        "stage3_prefetch_bucket_size" => c.put(
+            |s| &mut s.zero3_prefetch_bucket,
+            "zero3_prefetch_bucket",
+            as_u64(zv, &key, origin)?,
+            &key,
+        ),
+        "stage3_max_live_parameters" => c.put(
+            |s| &mut s.zero3_max_live_params,
+            "zero3_max_live_params",
+            as_u64(zv, &key, origin)?,
+            &key,
+        ),
+        "overlap_comm"
+        | "contiguous_gradients"
+        | "reduce_scatter"
+        | "allgather_partitions"
+        | "stage3_param_persistence_threshold"
+        | "stage3_max_reuse_distance"
+        | "stage3_gather_16bit_weights_on_model_save"
+        | "sub_group_size"
+        | "round_robin_gradients"
+        | "cpu_offload"
+        | "load_from_fp32_weights"
+        | "elastic_checkpoint"
+        | "ignore_unused_parameters" => {}
+        _ => warn.push(format!("{origin}: {key} is not modelled")),
+    }
+    Ok(())
 }
 
 /// HF TrainingArguments / LLaMA-Factory keys with no effect on memory.
@@ -251,84 +335,20 @@ pub fn from_train_args(
     text: &str,
     format: Format,
     origin: &str,
-) -> Result<(RunConfig, Vec<String>)> {
-    let v: Value = match format {
-        Format::Json => serde_json::from_str(text).map_err(|e| err(origin, e.to_string()))?,
-        Format::Yaml => serde_yaml::from_str(text).map_err(|e| err(origin, e.to_string()))?,
-        Format::Toml => {
-            let t: toml::Value = toml::from_str(text).map_err(|e| err(origin, e.to_string()))?;
-            serde_json::to_value(t).map_err(|e| err(origin, e.to_string()))?
-        }
-    };
-    let Value::Object(map) = v else {
+) -> Result<(Settings, Vec<String>)> {
+    let Value::Object(map) = format.parse_value(text, origin)? else {
         return Err(err(
             origin,
             "expected a mapping of arguments at the top level",
         ));
     };
-    let mut c = RunConfig::default();
+    let mut c = Import::new(origin);
     let mut warn = Vec::new();
-    let mut quant_bits = None;
+    let mut quant = None;
     let mut finetuning = None;
     for (k, val) in &map {
-        let s = val.as_str();
         match k.as_str() {
-            "model_name_or_path" => c.model = s.map(str::to_string),
-            "per_device_train_batch_size" => c.batch = as_u64(val, k, origin)?,
-            "gradient_accumulation_steps" => c.grad_accum = as_u64(val, k, origin)?,
-            "gradient_checkpointing" => {
-                if as_bool(val, k, origin)? == Some(true) {
-                    set_once(&mut c.grad_ckpt, "full".to_string(), k, origin)?;
-                }
-            }
-            "bf16" | "fp16" => {
-                if as_bool(val, k, origin)? == Some(true) {
-                    // Trainer's bf16/fp16 = autocast over the loaded weights
-                    set_once(&mut c.dtype, format!("amp-{k}"), k, origin)?;
-                }
-            }
-            "pure_bf16" => {
-                if as_bool(val, k, origin)? == Some(true) {
-                    c.dtype = Some("bf16".into());
-                }
-            }
-            "optim" => {
-                let o = s.unwrap_or("").to_ascii_lowercase();
-                c.optimizer = Some(
-                    match o.as_str() {
-                        "adamw_torch_fused" => "adamw",
-                        "adamw_torch" | "adamw_hf" => "adamw-foreach",
-                        "adamw_bnb_8bit" | "adamw_8bit" | "adamw_8bit_bnb" => "adamw-8bit",
-                        "paged_adamw_32bit" | "paged_adamw" => "paged-adamw",
-                        "paged_adamw_8bit" => "paged-adamw-8bit",
-                        "adafactor" => "adafactor",
-                        "sgd" => "sgd",
-                        "lion_32bit" | "paged_lion_32bit" => "lion",
-                        _ => return Err(err(origin, format!("optim {o:?}: accepted adamw_torch_fused, adamw_torch, adamw_bnb_8bit, paged_adamw_32bit, paged_adamw_8bit, adafactor, sgd, lion_32bit"))),
-                    }
-                    .to_string(),
-                );
-            }
-            "lora_r" | "lora_rank" => c.lora_rank = as_u64(val, k, origin)?,
-            "lora_alpha" => c.lora_alpha = val.as_f64(),
-            "lora_target" | "target_modules" => {
-                let t = match val {
-                    Value::Array(a) => a
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    Value::String(t) => t.clone(),
-                    _ => {
-                        return Err(err(
-                            origin,
-                            format!("{k}: expected a string or a list of module names"),
-                        ))
-                    }
-                };
-                c.lora_targets = Some(if t == "all" { "all-linear".into() } else { t });
-            }
-            "finetuning_type" => finetuning = s.map(str::to_string),
+            "finetuning_type" => finetuning = val.as_str().map(|f| (f.to_string(), k.clone())),
             "quantization_bit" | "load_in_4bit" | "load_in_8bit" => {
                 let bits = match (k.as_str(), val) {
                     ("quantization_bit", _) => as_u64(val, k, origin)?,
@@ -336,64 +356,178 @@ pub fn from_train_args(
                     ("load_in_8bit", Value::Bool(true)) => Some(8),
                     _ => None,
                 };
-                quant_bits = bits.or(quant_bits);
-            }
-            "cutoff_len" | "max_seq_length" | "max_length" | "model_max_length" => {
-                if let Some(n) = as_u64(val, k, origin)? {
-                    set_once(&mut c.seq_len, n, k, origin)?;
+                if let Some(b) = bits {
+                    quant = Some((b, k.clone()));
                 }
             }
-            "attn_implementation" | "flash_attn" => {
-                let a = s.unwrap_or("").to_ascii_lowercase();
-                c.attn = Some(
-                    match a.as_str() {
-                        "fa2" | "flash_attention_2" => "flash",
-                        "sdpa" | "auto" => "sdpa",
-                        "eager" | "disabled" => "eager",
-                        _ => return Err(err(origin, format!("{k} {a:?}: accepted fa2/flash_attention_2, sdpa, eager, auto, disabled"))),
-                    }
-                    .to_string(),
-                );
-            }
-            "use_liger_kernel" | "enable_liger_kernel" => {
-                if as_bool(val, k, origin)? == Some(true) {
-                    c.loss = Some("fused-linear-ce".into());
-                }
-            }
-            "fsdp" => {
-                let f = match val {
-                    Value::String(t) => t.clone(),
-                    Value::Array(a) => a
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    _ => String::new(),
-                };
-                if f.contains("full_shard") {
-                    c.fsdp = Some("full".into());
-                } else if f.contains("shard_grad_op") {
-                    c.fsdp = Some("grad-op".into());
-                } else if f.contains("hybrid_shard") {
-                    c.fsdp = Some("hybrid".into());
-                }
-                if f.contains("offload") {
-                    c.offload_params = Some(true);
-                }
-            }
-            "deepspeed" => {
-                return Err(err(origin, "deepspeed: pass that file with --deepspeed PATH as well (its settings are read from there)"));
-            }
-            "ddp_find_unused_parameters" | "ddp_bucket_cap_mb" => {}
-            k if TA_QUIET.contains(&k) => {}
-            _ => warn.push(format!("{origin}: key {k:?} is not modelled")),
+            _ => train_arg(&mut c, &mut warn, k, val)?,
         }
     }
-    match (finetuning.as_deref(), quant_bits) {
-        (Some("lora") | None, Some(4)) if c.lora_rank.is_some() || finetuning.is_some() => {
-            c.method = Some("qlora".into())
+    method_of(&mut c, &mut warn, finetuning, quant);
+    Ok((c.s, warn))
+}
+
+/// One TrainingArguments / LLaMA-Factory key (all but the method and quantization keys).
+fn train_arg(c: &mut Import, warn: &mut Vec<String>, k: &str, val: &Value) -> Result<()> {
+    let origin = c.origin;
+    let s = val.as_str();
+    match k {
+        "model_name_or_path" => c.put(|s| &mut s.model, "model", s.map(str::to_string), k),
+        "per_device_train_batch_size" => {
+            c.put(|s| &mut s.batch, "batch", as_u64(val, k, origin)?, k)
         }
-        (Some("lora"), _) => c.method = Some("lora".into()),
+        "gradient_accumulation_steps" => c.put(
+            |s| &mut s.grad_accum,
+            "grad_accum",
+            as_u64(val, k, origin)?,
+            k,
+        ),
+        "gradient_checkpointing" => {
+            if as_bool(val, k, origin)? == Some(true) {
+                c.put_once(|s| &mut s.grad_ckpt, "grad_ckpt", GradCkpt::Full, k)?;
+            }
+        }
+        "bf16" | "fp16" => {
+            if as_bool(val, k, origin)? == Some(true) {
+                // Trainer's bf16/fp16 = autocast over the loaded weights
+                let p = if k == "bf16" {
+                    Precision::AmpBf16
+                } else {
+                    Precision::AmpFp16
+                };
+                c.put_once(|s| &mut s.dtype, "dtype", p, k)?;
+            }
+        }
+        "pure_bf16" => {
+            if as_bool(val, k, origin)? == Some(true) {
+                c.put(|s| &mut s.dtype, "dtype", Some(Precision::Bf16), k);
+            }
+        }
+        "optim" => {
+            let o = s.unwrap_or("").to_ascii_lowercase();
+            let opt = match o.as_str() {
+                "adamw_torch_fused" => Optimizer::AdamW,
+                "adamw_torch" | "adamw_hf" => Optimizer::AdamWForeach,
+                "adamw_bnb_8bit" | "adamw_8bit" | "adamw_8bit_bnb" => Optimizer::AdamW8bit,
+                "paged_adamw_32bit" | "paged_adamw" => Optimizer::PagedAdamW,
+                "paged_adamw_8bit" => Optimizer::PagedAdamW8bit,
+                "adafactor" => Optimizer::Adafactor,
+                "sgd" => Optimizer::Sgd,
+                "lion_32bit" | "paged_lion_32bit" => Optimizer::Lion,
+                _ => return Err(err(origin, format!("optim {o:?}: accepted adamw_torch_fused, adamw_torch, adamw_bnb_8bit, paged_adamw_32bit, paged_adamw_8bit, adafactor, sgd, lion_32bit"))),
+            };
+            c.put(|s| &mut s.optimizer, "optimizer", Some(opt), k);
+        }
+        "lora_r" | "lora_rank" => c.put(
+            |s| &mut s.lora_rank,
+            "lora_rank",
+            as_u64(val, k, origin)?,
+            k,
+        ),
+        "lora_alpha" => c.put(|s| &mut s.lora_alpha, "lora_alpha", val.as_f64(), k),
+        "lora_target" | "target_modules" => {
+            let t = match val {
+                Value::Array(a) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                Value::String(t) => t.clone(),
+                _ => {
+                    return Err(err(
+                        origin,
+                        format!("{k}: expected a string or a list of module names"),
+                    ))
+                }
+            };
+            let t = if t == "all" {
+                "all-linear".to_string()
+            } else {
+                t
+            };
+            let targets = crate::arch::LoraTargets::parse(&t)
+                .map_err(|e| crate::workload::settings::named(e, &Origin::file(origin, k)))?;
+            c.put(|s| &mut s.lora_targets, "lora_targets", Some(targets), k);
+        }
+        "cutoff_len" | "max_seq_length" | "max_length" | "model_max_length" => {
+            if let Some(n) = as_u64(val, k, origin)? {
+                c.put_once(|s| &mut s.seq_len, "seq_len", n, k)?;
+            }
+        }
+        "attn_implementation" | "flash_attn" => {
+            let a = s.unwrap_or("").to_ascii_lowercase();
+            let attn = match a.as_str() {
+                "fa2" | "flash_attention_2" => Attn::Flash,
+                "sdpa" | "auto" => Attn::Sdpa,
+                "eager" | "disabled" => Attn::Eager,
+                _ => return Err(err(
+                    origin,
+                    format!(
+                        "{k} {a:?}: accepted fa2/flash_attention_2, sdpa, eager, auto, disabled"
+                    ),
+                )),
+            };
+            c.put(|s| &mut s.attn, "attn", Some(attn), k);
+        }
+        "use_liger_kernel" | "enable_liger_kernel" => {
+            if as_bool(val, k, origin)? == Some(true) {
+                c.put(|s| &mut s.loss, "loss", Some(Loss::FusedLinearCe), k);
+            }
+        }
+        "fsdp" => {
+            let f = match val {
+                Value::String(t) => t.clone(),
+                Value::Array(a) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => String::new(),
+            };
+            let mode = if f.contains("full_shard") {
+                Some(FsdpMode::Full)
+            } else if f.contains("shard_grad_op") {
+                Some(FsdpMode::GradOp)
+            } else if f.contains("hybrid_shard") {
+                Some(FsdpMode::Hybrid)
+            } else {
+                None
+            };
+            c.put(|s| &mut s.fsdp, "fsdp", mode, k);
+            if f.contains("offload") {
+                c.put(|s| &mut s.offload_params, "offload_params", Some(true), k);
+            }
+        }
+        "deepspeed" => {
+            return Err(err(origin, "deepspeed: pass that file with --deepspeed PATH as well (its settings are read from there)"));
+        }
+        "ddp_find_unused_parameters" | "ddp_bucket_cap_mb" => {}
+        k if TA_QUIET.contains(&k) => {}
+        _ => warn.push(format!("{origin}: key {k:?} is not modelled")),
+    }
+    Ok(())
+}
+
+/// The method from `finetuning_type` and the quantization keys (value, key read).
+fn method_of(
+    c: &mut Import,
+    warn: &mut Vec<String>,
+    finetuning: Option<(String, String)>,
+    quant: Option<(u64, String)>,
+) {
+    let origin = c.origin;
+    let ft = finetuning.as_ref().map(|(f, _)| f.as_str());
+    let bits = quant.as_ref().map(|(b, _)| *b);
+    let from = finetuning
+        .as_ref()
+        .map(|(_, k)| k.clone())
+        .or_else(|| quant.as_ref().map(|(_, k)| k.clone()))
+        .unwrap_or_else(|| "lora_rank".into());
+    match (ft, bits) {
+        (Some("lora") | None, Some(4)) if c.s.lora_rank.is_some() || ft.is_some() => {
+            c.put(|s| &mut s.method, "method", Some(MethodKind::Qlora), &from)
+        }
+        (Some("lora"), _) => c.put(|s| &mut s.method, "method", Some(MethodKind::Lora), &from),
         (Some("full") | None, None) => {}
         (Some("freeze"), _) => warn.push(format!(
             "{origin}: finetuning_type freeze is modelled as full fine-tuning"
@@ -402,29 +536,24 @@ pub fn from_train_args(
             warn.push(format!("{origin}: finetuning_type {other:?} with quantization {bits:?} bits is not modelled exactly"));
         }
     }
-    if c.method.is_none() && c.lora_rank.is_some() {
-        c.method = Some(
-            if quant_bits == Some(4) {
-                "qlora"
-            } else {
-                "lora"
-            }
-            .into(),
-        );
+    if c.s.method.is_none() && c.s.lora_rank.is_some() {
+        let m = if bits == Some(4) {
+            MethodKind::Qlora
+        } else {
+            MethodKind::Lora
+        };
+        c.put(|s| &mut s.method, "method", Some(m), &from);
     }
-    if c.method.as_deref().is_some_and(|m| m != "full")
-        && c.dtype.as_deref().is_some_and(|d| d.starts_with("amp-"))
-    {
+    let lora = c.s.method.is_some_and(|m| m != MethodKind::Full);
+    if let (true, Some(p @ (Precision::AmpBf16 | Precision::AmpFp16))) = (lora, c.s.dtype) {
         // PEFT/LLaMA-Factory load the frozen base in half precision
-        c.dtype = Some(
-            c.dtype
-                .as_deref()
-                .unwrap_or("amp-bf16")
-                .trim_start_matches("amp-")
-                .to_string(),
-        );
+        let half = if p == Precision::AmpBf16 {
+            Precision::Bf16
+        } else {
+            Precision::Fp16
+        };
+        c.s.dtype = Some(half);
     }
-    Ok((c, warn))
 }
 
 #[cfg(test)]
@@ -439,15 +568,35 @@ mod tests {
             "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": 1000000},
             "gradient_clipping": 1.0, "mystery": 1}"#;
         let (c, w) = from_deepspeed(ds, "ds.json").unwrap();
-        assert_eq!((c.batch, c.grad_accum, c.zero), (Some(4), Some(8), Some(3)));
+        assert_eq!(
+            (c.batch, c.grad_accum, c.zero),
+            (Some(4), Some(8), Some(ZeroStage(3)))
+        );
         assert_eq!(
             (c.offload_optimizer, c.offload_params),
             (Some(true), Some(false))
         );
-        assert_eq!(c.dtype.as_deref(), Some("bf16"));
+        assert_eq!(c.dtype, Some(Precision::Bf16));
+        assert_eq!(
+            c.describe("batch"),
+            "ds.json: train_micro_batch_size_per_gpu"
+        );
         assert_eq!(c.zero3_prefetch_bucket, Some(1_000_000));
         assert_eq!(c.zero_reduce_bucket, None, "auto keeps the default");
         assert!(w.iter().any(|x| x.contains("mystery")), "{w:?}");
+    }
+
+    #[test]
+    fn deepspeed_stage_out_of_range_is_an_error_not_a_wrapped_u8() {
+        // `"stage": 259` used to become ZeRO-3 through an `as u8` cast
+        for bad in ["259", "4", "-1", "3.5"] {
+            let ds = format!(r#"{{"zero_optimization": {{"stage": {bad}}}}}"#);
+            let e = from_deepspeed(&ds, "ds.json").unwrap_err().to_string();
+            assert!(e.contains("ds.json"), "{bad}: {e}");
+            assert!(e.contains("zero_optimization.stage"), "{bad}: {e}");
+        }
+        let (c, _) = from_deepspeed(r#"{"zero_optimization": {"stage": 2}}"#, "ds.json").unwrap();
+        assert_eq!(c.zero, Some(ZeroStage(2)));
     }
 
     #[test]
@@ -468,15 +617,16 @@ mod tests {
                  per_device_train_batch_size: 2\ngradient_accumulation_steps: 8\nbf16: true\n\
                  gradient_checkpointing: true\noptim: paged_adamw_8bit\nunknown_knob: 3\n";
         let (c, w) = from_train_args(y, Format::Yaml, "sft.yaml").unwrap();
-        assert_eq!(c.method.as_deref(), Some("qlora"));
-        assert_eq!(c.lora_targets.as_deref(), Some("all-linear"));
+        assert_eq!(c.method, Some(MethodKind::Qlora));
+        assert_eq!(c.lora_targets, Some(crate::arch::LoraTargets::AllLinear));
         assert_eq!(
             (c.lora_rank, c.seq_len, c.batch),
             (Some(8), Some(1024), Some(2))
         );
-        assert_eq!(c.dtype.as_deref(), Some("bf16"));
-        assert_eq!(c.grad_ckpt.as_deref(), Some("full"));
-        assert_eq!(c.optimizer.as_deref(), Some("paged-adamw-8bit"));
+        assert_eq!(c.dtype, Some(Precision::Bf16));
+        assert_eq!(c.grad_ckpt, Some(GradCkpt::Full));
+        assert_eq!(c.optimizer, Some(Optimizer::PagedAdamW8bit));
+        assert_eq!(c.describe("batch"), "sft.yaml: per_device_train_batch_size");
         assert!(w.iter().any(|x| x.contains("unknown_knob")));
     }
 
@@ -485,9 +635,9 @@ mod tests {
         let j = r#"{"per_device_train_batch_size": 8, "bf16": true, "optim": "adamw_torch",
                     "gradient_checkpointing": false, "fsdp": "full_shard auto_wrap", "max_seq_length": 2048}"#;
         let (c, _) = from_train_args(j, Format::Json, "args.json").unwrap();
-        assert_eq!(c.dtype.as_deref(), Some("amp-bf16"));
-        assert_eq!(c.optimizer.as_deref(), Some("adamw-foreach"));
-        assert_eq!(c.fsdp.as_deref(), Some("full"));
+        assert_eq!(c.dtype, Some(Precision::AmpBf16));
+        assert_eq!(c.optimizer, Some(Optimizer::AdamWForeach));
+        assert_eq!(c.fsdp, Some(FsdpMode::Full));
         assert_eq!(c.grad_ckpt, None);
         let bad = r#"{"optim": "adamw_quantum"}"#;
         assert!(from_train_args(bad, Format::Json, "args.json")

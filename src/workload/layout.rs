@@ -28,7 +28,7 @@ impl std::str::FromStr for FsdpMode {
             "full" | "full-shard" => Ok(FsdpMode::Full),
             "grad-op" | "shard-grad-op" => Ok(FsdpMode::GradOp),
             "hybrid" | "hybrid-shard" => Ok(FsdpMode::Hybrid),
-            _ => Err(Error::invalid("--fsdp", s, "full, grad-op, hybrid")),
+            _ => Err(Error::invalid("fsdp", s, "full, grad-op, hybrid")),
         }
     }
 }
@@ -176,12 +176,12 @@ impl Layout {
     /// Reject impossible layouts, naming the value and what is accepted.
     pub fn validate(&self, spec: &ModelSpec, w: &Workload) -> Result<()> {
         for (flag, v) in [
-            ("--dp", self.dp),
-            ("--tp", self.tp),
-            ("--pp", self.pp),
-            ("--cp", self.cp),
-            ("--ep", self.ep),
-            ("--vpp", self.vpp),
+            ("dp", self.dp),
+            ("tp", self.tp),
+            ("pp", self.pp),
+            ("cp", self.cp),
+            ("ep", self.ep),
+            ("vpp", self.vpp),
         ] {
             if v == 0 {
                 return Err(Error::invalid(flag, v, "an integer >= 1"));
@@ -275,7 +275,7 @@ impl Layout {
             }
         }
         if self.zero > 3 {
-            return Err(Error::invalid("--zero", self.zero, "0, 1, 2, 3"));
+            return Err(Error::invalid("zero", self.zero, "0, 1, 2, 3"));
         }
         if self.zero > 0 && self.fsdp.is_some() {
             return layout(
@@ -310,14 +310,14 @@ impl Layout {
         }
         if !(1..=2).contains(&self.fsdp_version) {
             return Err(Error::invalid(
-                "--fsdp-version",
+                "fsdp_version",
                 self.fsdp_version,
                 "1 (flat parameters) or 2 (per-parameter)",
             ));
         }
         if let Some(m) = self.micro_batches {
             if m == 0 {
-                return Err(Error::invalid("--micro-batches", m, "an integer >= 1"));
+                return Err(Error::invalid("micro_batches", m, "an integer >= 1"));
             }
         }
         Ok(())

@@ -51,10 +51,10 @@ macro_rules! choice_enum {
 
 choice_enum!(
     /// `--task`
-    Task, "--task", { Train => "train", Infer => "infer" | "inference" | "serve" });
+    Task, "task", { Train => "train", Infer => "infer" | "inference" | "serve" });
 choice_enum!(
     /// `--method`: the name of what is trained, without its LoRA settings.
-    MethodKind, "--method", { Full => "full", Lora => "lora", Qlora => "qlora" });
+    MethodKind, "method", { Full => "full", Lora => "lora", Qlora => "qlora" });
 
 /// What is trained: every parameter, or LoRA adapters (peft) over frozen base weights —
 /// in `Qlora`, NF4-quantized base weights (bitsandbytes `Linear4bit`). The LoRA settings
@@ -106,7 +106,7 @@ choice_enum!(
 /// `--dtype`: the precision recipe. `amp-*` keeps fp32 parameters and runs matmuls
 /// under torch autocast (half-precision copies of the weights live during forward);
 /// `fp8` is for inference only (fp8 weights, bf16 compute).
-Precision, "--dtype", {
+Precision, "dtype", {
     Fp32 => "fp32" | "float32",
     Bf16 => "bf16" | "bfloat16",
     Fp16 => "fp16" | "float16",
@@ -116,7 +116,7 @@ Precision, "--dtype", {
 });
 choice_enum!(
 /// `--optimizer`
-Optimizer, "--optimizer", {
+Optimizer, "optimizer", {
     /// torch AdamW, fused kernel (HF Trainer's default `adamw_torch_fused`).
     AdamW => "adamw" | "adam" | "adamw-fused" | "adamw_torch_fused",
     /// torch AdamW with the multi-tensor (foreach) path: one state-sized temporary.
@@ -131,18 +131,18 @@ Optimizer, "--optimizer", {
 });
 choice_enum!(
     /// `--attn`
-    Attn, "--attn", { Eager => "eager", Sdpa => "sdpa", Flash => "flash" | "flash_attention_2" | "fa2" });
+    Attn, "attn", { Eager => "eager", Sdpa => "sdpa", Flash => "flash" | "flash_attention_2" | "fa2" });
 choice_enum!(
     /// `--grad-ckpt`: `full` checkpoints every decoder layer (saves its input, recomputes
     /// it in backward); `selective` recomputes only the attention core (QKᵀ, softmax,
     /// attention dropout) as Megatron does, keeping everything else.
-    GradCkpt, "--grad-ckpt", { None => "none" | "off", Full => "full" | "on", Selective => "selective" });
+    GradCkpt, "grad_ckpt", { None => "none" | "off", Full => "full" | "on", Selective => "selective" });
 choice_enum!(
     /// `--loss`
-    Loss, "--loss", { Standard => "standard", Chunked => "chunked", FusedLinearCe => "fused-linear-ce" | "liger" });
+    Loss, "loss", { Standard => "standard", Chunked => "chunked", FusedLinearCe => "fused-linear-ce" | "liger" });
 choice_enum!(
     /// `--runtime`: whose memory behaviour to simulate.
-    Runtime, "--runtime", { Torch => "torch" | "pytorch", Candle => "candle" });
+    Runtime, "runtime", { Torch => "torch" | "pytorch", Candle => "candle" });
 
 impl Precision {
     /// dtype the model's parameters are stored in.
@@ -272,20 +272,20 @@ impl Workload {
                 Ok(())
             }
         };
-        within("--batch", self.batch, MAX_BATCH)?;
-        within("--seq-len", self.seq_len, MAX_TOKENS)?;
-        within("--grad-accum", self.grad_accum, MAX_BATCH)?;
-        within("--prompt-len", self.infer.prompt_len, MAX_TOKENS)?;
-        within("--concurrency", self.infer.concurrency, MAX_BATCH)?;
+        within("batch", self.batch, MAX_BATCH)?;
+        within("seq_len", self.seq_len, MAX_TOKENS)?;
+        within("grad_accum", self.grad_accum, MAX_BATCH)?;
+        within("prompt_len", self.infer.prompt_len, MAX_TOKENS)?;
+        within("concurrency", self.infer.concurrency, MAX_BATCH)?;
         if self.infer.gen_len > MAX_TOKENS {
             return Err(Error::invalid(
-                "--gen-len",
+                "gen_len",
                 self.infer.gen_len,
                 format!("an integer in 0..={MAX_TOKENS}"),
             ));
         }
         if let Some(c) = self.infer.prefill_chunk {
-            within("--prefill-chunk", c, MAX_TOKENS)?;
+            within("prefill_chunk", c, MAX_TOKENS)?;
         }
         // The largest tensor the run creates must stay far from u64 overflow: token
         // activations (T × widest layer) and, with eager attention, the scores.
@@ -308,7 +308,7 @@ impl Workload {
         }
         if largest > MAX_TENSOR_BYTES as f64 {
             return Err(Error::invalid(
-                "--batch x --seq-len",
+                "batch x seq_len",
                 format!("{rows} x {len}"),
                 format!(
                     "shapes whose largest tensor stays under {} PiB (this one needs {:.1} PiB)",
@@ -318,43 +318,43 @@ impl Workload {
             ));
         }
         if let Some(l) = self.method.lora() {
-            within("--lora-rank", l.rank, MAX_LORA_RANK)?;
+            within("lora_rank", l.rank, MAX_LORA_RANK)?;
             if !(l.alpha.is_finite() && l.alpha > 0.0) {
-                return Err(Error::invalid("--lora-alpha", l.alpha, "a number > 0"));
+                return Err(Error::invalid("lora_alpha", l.alpha, "a number > 0"));
             }
             l.targets.check_against(spec)?;
         }
         if self.precision == Precision::Fp8 && self.is_train() {
             return Err(Error::invalid(
-                "--dtype",
+                "dtype",
                 "fp8",
                 "fp8 weights for --task infer only; for training use fp32, bf16, fp16, amp-bf16 or amp-fp16",
             ));
         }
         if self.master_weights && !matches!(self.precision, Precision::Bf16 | Precision::Fp16) {
             return Err(Error::invalid(
-                "--master-weights",
+                "master_weights",
                 format!("with --dtype {}", self.precision),
                 "--master-weights with --dtype bf16 or fp16 (amp and fp32 already keep fp32 parameters)",
             ));
         }
         if self.runtime == Runtime::Candle && self.task != Task::Train {
             return Err(Error::invalid(
-                "--runtime",
+                "runtime",
                 "candle with --task infer",
                 "torch for inference (the candle profile models the probe's training step)",
             ));
         }
         if self.runtime == Runtime::Candle && self.attn == Attn::Flash {
             return Err(Error::invalid(
-                "--attn",
+                "attn",
                 "flash with --runtime candle",
                 "eager or sdpa with the candle runtime (its probe models have no flash-attention kernel)",
             ));
         }
         if self.runtime == Runtime::Candle && self.grad_ckpt != GradCkpt::None {
             return Err(Error::invalid(
-                "--grad-ckpt",
+                "grad_ckpt",
                 self.grad_ckpt,
                 "none with --runtime candle (candle has no gradient checkpointing)",
             ));

@@ -53,7 +53,7 @@ impl Overheads {
         let f = self.allocator_fragmentation;
         if !(f.is_finite() && (0.0..=1.0).contains(&f)) {
             return Err(Error::invalid(
-                "--allocator-fragmentation",
+                "allocator_fragmentation",
                 f,
                 "a fraction between 0 and 1 (e.g. 0.05)",
             ));

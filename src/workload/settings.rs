@@ -1,101 +1,427 @@
-//! `RunConfig`: every estimate setting as an optional, unvalidated value — what a config
-//! file (`--config`, TOML / YAML / JSON) or the command line provides. Layers merge
-//! (flags over file over defaults) and `build()` turns the result into validated
-//! domain types (`Workload`, `Overheads`), naming the key and the accepted values on
-//! any error. Keys are snake_case; kebab-case (`seq-len`) is accepted too. Unknown keys
-//! are an error, never silently ignored.
+//! `Settings`: every setting of a run as a typed, optional value, and where it came from.
+//!
+//! Settings are declared once, in the `settings!` table below: key (the snake_case name
+//! used in `--config` files), type, flag, and help. From that one line come the field,
+//! the `--config` key (kebab-case accepted), the flag the CLI builds (`cli::args`), the
+//! merge rule and the origin bookkeeping — one new setting is one line here and one use
+//! where it is consumed.
+//!
+//! Layers merge `--config` < `--deepspeed` < `--train-args` < flags ([`Settings::merged`]).
+//! [`Settings::resolve`] is the one place that turns settings into validated domain types
+//! (`Workload`, `Overheads`, `Layout`, the capacity): the library validates in terms of
+//! setting keys (`batch`, `seq_len`), and every error is rewritten here to name where
+//! the value came from — `--batch`, `ds.json: train_micro_batch_size_per_gpu`,
+//! `args.yaml: per_device_train_batch_size` — never a flag the user did not type.
+//! Unknown keys in a `--config` file are an error, never silently ignored.
 
-use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::Value;
 
 use crate::arch::{LoraTargets, ModelSpec};
 use crate::error::{Error, Result};
 use crate::units::bytes::Bytes;
 use crate::units::dtype::DType;
+use crate::workload::layout::{Buffers, FsdpMode, Layout};
 use crate::workload::overhead::Overheads;
-use crate::workload::{Device, InferConfig, LoraConfig, Method, MethodKind, Workload};
+use crate::workload::{
+    Attn, Device, GradCkpt, InferConfig, LoraConfig, Loss, Method, MethodKind, Optimizer,
+    Precision, Runtime, Task, Workload,
+};
 
-/// A memory amount: an integer number of bytes or a string such as "80GiB".
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
-pub enum Amount {
-    Bytes(u64),
-    Text(String),
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag, e.g. `--batch`.
+    Flag(&'static str),
+    /// A key of a settings file or an imported framework config.
+    File { path: String, key: String },
 }
 
-impl Amount {
-    fn resolve(&self, what: &'static str) -> Result<Bytes> {
-        match self {
-            Amount::Bytes(b) => Ok(Bytes(*b)),
-            Amount::Text(t) => Bytes::parse(t).map_err(|_| {
-                Error::invalid(
-                    what,
-                    t,
-                    "a memory amount such as 80GiB, 512MiB, 40GB or an integer of bytes",
-                )
-            }),
+impl Origin {
+    pub fn file(path: &str, key: &str) -> Origin {
+        Origin::File {
+            path: path.to_string(),
+            key: key.to_string(),
         }
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunConfig {
-    pub model: Option<String>,
-    pub layers: Option<u64>,
-    pub task: Option<String>,
-    pub method: Option<String>,
-    pub lora_rank: Option<u64>,
-    pub lora_alpha: Option<f64>,
-    pub lora_targets: Option<String>,
-    pub double_quant: Option<bool>,
-    pub dtype: Option<String>,
-    pub master_weights: Option<bool>,
-    pub optimizer: Option<String>,
-    pub batch: Option<u64>,
-    pub seq_len: Option<u64>,
-    pub grad_accum: Option<u64>,
-    pub attn: Option<String>,
-    pub grad_ckpt: Option<String>,
-    pub loss: Option<String>,
-    pub runtime: Option<String>,
-    pub device: Option<String>,
-    pub prompt_len: Option<u64>,
-    pub gen_len: Option<u64>,
-    pub concurrency: Option<u64>,
-    pub kv_dtype: Option<String>,
-    pub prefill_chunk: Option<u64>,
-    pub gpu: Option<String>,
-    pub gpu_memory: Option<Amount>,
-    pub cuda_context: Option<Amount>,
-    pub cublas_workspace: Option<Amount>,
-    pub allocator_fragmentation: Option<f64>,
-    // distributed layout
-    pub dp: Option<u64>,
-    pub tp: Option<u64>,
-    pub pp: Option<u64>,
-    pub cp: Option<u64>,
-    pub ep: Option<u64>,
-    pub vpp: Option<u64>,
-    pub sequence_parallel: Option<bool>,
-    pub zero: Option<u8>,
-    pub fsdp: Option<String>,
-    pub fsdp_version: Option<u8>,
-    pub fsdp_shard_group: Option<u64>,
-    pub offload_optimizer: Option<bool>,
-    pub offload_params: Option<bool>,
-    pub distributed_optimizer: Option<bool>,
-    pub micro_batches: Option<u64>,
-    /// Layers per pipeline stage, "10,12,10".
-    pub pp_layers: Option<String>,
-    pub nccl_buffers: Option<Amount>,
-    pub zero_reduce_bucket: Option<u64>,
-    pub zero_allgather_bucket: Option<u64>,
-    pub zero3_prefetch_bucket: Option<u64>,
-    pub zero3_max_live_params: Option<u64>,
-    pub ddp_bucket_view: Option<bool>,
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(flag) => f.write_str(flag),
+            Origin::File { path, key } => write!(f, "{path}: {key}"),
+        }
+    }
 }
 
-/// Config file formats, chosen by extension.
+/// How a flag takes its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagKind {
+    /// `--flag VALUE`
+    Value,
+    /// `--flag` alone sets the boolean setting to this value (`--master-weights` = true,
+    /// `--no-double-quant` = false).
+    Switch(bool),
+}
+
+/// One row of the settings table.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingInfo {
+    pub key: &'static str,
+    pub flag: &'static str,
+    pub kind: FlagKind,
+    pub help: &'static str,
+    /// Whether a flag's text parses as this setting's type (`Err`: what is accepted).
+    pub check: fn(&str) -> std::result::Result<(), String>,
+}
+
+/// A value a setting can hold: parsed from a flag's text or a file's JSON value.
+/// Errors are `(value as written, what is accepted)`; the caller names the origin.
+pub trait SettingValue: Sized {
+    fn from_text(s: &str) -> std::result::Result<Self, (String, String)>;
+    fn from_json(v: &Value) -> std::result::Result<Self, (String, String)> {
+        match v {
+            Value::String(s) => Self::from_text(s),
+            other => Self::from_text(&other.to_string()),
+        }
+    }
+}
+
+fn accepted_of(e: Error) -> String {
+    match e {
+        Error::InvalidValue { accepted, .. } => accepted,
+        other => other.to_string(),
+    }
+}
+
+macro_rules! choice_setting {
+    ($($t:ty),*) => {$(
+        impl SettingValue for $t {
+            fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
+                s.parse().map_err(|e| (s.to_string(), accepted_of(e)))
+            }
+        }
+    )*};
+}
+choice_setting!(Task, MethodKind, Precision, Optimizer, Attn, GradCkpt, Loss, Runtime, FsdpMode);
+
+impl SettingValue for u64 {
+    fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
+        s.trim()
+            .parse()
+            .map_err(|_| (s.to_string(), "a non-negative integer".into()))
+    }
+    fn from_json(v: &Value) -> std::result::Result<Self, (String, String)> {
+        match v {
+            Value::Number(n) => n
+                .as_u64()
+                .ok_or_else(|| (n.to_string(), "a non-negative integer".into())),
+            Value::String(s) => Self::from_text(s),
+            other => Err((other.to_string(), "a non-negative integer".into())),
+        }
+    }
+}
+
+impl SettingValue for f64 {
+    fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
+        s.trim()
+            .parse()
+            .map_err(|_| (s.to_string(), "a number".into()))
+    }
+    fn from_json(v: &Value) -> std::result::Result<Self, (String, String)> {
+        match v {
+            Value::Number(n) => n.as_f64().ok_or_else(|| (n.to_string(), "a number".into())),
+            Value::String(s) => Self::from_text(s),
+            other => Err((other.to_string(), "a number".into())),
+        }
+    }
+}
+
+impl SettingValue for bool {
+    fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err((s.to_string(), "true or false".into())),
+        }
+    }
+    fn from_json(v: &Value) -> std::result::Result<Self, (String, String)> {
+        match v {
+            Value::Bool(b) => Ok(*b),
+            other => Err((other.to_string(), "true or false".into())),
+        }
+    }
+}
+
+impl SettingValue for String {
+    fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
+        Ok(s.to_string())
+    }
+    fn from_json(v: &Value) -> std::result::Result<Self, (String, String)> {
+        match v {
+            Value::String(s) => Ok(s.clone()),
+            other => Err((other.to_string(), "a string".into())),
+        }
+    }
+}
+
+impl SettingValue for Bytes {
+    fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
+        Bytes::parse(s).map_err(|_| {
+            (
+                s.to_string(),
+                "a memory amount such as 80GiB, 512MiB, 40GB or an integer of bytes".into(),
+            )
+        })
+    }
+    fn from_json(v: &Value) -> std::result::Result<Self, (String, String)> {
+        match v {
+            Value::Number(n) => n.as_u64().map(Bytes).ok_or_else(|| {
+                (
+                    n.to_string(),
+                    "a memory amount such as 80GiB or an integer of bytes".into(),
+                )
+            }),
+            Value::String(s) => Self::from_text(s),
+            other => Err((other.to_string(), "a memory amount such as 80GiB".into())),
+        }
+    }
+}
+
+impl SettingValue for Device {
+    fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cuda" | "gpu" => Ok(Device::Cuda),
+            "cpu" => Ok(Device::Cpu),
+            _ => Err((s.to_string(), "cuda, cpu".into())),
+        }
+    }
+}
+
+/// The KV-cache dtype: fp32, bf16, fp16 or fp8.
+impl SettingValue for DType {
+    fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
+        match DType::from_name(s.trim()) {
+            Some(d @ (DType::F32 | DType::BF16 | DType::F16 | DType::F8)) => Ok(d),
+            _ => Err((s.to_string(), "fp32, bf16, fp16, fp8".into())),
+        }
+    }
+}
+
+impl SettingValue for LoraTargets {
+    fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
+        LoraTargets::parse(s).map_err(|e| (s.to_string(), accepted_of(e)))
+    }
+    fn from_json(v: &Value) -> std::result::Result<Self, (String, String)> {
+        match v {
+            Value::Array(a) => {
+                let names: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
+                Self::from_text(&names.join(","))
+            }
+            Value::String(s) => Self::from_text(s),
+            other => Err((
+                other.to_string(),
+                "attn, all-linear or a list of module names".into(),
+            )),
+        }
+    }
+}
+
+/// Layers per pipeline stage: `"10,12,10"` or `[10, 12, 10]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageLayers(pub Vec<u64>);
+
+impl SettingValue for StageLayers {
+    fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
+        s.split(',')
+            .map(|x| x.trim().parse::<u64>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(StageLayers)
+            .map_err(|_| {
+                (
+                    s.to_string(),
+                    "comma-separated layer counts per stage, e.g. 10,12,10".into(),
+                )
+            })
+    }
+    fn from_json(v: &Value) -> std::result::Result<Self, (String, String)> {
+        match v {
+            Value::Array(a) => {
+                let parts: Vec<String> = a.iter().map(|x| x.to_string()).collect();
+                Self::from_text(&parts.join(","))
+            }
+            Value::String(s) => Self::from_text(s),
+            other => Err((
+                other.to_string(),
+                "layer counts per stage, e.g. 10,12,10".into(),
+            )),
+        }
+    }
+}
+
+/// The ZeRO stage: 0–3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZeroStage(pub u8);
+
+impl SettingValue for ZeroStage {
+    fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
+        match s.trim() {
+            "0" => Ok(ZeroStage(0)),
+            "1" => Ok(ZeroStage(1)),
+            "2" => Ok(ZeroStage(2)),
+            "3" => Ok(ZeroStage(3)),
+            _ => Err((s.to_string(), "0, 1, 2, 3".into())),
+        }
+    }
+}
+
+/// The FSDP version: 1 (flat parameters) or 2 (per-parameter sharding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsdpVersion(pub u8);
+
+impl SettingValue for FsdpVersion {
+    fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
+        match s.trim() {
+            "1" => Ok(FsdpVersion(1)),
+            "2" => Ok(FsdpVersion(2)),
+            _ => Err((
+                s.to_string(),
+                "1 (flat parameters) or 2 (per-parameter)".into(),
+            )),
+        }
+    }
+}
+
+macro_rules! settings {
+    ($( $key:ident : $ty:ty => $flag:literal $kind:ident $(($sw:literal))?, $help:literal; )*) => {
+        /// Every setting of a run, typed, each `None` until a layer sets it.
+        #[derive(Debug, Clone, Default, PartialEq)]
+        pub struct Settings {
+            $( #[doc = $help] pub $key: Option<$ty>, )*
+            /// Where each value that is set came from, by key (absent: set by code).
+            pub origins: BTreeMap<&'static str, Origin>,
+        }
+
+        /// The settings table: key, flag, how the flag takes its value, help.
+        pub const SETTINGS: &[SettingInfo] = &[
+            $( SettingInfo {
+                key: stringify!($key),
+                flag: $flag,
+                kind: settings!(@kind $kind $(($sw))?),
+                help: $help,
+                check: |s| <$ty as SettingValue>::from_text(s).map(|_| ()).map_err(|(_, acc)| format!("accepted: {acc}")),
+            }, )*
+        ];
+
+        impl Settings {
+            /// `self` with every value set in `over` replaced (and its origin with it).
+            pub fn merged(mut self, over: Settings) -> Settings {
+                $(
+                    if over.$key.is_some() {
+                        self.$key = over.$key;
+                        match over.origins.get(stringify!($key)) {
+                            Some(o) => self.origins.insert(stringify!($key), o.clone()),
+                            None => self.origins.remove(stringify!($key)),
+                        };
+                    }
+                )*
+                self
+            }
+
+            /// Set `key` from a file's or a flag's value; `Ok(false)` if `key` is not a
+            /// setting. Errors name `origin`, the value and what is accepted.
+            pub fn set_json(&mut self, key: &str, v: &Value, origin: Origin) -> Result<bool> {
+                match key {
+                    $( stringify!($key) => {
+                        let x = <$ty as SettingValue>::from_json(v).map_err(|(val, acc)| {
+                            Error::invalid(origin.to_string(), val, acc)
+                        })?;
+                        self.$key = Some(x);
+                        self.origins.insert(stringify!($key), origin);
+                        Ok(true)
+                    } )*
+                    _ => Ok(false),
+                }
+            }
+
+            /// [`Settings::set_json`] from a flag's text.
+            pub fn set_text(&mut self, key: &str, s: &str, origin: Origin) -> Result<bool> {
+                match key {
+                    $( stringify!($key) => {
+                        let x = <$ty as SettingValue>::from_text(s).map_err(|(val, acc)| {
+                            Error::invalid(origin.to_string(), val, acc)
+                        })?;
+                        self.$key = Some(x);
+                        self.origins.insert(stringify!($key), origin);
+                        Ok(true)
+                    } )*
+                    _ => Ok(false),
+                }
+            }
+        }
+    };
+    (@kind Value) => { FlagKind::Value };
+    (@kind Switch($v:literal)) => { FlagKind::Switch($v) };
+}
+
+settings! {
+    model: String => "--model" Value, "Preset name, path to a config.json (or its folder), or a HF id in the local cache.";
+    layers: u64 => "--layers" Value, "Override the number of decoder layers.";
+    task: Task => "--task" Value, "train | infer";
+    method: MethodKind => "--method" Value, "full | lora | qlora";
+    lora_rank: u64 => "--lora-rank" Value, "LoRA rank (default 16 with --method lora/qlora).";
+    lora_alpha: f64 => "--lora-alpha" Value, "LoRA alpha (default 2 x rank; does not change memory).";
+    lora_targets: LoraTargets => "--lora-targets" Value, "attn | all-linear | comma-separated module names (q_proj,v_proj,...).";
+    double_quant: bool => "--no-double-quant" Switch(false), "QLoRA without double quantization of the NF4 scales.";
+    dtype: Precision => "--dtype" Value, "fp32 | bf16 | fp16 | amp-bf16 | amp-fp16 | fp8 (inference weights).";
+    master_weights: bool => "--master-weights" Switch(true), "Half-precision parameters with an fp32 master copy in the optimizer.";
+    optimizer: Optimizer => "--optimizer" Value, "adamw (fused) | adamw-foreach | adamw-8bit | paged-adamw | paged-adamw-8bit | sgd | sgd-momentum | adafactor | lion";
+    batch: u64 => "--batch" Value, "Micro-batch size per GPU.";
+    seq_len: u64 => "--seq-len" Value, "Sequence length (tokens per sample).";
+    grad_accum: u64 => "--grad-accum" Value, "Gradient accumulation steps.";
+    attn: Attn => "--attn" Value, "eager | sdpa | flash";
+    grad_ckpt: GradCkpt => "--grad-ckpt" Value, "none | full | selective";
+    loss: Loss => "--loss" Value, "standard | chunked | fused-linear-ce";
+    runtime: Runtime => "--runtime" Value, "torch | candle";
+    device: Device => "--device" Value, "cuda | cpu: device semantics of the tensors (LayerNorm stats, dropout masks).";
+    prompt_len: u64 => "--prompt-len" Value, "Inference: prompt tokens per sequence.";
+    gen_len: u64 => "--gen-len" Value, "Inference: generated tokens per sequence.";
+    concurrency: u64 => "--concurrency" Value, "Inference: sequences served at once.";
+    kv_dtype: DType => "--kv-dtype" Value, "Inference: KV-cache dtype (fp32 | bf16 | fp16 | fp8).";
+    prefill_chunk: u64 => "--prefill-chunk" Value, "Inference: prefill in chunks of this many tokens.";
+    gpu_memory: Bytes => "--gpu-memory" Value, "GPU memory to check against, e.g. 80GiB (exit 1 if the peak does not fit).";
+    gpu: String => "--gpu" Value, "A GPU from `llm-mem gpus`, e.g. h100-80gb.";
+    cuda_context: Bytes => "--cuda-context" Value, "CUDA context size (default 512MiB).";
+    cublas_workspace: Bytes => "--cublas-workspace" Value, "cuBLAS workspace (default 32MiB).";
+    allocator_fragmentation: f64 => "--allocator-fragmentation" Value, "Allocator fragmentation as a fraction of dynamic memory (default 0.05).";
+    dp: u64 => "--dp" Value, "Data-parallel degree.";
+    tp: u64 => "--tp" Value, "Tensor-parallel degree (Megatron column/row parallel linears, vocab-parallel head).";
+    pp: u64 => "--pp" Value, "Pipeline-parallel stages (1F1B).";
+    cp: u64 => "--cp" Value, "Context-parallel degree (sequence split across ranks, ring attention).";
+    ep: u64 => "--ep" Value, "Expert-parallel degree (MoE only; dense models need 1).";
+    vpp: u64 => "--vpp" Value, "Virtual pipeline stages per rank (interleaved 1F1B).";
+    sequence_parallel: bool => "--sequence-parallel" Switch(true), "Megatron sequence parallelism (with --tp > 1).";
+    zero: ZeroStage => "--zero" Value, "DeepSpeed ZeRO stage: 0 | 1 | 2 | 3.";
+    fsdp: FsdpMode => "--fsdp" Value, "PyTorch FSDP: full | grad-op | hybrid.";
+    fsdp_version: FsdpVersion => "--fsdp-version" Value, "FSDP version: 1 (flat parameters) | 2 (per-parameter sharding, default).";
+    fsdp_shard_group: u64 => "--fsdp-shard-group" Value, "FSDP hybrid-shard group size (default min(dp, 8)).";
+    offload_optimizer: bool => "--offload-optimizer" Switch(true), "Optimizer state (and ZeRO's fp32 copies) in host memory.";
+    offload_params: bool => "--offload-params" Switch(true), "Parameters in host memory (ZeRO-3 or FSDP).";
+    distributed_optimizer: bool => "--distributed-optimizer" Switch(true), "Megatron's distributed optimizer (optimizer state sharded over dp).";
+    micro_batches: u64 => "--micro-batches" Value, "Micro-batches per pipeline flush (default: --grad-accum).";
+    pp_layers: StageLayers => "--pp-layers" Value, "Layers per pipeline stage, e.g. 10,12,10 (default: even split).";
+    nccl_buffers: Bytes => "--nccl-buffers" Value, "NCCL buffers per process group (default 128MiB).";
+    zero_reduce_bucket: u64 => "--zero-reduce-bucket" Value, "ZeRO reduce bucket size in elements (DeepSpeed reduce_bucket_size).";
+    zero_allgather_bucket: u64 => "--zero-allgather-bucket" Value, "ZeRO all-gather bucket size in elements (DeepSpeed allgather_bucket_size).";
+    zero3_prefetch_bucket: u64 => "--zero3-prefetch-bucket" Value, "ZeRO-3 prefetch bucket in elements (DeepSpeed stage3_prefetch_bucket_size).";
+    zero3_max_live_params: u64 => "--zero3-max-live-params" Value, "ZeRO-3 max live parameters (DeepSpeed stage3_max_live_parameters).";
+    ddp_bucket_view: bool => "--ddp-bucket-view" Value, "DDP gradient_as_bucket_view (no separate bucket copy of the gradients).";
+}
+
+/// Settings file formats, chosen by extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Toml,
@@ -104,243 +430,293 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn from_path(path: &str) -> Result<Format> {
+    /// The format of `path`; `flag` (`--config`, `--train-args`) names it in errors.
+    pub fn from_path(path: &str, flag: &'static str) -> Result<Format> {
         let ext = path.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
         match ext.as_str() {
             "toml" => Ok(Format::Toml),
             "yaml" | "yml" => Ok(Format::Yaml),
             "json" => Ok(Format::Json),
             _ => Err(Error::invalid(
-                "--config",
+                flag,
                 path,
                 "a file ending in .toml, .yaml, .yml or .json",
             )),
         }
     }
-}
 
-/// Replace '-' by '_' in every key of a map (kebab-case keys are accepted).
-fn normalize(v: serde_json::Value) -> serde_json::Value {
-    match v {
-        serde_json::Value::Object(m) => serde_json::Value::Object(
-            m.into_iter()
-                .map(|(k, v)| (k.replace('-', "_"), normalize(v)))
-                .collect(),
-        ),
-        other => other,
-    }
-}
-
-impl RunConfig {
-    /// Parse a config file's text. `origin` names the file in errors.
-    pub fn parse(text: &str, format: Format, origin: &str) -> Result<RunConfig> {
+    /// Parse `text` into one JSON value (TOML and YAML included).
+    pub fn parse_value(self, text: &str, origin: &str) -> Result<Value> {
         let err = |m: String| Error::Config {
             path: origin.to_string(),
             message: m,
         };
-        let value: serde_json::Value = match format {
-            Format::Json => serde_json::from_str(text).map_err(|e| err(e.to_string()))?,
+        match self {
+            Format::Json => serde_json::from_str(text).map_err(|e| err(e.to_string())),
             Format::Toml => {
                 let t: toml::Value = toml::from_str(text).map_err(|e| err(e.to_string()))?;
-                serde_json::to_value(t).map_err(|e| err(e.to_string()))?
+                serde_json::to_value(t).map_err(|e| err(e.to_string()))
             }
-            Format::Yaml => serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?,
-        };
-        if !value.is_object() {
-            return Err(err(
-                "expected a table/mapping of settings at the top level".into()
-            ));
+            Format::Yaml => serde_yaml::from_str(text).map_err(|e| err(e.to_string())),
         }
-        serde_json::from_value(normalize(value)).map_err(|e| err(e.to_string()))
+    }
+}
+
+/// `e` with the subject of an invalid value replaced by `origin`.
+pub fn named(e: Error, origin: &Origin) -> Error {
+    match e {
+        Error::InvalidValue {
+            value, accepted, ..
+        } => Error::InvalidValue {
+            what: origin.to_string(),
+            value,
+            accepted,
+        },
+        other => other,
+    }
+}
+
+/// A run's validated domain values, built by [`Settings::resolve`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub workload: Workload,
+    pub overheads: Overheads,
+    pub layout: Layout,
+    /// The GPU to check against (its name and memory), if any.
+    pub capacity: Option<(String, Bytes)>,
+}
+
+impl Settings {
+    /// Parse a `--config` file's text. `origin` names the file in errors.
+    pub fn parse(text: &str, format: Format, origin: &str) -> Result<Settings> {
+        let value = format.parse_value(text, origin)?;
+        let Value::Object(map) = value else {
+            return Err(Error::Config {
+                path: origin.to_string(),
+                message: "expected a table/mapping of settings at the top level".into(),
+            });
+        };
+        let mut s = Settings::default();
+        for (k, v) in &map {
+            let key = k.replace('-', "_");
+            if !s.set_json(&key, v, Origin::file(origin, k))? {
+                let known: Vec<&str> = SETTINGS.iter().map(|i| i.key).collect();
+                return Err(Error::Config {
+                    path: origin.to_string(),
+                    message: format!("unknown key {k:?}; accepted keys: {}", known.join(", ")),
+                });
+            }
+        }
+        Ok(s)
     }
 
-    /// `self` with every value set in `over` replaced.
-    pub fn merged(self, over: RunConfig) -> RunConfig {
-        macro_rules! pick {
-            ($($f:ident),*) => { RunConfig { $($f: over.$f.or(self.$f)),* } };
+    /// Settings from `(key, text)` pairs, each parsed as its flag would be (and named by
+    /// its flag in errors): `Settings::from_flags(&[("method", "lora"), ("seq_len", "4096")])`.
+    pub fn from_flags(pairs: &[(&str, &str)]) -> Result<Settings> {
+        let mut s = Settings::default();
+        for (k, v) in pairs {
+            let info = SETTINGS.iter().find(|i| i.key == *k).ok_or_else(|| {
+                Error::invalid(
+                    "setting",
+                    k,
+                    SETTINGS
+                        .iter()
+                        .map(|i| i.key)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
+            })?;
+            s.set_text(k, v, Origin::Flag(info.flag))?;
         }
-        pick!(
-            model,
-            layers,
-            task,
-            method,
-            lora_rank,
-            lora_alpha,
-            lora_targets,
-            double_quant,
-            dtype,
-            master_weights,
-            optimizer,
-            batch,
-            seq_len,
-            grad_accum,
-            attn,
-            grad_ckpt,
-            loss,
-            runtime,
-            device,
-            prompt_len,
-            gen_len,
-            concurrency,
-            kv_dtype,
-            prefill_chunk,
-            gpu,
-            gpu_memory,
-            cuda_context,
-            cublas_workspace,
-            allocator_fragmentation,
-            dp,
-            tp,
-            pp,
-            cp,
-            ep,
-            vpp,
-            sequence_parallel,
-            zero,
-            fsdp,
-            fsdp_version,
-            fsdp_shard_group,
-            offload_optimizer,
-            offload_params,
-            distributed_optimizer,
-            micro_batches,
-            pp_layers,
-            nccl_buffers,
-            zero_reduce_bucket,
-            zero_allgather_bucket,
-            zero3_prefetch_bucket,
-            zero3_max_live_params,
-            ddp_bucket_view
-        )
+        Ok(s)
     }
 
-    /// Validated workload and overheads for `spec`.
-    pub fn build(&self, spec: &ModelSpec) -> Result<(Workload, Overheads)> {
-        let mut w = Workload::default();
-        if let Some(t) = &self.task {
-            w.task = t.parse()?;
+    /// Record that `key` was set from `origin` (for importers that set fields directly).
+    pub fn note(&mut self, key: &'static str, origin: Origin) {
+        self.origins.insert(key, origin);
+    }
+
+    /// How a key is named in errors: its origin, else its flag.
+    pub fn describe(&self, key: &str) -> String {
+        match self.origins.get(key) {
+            Some(o) => o.to_string(),
+            None => SETTINGS
+                .iter()
+                .find(|i| i.key == key)
+                .map_or_else(|| key.to_string(), |i| i.flag.to_string()),
         }
-        let kind: MethodKind = match &self.method {
-            Some(m) => m.parse()?,
-            None => MethodKind::Full,
-        };
-        let lora_given =
-            self.lora_rank.is_some() || self.lora_alpha.is_some() || self.lora_targets.is_some();
-        if kind == MethodKind::Full && lora_given {
-            return Err(Error::invalid(
-                "--lora-rank/--lora-targets",
-                "set with --method full",
-                "LoRA options only with --method lora or qlora",
-            ));
-        }
-        if kind != MethodKind::Full {
-            let rank = self.lora_rank.unwrap_or(16);
-            let targets = match &self.lora_targets {
-                Some(t) => LoraTargets::parse(t)?,
-                None => LoraTargets::AllLinear,
-            };
-            let l = LoraConfig {
-                rank,
-                alpha: self.lora_alpha.unwrap_or(2.0 * rank as f64),
-                targets,
-                double_quant: self.double_quant.unwrap_or(true),
-            };
-            w.method = Method::new(kind, l);
-        }
-        if let Some(d) = &self.dtype {
-            w.precision = d.parse()?;
-        }
-        w.master_weights = self.master_weights.unwrap_or(false);
-        if let Some(o) = &self.optimizer {
-            w.optimizer = o.parse()?;
-        }
-        w.batch = self.batch.unwrap_or(w.batch);
-        w.seq_len = self.seq_len.unwrap_or(w.seq_len);
-        w.grad_accum = self.grad_accum.unwrap_or(w.grad_accum);
-        if let Some(a) = &self.attn {
-            w.attn = a.parse()?;
-        }
-        if let Some(g) = &self.grad_ckpt {
-            w.grad_ckpt = g.parse()?;
-        }
-        if let Some(l) = &self.loss {
-            w.loss = l.parse()?;
-        }
-        if let Some(r) = &self.runtime {
-            w.runtime = r.parse()?;
-        }
-        if let Some(d) = &self.device {
-            w.device = match d.trim().to_ascii_lowercase().as_str() {
-                "cuda" | "gpu" => Device::Cuda,
-                "cpu" => Device::Cpu,
-                _ => return Err(Error::invalid("--device", d, "cuda, cpu")),
-            };
-        }
-        let kv_dtype = match &self.kv_dtype {
-            None => w.precision.compute_dtype(),
-            Some(k) => match DType::from_name(k) {
-                Some(d @ (DType::F32 | DType::BF16 | DType::F16 | DType::F8)) => d,
-                _ => return Err(Error::invalid("--kv-dtype", k, "fp32, bf16, fp16, fp8")),
+    }
+
+    /// `e` with every setting in its subject named by where its value came from: the
+    /// keys (`seq_len`) and flags (`--seq-len`) of an invalid value, the flags in a
+    /// layout's reason.
+    pub fn attribute(&self, e: Error) -> Error {
+        match e {
+            Error::InvalidValue {
+                what,
+                value,
+                accepted,
+            } => Error::InvalidValue {
+                what: self.rename(&what, true),
+                value,
+                accepted,
             },
-        };
-        w.infer = InferConfig {
-            prompt_len: self.prompt_len.unwrap_or(w.infer.prompt_len),
-            gen_len: self.gen_len.unwrap_or(w.infer.gen_len),
-            concurrency: self.concurrency.unwrap_or(w.infer.concurrency),
-            kv_dtype,
-            prefill_chunk: self.prefill_chunk,
-        };
-        let mut ov = Overheads::default();
-        if let Some(a) = &self.cuda_context {
-            ov.cuda_context = a.resolve("--cuda-context")?;
+            Error::Layout(m) => Error::Layout(self.rename(&m, false)),
+            other => other,
         }
-        if let Some(a) = &self.cublas_workspace {
-            ov.cublas_workspace = a.resolve("--cublas-workspace")?;
+    }
+
+    /// Replace `--flag` tokens (and, with `keys`, bare setting keys) by [`Self::describe`].
+    fn rename(&self, text: &str, keys: bool) -> String {
+        let mut out = String::with_capacity(text.len());
+        let b = text.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            let flag = b[i..].starts_with(b"--");
+            let start = if flag { i + 2 } else { i };
+            let mut j = start;
+            while j < b.len()
+                && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || (flag && b[j] == b'-'))
+            {
+                j += 1;
+            }
+            let word = &text[i..j];
+            let at_word_start = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+            let info = if !at_word_start || j == start {
+                None
+            } else if flag {
+                SETTINGS.iter().find(|s| s.flag == word)
+            } else if keys {
+                SETTINGS.iter().find(|s| s.key == word)
+            } else {
+                None
+            };
+            match info {
+                Some(s) => {
+                    out.push_str(&self.describe(s.key));
+                    i = j;
+                }
+                None => {
+                    let step = if j > i {
+                        j - i
+                    } else {
+                        text[i..].chars().next().map_or(1, char::len_utf8)
+                    };
+                    out.push_str(&text[i..i + step]);
+                    i += step;
+                }
+            }
         }
-        if let Some(f) = self.allocator_fragmentation {
-            ov.allocator_fragmentation = f;
-        }
-        ov.validate()?;
-        w.validate(spec)?;
+        out
+    }
+
+    /// The one place settings become validated domain values: workload, overheads,
+    /// layout (checked against `spec` and the workload) and the capacity to check
+    /// against. Errors name where each value came from.
+    pub fn resolve(&self, spec: &ModelSpec) -> Result<Run> {
+        let (workload, overheads) = self.build(spec)?;
+        let layout = self.layout();
+        layout
+            .validate(spec, &workload)
+            .map_err(|e| self.attribute(e))?;
+        let capacity = self.capacity()?;
+        Ok(Run {
+            workload,
+            overheads,
+            layout,
+            capacity,
+        })
+    }
+
+    /// Validated workload and overheads for `spec` (the layout is not checked: see
+    /// [`Settings::resolve`]).
+    pub fn build(&self, spec: &ModelSpec) -> Result<(Workload, Overheads)> {
+        let w = self.workload().map_err(|e| self.attribute(e))?;
+        let ov = self.overheads();
+        ov.validate().map_err(|e| self.attribute(e))?;
+        w.validate(spec).map_err(|e| self.attribute(e))?;
         Ok((w, ov))
     }
 
-    /// The parallel layout (the default is one GPU).
-    pub fn layout(&self) -> Result<crate::workload::layout::Layout> {
-        use crate::workload::layout::{Buffers, Layout};
-        let d = Layout::default();
-        let mut b = Buffers::default();
-        if let Some(a) = &self.nccl_buffers {
-            b.nccl_per_group = a.resolve("--nccl-buffers")?;
+    fn method(&self) -> Result<Method> {
+        let kind = self.method.unwrap_or(MethodKind::Full);
+        let lora_given =
+            self.lora_rank.is_some() || self.lora_alpha.is_some() || self.lora_targets.is_some();
+        if kind == MethodKind::Full {
+            if lora_given {
+                let key = ["lora_rank", "lora_alpha", "lora_targets"]
+                    .into_iter()
+                    .find(|k| match *k {
+                        "lora_rank" => self.lora_rank.is_some(),
+                        "lora_alpha" => self.lora_alpha.is_some(),
+                        _ => self.lora_targets.is_some(),
+                    })
+                    .unwrap_or("lora_rank");
+                return Err(Error::invalid(
+                    key,
+                    "set with method full",
+                    "LoRA options only with --method lora or qlora",
+                ));
+            }
+            return Ok(Method::Full);
         }
-        b.zero_reduce_bucket = self.zero_reduce_bucket.unwrap_or(b.zero_reduce_bucket);
-        b.zero_allgather_bucket = self
-            .zero_allgather_bucket
-            .unwrap_or(b.zero_allgather_bucket);
-        b.zero3_prefetch_bucket = self
-            .zero3_prefetch_bucket
-            .unwrap_or(b.zero3_prefetch_bucket);
-        b.zero3_max_live_params = self
-            .zero3_max_live_params
-            .unwrap_or(b.zero3_max_live_params);
-        b.ddp_bucket_view = self.ddp_bucket_view.unwrap_or(b.ddp_bucket_view);
-        b.fsdp_shard_group = self.fsdp_shard_group;
-        let pp_layers = match &self.pp_layers {
-            None => None,
-            Some(t) => Some(
-                t.split(',')
-                    .map(|x| x.trim().parse::<u64>())
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|_| {
-                        Error::invalid(
-                            "--pp-layers",
-                            t,
-                            "comma-separated layer counts per stage, e.g. 10,12,10",
-                        )
-                    })?,
-            ),
-        };
-        Ok(Layout {
+        let rank = self.lora_rank.unwrap_or(16);
+        Ok(Method::new(
+            kind,
+            LoraConfig {
+                rank,
+                alpha: self.lora_alpha.unwrap_or(2.0 * rank as f64),
+                targets: self.lora_targets.clone().unwrap_or(LoraTargets::AllLinear),
+                double_quant: self.double_quant.unwrap_or(true),
+            },
+        ))
+    }
+
+    /// The workload, unvalidated.
+    fn workload(&self) -> Result<Workload> {
+        let d = Workload::default();
+        let precision = self.dtype.unwrap_or(d.precision);
+        Ok(Workload {
+            task: self.task.unwrap_or(d.task),
+            method: self.method()?,
+            precision,
+            master_weights: self.master_weights.unwrap_or(false),
+            optimizer: self.optimizer.unwrap_or(d.optimizer),
+            batch: self.batch.unwrap_or(d.batch),
+            seq_len: self.seq_len.unwrap_or(d.seq_len),
+            grad_accum: self.grad_accum.unwrap_or(d.grad_accum),
+            attn: self.attn.unwrap_or(d.attn),
+            grad_ckpt: self.grad_ckpt.unwrap_or(d.grad_ckpt),
+            loss: self.loss.unwrap_or(d.loss),
+            runtime: self.runtime.unwrap_or(d.runtime),
+            device: self.device.unwrap_or(d.device),
+            infer: InferConfig {
+                prompt_len: self.prompt_len.unwrap_or(d.infer.prompt_len),
+                gen_len: self.gen_len.unwrap_or(d.infer.gen_len),
+                concurrency: self.concurrency.unwrap_or(d.infer.concurrency),
+                kv_dtype: self.kv_dtype.unwrap_or(precision.compute_dtype()),
+                prefill_chunk: self.prefill_chunk,
+            },
+        })
+    }
+
+    fn overheads(&self) -> Overheads {
+        let d = Overheads::default();
+        Overheads {
+            cuda_context: self.cuda_context.unwrap_or(d.cuda_context),
+            cublas_workspace: self.cublas_workspace.unwrap_or(d.cublas_workspace),
+            allocator_fragmentation: self
+                .allocator_fragmentation
+                .unwrap_or(d.allocator_fragmentation),
+            ..d
+        }
+    }
+
+    /// The parallel layout, unvalidated (the default is one GPU).
+    pub fn layout(&self) -> Layout {
+        let d = Layout::default();
+        let b = Buffers::default();
+        Layout {
             dp: self.dp.unwrap_or(d.dp),
             tp: self.tp.unwrap_or(d.tp),
             pp: self.pp.unwrap_or(d.pp),
@@ -348,26 +724,39 @@ impl RunConfig {
             ep: self.ep.unwrap_or(d.ep),
             vpp: self.vpp.unwrap_or(d.vpp),
             sequence_parallel: self.sequence_parallel.unwrap_or(false),
-            zero: self.zero.unwrap_or(0),
-            fsdp: self.fsdp.as_deref().map(str::parse).transpose()?,
-            fsdp_version: self.fsdp_version.unwrap_or(d.fsdp_version),
+            zero: self.zero.map_or(d.zero, |z| z.0),
+            fsdp: self.fsdp,
+            fsdp_version: self.fsdp_version.map_or(d.fsdp_version, |v| v.0),
             offload_optimizer: self.offload_optimizer.unwrap_or(false),
             offload_params: self.offload_params.unwrap_or(false),
             distributed_optimizer: self.distributed_optimizer.unwrap_or(false),
             micro_batches: self.micro_batches,
-            pp_layers,
-            buffers: b,
-        })
+            pp_layers: self.pp_layers.clone().map(|p| p.0),
+            buffers: Buffers {
+                nccl_per_group: self.nccl_buffers.unwrap_or(b.nccl_per_group),
+                zero_reduce_bucket: self.zero_reduce_bucket.unwrap_or(b.zero_reduce_bucket),
+                zero_allgather_bucket: self
+                    .zero_allgather_bucket
+                    .unwrap_or(b.zero_allgather_bucket),
+                zero3_prefetch_bucket: self
+                    .zero3_prefetch_bucket
+                    .unwrap_or(b.zero3_prefetch_bucket),
+                zero3_max_live_params: self
+                    .zero3_max_live_params
+                    .unwrap_or(b.zero3_max_live_params),
+                ddp_bucket_view: self.ddp_bucket_view.unwrap_or(b.ddp_bucket_view),
+                fsdp_shard_group: self.fsdp_shard_group,
+            },
+        }
     }
 
     /// The GPU memory to check against: `gpu_memory` wins over `gpu`.
     pub fn capacity(&self) -> Result<Option<(String, Bytes)>> {
-        if let Some(a) = &self.gpu_memory {
-            let b = a.resolve("--gpu-memory")?;
+        if let Some(b) = self.gpu_memory {
             return Ok(Some((format!("{:.2} GiB", b.gib()), b)));
         }
         if let Some(g) = &self.gpu {
-            let gpu = crate::units::gpu::find(g)?;
+            let gpu = crate::units::gpu::find(g).map_err(|e| self.attribute(e))?;
             return Ok(Some((gpu.name.to_string(), gpu.memory)));
         }
         Ok(None)
@@ -380,53 +769,104 @@ mod tests {
 
     #[test]
     fn three_formats_same_fields() {
-        let t = RunConfig::parse(
+        let t = Settings::parse(
             "batch = 4\nseq-len = 1024\ntask = \"train\"",
             Format::Toml,
             "a.toml",
         )
         .unwrap();
-        let y = RunConfig::parse(
+        let y = Settings::parse(
             "batch: 4\nseq_len: 1024\ntask: train",
             Format::Yaml,
             "a.yaml",
         )
         .unwrap();
-        let j = RunConfig::parse(
+        let j = Settings::parse(
             r#"{"batch": 4, "seq-len": 1024, "task": "train"}"#,
             Format::Json,
             "a.json",
         )
         .unwrap();
-        assert_eq!(t, y);
-        assert_eq!(y, j);
+        let values = |s: &Settings| (s.batch, s.seq_len, s.task);
+        assert_eq!(values(&t), values(&y));
+        assert_eq!(values(&y), values(&j));
         assert_eq!(t.seq_len, Some(1024));
+        assert_eq!(t.describe("seq_len"), "a.toml: seq-len");
+        assert_eq!(j.describe("batch"), "a.json: batch");
     }
 
     #[test]
     fn unknown_keys_and_bad_types_are_errors() {
-        let e = RunConfig::parse("batchsize = 4", Format::Toml, "x.toml")
+        let e = Settings::parse("batchsize = 4", Format::Toml, "x.toml")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("batchsize") && e.contains("x.toml"), "{e}");
-        let e = RunConfig::parse(r#"{"batch": -1}"#, Format::Json, "x.json")
+        assert!(
+            e.contains("batchsize") && e.contains("x.toml") && e.contains("seq_len"),
+            "{e}"
+        );
+        let e = Settings::parse(r#"{"batch": -1}"#, Format::Json, "x.json")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("-1"), "{e}");
+        assert!(e.contains("-1") && e.contains("x.json: batch"), "{e}");
+        let e = Settings::parse("attn = \"xformers\"", Format::Toml, "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("x.toml: attn") && e.contains("xformers") && e.contains("sdpa"),
+            "{e}"
+        );
     }
 
     #[test]
-    fn flags_override_file() {
-        let file = RunConfig {
-            batch: Some(2),
-            seq_len: Some(512),
-            ..Default::default()
-        };
-        let flags = RunConfig {
-            batch: Some(8),
-            ..Default::default()
-        };
+    fn flags_override_file_and_take_its_origin() {
+        let mut file = Settings::default();
+        file.set_json("batch", &Value::from(2), Origin::file("f.toml", "batch"))
+            .unwrap();
+        file.set_json(
+            "seq_len",
+            &Value::from(512),
+            Origin::file("f.toml", "seq_len"),
+        )
+        .unwrap();
+        let mut flags = Settings::default();
+        flags
+            .set_text("batch", "8", Origin::Flag("--batch"))
+            .unwrap();
         let m = file.merged(flags);
         assert_eq!((m.batch, m.seq_len), (Some(8), Some(512)));
+        assert_eq!(m.describe("batch"), "--batch");
+        assert_eq!(m.describe("seq_len"), "f.toml: seq_len");
+        assert_eq!(m.describe("grad_accum"), "--grad-accum");
+    }
+
+    #[test]
+    fn errors_name_where_the_value_came_from() {
+        let spec = crate::hf::presets::get("gpt2").unwrap().unwrap();
+        let mut s = Settings {
+            batch: Some(0),
+            ..Default::default()
+        };
+        s.note(
+            "batch",
+            Origin::file("ds.json", "train_micro_batch_size_per_gpu"),
+        );
+        let e = s.build(&spec).unwrap_err().to_string();
+        assert!(
+            e.contains("ds.json: train_micro_batch_size_per_gpu") && !e.contains("--batch"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_setting_has_a_distinct_flag_and_help() {
+        let mut flags: Vec<&str> = SETTINGS.iter().map(|i| i.flag).collect();
+        let n = flags.len();
+        flags.sort();
+        flags.dedup();
+        assert_eq!(flags.len(), n, "duplicate flags");
+        assert!(n >= 50, "{n} settings");
+        for i in SETTINGS {
+            assert!(i.flag.starts_with("--") && !i.help.is_empty(), "{i:?}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 
 use llm_mem::estimate::estimate;
 use llm_mem::hf::presets;
-use llm_mem::workload::settings::RunConfig;
+use llm_mem::workload::settings::Settings;
 
 const MAIN_ARGS: &[&str] = &[
     "estimate",
@@ -30,37 +30,23 @@ fn bench_estimate(c: &mut Criterion) {
         (
             "estimate/llama-3.1-8b full bf16 seq 4096",
             "llama-3.1-8b",
-            RunConfig {
-                seq_len: Some(4096),
-                ..Default::default()
-            },
+            Settings::from_flags(&[("seq_len", "4096")]).unwrap(),
         ),
         (
             "estimate/llama-3.1-70b lora all-linear seq 4096",
             "llama-3.1-70b",
-            RunConfig {
-                method: Some("lora".into()),
-                seq_len: Some(4096),
-                ..Default::default()
-            },
+            Settings::from_flags(&[("method", "lora"), ("seq_len", "4096")]).unwrap(),
         ),
         // the next two only attribute the 70B LoRA figure (size vs LoRA)
         (
             "estimate/llama-3.1-70b full bf16 seq 4096",
             "llama-3.1-70b",
-            RunConfig {
-                seq_len: Some(4096),
-                ..Default::default()
-            },
+            Settings::from_flags(&[("seq_len", "4096")]).unwrap(),
         ),
         (
             "estimate/llama-3.1-8b lora all-linear seq 4096",
             "llama-3.1-8b",
-            RunConfig {
-                method: Some("lora".into()),
-                seq_len: Some(4096),
-                ..Default::default()
-            },
+            Settings::from_flags(&[("method", "lora"), ("seq_len", "4096")]).unwrap(),
         ),
     ];
     for (label, model, cfg) in cases {

@@ -4,15 +4,11 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use llm_mem::distributed::search::{layouts, plan, Evaluator, PlanQuery};
 use llm_mem::units::bytes::{Bytes, GIB};
-use llm_mem::workload::settings::RunConfig;
+use llm_mem::workload::settings::Settings;
 
 fn bench(c: &mut Criterion) {
     let spec = llm_mem::hf::presets::get("llama-3.1-70b").unwrap().unwrap();
-    let cfg = RunConfig {
-        method: Some("lora".into()),
-        seq_len: Some(4096),
-        ..Default::default()
-    };
+    let cfg = Settings::from_flags(&[("method", "lora"), ("seq_len", "4096")]).unwrap();
     let (w, ov) = cfg.build(&spec).unwrap();
 
     // one exact evaluation: every rank class of a layout at one micro-batch

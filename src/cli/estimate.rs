@@ -1,0 +1,131 @@
+//! `llm-mem estimate`: settings from `--config`, `--deepspeed`, `--train-args` and the
+//! flags (in that order, later layers win) → one validated run → the estimate → a report.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use llm_mem::distributed::estimate_layout;
+use llm_mem::estimate::{estimate_corrected, Correction};
+use llm_mem::hf::hub;
+use llm_mem::report::{self, Fit};
+use llm_mem::workload::import;
+use llm_mem::workload::settings::{Format, Settings};
+
+use super::args::SettingFlags;
+use super::print_out;
+
+#[derive(Args, Clone)]
+pub struct EstimateArgs {
+    #[command(flatten)]
+    pub flags: SettingFlags,
+    /// Settings file (TOML, YAML or JSON) with the same names as these flags.
+    #[arg(long)]
+    pub config: Option<String>,
+    /// DeepSpeed JSON config (zero stage, offload, buckets, micro-batch, bf16/fp16).
+    #[arg(long)]
+    pub deepspeed: Option<String>,
+    /// HF TrainingArguments JSON/YAML or LLaMA-Factory YAML.
+    #[arg(long)]
+    pub train_args: Option<String>,
+    /// JSON output (schema_version 1).
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// CSV output (one header, one row per rank class).
+    #[arg(long)]
+    pub csv: bool,
+    /// Calibration file from `llm-mem probe calibrate` (applies α, β for the family).
+    #[arg(long)]
+    pub calibration: Option<std::path::PathBuf>,
+}
+
+fn read(flag: &str, path: &str) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {flag} {path}"))
+}
+
+impl EstimateArgs {
+    /// Config file < DeepSpeed config < training arguments < flags; with the imports'
+    /// warnings.
+    pub fn settings(&self) -> Result<(Settings, Vec<String>)> {
+        let mut s = Settings::default();
+        let mut warnings = Vec::new();
+        if let Some(path) = &self.config {
+            let format = Format::from_path(path, "--config")?;
+            s = Settings::parse(&read("--config", path)?, format, path)?;
+        }
+        if let Some(path) = &self.deepspeed {
+            let (c, w) = import::from_deepspeed(&read("--deepspeed", path)?, path)?;
+            s = s.merged(c);
+            warnings.extend(w);
+        }
+        if let Some(path) = &self.train_args {
+            let format = Format::from_path(path, "--train-args")?;
+            let (c, w) = import::from_train_args(&read("--train-args", path)?, format, path)?;
+            s = s.merged(c);
+            warnings.extend(w);
+        }
+        for w in &warnings {
+            eprintln!("llm-mem: warning: {w}");
+        }
+        Ok((s.merged(self.flags.0.clone()), warnings))
+    }
+}
+
+/// The model the settings name, with `layers` applied.
+pub fn load_model(s: &Settings) -> Result<llm_mem::ModelSpec> {
+    let name = s.model.clone().context(
+        "no model given: pass --model NAME (a preset from `llm-mem models`, a config.json path or a cached HF id)",
+    )?;
+    let mut spec = hub::resolve(&name)?;
+    if let Some(l) = s.layers {
+        spec = spec.with_layers(l).map_err(|e| s.attribute(e))?;
+    }
+    Ok(spec)
+}
+
+pub fn run(args: &EstimateArgs) -> Result<ExitCode> {
+    let (settings, _) = args.settings()?;
+    let spec = load_model(&settings)?;
+    let run = settings.resolve(&spec)?;
+    let (w, ov, layout) = (&run.workload, &run.overheads, &run.layout);
+    let corr = match &args.calibration {
+        Some(p) => super::probe::correction(p, spec.family.model_type(), w.runtime.as_str())?,
+        None => Correction::IDENTITY,
+    };
+    if layout.is_distributed() {
+        let d = estimate_layout(&spec, w, ov, layout, &corr)?;
+        let fit = run
+            .capacity
+            .map(|(gpu, cap)| Fit::new(gpu, cap, d.worst().estimate.peak.device));
+        let out = if args.json {
+            report::json::render_distributed(&d, w, ov, layout, fit.as_ref())
+        } else if args.csv {
+            report::csv::render_distributed(&d, w, fit.as_ref())
+        } else {
+            report::human::render_distributed(&d, w, layout, fit.as_ref())
+        };
+        print_out(&out)?;
+        return Ok(exit_for(fit.as_ref()));
+    }
+    let est = estimate_corrected(&spec, w, ov, &corr)?;
+    let fit = run
+        .capacity
+        .map(|(gpu, cap)| Fit::new(gpu, cap, est.peak.device));
+    let out = if args.json {
+        report::json::render(&est, w, ov, fit.as_ref())
+    } else if args.csv {
+        report::csv::render(&est, w, fit.as_ref())
+    } else {
+        report::human::render(&est, w, fit.as_ref())
+    };
+    print_out(&out)?;
+    Ok(exit_for(fit.as_ref()))
+}
+
+fn exit_for(fit: Option<&Fit>) -> ExitCode {
+    match fit {
+        Some(f) if !f.fits => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    }
+}

@@ -1,0 +1,63 @@
+//! `llm-mem models` and `llm-mem gpus`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use llm_mem::hf::presets;
+use llm_mem::units::gpu;
+
+use super::print_out;
+
+pub fn models(json: bool) -> Result<ExitCode> {
+    let infos: Vec<_> = presets::describe_all()
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let out = if json {
+        let v: Vec<_> = infos
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "name": i.name, "family": i.family, "params_total": i.params_total,
+                    "hf_id": i.hf_id, "quantization": i.quantization,
+                })
+            })
+            .collect();
+        serde_json::to_string_pretty(&v)? + "\n"
+    } else {
+        let mut s = format!(
+            "{:<44} {:<12} {:>10}  {}\n",
+            "preset", "family", "params", "hf id"
+        );
+        for i in &infos {
+            s += &format!(
+                "{:<44} {:<12} {:>9.2}B  {}{}\n",
+                i.name,
+                i.family,
+                i.params_total as f64 / 1e9,
+                i.hf_id,
+                i.quantization
+                    .as_deref()
+                    .map(|q| format!(" ({q})"))
+                    .unwrap_or_default()
+            );
+        }
+        s
+    };
+    print_out(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn gpus() -> Result<ExitCode> {
+    let mut s = format!("{:<12} {:>10}  {}\n", "gpu", "GiB", "description");
+    for g in gpu::GPUS {
+        s += &format!(
+            "{:<12} {:>10.2}  {}\n",
+            g.name,
+            g.memory.gib(),
+            g.description
+        );
+    }
+    print_out(&s)?;
+    Ok(ExitCode::SUCCESS)
+}
