@@ -394,6 +394,7 @@ def git_commit():
 
 def base_row(doc, point, plan, prov):
     return {
+        "schema_version": doc["csv_schema_version"],
         "plan": doc["plan"], "point": point["id"], "status": "", "message": "",
         "tool_version": doc["tool_version"], "git_commit": prov["git_commit"],
         "device": doc["device"], "device_name": prov["device_name"], "driver": prov["driver"],

@@ -2,7 +2,7 @@
 //! `src/cuda_stub.rs`): `--device cuda:0` fails with exit 2 and "built without CUDA
 //! support; see README", `probe devices` lists the CPU and says CUDA is unavailable,
 //! `--version` says `cuda: no`. Plus the measurement-file columns the CUDA meter added:
-//! files written before them still read, and appending to one upgrades it in place.
+//! files written before them still read, and appending to a file of another schema is refused.
 //! (The `cuda` build itself is compiled by scripts/build-cuda.sh in CI.)
 
 use std::path::PathBuf;
@@ -145,28 +145,56 @@ fn measurement_files_without_the_side_columns_still_read() {
     assert!(measurement::header().ends_with("process_used_peak_bytes,side_sources"));
 }
 
+/// Raw rows are never rewritten: appending to a file of another schema (older, or
+/// newer with columns this version does not know) is refused and the file is left
+/// byte for byte as it was; a file of this schema takes the row.
 #[test]
-fn appending_to_an_old_file_upgrades_its_header() {
-    let dir = tempdir("upgrade");
+fn appending_to_a_file_of_another_schema_is_refused_and_leaves_it_unchanged() {
+    let dir = tempdir("schema");
     let old = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(OLD);
-    let path = dir.join("m.csv");
-    std::fs::copy(&old, &path).unwrap();
-    let rows = measurement::read(&path).unwrap();
+    let rows = measurement::read(&old).unwrap();
+    assert!(rows.iter().all(|r| r.schema_version == 1), "{:?}", rows[0]);
     let mut new = rows[0].clone();
+    new.schema_version = measurement::SCHEMA_VERSION;
     new.point = "extra/full/b1/s1".into();
     new.allocator_peak_bytes = Some(123);
-    new.reserved_peak_bytes = Some(456);
     new.side_sources = "allocator=test".into();
+    let newer = format!("{},gpu_temperature_c\n", measurement::header());
+    for (name, text) in [
+        ("old.csv", std::fs::read_to_string(&old).unwrap()),
+        ("newer.csv", newer),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, &text).unwrap();
+        let e = measurement::Writer::append(&path).err().expect("refused");
+        let msg = e.to_string();
+        assert!(msg.contains("schema") && msg.contains("new file"), "{msg}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            text,
+            "{name} changed"
+        );
+    }
+    let newer_err = measurement::Writer::append(&dir.join("newer.csv"))
+        .err()
+        .unwrap();
+    assert!(
+        newer_err.to_string().contains("gpu_temperature_c"),
+        "{newer_err}"
+    );
+    let path = dir.join("current.csv");
+    {
+        let mut w = measurement::Writer::append(&path).unwrap();
+        w.write(&new).unwrap();
+    }
     {
         let mut w = measurement::Writer::append(&path).unwrap();
         w.write(&new).unwrap();
     }
     let text = std::fs::read_to_string(&path).unwrap();
     assert_eq!(text.lines().next().unwrap(), measurement::header());
-    let back = measurement::read(&path).unwrap();
-    assert_eq!(back.len(), rows.len() + 1);
-    assert_eq!(&back[..rows.len()], &rows[..]);
-    assert_eq!(back.last().unwrap(), &new);
+    assert!(measurement::header().starts_with("schema_version,"));
+    assert_eq!(measurement::read(&path).unwrap(), vec![new.clone(), new]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

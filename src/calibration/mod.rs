@@ -229,10 +229,7 @@ impl CalibrationFile {
 
     /// Write atomically (a temporary file in the same folder, then rename).
     pub fn write(&self, path: &Path) -> Result<()> {
-        let io = |p: &Path, e| Error::Io {
-            path: p.into(),
-            source: e,
-        };
+        let io = |p: &Path, e| Error::io(p, e);
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
         }
@@ -289,10 +286,7 @@ impl CalibrationFile {
     }
 
     pub fn load(path: &Path) -> Result<CalibrationFile> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
-            path: path.into(),
-            source: e,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         CalibrationFile::parse(&text, &path.display().to_string())
     }
 

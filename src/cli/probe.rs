@@ -211,6 +211,7 @@ fn points(a: &PointsArgs) -> Result<ExitCode> {
         "lora_rank": plan.lora_rank,
         "tool_version": env!("CARGO_PKG_VERSION"),
         "csv_header": measurement::header(),
+        "csv_schema_version": measurement::SCHEMA_VERSION,
         "points": out,
     });
     println!("{}", serde_json::to_string_pretty(&doc)?);

@@ -114,10 +114,7 @@ pub fn find_in_cache(root: &Path, id: &str) -> Option<PathBuf> {
 
 /// Parse a `config.json` file; the checkpoint next to it (if any) is read too.
 pub fn load_config_file(path: &Path) -> Result<ModelSpec> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::io(path, source))?;
     let mut spec = parse_config(&text, &path.display().to_string())?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     attach_checkpoint(&mut spec, dir.unwrap_or(Path::new(".")))?;
@@ -128,10 +125,7 @@ pub fn load_config_file(path: &Path) -> Result<ModelSpec> {
 /// `spec.name` is `name`.
 pub fn load_dir(dir: &Path, name: &str) -> Result<ModelSpec> {
     let cfg = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg).map_err(|source| Error::Io {
-        path: cfg.clone(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(&cfg).map_err(|source| Error::io(&cfg, source))?;
     let mut spec = parse_config(&text, &cfg.display().to_string())?;
     spec.name = name.to_string();
     attach_checkpoint(&mut spec, dir)?;

@@ -50,10 +50,7 @@ fn bad(path: &Path, message: impl Into<String>) -> Error {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| Error::io(path, source)
 }
 
 /// Read the header of one `.safetensors` file: only its first 8 + N bytes.

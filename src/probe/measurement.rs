@@ -5,6 +5,12 @@
 //! point. Errors, corrections and fits are derived elsewhere (`calibration`,
 //! `report::probe_*`). Rows are appended and flushed one at a time, so an interrupted
 //! sweep keeps every finished point.
+//!
+//! **Versioned, append-only.** Each row carries `schema_version` ([`SCHEMA_VERSION`]);
+//! every earlier schema stays readable ([`read`]): 1 = the first columns, 2 = + the CUDA
+//! meter's side columns, 3 = + `schema_version`. Raw rows are never rewritten: appending
+//! to a file of another schema (older, or newer and so with columns this version does
+//! not know) is refused with the schema found, and the file is left as it is.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -17,8 +23,14 @@ use crate::probe::{Outcome, Plan, Point, Provenance};
 use crate::runtime::candle::program::ProbeMethod;
 use crate::runtime::candle::tape::CandleStep;
 
+/// The measurement schema this version writes.
+pub const SCHEMA_VERSION: u32 = 3;
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Row {
+    /// The schema the row was written with (1 or 2 for files from before the column).
+    #[serde(default)]
+    pub schema_version: u32,
     pub plan: String,
     pub point: String,
     /// `ok`, `oom` or `error`.
@@ -93,7 +105,10 @@ pub struct Row {
 /// The header this version writes.
 pub fn header() -> String {
     let mut w = csv::Writer::from_writer(Vec::new());
-    let _ = w.serialize(Row::default());
+    let _ = w.serialize(Row {
+        schema_version: SCHEMA_VERSION,
+        ..Row::default()
+    });
     let bytes = w.into_inner().unwrap_or_default();
     String::from_utf8_lossy(&bytes)
         .lines()
@@ -127,6 +142,7 @@ impl Row {
         let ps = pred.map(|s| s.weights + s.optimizer_state).unwrap_or(0);
         let pa = |x: Option<u64>| x.map(|v| ps + v).unwrap_or(0);
         Ok(Row {
+            schema_version: SCHEMA_VERSION,
             plan: plan.name.clone(),
             point: p.id.clone(),
             status: status.into(),
@@ -202,15 +218,9 @@ pub struct Writer {
 impl Writer {
     pub fn append(path: &Path) -> Result<Writer> {
         if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(|e| Error::Io {
-                path: d.into(),
-                source: e,
-            })?;
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
         }
-        let io = |e| Error::Io {
-            path: path.into(),
-            source: e,
-        };
+        let io = |e| Error::io(path, e);
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -218,18 +228,15 @@ impl Writer {
             .map_err(io)?;
         let header = file.metadata().map_err(io)?.len() == 0;
         if !header {
-            let first = std::fs::read_to_string(path)
-                .map_err(io)?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string();
+            let first = first_line(path)?;
             if first != self::header() {
-                // written by an older version (fewer columns): rewrite it with today's
-                // header, the missing columns empty, so appended rows line up
-                drop(file);
-                upgrade(path)?;
-                return Writer::append(path);
+                return Err(Error::Measurement {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "written with {}; this llm-mem writes schema {SCHEMA_VERSION}. Raw rows are never rewritten: write to a new file (it stays readable by `probe calibrate` and `probe report`)",
+                        describe_schema(&first)
+                    ),
+                });
             }
         }
         Ok(Writer {
@@ -252,10 +259,8 @@ impl Writer {
             path: self.path.display().to_string(),
             message: e.to_string(),
         })?;
-        let io = |e| Error::Io {
-            path: self.path.clone(),
-            source: e,
-        };
+        let path = self.path.clone();
+        let io = |e| Error::io(&path, e);
         self.file.write_all(&bytes).map_err(io)?;
         self.file.flush().map_err(io)?;
         self.file.sync_data().map_err(io)?;
@@ -264,33 +269,74 @@ impl Writer {
     }
 }
 
-/// Rewrite a measurement file with the current header (atomically).
-fn upgrade(path: &Path) -> Result<()> {
-    let rows = read(path)?;
-    let tmp = path.with_extension("csv.upgrade");
-    let _ = std::fs::remove_file(&tmp);
-    {
-        let mut w = Writer::append(&tmp)?;
-        for r in &rows {
-            w.write(r)?;
-        }
-    }
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io {
-        path: path.into(),
-        source: e,
-    })
+/// The header line of a file, read without reading the rest.
+fn first_line(path: &Path) -> Result<String> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut line = String::new();
+    std::io::BufReader::new(f)
+        .read_line(&mut line)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
-/// Read a measurement file (also one written before the side columns existed).
+/// The schema a header was written with, for messages.
+fn describe_schema(header: &str) -> String {
+    let cols: Vec<&str> = header.split(',').collect();
+    let known = self::header();
+    let ours: Vec<&str> = known.split(',').collect();
+    let version = if cols.first() == Some(&"schema_version") {
+        None
+    } else if cols.contains(&"side_sources") {
+        Some(2)
+    } else {
+        Some(1)
+    };
+    match version {
+        Some(v) => format!("measurement schema {v} ({} columns)", cols.len()),
+        None => {
+            let unknown: Vec<&&str> = cols.iter().filter(|c| !ours.contains(c)).collect();
+            format!(
+                "another measurement schema ({} columns{})",
+                cols.len(),
+                if unknown.is_empty() {
+                    String::new()
+                } else {
+                    format!(", unknown to this version: {unknown:?}")
+                }
+            )
+        }
+    }
+}
+
+/// Read a measurement file of any schema (rows of schemas 1 and 2 get their version).
 pub fn read(path: &Path) -> Result<Vec<Row>> {
     let bad = |m: String| Error::Measurement {
         path: path.display().to_string(),
         message: m,
     };
     let mut r = csv::Reader::from_path(path).map_err(|e| bad(e.to_string()))?;
+    let cols = r.headers().map_err(|e| bad(e.to_string()))?.clone();
+    let implied = if cols.iter().any(|c| c == "schema_version") {
+        None
+    } else if cols.iter().any(|c| c == "side_sources") {
+        Some(2)
+    } else {
+        Some(1)
+    };
     let mut rows = Vec::new();
     for (i, rec) in r.deserialize().enumerate() {
-        let row: Row = rec.map_err(|e| bad(format!("row {}: {e}", i + 1)))?;
+        let mut row: Row = rec.map_err(|e| bad(format!("row {}: {e}", i + 1)))?;
+        if let Some(v) = implied {
+            row.schema_version = v;
+        }
+        if row.schema_version == 0 || row.schema_version > SCHEMA_VERSION {
+            return Err(bad(format!(
+                "row {}: schema_version {}; this version reads 1..={SCHEMA_VERSION}",
+                i + 1,
+                row.schema_version
+            )));
+        }
         rows.push(row);
     }
     Ok(rows)

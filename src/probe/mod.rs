@@ -127,10 +127,7 @@ impl Plan {
     }
 
     pub fn load(path: &Path) -> Result<Plan> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
-            path: path.into(),
-            source: e,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Plan::parse(&text, &path.display().to_string())
     }
 
@@ -339,7 +336,7 @@ pub fn hf_config(a: &Arch, spec: &ModelSpec, plan_dir: &Path) -> Result<serde_js
             if p.is_dir() {
                 p = p.join("config.json");
             }
-            std::fs::read_to_string(&p).map_err(|e| Error::Io { path: p, source: e })?
+            std::fs::read_to_string(&p).map_err(|e| Error::io(p, e))?
         }
     };
     let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {

@@ -460,12 +460,14 @@ fn train_arg(c: &mut Import, warn: &mut Vec<String>, k: &str, val: &Value) -> Re
                 "fa2" | "flash_attention_2" => Attn::Flash,
                 "sdpa" | "auto" => Attn::Sdpa,
                 "eager" | "disabled" => Attn::Eager,
-                _ => return Err(err(
-                    origin,
-                    format!(
+                _ => {
+                    return Err(err(
+                        origin,
+                        format!(
                         "{k} {a:?}: accepted fa2/flash_attention_2, sdpa, eager, auto, disabled"
                     ),
-                )),
+                    ))
+                }
             };
             c.put(|s| &mut s.attn, "attn", Some(attn), k);
         }
