@@ -1,6 +1,6 @@
 //! `--json`: versioned documents. Integers are bytes unless named otherwise.
 //!
-//! Every document is built from the wire types of [`super::wire`], filled here from the
+//! Every document is built from the wire types of `report/wire.rs`, filled here from the
 //! domain types; no domain type is serialized, so renaming a field in the estimator
 //! cannot change the output.
 //!
@@ -472,5 +472,421 @@ fn candidate(c: &Candidate) -> wire::Candidate {
         },
         tp: c.tp,
         world: c.world,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Snapshots of one document of each kind (src/report/snapshots/, exact bytes with
+    //! `tool.version` redacted) and the check of the module documentation's field lists
+    //! against the output.
+
+    use super::*;
+    use crate::distributed::estimate_layout;
+    use crate::distributed::search::{plan, PlanQuery};
+    use crate::estimate::{estimate, Correction};
+    use crate::hf::presets;
+    use crate::workload::settings::RunConfig;
+
+    fn run_config(model: &str) -> RunConfig {
+        RunConfig {
+            model: Some(model.into()),
+            ..RunConfig::default()
+        }
+    }
+
+    fn spec_of(cfg: &RunConfig) -> crate::ModelSpec {
+        let name = cfg.model.as_deref().expect("a model");
+        presets::get(name).expect("a preset").expect("parses")
+    }
+
+    /// What `estimate --json` prints for `cfg`, single GPU or distributed.
+    fn estimate_json(cfg: &RunConfig) -> String {
+        let spec = spec_of(cfg);
+        let (w, ov) = cfg.build(&spec).expect("valid settings");
+        let layout = cfg.layout().expect("valid layout");
+        let capacity = cfg.capacity().expect("valid capacity");
+        if layout.is_distributed() {
+            let d =
+                estimate_layout(&spec, &w, &ov, &layout, &Correction::IDENTITY).expect("estimates");
+            let fit = capacity.map(|(g, c)| Fit::new(g, c, d.worst().estimate.peak.device));
+            render_distributed(&d, &w, &ov, &layout, fit.as_ref())
+        } else {
+            let e = estimate(&spec, &w, &ov).expect("estimates");
+            let fit = capacity.map(|(g, c)| Fit::new(g, c, e.peak.device));
+            render(&e, &w, &ov, fit.as_ref())
+        }
+    }
+
+    /// What `plan --json` prints for `cfg` (the CLI's defaults for --max-seq).
+    fn plan_json(cfg: &RunConfig, gpus: u64, max_batch: u64, top: usize) -> String {
+        let spec = spec_of(cfg);
+        let (w, ov) = cfg.build(&spec).expect("valid settings");
+        let (gpu, capacity) = cfg.capacity().expect("valid").expect("a GPU");
+        let q = PlanQuery {
+            gpus,
+            capacity,
+            max_batch,
+            top,
+            max_seq: 131072,
+        };
+        let r = plan(&spec, &w, &ov, &q).expect("plans");
+        render_plan(&r, &spec.name, &gpu, capacity)
+    }
+
+    /// QLoRA on two projections with a GPU: every estimate field is non-null.
+    fn estimate_doc() -> String {
+        estimate_json(&RunConfig {
+            method: Some("qlora".into()),
+            lora_targets: Some("q_proj,v_proj".into()),
+            seq_len: Some(4096),
+            gpu: Some("h100-80gb".into()),
+            ..run_config("llama-3.1-8b")
+        })
+    }
+
+    /// Two pipeline stages (two rank classes) of LoRA with tp, dp and ZeRO-1.
+    fn distributed_doc() -> String {
+        estimate_json(&RunConfig {
+            method: Some("lora".into()),
+            tp: Some(2),
+            pp: Some(2),
+            dp: Some(2),
+            zero: Some(1),
+            micro_batches: Some(4),
+            gpu: Some("h100-80gb".into()),
+            ..run_config("llama-3.1-8b")
+        })
+    }
+
+    fn plan_doc() -> String {
+        let cfg = RunConfig {
+            gpu: Some("a100-40gb".into()),
+            ..run_config("llama-3.1-8b")
+        };
+        plan_json(&cfg, 4, 8, 3)
+    }
+
+    fn serving_plan_doc() -> String {
+        let cfg = RunConfig {
+            task: Some("infer".into()),
+            gpu_memory: Some(crate::workload::settings::Amount::Text("24GiB".into())),
+            ..run_config("qwen2.5-7b")
+        };
+        plan_json(&cfg, 2, 16, 10)
+    }
+
+    /// Three presets, one of them quantized (the full list belongs to `hf::presets`).
+    fn models_doc() -> String {
+        let infos: Vec<PresetInfo> = ["gpt2", "llama-3.1-8b", "mistral-7b-v0.1-gptq"]
+            .iter()
+            .map(|n| presets::describe(n).expect("a preset").expect("parses"))
+            .collect();
+        render_models(&infos)
+    }
+
+    /// `tool.version` → `[version]`, so that a version bump does not touch snapshots.
+    fn redacted(doc: &str) -> String {
+        let v = format!("\"version\": \"{}\"", env!("CARGO_PKG_VERSION"));
+        assert_eq!(doc.matches(&v).count(), 1, "one tool.version in\n{doc}");
+        doc.replace(&v, "\"version\": \"[version]\"")
+    }
+
+    #[test]
+    fn snapshot_estimate() {
+        insta::assert_snapshot!("estimate", redacted(&estimate_doc()));
+    }
+
+    #[test]
+    fn snapshot_distributed_estimate() {
+        insta::assert_snapshot!("distributed_estimate", redacted(&distributed_doc()));
+    }
+
+    #[test]
+    fn snapshot_plan() {
+        insta::assert_snapshot!("plan", redacted(&plan_doc()));
+    }
+
+    #[test]
+    fn snapshot_serving_plan() {
+        insta::assert_snapshot!("serving_plan", redacted(&serving_plan_doc()));
+    }
+
+    #[test]
+    fn snapshot_models() {
+        insta::assert_snapshot!("models", models_doc());
+    }
+
+    /// A documented field: a value, an object or an array of objects.
+    #[derive(Debug)]
+    enum Field {
+        Leaf(String),
+        Object(String, Vec<Field>),
+        Array(String, Vec<Field>),
+    }
+
+    impl Field {
+        fn name(&self) -> &str {
+            match self {
+                Field::Leaf(n) | Field::Object(n, _) | Field::Array(n, _) => n,
+            }
+        }
+    }
+
+    /// A parsed document that keeps the order of keys (`serde_json::Value` sorts them).
+    #[derive(Debug)]
+    enum Json {
+        Object(Vec<(String, Json)>),
+        Array(Vec<Json>),
+        /// null, a boolean, a number or a string.
+        Scalar(String),
+    }
+
+    impl<'de> serde::Deserialize<'de> for Json {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Json, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Json;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("JSON")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<Json, A::Error> {
+                    let mut entries = Vec::new();
+                    while let Some(e) = m.next_entry()? {
+                        entries.push(e);
+                    }
+                    Ok(Json::Object(entries))
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut s: A,
+                ) -> Result<Json, A::Error> {
+                    let mut items = Vec::new();
+                    while let Some(e) = s.next_element()? {
+                        items.push(e);
+                    }
+                    Ok(Json::Array(items))
+                }
+                fn visit_unit<E>(self) -> Result<Json, E> {
+                    Ok(Json::Scalar("null".into()))
+                }
+                fn visit_bool<E>(self, b: bool) -> Result<Json, E> {
+                    Ok(Json::Scalar(b.to_string()))
+                }
+                fn visit_i64<E>(self, n: i64) -> Result<Json, E> {
+                    Ok(Json::Scalar(n.to_string()))
+                }
+                fn visit_u64<E>(self, n: u64) -> Result<Json, E> {
+                    Ok(Json::Scalar(n.to_string()))
+                }
+                fn visit_f64<E>(self, n: f64) -> Result<Json, E> {
+                    Ok(Json::Scalar(n.to_string()))
+                }
+                fn visit_str<E>(self, s: &str) -> Result<Json, E> {
+                    Ok(Json::Scalar(format!("{s:?}")))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    impl Json {
+        fn parse(doc: &str) -> Json {
+            serde_json::from_str(doc).expect("the document parses")
+        }
+        fn brief(&self) -> String {
+            match self {
+                Json::Object(_) => "an object".into(),
+                Json::Array(a) if a.is_empty() => "an empty array".into(),
+                Json::Array(_) => "an array".into(),
+                Json::Scalar(s) => s.clone(),
+            }
+        }
+    }
+
+    /// The ```text block after the `# {title}` heading of this module's documentation,
+    /// without comments.
+    fn documented_block(title: &str) -> String {
+        let docs: Vec<&str> = include_str!("json.rs")
+            .lines()
+            .map_while(|l| l.strip_prefix("//!"))
+            .map(|l| l.strip_prefix(' ').unwrap_or(l))
+            .collect();
+        let heading = format!("# {title}");
+        let at = docs
+            .iter()
+            .position(|l| l.starts_with(&heading))
+            .unwrap_or_else(|| panic!("no heading {heading:?} in the module documentation"));
+        docs[at..]
+            .iter()
+            .skip_while(|l| **l != "```text")
+            .skip(1)
+            .take_while(|l| **l != "```")
+            .map(|l| l.split('#').next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// `a, b{c, d[{e}]}, f[]` (commas or white space between fields).
+    fn parse_fields(s: &[u8], i: &mut usize, close: Option<u8>) -> Vec<Field> {
+        let mut out = Vec::new();
+        loop {
+            while *i < s.len() && (s[*i] == b',' || s[*i].is_ascii_whitespace()) {
+                *i += 1;
+            }
+            if *i == s.len() {
+                assert_eq!(close, None, "unclosed field list");
+                return out;
+            }
+            if Some(s[*i]) == close {
+                *i += 1;
+                return out;
+            }
+            let start = *i;
+            while *i < s.len() && (s[*i].is_ascii_alphanumeric() || s[*i] == b'_') {
+                *i += 1;
+            }
+            let name = String::from_utf8(s[start..*i].to_vec()).expect("ascii");
+            let rest = &s[*i..];
+            let field = if rest.starts_with(b"{") {
+                *i += 1;
+                Field::Object(name, parse_fields(s, i, Some(b'}')))
+            } else if rest.starts_with(b"[{") {
+                *i += 2;
+                let children = parse_fields(s, i, Some(b'}'));
+                assert_eq!(s.get(*i), Some(&b']'), "`[{{` closes with `}}]`");
+                *i += 1;
+                Field::Array(name, children)
+            } else if rest.starts_with(b"[]") {
+                *i += 2;
+                Field::Leaf(name)
+            } else {
+                assert!(!name.is_empty(), "unexpected {:?}", rest[0] as char);
+                Field::Leaf(name)
+            };
+            out.push(field);
+        }
+    }
+
+    fn documented(title: &str) -> Vec<Field> {
+        let block = documented_block(title);
+        parse_fields(block.as_bytes(), &mut 0, None)
+    }
+
+    /// Differences between the documented `fields` and the object `v` at `path`, in
+    /// names and order; objects and arrays that are null or empty are reported too, so
+    /// that the documents checked show every documented level.
+    fn compare(fields: &[Field], v: &Json, path: &str, errors: &mut Vec<String>) {
+        let Json::Object(obj) = v else {
+            errors.push(format!(
+                "{path}: documented as an object, output has {}",
+                v.brief()
+            ));
+            return;
+        };
+        let documented: Vec<&str> = fields.iter().map(Field::name).collect();
+        let output: Vec<&str> = obj.iter().map(|(k, _)| k.as_str()).collect();
+        if documented != output {
+            errors.push(format!(
+                "{path}: documented {documented:?}\n  but the output has {output:?}"
+            ));
+        }
+        for f in fields {
+            let Some((_, child)) = obj.iter().find(|(k, _)| k == f.name()) else {
+                continue;
+            };
+            let at = format!("{path}.{}", f.name());
+            match f {
+                Field::Leaf(_) => {}
+                Field::Object(_, sub) => compare(sub, child, &at, errors),
+                Field::Array(_, sub) => compare_array(sub, child, &at, errors),
+            }
+        }
+    }
+
+    fn compare_array(fields: &[Field], v: &Json, path: &str, errors: &mut Vec<String>) {
+        match v {
+            Json::Array(items) if !items.is_empty() => {
+                for (k, item) in items.iter().enumerate() {
+                    compare(fields, item, &format!("{path}[{k}]"), errors);
+                }
+            }
+            _ => errors.push(format!(
+                "{path}: documented as a non-empty array of objects, output has {}",
+                v.brief()
+            )),
+        }
+    }
+
+    fn check_documented(title: &str, doc: &str) {
+        let fields = documented(title);
+        let v = Json::parse(doc);
+        let mut errors = Vec::new();
+        match fields.as_slice() {
+            [Field::Array(root, sub)] if root.is_empty() => compare_array(sub, &v, "", &mut errors),
+            _ => compare(&fields, &v, "", &mut errors),
+        }
+        assert!(
+            errors.is_empty(),
+            "the `{title}` field list in src/report/json.rs and the output differ:\n{}",
+            errors.join("\n")
+        );
+    }
+
+    #[test]
+    fn documented_fields_estimate() {
+        check_documented("Estimate:", &estimate_doc());
+    }
+
+    #[test]
+    fn documented_fields_distributed_estimate() {
+        check_documented("Distributed estimate:", &distributed_doc());
+    }
+
+    #[test]
+    fn documented_fields_plan() {
+        check_documented("Plan:", &plan_doc());
+    }
+
+    #[test]
+    fn documented_fields_serving_plan() {
+        check_documented("Serving plan:", &serving_plan_doc());
+    }
+
+    #[test]
+    fn documented_fields_models() {
+        check_documented("Models:", &models_doc());
+    }
+
+    /// The checker itself: a renamed or reordered field is caught.
+    #[test]
+    fn documented_fields_check_catches_drift() {
+        let fields = parse_fields(b"a, b{c,d[{e}]} f[]", &mut 0, None);
+        let check = |doc: &str| {
+            let mut errors = Vec::new();
+            compare(
+                &fields,
+                &serde_json::from_str(doc).unwrap(),
+                "",
+                &mut errors,
+            );
+            errors
+        };
+        assert_eq!(
+            check(r#"{"a":1,"b":{"c":2,"d":[{"e":3}]},"f":[]}"#),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            check(r#"{"a":1,"b":{"c":2,"d":[{"x":3}]},"f":[]}"#).len(),
+            1
+        );
+        assert_eq!(
+            check(r#"{"b":{"c":2,"d":[{"e":3}]},"a":1,"f":[]}"#).len(),
+            1
+        );
+        assert_eq!(check(r#"{"a":1,"b":null,"f":[]}"#).len(), 1);
     }
 }

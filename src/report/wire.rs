@@ -1,5 +1,5 @@
 //! The v1 wire types of every `--json` document (the schema is listed in
-//! [`super::json`], which fills these from the domain types).
+//! `report/json.rs`, which fills these from the domain types).
 //!
 //! They exist so that the output depends only on this file: domain types are free to
 //! rename fields, reorder them or change representation, and the compiler then points
