@@ -14,16 +14,7 @@ pub fn models(json: bool) -> Result<ExitCode> {
         .into_iter()
         .collect::<Result<_, _>>()?;
     let out = if json {
-        let v: Vec<_> = infos
-            .iter()
-            .map(|i| {
-                serde_json::json!({
-                    "name": i.name, "family": i.family, "params_total": i.params_total,
-                    "hf_id": i.hf_id, "quantization": i.quantization,
-                })
-            })
-            .collect();
-        serde_json::to_string_pretty(&v)? + "\n"
+        llm_mem::report::json::render_models(&infos)
     } else {
         let mut s = format!(
             "{:<44} {:<12} {:>10}  {}\n",

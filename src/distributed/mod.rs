@@ -33,8 +33,6 @@
 
 pub mod search;
 
-use serde::Serialize;
-
 use crate::arch::params;
 use crate::arch::{LinearRole, ModelSpec, Positions};
 use crate::error::Result;
@@ -47,7 +45,7 @@ use crate::workload::overhead::Overheads;
 use crate::workload::{Task, Workload};
 
 /// One rank class (a pipeline stage) of a distributed estimate.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RankClass {
     /// e.g. "stage 0 (first)", or "every rank" without pipelining.
     pub name: String,
@@ -61,7 +59,7 @@ pub struct RankClass {
     pub estimate: Estimate,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DistributedEstimate {
     pub world: u64,
     pub per_rank: Vec<RankClass>,

@@ -24,8 +24,6 @@
 //! full), then no offload, then least model parallelism (tp·pp·cp), then the largest
 //! micro-batch that fits.
 
-use serde::Serialize;
-
 use crate::arch::ModelSpec;
 use crate::error::{Error, Result};
 use crate::estimate::Correction;
@@ -52,8 +50,7 @@ pub struct PlanQuery {
     pub max_seq: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Sharding {
     Ddp,
     DistributedOptimizer,
@@ -78,8 +75,7 @@ impl Sharding {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Offload {
     None,
     Optimizer,
@@ -97,7 +93,7 @@ impl Offload {
 }
 
 /// One candidate of the space.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
     pub world: u64,
     pub dp: u64,
@@ -113,7 +109,7 @@ pub struct Candidate {
     pub peak_bytes: Bytes,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlanResult {
     /// The space searched, in words.
     pub space: String,

@@ -10,8 +10,6 @@ pub mod optimizer;
 pub mod timeline;
 pub mod weights;
 
-use serde::Serialize;
-
 use crate::arch::params;
 use crate::arch::ModelSpec;
 use crate::error::Result;
@@ -23,7 +21,7 @@ use crate::workload::{Device, Task, Workload};
 use timeline::{Components, Event, EventOverheads, InferPlan, Phase, Recorder, TrainPlan};
 
 /// Parameter counts of the run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelSummary {
     pub name: String,
     pub family: String,
@@ -34,7 +32,7 @@ pub struct ModelSummary {
 }
 
 /// The moment of the peak.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Peak {
     /// Framework-allocated bytes at the peak (`torch.cuda.max_memory_allocated`).
     pub allocated: Bytes,
@@ -48,7 +46,7 @@ pub struct Peak {
 }
 
 /// Activation summary (the ledger's headline numbers).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ActivationSummary {
     /// Bytes one decoder layer keeps alive from its forward until its backward.
     pub per_layer_bytes: u64,
@@ -58,11 +56,10 @@ pub struct ActivationSummary {
     /// All activations kept at the end of forward.
     pub total_bytes: u64,
     /// The tensors of one decoder layer's forward.
-    #[serde(skip)]
     pub layer_tensors: Vec<LedgerTensor>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Estimate {
     pub model: ModelSummary,
     pub peak: Peak,

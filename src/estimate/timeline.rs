@@ -17,12 +17,10 @@
 //! the prompt, last-position logits) → `decode` (KV cache at prompt + generated tokens,
 //! one-token transients, logits and sampling buffers).
 
-use serde::Serialize;
-
 use crate::units::bytes::Bytes;
 
 /// What is in memory at one moment, by kind. Every byte counted once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Components {
     pub weights: Bytes,
     pub gradients: Bytes,
@@ -64,8 +62,7 @@ impl Components {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Load,
     Forward,
@@ -91,7 +88,7 @@ impl Phase {
 }
 
 /// One moment of the timeline.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub phase: Phase,
     pub event: String,

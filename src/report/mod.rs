@@ -1,6 +1,7 @@
-//! Output formats, one file each: `human` (table), `json` (schema_version 1), `csv`;
-//! probe reports: `probe_md`, `probe_csv`, `probe_svg`.
-//! They only format an [`Estimate`](crate::estimate::Estimate); no computation here.
+//! Output formats, one file each: `human` (table), `json` (schema_version 1, written
+//! from the wire types of `wire`), `csv`; probe reports: `probe_md`, `probe_csv`,
+//! `probe_svg`. They only format an [`Estimate`](crate::estimate::Estimate); no
+//! computation here.
 
 pub mod csv;
 pub mod human;
@@ -8,13 +9,12 @@ pub mod json;
 pub mod probe_csv;
 pub mod probe_md;
 pub mod probe_svg;
-
-use serde::Serialize;
+mod wire;
 
 use crate::units::bytes::Bytes;
 
 /// Whether the peak fits a GPU's memory.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Fit {
     pub gpu: String,
     pub capacity_bytes: Bytes,

@@ -3,14 +3,14 @@
 //! split and communication buffers, with the one `validate` that rejects impossible
 //! layouts against the model. What each rank then holds is `distributed`'s business.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::arch::ModelSpec;
 use crate::error::{Error, Result};
 use crate::units::bytes::{Bytes, MIB};
 use crate::workload::{Attn, Task, Workload};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FsdpMode {
     /// FULL_SHARD (ZeRO-3-like).
@@ -34,7 +34,7 @@ impl std::str::FromStr for FsdpMode {
 }
 
 /// Communication buffers and framework knobs, explicit and overridable.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Buffers {
     /// NCCL's own buffers per process group of size > 1 (outside the allocator).
     pub nccl_per_group: Bytes,
@@ -84,7 +84,7 @@ impl Buffers {
 }
 
 /// A parallel layout. Degrees multiply to the world size.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Layout {
     pub dp: u64,
     pub tp: u64,

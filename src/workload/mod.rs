@@ -185,7 +185,7 @@ pub enum Device {
     Cpu,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoraConfig {
     pub rank: u64,
     pub alpha: f64,
@@ -194,7 +194,7 @@ pub struct LoraConfig {
     pub double_quant: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InferConfig {
     pub prompt_len: u64,
     pub gen_len: u64,

@@ -14,12 +14,12 @@
 //!
 //! On the CPU (the candle probe runtime) all of these are zero.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::units::bytes::{Bytes, MIB};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Overheads {
     pub cuda_context: Bytes,
     pub cublas_workspace: Bytes,
