@@ -19,9 +19,6 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::probe::{Outcome, Plan, Point, Provenance};
-use crate::runtime::candle::program::ProbeMethod;
-use crate::runtime::candle::tape::CandleStep;
 
 /// The measurement schema this version writes.
 pub const SCHEMA_VERSION: u32 = 3;
@@ -118,86 +115,6 @@ pub fn header() -> String {
 }
 
 impl Row {
-    pub fn new(
-        plan: &Plan,
-        p: &Point,
-        prov: &Provenance,
-        outcome: &Outcome,
-        pred: Option<&CandleStep>,
-        seconds: f64,
-    ) -> Result<Row> {
-        let (method, rank) = match p.method {
-            ProbeMethod::Full => ("full", 0),
-            ProbeMethod::Lora { rank, .. } => ("lora", rank as u64),
-        };
-        let (status, message, m) = match outcome {
-            Outcome::Ok(m) => ("ok", String::new(), Some(m)),
-            Outcome::OutOfMemory(e) => ("oom", e.clone(), None),
-            Outcome::Failed(e) => ("error", e.clone(), None),
-        };
-        let st = m
-            .map(|m| m.static_bytes)
-            .unwrap_or_else(|| pred.map(|s| s.weights + s.optimizer_state).unwrap_or(0));
-        let abs = |x: u64| if m.is_some() { st + x } else { 0 };
-        let ps = pred.map(|s| s.weights + s.optimizer_state).unwrap_or(0);
-        let pa = |x: Option<u64>| x.map(|v| ps + v).unwrap_or(0);
-        Ok(Row {
-            schema_version: SCHEMA_VERSION,
-            plan: plan.name.clone(),
-            point: p.id.clone(),
-            status: status.into(),
-            message: message.replace(['\n', '\r'], " "),
-            tool_version: prov.tool_version.clone(),
-            git_commit: prov.git_commit.clone(),
-            device: prov.device.clone(),
-            device_name: prov.device_name.clone(),
-            driver: prov.driver.clone(),
-            runtime: "candle".into(),
-            dtype: plan.dtype()?.to_string(),
-            family: p.spec.family.to_string(),
-            model: p.spec.name.clone(),
-            layers: p.spec.layers,
-            hidden: p.spec.hidden,
-            heads: p.spec.heads,
-            kv_heads: p.spec.kv_heads,
-            head_dim: p.spec.head_dim,
-            intermediate: p.spec.intermediate,
-            vocab: p.spec.vocab,
-            method: method.into(),
-            lora_rank: rank,
-            batch: p.batch as u64,
-            seq: p.seq as u64,
-            warmup_steps: plan.warmup_steps as u64,
-            measured_steps: plan.measured_steps as u64,
-            meter: prov.meter.clone(),
-            peak_source: m
-                .and_then(|m| m.source)
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_default(),
-            static_bytes: st,
-            grad_bytes: pred.map(|s| s.param_grads).unwrap_or(0),
-            measured_peak_bytes: abs(m.map(|m| m.step).unwrap_or(0)),
-            measured_forward_bytes: abs(m.map(|m| m.forward).unwrap_or(0)),
-            measured_loss_bytes: abs(m.map(|m| m.loss).unwrap_or(0)),
-            measured_backward_bytes: abs(m.map(|m| m.backward).unwrap_or(0)),
-            measured_optimizer_bytes: abs(m.map(|m| m.optimizer).unwrap_or(0)),
-            predicted_peak_bytes: pred.map(|s| s.peak()).unwrap_or(0),
-            predicted_forward_bytes: pa(pred.map(|s| s.forward_peak.total())),
-            predicted_loss_bytes: pa(pred.map(|s| s.loss_peak.total())),
-            predicted_backward_bytes: pa(pred.map(|s| s.backward_peak.total())),
-            predicted_optimizer_bytes: pa(pred.map(|s| s.optimizer_peak.total())),
-            seconds: (seconds * 1000.0).round() / 1000.0,
-            date: crate::probe::today(),
-            allocator_peak_bytes: m.and_then(|m| m.side.allocator_peak),
-            reserved_peak_bytes: m.and_then(|m| m.side.reserved_peak),
-            device_used_baseline_bytes: m.and_then(|m| m.side.device_used_baseline),
-            device_used_peak_bytes: m.and_then(|m| m.side.device_used_peak),
-            process_used_baseline_bytes: m.and_then(|m| m.side.process_used_baseline),
-            process_used_peak_bytes: m.and_then(|m| m.side.process_used_peak),
-            side_sources: m.map(|m| m.side.sources.clone()).unwrap_or_default(),
-        })
-    }
-
     pub fn ok(&self) -> bool {
         self.status == "ok"
     }
