@@ -576,7 +576,7 @@ fn largest_module(local: &ModelSpec, first: bool, last: bool) -> u64 {
         .layer_linears()
         .iter()
         .filter(|l| l.role != LinearRole::Head)
-        .map(|l| l.in_features * l.out_features + if l.bias { l.out_features } else { 0 })
+        .map(|l| l.params())
         .max()
         .unwrap_or(0);
     let emb = if first || last {

@@ -386,8 +386,7 @@ impl<'a> Graph<'a> {
         }
         let out_rg = x_rg || weight_trainable;
         if weight_trainable {
-            let n =
-                lin.in_features * lin.out_features + if lin.bias { lin.out_features } else { 0 };
+            let n = lin.params();
             self.param_grads.push((self.op, n * self.p.param_grad_size));
         }
         use crate::arch::LinearRole;
