@@ -377,6 +377,7 @@ struct Stage {
 }
 
 impl Stage {
+    /// Pipeline stage `stage` of `layout` with `layers` decoder layers.
     fn new(
         spec: &ModelSpec,
         w: &Workload,
@@ -544,15 +545,18 @@ impl<'a> Recipe<'a> {
         }
     }
 
+    /// Optimizer state bytes of the stage's tensors at `size` bytes per element.
     fn states(&self, size: u64) -> u64 {
         optimizer::state_bytes(self.w.optimizer, &self.shapes, size)
     }
 
+    /// Optimizer-step temporaries of the stage's tensors at `size` bytes per element.
     fn step_temp(&self, size: u64) -> u64 {
         optimizer::step_temporaries(self.w.optimizer, &self.shapes, size)
     }
 }
 
+/// `b` bytes shared `by` ways, rounded to the nearest byte.
 fn div(b: u64, by: f64) -> u64 {
     (b as f64 / by).round() as u64
 }

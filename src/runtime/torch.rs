@@ -822,6 +822,7 @@ struct Keep {
 }
 
 impl Keep {
+    /// Saved by some op for its backward.
     fn is_saved(n: &Node) -> bool {
         n.saved_by != u32::MAX
     }

@@ -595,6 +595,8 @@ fn repeat_kv<O: Ops>(o: &mut O, x: &O::T, rep: usize) -> Result<O::T> {
     o.reshape(&r, &[d[0], d[1] * rep, d[2], d[3]])
 }
 
+/// Self-attention of one layer on the normed `x`: projections, q/k norms, rotary
+/// embedding, repeated KV heads, masked softmax, output projection.
 fn attention<O: Ops>(o: &mut O, c: &Ctx<O::T>, x: &O::T, l: &Layer<O::T>) -> Result<O::T> {
     let spec = c.spec;
     let (b, s) = (c.b, c.s);
@@ -656,6 +658,7 @@ fn act<O: Ops>(o: &mut O, x: &O::T, a: Activation) -> Result<O::T> {
     }
 }
 
+/// The MLP of one layer on the normed `x` (gated, fused gated or plain).
 fn mlp<O: Ops>(o: &mut O, c: &Ctx<O::T>, x: &O::T, l: &Layer<O::T>) -> Result<O::T> {
     let spec = c.spec;
     let i = spec.intermediate as usize;
