@@ -256,6 +256,13 @@ pub struct LinearSpec {
     pub role: LinearRole,
 }
 
+impl LinearSpec {
+    /// Parameters of the module: the `in × out` weight plus `out` when it has a bias.
+    pub fn params(&self) -> u64 {
+        self.in_features * self.out_features + if self.bias { self.out_features } else { 0 }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinearRole {
     Q,

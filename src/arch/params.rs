@@ -58,11 +58,7 @@ fn qk_norm_params(spec: &ModelSpec) -> u64 {
 /// Parameters of one decoder layer: Σ linears (in·out + out when biased) + the layer's
 /// norms (`norms_per_layer()` × hidden, ×2 for LayerNorm with bias) + q/k norms.
 pub fn per_layer(spec: &ModelSpec) -> u64 {
-    let linears: u64 = spec
-        .layer_linears()
-        .iter()
-        .map(|l| l.in_features * l.out_features + if l.bias { l.out_features } else { 0 })
-        .sum();
+    let linears: u64 = spec.layer_linears().iter().map(|l| l.params()).sum();
     linears + spec.norms_per_layer() * norm_params(spec, spec.hidden) + qk_norm_params(spec)
 }
 
@@ -114,7 +110,7 @@ pub fn count_architecture(spec: &ModelSpec) -> ParamCounts {
     let largest_linear = spec
         .layer_linears()
         .iter()
-        .map(|l| l.in_features * l.out_features + if l.bias { l.out_features } else { 0 })
+        .map(|l| l.params())
         .max()
         .unwrap_or(0);
     // A tied head shares the embedding's weight; only its own bias would differ.

@@ -97,6 +97,36 @@ struct WeightSplit {
     final_norm: u64,
 }
 
+/// The non-layer parameters besides the embedding table and the head, split by stage.
+struct OtherParams {
+    /// Learned position table (first stage).
+    positions: u64,
+    /// BLOOM's embedding norm (first stage).
+    embed_norm: u64,
+    /// Final norm (last stage).
+    final_norm: u64,
+}
+
+/// [`OtherParams`] of `local` from its parameter counts `c` (whose `other` holds all
+/// three).
+fn other_params(local: &ModelSpec, c: &params::ParamCounts) -> OtherParams {
+    let positions = if matches!(local.positions, Positions::Learned) {
+        local.max_positions * local.hidden
+    } else {
+        0
+    };
+    let embed_norm = if local.embed_norm {
+        c.other.saturating_sub(positions) / 2
+    } else {
+        0
+    };
+    OtherParams {
+        positions,
+        embed_norm,
+        final_norm: c.other - positions - embed_norm,
+    }
+}
+
 fn weight_split(local: &ModelSpec, w: &Workload) -> Result<WeightSplit> {
     let one = ModelSpec {
         layers: 1,
@@ -115,16 +145,7 @@ fn weight_split(local: &ModelSpec, w: &Workload) -> Result<WeightSplit> {
         1 => 2,
         s => s,
     };
-    let positions = if matches!(local.positions, Positions::Learned) {
-        local.max_positions * local.hidden
-    } else {
-        0
-    };
-    let embed_norm = if local.embed_norm {
-        c.other.saturating_sub(positions) / 2
-    } else {
-        0
-    };
+    let o = other_params(local, &c);
     Ok(WeightSplit {
         per_layer,
         embedding: c.embedding * rest,
@@ -133,8 +154,8 @@ fn weight_split(local: &ModelSpec, w: &Workload) -> Result<WeightSplit> {
             .lm_head
             .max(if local.tie_embeddings { c.embedding } else { 0 })
             * rest,
-        first_extra: (positions + embed_norm) * rest,
-        final_norm: (c.other - positions - embed_norm) * rest,
+        first_extra: (o.positions + o.embed_norm) * rest,
+        final_norm: o.final_norm * rest,
     })
 }
 
@@ -158,60 +179,19 @@ pub fn estimate_layout(
             "{m} micro-batches per flush with {pp} pipeline stages leaves the pipeline mostly idle; use --micro-batches >= {pp}"
         ));
     }
+    if w.task != Task::Train {
+        return serving_estimate(spec, w, ov, layout, corr, warnings);
+    }
     let ranks_per_stage = layout.dp * layout.tp * layout.cp;
     let mut per_rank = Vec::with_capacity(stages.len());
-    if w.task != Task::Train {
-        // serving: every rank holds 1/tp of each layer, its KV heads and vocabulary
-        let view = RankView {
-            local: tp_local(spec, layout.tp, spec.layers),
-            has_embedding: true,
-            has_head: true,
-            sp_div: 1,
-            seq_local: w.seq_len,
-            statics: Statics::default(),
-            inflight_microbatches: 1.0,
-            gathered_fwd: 0,
-            gathered_bwd: 0,
-            optimizer_extra: 0,
-            in_allocator_extra: 0,
-            // replicas do not talk to each other: only the tensor-parallel group
-            outside_extra: if layout.tp > 1 {
-                layout.buffers.nccl_per_group.get()
-            } else {
-                0
-            },
-            params_trainable: 0,
-        };
-        let e = estimate::simulate(spec, w, ov, corr, Some(&view))?;
-        let ms = e.components_at_peak.weights.get();
-        return Ok(DistributedEstimate {
-            world: layout.world(),
-            per_rank: vec![RankClass {
-                name: "every rank".into(),
-                stage: 0,
-                layers: spec.layers,
-                ranks: layout.dp * layout.tp,
-                model_states_bytes: Bytes(ms),
-                estimate: e,
-            }],
-            worst_rank: 0,
-            warnings,
-        });
-    }
     for (i, &layers) in stages.iter().enumerate() {
         let i = i as u64;
         let view = rank_view(spec, w, layout, i, layers, m)?;
         let ms = model_states(&view);
         let mut e = estimate::simulate(spec, w, ov, corr, Some(&view))?;
         e.warnings.extend(warnings.iter().cloned());
-        let name = match (pp, i) {
-            (1, _) => "every rank".to_string(),
-            (_, 0) => "stage 0 (first)".to_string(),
-            (_, s) if s + 1 == pp => format!("stage {s} (last)"),
-            (_, s) => format!("stage {s}"),
-        };
         per_rank.push(RankClass {
-            name,
+            name: stage_name(pp, i),
             stage: i,
             layers,
             ranks: ranks_per_stage,
@@ -233,6 +213,63 @@ pub fn estimate_layout(
     })
 }
 
+/// The name of rank class `stage` of a `pp`-stage pipeline.
+fn stage_name(pp: u64, stage: u64) -> String {
+    match (pp, stage) {
+        (1, _) => "every rank".to_string(),
+        (_, 0) => "stage 0 (first)".to_string(),
+        (_, s) if s + 1 == pp => format!("stage {s} (last)"),
+        (_, s) => format!("stage {s}"),
+    }
+}
+
+/// Serving: one rank class, every rank holding 1/tp of each layer, its KV heads and
+/// vocabulary.
+fn serving_estimate(
+    spec: &ModelSpec,
+    w: &Workload,
+    ov: &Overheads,
+    layout: &Layout,
+    corr: &Correction,
+    warnings: Vec<String>,
+) -> Result<DistributedEstimate> {
+    let view = RankView {
+        local: tp_local(spec, layout.tp, spec.layers),
+        has_embedding: true,
+        has_head: true,
+        sp_div: 1,
+        seq_local: w.seq_len,
+        statics: Statics::default(),
+        inflight_microbatches: 1.0,
+        gathered_fwd: 0,
+        gathered_bwd: 0,
+        optimizer_extra: 0,
+        in_allocator_extra: 0,
+        // replicas do not talk to each other: only the tensor-parallel group
+        outside_extra: if layout.tp > 1 {
+            layout.buffers.nccl_per_group.get()
+        } else {
+            0
+        },
+        params_trainable: 0,
+    };
+    let e = estimate::simulate(spec, w, ov, corr, Some(&view))?;
+    let ms = e.components_at_peak.weights.get();
+    Ok(DistributedEstimate {
+        world: layout.world(),
+        per_rank: vec![RankClass {
+            name: "every rank".into(),
+            stage: 0,
+            layers: spec.layers,
+            ranks: layout.dp * layout.tp,
+            model_states_bytes: Bytes(ms),
+            estimate: e,
+        }],
+        worst_rank: 0,
+        warnings,
+    })
+}
+
 /// Steady-state model states of a rank: weights + resident gradients + optimizer
 /// state + master weights + gathered parameter buffers (ZeRO-3 / FSDP).
 fn model_states(v: &RankView) -> u64 {
@@ -250,290 +287,57 @@ pub fn rank_view(
     layers: u64,
     micro_batches: u64,
 ) -> Result<RankView> {
-    let pp = layout.pp;
-    let first = stage == 0;
-    let last = stage + 1 == pp;
-    let local = tp_local(spec, layout.tp, layers);
-    let counts = params::count(&ModelSpec {
-        layers: 1,
-        ..local.clone()
-    });
-    let full = w.method.is_full();
-
-    // parameters this rank holds before data-parallel sharding
-    let positions = if matches!(spec.positions, Positions::Learned) {
-        spec.max_positions * spec.hidden
+    let s = Stage::new(spec, w, layout, stage, layers)?;
+    let r = Recipe::new(w, layout, &s);
+    // one sharding recipe (the rows of the module doc's table)
+    let mut sh = if layout.zero > 0 {
+        zero_states(&r)
+    } else if let Some(mode) = layout.fsdp {
+        fsdp_states(&r, mode)
     } else {
-        0
+        replicated_states(&r)
     };
-    let embed_norm = if spec.embed_norm {
-        counts.other.saturating_sub(positions) / 2
-    } else {
-        0
-    };
-    let final_norm = counts.other - positions - embed_norm;
-    // tied weights: one copy without pipelining; the last stage keeps its own copy
-    // of the embedding as the head with pipelining (Megatron's shared embedding)
-    let head_params = match (spec.tie_embeddings, pp) {
-        (true, 1) => 0,
-        (true, _) => counts.embedding,
-        (false, _) => counts.lm_head,
-    };
-    let p_layer = counts.per_layer;
-    let p_emb = if first {
-        counts.embedding + positions + embed_norm
-    } else {
-        0
-    };
-    let p_head = if last { head_params } else { 0 };
-    let p_other = if last { final_norm } else { 0 };
-    let p_stage = layers * p_layer + p_emb + p_head + p_other;
-
-    let ws = weight_split(&local, w)?;
-    let weights_stage = layers * ws.per_layer
-        + if first {
-            ws.embedding + ws.first_extra
-        } else {
-            0
-        }
-        + if last {
-            ws.final_norm + if head_params > 0 { ws.head } else { 0 }
-        } else {
-            0
-        };
-
-    // trainable parameters on this rank
-    let lora_local = estimate::lora_trainable(&local, w);
-    let t_layer = if full {
-        p_layer
-    } else {
-        lora_local / layers.max(1)
-    };
-    let trainable = if full { p_stage } else { lora_local };
-
-    // element sizes
-    let pd = w.precision.param_dtype().size();
-    let mixed = w.master_weights || w.precision.is_amp();
-    let (_, state_size, mut shapes) = estimate::optimizer_shapes(&local, w);
-    if full {
-        // the optimizer's tensors of this stage only: its layers' tensors, the
-        // embedding side on the first stage, the head side on the last
-        shapes.retain(|s| s.count == layers && s.count > 0);
-        if layers == 1 {
-            // count == 1 cannot tell a layer tensor from the rest: rebuild the layer set
-            shapes = optimizer::layer_shapes(&local);
-        }
-        let mut vectors = Vec::new();
-        // the embedding table (first stage) and the head (last): a vocab × hidden matrix
-        // plus whatever else rides along (positions, embedding norm, head bias)
-        for p in [p_emb, p_head] {
-            if p > 0 {
-                vectors.push(optimizer::Shape {
-                    rows: local.vocab,
-                    cols: local.hidden,
-                    count: 1,
-                });
-                if p > counts.embedding {
-                    vectors.push(optimizer::Shape {
-                        rows: p - counts.embedding,
-                        cols: 1,
-                        count: 1,
-                    });
-                }
-            }
-        }
-        if p_other > 0 {
-            vectors.push(optimizer::Shape {
-                rows: p_other,
-                cols: 1,
-                count: 1,
-            });
-        }
-        shapes.extend(vectors);
-    }
-    let n = layout.shard_degree() as f64;
-    let div = |b: u64, by: f64| (b as f64 / by).round() as u64;
-    let zero = layout.zero;
-    let fsdp = layout.fsdp;
-    let offload_opt = layout.offload_optimizer;
-    let offload_params = layout.offload_params;
-    let lora_grad = 4; // peft adapters are fp32
-    let compute = w.precision.compute_dtype().size();
-
-    // optimizer state in the optimizer's element size (fp32 with master weights)
-    let ds_state = if zero > 0 && full && pd == 2 {
-        4
-    } else {
-        state_size
-    };
-    let states = optimizer::state_bytes(w.optimizer, &shapes, ds_state);
-    let step_temp = optimizer::step_temporaries(w.optimizer, &shapes, ds_state);
-
-    let frozen_weights = if full { 0 } else { weights_stage };
-    let train_bytes_pd = if full { weights_stage } else { trainable * 4 };
-    let grad_el = if full { pd } else { lora_grad };
-
-    let mut st = Statics::default();
-    let mut gathered_fwd = 0u64;
-    let mut gathered_bwd = 0u64;
-    let mut optimizer_extra = 0u64;
-    let mut in_alloc = 0u64;
-    // (resident gradient bytes per layer, of the rest)
-    let (grad_layer_b, grad_rest_b);
-    let rest_params = trainable.saturating_sub(layers * t_layer);
-
-    if zero > 0 {
-        // DeepSpeed: half parameters, half gradients, and an fp32 optimizer partition
-        // (master + states + fp32 gradients) when training in half precision
-        let ds_mixed = full && pd == 2;
-        let weights = if zero == 3 {
-            if offload_params {
-                0
-            } else {
-                div(train_bytes_pd, n) + frozen_weights.min(div(frozen_weights, n))
-            }
-        } else {
-            train_bytes_pd + frozen_weights
-        };
-        st.weights = weights;
-        let half_grad = |t: u64| -> u64 {
-            if offload_opt {
-                return 0;
-            }
-            match zero {
-                1 => t * grad_el,
-                2 => div(t * grad_el, n),
-                _ => 0,
-            }
-        };
-        let fp32_grad = |t: u64| {
-            if ds_mixed && !offload_opt {
-                div(t * 4, n)
-            } else {
-                0
-            }
-        };
-        grad_layer_b = half_grad(t_layer) + fp32_grad(t_layer);
-        grad_rest_b = half_grad(rest_params) + fp32_grad(rest_params);
-        st.master_weights = if ds_mixed && !offload_opt {
-            div(trainable * 4, n)
-        } else {
-            0
-        };
-        st.optimizer_state = if offload_opt { 0 } else { div(states, n) };
-        st.optimizer_step_temp = if offload_opt { 0 } else { div(step_temp, n) };
-        let half = 2u64;
-        if zero == 3 {
-            // largest module gathered: half parameters + half gradients, plus prefetch
-            let largest = largest_module(&local, first, last);
-            let live = (largest + layout.buffers.zero3_prefetch_bucket)
-                .min(layout.buffers.zero3_max_live_params.max(largest));
-            gathered_fwd = live * half + largest * half;
-            gathered_bwd = gathered_fwd + layout.buffers.zero_reduce_bucket * half;
-        } else {
-            gathered_bwd = layout.buffers.zero_reduce_bucket * half;
-            optimizer_extra = layout.buffers.zero_allgather_bucket * half;
-        }
-    } else if let Some(mode) = fsdp {
-        // FSDP shards parameters, gradients and optimizer state over the shard group;
-        // with mixed precision the sharded parameters are fp32 (they are the master)
-        let shard_el = if full && mixed { 4 } else { grad_el };
-        let train_shard = if full {
-            div(p_stage * shard_el, n)
-        } else {
-            div(trainable * 4, n)
-        };
-        st.weights = if offload_params {
-            0
-        } else {
-            train_shard + div(frozen_weights, n)
-        };
-        let g = |t: u64| {
-            if offload_params {
-                0
-            } else {
-                div(t * shard_el, n)
-            }
-        };
-        grad_layer_b = g(t_layer);
-        grad_rest_b = g(rest_params);
-        st.optimizer_state = if offload_params { 0 } else { div(states, n) };
-        st.optimizer_step_temp = if offload_params { 0 } else { div(step_temp, n) };
-        // unsharded units in the compute dtype
-        let unit = p_layer * compute;
-        let root = (p_emb + p_head + p_other) * compute;
-        let pad = if layout.fsdp_version == 1 {
-            (n as u64) * compute * 2
-        } else {
-            0
-        };
-        match mode {
-            FsdpMode::GradOp => {
-                gathered_fwd = p_stage * compute;
-                gathered_bwd = p_stage * compute + if full { unit } else { 0 };
-            }
-            FsdpMode::Full | FsdpMode::Hybrid => {
-                gathered_fwd = root + 2 * (unit + pad);
-                gathered_bwd = root + 2 * (unit + pad) + if full { unit } else { 0 };
-            }
-        }
-    } else {
-        // DDP / Megatron: everything replicated over data-parallel ranks
-        st.weights = train_bytes_pd + frozen_weights;
-        let main_grad = if full && w.master_weights { 4 } else { grad_el };
-        grad_layer_b = t_layer * main_grad;
-        grad_rest_b = rest_params * main_grad;
-        let d = if layout.distributed_optimizer {
-            layout.dp as f64
-        } else {
-            1.0
-        };
-        st.master_weights = if full && w.master_weights {
-            div(trainable * 4, d)
-        } else {
-            0
-        };
-        let st_size = if full && w.master_weights {
-            4
-        } else {
-            state_size
-        };
-        st.optimizer_state = div(optimizer::state_bytes(w.optimizer, &shapes, st_size), d);
-        st.optimizer_step_temp = div(
-            optimizer::step_temporaries(w.optimizer, &shapes, st_size),
-            d,
-        );
-        let megatron = layout.tp > 1 || layout.pp > 1 || layout.distributed_optimizer;
-        if layout.dp > 1 && !megatron && !layout.buffers.ddp_bucket_view {
-            // torch DDP reducer buckets: a second copy of the gradients
-            in_alloc += layers * grad_layer_b + grad_rest_b;
-        }
-    }
-    st.grad_layer = grad_layer_b;
-    // the rest of the trainable parameters (embedding, head, final norm, positions)
-    let rest_share = |p: u64| {
-        if rest_params == 0 {
-            0
-        } else {
-            (grad_rest_b as f64 * p as f64 / rest_params as f64).round() as u64
-        }
-    };
-    if full {
-        st.grad_embedding = rest_share(p_emb);
-        st.grad_head = rest_share(p_head);
-        st.grad_other = grad_rest_b - st.grad_embedding - st.grad_head;
-    } else {
-        st.grad_other = grad_rest_b;
-    }
+    let mut st = sh.statics;
+    st.grad_layer = sh.grad_layer;
+    split_rest_grads(&mut st, &s, r.rest_params, sh.grad_rest);
 
     // context parallelism: ring attention holds two K/V chunks in flight
     let seq_local = w.seq_len / layout.cp;
     if layout.cp > 1 {
-        let kv = 2 * 2 * w.batch * seq_local * local.kv_dim() * compute;
-        gathered_fwd += kv;
-        gathered_bwd += 2 * kv;
+        let kv = 2 * 2 * w.batch * seq_local * s.local.kv_dim() * r.compute;
+        sh.gathered_fwd += kv;
+        sh.gathered_bwd += 2 * kv;
     }
-    let inflight = if pp > 1 {
+    let groups = [layout.dp, layout.tp, layout.pp, layout.cp]
+        .iter()
+        .filter(|&&d| d > 1)
+        .count() as u64;
+    Ok(RankView {
+        has_embedding: s.first,
+        has_head: s.last,
+        sp_div: if layout.sequence_parallel {
+            layout.tp
+        } else {
+            1
+        },
+        seq_local,
+        statics: st,
+        inflight_microbatches: inflight_microbatches(layout, stage, micro_batches),
+        gathered_fwd: sh.gathered_fwd,
+        gathered_bwd: sh.gathered_bwd,
+        optimizer_extra: sh.optimizer_extra,
+        in_allocator_extra: sh.in_alloc,
+        outside_extra: groups * layout.buffers.nccl_per_group.get(),
+        params_trainable: s.trainable,
+        local: s.local,
+    })
+}
+
+/// Micro-batches whose activations stage `stage` holds at once: min(pp − stage, m)
+/// under 1F1B, × 1 + (pp − 1)/(pp·v) interleaved (Narayanan et al. 2021).
+fn inflight_microbatches(layout: &Layout, stage: u64, micro_batches: u64) -> f64 {
+    let pp = layout.pp;
+    if pp > 1 {
         let k = micro_batches.min(pp - stage) as f64;
         if layout.vpp > 1 {
             k * (1.0 + (pp as f64 - 1.0) / (pp as f64 * layout.vpp as f64))
@@ -542,30 +346,409 @@ pub fn rank_view(
         }
     } else {
         1.0
-    };
-    let groups = [layout.dp, layout.tp, layout.pp, layout.cp]
-        .iter()
-        .filter(|&&d| d > 1)
-        .count() as u64;
-    Ok(RankView {
-        local,
-        has_embedding: first,
-        has_head: last,
-        sp_div: if layout.sequence_parallel {
-            layout.tp
+    }
+}
+
+/// What one pipeline stage holds on a tensor-parallel rank before data-parallel
+/// sharding: parameters (P of the module doc), weight bytes, trainable parameters.
+struct Stage {
+    /// The TP-sharded model with this stage's layers.
+    local: ModelSpec,
+    layers: u64,
+    first: bool,
+    last: bool,
+    full: bool,
+    /// Embedding-table parameters.
+    embedding: u64,
+    /// Parameters of one decoder layer / the embedding side (first stage) / the head
+    /// (last) / the final norm (last) / all of the stage.
+    p_layer: u64,
+    p_emb: u64,
+    p_head: u64,
+    p_other: u64,
+    p_stage: u64,
+    /// Weight bytes of the stage.
+    weights: u64,
+    /// Trainable parameters per layer / of the stage.
+    t_layer: u64,
+    trainable: u64,
+}
+
+impl Stage {
+    /// Pipeline stage `stage` of `layout` with `layers` decoder layers.
+    fn new(
+        spec: &ModelSpec,
+        w: &Workload,
+        layout: &Layout,
+        stage: u64,
+        layers: u64,
+    ) -> Result<Stage> {
+        let pp = layout.pp;
+        let first = stage == 0;
+        let last = stage + 1 == pp;
+        let local = tp_local(spec, layout.tp, layers);
+        let counts = params::count(&ModelSpec {
+            layers: 1,
+            ..local.clone()
+        });
+        let full = w.method.is_full();
+
+        // parameters this rank holds before data-parallel sharding
+        let o = other_params(&local, &counts);
+        // tied weights: one copy without pipelining; the last stage keeps its own copy
+        // of the embedding as the head with pipelining (Megatron's shared embedding)
+        let head_params = match (spec.tie_embeddings, pp) {
+            (true, 1) => 0,
+            (true, _) => counts.embedding,
+            (false, _) => counts.lm_head,
+        };
+        let p_layer = counts.per_layer;
+        let p_emb = if first {
+            counts.embedding + o.positions + o.embed_norm
         } else {
-            1
-        },
-        seq_local,
-        statics: st,
-        inflight_microbatches: inflight,
-        gathered_fwd,
-        gathered_bwd,
-        optimizer_extra,
-        in_allocator_extra: in_alloc,
-        outside_extra: groups * layout.buffers.nccl_per_group.get(),
-        params_trainable: trainable,
-    })
+            0
+        };
+        let p_head = if last { head_params } else { 0 };
+        let p_other = if last { o.final_norm } else { 0 };
+        let p_stage = layers * p_layer + p_emb + p_head + p_other;
+
+        let ws = weight_split(&local, w)?;
+        let weights = layers * ws.per_layer
+            + if first {
+                ws.embedding + ws.first_extra
+            } else {
+                0
+            }
+            + if last {
+                ws.final_norm + if head_params > 0 { ws.head } else { 0 }
+            } else {
+                0
+            };
+
+        // trainable parameters on this rank
+        let lora_local = estimate::lora_trainable(&local, w);
+        let t_layer = if full {
+            p_layer
+        } else {
+            lora_local / layers.max(1)
+        };
+        let trainable = if full { p_stage } else { lora_local };
+        Ok(Stage {
+            local,
+            layers,
+            first,
+            last,
+            full,
+            embedding: counts.embedding,
+            p_layer,
+            p_emb,
+            p_head,
+            p_other,
+            p_stage,
+            weights,
+            t_layer,
+            trainable,
+        })
+    }
+
+    /// The optimizer's element size and tensors on this stage: for full training its
+    /// layers' tensors, the embedding side on the first stage, the head side on the
+    /// last.
+    fn optimizer_shapes(&self, w: &Workload) -> (u64, Vec<optimizer::Shape>) {
+        let (local, layers) = (&self.local, self.layers);
+        let (_, state_size, mut shapes) = estimate::optimizer_shapes(local, w);
+        if self.full {
+            shapes.retain(|s| s.count == layers && s.count > 0);
+            if layers == 1 {
+                // count == 1 cannot tell a layer tensor from the rest: rebuild the layer set
+                shapes = optimizer::layer_shapes(local);
+            }
+            let mut vectors = Vec::new();
+            // the embedding table (first stage) and the head (last): a vocab × hidden
+            // matrix plus whatever else rides along (positions, embedding norm, head bias)
+            for p in [self.p_emb, self.p_head] {
+                if p > 0 {
+                    vectors.push(optimizer::Shape {
+                        rows: local.vocab,
+                        cols: local.hidden,
+                        count: 1,
+                    });
+                    if p > self.embedding {
+                        vectors.push(optimizer::Shape {
+                            rows: p - self.embedding,
+                            cols: 1,
+                            count: 1,
+                        });
+                    }
+                }
+            }
+            if self.p_other > 0 {
+                vectors.push(optimizer::Shape {
+                    rows: self.p_other,
+                    cols: 1,
+                    count: 1,
+                });
+            }
+            shapes.extend(vectors);
+        }
+        (state_size, shapes)
+    }
+}
+
+/// What every sharding recipe reads: the stage, its optimizer tensors and the element
+/// sizes of the run.
+struct Recipe<'a> {
+    w: &'a Workload,
+    layout: &'a Layout,
+    s: &'a Stage,
+    shapes: Vec<optimizer::Shape>,
+    /// Optimizer-state element size.
+    state_size: u64,
+    /// Parameter element size.
+    pd: u64,
+    /// Gradient element size (peft adapters are fp32).
+    grad_el: u64,
+    /// Mixed precision: `--master-weights` or autocast.
+    mixed: bool,
+    compute: u64,
+    /// The sharding degree N.
+    n: f64,
+    /// Weight bytes of frozen / trainable parameters (LoRA: base / adapters).
+    frozen_weights: u64,
+    train_bytes_pd: u64,
+    /// Trainable parameters outside the decoder layers.
+    rest_params: u64,
+}
+
+impl<'a> Recipe<'a> {
+    fn new(w: &'a Workload, layout: &'a Layout, s: &'a Stage) -> Recipe<'a> {
+        let full = s.full;
+        let (state_size, shapes) = s.optimizer_shapes(w);
+        let pd = w.precision.param_dtype().size();
+        let lora_grad = 4; // peft adapters are fp32
+        Recipe {
+            w,
+            layout,
+            s,
+            shapes,
+            state_size,
+            pd,
+            grad_el: if full { pd } else { lora_grad },
+            mixed: w.master_weights || w.precision.is_amp(),
+            compute: w.precision.compute_dtype().size(),
+            n: layout.shard_degree() as f64,
+            frozen_weights: if full { 0 } else { s.weights },
+            train_bytes_pd: if full { s.weights } else { s.trainable * 4 },
+            rest_params: s.trainable.saturating_sub(s.layers * s.t_layer),
+        }
+    }
+
+    /// Optimizer state bytes of the stage's tensors at `size` bytes per element.
+    fn states(&self, size: u64) -> u64 {
+        optimizer::state_bytes(self.w.optimizer, &self.shapes, size)
+    }
+
+    /// Optimizer-step temporaries of the stage's tensors at `size` bytes per element.
+    fn step_temp(&self, size: u64) -> u64 {
+        optimizer::step_temporaries(self.w.optimizer, &self.shapes, size)
+    }
+}
+
+/// `b` bytes shared `by` ways, rounded to the nearest byte.
+fn div(b: u64, by: f64) -> u64 {
+    (b as f64 / by).round() as u64
+}
+
+/// One rank's model states and buffers under a sharding recipe.
+#[derive(Default)]
+struct Sharded {
+    /// Weights, master weights, optimizer state and step temporaries (gradients are
+    /// split afterwards).
+    statics: Statics,
+    /// Resident gradient bytes per layer / of the rest.
+    grad_layer: u64,
+    grad_rest: u64,
+    gathered_fwd: u64,
+    gathered_bwd: u64,
+    optimizer_extra: u64,
+    /// Persistent buffers in the allocator (DDP reducer buckets).
+    in_alloc: u64,
+}
+
+/// DeepSpeed ZeRO-z: half parameters (÷N at z3), half gradients (÷N at z2, none at
+/// z3), and an fp32 optimizer partition (master + states + fp32 gradients, ÷N) when
+/// training in half precision; ZeRO-3 gathers the largest module.
+fn zero_states(r: &Recipe) -> Sharded {
+    let (s, layout, n) = (r.s, r.layout, r.n);
+    let zero = layout.zero;
+    let offload_opt = layout.offload_optimizer;
+    // optimizer state in the optimizer's element size (fp32 with master weights)
+    let ds_state = if s.full && r.pd == 2 { 4 } else { r.state_size };
+    let (states, step_temp) = (r.states(ds_state), r.step_temp(ds_state));
+    let ds_mixed = s.full && r.pd == 2;
+    let mut sh = Sharded::default();
+    sh.statics.weights = if zero == 3 {
+        if layout.offload_params {
+            0
+        } else {
+            div(r.train_bytes_pd, n) + r.frozen_weights.min(div(r.frozen_weights, n))
+        }
+    } else {
+        r.train_bytes_pd + r.frozen_weights
+    };
+    let half_grad = |t: u64| -> u64 {
+        if offload_opt {
+            return 0;
+        }
+        match zero {
+            1 => t * r.grad_el,
+            2 => div(t * r.grad_el, n),
+            _ => 0,
+        }
+    };
+    let fp32_grad = |t: u64| {
+        if ds_mixed && !offload_opt {
+            div(t * 4, n)
+        } else {
+            0
+        }
+    };
+    sh.grad_layer = half_grad(s.t_layer) + fp32_grad(s.t_layer);
+    sh.grad_rest = half_grad(r.rest_params) + fp32_grad(r.rest_params);
+    sh.statics.master_weights = if ds_mixed && !offload_opt {
+        div(s.trainable * 4, n)
+    } else {
+        0
+    };
+    sh.statics.optimizer_state = if offload_opt { 0 } else { div(states, n) };
+    sh.statics.optimizer_step_temp = if offload_opt { 0 } else { div(step_temp, n) };
+    let half = 2u64;
+    if zero == 3 {
+        // largest module gathered: half parameters + half gradients, plus prefetch
+        let largest = largest_module(&s.local, s.first, s.last);
+        let live = (largest + layout.buffers.zero3_prefetch_bucket)
+            .min(layout.buffers.zero3_max_live_params.max(largest));
+        sh.gathered_fwd = live * half + largest * half;
+        sh.gathered_bwd = sh.gathered_fwd + layout.buffers.zero_reduce_bucket * half;
+    } else {
+        sh.gathered_bwd = layout.buffers.zero_reduce_bucket * half;
+        sh.optimizer_extra = layout.buffers.zero_allgather_bucket * half;
+    }
+    sh
+}
+
+/// PyTorch FSDP: parameters, gradients and optimizer state sharded over the shard
+/// group (fp32 sharded parameters with mixed precision: they are the master); the
+/// root unit and two layer units unsharded in the compute dtype (`SHARD_GRAD_OP`:
+/// every unit).
+fn fsdp_states(r: &Recipe, mode: FsdpMode) -> Sharded {
+    let (s, layout, n) = (r.s, r.layout, r.n);
+    let offload_params = layout.offload_params;
+    let (states, step_temp) = (r.states(r.state_size), r.step_temp(r.state_size));
+    let full = s.full;
+    let shard_el = if full && r.mixed { 4 } else { r.grad_el };
+    let train_shard = if full {
+        div(s.p_stage * shard_el, n)
+    } else {
+        div(s.trainable * 4, n)
+    };
+    let mut sh = Sharded::default();
+    sh.statics.weights = if offload_params {
+        0
+    } else {
+        train_shard + div(r.frozen_weights, n)
+    };
+    let g = |t: u64| {
+        if offload_params {
+            0
+        } else {
+            div(t * shard_el, n)
+        }
+    };
+    sh.grad_layer = g(s.t_layer);
+    sh.grad_rest = g(r.rest_params);
+    sh.statics.optimizer_state = if offload_params { 0 } else { div(states, n) };
+    sh.statics.optimizer_step_temp = if offload_params { 0 } else { div(step_temp, n) };
+    // unsharded units in the compute dtype
+    let compute = r.compute;
+    let unit = s.p_layer * compute;
+    let root = (s.p_emb + s.p_head + s.p_other) * compute;
+    let pad = if layout.fsdp_version == 1 {
+        (n as u64) * compute * 2
+    } else {
+        0
+    };
+    match mode {
+        FsdpMode::GradOp => {
+            sh.gathered_fwd = s.p_stage * compute;
+            sh.gathered_bwd = s.p_stage * compute + if full { unit } else { 0 };
+        }
+        FsdpMode::Full | FsdpMode::Hybrid => {
+            sh.gathered_fwd = root + 2 * (unit + pad);
+            sh.gathered_bwd = root + 2 * (unit + pad) + if full { unit } else { 0 };
+        }
+    }
+    sh
+}
+
+/// DDP / Megatron: everything replicated over data-parallel ranks (fp32 `main_grad`,
+/// master weights and states with `--master-weights`, ÷dp with the distributed
+/// optimizer); torch DDP adds its reducer buckets.
+fn replicated_states(r: &Recipe) -> Sharded {
+    let (s, layout, w) = (r.s, r.layout, r.w);
+    let full = s.full;
+    let mut sh = Sharded::default();
+    sh.statics.weights = r.train_bytes_pd + r.frozen_weights;
+    let main_grad = if full && w.master_weights {
+        4
+    } else {
+        r.grad_el
+    };
+    sh.grad_layer = s.t_layer * main_grad;
+    sh.grad_rest = r.rest_params * main_grad;
+    let d = if layout.distributed_optimizer {
+        layout.dp as f64
+    } else {
+        1.0
+    };
+    sh.statics.master_weights = if full && w.master_weights {
+        div(s.trainable * 4, d)
+    } else {
+        0
+    };
+    let st_size = if full && w.master_weights {
+        4
+    } else {
+        r.state_size
+    };
+    sh.statics.optimizer_state = div(r.states(st_size), d);
+    sh.statics.optimizer_step_temp = div(r.step_temp(st_size), d);
+    let megatron = layout.tp > 1 || layout.pp > 1 || layout.distributed_optimizer;
+    if layout.dp > 1 && !megatron && !layout.buffers.ddp_bucket_view {
+        // torch DDP reducer buckets: a second copy of the gradients
+        sh.in_alloc += s.layers * sh.grad_layer + sh.grad_rest;
+    }
+    sh
+}
+
+/// Split the resident gradients of the rest of the trainable parameters
+/// (`grad_rest`: embedding, head, final norm, positions) in proportion to their
+/// parameters.
+fn split_rest_grads(st: &mut Statics, s: &Stage, rest_params: u64, grad_rest: u64) {
+    let rest_share = |p: u64| {
+        if rest_params == 0 {
+            0
+        } else {
+            (grad_rest as f64 * p as f64 / rest_params as f64).round() as u64
+        }
+    };
+    if s.full {
+        st.grad_embedding = rest_share(s.p_emb);
+        st.grad_head = rest_share(s.p_head);
+        st.grad_other = grad_rest - st.grad_embedding - st.grad_head;
+    } else {
+        st.grad_other = grad_rest;
+    }
 }
 
 /// Parameters of the largest single module a rank gathers (ZeRO-3).
@@ -574,7 +757,7 @@ fn largest_module(local: &ModelSpec, first: bool, last: bool) -> u64 {
         .layer_linears()
         .iter()
         .filter(|l| l.role != LinearRole::Head)
-        .map(|l| l.in_features * l.out_features + if l.bias { l.out_features } else { 0 })
+        .map(|l| l.params())
         .max()
         .unwrap_or(0);
     let emb = if first || last {

@@ -328,80 +328,21 @@ fn worlds(gpus: u64) -> Vec<u64> {
 /// Search the stated space. `w` gives the task, method, precision, optimizer and the
 /// sequence length; its batch and checkpointing are searched.
 pub fn plan(spec: &ModelSpec, w: &Workload, ov: &Overheads, q: &PlanQuery) -> Result<PlanResult> {
-    if q.gpus == 0 {
-        return Err(Error::invalid("--gpus", q.gpus, "an integer >= 1"));
-    }
-    if w.runtime != crate::workload::Runtime::Torch {
-        return Err(Error::invalid(
-            "--runtime",
-            w.runtime,
-            "torch (plan searches PyTorch layouts)",
-        ));
-    }
-    if q.max_batch == 0 {
-        return Err(Error::invalid(
-            "--max-batch",
-            q.max_batch,
-            "an integer >= 1",
-        ));
-    }
+    check_query(w, q)?;
     spec.validate()?;
     w.validate(spec)?;
     if w.task != crate::workload::Task::Train {
         return plan_serving(spec, w, ov, q);
     }
-    let cap = q.capacity.get();
-    let mut all = Vec::new();
-    let mut considered = 0u64;
     let mut ev = Evaluator::new(spec, ov);
-    for world in worlds(q.gpus) {
-        for (layout, sh, off) in layouts(spec, w, world) {
-            for ckpt in [GradCkpt::None, GradCkpt::Selective, GradCkpt::Full] {
-                let mut wc = w.clone();
-                wc.grad_ckpt = ckpt;
-                considered += 1;
-                let Ok((b, peak)) = ev.max_batch(&wc, &layout, cap, q.max_batch) else {
-                    continue;
-                };
-                all.push(Candidate {
-                    world,
-                    dp: layout.dp,
-                    tp: layout.tp,
-                    pp: layout.pp,
-                    cp: layout.cp,
-                    sharding: sh,
-                    offload: off,
-                    grad_ckpt: ckpt,
-                    max_micro_batch: b,
-                    peak_bytes: Bytes(peak),
-                });
-            }
-        }
-    }
+    let (all, considered) = evaluate_space(&mut ev, w, q);
     let evaluations = ev.evaluations;
     let mut fits: Vec<Candidate> = all
         .iter()
         .filter(|c| c.max_micro_batch > 0)
         .cloned()
         .collect();
-    fits.sort_by(|a, b| {
-        (
-            a.world,
-            ckpt_rank(a.grad_ckpt),
-            a.offload,
-            a.tp * a.pp * a.cp,
-            std::cmp::Reverse(a.max_micro_batch),
-            a.peak_bytes,
-        )
-            .cmp(&(
-                b.world,
-                ckpt_rank(b.grad_ckpt),
-                b.offload,
-                b.tp * b.pp * b.cp,
-                std::cmp::Reverse(b.max_micro_batch),
-                b.peak_bytes,
-            ))
-    });
+    fits.sort_by_key(cost_key);
     let largest_micro_batch = fits
         .iter()
         .max_by_key(|c| (c.max_micro_batch, std::cmp::Reverse(c.world)))
@@ -426,6 +367,74 @@ pub fn plan(spec: &ModelSpec, w: &Workload, ov: &Overheads, q: &PlanQuery) -> Re
         largest_micro_batch,
         longest_sequence,
     })
+}
+
+/// The query's own errors: no GPUs, a runtime other than torch, no micro-batch.
+fn check_query(w: &Workload, q: &PlanQuery) -> Result<()> {
+    if q.gpus == 0 {
+        return Err(Error::invalid("--gpus", q.gpus, "an integer >= 1"));
+    }
+    if w.runtime != crate::workload::Runtime::Torch {
+        return Err(Error::invalid(
+            "--runtime",
+            w.runtime,
+            "torch (plan searches PyTorch layouts)",
+        ));
+    }
+    if q.max_batch == 0 {
+        return Err(Error::invalid(
+            "--max-batch",
+            q.max_batch,
+            "an integer >= 1",
+        ));
+    }
+    Ok(())
+}
+
+/// Every (world, layout, checkpointing) point with its largest fitting micro-batch
+/// (layouts whose views fail are skipped), and how many points were considered.
+fn evaluate_space(ev: &mut Evaluator, w: &Workload, q: &PlanQuery) -> (Vec<Candidate>, u64) {
+    let cap = q.capacity.get();
+    let mut all = Vec::new();
+    let mut considered = 0u64;
+    for world in worlds(q.gpus) {
+        for (layout, sh, off) in layouts(ev.spec, w, world) {
+            for ckpt in [GradCkpt::None, GradCkpt::Selective, GradCkpt::Full] {
+                let mut wc = w.clone();
+                wc.grad_ckpt = ckpt;
+                considered += 1;
+                let Ok((b, peak)) = ev.max_batch(&wc, &layout, cap, q.max_batch) else {
+                    continue;
+                };
+                all.push(Candidate {
+                    world,
+                    dp: layout.dp,
+                    tp: layout.tp,
+                    pp: layout.pp,
+                    cp: layout.cp,
+                    sharding: sh,
+                    offload: off,
+                    grad_ckpt: ckpt,
+                    max_micro_batch: b,
+                    peak_bytes: Bytes(peak),
+                });
+            }
+        }
+    }
+    (all, considered)
+}
+
+/// The stated cost ([`COST`]) of a candidate, smallest first: GPUs, recomputation,
+/// offload, model parallelism, then the largest micro-batch (and the lower peak).
+fn cost_key(c: &Candidate) -> (u64, u8, Offload, u64, std::cmp::Reverse<u64>, Bytes) {
+    (
+        c.world,
+        ckpt_rank(c.grad_ckpt),
+        c.offload,
+        c.tp * c.pp * c.cp,
+        std::cmp::Reverse(c.max_micro_batch),
+        c.peak_bytes,
+    )
 }
 
 fn longest(

@@ -3,7 +3,7 @@
 //! into the same [`Estimate`] as the torch path (one `Recorder`, one peak rule).
 
 use super::timeline::{Components, Phase, Recorder};
-use super::{event_overheads, ActivationSummary, Correction, Estimate, ModelSummary, Peak};
+use super::{event_overheads, recorded, ActivationSummary, Correction, Estimate, ModelSummary};
 use crate::arch::ModelSpec;
 use crate::error::Result;
 use crate::runtime::candle::tape::{candle_step, workload_method, Moment};
@@ -62,32 +62,16 @@ pub fn estimate_train(
         "AdamW step (graph dropped, gradients kept)",
         comp(&st.optimizer_peak),
     );
-    let peak = rec.peak().expect("events recorded").clone();
     let per_layer = st.graph / spec.layers.max(1);
-    Ok(Estimate {
-        model: ModelSummary {
-            name: spec.name.clone(),
-            family: spec.family.to_string(),
-            layers: spec.layers,
-            hidden: spec.hidden,
-            params_total: st.params_total,
-            params_trainable: st.params_trainable,
-        },
-        peak: Peak {
-            allocated: peak.allocated,
-            reserved: peak.reserved,
-            device: peak.components.total(),
-            phase: peak.phase,
-            event: peak.event.clone(),
-        },
-        components_at_peak: peak.components,
-        activations: ActivationSummary {
+    Ok(recorded(
+        ModelSummary::of(spec, st.params_total, st.params_trainable),
+        rec,
+        ActivationSummary {
             per_layer_bytes: sc(per_layer),
             non_layer_bytes: sc(st.graph - per_layer * spec.layers),
             total_bytes: sc(st.graph),
             layer_tensors: Vec::new(),
         },
-        timeline: rec.events,
         warnings,
-    })
+    ))
 }

@@ -289,17 +289,7 @@ pub fn simulate(
     }
     ov.validate()?;
     let counts = params::count(spec);
-    let mut warnings = Vec::new();
-    let ctx_len = match w.task {
-        Task::Train => w.seq_len,
-        Task::Infer => w.infer.prompt_len + w.infer.gen_len,
-    };
-    if ctx_len > spec.max_positions {
-        warnings.push(format!(
-            "{ctx_len} tokens exceed the model's max_position_embeddings ({}); the estimate assumes the context is extended (e.g. RoPE scaling)",
-            spec.max_positions
-        ));
-    }
+    let warnings = context_warnings(spec, w);
     if w.task == Task::Train && w.runtime == crate::workload::Runtime::Candle {
         // candle keeps the whole graph and replays its own backward: simulated op by op
         return candle::estimate_train(spec, w, ov, corr, warnings);
@@ -334,38 +324,10 @@ pub fn simulate(
             // one GPU, or one tensor-parallel rank of a served model
             let spec = view.map_or(spec, |v| &v.local);
             layers_here = spec.layers;
-            let wb = weights::weight_bytes(spec, w, 0)?;
-            let inf = &w.infer;
-            let c = inf.concurrency;
-            let chunk = inf
-                .prefill_chunk
-                .unwrap_or(inf.prompt_len)
-                .min(inf.prompt_len);
-            let pre = ledger_params(w, Trainable::Nothing, chunk, inf.prompt_len, c);
-            acts = scaled(torch::activations(spec, &pre), a);
-            let total_len = inf.prompt_len + inf.gen_len;
-            let dec = ledger_params(w, Trainable::Nothing, 1, total_len, c);
-            let dec_layer = torch::layer(spec, &dec, false);
-            let kv_per_token = kv_bytes_per_token(spec, inf.kv_dtype);
-            let v = spec.vocab;
-            let cd = w.precision.compute_dtype().size();
-            let plan = InferPlan {
-                weights: wb.total(),
-                kv_prefill: c * inf.prompt_len * kv_per_token,
-                kv_final: c * total_len * kv_per_token,
-                prefill_layer_peak: acts.layer.fwd_peak,
-                // generate() keeps only the last position's logits and copies them to fp32
-                prefill_logits: c * v * (cd + 4),
-                decode_layer_peak: scale(dec_layer.fwd_peak, a),
-                // logits, fp32 copy, probabilities, sorted values and int64 indices
-                decode_logits: c * v * (cd + 4 + 4 + 4 + 8),
-                embed_out_prefill: acts.non_layer.embed_out,
-            };
-            timeline::simulate_infer(&plan, &mut rec);
+            acts = simulate_serving(spec, w, a, &mut rec)?;
         }
     }
 
-    let peak_event = rec.peak().expect("the timeline always has events").clone();
     let total_saved = match w.task {
         Task::Train => {
             acts.non_layer.shared
@@ -375,16 +337,101 @@ pub fn simulate(
         }
         Task::Infer => 0,
     };
-    let device = peak_event.components.total();
-    Ok(Estimate {
-        model: ModelSummary {
+    Ok(recorded(
+        ModelSummary::of(spec, counts.total, params_trainable),
+        rec,
+        ActivationSummary {
+            per_layer_bytes: acts.per_layer_bytes,
+            non_layer_bytes: acts.non_layer_bytes,
+            total_bytes: total_saved,
+            layer_tensors: acts.layer.tensors.clone(),
+        },
+        warnings,
+    ))
+}
+
+/// A context beyond the model's `max_position_embeddings`.
+fn context_warnings(spec: &ModelSpec, w: &Workload) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let ctx_len = match w.task {
+        Task::Train => w.seq_len,
+        Task::Infer => w.infer.prompt_len + w.infer.gen_len,
+    };
+    if ctx_len > spec.max_positions {
+        warnings.push(format!(
+            "{ctx_len} tokens exceed the model's max_position_embeddings ({}); the estimate assumes the context is extended (e.g. RoPE scaling)",
+            spec.max_positions
+        ));
+    }
+    warnings
+}
+
+/// Inference on `spec` (the model, or one tensor-parallel rank of it): the prefill
+/// ledger (α-scaled) and the decode step through the serving timeline. Returns the
+/// prefill activations.
+fn simulate_serving(
+    spec: &ModelSpec,
+    w: &Workload,
+    a: f64,
+    rec: &mut Recorder,
+) -> Result<Activations> {
+    let wb = weights::weight_bytes(spec, w, 0)?;
+    let inf = &w.infer;
+    let c = inf.concurrency;
+    let chunk = inf
+        .prefill_chunk
+        .unwrap_or(inf.prompt_len)
+        .min(inf.prompt_len);
+    let pre = ledger_params(w, Trainable::Nothing, chunk, inf.prompt_len, c);
+    let acts = scaled(torch::activations(spec, &pre), a);
+    let total_len = inf.prompt_len + inf.gen_len;
+    let dec = ledger_params(w, Trainable::Nothing, 1, total_len, c);
+    let dec_layer = torch::layer(spec, &dec, false);
+    let kv_per_token = kv_bytes_per_token(spec, inf.kv_dtype);
+    let v = spec.vocab;
+    let cd = w.precision.compute_dtype().size();
+    let plan = InferPlan {
+        weights: wb.total(),
+        kv_prefill: c * inf.prompt_len * kv_per_token,
+        kv_final: c * total_len * kv_per_token,
+        prefill_layer_peak: acts.layer.fwd_peak,
+        // generate() keeps only the last position's logits and copies them to fp32
+        prefill_logits: c * v * (cd + 4),
+        decode_layer_peak: scale(dec_layer.fwd_peak, a),
+        // logits, fp32 copy, probabilities, sorted values and int64 indices
+        decode_logits: c * v * (cd + 4 + 4 + 4 + 8),
+        embed_out_prefill: acts.non_layer.embed_out,
+    };
+    timeline::simulate_infer(&plan, rec);
+    Ok(acts)
+}
+
+impl ModelSummary {
+    /// The summary of `spec` with these parameter counts.
+    pub fn of(spec: &ModelSpec, params_total: u64, params_trainable: u64) -> ModelSummary {
+        ModelSummary {
             name: spec.name.clone(),
             family: spec.family.to_string(),
             layers: spec.layers,
             hidden: spec.hidden,
-            params_total: counts.total,
+            params_total,
             params_trainable,
-        },
+        }
+    }
+}
+
+/// The estimate of a recorded timeline: its peak event (the first of the largest)
+/// with the components at that moment, and every event.
+fn recorded(
+    model: ModelSummary,
+    rec: Recorder,
+    activations: ActivationSummary,
+    warnings: Vec<String>,
+) -> Estimate {
+    let peak_event = rec.peak().expect("the timeline always has events").clone();
+    let device = peak_event.components.total();
+    Estimate {
+        model,
         peak: Peak {
             allocated: peak_event.allocated,
             reserved: peak_event.reserved,
@@ -393,15 +440,10 @@ pub fn simulate(
             event: peak_event.event.clone(),
         },
         components_at_peak: peak_event.components,
-        activations: ActivationSummary {
-            per_layer_bytes: acts.per_layer_bytes,
-            non_layer_bytes: acts.non_layer_bytes,
-            total_bytes: total_saved,
-            layer_tensors: acts.layer.tensors.clone(),
-        },
+        activations,
         timeline: rec.events,
         warnings,
-    })
+    }
 }
 
 /// Overheads of a rank's events: cuBLAS workspace and buckets in the allocator, CUDA

@@ -44,10 +44,7 @@ pub fn layer_shapes(spec: &ModelSpec) -> Vec<Shape> {
 fn layer_shape_count(spec: &ModelSpec) -> usize {
     let c = params::count(spec);
     let lins = spec.layer_linears();
-    let linear_params: u64 = lins
-        .iter()
-        .map(|x| x.in_features * x.out_features + if x.bias { x.out_features } else { 0 })
-        .sum();
+    let linear_params: u64 = lins.iter().map(|x| x.params()).sum();
     lins.len() + lins.iter().filter(|l| l.bias).count() + usize::from(c.per_layer > linear_params)
 }
 
@@ -71,11 +68,7 @@ pub fn full_shapes(spec: &ModelSpec) -> Vec<Shape> {
         }
     }
     // norms and other small vectors of the layers, lumped as vectors of hidden size
-    let linear_params: u64 = spec
-        .layer_linears()
-        .iter()
-        .map(|x| x.in_features * x.out_features + if x.bias { x.out_features } else { 0 })
-        .sum();
+    let linear_params: u64 = spec.layer_linears().iter().map(|x| x.params()).sum();
     let rest = c.per_layer.saturating_sub(linear_params);
     if rest > 0 {
         v.push(Shape {

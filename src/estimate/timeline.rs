@@ -269,21 +269,87 @@ pub fn simulate_train<S: Sink>(p: &TrainPlan, rec: &mut S) {
         base,
     );
     let micro_batches = if p.grad_accum > 1 { 2 } else { 1 };
-    let show = |i: u64| i == 0 || i == 1 || i + 1 == p.layers;
     for mb in 0..micro_batches {
-        let resident_grads = if mb == 0 { 0 } else { p.grads_total() };
-        let tag = if micro_batches > 1 {
-            format!(" (micro-batch {})", mb + 1)
-        } else {
-            String::new()
+        let pass = Pass {
+            p,
+            base,
+            mb,
+            tag: if micro_batches > 1 {
+                format!(" (micro-batch {})", mb + 1)
+            } else {
+                String::new()
+            },
+            resident_grads: if mb == 0 { 0 } else { p.grads_total() },
         };
-        let with_grads = Components {
-            gradients: Bytes(resident_grads),
+        let (saved, cache) = pass.forward(rec);
+        pass.loss(rec, saved, cache);
+        pass.backward(rec, saved);
+    }
+    rec.moment(
+        Phase::Optimizer,
+        || "optimizer step".to_string(),
+        Components {
+            gradients: Bytes(p.grads_total()),
+            temporaries: Bytes(p.optimizer_step_temp + p.optimizer_extra),
             ..base
+        },
+    );
+    rec.moment(
+        Phase::Optimizer,
+        || "zero_grad (gradients freed)".to_string(),
+        base,
+    );
+}
+
+/// One micro-batch's forward, loss and backward (steps 2–5 of the module doc).
+struct Pass<'a> {
+    p: &'a TrainPlan,
+    /// Weights, master weights and optimizer state.
+    base: Components,
+    /// 0: the first micro-batch (allocates the gradients); 1: a later one (they are
+    /// resident, accumulation adds a transient).
+    mb: u64,
+    /// Appended to event names with gradient accumulation.
+    tag: String,
+    /// Gradients resident when the micro-batch starts.
+    resident_grads: u64,
+}
+
+impl Pass<'_> {
+    /// Layers whose events are recorded: the first two and the last.
+    fn show(&self, i: u64) -> bool {
+        i == 0 || i == 1 || i + 1 == self.p.layers
+    }
+
+    /// The accumulation transient of a gradient of `g` bytes (later micro-batches).
+    fn accum_temp(&self, g: u64) -> u64 {
+        if self.mb > 0 {
+            g
+        } else {
+            0
+        }
+    }
+
+    /// Head activations kept until its backward (the loss part counted apart).
+    fn head_act(&self) -> u64 {
+        let p = self.p;
+        if p.has_head {
+            p.head_saved - p.loss_saved
+        } else {
+            0
+        }
+    }
+
+    /// Forward: the embedding (or the received activations), then each layer's
+    /// in-flight peak on top of what earlier layers saved. Returns the saved bytes and
+    /// the autocast cache at the end of forward.
+    fn forward<S: Sink>(&self, rec: &mut S) -> (u64, u64) {
+        let (p, tag) = (self.p, &self.tag);
+        let with_grads = Components {
+            gradients: Bytes(self.resident_grads),
+            ..self.base
         };
         let other_mb = p.inflight_saved;
-
-        // forward
         let mut saved = p.shared;
         let mut cache = 0u64;
         let input_event = if p.has_embedding {
@@ -307,7 +373,7 @@ pub fn simulate_train<S: Sink>(p: &TrainPlan, rec: &mut S) {
             } else {
                 (p.layer_saved, p.layer_fwd_peak)
             };
-            if show(i) {
+            if self.show(i) {
                 let held = s.min(peak);
                 rec.moment(
                     Phase::Forward,
@@ -328,58 +394,81 @@ pub fn simulate_train<S: Sink>(p: &TrainPlan, rec: &mut S) {
                 p.layer_fwd_cache
             };
         }
-        let head_act = if p.has_head {
-            p.head_saved - p.loss_saved
-        } else {
-            0
-        };
+        (saved, cache)
+    }
+
+    /// The loss moment (last stage): logits and their fp32 copy on top of the forward.
+    fn loss<S: Sink>(&self, rec: &mut S, saved: u64, cache: u64) {
+        let (p, tag) = (self.p, &self.tag);
         if p.has_head {
             rec.moment(
                 Phase::Loss,
                 || format!("logits and loss{tag}"),
                 Components {
-                    activations: Bytes(other_mb + saved + head_act),
+                    gradients: Bytes(self.resident_grads),
+                    activations: Bytes(p.inflight_saved + saved + self.head_act()),
                     logits_and_loss: Bytes(p.loss_saved + p.head_fwd_transient),
                     temporaries: Bytes(cache + p.gathered_fwd),
-                    ..with_grads
+                    ..self.base
                 },
             );
         }
+    }
 
-        // backward
-        let mut grads = resident_grads;
-        let accum_temp = |g: u64| if mb > 0 { g } else { 0 };
-        if p.has_head {
-            // The loss backward peaks (fp32 logit gradients) before the head's weight
-            // gradient exists.
-            rec.moment(
-                Phase::Backward,
-                || format!("loss backward{tag}"),
-                Components {
-                    gradients: Bytes(grads),
-                    activations: Bytes(other_mb + saved + head_act),
-                    logits_and_loss: Bytes(p.loss_saved + p.head_bwd_transient),
-                    temporaries: Bytes(p.gathered_bwd),
-                    ..base
-                },
-            );
-            if mb == 0 {
-                grads += p.grad_head + p.grad_other;
-            }
-            rec.moment(
-                Phase::Backward,
-                || format!("lm_head backward{tag}"),
-                Components {
-                    gradients: Bytes(grads),
-                    activations: Bytes(other_mb + saved + head_act),
-                    logits_and_loss: Bytes(p.head_grad_logits),
-                    temporaries: Bytes(accum_temp(p.grad_head) + p.embed_out + p.gathered_bwd),
-                    ..base
-                },
-            );
-        } else if mb == 0 {
-            grads += p.grad_other;
+    /// Backward from the end of forward (`saved` activations kept): loss and head,
+    /// the layers in reverse, the embedding.
+    fn backward<S: Sink>(&self, rec: &mut S, saved: u64) {
+        let grads = self.head_backward(rec, saved);
+        let (saved, grads) = self.layers_backward(rec, saved, grads);
+        if self.p.has_embedding {
+            self.embedding_backward(rec, saved, grads);
         }
+    }
+
+    /// Loss and head backward (last stage); returns the gradients resident after it
+    /// (the head's and the rest's are allocated here on the first micro-batch).
+    fn head_backward<S: Sink>(&self, rec: &mut S, saved: u64) -> u64 {
+        let (p, tag) = (self.p, &self.tag);
+        let mut grads = self.resident_grads;
+        if !p.has_head {
+            if self.mb == 0 {
+                grads += p.grad_other;
+            }
+            return grads;
+        }
+        let at_head = |grads: u64, logits: u64, temporaries: u64| Components {
+            gradients: Bytes(grads),
+            activations: Bytes(p.inflight_saved + saved + self.head_act()),
+            logits_and_loss: Bytes(logits),
+            temporaries: Bytes(temporaries),
+            ..self.base
+        };
+        // The loss backward peaks (fp32 logit gradients) before the head's weight
+        // gradient exists.
+        rec.moment(
+            Phase::Backward,
+            || format!("loss backward{tag}"),
+            at_head(grads, p.loss_saved + p.head_bwd_transient, p.gathered_bwd),
+        );
+        if self.mb == 0 {
+            grads += p.grad_head + p.grad_other;
+        }
+        rec.moment(
+            Phase::Backward,
+            || format!("lm_head backward{tag}"),
+            at_head(
+                grads,
+                p.head_grad_logits,
+                self.accum_temp(p.grad_head) + p.embed_out + p.gathered_bwd,
+            ),
+        );
+        grads
+    }
+
+    /// The layers' backward in reverse: each releases its saved tensors and allocates
+    /// its gradients. Returns the saved bytes and gradients after the first layer.
+    fn layers_backward<S: Sink>(&self, rec: &mut S, mut saved: u64, mut grads: u64) -> (u64, u64) {
+        let (p, tag) = (self.p, &self.tag);
         for i in (0..p.layers).rev() {
             let first = i == 0 && p.has_embedding;
             let (s, peak) = if first {
@@ -388,9 +477,9 @@ pub fn simulate_train<S: Sink>(p: &TrainPlan, rec: &mut S) {
                 (p.layer_saved, p.layer_bwd_peak)
             };
             saved -= s;
-            if show(i) {
+            if self.show(i) {
                 // the layer's peak already counts its gradients allocated so far
-                let own = if mb == 0 {
+                let own = if self.mb == 0 {
                     p.bwd_peak_param_grads.min(peak)
                 } else {
                     0
@@ -401,59 +490,49 @@ pub fn simulate_train<S: Sink>(p: &TrainPlan, rec: &mut S) {
                     || format!("layer {i} backward{tag}"),
                     Components {
                         gradients: Bytes(grads + own),
-                        activations: Bytes(other_mb + saved + held),
+                        activations: Bytes(p.inflight_saved + saved + held),
                         temporaries: Bytes(
                             peak - own - held
                                 + p.layer_extra_temp
-                                + accum_temp(p.grad_layer)
+                                + self.accum_temp(p.grad_layer)
                                 + p.gathered_bwd,
                         ),
-                        ..base
+                        ..self.base
                     },
                 );
             }
-            if mb == 0 {
+            if self.mb == 0 {
                 grads += p.grad_layer;
             }
         }
-        if p.has_embedding {
-            // untied → its own gradient; tied → autograd sums the head's and the
-            // embedding's gradient in its input buffer (the new dense gradient plus the
-            // out-of-place sum) before storing it
-            let (emb_grad, emb_temp) = if p.tied {
-                (0, 2 * p.grad_embedding)
-            } else if mb == 0 {
-                (p.grad_embedding, 0)
-            } else {
-                (0, p.grad_embedding)
-            };
-            grads += emb_grad;
-            rec.moment(
-                Phase::Backward,
-                || format!("embedding backward{tag}"),
-                Components {
-                    gradients: Bytes(grads),
-                    activations: Bytes(other_mb + saved),
-                    temporaries: Bytes(emb_temp + p.embed_out + p.gathered_bwd),
-                    ..base
-                },
-            );
-        }
+        (saved, grads)
     }
-    rec.moment(
-        Phase::Optimizer,
-        || "optimizer step".to_string(),
-        Components {
-            gradients: Bytes(p.grads_total()),
-            temporaries: Bytes(p.optimizer_step_temp + p.optimizer_extra),
-            ..base
-        },
-    );
-    rec.moment(
-        Phase::Optimizer,
-        || "zero_grad (gradients freed)".to_string(),
-        base,
-    );
+
+    /// The embedding's backward (first stage).
+    fn embedding_backward<S: Sink>(&self, rec: &mut S, saved: u64, mut grads: u64) {
+        let (p, tag) = (self.p, &self.tag);
+        // untied → its own gradient; tied → autograd sums the head's and the
+        // embedding's gradient in its input buffer (the new dense gradient plus the
+        // out-of-place sum) before storing it
+        let (emb_grad, emb_temp) = if p.tied {
+            (0, 2 * p.grad_embedding)
+        } else if self.mb == 0 {
+            (p.grad_embedding, 0)
+        } else {
+            (0, p.grad_embedding)
+        };
+        grads += emb_grad;
+        rec.moment(
+            Phase::Backward,
+            || format!("embedding backward{tag}"),
+            Components {
+                gradients: Bytes(grads),
+                activations: Bytes(p.inflight_saved + saved),
+                temporaries: Bytes(emb_temp + p.embed_out + p.gathered_bwd),
+                ..self.base
+            },
+        );
+    }
 }
 
 /// Inputs of an inference simulation (bytes).

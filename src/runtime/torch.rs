@@ -350,11 +350,21 @@ impl<'a> Graph<'a> {
 
     /// `nn.Linear` / `Conv1D` with optional peft LoRA, per the trainable set.
     fn linear(&mut self, x: T, lin: &LinearSpec) -> T {
-        let weight_trainable = self.p.trainable.base_weights();
         let lora_rank = match &self.p.trainable {
             Trainable::Lora { rank, targets } if targets.matches(lin) => Some(*rank),
             _ => None,
         };
+        let base = self.base_linear(x, lin);
+        let Some(r) = lora_rank else { return base };
+        self.lora_branch(x, lin, r, base)
+    }
+
+    /// The base projection `x·Wᵀ (+ b)`: saves x when W is trainable (under autocast its
+    /// half copy; the weight copy is saved when x requires grad), allocates W's
+    /// gradient, and the output (÷ sp for a row-parallel linear under sequence
+    /// parallelism, after the column-parallel input's all-gather otherwise).
+    fn base_linear(&mut self, x: T, lin: &LinearSpec) -> T {
+        let weight_trainable = self.p.trainable.base_weights();
         let compute = self.compute();
         // Under autocast the input is cast per call; the half weight copy is cached.
         let xin = if self.p.precision.is_amp() {
@@ -366,28 +376,11 @@ impl<'a> Graph<'a> {
         let x_rg = self.rg(xin);
         self.save_if(xin, weight_trainable);
         if self.p.precision.is_amp() {
-            // Autocast caches the half copy of a weight that requires grad (a leaf) until
-            // the autocast region ends; a frozen weight is cast anew at every call and
-            // its copy lives only as long as autograd keeps it.
-            let kind = if weight_trainable {
-                Kind::Cache
-            } else {
-                Kind::Other
-            };
-            let w = self.out(
-                "autocast weight copy",
-                lin.in_features * lin.out_features,
-                compute,
-                false,
-                kind,
-            );
-            // saved when x needs grad (the input's gradient needs the weight)
-            self.save_if(w, x_rg);
+            self.autocast_weight(lin, x_rg, weight_trainable);
         }
         let out_rg = x_rg || weight_trainable;
         if weight_trainable {
-            let n =
-                lin.in_features * lin.out_features + if lin.bias { lin.out_features } else { 0 };
+            let n = lin.params();
             self.param_grads.push((self.op, n * self.p.param_grad_size));
         }
         use crate::arch::LinearRole;
@@ -405,14 +398,39 @@ impl<'a> Graph<'a> {
         } else {
             self.tokens
         };
-        let base = self.out(
+        self.out(
             lin.name,
             out_tokens * lin.out_features,
             compute,
             out_rg,
             Kind::Matmul,
+        )
+    }
+
+    /// Autocast's half-precision copy of `lin`'s weight, made by the current op.
+    fn autocast_weight(&mut self, lin: &LinearSpec, x_rg: bool, weight_trainable: bool) {
+        // Autocast caches the half copy of a weight that requires grad (a leaf) until
+        // the autocast region ends; a frozen weight is cast anew at every call and
+        // its copy lives only as long as autograd keeps it.
+        let kind = if weight_trainable {
+            Kind::Cache
+        } else {
+            Kind::Other
+        };
+        let w = self.out(
+            "autocast weight copy",
+            lin.in_features * lin.out_features,
+            self.compute(),
+            false,
+            kind,
         );
-        let Some(r) = lora_rank else { return base };
+        // saved when x needs grad (the input's gradient needs the weight)
+        self.save_if(w, x_rg);
+    }
+
+    /// peft's LoRA branch of rank `r` on `lin`, added to the base output `base`.
+    fn lora_branch(&mut self, x: T, lin: &LinearSpec, r: u64, base: T) -> T {
+        let compute = self.compute();
         // peft: x.to(lora_A.weight.dtype) -> lora_B(lora_A(x)) * scaling, added to the
         // base result (type promotion to fp32), then cast back.
         let x32 = self.cast(x, DType::F32);
@@ -565,86 +583,29 @@ impl Graph<'_> {
     }
 }
 
+/// The linear of `role` among one layer's linears.
+fn find_linear(lins: &[LinearSpec], role: crate::arch::LinearRole) -> Option<LinearSpec> {
+    lins.iter().find(|l| l.role == role).copied()
+}
+
 /// Build one decoder layer's program and measure it.
 fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (Graph<'a>, T) {
     let mut g = Graph::new(p);
     let resid_dt = p.resid_dtype();
     let x = g.input(spec.hidden, resid_dt, input_rg);
     let lins = spec.layer_linears();
-    let find = |role: crate::arch::LinearRole| lins.iter().find(|l| l.role == role).copied();
     let h = spec.hidden;
-
-    let attention = |g: &mut Graph, n: T| -> T {
-        use crate::arch::LinearRole::*;
-        let (q, k, v) = if let Some(qkv) = find(Qkv) {
-            let t = g.linear(n, &qkv);
-            (t, t, t)
-        } else {
-            let q = g.linear(n, &find(Q).unwrap());
-            let k = g.linear(n, &find(K).unwrap());
-            let v = g.linear(n, &find(V).unwrap());
-            (q, k, v)
-        };
-        let (mut q, mut k) = (q, k);
-        if spec.qk_norm {
-            q = g.norm(q, spec.head_dim, spec.norm);
-            k = g.norm(k, spec.head_dim, spec.norm);
-        }
-        if let Positions::Rope { rotary_dim } = spec.positions {
-            q = g.rope(q, spec.heads, spec.head_dim, rotary_dim);
-            k = g.rope(k, spec.kv_heads, spec.head_dim, rotary_dim);
-        }
-        let out = g.attention_core(spec, q, k, v);
-        let o = g.linear(out, &find(O).unwrap());
-        g.dropout(o, spec.dropout.resid)
-    };
-
-    let mlp = |g: &mut Graph, n: T| -> T {
-        use crate::arch::LinearRole::*;
-        let i = spec.intermediate;
-        let prod = match spec.mlp {
-            MlpKind::Gated {
-                fused_gate_up: true,
-            } => {
-                let gu = g.linear(n, &find(GateUp).unwrap());
-                // gate, up = gu.chunk(2): views of one storage
-                let d = g.dt(gu);
-                g.begin(&[gu]);
-                let gate_rg = g.rg(gu);
-                g.save_if(gu, gate_rg);
-                let a = g.out("act(gate)", g.tokens * i, d, gate_rg, Kind::Other);
-                g.begin(&[gu, a]);
-                g.save_if(gu, g.rg(a));
-                g.save_if(a, gate_rg);
-                g.out("act*up", g.tokens * i, d, gate_rg, Kind::Other)
-            }
-            MlpKind::Gated {
-                fused_gate_up: false,
-            } => {
-                let gate = g.linear(n, &find(Gate).unwrap());
-                let a = g.act(gate, spec.act);
-                let up = g.linear(n, &find(Up).unwrap());
-                g.mul("act*up", a, up)
-            }
-            MlpKind::Plain => {
-                let f = g.linear(n, &find(Up).unwrap());
-                g.act(f, spec.act)
-            }
-        };
-        let d = g.linear(prod, &find(Down).unwrap());
-        g.dropout(d, spec.dropout.resid)
-    };
 
     let out = match spec.residual {
         Residual::Sequential => {
             let n1 = g.norm(x, h, spec.norm);
-            let mut a = attention(&mut g, n1);
+            let mut a = g.attention_block(spec, &lins, n1);
             if spec.sandwich_norms {
                 a = g.norm(a, h, spec.norm);
             }
             let h1 = g.add("residual", x, a);
             let n2 = g.norm(h1, h, spec.norm);
-            let mut m = mlp(&mut g, n2);
+            let mut m = g.mlp_block(spec, &lins, n2);
             if spec.sandwich_norms {
                 m = g.norm(m, h, spec.norm);
             }
@@ -657,8 +618,8 @@ fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (
             } else {
                 g.norm(x, h, spec.norm)
             };
-            let a = attention(&mut g, n1);
-            let m = mlp(&mut g, n2);
+            let a = g.attention_block(spec, &lins, n1);
+            let m = g.mlp_block(spec, &lins, n2);
             let am = g.add("attn+mlp", m, a);
             g.add("residual", am, x)
         }
@@ -667,196 +628,325 @@ fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (
 }
 
 impl Graph<'_> {
+    /// The self-attention block on the normed input `n`: q/k/v projections (one fused
+    /// linear or three), q/k norms, rotary embedding, the attention core, the output
+    /// projection and its dropout.
+    fn attention_block(&mut self, spec: &ModelSpec, lins: &[LinearSpec], n: T) -> T {
+        use crate::arch::LinearRole::*;
+        let find = |role| find_linear(lins, role);
+        let (q, k, v) = if let Some(qkv) = find(Qkv) {
+            let t = self.linear(n, &qkv);
+            (t, t, t)
+        } else {
+            let q = self.linear(n, &find(Q).unwrap());
+            let k = self.linear(n, &find(K).unwrap());
+            let v = self.linear(n, &find(V).unwrap());
+            (q, k, v)
+        };
+        let (mut q, mut k) = (q, k);
+        if spec.qk_norm {
+            q = self.norm(q, spec.head_dim, spec.norm);
+            k = self.norm(k, spec.head_dim, spec.norm);
+        }
+        if let Positions::Rope { rotary_dim } = spec.positions {
+            q = self.rope(q, spec.heads, spec.head_dim, rotary_dim);
+            k = self.rope(k, spec.kv_heads, spec.head_dim, rotary_dim);
+        }
+        let out = self.attention_core(spec, q, k, v);
+        let o = self.linear(out, &find(O).unwrap());
+        self.dropout(o, spec.dropout.resid)
+    }
+
+    /// The MLP block on the normed input `n`: gated (fused gate_up or separate) or
+    /// plain, the down projection and its dropout.
+    fn mlp_block(&mut self, spec: &ModelSpec, lins: &[LinearSpec], n: T) -> T {
+        use crate::arch::LinearRole::*;
+        let find = |role| find_linear(lins, role);
+        let prod = match spec.mlp {
+            MlpKind::Gated {
+                fused_gate_up: true,
+            } => {
+                let gu = self.linear(n, &find(GateUp).unwrap());
+                self.fused_gate_up(gu, spec.intermediate)
+            }
+            MlpKind::Gated {
+                fused_gate_up: false,
+            } => {
+                let gate = self.linear(n, &find(Gate).unwrap());
+                let a = self.act(gate, spec.act);
+                let up = self.linear(n, &find(Up).unwrap());
+                self.mul("act*up", a, up)
+            }
+            MlpKind::Plain => {
+                let f = self.linear(n, &find(Up).unwrap());
+                self.act(f, spec.act)
+            }
+        };
+        let d = self.linear(prod, &find(Down).unwrap());
+        self.dropout(d, spec.dropout.resid)
+    }
+
+    /// `act(gate) * up` over the two halves of a fused gate_up output `gu` (width
+    /// 2·`i`): gate, up = gu.chunk(2) are views of one storage, so `gu` itself is saved.
+    fn fused_gate_up(&mut self, gu: T, i: u64) -> T {
+        let d = self.dt(gu);
+        self.begin(&[gu]);
+        let gate_rg = self.rg(gu);
+        self.save_if(gu, gate_rg);
+        let a = self.out("act(gate)", self.tokens * i, d, gate_rg, Kind::Other);
+        self.begin(&[gu, a]);
+        self.save_if(gu, self.rg(a));
+        self.save_if(a, gate_rg);
+        self.out("act*up", self.tokens * i, d, gate_rg, Kind::Other)
+    }
+}
+
+impl Graph<'_> {
+    /// The attention core on projected q, k, v (cast to half under autocast): one
+    /// SDPA / flash kernel, or eager's explicit matmuls and softmax.
     fn attention_core(&mut self, spec: &ModelSpec, q: T, k: T, v: T) -> T {
+        let d = self.compute();
+        let any_rg = self.rg(q) || self.rg(k) || self.rg(v);
+        // Under autocast the attention kernel receives half-precision copies.
+        let (q, k, v) = if self.p.precision.is_amp() {
+            (self.cast(q, d), self.cast(k, d), self.cast(v, d))
+        } else {
+            (q, k, v)
+        };
+        match self.p.attn {
+            Attn::Sdpa | Attn::Flash => self.fused_attention(spec, [q, k, v], any_rg),
+            _ => self.eager_attention(spec, [q, k, v], any_rg),
+        }
+    }
+
+    /// SDPA / flash: saves q, k, v (un-repeated), the output and the fp32 logsumexp;
+    /// its backward needs an fp32 dq accumulator and the softmax row sums.
+    fn fused_attention(&mut self, spec: &ModelSpec, [q, k, v]: [T; 3], any_rg: bool) -> T {
+        let d = self.compute();
+        let (nh, hd) = (spec.heads, spec.head_dim);
+        let tq = self.tokens;
+        self.begin(&[q, k, v]);
+        if any_rg {
+            self.save(q);
+            self.save(k);
+            self.save(v);
+        }
+        let out = self.out("attention out", tq * nh * hd, d, any_rg, Kind::Matmul);
+        let lse = self.out("logsumexp", tq * nh, DType::F32, false, Kind::Matmul);
+        if any_rg {
+            self.save(out);
+            self.save(lse);
+            // Flash backward: fp32 dq accumulator + softmax row sums.
+            self.bwd_workspace
+                .push((self.op, tq * nh * hd * 4 + tq * nh * 4));
+        }
+        out
+    }
+
+    /// Eager attention: repeat_kv for GQA, QKᵀ, scale, soft-capping, mask, softmax,
+    /// dropout (the attention core), then P·V and the transpose back.
+    fn eager_attention(&mut self, spec: &ModelSpec, [q, k, v]: [T; 3], any_rg: bool) -> T {
         let p = self.p;
         let d = self.compute();
         let (nh, nkv, hd) = (spec.heads, spec.kv_heads, spec.head_dim);
         let tq = self.tokens;
         let kv_tokens = p.batch * p.kv_len;
-        let any_rg = self.rg(q) || self.rg(k) || self.rg(v);
-        // Under autocast the attention kernel receives half-precision copies.
-        let (q, k, v) = if p.precision.is_amp() {
-            (self.cast(q, d), self.cast(k, d), self.cast(v, d))
+        // Eager: explicit matmuls.
+        let rep = nh / nkv;
+        let (kr, vr) = if rep > 1 {
+            let kr = self.unary_plain("repeat_kv k", k, kv_tokens * nh * hd, d);
+            let vr = self.unary_plain("repeat_kv v", v, kv_tokens * nh * hd, d);
+            (kr, vr)
         } else {
-            (q, k, v)
+            (k, v)
         };
-        match p.attn {
-            Attn::Sdpa | Attn::Flash => {
-                self.begin(&[q, k, v]);
-                if any_rg {
-                    self.save(q);
-                    self.save(k);
-                    self.save(v);
-                }
-                let out = self.out("attention out", tq * nh * hd, d, any_rg, Kind::Matmul);
-                let lse = self.out("logsumexp", tq * nh, DType::F32, false, Kind::Matmul);
-                if any_rg {
-                    self.save(out);
-                    self.save(lse);
-                    // Flash backward: fp32 dq accumulator + softmax row sums.
-                    self.bwd_workspace
-                        .push((self.op, tq * nh * hd * 4 + tq * nh * 4));
-                }
-                out
-            }
-            _ => {
-                // Eager: explicit matmuls.
-                let rep = nh / nkv;
-                let (kr, vr) = if rep > 1 {
-                    let kr = self.unary_plain("repeat_kv k", k, kv_tokens * nh * hd, d);
-                    let vr = self.unary_plain("repeat_kv v", v, kv_tokens * nh * hd, d);
-                    (kr, vr)
-                } else {
-                    (k, v)
-                };
-                let scores_elems = p.batch * nh * p.seq * p.kv_len;
-                self.begin(&[q, kr]);
-                let (rq, rk) = (self.rg(q), self.rg(kr));
-                self.save_if(kr, rq);
-                self.save_if(q, rk);
-                self.in_attn_core = true;
-                let mut s = self.out("scores", scores_elems, d, any_rg, Kind::AttnCore);
-                s = self.unary_plain("scale", s, scores_elems, d);
-                if spec.attn_softcap.is_some() {
-                    s = self.unary_plain("softcap div", s, scores_elems, d);
-                    s = self.unary_save_out("softcap tanh", s, d);
-                    s = self.unary_plain("softcap mul", s, scores_elems, d);
-                }
-                s = self.unary_plain("mask add", s, scores_elems, d);
-                // llama-style models take softmax in fp32 and cast back; GPT-2-style
-                // families softmax in the compute dtype.
-                // Autocast runs softmax in fp32 for every family.
-                let fp32_softmax = p.precision.is_amp()
-                    || !matches!(spec.family, Family::Gpt2 | Family::GptBigcode);
-                let probs = if fp32_softmax {
-                    // `attn_weights = softmax(attn_weights, dtype=fp32).to(dtype)`:
-                    // softmax(dtype=) first casts its input to fp32 (a full copy), and
-                    // the old scores stay referenced until the assignment
-                    let s32 = self.cast(s, DType::F32);
-                    let pr = self.unary_save_out("softmax", s32, DType::F32);
-                    let c = self.cast(pr, d);
-                    self.hold(&[s]);
-                    c
-                } else {
-                    self.unary_save_out("softmax", s, d)
-                };
-                let probs = self.dropout(probs, spec.dropout.attn);
-                self.in_attn_core = false;
-                self.begin(&[probs, vr]);
-                let (rp, rv) = (self.rg(probs), self.rg(vr));
-                self.save_if(vr, rp);
-                self.save_if(probs, rv);
-                let o = self.out("P·V", tq * nh * hd, d, any_rg, Kind::Matmul);
-                // [b,h,s,d] -> [b,s,h*d]: transpose + contiguous copy
-                self.unary_plain("attn transpose", o, tq * nh * hd, d)
-            }
+        let scores_elems = p.batch * nh * p.seq * p.kv_len;
+        self.begin(&[q, kr]);
+        let (rq, rk) = (self.rg(q), self.rg(kr));
+        self.save_if(kr, rq);
+        self.save_if(q, rk);
+        self.in_attn_core = true;
+        let mut s = self.out("scores", scores_elems, d, any_rg, Kind::AttnCore);
+        s = self.unary_plain("scale", s, scores_elems, d);
+        if spec.attn_softcap.is_some() {
+            s = self.softcap(s, scores_elems, d);
+        }
+        s = self.unary_plain("mask add", s, scores_elems, d);
+        let probs = self.eager_softmax(spec, s);
+        let probs = self.dropout(probs, spec.dropout.attn);
+        self.in_attn_core = false;
+        self.begin(&[probs, vr]);
+        let (rp, rv) = (self.rg(probs), self.rg(vr));
+        self.save_if(vr, rp);
+        self.save_if(probs, rv);
+        let o = self.out("P·V", tq * nh * hd, d, any_rg, Kind::Matmul);
+        // [b,h,s,d] -> [b,s,h*d]: transpose + contiguous copy
+        self.unary_plain("attn transpose", o, tq * nh * hd, d)
+    }
+
+    /// Soft-capping `tanh(x / cap) · cap` (Gemma-2) of `x` with `elems` elements.
+    fn softcap(&mut self, x: T, elems: u64, d: DType) -> T {
+        let x = self.unary_plain("softcap div", x, elems, d);
+        let x = self.unary_save_out("softcap tanh", x, d);
+        self.unary_plain("softcap mul", x, elems, d)
+    }
+
+    /// Eager softmax of the masked scores `s`, in the dtype the family's HF code uses.
+    fn eager_softmax(&mut self, spec: &ModelSpec, s: T) -> T {
+        let d = self.compute();
+        // llama-style models take softmax in fp32 and cast back; GPT-2-style
+        // families softmax in the compute dtype.
+        // Autocast runs softmax in fp32 for every family.
+        let fp32_softmax =
+            self.p.precision.is_amp() || !matches!(spec.family, Family::Gpt2 | Family::GptBigcode);
+        if fp32_softmax {
+            // `attn_weights = softmax(attn_weights, dtype=fp32).to(dtype)`:
+            // softmax(dtype=) first casts its input to fp32 (a full copy), and
+            // the old scores stay referenced until the assignment
+            let s32 = self.cast(s, DType::F32);
+            let pr = self.unary_save_out("softmax", s32, DType::F32);
+            let c = self.cast(pr, d);
+            self.hold(&[s]);
+            c
+        } else {
+            self.unary_save_out("softmax", s, d)
         }
     }
 }
 
-/// Liveness of a recorded program.
-fn measure(g: &Graph, out: T, p: &LedgerParams) -> LayerLedger {
-    let ops = g.op;
-    let ckpt = p.grad_ckpt;
-    let training = p.trainable.any();
-    let is_saved = |n: &Node| n.saved_by != u32::MAX;
-    // Kept from forward until backward without checkpointing: what autograd saved.
-    let kept = |n: &Node| -> bool { training && is_saved(n) };
-    // Kept while the forward runs, under the checkpointing mode.
-    let kept_fwd = |n: &Node| -> bool {
-        match ckpt {
-            GradCkpt::None => kept(n),
+/// Which tensors of a program stay alive, per the run's checkpointing mode.
+#[derive(Debug, Clone, Copy)]
+struct Keep {
+    training: bool,
+    ckpt: GradCkpt,
+}
+
+impl Keep {
+    /// Saved by some op for its backward.
+    fn is_saved(n: &Node) -> bool {
+        n.saved_by != u32::MAX
+    }
+    /// Kept from forward until backward without checkpointing: what autograd saved.
+    fn kept(&self, n: &Node) -> bool {
+        self.training && Self::is_saved(n)
+    }
+    /// Kept while the forward runs, under the checkpointing mode.
+    fn kept_fwd(&self, n: &Node) -> bool {
+        let training = self.training;
+        match self.ckpt {
+            GradCkpt::None => self.kept(n),
             GradCkpt::Full => training && n.kind == Kind::Input,
             // Megatron selective recomputation: the attention core is recomputed
-            GradCkpt::Selective => training && kept(n) && n.kind != Kind::AttnCore,
+            GradCkpt::Selective => training && self.kept(n) && n.kind != Kind::AttnCore,
+        }
+    }
+}
+
+/// Forward peak of `g` when the tensors `keep` selects stay alive to the end (and
+/// transients until their last use), by a difference array over op indices:
+/// O(tensors + ops).
+fn fwd_peak_with(g: &Graph, keep: &dyn Fn(&Node) -> bool) -> u64 {
+    let ops = g.op;
+    let n_ops = ops as usize;
+    let mut diff = vec![0i128; n_ops + 2];
+    for n in &g.nodes {
+        let end = if keep(n) || n.kind == Kind::Cache || n.born == ops {
+            ops
+        } else {
+            n.last_use.max(n.held_until)
+        };
+        diff[n.born as usize] += n.bytes as i128;
+        diff[end as usize + 1] -= n.bytes as i128;
+    }
+    let mut live = 0i128;
+    let mut peak = 0i128;
+    for d in &diff[..=n_ops] {
+        live += d;
+        peak = peak.max(live);
+    }
+    peak as u64
+}
+
+/// Backward peak of `g` (output `out`) without recomputation, and the parameter
+/// gradients already allocated then. Ops in reverse: saved tensors are released when
+/// the earliest op that saved them has run its backward; the gradient of a tensor
+/// exists from the backward of its last consumer until the backward of its producer;
+/// parameter gradients appear at their op's backward and stay.
+fn backward_peak(g: &Graph, out: T) -> (u64, u64) {
+    let ops = g.op;
+    let n_ops = ops as usize;
+    let mut bwd_peak = 0u64;
+    let mut bwd_peak_param_grads = 0u64;
+    // live[j] for j in 1..=ops, as differences over j
+    let mut act = vec![0i128; n_ops + 2];
+    let mut pgd = vec![0i128; n_ops + 2];
+    let add = |v: &mut Vec<i128>, from: u32, to: u32, b: u64| {
+        if from <= to {
+            v[from as usize] += b as i128;
+            v[to as usize + 1] -= b as i128;
         }
     };
+    for (idx, n) in g.nodes.iter().enumerate() {
+        if Keep::is_saved(n) {
+            add(&mut act, n.saved_by.max(1), ops, n.bytes);
+        }
+        if n.rg {
+            let last = if idx == out.0 { ops } else { n.last_use };
+            add(&mut act, n.born.max(1), last.min(ops), n.bytes);
+        }
+    }
+    for &(o, b) in &g.bwd_workspace {
+        add(&mut act, o, o, b);
+    }
+    for &(o, b) in &g.param_grads {
+        add(&mut pgd, 1, o.min(ops), b);
+    }
+    let (mut live, mut pg) = (0i128, 0i128);
+    for j in 1..=n_ops {
+        live += act[j];
+        pg += pgd[j];
+        let total = (live + pg) as u64;
+        // ties go to the later op in backward order (smaller j), as the reverse walk
+        if total >= bwd_peak {
+            bwd_peak = total;
+            bwd_peak_param_grads = pg as u64;
+        }
+    }
+    (bwd_peak, bwd_peak_param_grads)
+}
+
+/// Liveness of a recorded program.
+fn measure(g: &Graph, out: T, p: &LedgerParams) -> LayerLedger {
+    let ckpt = p.grad_ckpt;
+    let training = p.trainable.any();
+    let keep = Keep { training, ckpt };
     let saved: u64 = g
         .nodes
         .iter()
-        .filter(|n| kept_fwd(n))
+        .filter(|n| keep.kept_fwd(n))
         .map(|n| n.bytes)
         .sum();
     // Autocast copies that autograd does not keep still live until the forward ends.
     let fwd_cache: u64 = g
         .nodes
         .iter()
-        .filter(|n| n.kind == Kind::Cache && !kept_fwd(n))
+        .filter(|n| n.kind == Kind::Cache && !keep.kept_fwd(n))
         .map(|n| n.bytes)
         .sum();
     let output_bytes = g.nodes[out.0].bytes;
 
-    // Forward: live bytes at each op (transients live until their last use), by a
-    // difference array over op indices: O(tensors + ops).
-    let n_ops = ops as usize;
-    let fwd_peak_with = |keep: &dyn Fn(&Node) -> bool| -> u64 {
-        let mut diff = vec![0i128; n_ops + 2];
-        for n in &g.nodes {
-            let end = if keep(n) || n.kind == Kind::Cache || n.born == ops {
-                ops
-            } else {
-                n.last_use.max(n.held_until)
-            };
-            diff[n.born as usize] += n.bytes as i128;
-            diff[end as usize + 1] -= n.bytes as i128;
-        }
-        let mut live = 0i128;
-        let mut peak = 0i128;
-        for d in &diff[..=n_ops] {
-            live += d;
-            peak = peak.max(live);
-        }
-        peak as u64
-    };
-    let fwd_peak = fwd_peak_with(&kept_fwd);
+    // Forward: live bytes at each op (transients live until their last use).
+    let fwd_peak = fwd_peak_with(g, &|n| keep.kept_fwd(n));
 
-    // Backward, ops in reverse: saved tensors are released when the earliest op that
-    // saved them has run its backward; the gradient of a tensor exists from the
-    // backward of its last consumer until the backward of its producer; parameter
-    // gradients appear at their op's backward and stay.
     let mut bwd_peak = 0u64;
     let mut bwd_peak_param_grads = 0u64;
     let param_grads: u64 = g.param_grads.iter().map(|(_, b)| *b).sum();
     if training {
-        // live[j] for j in 1..=ops, as differences over j
-        let mut act = vec![0i128; n_ops + 2];
-        let mut pgd = vec![0i128; n_ops + 2];
-        let add = |v: &mut Vec<i128>, from: u32, to: u32, b: u64| {
-            if from <= to {
-                v[from as usize] += b as i128;
-                v[to as usize + 1] -= b as i128;
-            }
-        };
-        for (idx, n) in g.nodes.iter().enumerate() {
-            if is_saved(n) {
-                add(&mut act, n.saved_by.max(1), ops, n.bytes);
-            }
-            if n.rg {
-                let last = if idx == out.0 { ops } else { n.last_use };
-                add(&mut act, n.born.max(1), last.min(ops), n.bytes);
-            }
-        }
-        for &(o, b) in &g.bwd_workspace {
-            add(&mut act, o, o, b);
-        }
-        for &(o, b) in &g.param_grads {
-            add(&mut pgd, 1, o.min(ops), b);
-        }
-        let (mut live, mut pg) = (0i128, 0i128);
-        for j in 1..=n_ops {
-            live += act[j];
-            pg += pgd[j];
-            let total = (live + pg) as u64;
-            // ties go to the later op in backward order (smaller j), as the reverse walk
-            if total >= bwd_peak {
-                bwd_peak = total;
-                bwd_peak_param_grads = pg as u64;
-            }
-        }
+        (bwd_peak, bwd_peak_param_grads) = backward_peak(g, out);
         if ckpt != GradCkpt::None {
             // Recomputation rebuilds the forward and its saved set before backward,
             // while the output gradient waits.
-            let recompute = fwd_peak_with(&kept);
+            let recompute = fwd_peak_with(g, &|n| keep.kept(n));
             if recompute + output_bytes > bwd_peak {
                 bwd_peak = recompute + output_bytes;
                 bwd_peak_param_grads = 0;
@@ -872,7 +962,7 @@ fn measure(g: &Graph, out: T, p: &LedgerParams) -> LayerLedger {
             name: n.name,
             bytes: n.bytes,
             dtype: n.dtype,
-            saved: kept(n),
+            saved: keep.kept(n),
         })
         .collect();
     LayerLedger {
@@ -916,69 +1006,85 @@ pub struct NonLayer {
 
 /// The non-layer ledger.
 pub fn non_layer(spec: &ModelSpec, p: &LedgerParams) -> NonLayer {
-    let training = p.trainable.any();
     let tokens = p.batch * p.seq;
-    let compute = p.precision.compute_dtype();
     let resid_dt = p.resid_dtype();
-    let h = spec.hidden;
-    let v = spec.vocab;
     let mut nl = NonLayer {
-        embed_out: tokens * h * resid_dt.size() / p.sp_div.max(1),
+        embed_out: tokens * spec.hidden * resid_dt.size() / p.sp_div.max(1),
+        shared: if p.trainable.any() {
+            shared_saved(spec, p)
+        } else {
+            0
+        },
         ..NonLayer::default()
     };
-    if training {
-        // position ids [1, s] int64: saved by a learned position table it trains, or
-        // as an input of every checkpointed layer
-        let pos_saved = match spec.positions {
-            Positions::Learned => p.trainable.base_weights() || p.grad_ckpt != GradCkpt::None,
-            _ => p.grad_ckpt != GradCkpt::None,
-        };
-        if pos_saved {
-            nl.shared += p.seq * 8;
-        }
-        if let Positions::Rope { rotary_dim } = spec.positions {
-            // cos and sin [1, s, rotary_dim] in the hidden-state dtype, saved by the
-            // rotary muls of every layer (one storage)
-            nl.shared += 2 * p.seq * rotary_dim * resid_dt.size();
-        }
-        if p.attn == Attn::Eager && p.grad_ckpt != GradCkpt::None {
-            // the 4-D causal mask [b, 1, s, s] becomes a saved checkpoint input
-            nl.shared += p.batch * p.seq * p.kv_len * resid_dt.size();
-        }
-        if spec.dropout.embd > 0.0 && embedding_output_requires_grad(p) {
-            // the mask is saved only when the embedding output needs a gradient
-            let mask = match p.device {
-                Device::Cuda => 1,
-                Device::Cpu => resid_dt.size(),
-            };
-            nl.shared += tokens * h * mask;
-        }
-        if spec.embed_norm && p.trainable.base_weights() {
-            // BLOOM's word_embeddings_layernorm: input + mean + rstd
-            let stat = match p.device {
-                Device::Cuda => 4,
-                Device::Cpu => resid_dt.size(),
-            };
-            nl.shared += tokens * h * resid_dt.size() + 2 * tokens * stat;
-        }
-    }
+    head_and_loss(spec, p, &mut nl);
+    nl
+}
 
-    // Final norm + head + loss as a small program. The head is trainable with full
-    // fine-tuning (tied or not) and frozen under LoRA (peft's all-linear excludes it).
-    let p_head = LedgerParams {
-        trainable: match &p.trainable {
-            Trainable::Lora { rank, .. } => Trainable::Lora {
-                rank: *rank,
-                targets: LoraTargets::Names(Vec::new()),
-            },
-            t => t.clone(),
-        },
-        // the head and loss are never inside a checkpointed layer
-        grad_ckpt: GradCkpt::None,
-        ..p.clone()
+/// Training: what the embedding side saves for every layer (position ids, rotary
+/// tables, a checkpointed eager mask, the embedding dropout mask, BLOOM's embedding
+/// norm).
+fn shared_saved(spec: &ModelSpec, p: &LedgerParams) -> u64 {
+    let tokens = p.batch * p.seq;
+    let resid_dt = p.resid_dtype();
+    let h = spec.hidden;
+    let mut shared = 0;
+    // position ids [1, s] int64: saved by a learned position table it trains, or
+    // as an input of every checkpointed layer
+    let pos_saved = match spec.positions {
+        Positions::Learned => p.trainable.base_weights() || p.grad_ckpt != GradCkpt::None,
+        _ => p.grad_ckpt != GradCkpt::None,
     };
-    let mut g = Graph::new(&p_head);
-    let x = g.input(h, resid_dt, training);
+    if pos_saved {
+        shared += p.seq * 8;
+    }
+    if let Positions::Rope { rotary_dim } = spec.positions {
+        // cos and sin [1, s, rotary_dim] in the hidden-state dtype, saved by the
+        // rotary muls of every layer (one storage)
+        shared += 2 * p.seq * rotary_dim * resid_dt.size();
+    }
+    if p.attn == Attn::Eager && p.grad_ckpt != GradCkpt::None {
+        // the 4-D causal mask [b, 1, s, s] becomes a saved checkpoint input
+        shared += p.batch * p.seq * p.kv_len * resid_dt.size();
+    }
+    if spec.dropout.embd > 0.0 && embedding_output_requires_grad(p) {
+        // the mask is saved only when the embedding output needs a gradient
+        let mask = match p.device {
+            Device::Cuda => 1,
+            Device::Cpu => resid_dt.size(),
+        };
+        shared += tokens * h * mask;
+    }
+    if spec.embed_norm && p.trainable.base_weights() {
+        // BLOOM's word_embeddings_layernorm: input + mean + rstd
+        let stat = match p.device {
+            Device::Cuda => 4,
+            Device::Cpu => resid_dt.size(),
+        };
+        shared += tokens * h * resid_dt.size() + 2 * tokens * stat;
+    }
+    shared
+}
+
+/// The recorded final norm + head + loss program.
+struct HeadProgram<'a> {
+    g: Graph<'a>,
+    /// The final norm's output (the head input).
+    head_in: T,
+    /// First node of the loss (after the logits).
+    loss_from: usize,
+    /// The loss scalar (the logits with a fused linear + CE).
+    last: T,
+}
+
+/// Final norm + head + loss as a small program, run under `p_head`.
+fn head_program<'a>(spec: &ModelSpec, p_head: &'a LedgerParams, training: bool) -> HeadProgram<'a> {
+    let tokens = p_head.batch * p_head.seq;
+    let compute = p_head.precision.compute_dtype();
+    let h = spec.hidden;
+    let v = spec.vocab;
+    let mut g = Graph::new(p_head);
+    let x = g.input(h, p_head.resid_dtype(), training);
     let n = g.norm(x, h, spec.norm);
     let head = LinearSpec {
         name: "lm_head",
@@ -989,14 +1095,12 @@ pub fn non_layer(spec: &ModelSpec, p: &LedgerParams) -> NonLayer {
     };
     let logits = g.linear(n, &head);
     let loss_from = g.nodes.len();
-    let last = if p.loss == Loss::FusedLinearCe {
+    let last = if p_head.loss == Loss::FusedLinearCe {
         logits
     } else {
         let mut l = logits;
         if spec.final_softcap.is_some() {
-            l = g.unary_plain("softcap div", l, tokens * v, compute);
-            l = g.unary_save_out("softcap tanh", l, compute);
-            l = g.unary_plain("softcap mul", l, tokens * v, compute);
+            l = g.softcap(l, tokens * v, compute);
         }
         // transformers' ForCausalLMLoss: logits.float(), then cross_entropy
         let l32 = g.cast(l, DType::F32);
@@ -1009,10 +1113,39 @@ pub fn non_layer(spec: &ModelSpec, p: &LedgerParams) -> NonLayer {
         g.save_if(labels, training);
         g.out("loss", 1, DType::F32, training, Kind::Other)
     };
+    HeadProgram {
+        g,
+        head_in: n,
+        loss_from,
+        last,
+    }
+}
+
+/// Fills the head fields of `nl`: what the final norm, head and loss save, and their
+/// forward / backward transients, per loss implementation.
+fn head_and_loss(spec: &ModelSpec, p: &LedgerParams, nl: &mut NonLayer) {
+    let training = p.trainable.any();
+    let tokens = p.batch * p.seq;
+    // The head is trainable with full fine-tuning (tied or not) and frozen under LoRA
+    // (peft's all-linear excludes it).
+    let p_head = LedgerParams {
+        trainable: match &p.trainable {
+            Trainable::Lora { rank, .. } => Trainable::Lora {
+                rank: *rank,
+                targets: LoraTargets::Names(Vec::new()),
+            },
+            t => t.clone(),
+        },
+        // the head and loss are never inside a checkpointed layer
+        grad_ckpt: GradCkpt::None,
+        ..p.clone()
+    };
+    let hp = head_program(spec, &p_head, training);
+    let g = &hp.g;
     // the loss scalar is the program's output, kept by the caller
-    let m = measure(&g, last, &p_head);
+    let m = measure(g, hp.last, &p_head);
     let loss_saved: u64 = if training {
-        g.nodes[loss_from..]
+        g.nodes[hp.loss_from..]
             .iter()
             .filter(|n| n.saved_by != u32::MAX)
             .map(|n| n.bytes)
@@ -1039,35 +1172,39 @@ pub fn non_layer(spec: &ModelSpec, p: &LedgerParams) -> NonLayer {
             nl.head_fwd_transient = fwd_t / chunks;
             nl.head_bwd_transient = bwd_t / chunks;
         }
-        Loss::FusedLinearCe => {
-            // Liger fused linear + CE: the gradient w.r.t. the head input is computed
-            // in forward chunk by chunk and kept (T×h); logits never exist in full.
-            let grad_in = if training {
-                tokens * h * compute.size()
-            } else {
-                0
-            };
-            let head_in = g.nodes[n.0].bytes;
-            let norm_saved = g.nodes[..loss_from]
-                .iter()
-                .filter(|nd| nd.saved_by != u32::MAX && nd.name != "lm_head")
-                .map(|nd| nd.bytes)
-                .sum::<u64>()
-                .saturating_sub(if g.nodes[n.0].saved_by != u32::MAX {
-                    head_in
-                } else {
-                    0
-                });
-            nl.head_saved = norm_saved + grad_in;
-            nl.loss_saved = grad_in;
-            // one chunk of fp32 logits and its gradient (Liger sizes chunks to about
-            // hidden_size tokens)
-            let chunk_tokens = tokens.min(h);
-            nl.head_fwd_transient = chunk_tokens * v * 4 * 2;
-            nl.head_bwd_transient = 0;
-        }
+        Loss::FusedLinearCe => fused_linear_ce(spec, p, &hp, nl),
     }
-    nl
+}
+
+/// Liger fused linear + CE: the gradient w.r.t. the head input is computed in forward
+/// chunk by chunk and kept (T×h); logits never exist in full.
+fn fused_linear_ce(spec: &ModelSpec, p: &LedgerParams, hp: &HeadProgram, nl: &mut NonLayer) {
+    let tokens = p.batch * p.seq;
+    let (h, v) = (spec.hidden, spec.vocab);
+    let g = &hp.g;
+    let grad_in = if p.trainable.any() {
+        tokens * h * p.precision.compute_dtype().size()
+    } else {
+        0
+    };
+    let head_in = g.nodes[hp.head_in.0].bytes;
+    let norm_saved = g.nodes[..hp.loss_from]
+        .iter()
+        .filter(|nd| nd.saved_by != u32::MAX && nd.name != "lm_head")
+        .map(|nd| nd.bytes)
+        .sum::<u64>()
+        .saturating_sub(if g.nodes[hp.head_in.0].saved_by != u32::MAX {
+            head_in
+        } else {
+            0
+        });
+    nl.head_saved = norm_saved + grad_in;
+    nl.loss_saved = grad_in;
+    // one chunk of fp32 logits and its gradient (Liger sizes chunks to about
+    // hidden_size tokens)
+    let chunk_tokens = tokens.min(h);
+    nl.head_fwd_transient = chunk_tokens * v * 4 * 2;
+    nl.head_bwd_transient = 0;
 }
 
 /// Chunks of the chunked cross-entropy (torchtune `CEWithChunkedOutputLoss`, litgpt).

@@ -246,12 +246,70 @@ pub fn build_params<O: Ops>(
     method: ProbeMethod,
 ) -> Result<Params<O::T>> {
     check_supported(spec)?;
-    let full = method == ProbeMethod::Full;
+    let b = ParamBuilder {
+        spec,
+        method,
+        full: method == ProbeMethod::Full,
+        lins: spec.layer_linears(),
+    };
     let h = spec.hidden as usize;
-    let lins = spec.layer_linears();
-    let find = |role: crate::arch::LinearRole| lins.iter().find(|l| l.role == role).copied();
-    let linear = |o: &mut O, prefix: &str, role| -> Result<Option<Linear<O::T>>> {
-        let Some(l) = find(role) else { return Ok(None) };
+    let wte = b.matrix(o, "model.embed_tokens.weight", spec.vocab as usize)?;
+    let wpe = if spec.positions == Positions::Learned {
+        Some(b.matrix(
+            o,
+            "model.embed_positions.weight",
+            spec.max_positions as usize,
+        )?)
+    } else {
+        None
+    };
+    let mut layers = Vec::with_capacity(spec.layers as usize);
+    for i in 0..spec.layers {
+        layers.push(b.layer(o, i)?);
+    }
+    let final_norm = b.norm(o, "model.norm", h)?;
+    let head = if spec.tie_embeddings {
+        None
+    } else {
+        Some(b.matrix(o, "lm_head.weight", spec.vocab as usize)?)
+    };
+    Ok(Params {
+        wte,
+        wpe,
+        layers,
+        final_norm,
+        head,
+    })
+}
+
+/// Creates the parameters of one model, in the probe's creation order: base weights
+/// are trainable only for full fine-tuning, LoRA adapters always.
+struct ParamBuilder<'a> {
+    spec: &'a ModelSpec,
+    method: ProbeMethod,
+    full: bool,
+    lins: Vec<crate::arch::LinearSpec>,
+}
+
+impl ParamBuilder<'_> {
+    /// A `[rows, hidden]` weight (embedding tables, the output head).
+    fn matrix<O: Ops>(&self, o: &mut O, name: &str, rows: usize) -> Result<O::T> {
+        let h = self.spec.hidden as usize;
+        o.param(name, &[rows, h], ParamKind::Weight, self.full)
+    }
+
+    /// The linear of `role` under `prefix` (None when the family has none): weight,
+    /// bias, and with LoRA the `lora_A` / `lora_B` adapters scaled by alpha / rank.
+    fn linear<O: Ops>(
+        &self,
+        o: &mut O,
+        prefix: &str,
+        role: crate::arch::LinearRole,
+    ) -> Result<Option<Linear<O::T>>> {
+        let full = self.full;
+        let Some(l) = self.lins.iter().find(|l| l.role == role).copied() else {
+            return Ok(None);
+        };
         let (i, out) = (l.in_features as usize, l.out_features as usize);
         let name = format!("{prefix}.{}", l.name);
         let w = o.param(
@@ -265,7 +323,7 @@ pub fn build_params<O: Ops>(
         } else {
             None
         };
-        let lora = match method {
+        let lora = match self.method {
             ProbeMethod::Full => None,
             ProbeMethod::Lora { rank, alpha } => Some((
                 o.param(
@@ -284,67 +342,62 @@ pub fn build_params<O: Ops>(
             )),
         };
         Ok(Some(Linear { w, b, lora }))
-    };
-    let norm = |o: &mut O, name: &str, width: usize| -> Result<Norm<O::T>> {
+    }
+
+    /// A norm of `width`: its weight, and a bias for LayerNorm with bias.
+    fn norm<O: Ops>(&self, o: &mut O, name: &str, width: usize) -> Result<Norm<O::T>> {
+        let full = self.full;
         let w = o.param(
             &format!("{name}.weight"),
             &[width],
             ParamKind::NormWeight,
             full,
         )?;
-        let b = if matches!(spec.norm, NormKind::LayerNorm { bias: true }) {
+        let b = if matches!(self.spec.norm, NormKind::LayerNorm { bias: true }) {
             Some(o.param(&format!("{name}.bias"), &[width], ParamKind::Bias, full)?)
         } else {
             None
         };
         Ok(Norm { w, b })
-    };
-    let wte = o.param(
-        "model.embed_tokens.weight",
-        &[spec.vocab as usize, h],
-        ParamKind::Weight,
-        full,
-    )?;
-    let wpe = if spec.positions == Positions::Learned {
-        Some(o.param(
-            "model.embed_positions.weight",
-            &[spec.max_positions as usize, h],
-            ParamKind::Weight,
-            full,
-        )?)
-    } else {
-        None
-    };
-    use crate::arch::LinearRole as R;
-    let mut layers = Vec::with_capacity(spec.layers as usize);
-    for i in 0..spec.layers {
+    }
+
+    /// Decoder layer `i`: norms, attention projections (fused or not), q/k norms,
+    /// output projection, MLP projections.
+    fn layer<O: Ops>(&self, o: &mut O, i: u64) -> Result<Layer<O::T>> {
+        use crate::arch::LinearRole as R;
+        let spec = self.spec;
+        let h = spec.hidden as usize;
         let p = format!("model.layers.{i}");
-        let n1 = norm(o, &format!("{p}.input_layernorm"), h)?;
+        let n1 = self.norm(o, &format!("{p}.input_layernorm"), h)?;
         let n2 = match spec.residual {
             Residual::Parallel { shared_norm: true } => None,
-            _ => Some(norm(o, &format!("{p}.post_attention_layernorm"), h)?),
+            _ => Some(self.norm(o, &format!("{p}.post_attention_layernorm"), h)?),
         };
         let a = format!("{p}.self_attn");
-        let qkv = linear(o, &a, R::Qkv)?;
-        let q = linear(o, &a, R::Q)?;
-        let k = linear(o, &a, R::K)?;
-        let v = linear(o, &a, R::V)?;
+        let qkv = self.linear(o, &a, R::Qkv)?;
+        let q = self.linear(o, &a, R::Q)?;
+        let k = self.linear(o, &a, R::K)?;
+        let v = self.linear(o, &a, R::V)?;
         let (q_norm, k_norm) = if spec.qk_norm {
             let hd = spec.head_dim as usize;
             (
-                Some(norm(o, &format!("{a}.q_norm"), hd)?),
-                Some(norm(o, &format!("{a}.k_norm"), hd)?),
+                Some(self.norm(o, &format!("{a}.q_norm"), hd)?),
+                Some(self.norm(o, &format!("{a}.k_norm"), hd)?),
             )
         } else {
             (None, None)
         };
-        let ol = linear(o, &a, R::O)?.expect("every layer has an output projection");
+        let ol = self
+            .linear(o, &a, R::O)?
+            .expect("every layer has an output projection");
         let m = format!("{p}.mlp");
-        let gate_up = linear(o, &m, R::GateUp)?;
-        let gate = linear(o, &m, R::Gate)?;
-        let up = linear(o, &m, R::Up)?;
-        let down = linear(o, &m, R::Down)?.expect("every MLP has a down projection");
-        layers.push(Layer {
+        let gate_up = self.linear(o, &m, R::GateUp)?;
+        let gate = self.linear(o, &m, R::Gate)?;
+        let up = self.linear(o, &m, R::Up)?;
+        let down = self
+            .linear(o, &m, R::Down)?
+            .expect("every MLP has a down projection");
+        Ok(Layer {
             n1,
             n2,
             qkv,
@@ -358,26 +411,8 @@ pub fn build_params<O: Ops>(
             gate,
             up,
             down,
-        });
+        })
     }
-    let final_norm = norm(o, "model.norm", h)?;
-    let head = if spec.tie_embeddings {
-        None
-    } else {
-        Some(o.param(
-            "lm_head.weight",
-            &[spec.vocab as usize, h],
-            ParamKind::Weight,
-            full,
-        )?)
-    };
-    Ok(Params {
-        wte,
-        wpe,
-        layers,
-        final_norm,
-        head,
-    })
 }
 
 /// The constant inputs of one step.
@@ -425,10 +460,13 @@ pub fn build_inputs<O: Ops>(
     })
 }
 
-struct Ctx<'a> {
+/// What every op of one forward pass shares: the model, batch and sequence sizes, the
+/// constant inputs.
+struct Ctx<'a, T> {
     spec: &'a ModelSpec,
     b: usize,
     s: usize,
+    inp: &'a Inputs<T>,
 }
 
 fn bcast<O: Ops>(o: &mut O, x: &O::T, dims: &[usize]) -> Result<O::T> {
@@ -496,7 +534,7 @@ fn norm<O: Ops>(o: &mut O, x: &O::T, n: &Norm<O::T>, kind: NormKind) -> Result<O
 }
 
 /// Rotary embedding of `x` `[b, heads, s, hd]` over its first `rd` channels.
-fn rope<O: Ops>(o: &mut O, c: &Ctx, x: &O::T, inp: &Inputs<O::T>, rd: usize) -> Result<O::T> {
+fn rope<O: Ops>(o: &mut O, c: &Ctx<O::T>, x: &O::T, rd: usize) -> Result<O::T> {
     let d = o.dims(x);
     let hd = d[3];
     let half = rd / 2;
@@ -508,8 +546,8 @@ fn rope<O: Ops>(o: &mut O, c: &Ctx, x: &O::T, inp: &Inputs<O::T>, rd: usize) -> 
     let x1 = o.narrow(&xr, 3, 0, half)?;
     let x2 = o.narrow(&xr, 3, half, half)?;
     let hdims = [d[0], d[1], d[2], half];
-    let cos = inp.cos.as_ref().expect("rope inputs");
-    let sin = inp.sin.as_ref().expect("rope inputs");
+    let cos = c.inp.cos.as_ref().expect("rope inputs");
+    let sin = c.inp.sin.as_ref().expect("rope inputs");
     let cr = o.reshape(cos, &[1, 1, c.s, half])?;
     let sr = o.reshape(sin, &[1, 1, c.s, half])?;
     let cb = bcast(o, &cr, &hdims)?;
@@ -557,13 +595,9 @@ fn repeat_kv<O: Ops>(o: &mut O, x: &O::T, rep: usize) -> Result<O::T> {
     o.reshape(&r, &[d[0], d[1] * rep, d[2], d[3]])
 }
 
-fn attention<O: Ops>(
-    o: &mut O,
-    c: &Ctx,
-    x: &O::T,
-    l: &Layer<O::T>,
-    inp: &Inputs<O::T>,
-) -> Result<O::T> {
+/// Self-attention of one layer on the normed `x`: projections, q/k norms, rotary
+/// embedding, repeated KV heads, masked softmax, output projection.
+fn attention<O: Ops>(o: &mut O, c: &Ctx<O::T>, x: &O::T, l: &Layer<O::T>) -> Result<O::T> {
     let spec = c.spec;
     let (b, s) = (c.b, c.s);
     let (nh, nkv, hd) = (
@@ -595,8 +629,8 @@ fn attention<O: Ops>(
     let mut k = o.transpose(&k, 1, 2)?;
     let v = o.transpose(&v, 1, 2)?;
     if let Some(rd) = rotary_dim(spec) {
-        q = rope(o, c, &q, inp, rd)?;
-        k = rope(o, c, &k, inp, rd)?;
+        q = rope(o, c, &q, rd)?;
+        k = rope(o, c, &k, rd)?;
     }
     let q = o.contiguous(&q)?;
     let k = o.contiguous(&k)?;
@@ -606,7 +640,7 @@ fn attention<O: Ops>(
     let kt = o.transpose(&k, 2, 3)?;
     let sc = o.matmul(&q, &kt)?;
     let sc = o.affine(&sc, 1.0 / (hd as f64).sqrt(), 0.0)?;
-    let mr = o.reshape(&inp.mask, &[1, 1, s, s])?;
+    let mr = o.reshape(&c.inp.mask, &[1, 1, s, s])?;
     let mb = bcast(o, &mr, &[b, nh, s, s])?;
     let sc = o.binary(&sc, &mb, Bin::Add)?;
     let p = softmax(o, &sc)?;
@@ -624,7 +658,8 @@ fn act<O: Ops>(o: &mut O, x: &O::T, a: Activation) -> Result<O::T> {
     }
 }
 
-fn mlp<O: Ops>(o: &mut O, c: &Ctx, x: &O::T, l: &Layer<O::T>) -> Result<O::T> {
+/// The MLP of one layer on the normed `x` (gated, fused gated or plain).
+fn mlp<O: Ops>(o: &mut O, c: &Ctx<O::T>, x: &O::T, l: &Layer<O::T>) -> Result<O::T> {
     let spec = c.spec;
     let i = spec.intermediate as usize;
     let prod = match (spec.mlp, &l.gate_up, &l.gate) {
@@ -649,18 +684,12 @@ fn mlp<O: Ops>(o: &mut O, c: &Ctx, x: &O::T, l: &Layer<O::T>) -> Result<O::T> {
     linear(o, &prod, &l.down)
 }
 
-fn layer<O: Ops>(
-    o: &mut O,
-    c: &Ctx,
-    x: &O::T,
-    l: &Layer<O::T>,
-    inp: &Inputs<O::T>,
-) -> Result<O::T> {
+fn layer<O: Ops>(o: &mut O, c: &Ctx<O::T>, x: &O::T, l: &Layer<O::T>) -> Result<O::T> {
     let kind = c.spec.norm;
     match c.spec.residual {
         Residual::Sequential => {
             let n1 = norm(o, x, &l.n1, kind)?;
-            let a = attention(o, c, &n1, l, inp)?;
+            let a = attention(o, c, &n1, l)?;
             let h1 = o.binary(x, &a, Bin::Add)?;
             let n2 = norm(o, &h1, l.n2.as_ref().expect("second norm"), kind)?;
             let m = mlp(o, c, &n2, l)?;
@@ -672,7 +701,7 @@ fn layer<O: Ops>(
                 Some(n) => norm(o, x, n, kind)?,
                 None => n1.clone(),
             };
-            let a = attention(o, c, &n1, l, inp)?;
+            let a = attention(o, c, &n1, l)?;
             let m = mlp(o, c, &n2, l)?;
             let am = o.binary(&m, &a, Bin::Add)?;
             o.binary(&am, x, Bin::Add)
@@ -693,6 +722,7 @@ pub fn forward<O: Ops>(
         spec,
         b: batch,
         s: seq,
+        inp,
     };
     let mut x = o.index_select(&p.wte, &inp.ids)?;
     if spec.embed_scale {
@@ -703,7 +733,7 @@ pub fn forward<O: Ops>(
         x = o.binary(&x, &pe, Bin::Add)?;
     }
     for l in &p.layers {
-        x = layer(o, &c, &x, l, inp)?;
+        x = layer(o, &c, &x, l)?;
     }
     let n = norm(o, &x, &p.final_norm, spec.norm)?;
     let head = p.head.as_ref().unwrap_or(&p.wte);

@@ -685,12 +685,33 @@ impl Sim<'_> {
 }
 
 impl Tape {
-    /// Replay `loss.backward()`, then drop the graph and replay `AdamW::step`.
+    /// Replay `loss.backward()`, then drop the graph and replay `AdamW::step`:
+    /// (backward peak, optimizer peak, parameter-gradient bytes).
     fn simulate(&self, loss: usize, logits: usize) -> (Moment, Moment, u64) {
         // forward nodes alive at the end of the loss: those reachable from it
-        let n = self.nodes.len();
-        let mut reach = vec![false; n];
-        let mut stack = vec![loss, logits];
+        let reach = self.reachable_nodes(&[loss, logits]);
+        let mut sim = Sim {
+            t: self,
+            a: self.arena_after_loss(&reach, loss, logits),
+            store: Store {
+                map: HashMap::new(),
+            },
+        };
+        sim.backward(loss);
+        let bwd = sim.a.peak;
+        // the caller drops the loss and the logits; the store may still hold parts of
+        // the graph through the ops of the gradients it keeps
+        sim.a.drop_(loss);
+        sim.a.drop_(logits);
+        let opt = self.optimizer_moment(&sim.a);
+        let pg = sim.a.pg;
+        (bwd, opt, pg)
+    }
+
+    /// Nodes reachable from `roots` through the ops' inputs.
+    fn reachable_nodes(&self, roots: &[usize]) -> Vec<bool> {
+        let mut reach = vec![false; self.nodes.len()];
+        let mut stack = roots.to_vec();
         while let Some(x) = stack.pop() {
             if reach[x] {
                 continue;
@@ -700,6 +721,15 @@ impl Tape {
                 stack.extend(op.args());
             }
         }
+        reach
+    }
+
+    /// The object graph as the forward and the loss leave it: every reachable node
+    /// (`reach`) holds its storage and, when tracked, its op inputs; parameters and
+    /// inputs are held by their owners; the caller holds `loss` and `logits`. Live bytes
+    /// start as the dynamic storages still referenced (plus host metadata).
+    fn arena_after_loss(&self, reach: &[bool], loss: usize, logits: usize) -> Arena {
+        let n = self.nodes.len();
         let mut a = Arena {
             nodes: Vec::with_capacity(n * 4),
             storages: self
@@ -759,238 +789,12 @@ impl Tape {
             graph: a.graph,
             ..Moment::default()
         };
-        let mut sim = Sim {
-            t: self,
-            a,
-            store: Store {
-                map: HashMap::new(),
-            },
-        };
-        // grads.insert(loss, loss.ones_like()?.contiguous()?)
-        let ones = sim.a.fresh(self.bytes(loss));
-        sim.set(loss, ones);
-        for x in sorted_nodes(self, loss) {
-            let node = &self.nodes[x];
-            if node.var {
-                continue;
-            }
-            let g0 = sim
-                .store
-                .map
-                .remove(&x)
-                .expect("gradient populated in order");
-            if self.nodes[x].var {
-                sim.a.pg -= sim.a.storages[sim.a.nodes[g0].storage].0;
-            }
-            let g = sim.a.detach(g0);
-            let mut g_owned = true;
-            let nb = self.bytes(x);
-            let a = &mut sim;
-            match node.op.as_ref().expect("sorted nodes have ops") {
-                SOp::Binary(l, r, Bin::Add | Bin::Sub) => {
-                    a.acc(*l, &[g]);
-                    a.acc(*r, &[g]);
-                }
-                SOp::Binary(l, r, Bin::Mul) => {
-                    let lg = a.a.op(&[g, *r], nb);
-                    a.acc(*l, &[lg]);
-                    let rg = a.a.op(&[g, *l], nb);
-                    a.acc(*r, &[rg]);
-                    a.a.drop_(rg);
-                    a.a.drop_(lg);
-                }
-                SOp::Binary(l, r, Bin::Div) => {
-                    let lg = a.a.op(&[g, *r], nb);
-                    a.acc(*l, &[lg]);
-                    let t1 = a.a.op(&[g, *l], nb);
-                    let t2 = a.a.op(&[*r], nb);
-                    let rg = a.a.op(&[t1, t2], nb);
-                    a.a.drop_(t2);
-                    a.a.drop_(t1);
-                    a.acc(*r, &[rg]);
-                    a.a.drop_(rg);
-                    a.a.drop_(lg);
-                }
-                SOp::Broadcast(arg) => {
-                    let s = a.a.op(&[g], self.bytes(*arg));
-                    let v = a.a.view(s);
-                    a.acc(*arg, &[v]);
-                    a.a.drop_(v);
-                    a.a.drop_(s);
-                }
-                SOp::Sum(arg) | SOp::Reshape(arg) | SOp::Transpose(arg) => {
-                    let v = a.a.view(g);
-                    a.acc(*arg, &[v]);
-                    a.a.drop_(v);
-                }
-                SOp::Copy(arg) => a.acc(*arg, &[g]),
-                SOp::Max(arg) => {
-                    let ab = self.bytes(*arg);
-                    let nv = a.a.view(x);
-                    let gv = a.a.view(g);
-                    let eq = a.a.op(&[nv], ab / self.esize);
-                    let td = a.a.op(&[eq], ab);
-                    let m = a.a.op(&[td, gv], ab);
-                    a.a.drop_(td);
-                    a.a.drop_(eq);
-                    let mv = a.a.view(m);
-                    a.acc(*arg, &[mv]);
-                    a.a.drop_(mv);
-                    a.a.drop_(m);
-                    a.a.drop_(gv);
-                    a.a.drop_(nv);
-                }
-                SOp::Affine(arg) => {
-                    let ag = a.a.op(&[g], self.bytes(*arg));
-                    a.acc(*arg, &[ag]);
-                    a.a.drop_(ag);
-                }
-                SOp::Unary(arg, u) => {
-                    let arg = *arg;
-                    let ab = self.bytes(arg);
-                    match u {
-                        Un::Exp => {
-                            a.or_insert(arg);
-                            let t = a.a.op(&[g, x], ab);
-                            a.acc(arg, &[t]);
-                            a.a.drop_(t);
-                        }
-                        Un::Log => {
-                            a.or_insert(arg);
-                            // `grad / arg` consumes the local gradient
-                            let t = a.a.op(&[g, arg], ab);
-                            a.a.drop_(g);
-                            g_owned = false;
-                            a.acc(arg, &[t]);
-                            a.a.drop_(t);
-                        }
-                        Un::Sqr => {
-                            let t1 = a.a.op(&[arg, g], ab);
-                            let ag = a.a.op(&[t1], ab);
-                            a.a.drop_(t1);
-                            a.acc(arg, &[ag]);
-                            a.a.drop_(ag);
-                        }
-                        Un::Sqrt => {
-                            let t1 = a.a.op(&[g, x], ab);
-                            let ag = a.a.op(&[t1], ab);
-                            a.a.drop_(t1);
-                            a.acc(arg, &[ag]);
-                            a.a.drop_(ag);
-                        }
-                        Un::Neg => a.acc(arg, &[g]),
-                        Un::Silu => {
-                            a.or_insert(arg);
-                            let n1 = a.a.op(&[arg], ab);
-                            let e = a.a.op(&[n1], ab);
-                            let p1 = a.a.op(&[e], ab);
-                            a.a.drop_(e);
-                            let sig = a.a.op(&[p1], ab);
-                            a.a.drop_(p1);
-                            a.a.drop_(n1);
-                            let b = a.a.op(&[x], ab);
-                            let c = a.a.op(&[sig, b], ab);
-                            a.a.drop_(b);
-                            let sg = a.a.op(&[c, x], ab);
-                            a.a.drop_(c);
-                            let t = a.a.op(&[g, sg], ab);
-                            a.a.drop_(sg);
-                            a.acc(arg, &[t]);
-                            a.a.drop_(t);
-                            a.a.drop_(sig);
-                        }
-                        Un::Gelu => {
-                            a.or_insert(arg);
-                            let cube = a.a.op(&[arg], ab);
-                            let a1 = a.a.op(&[cube], ab);
-                            let a2 = a.a.op(&[arg], ab);
-                            let a3 = a.a.op(&[a1, a2], ab);
-                            a.a.drop_(a1);
-                            a.a.drop_(a2);
-                            let th = a.a.op(&[a3], ab);
-                            a.a.drop_(a3);
-                            let b1 = a.a.op(&[th], ab);
-                            let c1 = a.a.op(&[cube], ab);
-                            a.a.drop_(cube);
-                            let c2 = a.a.op(&[arg], ab);
-                            let c3 = a.a.op(&[c1, c2], ab);
-                            a.a.drop_(c1);
-                            a.a.drop_(c2);
-                            let p = a.a.op(&[th], ab);
-                            let q = a.a.op(&[p], ab);
-                            a.a.drop_(p);
-                            let r = a.a.op(&[c3, q], ab);
-                            a.a.drop_(c3);
-                            a.a.drop_(q);
-                            let s2 = a.a.op(&[b1, r], ab);
-                            a.a.drop_(b1);
-                            a.a.drop_(r);
-                            let gg = a.a.op(&[s2], ab);
-                            a.a.drop_(s2);
-                            let t = a.a.op(&[g, gg], ab);
-                            a.a.drop_(gg);
-                            a.acc(arg, &[t]);
-                            a.a.drop_(t);
-                            a.a.drop_(th);
-                        }
-                    }
-                }
-                SOp::Narrow(arg, dim, start, len) => {
-                    let ad = &self.nodes[*arg].dims;
-                    let row = elems(ad) / ad[*dim] as u64 * self.esize;
-                    let right = ad[*dim] - start - len;
-                    let l = (*start > 0).then(|| a.a.fresh(row * *start as u64));
-                    let r = (right > 0).then(|| a.a.fresh(row * right as u64));
-                    if l.is_none() && r.is_none() {
-                        a.acc(*arg, &[g]);
-                    } else {
-                        let mut ins: Vec<usize> = l.iter().copied().collect();
-                        ins.push(g);
-                        ins.extend(r.iter().copied());
-                        let c = a.a.op(&ins, self.bytes(*arg));
-                        if let Some(l) = l {
-                            a.a.drop_(l);
-                        }
-                        if let Some(r) = r {
-                            a.a.drop_(r);
-                        }
-                        a.acc(*arg, &[c]);
-                        a.a.drop_(c);
-                    }
-                }
-                SOp::Cat(args) => {
-                    for &arg in args {
-                        let v = a.a.view(g);
-                        a.acc(arg, &[v]);
-                        a.a.drop_(v);
-                    }
-                }
-                SOp::IndexSelect(w, ids) => a.acc(*w, &[*ids, g]),
-                SOp::Gather(xx, ids) => a.acc(*xx, &[*ids, g]),
-                SOp::Matmul(l, r) => {
-                    let rt = a.a.view(*r);
-                    let lg = a.a.op(&[g, rt], self.bytes(*l));
-                    a.a.drop_(rt);
-                    a.acc(*l, &[lg]);
-                    let lt = a.a.view(*l);
-                    let rg = a.a.op(&[lt, g], self.bytes(*r));
-                    a.a.drop_(lt);
-                    a.acc(*r, &[rg]);
-                    a.a.drop_(rg);
-                    a.a.drop_(lg);
-                }
-            }
-            if g_owned {
-                sim.a.drop_(g);
-            }
-            sim.a.drop_(g0);
-        }
-        let bwd = sim.a.peak;
-        // the caller drops the loss and the logits; the store may still hold parts of
-        // the graph through the ops of the gradients it keeps
-        sim.a.drop_(loss);
-        sim.a.drop_(logits);
-        let held = sim.a.live;
+        a
+    }
+
+    /// The moment of `AdamW::step`, after backward with `a` as the graph is dropped.
+    fn optimizer_moment(&self, a: &Arena) -> Moment {
+        let held = a.live;
         // AdamW::step: per variable (m, v, θ are variables, so every intermediate is
         // tracked and kept by the next one): t1, t2, m', w, u, v', m̂, v̂, θ', √v̂,
         // √v̂+ε, m̂/(√v̂+ε), ·lr, θ'' = 14 tensors (g² is freed at once).
@@ -1002,16 +806,268 @@ impl Tape {
             .max()
             .unwrap_or(0);
         let opt = Moment {
-            param_grads: sim.a.pg.min(held),
-            graph: sim.a.graph.min(held - sim.a.pg.min(held)),
+            param_grads: a.pg.min(held),
+            graph: a.graph.min(held - a.pg.min(held)),
             other: 0,
         };
-        let opt = Moment {
+        Moment {
             other: held - opt.param_grads - opt.graph + 14 * max_var,
             ..opt
-        };
-        let pg = sim.a.pg;
-        (bwd, opt, pg)
+        }
+    }
+}
+
+impl Sim<'_> {
+    /// `loss.backward()`: seed the loss gradient, then run each node's backward in
+    /// candle's topological order, freeing its gradient once propagated.
+    fn backward(&mut self, loss: usize) {
+        let t = self.t;
+        // grads.insert(loss, loss.ones_like()?.contiguous()?)
+        let ones = self.a.fresh(t.bytes(loss));
+        self.set(loss, ones);
+        for x in sorted_nodes(t, loss) {
+            let node = &t.nodes[x];
+            if node.var {
+                continue;
+            }
+            let g0 = self
+                .store
+                .map
+                .remove(&x)
+                .expect("gradient populated in order");
+            if t.nodes[x].var {
+                self.a.pg -= self.a.storages[self.a.nodes[g0].storage].0;
+            }
+            let g = self.a.detach(g0);
+            let g_owned = self.node_backward(x, g);
+            if g_owned {
+                self.a.drop_(g);
+            }
+            self.a.drop_(g0);
+        }
+    }
+
+    /// `acc(n, [t])`, then release `t`.
+    fn acc_drop(&mut self, n: usize, t: usize) {
+        self.acc(n, &[t]);
+        self.a.drop_(t);
+    }
+
+    /// One node's backward formula (candle's `backprop.rs`, per op) with its gradient
+    /// `g`; returns whether `g` is still held (a formula may consume it).
+    fn node_backward(&mut self, x: usize, g: usize) -> bool {
+        let t = self.t;
+        match t.nodes[x].op.as_ref().expect("sorted nodes have ops") {
+            SOp::Binary(l, r, op) => self.binary_backward(x, (*l, *r), *op, g),
+            SOp::Broadcast(arg) => {
+                let s = self.a.op(&[g], t.bytes(*arg));
+                let v = self.a.view(s);
+                self.acc_drop(*arg, v);
+                self.a.drop_(s);
+            }
+            SOp::Sum(arg) | SOp::Reshape(arg) | SOp::Transpose(arg) => {
+                let v = self.a.view(g);
+                self.acc_drop(*arg, v);
+            }
+            SOp::Copy(arg) => self.acc(*arg, &[g]),
+            SOp::Max(arg) => self.max_backward(x, *arg, g),
+            SOp::Affine(arg) => {
+                let ag = self.a.op(&[g], t.bytes(*arg));
+                self.acc_drop(*arg, ag);
+            }
+            SOp::Unary(arg, u) => return self.unary_backward(x, *arg, *u, g),
+            SOp::Narrow(arg, dim, start, len) => self.narrow_backward(*arg, *dim, *start, *len, g),
+            SOp::Cat(args) => {
+                for &arg in args {
+                    let v = self.a.view(g);
+                    self.acc_drop(arg, v);
+                }
+            }
+            SOp::IndexSelect(w, ids) => self.acc(*w, &[*ids, g]),
+            SOp::Gather(xx, ids) => self.acc(*xx, &[*ids, g]),
+            SOp::Matmul(l, r) => {
+                let rt = self.a.view(*r);
+                let lg = self.a.op(&[g, rt], t.bytes(*l));
+                self.a.drop_(rt);
+                self.acc(*l, &[lg]);
+                let lt = self.a.view(*l);
+                let rg = self.a.op(&[lt, g], t.bytes(*r));
+                self.a.drop_(lt);
+                self.acc_drop(*r, rg);
+                self.a.drop_(lg);
+            }
+        }
+        true
+    }
+
+    /// Backward of `l op r` (output node `x`): add/sub pass `g` to both sides; mul and
+    /// div allocate each side's product first.
+    fn binary_backward(&mut self, x: usize, (l, r): (usize, usize), op: Bin, g: usize) {
+        let nb = self.bytes(x);
+        match op {
+            Bin::Add | Bin::Sub => {
+                self.acc(l, &[g]);
+                self.acc(r, &[g]);
+            }
+            Bin::Mul => {
+                let lg = self.a.op(&[g, r], nb);
+                self.acc(l, &[lg]);
+                let rg = self.a.op(&[g, l], nb);
+                self.acc_drop(r, rg);
+                self.a.drop_(lg);
+            }
+            Bin::Div => {
+                let lg = self.a.op(&[g, r], nb);
+                self.acc(l, &[lg]);
+                let t1 = self.a.op(&[g, l], nb);
+                let t2 = self.a.op(&[r], nb);
+                let rg = self.a.op(&[t1, t2], nb);
+                self.a.drop_(t2);
+                self.a.drop_(t1);
+                self.acc_drop(r, rg);
+                self.a.drop_(lg);
+            }
+        }
+    }
+
+    /// Backward of `max_keepdim` (node `x` over `arg`): the mask of the maxima
+    /// (`eq`, u8), cast, times the broadcast gradient.
+    fn max_backward(&mut self, x: usize, arg: usize, g: usize) {
+        let ab = self.bytes(arg);
+        let nv = self.a.view(x);
+        let gv = self.a.view(g);
+        let eq = self.a.op(&[nv], ab / self.t.esize);
+        let td = self.a.op(&[eq], ab);
+        let m = self.a.op(&[td, gv], ab);
+        self.a.drop_(td);
+        self.a.drop_(eq);
+        let mv = self.a.view(m);
+        self.acc_drop(arg, mv);
+        self.a.drop_(m);
+        self.a.drop_(gv);
+        self.a.drop_(nv);
+    }
+
+    /// Backward of a unary op (node `x` over `arg`), temporaries in candle's source
+    /// order; returns whether `g` is still held (`log` consumes it).
+    fn unary_backward(&mut self, x: usize, arg: usize, u: Un, g: usize) -> bool {
+        let ab = self.bytes(arg);
+        match u {
+            Un::Exp => {
+                self.or_insert(arg);
+                let t = self.a.op(&[g, x], ab);
+                self.acc_drop(arg, t);
+            }
+            Un::Log => {
+                self.or_insert(arg);
+                // `grad / arg` consumes the local gradient
+                let t = self.a.op(&[g, arg], ab);
+                self.a.drop_(g);
+                self.acc_drop(arg, t);
+                return false;
+            }
+            // sqr: (arg · g) · 2; sqrt: (g / x) · 0.5
+            Un::Sqr => self.two_step_grad(arg, [arg, g], ab),
+            Un::Sqrt => self.two_step_grad(arg, [g, x], ab),
+            Un::Neg => self.acc(arg, &[g]),
+            Un::Silu => self.silu_backward(x, arg, g),
+            Un::Gelu => self.gelu_backward(arg, g),
+        }
+        true
+    }
+
+    /// A gradient made of one binary product of `ins` then one scalar op, accumulated
+    /// into `arg`.
+    fn two_step_grad(&mut self, arg: usize, ins: [usize; 2], ab: u64) {
+        let t1 = self.a.op(&ins, ab);
+        let ag = self.a.op(&[t1], ab);
+        self.a.drop_(t1);
+        self.acc_drop(arg, ag);
+    }
+
+    /// candle's silu backward: σ(arg) = 1/(1 + exp(−arg)), then
+    /// g · (σ + x · (1 − σ)).
+    fn silu_backward(&mut self, x: usize, arg: usize, g: usize) {
+        let ab = self.bytes(arg);
+        self.or_insert(arg);
+        let n1 = self.a.op(&[arg], ab);
+        let e = self.a.op(&[n1], ab);
+        let p1 = self.a.op(&[e], ab);
+        self.a.drop_(e);
+        let sig = self.a.op(&[p1], ab);
+        self.a.drop_(p1);
+        self.a.drop_(n1);
+        let b = self.a.op(&[x], ab);
+        let c = self.a.op(&[sig, b], ab);
+        self.a.drop_(b);
+        let sg = self.a.op(&[c, x], ab);
+        self.a.drop_(c);
+        let t = self.a.op(&[g, sg], ab);
+        self.a.drop_(sg);
+        self.acc_drop(arg, t);
+        self.a.drop_(sig);
+    }
+
+    /// candle's gelu (tanh approximation) backward, temporaries in source order.
+    fn gelu_backward(&mut self, arg: usize, g: usize) {
+        let ab = self.bytes(arg);
+        self.or_insert(arg);
+        let cube = self.a.op(&[arg], ab);
+        let a1 = self.a.op(&[cube], ab);
+        let a2 = self.a.op(&[arg], ab);
+        let a3 = self.a.op(&[a1, a2], ab);
+        self.a.drop_(a1);
+        self.a.drop_(a2);
+        let th = self.a.op(&[a3], ab);
+        self.a.drop_(a3);
+        let b1 = self.a.op(&[th], ab);
+        let c1 = self.a.op(&[cube], ab);
+        self.a.drop_(cube);
+        let c2 = self.a.op(&[arg], ab);
+        let c3 = self.a.op(&[c1, c2], ab);
+        self.a.drop_(c1);
+        self.a.drop_(c2);
+        let p = self.a.op(&[th], ab);
+        let q = self.a.op(&[p], ab);
+        self.a.drop_(p);
+        let r = self.a.op(&[c3, q], ab);
+        self.a.drop_(c3);
+        self.a.drop_(q);
+        let s2 = self.a.op(&[b1, r], ab);
+        self.a.drop_(b1);
+        self.a.drop_(r);
+        let gg = self.a.op(&[s2], ab);
+        self.a.drop_(s2);
+        let t = self.a.op(&[g, gg], ab);
+        self.a.drop_(gg);
+        self.acc_drop(arg, t);
+        self.a.drop_(th);
+    }
+
+    /// Backward of `narrow`: the gradient padded with zeros on either side (one
+    /// `cat` of the pieces), or passed through when nothing was cut.
+    fn narrow_backward(&mut self, arg: usize, dim: usize, start: usize, len: usize, g: usize) {
+        let t = self.t;
+        let ad = &t.nodes[arg].dims;
+        let row = elems(ad) / ad[dim] as u64 * t.esize;
+        let right = ad[dim] - start - len;
+        let l = (start > 0).then(|| self.a.fresh(row * start as u64));
+        let r = (right > 0).then(|| self.a.fresh(row * right as u64));
+        if l.is_none() && r.is_none() {
+            self.acc(arg, &[g]);
+        } else {
+            let mut ins: Vec<usize> = l.iter().copied().collect();
+            ins.push(g);
+            ins.extend(r.iter().copied());
+            let c = self.a.op(&ins, t.bytes(arg));
+            if let Some(l) = l {
+                self.a.drop_(l);
+            }
+            if let Some(r) = r {
+                self.a.drop_(r);
+            }
+            self.acc_drop(arg, c);
+        }
     }
 }
 
