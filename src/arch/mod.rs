@@ -226,8 +226,15 @@ pub struct ModelSpec {
     pub lm_head_bias: bool,
     /// BLOOM normalises the embeddings (`word_embeddings_layernorm`).
     pub embed_norm: bool,
-    /// Qwen3 q_norm / k_norm (RMSNorm over head_dim).
-    pub qk_norm: bool,
+    /// q/k norms over head_dim (Qwen3, StableLM, Phi).
+    pub qk_norm: QkNorm,
+    /// Eager attention takes its softmax in fp32 and casts back (llama-style HF code);
+    /// false where the family's HF code softmaxes in the compute dtype (GPT-2,
+    /// GPTBigCode). Autocast runs softmax in fp32 regardless.
+    pub eager_softmax_fp32: bool,
+    /// The linear modules of each decoder block.
+    #[serde(skip)]
+    pub modules: BlockModules,
     pub positions: Positions,
     pub residual: Residual,
     /// Gemma-2 sandwich norms (post-attention and pre/post-feedforward norms).
@@ -254,12 +261,72 @@ pub struct LinearSpec {
     pub out_features: u64,
     pub bias: bool,
     pub role: LinearRole,
+    /// Identical copies of the module in the block (routed experts); 1 for dense.
+    pub copies: u64,
 }
 
 impl LinearSpec {
-    /// Parameters of the module: the `in × out` weight plus `out` when it has a bias.
+    /// Parameters of the module: the `in × out` weight plus `out` when it has a bias,
+    /// times its copies.
     pub fn params(&self) -> u64 {
-        self.in_features * self.out_features + if self.bias { self.out_features } else { 0 }
+        self.copies
+            * (self.in_features * self.out_features + if self.bias { self.out_features } else { 0 })
+    }
+}
+
+/// One linear module of a decoder block: its peft name, its role (which fixes its shape
+/// from the spec's widths) and how many copies the block holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModuleSlot {
+    pub name: &'static str,
+    pub role: LinearRole,
+    pub copies: u64,
+}
+
+impl ModuleSlot {
+    pub const fn one(name: &'static str, role: LinearRole) -> ModuleSlot {
+        ModuleSlot {
+            name,
+            role,
+            copies: 1,
+        }
+    }
+}
+
+/// The linear modules of one decoder block, attention then feed-forward, in forward
+/// order: data the config parser sets per family (`hf::config`), so nothing downstream
+/// matches on the family to know a block's modules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockModules {
+    pub attention: &'static [ModuleSlot],
+    pub ffn: &'static [ModuleSlot],
+}
+
+impl Default for BlockModules {
+    fn default() -> Self {
+        BlockModules {
+            attention: &[],
+            ffn: &[],
+        }
+    }
+}
+
+/// Norms over `head_dim` applied to queries and keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum QkNorm {
+    #[default]
+    None,
+    /// One norm for q and one for k, shared by all heads: Qwen3 `q_norm`/`k_norm`
+    /// (RMSNorm, 2·head_dim), Phi `qk_layernorm` (LayerNorm with bias, 4·head_dim).
+    Shared { bias: bool },
+    /// StableLM `qk_layernorm`: a bias-free LayerNorm(head_dim) per query and per
+    /// key/value head ((heads + kv_heads)·head_dim).
+    PerHead,
+}
+
+impl QkNorm {
+    pub fn is_some(self) -> bool {
+        self != QkNorm::None
     }
 }
 
@@ -295,89 +362,40 @@ impl ModelSpec {
         self.kv_heads * self.head_dim
     }
 
-    /// The linears of one decoder layer, in forward order, with peft's names.
+    /// The linears of one decoder layer, in forward order, with peft's names: the
+    /// block's module slots ([`BlockModules`], set by the config parser from the
+    /// family's transformers module tree) with shapes from the spec's widths. The one
+    /// description from which parameter counts, weight bytes, optimizer shapes,
+    /// sharding, the largest module and LoRA targets are derived.
     pub fn layer_linears(&self) -> Vec<LinearSpec> {
         use LinearRole::*;
         let h = self.hidden;
         let (qd, kvd, i) = (self.q_dim(), self.kv_dim(), self.intermediate);
-        let l = |name, in_features, out_features, bias, role| LinearSpec {
-            name,
-            in_features,
-            out_features,
-            bias,
-            role,
-        };
-        let mut v = Vec::new();
-        match self.family {
-            Family::Gpt2 | Family::GptBigcode | Family::Qwen => {
-                v.push(l("c_attn", h, qd + 2 * kvd, self.qkv_bias, Qkv));
-                v.push(l("c_proj", qd, h, self.o_bias, O));
-            }
-            Family::GptNeox | Family::Falcon | Family::Bloom => {
-                v.push(l("query_key_value", h, qd + 2 * kvd, self.qkv_bias, Qkv));
-                v.push(l("dense", qd, h, self.o_bias, O));
-            }
-            Family::Phi3 => {
-                v.push(l("qkv_proj", h, qd + 2 * kvd, self.qkv_bias, Qkv));
-                v.push(l("o_proj", qd, h, self.o_bias, O));
-            }
-            _ => {
-                v.push(l("q_proj", h, qd, self.qkv_bias, Q));
-                v.push(l("k_proj", h, kvd, self.qkv_bias, K));
-                v.push(l("v_proj", h, kvd, self.qkv_bias, V));
-                let o_name = if self.family == Family::Phi {
-                    "dense"
-                } else {
-                    "o_proj"
+        let m = &self.modules;
+        m.attention
+            .iter()
+            .chain(m.ffn)
+            .map(|slot| {
+                let (in_features, out_features, bias) = match slot.role {
+                    Q => (h, qd, self.qkv_bias),
+                    K | V => (h, kvd, self.qkv_bias),
+                    Qkv => (h, qd + 2 * kvd, self.qkv_bias),
+                    O => (qd, h, self.o_bias),
+                    Gate | Up => (h, i, self.mlp_bias),
+                    GateUp => (h, 2 * i, self.mlp_bias),
+                    Down => (i, h, self.mlp_bias),
+                    Head => (h, self.vocab, self.lm_head_bias),
                 };
-                v.push(l(o_name, qd, h, self.o_bias, O));
-            }
-        }
-        match (self.family, self.mlp) {
-            (Family::Gpt2 | Family::GptBigcode, _) => {
-                v.push(l("c_fc", h, i, self.mlp_bias, Up));
-                v.push(l("c_proj", i, h, self.mlp_bias, Down));
-            }
-            (Family::Qwen, _) => {
-                // Qwen-1: c_proj(w1(x) * silu(w2(x))); `intermediate` is the MLP width
-                // (config.json's intermediate_size / 2).
-                v.push(l("w1", h, i, self.mlp_bias, Up));
-                v.push(l("w2", h, i, self.mlp_bias, Gate));
-                v.push(l("c_proj", i, h, self.mlp_bias, Down));
-            }
-            (Family::Phi, _) => {
-                v.push(l("fc1", h, i, self.mlp_bias, Up));
-                v.push(l("fc2", i, h, self.mlp_bias, Down));
-            }
-            (Family::GptNeox | Family::Falcon | Family::Bloom, _) => {
-                v.push(l("dense_h_to_4h", h, i, self.mlp_bias, Up));
-                v.push(l("dense_4h_to_h", i, h, self.mlp_bias, Down));
-            }
-            (
-                _,
-                MlpKind::Gated {
-                    fused_gate_up: true,
-                },
-            ) => {
-                v.push(l("gate_up_proj", h, 2 * i, self.mlp_bias, GateUp));
-                v.push(l("down_proj", i, h, self.mlp_bias, Down));
-            }
-            (
-                _,
-                MlpKind::Gated {
-                    fused_gate_up: false,
-                },
-            ) => {
-                v.push(l("gate_proj", h, i, self.mlp_bias, Gate));
-                v.push(l("up_proj", h, i, self.mlp_bias, Up));
-                v.push(l("down_proj", i, h, self.mlp_bias, Down));
-            }
-            (_, MlpKind::Plain) => {
-                v.push(l("up_proj", h, i, self.mlp_bias, Up));
-                v.push(l("down_proj", i, h, self.mlp_bias, Down));
-            }
-        }
-        v
+                LinearSpec {
+                    name: slot.name,
+                    in_features,
+                    out_features,
+                    bias,
+                    role: slot.role,
+                    copies: slot.copies,
+                }
+            })
+            .collect()
     }
 
     /// Number of norms in one decoder layer (each with `hidden` weights).

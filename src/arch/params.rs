@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::arch::{Family, LoraTargets, ModelSpec, NormKind, Positions, TensorInfo};
+use crate::arch::{LoraTargets, ModelSpec, NormKind, Positions, QkNorm, TensorInfo};
 
 /// Parameter counts of a model, split like `oracle/params.json` `breakdown`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -39,19 +39,17 @@ fn norm_params(spec: &ModelSpec, width: u64) -> u64 {
     }
 }
 
-/// Parameters of the q/k norms of one layer, when `spec.qk_norm`:
+/// Parameters of the q/k norms of one layer ([`QkNorm`]):
 /// Qwen3 q_norm/k_norm are RMSNorm(head_dim) shared by all heads (2·head_dim);
 /// StableLM `qk_layernorm` is one bias-free LayerNorm(head_dim) per head
 /// ((heads + kv_heads)·head_dim); Phi `qk_layernorm` is LayerNorm(head_dim) with bias
 /// for q and for k (4·head_dim).
 fn qk_norm_params(spec: &ModelSpec) -> u64 {
-    if !spec.qk_norm {
-        return 0;
-    }
-    match spec.family {
-        Family::Stablelm => (spec.heads + spec.kv_heads) * spec.head_dim,
-        Family::Phi => 4 * spec.head_dim,
-        _ => 2 * spec.head_dim,
+    match spec.qk_norm {
+        QkNorm::None => 0,
+        QkNorm::Shared { bias: false } => 2 * spec.head_dim,
+        QkNorm::Shared { bias: true } => 4 * spec.head_dim,
+        QkNorm::PerHead => (spec.heads + spec.kv_heads) * spec.head_dim,
     }
 }
 

@@ -19,7 +19,8 @@
 use serde_json::{Map, Value};
 
 use crate::arch::{
-    Activation, Dropout, Family, MlpKind, ModelSpec, NormKind, Positions, Quantization, Residual,
+    Activation, BlockModules, Dropout, Family, LinearRole, MlpKind, ModelSpec, ModuleSlot,
+    NormKind, Positions, QkNorm, Quantization, Residual,
 };
 use crate::arch::{MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH};
 use crate::error::{Error, Result};
@@ -158,8 +159,91 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
         Family::Phi => phi(&c)?,
         Family::Qwen => qwen(&c)?,
     };
+    let spec = family_facts(spec);
     spec.validate()?;
     Ok(spec)
+}
+
+/// One linear slot (see [`block_modules`]).
+const fn m(name: &'static str, role: LinearRole) -> ModuleSlot {
+    ModuleSlot::one(name, role)
+}
+
+/// The linear modules of each family's decoder block as transformers names them (the
+/// names peft's `target_modules` matches), in forward order.
+fn block_modules(family: Family, mlp: MlpKind) -> BlockModules {
+    use LinearRole::*;
+    // modeling_gpt2.py GPT2Attention / GPTBigCode: c_attn (fused qkv), c_proj
+    const C_ATTN: &[ModuleSlot] = &[m("c_attn", Qkv), m("c_proj", O)];
+    // modeling_gpt_neox.py, modeling_falcon.py, modeling_bloom.py: query_key_value, dense
+    const QKV_DENSE: &[ModuleSlot] = &[m("query_key_value", Qkv), m("dense", O)];
+    // modeling_phi3.py Phi3Attention: qkv_proj, o_proj
+    const QKV_PROJ: &[ModuleSlot] = &[m("qkv_proj", Qkv), m("o_proj", O)];
+    // modeling_llama.py LlamaAttention and its descendants
+    const QKVO_PROJ: &[ModuleSlot] = &[
+        m("q_proj", Q),
+        m("k_proj", K),
+        m("v_proj", V),
+        m("o_proj", O),
+    ];
+    // modeling_phi.py PhiAttention: q/k/v_proj, dense
+    const QKV_PROJ_DENSE: &[ModuleSlot] = &[
+        m("q_proj", Q),
+        m("k_proj", K),
+        m("v_proj", V),
+        m("dense", O),
+    ];
+    // GPT2MLP: c_fc, c_proj
+    const C_FC: &[ModuleSlot] = &[m("c_fc", Up), m("c_proj", Down)];
+    // Qwen-1 QWenMLP: c_proj(w1(x) * silu(w2(x))); `intermediate` is the MLP width
+    // (config.json's intermediate_size / 2)
+    const QWEN_MLP: &[ModuleSlot] = &[m("w1", Up), m("w2", Gate), m("c_proj", Down)];
+    // PhiMLP: fc1, fc2
+    const FC12: &[ModuleSlot] = &[m("fc1", Up), m("fc2", Down)];
+    // GPTNeoXMLP / FalconMLP / BloomMLP
+    const H_TO_4H: &[ModuleSlot] = &[m("dense_h_to_4h", Up), m("dense_4h_to_h", Down)];
+    // Phi3MLP: gate_up_proj (fused), down_proj
+    const GATE_UP: &[ModuleSlot] = &[m("gate_up_proj", GateUp), m("down_proj", Down)];
+    // LlamaMLP: gate_proj, up_proj, down_proj
+    const GATED: &[ModuleSlot] = &[m("gate_proj", Gate), m("up_proj", Up), m("down_proj", Down)];
+    const PLAIN: &[ModuleSlot] = &[m("up_proj", Up), m("down_proj", Down)];
+    let attention = match family {
+        Family::Gpt2 | Family::GptBigcode | Family::Qwen => C_ATTN,
+        Family::GptNeox | Family::Falcon | Family::Bloom => QKV_DENSE,
+        Family::Phi3 => QKV_PROJ,
+        Family::Phi => QKV_PROJ_DENSE,
+        _ => QKVO_PROJ,
+    };
+    let ffn = match (family, mlp) {
+        (Family::Gpt2 | Family::GptBigcode, _) => C_FC,
+        (Family::Qwen, _) => QWEN_MLP,
+        (Family::Phi, _) => FC12,
+        (Family::GptNeox | Family::Falcon | Family::Bloom, _) => H_TO_4H,
+        (
+            _,
+            MlpKind::Gated {
+                fused_gate_up: true,
+            },
+        ) => GATE_UP,
+        (
+            _,
+            MlpKind::Gated {
+                fused_gate_up: false,
+            },
+        ) => GATED,
+        (_, MlpKind::Plain) => PLAIN,
+    };
+    BlockModules { attention, ffn }
+}
+
+/// The facts downstream code needs that follow from the family: the block's modules,
+/// the q/k norm shape, the eager softmax dtype.
+fn family_facts(mut s: ModelSpec) -> ModelSpec {
+    s.modules = block_modules(s.family, s.mlp);
+    // modeling_gpt2.py / modeling_gpt_bigcode.py eager attention: softmax in the
+    // compute dtype; llama-style eager_attention_forward: softmax(dtype=float32)
+    s.eager_softmax_fp32 = !matches!(s.family, Family::Gpt2 | Family::GptBigcode);
+    s
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -497,7 +581,9 @@ fn base(
         mlp_bias: false,
         lm_head_bias: false,
         embed_norm: false,
-        qk_norm: false,
+        qk_norm: QkNorm::None,
+        eager_softmax_fp32: true,
+        modules: BlockModules::default(),
         positions: Positions::Rope {
             rotary_dim: head_dim,
         },
@@ -579,7 +665,7 @@ fn llama_like(c: &Cfg, family: Family) -> Result<ModelSpec> {
         Family::Qwen3 => {
             s.qkv_bias = c.bool_or("attention_bias", false)?;
             s.o_bias = s.qkv_bias;
-            s.qk_norm = true;
+            s.qk_norm = QkNorm::Shared { bias: false };
         }
         _ => {
             s.qkv_bias = c.bool_or("attention_bias", false)?;
@@ -831,7 +917,11 @@ fn stablelm(c: &Cfg) -> Result<ModelSpec> {
     s.norm = NormKind::LayerNorm { bias: true };
     s.act = c.act("hidden_act", Activation::Silu)?;
     s.qkv_bias = c.bool_or("use_qkv_bias", false)?;
-    s.qk_norm = c.bool_or("qk_layernorm", false)?;
+    s.qk_norm = if c.bool_or("qk_layernorm", false)? {
+        QkNorm::PerHead
+    } else {
+        QkNorm::None
+    };
     let factor = c.float_or("partial_rotary_factor", f64::MIN_POSITIVE, 1.0, 0.25)?;
     s.positions = Positions::Rope {
         rotary_dim: rotary_dim(s.head_dim, factor),
@@ -904,7 +994,11 @@ fn phi(c: &Cfg) -> Result<ModelSpec> {
     s.o_bias = true;
     s.mlp_bias = true;
     s.lm_head_bias = true;
-    s.qk_norm = c.bool_or("qk_layernorm", false)?;
+    s.qk_norm = if c.bool_or("qk_layernorm", false)? {
+        QkNorm::Shared { bias: true }
+    } else {
+        QkNorm::None
+    };
     let factor = c.float_or("partial_rotary_factor", f64::MIN_POSITIVE, 1.0, 0.5)?;
     s.positions = Positions::Rope {
         rotary_dim: rotary_dim(s.head_dim, factor),

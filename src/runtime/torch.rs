@@ -34,7 +34,7 @@
 //! intermediate kept until the graph is dropped) is `program` + `tape`.
 
 use crate::arch::{
-    Activation, Family, LinearSpec, LoraTargets, MlpKind, ModelSpec, NormKind, Positions, Residual,
+    Activation, LinearSpec, LoraTargets, MlpKind, ModelSpec, NormKind, Positions, Residual,
 };
 use crate::units::dtype::DType;
 use crate::workload::{Attn, Device, GradCkpt, Loss, Precision};
@@ -644,7 +644,7 @@ impl Graph<'_> {
             (q, k, v)
         };
         let (mut q, mut k) = (q, k);
-        if spec.qk_norm {
+        if spec.qk_norm.is_some() {
             q = self.norm(q, spec.head_dim, spec.norm);
             k = self.norm(k, spec.head_dim, spec.norm);
         }
@@ -797,8 +797,7 @@ impl Graph<'_> {
         // llama-style models take softmax in fp32 and cast back; GPT-2-style
         // families softmax in the compute dtype.
         // Autocast runs softmax in fp32 for every family.
-        let fp32_softmax =
-            self.p.precision.is_amp() || !matches!(spec.family, Family::Gpt2 | Family::GptBigcode);
+        let fp32_softmax = self.p.precision.is_amp() || spec.eager_softmax_fp32;
         if fp32_softmax {
             // `attn_weights = softmax(attn_weights, dtype=fp32).to(dtype)`:
             // softmax(dtype=) first casts its input to fp32 (a full copy), and
@@ -1092,6 +1091,7 @@ fn head_program<'a>(spec: &ModelSpec, p_head: &'a LedgerParams, training: bool) 
         out_features: v,
         bias: spec.lm_head_bias,
         role: crate::arch::LinearRole::Head,
+        copies: 1,
     };
     let logits = g.linear(n, &head);
     let loss_from = g.nodes.len();

@@ -378,7 +378,7 @@ impl ParamBuilder<'_> {
         let q = self.linear(o, &a, R::Q)?;
         let k = self.linear(o, &a, R::K)?;
         let v = self.linear(o, &a, R::V)?;
-        let (q_norm, k_norm) = if spec.qk_norm {
+        let (q_norm, k_norm) = if spec.qk_norm.is_some() {
             let hd = spec.head_dim as usize;
             (
                 Some(self.norm(o, &format!("{a}.q_norm"), hd)?),
