@@ -296,19 +296,10 @@ impl ModuleSlot {
 /// The linear modules of one decoder block, attention then feed-forward, in forward
 /// order: data the config parser sets per family (`hf::config`), so nothing downstream
 /// matches on the family to know a block's modules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BlockModules {
     pub attention: &'static [ModuleSlot],
     pub ffn: &'static [ModuleSlot],
-}
-
-impl Default for BlockModules {
-    fn default() -> Self {
-        BlockModules {
-            attention: &[],
-            ffn: &[],
-        }
-    }
 }
 
 /// Norms over `head_dim` applied to queries and keys.
