@@ -316,7 +316,7 @@ fn family_fields() {
     assert_eq!((q1.intermediate, q1.head_dim), (11008, 128));
     assert!(q1.qkv_bias && !q1.o_bias && !q1.mlp_bias);
 
-    assert!(p("qwen3-8b").qk_norm);
+    assert!(p("qwen3-8b").qk_norm.is_some());
     assert_eq!(p("qwen2.5-7b").sliding_window, None);
     assert!(p("qwen2.5-7b").qkv_bias && !p("qwen2.5-7b").o_bias);
     assert_eq!(p("mistral-7b-v0.1").sliding_window, Some(4096));
