@@ -8,7 +8,7 @@
 //! (f) `estimate()` never panics: every input gives `Ok` or `Err`.
 //!
 //! Case counts are small (64) so the suite stays fast; failures shrink and are stored
-//! in `tests/properties.proptest-regressions`.
+//! in `tests/it/properties.proptest-regressions`.
 
 use llm_mem::estimate::{estimate, Estimate};
 use llm_mem::hf::presets;

@@ -6,15 +6,17 @@ use llm_mem::estimate::Correction;
 use llm_mem::units::bytes::{Bytes, GIB};
 use llm_mem::workload::settings::RunConfig;
 
+use crate::util::{build, preset, run};
+
 #[test]
 fn llama70b_lora_on_8x80() {
-    let spec = llm_mem::hf::presets::get("llama-3.1-70b").unwrap().unwrap();
+    let spec = preset("llama-3.1-70b");
     let cfg = RunConfig {
         method: Some("lora".into()),
         seq_len: Some(4096),
         ..Default::default()
     };
-    let (w, ov) = cfg.build(&spec).unwrap();
+    let (w, ov) = build(&spec, &cfg);
     let q = PlanQuery {
         gpus: 8,
         capacity: Bytes(80 * GIB),
@@ -43,7 +45,7 @@ fn llama70b_lora_on_8x80() {
 
 #[test]
 fn fast_evaluator_equals_the_full_simulation() {
-    let spec = llm_mem::hf::presets::get("llama-3.1-8b").unwrap().unwrap();
+    let spec = preset("llama-3.1-8b");
     for attn in ["eager", "sdpa"] {
         let cfg = RunConfig {
             seq_len: Some(2048),
@@ -51,7 +53,7 @@ fn fast_evaluator_equals_the_full_simulation() {
             grad_ckpt: Some("selective".into()),
             ..Default::default()
         };
-        let (w, ov) = cfg.build(&spec).unwrap();
+        let (w, ov) = build(&spec, &cfg);
         let mut ev = Evaluator::new(&spec, &ov);
         for (layout, _, _) in layouts(&spec, &w, 8).into_iter().step_by(3) {
             for b in [1u64, 3, 7] {
@@ -72,15 +74,8 @@ fn fast_evaluator_equals_the_full_simulation() {
 }
 
 fn cli(args: &[&str]) -> (i32, String, String) {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_llm-mem"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into(),
-        String::from_utf8_lossy(&o.stderr).into(),
-    )
+    let r = run(args);
+    (r.code, r.stdout, r.stderr)
 }
 
 #[test]
