@@ -7,22 +7,34 @@
 //! (e) allocated ≤ reserved ≤ device;
 //! (f) `estimate()` never panics: every input gives `Ok` or `Err`.
 //!
+//! (a)–(e) run on strategies that generate only accepted combinations: the options a
+//! runtime accepts are derived from the chosen runtime and preset (`torch_case`,
+//! `candle_case`), so every case reaches its assertion and a rejected one fails the
+//! test. Each property counts the cases it checked (`util::check_all`). (f) runs over
+//! the whole cross product (`any_case`, rejected combinations included) and asserts
+//! that exactly the combinations the two strategies leave out are rejected.
+//!
 //! Case counts are small (64) so the suite stays fast; failures shrink and are stored
 //! in `tests/it/properties.proptest-regressions`.
 
 use llm_mem::estimate::{estimate, Estimate};
 use llm_mem::hf::presets;
+use llm_mem::runtime::candle::program;
 use llm_mem::workload::overhead::Overheads;
 use llm_mem::workload::settings::RunConfig;
 use llm_mem::ModelSpec;
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
+
+use crate::util::{check_all, preset, proptest_config, Checked};
+
+const CASES: u32 = 64;
 
 const TASKS: &[&str] = &["train", "infer"];
 const METHODS: &[&str] = &["full", "lora", "qlora"];
 const DTYPES: &[&str] = &["fp32", "bf16", "fp16", "amp-bf16", "amp-fp16", "fp8"];
 const OPTIMIZERS: &[&str] = &[
     "adamw",
+    "adamw-foreach",
     "adamw-8bit",
     "paged-adamw",
     "paged-adamw-8bit",
@@ -37,7 +49,26 @@ const LOSSES: &[&str] = &["standard", "chunked", "fused-linear-ce"];
 const RUNTIMES: &[&str] = &["torch", "candle"];
 const DEVICES: &[&str] = &["cuda", "cpu"];
 
-/// One random run: indices into the tables above plus shapes.
+/// torch: fp8 weights only for inference.
+const TORCH_TRAIN_DTYPES: &[&str] = &["fp32", "bf16", "fp16", "amp-bf16", "amp-fp16"];
+/// torch: a GPTQ/AWQ checkpoint is not fully fine-tuned.
+const QUANTIZED_TRAIN_METHODS: &[&str] = &["lora", "qlora"];
+
+/// candle: single-device training of the probe's families with full or LoRA
+/// (all-linear, the default targets), no autocast, candle-nn's AdamW, no
+/// checkpointing, no flash kernel, the standard loss, no master weights. Its cases cut
+/// the model to `CANDLE_MAX_LAYERS` layers: the candle profile replays the whole graph
+/// (a 126-layer model takes seconds per estimate in a debug build), and the properties
+/// do not depend on depth.
+const CANDLE_METHODS: &[&str] = &["full", "lora"];
+/// candle: a GPTQ/AWQ checkpoint is not fully fine-tuned either.
+const CANDLE_QUANTIZED_METHODS: &[&str] = &["lora"];
+const CANDLE_DTYPES: &[&str] = &["fp32", "bf16", "fp16"];
+const CANDLE_OPTIMIZERS: &[&str] = &["adamw", "adamw-foreach"];
+const CANDLE_ATTNS: &[&str] = &["eager", "sdpa"];
+const CANDLE_MAX_LAYERS: u64 = 4;
+
+/// One random run.
 #[derive(Debug, Clone)]
 struct Case {
     preset: &'static str,
@@ -53,16 +84,66 @@ struct Case {
     master_weights: bool,
     batch: u64,
     seq: u64,
+    /// `--layers`: the preset cut to this many layers (`None`: as published).
+    layers: Option<u64>,
 }
 
 fn pick(xs: &'static [&'static str]) -> impl Strategy<Value = &'static str> {
     proptest::sample::select(xs)
 }
 
-fn case() -> impl Strategy<Value = Case> {
-    let names: Vec<&'static str> = presets::names();
+/// Whether the preset is a GPTQ/AWQ checkpoint.
+fn quantized(spec: &ModelSpec) -> bool {
+    spec.quantization
+        .as_ref()
+        .is_some_and(|q| matches!(q.method.to_ascii_lowercase().as_str(), "gptq" | "awq"))
+}
+
+/// Every preset, with whether it is GPTQ/AWQ-quantized.
+fn torch_presets() -> Vec<(&'static str, bool)> {
+    let all: Vec<_> = presets::names()
+        .into_iter()
+        .map(|n| (n, quantized(&preset(n))))
+        .collect();
+    assert!(all.iter().any(|p| p.1), "some presets are quantized");
+    all
+}
+
+/// The presets the candle probe models implement (`program::check_supported`), with
+/// whether each is GPTQ/AWQ-quantized: every one of its families is among them.
+fn candle_presets() -> Vec<(&'static str, bool)> {
+    let all: Vec<_> = torch_presets()
+        .into_iter()
+        .filter(|(n, _)| program::check_supported(&preset(n)).is_ok())
+        .collect();
+    for f in program::FAMILIES {
+        assert!(
+            all.iter().any(|(n, _)| preset(n).family == f),
+            "no candle preset of family {f}"
+        );
+    }
+    all
+}
+
+/// The case's model: the preset, cut to `c.layers`.
+fn spec_of(c: &Case) -> ModelSpec {
+    let spec = preset(c.preset);
+    match c.layers {
+        Some(l) => spec.with_layers(l).unwrap(),
+        None => spec,
+    }
+}
+
+/// Master weights only where they exist (bf16 or fp16 parameters): the case's flag is
+/// ANDed with that.
+fn master_weights(want: bool, dtype: &str) -> bool {
+    want && matches!(dtype, "bf16" | "fp16")
+}
+
+/// Any combination of the tables, accepted or not (property (f)).
+fn any_case() -> impl Strategy<Value = Case> {
     (
-        proptest::sample::select(names),
+        proptest::sample::select(presets::names()),
         pick(TASKS),
         pick(METHODS),
         pick(DTYPES),
@@ -89,33 +170,142 @@ fn case() -> impl Strategy<Value = Case> {
                 mw,
                 batch,
                 seq,
-            )| {
-                Case {
-                    preset,
-                    task,
-                    method,
-                    dtype,
-                    optimizer,
-                    attn,
-                    ckpt,
-                    loss,
-                    runtime,
-                    device,
-                    master_weights: mw && matches!(dtype, "bf16" | "fp16"),
-                    batch,
-                    seq,
-                }
+            )| Case {
+                preset,
+                task,
+                method,
+                dtype,
+                optimizer,
+                attn,
+                ckpt,
+                loss,
+                runtime,
+                device,
+                master_weights: master_weights(mw, dtype),
+                batch,
+                seq,
+                layers: None,
             },
         )
 }
 
-fn spec_of(c: &Case) -> ModelSpec {
-    presets::get(c.preset).expect("a preset").expect("parses")
+/// torch runs the estimator accepts: the preset and task first, then the methods and
+/// dtypes they allow.
+fn torch_case() -> impl Strategy<Value = Case> {
+    (proptest::sample::select(torch_presets()), pick(TASKS)).prop_flat_map(
+        |((preset, quantized), task)| {
+            let train = task == "train";
+            let methods = if train && quantized {
+                QUANTIZED_TRAIN_METHODS
+            } else {
+                METHODS
+            };
+            let dtypes = if train { TORCH_TRAIN_DTYPES } else { DTYPES };
+            (
+                pick(methods),
+                pick(dtypes),
+                pick(OPTIMIZERS),
+                pick(ATTNS),
+                pick(CKPTS),
+                pick(LOSSES),
+                pick(DEVICES),
+                any::<bool>(),
+                1u64..=8,
+                64u64..=4096,
+            )
+                .prop_map(
+                    move |(method, dtype, optimizer, attn, ckpt, loss, device, mw, batch, seq)| {
+                        Case {
+                            preset,
+                            task,
+                            method,
+                            dtype,
+                            optimizer,
+                            attn,
+                            ckpt,
+                            loss,
+                            runtime: "torch",
+                            device,
+                            master_weights: master_weights(mw, dtype),
+                            batch,
+                            seq,
+                            layers: None,
+                        }
+                    },
+                )
+        },
+    )
 }
 
-/// Quantized checkpoints (GPTQ/AWQ) cannot be fully fine-tuned: skip those cases.
-fn skipped(spec: &ModelSpec, c: &Case) -> bool {
-    spec.quantization.is_some() && c.method == "full" && c.task == "train"
+/// candle runs the estimator accepts: only the options the candle runtime has (and
+/// for a quantized checkpoint, LoRA).
+fn candle_case() -> impl Strategy<Value = Case> {
+    proptest::sample::select(candle_presets()).prop_flat_map(|(preset, quantized)| {
+        let methods = if quantized {
+            CANDLE_QUANTIZED_METHODS
+        } else {
+            CANDLE_METHODS
+        };
+        (
+            pick(methods),
+            pick(CANDLE_DTYPES),
+            pick(CANDLE_OPTIMIZERS),
+            pick(CANDLE_ATTNS),
+            pick(DEVICES),
+            1u64..=8,
+            64u64..=4096,
+            1u64..=CANDLE_MAX_LAYERS,
+        )
+            .prop_map(
+                move |(method, dtype, optimizer, attn, device, batch, seq, layers)| Case {
+                    preset,
+                    task: "train",
+                    method,
+                    dtype,
+                    optimizer,
+                    attn,
+                    ckpt: "none",
+                    loss: "standard",
+                    runtime: "candle",
+                    device,
+                    master_weights: false,
+                    batch,
+                    seq,
+                    layers: Some(layers),
+                },
+            )
+    })
+}
+
+/// Whether `torch_case` or `candle_case` can generate `c`'s combination (its batch and
+/// sequence length are always in range).
+fn generated(c: &Case) -> bool {
+    let train = c.task == "train";
+    match c.runtime {
+        "torch" => {
+            let spec = preset(c.preset);
+            (!train || TORCH_TRAIN_DTYPES.contains(&c.dtype))
+                && (!(train && quantized(&spec)) || QUANTIZED_TRAIN_METHODS.contains(&c.method))
+        }
+        "candle" => {
+            let spec = preset(c.preset);
+            let methods = if quantized(&spec) {
+                CANDLE_QUANTIZED_METHODS
+            } else {
+                CANDLE_METHODS
+            };
+            train
+                && program::check_supported(&spec).is_ok()
+                && methods.contains(&c.method)
+                && CANDLE_DTYPES.contains(&c.dtype)
+                && CANDLE_OPTIMIZERS.contains(&c.optimizer)
+                && CANDLE_ATTNS.contains(&c.attn)
+                && c.ckpt == "none"
+                && c.loss == "standard"
+                && !c.master_weights
+        }
+        r => panic!("runtime {r}"),
+    }
 }
 
 /// The run config of `c` with `batch` and `seq` (for inference: concurrency and prompt
@@ -141,14 +331,17 @@ fn config(c: &Case, batch: u64, seq: u64, ckpt: &str) -> RunConfig {
     }
 }
 
-/// `None` when the combination is rejected (by the config layer or the estimator).
-fn run(spec: &ModelSpec, cfg: &RunConfig) -> Option<Estimate> {
-    let (w, ov) = cfg.build(spec).ok()?;
-    estimate(spec, &w, &ov).ok()
-}
-
-fn run_case(c: &Case, batch: u64, seq: u64, ckpt: &str) -> Option<Estimate> {
-    run(&spec_of(c), &config(c, batch, seq, ckpt))
+/// The estimate of an accepted case; a rejection fails the case with the reason.
+fn run_case(c: &Case, batch: u64, seq: u64, ckpt: &str) -> Result<Estimate, TestCaseError> {
+    let spec = spec_of(c);
+    config(c, batch, seq, ckpt)
+        .build(&spec)
+        .and_then(|(w, ov)| estimate(&spec, &w, &ov))
+        .map_err(|e| {
+            TestCaseError::fail(format!(
+                "rejected (batch {batch}, seq {seq}, ckpt {ckpt}): {e}"
+            ))
+        })
 }
 
 /// Properties (c), (d), (e) of one estimate.
@@ -171,89 +364,228 @@ fn check_invariants(e: &Estimate) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 64,
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
-        ..ProptestConfig::default()
-    })]
+/// Random overheads: a CUDA context of 0..4 GiB and any allocator fragmentation.
+fn overheads() -> impl Strategy<Value = Overheads> {
+    (0.0f64..=1.0, 0u64..4096).prop_map(|(frag, ctx_mib)| Overheads {
+        cuda_context: llm_mem::Bytes(ctx_mib << 20),
+        allocator_fragmentation: frag,
+        ..Overheads::default()
+    })
+}
 
-    /// (f) + (c), (d), (e): never panics; every estimate is self-consistent.
-    #[test]
-    fn never_panics_and_is_consistent(c in case(), ov_frag in 0.0f64..=1.0, ctx_mib in 0u64..4096) {
-        let spec = spec_of(&c);
-        let cfg = config(&c, c.batch, c.seq, c.ckpt);
-        // a panic here fails the test; Err is fine
-        if let Ok((w, _)) = cfg.build(&spec) {
-            let ov = Overheads {
-                cuda_context: llm_mem::Bytes(ctx_mib << 20),
-                allocator_fragmentation: ov_frag,
-                ..Overheads::default()
-            };
-            if let Ok(e) = estimate(&spec, &w, &ov) {
-                check_invariants(&e)?;
+/// (f) + (c), (d), (e) over every combination: never panics; a combination is
+/// rejected exactly when neither strategy generates it; every estimate (with the
+/// defaults and with random overheads) is self-consistent.
+#[test]
+fn never_panics_and_is_consistent() {
+    let (accepted, rejected) = (
+        std::sync::atomic::AtomicUsize::new(0),
+        std::sync::atomic::AtomicUsize::new(0),
+    );
+    check_all(
+        "never_panics_and_is_consistent",
+        proptest_config(CASES, file!()),
+        (any_case(), overheads()),
+        |(c, ov), checked: &Checked| {
+            let spec = spec_of(&c);
+            let cfg = config(&c, c.batch, c.seq, c.ckpt);
+            // a panic here fails the test; Err is fine
+            let built = cfg.build(&spec);
+            let result = built
+                .as_ref()
+                .map_err(|e| e.to_string())
+                .and_then(|(w, ov)| estimate(&spec, w, ov).map_err(|e| e.to_string()));
+            if let Ok(e) = &result {
+                check_invariants(e)?;
             }
-        }
-        if let Some(e) = run(&spec, &cfg) {
-            check_invariants(&e)?;
-        }
-    }
+            if let Ok((w, _)) = &built {
+                // the overheads are valid: they change the bytes, not the verdict
+                let with_ov = estimate(&spec, w, &ov);
+                prop_assert_eq!(
+                    with_ov.is_ok(),
+                    result.is_ok(),
+                    "{:?}",
+                    with_ov.as_ref().err()
+                );
+                if let Ok(e) = with_ov {
+                    check_invariants(&e)?;
+                }
+            }
+            prop_assert_eq!(
+                result.is_ok(),
+                generated(&c),
+                "accepted ≠ generated by torch_case/candle_case: {:?}",
+                result.as_ref().err()
+            );
+            let n = if result.is_ok() { &accepted } else { &rejected };
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            checked.hit();
+            Ok(())
+        },
+    );
+    let (a, r) = (accepted.into_inner(), rejected.into_inner());
+    eprintln!("never_panics_and_is_consistent: {a} accepted, {r} rejected");
+    assert!(
+        a > 0 && r > 0,
+        "both outcomes exercised: {a} accepted, {r} rejected"
+    );
+}
 
-    /// (a) monotone in batch.
-    #[test]
-    fn peak_monotone_in_batch(c in case(), extra in 1u64..=8) {
-        let spec = spec_of(&c);
-        prop_assume!(!skipped(&spec, &c));
-        let small = run_case(&c, c.batch, c.seq, c.ckpt);
-        let big = run_case(&c, c.batch + extra, c.seq, c.ckpt);
-        prop_assert_eq!(small.is_some(), big.is_some(), "accepted for one batch only");
-        if let (Some(s), Some(b)) = (small, big) {
+/// (c), (d), (e) on accepted torch runs, with random overheads too.
+#[test]
+fn torch_estimates_are_consistent() {
+    consistent("torch_estimates_are_consistent", torch_case());
+}
+
+/// (c), (d), (e) on accepted candle runs, with random overheads too.
+#[test]
+fn candle_estimates_are_consistent() {
+    consistent("candle_estimates_are_consistent", candle_case());
+}
+
+fn consistent(name: &str, cases: impl Strategy<Value = Case>) {
+    check_all(
+        name,
+        proptest_config(CASES, file!()),
+        (cases, overheads()),
+        |(c, ov), checked: &Checked| {
+            check_invariants(&run_case(&c, c.batch, c.seq, c.ckpt)?)?;
+            let spec = spec_of(&c);
+            let (w, _) = config(&c, c.batch, c.seq, c.ckpt)
+                .build(&spec)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let e = estimate(&spec, &w, &ov).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            check_invariants(&e)?;
+            checked.hit();
+            Ok(())
+        },
+    );
+}
+
+/// (a) monotone in batch.
+fn monotone_in_batch(name: &str, cases: impl Strategy<Value = Case>) {
+    check_all(
+        name,
+        proptest_config(CASES, file!()),
+        (cases, 1u64..=8),
+        |(c, extra), checked: &Checked| {
+            let s = run_case(&c, c.batch, c.seq, c.ckpt)?;
+            let b = run_case(&c, c.batch + extra, c.seq, c.ckpt)?;
             prop_assert!(
                 s.peak.device <= b.peak.device,
                 "batch {} → {}: {} > {} ({} → {})",
-                c.batch, c.batch + extra, s.peak.device.get(), b.peak.device.get(),
-                s.peak.event, b.peak.event
+                c.batch,
+                c.batch + extra,
+                s.peak.device.get(),
+                b.peak.device.get(),
+                s.peak.event,
+                b.peak.event
             );
-        }
-    }
+            checked.hit();
+            Ok(())
+        },
+    );
+}
 
-    /// (a) monotone in sequence length.
-    #[test]
-    fn peak_monotone_in_seq_len(c in case(), extra in 1u64..=2048) {
-        let spec = spec_of(&c);
-        prop_assume!(!skipped(&spec, &c));
-        let small = run_case(&c, c.batch, c.seq, c.ckpt);
-        let big = run_case(&c, c.batch, c.seq + extra, c.ckpt);
-        prop_assert_eq!(small.is_some(), big.is_some(), "accepted for one length only");
-        if let (Some(s), Some(b)) = (small, big) {
+/// (a) monotone in sequence length.
+fn monotone_in_seq_len(name: &str, cases: impl Strategy<Value = Case>) {
+    check_all(
+        name,
+        proptest_config(CASES, file!()),
+        (cases, 1u64..=2048),
+        |(c, extra), checked: &Checked| {
+            let s = run_case(&c, c.batch, c.seq, c.ckpt)?;
+            let b = run_case(&c, c.batch, c.seq + extra, c.ckpt)?;
             prop_assert!(
                 s.peak.device <= b.peak.device,
                 "seq {} → {}: {} > {} ({} → {})",
-                c.seq, c.seq + extra, s.peak.device.get(), b.peak.device.get(),
-                s.peak.event, b.peak.event
+                c.seq,
+                c.seq + extra,
+                s.peak.device.get(),
+                b.peak.device.get(),
+                s.peak.event,
+                b.peak.event
             );
-        }
-    }
+            checked.hit();
+            Ok(())
+        },
+    );
+}
 
-    /// (b) full checkpointing never keeps more activations than none.
-    #[test]
-    fn full_checkpointing_never_keeps_more(c in case()) {
-        let spec = spec_of(&c);
-        prop_assume!(!skipped(&spec, &c));
-        let none = run_case(&c, c.batch, c.seq, "none");
-        let full = run_case(&c, c.batch, c.seq, "full");
-        if let (Some(n), Some(f)) = (none, full) {
+#[test]
+fn peak_monotone_in_batch() {
+    monotone_in_batch("peak_monotone_in_batch", torch_case());
+}
+
+#[test]
+fn candle_peak_monotone_in_batch() {
+    monotone_in_batch("candle_peak_monotone_in_batch", candle_case());
+}
+
+#[test]
+fn peak_monotone_in_seq_len() {
+    monotone_in_seq_len("peak_monotone_in_seq_len", torch_case());
+}
+
+#[test]
+fn candle_peak_monotone_in_seq_len() {
+    monotone_in_seq_len("candle_peak_monotone_in_seq_len", candle_case());
+}
+
+/// (b) full checkpointing never keeps more activations than none (torch: the candle
+/// runtime has no checkpointing).
+#[test]
+fn full_checkpointing_never_keeps_more() {
+    check_all(
+        "full_checkpointing_never_keeps_more",
+        proptest_config(CASES, file!()),
+        torch_case(),
+        |c, checked: &Checked| {
+            let n = run_case(&c, c.batch, c.seq, "none")?;
+            let f = run_case(&c, c.batch, c.seq, "full")?;
             prop_assert!(
                 f.activations.total_bytes <= n.activations.total_bytes,
-                "total: full {} > none {}", f.activations.total_bytes, n.activations.total_bytes
+                "total: full {} > none {}",
+                f.activations.total_bytes,
+                n.activations.total_bytes
             );
             prop_assert!(
                 f.activations.per_layer_bytes <= n.activations.per_layer_bytes,
                 "per layer: full {} > none {}",
-                f.activations.per_layer_bytes, n.activations.per_layer_bytes
+                f.activations.per_layer_bytes,
+                n.activations.per_layer_bytes
             );
-        }
-    }
+            checked.hit();
+            Ok(())
+        },
+    );
+}
+
+/// The counting cannot pass vacuously: a property that lets a case return before its
+/// assertion (here: every odd number) fails `check_all`.
+#[test]
+fn a_case_that_skips_its_assertion_fails_the_property() {
+    let r = std::panic::catch_unwind(|| {
+        check_all(
+            "skips odd numbers",
+            proptest_config(16, file!()),
+            0u32..1000,
+            |n, checked: &Checked| {
+                if n % 2 == 1 {
+                    return Ok(());
+                }
+                prop_assert!(n < 1000);
+                checked.hit();
+                Ok(())
+            },
+        )
+    });
+    let msg = r.expect_err("check_all accepted skipped cases");
+    let msg = msg
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .unwrap_or_default();
+    assert!(msg.contains("cases reached the assertion"), "{msg}");
 }
 
 /// Shapes far beyond any real run must be rejected with an error naming the flag, not
@@ -261,7 +593,7 @@ proptest! {
 /// `MAX_TENSOR_BYTES`, `arch::MAX_LAYERS`).
 #[test]
 fn huge_shapes_are_errors_not_overflows() {
-    let spec = presets::get("llama-3.1-8b").unwrap().unwrap();
+    let spec = preset("llama-3.1-8b");
     let huge = u64::MAX;
     let cases: Vec<(&str, RunConfig)> = vec![
         (
