@@ -18,3 +18,4 @@ mod probe_pipeline;
 mod properties;
 mod published;
 mod sources;
+mod tidy;
