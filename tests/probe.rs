@@ -1,9 +1,18 @@
 //! Probe tests with the counting allocator installed as this harness's global allocator.
+//!
+//! Its own binary, not a module of `tests/it`: `CountingMeter` reads the counters of
+//! `CountingAlloc`, which move only when it is the process's global allocator, and its
+//! readings are exact only while no other test allocates in the same process (the
+//! tests here run one at a time under `SERIAL`, single-threaded candle).
 
 use llm_mem::probe::candle_model::{measure, ProbeModel, StepConfig};
 use llm_mem::probe::meter::{CountingAlloc, CountingMeter, MemoryMeter};
 use llm_mem::runtime::candle::program::ProbeMethod;
 use llm_mem::runtime::candle::tape::candle_step;
+
+#[path = "it/util.rs"]
+#[allow(dead_code)]
+mod util;
 
 #[global_allocator]
 static A: CountingAlloc = CountingAlloc;
@@ -19,7 +28,7 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn tiny(name: &str) -> llm_mem::ModelSpec {
-    let mut s = llm_mem::hf::presets::get(name).unwrap().unwrap();
+    let mut s = util::preset(name);
     s.hidden = 64;
     s.heads = 4;
     s.kv_heads = if s.kv_heads < s.heads { 2 } else { 4 };

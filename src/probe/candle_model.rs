@@ -463,10 +463,27 @@ mod tests {
 
     #[test]
     fn cuda_devices_go_through_the_cuda_module() {
-        let e = DeviceSpec::Cuda(0).open().map(|_| ()).unwrap_err();
-        if !crate::probe::cuda::CUDA_ENABLED {
+        let opened = DeviceSpec::Cuda(0).open();
+        if crate::probe::cuda::CUDA_ENABLED {
+            // a CUDA build: exactly what `cuda::open` gives — the GPU where there is
+            // one, else its error (no driver, the link stub, no device 0)
+            match (opened, crate::probe::cuda::open(0)) {
+                (Ok(d), Ok(direct)) => {
+                    let gpu0 = candle_core::DeviceLocation::Cuda { gpu_id: 0 };
+                    assert!(d.is_cuda(), "{d:?}");
+                    assert_eq!((d.location(), direct.location()), (gpu0, gpu0));
+                }
+                (Err(e), Err(direct)) => {
+                    assert!(matches!(e, Error::Cuda(_)), "{e}");
+                    assert_eq!(e.to_string(), direct.to_string());
+                    assert!(e.to_string().contains("cuda:0"), "{e}");
+                }
+                (a, b) => panic!("DeviceSpec::open {a:?}, cuda::open {b:?}"),
+            }
+        } else {
+            let e = opened.map(|_| ()).unwrap_err();
             assert!(matches!(e, Error::NoCuda), "{e}");
         }
-        assert!(DeviceSpec::Cpu.open().is_ok());
+        assert!(matches!(DeviceSpec::Cpu.open(), Ok(Device::Cpu)));
     }
 }

@@ -6,11 +6,13 @@ use llm_mem::estimate::Correction;
 use llm_mem::units::bytes::{Bytes, GIB};
 use llm_mem::workload::settings::Settings;
 
+use crate::util::{build, preset, run};
+
 #[test]
 fn llama70b_lora_on_8x80() {
-    let spec = llm_mem::hf::presets::get("llama-3.1-70b").unwrap().unwrap();
+    let spec = preset("llama-3.1-70b");
     let cfg = Settings::from_flags(&[("method", "lora"), ("seq_len", "4096")]).unwrap();
-    let (w, ov) = cfg.build(&spec).unwrap();
+    let (w, ov) = build(&spec, &cfg);
     let q = PlanQuery {
         gpus: 8,
         capacity: Bytes(80 * GIB),
@@ -39,7 +41,7 @@ fn llama70b_lora_on_8x80() {
 
 #[test]
 fn fast_evaluator_equals_the_full_simulation() {
-    let spec = llm_mem::hf::presets::get("llama-3.1-8b").unwrap().unwrap();
+    let spec = preset("llama-3.1-8b");
     for attn in ["eager", "sdpa"] {
         let cfg = Settings::from_flags(&[
             ("seq_len", "2048"),
@@ -47,7 +49,7 @@ fn fast_evaluator_equals_the_full_simulation() {
             ("grad_ckpt", "selective"),
         ])
         .unwrap();
-        let (w, ov) = cfg.build(&spec).unwrap();
+        let (w, ov) = build(&spec, &cfg);
         let mut ev = Evaluator::new(&spec, &ov);
         for (layout, _, _) in layouts(&spec, &w, 8).into_iter().step_by(3) {
             for b in [1u64, 3, 7] {
@@ -68,15 +70,8 @@ fn fast_evaluator_equals_the_full_simulation() {
 }
 
 fn cli(args: &[&str]) -> (i32, String, String) {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_llm-mem"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into(),
-        String::from_utf8_lossy(&o.stderr).into(),
-    )
+    let r = run(args);
+    (r.code, r.stdout, r.stderr)
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use llm_mem::arch::params;
 use llm_mem::arch::LoraTargets;
@@ -15,31 +15,7 @@ use llm_mem::Error;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-/// A fresh, empty folder under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "llm-mem-test-{}-{}-{tag}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+use crate::util::{check_all, proptest_config, Checked, Counted, TempDir};
 
 /// Write a safetensors file: header JSON as given, then `data_len` zero bytes.
 fn write_raw(path: &Path, header: &[u8], data_len: usize) {
@@ -416,57 +392,145 @@ fn arb_json() -> impl Strategy<Value = Value> {
 }
 
 /// Parse, and when it succeeds, run everything downstream that does arithmetic.
-fn exercise(json: &str) {
-    if let Ok(spec) = parse_config(json, "prop") {
-        spec.validate().unwrap();
-        let c = params::count(&spec);
-        assert!(c.total > 0);
-        params::lora(&spec, 64, &LoraTargets::AllLinear);
-        params::linear_weight_params(&spec);
+/// Whether it parsed.
+fn exercise(json: &str) -> bool {
+    match parse_config(json, "prop") {
+        Ok(spec) => {
+            spec.validate().unwrap();
+            let c = params::count(&spec);
+            assert!(c.total > 0);
+            params::lora(&spec, 64, &LoraTargets::AllLinear);
+            params::linear_weight_params(&spec);
+            true
+        }
+        Err(_) => false,
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+/// New cases per property (each also replays the seed of
+/// `sources.proptest-regressions` first).
+const CASES: u32 = 256;
 
-    #[test]
-    fn random_json_never_panics(v in arb_json(), mt in prop::sample::select(vec![
-        "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt2", "gpt_neox",
-        "falcon", "stablelm", "bloom", "gpt_bigcode", "phi", "qwen", "mixtral", "t5"]))
-    {
-        exercise(&v.to_string());
-        if let Value::Object(mut m) = v {
-            m.insert("model_type".into(), json!(mt));
-            exercise(&Value::Object(m).to_string());
-        }
-    }
+/// The replayed seed and every new case reached the assertion.
+fn all_checked(c: Counted) {
+    assert_eq!(c.new, CASES as usize);
+    assert!(
+        c.replayed >= 1,
+        "the seed in sources.proptest-regressions is replayed"
+    );
+}
 
-    #[test]
-    fn mutated_presets_never_panic(
-        idx in any::<prop::sample::Index>(),
-        edits in prop::collection::vec((any::<prop::sample::Index>(), prop::option::of(arb_json())), 1..5),
-    ) {
-        let names = presets::names();
-        let name = names[idx.index(names.len())];
-        let mut v: Value = serde_json::from_str(presets::raw(name).unwrap()).unwrap();
-        let m = v.as_object_mut().unwrap();
-        for (k, new) in edits {
-            let keys: Vec<String> = m.keys().cloned().collect();
-            let key = keys[k.index(keys.len())].clone();
-            match new {
-                None => { m.remove(&key); }
-                Some(x) => { m.insert(key, x); }
+const MODEL_TYPES: [&str; 17] = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "phi3",
+    "gpt2",
+    "gpt_neox",
+    "falcon",
+    "stablelm",
+    "bloom",
+    "gpt_bigcode",
+    "phi",
+    "qwen",
+    "mixtral",
+    "t5",
+];
+
+/// Any JSON value, and (so that this half runs on every case, not only when the value
+/// happens to be an object) a random object with a known or unknown `model_type`.
+#[test]
+fn random_json_never_panics() {
+    let strategy = (
+        arb_json(),
+        prop::collection::btree_map("[a-z_]{1,10}", arb_json(), 0..8),
+        prop::sample::select(MODEL_TYPES.to_vec()),
+    );
+    let c = check_all(
+        "random_json_never_panics",
+        proptest_config(CASES, file!()),
+        strategy,
+        |(v, mut m, mt), checked: &Checked| {
+            exercise(&v.to_string());
+            m.insert("model_type".to_string(), json!(mt));
+            exercise(&Value::Object(m.into_iter().collect()).to_string());
+            checked.hit();
+            Ok(())
+        },
+    );
+    all_checked(c);
+}
+
+#[test]
+fn mutated_presets_never_panic() {
+    let parsed = AtomicUsize::new(0);
+    let strategy = (
+        any::<prop::sample::Index>(),
+        prop::collection::vec(
+            (any::<prop::sample::Index>(), prop::option::of(arb_json())),
+            1..5,
+        ),
+    );
+    let c = check_all(
+        "mutated_presets_never_panic",
+        proptest_config(CASES, file!()),
+        strategy,
+        |(idx, edits), checked: &Checked| {
+            let names = presets::names();
+            let name = names[idx.index(names.len())];
+            let mut v: Value = serde_json::from_str(presets::raw(name).unwrap()).unwrap();
+            let m = v.as_object_mut().unwrap();
+            for (k, new) in edits {
+                let keys: Vec<String> = m.keys().cloned().collect();
+                let key = keys[k.index(keys.len())].clone();
+                match new {
+                    None => {
+                        m.remove(&key);
+                    }
+                    Some(x) => {
+                        m.insert(key, x);
+                    }
+                }
             }
-        }
-        exercise(&v.to_string());
-    }
+            if exercise(&v.to_string()) {
+                parsed.fetch_add(1, Ordering::Relaxed);
+            }
+            checked.hit();
+            Ok(())
+        },
+    );
+    all_checked(c);
+    // the arithmetic downstream of the parser ran on some of the mutated presets
+    let parsed = parsed.into_inner();
+    eprintln!(
+        "mutated_presets_never_panic: {parsed} of {} parsed",
+        c.new + c.replayed
+    );
+    assert!(
+        parsed > 0,
+        "no mutated preset parsed: the downstream checks never ran"
+    );
+}
 
-    #[test]
-    fn truncated_text_never_panics(idx in any::<prop::sample::Index>(), cut in any::<prop::sample::Index>()) {
-        let names = presets::names();
-        let text = presets::raw(names[idx.index(names.len())]).unwrap();
-        let end = cut.index(text.len());
-        if text.is_char_boundary(end) {
+#[test]
+fn truncated_text_never_panics() {
+    let strategy = (any::<prop::sample::Index>(), any::<prop::sample::Index>());
+    let c = check_all(
+        "truncated_text_never_panics",
+        proptest_config(CASES, file!()),
+        strategy,
+        |(idx, cut), checked: &Checked| {
+            let names = presets::names();
+            let text = presets::raw(names[idx.index(names.len())]).unwrap();
+            // the nearest character boundary at or before the cut (the files are ASCII
+            // today, so this is the cut itself)
+            let mut end = cut.index(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
             let cut = &text[..end];
             // Cutting only trailing whitespace leaves a complete object.
             if cut.trim_end().ends_with('}') {
@@ -474,8 +538,11 @@ proptest! {
             } else {
                 prop_assert!(parse_config(cut, "cut").is_err());
             }
-        }
-    }
+            checked.hit();
+            Ok(())
+        },
+    );
+    all_checked(c);
 }
 
 #[test]

@@ -8,17 +8,16 @@ use llm_mem::hf::presets;
 use llm_mem::{Error, ModelSpec};
 use serde_json::Value;
 
-fn data(rel: &str) -> String {
-    let p = format!("{}/tests/data/{rel}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
-}
+use crate::util::{preset, read_data};
 
 fn oracle() -> Value {
-    serde_json::from_str(&data("params.json")).unwrap()
+    serde_json::from_str(&read_data("params.json")).unwrap()
 }
 
+/// `tests/data/configs/<model>/config.json` through `parse_config` itself (the
+/// function under test here; `util::config_spec` goes through the file loader).
 fn spec_of(model: &str) -> ModelSpec {
-    parse_config(&data(&format!("configs/{model}/config.json")), model).unwrap()
+    parse_config(&read_data(&format!("configs/{model}/config.json")), model).unwrap()
 }
 
 fn u(v: &Value) -> u64 {
@@ -96,7 +95,7 @@ fn lora_explicit_names() {
 #[test]
 fn moe_and_vlm_are_unsupported() {
     for m in ["mixtral-8x7b-v0.1", "llava-1.5-7b"] {
-        let e = parse_config(&data(&format!("configs/{m}/config.json")), m).unwrap_err();
+        let e = parse_config(&read_data(&format!("configs/{m}/config.json")), m).unwrap_err();
         match e {
             Error::Unsupported { reason, .. } => {
                 assert_eq!(reason, llm_mem::hf::config::LATER_VERSION, "{m}")
@@ -162,8 +161,7 @@ fn published_totals() {
         ("falcon-7b", 6_921_720_704),
         ("qwen-7b", 7_721_324_544),
     ] {
-        let spec = presets::get(name).unwrap().unwrap();
-        assert_eq!(params::count(&spec).total, total, "{name}");
+        assert_eq!(params::count(&preset(name)).total, total, "{name}");
     }
 }
 
@@ -191,9 +189,7 @@ fn every_preset_parses_and_matches_its_name() {
     assert_eq!(names, sorted);
     let mut off = Vec::new();
     for name in names {
-        let spec = presets::get(name)
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let spec = preset(name);
         let c = params::count(&spec);
         assert!(c.total > 0, "{name}");
         assert_eq!(
@@ -238,7 +234,7 @@ fn gptq_presets_keep_quantization() {
         ("mistral-7b-v0.1-gptq", Some(128)),
         ("qwen-7b-chat-int4", Some(128)),
     ] {
-        let q = presets::get(name).unwrap().unwrap().quantization.unwrap();
+        let q = preset(name).quantization.unwrap();
         assert_eq!(
             (q.method.as_str(), q.bits, q.group_size),
             ("gptq", 4, group),
@@ -251,7 +247,7 @@ fn gptq_presets_keep_quantization() {
 #[test]
 fn family_fields() {
     use llm_mem::arch::{Activation, MlpKind, Positions, Residual};
-    let p = |n: &str| presets::get(n).unwrap().unwrap();
+    let p = preset;
 
     let f7 = p("falcon-7b");
     assert_eq!(f7.kv_heads, 1);

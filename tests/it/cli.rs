@@ -3,76 +3,9 @@
 //! fields, `--csv`, `--config` files in three formats, `models`, and insta snapshots of
 //! the human table for a few representative runs. No run may panic.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_llm-mem");
-
-/// A fresh, empty folder under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "llm-mem-cli-{}-{}-{tag}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-    fn write(&self, name: &str, text: &str) -> String {
-        let p = self.0.join(name);
-        if let Some(parent) = p.parent() {
-            fs::create_dir_all(parent).unwrap();
-        }
-        fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Run the binary with `args`, offline: the HF cache points at an empty folder so the
-/// results do not depend on the machine.
-fn run(args: &[&str]) -> Run {
-    let cache = TempDir::new("hf-cache");
-    let out: Output = Command::new(BIN)
-        .args(args)
-        .env("HF_HUB_CACHE", cache.path())
-        .output()
-        .expect("the binary runs");
-    let r = Run {
-        code: out.status.code().expect("exited, not killed by a signal"),
-        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
-        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
-    };
-    assert!(
-        !r.stderr.contains("panicked") && !r.stdout.contains("panicked"),
-        "llm-mem {args:?} panicked:\n{}",
-        r.stderr
-    );
-    r
-}
+use crate::util::{read_data, run, Run, Table, TempDir};
 
 fn estimate(args: &[&str]) -> Run {
     let mut all = vec!["estimate"];
@@ -202,12 +135,11 @@ fn unknown_model_type() {
 
 #[test]
 fn mixture_of_experts_is_rejected() {
-    let src = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/configs/mixtral-8x7b-v0.1/config.json"
-    );
     let d = TempDir::new("moe");
-    let p = d.write("mixtral/config.json", &fs::read_to_string(src).unwrap());
+    let p = d.write(
+        "mixtral/config.json",
+        &read_data("configs/mixtral-8x7b-v0.1/config.json"),
+    );
     let folder = d.path().join("mixtral").display().to_string();
     for m in [&p, &folder] {
         let r = estimate(&["--model", m]);
@@ -303,19 +235,19 @@ fn missing_model() {
 
 #[test]
 fn unknown_subcommand_and_flag() {
-    assert_error(&run(&["plan"]), &["plan"]);
+    assert_error(&run(["plan"]), &["plan"]);
     assert_error(&estimate(&["--model", "gpt2", "--bogus"]), &["--bogus"]);
 }
 
 #[test]
 fn help_and_version_exit_0() {
-    let r = run(&["--help"]);
+    let r = run(["--help"]);
     assert_eq!(r.code, 0);
     assert!(r.stdout.contains("estimate"));
-    let r = run(&["estimate", "--help"]);
+    let r = run(["estimate", "--help"]);
     assert_eq!(r.code, 0);
     assert!(r.stdout.contains("--seq-len"));
-    let r = run(&["--version"]);
+    let r = run(["--version"]);
     assert_eq!(r.code, 0);
     assert!(r.stdout.contains(env!("CARGO_PKG_VERSION")));
 }
@@ -324,11 +256,11 @@ fn help_and_version_exit_0() {
 
 #[test]
 fn models_lists_presets() {
-    let r = run(&["models"]);
+    let r = run(["models"]);
     assert_eq!(r.code, 0);
     assert!(r.stdout.contains("llama-3.1-8b"), "{}", r.stdout);
     assert!(r.stdout.contains("meta-llama/Llama-3.1-8B"), "{}", r.stdout);
-    let r = run(&["models", "--json"]);
+    let r = run(["models", "--json"]);
     assert_eq!(r.code, 0);
     let v = json_of(&r);
     let l = v
@@ -342,7 +274,7 @@ fn models_lists_presets() {
 
 #[test]
 fn gpus_lists_known_gpus() {
-    let r = run(&["gpus"]);
+    let r = run(["gpus"]);
     assert_eq!(r.code, 0);
     for g in ["h100-80gb", "h200", "rtx4090", "a100-80gb"] {
         assert!(r.stdout.contains(g), "{g} missing:\n{}", r.stdout);
@@ -425,12 +357,10 @@ fn json_fit_is_null_without_a_gpu() {
 fn csv_has_a_header_and_one_row() {
     let r = estimate(&["--model", "llama-3.1-8b", "--gpu", "h200", "--csv"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let mut rdr = csv::Reader::from_reader(r.stdout.as_bytes());
-    let hdr = rdr.headers().unwrap().clone();
-    assert_eq!(&hdr[0], "model");
-    let rows: Vec<_> = rdr.records().map(|x| x.unwrap()).collect();
-    assert_eq!(rows.len(), 1);
-    let col = |n: &str| &rows[0][hdr.iter().position(|h| h == n).unwrap()];
+    let t = Table::parse(&r.stdout);
+    assert_eq!(&t.header[0], "model");
+    assert_eq!(t.rows.len(), 1);
+    let col = |n: &str| t.col(&t.rows[0], n);
     assert_eq!(col("model"), "llama-3.1-8b");
     assert_eq!(col("fits"), "true");
     // same peak as --json

@@ -2,13 +2,14 @@
 //! meter, then the real CLI on the smoke plan.
 
 use std::path::Path;
-use std::process::Command;
 
 use llm_mem::calibration::{self, CalibrationFile};
 use llm_mem::probe::candle_model::StepMeasurement;
 use llm_mem::probe::measurement;
 use llm_mem::probe::meter::{FakeMeter, MemoryMeter};
 use llm_mem::probe::{self, Executor, Plan, Point};
+
+use crate::util::{run, Run, TempDir};
 
 const PLAN: &str = r#"
 schema_version = 1
@@ -83,7 +84,7 @@ fn fake_meter() -> Box<dyn MemoryMeter> {
 
 #[test]
 fn pipeline_with_fake_executor() {
-    let dir = tempdir("pipeline");
+    let dir = TempDir::new("pipeline");
     let plan = Plan::parse(PLAN, "fake.toml").unwrap();
     let points = plan.points(Path::new(".")).unwrap();
     assert_eq!(points.len(), 12);
@@ -142,34 +143,21 @@ fn pipeline_with_fake_executor() {
     }
 }
 
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("llm-mem-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_llm-mem"))
-}
-
 #[test]
 fn cli_smoke_calibration_and_estimate() {
-    let dir = tempdir("cli");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = TempDir::new("probe-cli");
+    let out_dir = dir.path().to_str().unwrap();
     let t0 = std::time::Instant::now();
-    let out = bin()
-        .args(["probe", "calibrate", "--quiet", "--plan"])
-        .arg(root.join("probes/cpu-smoke.toml"))
-        .arg("--out")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let r = run([
+        "probe",
+        "calibrate",
+        "--quiet",
+        "--plan",
+        "probes/cpu-smoke.toml",
+        "--out",
+        out_dir,
+    ]);
+    assert!(r.success(), "{}", r.stderr);
     assert!(t0.elapsed().as_secs() < 60);
     let cal_path = dir.join("calibration/cpu-candle.json");
     let cal = CalibrationFile::load(&cal_path).unwrap();
@@ -189,85 +177,92 @@ fn cli_smoke_calibration_and_estimate() {
         .unwrap()
         .unwrap()
         .path();
-    let out = bin()
-        .args(["probe", "report", "--from"])
-        .arg(&csv)
-        .arg("--calibration")
-        .arg(&cal_path)
-        .arg("--out")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let r = run([
+        "probe",
+        "report",
+        "--from",
+        csv.to_str().unwrap(),
+        "--calibration",
+        cal_path.to_str().unwrap(),
+        "--out",
+        out_dir,
+    ]);
+    assert!(r.success(), "{}", r.stderr);
     // estimate with the calibration
-    let est = |cal: &Path, family: &str| {
-        bin()
-            .args([
-                "estimate",
-                "-m",
-                family,
-                "--layers",
-                "2",
-                "--runtime",
-                "candle",
-                "--device",
-                "cpu",
-                "--dtype",
-                "fp32",
-                "--seq-len",
-                "32",
-                "--calibration",
-            ])
-            .arg(cal)
-            .output()
-            .unwrap()
+    let est = |cal: &Path, family: &str| -> Run {
+        run([
+            "estimate",
+            "-m",
+            family,
+            "--layers",
+            "2",
+            "--runtime",
+            "candle",
+            "--device",
+            "cpu",
+            "--dtype",
+            "fp32",
+            "--seq-len",
+            "32",
+            "--calibration",
+            cal.to_str().unwrap(),
+        ])
     };
-    let out = est(&cal_path, "llama-3.2-1b");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let r = est(&cal_path, "llama-3.2-1b");
+    assert!(r.success(), "{}", r.stderr);
     assert!(
-        err.contains("calibrated: cpu") && err.contains("points"),
-        "{err}"
+        r.stderr.contains("calibrated: cpu") && r.stderr.contains("points"),
+        "{}",
+        r.stderr
     );
-    let out = est(&cal_path, "qwen2.5-0.5b");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("fallback"));
+    let r = est(&cal_path, "qwen2.5-0.5b");
+    assert!(r.stderr.contains("fallback"), "{}", r.stderr);
     // corrupt and wrong-version files: clear errors, exit 2
     let bad = dir.join("bad.json");
     std::fs::write(&bad, "{\"schema_version\": 1, \"device\": ").unwrap();
-    let out = est(&bad, "gpt2");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid calibration file"));
+    let r = est(&bad, "gpt2");
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("invalid calibration file"),
+        "{}",
+        r.stderr
+    );
     let text = std::fs::read_to_string(&cal_path)
         .unwrap()
         .replace("\"schema_version\": 1", "\"schema_version\": 9");
     std::fs::write(&bad, text).unwrap();
-    let out = est(&bad, "gpt2");
-    assert_eq!(out.status.code(), Some(2));
-    let e = String::from_utf8_lossy(&out.stderr);
+    let r = est(&bad, "gpt2");
+    assert_eq!(r.code, 2);
     assert!(
-        e.contains("schema_version 9") && e.contains("accepted: 1"),
-        "{e}"
+        r.stderr.contains("schema_version 9") && r.stderr.contains("accepted: 1"),
+        "{}",
+        r.stderr
     );
-    // cuda without the feature
-    let plan = dir.join("cuda.toml");
-    std::fs::write(
-        &plan,
-        std::fs::read_to_string(root.join("probes/cpu-smoke.toml"))
-            .unwrap()
-            .replace("device = \"cpu\"", "device = \"cuda:0\""),
-    )
-    .unwrap();
-    let out = bin()
-        .args(["probe", "run", "--quiet", "--plan"])
-        .arg(&plan)
-        .arg("--out")
-        .arg(&dir)
-        .output()
+    // cuda without the feature (with it, `cuda::smoke_plan_runs_on_cuda_0`)
+    #[cfg(not(feature = "cuda"))]
+    {
+        let plan = dir.join("cuda.toml");
+        std::fs::write(
+            &plan,
+            std::fs::read_to_string(crate::util::root().join("probes/cpu-smoke.toml"))
+                .unwrap()
+                .replace("device = \"cpu\"", "device = \"cuda:0\""),
+        )
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("built without CUDA support; see README"));
+        let r = run([
+            "probe",
+            "run",
+            "--quiet",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--out",
+            out_dir,
+        ]);
+        assert_eq!(r.code, 2);
+        assert!(
+            r.stderr.contains("built without CUDA support; see README"),
+            "{}",
+            r.stderr
+        );
+    }
 }

@@ -17,6 +17,8 @@ use llm_mem::workload::overhead::Overheads;
 use llm_mem::workload::settings::Settings;
 use llm_mem::workload::{Attn, Device, GradCkpt, Loss, Precision};
 
+use crate::util::{build, config_spec, Table};
+
 struct Row {
     model: String,
     layers: u64,
@@ -30,22 +32,13 @@ struct Row {
 }
 
 fn rows(file: &str) -> Vec<Row> {
-    let mut rdr = csv::Reader::from_path(format!(
-        "{}/tests/data/oracle/{file}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    let hdr = rdr.headers().unwrap().clone();
-    rdr.records()
+    let t = Table::data(&format!("oracle/{file}"));
+    t.rows
+        .iter()
         .map(|r| {
-            let r = r.unwrap();
-            let get = |n: &str| {
-                hdr.iter()
-                    .position(|h| h == n)
-                    .map(|i| r[i].to_string())
-                    .unwrap_or_default()
-            };
-            let vals = hdr
+            let get = |n: &str| t.get(r, n).unwrap_or_default().to_string();
+            let vals = t
+                .header
                 .iter()
                 .zip(r.iter())
                 .filter_map(|(h, v)| v.parse::<f64>().ok().map(|x| (h.to_string(), x)))
@@ -67,15 +60,9 @@ fn rows(file: &str) -> Vec<Row> {
 
 const DENSE: [&str; 4] = ["llama-2-7b", "qwen2.5-0.5b", "gpt2", "gpt2@nodropout"];
 
-/// The config from tests/data/configs (or the gpt2 preset), dropout zeroed for
-/// `gpt2@nodropout`.
+/// The config from tests/data/configs, dropout zeroed for `gpt2@nodropout`.
 fn spec(model: &str) -> ModelSpec {
-    let base = model.trim_end_matches("@nodropout");
-    let path = format!(
-        "{}/tests/data/configs/{base}/config.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let mut s = llm_mem::hf::hub::load_config_file(std::path::Path::new(&path)).unwrap();
+    let mut s = config_spec(model.trim_end_matches("@nodropout"));
     if model.ends_with("@nodropout") {
         s.dropout = Dropout::default();
     }
@@ -190,7 +177,7 @@ fn forward_and_backward_peaks_match_pytorch() {
             pairs.push(("lora_targets", targets));
         }
         let cfg = Settings::from_flags(&pairs).unwrap();
-        let (w, _) = cfg.build(&s).unwrap();
+        let (w, _) = build(&s, &cfg);
         let e = estimate(&s, &w, &Overheads::none()).unwrap();
         // the oracle excludes parameters: subtract what the load event holds
         let base = e.timeline[0].components.total().get() as f64;

@@ -13,22 +13,19 @@
 use llm_mem::estimate::estimate;
 use llm_mem::workload::settings::Settings;
 
+use crate::util::{build, preset, Table};
+
 fn measured(id: &str) -> (String, f64) {
-    let mut rdr = csv::Reader::from_path(format!(
-        "{}/tests/data/measured/public.csv",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    let hdr = rdr.headers().unwrap().clone();
-    let col =
-        |r: &csv::StringRecord, n: &str| r[hdr.iter().position(|h| h == n).unwrap()].to_string();
-    for r in rdr.records() {
-        let r = r.unwrap();
-        if col(&r, "id") == id {
-            return (col(&r, "metric"), col(&r, "measured_gib").parse().unwrap());
-        }
-    }
-    panic!("{id} not in public.csv");
+    let t = Table::data("measured/public.csv");
+    let r = t
+        .rows
+        .iter()
+        .find(|r| t.col(r, "id") == id)
+        .unwrap_or_else(|| panic!("{id} not in public.csv"));
+    (
+        t.col(r, "metric").to_string(),
+        t.col(r, "measured_gib").parse().unwrap(),
+    )
 }
 
 #[test]
@@ -72,10 +69,8 @@ fn published_single_gpu_peaks_within_10_percent() {
         ),
     ];
     for (id, cfg) in cases {
-        let spec = llm_mem::hf::presets::get(cfg.model.as_deref().unwrap())
-            .unwrap()
-            .unwrap();
-        let (w, ov) = cfg.build(&spec).unwrap();
+        let spec = preset(cfg.model.as_deref().unwrap());
+        let (w, ov) = build(&spec, &cfg);
         let e = estimate(&spec, &w, &ov).unwrap();
         let (metric, gib) = measured(id);
         let ours = match metric.as_str() {
