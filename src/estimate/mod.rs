@@ -18,7 +18,9 @@ use crate::units::bytes::Bytes;
 use crate::units::dtype::DType;
 use crate::workload::overhead::Overheads;
 use crate::workload::{Device, Task, Workload};
-use timeline::{Components, Event, EventOverheads, InferPlan, Phase, Recorder, TrainPlan};
+use timeline::{
+    Components, Event, EventOverheads, InferPlan, LayerCost, LayerRun, Phase, Recorder, TrainPlan,
+};
 
 /// Parameter counts of the run.
 #[derive(Debug, Clone, PartialEq)]
@@ -498,39 +500,22 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
     let tokens = w.batch * v.seq_local;
     let cd = w.precision.compute_dtype().size();
     let st = &v.statics;
-    let stage_saved = |first: bool| {
-        let layer_saved = if first {
-            acts.first.saved + (local.layers - 1) * acts.layer.saved
+    let layers = layer_runs(v, acts, layer_extra_temp);
+    let stage_saved: u64 = layers.iter().map(|r| r.count * r.cost.saved).sum::<u64>()
+        + acts.non_layer.shared
+        + if v.has_head {
+            acts.non_layer.head_saved
         } else {
-            local.layers * acts.layer.saved
+            0
         };
-        layer_saved
-            + acts.non_layer.shared
-            + if v.has_head {
-                acts.non_layer.head_saved
-            } else {
-                0
-            }
-    };
-    let inflight_saved = ((v.inflight_microbatches - 1.0).max(0.0)
-        * stage_saved(v.has_embedding) as f64)
-        .round() as u64;
+    let inflight_saved =
+        ((v.inflight_microbatches - 1.0).max(0.0) * stage_saved as f64).round() as u64;
     TrainPlan {
-        layers: local.layers,
+        layers,
         weights: st.weights,
         master_weights: st.master_weights,
         optimizer_state: st.optimizer_state,
         optimizer_step_temp: st.optimizer_step_temp,
-        first_saved: acts.first.saved,
-        layer_saved: acts.layer.saved,
-        first_fwd_cache: acts.first.fwd_cache,
-        layer_fwd_cache: acts.layer.fwd_cache,
-        first_fwd_peak: acts.first.fwd_peak,
-        layer_fwd_peak: acts.layer.fwd_peak,
-        first_bwd_peak: acts.first.bwd_peak,
-        layer_bwd_peak: acts.layer.bwd_peak,
-        bwd_peak_param_grads: acts.layer.bwd_peak_param_grads,
-        layer_extra_temp,
         embed_out: acts.non_layer.embed_out,
         shared: acts.non_layer.shared,
         head_saved: acts.non_layer.head_saved,
@@ -544,7 +529,6 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
             }
             crate::workload::Loss::FusedLinearCe => 0,
         },
-        grad_layer: st.grad_layer,
         grad_head: st.grad_head,
         grad_embedding: st.grad_embedding,
         grad_other: st.grad_other,
@@ -556,6 +540,40 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
         gathered_fwd: v.gathered_fwd,
         gathered_bwd: v.gathered_bwd,
         optimizer_extra: v.optimizer_extra,
+    }
+}
+
+/// The decoder layers of a rank's stage as runs of equal cost: on the first stage
+/// layer 0 has its own cost (under LoRA its input needs no grad, see
+/// `runtime::torch`), then the rest; later stages run only the general layer.
+fn layer_runs(v: &RankView, acts: &Activations, extra_temp: u64) -> Vec<LayerRun> {
+    let n = v.local.layers;
+    let cost = |l: &torch::LayerLedger| LayerCost {
+        saved: l.saved,
+        fwd_cache: l.fwd_cache,
+        fwd_peak: l.fwd_peak,
+        bwd_peak: l.bwd_peak,
+        // the general layer's: gradients the layer's backward has allocated by its peak
+        bwd_peak_param_grads: acts.layer.bwd_peak_param_grads,
+        extra_temp,
+        grad: v.statics.grad_layer,
+    };
+    let general = LayerRun {
+        count: n,
+        cost: cost(&acts.layer),
+    };
+    if v.has_embedding {
+        let first = LayerRun {
+            count: 1,
+            cost: cost(&acts.first),
+        };
+        let rest = LayerRun {
+            count: n - 1,
+            ..general
+        };
+        vec![first, rest]
+    } else {
+        vec![general]
     }
 }
 

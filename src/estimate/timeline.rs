@@ -193,26 +193,14 @@ impl Recorder {
 /// Inputs of a training-step simulation (all bytes) for one rank.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TrainPlan {
-    /// Decoder layers this rank runs (its pipeline stage).
-    pub layers: u64,
+    /// The decoder layers this rank runs (its pipeline stage), in order, as runs of
+    /// layers with one cost: a frozen first layer under LoRA, alternating attention
+    /// kinds, dense-first MoE stacks are all just runs.
+    pub layers: Vec<LayerRun>,
     pub weights: u64,
     pub master_weights: u64,
     pub optimizer_state: u64,
     pub optimizer_step_temp: u64,
-    /// Saved by layer 0 / by every other layer.
-    pub first_saved: u64,
-    pub layer_saved: u64,
-    /// Held until the end of forward only (autocast cache), by layer 0 / others.
-    pub first_fwd_cache: u64,
-    pub layer_fwd_cache: u64,
-    pub first_fwd_peak: u64,
-    pub layer_fwd_peak: u64,
-    pub first_bwd_peak: u64,
-    pub layer_bwd_peak: u64,
-    /// The layer's own parameter gradients already allocated at its backward peak.
-    pub bwd_peak_param_grads: u64,
-    /// Extra transient inside each layer (e.g. QLoRA's dequantized weight).
-    pub layer_extra_temp: u64,
     pub embed_out: u64,
     pub shared: u64,
     pub head_saved: u64,
@@ -221,10 +209,9 @@ pub struct TrainPlan {
     pub head_bwd_transient: u64,
     /// Gradient of the logits in the compute dtype, alive during the head's backward.
     pub head_grad_logits: u64,
-    /// Parameter gradients resident after backward: per decoder layer, of the head (0
-    /// when frozen; a tied head's gradient is the embedding's), of the embedding (0
-    /// when frozen), of everything else (final norm, positions).
-    pub grad_layer: u64,
+    /// Parameter gradients resident after backward: of the head (0 when frozen; a tied
+    /// head's gradient is the embedding's), of the embedding (0 when frozen), of
+    /// everything else (final norm, positions). Each layer's are in its [`LayerCost`].
     pub grad_head: u64,
     pub grad_embedding: u64,
     pub grad_other: u64,
@@ -245,13 +232,55 @@ pub struct TrainPlan {
     pub optimizer_extra: u64,
 }
 
+/// What one decoder layer costs on a rank's timeline (bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LayerCost {
+    /// Activations it saves for its backward.
+    pub saved: u64,
+    /// Held until the end of forward only (the autocast cache of its weights).
+    pub fwd_cache: u64,
+    /// Its peak above what earlier layers saved, in forward / in backward.
+    pub fwd_peak: u64,
+    pub bwd_peak: u64,
+    /// Its own parameter gradients already allocated at its backward peak.
+    pub bwd_peak_param_grads: u64,
+    /// Extra transient while it runs (e.g. QLoRA's dequantized weight).
+    pub extra_temp: u64,
+    /// Its parameter gradients, resident after its backward.
+    pub grad: u64,
+}
+
+/// `count` consecutive decoder layers with the same cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerRun {
+    pub count: u64,
+    pub cost: LayerCost,
+}
+
 impl TrainPlan {
+    /// Decoder layers on this rank.
+    pub fn layer_count(&self) -> u64 {
+        self.layers.iter().map(|r| r.count).sum()
+    }
+
+    /// Every layer's cost, in forward order.
+    pub fn each_layer(&self) -> impl DoubleEndedIterator<Item = &LayerCost> {
+        self.layers
+            .iter()
+            .flat_map(|r| std::iter::repeat_n(&r.cost, r.count as usize))
+    }
+
+    /// Σ over layers of `f(cost)`.
+    pub fn layers_sum(&self, f: impl Fn(&LayerCost) -> u64) -> u64 {
+        self.layers.iter().map(|r| r.count * f(&r.cost)).sum()
+    }
+
     /// Gradients resident after backward. With tied embeddings the head and the
     /// embedding share one gradient (`grad_head`); `grad_embedding` is then only a
     /// transient added into it.
     pub fn grads_total(&self) -> u64 {
         let emb = if self.tied { 0 } else { self.grad_embedding };
-        self.layers * self.grad_layer + self.grad_head + emb + self.grad_other
+        self.layers_sum(|c| c.grad) + self.grad_head + emb + self.grad_other
     }
 }
 
@@ -318,7 +347,7 @@ struct Pass<'a> {
 impl Pass<'_> {
     /// Layers whose events are recorded: the first two and the last.
     fn show(&self, i: u64) -> bool {
-        i == 0 || i == 1 || i + 1 == self.p.layers
+        i == 0 || i == 1 || i + 1 == self.p.layer_count()
     }
 
     /// The accumulation transient of a gradient of `g` bytes (later micro-batches).
@@ -366,33 +395,23 @@ impl Pass<'_> {
                 ..with_grads
             },
         );
-        for i in 0..p.layers {
-            let first = i == 0 && p.has_embedding;
-            let (s, peak) = if first {
-                (p.first_saved, p.first_fwd_peak)
-            } else {
-                (p.layer_saved, p.layer_fwd_peak)
-            };
+        for (i, c) in (0u64..).zip(p.each_layer()) {
             if self.show(i) {
-                let held = s.min(peak);
+                let held = c.saved.min(c.fwd_peak);
                 rec.moment(
                     Phase::Forward,
                     || format!("layer {i} forward{tag}"),
                     Components {
                         activations: Bytes(other_mb + saved + held),
                         temporaries: Bytes(
-                            cache + peak - held + p.layer_extra_temp + p.gathered_fwd,
+                            cache + c.fwd_peak - held + c.extra_temp + p.gathered_fwd,
                         ),
                         ..with_grads
                     },
                 );
             }
-            saved += s;
-            cache += if first {
-                p.first_fwd_cache
-            } else {
-                p.layer_fwd_cache
-            };
+            saved += c.saved;
+            cache += c.fwd_cache;
         }
         (saved, cache)
     }
@@ -469,18 +488,14 @@ impl Pass<'_> {
     /// its gradients. Returns the saved bytes and gradients after the first layer.
     fn layers_backward<S: Sink>(&self, rec: &mut S, mut saved: u64, mut grads: u64) -> (u64, u64) {
         let (p, tag) = (self.p, &self.tag);
-        for i in (0..p.layers).rev() {
-            let first = i == 0 && p.has_embedding;
-            let (s, peak) = if first {
-                (p.first_saved, p.first_bwd_peak)
-            } else {
-                (p.layer_saved, p.layer_bwd_peak)
-            };
+        let n = p.layer_count();
+        for (i, c) in (0..n).rev().zip(p.each_layer().rev()) {
+            let (s, peak) = (c.saved, c.bwd_peak);
             saved -= s;
             if self.show(i) {
                 // the layer's peak already counts its gradients allocated so far
                 let own = if self.mb == 0 {
-                    p.bwd_peak_param_grads.min(peak)
+                    c.bwd_peak_param_grads.min(peak)
                 } else {
                     0
                 };
@@ -493,8 +508,8 @@ impl Pass<'_> {
                         activations: Bytes(p.inflight_saved + saved + held),
                         temporaries: Bytes(
                             peak - own - held
-                                + p.layer_extra_temp
-                                + self.accum_temp(p.grad_layer)
+                                + c.extra_temp
+                                + self.accum_temp(c.grad)
                                 + p.gathered_bwd,
                         ),
                         ..self.base
@@ -502,7 +517,7 @@ impl Pass<'_> {
                 );
             }
             if self.mb == 0 {
-                grads += p.grad_layer;
+                grads += c.grad;
             }
         }
         (saved, grads)
