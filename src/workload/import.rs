@@ -404,49 +404,11 @@ fn train_arg(c: &mut Import, warn: &mut Vec<String>, k: &str, val: &Value) -> Re
             }
         }
         "optim" => {
-            let o = s.unwrap_or("").to_ascii_lowercase();
-            let opt = match o.as_str() {
-                "adamw_torch_fused" => Optimizer::AdamW,
-                "adamw_torch" | "adamw_hf" => Optimizer::AdamWForeach,
-                "adamw_bnb_8bit" | "adamw_8bit" | "adamw_8bit_bnb" => Optimizer::AdamW8bit,
-                "paged_adamw_32bit" | "paged_adamw" => Optimizer::PagedAdamW,
-                "paged_adamw_8bit" => Optimizer::PagedAdamW8bit,
-                "adafactor" => Optimizer::Adafactor,
-                "sgd" => Optimizer::Sgd,
-                "lion_32bit" | "paged_lion_32bit" => Optimizer::Lion,
-                _ => return Err(err(origin, format!("optim {o:?}: accepted adamw_torch_fused, adamw_torch, adamw_bnb_8bit, paged_adamw_32bit, paged_adamw_8bit, adafactor, sgd, lion_32bit"))),
-            };
+            let opt = optim_of(s.unwrap_or(""), origin)?;
             c.put(|s| &mut s.optimizer, "optimizer", Some(opt), k);
         }
-        "lora_r" | "lora_rank" => c.put(
-            |s| &mut s.lora_rank,
-            "lora_rank",
-            as_u64(val, k, origin)?,
-            k,
-        ),
-        "lora_alpha" => c.put(|s| &mut s.lora_alpha, "lora_alpha", val.as_f64(), k),
         "lora_target" | "target_modules" => {
-            let t = match val {
-                Value::Array(a) => a
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(","),
-                Value::String(t) => t.clone(),
-                _ => {
-                    return Err(err(
-                        origin,
-                        format!("{k}: expected a string or a list of module names"),
-                    ))
-                }
-            };
-            let t = if t == "all" {
-                "all-linear".to_string()
-            } else {
-                t
-            };
-            let targets = crate::arch::LoraTargets::parse(&t)
-                .map_err(|e| crate::workload::settings::named(e, &Origin::file(origin, k)))?;
+            let targets = lora_targets_of(val, k, origin)?;
             c.put(|s| &mut s.lora_targets, "lora_targets", Some(targets), k);
         }
         "cutoff_len" | "max_seq_length" | "max_length" | "model_max_length" => {
@@ -477,15 +439,8 @@ fn train_arg(c: &mut Import, warn: &mut Vec<String>, k: &str, val: &Value) -> Re
             }
         }
         "fsdp" => {
-            let f = match val {
-                Value::String(t) => t.clone(),
-                Value::Array(a) => a
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                _ => String::new(),
-            };
+            // TrainingArguments.fsdp: "full_shard auto_wrap offload" or a list of them
+            let f = strings(val).join(" ");
             let mode = if f.contains("full_shard") {
                 Some(FsdpMode::Full)
             } else if f.contains("shard_grad_op") {
@@ -508,6 +463,50 @@ fn train_arg(c: &mut Import, warn: &mut Vec<String>, k: &str, val: &Value) -> Re
         _ => warn.push(format!("{origin}: key {k:?} is not modelled")),
     }
     Ok(())
+}
+
+/// A string or a list of strings, as the list.
+fn strings(v: &Value) -> Vec<&str> {
+    match v {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// TrainingArguments `optim` (transformers `OptimizerNames`) → the optimizer modelled.
+fn optim_of(o: &str, origin: &str) -> Result<Optimizer> {
+    let o = o.to_ascii_lowercase();
+    Ok(match o.as_str() {
+        "adamw_torch_fused" => Optimizer::AdamW,
+        "adamw_torch" | "adamw_hf" => Optimizer::AdamWForeach,
+        "adamw_bnb_8bit" | "adamw_8bit" | "adamw_8bit_bnb" => Optimizer::AdamW8bit,
+        "paged_adamw_32bit" | "paged_adamw" => Optimizer::PagedAdamW,
+        "paged_adamw_8bit" => Optimizer::PagedAdamW8bit,
+        "adafactor" => Optimizer::Adafactor,
+        "sgd" => Optimizer::Sgd,
+        "lion_32bit" | "paged_lion_32bit" => Optimizer::Lion,
+        _ => return Err(err(origin, format!("optim {o:?}: accepted adamw_torch_fused, adamw_torch, adamw_bnb_8bit, paged_adamw_32bit, paged_adamw_8bit, adafactor, sgd, lion_32bit"))),
+    })
+}
+
+/// LLaMA-Factory `lora_target` / peft `target_modules`: a string or a list, `all` =
+/// every linear.
+fn lora_targets_of(val: &Value, k: &str, origin: &str) -> Result<crate::arch::LoraTargets> {
+    if !matches!(val, Value::String(_) | Value::Array(_)) {
+        return Err(err(
+            origin,
+            format!("{k}: expected a string or a list of module names"),
+        ));
+    }
+    let t = strings(val).join(",");
+    let t = if t == "all" {
+        "all-linear".to_string()
+    } else {
+        t
+    };
+    crate::arch::LoraTargets::parse(&t)
+        .map_err(|e| crate::workload::settings::named(e, &Origin::file(origin, k)))
 }
 
 /// The method from `finetuning_type` and the quantization keys (value, key read).

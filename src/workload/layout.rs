@@ -175,7 +175,17 @@ impl Layout {
 
     /// Reject impossible layouts, naming the value and what is accepted.
     pub fn validate(&self, spec: &ModelSpec, w: &Workload) -> Result<()> {
-        for (flag, v) in [
+        self.check_degrees()?;
+        self.check_task(spec, w)?;
+        self.check_tensor_parallel(spec)?;
+        self.check_pipeline(spec)?;
+        self.check_context(w)?;
+        self.check_sharding()
+    }
+
+    /// Every degree is at least 1.
+    fn check_degrees(&self) -> Result<()> {
+        for (key, v) in [
             ("dp", self.dp),
             ("tp", self.tp),
             ("pp", self.pp),
@@ -184,10 +194,20 @@ impl Layout {
             ("vpp", self.vpp),
         ] {
             if v == 0 {
-                return Err(Error::invalid(flag, v, "an integer >= 1"));
+                return Err(Error::invalid(key, v, "an integer >= 1"));
             }
         }
-        let layout = |m: String| Err(Error::Layout(m));
+        if let Some(m) = self.micro_batches {
+            if m == 0 {
+                return Err(Error::invalid("micro_batches", m, "an integer >= 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the model, the runtime and the task allow: experts need an MoE model, the
+    /// candle runtime is single-device, serving takes only tp and replicas.
+    fn check_task(&self, spec: &ModelSpec, w: &Workload) -> Result<()> {
         if self.ep > 1 {
             return layout(format!(
                 "--ep {} needs a mixture-of-experts model; {} is dense (MoE models come in a later version), use --ep 1",
@@ -216,6 +236,12 @@ impl Layout {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Megatron tensor parallelism splits heads, kv heads (or replicates them) and the
+    /// MLP width; sequence parallelism needs tp > 1.
+    fn check_tensor_parallel(&self, spec: &ModelSpec) -> Result<()> {
         let t = self.tp;
         if spec.heads % t != 0 {
             return layout(format!(
@@ -238,6 +264,11 @@ impl Layout {
         if self.sequence_parallel && t == 1 {
             return layout("--sequence-parallel needs --tp > 1".into());
         }
+        Ok(())
+    }
+
+    /// Pipeline stages partition the decoder layers; interleaving needs an even split.
+    fn check_pipeline(&self, spec: &ModelSpec) -> Result<()> {
         if self.pp > spec.layers {
             return layout(format!(
                 "--pp {} exceeds the {} decoder layers of {}",
@@ -260,6 +291,12 @@ impl Layout {
                 self.pp * self.vpp
             ));
         }
+        Ok(())
+    }
+
+    /// Context parallelism (ring attention) splits the sequence in 2·cp chunks and runs
+    /// on flash/SDPA kernels.
+    fn check_context(&self, w: &Workload) -> Result<()> {
         if self.cp > 1 {
             if w.seq_len % (2 * self.cp) != 0 {
                 return layout(format!(
@@ -274,6 +311,12 @@ impl Layout {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// ZeRO, FSDP and Megatron's distributed optimizer exclude each other; offload and
+    /// hybrid sharding need the recipe that implements them.
+    fn check_sharding(&self) -> Result<()> {
         if self.zero > 3 {
             return Err(Error::invalid("zero", self.zero, "0, 1, 2, 3"));
         }
@@ -315,11 +358,11 @@ impl Layout {
                 "1 (flat parameters) or 2 (per-parameter)",
             ));
         }
-        if let Some(m) = self.micro_batches {
-            if m == 0 {
-                return Err(Error::invalid("micro_batches", m, "an integer >= 1"));
-            }
-        }
         Ok(())
     }
+}
+
+/// An impossible layout, with the reason.
+fn layout(m: String) -> Result<()> {
+    Err(Error::Layout(m))
 }

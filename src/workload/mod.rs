@@ -251,6 +251,15 @@ impl Default for Workload {
     }
 }
 
+/// `v` in `1..=max`, else an error naming `key`.
+fn within(key: &'static str, v: u64, max: u64) -> Result<()> {
+    if v == 0 || v > max {
+        Err(Error::invalid(key, v, format!("an integer in 1..={max}")))
+    } else {
+        Ok(())
+    }
+}
+
 /// Upper bounds that keep every byte count far from u64 overflow.
 pub const MAX_BATCH: u64 = 1 << 20;
 pub const MAX_TOKENS: u64 = 1 << 26;
@@ -263,15 +272,16 @@ impl Workload {
         self.task == Task::Train
     }
 
-    /// Consistency checks; errors name the flag, the value and what is accepted.
+    /// Consistency checks; errors name the setting key (`batch`, `seq_len`; the
+    /// settings layer names where the value came from), the value and what is accepted.
     pub fn validate(&self, spec: &ModelSpec) -> Result<()> {
-        let within = |what: &'static str, v: u64, max: u64| {
-            if v == 0 || v > max {
-                Err(Error::invalid(what, v, format!("an integer in 1..={max}")))
-            } else {
-                Ok(())
-            }
-        };
+        self.check_sizes()?;
+        self.check_largest_tensor(spec)?;
+        self.check_recipe(spec)
+    }
+
+    /// Every size is in its bounds.
+    fn check_sizes(&self) -> Result<()> {
         within("batch", self.batch, MAX_BATCH)?;
         within("seq_len", self.seq_len, MAX_TOKENS)?;
         within("grad_accum", self.grad_accum, MAX_BATCH)?;
@@ -287,8 +297,12 @@ impl Workload {
         if let Some(c) = self.infer.prefill_chunk {
             within("prefill_chunk", c, MAX_TOKENS)?;
         }
-        // The largest tensor the run creates must stay far from u64 overflow: token
-        // activations (T × widest layer) and, with eager attention, the scores.
+        Ok(())
+    }
+
+    /// The largest tensor the run creates must stay far from u64 overflow: token
+    /// activations (T × widest layer) and, with eager attention, the scores.
+    fn check_largest_tensor(&self, spec: &ModelSpec) -> Result<()> {
         let (rows, len) = match self.task {
             Task::Train => (self.batch, self.seq_len),
             Task::Infer => (
@@ -317,6 +331,11 @@ impl Workload {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// LoRA settings, precision, master weights and runtime fit together.
+    fn check_recipe(&self, spec: &ModelSpec) -> Result<()> {
         if let Some(l) = self.method.lora() {
             within("lora_rank", l.rank, MAX_LORA_RANK)?;
             if !(l.alpha.is_finite() && l.alpha > 0.0) {
