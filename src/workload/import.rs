@@ -407,6 +407,13 @@ fn train_arg(c: &mut Import, warn: &mut Vec<String>, k: &str, val: &Value) -> Re
             let opt = optim_of(s.unwrap_or(""), origin)?;
             c.put(|s| &mut s.optimizer, "optimizer", Some(opt), k);
         }
+        "lora_r" | "lora_rank" => c.put(
+            |s| &mut s.lora_rank,
+            "lora_rank",
+            as_u64(val, k, origin)?,
+            k,
+        ),
+        "lora_alpha" => c.put(|s| &mut s.lora_alpha, "lora_alpha", val.as_f64(), k),
         "lora_target" | "target_modules" => {
             let targets = lora_targets_of(val, k, origin)?;
             c.put(|s| &mut s.lora_targets, "lora_targets", Some(targets), k);
