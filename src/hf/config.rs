@@ -348,12 +348,8 @@ impl Cfg<'_> {
         Ok(None)
     }
 
-    /// `quantization_config`: method (`quant_method`), bits and group size.
-    ///
-    /// Bits: `bits` (GPTQ, AWQ, HQQ…), `w_bit` (old AWQ), bitsandbytes
-    /// `load_in_4bit` / `load_in_8bit`, or 8 for `quant_method` `fp8`. Group size:
-    /// `group_size` / `q_group_size`; `-1` (GPTQ "no grouping") → `None`;
-    /// bitsandbytes 4-bit → 64 (its fixed absmax block), 8-bit → `None` (row-wise).
+    /// `quantization_config`: method, bits and group size, read from the object in that
+    /// order ([`Cfg::quant_method`], [`Cfg::quant_bits`], [`Cfg::quant_group_size`]).
     fn quantization(&self) -> Result<Option<Quantization>> {
         let Some(v) = self.get("quantization_config") else {
             return Ok(None);
@@ -370,39 +366,41 @@ impl Cfg<'_> {
             path: self.path,
             model_type: self.model_type,
         };
-        let method = match qc.get("quant_method") {
-            Some(Value::String(s)) => s.clone(),
-            Some(v) => {
-                return Err(Error::invalid(
-                    "quantization_config.quant_method",
-                    v,
-                    "a string such as gptq, awq, bitsandbytes, fp8",
-                ))
-            }
+        let method = qc.quant_method()?;
+        let bits = qc.quant_bits(&method)?;
+        let group_size = qc.quant_group_size(&method, bits)?;
+        Ok(Some(Quantization {
+            method,
+            bits,
+            group_size,
+        }))
+    }
+
+    /// On the `quantization_config` object: `quant_method` (a string), or bitsandbytes
+    /// when it is absent but a `load_in_*bit` key is present.
+    fn quant_method(&self) -> Result<String> {
+        match self.get("quant_method") {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(v) => Err(Error::invalid(
+                "quantization_config.quant_method",
+                v,
+                "a string such as gptq, awq, bitsandbytes, fp8",
+            )),
             // transformers treats a config with load_in_*bit and no method as bitsandbytes.
-            None if qc.get("load_in_4bit").is_some() || qc.get("load_in_8bit").is_some() => {
-                "bitsandbytes".to_string()
+            None if self.get("load_in_4bit").is_some() || self.get("load_in_8bit").is_some() => {
+                Ok("bitsandbytes".to_string())
             }
-            None => return Err(self.missing("quantization_config.quant_method")),
-        };
-        let int_field = |key: &'static str, what: &'static str| -> Result<Option<i64>> {
-            match qc.get(key) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_i64()
-                    .map(Some)
-                    .ok_or_else(|| Error::invalid(what, v, "an integer")),
-            }
-        };
-        let bits = match (
-            int_field("bits", "quantization_config.bits")?,
-            int_field("w_bit", "quantization_config.w_bit")?,
-        ) {
-            (Some(b), _) | (None, Some(b)) => Some(b),
-            _ => None,
-        };
-        let load4 = qc.bool_or("load_in_4bit", false)?;
-        let load8 = qc.bool_or("load_in_8bit", false)?;
+            None => Err(self.missing("quantization_config.quant_method")),
+        }
+    }
+
+    /// On the `quantization_config` object: bits per weight, in `1..=16`. `bits` (GPTQ,
+    /// AWQ, HQQ…) or `w_bit` (old AWQ), else bitsandbytes `load_in_4bit` /
+    /// `load_in_8bit`, else 8 for `quant_method` `fp8`.
+    fn quant_bits(&self, method: &str) -> Result<u32> {
+        let bits = self.quant_int(["bits", "w_bit"])?;
+        let load4 = self.bool_or("load_in_4bit", false)?;
+        let load8 = self.bool_or("load_in_8bit", false)?;
         let bits = match bits {
             Some(b) => b,
             None if load4 => 4,
@@ -417,37 +415,42 @@ impl Cfg<'_> {
                 })
             }
         };
-        let bits = u32::try_from(bits)
+        u32::try_from(bits)
             .ok()
             .filter(|b| (1..=16).contains(b))
-            .ok_or_else(|| {
-                Error::invalid("quantization_config.bits", bits, "an integer in 1..=16")
-            })?;
-        let group = match (
-            int_field("group_size", "quantization_config.group_size")?,
-            int_field("q_group_size", "quantization_config.q_group_size")?,
-        ) {
-            (Some(g), _) | (None, Some(g)) => Some(g),
-            _ => None,
-        };
-        let group_size = match group {
-            Some(-1) => None,
-            Some(g) if g > 0 && g as u64 <= MAX_WIDTH => Some(g as u64),
-            Some(g) => {
-                return Err(Error::invalid(
-                    "quantization_config.group_size",
-                    g,
-                    "-1 (no grouping) or an integer in 1..=1048576",
-                ))
+            .ok_or_else(|| Error::invalid("quantization_config.bits", bits, "an integer in 1..=16"))
+    }
+
+    /// On the `quantization_config` object: the group size, `group_size` /
+    /// `q_group_size`; `-1` (GPTQ "no grouping") → `None`; when absent, bitsandbytes
+    /// 4-bit → 64 (its fixed absmax block), 8-bit → `None` (row-wise).
+    fn quant_group_size(&self, method: &str, bits: u32) -> Result<Option<u64>> {
+        match self.quant_int(["group_size", "q_group_size"])? {
+            Some(-1) => Ok(None),
+            Some(g) if g > 0 && g as u64 <= MAX_WIDTH => Ok(Some(g as u64)),
+            Some(g) => Err(Error::invalid(
+                "quantization_config.group_size",
+                g,
+                "-1 (no grouping) or an integer in 1..=1048576",
+            )),
+            None if method == "bitsandbytes" && bits == 4 => Ok(Some(64)),
+            None => Ok(None),
+        }
+    }
+
+    /// On the `quantization_config` object: an integer under the first of two aliases
+    /// that is present. Both are read, so either one malformed is an error.
+    fn quant_int(&self, keys: [&str; 2]) -> Result<Option<i64>> {
+        let mut found = None;
+        for key in keys {
+            if let Some(v) = self.get(key) {
+                let n = v.as_i64().ok_or_else(|| {
+                    Error::invalid(format!("quantization_config.{key}"), v, "an integer")
+                })?;
+                found = found.or(Some(n));
             }
-            None if method == "bitsandbytes" && bits == 4 => Some(64),
-            None => None,
-        };
-        Ok(Some(Quantization {
-            method,
-            bits,
-            group_size,
-        }))
+        }
+        Ok(found)
     }
 
     /// A `sliding_window` value when present (must be a positive integer).
