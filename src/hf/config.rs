@@ -464,11 +464,10 @@ fn rotary_dim(head_dim: u64, factor: f64) -> u64 {
     (head_dim as f64 * factor) as u64
 }
 
-/// A spec with the fields every family sets the same way; callers override the rest.
-#[allow(clippy::too_many_arguments)]
-fn base(
-    c: &Cfg,
-    family: Family,
+/// The sizes of a model, as each family reads them under its own key names. Families
+/// build it as a struct literal, whose fields are evaluated in the order written: the
+/// order of the fields there is the order the keys are read (and errors reported) in.
+struct Dims {
     hidden: u64,
     layers: u64,
     heads: u64,
@@ -476,17 +475,21 @@ fn base(
     head_dim: u64,
     intermediate: u64,
     vocab: u64,
-) -> Result<ModelSpec> {
+}
+
+/// A spec of these sizes with the fields every family sets the same way; callers
+/// override the rest.
+fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
     Ok(ModelSpec {
         name: c.path.to_string(),
         family,
-        hidden,
-        layers,
-        heads,
-        kv_heads,
-        head_dim,
-        intermediate,
-        vocab,
+        hidden: d.hidden,
+        layers: d.layers,
+        heads: d.heads,
+        kv_heads: d.kv_heads,
+        head_dim: d.head_dim,
+        intermediate: d.intermediate,
+        vocab: d.vocab,
         max_positions: 2048,
         tie_embeddings: false,
         norm: NormKind::RmsNorm { offset_one: false },
@@ -502,7 +505,7 @@ fn base(
         embed_norm: false,
         qk_norm: false,
         positions: Positions::Rope {
-            rotary_dim: head_dim,
+            rotary_dim: d.head_dim,
         },
         residual: Residual::Sequential,
         sandwich_norms: false,
@@ -530,25 +533,20 @@ fn std_base(
     let hidden = c.uint_req(&["hidden_size"], MAX_WIDTH)?;
     let layers = c.uint_req(&["num_hidden_layers"], MAX_LAYERS)?;
     let heads = c.uint_req(&["num_attention_heads"], MAX_WIDTH)?;
-    let kv_heads = if gqa {
-        c.uint_or(&["num_key_value_heads"], MAX_WIDTH, heads)?
-    } else {
-        heads
-    };
-    let head_dim = head_dim(hidden, heads)?;
-    let intermediate = c.uint_req(&["intermediate_size"], MAX_WIDTH)?;
-    let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
-    base(
-        c,
-        family,
+    let dims = Dims {
         hidden,
         layers,
         heads,
-        kv_heads,
-        head_dim,
-        intermediate,
-        vocab,
-    )
+        kv_heads: if gqa {
+            c.uint_or(&["num_key_value_heads"], MAX_WIDTH, heads)?
+        } else {
+            heads
+        },
+        head_dim: head_dim(hidden, heads)?,
+        intermediate: c.uint_req(&["intermediate_size"], MAX_WIDTH)?,
+        vocab: c.uint_req(&["vocab_size"], MAX_VOCAB)?,
+    };
+    base(c, family, dims)
 }
 
 /// llama / mistral / qwen2 / qwen3 (`LlamaConfig`, `MistralConfig`, `Qwen2Config`,
@@ -678,25 +676,20 @@ fn gpt2(c: &Cfg, family: Family) -> Result<ModelSpec> {
     let hidden = c.uint_req(&["n_embd", "hidden_size"], MAX_WIDTH)?;
     let layers = c.uint_req(&["n_layer", "num_hidden_layers"], MAX_LAYERS)?;
     let heads = c.uint_req(&["n_head", "num_attention_heads"], MAX_WIDTH)?;
-    let head_dim = c.derived_head_dim(hidden, heads)?;
-    let intermediate = c.uint_or(&["n_inner"], MAX_WIDTH, 4 * hidden)?;
-    let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
-    let kv_heads = if family == Family::GptBigcode && c.bool_or("multi_query", true)? {
-        1
-    } else {
-        heads
-    };
-    let mut s = base(
-        c,
-        family,
+    let dims = Dims {
         hidden,
         layers,
         heads,
-        kv_heads,
-        head_dim,
-        intermediate,
-        vocab,
-    )?;
+        head_dim: c.derived_head_dim(hidden, heads)?,
+        intermediate: c.uint_or(&["n_inner"], MAX_WIDTH, 4 * hidden)?,
+        vocab: c.uint_req(&["vocab_size"], MAX_VOCAB)?,
+        kv_heads: if family == Family::GptBigcode && c.bool_or("multi_query", true)? {
+            1
+        } else {
+            heads
+        },
+    };
+    let mut s = base(c, family, dims)?;
     s.max_positions = c.uint_or(
         &["n_positions", "max_position_embeddings"],
         MAX_POSITIONS,
@@ -781,9 +774,7 @@ fn falcon(c: &Cfg) -> Result<ModelSpec> {
     } else {
         heads
     };
-    let mut s = base(
-        c,
-        Family::Falcon,
+    let dims = Dims {
         hidden,
         layers,
         heads,
@@ -791,7 +782,8 @@ fn falcon(c: &Cfg) -> Result<ModelSpec> {
         head_dim,
         intermediate,
         vocab,
-    )?;
+    };
+    let mut s = base(c, Family::Falcon, dims)?;
     s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 2048)?;
     s.tie_embeddings = c.bool_or("tie_word_embeddings", true)?;
     s.norm = NormKind::LayerNorm { bias: true };
@@ -859,19 +851,16 @@ fn bloom(c: &Cfg) -> Result<ModelSpec> {
     let hidden = c.uint_req(&["hidden_size", "n_embed"], MAX_WIDTH)?;
     let layers = c.uint_req(&["n_layer", "num_hidden_layers"], MAX_LAYERS)?;
     let heads = c.uint_req(&["n_head", "num_attention_heads"], MAX_WIDTH)?;
-    let head_dim = c.derived_head_dim(hidden, heads)?;
-    let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
-    let mut s = base(
-        c,
-        Family::Bloom,
+    let dims = Dims {
         hidden,
         layers,
         heads,
-        heads,
-        head_dim,
-        4 * hidden,
-        vocab,
-    )?;
+        kv_heads: heads,
+        head_dim: c.derived_head_dim(hidden, heads)?,
+        intermediate: 4 * hidden,
+        vocab: c.uint_req(&["vocab_size"], MAX_VOCAB)?,
+    };
+    let mut s = base(c, Family::Bloom, dims)?;
     s.max_positions = c.uint_or(&["seq_length"], MAX_POSITIONS, 2048)?;
     s.tie_embeddings = c.bool_or("tie_word_embeddings", true)?;
     s.norm = NormKind::LayerNorm { bias: true };
@@ -941,17 +930,16 @@ fn qwen(c: &Cfg) -> Result<ModelSpec> {
         ));
     }
     let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
-    let mut s = base(
-        c,
-        Family::Qwen,
+    let dims = Dims {
         hidden,
         layers,
         heads,
-        heads,
+        kv_heads: heads,
         head_dim,
-        ff / 2,
+        intermediate: ff / 2,
         vocab,
-    )?;
+    };
+    let mut s = base(c, Family::Qwen, dims)?;
     s.max_positions = c.uint_or(
         &["max_position_embeddings", "seq_length"],
         MAX_POSITIONS,
