@@ -432,12 +432,8 @@ impl Cfg<'_> {
         Ok(None)
     }
 
-    /// `quantization_config`: method (`quant_method`), bits and group size.
-    ///
-    /// Bits: `bits` (GPTQ, AWQ, HQQ…), `w_bit` (old AWQ), bitsandbytes
-    /// `load_in_4bit` / `load_in_8bit`, or 8 for `quant_method` `fp8`. Group size:
-    /// `group_size` / `q_group_size`; `-1` (GPTQ "no grouping") → `None`;
-    /// bitsandbytes 4-bit → 64 (its fixed absmax block), 8-bit → `None` (row-wise).
+    /// `quantization_config`: method, bits and group size, read from the object in that
+    /// order ([`Cfg::quant_method`], [`Cfg::quant_bits`], [`Cfg::quant_group_size`]).
     fn quantization(&self) -> Result<Option<Quantization>> {
         let Some(v) = self.get("quantization_config") else {
             return Ok(None);
@@ -454,39 +450,41 @@ impl Cfg<'_> {
             path: self.path,
             model_type: self.model_type,
         };
-        let method = match qc.get("quant_method") {
-            Some(Value::String(s)) => s.clone(),
-            Some(v) => {
-                return Err(Error::invalid(
-                    "quantization_config.quant_method",
-                    v,
-                    "a string such as gptq, awq, bitsandbytes, fp8",
-                ))
-            }
+        let method = qc.quant_method()?;
+        let bits = qc.quant_bits(&method)?;
+        let group_size = qc.quant_group_size(&method, bits)?;
+        Ok(Some(Quantization {
+            method,
+            bits,
+            group_size,
+        }))
+    }
+
+    /// On the `quantization_config` object: `quant_method` (a string), or bitsandbytes
+    /// when it is absent but a `load_in_*bit` key is present.
+    fn quant_method(&self) -> Result<String> {
+        match self.get("quant_method") {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(v) => Err(Error::invalid(
+                "quantization_config.quant_method",
+                v,
+                "a string such as gptq, awq, bitsandbytes, fp8",
+            )),
             // transformers treats a config with load_in_*bit and no method as bitsandbytes.
-            None if qc.get("load_in_4bit").is_some() || qc.get("load_in_8bit").is_some() => {
-                "bitsandbytes".to_string()
+            None if self.get("load_in_4bit").is_some() || self.get("load_in_8bit").is_some() => {
+                Ok("bitsandbytes".to_string())
             }
-            None => return Err(self.missing("quantization_config.quant_method")),
-        };
-        let int_field = |key: &'static str, what: &'static str| -> Result<Option<i64>> {
-            match qc.get(key) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_i64()
-                    .map(Some)
-                    .ok_or_else(|| Error::invalid(what, v, "an integer")),
-            }
-        };
-        let bits = match (
-            int_field("bits", "quantization_config.bits")?,
-            int_field("w_bit", "quantization_config.w_bit")?,
-        ) {
-            (Some(b), _) | (None, Some(b)) => Some(b),
-            _ => None,
-        };
-        let load4 = qc.bool_or("load_in_4bit", false)?;
-        let load8 = qc.bool_or("load_in_8bit", false)?;
+            None => Err(self.missing("quantization_config.quant_method")),
+        }
+    }
+
+    /// On the `quantization_config` object: bits per weight, in `1..=16`. `bits` (GPTQ,
+    /// AWQ, HQQ…) or `w_bit` (old AWQ), else bitsandbytes `load_in_4bit` /
+    /// `load_in_8bit`, else 8 for `quant_method` `fp8`.
+    fn quant_bits(&self, method: &str) -> Result<u32> {
+        let bits = self.quant_int(["bits", "w_bit"])?;
+        let load4 = self.bool_or("load_in_4bit", false)?;
+        let load8 = self.bool_or("load_in_8bit", false)?;
         let bits = match bits {
             Some(b) => b,
             None if load4 => 4,
@@ -501,37 +499,42 @@ impl Cfg<'_> {
                 })
             }
         };
-        let bits = u32::try_from(bits)
+        u32::try_from(bits)
             .ok()
             .filter(|b| (1..=16).contains(b))
-            .ok_or_else(|| {
-                Error::invalid("quantization_config.bits", bits, "an integer in 1..=16")
-            })?;
-        let group = match (
-            int_field("group_size", "quantization_config.group_size")?,
-            int_field("q_group_size", "quantization_config.q_group_size")?,
-        ) {
-            (Some(g), _) | (None, Some(g)) => Some(g),
-            _ => None,
-        };
-        let group_size = match group {
-            Some(-1) => None,
-            Some(g) if g > 0 && g as u64 <= MAX_WIDTH => Some(g as u64),
-            Some(g) => {
-                return Err(Error::invalid(
-                    "quantization_config.group_size",
-                    g,
-                    "-1 (no grouping) or an integer in 1..=1048576",
-                ))
+            .ok_or_else(|| Error::invalid("quantization_config.bits", bits, "an integer in 1..=16"))
+    }
+
+    /// On the `quantization_config` object: the group size, `group_size` /
+    /// `q_group_size`; `-1` (GPTQ "no grouping") → `None`; when absent, bitsandbytes
+    /// 4-bit → 64 (its fixed absmax block), 8-bit → `None` (row-wise).
+    fn quant_group_size(&self, method: &str, bits: u32) -> Result<Option<u64>> {
+        match self.quant_int(["group_size", "q_group_size"])? {
+            Some(-1) => Ok(None),
+            Some(g) if g > 0 && g as u64 <= MAX_WIDTH => Ok(Some(g as u64)),
+            Some(g) => Err(Error::invalid(
+                "quantization_config.group_size",
+                g,
+                "-1 (no grouping) or an integer in 1..=1048576",
+            )),
+            None if method == "bitsandbytes" && bits == 4 => Ok(Some(64)),
+            None => Ok(None),
+        }
+    }
+
+    /// On the `quantization_config` object: an integer under the first of two aliases
+    /// that is present. Both are read, so either one malformed is an error.
+    fn quant_int(&self, keys: [&str; 2]) -> Result<Option<i64>> {
+        let mut found = None;
+        for key in keys {
+            if let Some(v) = self.get(key) {
+                let n = v.as_i64().ok_or_else(|| {
+                    Error::invalid(format!("quantization_config.{key}"), v, "an integer")
+                })?;
+                found = found.or(Some(n));
             }
-            None if method == "bitsandbytes" && bits == 4 => Some(64),
-            None => None,
-        };
-        Ok(Some(Quantization {
-            method,
-            bits,
-            group_size,
-        }))
+        }
+        Ok(found)
     }
 
     /// A `sliding_window` value when present (must be a positive integer).
@@ -545,11 +548,10 @@ fn rotary_dim(head_dim: u64, factor: f64) -> u64 {
     (head_dim as f64 * factor) as u64
 }
 
-/// A spec with the fields every family sets the same way; callers override the rest.
-#[allow(clippy::too_many_arguments)]
-fn base(
-    c: &Cfg,
-    family: Family,
+/// The sizes of a model, as each family reads them under its own key names. Families
+/// build it as a struct literal, whose fields are evaluated in the order written: the
+/// order of the fields there is the order the keys are read (and errors reported) in.
+struct Dims {
     hidden: u64,
     layers: u64,
     heads: u64,
@@ -557,17 +559,21 @@ fn base(
     head_dim: u64,
     intermediate: u64,
     vocab: u64,
-) -> Result<ModelSpec> {
+}
+
+/// A spec of these sizes with the fields every family sets the same way; callers
+/// override the rest.
+fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
     Ok(ModelSpec {
         name: c.path.to_string(),
         family,
-        hidden,
-        layers,
-        heads,
-        kv_heads,
-        head_dim,
-        intermediate,
-        vocab,
+        hidden: d.hidden,
+        layers: d.layers,
+        heads: d.heads,
+        kv_heads: d.kv_heads,
+        head_dim: d.head_dim,
+        intermediate: d.intermediate,
+        vocab: d.vocab,
         max_positions: 2048,
         tie_embeddings: false,
         norm: NormKind::RmsNorm { offset_one: false },
@@ -585,7 +591,7 @@ fn base(
         eager_softmax_fp32: true,
         modules: BlockModules::default(),
         positions: Positions::Rope {
-            rotary_dim: head_dim,
+            rotary_dim: d.head_dim,
         },
         residual: Residual::Sequential,
         sandwich_norms: false,
@@ -613,25 +619,20 @@ fn std_base(
     let hidden = c.uint_req(&["hidden_size"], MAX_WIDTH)?;
     let layers = c.uint_req(&["num_hidden_layers"], MAX_LAYERS)?;
     let heads = c.uint_req(&["num_attention_heads"], MAX_WIDTH)?;
-    let kv_heads = if gqa {
-        c.uint_or(&["num_key_value_heads"], MAX_WIDTH, heads)?
-    } else {
-        heads
-    };
-    let head_dim = head_dim(hidden, heads)?;
-    let intermediate = c.uint_req(&["intermediate_size"], MAX_WIDTH)?;
-    let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
-    base(
-        c,
-        family,
+    let dims = Dims {
         hidden,
         layers,
         heads,
-        kv_heads,
-        head_dim,
-        intermediate,
-        vocab,
-    )
+        kv_heads: if gqa {
+            c.uint_or(&["num_key_value_heads"], MAX_WIDTH, heads)?
+        } else {
+            heads
+        },
+        head_dim: head_dim(hidden, heads)?,
+        intermediate: c.uint_req(&["intermediate_size"], MAX_WIDTH)?,
+        vocab: c.uint_req(&["vocab_size"], MAX_VOCAB)?,
+    };
+    base(c, family, dims)
 }
 
 /// llama / mistral / qwen2 / qwen3 (`LlamaConfig`, `MistralConfig`, `Qwen2Config`,
@@ -761,25 +762,20 @@ fn gpt2(c: &Cfg, family: Family) -> Result<ModelSpec> {
     let hidden = c.uint_req(&["n_embd", "hidden_size"], MAX_WIDTH)?;
     let layers = c.uint_req(&["n_layer", "num_hidden_layers"], MAX_LAYERS)?;
     let heads = c.uint_req(&["n_head", "num_attention_heads"], MAX_WIDTH)?;
-    let head_dim = c.derived_head_dim(hidden, heads)?;
-    let intermediate = c.uint_or(&["n_inner"], MAX_WIDTH, 4 * hidden)?;
-    let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
-    let kv_heads = if family == Family::GptBigcode && c.bool_or("multi_query", true)? {
-        1
-    } else {
-        heads
-    };
-    let mut s = base(
-        c,
-        family,
+    let dims = Dims {
         hidden,
         layers,
         heads,
-        kv_heads,
-        head_dim,
-        intermediate,
-        vocab,
-    )?;
+        head_dim: c.derived_head_dim(hidden, heads)?,
+        intermediate: c.uint_or(&["n_inner"], MAX_WIDTH, 4 * hidden)?,
+        vocab: c.uint_req(&["vocab_size"], MAX_VOCAB)?,
+        kv_heads: if family == Family::GptBigcode && c.bool_or("multi_query", true)? {
+            1
+        } else {
+            heads
+        },
+    };
+    let mut s = base(c, family, dims)?;
     s.max_positions = c.uint_or(
         &["n_positions", "max_position_embeddings"],
         MAX_POSITIONS,
@@ -864,9 +860,7 @@ fn falcon(c: &Cfg) -> Result<ModelSpec> {
     } else {
         heads
     };
-    let mut s = base(
-        c,
-        Family::Falcon,
+    let dims = Dims {
         hidden,
         layers,
         heads,
@@ -874,7 +868,8 @@ fn falcon(c: &Cfg) -> Result<ModelSpec> {
         head_dim,
         intermediate,
         vocab,
-    )?;
+    };
+    let mut s = base(c, Family::Falcon, dims)?;
     s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 2048)?;
     s.tie_embeddings = c.bool_or("tie_word_embeddings", true)?;
     s.norm = NormKind::LayerNorm { bias: true };
@@ -946,19 +941,16 @@ fn bloom(c: &Cfg) -> Result<ModelSpec> {
     let hidden = c.uint_req(&["hidden_size", "n_embed"], MAX_WIDTH)?;
     let layers = c.uint_req(&["n_layer", "num_hidden_layers"], MAX_LAYERS)?;
     let heads = c.uint_req(&["n_head", "num_attention_heads"], MAX_WIDTH)?;
-    let head_dim = c.derived_head_dim(hidden, heads)?;
-    let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
-    let mut s = base(
-        c,
-        Family::Bloom,
+    let dims = Dims {
         hidden,
         layers,
         heads,
-        heads,
-        head_dim,
-        4 * hidden,
-        vocab,
-    )?;
+        kv_heads: heads,
+        head_dim: c.derived_head_dim(hidden, heads)?,
+        intermediate: 4 * hidden,
+        vocab: c.uint_req(&["vocab_size"], MAX_VOCAB)?,
+    };
+    let mut s = base(c, Family::Bloom, dims)?;
     s.max_positions = c.uint_or(&["seq_length"], MAX_POSITIONS, 2048)?;
     s.tie_embeddings = c.bool_or("tie_word_embeddings", true)?;
     s.norm = NormKind::LayerNorm { bias: true };
@@ -1032,17 +1024,16 @@ fn qwen(c: &Cfg) -> Result<ModelSpec> {
         ));
     }
     let vocab = c.uint_req(&["vocab_size"], MAX_VOCAB)?;
-    let mut s = base(
-        c,
-        Family::Qwen,
+    let dims = Dims {
         hidden,
         layers,
         heads,
-        heads,
+        kv_heads: heads,
         head_dim,
-        ff / 2,
+        intermediate: ff / 2,
         vocab,
-    )?;
+    };
+    let mut s = base(c, Family::Qwen, dims)?;
     s.max_positions = c.uint_or(
         &["max_position_embeddings", "seq_length"],
         MAX_POSITIONS,

@@ -88,6 +88,14 @@ fn one() -> usize {
     1
 }
 
+/// An [`Error::Plan`] for the plan file at `path`.
+fn plan_error(path: &str, message: String) -> Error {
+    Error::Plan {
+        path: path.into(),
+        message,
+    }
+}
+
 /// One point of a plan, resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
@@ -101,10 +109,7 @@ pub struct Point {
 
 impl Plan {
     pub fn parse(text: &str, path: &str) -> Result<Plan> {
-        let plan: Plan = toml::from_str(text).map_err(|e| Error::Plan {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let plan: Plan = toml::from_str(text).map_err(|e| plan_error(path, e.to_string()))?;
         plan.validate(path)?;
         Ok(plan)
     }
@@ -114,16 +119,25 @@ impl Plan {
         Plan::parse(&text, &path.display().to_string())
     }
 
+    /// Every check, in this order (the first failure is the error): the header, the
+    /// run settings, the shapes, the architectures.
     fn validate(&self, path: &str) -> Result<()> {
-        let bad = |m: String| Error::Plan {
-            path: path.into(),
-            message: m,
-        };
+        self.validate_header(path)?;
+        self.validate_settings()?;
+        self.validate_shapes(path)?;
+        self.validate_architectures(path)
+    }
+
+    /// `schema_version` is the one supported; `name` is non-empty letters, digits, `-`, `_`.
+    fn validate_header(&self, path: &str) -> Result<()> {
         if self.schema_version != PLAN_SCHEMA_VERSION {
-            return Err(bad(format!(
-                "schema_version {} is not supported; accepted: {PLAN_SCHEMA_VERSION}",
-                self.schema_version
-            )));
+            return Err(plan_error(
+                path,
+                format!(
+                    "schema_version {} is not supported; accepted: {PLAN_SCHEMA_VERSION}",
+                    self.schema_version
+                ),
+            ));
         }
         if self.name.is_empty()
             || !self
@@ -131,11 +145,20 @@ impl Plan {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(bad(format!(
-                "name {:?}: accepted: letters, digits, '-' and '_'",
-                self.name
-            )));
+            return Err(plan_error(
+                path,
+                format!(
+                    "name {:?}: accepted: letters, digits, '-' and '_'",
+                    self.name
+                ),
+            ));
         }
+        Ok(())
+    }
+
+    /// Device, dtype, methods, optimizer and attention are ones the candle probe runs;
+    /// `measured_steps` and `lora_rank` are positive.
+    fn validate_settings(&self) -> Result<()> {
         model::DeviceSpec::parse(&self.device)?;
         self.dtype()?;
         for m in &self.methods {
@@ -161,19 +184,32 @@ impl Plan {
         if self.lora_rank == 0 {
             return Err(Error::invalid("lora_rank", 0, "an integer > 0"));
         }
+        Ok(())
+    }
+
+    /// `shapes.batch` and `shapes.seq` are non-empty lists of positive sizes.
+    fn validate_shapes(&self, path: &str) -> Result<()> {
         for (what, v) in [
             ("shapes.batch", &self.shapes.batch),
             ("shapes.seq", &self.shapes.seq),
         ] {
             if v.is_empty() {
-                return Err(bad(format!("{what} is empty; give at least one size")));
+                return Err(plan_error(
+                    path,
+                    format!("{what} is empty; give at least one size"),
+                ));
             }
             if let Some(z) = v.iter().find(|&&x| x == 0) {
                 return Err(Error::invalid(what, z, "integers > 0"));
             }
         }
+        Ok(())
+    }
+
+    /// At least one architecture; every size given is positive and every method known.
+    fn validate_architectures(&self, path: &str) -> Result<()> {
         if self.architectures.is_empty() {
-            return Err(bad("no [[architectures]]".into()));
+            return Err(plan_error(path, "no [[architectures]]".into()));
         }
         for a in &self.architectures {
             for (what, v) in [

@@ -3,7 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::estimate::Estimate;
+use crate::distributed::search::{Candidate, PlanResult, SERVING_COST};
+use crate::estimate::{Estimate, ModelSummary};
 use crate::report::Fit;
 use crate::units::bytes::Bytes;
 use crate::workload::{Task, Workload};
@@ -12,9 +13,28 @@ fn billions(n: u64) -> String {
     format!("{:.2} B", n as f64 / 1e9)
 }
 
+/// One estimate: the run, the peak and its breakdown, the activations kept for
+/// backward (training), the fit verdict, the warnings.
 pub fn render(e: &Estimate, w: &Workload, fit: Option<&Fit>) -> String {
     let mut s = String::new();
-    let m = &e.model;
+    write_model(&mut s, &e.model);
+    write_task(&mut s, w);
+    let _ = writeln!(s);
+    write_peak(&mut s, e);
+    if w.task == Task::Train {
+        write_activations(&mut s, e);
+    }
+    if let Some(f) = fit {
+        write_fit(&mut s, f);
+    }
+    for warn in &e.warnings {
+        let _ = writeln!(s, "warning: {warn}");
+    }
+    s
+}
+
+/// The model line: name, family, layers, hidden size, total and trainable parameters.
+fn write_model(s: &mut String, m: &ModelSummary) {
     let _ = writeln!(
         s,
         "llm-mem estimate: {} ({}, {} layers, hidden {}, {} params, {} trainable)",
@@ -25,6 +45,10 @@ pub fn render(e: &Estimate, w: &Workload, fit: Option<&Fit>) -> String {
         billions(m.params_total),
         billions(m.params_trainable)
     );
+}
+
+/// The task line: the training settings, or the serving shape for inference.
+fn write_task(s: &mut String, w: &Workload) {
     let method = match w.method.lora() {
         Some(l) => format!(
             "{} r={} alpha={} targets={}",
@@ -58,7 +82,11 @@ pub fn render(e: &Estimate, w: &Workload, fit: Option<&Fit>) -> String {
             );
         }
     }
-    let _ = writeln!(s);
+}
+
+/// The peak (device, allocated, reserved; phase and event), then the components
+/// alive at it in GiB and their total.
+fn write_peak(s: &mut String, e: &Estimate) {
     let _ = writeln!(
         s,
         "peak: {} on the device ({} allocated, {} reserved) at {}: {}",
@@ -74,32 +102,32 @@ pub fn render(e: &Estimate, w: &Workload, fit: Option<&Fit>) -> String {
         let _ = writeln!(s, "  {:<18} {:>10.2}", name, b.gib());
     }
     let _ = writeln!(s, "  {:<18} {:>10.2}", "total", e.peak.device.gib());
-    if w.task == Task::Train {
-        let _ = writeln!(s);
-        let _ = writeln!(
-            s,
-            "activations kept for backward: {} per layer, {} outside the layers, {} in all",
-            Bytes(e.activations.per_layer_bytes),
-            Bytes(e.activations.non_layer_bytes),
-            Bytes(e.activations.total_bytes)
-        );
-    }
-    if let Some(f) = fit {
-        let _ = writeln!(s);
-        let verdict = if f.fits { "fits" } else { "does NOT fit" };
-        let _ = writeln!(
-            s,
-            "{verdict} in {} ({}): {} {}",
-            f.gpu,
-            f.capacity_bytes,
-            Bytes(f.headroom_bytes.unsigned_abs()),
-            if f.fits { "free" } else { "short" }
-        );
-    }
-    for warn in &e.warnings {
-        let _ = writeln!(s, "warning: {warn}");
-    }
-    s
+}
+
+/// Training only: the activations kept for backward, per layer, outside, in all.
+fn write_activations(s: &mut String, e: &Estimate) {
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "activations kept for backward: {} per layer, {} outside the layers, {} in all",
+        Bytes(e.activations.per_layer_bytes),
+        Bytes(e.activations.non_layer_bytes),
+        Bytes(e.activations.total_bytes)
+    );
+}
+
+/// The verdict against a GPU: fits with the memory left free, or the shortfall.
+fn write_fit(s: &mut String, f: &Fit) {
+    let _ = writeln!(s);
+    let verdict = if f.fits { "fits" } else { "does NOT fit" };
+    let _ = writeln!(
+        s,
+        "{verdict} in {} ({}): {} {}",
+        f.gpu,
+        f.capacity_bytes,
+        Bytes(f.headroom_bytes.unsigned_abs()),
+        if f.fits { "free" } else { "short" }
+    );
 }
 
 /// A distributed estimate: the worst rank in full, then one line per rank class.
@@ -172,13 +200,38 @@ pub fn render_distributed(
 
 /// `plan`: the fitting layouts, best first, and the two headline answers.
 pub fn render_plan(
-    r: &crate::distributed::search::PlanResult,
+    r: &PlanResult,
     model: &str,
     gpu: &str,
     capacity: Bytes,
     elapsed: std::time::Duration,
 ) -> String {
     let mut s = String::new();
+    write_search(&mut s, r, model, gpu, capacity, elapsed);
+    if r.fits.is_empty() {
+        let _ = writeln!(
+            s,
+            "nothing fits: no layout of the space runs micro-batch 1 within {}",
+            capacity
+        );
+    } else if r.cost == SERVING_COST {
+        write_serving(&mut s, r);
+    } else {
+        write_training(&mut s, r);
+    }
+    s
+}
+
+/// What was searched: the model and GPU, the count and time of the search, the space
+/// and the ranking.
+fn write_search(
+    s: &mut String,
+    r: &PlanResult,
+    model: &str,
+    gpu: &str,
+    capacity: Bytes,
+    elapsed: std::time::Duration,
+) {
     let _ = writeln!(s, "llm-mem plan: {model} on GPUs of {} ({gpu})", capacity);
     let _ = writeln!(
         s,
@@ -189,42 +242,40 @@ pub fn render_plan(
     );
     let _ = writeln!(s, "space: {}", r.space);
     let _ = writeln!(s, "ranked by: {}\n", r.cost);
-    if r.fits.is_empty() {
+}
+
+/// Serving: one row per tensor-parallel degree, then the most concurrent sequences.
+fn write_serving(s: &mut String, r: &PlanResult) {
+    let _ = writeln!(
+        s,
+        "  {:>4} {:>9} {:>12} {:>10}",
+        "tp", "replicas", "concurrency", "peak GiB"
+    );
+    for c in &r.fits {
         let _ = writeln!(
             s,
-            "nothing fits: no layout of the space runs micro-batch 1 within {}",
-            capacity
+            "  {:>4} {:>9} {:>12} {:>10.2}",
+            c.tp,
+            c.dp,
+            c.max_micro_batch,
+            c.peak_bytes.gib()
         );
-        return s;
     }
-    if r.cost == crate::distributed::search::SERVING_COST {
+    if let Some(c) = &r.largest_micro_batch {
         let _ = writeln!(
             s,
-            "  {:>4} {:>9} {:>12} {:>10}",
-            "tp", "replicas", "concurrency", "peak GiB"
+            "\nmost concurrent sequences per replica: {} (tp {}, {} replicas, {:.2} GiB)",
+            c.max_micro_batch,
+            c.tp,
+            c.dp,
+            c.peak_bytes.gib()
         );
-        for c in &r.fits {
-            let _ = writeln!(
-                s,
-                "  {:>4} {:>9} {:>12} {:>10.2}",
-                c.tp,
-                c.dp,
-                c.max_micro_batch,
-                c.peak_bytes.gib()
-            );
-        }
-        if let Some(c) = &r.largest_micro_batch {
-            let _ = writeln!(
-                s,
-                "\nmost concurrent sequences per replica: {} (tp {}, {} replicas, {:.2} GiB)",
-                c.max_micro_batch,
-                c.tp,
-                c.dp,
-                c.peak_bytes.gib()
-            );
-        }
-        return s;
     }
+}
+
+/// Training: one row per fitting layout, then the largest micro-batch and the longest
+/// sequence that fit.
+fn write_training(s: &mut String, r: &PlanResult) {
     let _ = writeln!(
         s,
         "  {:>4} {:>4} {:>4} {:>4} {:>4}  {:<13} {:<20} {:<10} {:>6} {:>10}",
@@ -246,33 +297,33 @@ pub fn render_plan(
             c.peak_bytes.gib()
         );
     }
-    // one candidate's layout in words, shared by the two headline answers
-    let layout = |c: &crate::distributed::search::Candidate| {
-        format!(
-            "dp {} tp {} pp {} cp {}, {}, grad-ckpt {}, {:.2} GiB",
-            c.dp,
-            c.tp,
-            c.pp,
-            c.cp,
-            c.sharding.as_str(),
-            c.grad_ckpt.as_str(),
-            c.peak_bytes.gib()
-        )
-    };
     if let Some(c) = &r.largest_micro_batch {
         let _ = writeln!(
             s,
             "\nlargest micro-batch that fits: {} ({})",
             c.max_micro_batch,
-            layout(c)
+            layout_words(c)
         );
     }
     if let Some((seq, c)) = &r.longest_sequence {
         let _ = writeln!(
             s,
             "longest sequence that fits (micro-batch 1): {seq} tokens ({})",
-            layout(c)
+            layout_words(c)
         );
     }
-    s
+}
+
+/// One candidate's layout in words, shared by the two training headline answers.
+fn layout_words(c: &Candidate) -> String {
+    format!(
+        "dp {} tp {} pp {} cp {}, {}, grad-ckpt {}, {:.2} GiB",
+        c.dp,
+        c.tp,
+        c.pp,
+        c.cp,
+        c.sharding.as_str(),
+        c.grad_ckpt.as_str(),
+        c.peak_bytes.gib()
+    )
 }

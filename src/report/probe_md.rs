@@ -8,6 +8,8 @@ fn pct(x: Option<f64>) -> String {
         .unwrap_or_else(|| "–".into())
 }
 
+/// The report: title and sources, the calibration's fits (when given), one row per
+/// point, then the error summary.
 pub fn render(
     title: &str,
     sources: &[String],
@@ -17,38 +19,52 @@ pub fn render(
     let mut s = format!("# Probe report: {title}\n\n");
     s += &format!("Measurements: {}\n\n", sources.join(", "));
     if let Some(c) = cal {
-        s += &format!(
-            "Calibration: {} / {} ({}), {} — {} families{}\n\n",
-            c.device,
-            c.runtime,
-            c.device_name,
-            c.created,
-            c.families.len(),
-            if c.fallback.is_some() {
-                " + fallback"
-            } else {
-                ""
-            }
-        );
-        s += "| family | α | α 95 % CI | β | β 95 % CI | points | R² | LOO max rel. err |\n|---|---|---|---|---|---|---|---|\n";
-        let fb = c
-            .fallback
-            .iter()
-            .map(|e| ("fallback".to_string(), e.clone()));
-        for (f, e) in c
-            .families
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .chain(fb)
-        {
-            s += &format!(
-                "| {f} | {:.4} | [{:.4}, {:.4}] | {:.0} B | [{:.0}, {:.0}] B | {} | {:.5} | {:.2} % |\n",
-                e.alpha, e.alpha_ci[0], e.alpha_ci[1], e.beta_bytes, e.beta_ci[0], e.beta_ci[1], e.n_points, e.r2, e.loo_max_rel_err * 100.0
-            );
-        }
-        s += "\n";
+        s += &calibration_table(c);
     }
-    s += "| point | status | measured | estimated | error before | calibrated | error after |\n|---|---|---|---|---|---|---|\n";
+    s += &points_table(cmp);
+    s += &summary(cmp);
+    s
+}
+
+/// The calibration in one line, then one row per family fit (and the fallback).
+fn calibration_table(c: &CalibrationFile) -> String {
+    let mut s = format!(
+        "Calibration: {} / {} ({}), {} — {} families{}\n\n",
+        c.device,
+        c.runtime,
+        c.device_name,
+        c.created,
+        c.families.len(),
+        if c.fallback.is_some() {
+            " + fallback"
+        } else {
+            ""
+        }
+    );
+    s += "| family | α | α 95 % CI | β | β 95 % CI | points | R² | LOO max rel. err |\n|---|---|---|---|---|---|---|---|\n";
+    let fb = c
+        .fallback
+        .iter()
+        .map(|e| ("fallback".to_string(), e.clone()));
+    for (f, e) in c
+        .families
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .chain(fb)
+    {
+        s += &format!(
+            "| {f} | {:.4} | [{:.4}, {:.4}] | {:.0} B | [{:.0}, {:.0}] B | {} | {:.5} | {:.2} % |\n",
+            e.alpha, e.alpha_ci[0], e.alpha_ci[1], e.beta_bytes, e.beta_ci[0], e.beta_ci[1], e.n_points, e.r2, e.loo_max_rel_err * 100.0
+        );
+    }
+    s += "\n";
+    s
+}
+
+/// One row per point: status, measured and estimated bytes, the errors before and
+/// after calibration ("–" where there is no value).
+fn points_table(cmp: &[Comparison]) -> String {
+    let mut s = String::from("| point | status | measured | estimated | error before | calibrated | error after |\n|---|---|---|---|---|---|---|\n");
     for c in cmp {
         s += &format!(
             "| {} | {} | {} | {} | {} | {} | {} |\n",
@@ -67,28 +83,33 @@ pub fn render(
             pct(c.err_after()),
         );
     }
+    s
+}
+
+/// The counts of points, then the median and max |error| before and after calibration.
+fn summary(cmp: &[Comparison]) -> String {
     let before: Vec<f64> = cmp.iter().filter_map(|c| c.err_before()).collect();
     let after: Vec<f64> = cmp.iter().filter_map(|c| c.err_after()).collect();
-    s += "\n## Summary\n\n";
+    let mut s = String::from("\n## Summary\n\n");
     s += &format!(
         "{} points, {} measured, {} failed.\n\n",
         cmp.len(),
         before.len(),
         cmp.iter().filter(|c| c.status != "ok").count()
     );
-    if let Some((m, x)) = median_max_abs(&before) {
-        s += &format!(
-            "- before calibration: median |error| {:.3} %, max |error| {:.3} %\n",
-            m * 100.0,
-            x * 100.0
-        );
-    }
-    if let Some((m, x)) = median_max_abs(&after) {
-        s += &format!(
-            "- after calibration: median |error| {:.3} %, max |error| {:.3} %\n",
-            m * 100.0,
-            x * 100.0
-        );
-    }
+    s += &error_line("before", &before);
+    s += &error_line("after", &after);
     s
+}
+
+/// `- {when} calibration: median |error| …, max |error| …`, or nothing without errors.
+fn error_line(when: &str, errors: &[f64]) -> String {
+    match median_max_abs(errors) {
+        Some((m, x)) => format!(
+            "- {when} calibration: median |error| {:.3} %, max |error| {:.3} %\n",
+            m * 100.0,
+            x * 100.0
+        ),
+        None => String::new(),
+    }
 }
