@@ -369,6 +369,9 @@ pub fn from_train_args(
 
 /// One TrainingArguments / LLaMA-Factory key (all but the method and quantization keys).
 fn train_arg(c: &mut Import, warn: &mut Vec<String>, k: &str, val: &Value) -> Result<()> {
+    if shape_or_kernel_arg(c, k, val)? {
+        return Ok(());
+    }
     let origin = c.origin;
     let s = val.as_str();
     match k {
@@ -418,6 +421,22 @@ fn train_arg(c: &mut Import, warn: &mut Vec<String>, k: &str, val: &Value) -> Re
             let targets = lora_targets_of(val, k, origin)?;
             c.put(|s| &mut s.lora_targets, "lora_targets", Some(targets), k);
         }
+        "deepspeed" => {
+            return Err(err(origin, "deepspeed: pass that file with --deepspeed PATH as well (its settings are read from there)"));
+        }
+        "ddp_find_unused_parameters" | "ddp_bucket_cap_mb" => {}
+        k if TA_QUIET.contains(&k) => {}
+        _ => warn.push(format!("{origin}: key {k:?} is not modelled")),
+    }
+    Ok(())
+}
+
+/// The sequence-length, attention-kernel, loss-kernel and FSDP keys; `Ok(false)` for
+/// any other key.
+fn shape_or_kernel_arg(c: &mut Import, k: &str, val: &Value) -> Result<bool> {
+    let origin = c.origin;
+    let s = val.as_str();
+    match k {
         "cutoff_len" | "max_seq_length" | "max_length" | "model_max_length" => {
             if let Some(n) = as_u64(val, k, origin)? {
                 c.put_once(|s| &mut s.seq_len, "seq_len", n, k)?;
@@ -462,14 +481,9 @@ fn train_arg(c: &mut Import, warn: &mut Vec<String>, k: &str, val: &Value) -> Re
                 c.put(|s| &mut s.offload_params, "offload_params", Some(true), k);
             }
         }
-        "deepspeed" => {
-            return Err(err(origin, "deepspeed: pass that file with --deepspeed PATH as well (its settings are read from there)"));
-        }
-        "ddp_find_unused_parameters" | "ddp_bucket_cap_mb" => {}
-        k if TA_QUIET.contains(&k) => {}
-        _ => warn.push(format!("{origin}: key {k:?} is not modelled")),
+        _ => return Ok(false),
     }
-    Ok(())
+    Ok(true)
 }
 
 /// A string or a list of strings, as the list.
