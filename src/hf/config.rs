@@ -743,11 +743,7 @@ fn phi3(c: &Cfg) -> Result<ModelSpec> {
         rotary_dim: rotary_dim(s.head_dim, factor),
     };
     s.sliding_window = c.window()?;
-    s.dropout = Dropout {
-        embd: c.prob("embd_pdrop", 0.0)?,
-        attn: c.prob("attention_dropout", 0.0)?,
-        resid: c.prob("resid_pdrop", 0.0)?,
-    };
+    s.dropout = dropouts(c, ["embd_pdrop", "attention_dropout", "resid_pdrop"], 0.0)?;
     Ok(s)
 }
 
@@ -795,12 +791,46 @@ fn gpt2(c: &Cfg, family: Family) -> Result<ModelSpec> {
     s.o_bias = true;
     s.mlp_bias = true;
     s.positions = Positions::Learned;
-    s.dropout = Dropout {
-        embd: c.prob("embd_pdrop", 0.1)?,
-        attn: c.prob("attn_pdrop", 0.1)?,
-        resid: c.prob("resid_pdrop", 0.1)?,
-    };
+    s.dropout = dropouts(c, ["embd_pdrop", "attn_pdrop", "resid_pdrop"], 0.1)?;
     Ok(s)
+}
+
+/// Dropout probabilities read from `[embeddings, attention, residual]` keys, each
+/// defaulting to `default`.
+fn dropouts(c: &Cfg, keys: [&'static str; 3], default: f64) -> Result<Dropout> {
+    Ok(Dropout {
+        embd: c.prob(keys[0], default)?,
+        attn: c.prob(keys[1], default)?,
+        resid: c.prob(keys[2], default)?,
+    })
+}
+
+/// Falcon's and BLOOM's dropouts: `attention_dropout` on the attention probabilities,
+/// `hidden_dropout` on the residual branches, none on the embeddings.
+fn attention_and_hidden_dropout(c: &Cfg) -> Result<Dropout> {
+    Ok(Dropout {
+        embd: 0.0,
+        attn: c.prob("attention_dropout", 0.0)?,
+        resid: c.prob("hidden_dropout", 0.0)?,
+    })
+}
+
+/// The layout GPT-NeoX, Falcon, BLOOM and Phi share: the context length from
+/// `positions_key` (default 2048), `tie_word_embeddings` (family default `tie`),
+/// LayerNorm with bias, a plain MLP with the activation `act` reads (in that order).
+fn layernorm_plain(
+    c: &Cfg,
+    s: &mut ModelSpec,
+    positions_key: &'static str,
+    tie: bool,
+    act: impl FnOnce() -> Result<Activation>,
+) -> Result<()> {
+    s.max_positions = c.uint_or(&[positions_key], MAX_POSITIONS, 2048)?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", tie)?;
+    s.norm = NormKind::LayerNorm { bias: true };
+    s.act = act()?;
+    s.mlp = MlpKind::Plain;
+    Ok(())
 }
 
 /// gpt_neox (`GPTNeoXConfig`): fused `query_key_value`, biases on attention
@@ -810,11 +840,9 @@ fn gpt2(c: &Cfg, family: Family) -> Result<ModelSpec> {
 /// `attention_dropout`, `tie_word_embeddings` default false.
 fn gpt_neox(c: &Cfg) -> Result<ModelSpec> {
     let mut s = std_base(c, Family::GptNeox, false, |h, n| c.derived_head_dim(h, n))?;
-    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 2048)?;
-    s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
-    s.norm = NormKind::LayerNorm { bias: true };
-    s.act = c.act("hidden_act", Activation::Gelu)?;
-    s.mlp = MlpKind::Plain;
+    layernorm_plain(c, &mut s, "max_position_embeddings", false, || {
+        c.act("hidden_act", Activation::Gelu)
+    })?;
     s.fused_qkv = true;
     s.qkv_bias = c.bool_or("attention_bias", true)?;
     s.o_bias = s.qkv_bias;
@@ -870,11 +898,9 @@ fn falcon(c: &Cfg) -> Result<ModelSpec> {
         vocab,
     };
     let mut s = base(c, Family::Falcon, dims)?;
-    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 2048)?;
-    s.tie_embeddings = c.bool_or("tie_word_embeddings", true)?;
-    s.norm = NormKind::LayerNorm { bias: true };
-    s.act = c.act("activation", Activation::Gelu)?;
-    s.mlp = MlpKind::Plain;
+    layernorm_plain(c, &mut s, "max_position_embeddings", true, || {
+        c.act("activation", Activation::Gelu)
+    })?;
     s.fused_qkv = true;
     let bias = c.bool_or("bias", false)?;
     s.qkv_bias = bias;
@@ -892,11 +918,7 @@ fn falcon(c: &Cfg) -> Result<ModelSpec> {
             shared_norm: n_ln != 2,
         }
     };
-    s.dropout = Dropout {
-        embd: 0.0,
-        attn: c.prob("attention_dropout", 0.0)?,
-        resid: c.prob("hidden_dropout", 0.0)?,
-    };
+    s.dropout = attention_and_hidden_dropout(c)?;
     Ok(s)
 }
 
@@ -924,11 +946,7 @@ fn stablelm(c: &Cfg) -> Result<ModelSpec> {
     if c.bool_or("use_parallel_residual", false)? {
         s.residual = Residual::Parallel { shared_norm: true };
     }
-    s.dropout = Dropout {
-        embd: 0.0,
-        attn: c.prob("attention_dropout", 0.0)?,
-        resid: c.prob("hidden_dropout", 0.0)?,
-    };
+    s.dropout = attention_and_hidden_dropout(c)?;
     Ok(s)
 }
 
@@ -951,22 +969,14 @@ fn bloom(c: &Cfg) -> Result<ModelSpec> {
         vocab: c.uint_req(&["vocab_size"], MAX_VOCAB)?,
     };
     let mut s = base(c, Family::Bloom, dims)?;
-    s.max_positions = c.uint_or(&["seq_length"], MAX_POSITIONS, 2048)?;
-    s.tie_embeddings = c.bool_or("tie_word_embeddings", true)?;
-    s.norm = NormKind::LayerNorm { bias: true };
-    s.act = Activation::GeluNew;
-    s.mlp = MlpKind::Plain;
+    layernorm_plain(c, &mut s, "seq_length", true, || Ok(Activation::GeluNew))?;
     s.fused_qkv = true;
     s.qkv_bias = true;
     s.o_bias = true;
     s.mlp_bias = true;
     s.embed_norm = true;
     s.positions = Positions::Alibi;
-    s.dropout = Dropout {
-        embd: 0.0,
-        attn: c.prob("attention_dropout", 0.0)?,
-        resid: c.prob("hidden_dropout", 0.0)?,
-    };
+    s.dropout = attention_and_hidden_dropout(c)?;
     Ok(s)
 }
 
@@ -977,11 +987,9 @@ fn bloom(c: &Cfg) -> Result<ModelSpec> {
 /// `resid_pdrop`, `tie_word_embeddings` default false.
 fn phi(c: &Cfg) -> Result<ModelSpec> {
     let mut s = std_base(c, Family::Phi, true, |h, n| c.derived_head_dim(h, n))?;
-    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 2048)?;
-    s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
-    s.norm = NormKind::LayerNorm { bias: true };
-    s.act = c.act("hidden_act", Activation::GeluNew)?;
-    s.mlp = MlpKind::Plain;
+    layernorm_plain(c, &mut s, "max_position_embeddings", false, || {
+        c.act("hidden_act", Activation::GeluNew)
+    })?;
     s.qkv_bias = true;
     s.o_bias = true;
     s.mlp_bias = true;

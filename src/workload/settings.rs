@@ -67,6 +67,22 @@ pub enum FlagKind {
     Switch(bool),
 }
 
+/// A setting's value as it arrives: a file's JSON value or a flag's text.
+#[derive(Debug, Clone, Copy)]
+enum Raw<'a> {
+    Json(&'a Value),
+    Text(&'a str),
+}
+
+impl Raw<'_> {
+    fn parse<T: SettingValue>(self) -> std::result::Result<T, (String, String)> {
+        match self {
+            Raw::Json(v) => T::from_json(v),
+            Raw::Text(s) => T::from_text(s),
+        }
+    }
+}
+
 /// One row of the settings table.
 #[derive(Debug, Clone, Copy)]
 pub struct SettingInfo {
@@ -331,27 +347,12 @@ macro_rules! settings {
                 self
             }
 
-            /// Set `key` from a file's or a flag's value; `Ok(false)` if `key` is not a
-            /// setting. Errors name `origin`, the value and what is accepted.
-            pub fn set_json(&mut self, key: &str, v: &Value, origin: Origin) -> Result<bool> {
+            /// Set `key` from `value`; `Ok(false)` if `key` is not a setting. Errors
+            /// name `origin`, the value and what is accepted.
+            fn set_from(&mut self, key: &str, value: Raw, origin: Origin) -> Result<bool> {
                 match key {
                     $( stringify!($key) => {
-                        let x = <$ty as SettingValue>::from_json(v).map_err(|(val, acc)| {
-                            Error::invalid(origin.to_string(), val, acc)
-                        })?;
-                        self.$key = Some(x);
-                        self.origins.insert(stringify!($key), origin);
-                        Ok(true)
-                    } )*
-                    _ => Ok(false),
-                }
-            }
-
-            /// [`Settings::set_json`] from a flag's text.
-            pub fn set_text(&mut self, key: &str, s: &str, origin: Origin) -> Result<bool> {
-                match key {
-                    $( stringify!($key) => {
-                        let x = <$ty as SettingValue>::from_text(s).map_err(|(val, acc)| {
+                        let x = value.parse::<$ty>().map_err(|(val, acc)| {
                             Error::invalid(origin.to_string(), val, acc)
                         })?;
                         self.$key = Some(x);
@@ -529,6 +530,17 @@ impl Settings {
             s.set_text(k, v, Origin::Flag(info.flag))?;
         }
         Ok(s)
+    }
+
+    /// Set `key` from a file's JSON value; `Ok(false)` if `key` is not a setting.
+    /// Errors name `origin`, the value and what is accepted.
+    pub fn set_json(&mut self, key: &str, v: &Value, origin: Origin) -> Result<bool> {
+        self.set_from(key, Raw::Json(v), origin)
+    }
+
+    /// [`Settings::set_json`] from a flag's text.
+    pub fn set_text(&mut self, key: &str, s: &str, origin: Origin) -> Result<bool> {
+        self.set_from(key, Raw::Text(s), origin)
     }
 
     /// Record that `key` was set from `origin` (for importers that set fields directly).
