@@ -2,6 +2,8 @@
 # Build `llm-mem` with the `cuda` feature on a machine WITHOUT a GPU (or a CUDA toolkit).
 #
 #   scripts/build-cuda.sh            # prints the binary's path as its last line
+#   scripts/build-cuda.sh --tests    # also compiles the test suite with the feature
+#                                    # (`cargo test --release --features cuda --no-run`)
 #
 # What it puts in the cache folder (outside the repo; idempotent, a re-run with
 # everything cached takes seconds):
@@ -24,6 +26,14 @@
 #   LD_LIBRARY_PATH=$LLM_MEM_CUDA_STUB_LD_PATH "$LLM_MEM_CUDA_BIN" probe devices
 # On the GPU machine it finds the real libraries through its RUNPATH (build.rs).
 set -euo pipefail
+
+tests=0
+for a in "$@"; do
+    case $a in
+    --tests) tests=1 ;;
+    *) echo "build-cuda: unknown argument $a (accepted: --tests)" >&2; exit 2 ;;
+    esac
+done
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${LLM_MEM_CUDA_CACHE:-$HOME/.cache/llm-mem-cuda}
@@ -98,6 +108,11 @@ start=$(date +%s)
 log "cargo build --release --features cuda --bin llm-mem (CARGO_TARGET_DIR=$target; cold: ~15 min on 2 cores)"
 (cd "$repo" && cargo build --release --features cuda --bin llm-mem)
 log "built in $(($(date +%s) - start)) s"
+if [ "$tests" = 1 ]; then
+    # the same profile and target folder as the binary: only the test crates compile
+    log "cargo test --release --features cuda --no-run"
+    (cd "$repo" && cargo test --release --features cuda --all-targets --no-run)
+fi
 bin=$target/release/llm-mem
 [ -x "$bin" ] || { log "no binary at $bin"; exit 1; }
 cat >"$cache/env.sh" <<EOF
