@@ -35,7 +35,7 @@ fn tiny(name: &str) -> llm_mem::ModelSpec {
     s.head_dim = 16;
     s.intermediate = 128;
     s.vocab = 512;
-    s.layers = 2;
+    s.set_layers(2);
     s.max_positions = 64;
     if let llm_mem::arch::Positions::Rope { rotary_dim } = s.positions {
         // keep partial rotary (GPT-NeoX) partial

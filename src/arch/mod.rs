@@ -199,13 +199,14 @@ impl TensorInfo {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
     /// Preset name, path or hub id it came from.
     pub name: String,
     pub family: Family,
     pub hidden: u64,
-    pub layers: u64,
+    /// The decoder stack, bottom to top, as runs of layers with one block each.
+    pub groups: Vec<LayerGroup>,
     pub heads: u64,
     pub kv_heads: u64,
     pub head_dim: u64,
@@ -232,9 +233,6 @@ pub struct ModelSpec {
     /// false where the family's HF code softmaxes in the compute dtype (GPT-2,
     /// GPTBigCode). Autocast runs softmax in fp32 regardless.
     pub eager_softmax_fp32: bool,
-    /// The linear modules of each decoder block.
-    #[serde(skip)]
-    pub modules: BlockModules,
     pub positions: Positions,
     pub residual: Residual,
     /// Gemma-2 sandwich norms (post-attention and pre/post-feedforward norms).
@@ -302,6 +300,16 @@ pub struct BlockModules {
     pub ffn: &'static [ModuleSlot],
 }
 
+/// `count` consecutive decoder layers with the same block: the model is a list of
+/// them (dense-first MoE stacks, alternating attention kinds and a frozen vision tower
+/// are more groups, not special cases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerGroup {
+    pub count: u64,
+    /// The block's linear modules.
+    pub modules: BlockModules,
+}
+
 /// Norms over `head_dim` applied to queries and keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum QkNorm {
@@ -353,16 +361,67 @@ impl ModelSpec {
         self.kv_heads * self.head_dim
     }
 
-    /// The linears of one decoder layer, in forward order, with peft's names: the
-    /// block's module slots ([`BlockModules`], set by the config parser from the
-    /// family's transformers module tree) with shapes from the spec's widths. The one
-    /// description from which parameter counts, weight bytes, optimizer shapes,
-    /// sharding, the largest module and LoRA targets are derived.
+    /// Decoder layers in the stack.
+    pub fn layers(&self) -> u64 {
+        self.groups.iter().map(|g| g.count).sum()
+    }
+
+    /// The linears of one decoder layer of the stack's first group (see
+    /// [`ModelSpec::block_linears`]); the estimator's per-layer programs run over a
+    /// uniform stack (`uniform_block`).
     pub fn layer_linears(&self) -> Vec<LinearSpec> {
+        self.block_linears(&self.groups[0].modules)
+    }
+
+    /// The block every layer shares, or an error naming the model when its groups have
+    /// different blocks (estimated per group with the MoE/hybrid-attention support).
+    pub fn uniform_block(&self) -> Result<BlockModules> {
+        let first = self.groups[0].modules;
+        if self.groups.iter().all(|g| g.modules == first) {
+            Ok(first)
+        } else {
+            Err(Error::Unsupported {
+                model_type: self.family.model_type().to_string(),
+                reason: format!(
+                    "{} has {} layer groups with different blocks; per-group estimates come with mixture-of-experts and hybrid-attention support",
+                    self.name,
+                    self.groups.len()
+                ),
+                supported: Family::supported_list(),
+            })
+        }
+    }
+
+    /// Σ over the stack's groups of `count × f(that group's linears)`.
+    pub fn sum_over_layers(&self, f: impl Fn(&[LinearSpec]) -> u64) -> u64 {
+        self.groups
+            .iter()
+            .map(|g| g.count.saturating_mul(f(&self.block_linears(&g.modules))))
+            .fold(0, u64::saturating_add)
+    }
+
+    /// Every distinct linear of the stack (each group's, in order, duplicates once).
+    pub fn all_linears(&self) -> Vec<LinearSpec> {
+        let mut v: Vec<LinearSpec> = Vec::new();
+        for g in &self.groups {
+            for l in self.block_linears(&g.modules) {
+                if !v.contains(&l) {
+                    v.push(l);
+                }
+            }
+        }
+        v
+    }
+
+    /// The linears of one decoder layer with `modules`, in forward order, with peft's
+    /// names: the block's module slots ([`BlockModules`], set by the config parser
+    /// from the family's transformers module tree) with shapes from the spec's widths.
+    /// The one description from which parameter counts, weight bytes, optimizer
+    /// shapes, sharding, the largest module and LoRA targets are derived.
+    pub fn block_linears(&self, m: &BlockModules) -> Vec<LinearSpec> {
         use LinearRole::*;
         let h = self.hidden;
         let (qd, kvd, i) = (self.q_dim(), self.kv_dim(), self.intermediate);
-        let m = &self.modules;
         m.attention
             .iter()
             .chain(m.ffn)
@@ -408,7 +467,14 @@ impl ModelSpec {
             }
         };
         pos("hidden_size", self.hidden)?;
-        pos("num_hidden_layers", self.layers)?;
+        if self.groups.is_empty() || self.groups.iter().any(|g| g.count == 0) {
+            return Err(Error::invalid(
+                "num_hidden_layers",
+                0,
+                "an integer > 0 (every layer group non-empty)",
+            ));
+        }
+        pos("num_hidden_layers", self.layers())?;
         pos("num_attention_heads", self.heads)?;
         pos("num_key_value_heads", self.kv_heads)?;
         pos("head_dim", self.head_dim)?;
@@ -444,9 +510,47 @@ impl ModelSpec {
             ));
         }
         let mut m = self.clone();
-        m.layers = layers;
+        m.set_layers(layers);
         m.checkpoint = None;
         Ok(m)
+    }
+
+    /// Keep the first `n` layers of the stack (a pipeline stage, `--layers`); beyond
+    /// the stack's depth the last group grows.
+    pub fn set_layers(&mut self, n: u64) {
+        let mut left = n;
+        let mut kept = Vec::with_capacity(self.groups.len());
+        for g in &self.groups {
+            if left == 0 {
+                break;
+            }
+            let c = g.count.min(left);
+            kept.push(LayerGroup { count: c, ..*g });
+            left -= c;
+        }
+        if left > 0 {
+            if let Some(last) = kept.last_mut() {
+                last.count += left;
+            }
+        }
+        self.groups = kept;
+    }
+
+    /// The layers `start..start + n` of the stack, as the groups that hold them (a
+    /// pipeline stage's share).
+    pub fn stage_groups(&self, start: u64, n: u64) -> Vec<LayerGroup> {
+        let (mut at, mut out) = (0u64, Vec::new());
+        for g in &self.groups {
+            let (lo, hi) = (at.max(start), (at + g.count).min(start + n));
+            if lo < hi {
+                out.push(LayerGroup {
+                    count: hi - lo,
+                    ..*g
+                });
+            }
+            at += g.count;
+        }
+        out
     }
 }
 
@@ -500,7 +604,7 @@ impl LoraTargets {
     /// Names that match no linear of `spec` are an error, never silently ignored.
     pub fn check_against(&self, spec: &ModelSpec) -> Result<()> {
         if let LoraTargets::Names(ns) = self {
-            let lins = spec.layer_linears();
+            let lins = spec.all_linears();
             for n in ns {
                 if !lins.iter().any(|l| l.name == n) {
                     let accepted: Vec<&str> = lins.iter().map(|l| l.name).collect();

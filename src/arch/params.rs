@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::arch::{LoraTargets, ModelSpec, NormKind, Positions, QkNorm, TensorInfo};
+use crate::arch::{LinearSpec, LoraTargets, ModelSpec, NormKind, Positions, QkNorm, TensorInfo};
 
 /// Parameter counts of a model, split like `oracle/params.json` `breakdown`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,10 +53,16 @@ fn qk_norm_params(spec: &ModelSpec) -> u64 {
     }
 }
 
-/// Parameters of one decoder layer: Σ linears (in·out + out when biased) + the layer's
-/// norms (`norms_per_layer()` × hidden, ×2 for LayerNorm with bias) + q/k norms.
+/// Parameters of one decoder layer of the first group: Σ linears (in·out + out when
+/// biased) + the layer's norms (`norms_per_layer()` × hidden, ×2 for LayerNorm with
+/// bias) + q/k norms.
 pub fn per_layer(spec: &ModelSpec) -> u64 {
-    let linears: u64 = spec.layer_linears().iter().map(|l| l.params()).sum();
+    per_layer_of(spec, &spec.layer_linears())
+}
+
+/// [`per_layer`] of a layer with the linears `lins`.
+pub fn per_layer_of(spec: &ModelSpec, lins: &[LinearSpec]) -> u64 {
+    let linears: u64 = lins.iter().map(|l| l.params()).sum();
     linears + spec.norms_per_layer() * norm_params(spec, spec.hidden) + qk_norm_params(spec)
 }
 
@@ -93,7 +99,7 @@ pub fn count_architecture(spec: &ModelSpec) -> ParamCounts {
     let head_module = embedding + if spec.lm_head_bias { spec.vocab } else { 0 };
     let lm_head = if spec.tie_embeddings { 0 } else { head_module };
     let per_layer = per_layer(spec);
-    let decoder_layers = spec.layers * per_layer;
+    let decoder_layers = spec.sum_over_layers(|lins| per_layer_of(spec, lins));
     let positions = match spec.positions {
         Positions::Learned => spec.max_positions * h,
         _ => 0,
@@ -106,7 +112,7 @@ pub fn count_architecture(spec: &ModelSpec) -> ParamCounts {
     };
     let other = final_norm + positions + embed_norm;
     let largest_linear = spec
-        .layer_linears()
+        .all_linears()
         .iter()
         .map(|l| l.params())
         .max()
@@ -229,16 +235,15 @@ pub struct LoraCount {
 /// output head, as peft's `all-linear`), over all layers. Unknown names in an explicit
 /// target list simply match nothing here; use `LoraTargets::check_against` first.
 pub fn lora(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> LoraCount {
-    let (per_layer, modules) = spec
-        .layer_linears()
-        .iter()
-        .filter(|l| targets.matches(l))
-        .fold((0u64, 0u64), |(p, m), l| {
-            (p + rank * (l.in_features + l.out_features), m + 1)
-        });
     LoraCount {
-        trainable: spec.layers.saturating_mul(per_layer),
-        adapted_modules: spec.layers * modules,
+        trainable: spec.sum_over_layers(|lins| {
+            lins.iter()
+                .filter(|l| targets.matches(l))
+                .map(|l| rank.saturating_mul(l.in_features + l.out_features))
+                .sum()
+        }),
+        adapted_modules: spec
+            .sum_over_layers(|lins| lins.iter().filter(|l| targets.matches(l)).count() as u64),
     }
 }
 
@@ -247,12 +252,11 @@ pub fn lora(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> LoraCount {
 /// GPTQ quantize when a model is loaded in 4 or 8 bits (transformers keeps `lm_head`
 /// in the compute dtype).
 pub fn linear_weight_params(spec: &ModelSpec) -> u64 {
-    let per_layer: u64 = spec
-        .layer_linears()
-        .iter()
-        .map(|l| l.in_features * l.out_features)
-        .sum();
-    spec.layers * per_layer
+    spec.sum_over_layers(|lins| {
+        lins.iter()
+            .map(|l| l.copies * l.in_features * l.out_features)
+            .sum()
+    })
 }
 
 #[cfg(test)]

@@ -183,7 +183,7 @@ fn points(a: &PointsArgs) -> Result<ExitCode> {
                 "model": arch.model,
                 "family": p.spec.family.to_string(),
                 "model_type": p.spec.family.model_type(),
-                "layers": p.spec.layers,
+                "layers": p.spec.layers(),
                 "hidden": p.spec.hidden,
                 "heads": p.spec.heads,
                 "kv_heads": p.spec.kv_heads,

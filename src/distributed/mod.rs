@@ -74,15 +74,16 @@ impl DistributedEstimate {
     }
 }
 
-/// The model as one tensor-parallel rank computes it.
-pub fn tp_local(spec: &ModelSpec, tp: u64, layers: u64) -> ModelSpec {
+/// The model as one tensor-parallel rank of the pipeline stage holding layers
+/// `start..start + layers` computes it.
+pub fn tp_local(spec: &ModelSpec, tp: u64, start: u64, layers: u64) -> ModelSpec {
     let mut m = spec.clone();
     m.checkpoint = None;
     m.heads = spec.heads / tp;
     m.kv_heads = (spec.kv_heads / tp).max(1);
     m.intermediate = spec.intermediate / tp;
     m.vocab = spec.vocab.div_ceil(tp);
-    m.layers = layers;
+    m.groups = spec.stage_groups(start, layers);
     m
 }
 
@@ -128,14 +129,9 @@ fn other_params(local: &ModelSpec, c: &params::ParamCounts) -> OtherParams {
 }
 
 fn weight_split(local: &ModelSpec, w: &Workload) -> Result<WeightSplit> {
-    let one = ModelSpec {
-        layers: 1,
-        ..local.clone()
-    };
-    let two = ModelSpec {
-        layers: 2,
-        ..local.clone()
-    };
+    let (mut one, mut two) = (local.clone(), local.clone());
+    one.set_layers(1);
+    two.set_layers(2);
     let w1 = weights::weight_bytes(&one, w, 0)?.base;
     let w2 = weights::weight_bytes(&two, w, 0)?.base;
     let per_layer = w2 - w1;
@@ -170,7 +166,9 @@ pub fn estimate_layout(
     spec.validate()?;
     w.validate(spec)?;
     layout.validate(spec, w)?;
-    let stages = layout.stage_layers(spec.layers);
+    // the per-rank recipes count "layers × one layer": a uniform stack
+    spec.uniform_block()?;
+    let stages = layout.stage_layers(spec.layers());
     let pp = layout.pp;
     let m = layout.micro_batches.unwrap_or(w.grad_accum).max(1);
     let mut warnings = Vec::new();
@@ -234,7 +232,7 @@ fn serving_estimate(
     warnings: Vec<String>,
 ) -> Result<DistributedEstimate> {
     let view = RankView {
-        local: tp_local(spec, layout.tp, spec.layers),
+        local: tp_local(spec, layout.tp, 0, spec.layers()),
         has_embedding: true,
         has_head: true,
         sp_div: 1,
@@ -260,7 +258,7 @@ fn serving_estimate(
         per_rank: vec![RankClass {
             name: "every rank".into(),
             stage: 0,
-            layers: spec.layers,
+            layers: spec.layers(),
             ranks: layout.dp * layout.tp,
             model_states_bytes: Bytes(ms),
             estimate: e,
@@ -274,7 +272,7 @@ fn serving_estimate(
 /// state + master weights + gathered parameter buffers (ZeRO-3 / FSDP).
 fn model_states(v: &RankView) -> u64 {
     let s = &v.statics;
-    let grads = v.local.layers * s.grad_layer + s.grad_head + s.grad_embedding + s.grad_other;
+    let grads = v.local.layers() * s.grad_layer + s.grad_head + s.grad_embedding + s.grad_other;
     s.weights + grads + s.optimizer_state + s.master_weights + v.gathered_fwd.min(v.gathered_bwd)
 }
 
@@ -386,11 +384,13 @@ impl Stage {
         let pp = layout.pp;
         let first = stage == 0;
         let last = stage + 1 == pp;
-        let local = tp_local(spec, layout.tp, layers);
-        let counts = params::count(&ModelSpec {
-            layers: 1,
-            ..local.clone()
-        });
+        let start: u64 = layout.stage_layers(spec.layers())[..stage as usize]
+            .iter()
+            .sum();
+        let local = tp_local(spec, layout.tp, start, layers);
+        let mut one = local.clone();
+        one.set_layers(1);
+        let counts = params::count(&one);
         let full = w.method.is_full();
 
         // parameters this rank holds before data-parallel sharding

@@ -161,7 +161,7 @@ impl<'a> Evaluator<'a> {
         layout.validate(self.spec, w)?;
         let m = layout.micro_batches.unwrap_or(w.grad_accum).max(1);
         layout
-            .stage_layers(self.spec.layers)
+            .stage_layers(self.spec.layers())
             .iter()
             .enumerate()
             .map(|(i, &l)| rank_view(self.spec, w, layout, i as u64, l, m))
@@ -273,8 +273,8 @@ fn divisors_pow2(n: u64, max: u64) -> Vec<u64> {
 pub fn layouts(spec: &ModelSpec, w: &Workload, world: u64) -> Vec<(Layout, Sharding, Offload)> {
     let mut out = Vec::new();
     for tp in divisors_pow2(world, 8) {
-        for pp in
-            (1..=world / tp).filter(|pp| (world / tp) % pp == 0 && *pp <= 16 && *pp <= spec.layers)
+        for pp in (1..=world / tp)
+            .filter(|pp| (world / tp) % pp == 0 && *pp <= 16 && *pp <= spec.layers())
         {
             for cp in divisors_pow2(world / (tp * pp), 8) {
                 if cp > 1 && w.attn == Attn::Eager {

@@ -62,13 +62,13 @@ pub fn estimate_train(
         "AdamW step (graph dropped, gradients kept)",
         comp(&st.optimizer_peak),
     );
-    let per_layer = st.graph / spec.layers.max(1);
+    let per_layer = st.graph / spec.layers().max(1);
     Ok(recorded(
         ModelSummary::of(spec, st.params_total, st.params_trainable),
         rec,
         ActivationSummary {
             per_layer_bytes: sc(per_layer),
-            non_layer_bytes: sc(st.graph - per_layer * spec.layers),
+            non_layer_bytes: sc(st.graph - per_layer * spec.layers()),
             total_bytes: sc(st.graph),
             layer_tensors: Vec::new(),
         },

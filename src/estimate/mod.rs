@@ -196,7 +196,7 @@ impl RankView {
                 grad_layer: if full {
                     counts.per_layer * grad_size
                 } else {
-                    lora_trainable / spec.layers * grad_size
+                    lora_trainable / spec.layers() * grad_size
                 },
                 // a tied head's gradient is the embedding's, allocated at head backward
                 grad_head: match (full, spec.tie_embeddings) {
@@ -290,6 +290,8 @@ pub fn simulate(
         ));
     }
     ov.validate()?;
+    // the ledger and the candle program describe one block, run by every layer
+    spec.uniform_block()?;
     let counts = params::count(spec);
     let warnings = context_warnings(spec, w);
     if w.task == Task::Train && w.runtime == crate::workload::Runtime::Candle {
@@ -305,7 +307,7 @@ pub fn simulate(
     match (w.task, view) {
         (Task::Train, Some(v)) => {
             let local = &v.local;
-            layers_here = local.layers;
+            layers_here = local.layers();
             params_trainable = if w.method.is_full() {
                 counts.total
             } else {
@@ -325,7 +327,7 @@ pub fn simulate(
         (Task::Infer, _) => {
             // one GPU, or one tensor-parallel rank of a served model
             let spec = view.map_or(spec, |v| &v.local);
-            layers_here = spec.layers;
+            layers_here = spec.layers();
             acts = simulate_serving(spec, w, a, &mut rec)?;
         }
     }
@@ -414,7 +416,7 @@ impl ModelSummary {
         ModelSummary {
             name: spec.name.clone(),
             family: spec.family.to_string(),
-            layers: spec.layers,
+            layers: spec.layers(),
             hidden: spec.hidden,
             params_total,
             params_trainable,
@@ -547,7 +549,7 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
 /// layer 0 has its own cost (under LoRA its input needs no grad, see
 /// `runtime::torch`), then the rest; later stages run only the general layer.
 fn layer_runs(v: &RankView, acts: &Activations, extra_temp: u64) -> Vec<LayerRun> {
-    let n = v.local.layers;
+    let n = v.local.layers();
     let cost = |l: &torch::LayerLedger| LayerCost {
         saved: l.saved,
         fwd_cache: l.fwd_cache,
@@ -579,7 +581,7 @@ fn layer_runs(v: &RankView, acts: &Activations, extra_temp: u64) -> Vec<LayerRun
 
 /// KV-cache bytes per token of context (all layers, K and V).
 pub fn kv_bytes_per_token(spec: &ModelSpec, kv_dtype: DType) -> u64 {
-    2 * spec.layers * spec.kv_dim() * kv_dtype.size()
+    2 * spec.layers() * spec.kv_dim() * kv_dtype.size()
 }
 
 /// Activation-class bytes of a ledger multiplied by α.

@@ -36,47 +36,42 @@ impl Shape {
 
 /// The tensors of the decoder layers (every layer), without embedding, head or rest.
 pub fn layer_shapes(spec: &ModelSpec) -> Vec<Shape> {
-    let mut v = full_shapes(spec);
-    v.truncate(layer_shape_count(spec));
+    let mut v = Vec::new();
+    for g in &spec.groups {
+        let lins = spec.block_linears(&g.modules);
+        for lin in &lins {
+            let count = g.count * lin.copies;
+            v.push(Shape {
+                rows: lin.out_features,
+                cols: lin.in_features,
+                count,
+            });
+            if lin.bias {
+                v.push(Shape {
+                    rows: lin.out_features,
+                    cols: 1,
+                    count,
+                });
+            }
+        }
+        // norms and other small vectors of the layers, lumped as vectors of hidden size
+        let linear_params: u64 = lins.iter().map(|x| x.params()).sum();
+        let rest = params::per_layer_of(spec, &lins).saturating_sub(linear_params);
+        if rest > 0 {
+            v.push(Shape {
+                rows: rest,
+                cols: 1,
+                count: g.count,
+            });
+        }
+    }
     v
-}
-
-fn layer_shape_count(spec: &ModelSpec) -> usize {
-    let c = params::count(spec);
-    let lins = spec.layer_linears();
-    let linear_params: u64 = lins.iter().map(|x| x.params()).sum();
-    lins.len() + lins.iter().filter(|l| l.bias).count() + usize::from(c.per_layer > linear_params)
 }
 
 /// Trainable tensors of a full fine-tune: every parameter.
 pub fn full_shapes(spec: &ModelSpec) -> Vec<Shape> {
     let c = params::count(spec);
-    let mut v = Vec::new();
-    let l = spec.layers;
-    for lin in spec.layer_linears() {
-        v.push(Shape {
-            rows: lin.out_features,
-            cols: lin.in_features,
-            count: l,
-        });
-        if lin.bias {
-            v.push(Shape {
-                rows: lin.out_features,
-                cols: 1,
-                count: l,
-            });
-        }
-    }
-    // norms and other small vectors of the layers, lumped as vectors of hidden size
-    let linear_params: u64 = spec.layer_linears().iter().map(|x| x.params()).sum();
-    let rest = c.per_layer.saturating_sub(linear_params);
-    if rest > 0 {
-        v.push(Shape {
-            rows: rest,
-            cols: 1,
-            count: l,
-        });
-    }
+    let mut v = layer_shapes(spec);
     v.push(Shape {
         rows: spec.vocab,
         cols: spec.hidden,
@@ -109,22 +104,26 @@ pub fn full_shapes(spec: &ModelSpec) -> Vec<Shape> {
 
 /// Trainable tensors of LoRA: lora_A (r × in) and lora_B (out × r) per adapted linear.
 pub fn lora_shapes(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> Vec<Shape> {
-    spec.layer_linears()
+    spec.groups
         .iter()
-        .filter(|l| targets.matches(l))
-        .flat_map(|l| {
-            [
-                Shape {
-                    rows: rank,
-                    cols: l.in_features,
-                    count: spec.layers,
-                },
-                Shape {
-                    rows: l.out_features,
-                    cols: rank,
-                    count: spec.layers,
-                },
-            ]
+        .flat_map(|g| {
+            spec.block_linears(&g.modules)
+                .into_iter()
+                .filter(|l| targets.matches(l))
+                .flat_map(move |l| {
+                    [
+                        Shape {
+                            rows: rank,
+                            cols: l.in_features,
+                            count: g.count,
+                        },
+                        Shape {
+                            rows: l.out_features,
+                            cols: rank,
+                            count: g.count,
+                        },
+                    ]
+                })
         })
         .collect()
 }

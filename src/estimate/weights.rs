@@ -66,8 +66,7 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_trainable: u64) -> Resu
     } else {
         lora_trainable * 4
     };
-    let per_layer_linears = spec.layer_linears();
-    let n_linear_tensors = spec.layers * per_layer_linears.len() as u64;
+    let n_linear_tensors = spec.sum_over_layers(|lins| lins.iter().map(|l| l.copies).sum::<u64>());
 
     if let Some(q) = &spec.quantization {
         let m = q.method.to_ascii_lowercase();
@@ -79,11 +78,14 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_trainable: u64) -> Resu
                     format!("lora (a {m}-quantized checkpoint can't be fully fine-tuned) or --task infer"),
                 ));
             }
-            let packed: u64 = per_layer_linears
-                .iter()
-                .map(|l| gptq_bytes(l.in_features, l.out_features, q.bits as u64, q.group_size))
-                .sum::<u64>()
-                * spec.layers;
+            let packed = spec.sum_over_layers(|lins| {
+                lins.iter()
+                    .map(|l| {
+                        l.copies
+                            * gptq_bytes(l.in_features, l.out_features, q.bits as u64, q.group_size)
+                    })
+                    .sum()
+            });
             let base = packed + (total - linear) * DType::F16.size();
             return Ok(WeightBytes { base, adapters });
         }
@@ -92,11 +94,11 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_trainable: u64) -> Resu
     let base = match (&w.method, w.precision) {
         (Method::Qlora(l), _) => {
             let dq = l.double_quant;
-            let quant: u64 = per_layer_linears
-                .iter()
-                .map(|l| nf4_bytes(l.in_features * l.out_features, dq))
-                .sum::<u64>()
-                * spec.layers;
+            let quant = spec.sum_over_layers(|lins| {
+                lins.iter()
+                    .map(|l| l.copies * nf4_bytes(l.in_features * l.out_features, dq))
+                    .sum()
+            });
             quant + (total - linear) * rest_dt.size()
         }
         (_, Precision::Fp8) => linear + n_linear_tensors * 4 + (total - linear) * rest_dt.size(),

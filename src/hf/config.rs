@@ -19,8 +19,8 @@
 use serde_json::{Map, Value};
 
 use crate::arch::{
-    Activation, BlockModules, Dropout, Family, LinearRole, MlpKind, ModelSpec, ModuleSlot,
-    NormKind, Positions, QkNorm, Quantization, Residual,
+    Activation, BlockModules, Dropout, Family, LayerGroup, LinearRole, MlpKind, ModelSpec,
+    ModuleSlot, NormKind, Positions, QkNorm, Quantization, Residual,
 };
 use crate::arch::{MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH};
 use crate::error::{Error, Result};
@@ -239,7 +239,10 @@ fn block_modules(family: Family, mlp: MlpKind) -> BlockModules {
 /// The facts downstream code needs that follow from the family: the block's modules,
 /// the q/k norm shape, the eager softmax dtype.
 fn family_facts(mut s: ModelSpec) -> ModelSpec {
-    s.modules = block_modules(s.family, s.mlp);
+    let modules = block_modules(s.family, s.mlp);
+    for g in &mut s.groups {
+        g.modules = modules;
+    }
     // modeling_gpt2.py / modeling_gpt_bigcode.py eager attention: softmax in the
     // compute dtype; llama-style eager_attention_forward: softmax(dtype=float32)
     s.eager_softmax_fp32 = !matches!(s.family, Family::Gpt2 | Family::GptBigcode);
@@ -568,7 +571,10 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         name: c.path.to_string(),
         family,
         hidden: d.hidden,
-        layers: d.layers,
+        groups: vec![LayerGroup {
+            count: d.layers,
+            modules: BlockModules::default(),
+        }],
         heads: d.heads,
         kv_heads: d.kv_heads,
         head_dim: d.head_dim,
@@ -589,7 +595,6 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         embed_norm: false,
         qk_norm: QkNorm::None,
         eager_softmax_fp32: true,
-        modules: BlockModules::default(),
         positions: Positions::Rope {
             rotary_dim: d.head_dim,
         },

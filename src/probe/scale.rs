@@ -107,7 +107,7 @@ pub fn hf_config(a: &Arch, spec: &ModelSpec, plan_dir: &Path) -> Result<serde_js
     match mt {
         "gpt2" => {
             set("n_embd", spec.hidden.into());
-            set("n_layer", spec.layers.into());
+            set("n_layer", spec.layers().into());
             set("n_head", spec.heads.into());
             set("n_inner", spec.intermediate.into());
             set("n_positions", spec.max_positions.into());
@@ -116,7 +116,7 @@ pub fn hf_config(a: &Arch, spec: &ModelSpec, plan_dir: &Path) -> Result<serde_js
         }
         _ => {
             set("hidden_size", spec.hidden.into());
-            set("num_hidden_layers", spec.layers.into());
+            set("num_hidden_layers", spec.layers().into());
             set("num_attention_heads", spec.heads.into());
             set("num_key_value_heads", spec.kv_heads.into());
             set("head_dim", spec.head_dim.into());

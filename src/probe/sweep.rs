@@ -236,7 +236,7 @@ fn row_of(
         dtype: plan.dtype()?.to_string(),
         family: p.spec.family.to_string(),
         model: p.spec.name.clone(),
-        layers: p.spec.layers,
+        layers: p.spec.layers(),
         hidden: p.spec.hidden,
         heads: p.spec.heads,
         kv_heads: p.spec.kv_heads,

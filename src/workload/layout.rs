@@ -269,25 +269,30 @@ impl Layout {
 
     /// Pipeline stages partition the decoder layers; interleaving needs an even split.
     fn check_pipeline(&self, spec: &ModelSpec) -> Result<()> {
-        if self.pp > spec.layers {
+        if self.pp > spec.layers() {
             return layout(format!(
                 "--pp {} exceeds the {} decoder layers of {}",
-                self.pp, spec.layers, spec.name
+                self.pp,
+                spec.layers(),
+                spec.name
             ));
         }
         if let Some(v) = &self.pp_layers {
-            if v.len() as u64 != self.pp || v.iter().sum::<u64>() != spec.layers || v.contains(&0) {
+            if v.len() as u64 != self.pp || v.iter().sum::<u64>() != spec.layers() || v.contains(&0)
+            {
                 return layout(format!(
                     "--pp-layers {:?} must list {} stages of >= 1 layer summing to {}",
-                    v, self.pp, spec.layers
+                    v,
+                    self.pp,
+                    spec.layers()
                 ));
             }
         }
-        if self.vpp > 1 && (self.pp == 1 || spec.layers % (self.pp * self.vpp) != 0) {
+        if self.vpp > 1 && (self.pp == 1 || spec.layers() % (self.pp * self.vpp) != 0) {
             return layout(format!(
                 "--vpp {} needs --pp > 1 and layers ({}) divisible by pp × vpp ({})",
                 self.vpp,
-                spec.layers,
+                spec.layers(),
                 self.pp * self.vpp
             ));
         }

@@ -18,4 +18,5 @@ mod probe_pipeline;
 mod properties;
 mod published;
 mod sources;
+mod stack;
 mod tidy;

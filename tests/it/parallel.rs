@@ -120,7 +120,7 @@ fn gpt_layer() -> ModelSpec {
     s.kv_heads = 96;
     s.head_dim = 128;
     s.intermediate = 4 * 12288;
-    s.layers = 8;
+    s.set_layers(8);
     s.max_positions = 2048;
     s.act = Activation::Gelu;
     s.dropout = Dropout {

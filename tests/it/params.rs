@@ -196,7 +196,7 @@ fn every_preset_parses_and_matches_its_name() {
             c.total,
             c.embedding + c.lm_head + c.decoder_layers + c.other
         );
-        assert_eq!(c.decoder_layers, spec.layers * c.per_layer);
+        assert_eq!(c.decoder_layers, spec.layers() * c.per_layer);
         let info = presets::describe(name).unwrap().unwrap();
         assert_eq!(info.params_total, c.total);
         assert!(!info.hf_id.is_empty(), "{name}");

@@ -263,8 +263,8 @@ pub fn build_params<O: Ops>(
     } else {
         None
     };
-    let mut layers = Vec::with_capacity(spec.layers as usize);
-    for i in 0..spec.layers {
+    let mut layers = Vec::with_capacity(spec.layers() as usize);
+    for i in 0..spec.layers() {
         layers.push(b.layer(o, i)?);
     }
     let final_norm = b.norm(o, "model.norm", h)?;

@@ -1201,7 +1201,7 @@ mod tests {
         s.head_dim = 16;
         s.intermediate = 128;
         s.vocab = 256;
-        s.layers = 2;
+        s.set_layers(2);
         s.max_positions = 64;
         if let crate::arch::Positions::Rope { .. } = s.positions {
             s.positions = crate::arch::Positions::Rope { rotary_dim: 16 };
