@@ -392,25 +392,24 @@ impl ModelSpec {
         }
     }
 
-    /// Σ over the stack's groups of `count × f(that group's linears)`.
-    pub fn sum_over_layers(&self, f: impl Fn(&[LinearSpec]) -> u64) -> u64 {
+    /// Σ over every decoder layer of Σ over its linears of `f(linear)` (saturating).
+    pub fn sum_over_layers(&self, f: impl Fn(&LinearSpec) -> u64) -> u64 {
         self.groups
             .iter()
-            .map(|g| g.count.saturating_mul(f(&self.block_linears(&g.modules))))
+            .map(|g| {
+                let per_layer = self
+                    .linears_of(&g.modules)
+                    .map(|l| f(&l))
+                    .fold(0, u64::saturating_add);
+                g.count.saturating_mul(per_layer)
+            })
             .fold(0, u64::saturating_add)
     }
 
-    /// Every distinct linear of the stack (each group's, in order, duplicates once).
-    pub fn all_linears(&self) -> Vec<LinearSpec> {
-        let mut v: Vec<LinearSpec> = Vec::new();
-        for g in &self.groups {
-            for l in self.block_linears(&g.modules) {
-                if !v.contains(&l) {
-                    v.push(l);
-                }
-            }
-        }
-        v
+    /// Every linear of every group's block (a block shared by groups appears once per
+    /// group).
+    pub fn each_linear(&self) -> impl Iterator<Item = LinearSpec> + '_ {
+        self.groups.iter().flat_map(|g| self.linears_of(&g.modules))
     }
 
     /// The linears of one decoder layer with `modules`, in forward order, with peft's
@@ -419,33 +418,34 @@ impl ModelSpec {
     /// The one description from which parameter counts, weight bytes, optimizer
     /// shapes, sharding, the largest module and LoRA targets are derived.
     pub fn block_linears(&self, m: &BlockModules) -> Vec<LinearSpec> {
+        self.linears_of(m).collect()
+    }
+
+    /// [`ModelSpec::block_linears`] as an iterator (no allocation).
+    pub fn linears_of<'a>(&'a self, m: &BlockModules) -> impl Iterator<Item = LinearSpec> + 'a {
         use LinearRole::*;
         let h = self.hidden;
         let (qd, kvd, i) = (self.q_dim(), self.kv_dim(), self.intermediate);
-        m.attention
-            .iter()
-            .chain(m.ffn)
-            .map(|slot| {
-                let (in_features, out_features, bias) = match slot.role {
-                    Q => (h, qd, self.qkv_bias),
-                    K | V => (h, kvd, self.qkv_bias),
-                    Qkv => (h, qd + 2 * kvd, self.qkv_bias),
-                    O => (qd, h, self.o_bias),
-                    Gate | Up => (h, i, self.mlp_bias),
-                    GateUp => (h, 2 * i, self.mlp_bias),
-                    Down => (i, h, self.mlp_bias),
-                    Head => (h, self.vocab, self.lm_head_bias),
-                };
-                LinearSpec {
-                    name: slot.name,
-                    in_features,
-                    out_features,
-                    bias,
-                    role: slot.role,
-                    copies: slot.copies,
-                }
-            })
-            .collect()
+        m.attention.iter().chain(m.ffn).map(move |slot| {
+            let (in_features, out_features, bias) = match slot.role {
+                Q => (h, qd, self.qkv_bias),
+                K | V => (h, kvd, self.qkv_bias),
+                Qkv => (h, qd + 2 * kvd, self.qkv_bias),
+                O => (qd, h, self.o_bias),
+                Gate | Up => (h, i, self.mlp_bias),
+                GateUp => (h, 2 * i, self.mlp_bias),
+                Down => (i, h, self.mlp_bias),
+                Head => (h, self.vocab, self.lm_head_bias),
+            };
+            LinearSpec {
+                name: slot.name,
+                in_features,
+                out_features,
+                bias,
+                role: slot.role,
+                copies: slot.copies,
+            }
+        })
     }
 
     /// Number of norms in one decoder layer (each with `hidden` weights).
@@ -604,7 +604,7 @@ impl LoraTargets {
     /// Names that match no linear of `spec` are an error, never silently ignored.
     pub fn check_against(&self, spec: &ModelSpec) -> Result<()> {
         if let LoraTargets::Names(ns) = self {
-            let lins = spec.all_linears();
+            let lins: Vec<LinearSpec> = spec.each_linear().collect();
             for n in ns {
                 if !lins.iter().any(|l| l.name == n) {
                     let accepted: Vec<&str> = lins.iter().map(|l| l.name).collect();

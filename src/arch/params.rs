@@ -63,7 +63,12 @@ pub fn per_layer(spec: &ModelSpec) -> u64 {
 /// [`per_layer`] of a layer with the linears `lins`.
 pub fn per_layer_of(spec: &ModelSpec, lins: &[LinearSpec]) -> u64 {
     let linears: u64 = lins.iter().map(|l| l.params()).sum();
-    linears + spec.norms_per_layer() * norm_params(spec, spec.hidden) + qk_norm_params(spec)
+    linears + per_layer_fixed(spec)
+}
+
+/// What one decoder layer holds besides its linears: its norms and q/k norms.
+fn per_layer_fixed(spec: &ModelSpec) -> u64 {
+    spec.norms_per_layer() * norm_params(spec, spec.hidden) + qk_norm_params(spec)
 }
 
 /// Exact parameter counts from the architecture, or from the checkpoint's tensor list
@@ -99,7 +104,9 @@ pub fn count_architecture(spec: &ModelSpec) -> ParamCounts {
     let head_module = embedding + if spec.lm_head_bias { spec.vocab } else { 0 };
     let lm_head = if spec.tie_embeddings { 0 } else { head_module };
     let per_layer = per_layer(spec);
-    let decoder_layers = spec.sum_over_layers(|lins| per_layer_of(spec, lins));
+    let decoder_layers = spec
+        .sum_over_layers(|l| l.params())
+        .saturating_add(spec.layers().saturating_mul(per_layer_fixed(spec)));
     let positions = match spec.positions {
         Positions::Learned => spec.max_positions * h,
         _ => 0,
@@ -111,12 +118,7 @@ pub fn count_architecture(spec: &ModelSpec) -> ParamCounts {
         0
     };
     let other = final_norm + positions + embed_norm;
-    let largest_linear = spec
-        .all_linears()
-        .iter()
-        .map(|l| l.params())
-        .max()
-        .unwrap_or(0);
+    let largest_linear = spec.each_linear().map(|l| l.params()).max().unwrap_or(0);
     // A tied head shares the embedding's weight; only its own bias would differ.
     let largest_module = embedding
         .max(head_module)
@@ -235,15 +237,16 @@ pub struct LoraCount {
 /// output head, as peft's `all-linear`), over all layers. Unknown names in an explicit
 /// target list simply match nothing here; use `LoraTargets::check_against` first.
 pub fn lora(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> LoraCount {
+    let adapted = |l: &LinearSpec| targets.matches(l);
     LoraCount {
-        trainable: spec.sum_over_layers(|lins| {
-            lins.iter()
-                .filter(|l| targets.matches(l))
-                .map(|l| rank.saturating_mul(l.in_features + l.out_features))
-                .sum()
+        trainable: spec.sum_over_layers(|l| {
+            if adapted(l) {
+                rank.saturating_mul(l.in_features + l.out_features)
+            } else {
+                0
+            }
         }),
-        adapted_modules: spec
-            .sum_over_layers(|lins| lins.iter().filter(|l| targets.matches(l)).count() as u64),
+        adapted_modules: spec.sum_over_layers(|l| u64::from(adapted(l))),
     }
 }
 
@@ -252,11 +255,7 @@ pub fn lora(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> LoraCount {
 /// GPTQ quantize when a model is loaded in 4 or 8 bits (transformers keeps `lm_head`
 /// in the compute dtype).
 pub fn linear_weight_params(spec: &ModelSpec) -> u64 {
-    spec.sum_over_layers(|lins| {
-        lins.iter()
-            .map(|l| l.copies * l.in_features * l.out_features)
-            .sum()
-    })
+    spec.sum_over_layers(|l| l.copies * l.in_features * l.out_features)
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ use crate::units::dtype::DType;
 use crate::workload::overhead::Overheads;
 use crate::workload::{Device, Task, Workload};
 use timeline::{
-    Components, Event, EventOverheads, InferPlan, LayerCost, LayerRun, Phase, Recorder, TrainPlan,
+    Components, Event, EventOverheads, InferPlan, LayerCost, LayerRun, LayerRuns, Phase, Recorder,
+    TrainPlan,
 };
 
 /// Parameter counts of the run.
@@ -548,7 +549,7 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
 /// The decoder layers of a rank's stage as runs of equal cost: on the first stage
 /// layer 0 has its own cost (under LoRA its input needs no grad, see
 /// `runtime::torch`), then the rest; later stages run only the general layer.
-fn layer_runs(v: &RankView, acts: &Activations, extra_temp: u64) -> Vec<LayerRun> {
+fn layer_runs(v: &RankView, acts: &Activations, extra_temp: u64) -> LayerRuns {
     let n = v.local.layers();
     let cost = |l: &torch::LayerLedger| LayerCost {
         saved: l.saved,
@@ -573,9 +574,9 @@ fn layer_runs(v: &RankView, acts: &Activations, extra_temp: u64) -> Vec<LayerRun
             count: n - 1,
             ..general
         };
-        vec![first, rest]
+        LayerRuns::from_buf([first, rest])
     } else {
-        vec![general]
+        smallvec::smallvec![general]
     }
 }
 

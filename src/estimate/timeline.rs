@@ -196,7 +196,7 @@ pub struct TrainPlan {
     /// The decoder layers this rank runs (its pipeline stage), in order, as runs of
     /// layers with one cost: a frozen first layer under LoRA, alternating attention
     /// kinds, dense-first MoE stacks are all just runs.
-    pub layers: Vec<LayerRun>,
+    pub layers: LayerRuns,
     pub weights: u64,
     pub master_weights: u64,
     pub optimizer_state: u64,
@@ -250,6 +250,10 @@ pub struct LayerCost {
     pub grad: u64,
 }
 
+/// The runs of a stage's layers: inline up to two runs (a first layer of its own and
+/// the rest), so the layout search evaluates plans without allocating.
+pub type LayerRuns = smallvec::SmallVec<[LayerRun; 2]>;
+
 /// `count` consecutive decoder layers with the same cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerRun {
@@ -261,13 +265,6 @@ impl TrainPlan {
     /// Decoder layers on this rank.
     pub fn layer_count(&self) -> u64 {
         self.layers.iter().map(|r| r.count).sum()
-    }
-
-    /// Every layer's cost, in forward order.
-    pub fn each_layer(&self) -> impl DoubleEndedIterator<Item = &LayerCost> {
-        self.layers
-            .iter()
-            .flat_map(|r| std::iter::repeat_n(&r.cost, r.count as usize))
     }
 
     /// Σ over layers of `f(cost)`.
@@ -301,6 +298,7 @@ pub fn simulate_train<S: Sink>(p: &TrainPlan, rec: &mut S) {
     for mb in 0..micro_batches {
         let pass = Pass {
             p,
+            n_layers: p.layer_count(),
             base,
             mb,
             tag: if micro_batches > 1 {
@@ -333,6 +331,8 @@ pub fn simulate_train<S: Sink>(p: &TrainPlan, rec: &mut S) {
 /// One micro-batch's forward, loss and backward (steps 2–5 of the module doc).
 struct Pass<'a> {
     p: &'a TrainPlan,
+    /// Decoder layers on this rank.
+    n_layers: u64,
     /// Weights, master weights and optimizer state.
     base: Components,
     /// 0: the first micro-batch (allocates the gradients); 1: a later one (they are
@@ -347,7 +347,7 @@ struct Pass<'a> {
 impl Pass<'_> {
     /// Layers whose events are recorded: the first two and the last.
     fn show(&self, i: u64) -> bool {
-        i == 0 || i == 1 || i + 1 == self.p.layer_count()
+        i == 0 || i == 1 || i + 1 == self.n_layers
     }
 
     /// The accumulation transient of a gradient of `g` bytes (later micro-batches).
@@ -395,23 +395,28 @@ impl Pass<'_> {
                 ..with_grads
             },
         );
-        for (i, c) in (0u64..).zip(p.each_layer()) {
-            if self.show(i) {
-                let held = c.saved.min(c.fwd_peak);
-                rec.moment(
-                    Phase::Forward,
-                    || format!("layer {i} forward{tag}"),
-                    Components {
-                        activations: Bytes(other_mb + saved + held),
-                        temporaries: Bytes(
-                            cache + c.fwd_peak - held + c.extra_temp + p.gathered_fwd,
-                        ),
-                        ..with_grads
-                    },
-                );
+        let mut i = 0u64;
+        for run in &p.layers {
+            let c = &run.cost;
+            for _ in 0..run.count {
+                if self.show(i) {
+                    let held = c.saved.min(c.fwd_peak);
+                    rec.moment(
+                        Phase::Forward,
+                        || format!("layer {i} forward{tag}"),
+                        Components {
+                            activations: Bytes(other_mb + saved + held),
+                            temporaries: Bytes(
+                                cache + c.fwd_peak - held + c.extra_temp + p.gathered_fwd,
+                            ),
+                            ..with_grads
+                        },
+                    );
+                }
+                saved += c.saved;
+                cache += c.fwd_cache;
+                i += 1;
             }
-            saved += c.saved;
-            cache += c.fwd_cache;
         }
         (saved, cache)
     }
@@ -488,36 +493,40 @@ impl Pass<'_> {
     /// its gradients. Returns the saved bytes and gradients after the first layer.
     fn layers_backward<S: Sink>(&self, rec: &mut S, mut saved: u64, mut grads: u64) -> (u64, u64) {
         let (p, tag) = (self.p, &self.tag);
-        let n = p.layer_count();
-        for (i, c) in (0..n).rev().zip(p.each_layer().rev()) {
-            let (s, peak) = (c.saved, c.bwd_peak);
-            saved -= s;
-            if self.show(i) {
-                // the layer's peak already counts its gradients allocated so far
-                let own = if self.mb == 0 {
-                    c.bwd_peak_param_grads.min(peak)
-                } else {
-                    0
-                };
-                let held = s.min(peak - own);
-                rec.moment(
-                    Phase::Backward,
-                    || format!("layer {i} backward{tag}"),
-                    Components {
-                        gradients: Bytes(grads + own),
-                        activations: Bytes(p.inflight_saved + saved + held),
-                        temporaries: Bytes(
-                            peak - own - held
-                                + c.extra_temp
-                                + self.accum_temp(c.grad)
-                                + p.gathered_bwd,
-                        ),
-                        ..self.base
-                    },
-                );
-            }
-            if self.mb == 0 {
-                grads += c.grad;
+        let mut i = self.n_layers;
+        for run in p.layers.iter().rev() {
+            let c = &run.cost;
+            for _ in 0..run.count {
+                i -= 1;
+                let (s, peak) = (c.saved, c.bwd_peak);
+                saved -= s;
+                if self.show(i) {
+                    // the layer's peak already counts its gradients allocated so far
+                    let own = if self.mb == 0 {
+                        c.bwd_peak_param_grads.min(peak)
+                    } else {
+                        0
+                    };
+                    let held = s.min(peak - own);
+                    rec.moment(
+                        Phase::Backward,
+                        || format!("layer {i} backward{tag}"),
+                        Components {
+                            gradients: Bytes(grads + own),
+                            activations: Bytes(p.inflight_saved + saved + held),
+                            temporaries: Bytes(
+                                peak - own - held
+                                    + c.extra_temp
+                                    + self.accum_temp(c.grad)
+                                    + p.gathered_bwd,
+                            ),
+                            ..self.base
+                        },
+                    );
+                }
+                if self.mb == 0 {
+                    grads += c.grad;
+                }
             }
         }
         (saved, grads)

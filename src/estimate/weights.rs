@@ -66,7 +66,7 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_trainable: u64) -> Resu
     } else {
         lora_trainable * 4
     };
-    let n_linear_tensors = spec.sum_over_layers(|lins| lins.iter().map(|l| l.copies).sum::<u64>());
+    let n_linear_tensors = spec.sum_over_layers(|l| l.copies);
 
     if let Some(q) = &spec.quantization {
         let m = q.method.to_ascii_lowercase();
@@ -78,13 +78,8 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_trainable: u64) -> Resu
                     format!("lora (a {m}-quantized checkpoint can't be fully fine-tuned) or --task infer"),
                 ));
             }
-            let packed = spec.sum_over_layers(|lins| {
-                lins.iter()
-                    .map(|l| {
-                        l.copies
-                            * gptq_bytes(l.in_features, l.out_features, q.bits as u64, q.group_size)
-                    })
-                    .sum()
+            let packed = spec.sum_over_layers(|l| {
+                l.copies * gptq_bytes(l.in_features, l.out_features, q.bits as u64, q.group_size)
             });
             let base = packed + (total - linear) * DType::F16.size();
             return Ok(WeightBytes { base, adapters });
@@ -94,11 +89,8 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_trainable: u64) -> Resu
     let base = match (&w.method, w.precision) {
         (Method::Qlora(l), _) => {
             let dq = l.double_quant;
-            let quant = spec.sum_over_layers(|lins| {
-                lins.iter()
-                    .map(|l| l.copies * nf4_bytes(l.in_features * l.out_features, dq))
-                    .sum()
-            });
+            let quant =
+                spec.sum_over_layers(|l| l.copies * nf4_bytes(l.in_features * l.out_features, dq));
             quant + (total - linear) * rest_dt.size()
         }
         (_, Precision::Fp8) => linear + n_linear_tensors * 4 + (total - linear) * rest_dt.size(),
