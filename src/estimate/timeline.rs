@@ -350,6 +350,25 @@ impl Pass<'_> {
         i == 0 || i == 1 || i + 1 == self.n_layers
     }
 
+    /// The first recorded layer at or after `i` (`n_layers` if none).
+    fn next_shown_up(&self, i: u64) -> u64 {
+        if i <= 1 {
+            i
+        } else {
+            (self.n_layers - 1).max(i).min(self.n_layers)
+        }
+    }
+
+    /// The lowest index of the unrecorded layers at and below `i` (the layers `2..=i`
+    /// when `i` is one of them; `i` itself when it is recorded).
+    fn next_shown_down(&self, i: u64) -> u64 {
+        if i + 1 >= self.n_layers || i <= 1 {
+            i
+        } else {
+            2
+        }
+    }
+
     /// The accumulation transient of a gradient of `g` bytes (later micro-batches).
     fn accum_temp(&self, g: u64) -> u64 {
         if self.mb > 0 {
@@ -398,8 +417,17 @@ impl Pass<'_> {
         let mut i = 0u64;
         for run in &p.layers {
             let c = &run.cost;
-            for _ in 0..run.count {
-                if self.show(i) {
+            let end = i + run.count;
+            while i < end {
+                if !self.show(i) {
+                    // the layers up to the next recorded one only accumulate
+                    let k = self.next_shown_up(i).min(end) - i;
+                    saved += k * c.saved;
+                    cache += k * c.fwd_cache;
+                    i += k;
+                    continue;
+                }
+                {
                     let held = c.saved.min(c.fwd_peak);
                     rec.moment(
                         Phase::Forward,
@@ -496,7 +524,18 @@ impl Pass<'_> {
         let mut i = self.n_layers;
         for run in p.layers.iter().rev() {
             let c = &run.cost;
-            for _ in 0..run.count {
+            let start = i - run.count;
+            while i > start {
+                if !self.show(i - 1) {
+                    // the layers down to the next recorded one only release and grow
+                    let k = i - self.next_shown_down(i - 1).max(start);
+                    saved -= k * c.saved;
+                    if self.mb == 0 {
+                        grads += k * c.grad;
+                    }
+                    i -= k;
+                    continue;
+                }
                 i -= 1;
                 let (s, peak) = (c.saved, c.bwd_peak);
                 saved -= s;
