@@ -15,13 +15,17 @@ static ALLOC: llm_mem::probe::meter::CountingAlloc = llm_mem::probe::meter::Coun
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's own errors get the prefix every other error has
+            let text = e.to_string();
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            eprint!("llm-mem: error: {text}");
+            return ExitCode::from(2);
         }
     };
     match cli.run() {

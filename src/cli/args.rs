@@ -1,7 +1,7 @@
 //! The settings flags: one clap argument per row of the settings table
 //! (`llm_mem::workload::settings::SETTINGS`), so a new setting needs no code here.
-//! Values are checked by clap as they are read (so errors carry the usage line), then
-//! parsed into their typed fields, each marked with its flag as origin.
+//! Values are parsed into their typed fields, each marked with its flag as origin;
+//! errors name the flag, the value and what is accepted.
 
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use serde_json::Value;
@@ -49,11 +49,13 @@ impl Args for SettingFlags {
             let long = i.flag.trim_start_matches("--");
             let arg = Arg::new(i.key).long(long).help(i.help);
             let arg = match i.kind {
-                FlagKind::Value => {
-                    let check = i.check;
-                    arg.action(ArgAction::Set)
-                        .value_parser(move |s: &str| check(s).map(|()| s.to_string()))
-                }
+                // the value is parsed in `from_arg_matches`, so that its error names
+                // the flag, the value and the accepted range the way every other
+                // error does; numbers may be negative (`--batch -1` is an invalid
+                // value, not an unknown flag), names may not start with `-`
+                FlagKind::Value => arg
+                    .action(ArgAction::Set)
+                    .allow_hyphen_values(!matches!(i.key, "model" | "gpu")),
                 FlagKind::Switch(_) => arg.action(ArgAction::SetTrue),
             };
             cmd.arg(if i.key == "model" {

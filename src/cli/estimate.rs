@@ -77,7 +77,10 @@ pub fn load_model(s: &Settings) -> Result<llm_mem::ModelSpec> {
     let name = s.model.clone().context(
         "no model given: pass --model NAME (a preset from `llm-mem models`, a config.json path or a cached HF id)",
     )?;
-    let mut spec = hub::resolve(&name)?;
+    let (mut spec, notes) = hub::resolve_noted(&name, hub::default_cache_root().as_deref())?;
+    for n in notes {
+        eprintln!("llm-mem: note: {n}");
+    }
     if let Some(l) = s.layers {
         spec = spec.with_layers(l).map_err(|e| s.attribute(e))?;
     }
@@ -88,6 +91,9 @@ pub fn run(args: &EstimateArgs) -> Result<ExitCode> {
     let (settings, _) = args.settings()?;
     let spec = load_model(&settings)?;
     let run = settings.resolve(&spec)?;
+    for w in &run.warnings {
+        eprintln!("llm-mem: warning: {w}");
+    }
     let (w, ov, layout) = (&run.workload, &run.overheads, &run.layout);
     let corr = match &args.calibration {
         Some(p) => super::probe::correction(p, spec.family.model_type(), w.runtime.as_str())?,

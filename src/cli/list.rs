@@ -39,16 +39,32 @@ pub fn models(json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn gpus() -> Result<ExitCode> {
-    let mut s = format!("{:<12} {:>10}  {}\n", "gpu", "GiB", "description");
-    for g in gpu::GPUS {
-        s += &format!(
-            "{:<12} {:>10.2}  {}\n",
-            g.name,
-            g.memory.gib(),
-            g.description
-        );
-    }
+pub fn gpus(json: bool) -> Result<ExitCode> {
+    let s = if json {
+        // the shape of `models --json`: an array of objects, keys in alphabetical order
+        let list: Vec<serde_json::Value> = gpu::GPUS
+            .iter()
+            .map(|g| {
+                serde_json::json!({
+                    "description": g.description,
+                    "memory_bytes": g.memory.get(),
+                    "name": g.name,
+                })
+            })
+            .collect();
+        serde_json::to_string_pretty(&list)? + "\n"
+    } else {
+        let mut s = format!("{:<12} {:>10}  {}\n", "gpu", "GiB", "description");
+        for g in gpu::GPUS {
+            s += &format!(
+                "{:<12} {:>10.2}  {}\n",
+                g.name,
+                g.memory.gib(),
+                g.description
+            );
+        }
+        s
+    };
     print_out(&s)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -41,7 +41,11 @@ enum Command {
         json: bool,
     },
     /// List the GPUs known to --gpu.
-    Gpus,
+    Gpus {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Search the layouts (tp, pp, dp, cp, ZeRO/FSDP, checkpointing, offload) that fit
     /// N GPUs, the largest micro-batch and the longest sequence.
     Plan(Box<plan::PlanArgs>),
@@ -55,7 +59,7 @@ impl Cli {
         match &self.command {
             Command::Estimate(a) => estimate::run(a),
             Command::Models { json } => list::models(*json),
-            Command::Gpus => list::gpus(),
+            Command::Gpus { json } => list::gpus(*json),
             Command::Plan(a) => plan::run(a),
             Command::Probe(p) => probe::run(p),
         }

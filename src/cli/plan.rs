@@ -30,6 +30,11 @@ pub struct PlanArgs {
 }
 
 pub fn run(args: &PlanArgs) -> Result<ExitCode> {
+    if args.workload.csv {
+        anyhow::bail!(
+            "invalid --csv for plan: plan has no CSV output; accepted: --json, or `llm-mem estimate --csv` for one layout"
+        );
+    }
     let (settings, _) = args.workload.settings()?;
     let spec = load_model(&settings)?;
     let (workload, overheads) = settings.build(&spec)?;

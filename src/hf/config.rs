@@ -398,10 +398,47 @@ impl Cfg<'_> {
         }
         for key in ["vision_config", "visual", "vision_tower", "mm_vision_tower"] {
             if self.get(key).is_some() {
-                return Err(unsupported());
+                return Err(self.vision_language(key));
             }
         }
         Ok(())
+    }
+
+    /// A supported text `model_type` with a vision block (Qwen-VL is `qwen` + `visual`):
+    /// the error says which model it is and qualifies its text family in the list, so it
+    /// does not reject a `model_type` that it lists as supported.
+    fn vision_language(&self, key: &str) -> Error {
+        let mt = self.model_type;
+        let (model_type, qualified) = if Family::ALL.iter().any(|f| f.model_type() == mt) {
+            let name = if mt == "qwen" {
+                "Qwen-VL"
+            } else {
+                "a vision-language variant"
+            };
+            (
+                format!("{mt} with a `{key}` block ({name}, a vision-language model)"),
+                format!("{mt} (text-only: without `{key}`)"),
+            )
+        } else {
+            (mt.to_string(), String::new())
+        };
+        let supported = Family::ALL
+            .iter()
+            .map(|f| f.model_type())
+            .map(|t| {
+                if t == mt {
+                    qualified.clone()
+                } else {
+                    t.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        Error::Unsupported {
+            model_type,
+            reason: LATER_VERSION.to_string(),
+            supported,
+        }
     }
 
     /// `head_dim` from `hidden / heads`, which must divide exactly.

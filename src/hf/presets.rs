@@ -233,6 +233,22 @@ pub fn describe_all() -> Vec<Result<PresetInfo>> {
     names().into_iter().filter_map(describe).collect()
 }
 
+/// The preset published from the HF repo `id` (`_name_or_path`, matched
+/// case-insensitively), the first by name when several are.
+pub fn by_hf_id(id: &str) -> Option<&'static str> {
+    let id = id.trim();
+    names().into_iter().find(|n| {
+        raw(n)
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+            .and_then(|v| {
+                v.get("_name_or_path")?
+                    .as_str()
+                    .map(|h| h.eq_ignore_ascii_case(id))
+            })
+            .unwrap_or(false)
+    })
+}
+
 /// Models of the reference set that this version does not model, so that asking for
 /// one by name says why instead of "not found": (name, model_type, kind).
 const KNOWN_UNSUPPORTED: &[(&str, &str, &str)] = &[

@@ -21,6 +21,11 @@ pub const GIB: u64 = 1 << 30;
 
 impl Bytes {
     pub const ZERO: Bytes = Bytes(0);
+    /// The largest amount any setting accepts, 1 PiB (2^50 bytes): far above any device
+    /// or host, and far enough below `u64::MAX` that sums of a few settings cannot wrap.
+    pub const MAX_AMOUNT: Bytes = Bytes(1 << 50);
+    /// What [`Bytes::parse`] accepts, for messages.
+    pub const ACCEPTED: &'static str = "a positive number with a unit: B, KiB, MiB, GiB, TiB (binary) or KB, MB, GB, TB (decimal), e.g. 80GiB, or an integer of bytes; at most 1 PiB (1024TiB = 1125899906842624 bytes)";
 
     pub fn get(self) -> u64 {
         self.0
@@ -51,12 +56,10 @@ impl Bytes {
     /// `512MiB` or a plain integer number of bytes.
     pub fn parse(text: &str) -> Result<Bytes, Error> {
         let t = text.trim();
-        let bad = || {
-            Error::InvalidValue {
+        let bad = || Error::InvalidValue {
             what: "memory amount".into(),
             value: text.to_string(),
-            accepted: "a positive number with a unit: B, KiB, MiB, GiB, TiB (binary) or KB, MB, GB, TB (decimal), e.g. 80GiB".into(),
-        }
+            accepted: Bytes::ACCEPTED.into(),
         };
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -75,10 +78,23 @@ impl Bytes {
             "tb" => 1e12,
             _ => return Err(bad()),
         };
-        if !(value.is_finite() && value > 0.0) {
+        let bytes = (value * mult).round();
+        if !(value.is_finite() && value > 0.0 && bytes <= Bytes::MAX_AMOUNT.0 as f64) {
             return Err(bad());
         }
-        Ok(Bytes((value * mult).round() as u64))
+        Ok(Bytes(bytes as u64))
+    }
+
+    /// `n` bytes when within [`Bytes::MAX_AMOUNT`].
+    pub fn bounded(n: u64) -> Result<Bytes, Error> {
+        if n <= Bytes::MAX_AMOUNT.0 {
+            return Ok(Bytes(n));
+        }
+        Err(Error::InvalidValue {
+            what: "memory amount".into(),
+            value: n.to_string(),
+            accepted: Bytes::ACCEPTED.into(),
+        })
     }
 }
 
@@ -124,6 +140,16 @@ mod tests {
         assert!(Bytes::parse("-3GiB").is_err());
         assert!(Bytes::parse("0GiB").is_err());
         assert!(Bytes::parse("80 parsecs").is_err());
+    }
+
+    #[test]
+    fn m5_amounts_are_bounded_in_both_forms() {
+        assert_eq!(Bytes::parse("1024TiB").unwrap(), Bytes::MAX_AMOUNT);
+        assert!(Bytes::parse("1025TiB").is_err());
+        assert!(Bytes::parse("18446744073709551615").is_err());
+        assert!(Bytes::parse(&(Bytes::MAX_AMOUNT.0 + 1).to_string()).is_err());
+        assert!(Bytes::bounded(u64::MAX).is_err());
+        assert_eq!(Bytes::bounded(5).unwrap(), Bytes(5));
     }
 
     #[test]

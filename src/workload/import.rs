@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::workload::layout::FsdpMode;
-use crate::workload::settings::{Format, Origin, Settings, ZeroStage};
+use crate::workload::settings::{Format, FsdpVersion, Origin, SettingValue, Settings, ZeroStage};
 use crate::workload::{Attn, GradCkpt, Loss, MethodKind, Optimizer, Precision};
 
 fn err(origin: &str, m: impl Into<String>) -> Error {
@@ -115,7 +115,6 @@ const DS_QUIET: &[&str] = &[
     "communication_data_type",
     "prescale_gradients",
     "gradient_predivide_factor",
-    "train_batch_size",
     "flops_profiler",
     "tensorboard",
     "wandb",
@@ -145,6 +144,13 @@ pub fn from_deepspeed(text: &str, origin: &str) -> Result<(Settings, Vec<String>
             ),
             "bf16" | "fp16" => {
                 let key = format!("{k}.enabled");
+                if !val.is_object() {
+                    // deepspeed/runtime/config.py (v0.15) reads param_dict[k].get("enabled")
+                    return Err(err(
+                        origin,
+                        format!("{k}: expected an object such as {{\"enabled\": true}}, got {val} (DeepSpeed rejects a bare value)"),
+                    ));
+                }
                 if as_bool(val.get("enabled").unwrap_or(&Value::Null), &key, origin)? == Some(true)
                 {
                     // DeepSpeed's bf16/fp16: half-precision weights with fp32 master
@@ -197,6 +203,12 @@ pub fn from_deepspeed(text: &str, origin: &str) -> Result<(Settings, Vec<String>
                     ));
                 }
             }
+            "train_batch_size" => c.put(
+                |s| &mut s.train_batch_size,
+                "train_batch_size",
+                as_u64(val, k, origin)?,
+                k,
+            ),
             k if DS_QUIET.contains(&k) => {}
             _ => warn.push(format!("{origin}: key {k:?} is not modelled")),
         }
@@ -346,6 +358,9 @@ pub fn from_train_args(
     let mut warn = Vec::new();
     let mut quant = None;
     let mut finetuning = None;
+    let llama_factory = ["stage", "finetuning_type", "template"]
+        .iter()
+        .any(|k| map.contains_key(*k));
     for (k, val) in &map {
         match k.as_str() {
             "finetuning_type" => finetuning = val.as_str().map(|f| (f.to_string(), k.clone())),
@@ -363,8 +378,191 @@ pub fn from_train_args(
             _ => train_arg(&mut c, &mut warn, k, val)?,
         }
     }
+    if llama_factory && finetuning.is_none() {
+        // LLaMA-Factory v0.9.1 src/llamafactory/hparams/finetuning_args.py:
+        // finetuning_type: Literal["lora", "freeze", "full"] = "lora"
+        finetuning = Some(("lora".into(), default_key("finetuning_type", "lora")));
+    }
     method_of(&mut c, &mut warn, finetuning, quant);
+    fsdp_mixed_precision(&mut c, &mut warn, &map)?;
+    if llama_factory {
+        llama_factory_defaults(&mut c, &map)?;
+    }
+    training_arguments_defaults(&mut c);
     Ok((c.s, warn))
+}
+
+/// How an absent key that took the framework's default is named in messages.
+fn default_key(key: &str, value: &str) -> String {
+    format!("{key} (absent: default {value})")
+}
+
+impl Import<'_> {
+    /// Set `slot` to `v` when nothing set it, noted as the default of the absent `from`.
+    fn default<T>(
+        &mut self,
+        slot: fn(&mut Settings) -> &mut Option<T>,
+        key: &'static str,
+        v: T,
+        from: &str,
+        shown: &str,
+    ) {
+        if slot(&mut self.s).is_none() {
+            self.put(slot, key, Some(v), &default_key(from, shown));
+        }
+    }
+}
+
+/// HF `TrainingArguments` defaults for memory-relevant keys the file leaves out
+/// (transformers v4.46.0 src/transformers/training_args.py):
+/// `per_device_train_batch_size: int = 8`; `optim` default `"adamw_torch"`
+/// (`torch.optim.AdamW`, foreach on CUDA; transformers releases that default to
+/// `adamw_torch_fused` on torch >= 2.8 are matched by writing `optim` in the file);
+/// `gradient_checkpointing: bool = False` (the tool's default, nothing to set).
+fn training_arguments_defaults(c: &mut Import) {
+    c.default(
+        |s| &mut s.batch,
+        "batch",
+        8,
+        "per_device_train_batch_size",
+        "8",
+    );
+    c.default(
+        |s| &mut s.optimizer,
+        "optimizer",
+        Optimizer::AdamWForeach,
+        "optim",
+        "adamw_torch",
+    );
+}
+
+/// LLaMA-Factory's defaults for memory-relevant keys the file leaves out (v0.9.1):
+/// - `hparams/model_args.py`: `disable_gradient_checkpointing: bool = False`,
+///   `use_reentrant_gc: bool = True` → `model/model_utils/checkpointing.py` calls
+///   `gradient_checkpointing_enable` on every trainable model: full per-layer
+///   checkpointing. Reentrant and non-reentrant checkpointing are modelled the same
+///   (each layer keeps its input; one layer is recomputed at a time in backward); the
+///   non-reentrant variant can free recomputed tensors a little earlier, so the estimate
+///   is the reentrant one, which LLaMA-Factory uses by default.
+///   `flash_attn: AttentionFunction = "auto"` (transformers' choice: SDPA);
+///   `enable_liger_kernel: bool = False` (the standard loss).
+/// - `hparams/finetuning_args.py`: `lora_rank: int = 8`, `lora_target: str = "all"`
+///   (`lora_alpha: None` → rank × 2, no memory effect).
+/// - `hparams/data_args.py`: `cutoff_len: int = 2048`.
+fn llama_factory_defaults(c: &mut Import, map: &serde_json::Map<String, Value>) -> Result<()> {
+    let origin = c.origin;
+    let disable = match map.get("disable_gradient_checkpointing") {
+        Some(v) => as_bool(v, "disable_gradient_checkpointing", origin)?.unwrap_or(false),
+        None => false,
+    };
+    if disable {
+        c.default(
+            |s| &mut s.grad_ckpt,
+            "grad_ckpt",
+            GradCkpt::None,
+            "disable_gradient_checkpointing",
+            "true",
+        );
+    } else {
+        let from = if map.contains_key("disable_gradient_checkpointing") {
+            "disable_gradient_checkpointing".to_string()
+        } else {
+            default_key("disable_gradient_checkpointing", "false")
+        };
+        if c.s.grad_ckpt.is_none() {
+            c.put(
+                |s| &mut s.grad_ckpt,
+                "grad_ckpt",
+                Some(GradCkpt::Full),
+                &from,
+            );
+        }
+    }
+    c.default(|s| &mut s.attn, "attn", Attn::Sdpa, "flash_attn", "auto");
+    c.default(|s| &mut s.seq_len, "seq_len", 2048, "cutoff_len", "2048");
+    if c.s.method.is_some_and(|m| m != MethodKind::Full) {
+        c.default(|s| &mut s.lora_rank, "lora_rank", 8, "lora_rank", "8");
+        c.default(
+            |s| &mut s.lora_targets,
+            "lora_targets",
+            crate::arch::LoraTargets::AllLinear,
+            "lora_target",
+            "all",
+        );
+    }
+    Ok(())
+}
+
+/// Trainer's `bf16`/`fp16` with `fsdp`: accelerate's FSDP plugin installs
+/// `MixedPrecision(param_dtype=bf16, reduce_dtype=bf16, buffer_dtype=bf16)` over fp32
+/// sharded parameters (accelerate v1.6.0 src/accelerate/utils/dataclasses.py,
+/// `FullyShardedDataParallelPlugin.set_mixed_precision`): the fp32 shards are the
+/// master weights, the gathered parameters are already half, and there is no autocast
+/// weight cache. That is this tool's half dtype + `master_weights` + FSDP. The FSDP
+/// version is accelerate's default, 1 (`fsdp_version` unset → `FSDP_VERSION` env,
+/// default "1"), unless `fsdp_config` says `fsdp_version: 2`. LoRA runs keep the
+/// half-precision frozen base set by [`method_of`].
+fn fsdp_mixed_precision(
+    c: &mut Import,
+    warn: &mut Vec<String>,
+    map: &serde_json::Map<String, Value>,
+) -> Result<()> {
+    let origin = c.origin;
+    if c.s.fsdp.is_none() {
+        if map.contains_key("fsdp_config") && c.s.fsdp.is_none() {
+            warn.push(format!(
+                "{origin}: fsdp_config is ignored without an fsdp sharding option"
+            ));
+        }
+        return Ok(());
+    }
+    let mut version = FsdpVersion(1);
+    let mut from = default_key("fsdp_config.fsdp_version", "1");
+    match map.get("fsdp_config") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(cfg)) => {
+            // transformers strips the "fsdp_" prefix of fsdp_config keys
+            for key in ["fsdp_version", "version"] {
+                if let Some(v) = cfg.get(key) {
+                    from = format!("fsdp_config.{key}");
+                    version = FsdpVersion::from_json(v).map_err(|(val, acc)| {
+                        Error::invalid(format!("{origin}: {from}"), val, acc)
+                    })?;
+                }
+            }
+            for key in ["activation_checkpointing", "fsdp_activation_checkpointing"] {
+                if let Some(v) = cfg.get(key) {
+                    let k = format!("fsdp_config.{key}");
+                    if as_bool(v, &k, origin)? == Some(true) {
+                        c.put_once(|s| &mut s.grad_ckpt, "grad_ckpt", GradCkpt::Full, &k)?;
+                    }
+                }
+            }
+        }
+        Some(other) => warn.push(format!(
+            "{origin}: fsdp_config {other} is not read (a file path or a non-mapping); FSDP version 1 assumed, accelerate's default"
+        )),
+    }
+    c.put(
+        |s| &mut s.fsdp_version,
+        "fsdp_version",
+        Some(version),
+        &from,
+    );
+    if let Some(p @ (Precision::AmpBf16 | Precision::AmpFp16)) = c.s.dtype {
+        let half = if p == Precision::AmpBf16 {
+            Precision::Bf16
+        } else {
+            Precision::Fp16
+        };
+        let by = c.s.origins.get("dtype").cloned();
+        c.s.dtype = Some(half);
+        c.s.master_weights = Some(true);
+        if let Some(o) = by {
+            c.s.note("master_weights", o);
+        }
+    }
+    Ok(())
 }
 
 /// One TrainingArguments / LLaMA-Factory key (all but the method and quantization keys).
@@ -416,7 +614,21 @@ fn train_arg(c: &mut Import, warn: &mut Vec<String>, k: &str, val: &Value) -> Re
             as_u64(val, k, origin)?,
             k,
         ),
-        "lora_alpha" => c.put(|s| &mut s.lora_alpha, "lora_alpha", val.as_f64(), k),
+        "lora_alpha" => {
+            let alpha = match val {
+                Value::Null => None,
+                Value::Number(n) => n.as_f64().filter(|a| a.is_finite() && *a > 0.0),
+                _ => None,
+            };
+            if alpha.is_none() && !val.is_null() {
+                return Err(Error::invalid(
+                    format!("{origin}: {k}"),
+                    val,
+                    "a positive number",
+                ));
+            }
+            c.put(|s| &mut s.lora_alpha, "lora_alpha", alpha, k)
+        }
         "lora_target" | "target_modules" => {
             let targets = lora_targets_of(val, k, origin)?;
             c.put(|s| &mut s.lora_targets, "lora_targets", Some(targets), k);
@@ -424,6 +636,8 @@ fn train_arg(c: &mut Import, warn: &mut Vec<String>, k: &str, val: &Value) -> Re
         "deepspeed" => {
             return Err(err(origin, "deepspeed: pass that file with --deepspeed PATH as well (its settings are read from there)"));
         }
+        // read by `fsdp_mixed_precision` and `llama_factory_defaults`
+        "fsdp_config" | "disable_gradient_checkpointing" | "use_reentrant_gc" => {}
         "ddp_find_unused_parameters" | "ddp_bucket_cap_mb" => {}
         k if TA_QUIET.contains(&k) => {}
         _ => warn.push(format!("{origin}: key {k:?} is not modelled")),
@@ -464,26 +678,51 @@ fn shape_or_kernel_arg(c: &mut Import, k: &str, val: &Value) -> Result<bool> {
                 c.put(|s| &mut s.loss, "loss", Some(Loss::FusedLinearCe), k);
             }
         }
-        "fsdp" => {
-            // TrainingArguments.fsdp: "full_shard auto_wrap offload" or a list of them
-            let f = strings(val).join(" ");
-            let mode = if f.contains("full_shard") {
-                Some(FsdpMode::Full)
-            } else if f.contains("shard_grad_op") {
-                Some(FsdpMode::GradOp)
-            } else if f.contains("hybrid_shard") {
-                Some(FsdpMode::Hybrid)
-            } else {
-                None
-            };
-            c.put(|s| &mut s.fsdp, "fsdp", mode, k);
-            if f.contains("offload") {
-                c.put(|s| &mut s.offload_params, "offload_params", Some(true), k);
-            }
-        }
+        "fsdp" => fsdp_arg(c, k, val)?,
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// `FSDPOption` of transformers v4.46.0 src/transformers/trainer_utils.py.
+const FSDP_OPTIONS: &str =
+    "full_shard, shard_grad_op, hybrid_shard, hybrid_shard_zero2, no_shard, offload, auto_wrap";
+
+/// `TrainingArguments.fsdp`: `"full_shard auto_wrap offload"`, a list of those options,
+/// or `""`/`false` for none.
+fn fsdp_arg(c: &mut Import, k: &str, val: &Value) -> Result<()> {
+    let origin = c.origin;
+    let bad = |v: &dyn std::fmt::Display| {
+        Error::invalid(
+            format!("{origin}: {k}"),
+            v,
+            format!("a string or list of FSDP options: {FSDP_OPTIONS}"),
+        )
+    };
+    let opts: Vec<&str> = match val {
+        Value::Null | Value::Bool(false) => Vec::new(),
+        Value::String(t) => t.split_whitespace().collect(),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().ok_or_else(|| bad(x)))
+            .collect::<Result<_>>()?,
+        other => return Err(bad(other)),
+    };
+    let mut mode = None;
+    for o in &opts {
+        match *o {
+            "full_shard" => mode = Some(FsdpMode::Full),
+            "shard_grad_op" => mode = Some(FsdpMode::GradOp),
+            "hybrid_shard" | "hybrid_shard_zero2" => mode = Some(FsdpMode::Hybrid),
+            "no_shard" | "offload" | "auto_wrap" => {}
+            other => return Err(bad(&other)),
+        }
+    }
+    c.put(|s| &mut s.fsdp, "fsdp", mode, k);
+    if opts.contains(&"offload") {
+        c.put(|s| &mut s.offload_params, "offload_params", Some(true), k);
+    }
+    Ok(())
 }
 
 /// A string or a list of strings, as the list.
@@ -545,18 +784,34 @@ fn method_of(
         .map(|(_, k)| k.clone())
         .or_else(|| quant.as_ref().map(|(_, k)| k.clone()))
         .unwrap_or_else(|| "lora_rank".into());
+    let qkey = quant
+        .as_ref()
+        .map_or("quantization_bit", |(_, k)| k.as_str());
     match (ft, bits) {
         (Some("lora") | None, Some(4)) if c.s.lora_rank.is_some() || ft.is_some() => {
             c.put(|s| &mut s.method, "method", Some(MethodKind::Qlora), &from)
         }
-        (Some("lora"), _) => c.put(|s| &mut s.method, "method", Some(MethodKind::Lora), &from),
+        (Some("lora"), b) => {
+            if let Some(b) = b {
+                warn.push(format!(
+                    "{origin}: {b}-bit base weights ({qkey}) are not modelled; estimated as LoRA over unquantized half-precision weights (an upper bound)"
+                ));
+            }
+            c.put(|s| &mut s.method, "method", Some(MethodKind::Lora), &from)
+        }
         (Some("full") | None, None) => {}
         (Some("freeze"), _) => warn.push(format!(
             "{origin}: finetuning_type freeze is modelled as full fine-tuning"
         )),
-        (other, bits) => {
-            warn.push(format!("{origin}: finetuning_type {other:?} with quantization {bits:?} bits is not modelled exactly"));
-        }
+        (Some(other), _) => warn.push(format!(
+            "{origin}: finetuning_type {other} is not modelled; estimated as full fine-tuning"
+        )),
+        (None, Some(b)) if c.s.lora_rank.is_none() => warn.push(format!(
+            "{origin}: {b}-bit base weights ({qkey}) without a LoRA adapter (finetuning_type or lora_rank) are not modelled; estimated as full fine-tuning of unquantized weights"
+        )),
+        (None, Some(b)) => warn.push(format!(
+            "{origin}: {b}-bit base weights ({qkey}) are not modelled; estimated as LoRA over unquantized half-precision weights (an upper bound)"
+        )),
     }
     if c.s.method.is_none() && c.s.lora_rank.is_some() {
         let m = if bits == Some(4) {
@@ -657,7 +912,9 @@ mod tests {
         let j = r#"{"per_device_train_batch_size": 8, "bf16": true, "optim": "adamw_torch",
                     "gradient_checkpointing": false, "fsdp": "full_shard auto_wrap", "max_seq_length": 2048}"#;
         let (c, _) = from_train_args(j, Format::Json, "args.json").unwrap();
-        assert_eq!(c.dtype, Some(Precision::AmpBf16));
+        // bf16 + fsdp is accelerate's FSDP mixed precision, not autocast (finding H1)
+        assert_eq!(c.dtype, Some(Precision::Bf16));
+        assert_eq!(c.master_weights, Some(true));
         assert_eq!(c.optimizer, Some(Optimizer::AdamWForeach));
         assert_eq!(c.fsdp, Some(FsdpMode::Full));
         assert_eq!(c.grad_ckpt, None);

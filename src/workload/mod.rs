@@ -261,6 +261,19 @@ fn within(key: &'static str, v: u64, max: u64) -> Result<()> {
 }
 
 /// Upper bounds that keep every byte count far from u64 overflow.
+/// The accepted range of an integer setting `key` whose bound the workload checks
+/// (so that a value that does not even parse — `-1`, `2.5`, `1e30` — gets the same
+/// "accepted" as one out of range).
+pub fn integer_range(key: &str) -> Option<(u64, u64)> {
+    Some(match key {
+        "batch" | "grad_accum" | "concurrency" => (1, MAX_BATCH),
+        "seq_len" | "prompt_len" | "prefill_chunk" => (1, MAX_TOKENS),
+        "gen_len" => (0, MAX_TOKENS),
+        "lora_rank" => (1, MAX_LORA_RANK),
+        _ => return None,
+    })
+}
+
 pub const MAX_BATCH: u64 = 1 << 20;
 pub const MAX_TOKENS: u64 = 1 << 26;
 pub const MAX_LORA_RANK: u64 = 1 << 16;

@@ -186,23 +186,16 @@ impl SettingValue for String {
 
 impl SettingValue for Bytes {
     fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
-        Bytes::parse(s).map_err(|_| {
-            (
-                s.to_string(),
-                "a memory amount such as 80GiB, 512MiB, 40GB or an integer of bytes".into(),
-            )
-        })
+        Bytes::parse(s).map_err(|_| (s.to_string(), Bytes::ACCEPTED.into()))
     }
     fn from_json(v: &Value) -> std::result::Result<Self, (String, String)> {
         match v {
-            Value::Number(n) => n.as_u64().map(Bytes).ok_or_else(|| {
-                (
-                    n.to_string(),
-                    "a memory amount such as 80GiB or an integer of bytes".into(),
-                )
-            }),
+            Value::Number(n) => n
+                .as_u64()
+                .and_then(|b| Bytes::bounded(b).ok())
+                .ok_or_else(|| (n.to_string(), Bytes::ACCEPTED.into())),
             Value::String(s) => Self::from_text(s),
-            other => Err((other.to_string(), "a memory amount such as 80GiB".into())),
+            other => Err((other.to_string(), Bytes::ACCEPTED.into())),
         }
     }
 }
@@ -353,6 +346,10 @@ macro_rules! settings {
                 match key {
                     $( stringify!($key) => {
                         let x = value.parse::<$ty>().map_err(|(val, acc)| {
+                            let acc = match crate::workload::integer_range(stringify!($key)) {
+                                Some((lo, hi)) => format!("an integer in {lo}..={hi}"),
+                                None => acc,
+                            };
                             Error::invalid(origin.to_string(), val, acc)
                         })?;
                         self.$key = Some(x);
@@ -420,6 +417,7 @@ settings! {
     zero3_prefetch_bucket: u64 => "--zero3-prefetch-bucket" Value, "ZeRO-3 prefetch bucket in elements (DeepSpeed stage3_prefetch_bucket_size).";
     zero3_max_live_params: u64 => "--zero3-max-live-params" Value, "ZeRO-3 max live parameters (DeepSpeed stage3_max_live_parameters).";
     ddp_bucket_view: bool => "--ddp-bucket-view" Value, "DDP gradient_as_bucket_view (no separate bucket copy of the gradients).";
+    train_batch_size: u64 => "--train-batch-size" Value, "Global batch (DeepSpeed train_batch_size): must equal --batch x --grad-accum x --dp.";
 }
 
 /// Settings file formats, chosen by extension.
@@ -485,6 +483,10 @@ pub struct Run {
     pub layout: Layout,
     /// The GPU to check against (its name and memory), if any.
     pub capacity: Option<(String, Bytes)>,
+    /// Settings that are valid but do not do what they say here (ignored by the task
+    /// or the layout, a label that does not match the checkpoint, a capacity that
+    /// looks like a missing unit), in plain words, for the caller to show.
+    pub warnings: Vec<String>,
 }
 
 impl Settings {
@@ -627,17 +629,131 @@ impl Settings {
     /// against. Errors name where each value came from.
     pub fn resolve(&self, spec: &ModelSpec) -> Result<Run> {
         let (workload, overheads) = self.build(spec)?;
+        self.check_global_batch()?;
         let layout = self.layout();
         layout
             .validate(spec, &workload)
             .map_err(|e| self.attribute(e))?;
         let capacity = self.capacity()?;
+        let mut warnings = self.ignored(&workload, &layout);
+        warnings.extend(self.mislabelled(spec, &workload));
+        warnings.extend(self.capacity_hint());
         Ok(Run {
             workload,
             overheads,
             layout,
             capacity,
+            warnings,
         })
+    }
+
+    /// Settings given that the task or the layout does not use.
+    fn ignored(&self, w: &Workload, layout: &Layout) -> Vec<String> {
+        let task = self.describe("task");
+        let set = |keys: &[&str]| -> Vec<String> {
+            keys.iter()
+                .filter(|k| self.origins.contains_key(**k))
+                .map(|k| self.describe(k))
+                .collect()
+        };
+        let mut out = Vec::new();
+        let (unused, what) = match w.task {
+            Task::Infer => (
+                set(&["grad_ckpt", "optimizer", "grad_accum", "master_weights", "batch", "seq_len"]),
+                format!("{task} infer (nothing is trained; the shapes are --prompt-len, --gen-len, --concurrency)"),
+            ),
+            Task::Train => (
+                set(&["prompt_len", "gen_len", "concurrency", "kv_dtype", "prefill_chunk"]),
+                format!("{task} train (those are inference shapes)"),
+            ),
+        };
+        for u in unused {
+            out.push(format!("{u} has no effect with {what}"));
+        }
+        if self.micro_batches.is_some() && layout.pp <= 1 {
+            out.push(format!(
+                "{} has no effect without pipeline parallelism ({} > 1)",
+                self.describe("micro_batches"),
+                self.describe("pp")
+            ));
+        }
+        if self.fsdp_shard_group.is_some() && layout.fsdp != Some(FsdpMode::Hybrid) {
+            out.push(format!(
+                "{} has no effect without hybrid sharding ({} hybrid)",
+                self.describe("fsdp_shard_group"),
+                self.describe("fsdp")
+            ));
+        }
+        out
+    }
+
+    /// A method label that does not describe what is sized.
+    fn mislabelled(&self, spec: &ModelSpec, w: &Workload) -> Option<String> {
+        let kind = self.method?;
+        let method = format!("{} {}", self.describe("method"), kind.as_str());
+        if w.task == Task::Infer && kind != MethodKind::Full {
+            let sized = if kind == MethodKind::Qlora {
+                "NF4 (4-bit) base weights"
+            } else {
+                "the base weights"
+            };
+            return Some(format!(
+                "{method} with {} infer: the adapter is not sized; the estimate serves {sized} alone",
+                self.describe("task")
+            ));
+        }
+        match (&spec.quantization, kind) {
+            (Some(q), MethodKind::Qlora) => Some(format!(
+                "{method} on a {} {}-bit checkpoint: its weights stay {}, NF4 is not applied; this is LoRA over the quantized checkpoint",
+                q.method, q.bits, q.method
+            )),
+            _ => None,
+        }
+    }
+
+    /// A capacity under 1 GiB is almost always a missing unit (`--gpu-memory 80`).
+    fn capacity_hint(&self) -> Option<String> {
+        let b = self.gpu_memory?;
+        if b.get() >= crate::units::bytes::GIB {
+            return None;
+        }
+        let n = b.get();
+        let hint = if n < 1 << 20 {
+            format!("; did you mean {n}GiB?")
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "{} {n} is {n} bytes ({:.2} GiB), less than 1 GiB{hint}",
+            self.describe("gpu_memory"),
+            b.gib()
+        ))
+    }
+
+    /// DeepSpeed's batch assertion (deepspeed/runtime/config.py `_batch_assertion`, v0.15):
+    /// `train_batch_size == train_micro_batch_size_per_gpu × gradient_accumulation_steps
+    /// × data-parallel size`, checked when all four are given.
+    fn check_global_batch(&self) -> Result<()> {
+        let (Some(t), Some(b), Some(g), Some(dp)) =
+            (self.train_batch_size, self.batch, self.grad_accum, self.dp)
+        else {
+            return Ok(());
+        };
+        let product = b.checked_mul(g).and_then(|x| x.checked_mul(dp));
+        if product == Some(t) {
+            return Ok(());
+        }
+        let product = product.map_or_else(|| "more than 2^64".to_string(), |p| p.to_string());
+        Err(Error::invalid(
+            self.describe("train_batch_size"),
+            t,
+            format!(
+                "{} ({b}) x {} ({g}) x {} ({dp}) = {product}",
+                self.describe("batch"),
+                self.describe("grad_accum"),
+                self.describe("dp"),
+            ),
+        ))
     }
 
     /// Validated workload and overheads for `spec` (the layout is not checked: see

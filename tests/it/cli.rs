@@ -5,29 +5,7 @@
 
 use serde_json::Value;
 
-use crate::util::{read_data, run, Run, Table, TempDir};
-
-fn estimate(args: &[&str]) -> Run {
-    let mut all = vec!["estimate"];
-    all.extend_from_slice(args);
-    run(&all)
-}
-
-/// Exit code 2 and a stderr that mentions every one of `needles`.
-fn assert_error(r: &Run, needles: &[&str]) {
-    assert_eq!(
-        r.code, 2,
-        "expected exit 2, got {}\nstdout:\n{}\nstderr:\n{}",
-        r.code, r.stdout, r.stderr
-    );
-    for n in needles {
-        assert!(
-            r.stderr.contains(n),
-            "stderr does not mention {n:?}:\n{}",
-            r.stderr
-        );
-    }
-}
+use crate::util::{assert_error, estimate, read_data, run, Run, Table, TempDir};
 
 fn json_of(r: &Run) -> Value {
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))

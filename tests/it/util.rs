@@ -123,6 +123,36 @@ where
     r
 }
 
+/// Exit code, stdout and stderr, readable in assertion messages.
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rc {}\n{}\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// `llm-mem estimate ARGS`.
+pub fn estimate(args: &[&str]) -> Run {
+    let mut all = vec!["estimate"];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+/// Exit code 2 and a stderr that mentions every one of `needles`.
+pub fn assert_error(r: &Run, needles: &[&str]) {
+    assert_eq!(
+        r.code, 2,
+        "expected exit 2, got {}\nstdout:\n{}\nstderr:\n{}",
+        r.code, r.stdout, r.stderr
+    );
+    for n in needles {
+        assert!(
+            r.stderr.contains(n),
+            "stderr does not mention {n:?}:\n{}",
+            r.stderr
+        );
+    }
+}
+
 // ---------------------------------------------------------------- models and workloads
 
 /// A preset by name (it exists and parses).
