@@ -142,50 +142,9 @@ pub fn from_deepspeed(text: &str, origin: &str) -> Result<(Settings, Vec<String>
                 as_u64(val, k, origin)?,
                 k,
             ),
-            "bf16" | "fp16" => {
-                let key = format!("{k}.enabled");
-                if !val.is_object() {
-                    // deepspeed/runtime/config.py (v0.15) reads param_dict[k].get("enabled")
-                    return Err(err(
-                        origin,
-                        format!("{k}: expected an object such as {{\"enabled\": true}}, got {val} (DeepSpeed rejects a bare value)"),
-                    ));
-                }
-                if as_bool(val.get("enabled").unwrap_or(&Value::Null), &key, origin)? == Some(true)
-                {
-                    // DeepSpeed's bf16/fp16: half-precision weights with fp32 master
-                    // weights in the optimizer (deepspeed/runtime/bf16_optimizer.py)
-                    let p = if k == "bf16" {
-                        Precision::Bf16
-                    } else {
-                        Precision::Fp16
-                    };
-                    c.put_once(|s| &mut s.dtype, "dtype", p, &key)?;
-                    c.put(
-                        |s| &mut s.master_weights,
-                        "master_weights",
-                        Some(true),
-                        &key,
-                    );
-                }
-            }
+            "bf16" | "fp16" => ds_precision(&mut c, k, val)?,
             "optimizer" => {
-                let t = val
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_ascii_lowercase();
-                let o = match t.as_str() {
-                    "adam" | "adamw" | "fusedadam" => Optimizer::AdamW,
-                    "onebitadam" | "zerooneadam" | "onebitlamb" | "lamb" => {
-                        warn.push(format!("{origin}: optimizer {t} is modelled as AdamW (two fp32 states)"));
-                        Optimizer::AdamW
-                    }
-                    "sgd" => Optimizer::SgdMomentum,
-                    "adafactor" => Optimizer::Adafactor,
-                    "lion" => Optimizer::Lion,
-                    _ => return Err(err(origin, format!("optimizer.type {t:?}: accepted Adam, AdamW, FusedAdam, SGD, Adafactor, Lion"))),
-                };
+                let o = ds_optimizer(val, origin, &mut warn)?;
                 c.put(|s| &mut s.optimizer, "optimizer", Some(o), "optimizer.type");
             }
             "zero_optimization" => {
@@ -214,6 +173,64 @@ pub fn from_deepspeed(text: &str, origin: &str) -> Result<(Settings, Vec<String>
         }
     }
     Ok((c.s, warn))
+}
+
+/// DeepSpeed's `bf16` / `fp16` block: half-precision weights with fp32 master weights
+/// in the optimizer (deepspeed/runtime/bf16_optimizer.py) when `enabled`.
+fn ds_precision(c: &mut Import, k: &str, val: &Value) -> Result<()> {
+    let origin = c.origin;
+    let key = format!("{k}.enabled");
+    if !val.is_object() {
+        // deepspeed/runtime/config.py (v0.15) reads param_dict[k].get("enabled")
+        return Err(err(
+            origin,
+            format!("{k}: expected an object such as {{\"enabled\": true}}, got {val} (DeepSpeed rejects a bare value)"),
+        ));
+    }
+    if as_bool(val.get("enabled").unwrap_or(&Value::Null), &key, origin)? == Some(true) {
+        let p = if k == "bf16" {
+            Precision::Bf16
+        } else {
+            Precision::Fp16
+        };
+        c.put_once(|s| &mut s.dtype, "dtype", p, &key)?;
+        c.put(
+            |s| &mut s.master_weights,
+            "master_weights",
+            Some(true),
+            &key,
+        );
+    }
+    Ok(())
+}
+
+/// DeepSpeed's `optimizer.type` → the optimizer modelled.
+fn ds_optimizer(val: &Value, origin: &str, warn: &mut Vec<String>) -> Result<Optimizer> {
+    let t = val
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    Ok(match t.as_str() {
+        "adam" | "adamw" | "fusedadam" => Optimizer::AdamW,
+        "onebitadam" | "zerooneadam" | "onebitlamb" | "lamb" => {
+            warn.push(format!(
+                "{origin}: optimizer {t} is modelled as AdamW (two fp32 states)"
+            ));
+            Optimizer::AdamW
+        }
+        "sgd" => Optimizer::SgdMomentum,
+        "adafactor" => Optimizer::Adafactor,
+        "lion" => Optimizer::Lion,
+        _ => {
+            return Err(err(
+                origin,
+                format!(
+                    "optimizer.type {t:?}: accepted Adam, AdamW, FusedAdam, SGD, Adafactor, Lion"
+                ),
+            ))
+        }
+    })
 }
 
 /// One key of DeepSpeed's `zero_optimization` block.
