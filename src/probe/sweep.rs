@@ -31,6 +31,11 @@ pub trait Executor {
     fn driver(&self) -> String {
         String::new()
     }
+    /// Bytes the device holds in all (host RAM for the CPU, the GPU's memory), if known:
+    /// a point predicted above it is recorded as `oom` without running.
+    fn capacity(&self) -> Option<u64> {
+        None
+    }
     fn run(
         &mut self,
         plan: &Plan,
@@ -86,6 +91,14 @@ impl Executor for CandleExecutor {
                 .unwrap_or_default(),
         }
     }
+    fn capacity(&self) -> Option<u64> {
+        match self.spec {
+            model::DeviceSpec::Cpu => host_memory(),
+            model::DeviceSpec::Cuda(_) => crate::probe::cuda::describe(&self.device)
+                .ok()
+                .map(|i| i.total_bytes),
+        }
+    }
     fn run(
         &mut self,
         plan: &Plan,
@@ -102,6 +115,62 @@ impl Executor for CandleExecutor {
             lr: 1e-4,
         };
         model::measure(&p.spec, &cfg, &self.device, meter)
+    }
+}
+
+/// The host's physical memory (`MemTotal` of `/proc/meminfo`, Linux), if readable.
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Why a point is recorded as `oom` without running, if it is. A failed host
+/// allocation aborts the process (Rust's `handle_alloc_error`: candle allocates every
+/// tensor through a `Vec`, on the host also before copying it to a GPU), so no point
+/// whose predicted peak exceeds the device's memory is run, and none predicted more
+/// than twice above the artificial limit (below that the measurement decides, so the
+/// boundary stays measured: the candle profile is within 2 % on the CPU).
+pub fn not_run_reason(
+    pred: &CandleStep,
+    limit: Option<u64>,
+    capacity: Option<u64>,
+) -> Option<String> {
+    let dynamic = pred
+        .peak()
+        .saturating_sub(pred.weights + pred.optimizer_state);
+    if let Some(l) = limit.filter(|&l| dynamic / 2 > l) {
+        return Some(format!(
+            "out of memory (not run): the candle profile predicts {dynamic} bytes above the baseline, more than twice the limit of {l} bytes"
+        ));
+    }
+    if let Some(c) = capacity.filter(|&c| pred.peak() > c) {
+        return Some(format!(
+            "out of memory (not run): the candle profile predicts a peak of {} bytes; the device holds {c} bytes",
+            pred.peak()
+        ));
+    }
+    None
+}
+
+/// What a point produced: not run (see [`not_run_reason`]), or run and measured.
+fn outcome_of(
+    exec: &mut dyn Executor,
+    plan: &Plan,
+    p: &Point,
+    m: &mut dyn MemoryMeter,
+    pred: Option<&CandleStep>,
+) -> Outcome {
+    if let Some(why) = pred.and_then(|s| not_run_reason(s, m.limit(), exec.capacity())) {
+        return Outcome::OutOfMemory(why);
+    }
+    match exec.run(plan, p, m) {
+        Ok(s) => Outcome::Ok(s),
+        Err(e @ (Error::OutOfMemory { .. } | Error::DeviceOutOfMemory(_))) => {
+            Outcome::OutOfMemory(e.to_string())
+        }
+        Err(e) => Outcome::Failed(e.to_string()),
     }
 }
 
@@ -169,14 +238,8 @@ pub fn run_sweep(
         bar.set_message(p.id.clone());
         let t0 = std::time::Instant::now();
         let mut m = meter();
-        let outcome = match exec.run(plan, p, m.as_mut()) {
-            Ok(s) => Outcome::Ok(s),
-            Err(e @ (Error::OutOfMemory { .. } | Error::DeviceOutOfMemory(_))) => {
-                Outcome::OutOfMemory(e.to_string())
-            }
-            Err(e) => Outcome::Failed(e.to_string()),
-        };
         let pred = predict(plan, p);
+        let outcome = outcome_of(exec, plan, p, m.as_mut(), pred.as_ref().ok());
         let row = row_of(
             plan,
             p,

@@ -266,3 +266,179 @@ fn cli_smoke_calibration_and_estimate() {
         );
     }
 }
+
+// ---------------------------------------------------------------- issue 9: bounds and raw data
+
+/// The findings report's plan (`/tmp/heads.toml`): llama scaled down, one shape.
+fn finding_plan(arch: &str, shapes: &str) -> String {
+    format!(
+        "schema_version = 1\nname = \"p\"\ndevice = \"cpu\"\ndtype = \"f32\"\nmethods = [\"full\"]\noptimizer = \"adamw\"\nattn = \"eager\"\nwarmup_steps = 1\nmeasured_steps = 1\n[shapes]\n{shapes}\n[[architectures]]\n{arch}\n"
+    )
+}
+
+const LLAMA_64: &str = "model = \"llama-3.2-1b\"\nlayers = 2\nhidden = 64\nheads = 4\nkv_heads = 2\nintermediate = 128\nvocab = 256";
+
+#[test]
+fn h4_more_heads_than_hidden_is_an_error() {
+    let dir = TempDir::new("h4");
+    let mut checked = 0;
+    for model in ["llama-3.2-1b", "qwen2.5-0.5b", "phi-2"] {
+        let arch = format!("model = \"{model}\"\nlayers = 2\nhidden = 64\nheads = 128\nkv_heads = 128\nintermediate = 128\nvocab = 256");
+        let plan = dir.write(
+            &format!("{model}.toml"),
+            &finding_plan(&arch, "batch = [1]\nseq = [16]"),
+        );
+        for cmd in ["points", "run"] {
+            let mut args = vec!["probe", cmd, "--plan", &plan];
+            if cmd == "run" {
+                args.extend(["--out", dir.path().to_str().unwrap(), "--quiet"]);
+            }
+            let r = run(args);
+            assert_eq!(r.code, 2, "{model} {cmd}: {}", r.stderr);
+            assert!(
+                r.stderr.contains("heads \"128\"")
+                    && r.stderr.contains("hidden")
+                    && r.stderr.contains("head_dim 0"),
+                "{model} {cmd}: {}",
+                r.stderr
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6);
+}
+
+#[test]
+fn h5_huge_plan_shapes_are_errors_naming_the_value() {
+    let dir = TempDir::new("h5");
+    let out = dir.path().to_str().unwrap().to_string();
+    let cases = [
+        (
+            LLAMA_64.to_string(),
+            "batch = [1000000000000]\nseq = [16]",
+            "shapes.batch \"1000000000000\"",
+        ),
+        (
+            LLAMA_64.to_string(),
+            "batch = [1]\nseq = [1000000000]",
+            "shapes.seq \"1000000000\"",
+        ),
+        (
+            LLAMA_64.replace("hidden = 64", "hidden = 2000000"),
+            "batch = [1]\nseq = [16]",
+            "hidden \"2000000\"",
+        ),
+        (
+            LLAMA_64.replace("vocab = 256", "vocab = 100000000"),
+            "batch = [1]\nseq = [16]",
+            "vocab \"100000000\"",
+        ),
+        (
+            LLAMA_64.replace("layers = 2", "layers = 100000"),
+            "batch = [1]\nseq = [16]",
+            "layers \"100000\"",
+        ),
+        // each size in bounds, the scores tensor (b·s·s·heads·4 B) past 256 PiB
+        (
+            LLAMA_64.to_string(),
+            "batch = [1048576]\nseq = [67108864]",
+            "batch x seq",
+        ),
+    ];
+    for (i, (arch, shapes, named)) in cases.iter().enumerate() {
+        let plan = dir.write(&format!("big{i}.toml"), &finding_plan(arch, shapes));
+        let r = run(["probe", "run", "--plan", &plan, "--out", &out, "--quiet"]);
+        assert_eq!(r.code, 2, "case {i}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(named) && r.stderr.contains("accepted"),
+            "case {i}: {}",
+            r.stderr
+        );
+    }
+    // in bounds but far past the limit: recorded as oom without running (no abort)
+    let arch = LLAMA_64.replace("hidden = 64", "hidden = 1048576");
+    let plan = dir.write("wide.toml", &finding_plan(&arch, "batch = [1]\nseq = [16]"));
+    let csv = dir.join("wide.csv");
+    let r = run([
+        "probe",
+        "run",
+        "--plan",
+        &plan,
+        "--out",
+        &out,
+        "--quiet",
+        "--memory-limit",
+        "64MiB",
+        "--resume",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows = measurement::read(&csv).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "oom");
+    assert!(
+        rows[0].message.contains("not run") && rows[0].message.contains("predicts"),
+        "{}",
+        rows[0].message
+    );
+    // no limit: the host's memory bounds it (4.4 TB of weights)
+    let csv = dir.join("wide-nolimit.csv");
+    let r = run([
+        "probe",
+        "run",
+        "--plan",
+        &plan,
+        "--out",
+        &out,
+        "--quiet",
+        "--resume",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows = measurement::read(&csv).unwrap();
+    assert_eq!((rows.len(), rows[0].status.as_str()), (1, "oom"));
+    assert!(
+        rows[0].message.contains("the device holds"),
+        "{}",
+        rows[0].message
+    );
+}
+
+#[test]
+fn l12_empty_methods_and_unbounded_steps_are_errors() {
+    let cases = [
+        ("methods = [\"full\"]", "methods = []", "methods is empty"),
+        (
+            "warmup_steps = 1",
+            "warmup_steps = 1000000000",
+            "warmup_steps \"1000000000\"",
+        ),
+        (
+            "measured_steps = 1",
+            "measured_steps = 1000000000",
+            "measured_steps \"1000000000\"",
+        ),
+        (
+            "attn",
+            "lora_rank = 1000000000\nattn",
+            "lora_rank \"1000000000\"",
+        ),
+    ];
+    for (line, setting, named) in cases {
+        let text = finding_plan(LLAMA_64, "batch = [1]\nseq = [16]").replacen(line, setting, 1);
+        let e = Plan::parse(&text, "p.toml").unwrap_err().to_string();
+        assert!(
+            e.contains(named) && e.contains("accepted"),
+            "{setting}: {e}"
+        );
+    }
+    let text = finding_plan(
+        &format!("{LLAMA_64}\nmethods = []"),
+        "batch = [1]\nseq = [16]",
+    );
+    let e = Plan::parse(&text, "p.toml").unwrap_err().to_string();
+    assert!(
+        e.contains("methods is empty") && e.contains("llama-3.2-1b"),
+        "{e}"
+    );
+}
