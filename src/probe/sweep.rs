@@ -187,6 +187,73 @@ pub struct SweepSummary {
     pub ran: usize,
     pub skipped: usize,
     pub failed: usize,
+    /// A torn last line found in the file, set aside and its point re-run (what and where).
+    pub torn: Option<String>,
+}
+
+/// The points of `csv_path` already measured, after setting aside a torn last line
+/// (`measurement::set_aside_torn_tail`, reported). The file must hold this plan only,
+/// and each row of a planned point must match it in every shape field
+/// (`Row::shape_key`): a file of another plan, or of a plan edited since, is refused
+/// and left as it is, so rows of different models never mix under one point id.
+fn done_points(
+    plan: &Plan,
+    points: &[Point],
+    csv_path: &Path,
+) -> Result<(BTreeSet<String>, Option<String>)> {
+    if !csv_path.exists() {
+        return Ok((BTreeSet::new(), None));
+    }
+    let torn = measurement::set_aside_torn_tail(csv_path)?.map(|t| {
+        let text = String::from_utf8_lossy(&t.bytes);
+        let point = points
+            .iter()
+            .find(|p| text.contains(&format!(",{},", p.id)))
+            .map_or_else(|| "a point".to_string(), |p| format!("point {}", p.id));
+        format!(
+            "{} line {} was cut mid-write ({} bytes): set aside in {}.torn; {point} is run again",
+            csv_path.display(),
+            t.line,
+            t.bytes.len(),
+            csv_path.display()
+        )
+    });
+    let refuse = |line: u64, message: String| Error::Measurement {
+        path: format!("{} line {line}", csv_path.display()),
+        message,
+    };
+    let mut done = BTreeSet::new();
+    for (line, row) in measurement::read_numbered(csv_path)? {
+        if row.plan != plan.name {
+            return Err(refuse(line, format!(
+                "this file holds plan {}, not {}; resume a file of plan {} or write a new file (no --resume, or another --out)",
+                row.plan, plan.name, plan.name
+            )));
+        }
+        if let Some(p) = points.iter().find(|p| p.id == row.point) {
+            let want = row_of(
+                plan,
+                p,
+                &Provenance::planned(plan),
+                &Outcome::Failed(String::new()),
+                None,
+                0.0,
+            )?;
+            let diff = row
+                .shape_key()
+                .into_iter()
+                .zip(want.shape_key())
+                .find(|(a, b)| a.1 != b.1);
+            if let Some(((k, had), (_, now))) = diff {
+                return Err(refuse(line, format!(
+                    "point {} was measured with {k} {had}; the plan now gives {k} {now}. Raw rows are never rewritten: write to a new file (another --out or --resume NEW.csv), or restore the plan",
+                    p.id
+                )));
+            }
+        }
+        done.insert(row.point);
+    }
+    Ok((done, torn))
 }
 
 /// Run every point not yet in `csv_path`, appending one flushed row per point.
@@ -199,15 +266,7 @@ pub fn run_sweep(
     csv_path: &Path,
     progress: bool,
 ) -> Result<SweepSummary> {
-    let done: BTreeSet<String> = if csv_path.exists() {
-        measurement::read(csv_path)?
-            .into_iter()
-            .filter(|r| r.plan == plan.name)
-            .map(|r| r.point)
-            .collect()
-    } else {
-        BTreeSet::new()
-    };
+    let (done, torn) = done_points(plan, points, csv_path)?;
     let todo: Vec<&Point> = points.iter().filter(|p| !done.contains(&p.id)).collect();
     let mut w = measurement::Writer::append(csv_path)?;
     let bar = if progress {
@@ -232,6 +291,7 @@ pub fn run_sweep(
     };
     let mut summary = SweepSummary {
         skipped: points.len() - todo.len(),
+        torn,
         ..SweepSummary::default()
     };
     for p in todo {
