@@ -417,22 +417,67 @@ def base_row(doc, point, plan, prov):
     }
 
 
-class CsvOut:
-    """Appends rows in the binary's column order; resumes (skips points already in it)."""
+# What identifies a measured point (the binary's `Row::shape_key`): resume matches
+# rows on all of these, so an edited plan never skips its new shapes.
+SHAPE_KEY = ["plan", "point", "device", "runtime", "dtype", "family", "model", "layers",
+             "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab", "method",
+             "lora_rank", "batch", "seq", "warmup_steps", "measured_steps"]
 
-    def __init__(self, path, header):
+
+def set_aside_torn_tail(path):
+    """A last line without its newline was cut mid-write: append it to PATH.torn, cut it
+    from the file (the complete rows are not touched) and say so (as the binary does)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data or data.endswith(b"\n"):
+        return
+    start = data.rfind(b"\n") + 1
+    with open(path + ".torn", "ab") as f:
+        f.write(data[start:] + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    with open(path, "r+b") as f:
+        f.truncate(start)
+        os.fsync(f.fileno())
+    line = data[:start].count(b"\n") + 1
+    print(f"warning: {path} line {line} was cut mid-write "
+          f"({len(data) - start} bytes): set aside in {path}.torn; its point is run again",
+          file=sys.stderr)
+
+
+class CsvOut:
+    """Appends rows in the binary's column order; resumes (skips points already in it).
+    `planned`: point id -> the row the plan gives it; a file of another plan, or a row
+    whose shapes differ from the plan's, is refused (raw rows are never rewritten)."""
+
+    def __init__(self, path, header, planned):
         self.path, self.header = path, header.split(",")
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.done = set()
         if os.path.exists(path) and os.path.getsize(path) > 0:
+            set_aside_torn_tail(path)
             with open(path, newline="") as f:
                 r = csv.DictReader(f)
                 if r.fieldnames != self.header:
                     raise SystemExit(f"{path}: its columns differ from this llm-mem's; write to a new file")
-                self.done = {row["point"] for row in r}
+                for line, row in enumerate(r, start=2):
+                    self.check(line, row, planned)
+                    self.done.add(row["point"])
         else:
             with open(path, "w", newline="") as f:
                 csv.writer(f).writerow(self.header)
+
+    def check(self, line, row, planned):
+        plan = next(iter(planned.values()))["plan"]
+        if row["plan"] != plan:
+            raise SystemExit(f"{self.path} line {line}: this file holds plan {row['plan']}, not {plan}; "
+                             "write a new file (another --csv)")
+        want = planned.get(row["point"], row)
+        for k in SHAPE_KEY:
+            if str(row[k]) != str(want[k]):
+                raise SystemExit(f"{self.path} line {line}: point {row['point']} was measured with {k} "
+                                 f"{row[k]}; the plan now gives {k} {want[k]}. Raw rows are never "
+                                 "rewritten: write to a new file (another --csv), or restore the plan")
 
     def write(self, row):
         missing = set(self.header) - set(row)
@@ -466,7 +511,6 @@ def main(argv=None):
         raise SystemExit("the binary's points differ from this plan's: is the binary from this checkout?")
     slug = device.replace(":", "")
     path = a.csv or os.path.join(a.out, "results", f"{plan['name']}-{slug}-torch-{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}.csv")
-    out = CsvOut(path, doc["csv_header"])
 
     torch = transformers = None
     prov = {"git_commit": git_commit(), "device_name": "", "driver": "", "meter": "torch-cuda+nvml"}
@@ -491,6 +535,7 @@ def main(argv=None):
         prov["driver"] = f"{drv} (torch {torch.__version__}, transformers {transformers.__version__})".strip()
         device = f"cuda:{index}"
 
+    out = CsvOut(path, doc["csv_header"], {p["id"]: base_row(doc, p, None, prov) for p in doc["points"]})
     ran = failed = 0
     with tempfile.TemporaryDirectory() as tmp:
         for point in doc["points"]:

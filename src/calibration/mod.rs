@@ -29,6 +29,81 @@ use crate::units::bytes::Bytes;
 pub const SCHEMA_VERSION: u32 = 1;
 pub const MIN_POINTS: usize = 4;
 
+/// Accepted α (the activation scale), fitted or loaded: an estimator off by more than
+/// a factor 2 on activations has the wrong model for the family, which a correction
+/// would hide (the CPU fits are within 0.02 % of 1).
+pub const ALPHA_RANGE: [f64; 2] = [0.5, 2.0];
+/// Accepted |β| (the allocator offset): 1 TiB, above the memory of any one device, and
+/// far from overflow when added to a peak.
+pub const MAX_BETA_BYTES: f64 = (1u64 << 40) as f64;
+/// A fit must explain at least this share of the variance of the measured
+/// activations (R²): below it the estimate's dependence on the shapes is wrong and a
+/// line through it is no calibration. (The shipped CPU fits are above 0.99999.)
+pub const MIN_R2: f64 = 0.95;
+
+impl Entry {
+    /// The rules every entry obeys, fitted or loaded: finite numbers, α in
+    /// [`ALPHA_RANGE`], |β| ≤ [`MAX_BETA_BYTES`], each interval ordered around its
+    /// value, at least [`MIN_POINTS`] points, R² in [[`MIN_R2`], 1], a LOO error ≥ 0.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let nums = [
+            ("alpha", self.alpha),
+            ("alpha_ci[0]", self.alpha_ci[0]),
+            ("alpha_ci[1]", self.alpha_ci[1]),
+            ("beta_bytes", self.beta_bytes),
+            ("beta_ci[0]", self.beta_ci[0]),
+            ("beta_ci[1]", self.beta_ci[1]),
+            ("r2", self.r2),
+            ("loo_max_rel_err", self.loo_max_rel_err),
+        ];
+        if let Some((k, v)) = nums.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(format!("{k} {v}; accepted: a finite number"));
+        }
+        let [lo, hi] = ALPHA_RANGE;
+        if !(lo..=hi).contains(&self.alpha) {
+            return Err(format!(
+                "alpha {}; accepted: {lo} ≤ α ≤ {hi} (a larger correction means the estimator is wrong for this family)",
+                self.alpha
+            ));
+        }
+        if self.beta_bytes.abs() > MAX_BETA_BYTES {
+            return Err(format!(
+                "beta_bytes {}; accepted: |β| ≤ {MAX_BETA_BYTES} bytes (1 TiB)",
+                self.beta_bytes
+            ));
+        }
+        for (k, ci, v) in [
+            ("alpha_ci", self.alpha_ci, self.alpha),
+            ("beta_ci", self.beta_ci, self.beta_bytes),
+        ] {
+            if !(ci[0] <= v && v <= ci[1]) {
+                return Err(format!(
+                    "{k} {ci:?} does not contain its value {v}; accepted: [low, high] with low ≤ value ≤ high"
+                ));
+            }
+        }
+        if self.n_points < MIN_POINTS {
+            return Err(format!(
+                "n_points {}; accepted: at least {MIN_POINTS}",
+                self.n_points
+            ));
+        }
+        if !(MIN_R2..=1.0 + 1e-12).contains(&self.r2) {
+            return Err(format!(
+                "r2 {:.5}; accepted: {MIN_R2} ≤ R² ≤ 1 (a poorer fit is no calibration: the estimate's shape dependence is off)",
+                self.r2
+            ));
+        }
+        if self.loo_max_rel_err < 0.0 {
+            return Err(format!(
+                "loo_max_rel_err {}; accepted: ≥ 0",
+                self.loo_max_rel_err
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One fitted line `y = α x + β`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,7 +202,7 @@ pub fn fit_line(x: &[f64], y: &[f64], offsets: &[f64], what: &str) -> Result<Ent
             loo = loo.max((pred - total).abs() / total.abs());
         }
     }
-    Ok(Entry {
+    let e = Entry {
         alpha: a,
         alpha_ci: [a - t * se_a, a + t * se_a],
         beta_bytes: b,
@@ -135,7 +210,9 @@ pub fn fit_line(x: &[f64], y: &[f64], offsets: &[f64], what: &str) -> Result<Ent
         n_points: n,
         r2,
         loo_max_rel_err: loo,
-    })
+    };
+    e.check().map_err(refuse)?;
+    Ok(e)
 }
 
 /// (slope, intercept, Sxx).
@@ -161,6 +238,7 @@ pub fn design(r: &Row) -> (f64, f64, f64) {
 
 /// Fit every family (and the fallback across families) from measurement rows.
 pub fn fit(rows: &[Row], sources: Vec<String>) -> Result<CalibrationFile> {
+    refuse_duplicates(rows)?;
     let ok: Vec<&Row> = rows.iter().filter(|r| r.ok()).collect();
     let first = ok.first().ok_or_else(|| Error::Fit {
         what: "calibration".into(),
@@ -214,6 +292,25 @@ pub fn fit(rows: &[Row], sources: Vec<String>) -> Result<CalibrationFile> {
     })
 }
 
+/// Each point is one measurement: two rows with the same [`Row::shape_key`] (the
+/// same file given twice, or a copied row) would count it twice and narrow the
+/// intervals.
+fn refuse_duplicates(rows: &[Row]) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for r in rows {
+        if !seen.insert(r.shape_key()) {
+            return Err(Error::Fit {
+                what: "calibration".into(),
+                reason: format!(
+                    "point {} of plan {} appears twice with the same shapes (the same file given twice, or a copied row?); each point counts once: give each measurement file once",
+                    r.point, r.plan
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl CalibrationFile {
     /// `<device>-<runtime>.json`: `cpu-candle.json`; on a GPU the GPU's model from
     /// its name (`NVIDIA H100 80GB HBM3` → `h100-candle.json`), else `cuda0-...`.
@@ -246,14 +343,19 @@ impl CalibrationFile {
         };
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
-        match v.get("schema_version").and_then(|s| s.as_u64()) {
-            Some(n) if n == SCHEMA_VERSION as u64 => {}
-            Some(n) => {
+        match v.get("schema_version") {
+            Some(s) if s.as_u64() == Some(SCHEMA_VERSION as u64) => {}
+            Some(s) if s.as_u64().is_some() => {
                 return Err(bad(format!(
-                    "schema_version {n} is not supported; accepted: {SCHEMA_VERSION}"
+                    "schema_version {s} is not supported; accepted: {SCHEMA_VERSION}"
                 )))
             }
-            None => return Err(bad("no schema_version".into())),
+            Some(s) => {
+                return Err(bad(format!(
+                    "schema_version {s}; accepted: the integer {SCHEMA_VERSION} (not a string or another number)"
+                )))
+            }
+            None => return Err(bad(format!("no schema_version; accepted: {SCHEMA_VERSION}"))),
         }
         let f: CalibrationFile = serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
         let fallback_name = "fallback".to_string();
@@ -262,22 +364,14 @@ impl CalibrationFile {
             .iter()
             .chain(f.fallback.iter().map(|e| (&fallback_name, e)));
         for (name, e) in entries {
-            let nums = [
-                e.alpha,
-                e.alpha_ci[0],
-                e.alpha_ci[1],
-                e.beta_bytes,
-                e.beta_ci[0],
-                e.beta_ci[1],
-                e.r2,
-                e.loo_max_rel_err,
-            ];
-            if nums.iter().any(|x| !x.is_finite()) {
-                return Err(bad(format!("{name}: non-finite number")));
-            }
-            if e.alpha <= 0.0 {
-                return Err(bad(format!("{name}: alpha {} (accepted: > 0)", e.alpha)));
-            }
+            e.check().map_err(|m| bad(format!("{name}: {m}")))?;
+        }
+        if f.runtime.parse::<crate::workload::Runtime>().is_err() {
+            return Err(bad(format!(
+                "runtime {:?}; accepted: {}",
+                f.runtime,
+                crate::workload::Runtime::accepted()
+            )));
         }
         if f.families.is_empty() {
             return Err(bad("no families".into()));
@@ -318,9 +412,12 @@ impl CalibrationFile {
     pub fn to_correction(&self, family: &str, runtime: &str) -> Result<(Correction, String)> {
         if runtime != self.runtime {
             return Err(Error::invalid(
-                "--runtime for this calibration",
+                "--runtime",
                 runtime,
-                format!("{} (the runtime the file was fitted on)", self.runtime),
+                format!(
+                    "{} with this calibration file (it was fitted on the {} runtime; use a calibration fitted on {runtime})",
+                    self.runtime, self.runtime
+                ),
             ));
         }
         let (e, which) = self.entry(family)?;
@@ -447,6 +544,98 @@ mod tests {
             fallback: Some(families["llama"].clone()),
             families,
         }
+    }
+
+    #[test]
+    fn m9_fits_with_a_negative_slope_or_a_poor_r2_are_refused() {
+        let x = [1.0e6, 2.0e6, 3.0e6, 4.0e6, 5.0e6];
+        let cases: [(&str, [f64; 5], &str); 3] = [
+            (
+                "negative α",
+                [5.0e6, 4.0e6, 3.0e6, 2.0e6, 1.0e6],
+                "alpha -1",
+            ),
+            ("α = 0 (every peak the same)", [7.0e6; 5], "alpha 0"),
+            ("noise", [1.0e6, 9.0e6, 2.0e6, 8.0e6, 6.0e6], "r2"),
+        ];
+        for (what, y, named) in cases {
+            let e = fit_line(&x, &y, &[0.0; 5], "family t")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(named) && e.contains("accepted"), "{what}: {e}");
+        }
+        assert_eq!(cases.len(), 3);
+    }
+
+    #[test]
+    fn m4_out_of_range_alpha_and_beta_are_refused_on_load() {
+        let text = serde_json::to_string(&file()).unwrap();
+        let cases = [
+            ("\"alpha\":1.01", "\"alpha\":1e12", "alpha 1000000000000"),
+            ("\"alpha\":1.01", "\"alpha\":0.0", "alpha 0"),
+            (
+                "\"beta_bytes\":1000.0",
+                "\"beta_bytes\":1e20",
+                "beta_bytes 100000000000000000000",
+            ),
+        ];
+        for (from, to, named) in cases {
+            let bad = text.replace(from, to);
+            assert_ne!(bad, text);
+            let e = CalibrationFile::parse(&bad, "c.json")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("c.json") && e.contains(named) && e.contains("accepted"),
+                "{to}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn l18_calibration_file_messages_say_what_is_wrong() {
+        let text = serde_json::to_string(&file()).unwrap();
+        let cases = [
+            (
+                "\"schema_version\":1",
+                "\"schema_version\":\"1\"",
+                "schema_version \"1\"; accepted: the integer 1",
+            ),
+            (
+                "\"runtime\":\"candle\"",
+                "\"runtime\":\"jax\"",
+                "runtime \"jax\"; accepted",
+            ),
+            (
+                "\"alpha_ci\":[1.0,1.02]",
+                "\"alpha_ci\":[2.0,1.0]",
+                "alpha_ci [2.0, 1.0] does not contain",
+            ),
+            (
+                "\"n_points\":8",
+                "\"n_points\":0",
+                "n_points 0; accepted: at least 4",
+            ),
+        ];
+        let mut checked = 0;
+        for (from, to, named) in cases {
+            let bad = text.replacen(from, to, 1);
+            assert_ne!(bad, text, "{from}");
+            let e = CalibrationFile::parse(&bad, "c.json")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(named), "{to}: {e}");
+            checked += 1;
+        }
+        assert_eq!(checked, 4);
+        let e = file()
+            .to_correction("llama", "torch")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--runtime \"torch\"") && e.contains("fitted on the candle runtime"),
+            "{e}"
+        );
     }
 
     #[test]

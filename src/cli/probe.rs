@@ -254,6 +254,9 @@ fn run_plan(
     let mut meter = move || -> Box<dyn MemoryMeter> { probe::meter_for(spec, &dev, limit) };
     let s = probe::run_sweep(&plan, &points, &mut exec, &mut meter, &csv, !quiet)
         .with_context(|| format!("running {}", plan_path.display()))?;
+    if let Some(t) = &s.torn {
+        eprintln!("warning: {t}");
+    }
     Ok((csv, s))
 }
 
@@ -291,11 +294,7 @@ fn report(a: &ReportArgs) -> Result<ExitCode> {
     for f in &a.from {
         rows.extend(measurement::read(f)?);
     }
-    let cal = a
-        .calibration
-        .as_deref()
-        .map(CalibrationFile::load)
-        .transpose()?;
+    let cal = a.calibration.as_deref().map(load_calibration).transpose()?;
     let cmp = calibration::compare(&rows, cal.as_ref());
     let stem = a.from[0]
         .file_stem()
@@ -320,13 +319,24 @@ fn report(a: &ReportArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A calibration file; a file that cannot be read is one message (`llm_mem::Error::Io`
+/// also carries the OS error as its source, which the error chain would print again).
+fn load_calibration(path: &Path) -> Result<CalibrationFile> {
+    match CalibrationFile::load(path) {
+        Err(llm_mem::Error::Io { path, source }) => {
+            bail!("calibration file {}: {source}", path.display())
+        }
+        r => Ok(r?),
+    }
+}
+
 /// `estimate --calibration FILE`: the correction for the spec's family and runtime.
 pub fn correction(
     path: &Path,
     family: &str,
     runtime: &str,
 ) -> Result<llm_mem::estimate::Correction> {
-    let cal = CalibrationFile::load(path)?;
+    let cal = load_calibration(path)?;
     let (c, note) = cal.to_correction(family, runtime)?;
     eprintln!("{note}");
     Ok(c)

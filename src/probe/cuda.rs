@@ -339,6 +339,9 @@ impl MemoryMeter for CudaMeter {
     fn kind(&self) -> &'static str {
         "cuda-pool+nvml"
     }
+    fn limit(&self) -> Option<u64> {
+        self.limit
+    }
     fn baseline(&mut self) -> Result<u64> {
         let pool = self.sync()?;
         self.base = pool_get(pool, USED)?;

@@ -62,6 +62,9 @@ impl MemoryMeter for CudaMeter {
     fn kind(&self) -> &'static str {
         "cuda-pool+nvml"
     }
+    fn limit(&self) -> Option<u64> {
+        self.limit
+    }
     fn baseline(&mut self) -> Result<u64> {
         Err(Error::NoCuda)
     }

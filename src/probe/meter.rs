@@ -87,6 +87,11 @@ pub trait MemoryMeter {
     fn start(&mut self) -> Result<()>;
     /// Peak since `start` and bytes in use now; `Error::OutOfMemory` past the limit.
     fn stop(&mut self) -> Result<Reading>;
+    /// The artificial limit (bytes above the baseline), if any: the sweep does not run
+    /// a point predicted far above it (see `sweep::not_run_reason`).
+    fn limit(&self) -> Option<u64> {
+        None
+    }
     /// Side numbers gathered so far (none for CPU meters).
     fn side(&self) -> SideReadings {
         SideReadings::default()
@@ -178,6 +183,9 @@ impl MemoryMeter for CountingMeter {
     fn kind(&self) -> &'static str {
         "counting-allocator"
     }
+    fn limit(&self) -> Option<u64> {
+        self.limit
+    }
     fn baseline(&mut self) -> Result<u64> {
         if !CountingAlloc::installed() {
             return Err(Error::Meter(
@@ -233,6 +241,9 @@ impl FakeMeter {
 impl MemoryMeter for FakeMeter {
     fn kind(&self) -> &'static str {
         "fake"
+    }
+    fn limit(&self) -> Option<u64> {
+        self.limit
     }
     fn baseline(&mut self) -> Result<u64> {
         Ok(self.base)

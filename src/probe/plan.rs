@@ -9,11 +9,28 @@ use serde::Deserialize;
 use super::candle_model as model;
 use super::scale::scaled_spec;
 
-use crate::arch::ModelSpec;
+use crate::arch::{ModelSpec, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
 use crate::error::{Error, Result};
 use crate::runtime::candle::program::ProbeMethod;
+use crate::workload::{MAX_BATCH, MAX_LORA_RANK, MAX_TENSOR_BYTES, MAX_TOKENS};
 
 pub const PLAN_SCHEMA_VERSION: u32 = 1;
+
+/// Most warm-up or measured steps per point: a point is a few steps of one shape, and
+/// every step is a full forward + backward (a loop count, bounded where it enters).
+pub const MAX_STEPS: usize = 1000;
+
+/// `v` in `lo..=hi`, else an error naming the key, the value and the range.
+fn within(what: &str, v: u64, lo: u64, hi: u64) -> Result<()> {
+    if v < lo || v > hi {
+        return Err(Error::invalid(
+            what,
+            v,
+            format!("an integer in {lo}..={hi}"),
+        ));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,7 +140,7 @@ impl Plan {
     /// run settings, the shapes, the architectures.
     fn validate(&self, path: &str) -> Result<()> {
         self.validate_header(path)?;
-        self.validate_settings()?;
+        self.validate_settings(path)?;
         self.validate_shapes(path)?;
         self.validate_architectures(path)
     }
@@ -156,11 +173,17 @@ impl Plan {
         Ok(())
     }
 
-    /// Device, dtype, methods, optimizer and attention are ones the candle probe runs;
-    /// `measured_steps` and `lora_rank` are positive.
-    fn validate_settings(&self) -> Result<()> {
+    /// Device, dtype, methods (at least one), optimizer and attention are ones the
+    /// candle probe runs; steps, `lora_rank` and `lora_alpha` are in their bounds.
+    fn validate_settings(&self, path: &str) -> Result<()> {
         model::DeviceSpec::parse(&self.device)?;
         self.dtype()?;
+        if self.methods.is_empty() {
+            return Err(plan_error(
+                path,
+                "methods is empty; accepted: one or more of full, lora".into(),
+            ));
+        }
         for m in &self.methods {
             self.method(m)?;
         }
@@ -178,20 +201,33 @@ impl Plan {
                 "eager or sdpa (both run explicit matmul + softmax in candle)",
             ));
         }
-        if self.measured_steps == 0 {
-            return Err(Error::invalid("measured_steps", 0, "an integer > 0"));
-        }
-        if self.lora_rank == 0 {
-            return Err(Error::invalid("lora_rank", 0, "an integer > 0"));
+        within(
+            "warmup_steps",
+            self.warmup_steps as u64,
+            0,
+            MAX_STEPS as u64,
+        )?;
+        within(
+            "measured_steps",
+            self.measured_steps as u64,
+            1,
+            MAX_STEPS as u64,
+        )?;
+        within("lora_rank", self.lora_rank as u64, 1, MAX_LORA_RANK)?;
+        if let Some(a) = self.lora_alpha {
+            if !(a.is_finite() && a > 0.0) {
+                return Err(Error::invalid("lora_alpha", a, "a number > 0"));
+            }
         }
         Ok(())
     }
 
-    /// `shapes.batch` and `shapes.seq` are non-empty lists of positive sizes.
+    /// `shapes.batch` and `shapes.seq` are non-empty lists of sizes in `estimate`'s
+    /// bounds (`workload::MAX_BATCH`, `workload::MAX_TOKENS`).
     fn validate_shapes(&self, path: &str) -> Result<()> {
-        for (what, v) in [
-            ("shapes.batch", &self.shapes.batch),
-            ("shapes.seq", &self.shapes.seq),
+        for (what, v, max) in [
+            ("shapes.batch", &self.shapes.batch, MAX_BATCH),
+            ("shapes.seq", &self.shapes.seq, MAX_TOKENS),
         ] {
             if v.is_empty() {
                 return Err(plan_error(
@@ -199,8 +235,12 @@ impl Plan {
                     format!("{what} is empty; give at least one size"),
                 ));
             }
-            if let Some(z) = v.iter().find(|&&x| x == 0) {
-                return Err(Error::invalid(what, z, "integers > 0"));
+            if let Some(&z) = v.iter().find(|&&x| x == 0 || x as u64 > max) {
+                return Err(Error::invalid(
+                    what,
+                    z,
+                    format!("integers > 0 and at most {max} (estimate's bound)"),
+                ));
             }
         }
         Ok(())
@@ -212,18 +252,34 @@ impl Plan {
             return Err(plan_error(path, "no [[architectures]]".into()));
         }
         for a in &self.architectures {
-            for (what, v) in [
-                ("layers", a.layers),
-                ("hidden", a.hidden),
-                ("heads", a.heads),
-                ("kv_heads", a.kv_heads),
-                ("head_dim", a.head_dim),
-                ("intermediate", a.intermediate),
-                ("vocab", a.vocab),
+            for (what, v, max) in [
+                ("layers", a.layers, MAX_LAYERS),
+                ("hidden", a.hidden, MAX_WIDTH),
+                ("heads", a.heads, MAX_WIDTH),
+                ("kv_heads", a.kv_heads, MAX_WIDTH),
+                ("head_dim", a.head_dim, MAX_WIDTH),
+                ("intermediate", a.intermediate, MAX_WIDTH),
+                ("vocab", a.vocab, MAX_VOCAB),
             ] {
-                if v == Some(0) {
-                    return Err(Error::invalid(what, 0, "an integer > 0"));
+                match v {
+                    Some(v) if v == 0 || v > max => {
+                        return Err(Error::invalid(
+                            what,
+                            v,
+                            format!("an integer in 1..={max} (architecture {})", a.model),
+                        ))
+                    }
+                    _ => {}
                 }
+            }
+            if a.methods.as_ref().is_some_and(|m| m.is_empty()) {
+                return Err(plan_error(
+                    path,
+                    format!(
+                        "architecture {}: methods is empty; accepted: one or more of full, lora (or no methods key: the plan's)",
+                        a.model
+                    ),
+                ));
             }
             for m in a.methods.iter().flatten() {
                 self.method(m)?;
@@ -256,12 +312,41 @@ impl Plan {
         model::DeviceSpec::parse(&self.device)
     }
 
+    /// The largest tensor a point creates stays under `workload::MAX_TENSOR_BYTES`, as
+    /// `estimate` requires: the token activations (b·s × the widest projection or the
+    /// vocabulary) and the attention scores (b·heads·s·s; the candle probe materialises
+    /// them for eager and sdpa alike), in the plan's dtype.
+    fn check_largest_tensor(&self, spec: &ModelSpec, model: &str) -> Result<()> {
+        let b = *self.shapes.batch.iter().max().expect("validated non-empty") as f64;
+        let s = *self.shapes.seq.iter().max().expect("validated non-empty") as f64;
+        let esize = self.dtype()?.size() as f64;
+        let widest = spec
+            .hidden
+            .max(2 * spec.intermediate)
+            .max(spec.vocab)
+            .max(spec.q_dim() + 2 * spec.kv_dim()) as f64;
+        let largest = (b * s * widest).max(b * spec.heads as f64 * s * s) * esize;
+        if largest > MAX_TENSOR_BYTES as f64 {
+            return Err(Error::invalid(
+                "shapes batch x seq",
+                format!("{b} x {s}"),
+                format!(
+                    "shapes whose largest tensor stays under {} PiB (architecture {model} needs {:.1} PiB)",
+                    MAX_TENSOR_BYTES >> 50,
+                    largest / (1u64 << 50) as f64
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Every point: architectures × methods × batch × seq.
     pub fn points(&self, plan_dir: &Path) -> Result<Vec<Point>> {
         let max_seq = *self.shapes.seq.iter().max().expect("validated non-empty");
         let mut out = Vec::new();
         for a in &self.architectures {
             let spec = scaled_spec(a, plan_dir, max_seq as u64)?;
+            self.check_largest_tensor(&spec, &a.model)?;
             let methods = a.methods.as_ref().unwrap_or(&self.methods);
             for m in methods {
                 let method = self.method(m)?;

@@ -24,6 +24,21 @@ pub struct Provenance {
     pub meter: String,
 }
 
+impl Provenance {
+    /// The provenance fields a plan fixes (its device), the others empty: for rows
+    /// that describe a planned point rather than a measured one.
+    pub fn planned(plan: &super::plan::Plan) -> Provenance {
+        Provenance {
+            tool_version: String::new(),
+            git_commit: String::new(),
+            device: plan.device.clone(),
+            device_name: String::new(),
+            driver: String::new(),
+            meter: String::new(),
+        }
+    }
+}
+
 /// `git rev-parse --short HEAD` of the current folder, else `unknown`.
 pub fn git_commit() -> String {
     std::process::Command::new("git")

@@ -45,6 +45,17 @@ pub fn scaled_spec(a: &Arch, plan_dir: &Path, max_seq: u64) -> Result<ModelSpec>
         } else {
             spec.head_dim
         });
+    if spec.head_dim == 0 {
+        // hidden / heads rounds to 0: more heads than hidden units
+        return Err(Error::invalid(
+            "heads",
+            spec.heads,
+            format!(
+                "at most hidden ({}) heads for architecture {}: hidden / heads gives head_dim 0 (or give head_dim)",
+                spec.hidden, a.model
+            ),
+        ));
+    }
     if let Some(i) = a.intermediate {
         spec.intermediate = i;
     } else if a.hidden.is_some() {
@@ -59,7 +70,8 @@ pub fn scaled_spec(a: &Arch, plan_dir: &Path, max_seq: u64) -> Result<ModelSpec>
     if let Positions::Rope { rotary_dim } = spec.positions {
         let rd = (rotary_dim * spec.head_dim / orig_head_dim.max(1)) / 2 * 2;
         spec.positions = Positions::Rope {
-            rotary_dim: rd.clamp(2, spec.head_dim / 2 * 2),
+            // never a panic: a head_dim of 1 gives 0, which `validate` refuses
+            rotary_dim: rd.max(2).min(spec.head_dim / 2 * 2),
         };
     }
     if spec.positions == Positions::Learned {

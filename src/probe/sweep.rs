@@ -31,6 +31,11 @@ pub trait Executor {
     fn driver(&self) -> String {
         String::new()
     }
+    /// Bytes the device holds in all (host RAM for the CPU, the GPU's memory), if known:
+    /// a point predicted above it is recorded as `oom` without running.
+    fn capacity(&self) -> Option<u64> {
+        None
+    }
     fn run(
         &mut self,
         plan: &Plan,
@@ -86,6 +91,14 @@ impl Executor for CandleExecutor {
                 .unwrap_or_default(),
         }
     }
+    fn capacity(&self) -> Option<u64> {
+        match self.spec {
+            model::DeviceSpec::Cpu => host_memory(),
+            model::DeviceSpec::Cuda(_) => crate::probe::cuda::describe(&self.device)
+                .ok()
+                .map(|i| i.total_bytes),
+        }
+    }
     fn run(
         &mut self,
         plan: &Plan,
@@ -105,6 +118,62 @@ impl Executor for CandleExecutor {
     }
 }
 
+/// The host's physical memory (`MemTotal` of `/proc/meminfo`, Linux), if readable.
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Why a point is recorded as `oom` without running, if it is. A failed host
+/// allocation aborts the process (Rust's `handle_alloc_error`: candle allocates every
+/// tensor through a `Vec`, on the host also before copying it to a GPU), so no point
+/// whose predicted peak exceeds the device's memory is run, and none predicted more
+/// than twice above the artificial limit (below that the measurement decides, so the
+/// boundary stays measured: the candle profile is within 2 % on the CPU).
+pub fn not_run_reason(
+    pred: &CandleStep,
+    limit: Option<u64>,
+    capacity: Option<u64>,
+) -> Option<String> {
+    let dynamic = pred
+        .peak()
+        .saturating_sub(pred.weights + pred.optimizer_state);
+    if let Some(l) = limit.filter(|&l| dynamic / 2 > l) {
+        return Some(format!(
+            "out of memory (not run): the candle profile predicts {dynamic} bytes above the baseline, more than twice the limit of {l} bytes"
+        ));
+    }
+    if let Some(c) = capacity.filter(|&c| pred.peak() > c) {
+        return Some(format!(
+            "out of memory (not run): the candle profile predicts a peak of {} bytes; the device holds {c} bytes",
+            pred.peak()
+        ));
+    }
+    None
+}
+
+/// What a point produced: not run (see [`not_run_reason`]), or run and measured.
+fn outcome_of(
+    exec: &mut dyn Executor,
+    plan: &Plan,
+    p: &Point,
+    m: &mut dyn MemoryMeter,
+    pred: Option<&CandleStep>,
+) -> Outcome {
+    if let Some(why) = pred.and_then(|s| not_run_reason(s, m.limit(), exec.capacity())) {
+        return Outcome::OutOfMemory(why);
+    }
+    match exec.run(plan, p, m) {
+        Ok(s) => Outcome::Ok(s),
+        Err(e @ (Error::OutOfMemory { .. } | Error::DeviceOutOfMemory(_))) => {
+            Outcome::OutOfMemory(e.to_string())
+        }
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
 /// The estimator's prediction for a point (the `candle` runtime profile).
 pub fn predict(plan: &Plan, p: &Point) -> Result<tape::CandleStep> {
     let esize = plan.dtype()?.size();
@@ -118,6 +187,73 @@ pub struct SweepSummary {
     pub ran: usize,
     pub skipped: usize,
     pub failed: usize,
+    /// A torn last line found in the file, set aside and its point re-run (what and where).
+    pub torn: Option<String>,
+}
+
+/// The points of `csv_path` already measured, after setting aside a torn last line
+/// (`measurement::set_aside_torn_tail`, reported). The file must hold this plan only,
+/// and each row of a planned point must match it in every shape field
+/// (`Row::shape_key`): a file of another plan, or of a plan edited since, is refused
+/// and left as it is, so rows of different models never mix under one point id.
+fn done_points(
+    plan: &Plan,
+    points: &[Point],
+    csv_path: &Path,
+) -> Result<(BTreeSet<String>, Option<String>)> {
+    if !csv_path.exists() {
+        return Ok((BTreeSet::new(), None));
+    }
+    let torn = measurement::set_aside_torn_tail(csv_path)?.map(|t| {
+        let text = String::from_utf8_lossy(&t.bytes);
+        let point = points
+            .iter()
+            .find(|p| text.contains(&format!(",{},", p.id)))
+            .map_or_else(|| "a point".to_string(), |p| format!("point {}", p.id));
+        format!(
+            "{} line {} was cut mid-write ({} bytes): set aside in {}.torn; {point} is run again",
+            csv_path.display(),
+            t.line,
+            t.bytes.len(),
+            csv_path.display()
+        )
+    });
+    let refuse = |line: u64, message: String| Error::Measurement {
+        path: format!("{} line {line}", csv_path.display()),
+        message,
+    };
+    let mut done = BTreeSet::new();
+    for (line, row) in measurement::read_numbered(csv_path)? {
+        if row.plan != plan.name {
+            return Err(refuse(line, format!(
+                "this file holds plan {}, not {}; resume a file of plan {} or write a new file (no --resume, or another --out)",
+                row.plan, plan.name, plan.name
+            )));
+        }
+        if let Some(p) = points.iter().find(|p| p.id == row.point) {
+            let want = row_of(
+                plan,
+                p,
+                &Provenance::planned(plan),
+                &Outcome::Failed(String::new()),
+                None,
+                0.0,
+            )?;
+            let diff = row
+                .shape_key()
+                .into_iter()
+                .zip(want.shape_key())
+                .find(|(a, b)| a.1 != b.1);
+            if let Some(((k, had), (_, now))) = diff {
+                return Err(refuse(line, format!(
+                    "point {} was measured with {k} {had}; the plan now gives {k} {now}. Raw rows are never rewritten: write to a new file (another --out or --resume NEW.csv), or restore the plan",
+                    p.id
+                )));
+            }
+        }
+        done.insert(row.point);
+    }
+    Ok((done, torn))
 }
 
 /// Run every point not yet in `csv_path`, appending one flushed row per point.
@@ -130,15 +266,7 @@ pub fn run_sweep(
     csv_path: &Path,
     progress: bool,
 ) -> Result<SweepSummary> {
-    let done: BTreeSet<String> = if csv_path.exists() {
-        measurement::read(csv_path)?
-            .into_iter()
-            .filter(|r| r.plan == plan.name)
-            .map(|r| r.point)
-            .collect()
-    } else {
-        BTreeSet::new()
-    };
+    let (done, torn) = done_points(plan, points, csv_path)?;
     let todo: Vec<&Point> = points.iter().filter(|p| !done.contains(&p.id)).collect();
     let mut w = measurement::Writer::append(csv_path)?;
     let bar = if progress {
@@ -163,20 +291,15 @@ pub fn run_sweep(
     };
     let mut summary = SweepSummary {
         skipped: points.len() - todo.len(),
+        torn,
         ..SweepSummary::default()
     };
     for p in todo {
         bar.set_message(p.id.clone());
         let t0 = std::time::Instant::now();
         let mut m = meter();
-        let outcome = match exec.run(plan, p, m.as_mut()) {
-            Ok(s) => Outcome::Ok(s),
-            Err(e @ (Error::OutOfMemory { .. } | Error::DeviceOutOfMemory(_))) => {
-                Outcome::OutOfMemory(e.to_string())
-            }
-            Err(e) => Outcome::Failed(e.to_string()),
-        };
         let pred = predict(plan, p);
+        let outcome = outcome_of(exec, plan, p, m.as_mut(), pred.as_ref().ok());
         let row = row_of(
             plan,
             p,

@@ -266,3 +266,399 @@ fn cli_smoke_calibration_and_estimate() {
         );
     }
 }
+
+// ---------------------------------------------------------------- issue 9: bounds and raw data
+
+/// The findings report's plan (`/tmp/heads.toml`): llama scaled down, one shape.
+fn finding_plan(arch: &str, shapes: &str) -> String {
+    format!(
+        "schema_version = 1\nname = \"p\"\ndevice = \"cpu\"\ndtype = \"f32\"\nmethods = [\"full\"]\noptimizer = \"adamw\"\nattn = \"eager\"\nwarmup_steps = 1\nmeasured_steps = 1\n[shapes]\n{shapes}\n[[architectures]]\n{arch}\n"
+    )
+}
+
+const LLAMA_64: &str = "model = \"llama-3.2-1b\"\nlayers = 2\nhidden = 64\nheads = 4\nkv_heads = 2\nintermediate = 128\nvocab = 256";
+
+#[test]
+fn h4_more_heads_than_hidden_is_an_error() {
+    let dir = TempDir::new("h4");
+    let mut checked = 0;
+    for model in ["llama-3.2-1b", "qwen2.5-0.5b", "phi-2"] {
+        let arch = format!("model = \"{model}\"\nlayers = 2\nhidden = 64\nheads = 128\nkv_heads = 128\nintermediate = 128\nvocab = 256");
+        let plan = dir.write(
+            &format!("{model}.toml"),
+            &finding_plan(&arch, "batch = [1]\nseq = [16]"),
+        );
+        for cmd in ["points", "run"] {
+            let mut args = vec!["probe", cmd, "--plan", &plan];
+            if cmd == "run" {
+                args.extend(["--out", dir.path().to_str().unwrap(), "--quiet"]);
+            }
+            let r = run(args);
+            assert_eq!(r.code, 2, "{model} {cmd}: {}", r.stderr);
+            assert!(
+                r.stderr.contains("heads \"128\"")
+                    && r.stderr.contains("hidden")
+                    && r.stderr.contains("head_dim 0"),
+                "{model} {cmd}: {}",
+                r.stderr
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6);
+}
+
+#[test]
+fn h5_huge_plan_shapes_are_errors_naming_the_value() {
+    let dir = TempDir::new("h5");
+    let out = dir.path().to_str().unwrap().to_string();
+    let cases = [
+        (
+            LLAMA_64.to_string(),
+            "batch = [1000000000000]\nseq = [16]",
+            "shapes.batch \"1000000000000\"",
+        ),
+        (
+            LLAMA_64.to_string(),
+            "batch = [1]\nseq = [1000000000]",
+            "shapes.seq \"1000000000\"",
+        ),
+        (
+            LLAMA_64.replace("hidden = 64", "hidden = 2000000"),
+            "batch = [1]\nseq = [16]",
+            "hidden \"2000000\"",
+        ),
+        (
+            LLAMA_64.replace("vocab = 256", "vocab = 100000000"),
+            "batch = [1]\nseq = [16]",
+            "vocab \"100000000\"",
+        ),
+        (
+            LLAMA_64.replace("layers = 2", "layers = 100000"),
+            "batch = [1]\nseq = [16]",
+            "layers \"100000\"",
+        ),
+        // each size in bounds, the scores tensor (b·s·s·heads·4 B) past 256 PiB
+        (
+            LLAMA_64.to_string(),
+            "batch = [1048576]\nseq = [67108864]",
+            "batch x seq",
+        ),
+    ];
+    for (i, (arch, shapes, named)) in cases.iter().enumerate() {
+        let plan = dir.write(&format!("big{i}.toml"), &finding_plan(arch, shapes));
+        let r = run(["probe", "run", "--plan", &plan, "--out", &out, "--quiet"]);
+        assert_eq!(r.code, 2, "case {i}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(named) && r.stderr.contains("accepted"),
+            "case {i}: {}",
+            r.stderr
+        );
+    }
+    // in bounds but far past the limit: recorded as oom without running (no abort)
+    let arch = LLAMA_64.replace("hidden = 64", "hidden = 1048576");
+    let plan = dir.write("wide.toml", &finding_plan(&arch, "batch = [1]\nseq = [16]"));
+    let csv = dir.join("wide.csv");
+    let r = run([
+        "probe",
+        "run",
+        "--plan",
+        &plan,
+        "--out",
+        &out,
+        "--quiet",
+        "--memory-limit",
+        "64MiB",
+        "--resume",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows = measurement::read(&csv).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "oom");
+    assert!(
+        rows[0].message.contains("not run") && rows[0].message.contains("predicts"),
+        "{}",
+        rows[0].message
+    );
+    // no limit: the host's memory bounds it (4.4 TB of weights)
+    let csv = dir.join("wide-nolimit.csv");
+    let r = run([
+        "probe",
+        "run",
+        "--plan",
+        &plan,
+        "--out",
+        &out,
+        "--quiet",
+        "--resume",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows = measurement::read(&csv).unwrap();
+    assert_eq!((rows.len(), rows[0].status.as_str()), (1, "oom"));
+    assert!(
+        rows[0].message.contains("the device holds"),
+        "{}",
+        rows[0].message
+    );
+}
+
+#[test]
+fn l12_empty_methods_and_unbounded_steps_are_errors() {
+    let cases = [
+        ("methods = [\"full\"]", "methods = []", "methods is empty"),
+        (
+            "warmup_steps = 1",
+            "warmup_steps = 1000000000",
+            "warmup_steps \"1000000000\"",
+        ),
+        (
+            "measured_steps = 1",
+            "measured_steps = 1000000000",
+            "measured_steps \"1000000000\"",
+        ),
+        (
+            "attn",
+            "lora_rank = 1000000000\nattn",
+            "lora_rank \"1000000000\"",
+        ),
+    ];
+    for (line, setting, named) in cases {
+        let text = finding_plan(LLAMA_64, "batch = [1]\nseq = [16]").replacen(line, setting, 1);
+        let e = Plan::parse(&text, "p.toml").unwrap_err().to_string();
+        assert!(
+            e.contains(named) && e.contains("accepted"),
+            "{setting}: {e}"
+        );
+    }
+    let text = finding_plan(
+        &format!("{LLAMA_64}\nmethods = []"),
+        "batch = [1]\nseq = [16]",
+    );
+    let e = Plan::parse(&text, "p.toml").unwrap_err().to_string();
+    assert!(
+        e.contains("methods is empty") && e.contains("llama-3.2-1b"),
+        "{e}"
+    );
+}
+
+fn fake_sweep(plan: &Plan, csv: &Path) -> llm_mem::Result<probe::SweepSummary> {
+    let points = plan.points(Path::new("."))?;
+    let mut exec = Fake {
+        oom_point: String::new(),
+    };
+    probe::run_sweep(plan, &points, &mut exec, &mut fake_meter, csv, false)
+}
+
+#[test]
+fn m7_resume_refuses_another_plans_file() {
+    let dir = TempDir::new("m7");
+    let csv = dir.join("a.csv");
+    fake_sweep(&Plan::parse(PLAN, "fake.toml").unwrap(), &csv).unwrap();
+    let before = std::fs::read(&csv).unwrap();
+    let other = Plan::parse(
+        &PLAN.replace("name = \"fake\"", "name = \"other\""),
+        "o.toml",
+    )
+    .unwrap();
+    let e = fake_sweep(&other, &csv).unwrap_err().to_string();
+    assert!(
+        e.contains("holds plan fake, not other") && e.contains("line 2"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&csv).unwrap(), before, "the file changed");
+}
+
+#[test]
+fn m8_resume_keys_points_by_every_shape_field() {
+    let dir = TempDir::new("m8");
+    let csv = dir.join("a.csv");
+    fake_sweep(&Plan::parse(PLAN, "fake.toml").unwrap(), &csv).unwrap();
+    let before = std::fs::read(&csv).unwrap();
+    let mut checked = 0;
+    for (from, to, named) in [
+        (
+            "hidden = 32\nheads = 2\nkv_heads",
+            "hidden = 64\nheads = 2\nkv_heads",
+            "hidden 32",
+        ),
+        (
+            "vocab = 64\n[[architectures]]",
+            "vocab = 128\n[[architectures]]",
+            "vocab 64",
+        ),
+        (
+            "name = \"fake\"",
+            "name = \"fake\"\nmeasured_steps = 2",
+            "measured_steps 1",
+        ),
+        (
+            "name = \"fake\"",
+            "name = \"fake\"\ndtype = \"bf16\"",
+            "dtype fp32",
+        ),
+    ] {
+        let edited = Plan::parse(&PLAN.replacen(from, to, 1), "fake.toml").unwrap();
+        let e = fake_sweep(&edited, &csv).unwrap_err().to_string();
+        assert!(
+            e.contains("llama-3.2-1b/full/b1/s8") && e.contains(named) && e.contains("new file"),
+            "{to}: {e}"
+        );
+        assert_eq!(std::fs::read(&csv).unwrap(), before, "the file changed");
+        checked += 1;
+    }
+    assert_eq!(checked, 4);
+    // the same plan resumes: nothing to do
+    let s = fake_sweep(&Plan::parse(PLAN, "fake.toml").unwrap(), &csv).unwrap();
+    assert_eq!((s.ran, s.skipped), (0, 12));
+}
+
+#[test]
+fn l13_a_torn_last_line_is_reported_and_its_point_rerun() {
+    let dir = TempDir::new("l13");
+    let csv = dir.join("a.csv");
+    let plan = Plan::parse(PLAN, "fake.toml").unwrap();
+    let points = plan.points(Path::new(".")).unwrap();
+    let mut exec = Fake {
+        oom_point: String::new(),
+    };
+    probe::run_sweep(&plan, &points[..5], &mut exec, &mut fake_meter, &csv, false).unwrap();
+    let full = std::fs::read(&csv).unwrap();
+    let cut = full.len() - 200;
+    std::fs::write(&csv, &full[..cut]).unwrap();
+    // calibrate / report: the line is named, with the way out
+    let e = measurement::read(&csv).unwrap_err().to_string();
+    assert!(e.contains("line 6") && e.contains("--resume"), "{e}");
+    // resume: the fragment is set aside, its point re-run, the complete rows untouched
+    let s = probe::run_sweep(&plan, &points, &mut exec, &mut fake_meter, &csv, false).unwrap();
+    assert_eq!((s.ran, s.skipped), (8, 4));
+    let torn = s.torn.expect("reported");
+    assert!(
+        torn.contains("line 6") && torn.contains(&points[4].id),
+        "{torn}"
+    );
+    let after = std::fs::read(&csv).unwrap();
+    let complete = full[..cut].iter().rposition(|&b| b == b'\n').unwrap() + 1;
+    assert_eq!(&after[..complete], &full[..complete]);
+    let aside = std::fs::read(dir.join("a.csv.torn")).unwrap();
+    assert!(aside.starts_with(&full[complete..cut]));
+    let rows = measurement::read(&csv).unwrap();
+    assert_eq!(rows.len(), 12);
+    let ids: std::collections::BTreeSet<_> = rows.iter().map(|r| r.point.clone()).collect();
+    assert_eq!(ids.len(), 12);
+}
+
+/// A copy of the shipped measurement file with one cell replaced.
+fn with_cell(dir: &TempDir, column: &str, row: usize, value: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(crate::util::root().join(SHIPPED)).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let i = lines[0].split(',').position(|c| c == column).unwrap();
+    let mut cells: Vec<String> = lines[row].split(',').map(String::from).collect();
+    cells[i] = value.into();
+    lines[row] = cells.join(",");
+    let p = dir.join(format!("{column}-{row}.csv"));
+    // CRLF line ends, as Python's csv module writes them (M14's repro)
+    std::fs::write(&p, lines.join("\r\n") + "\r\n").unwrap();
+    p
+}
+
+const SHIPPED: &str = "results/cpu-default-cpu-2026-11-27.csv";
+
+#[test]
+fn m14_csv_errors_name_file_line_column_and_value() {
+    let dir = TempDir::new("m14");
+    let mut checked = 0;
+    for (column, value, accepted) in [
+        (
+            "measured_peak_bytes",
+            "-5",
+            "a non-negative integer of bytes",
+        ),
+        (
+            "measured_peak_bytes",
+            "NaN",
+            "a non-negative integer of bytes",
+        ),
+        (
+            "measured_peak_bytes",
+            "1e300",
+            "a non-negative integer of bytes",
+        ),
+        (
+            "measured_peak_bytes",
+            "lots",
+            "a non-negative integer of bytes",
+        ),
+        ("hidden", "-1", "a non-negative integer"),
+        ("seconds", "soon", "a number"),
+    ] {
+        let p = with_cell(&dir, column, 1, value);
+        let e = measurement::read(&p).unwrap_err().to_string();
+        let (at, cell) = (
+            format!("{} line 2:", p.display()),
+            format!("{column} \"{value}\": expected {accepted}"),
+        );
+        assert!(e.starts_with(&at) && e.contains(&cell), "{cell}: {e}");
+        checked += 1;
+    }
+    assert_eq!(checked, 6);
+}
+
+#[test]
+fn m9_calibrate_validates_rows_and_refuses_bad_fits() {
+    let dir = TempDir::new("m9");
+    let out = dir.path().to_str().unwrap().to_string();
+    let calibrate = |files: &[&Path]| {
+        let mut args: Vec<String> = vec![
+            "probe".into(),
+            "calibrate".into(),
+            "--out".into(),
+            out.clone(),
+            "--from".into(),
+        ];
+        args.extend(files.iter().map(|f| f.display().to_string()));
+        run(args)
+    };
+    // every measured peak 0: below the static bytes
+    let text = std::fs::read_to_string(crate::util::root().join(SHIPPED)).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let i = lines[0]
+        .split(',')
+        .position(|c| c == "measured_peak_bytes")
+        .unwrap();
+    for l in lines.iter_mut().skip(1) {
+        let mut c: Vec<&str> = l.split(',').collect();
+        c[i] = "0";
+        *l = c.join(",");
+    }
+    let zero = dir.join("zero.csv");
+    std::fs::write(&zero, lines.join("\n") + "\n").unwrap();
+    let huge = with_cell(&dir, "measured_peak_bytes", 3, "18446744073709551615");
+    let maybe = with_cell(&dir, "status", 2, "maybe");
+    let shipped = crate::util::root().join(SHIPPED);
+    let cases: [(&[&Path], [&str; 3]); 4] = [
+        // every measured peak 0: below the static bytes
+        (&[&zero], ["line 2", "measured_peak_bytes 0", "static"]),
+        // one absurd peak: out of bounds
+        (&[&huge], ["line 4", "18446744073709551615", "accepted"]),
+        (&[&maybe], ["line 3", "status \"maybe\"", "ok, oom, error"]),
+        // the same file twice: duplicate points
+        (
+            &[&shipped, &shipped],
+            ["twice", "llama-3.2-1b/full/b1/s32", "once"],
+        ),
+    ];
+    for (files, needles) in cases {
+        let r = calibrate(files);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(
+            needles.iter().all(|n| r.stderr.contains(n)),
+            "{needles:?}: {}",
+            r.stderr
+        );
+    }
+    // the shipped file still calibrates
+    let r = calibrate(&[&shipped]);
+    assert!(r.success(), "{}", r.stderr);
+}
