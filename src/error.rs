@@ -24,12 +24,10 @@ pub enum Error {
     #[error("model {name:?} not found: it is not a built-in preset (see `llm-mem models`), not a path to a config.json or its folder, and not a model id in the local Hugging Face cache ({cache})")]
     ModelNotFound { name: String, cache: String },
 
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The OS error is part of the message, not a `source` (an error chain printed with
+    /// `{:#}` would repeat it).
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
 
     #[error("{path}: invalid safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },
@@ -78,7 +76,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io {
             path: path.into(),
-            source,
+            err: source,
         }
     }
 

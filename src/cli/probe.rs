@@ -319,12 +319,11 @@ fn report(a: &ReportArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A calibration file; a file that cannot be read is one message (`llm_mem::Error::Io`
-/// also carries the OS error as its source, which the error chain would print again).
+/// A calibration file; a file that cannot be read says so in one message.
 fn load_calibration(path: &Path) -> Result<CalibrationFile> {
     match CalibrationFile::load(path) {
-        Err(llm_mem::Error::Io { path, source }) => {
-            bail!("calibration file {}: {source}", path.display())
+        Err(llm_mem::Error::Io { path, err }) => {
+            bail!("calibration file {}: {err}", path.display())
         }
         r => Ok(r?),
     }
