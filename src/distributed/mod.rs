@@ -11,11 +11,15 @@
 //!
 //! | recipe | weights | gradients | master | optimizer |
 //! |---|---|---|---|---|
-//! | DDP / Megatron, pure half | 2P | 2P | – | states(P) |
-//! | Megatron mixed (`--master-weights`) | 2P | 4P (fp32 main_grad) | 4P | 8P; ÷N with `--distributed-optimizer` (18 B/param, or 6 + 12/N) |
+//! | torch DDP, pure half | 2P | 2P | – | states(P) |
+//! | Megatron (tp/pp/cp > 1 or `--distributed-optimizer`; any half run) and mixed DDP (`--master-weights`) | 2P | 4P (fp32 main_grad) | 4P | 8P; ÷N with `--distributed-optimizer` (18 B/param, or 6 + 12/N) |
 //! | DeepSpeed ZeRO-z, half + fp32 master | 2P (÷N at z3) | 2P half (÷N at z2, none at z3) + 4P/N fp32 | 4P/N | 8P/N (ZeRO-2: 2P + 18P/N) |
 //! | FSDP, fp32 sharded params (amp or master) | 4P/N | 4P/N | – | 8P/N |
 //! | FSDP, pure half | 2P/N | 2P/N | – | states/N |
+//!
+//! The precision recipe of each layout (which fp32 master weights its framework keeps
+//! whatever `--master-weights` says, and what `amp-*` becomes under ZeRO and FSDP) is
+//! `recipe.rs`, applied before any of the rows above.
 //!
 //! plus gathered buffers: ZeRO-3 keeps the largest module's half parameters and
 //! gradients (4 B × largest, DeepSpeed's `largest_layer_memory`) + its prefetch bucket;
@@ -31,6 +35,7 @@
 //! pipeline holds min(pp − i, m) micro-batches of activations; interleaved schedules
 //! (`--vpp v`) multiply by 1 + (pp − 1)/(pp·v) (Narayanan et al. 2021).
 
+pub mod recipe;
 pub mod search;
 
 use crate::arch::params;
@@ -43,6 +48,7 @@ use crate::units::bytes::Bytes;
 use crate::workload::layout::{FsdpMode, Layout};
 use crate::workload::overhead::Overheads;
 use crate::workload::{Task, Workload};
+use recipe::{precision_recipe, ImpliedMaster};
 
 /// One rank class (a pipeline stage) of a distributed estimate.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +72,9 @@ pub struct DistributedEstimate {
     /// Index into `per_rank` of the rank with the highest device memory.
     pub worst_rank: usize,
     pub warnings: Vec<String>,
+    /// Set when the layout's framework keeps fp32 master weights the user did not ask
+    /// for (see [`recipe`]).
+    pub implied_master: Option<ImpliedMaster>,
 }
 
 impl DistributedEstimate {
@@ -168,10 +177,13 @@ pub fn estimate_layout(
     layout.validate(spec, w)?;
     // the per-rank recipes count "layers × one layer": a uniform stack
     spec.uniform_block()?;
+    // the precision recipe of the layout's framework (recipe.rs)
+    let recipe = precision_recipe(w, layout);
+    let w = &*recipe.workload;
     let stages = layout.stage_layers(spec.layers());
     let pp = layout.pp;
     let m = layout.micro_batches.unwrap_or(w.grad_accum).max(1);
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = recipe.note.iter().cloned().collect();
     if pp > 1 && m < pp {
         warnings.push(format!(
             "{m} micro-batches per flush with {pp} pipeline stages leaves the pipeline mostly idle; use --micro-batches >= {pp}"
@@ -208,6 +220,7 @@ pub fn estimate_layout(
         per_rank,
         worst_rank,
         warnings,
+        implied_master: recipe.implied,
     })
 }
 
@@ -265,6 +278,7 @@ fn serving_estimate(
         }],
         worst_rank: 0,
         warnings,
+        implied_master: None,
     })
 }
 

@@ -16,9 +16,15 @@ fn billions(n: u64) -> String {
 /// One estimate: the run, the peak and its breakdown, the activations kept for
 /// backward (training), the fit verdict, the warnings.
 pub fn render(e: &Estimate, w: &Workload, fit: Option<&Fit>) -> String {
+    render_run(e, w, fit, None)
+}
+
+/// [`render`], naming the framework whose recipe keeps fp32 master weights the user
+/// did not ask for.
+fn render_run(e: &Estimate, w: &Workload, fit: Option<&Fit>, implied: Option<&str>) -> String {
     let mut s = String::new();
     write_model(&mut s, &e.model);
-    write_task(&mut s, w);
+    write_task(&mut s, w, implied);
     let _ = writeln!(s);
     write_peak(&mut s, e);
     if w.task == Task::Train {
@@ -48,7 +54,12 @@ fn write_model(s: &mut String, m: &ModelSummary) {
 }
 
 /// The task line: the training settings, or the serving shape for inference.
-fn write_task(s: &mut String, w: &Workload) {
+fn write_task(s: &mut String, w: &Workload, implied: Option<&str>) {
+    let master = match (w.master_weights, implied) {
+        (_, Some(by)) => format!(" + fp32 master weights (implied by {by})"),
+        (true, None) => " + fp32 master weights".to_string(),
+        (false, None) => String::new(),
+    };
     let method = match w.method.lora() {
         Some(l) => format!(
             "{} r={} alpha={} targets={}",
@@ -62,7 +73,7 @@ fn write_task(s: &mut String, w: &Workload) {
                 s,
                 "task: train {method}, {}{}, {}, batch {} x seq {} (grad-accum {}), attn {}, grad-ckpt {}, loss {}, runtime {}",
                 w.precision,
-                if w.master_weights { " + fp32 master weights" } else { "" },
+                master,
                 w.optimizer,
                 w.batch,
                 w.seq_len,
@@ -175,7 +186,12 @@ pub fn render_distributed(
         "worst rank: {} ({} ranks, {} layers)\n",
         worst.name, worst.ranks, worst.layers
     );
-    s += &render(&worst.estimate, w, fit);
+    s += &render_run(
+        &worst.estimate,
+        w,
+        fit,
+        d.implied_master.map(|m| m.as_str()),
+    );
     let _ = writeln!(s, "\nper rank class:");
     let _ = writeln!(
         s,
@@ -241,6 +257,7 @@ fn write_search(
         elapsed.as_secs_f64() * 1e3
     );
     let _ = writeln!(s, "space: {}", r.space);
+    let _ = writeln!(s, "precision: {}", r.precision);
     let _ = writeln!(s, "ranked by: {}\n", r.cost);
 }
 

@@ -20,7 +20,9 @@
 //!   task,method,
 //!   lora{rank,alpha,targets,double_quant}  # null for method "full"; targets:
 //!                                          # "attn", "all-linear" or {"names": [...]}
-//!   precision,master_weights,optimizer,batch,seq_len,grad_accum,attn,grad_ckpt,loss,
+//!   precision,master_weights,
+//!   master_weights_implied_by,           # null on one GPU (see the distributed estimate)
+//!   optimizer,batch,seq_len,grad_accum,attn,grad_ckpt,loss,
 //!   runtime,device,
 //!   infer{prompt_len,gen_len,concurrency,kv_dtype,prefill_chunk}
 //!                                        # kv_dtype "f32" "bf16" "f16" "f8";
@@ -84,7 +86,11 @@
 //!   attn,batch,device,grad_accum,grad_ckpt,
 //!   infer{concurrency,gen_len,kv_dtype,prefill_chunk,prompt_len}
 //!   lora{alpha,double_quant,rank,targets}  # null for method "full"
-//!   loss,master_weights,method,optimizer,precision,runtime,seq_len,task
+//!   loss,master_weights,
+//!   master_weights_implied_by,          # "ZeRO", "Megatron", "FSDP MixedPrecision":
+//!                                       # fp32 master weights the layout's framework
+//!                                       # keeps though master_weights is false; or null
+//!   method,optimizer,precision,runtime,seq_len,task
 //! }
 //! world
 //! worst_rank
@@ -108,6 +114,7 @@
 //!     sharding,tp,world}                # null when nothing fits
 //!   layouts_considered,
 //!   longest_sequence[]                  # [seq_len, candidate], null with --max-seq 0
+//!   precision,                          # the precision recipe of every layout, in words
 //!   space
 //! }
 //! schema_version
@@ -132,6 +139,7 @@
 //!     sharding,tp,world}
 //!   layouts_considered,
 //!   longest_sequence[]                  # null
+//!   precision,                          # the --dtype
 //!   space
 //! }
 //! schema_version
@@ -170,7 +178,7 @@ pub fn render(e: &Estimate, w: &Workload, ov: &Overheads, fit: Option<&Fit>) -> 
         schema_version: SCHEMA_VERSION,
         tool: tool(),
         model: model(&e.model),
-        workload: workload(w),
+        workload: workload(w, None),
         overheads: overheads(ov),
         peak: peak(&e.peak),
         components_at_peak: components(&e.components_at_peak),
@@ -206,7 +214,7 @@ pub fn render_distributed(
         timeline: timeline(&e.timeline),
         tool: tool(),
         warnings: &e.warnings,
-        workload: workload(w),
+        workload: workload(w, d.implied_master.map(|m| m.as_str())),
         world: d.world,
         worst_rank: d.worst_rank as u64,
     })
@@ -220,6 +228,7 @@ pub fn render_plan(r: &PlanResult, model: &str, gpu: &str, capacity: Bytes) -> S
         model,
         result: wire::PlanResult {
             cost: r.cost,
+            precision: &r.precision,
             evaluations: r.evaluations,
             fits: r.fits.iter().map(candidate).collect(),
             largest_micro_batch: r.largest_micro_batch.as_ref().map(candidate),
@@ -277,7 +286,7 @@ fn model(m: &ModelSummary) -> wire::Model<'_> {
     }
 }
 
-fn workload(w: &Workload) -> wire::Workload<'_> {
+fn workload<'a>(w: &'a Workload, implied: Option<&'static str>) -> wire::Workload<'a> {
     wire::Workload {
         task: w.task.as_str(),
         method: w.method.kind().as_str(),
@@ -293,6 +302,7 @@ fn workload(w: &Workload) -> wire::Workload<'_> {
         }),
         precision: w.precision.as_str(),
         master_weights: w.master_weights,
+        master_weights_implied_by: implied,
         optimizer: w.optimizer.as_str(),
         batch: w.batch,
         seq_len: w.seq_len,

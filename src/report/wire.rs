@@ -58,6 +58,10 @@ pub(crate) struct Workload<'a> {
     pub lora: Option<Lora<'a>>,
     pub precision: &'static str,
     pub master_weights: bool,
+    /// `"ZeRO"`, `"Megatron"` or `"FSDP MixedPrecision"` when the layout's framework
+    /// keeps fp32 master weights that `master_weights` (the user's setting) did not ask
+    /// for; null otherwise (always null on one GPU).
+    pub master_weights_implied_by: Option<&'static str>,
     pub optimizer: &'static str,
     pub batch: u64,
     pub seq_len: u64,
@@ -251,6 +255,8 @@ pub(crate) struct PlanDoc<'a> {
 #[derive(Serialize)]
 pub(crate) struct PlanResult<'a> {
     pub cost: &'a str,
+    /// The precision recipe every layout is evaluated under, in words.
+    pub precision: &'a str,
     pub evaluations: u64,
     pub fits: Vec<Candidate>,
     pub largest_micro_batch: Option<Candidate>,

@@ -17,6 +17,7 @@ mod plan;
 mod probe_pipeline;
 mod properties;
 mod published;
+mod recipes;
 mod sources;
 mod stack;
 mod tidy;

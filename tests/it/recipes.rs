@@ -1,0 +1,300 @@
+//! Precision recipes of the distributed layouts, as the frameworks run them:
+//! - Megatron-LM `--bf16`/`--fp16` keeps fp32 main params, fp32 `main_grad` and fp32
+//!   Adam (megatron/core/optimizer/optimizer.py `Float16OptimizerWithFloat16Params`,
+//!   distrib_optimizer.py `DistributedOptimizer`, Megatron-LM core_r0.12);
+//! - accelerate's FSDP plugin turns `mixed_precision="bf16"` into torch FSDP
+//!   `MixedPrecision(param_dtype=bf16, reduce_dtype=bf16, buffer_dtype=bf16)`
+//!   (accelerate/utils/dataclasses.py `FullyShardedDataParallelPlugin.set_mixed_precision`,
+//!   accelerate 1.x): fp32 sharded parameters, gathered in bf16, no autocast cache;
+//! - DeepSpeed with `bf16.enabled` casts the module to bf16 and keeps the fp32 master
+//!   partition; accelerate does not autocast under DeepSpeed (accelerate/accelerator.py
+//!   `native_amp` is off for `DistributedType.DEEPSPEED`).
+//!
+//! Plus what the layout outputs say about them (host memory of offload layouts, plan
+//! caps, sequence parallelism) — each test named after its finding in
+//! shared/reports/newcomer-findings.md.
+
+use llm_mem::distributed::{estimate_layout, DistributedEstimate};
+use llm_mem::estimate::Correction;
+use llm_mem::workload::layout::{Buffers, FsdpMode, Layout};
+use llm_mem::workload::overhead::Overheads;
+use llm_mem::workload::settings::Settings;
+use llm_mem::workload::Workload;
+use llm_mem::ModelSpec;
+
+use crate::util::{preset, run, workload};
+
+fn train(spec: &ModelSpec, pairs: &[(&str, &str)]) -> Workload {
+    let mut all = vec![("seq_len", "1024")];
+    all.extend_from_slice(pairs);
+    workload(spec, Settings::from_flags(&all).unwrap())
+}
+
+fn dist(spec: &ModelSpec, w: &Workload, layout: &Layout, ov: &Overheads) -> DistributedEstimate {
+    estimate_layout(spec, w, ov, layout, &Correction::IDENTITY).unwrap()
+}
+
+fn states(spec: &ModelSpec, w: &Workload, layout: &Layout) -> u64 {
+    dist(spec, w, layout, &Overheads::none())
+        .worst()
+        .model_states_bytes
+        .get()
+}
+
+fn peak(spec: &ModelSpec, w: &Workload, layout: &Layout) -> u64 {
+    let d = dist(spec, w, layout, &Overheads::default());
+    d.worst().estimate.peak.device.get()
+}
+
+#[test]
+fn h3_megatron_bf16_keeps_fp32_main_params() {
+    let spec = preset("llama-3.1-8b");
+    let p = llm_mem::arch::params::count(&spec).total;
+    let bf16 = train(&spec, &[("dtype", "bf16")]);
+    let master = train(&spec, &[("dtype", "bf16"), ("master_weights", "true")]);
+    // the distributed optimizer without --master-weights: 6 + 12/d bytes per parameter
+    let dist = Layout {
+        dp: 8,
+        distributed_optimizer: true,
+        buffers: Buffers::none(),
+        ..Layout::default()
+    };
+    let got = states(&spec, &bf16, &dist);
+    let want = 6 * p + 12 * p / 8;
+    assert!(got.abs_diff(want) <= 16, "{got} vs {want}");
+    // Megatron TP / PP: the same recipe as asking for master weights
+    let mut checked = 0;
+    for (tp, pp, sp) in [(8u64, 1u64, true), (2, 2, false), (1, 4, false)] {
+        let l = Layout {
+            tp,
+            pp,
+            sequence_parallel: sp,
+            buffers: Buffers::none(),
+            ..Layout::default()
+        };
+        assert_eq!(
+            states(&spec, &bf16, &l),
+            states(&spec, &master, &l),
+            "tp {tp} pp {pp}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+    // fp16 too
+    let fp16 = train(&spec, &[("dtype", "fp16")]);
+    assert!(states(&spec, &fp16, &dist).abs_diff(want) <= 16);
+    // plain torch DDP keeps the pure-half recipe the user asked for: 2 + 2 + 4 bytes
+    let ddp = Layout {
+        dp: 8,
+        buffers: Buffers::none(),
+        ..Layout::default()
+    };
+    assert_eq!(states(&spec, &bf16, &ddp), 8 * p);
+}
+
+#[test]
+fn h3_cli_tp8_distributed_optimizer_does_not_fit_80gb() {
+    let r = run([
+        "estimate",
+        "--model",
+        "llama-3.1-70b",
+        "--tp",
+        "8",
+        "--sequence-parallel",
+        "--seq-len",
+        "4096",
+        "--grad-ckpt",
+        "selective",
+        "--distributed-optimizer",
+        "--gpu",
+        "h100-80gb",
+    ]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("fp32 master weights (implied by Megatron)"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn h3_plan_ranks_every_layout_under_one_precision_recipe() {
+    use llm_mem::distributed::search::{plan, PlanQuery};
+    use llm_mem::units::bytes::{Bytes, GIB};
+    let spec = preset("llama-3.2-1b");
+    let cfg = Settings::from_flags(&[("seq_len", "1024")]).unwrap();
+    let (w, ov) = crate::util::build(&spec, &cfg);
+    let q = PlanQuery {
+        gpus: 4,
+        capacity: Bytes(16 * GIB),
+        max_batch: 4,
+        top: 1000,
+        max_seq: 0,
+    };
+    let r = plan(&spec, &w, &ov, &q).unwrap();
+    assert!(
+        r.precision.contains("fp32 master weights"),
+        "{}",
+        r.precision
+    );
+    // every candidate's peak is the estimate of its layout with master weights
+    let mut wm = w.clone();
+    wm.master_weights = true;
+    let mut checked = 0;
+    for c in r
+        .fits
+        .iter()
+        .filter(|c| c.offload.as_str() == "none")
+        .step_by(5)
+    {
+        let layout = Layout {
+            dp: c.dp,
+            tp: c.tp,
+            pp: c.pp,
+            cp: c.cp,
+            sequence_parallel: c.sequence_parallel,
+            zero: match c.sharding.as_str() {
+                "zero1" => 1,
+                "zero2" => 2,
+                "zero3" => 3,
+                _ => 0,
+            },
+            fsdp: match c.sharding.as_str() {
+                "fsdp-full" => Some(FsdpMode::Full),
+                "fsdp-grad-op" => Some(FsdpMode::GradOp),
+                _ => None,
+            },
+            distributed_optimizer: c.sharding.as_str() == "dist-opt",
+            micro_batches: Some(w.grad_accum.max(c.pp)),
+            ..Layout::default()
+        };
+        let mut wc = wm.clone();
+        wc.batch = c.max_micro_batch;
+        wc.grad_ckpt = c.grad_ckpt;
+        assert_eq!(peak(&spec, &wc, &layout), c.peak_bytes.get(), "{c:?}");
+        checked += 1;
+    }
+    assert!(checked >= 5, "{checked}");
+}
+
+#[test]
+fn h1_amp_bf16_under_fsdp_is_torch_mixed_precision() {
+    let spec = preset("llama-3.1-8b");
+    let amp = train(&spec, &[("dtype", "amp-bf16"), ("grad_ckpt", "full")]);
+    let mp = train(
+        &spec,
+        &[
+            ("dtype", "bf16"),
+            ("master_weights", "true"),
+            ("grad_ckpt", "full"),
+        ],
+    );
+    let mut checked = 0;
+    for mode in [FsdpMode::Full, FsdpMode::GradOp] {
+        let l = Layout {
+            dp: 8,
+            fsdp: Some(mode),
+            ..Layout::default()
+        };
+        assert_eq!(peak(&spec, &amp, &l), peak(&spec, &mp, &l), "{mode:?}");
+        checked += 1;
+    }
+    assert_eq!(checked, 2);
+    // no autocast copy of the gathered model: far below the whole bf16 model per rank
+    let l = Layout {
+        dp: 8,
+        fsdp: Some(FsdpMode::Full),
+        ..Layout::default()
+    };
+    let d = dist(&spec, &amp, &l, &Overheads::default());
+    let e = &d.worst().estimate;
+    let whole_bf16 = llm_mem::arch::params::count(&spec).total * 2;
+    assert!(
+        e.components_at_peak.temporaries.get() < whole_bf16 / 4,
+        "{:?}",
+        e.components_at_peak
+    );
+    assert!(
+        d.warnings.iter().any(|w| w.contains("MixedPrecision")),
+        "{:?}",
+        d.warnings
+    );
+}
+
+#[test]
+fn h1_amp_bf16_under_zero_is_deepspeed_bf16() {
+    let spec = preset("llama-3.1-8b");
+    let amp = train(&spec, &[("dtype", "amp-bf16"), ("grad_ckpt", "full")]);
+    let bf16 = train(&spec, &[("dtype", "bf16"), ("grad_ckpt", "full")]);
+    let mut checked = 0;
+    for zero in [1u8, 2, 3] {
+        let l = Layout {
+            dp: 8,
+            zero,
+            ..Layout::default()
+        };
+        assert_eq!(peak(&spec, &amp, &l), peak(&spec, &bf16, &l), "zero {zero}");
+        let d = dist(&spec, &amp, &l, &Overheads::default());
+        assert!(
+            d.warnings.iter().any(|w| w.contains("DeepSpeed")),
+            "{:?}",
+            d.warnings
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}
+
+#[test]
+fn h1_cli_repro_70b_fsdp_amp() {
+    let r = run([
+        "estimate",
+        "--model",
+        "llama-3.1-70b",
+        "--dp",
+        "8",
+        "--seq-len",
+        "4096",
+        "--fsdp",
+        "full",
+        "--grad-ckpt",
+        "full",
+        "--dtype",
+        "amp-bf16",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("peak: 145.72 GiB"), "{}", r.stdout);
+}
+
+#[test]
+fn l8_master_weights_implied_by_the_layout_are_said() {
+    let args = [
+        "estimate",
+        "--model",
+        "llama-3.1-8b",
+        "--dp",
+        "8",
+        "--zero",
+        "2",
+    ];
+    let r = run(args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("bf16 + fp32 master weights (implied by ZeRO)"),
+        "{}",
+        r.stdout
+    );
+    let r = run(args.iter().copied().chain(["--json"]));
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    // the user's setting keeps its meaning; the new field says where master weights come from
+    assert_eq!(v["workload"]["master_weights"], false);
+    assert_eq!(v["workload"]["master_weights_implied_by"], "ZeRO");
+    assert!(v["components_at_peak"]["master_weights"].as_u64().unwrap() > 0);
+    // asked for: nothing implied
+    let r = run(args.iter().copied().chain(["--json", "--master-weights"]));
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["workload"]["master_weights"], true);
+    assert!(v["workload"]["master_weights_implied_by"].is_null());
+}
