@@ -108,6 +108,8 @@ pub struct Candidate {
     pub grad_ckpt: GradCkpt,
     /// Largest micro-batch that fits (0 = none).
     pub max_micro_batch: u64,
+    /// `max_micro_batch` is the search limit (`--max-batch`): more may fit.
+    pub at_search_limit: bool,
     /// Worst-rank device memory at that micro-batch.
     pub peak_bytes: Bytes,
 }
@@ -454,6 +456,7 @@ fn evaluate_space(ev: &mut Evaluator, w: &Workload, q: &PlanQuery) -> (Vec<Candi
                     offload: off,
                     grad_ckpt: ckpt,
                     max_micro_batch: b,
+                    at_search_limit: b == q.max_batch,
                     peak_bytes: Bytes(peak),
                 });
             }
@@ -530,6 +533,7 @@ fn longest(
                 seq,
                 Candidate {
                     max_micro_batch: 1,
+                    at_search_limit: false,
                     peak_bytes: Bytes(peak),
                     ..c.clone()
                 },
@@ -585,6 +589,7 @@ fn plan_serving(
                 offload: Offload::None,
                 grad_ckpt: GradCkpt::None,
                 max_micro_batch: best,
+                at_search_limit: best == q.max_batch,
                 peak_bytes: Bytes(best_peak),
             });
         }

@@ -9,6 +9,25 @@ use crate::report::Fit;
 use crate::units::bytes::Bytes;
 use crate::workload::{Task, Workload};
 
+/// A searched micro-batch (or concurrency): the number, or "≥ n" when it is the
+/// search limit.
+fn searched(c: &Candidate) -> String {
+    if c.at_search_limit {
+        format!("≥ {}", c.max_micro_batch)
+    } else {
+        c.max_micro_batch.to_string()
+    }
+}
+
+/// [`searched`] for a headline answer, saying how to raise the limit.
+fn searched_words(c: &Candidate) -> String {
+    if c.at_search_limit {
+        format!("≥ {} (search limit; raise --max-batch)", c.max_micro_batch)
+    } else {
+        c.max_micro_batch.to_string()
+    }
+}
+
 fn billions(n: u64) -> String {
     format!("{:.2} B", n as f64 / 1e9)
 }
@@ -274,7 +293,7 @@ fn write_serving(s: &mut String, r: &PlanResult) {
             "  {:>4} {:>9} {:>12} {:>10.2}",
             c.tp,
             c.dp,
-            c.max_micro_batch,
+            searched(c),
             c.peak_bytes.gib()
         );
     }
@@ -282,7 +301,7 @@ fn write_serving(s: &mut String, r: &PlanResult) {
         let _ = writeln!(
             s,
             "\nmost concurrent sequences per replica: {} (tp {}, {} replicas, {:.2} GiB)",
-            c.max_micro_batch,
+            searched_words(c),
             c.tp,
             c.dp,
             c.peak_bytes.gib()
@@ -295,22 +314,23 @@ fn write_serving(s: &mut String, r: &PlanResult) {
 fn write_training(s: &mut String, r: &PlanResult) {
     let _ = writeln!(
         s,
-        "  {:>4} {:>4} {:>4} {:>4} {:>4}  {:<13} {:<20} {:<10} {:>6} {:>10}",
-        "gpus", "dp", "tp", "pp", "cp", "sharding", "offload", "grad-ckpt", "mbs", "peak GiB"
+        "  {:>4} {:>4} {:>4} {:>4} {:>4} {:>3}  {:<13} {:<20} {:<10} {:>6} {:>10}",
+        "gpus", "dp", "tp", "pp", "cp", "sp", "sharding", "offload", "grad-ckpt", "mbs", "peak GiB"
     );
     for c in &r.fits {
         let _ = writeln!(
             s,
-            "  {:>4} {:>4} {:>4} {:>4} {:>4}  {:<13} {:<20} {:<10} {:>6} {:>10.2}",
+            "  {:>4} {:>4} {:>4} {:>4} {:>4} {:>3}  {:<13} {:<20} {:<10} {:>6} {:>10.2}",
             c.world,
             c.dp,
             c.tp,
             c.pp,
             c.cp,
+            if c.sequence_parallel { "on" } else { "-" },
             c.sharding.as_str(),
             c.offload.as_str(),
             c.grad_ckpt.as_str(),
-            c.max_micro_batch,
+            searched(c),
             c.peak_bytes.gib()
         );
     }
@@ -318,7 +338,7 @@ fn write_training(s: &mut String, r: &PlanResult) {
         let _ = writeln!(
             s,
             "\nlargest micro-batch that fits: {} ({})",
-            c.max_micro_batch,
+            searched_words(c),
             layout_words(c)
         );
     }
@@ -334,9 +354,14 @@ fn write_training(s: &mut String, r: &PlanResult) {
 /// One candidate's layout in words, shared by the two training headline answers.
 fn layout_words(c: &Candidate) -> String {
     format!(
-        "dp {} tp {} pp {} cp {}, {}, grad-ckpt {}, {:.2} GiB",
+        "dp {} tp {}{} pp {} cp {}, {}, grad-ckpt {}, {:.2} GiB",
         c.dp,
         c.tp,
+        if c.sequence_parallel {
+            " (sequence parallel)"
+        } else {
+            ""
+        },
         c.pp,
         c.cp,
         c.sharding.as_str(),

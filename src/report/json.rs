@@ -101,7 +101,9 @@
 //! Keys in alphabetical order. A candidate (`fits[]`, `largest_micro_batch`, the second
 //! element of `longest_sequence`) has `sharding` "ddp", "distributed-optimizer",
 //! "zero1", "zero2", "zero3", "fsdp-full" or "fsdp-grad-op" and `offload` "none",
-//! "optimizer" or "optimizer-and-params".
+//! "optimizer" or "optimizer-and-params"; `max_micro_batch_at_search_limit` is true
+//! when `max_micro_batch` is `--max-batch` itself (a larger one may fit);
+//! `sequence_parallel` is on whenever tp > 1.
 //!
 //! ```text
 //! capacity_bytes
@@ -109,8 +111,10 @@
 //! model
 //! result{
 //!   cost,evaluations,
-//!   fits[{cp,dp,grad_ckpt,max_micro_batch,offload,peak_bytes,pp,sharding,tp,world}]
-//!   largest_micro_batch{cp,dp,grad_ckpt,max_micro_batch,offload,peak_bytes,pp,
+//!   fits[{cp,dp,grad_ckpt,max_micro_batch,max_micro_batch_at_search_limit,offload,
+//!     peak_bytes,pp,sequence_parallel,sharding,tp,world}]
+//!   largest_micro_batch{cp,dp,grad_ckpt,max_micro_batch,
+//!     max_micro_batch_at_search_limit,offload,peak_bytes,pp,sequence_parallel,
 //!     sharding,tp,world}                # null when nothing fits
 //!   layouts_considered,
 //!   longest_sequence[]                  # [seq_len, candidate], null with --max-seq 0
@@ -134,8 +138,10 @@
 //! model
 //! result{
 //!   cost,evaluations,
-//!   fits[{cp,dp,grad_ckpt,max_micro_batch,offload,peak_bytes,pp,sharding,tp,world}]
-//!   largest_micro_batch{cp,dp,grad_ckpt,max_micro_batch,offload,peak_bytes,pp,
+//!   fits[{cp,dp,grad_ckpt,max_micro_batch,max_micro_batch_at_search_limit,offload,
+//!     peak_bytes,pp,sequence_parallel,sharding,tp,world}]
+//!   largest_micro_batch{cp,dp,grad_ckpt,max_micro_batch,
+//!     max_micro_batch_at_search_limit,offload,peak_bytes,pp,sequence_parallel,
 //!     sharding,tp,world}
 //!   layouts_considered,
 //!   longest_sequence[]                  # null
@@ -464,6 +470,7 @@ fn candidate(c: &Candidate) -> wire::Candidate {
         dp: c.dp,
         grad_ckpt: c.grad_ckpt.as_str(),
         max_micro_batch: c.max_micro_batch,
+        max_micro_batch_at_search_limit: c.at_search_limit,
         offload: match c.offload {
             Offload::None => "none",
             Offload::Optimizer => "optimizer",
@@ -471,6 +478,7 @@ fn candidate(c: &Candidate) -> wire::Candidate {
         },
         peak_bytes: c.peak_bytes.get(),
         pp: c.pp,
+        sequence_parallel: c.sequence_parallel,
         sharding: match c.sharding {
             Sharding::Ddp => "ddp",
             Sharding::DistributedOptimizer => "distributed-optimizer",

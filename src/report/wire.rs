@@ -274,10 +274,14 @@ pub(crate) struct Candidate {
     pub grad_ckpt: &'static str,
     /// Serving: concurrent sequences per replica.
     pub max_micro_batch: u64,
+    /// `max_micro_batch` is the search limit (`--max-batch`): a larger one may fit.
+    pub max_micro_batch_at_search_limit: bool,
     /// `"none"`, `"optimizer"` or `"optimizer-and-params"`.
     pub offload: &'static str,
     pub peak_bytes: u64,
     pub pp: u64,
+    /// Megatron sequence parallelism (the plan turns it on whenever tp > 1).
+    pub sequence_parallel: bool,
     /// `"ddp"`, `"distributed-optimizer"`, `"zero1"`, `"zero2"`, `"zero3"`,
     /// `"fsdp-full"` or `"fsdp-grad-op"`.
     pub sharding: &'static str,

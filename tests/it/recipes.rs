@@ -298,3 +298,144 @@ fn l8_master_weights_implied_by_the_layout_are_said() {
     assert_eq!(v["workload"]["master_weights"], true);
     assert!(v["workload"]["master_weights_implied_by"].is_null());
 }
+
+#[test]
+fn m11_plan_shows_the_search_cap_as_a_cap() {
+    let serve = [
+        "plan",
+        "--model",
+        "qwen2.5-0.5b",
+        "--task",
+        "infer",
+        "--gpus",
+        "2",
+        "--gpu",
+        "a100-80gb",
+        "--prompt-len",
+        "512",
+        "--gen-len",
+        "64",
+        "--max-batch",
+        "4",
+    ];
+    let r = run(serve);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains(
+            "most concurrent sequences per replica: ≥ 4 (search limit; raise --max-batch)"
+        ),
+        "{}",
+        r.stdout
+    );
+    let r = run(serve.iter().copied().chain(["--json"]));
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let best = &v["result"]["largest_micro_batch"];
+    assert_eq!(best["max_micro_batch"], 4);
+    assert_eq!(best["max_micro_batch_at_search_limit"], true);
+    // training: the largest micro-batch headline too
+    let train = [
+        "plan",
+        "--model",
+        "qwen2.5-0.5b",
+        "--gpus",
+        "2",
+        "--gpu",
+        "a100-80gb",
+        "--seq-len",
+        "256",
+        "--max-batch",
+        "2",
+        "--max-seq",
+        "0",
+    ];
+    let r = run(train);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("largest micro-batch that fits: ≥ 2 (search limit; raise --max-batch)"),
+        "{}",
+        r.stdout
+    );
+    // a bound that was not hit reads as a number: the flag is exactly "the limit"
+    let r = run([
+        "plan",
+        "--model",
+        "llama-3.1-8b",
+        "--gpus",
+        "8",
+        "--gpu",
+        "a100-80gb",
+        "--seq-len",
+        "4096",
+        "--max-seq",
+        "0",
+        "--max-batch",
+        "8",
+        "--top",
+        "500",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let (mut below, mut at) = (0, 0);
+    for c in v["result"]["fits"].as_array().unwrap() {
+        let hit = c["max_micro_batch"] == 8;
+        assert_eq!(c["max_micro_batch_at_search_limit"], hit, "{c}");
+        if hit {
+            at += 1
+        } else {
+            below += 1
+        }
+    }
+    assert!(below > 0 && at > 0, "{below} {at}");
+}
+
+#[test]
+fn l10_plan_rows_say_when_they_assume_sequence_parallelism() {
+    let r = run([
+        "plan",
+        "--model",
+        "llama-3.1-8b",
+        "--gpus",
+        "8",
+        "--gpu",
+        "a100-40gb",
+        "--seq-len",
+        "8192",
+        "--max-seq",
+        "0",
+        "--top",
+        "200",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let mut checked = 0;
+    for c in v["result"]["fits"].as_array().unwrap() {
+        let tp = c["tp"].as_u64().unwrap();
+        assert_eq!(c["sequence_parallel"], tp > 1, "{c}");
+        checked += 1;
+    }
+    assert!(checked > 10, "{checked}");
+    let r = run([
+        "plan",
+        "--model",
+        "llama-3.1-8b",
+        "--gpus",
+        "8",
+        "--gpu",
+        "a100-40gb",
+        "--seq-len",
+        "8192",
+        "--max-seq",
+        "0",
+        "--top",
+        "200",
+    ]);
+    let header = r.stdout.lines().find(|l| l.contains("sharding")).unwrap();
+    assert!(header.split_whitespace().any(|w| w == "sp"), "{header}");
+    let tp2 = r
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("2"))
+        .unwrap();
+    assert!(tp2.split_whitespace().any(|w| w == "on"), "{tp2}");
+}
