@@ -391,7 +391,7 @@ fn m11_plan_shows_the_search_cap_as_a_cap() {
 
 #[test]
 fn l10_plan_rows_say_when_they_assume_sequence_parallelism() {
-    let r = run([
+    let args = [
         "plan",
         "--model",
         "llama-3.1-8b",
@@ -405,8 +405,8 @@ fn l10_plan_rows_say_when_they_assume_sequence_parallelism() {
         "0",
         "--top",
         "200",
-        "--json",
-    ]);
+    ];
+    let r = run(args.iter().copied().chain(["--json"]));
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let mut checked = 0;
     for c in v["result"]["fits"].as_array().unwrap() {
@@ -415,21 +415,7 @@ fn l10_plan_rows_say_when_they_assume_sequence_parallelism() {
         checked += 1;
     }
     assert!(checked > 10, "{checked}");
-    let r = run([
-        "plan",
-        "--model",
-        "llama-3.1-8b",
-        "--gpus",
-        "8",
-        "--gpu",
-        "a100-40gb",
-        "--seq-len",
-        "8192",
-        "--max-seq",
-        "0",
-        "--top",
-        "200",
-    ]);
+    let r = run(args);
     let header = r.stdout.lines().find(|l| l.contains("sharding")).unwrap();
     assert!(header.split_whitespace().any(|w| w == "sp"), "{header}");
     let tp2 = r
