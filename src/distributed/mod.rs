@@ -35,6 +35,7 @@
 //! pipeline holds min(pp − i, m) micro-batches of activations; interleaved schedules
 //! (`--vpp v`) multiply by 1 + (pp − 1)/(pp·v) (Narayanan et al. 2021).
 
+pub mod host;
 pub mod recipe;
 pub mod search;
 
@@ -48,6 +49,7 @@ use crate::units::bytes::Bytes;
 use crate::workload::layout::{FsdpMode, Layout};
 use crate::workload::overhead::Overheads;
 use crate::workload::{Task, Workload};
+use host::HostMemory;
 use recipe::{precision_recipe, ImpliedMaster};
 
 /// One rank class (a pipeline stage) of a distributed estimate.
@@ -75,6 +77,8 @@ pub struct DistributedEstimate {
     /// Set when the layout's framework keeps fp32 master weights the user did not ask
     /// for (see [`recipe`]).
     pub implied_master: Option<ImpliedMaster>,
+    /// Host memory per node of an offload layout (see [`host`]).
+    pub host: Option<HostMemory>,
 }
 
 impl DistributedEstimate {
@@ -221,6 +225,24 @@ pub fn estimate_layout(
         worst_rank,
         warnings,
         implied_master: recipe.implied,
+        host: layout_host_memory(spec, w, layout)?,
+    })
+}
+
+/// Host memory per node of `layout` (`w` as its recipe runs it): see [`host`].
+pub fn layout_host_memory(
+    spec: &ModelSpec,
+    w: &Workload,
+    layout: &Layout,
+) -> Result<Option<HostMemory>> {
+    host::host_memory(spec, layout, w, |w, on_device| {
+        let m = on_device.micro_batches.unwrap_or(w.grad_accum).max(1);
+        let mut worst = 0;
+        for (i, &layers) in on_device.stage_layers(spec.layers()).iter().enumerate() {
+            let v = rank_view(spec, w, on_device, i as u64, layers, m)?;
+            worst = worst.max(model_states(&v) - v.gathered_fwd.min(v.gathered_bwd));
+        }
+        Ok(worst)
     })
 }
 
@@ -279,6 +301,7 @@ fn serving_estimate(
         worst_rank: 0,
         warnings,
         implied_master: None,
+        host: None,
     })
 }
 

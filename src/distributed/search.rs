@@ -32,7 +32,7 @@ use crate::workload::overhead::Overheads;
 use std::collections::HashMap;
 
 use crate::distributed::recipe::precision_recipe;
-use crate::distributed::{estimate_layout, rank_view};
+use crate::distributed::{estimate_layout, layout_host_memory, rank_view};
 use crate::estimate::timeline::{self, PeakOnly};
 use crate::estimate::{self, RankView};
 use crate::runtime::torch::{self, Activations};
@@ -112,6 +112,9 @@ pub struct Candidate {
     pub at_search_limit: bool,
     /// Worst-rank device memory at that micro-batch.
     pub peak_bytes: Bytes,
+    /// Host memory per node of an offload layout (`distributed::host`); None without
+    /// offload.
+    pub host_bytes_per_node: Option<Bytes>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -458,11 +461,24 @@ fn evaluate_space(ev: &mut Evaluator, w: &Workload, q: &PlanQuery) -> (Vec<Candi
                     max_micro_batch: b,
                     at_search_limit: b == q.max_batch,
                     peak_bytes: Bytes(peak),
+                    host_bytes_per_node: host_of(ev.spec, &wc, &layout),
                 });
             }
         }
     }
     (all, considered)
+}
+
+/// Host memory per node of an offload layout, under the layout's precision recipe.
+fn host_of(spec: &ModelSpec, w: &Workload, layout: &Layout) -> Option<Bytes> {
+    if !layout.offload_optimizer && !layout.offload_params {
+        return None;
+    }
+    let recipe = precision_recipe(w, layout);
+    layout_host_memory(spec, &recipe.workload, layout)
+        .ok()
+        .flatten()
+        .map(|h| h.bytes_per_node)
 }
 
 /// The stated cost ([`COST`]) of a candidate, smallest first: GPUs, recomputation,
@@ -591,6 +607,7 @@ fn plan_serving(
                 max_micro_batch: best,
                 at_search_limit: best == q.max_batch,
                 peak_bytes: Bytes(best_peak),
+                host_bytes_per_node: None,
             });
         }
     }

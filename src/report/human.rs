@@ -230,6 +230,13 @@ pub fn render_distributed(
             r.estimate.peak.event
         );
     }
+    if let Some(h) = &d.host {
+        let _ = writeln!(
+            s,
+            "\nhost memory: {} per node of {} GPUs: {}",
+            h.bytes_per_node, h.gpus_per_node, h.basis
+        );
+    }
     s
 }
 
@@ -314,13 +321,24 @@ fn write_serving(s: &mut String, r: &PlanResult) {
 fn write_training(s: &mut String, r: &PlanResult) {
     let _ = writeln!(
         s,
-        "  {:>4} {:>4} {:>4} {:>4} {:>4} {:>3}  {:<13} {:<20} {:<10} {:>6} {:>10}",
-        "gpus", "dp", "tp", "pp", "cp", "sp", "sharding", "offload", "grad-ckpt", "mbs", "peak GiB"
+        "  {:>4} {:>4} {:>4} {:>4} {:>4} {:>3}  {:<13} {:<20} {:<10} {:>6} {:>10} {:>14}",
+        "gpus",
+        "dp",
+        "tp",
+        "pp",
+        "cp",
+        "sp",
+        "sharding",
+        "offload",
+        "grad-ckpt",
+        "mbs",
+        "peak GiB",
+        "host GiB/node"
     );
     for c in &r.fits {
         let _ = writeln!(
             s,
-            "  {:>4} {:>4} {:>4} {:>4} {:>4} {:>3}  {:<13} {:<20} {:<10} {:>6} {:>10.2}",
+            "  {:>4} {:>4} {:>4} {:>4} {:>4} {:>3}  {:<13} {:<20} {:<10} {:>6} {:>10.2} {:>14}",
             c.world,
             c.dp,
             c.tp,
@@ -331,7 +349,15 @@ fn write_training(s: &mut String, r: &PlanResult) {
             c.offload.as_str(),
             c.grad_ckpt.as_str(),
             searched(c),
-            c.peak_bytes.gib()
+            c.peak_bytes.gib(),
+            c.host_bytes_per_node
+                .map_or("-".to_string(), |b| format!("{:.2}", b.gib()))
+        );
+    }
+    if let Some(h) = r.fits.first().and_then(|c| c.host_bytes_per_node) {
+        let _ = writeln!(
+            s,
+            "\ncaution: the first row offloads to host memory: it needs {h} of CPU memory per node (pinned; DeepSpeed's estimator / FSDP CPUOffload); check your hosts have it"
         );
     }
     if let Some(c) = &r.largest_micro_batch {

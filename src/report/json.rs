@@ -51,6 +51,10 @@
 //! components_at_peak{activations,gradients,kv_cache,logits_and_loss,master_weights,
 //!   optimizer_state,overhead,temporaries,weights}
 //! fit{capacity_bytes,fits,gpu,headroom_bytes}   # null without --gpu / --gpu-memory
+//! host_memory{basis,bytes_per_node,gpus_per_node}
+//!                                       # CPU memory per node of an offload layout
+//!                                       # (DeepSpeed's cpu_mem, FSDP CPUOffload); null
+//!                                       # without offload
 //! layout{
 //!   buffers{ddp_bucket_view,fsdp_shard_group,nccl_per_group,zero3_max_live_params,
 //!     zero3_prefetch_bucket,zero_allgather_bucket,zero_reduce_bucket}
@@ -103,7 +107,8 @@
 //! "zero1", "zero2", "zero3", "fsdp-full" or "fsdp-grad-op" and `offload` "none",
 //! "optimizer" or "optimizer-and-params"; `max_micro_batch_at_search_limit` is true
 //! when `max_micro_batch` is `--max-batch` itself (a larger one may fit);
-//! `sequence_parallel` is on whenever tp > 1.
+//! `sequence_parallel` is on whenever tp > 1; `host_bytes_per_node` is the CPU memory
+//! per node of an offload row (null without offload).
 //!
 //! ```text
 //! capacity_bytes
@@ -111,9 +116,10 @@
 //! model
 //! result{
 //!   cost,evaluations,
-//!   fits[{cp,dp,grad_ckpt,max_micro_batch,max_micro_batch_at_search_limit,offload,
-//!     peak_bytes,pp,sequence_parallel,sharding,tp,world}]
-//!   largest_micro_batch{cp,dp,grad_ckpt,max_micro_batch,
+//!   fits[{cp,dp,grad_ckpt,host_bytes_per_node,max_micro_batch,
+//!     max_micro_batch_at_search_limit,offload,peak_bytes,pp,sequence_parallel,
+//!     sharding,tp,world}]
+//!   largest_micro_batch{cp,dp,grad_ckpt,host_bytes_per_node,max_micro_batch,
 //!     max_micro_batch_at_search_limit,offload,peak_bytes,pp,sequence_parallel,
 //!     sharding,tp,world}                # null when nothing fits
 //!   layouts_considered,
@@ -138,9 +144,10 @@
 //! model
 //! result{
 //!   cost,evaluations,
-//!   fits[{cp,dp,grad_ckpt,max_micro_batch,max_micro_batch_at_search_limit,offload,
-//!     peak_bytes,pp,sequence_parallel,sharding,tp,world}]
-//!   largest_micro_batch{cp,dp,grad_ckpt,max_micro_batch,
+//!   fits[{cp,dp,grad_ckpt,host_bytes_per_node,max_micro_batch,
+//!     max_micro_batch_at_search_limit,offload,peak_bytes,pp,sequence_parallel,
+//!     sharding,tp,world}]
+//!   largest_micro_batch{cp,dp,grad_ckpt,host_bytes_per_node,max_micro_batch,
 //!     max_micro_batch_at_search_limit,offload,peak_bytes,pp,sequence_parallel,
 //!     sharding,tp,world}
 //!   layouts_considered,
@@ -210,6 +217,11 @@ pub fn render_distributed(
         activations: activations(&e.activations),
         components_at_peak: components(&e.components_at_peak),
         fit: fit.map(fit_out),
+        host_memory: d.host.as_ref().map(|h| wire::HostMemory {
+            basis: h.basis,
+            bytes_per_node: h.bytes_per_node.get(),
+            gpus_per_node: h.gpus_per_node,
+        }),
         layout: layout_out(layout),
         model: model(&e.model),
         model_states_bytes: worst.model_states_bytes.get(),
@@ -469,6 +481,7 @@ fn candidate(c: &Candidate) -> wire::Candidate {
         cp: c.cp,
         dp: c.dp,
         grad_ckpt: c.grad_ckpt.as_str(),
+        host_bytes_per_node: c.host_bytes_per_node.map(|b| b.get()),
         max_micro_batch: c.max_micro_batch,
         max_micro_batch_at_search_limit: c.at_search_limit,
         offload: match c.offload {
@@ -565,7 +578,8 @@ mod tests {
         ))
     }
 
-    /// Two pipeline stages (two rank classes) of LoRA with tp, dp and ZeRO-1.
+    /// Two pipeline stages (two rank classes) of LoRA with tp, dp and ZeRO-1, the
+    /// optimizer offloaded (so `host_memory` is an object).
     fn distributed_doc() -> String {
         estimate_json(&settings(
             "llama-3.1-8b",
@@ -575,6 +589,7 @@ mod tests {
                 ("pp", "2"),
                 ("dp", "2"),
                 ("zero", "1"),
+                ("offload_optimizer", "true"),
                 ("micro_batches", "4"),
                 ("gpu", "h100-80gb"),
             ],

@@ -170,6 +170,8 @@ pub(crate) struct DistributedDoc<'a> {
     pub activations: Activations,
     pub components_at_peak: Components,
     pub fit: Option<Fit<'a>>,
+    /// Host memory per node of an offload layout; null without offload.
+    pub host_memory: Option<HostMemory>,
     pub layout: Layout<'a>,
     pub model: Model<'a>,
     /// Model states of the worst rank.
@@ -185,6 +187,15 @@ pub(crate) struct DistributedDoc<'a> {
     pub world: u64,
     /// Index into `per_rank`.
     pub worst_rank: u64,
+}
+
+/// `host_memory`: what an offload layout keeps in CPU memory per node. Keys sorted.
+#[derive(Serialize)]
+pub(crate) struct HostMemory {
+    /// What is counted and after whose formula, in words.
+    pub basis: &'static str,
+    pub bytes_per_node: u64,
+    pub gpus_per_node: u64,
 }
 
 /// One entry of `per_rank`: a rank class (pipeline stage). Keys sorted.
@@ -272,6 +283,8 @@ pub(crate) struct Candidate {
     pub cp: u64,
     pub dp: u64,
     pub grad_ckpt: &'static str,
+    /// Host memory per node of an offload layout; null without offload.
+    pub host_bytes_per_node: Option<u64>,
     /// Serving: concurrent sequences per replica.
     pub max_micro_batch: u64,
     /// `max_micro_batch` is the search limit (`--max-batch`): a larger one may fit.

@@ -267,18 +267,17 @@ fn h1_cli_repro_70b_fsdp_amp() {
     assert!(r.stdout.contains("peak: 145.72 GiB"), "{}", r.stdout);
 }
 
+/// `estimate --model llama-3.1-8b --dp 8` and `rest`.
+fn llama8b_dp8(rest: &[&'static str]) -> Vec<&'static str> {
+    let mut v = vec!["estimate", "--model", "llama-3.1-8b", "--dp", "8"];
+    v.extend_from_slice(rest);
+    v
+}
+
 #[test]
 fn l8_master_weights_implied_by_the_layout_are_said() {
-    let args = [
-        "estimate",
-        "--model",
-        "llama-3.1-8b",
-        "--dp",
-        "8",
-        "--zero",
-        "2",
-    ];
-    let r = run(args);
+    let args = llama8b_dp8(&["--zero", "2"]);
+    let r = run(&args);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         r.stdout
@@ -424,4 +423,118 @@ fn l10_plan_rows_say_when_they_assume_sequence_parallelism() {
         .find(|l| l.split_whitespace().nth(2) == Some("2"))
         .unwrap();
     assert!(tp2.split_whitespace().any(|w| w == "on"), "{tp2}");
+}
+
+#[test]
+fn m12_offload_host_memory_equals_deepspeed_cpu_mem() {
+    let ds: serde_json::Value =
+        serde_json::from_str(&crate::util::read_data("oracle/deepspeed_estimates.json")).unwrap();
+    let mut checked = 0;
+    for model in ["llama-2-7b", "qwen2.5-0.5b", "gpt2"] {
+        let spec = crate::util::config_spec(model);
+        let w = train(&spec, &[("dtype", "bf16"), ("seq_len", "512")]);
+        for gpus in [1u64, 8] {
+            for (zero, par, key) in [
+                (2u8, false, "zero2/offload1"),
+                (3, false, "zero3/offload1_offloadparams0"),
+                (3, true, "zero3/offload1_offloadparams1"),
+            ] {
+                let (stage, suffix) = key.split_once('/').unwrap();
+                let want = ds[model][stage][format!("gpus{gpus}_{suffix}")]["cpu_mem"]
+                    .as_u64()
+                    .unwrap();
+                let layout = Layout {
+                    dp: gpus,
+                    zero,
+                    offload_optimizer: true,
+                    offload_params: par,
+                    ..Layout::default()
+                };
+                let d = dist(&spec, &w, &layout, &Overheads::default());
+                let h = d.host.as_ref().expect("offload reports host memory");
+                assert_eq!(h.gpus_per_node, gpus);
+                assert_eq!(h.bytes_per_node.get(), want, "{model} {key} gpus {gpus}");
+                checked += 1;
+            }
+        }
+        // no offload: no host figure
+        let d = dist(
+            &spec,
+            &w,
+            &Layout {
+                dp: 8,
+                zero: 3,
+                ..Layout::default()
+            },
+            &Overheads::default(),
+        );
+        assert!(d.host.is_none());
+    }
+    assert_eq!(checked, 18);
+}
+
+#[test]
+fn m12_fsdp_cpu_offload_keeps_the_sharded_states_on_the_host() {
+    let spec = preset("llama-3.1-8b");
+    let p = llm_mem::arch::params::count(&spec).total;
+    let w = train(&spec, &[("dtype", "bf16"), ("master_weights", "true")]);
+    let layout = Layout {
+        dp: 8,
+        fsdp: Some(FsdpMode::Full),
+        offload_params: true,
+        ..Layout::default()
+    };
+    let d = dist(&spec, &w, &layout, &Overheads::default());
+    let h = d.host.as_ref().unwrap();
+    // fp32 shard + fp32 gradient shard + AdamW's two fp32 states, 8 ranks per node
+    let want = 16 * p;
+    assert!(
+        h.bytes_per_node.get().abs_diff(want) <= 64,
+        "{h:?} vs {want}"
+    );
+}
+
+#[test]
+fn m12_cli_reports_host_memory_in_estimate_and_plan() {
+    let est = llama8b_dp8(&["--zero", "3", "--offload-optimizer", "--offload-params"]);
+    let r = run(&est);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("host memory: "), "{}", r.stdout);
+    let r = run(est.iter().copied().chain(["--json"]));
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let p = llm_mem::arch::params::count(&preset("llama-3.1-8b")).total;
+    assert_eq!(v["host_memory"]["bytes_per_node"], p * 27);
+    assert_eq!(v["host_memory"]["gpus_per_node"], 8);
+    let args = [
+        "plan",
+        "--model",
+        "llama-3.1-405b",
+        "--gpus",
+        "8",
+        "--gpu",
+        "rtx4090",
+        "--seq-len",
+        "8192",
+        "--max-seq",
+        "0",
+    ];
+    let r = run(args);
+    assert!(r.stdout.contains("host GiB/node"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("caution: the first row offloads"),
+        "{}",
+        r.stdout
+    );
+    let r = run(args.iter().copied().chain(["--json"]));
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let mut checked = 0;
+    for c in v["result"]["fits"].as_array().unwrap() {
+        assert_eq!(
+            c["offload"] != "none",
+            c["host_bytes_per_node"].is_u64(),
+            "{c}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 0);
 }
