@@ -177,7 +177,7 @@ impl Layout {
     pub fn validate(&self, spec: &ModelSpec, w: &Workload) -> Result<()> {
         self.check_degrees()?;
         self.check_task(spec, w)?;
-        self.check_tensor_parallel(spec)?;
+        self.check_tensor_parallel(spec, w)?;
         self.check_pipeline(spec)?;
         self.check_context(w)?;
         self.check_sharding()
@@ -239,14 +239,24 @@ impl Layout {
         Ok(())
     }
 
-    /// Megatron tensor parallelism splits heads, kv heads (or replicates them) and the
-    /// MLP width; sequence parallelism needs tp > 1.
-    fn check_tensor_parallel(&self, spec: &ModelSpec) -> Result<()> {
+    /// Megatron tensor parallelism splits heads, kv heads and the MLP width; sequence
+    /// parallelism needs tp > 1. Training needs tp to divide the kv heads (Megatron-LM
+    /// core_r0.12 `megatron/training/arguments.py`: `num_query_groups %
+    /// tensor_model_parallel_size == 0`); serving may replicate them when tp is a
+    /// multiple of the kv heads (vLLM `model_executor/models/llama.py`:
+    /// `num_kv_heads = max(1, total_num_kv_heads // tp_size)`).
+    fn check_tensor_parallel(&self, spec: &ModelSpec, w: &Workload) -> Result<()> {
         let t = self.tp;
         if spec.heads % t != 0 {
             return layout(format!(
                 "--tp {t} does not divide the {} attention heads of {}; use a divisor of {}",
                 spec.heads, spec.name, spec.heads
+            ));
+        }
+        if w.task == Task::Train && spec.kv_heads % t != 0 {
+            return layout(format!(
+                "--tp {t} does not divide the {} key/value heads of {}: Megatron-LM training needs num_query_groups % tp == 0; use a divisor of {} (serving may replicate key/value heads)",
+                spec.kv_heads, spec.name, spec.kv_heads
             ));
         }
         if spec.kv_heads % t != 0 && t % spec.kv_heads != 0 {

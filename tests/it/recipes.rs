@@ -538,3 +538,28 @@ fn m12_cli_reports_host_memory_in_estimate_and_plan() {
     }
     assert!(checked > 0);
 }
+
+#[test]
+fn l11_training_tp_must_divide_the_kv_heads() {
+    let r = run(["estimate", "--model", "llama-3.1-8b", "--tp", "16"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("--tp 16") && r.stderr.contains("8 key/value heads"),
+        "{}",
+        r.stderr
+    );
+    // serving replicates kv heads across the tensor-parallel ranks (kept)
+    let r = run([
+        "estimate",
+        "--model",
+        "llama-3.1-8b",
+        "--tp",
+        "16",
+        "--task",
+        "infer",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // a divisor trains
+    let r = run(["estimate", "--model", "llama-3.1-8b", "--tp", "8"]);
+    assert!(r.code == 0 || r.code == 1, "{}", r.stderr);
+}
