@@ -660,16 +660,25 @@ fn zero_states(r: &Recipe) -> Sharded {
     sh.statics.optimizer_state = if offload_opt { 0 } else { div(states, n) };
     sh.statics.optimizer_step_temp = if offload_opt { 0 } else { div(step_temp, n) };
     let half = 2u64;
+    // no gathered buffer holds more parameters than exist: live parameters, the
+    // prefetch bucket and the all-gather bucket at most the stage's parameters. The
+    // gradient bucket is allocated at its configured size whatever the model
+    // (DeepSpeed 0.19 zero/stage_1_and_2.py `ipg_buffer` and zero/stage3.py
+    // `__ipg_bucket_flat_buffer`: `torch.empty(reduce_bucket_size)`).
+    let b = &layout.buffers;
+    let reduce = b.zero_reduce_bucket;
     if zero == 3 {
         // largest module gathered: half parameters + half gradients, plus prefetch
         let largest = largest_module(&s.local, s.first, s.last);
-        let live = (largest + layout.buffers.zero3_prefetch_bucket)
-            .min(layout.buffers.zero3_max_live_params.max(largest));
+        let prefetch = b.zero3_prefetch_bucket.min(s.p_stage);
+        let live = (largest + prefetch)
+            .min(b.zero3_max_live_params.max(largest))
+            .min(s.p_stage.max(largest));
         sh.gathered_fwd = live * half + largest * half;
-        sh.gathered_bwd = sh.gathered_fwd + layout.buffers.zero_reduce_bucket * half;
+        sh.gathered_bwd = sh.gathered_fwd + reduce * half;
     } else {
-        sh.gathered_bwd = layout.buffers.zero_reduce_bucket * half;
-        sh.optimizer_extra = layout.buffers.zero_allgather_bucket * half;
+        sh.gathered_bwd = reduce * half;
+        sh.optimizer_extra = b.zero_allgather_bucket.min(s.p_stage) * half;
     }
     sh
 }

@@ -33,6 +33,11 @@ impl std::str::FromStr for FsdpMode {
     }
 }
 
+/// The largest bucket or live-parameter count accepted (2⁴⁰ elements, 2 TiB in half
+/// precision: beyond any model this tool sizes); the estimate further caps each
+/// buffer by the parameters that exist.
+pub const MAX_BUCKET_ELEMENTS: u64 = 1 << 40;
+
 /// Communication buffers and framework knobs, explicit and overridable.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Buffers {
@@ -68,6 +73,25 @@ impl Default for Buffers {
 }
 
 impl Buffers {
+    /// Bucket sizes within [`MAX_BUCKET_ELEMENTS`], named by their setting keys.
+    pub fn validate(&self) -> Result<()> {
+        for (key, v) in [
+            ("zero_reduce_bucket", self.zero_reduce_bucket),
+            ("zero_allgather_bucket", self.zero_allgather_bucket),
+            ("zero3_prefetch_bucket", self.zero3_prefetch_bucket),
+            ("zero3_max_live_params", self.zero3_max_live_params),
+        ] {
+            if v > MAX_BUCKET_ELEMENTS {
+                return Err(Error::invalid(
+                    key,
+                    v,
+                    format!("at most {MAX_BUCKET_ELEMENTS} elements (2^40)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Every extra term off: what DeepSpeed's and Megatron's closed-form estimators
     /// count.
     pub fn none() -> Self {
@@ -76,7 +100,7 @@ impl Buffers {
             zero_reduce_bucket: 0,
             zero_allgather_bucket: 0,
             zero3_prefetch_bucket: 0,
-            zero3_max_live_params: u64::MAX,
+            zero3_max_live_params: MAX_BUCKET_ELEMENTS,
             ddp_bucket_view: true,
             fsdp_shard_group: None,
         }
@@ -180,7 +204,8 @@ impl Layout {
         self.check_tensor_parallel(spec, w)?;
         self.check_pipeline(spec)?;
         self.check_context(w)?;
-        self.check_sharding()
+        self.check_sharding()?;
+        self.buffers.validate()
     }
 
     /// Every degree is at least 1.

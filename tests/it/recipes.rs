@@ -563,3 +563,82 @@ fn l11_training_tp_must_divide_the_kv_heads() {
     let r = run(["estimate", "--model", "llama-3.1-8b", "--tp", "8"]);
     assert!(r.code == 0 || r.code == 1, "{}", r.stderr);
 }
+
+#[test]
+fn m6_zero3_buffers_are_capped_by_the_model_and_absurd_values_rejected() {
+    let spec = preset("llama-3.1-8b");
+    let p = llm_mem::arch::params::count(&spec).total;
+    let w = train(&spec, &[("dtype", "bf16")]);
+    let with = |live: u64, prefetch: u64, reduce: u64| Layout {
+        dp: 8,
+        zero: 3,
+        buffers: Buffers {
+            zero3_max_live_params: live,
+            zero3_prefetch_bucket: prefetch,
+            zero_reduce_bucket: reduce,
+            ..Buffers::default()
+        },
+        ..Layout::default()
+    };
+    let huge = 1_000_000_000_000u64; // 1e12 elements: more than the model holds
+    let d = dist(
+        &spec,
+        &w,
+        &with(huge, huge, 500_000_000),
+        &Overheads::default(),
+    );
+    let e = &d.worst().estimate;
+    // gathered parameters never exceed the model: half parameters gathered (whole
+    // model at most) + the largest module's gradients + the gradient bucket (which
+    // DeepSpeed allocates at its configured size)
+    let largest = llm_mem::arch::params::count(&spec).largest_module;
+    let bound = 2 * p + 2 * largest + 2 * 500_000_000;
+    assert!(
+        e.components_at_peak.temporaries.get() <= bound,
+        "{:?} vs {bound}",
+        e.components_at_peak
+    );
+    // monotone: a larger prefetch bucket never lowers the peak
+    let small = dist(
+        &spec,
+        &w,
+        &with(huge, 50_000_000, 500_000_000),
+        &Overheads::default(),
+    );
+    assert!(e.peak.device >= small.worst().estimate.peak.device);
+    // absurd values are errors naming the key
+    let mut checked = 0;
+    for (key, l) in [
+        ("zero3_max_live_params", with(u64::MAX / 2, 0, 0)),
+        ("zero3_prefetch_bucket", with(0, u64::MAX, 0)),
+        ("zero_reduce_bucket", with(0, 0, 1 << 62)),
+    ] {
+        let err = estimate_layout(&spec, &w, &Overheads::default(), &l, &Correction::IDENTITY)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{key}: {err}");
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+    // from a DeepSpeed file: the file and key are named, rc 2
+    let dir = crate::util::TempDir::new("m6");
+    let ds = dir.write(
+        "ds.json",
+        r#"{"zero_optimization":{"stage":3,"stage3_max_live_parameters":1e19}}"#,
+    );
+    let r = run([
+        "estimate",
+        "--model",
+        "llama-3.1-8b",
+        "--dp",
+        "8",
+        "--deepspeed",
+        &ds,
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("stage3_max_live_parameters"),
+        "{}",
+        r.stderr
+    );
+}
