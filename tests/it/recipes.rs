@@ -642,3 +642,39 @@ fn m6_zero3_buffers_are_capped_by_the_model_and_absurd_values_rejected() {
         r.stderr
     );
 }
+
+#[test]
+fn l5_learned_positions_cannot_run_past_their_table() {
+    // a warning that says the run fails as configured (not "RoPE scaling"); an error
+    // (rc 2) needs the default --seq-len 2048 to stop exceeding GPT-2's table first
+    let r = run(["estimate", "--model", "gpt2", "--seq-len", "2048"]);
+    assert!(
+        r.stdout
+            .contains("exceed the 1024 learned absolute positions of gpt2")
+            && !r.stdout.contains("RoPE"),
+        "{}",
+        r.stdout
+    );
+    let r = run([
+        "estimate",
+        "--model",
+        "gpt2",
+        "--task",
+        "infer",
+        "--prompt-len",
+        "1000",
+        "--gen-len",
+        "100",
+    ]);
+    assert!(
+        r.stdout.contains("1100 tokens exceed the 1024 learned"),
+        "{}",
+        r.stdout
+    );
+    // at the table's length: no warning
+    let r = run(["estimate", "--model", "gpt2", "--seq-len", "1024"]);
+    assert!(!r.stdout.contains("warning"), "{}", r.stdout);
+    // RoPE models keep the extension warning
+    let r = run(["estimate", "--model", "llama-3.2-1b", "--seq-len", "262144"]);
+    assert!(r.stdout.contains("RoPE scaling"), "{}", r.stdout);
+}
