@@ -28,8 +28,15 @@ fn searched_words(c: &Candidate) -> String {
     }
 }
 
-fn billions(n: u64) -> String {
-    format!("{:.2} B", n as f64 / 1e9)
+/// A parameter count in the unit of its size: `8.03 B`, `124.44 M`, `202.05 K`, `0`.
+fn param_count(n: u64) -> String {
+    let x = n as f64;
+    match n {
+        1_000_000_000.. => format!("{:.2} B", x / 1e9),
+        1_000_000.. => format!("{:.2} M", x / 1e6),
+        1_000.. => format!("{:.2} K", x / 1e3),
+        _ => n.to_string(),
+    }
 }
 
 /// One estimate: the run, the peak and its breakdown, the activations kept for
@@ -67,8 +74,8 @@ fn write_model(s: &mut String, m: &ModelSummary) {
         m.family,
         m.layers,
         m.hidden,
-        billions(m.params_total),
-        billions(m.params_trainable)
+        param_count(m.params_total),
+        param_count(m.params_trainable)
     );
 }
 

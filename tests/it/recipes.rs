@@ -678,3 +678,39 @@ fn l5_learned_positions_cannot_run_past_their_table() {
     let r = run(["estimate", "--model", "llama-3.2-1b", "--seq-len", "262144"]);
     assert!(r.stdout.contains("RoPE scaling"), "{}", r.stdout);
 }
+
+#[test]
+fn l16_header_shows_small_parameter_counts_in_their_units() {
+    let dir = crate::util::TempDir::new("l16");
+    let cfg = dir.write(
+        "config.json",
+        r#"{"model_type":"gpt2","n_embd":64,"n_layer":2,"n_head":4,"n_positions":128,"vocab_size":256}"#,
+    );
+    let r = run(["estimate", "--model", &cfg, "--seq-len", "64"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let head = r.stdout.lines().next().unwrap();
+    assert!(!head.contains("0.00 B"), "{head}");
+    let p = llm_mem::hf::hub::load_config_file(std::path::Path::new(&cfg)).unwrap();
+    let n = llm_mem::arch::params::count(&p).total;
+    assert!(n < 1_000_000, "{n}");
+    assert!(
+        head.contains(&format!("{:.2} K params", n as f64 / 1e3)),
+        "{head}"
+    );
+    // millions and billions
+    let r = run(["estimate", "--model", "gpt2", "--seq-len", "1024"]);
+    assert!(r.stdout.contains("124.44 M params"), "{}", r.stdout);
+    let r = run(["estimate", "--model", "llama-3.1-8b", "--seq-len", "1024"]);
+    assert!(r.stdout.contains("8.03 B params"), "{}", r.stdout);
+    // nothing trainable (serving) reads as 0
+    let r = run([
+        "estimate",
+        "--model",
+        "gpt2",
+        "--task",
+        "infer",
+        "--prompt-len",
+        "64",
+    ]);
+    assert!(r.stdout.contains(", 0 trainable)"), "{}", r.stdout);
+}
