@@ -9,7 +9,8 @@
 //!   for full fine-tuning, as DeepSpeed's estimator is given them; LoRA: the adapters):
 //!   - ZeRO-1/2 + optimizer offload: P · max(4 · gpus, 16) · 1.5;
 //!   - ZeRO-3 + optimizer offload: P · 16 / nodes · 1.5; + parameter offload:
-//!     P · 18 / nodes · 1.5.
+//!     P · 18 / nodes · 1.5 (for LoRA: 16 · P + 2 · every parameter, the frozen half
+//!     parameters being offloaded too).
 //! - PyTorch FSDP `CPUOffload(offload_params=True)` (torch 2.x
 //!   `torch/distributed/fsdp/api.py`: parameters and gradients on the CPU, the
 //!   optimizer step there too; FSDP1 pins the offloaded flat shard,
@@ -40,7 +41,7 @@ pub fn gpus_per_node(layout: &Layout) -> u64 {
 }
 
 /// DeepSpeed's `cpu_mem` for a ZeRO offload layout, per node.
-pub fn deepspeed_cpu_mem(total_params: u64, layout: &Layout) -> Option<HostMemory> {
+pub fn deepspeed_cpu_mem(trainable: u64, total: u64, layout: &Layout) -> Option<HostMemory> {
     if layout.zero == 0 || !layout.offload_optimizer {
         return None;
     }
@@ -48,10 +49,12 @@ pub fn deepspeed_cpu_mem(total_params: u64, layout: &Layout) -> Option<HostMemor
     let per_node = gpus_per_node(layout);
     let nodes = gpus.div_ceil(per_node);
     // 1.5 × integer, truncated as DeepSpeed's int(); u128 so no size can wrap
-    let p = total_params as u128;
+    let (p, all) = (trainable as u128, total as u128);
     let (bytes, basis) = match (layout.zero, layout.offload_params) {
+        // 18 = 16 for the optimizer partition + 2 for the half parameters, which are
+        // every parameter (frozen ones too)
         (3, true) => (
-            p * 18 * 3 / (2 * nodes as u128),
+            (p * 16 + all * 2) * 3 / (2 * nodes as u128),
             "pinned fp32 optimizer partition and offloaded parameters (DeepSpeed estimate_zero3_model_states_mem_needs cpu_mem)",
         ),
         (3, false) => (
@@ -82,12 +85,13 @@ pub fn host_memory(
     if layout.zero > 0 {
         // the optimizer partition is of the trainable parameters (all of them for
         // full fine-tuning, as DeepSpeed's estimator assumes; LoRA: the adapters)
+        let total = params::count(spec).total;
         let trainable = if w.method.is_full() {
-            params::count(spec).total
+            total
         } else {
             estimate::lora_trainable(spec, w)
         };
-        return Ok(deepspeed_cpu_mem(trainable, layout));
+        return Ok(deepspeed_cpu_mem(trainable, total, layout));
     }
     if layout.fsdp.is_some() && layout.offload_params {
         let on_device = Layout {

@@ -492,6 +492,18 @@ fn m12_fsdp_cpu_offload_keeps_the_sharded_states_on_the_host() {
         h.bytes_per_node.get().abs_diff(want) <= 64,
         "{h:?} vs {want}"
     );
+    // LoRA under ZeRO-3 parameter offload: the frozen half parameters are on the host too
+    let lora = train(&spec, &[("method", "lora")]);
+    let z3 = Layout {
+        dp: 8,
+        zero: 3,
+        offload_optimizer: true,
+        offload_params: true,
+        ..Layout::default()
+    };
+    let t = llm_mem::estimate::lora_trainable(&spec, &lora);
+    let h = dist(&spec, &lora, &z3, &Overheads::default()).host.unwrap();
+    assert_eq!(h.bytes_per_node.get(), (16 * t + 2 * p) * 3 / 2);
 }
 
 #[test]
