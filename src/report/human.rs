@@ -218,6 +218,12 @@ pub fn render_distributed(
         fit,
         d.implied_master.map(|m| m.as_str()),
     );
+    write_rank_classes(&mut s, d);
+    s
+}
+
+/// One line per rank class, then the host memory of an offload layout.
+fn write_rank_classes(s: &mut String, d: &crate::distributed::DistributedEstimate) {
     let _ = writeln!(s, "\nper rank class:");
     let _ = writeln!(
         s,
@@ -244,7 +250,6 @@ pub fn render_distributed(
             h.bytes_per_node, h.gpus_per_node, h.basis
         );
     }
-    s
 }
 
 /// `plan`: the fitting layouts, best first, and the two headline answers.
