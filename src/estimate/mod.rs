@@ -368,7 +368,7 @@ fn context_warnings(spec: &ModelSpec, w: &Workload) -> Vec<String> {
     if ctx_len > spec.max_positions {
         warnings.push(if matches!(spec.positions, crate::arch::Positions::Learned) {
             format!(
-                "{ctx_len} tokens exceed the {} learned absolute positions of {}: transformers indexes the position table out of range, so this run fails as configured; the estimate is for a model whose table has {ctx_len} rows (use at most {} tokens)",
+                "{ctx_len} tokens exceed the {} learned absolute positions of {}: transformers indexes the position table out of range, so this run fails as configured; the figures below are what it would hold if it ran (use at most {} tokens)",
                 spec.max_positions, spec.name, spec.max_positions
             )
         } else {
