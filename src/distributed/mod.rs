@@ -11,11 +11,15 @@
 //!
 //! | recipe | weights | gradients | master | optimizer |
 //! |---|---|---|---|---|
-//! | DDP / Megatron, pure half | 2P | 2P | – | states(P) |
-//! | Megatron mixed (`--master-weights`) | 2P | 4P (fp32 main_grad) | 4P | 8P; ÷N with `--distributed-optimizer` (18 B/param, or 6 + 12/N) |
+//! | torch DDP, pure half | 2P | 2P | – | states(P) |
+//! | Megatron (tp/pp/cp > 1 or `--distributed-optimizer`; any half run) and mixed DDP (`--master-weights`) | 2P | 4P (fp32 main_grad) | 4P | 8P; ÷N with `--distributed-optimizer` (18 B/param, or 6 + 12/N) |
 //! | DeepSpeed ZeRO-z, half + fp32 master | 2P (÷N at z3) | 2P half (÷N at z2, none at z3) + 4P/N fp32 | 4P/N | 8P/N (ZeRO-2: 2P + 18P/N) |
 //! | FSDP, fp32 sharded params (amp or master) | 4P/N | 4P/N | – | 8P/N |
 //! | FSDP, pure half | 2P/N | 2P/N | – | states/N |
+//!
+//! The precision recipe of each layout (which fp32 master weights its framework keeps
+//! whatever `--master-weights` says, and what `amp-*` becomes under ZeRO and FSDP) is
+//! `recipe.rs`, applied before any of the rows above.
 //!
 //! plus gathered buffers: ZeRO-3 keeps the largest module's half parameters and
 //! gradients (4 B × largest, DeepSpeed's `largest_layer_memory`) + its prefetch bucket;
@@ -31,6 +35,8 @@
 //! pipeline holds min(pp − i, m) micro-batches of activations; interleaved schedules
 //! (`--vpp v`) multiply by 1 + (pp − 1)/(pp·v) (Narayanan et al. 2021).
 
+pub mod host;
+pub mod recipe;
 pub mod search;
 
 use crate::arch::params;
@@ -43,6 +49,8 @@ use crate::units::bytes::Bytes;
 use crate::workload::layout::{FsdpMode, Layout};
 use crate::workload::overhead::Overheads;
 use crate::workload::{Task, Workload};
+use host::HostMemory;
+use recipe::{precision_recipe, ImpliedMaster};
 
 /// One rank class (a pipeline stage) of a distributed estimate.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +74,11 @@ pub struct DistributedEstimate {
     /// Index into `per_rank` of the rank with the highest device memory.
     pub worst_rank: usize,
     pub warnings: Vec<String>,
+    /// Set when the layout's framework keeps fp32 master weights the user did not ask
+    /// for (see [`recipe`]).
+    pub implied_master: Option<ImpliedMaster>,
+    /// Host memory per node of an offload layout (see [`host`]).
+    pub host: Option<HostMemory>,
 }
 
 impl DistributedEstimate {
@@ -168,10 +181,13 @@ pub fn estimate_layout(
     layout.validate(spec, w)?;
     // the per-rank recipes count "layers × one layer": a uniform stack
     spec.uniform_block()?;
+    // the precision recipe of the layout's framework (recipe.rs)
+    let recipe = precision_recipe(w, layout);
+    let w = &*recipe.workload;
     let stages = layout.stage_layers(spec.layers());
     let pp = layout.pp;
     let m = layout.micro_batches.unwrap_or(w.grad_accum).max(1);
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = recipe.note.iter().cloned().collect();
     if pp > 1 && m < pp {
         warnings.push(format!(
             "{m} micro-batches per flush with {pp} pipeline stages leaves the pipeline mostly idle; use --micro-batches >= {pp}"
@@ -208,6 +224,25 @@ pub fn estimate_layout(
         per_rank,
         worst_rank,
         warnings,
+        implied_master: recipe.implied,
+        host: layout_host_memory(spec, w, layout)?,
+    })
+}
+
+/// Host memory per node of `layout` (`w` as its recipe runs it): see [`host`].
+pub fn layout_host_memory(
+    spec: &ModelSpec,
+    w: &Workload,
+    layout: &Layout,
+) -> Result<Option<HostMemory>> {
+    host::host_memory(spec, layout, w, |w, on_device| {
+        let m = on_device.micro_batches.unwrap_or(w.grad_accum).max(1);
+        let mut worst = 0;
+        for (i, &layers) in on_device.stage_layers(spec.layers()).iter().enumerate() {
+            let v = rank_view(spec, w, on_device, i as u64, layers, m)?;
+            worst = worst.max(model_states(&v) - v.gathered_fwd.min(v.gathered_bwd));
+        }
+        Ok(worst)
     })
 }
 
@@ -265,6 +300,8 @@ fn serving_estimate(
         }],
         worst_rank: 0,
         warnings,
+        implied_master: None,
+        host: None,
     })
 }
 
@@ -623,16 +660,25 @@ fn zero_states(r: &Recipe) -> Sharded {
     sh.statics.optimizer_state = if offload_opt { 0 } else { div(states, n) };
     sh.statics.optimizer_step_temp = if offload_opt { 0 } else { div(step_temp, n) };
     let half = 2u64;
+    // no gathered buffer holds more parameters than exist: live parameters, the
+    // prefetch bucket and the all-gather bucket at most the stage's parameters. The
+    // gradient bucket is allocated at its configured size whatever the model
+    // (DeepSpeed 0.19 zero/stage_1_and_2.py `ipg_buffer` and zero/stage3.py
+    // `__ipg_bucket_flat_buffer`: `torch.empty(reduce_bucket_size)`).
+    let b = &layout.buffers;
+    let reduce = b.zero_reduce_bucket;
     if zero == 3 {
         // largest module gathered: half parameters + half gradients, plus prefetch
         let largest = largest_module(&s.local, s.first, s.last);
-        let live = (largest + layout.buffers.zero3_prefetch_bucket)
-            .min(layout.buffers.zero3_max_live_params.max(largest));
+        let prefetch = b.zero3_prefetch_bucket.min(s.p_stage);
+        let live = (largest + prefetch)
+            .min(b.zero3_max_live_params.max(largest))
+            .min(s.p_stage.max(largest));
         sh.gathered_fwd = live * half + largest * half;
-        sh.gathered_bwd = sh.gathered_fwd + layout.buffers.zero_reduce_bucket * half;
+        sh.gathered_bwd = sh.gathered_fwd + reduce * half;
     } else {
-        sh.gathered_bwd = layout.buffers.zero_reduce_bucket * half;
-        sh.optimizer_extra = layout.buffers.zero_allgather_bucket * half;
+        sh.gathered_bwd = reduce * half;
+        sh.optimizer_extra = b.zero_allgather_bucket.min(s.p_stage) * half;
     }
     sh
 }

@@ -31,12 +31,13 @@ use crate::units::bytes::Bytes;
 use crate::workload::overhead::Overheads;
 use std::collections::HashMap;
 
-use crate::distributed::{estimate_layout, rank_view};
+use crate::distributed::recipe::precision_recipe;
+use crate::distributed::{estimate_layout, layout_host_memory, rank_view};
 use crate::estimate::timeline::{self, PeakOnly};
 use crate::estimate::{self, RankView};
 use crate::runtime::torch::{self, Activations};
 use crate::workload::layout::{FsdpMode, Layout};
-use crate::workload::{Attn, GradCkpt, Workload};
+use crate::workload::{Attn, GradCkpt, Precision, Workload};
 
 /// What to search for.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,19 +101,28 @@ pub struct Candidate {
     pub tp: u64,
     pub pp: u64,
     pub cp: u64,
+    /// Megatron sequence parallelism (on whenever tp > 1 in the searched space).
+    pub sequence_parallel: bool,
     pub sharding: Sharding,
     pub offload: Offload,
     pub grad_ckpt: GradCkpt,
     /// Largest micro-batch that fits (0 = none).
     pub max_micro_batch: u64,
+    /// `max_micro_batch` is the search limit (`--max-batch`): more may fit.
+    pub at_search_limit: bool,
     /// Worst-rank device memory at that micro-batch.
     pub peak_bytes: Bytes,
+    /// Host memory per node of an offload layout (`distributed::host`); None without
+    /// offload.
+    pub host_bytes_per_node: Option<Bytes>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanResult {
     /// The space searched, in words.
     pub space: String,
+    /// The precision recipe every layout is evaluated under, in words.
+    pub precision: String,
     pub cost: &'static str,
     pub layouts_considered: u64,
     /// (layout, micro-batch) points evaluated.
@@ -137,11 +147,15 @@ fn ckpt_rank(c: GradCkpt) -> u8 {
     }
 }
 
+/// What a rank's activation ledger depends on: precision, master weights, tp,
+/// sequence-parallel split, cp, checkpointing, micro-batch.
+type LedgerKey = (&'static str, bool, u64, u64, u64, u8, u64);
+
 /// Exact peak evaluations with cached activation ledgers.
 pub struct Evaluator<'a> {
     spec: &'a ModelSpec,
     ov: &'a Overheads,
-    cache: HashMap<(u64, u64, u64, u8, u64), Activations>,
+    cache: HashMap<LedgerKey, Activations>,
     /// Points evaluated so far.
     pub evaluations: u64,
 }
@@ -159,6 +173,8 @@ impl<'a> Evaluator<'a> {
     /// The rank views of `layout` for workload `w` (validated).
     pub fn views(&self, w: &Workload, layout: &Layout) -> Result<Vec<RankView>> {
         layout.validate(self.spec, w)?;
+        let recipe = precision_recipe(w, layout);
+        let w = &*recipe.workload;
         let m = layout.micro_batches.unwrap_or(w.grad_accum).max(1);
         layout
             .stage_layers(self.spec.layers())
@@ -171,9 +187,13 @@ impl<'a> Evaluator<'a> {
     /// Worst-rank device bytes of `views` at `w` (whose batch is the micro-batch).
     pub fn peak(&mut self, w: &Workload, layout: &Layout, views: &[RankView]) -> u64 {
         self.evaluations += 1;
+        let recipe = precision_recipe(w, layout);
+        let w = &*recipe.workload;
         let mut worst = 0;
         for v in views {
             let key = (
+                w.precision.as_str(),
+                w.master_weights,
                 layout.tp,
                 v.sp_div,
                 layout.cp,
@@ -334,6 +354,7 @@ pub fn plan(spec: &ModelSpec, w: &Workload, ov: &Overheads, q: &PlanQuery) -> Re
     if w.task != crate::workload::Task::Train {
         return plan_serving(spec, w, ov, q);
     }
+    let (w, precision) = &plan_precision(w);
     let mut ev = Evaluator::new(spec, ov);
     let (all, considered) = evaluate_space(&mut ev, w, q);
     let evaluations = ev.evaluations;
@@ -356,6 +377,7 @@ pub fn plan(spec: &ModelSpec, w: &Workload, ov: &Overheads, q: &PlanQuery) -> Re
     };
     fits.truncate(q.top);
     Ok(PlanResult {
+        precision: precision.clone(),
         space: format!(
             "world ≤ {} GPUs (powers of two and {}); tp ∈ {{1,2,4,8}} with sequence parallelism; pp | world/tp, ≤ 16; cp ∈ {{1,2,4,8}}; dp = rest; ddp, dist-opt, zero1 (+ zero2, zero3, fsdp-full, fsdp-grad-op without pp); offload none/optimizer/+params; grad-ckpt none/selective/full; micro-batch 1..={}",
             q.gpus, q.gpus, q.max_batch
@@ -367,6 +389,26 @@ pub fn plan(spec: &ModelSpec, w: &Workload, ov: &Overheads, q: &PlanQuery) -> Re
         largest_micro_batch,
         longest_sequence,
     })
+}
+
+/// The one precision recipe every training layout is compared under, and its words:
+/// full fine-tuning in half precision keeps fp32 master weights in every layout
+/// (ZeRO, Megatron and FSDP MixedPrecision always do; DDP rows are given the same
+/// recipe so that rows differ only by layout, see `recipe.rs`).
+fn plan_precision(w: &Workload) -> (Workload, String) {
+    let mut w = w.clone();
+    let p = w.precision;
+    let words = if !w.method.is_full() {
+        format!("{p} base weights, fp32 adapters (peft) in every layout")
+    } else if matches!(p, Precision::Bf16 | Precision::Fp16) {
+        w.master_weights = true;
+        format!("{p} + fp32 master weights in every layout (as Megatron --{p}, DeepSpeed {p} and FSDP MixedPrecision keep them)")
+    } else if p.is_amp() {
+        "fp32 master parameters in every layout: autocast under DDP/Megatron, FSDP MixedPrecision, DeepSpeed half mode under ZeRO".to_string()
+    } else {
+        format!("{p} in every layout")
+    };
+    (w, words)
 }
 
 /// The query's own errors: no GPUs, a runtime other than torch, no micro-batch.
@@ -412,16 +454,31 @@ fn evaluate_space(ev: &mut Evaluator, w: &Workload, q: &PlanQuery) -> (Vec<Candi
                     tp: layout.tp,
                     pp: layout.pp,
                     cp: layout.cp,
+                    sequence_parallel: layout.sequence_parallel,
                     sharding: sh,
                     offload: off,
                     grad_ckpt: ckpt,
                     max_micro_batch: b,
+                    at_search_limit: b == q.max_batch,
                     peak_bytes: Bytes(peak),
+                    host_bytes_per_node: host_of(ev.spec, &wc, &layout),
                 });
             }
         }
     }
     (all, considered)
+}
+
+/// Host memory per node of an offload layout, under the layout's precision recipe.
+fn host_of(spec: &ModelSpec, w: &Workload, layout: &Layout) -> Option<Bytes> {
+    if !layout.offload_optimizer && !layout.offload_params {
+        return None;
+    }
+    let recipe = precision_recipe(w, layout);
+    layout_host_memory(spec, &recipe.workload, layout)
+        .ok()
+        .flatten()
+        .map(|h| h.bytes_per_node)
 }
 
 /// The stated cost ([`COST`]) of a candidate, smallest first: GPUs, recomputation,
@@ -492,6 +549,7 @@ fn longest(
                 seq,
                 Candidate {
                     max_micro_batch: 1,
+                    at_search_limit: false,
                     peak_bytes: Bytes(peak),
                     ..c.clone()
                 },
@@ -542,11 +600,14 @@ fn plan_serving(
                 tp,
                 pp: 1,
                 cp: 1,
+                sequence_parallel: false,
                 sharding: Sharding::Ddp,
                 offload: Offload::None,
                 grad_ckpt: GradCkpt::None,
                 max_micro_batch: best,
+                at_search_limit: best == q.max_batch,
                 peak_bytes: Bytes(best_peak),
+                host_bytes_per_node: None,
             });
         }
     }
@@ -557,6 +618,7 @@ fn plan_serving(
         .cloned();
     fits.truncate(q.top);
     Ok(PlanResult {
+        precision: w.precision.to_string(),
         space: format!(
             "serving: tp ∈ {{1,2,4,8}} dividing heads and MLP width, tp ≤ {} GPUs, replicas = GPUs / tp; concurrency 1..={} at prompt {} + {} generated tokens",
             q.gpus, q.max_batch, w.infer.prompt_len, w.infer.gen_len

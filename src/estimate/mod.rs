@@ -355,7 +355,10 @@ pub fn simulate(
     ))
 }
 
-/// A context beyond the model's `max_position_embeddings`.
+/// A context beyond the model's `max_position_embeddings`. Rotary models may extend
+/// it (RoPE scaling); learned absolute positions cannot: transformers
+/// `modeling_gpt2.py` indexes `self.wpe(position_ids)`, which fails past
+/// `n_positions`, so the warning says the run cannot execute as configured.
 fn context_warnings(spec: &ModelSpec, w: &Workload) -> Vec<String> {
     let mut warnings = Vec::new();
     let ctx_len = match w.task {
@@ -363,10 +366,17 @@ fn context_warnings(spec: &ModelSpec, w: &Workload) -> Vec<String> {
         Task::Infer => w.infer.prompt_len + w.infer.gen_len,
     };
     if ctx_len > spec.max_positions {
-        warnings.push(format!(
-            "{ctx_len} tokens exceed the model's max_position_embeddings ({}); the estimate assumes the context is extended (e.g. RoPE scaling)",
-            spec.max_positions
-        ));
+        warnings.push(if matches!(spec.positions, crate::arch::Positions::Learned) {
+            format!(
+                "{ctx_len} tokens exceed the {} learned absolute positions of {}: transformers indexes the position table out of range, so this run fails as configured; the figures below are what it would hold if it ran (use at most {} tokens)",
+                spec.max_positions, spec.name, spec.max_positions
+            )
+        } else {
+            format!(
+                "{ctx_len} tokens exceed the model's max_position_embeddings ({}); the estimate assumes the context is extended (e.g. RoPE scaling)",
+                spec.max_positions
+            )
+        });
     }
     warnings
 }

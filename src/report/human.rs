@@ -9,16 +9,48 @@ use crate::report::Fit;
 use crate::units::bytes::Bytes;
 use crate::workload::{Task, Workload};
 
-fn billions(n: u64) -> String {
-    format!("{:.2} B", n as f64 / 1e9)
+/// A searched micro-batch (or concurrency): the number, or "≥ n" when it is the
+/// search limit.
+fn searched(c: &Candidate) -> String {
+    if c.at_search_limit {
+        format!("≥ {}", c.max_micro_batch)
+    } else {
+        c.max_micro_batch.to_string()
+    }
+}
+
+/// [`searched`] for a headline answer, saying how to raise the limit.
+fn searched_words(c: &Candidate) -> String {
+    if c.at_search_limit {
+        format!("≥ {} (search limit; raise --max-batch)", c.max_micro_batch)
+    } else {
+        c.max_micro_batch.to_string()
+    }
+}
+
+/// A parameter count in the unit of its size: `8.03 B`, `124.44 M`, `202.05 K`, `0`.
+fn param_count(n: u64) -> String {
+    let x = n as f64;
+    match n {
+        1_000_000_000.. => format!("{:.2} B", x / 1e9),
+        1_000_000.. => format!("{:.2} M", x / 1e6),
+        1_000.. => format!("{:.2} K", x / 1e3),
+        _ => n.to_string(),
+    }
 }
 
 /// One estimate: the run, the peak and its breakdown, the activations kept for
 /// backward (training), the fit verdict, the warnings.
 pub fn render(e: &Estimate, w: &Workload, fit: Option<&Fit>) -> String {
+    render_run(e, w, fit, None)
+}
+
+/// [`render`], naming the framework whose recipe keeps fp32 master weights the user
+/// did not ask for.
+fn render_run(e: &Estimate, w: &Workload, fit: Option<&Fit>, implied: Option<&str>) -> String {
     let mut s = String::new();
     write_model(&mut s, &e.model);
-    write_task(&mut s, w);
+    write_task(&mut s, w, implied);
     let _ = writeln!(s);
     write_peak(&mut s, e);
     if w.task == Task::Train {
@@ -42,13 +74,18 @@ fn write_model(s: &mut String, m: &ModelSummary) {
         m.family,
         m.layers,
         m.hidden,
-        billions(m.params_total),
-        billions(m.params_trainable)
+        param_count(m.params_total),
+        param_count(m.params_trainable)
     );
 }
 
 /// The task line: the training settings, or the serving shape for inference.
-fn write_task(s: &mut String, w: &Workload) {
+fn write_task(s: &mut String, w: &Workload, implied: Option<&str>) {
+    let master = match (w.master_weights, implied) {
+        (_, Some(by)) => format!(" + fp32 master weights (implied by {by})"),
+        (true, None) => " + fp32 master weights".to_string(),
+        (false, None) => String::new(),
+    };
     let method = match w.method.lora() {
         Some(l) => format!(
             "{} r={} alpha={} targets={}",
@@ -62,7 +99,7 @@ fn write_task(s: &mut String, w: &Workload) {
                 s,
                 "task: train {method}, {}{}, {}, batch {} x seq {} (grad-accum {}), attn {}, grad-ckpt {}, loss {}, runtime {}",
                 w.precision,
-                if w.master_weights { " + fp32 master weights" } else { "" },
+                master,
                 w.optimizer,
                 w.batch,
                 w.seq_len,
@@ -175,7 +212,18 @@ pub fn render_distributed(
         "worst rank: {} ({} ranks, {} layers)\n",
         worst.name, worst.ranks, worst.layers
     );
-    s += &render(&worst.estimate, w, fit);
+    s += &render_run(
+        &worst.estimate,
+        w,
+        fit,
+        d.implied_master.map(|m| m.as_str()),
+    );
+    write_rank_classes(&mut s, d);
+    s
+}
+
+/// One line per rank class, then the host memory of an offload layout.
+fn write_rank_classes(s: &mut String, d: &crate::distributed::DistributedEstimate) {
     let _ = writeln!(s, "\nper rank class:");
     let _ = writeln!(
         s,
@@ -195,7 +243,13 @@ pub fn render_distributed(
             r.estimate.peak.event
         );
     }
-    s
+    if let Some(h) = &d.host {
+        let _ = writeln!(
+            s,
+            "\nhost memory: {} per node of {} GPUs: {}",
+            h.bytes_per_node, h.gpus_per_node, h.basis
+        );
+    }
 }
 
 /// `plan`: the fitting layouts, best first, and the two headline answers.
@@ -241,6 +295,7 @@ fn write_search(
         elapsed.as_secs_f64() * 1e3
     );
     let _ = writeln!(s, "space: {}", r.space);
+    let _ = writeln!(s, "precision: {}", r.precision);
     let _ = writeln!(s, "ranked by: {}\n", r.cost);
 }
 
@@ -257,7 +312,7 @@ fn write_serving(s: &mut String, r: &PlanResult) {
             "  {:>4} {:>9} {:>12} {:>10.2}",
             c.tp,
             c.dp,
-            c.max_micro_batch,
+            searched(c),
             c.peak_bytes.gib()
         );
     }
@@ -265,7 +320,7 @@ fn write_serving(s: &mut String, r: &PlanResult) {
         let _ = writeln!(
             s,
             "\nmost concurrent sequences per replica: {} (tp {}, {} replicas, {:.2} GiB)",
-            c.max_micro_batch,
+            searched_words(c),
             c.tp,
             c.dp,
             c.peak_bytes.gib()
@@ -278,30 +333,50 @@ fn write_serving(s: &mut String, r: &PlanResult) {
 fn write_training(s: &mut String, r: &PlanResult) {
     let _ = writeln!(
         s,
-        "  {:>4} {:>4} {:>4} {:>4} {:>4}  {:<13} {:<20} {:<10} {:>6} {:>10}",
-        "gpus", "dp", "tp", "pp", "cp", "sharding", "offload", "grad-ckpt", "mbs", "peak GiB"
+        "  {:>4} {:>4} {:>4} {:>4} {:>4} {:>3}  {:<13} {:<20} {:<10} {:>6} {:>10} {:>14}",
+        "gpus",
+        "dp",
+        "tp",
+        "pp",
+        "cp",
+        "sp",
+        "sharding",
+        "offload",
+        "grad-ckpt",
+        "mbs",
+        "peak GiB",
+        "host GiB/node"
     );
     for c in &r.fits {
         let _ = writeln!(
             s,
-            "  {:>4} {:>4} {:>4} {:>4} {:>4}  {:<13} {:<20} {:<10} {:>6} {:>10.2}",
+            "  {:>4} {:>4} {:>4} {:>4} {:>4} {:>3}  {:<13} {:<20} {:<10} {:>6} {:>10.2} {:>14}",
             c.world,
             c.dp,
             c.tp,
             c.pp,
             c.cp,
+            if c.sequence_parallel { "on" } else { "-" },
             c.sharding.as_str(),
             c.offload.as_str(),
             c.grad_ckpt.as_str(),
-            c.max_micro_batch,
-            c.peak_bytes.gib()
+            searched(c),
+            c.peak_bytes.gib(),
+            c.host_bytes_per_node
+                .map_or("-".to_string(), |b| format!("{:.2}", b.gib()))
+        );
+    }
+    if let Some(h) = r.fits.first().and_then(|c| c.host_bytes_per_node) {
+        let _ = writeln!(
+            s,
+            "\ncaution: the first row offloads to host memory: it needs {h} of CPU memory per node (pinned; DeepSpeed's estimator / FSDP CPUOffload); check your hosts have it"
         );
     }
     if let Some(c) = &r.largest_micro_batch {
         let _ = writeln!(
             s,
             "\nlargest micro-batch that fits: {} ({})",
-            c.max_micro_batch,
+            searched_words(c),
             layout_words(c)
         );
     }
@@ -317,9 +392,14 @@ fn write_training(s: &mut String, r: &PlanResult) {
 /// One candidate's layout in words, shared by the two training headline answers.
 fn layout_words(c: &Candidate) -> String {
     format!(
-        "dp {} tp {} pp {} cp {}, {}, grad-ckpt {}, {:.2} GiB",
+        "dp {} tp {}{} pp {} cp {}, {}, grad-ckpt {}, {:.2} GiB",
         c.dp,
         c.tp,
+        if c.sequence_parallel {
+            " (sequence parallel)"
+        } else {
+            ""
+        },
         c.pp,
         c.cp,
         c.sharding.as_str(),

@@ -20,7 +20,9 @@
 //!   task,method,
 //!   lora{rank,alpha,targets,double_quant}  # null for method "full"; targets:
 //!                                          # "attn", "all-linear" or {"names": [...]}
-//!   precision,master_weights,optimizer,batch,seq_len,grad_accum,attn,grad_ckpt,loss,
+//!   precision,master_weights,
+//!   master_weights_implied_by,           # null on one GPU (see the distributed estimate)
+//!   optimizer,batch,seq_len,grad_accum,attn,grad_ckpt,loss,
 //!   runtime,device,
 //!   infer{prompt_len,gen_len,concurrency,kv_dtype,prefill_chunk}
 //!                                        # kv_dtype "f32" "bf16" "f16" "f8";
@@ -49,6 +51,10 @@
 //! components_at_peak{activations,gradients,kv_cache,logits_and_loss,master_weights,
 //!   optimizer_state,overhead,temporaries,weights}
 //! fit{capacity_bytes,fits,gpu,headroom_bytes}   # null without --gpu / --gpu-memory
+//! host_memory{basis,bytes_per_node,gpus_per_node}
+//!                                       # CPU memory per node of an offload layout
+//!                                       # (DeepSpeed's cpu_mem, FSDP CPUOffload); null
+//!                                       # without offload
 //! layout{
 //!   buffers{ddp_bucket_view,fsdp_shard_group,nccl_per_group,zero3_max_live_params,
 //!     zero3_prefetch_bucket,zero_allgather_bucket,zero_reduce_bucket}
@@ -84,7 +90,11 @@
 //!   attn,batch,device,grad_accum,grad_ckpt,
 //!   infer{concurrency,gen_len,kv_dtype,prefill_chunk,prompt_len}
 //!   lora{alpha,double_quant,rank,targets}  # null for method "full"
-//!   loss,master_weights,method,optimizer,precision,runtime,seq_len,task
+//!   loss,master_weights,
+//!   master_weights_implied_by,          # "ZeRO", "Megatron", "FSDP MixedPrecision":
+//!                                       # fp32 master weights the layout's framework
+//!                                       # keeps though master_weights is false; or null
+//!   method,optimizer,precision,runtime,seq_len,task
 //! }
 //! world
 //! worst_rank
@@ -95,7 +105,10 @@
 //! Keys in alphabetical order. A candidate (`fits[]`, `largest_micro_batch`, the second
 //! element of `longest_sequence`) has `sharding` "ddp", "distributed-optimizer",
 //! "zero1", "zero2", "zero3", "fsdp-full" or "fsdp-grad-op" and `offload` "none",
-//! "optimizer" or "optimizer-and-params".
+//! "optimizer" or "optimizer-and-params"; `max_micro_batch_at_search_limit` is true
+//! when `max_micro_batch` is `--max-batch` itself (a larger one may fit);
+//! `sequence_parallel` is on whenever tp > 1; `host_bytes_per_node` is the CPU memory
+//! per node of an offload row (null without offload).
 //!
 //! ```text
 //! capacity_bytes
@@ -103,11 +116,15 @@
 //! model
 //! result{
 //!   cost,evaluations,
-//!   fits[{cp,dp,grad_ckpt,max_micro_batch,offload,peak_bytes,pp,sharding,tp,world}]
-//!   largest_micro_batch{cp,dp,grad_ckpt,max_micro_batch,offload,peak_bytes,pp,
+//!   fits[{cp,dp,grad_ckpt,host_bytes_per_node,max_micro_batch,
+//!     max_micro_batch_at_search_limit,offload,peak_bytes,pp,sequence_parallel,
+//!     sharding,tp,world}]
+//!   largest_micro_batch{cp,dp,grad_ckpt,host_bytes_per_node,max_micro_batch,
+//!     max_micro_batch_at_search_limit,offload,peak_bytes,pp,sequence_parallel,
 //!     sharding,tp,world}                # null when nothing fits
 //!   layouts_considered,
 //!   longest_sequence[]                  # [seq_len, candidate], null with --max-seq 0
+//!   precision,                          # the precision recipe of every layout, in words
 //!   space
 //! }
 //! schema_version
@@ -127,11 +144,15 @@
 //! model
 //! result{
 //!   cost,evaluations,
-//!   fits[{cp,dp,grad_ckpt,max_micro_batch,offload,peak_bytes,pp,sharding,tp,world}]
-//!   largest_micro_batch{cp,dp,grad_ckpt,max_micro_batch,offload,peak_bytes,pp,
+//!   fits[{cp,dp,grad_ckpt,host_bytes_per_node,max_micro_batch,
+//!     max_micro_batch_at_search_limit,offload,peak_bytes,pp,sequence_parallel,
+//!     sharding,tp,world}]
+//!   largest_micro_batch{cp,dp,grad_ckpt,host_bytes_per_node,max_micro_batch,
+//!     max_micro_batch_at_search_limit,offload,peak_bytes,pp,sequence_parallel,
 //!     sharding,tp,world}
 //!   layouts_considered,
 //!   longest_sequence[]                  # null
+//!   precision,                          # the --dtype
 //!   space
 //! }
 //! schema_version
@@ -170,7 +191,7 @@ pub fn render(e: &Estimate, w: &Workload, ov: &Overheads, fit: Option<&Fit>) -> 
         schema_version: SCHEMA_VERSION,
         tool: tool(),
         model: model(&e.model),
-        workload: workload(w),
+        workload: workload(w, None),
         overheads: overheads(ov),
         peak: peak(&e.peak),
         components_at_peak: components(&e.components_at_peak),
@@ -196,6 +217,11 @@ pub fn render_distributed(
         activations: activations(&e.activations),
         components_at_peak: components(&e.components_at_peak),
         fit: fit.map(fit_out),
+        host_memory: d.host.as_ref().map(|h| wire::HostMemory {
+            basis: h.basis,
+            bytes_per_node: h.bytes_per_node.get(),
+            gpus_per_node: h.gpus_per_node,
+        }),
         layout: layout_out(layout),
         model: model(&e.model),
         model_states_bytes: worst.model_states_bytes.get(),
@@ -206,7 +232,7 @@ pub fn render_distributed(
         timeline: timeline(&e.timeline),
         tool: tool(),
         warnings: &e.warnings,
-        workload: workload(w),
+        workload: workload(w, d.implied_master.map(|m| m.as_str())),
         world: d.world,
         worst_rank: d.worst_rank as u64,
     })
@@ -220,6 +246,7 @@ pub fn render_plan(r: &PlanResult, model: &str, gpu: &str, capacity: Bytes) -> S
         model,
         result: wire::PlanResult {
             cost: r.cost,
+            precision: &r.precision,
             evaluations: r.evaluations,
             fits: r.fits.iter().map(candidate).collect(),
             largest_micro_batch: r.largest_micro_batch.as_ref().map(candidate),
@@ -277,7 +304,7 @@ fn model(m: &ModelSummary) -> wire::Model<'_> {
     }
 }
 
-fn workload(w: &Workload) -> wire::Workload<'_> {
+fn workload<'a>(w: &'a Workload, implied: Option<&'static str>) -> wire::Workload<'a> {
     wire::Workload {
         task: w.task.as_str(),
         method: w.method.kind().as_str(),
@@ -293,6 +320,7 @@ fn workload(w: &Workload) -> wire::Workload<'_> {
         }),
         precision: w.precision.as_str(),
         master_weights: w.master_weights,
+        master_weights_implied_by: implied,
         optimizer: w.optimizer.as_str(),
         batch: w.batch,
         seq_len: w.seq_len,
@@ -453,7 +481,9 @@ fn candidate(c: &Candidate) -> wire::Candidate {
         cp: c.cp,
         dp: c.dp,
         grad_ckpt: c.grad_ckpt.as_str(),
+        host_bytes_per_node: c.host_bytes_per_node.map(|b| b.get()),
         max_micro_batch: c.max_micro_batch,
+        max_micro_batch_at_search_limit: c.at_search_limit,
         offload: match c.offload {
             Offload::None => "none",
             Offload::Optimizer => "optimizer",
@@ -461,6 +491,7 @@ fn candidate(c: &Candidate) -> wire::Candidate {
         },
         peak_bytes: c.peak_bytes.get(),
         pp: c.pp,
+        sequence_parallel: c.sequence_parallel,
         sharding: match c.sharding {
             Sharding::Ddp => "ddp",
             Sharding::DistributedOptimizer => "distributed-optimizer",
@@ -547,7 +578,8 @@ mod tests {
         ))
     }
 
-    /// Two pipeline stages (two rank classes) of LoRA with tp, dp and ZeRO-1.
+    /// Two pipeline stages (two rank classes) of LoRA with tp, dp and ZeRO-1, the
+    /// optimizer offloaded (so `host_memory` is an object).
     fn distributed_doc() -> String {
         estimate_json(&settings(
             "llama-3.1-8b",
@@ -557,6 +589,7 @@ mod tests {
                 ("pp", "2"),
                 ("dp", "2"),
                 ("zero", "1"),
+                ("offload_optimizer", "true"),
                 ("micro_batches", "4"),
                 ("gpu", "h100-80gb"),
             ],

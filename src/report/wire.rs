@@ -58,6 +58,10 @@ pub(crate) struct Workload<'a> {
     pub lora: Option<Lora<'a>>,
     pub precision: &'static str,
     pub master_weights: bool,
+    /// `"ZeRO"`, `"Megatron"` or `"FSDP MixedPrecision"` when the layout's framework
+    /// keeps fp32 master weights that `master_weights` (the user's setting) did not ask
+    /// for; null otherwise (always null on one GPU).
+    pub master_weights_implied_by: Option<&'static str>,
     pub optimizer: &'static str,
     pub batch: u64,
     pub seq_len: u64,
@@ -166,6 +170,8 @@ pub(crate) struct DistributedDoc<'a> {
     pub activations: Activations,
     pub components_at_peak: Components,
     pub fit: Option<Fit<'a>>,
+    /// Host memory per node of an offload layout; null without offload.
+    pub host_memory: Option<HostMemory>,
     pub layout: Layout<'a>,
     pub model: Model<'a>,
     /// Model states of the worst rank.
@@ -181,6 +187,15 @@ pub(crate) struct DistributedDoc<'a> {
     pub world: u64,
     /// Index into `per_rank`.
     pub worst_rank: u64,
+}
+
+/// `host_memory`: what an offload layout keeps in CPU memory per node. Keys sorted.
+#[derive(Serialize)]
+pub(crate) struct HostMemory {
+    /// What is counted and after whose formula, in words.
+    pub basis: &'static str,
+    pub bytes_per_node: u64,
+    pub gpus_per_node: u64,
 }
 
 /// One entry of `per_rank`: a rank class (pipeline stage). Keys sorted.
@@ -251,6 +266,8 @@ pub(crate) struct PlanDoc<'a> {
 #[derive(Serialize)]
 pub(crate) struct PlanResult<'a> {
     pub cost: &'a str,
+    /// The precision recipe every layout is evaluated under, in words.
+    pub precision: &'a str,
     pub evaluations: u64,
     pub fits: Vec<Candidate>,
     pub largest_micro_batch: Option<Candidate>,
@@ -266,12 +283,18 @@ pub(crate) struct Candidate {
     pub cp: u64,
     pub dp: u64,
     pub grad_ckpt: &'static str,
+    /// Host memory per node of an offload layout; null without offload.
+    pub host_bytes_per_node: Option<u64>,
     /// Serving: concurrent sequences per replica.
     pub max_micro_batch: u64,
+    /// `max_micro_batch` is the search limit (`--max-batch`): a larger one may fit.
+    pub max_micro_batch_at_search_limit: bool,
     /// `"none"`, `"optimizer"` or `"optimizer-and-params"`.
     pub offload: &'static str,
     pub peak_bytes: u64,
     pub pp: u64,
+    /// Megatron sequence parallelism (the plan turns it on whenever tp > 1).
+    pub sequence_parallel: bool,
     /// `"ddp"`, `"distributed-optimizer"`, `"zero1"`, `"zero2"`, `"zero3"`,
     /// `"fsdp-full"` or `"fsdp-grad-op"`.
     pub sharding: &'static str,

@@ -33,6 +33,11 @@ impl std::str::FromStr for FsdpMode {
     }
 }
 
+/// The largest bucket or live-parameter count accepted (2⁴⁰ elements, 2 TiB in half
+/// precision: beyond any model this tool sizes); the estimate further caps each
+/// buffer by the parameters that exist.
+pub const MAX_BUCKET_ELEMENTS: u64 = 1 << 40;
+
 /// Communication buffers and framework knobs, explicit and overridable.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Buffers {
@@ -68,6 +73,25 @@ impl Default for Buffers {
 }
 
 impl Buffers {
+    /// Bucket sizes within [`MAX_BUCKET_ELEMENTS`], named by their setting keys.
+    pub fn validate(&self) -> Result<()> {
+        for (key, v) in [
+            ("zero_reduce_bucket", self.zero_reduce_bucket),
+            ("zero_allgather_bucket", self.zero_allgather_bucket),
+            ("zero3_prefetch_bucket", self.zero3_prefetch_bucket),
+            ("zero3_max_live_params", self.zero3_max_live_params),
+        ] {
+            if v > MAX_BUCKET_ELEMENTS {
+                return Err(Error::invalid(
+                    key,
+                    v,
+                    format!("at most {MAX_BUCKET_ELEMENTS} elements (2^40)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Every extra term off: what DeepSpeed's and Megatron's closed-form estimators
     /// count.
     pub fn none() -> Self {
@@ -76,7 +100,7 @@ impl Buffers {
             zero_reduce_bucket: 0,
             zero_allgather_bucket: 0,
             zero3_prefetch_bucket: 0,
-            zero3_max_live_params: u64::MAX,
+            zero3_max_live_params: MAX_BUCKET_ELEMENTS,
             ddp_bucket_view: true,
             fsdp_shard_group: None,
         }
@@ -177,10 +201,11 @@ impl Layout {
     pub fn validate(&self, spec: &ModelSpec, w: &Workload) -> Result<()> {
         self.check_degrees()?;
         self.check_task(spec, w)?;
-        self.check_tensor_parallel(spec)?;
+        self.check_tensor_parallel(spec, w)?;
         self.check_pipeline(spec)?;
         self.check_context(w)?;
-        self.check_sharding()
+        self.check_sharding()?;
+        self.buffers.validate()
     }
 
     /// Every degree is at least 1.
@@ -239,14 +264,24 @@ impl Layout {
         Ok(())
     }
 
-    /// Megatron tensor parallelism splits heads, kv heads (or replicates them) and the
-    /// MLP width; sequence parallelism needs tp > 1.
-    fn check_tensor_parallel(&self, spec: &ModelSpec) -> Result<()> {
+    /// Megatron tensor parallelism splits heads, kv heads and the MLP width; sequence
+    /// parallelism needs tp > 1. Training needs tp to divide the kv heads (Megatron-LM
+    /// core_r0.12 `megatron/training/arguments.py`: `num_query_groups %
+    /// tensor_model_parallel_size == 0`); serving may replicate them when tp is a
+    /// multiple of the kv heads (vLLM `model_executor/models/llama.py`:
+    /// `num_kv_heads = max(1, total_num_kv_heads // tp_size)`).
+    fn check_tensor_parallel(&self, spec: &ModelSpec, w: &Workload) -> Result<()> {
         let t = self.tp;
         if spec.heads % t != 0 {
             return layout(format!(
                 "--tp {t} does not divide the {} attention heads of {}; use a divisor of {}",
                 spec.heads, spec.name, spec.heads
+            ));
+        }
+        if w.task == Task::Train && spec.kv_heads % t != 0 {
+            return layout(format!(
+                "--tp {t} does not divide the {} key/value heads of {}: Megatron-LM training needs num_query_groups % tp == 0; use a divisor of {} (serving may replicate key/value heads)",
+                spec.kv_heads, spec.name, spec.kv_heads
             ));
         }
         if spec.kv_heads % t != 0 && t % spec.kv_heads != 0 {

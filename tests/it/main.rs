@@ -17,6 +17,7 @@ mod plan;
 mod probe_pipeline;
 mod properties;
 mod published;
+mod recipes;
 mod settings;
 mod sources;
 mod stack;

@@ -480,8 +480,12 @@ mod properties {
 #[test]
 fn pipeline_stages_partition_the_model_states() {
     // untied: the stages' weights, gradients and optimizer state add up to one GPU's
+    // under the same recipe (Megatron pipelines keep fp32 master weights: H3)
     let spec = preset("llama-3.1-8b");
-    let w = workload(&spec, Settings::from_flags(&[("seq_len", "1024")]).unwrap());
+    let w = workload(
+        &spec,
+        Settings::from_flags(&[("seq_len", "1024"), ("master_weights", "true")]).unwrap(),
+    );
     let one = estimate_layout(
         &spec,
         &w,

@@ -79,7 +79,7 @@ fn plan_cli_exit_codes_and_json() {
     let (code, out, _) = cli(&[
         "plan",
         "--model",
-        "llama-3.2-1b",
+        "qwen2.5-0.5b",
         "--gpus",
         "4",
         "--gpu",
@@ -97,7 +97,7 @@ fn plan_cli_exit_codes_and_json() {
     assert!(!fits.is_empty());
     assert_eq!(
         fits[0]["world"], 1,
-        "a 1B model trains on one 24 GB GPU: {}",
+        "a 0.5B model trains on one 24 GB GPU with fp32 master weights: {}",
         fits[0]
     );
     assert!(v["result"]["space"]

@@ -1,0 +1,151 @@
+//! The precision recipe each layout runs, as its framework runs it. Full fine-tuning in
+//! half precision means fp32 master parameters in every framework that shards or
+//! splits the model, whatever `--master-weights` says:
+//!
+//! | layout | `--dtype bf16`/`fp16` | `--dtype amp-bf16`/`amp-fp16` |
+//! |---|---|---|
+//! | DeepSpeed ZeRO 1–3 | half parameters + fp32 master partition (always) | the same: DeepSpeed's `bf16`/`fp16` mode, no autocast |
+//! | PyTorch FSDP | pure half (as asked; `--master-weights` for fp32 shards) | `MixedPrecision(param_dtype=half)`: fp32 sharded parameters are the master, gathered in half, no autocast cache |
+//! | Megatron (tp, pp, cp > 1 or `--distributed-optimizer`) | half parameters + fp32 `main_grad` + fp32 main params and Adam (always) | autocast, as asked |
+//! | torch DDP | pure half, as asked | autocast, as asked |
+//!
+//! Sources: Megatron-LM core_r0.12 `megatron/core/optimizer/optimizer.py`
+//! (`Float16OptimizerWithFloat16Params`: fp32 main params, `main_grad` fp32 buffers in
+//! `distributed/param_and_grad_buffer.py`) and `distrib_optimizer.py`
+//! (`DistributedOptimizer`: fp32 main params and Adam sharded over dp); DeepSpeed
+//! 0.19 `runtime/engine.py` (`bf16.enabled`/`fp16.enabled` cast the module to half;
+//! `zero/stage_1_and_2.py`, `zero/stage3.py` keep `single_partition_of_fp32_groups`);
+//! accelerate 1.x `accelerator.py` (`native_amp` — torch autocast — is never enabled
+//! for `DistributedType.DEEPSPEED`) and `utils/dataclasses.py`
+//! (`FullyShardedDataParallelPlugin.set_mixed_precision("bf16")` installs
+//! `MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16,
+//! buffer_dtype=torch.bfloat16)`); torch 2.x `torch/distributed/fsdp/api.py`
+//! (`MixedPrecision`: parameters cast to `param_dtype` before the all-gather, the fp32
+//! shard kept as the optimizer's parameter).
+//!
+//! LoRA runs are left as asked (peft adapters are fp32 already and autocast caches
+//! only weights that require grad).
+
+use std::borrow::Cow;
+
+use crate::workload::layout::Layout;
+use crate::workload::{Precision, Task, Workload};
+
+/// Which framework's recipe adds fp32 master weights the user did not ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ImpliedMaster {
+    Zero,
+    Megatron,
+    FsdpMixedPrecision,
+}
+
+impl ImpliedMaster {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImpliedMaster::Zero => "ZeRO",
+            ImpliedMaster::Megatron => "Megatron",
+            ImpliedMaster::FsdpMixedPrecision => "FSDP MixedPrecision",
+        }
+    }
+}
+
+/// The workload as the layout's framework runs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrecisionRecipe<'a> {
+    pub workload: Cow<'a, Workload>,
+    /// Set when fp32 master weights come from the layout, not from `--master-weights`.
+    pub implied: Option<ImpliedMaster>,
+    /// What was mapped, for the warnings.
+    pub note: Option<String>,
+}
+
+/// The half precision of an autocast recipe (`amp-bf16` → `bf16`).
+fn half_of(p: Precision) -> Precision {
+    match p {
+        Precision::AmpBf16 => Precision::Bf16,
+        Precision::AmpFp16 => Precision::Fp16,
+        other => other,
+    }
+}
+
+fn is_half(p: Precision) -> bool {
+    matches!(p, Precision::Bf16 | Precision::Fp16)
+}
+
+/// Whether `layout` runs Megatron-LM's model parallelism or optimizer sharding.
+pub fn is_megatron(layout: &Layout) -> bool {
+    layout.zero == 0
+        && layout.fsdp.is_none()
+        && (layout.tp > 1 || layout.pp > 1 || layout.cp > 1 || layout.distributed_optimizer)
+}
+
+/// `w` run in `precision` (with master weights if `master`), as `implied` does it.
+fn mapped(
+    w: &Workload,
+    precision: Precision,
+    master: bool,
+    implied: ImpliedMaster,
+    note: String,
+) -> PrecisionRecipe<'_> {
+    let mut m = w.clone();
+    m.precision = precision;
+    m.master_weights |= master;
+    PrecisionRecipe {
+        workload: Cow::Owned(m),
+        implied: Some(implied),
+        note: Some(note),
+    }
+}
+
+/// The recipe of `w` under `layout` (the module doc's table).
+pub fn precision_recipe<'a>(w: &'a Workload, layout: &Layout) -> PrecisionRecipe<'a> {
+    let asked = PrecisionRecipe {
+        workload: Cow::Borrowed(w),
+        implied: None,
+        note: None,
+    };
+    if w.task != Task::Train || !w.method.is_full() {
+        return asked;
+    }
+    let (p, half) = (w.precision, half_of(w.precision));
+    if layout.zero > 0 {
+        if p.is_amp() {
+            return mapped(w, half, false, ImpliedMaster::Zero, format!(
+                "--dtype {p} under ZeRO is modelled as DeepSpeed's {half} mode: accelerate does not autocast under DeepSpeed; the engine casts the model to {half} and keeps an fp32 master partition"
+            ));
+        }
+        if is_half(p) && !w.master_weights {
+            return PrecisionRecipe {
+                implied: Some(ImpliedMaster::Zero),
+                ..asked
+            };
+        }
+        return asked;
+    }
+    if layout.fsdp.is_some() {
+        if p.is_amp() {
+            return mapped(w, half, true, ImpliedMaster::FsdpMixedPrecision, format!(
+                "--dtype {p} under FSDP is modelled as torch FSDP MixedPrecision(param_dtype={half}, reduce_dtype={half}) as accelerate installs it: fp32 sharded parameters are the master copy, layers are gathered in {half}, no autocast weight cache"
+            ));
+        }
+        if is_half(p) && !w.master_weights {
+            return PrecisionRecipe {
+                note: Some(format!(
+                    "pure {p} FSDP: parameters, gradients and optimizer state in {p}, no fp32 master copy; add --master-weights for MixedPrecision with fp32 sharded parameters"
+                )),
+                ..asked
+            };
+        }
+        return asked;
+    }
+    if is_megatron(layout) && is_half(p) && !w.master_weights {
+        let mut m = w.clone();
+        m.master_weights = true;
+        return PrecisionRecipe {
+            workload: Cow::Owned(m),
+            implied: Some(ImpliedMaster::Megatron),
+            note: None,
+        };
+    }
+    asked
+}
