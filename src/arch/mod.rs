@@ -480,7 +480,7 @@ impl ModelSpec {
         pos("head_dim", self.head_dim)?;
         pos("intermediate_size", self.intermediate)?;
         pos("vocab_size", self.vocab)?;
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::invalid(
                 "num_key_value_heads",
                 self.kv_heads,

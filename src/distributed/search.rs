@@ -281,7 +281,7 @@ fn divisors_pow2(n: u64, max: u64) -> Vec<u64> {
     let mut v = Vec::new();
     let mut d = 1;
     while d <= n && d <= max {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             v.push(d);
         }
         d *= 2;
@@ -294,7 +294,7 @@ pub fn layouts(spec: &ModelSpec, w: &Workload, world: u64) -> Vec<(Layout, Shard
     let mut out = Vec::new();
     for tp in divisors_pow2(world, 8) {
         for pp in (1..=world / tp)
-            .filter(|pp| (world / tp) % pp == 0 && *pp <= 16 && *pp <= spec.layers())
+            .filter(|pp| (world / tp).is_multiple_of(*pp) && *pp <= 16 && *pp <= spec.layers())
         {
             for cp in divisors_pow2(world / (tp * pp), 8) {
                 if cp > 1 && w.attn == Attn::Eager {

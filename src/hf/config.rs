@@ -443,7 +443,7 @@ impl Cfg<'_> {
 
     /// `head_dim` from `hidden / heads`, which must divide exactly.
     fn derived_head_dim(&self, hidden: u64, heads: u64) -> Result<u64> {
-        if hidden % heads != 0 {
+        if !hidden.is_multiple_of(heads) {
             return Err(Error::invalid(
                 "num_attention_heads",
                 heads,

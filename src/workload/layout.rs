@@ -272,25 +272,25 @@ impl Layout {
     /// `num_kv_heads = max(1, total_num_kv_heads // tp_size)`).
     fn check_tensor_parallel(&self, spec: &ModelSpec, w: &Workload) -> Result<()> {
         let t = self.tp;
-        if spec.heads % t != 0 {
+        if !spec.heads.is_multiple_of(t) {
             return layout(format!(
                 "--tp {t} does not divide the {} attention heads of {}; use a divisor of {}",
                 spec.heads, spec.name, spec.heads
             ));
         }
-        if w.task == Task::Train && spec.kv_heads % t != 0 {
+        if w.task == Task::Train && !spec.kv_heads.is_multiple_of(t) {
             return layout(format!(
                 "--tp {t} does not divide the {} key/value heads of {}: Megatron-LM training needs num_query_groups % tp == 0; use a divisor of {} (serving may replicate key/value heads)",
                 spec.kv_heads, spec.name, spec.kv_heads
             ));
         }
-        if spec.kv_heads % t != 0 && t % spec.kv_heads != 0 {
+        if !spec.kv_heads.is_multiple_of(t) && !t.is_multiple_of(spec.kv_heads) {
             return layout(format!(
                 "--tp {t} neither divides nor is a multiple of the {} key/value heads of {}",
                 spec.kv_heads, spec.name
             ));
         }
-        if spec.intermediate % t != 0 {
+        if !spec.intermediate.is_multiple_of(t) {
             return layout(format!(
                 "--tp {t} does not divide the MLP width {} of {}",
                 spec.intermediate, spec.name
@@ -323,7 +323,7 @@ impl Layout {
                 ));
             }
         }
-        if self.vpp > 1 && (self.pp == 1 || spec.layers() % (self.pp * self.vpp) != 0) {
+        if self.vpp > 1 && (self.pp == 1 || !spec.layers().is_multiple_of(self.pp * self.vpp)) {
             return layout(format!(
                 "--vpp {} needs --pp > 1 and layers ({}) divisible by pp × vpp ({})",
                 self.vpp,
@@ -338,7 +338,7 @@ impl Layout {
     /// on flash/SDPA kernels.
     fn check_context(&self, w: &Workload) -> Result<()> {
         if self.cp > 1 {
-            if w.seq_len % (2 * self.cp) != 0 {
+            if !w.seq_len.is_multiple_of(2 * self.cp) {
                 return layout(format!(
                     "--cp {} needs --seq-len ({}) divisible by 2 × cp",
                     self.cp, w.seq_len
@@ -384,7 +384,7 @@ impl Layout {
         }
         if let Some(FsdpMode::Hybrid) = self.fsdp {
             let g = self.shard_degree();
-            if self.dp % g != 0 {
+            if !self.dp.is_multiple_of(g) {
                 return layout(format!(
                     "FSDP hybrid shard group {g} does not divide --dp {}",
                     self.dp
