@@ -100,7 +100,7 @@ pub fn run(args: &EstimateArgs) -> Result<ExitCode> {
         None => Correction::IDENTITY,
     };
     if layout.is_distributed() {
-        let d = estimate_layout(&spec, w, ov, layout, &corr)?;
+        let d = estimate_layout(&spec, w, ov, layout, &corr).map_err(|e| settings.attribute(e))?;
         let fit = run
             .capacity
             .map(|(gpu, cap)| Fit::new(gpu, cap, d.worst().estimate.peak.device));
@@ -114,7 +114,7 @@ pub fn run(args: &EstimateArgs) -> Result<ExitCode> {
         print_out(&out)?;
         return Ok(exit_for(fit.as_ref()));
     }
-    let est = estimate_corrected(&spec, w, ov, &corr)?;
+    let est = estimate_corrected(&spec, w, ov, &corr).map_err(|e| settings.attribute(e))?;
     let fit = run
         .capacity
         .map(|(gpu, cap)| Fit::new(gpu, cap, est.peak.device));
