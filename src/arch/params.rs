@@ -184,7 +184,9 @@ fn is_embedding(name: &str) -> bool {
     .any(|s| name.ends_with(s))
 }
 
-fn is_lm_head(name: &str) -> bool {
+/// Whether a tensor name is the output head's (`lm_head.*`, GPT-NeoX `embed_out.*`,
+/// `output.weight`).
+pub fn is_lm_head(name: &str) -> bool {
     name.starts_with("lm_head.") || name.starts_with("embed_out.") || name == "output.weight"
 }
 

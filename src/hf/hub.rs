@@ -214,6 +214,16 @@ fn attach_checkpoint(spec: &mut ModelSpec, dir: &Path, notes: &mut Vec<String>) 
         }
         spec.torch_dtype = by.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d);
     }
+    if !spec.tie_embeddings
+        && !tensors
+            .iter()
+            .any(|t| crate::arch::params::is_lm_head(&t.name))
+    {
+        notes.push(format!(
+            "{}: config.json says tie_word_embeddings false, but the checkpoint stores no output head (lm_head.weight): its parameters are counted as stored, i.e. with the head tied to the embedding",
+            dir.display()
+        ));
+    }
     spec.checkpoint = Some(tensors);
     Ok(())
 }

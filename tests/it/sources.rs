@@ -561,3 +561,34 @@ fn known_moe_and_vlm_names_say_why_they_are_rejected() {
         .to_string();
     assert!(e.contains("not found"), "{e}");
 }
+
+/// L15: a checkpoint without an output head whose config says untied is counted as
+/// stored (tied), and the resolution says so instead of silently.
+#[test]
+fn l15_untied_config_with_a_headless_checkpoint_is_noted() {
+    let d = TempDir::new("l15-head");
+    let snap = d.path().join("models--o--headless/snapshots/0000");
+    fs::create_dir_all(&snap).unwrap();
+    fs::write(snap.join("config.json"), TINY_LLAMA).unwrap();
+    let t: Vec<_> = tiny_llama_tensors()
+        .into_iter()
+        .filter(|(n, _, _)| n != "lm_head.weight")
+        .collect();
+    let refs: Vec<(&str, &str, &[u64])> = t
+        .iter()
+        .map(|(n, dt, s)| (n.as_str(), *dt, s.as_slice()))
+        .collect();
+    write_st(&snap.join("model.safetensors"), &refs);
+    let (spec, notes) = hub::resolve_noted("o/headless", Some(d.path())).unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("tie_word_embeddings false") && n.contains("lm_head.weight")),
+        "{notes:?}"
+    );
+    assert_eq!(params::count(&spec).lm_head, 0, "counted as stored");
+    // with the head stored there is no such note
+    write_tiny_llama_ckpt(&snap.join("model.safetensors"));
+    let (_, notes) = hub::resolve_noted("o/headless", Some(d.path())).unwrap();
+    assert!(notes.iter().all(|n| !n.contains("lm_head")), "{notes:?}");
+}
