@@ -669,6 +669,9 @@ mod tests {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {
     pub point: String,
+    /// The measured model's scaled shape: `L2 h128 a4/2 i256 v512` (layers, hidden,
+    /// heads / kv heads, intermediate, vocab).
+    pub shape: String,
     pub family: String,
     pub status: String,
     pub measured: u64,
@@ -701,6 +704,10 @@ pub fn compare(rows: &[Row], cal: Option<&CalibrationFile>) -> Vec<Comparison> {
             });
             Comparison {
                 point: r.point.clone(),
+                shape: format!(
+                    "L{} h{} a{}/{} i{} v{}",
+                    r.layers, r.hidden, r.heads, r.kv_heads, r.intermediate, r.vocab
+                ),
                 family: r.family.clone(),
                 status: r.status.clone(),
                 measured: r.measured_peak_bytes,

@@ -61,24 +61,26 @@ fn calibration_table(c: &CalibrationFile) -> String {
     s
 }
 
-/// One row per point: status, measured and estimated bytes, the errors before and
-/// after calibration ("–" where there is no value).
+/// One row per point: status, its scaled shape, measured and estimated bytes (in the
+/// unit that fits them), the errors before and after calibration ("–" where there is
+/// no value).
 fn points_table(cmp: &[Comparison]) -> String {
-    let mut s = String::from("| point | status | measured | estimated | error before | calibrated | error after |\n|---|---|---|---|---|---|---|\n");
+    let mut s = String::from("| point | status | scaled shape | measured | estimated | error before | calibrated | error after |\n|---|---|---|---|---|---|---|---|\n");
     for c in cmp {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             c.point,
             c.status,
+            c.shape,
             if c.status == "ok" {
-                Bytes(c.measured).to_string()
+                Bytes(c.measured).human()
             } else {
                 "–".into()
             },
-            Bytes(c.estimated),
+            Bytes(c.estimated).human(),
             pct(c.err_before()),
             c.calibrated
-                .map(|b| Bytes(b).to_string())
+                .map(|b| Bytes(b).human())
                 .unwrap_or_else(|| "–".into()),
             pct(c.err_after()),
         );
@@ -111,5 +113,28 @@ fn error_line(when: &str, errors: &[f64]) -> String {
             x * 100.0
         ),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// L14: bytes in the unit that fits them and the scaled shape in the table.
+    #[test]
+    fn l14_table_shows_adapted_units_and_the_scaled_shape() {
+        let c = Comparison {
+            point: "mistral-7b-v0.1/full/b1/s32".into(),
+            shape: "L2 h128 a4/2 i256 v512".into(),
+            family: "mistral".into(),
+            status: "ok".into(),
+            measured: 3 << 20,
+            estimated: (3 << 20) + 5000,
+            calibrated: Some(900),
+        };
+        let s = points_table(&[c]);
+        assert!(s.contains("| L2 h128 a4/2 i256 v512 |"), "{s}");
+        assert!(s.contains("3.00 MiB") && s.contains("900 B"), "{s}");
+        assert!(!s.contains("0.00 GiB"), "{s}");
     }
 }

@@ -98,6 +98,31 @@ impl Bytes {
     }
 }
 
+impl Bytes {
+    /// For humans, in the unit that fits the amount: `512 B`, `12.3 KiB`, `4.56 MiB`,
+    /// `7.89 GiB` (3 significant digits from KiB up).
+    pub fn human(self) -> String {
+        let v = self.0 as f64;
+        let (x, unit) = if self.0 < 1 << 10 {
+            return format!("{} B", self.0);
+        } else if self.0 < 1 << 20 {
+            (v / (1u64 << 10) as f64, "KiB")
+        } else if self.0 < 1 << 30 {
+            (v / (1u64 << 20) as f64, "MiB")
+        } else {
+            (v / GIB as f64, "GiB")
+        };
+        let decimals = if x >= 100.0 {
+            0
+        } else if x >= 10.0 {
+            1
+        } else {
+            2
+        };
+        format!("{x:.decimals$} {unit}")
+    }
+}
+
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:.2} GiB", self.gib())
