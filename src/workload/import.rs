@@ -431,10 +431,11 @@ impl Import<'_> {
 }
 
 /// HF `TrainingArguments` defaults for memory-relevant keys the file leaves out
-/// (transformers v4.46.0 src/transformers/training_args.py):
-/// `per_device_train_batch_size: int = 8`; `optim` default `"adamw_torch"`
-/// (`torch.optim.AdamW`, foreach on CUDA; transformers releases that default to
-/// `adamw_torch_fused` on torch >= 2.8 are matched by writing `optim` in the file);
+/// (src/transformers/training_args.py): `per_device_train_batch_size: int = 8`;
+/// `optim`: `default_optim = "adamw_torch"`, then `if is_torch_greater_or_equal_than_2_8:
+/// default_optim = "adamw_torch_fused"` (transformers 4.56+; the stack this tool models —
+/// transformers 5, torch 2.15 — takes the fused kernel, no step temporary); older
+/// stacks write `optim: adamw_torch` (foreach) in the file;
 /// `gradient_checkpointing: bool = False` (the tool's default, nothing to set).
 fn training_arguments_defaults(c: &mut Import) {
     c.default(
@@ -447,9 +448,9 @@ fn training_arguments_defaults(c: &mut Import) {
     c.default(
         |s| &mut s.optimizer,
         "optimizer",
-        Optimizer::AdamWForeach,
+        Optimizer::AdamW,
         "optim",
-        "adamw_torch",
+        "adamw_torch_fused",
     );
 }
 

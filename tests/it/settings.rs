@@ -96,11 +96,11 @@ fn h2_llama_factory_defaults_fill_absent_keys() {
 
 #[test]
 fn h2_training_arguments_defaults_fill_absent_keys() {
-    // transformers TrainingArguments: per_device_train_batch_size 8, optim adamw_torch,
-    // gradient_checkpointing False
+    // transformers TrainingArguments: per_device_train_batch_size 8, optim
+    // adamw_torch_fused (torch >= 2.8), gradient_checkpointing False
     let (s, _) = from_train_args(r#"{"bf16": true}"#, Format::Json, "ta.json").unwrap();
     assert_eq!(s.batch, Some(8));
-    assert_eq!(s.optimizer, Some(Optimizer::AdamWForeach));
+    assert_eq!(s.optimizer, Some(Optimizer::AdamW));
     assert_eq!(s.grad_ckpt, None);
     let (s, _) = from_train_args(
         r#"{"per_device_train_batch_size": 2, "optim": "adamw_torch_fused"}"#,
@@ -162,7 +162,7 @@ fn h1_training_arguments_bf16_fsdp_is_fsdp_mixed_precision() {
         "--batch",
         "1",
         "--optimizer",
-        "adamw-foreach",
+        "adamw",
     ]);
     let (a, b) = (estimate(&imported), estimate(&flags));
     assert_eq!(device_peak(&a), device_peak(&b), "{a:?}\n{b:?}");
