@@ -9,6 +9,7 @@
 mod util;
 
 mod cli;
+mod csv;
 mod cuda;
 mod oracle;
 mod parallel;
