@@ -241,17 +241,10 @@ fn m3_concurrency_changes_the_settings_columns() {
 
 #[test]
 fn distributed_worst_row_is_the_json_peak() {
-    let args = [
-        "estimate",
-        "--model",
-        "llama-3.1-70b",
-        "--tp",
-        "4",
-        "--pp",
-        "4",
-        "--dp",
-        "2",
-    ];
+    // the tp 4 × pp 4 × dp 2 case of CASES
+    let args: Vec<&str> = std::iter::once("estimate")
+        .chain(CASES[2].0.iter().copied())
+        .collect();
     let csv = run(args.iter().copied().chain(["--csv"]));
     let json = run(args.iter().copied().chain(["--json"]));
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();

@@ -11,6 +11,7 @@ mod util;
 mod cli;
 mod csv;
 mod cuda;
+mod fuzz;
 mod oracle;
 mod parallel;
 mod params;
