@@ -107,7 +107,7 @@ pub fn run(args: &EstimateArgs) -> Result<ExitCode> {
         let out = if args.json {
             report::json::render_distributed(&d, w, ov, layout, fit.as_ref())
         } else if args.csv {
-            report::csv::render_distributed(&d, w, fit.as_ref())
+            report::csv::render_distributed(&d, w, ov, layout, fit.as_ref())
         } else {
             report::human::render_distributed(&d, w, layout, fit.as_ref())
         };
@@ -121,7 +121,7 @@ pub fn run(args: &EstimateArgs) -> Result<ExitCode> {
     let out = if args.json {
         report::json::render(&est, w, ov, fit.as_ref())
     } else if args.csv {
-        report::csv::render(&est, w, fit.as_ref())
+        report::csv::render(&est, w, ov, layout, fit.as_ref())
     } else {
         report::human::render(&est, w, fit.as_ref())
     };

@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 
 pub mod args;
 pub mod estimate;
+#[cfg(test)]
+mod fuzz;
 pub mod list;
 pub mod plan;
 pub mod probe;

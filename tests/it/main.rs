@@ -9,7 +9,9 @@
 mod util;
 
 mod cli;
+mod csv;
 mod cuda;
+mod fuzz;
 mod oracle;
 mod parallel;
 mod params;
