@@ -10,6 +10,12 @@ use crate::error::{Error, Result};
 use crate::units::bytes::{Bytes, MIB};
 use crate::workload::{Attn, Task, Workload};
 
+/// The largest parallel degree (and micro-batch count) accepted: far above any run,
+/// low enough that no product of degrees can overflow.
+pub const MAX_DEGREE: u64 = 1 << 20;
+/// The most ranks a layout may have (16 Mi GPUs).
+pub const MAX_WORLD: u64 = 1 << 24;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FsdpMode {
@@ -158,6 +164,7 @@ impl Default for Layout {
 }
 
 impl Layout {
+    /// Ranks: dp · tp · pp · cp (bounded by `validate`: at most [`MAX_WORLD`]).
     pub fn world(&self) -> u64 {
         self.dp * self.tp * self.pp * self.cp
     }
@@ -217,15 +224,30 @@ impl Layout {
             ("cp", self.cp),
             ("ep", self.ep),
             ("vpp", self.vpp),
+            ("micro_batches", self.micro_batches.unwrap_or(1)),
+            (
+                "fsdp_shard_group",
+                self.buffers.fsdp_shard_group.unwrap_or(1),
+            ),
         ] {
-            if v == 0 {
-                return Err(Error::invalid(key, v, "an integer >= 1"));
+            if v == 0 || v > MAX_DEGREE {
+                return Err(Error::invalid(
+                    key,
+                    v,
+                    format!("an integer >= 1 and <= {MAX_DEGREE}"),
+                ));
             }
         }
-        if let Some(m) = self.micro_batches {
-            if m == 0 {
-                return Err(Error::invalid("micro_batches", m, "an integer >= 1"));
-            }
+        let world = [self.tp, self.pp, self.cp]
+            .iter()
+            .try_fold(self.dp, |a, &d| a.checked_mul(d))
+            .filter(|&w| w <= MAX_WORLD);
+        if world.is_none() {
+            return Err(Error::invalid(
+                "dp x tp x pp x cp",
+                format!("{} x {} x {} x {}", self.dp, self.tp, self.pp, self.cp),
+                format!("at most {MAX_WORLD} ranks"),
+            ));
         }
         Ok(())
     }

@@ -379,28 +379,6 @@ pub fn model_of(s: &Settings) -> Option<ModelSpec> {
     }
 }
 
-/// Known findings fixed elsewhere, skipped by every estimate target: M5 (raw integers
-/// of bytes are not bounded: they overflow the timeline, and with `gpu_memory` the
-/// fit's headroom wraps; see the `finding_m5_*` tests) and M6 (ZeRO-3 buffers not
-/// capped), and parallel degrees that overflow the layout checks (`2 * cp`, see
-/// `finding_layout_degree_overflow`). A case with an amount over 1 PiB, a buffer
-/// over 2^40 elements or a degree over 2^20 is skipped.
-pub fn known_unbounded_bytes(s: &Settings) -> bool {
-    let huge = |b: Option<llm_mem::Bytes>| b.is_some_and(|b| b.get() > 1 << 50);
-    huge(s.gpu_memory)
-        || huge(s.cuda_context)
-        || huge(s.cublas_workspace)
-        || huge(s.nccl_buffers)
-        || [
-            s.zero_reduce_bucket,
-            s.zero_allgather_bucket,
-            s.zero3_prefetch_bucket,
-            s.zero3_max_live_params,
-        ]
-        .iter()
-        .any(|x| x.is_some_and(|x| x > 1 << 40))
-}
-
 fn u(v: &Value, what: &str) -> Result<u128, String> {
     v.as_u64()
         .map(u128::from)
