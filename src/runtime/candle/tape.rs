@@ -488,36 +488,49 @@ fn reachable_storages(t: &Tape, root: usize) -> Vec<bool> {
 
 impl Tape {
     /// Peak of dynamic storages alive during ops `from..=to`, given which storages stay
-    /// alive to the end (`keep`).
+    /// alive to the end (`keep`, `held`). One sweep over a difference array of the ops:
+    /// each storage (and node's metadata) adds its bytes over the ops it is alive in,
+    /// so the cost is linear in storages + nodes + ops, not their product.
     fn forward_peak(&self, from: u32, to: u32, keep: &[bool], held: &[usize]) -> u64 {
         let (nm, sm) = if self.meta {
             (CPU_NODE_META, CPU_STORAGE_META)
         } else {
             (0, 0)
         };
-        let mut best = 0;
-        for i in from..=to {
-            let live: u64 = self
-                .storages
-                .iter()
-                .enumerate()
-                .filter(|(k, s)| {
-                    s.dynamic && s.born <= i && (keep[*k] || s.last_use >= i || held.contains(k))
-                })
-                .map(|(_, s)| s.bytes + sm)
-                .sum();
-            let nodes = self
-                .nodes
-                .iter()
-                .filter(|n| {
-                    n.born > 0
-                        && n.born <= i
-                        && (keep[n.storage] || n.last_use >= i || held.contains(&n.storage))
-                })
-                .count() as u64;
-            best = best.max(live + nodes * nm);
+        if to < from {
+            return 0;
         }
-        best
+        let mut pinned = vec![false; self.storages.len()];
+        for &k in held {
+            pinned[k] = true;
+        }
+        let len = (to - from) as usize + 2;
+        let mut diff = vec![0i128; len];
+        // alive at op i iff born <= i and (kept to the end or last used at or after i)
+        let mut add = |born: u32, last_use: u32, to_end: bool, bytes: u64| {
+            let start = born.max(from);
+            let end = if to_end { to } else { last_use.min(to) };
+            if start <= end && start <= to {
+                diff[(start - from) as usize] += i128::from(bytes);
+                diff[(end - from) as usize + 1] -= i128::from(bytes);
+            }
+        };
+        for (k, s) in self.storages.iter().enumerate() {
+            if s.dynamic {
+                add(s.born, s.last_use, keep[k] || pinned[k], s.bytes + sm);
+            }
+        }
+        if nm > 0 {
+            for n in self.nodes.iter().filter(|n| n.born > 0) {
+                add(n.born, n.last_use, keep[n.storage] || pinned[n.storage], nm);
+            }
+        }
+        let (mut live, mut best) = (0i128, 0i128);
+        for d in &diff[..len - 1] {
+            live += d;
+            best = best.max(live);
+        }
+        best as u64
     }
 }
 
