@@ -11,9 +11,9 @@
 //! `LLM_MEM_FUZZ_CASES=N` scales them (N cases for a target whose default is 1000).
 //! `.ci/run` runs them in release and prints each `fuzz:` line (cases, wall time).
 //! Each target asserts, through `util::check_all`, that every case it was asked for
-//! reached its end. Nothing is filtered as a known finding: the four the fuzzers found
-//! are fixed and kept as `finding_*` tests; only plans too large for the time budget
-//! skip the prediction (`too_big_for_the_budget`, counted as skipped).
+//! reached its end. Nothing is filtered as a known finding: the crashes the fuzzers
+//! found are fixed and kept as `finding_*` tests; only plans too large for the time
+//! budget skip the prediction (`too_big_for_the_budget`, counted as skipped).
 
 #[path = "fuzz/shared.rs"]
 pub mod shared;
@@ -144,7 +144,7 @@ fn settings_input() -> impl Strategy<Value = (Format, String)> {
     ]
 }
 
-/// Estimate accepted settings on their model and check the JSON; skip known findings.
+/// Estimate accepted settings on their model and check the JSON.
 fn estimate_case(s: &Settings, skipped: &AtomicUsize) -> Result<(), TestCaseError> {
     let _ = skipped;
     if let Some(spec) = model_of(s) {
