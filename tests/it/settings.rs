@@ -463,7 +463,7 @@ fn l6_method_labels_that_do_not_apply_warn() {
     assert_warning(&r, &["--method lora", "--task infer"]);
     let r = estimate(&[
         "--model",
-        "../shared/reference/configs/mistral-7b-v0.1-gptq",
+        "tests/data/configs/mistral-7b-v0.1-gptq",
         "--method",
         "qlora",
     ]);
@@ -525,7 +525,7 @@ fn l9_plan_csv_is_an_error() {
 fn l4_qwen_vl_is_a_vision_language_model_without_contradiction() {
     let r = estimate(&[
         "--model",
-        "../shared/reference/configs/qwen-vl",
+        "tests/data/configs/qwen-vl",
         "--task",
         "infer",
     ]);
