@@ -523,12 +523,7 @@ fn l9_plan_csv_is_an_error() {
 
 #[test]
 fn l4_qwen_vl_is_a_vision_language_model_without_contradiction() {
-    let r = estimate(&[
-        "--model",
-        "tests/data/configs/qwen-vl",
-        "--task",
-        "infer",
-    ]);
+    let r = estimate(&["--model", "tests/data/configs/qwen-vl", "--task", "infer"]);
     assert_error(&r, &["Qwen-VL", "vision-language", "visual"]);
     let line = r.stderr.lines().find(|l| l.contains("error")).unwrap();
     let listed = line
