@@ -21,8 +21,17 @@ pub enum Error {
         supported: String,
     },
 
-    #[error("model {name:?} not found: it is not a built-in preset (see `llm-mem models`), not a path to a config.json or its folder, and not a model id in the local Hugging Face cache ({cache})")]
-    ModelNotFound { name: String, cache: String },
+    #[error("model {name:?} not found: it is not a built-in preset (see `llm-mem models`), not a path to a config.json or its folder, and not a model id in the local Hugging Face cache ({cache}){hub}")]
+    ModelNotFound {
+        name: String,
+        cache: String,
+        /// Why the Hub was not asked (empty when it was not a Hub id).
+        hub: String,
+    },
+
+    /// A Hugging Face Hub request failed; `message` says why and what to do.
+    #[error("{model}: {message}")]
+    Hub { model: String, message: String },
 
     /// The OS error is part of the message, not a `source` (an error chain printed with
     /// `{:#}` would repeat it).

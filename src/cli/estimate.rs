@@ -75,9 +75,9 @@ impl EstimateArgs {
 /// The model the settings name, with `layers` applied.
 pub fn load_model(s: &Settings) -> Result<llm_mem::ModelSpec> {
     let name = s.model.clone().context(
-        "no model given: pass --model NAME (a preset from `llm-mem models`, a config.json path or a cached HF id)",
+        "no model given: pass --model NAME (a preset from `llm-mem models`, a config.json path, or a Hugging Face id org/name[@revision])",
     )?;
-    let (mut spec, notes) = hub::resolve_noted(&name, hub::default_cache_root().as_deref())?;
+    let (mut spec, notes) = hub::resolve_from(&name, &hub::Sources::from_env()?)?;
     for n in notes {
         eprintln!("llm-mem: note: {n}");
     }

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 pub mod args;
 pub mod estimate;
+pub mod fetch;
 #[cfg(test)]
 mod fuzz;
 pub mod list;
@@ -36,6 +37,9 @@ pub struct Cli {
 enum Command {
     /// Estimate the per-GPU memory of a training step or of inference.
     Estimate(Box<estimate::EstimateArgs>),
+    /// Fetch a model's config files and safetensors headers (never the weights) from the
+    /// Hugging Face Hub into the local HF cache.
+    Fetch(fetch::FetchArgs),
     /// List the built-in model presets.
     Models {
         /// Machine-readable output.
@@ -60,6 +64,7 @@ impl Cli {
     pub fn run(&self) -> Result<ExitCode> {
         match &self.command {
             Command::Estimate(a) => estimate::run(a),
+            Command::Fetch(a) => fetch::run(a),
             Command::Models { json } => list::models(*json),
             Command::Gpus { json } => list::gpus(*json),
             Command::Plan(a) => plan::run(a),

@@ -144,7 +144,12 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
     c.reject_later_version()?;
     let family = Family::from_model_type(&model_type).ok_or_else(|| Error::Unsupported {
         model_type: model_type.clone(),
-        reason: "this architecture is not modelled".to_string(),
+        reason: match auto_map_classes(&obj) {
+            Some(classes) => format!(
+                "this architecture is not modelled, and the repo's own code (auto_map: {classes}) is remote code, which llm-mem never runs"
+            ),
+            None => "this architecture is not modelled".to_string(),
+        },
         supported: Family::supported_list(),
     })?;
     let spec = match family {
@@ -162,6 +167,41 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
     let spec = family_facts(spec);
     spec.validate()?;
     Ok(spec)
+}
+
+/// `auto_map` of a config as `AutoModelForCausalLM → modeling_x.Class, ...`; `None`
+/// without one. transformers loads these classes only with `trust_remote_code=True`
+/// (`models/auto/auto_factory.py`); llm-mem never runs them.
+fn auto_map_classes(obj: &serde_json::Map<String, Value>) -> Option<String> {
+    let map = obj.get("auto_map")?.as_object()?;
+    let mut parts: Vec<String> = map
+        .iter()
+        .map(|(k, v)| match v {
+            Value::String(c) => format!("{k} → {c}"),
+            // [slow, fast] tokenizer pairs
+            Value::Array(a) => format!(
+                "{k} → {}",
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            ),
+            other => format!("{k} → {other}"),
+        })
+        .collect();
+    parts.truncate(4);
+    Some(parts.join(", "))
+}
+
+/// The note for a config that carries `auto_map` (remote code) but whose `model_type` is
+/// a modelled family: the family's own description is used and the code is never run.
+/// `None` for a config without `auto_map` (or not JSON).
+pub fn remote_code(json: &str, model_type: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(json).ok()?;
+    let classes = auto_map_classes(v.as_object()?)?;
+    Some(format!(
+        "config.json names remote code (auto_map: {classes}); llm-mem never runs it and counts the model as the built-in {model_type:?} family describes it"
+    ))
 }
 
 /// One linear slot (see [`block_modules`]).

@@ -1,42 +1,62 @@
-//! Resolving `--model M` to a [`ModelSpec`]. All model-source I/O lives here.
+//! Resolving `--model M` to a [`ModelSpec`]. All model-source file I/O but the cache's
+//! own lives here.
 //!
-//! Order: a built-in preset name ([`crate::hf::presets`]) → a path (a `config.json` file or
-//! a folder holding one) → a Hugging Face model id `org/name` in the local HF cache
-//! (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`; layout
-//! `models--ORG--NAME/snapshots/REV/config.json`, revision from `refs/main`, else the
-//! newest snapshot). Nothing is downloaded. When the folder or snapshot also holds
-//! `model.safetensors` or `model.safetensors.index.json` + shards, their headers are
-//! read ([`crate::hf::safetensors`]) and `spec.checkpoint` is set.
+//! Order ([`resolve_from`]): a built-in preset name ([`crate::hf::presets`]) → a path (a
+//! `config.json` file or a folder holding one) → a Hugging Face model id
+//! `org/name[@revision]` in the local HF cache ([`crate::hf::cache`]) → the same id
+//! fetched from the Hub ([`crate::hf::remote`]: config files and safetensors headers,
+//! never weights) and stored in the cache → the preset whose HF id it is (when the Hub
+//! could not be asked or refused). When the folder or snapshot also holds
+//! `model.safetensors` or `model.safetensors.index.json` + shards (or their stored
+//! headers), their headers are read ([`crate::hf::safetensors`]) and `spec.checkpoint` is
+//! set.
 
 use std::path::{Path, PathBuf};
 
 use crate::arch::ModelSpec;
 use crate::error::{Error, Result};
-use crate::hf::config::parse_config;
-use crate::hf::{presets, safetensors};
+use crate::hf::config::{parse_config, remote_code};
+use crate::hf::remote::{self, Fetched, HubConfig, RepoRef};
+use crate::hf::{cache, presets, safetensors};
 
-/// The HF hub cache folder as `huggingface_hub` computes it: `$HF_HUB_CACHE`, else
-/// `$HF_HOME/hub`, else `$HOME/.cache/huggingface/hub` (`None` without any of them).
-pub fn default_cache_root() -> Option<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(p) = var("HF_HUB_CACHE") {
-        return Some(PathBuf::from(p));
-    }
-    if let Some(p) = var("HF_HOME") {
-        return Some(PathBuf::from(p).join("hub"));
-    }
-    let home = var("HOME").or_else(|| var("USERPROFILE"))?;
-    Some(PathBuf::from(home).join(".cache/huggingface/hub"))
+pub use crate::hf::cache::{default_cache_root, find_in_cache};
+
+/// Where a model id may be looked up beyond presets and paths.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    /// The HF cache folder (none searched or written when `None`).
+    pub cache_root: Option<PathBuf>,
+    /// The Hub; `None` = never asked (as if offline, but not said to the user).
+    pub hub: Option<HubConfig>,
 }
 
-/// Resolve `name` with the default HF cache ([`default_cache_root`]).
+impl Sources {
+    /// The cache and Hub the environment names ([`default_cache_root`],
+    /// [`HubConfig::from_env`]).
+    pub fn from_env() -> Result<Sources> {
+        Ok(Sources {
+            cache_root: default_cache_root(),
+            hub: Some(HubConfig::from_env()?),
+        })
+    }
+
+    /// Only the cache at `root`; the Hub is never asked.
+    pub fn offline(cache_root: Option<&Path>) -> Sources {
+        Sources {
+            cache_root: cache_root.map(Path::to_path_buf),
+            hub: None,
+        }
+    }
+}
+
+/// Resolve `name` with the cache and Hub the environment names ([`Sources::from_env`]).
 pub fn resolve(name: &str) -> Result<ModelSpec> {
-    resolve_with(name, default_cache_root().as_deref())
+    resolve_from(name, &Sources::from_env()?).map(|(spec, _)| spec)
 }
 
-/// Resolve `name`: preset → path → HF cache under `cache_root` (none searched when
-/// `None`) → the preset whose HF id is `name`. Not found → [`Error::ModelNotFound`]
-/// naming the cache folder searched.
+/// Resolve `name` offline: preset → path → HF cache under `cache_root` (none searched
+/// when `None`) → the preset whose HF id is `name`. Not found →
+/// [`Error::ModelNotFound`] naming the cache folder searched.
 pub fn resolve_with(name: &str, cache_root: Option<&Path>) -> Result<ModelSpec> {
     resolve_noted(name, cache_root).map(|(spec, _)| spec)
 }
@@ -45,6 +65,12 @@ pub fn resolve_with(name: &str, cache_root: Option<&Path>) -> Result<ModelSpec> 
 /// its HF id, a `refs/main` naming a missing snapshot, a checkpoint index naming
 /// absent shards), for the caller to show.
 pub fn resolve_noted(name: &str, cache_root: Option<&Path>) -> Result<(ModelSpec, Vec<String>)> {
+    resolve_from(name, &Sources::offline(cache_root))
+}
+
+/// Resolve `name` from `sources` in the order of the module doc, with notes.
+pub fn resolve_from(name: &str, sources: &Sources) -> Result<(ModelSpec, Vec<String>)> {
+    let cache_root = sources.cache_root.as_deref();
     let mut notes = Vec::new();
     if let Some(spec) = presets::get(name) {
         return Ok((spec?, notes));
@@ -64,21 +90,17 @@ pub fn resolve_noted(name: &str, cache_root: Option<&Path>) -> Result<(ModelSpec
             });
         }
     }
-    if let (true, Some(root)) = (is_hub_id(name), cache_root) {
-        if let Some(snapshot) = find_in_cache_noted(root, name, &mut notes)? {
+    let repo = RepoRef::parse(name);
+    let lookup = repo.clone().or_else(|| {
+        is_hub_id(name).then(|| RepoRef {
+            id: name.to_string(),
+            revision: "main".to_string(),
+        })
+    });
+    if let (Some(r), Some(root)) = (&lookup, cache_root) {
+        if let Some(snapshot) = cache::find_noted(root, &r.id, &r.revision, &mut notes)? {
             return Ok((load_dir_noted(&snapshot, name, &mut notes)?, notes));
         }
-    }
-    if let Some(preset) = presets::by_hf_id(name) {
-        let where_ = cache_root.map_or_else(
-            || "no cache folder".to_string(),
-            |r| r.display().to_string(),
-        );
-        notes.push(format!(
-            "{name} is not in the local Hugging Face cache ({where_}); using the built-in preset {preset}, published from it"
-        ));
-        let spec = presets::get(preset).expect("by_hf_id returns a preset name")?;
-        return Ok((spec, notes));
     }
     if let Some((model_type, kind)) = presets::known_unsupported(name) {
         return Err(Error::Unsupported {
@@ -87,13 +109,97 @@ pub fn resolve_noted(name: &str, cache_root: Option<&Path>) -> Result<(ModelSpec
             supported: crate::arch::Family::supported_list(),
         });
     }
+    // the Hub: why it was not asked, or what it answered
+    let mut not_asked = String::new();
+    let mut hub_error = None;
+    match (&repo, &sources.hub) {
+        (Some(r), Some(cfg)) if cfg.offline => {
+            not_asked = format!("; HF_HUB_OFFLINE is set, so {} was not asked", cfg.endpoint);
+            let _ = r;
+        }
+        (Some(r), Some(cfg)) => match fetch_into(r, cfg, cache_root) {
+            Ok((fetched, stored)) => {
+                notes.push(fetched_note(&fetched, &stored.snapshot));
+                notes.extend(fetched.notes.iter().cloned());
+                return Ok((load_dir_noted(&stored.snapshot, name, &mut notes)?, notes));
+            }
+            Err(e) => hub_error = Some(e),
+        },
+        _ => {}
+    }
+    if let Some(preset) = presets::by_hf_id(lookup.as_ref().map_or(name, |r| r.id.as_str())) {
+        let where_ = cache_root.map_or_else(
+            || "no cache folder".to_string(),
+            |r| r.display().to_string(),
+        );
+        let why = match &hub_error {
+            Some(e) => format!("; the Hub could not be used: {e}"),
+            None => not_asked.clone(),
+        };
+        notes.push(format!(
+            "{name} is not in the local Hugging Face cache ({where_}){why}; using the built-in preset {preset}, published from it"
+        ));
+        let spec = presets::get(preset).expect("by_hf_id returns a preset name")?;
+        return Ok((spec, notes));
+    }
+    if let Some(e) = hub_error {
+        return Err(e);
+    }
+    if repo.is_none() && is_hub_id(name) {
+        not_asked = format!("; {name:?} is not a valid Hub id (letters, digits, '-', '_', '.'; see `llm-mem fetch --help`)");
+    }
     Err(Error::ModelNotFound {
         name: name.to_string(),
         cache: cache_root.map_or_else(
             || "no cache folder: HF_HUB_CACHE, HF_HOME and HOME are unset".to_string(),
             |r| r.display().to_string(),
         ),
+        hub: not_asked,
     })
+}
+
+/// Fetch `repo` from the Hub and store it in the cache at `cache_root`.
+pub fn fetch_into(
+    repo: &RepoRef,
+    cfg: &HubConfig,
+    cache_root: Option<&Path>,
+) -> Result<(Fetched, cache::Stored)> {
+    let root = cache_root.ok_or_else(|| Error::Hub {
+        model: repo.display(),
+        message: "no cache folder to store the fetched files in: set HF_HUB_CACHE or HF_HOME"
+            .to_string(),
+    })?;
+    let fetched = remote::fetch(repo, cfg)?;
+    let stored = cache::store(root, &fetched)?;
+    Ok((fetched, stored))
+}
+
+/// One line saying what was fetched and where it went.
+pub fn fetched_note(f: &Fetched, snapshot: &Path) -> String {
+    let header_bytes: u64 = f.headers.iter().map(|h| h.prefix.len() as u64).sum();
+    let weights: u64 = f.headers.iter().filter_map(|h| h.file_size).sum();
+    let headers = if f.headers.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " and the headers of {} safetensors file(s) ({header_bytes} bytes of {weights} bytes of weights, which were not downloaded)",
+            f.headers.len()
+        )
+    };
+    format!(
+        "fetched {} (commit {}) from {}: {}{headers}; stored in {} ({} requests, {} bytes)",
+        f.repo.display(),
+        f.commit,
+        f.endpoint,
+        f.files
+            .iter()
+            .map(|x| x.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        snapshot.display(),
+        f.requests,
+        f.bytes_received
+    )
 }
 
 /// `org/name` with two non-empty parts and no `.`/`..` components.
@@ -107,55 +213,6 @@ pub fn is_hub_id(name: &str) -> bool {
     }
 }
 
-/// The snapshot folder of `org/name` under `root` that holds a `config.json`: the
-/// revision named by `refs/main` when it exists, else the most recently modified one.
-pub fn find_in_cache(root: &Path, id: &str) -> Option<PathBuf> {
-    find_in_cache_noted(root, id, &mut Vec::new())
-        .ok()
-        .flatten()
-}
-
-/// [`find_in_cache`], noting a `refs/main` that names a missing snapshot; a cached repo
-/// none of whose snapshots has a `config.json` is an error saying so.
-fn find_in_cache_noted(root: &Path, id: &str, notes: &mut Vec<String>) -> Result<Option<PathBuf>> {
-    let repo = root.join(format!("models--{}", id.replace('/', "--")));
-    let snapshots = repo.join("snapshots");
-    let mut wanted = None;
-    if let Ok(rev) = std::fs::read_to_string(repo.join("refs").join("main")) {
-        let rev = rev.trim().to_string();
-        let dir = snapshots.join(&rev);
-        if !rev.is_empty() && !rev.contains(['/', '\\']) && dir.join("config.json").is_file() {
-            return Ok(Some(dir));
-        }
-        wanted = Some(rev);
-    }
-    let newest = std::fs::read_dir(&snapshots).ok().and_then(|d| {
-        d.filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.join("config.json").is_file())
-            .max_by_key(|p| {
-                std::fs::metadata(p)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .map(|t| (t, p.clone()))
-            })
-    });
-    match (&newest, wanted) {
-        (Some(dir), Some(rev)) => notes.push(format!(
-            "{id}: refs/main names revision {rev:?}, which has no snapshot with a config.json; using snapshot {} (the newest)",
-            dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-        )),
-        (None, _) if repo.is_dir() => {
-            return Err(Error::Config {
-                path: repo.display().to_string(),
-                message: format!("found {id} in the Hugging Face cache but its snapshot has no config.json"),
-            })
-        }
-        _ => {}
-    }
-    Ok(newest)
-}
-
 /// Parse a `config.json` file; the checkpoint next to it (if any) is read too.
 pub fn load_config_file(path: &Path) -> Result<ModelSpec> {
     load_config_noted(path, &mut Vec::new())
@@ -164,6 +221,7 @@ pub fn load_config_file(path: &Path) -> Result<ModelSpec> {
 fn load_config_noted(path: &Path, notes: &mut Vec<String>) -> Result<ModelSpec> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::io(path, source))?;
     let mut spec = parse_config(&text, &path.display().to_string())?;
+    notes.extend(remote_code(&text, spec.family.model_type()));
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     attach_checkpoint(&mut spec, dir.unwrap_or(Path::new(".")), notes)?;
     Ok(spec)
@@ -179,6 +237,7 @@ fn load_dir_noted(dir: &Path, name: &str, notes: &mut Vec<String>) -> Result<Mod
     let cfg = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg).map_err(|source| Error::io(&cfg, source))?;
     let mut spec = parse_config(&text, &cfg.display().to_string())?;
+    notes.extend(remote_code(&text, spec.family.model_type()));
     spec.name = name.to_string();
     attach_checkpoint(&mut spec, dir, notes)?;
     Ok(spec)

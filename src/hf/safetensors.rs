@@ -178,12 +178,18 @@ fn parse_entry(name: &str, entry: &Value, data_len: u64, path: &Path) -> Result<
 /// rejected) has its header read once, and every tensor of `weight_map` must be in the
 /// shard it names. Returns the tensors of all shards, sorted by name.
 pub fn read_index(index: &Path) -> Result<Vec<TensorInfo>> {
-    let shards = shard_files(index)?;
     let dir = index.parent().unwrap_or(Path::new("."));
+    read_index_with(index, &|shard| read_header(&dir.join(shard)))
+}
+
+fn read_index_with(
+    index: &Path,
+    read_shard: &dyn Fn(&str) -> Result<Vec<TensorInfo>>,
+) -> Result<Vec<TensorInfo>> {
+    let shards = shard_files(index)?;
     let mut out = Vec::new();
     for (shard, names) in &shards {
-        let p = dir.join(shard);
-        let tensors = read_header(&p)?;
+        let tensors = read_shard(shard)?;
         let present: BTreeSet<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
         if let Some(missing) = names.iter().find(|n| !present.contains(n.as_str())) {
             return Err(bad(
@@ -200,7 +206,12 @@ pub fn read_index(index: &Path) -> Result<Vec<TensorInfo>> {
 /// The shard files of an index (`weight_map` values) with the tensors mapped to each.
 pub fn shard_files(index: &Path) -> Result<BTreeMap<String, Vec<String>>> {
     let text = std::fs::read_to_string(index).map_err(io(index))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| {
+    parse_index(&text, index)
+}
+
+/// [`shard_files`] of an index's text; `index` names it in errors.
+pub fn parse_index(text: &str, index: &Path) -> Result<BTreeMap<String, Vec<String>>> {
+    let v: Value = serde_json::from_str(text).map_err(|e| {
         bad(
             index,
             format!(
@@ -240,23 +251,168 @@ pub fn shard_files(index: &Path) -> Result<BTreeMap<String, Vec<String>>> {
 }
 
 /// The checkpoint of a model folder: `model.safetensors`, else
-/// `model.safetensors.index.json` + shards. `Ok(None)` when the folder has neither, or
-/// when a shard named by the index is absent (a partial download: the config still
-/// describes the model). Corrupt headers are errors.
+/// `model.safetensors.index.json` + shards; a shard absent from the folder is read from
+/// its headers-only copy when [`HEADERS_MANIFEST`] lists one (what `llm-mem fetch`
+/// stores). `Ok(None)` when the folder has neither, or when a shard named by the index
+/// is absent (a partial download: the config still describes the model). Corrupt
+/// headers and manifests are errors.
 pub fn read_checkpoint(dir: &Path) -> Result<Option<Vec<TensorInfo>>> {
-    let single = dir.join(SINGLE_FILE);
-    if single.is_file() {
-        return read_header(&single).map(Some);
+    let manifest = read_manifest(dir)?;
+    let stored = |name: &str| {
+        manifest
+            .as_ref()
+            .and_then(|m| m.shards.iter().find(|s| s.file == name))
+    };
+    let present = |name: &str| dir.join(name).is_file() || stored(name).is_some();
+    let read_shard = |name: &str| -> Result<Vec<TensorInfo>> {
+        let real = dir.join(name);
+        match stored(name) {
+            Some(s) if !real.is_file() => read_header_copy(dir, s),
+            _ => read_header(&real),
+        }
+    };
+    if present(SINGLE_FILE) {
+        return read_shard(SINGLE_FILE).map(Some);
     }
     let index = dir.join(INDEX_FILE);
     if index.is_file() {
         let shards = shard_files(&index)?;
-        if shards.keys().any(|s| !dir.join(s).is_file()) {
+        if shards.keys().any(|s| !present(s)) {
             return Ok(None);
         }
-        return read_index(&index).map(Some);
+        return read_index_with(&index, &read_shard).map(Some);
     }
     Ok(None)
+}
+
+/// The file in a snapshot folder that marks it as holding safetensors *headers only*
+/// (written by `llm-mem fetch`, see [`HeadersManifest`]).
+pub const HEADERS_MANIFEST: &str = "llm-mem-headers.json";
+/// The suffix of a stored header: `model-00001-of-00004.safetensors.llm-mem-header`
+/// holds that shard's first 8 + N bytes. No loader takes it for a checkpoint: the name
+/// does not end in `.safetensors`, and no `blobs/` entry is made for it.
+pub const HEADER_SUFFIX: &str = ".llm-mem-header";
+/// The [`HeadersManifest`] schema this version writes and reads.
+pub const HEADERS_SCHEMA_VERSION: u64 = 1;
+
+/// `llm-mem-headers.json`: which shards of a snapshot are stored as headers only.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersManifest {
+    pub schema_version: u64,
+    /// `llm-mem X.Y.Z`.
+    pub written_by: String,
+    /// A sentence for people who find the file.
+    pub content: String,
+    pub endpoint: String,
+    pub repo: String,
+    pub revision: String,
+    pub commit: String,
+    pub shards: Vec<StoredHeader>,
+}
+
+/// One headers-only shard.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredHeader {
+    /// The shard's name in the repo.
+    pub file: String,
+    /// The file beside the manifest holding its first 8 + N bytes.
+    pub header_file: String,
+    /// The shard's full size in bytes (not downloaded); `null` when the server did not
+    /// say.
+    pub size: Option<u64>,
+    /// 8 + N.
+    pub header_bytes: u64,
+    pub etag: Option<String>,
+}
+
+/// The manifest of `dir`, if it has one. A manifest that is not valid JSON, has another
+/// schema version or names files outside `dir` is an error naming it.
+pub fn read_manifest(dir: &Path) -> Result<Option<HeadersManifest>> {
+    let p = dir.join(HEADERS_MANIFEST);
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+    let version = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v.get("schema_version")?.as_u64());
+    if version.is_some_and(|v| v != HEADERS_SCHEMA_VERSION) {
+        return Err(bad(
+            &p,
+            format!(
+                "headers manifest schema_version {} is not the one this version reads ({HEADERS_SCHEMA_VERSION}); run `llm-mem fetch` again",
+                version.unwrap_or_default()
+            ),
+        ));
+    }
+    let m: HeadersManifest = serde_json::from_str(&text).map_err(|e| {
+        bad(
+            &p,
+            format!("not a headers manifest (schema_version {HEADERS_SCHEMA_VERSION}): {e}"),
+        )
+    })?;
+    for s in &m.shards {
+        for f in [&s.file, &s.header_file] {
+            let fp = Path::new(f);
+            if f.is_empty()
+                || fp.is_absolute()
+                || fp
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(bad(
+                    &p,
+                    format!("{f:?} is not a file in the snapshot folder"),
+                ));
+            }
+        }
+    }
+    Ok(Some(m))
+}
+
+/// Read a stored header (see [`HEADER_SUFFIX`]): exactly `header_bytes` = 8 + N bytes,
+/// tensors checked against the shard size the manifest records.
+fn read_header_copy(dir: &Path, s: &StoredHeader) -> Result<Vec<TensorInfo>> {
+    let p = dir.join(&s.header_file);
+    let bytes = std::fs::read(&p).map_err(io(&p))?;
+    let len = bytes.len() as u64;
+    if len < 8 {
+        return Err(bad(
+            &p,
+            format!("stored header is {len} bytes, shorter than the 8-byte header length"),
+        ));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    if n > MAX_HEADER_BYTES {
+        return Err(bad(
+            &p,
+            format!("header length {n} bytes exceeds the {MAX_HEADER_BYTES}-byte limit"),
+        ));
+    }
+    if len != 8 + n || s.header_bytes != len {
+        return Err(bad(
+            &p,
+            format!(
+                "stored header is {len} bytes; its length field says 8 + {n} and the manifest {}: the file is truncated or not a header; run `llm-mem fetch` again",
+                s.header_bytes
+            ),
+        ));
+    }
+    let data_len = match s.size {
+        Some(size) if size < len => {
+            return Err(bad(
+                &p,
+                format!(
+                    "the manifest says the shard is {size} bytes, less than its {len}-byte header"
+                ),
+            ))
+        }
+        Some(size) => size - len,
+        None => u64::MAX,
+    };
+    parse_header(&bytes[8..], data_len, &p)
 }
 
 /// Paths of the checkpoint files a folder holds (for messages).

@@ -12,6 +12,8 @@ mod cli;
 mod csv;
 mod cuda;
 mod fuzz;
+mod hub;
+mod mock_hub;
 mod oracle;
 mod parallel;
 mod params;

@@ -302,7 +302,7 @@ fn hf_cache_without_refs_takes_a_snapshot() {
 fn not_found_names_the_cache() {
     let d = TempDir::new("empty");
     match hub::resolve_with("acme/missing", Some(d.path())).unwrap_err() {
-        Error::ModelNotFound { name, cache } => {
+        Error::ModelNotFound { name, cache, .. } => {
             assert_eq!(name, "acme/missing");
             assert_eq!(cache, d.path().display().to_string());
         }

@@ -12,6 +12,7 @@
 //! - the edges seen form no cycle (computed, not implied by the table);
 //! - `candle_core` / `candle_nn` are named only under `src/probe/`;
 //! - file I/O (`std::fs`, `fs::`, `File::`, `OpenOptions`) only in [`FILE_IO`];
+//! - network I/O (`ureq`, `std::net`, `TcpStream`) only in [`NETWORK`];
 //! - `feature = "cuda"` only in [`CUDA_FEATURE`].
 //!
 //! Each rule counts what it checked, so none can pass on an empty or unread tree, and
@@ -66,12 +67,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
 /// Files (paths under `src/`; a trailing `/` is a whole folder) that may do file I/O.
 const FILE_IO: &[&str] = &[
     "hf/hub.rs",
+    "hf/cache.rs",
+    "hf/remote.rs",
     "hf/safetensors.rs",
     "probe/",
     "calibration/",
     "cli/",
     "main.rs",
 ];
+
+/// The one file that opens network connections: the Hub client.
+const NETWORK: &[&str] = &["hf/remote.rs"];
 
 /// The files that name `feature = "cuda"` today: `probe/mod.rs` picks `cuda.rs` or
 /// `cuda_stub.rs` with it, and nothing else names the feature.
@@ -356,6 +362,7 @@ struct Report {
     candle_mentions: usize,
     /// File-I/O tokens seen (all in `FILE_IO` when clean).
     file_io_mentions: usize,
+    network_mentions: usize,
     /// Files naming `feature = "cuda"`.
     cuda_feature_files: BTreeSet<String>,
     /// The top-level modules of the library found in the tree.
@@ -599,6 +606,26 @@ fn check(files: &[SrcFile]) -> Report {
             }
         }
 
+        // ---- network I/O, in code
+        for tok in [
+            "ureq::",
+            "std::net",
+            "TcpStream",
+            "TcpListener",
+            "UdpSocket",
+        ] {
+            for at in find_token(&v.bare, tok) {
+                r.network_mentions += 1;
+                if !NETWORK.iter().any(|rule| under(&f.path, rule)) {
+                    r.violations.push(format!(
+                        "src/{}:{}: network I/O (`{tok}`) outside {NETWORK:?}",
+                        f.path,
+                        line_of(&v.bare, at)
+                    ));
+                }
+            }
+        }
+
         // ---- feature = "cuda" (in attributes and cfg!: strings kept)
         let squeezed: String = v.code.chars().filter(|c| !c.is_whitespace()).collect();
         if squeezed.contains("feature=\"cuda\"") {
@@ -751,6 +778,20 @@ fn file_io_only_at_the_edges() {
 }
 
 #[test]
+fn network_only_in_the_hub_client() {
+    let r = real();
+    eprintln!("tidy: {} network tokens", r.network_mentions);
+    assert!(
+        r.network_mentions >= 3,
+        "{} network tokens seen: is src/hf/remote.rs read?",
+        r.network_mentions
+    );
+    assert_clean(&r, "network I/O outside the Hub client", |v| {
+        v.contains("network I/O")
+    });
+}
+
+#[test]
 fn cuda_feature_named_only_in_probe_mod() {
     let r = real();
     let want: BTreeSet<String> = CUDA_FEATURE.iter().map(|s| s.to_string()).collect();
@@ -796,6 +837,11 @@ fn checker_reports_violations_in_a_fake_tree() {
         file("workload/x.rs", "use std::{fs, io};\n#[cfg(feature = \"cuda\")]\nfn g() {}\n"),
         file("probe/mod.rs", "#[cfg(feature = \"cuda\")]\nuse candle_core::Device;\nfn h() { std::fs::write(\"a\", \"b\"); }\n"),
         file("hf/hub.rs", "fn r() { std::fs::read_to_string(\"p\"); }\n"),
+        file("hf/remote.rs", "fn n() { let _ = ureq::get(\"u\"); }\n"),
+        file(
+            "report/web.rs",
+            "use std::net::TcpListener;\nfn s() { let _ = TcpListener::bind(\"x\"); }\n",
+        ),
     ];
     let r = check(&files);
     let has = |needle: &str| r.violations.iter().any(|v| v.contains(needle));
@@ -811,6 +857,8 @@ fn checker_reports_violations_in_a_fake_tree() {
         "src/workload/x.rs:1: file I/O (`std::{fs}`)",
         "src/workload/x.rs: names `feature = \"cuda\"`",
         "src/cli/mod.rs:2: `crate::arch` in the binary",
+        "src/report/web.rs:1: network I/O (`std::net`)",
+        "src/report/web.rs:2: network I/O (`TcpListener`)",
     ];
     for e in expect {
         assert!(has(e), "not reported: {e}\nreported:\n{:#?}", r.violations);
@@ -823,6 +871,7 @@ fn checker_reports_violations_in_a_fake_tree() {
         "units → report",
         "src/hf/config.rs",
         "src/hf/hub.rs",
+        "src/hf/remote.rs",
         "src/probe/mod.rs",
         "src/lib.rs",
         "src/main.rs",

@@ -96,20 +96,39 @@ impl Run {
 
 /// Run the binary with `args`, from the crate root (relative paths such as
 /// `probes/cpu-smoke.toml` resolve there) and offline: the HF cache points at an empty
-/// folder, so results do not depend on the machine. No run may panic.
+/// folder and `HF_HUB_OFFLINE=1`, so results do not depend on the machine or the network. No run may panic.
 pub fn run<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run_with(args, &[])
+}
+
+/// [`run`] with environment variables set on top (`HF_HUB_CACHE`, `HF_HUB_OFFLINE`,
+/// `HF_ENDPOINT`, ...); an empty value removes the variable.
+pub fn run_with<I, S>(args: I, env: &[(&str, &str)]) -> Run
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
     let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let cache = TempDir::new("hf-cache");
-    let out = Command::new(BIN)
-        .args(&args)
+    let mut cmd = Command::new(BIN);
+    cmd.args(&args)
         .current_dir(root())
         .env("HF_HUB_CACHE", cache.path())
-        .output()
-        .expect("the binary runs");
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_ENDPOINT")
+        .env_remove("HF_TOKEN");
+    for (k, v) in env {
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
+    }
+    let out = cmd.output().expect("the binary runs");
     let r = Run {
         code: out.status.code().expect("exited, not killed by a signal"),
         stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),

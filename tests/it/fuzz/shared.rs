@@ -372,7 +372,7 @@ pub fn estimate_checked(spec: &ModelSpec, s: &Settings) -> Result<bool, String> 
 
 /// The model `s` names (presets, paths), with `layers` applied; `None` if rejected.
 pub fn model_of(s: &Settings) -> Option<ModelSpec> {
-    let spec = llm_mem::hf::hub::resolve(s.model.as_deref()?).ok()?;
+    let spec = llm_mem::hf::hub::resolve_with(s.model.as_deref()?, None).ok()?;
     match s.layers {
         Some(l) => spec.with_layers(l).ok(),
         None => Some(spec),
