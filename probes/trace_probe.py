@@ -1,0 +1,519 @@
+#!/usr/bin/env python3
+"""The trace probe: exact PyTorch memory of a training step, for any architecture
+transformers can build, on a CPU, without weights and without a GPU.
+
+    python3 probes/trace_probe.py --config CONFIG.json [--config ...] --out ROWS.csv \
+        [--layers 1,2] [--batch 1] [--seq 128] [--dtype bf16,amp_bf16] \
+        [--attn eager,sdpa] [--grad-ckpt none,nonreentrant] [--mode full,lora_all,lora_attn] \
+        [--semantics cpu,cuda] [--engine fake|real] [--optimizer]
+
+Each cell of the cross product builds the model from its config.json with
+`AutoModelForCausalLM.from_config` (`num_hidden_layers` = --layers, full width, random
+init, no download) inside `torch._subclasses.FakeTensorMode` (`--engine fake`: shapes,
+dtypes, dispatch, autograd and the SDPA backend choice run; no arithmetic) or on real
+CPU tensors (`--engine real`, for checking the fake engine on scaled-down configs), then
+runs forward (train mode, `use_cache=False`, random `input_ids`, `labels=input_ids`) →
+`loss.backward()` → optionally one AdamW step, under a `TorchDispatchMode` that sees
+every op's outputs and tracks each output storage's lifetime with `weakref.finalize` on
+its `UntypedStorage` (PyTorch keeps one Python object per live storage, so the callback
+fires exactly when the last tensor using it dies; the tracker holds no strong
+reference, so lifetimes are unchanged). Parameters' storages are excluded from the
+activation figures.
+
+Recorded per cell (the columns of tests/data/oracle/activations.csv, plus the
+optimizer phase and the versions):
+- `live_after_fwd_bytes`: non-parameter storages alive after the forward with only the
+  loss kept (what autograd holds for backward, plus the inputs);
+- `saved_*`: what autograd's pack hook (`torch.autograd.graph.saved_tensors_hooks`)
+  received, distinct storages once (`saved_bytes_storage`) and summed over pack calls
+  (`saved_bytes_tensors`), split by the module that packed it and by dtype;
+- `peak_fwd_bytes`, `peak_bwd_bytes` (with gradients accumulated so far),
+  `peak_bwd_excl_grads`, `grads_bytes`; with --optimizer `peak_opt_bytes` (during
+  `step`, live non-parameter bytes incl. gradients and state) and `opt_state_bytes`.
+  Peaks are op-granular: no kernel workspaces, no allocator rounding.
+
+Recipes: `bf16` = parameters and compute in bf16; `amp_bf16` = fp32 parameters under
+`torch.autocast(device, bfloat16)`. LoRA: peft `LoraConfig(r=16, lora_alpha=32,
+lora_dropout=0, bias="none")`, `all-linear` or the attention projections. Checkpointing:
+`gradient_checkpointing_enable(use_reentrant=...)`.
+
+`--semantics cuda`: the fake tensors live on `cuda:0` (no GPU needed): CUDA kernels'
+meta functions run (dropout keeps a bool mask). SDPA on a fake CUDA device without a
+real GPU would fall back to the math kernel, so `F.scaled_dot_product_attention` is
+routed to the kernel a GPU picks (`sdp_utils.cpp` `select_sdp_backend`, priority flash →
+efficient → math): flash attention when there is no explicit mask, the dtype is
+fp16/bf16 and head_dim is a multiple of 8 up to 256; else memory-efficient attention.
+
+Versions of torch, transformers and peft are written into every row.
+"""
+
+import argparse
+import csv
+import gc
+import json
+import os
+import sys
+import weakref
+
+COLUMNS = [
+    "model", "layers", "batch", "seq", "dtype", "attn_impl", "grad_ckpt", "mode",
+    "engine", "status", "saved_bytes_storage", "saved_bytes_tensors", "logits_bytes",
+    "live_after_fwd_bytes", "peak_fwd_bytes", "peak_bwd_bytes", "peak_bwd_excl_grads",
+    "grads_bytes", "trainable_params", "n_saved", "n_saved_storages", "saved_embed",
+    "saved_layers", "saved_final_norm", "saved_lm_head", "saved_top", "saved_rope",
+    "saved_vision", "saved_other", "saved_fp32_bytes", "saved_bf16_bytes",
+    "saved_otherdtype_bytes", "hidden_size", "vocab_size",
+    # beyond the oracle's columns
+    "model_type", "params_total", "param_bytes", "peak_opt_bytes", "opt_state_bytes",
+    "sdpa_kernel", "torch", "transformers", "peft", "error",
+]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", action="append", required=True,
+                   help="a config.json (NAME=PATH names the row's model; default the folder name)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--layers", default="1,2")
+    p.add_argument("--batch", default="1")
+    p.add_argument("--seq", default="128")
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--attn", default="eager,sdpa")
+    p.add_argument("--grad-ckpt", default="none")
+    p.add_argument("--mode", default="full")
+    p.add_argument("--semantics", default="cpu")
+    p.add_argument("--engine", default="fake", choices=["fake", "real"])
+    p.add_argument("--optimizer", action="store_true", help="also run one AdamW step")
+    p.add_argument("--override", action="append", default=[],
+                   help="KEY=JSON set in every config (e.g. hidden_size=64 for a scaled-down check)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells; needs no torch")
+    return p.parse_args(argv)
+
+
+def split(s, conv=str):
+    return [conv(x) for x in s.split(",") if x.strip()]
+
+
+def cells(args):
+    for spec in args.config:
+        name, _, path = spec.rpartition("=")
+        if not name:
+            name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        for layers in split(args.layers, int):
+            for batch in split(args.batch, int):
+                for seq in split(args.seq, int):
+                    for dtype in split(args.dtype):
+                        for attn in split(args.attn):
+                            for ckpt in split(args.grad_ckpt):
+                                for mode in split(args.mode):
+                                    for sem in split(args.semantics):
+                                        yield dict(model=name, path=path, layers=layers,
+                                                   batch=batch, seq=seq, dtype=dtype,
+                                                   attn_impl=attn, grad_ckpt=ckpt,
+                                                   mode=mode, semantics=sem)
+
+
+# ---------------------------------------------------------------- the tracker
+
+class Tracker:
+    """Live bytes of every storage an op outputs, by lifetime (weakref.finalize)."""
+
+    def __init__(self):
+        self.live = {}          # storage key -> bytes
+        self.excluded = set()   # parameter / buffer / input storages
+        self.params = set()     # parameter / buffer storages
+        self.events = []        # (+bytes | -bytes, key) in order
+        self.on = True
+
+    @staticmethod
+    def key(st):
+        return st._cdata
+
+    def see(self, t):
+        import torch
+        if not isinstance(t, torch.Tensor):
+            return
+        try:
+            st = t.untyped_storage()
+        except Exception:
+            return  # sparse / nested: none in these models
+        k = self.key(st)
+        if k in self.live:
+            return
+        n = st.nbytes()
+        self.live[k] = n
+        self.events.append((n, k))
+        weakref.finalize(st, self._free, k)
+
+    def _free(self, k):
+        n = self.live.pop(k, None)
+        if n is not None:
+            self.events.append((-n, k))
+
+    def exclude_tensors(self, tensors):
+        for t in tensors:
+            self.see(t)
+            self.excluded.add(self.key(t.untyped_storage()))
+
+    def mark(self):
+        return len(self.events)
+
+    def live_bytes(self, also_excluded=()):
+        ex = self.excluded | set(also_excluded)
+        return sum(n for k, n in self.live.items() if k not in ex)
+
+    def accumulated(self, grad):
+        """Marks the moment a gradient became a parameter's `.grad` (a post-accumulate
+        hook): from then on `peak_between(.., drop_accumulated=True)` leaves it out."""
+        self.events.append((0, ("acc", self.key(grad.untyped_storage()))))
+
+    def peak_between(self, start, end, base_live, drop_accumulated=False):
+        """Max live non-excluded bytes over events[start:end], starting from the live
+        set `base_live` (key -> bytes) at `start`; with `drop_accumulated`, a gradient
+        stops counting once it is accumulated into `.grad`."""
+        skip = set(self.excluded)
+        size = dict(base_live)
+        cur = sum(n for k, n in base_live.items() if k not in skip)
+        peak = cur
+        for n, k in self.events[start:end]:
+            if isinstance(k, tuple):
+                if drop_accumulated and k[1] not in skip:
+                    skip.add(k[1])
+                    cur -= size.get(k[1], 0) if k[1] in size else 0
+                continue
+            if k in skip:
+                continue
+            if n > 0:
+                size[k] = n
+            else:
+                size.pop(k, None)
+            cur += n
+            peak = max(peak, cur)
+        return peak
+
+
+def make_mode(tracker):
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Track(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                tracker.see(t)
+            return out
+
+    return Track()
+
+
+# ---------------------------------------------------------------- SDPA as a GPU runs it
+
+def gpu_sdpa():
+    """`F.scaled_dot_product_attention` with the backend a CUDA GPU selects (see the
+    module doc); returns (function, list that records the kernels used)."""
+    import torch
+    aten = torch.ops.aten
+    used = []
+
+    def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if enable_gqa and k.shape[-3] != q.shape[-3]:
+            rep = q.shape[-3] // k.shape[-3]
+            k = k.repeat_interleave(rep, dim=-3)
+            v = v.repeat_interleave(rep, dim=-3)
+        d = q.shape[-1]
+        flash_ok = (attn_mask is None and q.dtype in (torch.float16, torch.bfloat16)
+                    and d % 8 == 0 and d <= 256)
+        if flash_ok:
+            used.append("flash")
+            return aten._scaled_dot_product_flash_attention(
+                q, k, v, dropout_p, is_causal, False, scale=scale)[0]
+        used.append("efficient")
+        bias = attn_mask
+        if bias is not None and bias.dtype == torch.bool:
+            bias = torch.zeros(bias.shape, dtype=q.dtype, device=q.device).masked_fill_(
+                bias.logical_not(), float("-inf"))
+        return aten._scaled_dot_product_efficient_attention(
+            q, k, v, bias, bias is not None and bias.requires_grad or dropout_p > 0 or True,
+            dropout_p, is_causal, scale=scale)[0]
+
+    return sdpa, used
+
+
+# ---------------------------------------------------------------- one cell
+
+def module_kind(name):
+    n = name.lower()
+    if any(x in n for x in ("vision", "visual", "image", "multi_modal_projector", "mm_projector")):
+        return "vision"
+    if "rotary" in n or n.endswith("rope"):
+        return "rope"
+    parts = n.split(".")
+    for i, p in enumerate(parts[:-1]):
+        if p in ("layers", "h", "blocks", "layer") and parts[i + 1].isdigit():
+            return "layers"
+    if any(x in n for x in ("embed_tokens", "wte", "wpe", "word_embeddings", "embed_in", "embeddings")):
+        return "embed"
+    if "lm_head" in n or "embed_out" in n:
+        return "lm_head"
+    if any(n.endswith(x) for x in ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f")):
+        return "final_norm"
+    return "other"
+
+
+def run_cell(c, args, versions):
+    import torch
+    import transformers
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    cfg_json = json.load(open(c["path"]))
+    for o in args.override:
+        k, _, v = o.partition("=")
+        cfg_json[k] = json.loads(v)
+    cfg_json["num_hidden_layers"] = c["layers"]
+    for k in ("n_layer", "num_layers"):
+        if k in cfg_json:
+            cfg_json[k] = c["layers"]
+    for k in ("layer_types",):
+        if isinstance(cfg_json.get(k), list):
+            cfg_json[k] = cfg_json[k][: c["layers"]]
+    cfg = transformers.AutoConfig.for_model(**cfg_json)
+    cfg.use_cache = False
+    row = {k: "" for k in COLUMNS}
+    row.update(model=c["model"], layers=c["layers"], batch=c["batch"], seq=c["seq"],
+               dtype=c["dtype"], attn_impl=c["attn_impl"], grad_ckpt=c["grad_ckpt"],
+               mode=c["mode"], engine=f"{args.engine}_{c['semantics']}",
+               model_type=cfg_json.get("model_type", ""), **versions)
+    row["hidden_size"] = getattr(cfg, "hidden_size", "")
+    row["vocab_size"] = getattr(cfg, "vocab_size", "")
+    device = torch.device("cuda:0" if c["semantics"] == "cuda" else "cpu")
+    if c["semantics"] == "cuda" and args.engine == "real":
+        raise SystemExit("--engine real needs --semantics cpu (no GPU here)")
+    amp = c["dtype"] == "amp_bf16"
+    param_dtype = torch.float32 if amp else torch.bfloat16
+    torch.manual_seed(0)
+
+    tracker = Tracker()
+    fake = FakeTensorMode(allow_non_fake_inputs=False) if args.engine == "fake" else None
+    restore = []
+    sdpa_used = []
+    if c["semantics"] == "cuda" and c["attn_impl"] == "sdpa":
+        sdpa, sdpa_used = gpu_sdpa()
+        orig = torch.nn.functional.scaled_dot_product_attention
+        torch.nn.functional.scaled_dot_product_attention = sdpa
+        restore.append(lambda: setattr(torch.nn.functional, "scaled_dot_product_attention", orig))
+    if fake is not None:
+        restore.append(see_fake_as_real())
+    try:
+        ctx = fake if fake is not None else _Null()
+        with ctx:
+            with torch.device(device):
+                model = transformers.AutoModelForCausalLM.from_config(
+                    cfg, attn_implementation=c["attn_impl"], dtype=param_dtype)
+            if c["grad_ckpt"] != "none":
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
+                    "use_reentrant": c["grad_ckpt"] == "reentrant"})
+            if c["mode"] != "full":
+                import peft
+                targets = "all-linear" if c["mode"] == "lora_all" else attn_targets(model)
+                lcfg = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none",
+                                       target_modules=targets, task_type="CAUSAL_LM")
+                model = peft.get_peft_model(model, lcfg)
+                if c["grad_ckpt"] != "none":
+                    model.enable_input_require_grads()
+            model.train()
+            params = list(model.parameters())
+            row["params_total"] = sum(p.numel() for p in params)
+            row["trainable_params"] = sum(p.numel() for p in params if p.requires_grad)
+            row["param_bytes"] = sum(p.untyped_storage().nbytes() for p in params)
+            tracker.exclude_tensors(params + list(model.buffers()))
+            tracker.params = set(tracker.excluded)
+            ids = torch.randint(0, cfg.vocab_size, (c["batch"], c["seq"]), device=device)
+            labels = ids.clone()
+            tracker.exclude_tensors([ids, labels])
+            for p in params:
+                if p.requires_grad:
+                    p.register_post_accumulate_grad_hook(lambda q: tracker.accumulated(q.grad))
+
+            # module attribution of saved tensors
+            stack = []
+            names = {}
+            for n, m in model.named_modules():
+                names[id(m)] = n
+            hooks = []
+            def enter(mod, a):
+                stack.append(names[id(mod)])
+
+            def leave(mod, a, o):
+                # a forward hook's return value would replace the output: return None
+                if stack:
+                    stack.pop()
+
+            for m in model.modules():
+                hooks.append(m.register_forward_pre_hook(enter))
+                hooks.append(m.register_forward_hook(leave))
+            saved = {"storages": {}, "tensors": 0, "n": 0, "by": {}, "dtype": {}}
+
+            def pack(t):
+                try:
+                    st = t.untyped_storage()
+                except Exception:
+                    return t
+                k = st._cdata
+                n = st.nbytes()
+                if k in tracker.params:
+                    return t  # weights saved by their ops are parameters, not activations
+                saved["n"] += 1
+                saved["tensors"] += t.numel() * t.element_size()
+                if k not in saved["storages"]:
+                    saved["storages"][k] = n
+                    kind = module_kind(stack[-1]) if stack else "top"
+                    if kind == "other" and stack and stack[-1] == "":
+                        kind = "top"
+                    saved["by"][kind] = saved["by"].get(kind, 0) + n
+                    dk = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(t.dtype, "otherdtype")
+                    saved["dtype"][dk] = saved["dtype"].get(dk, 0) + n
+                return t
+
+            mode = make_mode(tracker)
+            gc.collect()
+            with mode:
+                m0 = tracker.mark()
+                base = dict(tracker.live)
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                        out = model(input_ids=ids, labels=labels)
+                loss = out.loss
+                row["logits_bytes"] = out.logits.numel() * 2 if out.logits is not None else ""
+                m1 = tracker.mark()
+                del out
+                gc.collect()
+                row["peak_fwd_bytes"] = tracker.peak_between(m0, m1, base)
+                row["live_after_fwd_bytes"] = tracker.live_bytes()
+                for h in hooks:
+                    h.remove()
+                after_fwd = dict(tracker.live)
+                m2 = tracker.mark()
+                loss.backward()
+                m3 = tracker.mark()
+                grads = [p.grad for p in params if p.grad is not None]
+                row["grads_bytes"] = sum(g.untyped_storage().nbytes() for g in grads)
+                row["peak_bwd_bytes"] = tracker.peak_between(m2, m3, after_fwd)
+                row["peak_bwd_excl_grads"] = tracker.peak_between(m2, m3, after_fwd, drop_accumulated=True)
+                del loss
+                gc.collect()
+                if args.optimizer:
+                    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-4)
+                    before = dict(tracker.live)
+                    m4 = tracker.mark()
+                    opt.step()
+                    m5 = tracker.mark()
+                    row["peak_opt_bytes"] = tracker.peak_between(m4, m5, before)
+                    state = [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+                    row["opt_state_bytes"] = sum(t.untyped_storage().nbytes() for t in state)
+                    del opt, state
+            row["saved_bytes_storage"] = sum(saved["storages"].values())
+            row["saved_bytes_tensors"] = saved["tensors"]
+            row["n_saved"] = saved["n"]
+            row["n_saved_storages"] = len(saved["storages"])
+            for kind in ("embed", "layers", "final_norm", "lm_head", "top", "rope", "vision", "other"):
+                row[f"saved_{kind}"] = saved["by"].get(kind, 0)
+            for dk in ("fp32", "bf16", "otherdtype"):
+                row[f"saved_{dk}_bytes"] = saved["dtype"].get(dk, 0)
+            row["sdpa_kernel"] = ",".join(sorted(set(sdpa_used))) if sdpa_used else (
+                "native" if c["attn_impl"] == "sdpa" else "")
+            row["status"] = "ok"
+            del model, params, grads
+    except Exception as e:  # a config transformers cannot build, an op without a fake kernel
+        row["status"] = "error"
+        row["error"] = f"{type(e).__name__}: {e}"[:300].replace("\n", " ")
+        if os.environ.get("TRACE_PROBE_DEBUG"):
+            import traceback
+            traceback.print_exc()
+    finally:
+        for r in restore:
+            r()
+        gc.collect()
+    return row
+
+
+def see_fake_as_real():
+    """transformers treats a FakeTensor as a sign of graph tracing
+    (`utils/import_utils.py` `is_tracing` → `is_fake_tensor`) and then materializes
+    attention masks a real run skips (`masking_utils._ignore_causal_mask_sdpa`). Make
+    every transformers module see fake tensors as real, so the Python control flow is a
+    real run's (`--engine real` checks it). Returns an undo function."""
+    import transformers.utils.import_utils as iu
+    orig = iu.is_fake_tensor
+    patched = []
+    for name, mod in list(sys.modules.items()):
+        if (name == "transformers" or name.startswith("transformers.")) and getattr(mod, "is_fake_tensor", None) is orig:
+            setattr(mod, "is_fake_tensor", lambda t: False)
+            patched.append(mod)
+
+    # the one data-dependent branch of the mask code for our inputs: one unpadded
+    # sequence per row with positions 0..s-1 is not packed (what a real run computes)
+    import transformers.masking_utils as mu
+    orig_packed = mu.find_packed_sequence_indices
+    mu.find_packed_sequence_indices = lambda position_ids: None
+
+    def undo():
+        for mod in patched:
+            setattr(mod, "is_fake_tensor", orig)
+        mu.find_packed_sequence_indices = orig_packed
+    return undo
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def attn_targets(model):
+    """peft's attention projections: q/k/v/o where the model has them, else its fused
+    qkv and output projection (the oracle's `lora_attn`)."""
+    import torch
+    leaf = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for group in (["q_proj", "k_proj", "v_proj", "o_proj"], ["q_proj", "k_proj", "v_proj", "dense"],
+                  ["qkv_proj", "o_proj"], ["c_attn", "c_proj"], ["query_key_value", "dense"],
+                  ["Wqkv", "out_proj"], ["q_proj", "k_proj", "v_proj", "out_proj"]):
+        if all(g in leaf for g in group):
+            return group
+    raise ValueError(f"no attention projections among {sorted(leaf)}")
+
+
+def main(argv):
+    args = parse_args(argv)
+    todo = list(cells(args))
+    if args.dry_run:
+        for c in todo:
+            print(json.dumps(c))
+        print(f"trace_probe: {len(todo)} cells (dry run)", file=sys.stderr)
+        return 0
+    import torch
+    import transformers
+    try:
+        import peft
+        peft_v = peft.__version__
+    except ImportError:
+        peft_v = ""
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft_v}
+    new = not os.path.exists(args.out)
+    with open(args.out, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            w.writeheader()
+        for i, c in enumerate(todo):
+            row = run_cell(c, args, versions)
+            w.writerow(row)
+            f.flush()
+            print(f"[{i + 1}/{len(todo)}] {c['model']} L{c['layers']} b{c['batch']} s{c['seq']} "
+                  f"{c['dtype']} {c['attn_impl']} {c['grad_ckpt']} {c['mode']} {c['semantics']}: "
+                  f"{row['status']} live {row['live_after_fwd_bytes']} {row['error']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
