@@ -86,6 +86,8 @@ def parse_args(argv):
     p.add_argument("--optimizer", action="store_true", help="also run one AdamW step")
     p.add_argument("--override", action="append", default=[],
                    help="KEY=JSON set in every config (e.g. hidden_size=64 for a scaled-down check)")
+    p.add_argument("--scale-down", action="store_true",
+                   help="hidden 64, 4 heads, vocab 256, MLP 128: the check against --engine real")
     p.add_argument("--dry-run", action="store_true", help="list the cells; needs no torch")
     return p.parse_args(argv)
 
@@ -278,6 +280,8 @@ def run_cell(c, args, versions):
             cfg_json[k] = cfg_json[k][: c["layers"]]
     cfg = transformers.AutoConfig.for_model(**cfg_json)
     cfg.use_cache = False
+    if args.scale_down:
+        scale_down(cfg)
     row = {k: "" for k in COLUMNS}
     row.update(model=c["model"], layers=c["layers"], batch=c["batch"], seq=c["seq"],
                dtype=c["dtype"], attn_impl=c["attn_impl"], grad_ckpt=c["grad_ckpt"],
@@ -317,7 +321,8 @@ def run_cell(c, args, versions):
                 targets = "all-linear" if c["mode"] == "lora_all" else attn_targets(model)
                 lcfg = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none",
                                        target_modules=targets, task_type="CAUSAL_LM")
-                model = peft.get_peft_model(model, lcfg)
+                with swap_by_set_data():
+                    model = peft.get_peft_model(model, lcfg)
                 if c["grad_ckpt"] != "none":
                     model.enable_input_require_grads()
             model.train()
@@ -434,6 +439,52 @@ def run_cell(c, args, versions):
             r()
         gc.collect()
     return row
+
+
+def scale_down(cfg):
+    """A small model of the same architecture (the attribute maps of each config class
+    translate hidden_size, num_attention_heads, ... to the family's own keys)."""
+    heads = getattr(cfg, "num_attention_heads", 4) or 4
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    group = max(1, heads // kv)
+    new_heads = 4
+    for k, v in (("hidden_size", 64), ("num_attention_heads", new_heads), ("vocab_size", 256)):
+        setattr(cfg, k, v)
+    if getattr(cfg, "num_key_value_heads", None) is not None:
+        cfg.num_key_value_heads = max(1, new_heads // group)
+    if getattr(cfg, "head_dim", None) is not None:
+        cfg.head_dim = 16
+    for k in ("intermediate_size", "ffn_hidden_size", "n_inner"):
+        if getattr(cfg, k, None) is not None:
+            setattr(cfg, k, 128)
+    for k in ("query_pre_attn_scalar",):
+        if getattr(cfg, k, None) is not None:
+            setattr(cfg, k, 16)
+
+
+class swap_by_set_data:
+    """`nn.Module._apply` swaps a FakeTensor parameter with `torch.utils.swap_tensors`,
+    which refuses tensors that FakeTensorMode holds weak references to (peft's
+    `_move_adapter_to_device_of_base_layer` hits this). Within this context a refused
+    swap falls back to `param.data = new`, what `_apply` does for real tensors."""
+
+    def __enter__(self):
+        import torch
+        self.orig = torch.utils.swap_tensors
+
+        def swap(t1, t2):
+            try:
+                self.orig(t1, t2)
+            except RuntimeError:
+                t1.data = t2.data
+
+        torch.utils.swap_tensors = swap
+        return self
+
+    def __exit__(self, *a):
+        import torch
+        torch.utils.swap_tensors = self.orig
+        return False
 
 
 def see_fake_as_real():
