@@ -37,12 +37,14 @@ Recipes: `bf16` = parameters and compute in bf16; `amp_bf16` = fp32 parameters u
 lora_dropout=0, bias="none")`, `all-linear` or the attention projections. Checkpointing:
 `gradient_checkpointing_enable(use_reentrant=...)`.
 
-`--semantics cuda`: the fake tensors live on `cuda:0` (no GPU needed): CUDA kernels'
-meta functions run (dropout keeps a bool mask). SDPA on a fake CUDA device without a
-real GPU would fall back to the math kernel, so `F.scaled_dot_product_attention` is
-routed to the kernel a GPU picks (`sdp_utils.cpp` `select_sdp_backend`, priority flash →
-efficient → math): flash attention when there is no explicit mask, the dtype is
-fp16/bf16 and head_dim is a multiple of 8 up to 256; else memory-efficient attention.
+`--semantics cuda`: what a GPU keeps, on fake CPU tensors (fake CUDA tensors need a CUDA
+context in backward, pytorch#92627): `F.scaled_dot_product_attention` is routed to the
+kernel a GPU picks (`sdp_utils.cpp` `select_sdp_backend`, priority flash → efficient →
+math): flash attention when there is no explicit mask, the dtype is fp16/bf16 and
+head_dim is a multiple of 8 up to 256, else memory-efficient attention (math with GQA);
+dropout to the fused `native_dropout` (bool mask); AdamW to its foreach implementation.
+The CUDA kernels' meta functions give their outputs. Not emulated yet: CUDA autocast's
+op lists (`amp_bf16` cells with CUDA semantics are refused).
 
 Versions of torch, transformers and peft are written into every row.
 """
@@ -54,6 +56,8 @@ import json
 import os
 import sys
 import weakref
+
+DEBUG = bool(os.environ.get("TRACE_PROBE_SAVED"))
 
 COLUMNS = [
     "model", "layers", "batch", "seq", "dtype", "attn_impl", "grad_ckpt", "mode",
@@ -125,13 +129,14 @@ class Tracker:
         self.excluded = set()   # parameter / buffer / input storages
         self.params = set()     # parameter / buffer storages
         self.events = []        # (+bytes | -bytes, key) in order
-        self.on = True
+        self.origin = {}        # storage key -> (op, module) that created it (debugging)
+        self.where = None       # a callable naming the current module
 
     @staticmethod
     def key(st):
         return st._cdata
 
-    def see(self, t):
+    def see(self, t, op=None):
         import torch
         if not isinstance(t, torch.Tensor):
             return
@@ -145,6 +150,8 @@ class Tracker:
         n = st.nbytes()
         self.live[k] = n
         self.events.append((n, k))
+        if op is not None and DEBUG:
+            self.origin[k] = (op, self.where() if self.where else "")
         weakref.finalize(st, self._free, k)
 
     def _free(self, k):
@@ -202,7 +209,7 @@ def make_mode(tracker):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for t in tree_flatten(out)[0]:
-                tracker.see(t)
+                tracker.see(t, str(func))
             return out
 
     return Track()
@@ -218,27 +225,53 @@ def gpu_sdpa():
     used = []
 
     def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        if enable_gqa and k.shape[-3] != q.shape[-3]:
-            rep = q.shape[-3] // k.shape[-3]
-            k = k.repeat_interleave(rep, dim=-3)
-            v = v.repeat_interleave(rep, dim=-3)
         d = q.shape[-1]
+        gqa = enable_gqa and k.shape[-3] != q.shape[-3]
         flash_ok = (attn_mask is None and q.dtype in (torch.float16, torch.bfloat16)
                     and d % 8 == 0 and d <= 256)
         if flash_ok:
+            # FlashAttention-2 takes fewer k/v heads natively (GQA/MQA)
             used.append("flash")
             return aten._scaled_dot_product_flash_attention(
                 q, k, v, dropout_p, is_causal, False, scale=scale)[0]
+        if gqa:
+            # memory-efficient attention has no GQA: a GPU runs the math kernel
+            used.append("math")
+            return aten._scaled_dot_product_attention_math(
+                q, k, v, attn_mask, dropout_p, is_causal, None, scale=scale, enable_gqa=True)[0]
         used.append("efficient")
         bias = attn_mask
         if bias is not None and bias.dtype == torch.bool:
             bias = torch.zeros(bias.shape, dtype=q.dtype, device=q.device).masked_fill_(
                 bias.logical_not(), float("-inf"))
+        grad = q.requires_grad or k.requires_grad or v.requires_grad
         return aten._scaled_dot_product_efficient_attention(
-            q, k, v, bias, bias is not None and bias.requires_grad or dropout_p > 0 or True,
-            dropout_p, is_causal, scale=scale)[0]
+            q, k, v, bias, grad, dropout_p, is_causal, scale=scale)[0]
 
     return sdpa, used
+
+
+def cuda_routing(sdpa):
+    """Route the ops whose CUDA kernel keeps other tensors than the CPU one: SDPA (see
+    `gpu_sdpa`) and dropout (on CUDA `torch.dropout` is the fused `native_dropout`, which
+    keeps a bool mask — ATen Dropout.cpp `is_fused_kernel_acceptable`; on CPU it keeps a
+    mask in the input's dtype). Returns an undo function."""
+    import torch
+    F = torch.nn.functional
+    orig_sdpa, orig_drop = F.scaled_dot_product_attention, F.dropout
+
+    def dropout(x, p=0.5, training=True, inplace=False):
+        if training and 0.0 < p < 1.0 and x.numel() > 0:
+            return torch.native_dropout(x, p, True)[0]
+        return orig_drop(x, p, training, inplace)
+
+    F.scaled_dot_product_attention = sdpa
+    F.dropout = dropout
+
+    def undo():
+        F.scaled_dot_product_attention = orig_sdpa
+        F.dropout = orig_drop
+    return undo
 
 
 # ---------------------------------------------------------------- one cell
@@ -289,9 +322,14 @@ def run_cell(c, args, versions):
                model_type=cfg_json.get("model_type", ""), **versions)
     row["hidden_size"] = getattr(cfg, "hidden_size", "")
     row["vocab_size"] = getattr(cfg, "vocab_size", "")
-    device = torch.device("cuda:0" if c["semantics"] == "cuda" else "cpu")
-    if c["semantics"] == "cuda" and args.engine == "real":
-        raise SystemExit("--engine real needs --semantics cpu (no GPU here)")
+    # CUDA semantics run on fake *CPU* tensors: PyTorch's autograd engine needs a CUDA
+    # context for fake CUDA tensors (pytorch#92627), which no GPU-less machine has. The
+    # CUDA kernels' meta functions run on CPU fake tensors, so the kernels a GPU picks
+    # are routed explicitly (see `cuda_routing`).
+    device = torch.device("cpu")
+    if c["semantics"] == "cuda" and c["dtype"] == "amp_bf16":
+        raise NotImplementedError(
+            "amp_bf16 with CUDA semantics: CPU autocast's fp32 op list is not CUDA's; not emulated yet")
     amp = c["dtype"] == "amp_bf16"
     param_dtype = torch.float32 if amp else torch.bfloat16
     torch.manual_seed(0)
@@ -300,11 +338,9 @@ def run_cell(c, args, versions):
     fake = FakeTensorMode(allow_non_fake_inputs=False) if args.engine == "fake" else None
     restore = []
     sdpa_used = []
-    if c["semantics"] == "cuda" and c["attn_impl"] == "sdpa":
+    if c["semantics"] == "cuda":
         sdpa, sdpa_used = gpu_sdpa()
-        orig = torch.nn.functional.scaled_dot_product_attention
-        torch.nn.functional.scaled_dot_product_attention = sdpa
-        restore.append(lambda: setattr(torch.nn.functional, "scaled_dot_product_attention", orig))
+        restore.append(cuda_routing(sdpa))
     if fake is not None:
         restore.append(see_fake_as_real())
     try:
@@ -374,11 +410,15 @@ def run_cell(c, args, versions):
                     kind = module_kind(stack[-1]) if stack else "top"
                     if kind == "other" and stack and stack[-1] == "":
                         kind = "top"
+                    if os.environ.get("TRACE_PROBE_SAVED"):
+                        print(f"  saved {kind:10} {stack[-1] if stack else '':48} {tuple(t.shape)} "
+                              f"{str(t.dtype)[6:]} {n}", file=sys.stderr)
                     saved["by"][kind] = saved["by"].get(kind, 0) + n
                     dk = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(t.dtype, "otherdtype")
                     saved["dtype"][dk] = saved["dtype"].get(dk, 0) + n
                 return t
 
+            tracker.where = lambda: stack[-1] if stack else ""
             mode = make_mode(tracker)
             gc.collect()
             with mode:
@@ -394,6 +434,11 @@ def run_cell(c, args, versions):
                 gc.collect()
                 row["peak_fwd_bytes"] = tracker.peak_between(m0, m1, base)
                 row["live_after_fwd_bytes"] = tracker.live_bytes()
+                if os.environ.get("TRACE_PROBE_SAVED"):
+                    for k, n in tracker.live.items():
+                        if k not in tracker.excluded and k not in saved["storages"]:
+                            print(f"  alive, not saved: {n} bytes, made by {tracker.origin.get(k)}",
+                                  file=sys.stderr)
                 for h in hooks:
                     h.remove()
                 after_fwd = dict(tracker.live)
@@ -407,7 +452,10 @@ def run_cell(c, args, versions):
                 del loss
                 gc.collect()
                 if args.optimizer:
-                    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-4)
+                    # on CUDA, torch.optim defaults to the foreach implementation
+                    # (optim/optimizer.py _default_to_fused_or_foreach); on CPU to the loop
+                    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-4,
+                                            foreach=c["semantics"] == "cuda")
                     before = dict(tracker.live)
                     m4 = tracker.mark()
                     opt.step()

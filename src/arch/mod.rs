@@ -121,6 +121,9 @@ pub enum Activation {
     /// `gelu_pytorch_tanh` (one fused op).
     GeluTanh,
     Relu,
+    /// BLOOM's `BloomGelu` (transformers `modeling_bloom.py` `GeLUFunction`): the tanh
+    /// approximation inside one `torch.autograd.Function`, which saves only its input.
+    BloomGelu,
 }
 
 impl Activation {
@@ -233,6 +236,17 @@ pub struct ModelSpec {
     /// false where the family's HF code softmaxes in the compute dtype (GPT-2,
     /// GPTBigCode). Autocast runs softmax in fp32 regardless.
     pub eager_softmax_fp32: bool,
+    /// q, k and v of a fused qkv projection are views of its output, which they keep
+    /// alive (GPT-2's `split`, Phi-3's slices, GPT-NeoX's `chunk`); false where the
+    /// family's HF code copies them out (Falcon's list indexing and `reshape`, BLOOM's
+    /// `reshape` of transposed slices), so the fused output dies.
+    pub qkv_views: bool,
+    /// Eager attention broadcasts fewer k/v heads in its matmuls (Falcon's
+    /// `query @ key.transpose`) instead of `repeat_kv` copies.
+    pub eager_kv_broadcast: bool,
+    /// The model always materializes its 4-D attention mask, also for SDPA (Falcon's
+    /// `create_causal_mask(allow_is_causal_skip=False)`), so SDPA gets an explicit mask.
+    pub mask_always_materialized: bool,
     pub positions: Positions,
     pub residual: Residual,
     /// Gemma-2 sandwich norms (post-attention and pre/post-feedforward norms).

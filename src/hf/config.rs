@@ -284,8 +284,17 @@ fn family_facts(mut s: ModelSpec) -> ModelSpec {
         g.modules = modules;
     }
     // modeling_gpt2.py / modeling_gpt_bigcode.py eager attention: softmax in the
-    // compute dtype; llama-style eager_attention_forward: softmax(dtype=float32)
-    s.eager_softmax_fp32 = !matches!(s.family, Family::Gpt2 | Family::GptBigcode);
+    // compute dtype; modeling_falcon.py: softmax(dtype=hidden_states.dtype);
+    // llama-style eager_attention_forward: softmax(dtype=float32)
+    s.eager_softmax_fp32 = !matches!(s.family, Family::Gpt2 | Family::GptBigcode | Family::Falcon);
+    // modeling_falcon.py FalconAttention._split_heads indexes k/v with lists and
+    // reshapes the transposed q (copies); modeling_bloom.py BloomAttention reshapes
+    // transposed slices (copies); the others slice, split or chunk (views)
+    s.qkv_views = !matches!(s.family, Family::Falcon | Family::Bloom);
+    // FalconAttention: `query_layer @ key_layer.transpose(-1, -2)` broadcasts the k/v
+    // heads; FalconModel: create_causal_mask(..., allow_is_causal_skip=False)
+    s.eager_kv_broadcast = s.family == Family::Falcon;
+    s.mask_always_materialized = s.family == Family::Falcon;
     s
 }
 
@@ -672,6 +681,9 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         embed_norm: false,
         qk_norm: QkNorm::None,
         eager_softmax_fp32: true,
+        qkv_views: true,
+        eager_kv_broadcast: false,
+        mask_always_materialized: false,
         positions: Positions::Rope {
             rotary_dim: d.head_dim,
         },
@@ -1051,7 +1063,8 @@ fn bloom(c: &Cfg) -> Result<ModelSpec> {
         vocab: c.uint_req(&["vocab_size"], MAX_VOCAB)?,
     };
     let mut s = base(c, Family::Bloom, dims)?;
-    layernorm_plain(c, &mut s, "seq_length", true, || Ok(Activation::GeluNew))?;
+    // BloomMLP always uses BloomGelu (modeling_bloom.py), whatever `hidden_act` says
+    layernorm_plain(c, &mut s, "seq_length", true, || Ok(Activation::BloomGelu))?;
     s.fused_qkv = true;
     s.qkv_bias = true;
     s.o_bias = true;

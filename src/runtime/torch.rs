@@ -547,6 +547,26 @@ impl<'a> Graph<'a> {
                 let half_x = self.unary_plain("0.5 x", x, e, d);
                 self.mul("gelu_new", half_x, one_t)
             }
+            Activation::BloomGelu => {
+                // modeling_bloom.py GeLUFunction.forward: ctx.save_for_backward(input);
+                // bloom_gelu_forward(x) = x * 0.5 * (1.0 + tanh(0.79788456 * x * (1 +
+                // 0.044715 * x * x))) runs without autograd, so its temporaries are
+                // freed as Python drops them, in this order
+                let rg = self.rg(x);
+                let (e, d) = (self.elems(x), self.dt(x));
+                let half = self.unary_plain("x * 0.5", x, e, d);
+                self.save_if(x, rg);
+                let k = self.unary_plain("0.79788456 * x", x, e, d);
+                let c = self.unary_plain("0.044715 * x", x, e, d);
+                let cx = self.add("* x", c, x);
+                let one = self.unary_plain("1 + .", cx, e, d);
+                let inner = self.add("k * (1 + .)", k, one);
+                let t = self.unary_plain("tanh", inner, e, d);
+                let one_t = self.unary_plain("1.0 + tanh", t, e, d);
+                let y = self.add("bloom_gelu", half, one_t);
+                self.nodes[y.0].rg = rg;
+                y
+            }
         }
     }
 }
@@ -636,7 +656,20 @@ impl Graph<'_> {
         let find = |role| find_linear(lins, role);
         let (q, k, v) = if let Some(qkv) = find(Qkv) {
             let t = self.linear(n, &qkv);
-            (t, t, t)
+            if spec.qkv_views {
+                (t, t, t)
+            } else {
+                // copied out: the fused output dies once q, k and v exist
+                let d = self.dt(t);
+                let (q_e, kv_e) = (
+                    self.tokens * spec.heads * spec.head_dim,
+                    self.tokens * spec.kv_heads * spec.head_dim,
+                );
+                let q = self.unary_plain("q copy", t, q_e, d);
+                let k = self.unary_plain("k copy", t, kv_e, d);
+                let v = self.unary_plain("v copy", t, kv_e, d);
+                (q, k, v)
+            }
         } else {
             let q = self.linear(n, &find(Q).unwrap());
             let k = self.linear(n, &find(K).unwrap());
@@ -714,9 +747,53 @@ impl Graph<'_> {
             (q, k, v)
         };
         match self.p.attn {
+            // On CPU, SDPA with dropout is not a flash kernel (sdp_utils_cpp.cpp
+            // `check_for_dropout`): it runs the math reference
+            Attn::Sdpa
+                if self.p.device == Device::Cpu
+                    && spec.dropout.attn > 0.0
+                    && self.p.trainable.any() =>
+            {
+                self.math_attention(spec, [q, k, v], any_rg)
+            }
             Attn::Sdpa | Attn::Flash => self.fused_attention(spec, [q, k, v], any_rg),
             _ => self.eager_attention(spec, [q, k, v], any_rg),
         }
+    }
+
+    /// SDPA's math reference (`attention.cpp` `_scaled_dot_product_attention_math`,
+    /// PyTorch 2.15), as it runs in training: half-precision q, k, v are upcast to fp32
+    /// (`allowFP16BF16ReductionMathSDP` is off by default), k and v repeated to the query
+    /// heads under GQA; q·√scale and k·√scale feed a bmm (both saved), softmax saves its
+    /// fp32 output, dropout its fp32 mask (CPU), and the P·V bmm the dropped
+    /// probabilities and v; the output is cast back.
+    fn math_attention(&mut self, spec: &ModelSpec, [q, k, v]: [T; 3], any_rg: bool) -> T {
+        let d = self.compute();
+        let up = if d.size() < 4 { DType::F32 } else { d };
+        let (nh, hd) = (spec.heads, spec.head_dim);
+        let qkv_elems = self.tokens * nh * hd;
+        let scores_elems = self.p.batch * nh * self.p.seq * self.p.kv_len;
+        let (q32, k32, v32) = (
+            self.unary_plain("q.float()", q, qkv_elems, up),
+            self.unary_plain("k.float()", k, qkv_elems, up),
+            self.unary_plain("v.float()", v, qkv_elems, up),
+        );
+        let qs = self.unary_plain("q * sqrt(scale)", q32, qkv_elems, up);
+        let ks = self.unary_plain("k * sqrt(scale)", k32, qkv_elems, up);
+        self.begin(&[qs, ks]);
+        self.save_if(qs, any_rg);
+        self.save_if(ks, any_rg);
+        self.in_attn_core = true;
+        let sc = self.out("q·kᵀ", scores_elems, up, any_rg, Kind::AttnCore);
+        let masked = self.unary_plain("causal mask", sc, scores_elems, up);
+        let pr = self.unary_save_out("softmax", masked, up);
+        let dropped = self.dropout(pr, spec.dropout.attn);
+        self.in_attn_core = false;
+        self.begin(&[dropped, v32]);
+        self.save_if(dropped, any_rg);
+        self.save_if(v32, any_rg);
+        let o = self.out("P·V", qkv_elems, up, any_rg, Kind::Matmul);
+        self.cast(o, d)
     }
 
     /// SDPA / flash: saves q, k, v (un-repeated), the output and the fp32 logsumexp;
@@ -753,7 +830,12 @@ impl Graph<'_> {
         let kv_tokens = p.batch * p.kv_len;
         // Eager: explicit matmuls.
         let rep = nh / nkv;
-        let (kr, vr) = if rep > 1 {
+        // A broadcasting matmul (`at::matmul`) expands k/v to the query heads and folds
+        // [b, h] into one batch dim with `reshape`: a view when b = 1 (the stride-0
+        // head dim merges with a batch of one), a copy otherwise — then it is what the
+        // bmm saves, as repeat_kv's copy is.
+        let copies = !spec.eager_kv_broadcast || p.batch > 1;
+        let (kr, vr) = if rep > 1 && copies {
             let kr = self.unary_plain("repeat_kv k", k, kv_tokens * nh * hd, d);
             let vr = self.unary_plain("repeat_kv v", v, kv_tokens * nh * hd, d);
             (kr, vr)
@@ -1042,8 +1124,11 @@ fn shared_saved(spec: &ModelSpec, p: &LedgerParams) -> u64 {
         // rotary muls of every layer (one storage)
         shared += 2 * p.seq * rotary_dim * resid_dt.size();
     }
-    if p.attn == Attn::Eager && p.grad_ckpt != GradCkpt::None {
-        // the 4-D causal mask [b, 1, s, s] becomes a saved checkpoint input
+    if (p.attn == Attn::Eager && p.grad_ckpt != GradCkpt::None)
+        || (spec.mask_always_materialized && p.attn == Attn::Sdpa)
+    {
+        // the 4-D causal mask [b, 1, s, s]: a saved checkpoint input, or an explicit
+        // mask SDPA saves (one tensor shared by every layer)
         shared += p.batch * p.seq * p.kv_len * resid_dt.size();
     }
     if spec.dropout.embd > 0.0 && embedding_output_requires_grad(p) {
@@ -1054,7 +1139,22 @@ fn shared_saved(spec: &ModelSpec, p: &LedgerParams) -> u64 {
         };
         shared += tokens * h * mask;
     }
-    if spec.embed_norm && p.trainable.base_weights() {
+    if p.trainable.any() && !p.trainable.base_weights() && p.grad_ckpt != GradCkpt::None {
+        // adapters + checkpointing: `enable_input_require_grads()` (transformers
+        // modeling_utils.py, called by peft when it wraps a checkpointed model and by
+        // `gradient_checkpointing_enable()` on a PEFT model) does
+        // `output.requires_grad_(True)` on the frozen embedding's output, which makes it a
+        // leaf: its AccumulateGrad node holds it until backward (measured by the trace
+        // probe: alive after forward, not saved by any op). Extra only when an op that
+        // saves nothing of it (the learned-position add, embedding dropout) stands
+        // between it and layer 0; otherwise it is layer 0's checkpointed input (Gemma
+        // scales inside its embedding module) or the input BLOOM's embedding norm saves.
+        let transformed = matches!(spec.positions, Positions::Learned) || spec.dropout.embd > 0.0;
+        if transformed && !spec.embed_norm {
+            shared += tokens * h * resid_dt.size();
+        }
+    }
+    if spec.embed_norm && embedding_output_requires_grad(p) {
         // BLOOM's word_embeddings_layernorm: input + mean + rstd
         let stat = match p.device {
             Device::Cuda => 4,

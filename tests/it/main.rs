@@ -26,3 +26,4 @@ mod settings;
 mod sources;
 mod stack;
 mod tidy;
+mod trace;
