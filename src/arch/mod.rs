@@ -233,8 +233,8 @@ pub struct ModelSpec {
     /// q/k norms over head_dim (Qwen3, StableLM, Phi).
     pub qk_norm: QkNorm,
     /// Eager attention takes its softmax in fp32 and casts back (llama-style HF code);
-    /// false where the family's HF code softmaxes in the compute dtype (GPT-2,
-    /// GPTBigCode). Autocast runs softmax in fp32 regardless.
+    /// false where the family's HF code softmaxes in the compute dtype (GPT-2, Falcon).
+    /// Autocast runs softmax in fp32 regardless.
     pub eager_softmax_fp32: bool,
     /// q, k and v of a fused qkv projection are views of its output, which they keep
     /// alive (GPT-2's `split`, Phi-3's slices, GPT-NeoX's `chunk`); false where the
@@ -247,6 +247,10 @@ pub struct ModelSpec {
     /// The model always materializes its 4-D attention mask, also for SDPA (Falcon's
     /// `create_causal_mask(allow_is_causal_skip=False)`), so SDPA gets an explicit mask.
     pub mask_always_materialized: bool,
+    /// The rotary embedding ends in a `torch.cat` even at full rotary width
+    /// (modeling_phi3.py `apply_rotary_pos_emb`), so q comes out contiguous in
+    /// [b, heads, s, d] order, as with any partial rotary.
+    pub rope_cat: bool,
     pub positions: Positions,
     pub residual: Residual,
     /// Gemma-2 sandwich norms (post-attention and pre/post-feedforward norms).

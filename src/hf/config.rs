@@ -283,10 +283,11 @@ fn family_facts(mut s: ModelSpec) -> ModelSpec {
     for g in &mut s.groups {
         g.modules = modules;
     }
-    // modeling_gpt2.py / modeling_gpt_bigcode.py eager attention: softmax in the
-    // compute dtype; modeling_falcon.py: softmax(dtype=hidden_states.dtype);
-    // llama-style eager_attention_forward: softmax(dtype=float32)
-    s.eager_softmax_fp32 = !matches!(s.family, Family::Gpt2 | Family::GptBigcode | Family::Falcon);
+    // modeling_gpt2.py eager attention: softmax in the compute dtype;
+    // modeling_falcon.py: softmax(dtype=hidden_states.dtype); llama-style
+    // eager_attention_forward (also modeling_gpt_bigcode.py in transformers 5.24):
+    // softmax(dtype=float32)
+    s.eager_softmax_fp32 = !matches!(s.family, Family::Gpt2 | Family::Falcon);
     // modeling_falcon.py FalconAttention._split_heads indexes k/v with lists and
     // reshapes the transposed q (copies); modeling_bloom.py BloomAttention reshapes
     // transposed slices (copies); the others slice, split or chunk (views)
@@ -295,6 +296,8 @@ fn family_facts(mut s: ModelSpec) -> ModelSpec {
     // heads; FalconModel: create_causal_mask(..., allow_is_causal_skip=False)
     s.eager_kv_broadcast = s.family == Family::Falcon;
     s.mask_always_materialized = s.family == Family::Falcon;
+    // modeling_phi3.py apply_rotary_pos_emb: torch.cat([rotated, q_pass]) always
+    s.rope_cat = s.family == Family::Phi3;
     s
 }
 
@@ -684,6 +687,7 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         qkv_views: true,
         eager_kv_broadcast: false,
         mask_always_materialized: false,
+        rope_cat: false,
         positions: Positions::Rope {
             rotary_dim: d.head_dim,
         },

@@ -676,7 +676,28 @@ impl Graph<'_> {
             let v = self.linear(n, &find(V).unwrap());
             (q, k, v)
         };
-        let (mut q, mut k) = (q, k);
+        let (mut q, mut k, mut v) = (q, k, v);
+        if let (Some(_), true) = (find(Qkv), spec.qkv_views) {
+            // Eager attention's `torch.matmul` folds [b, h] into one batch dim with
+            // `reshape`: a view of a [1, h, s, d] slice, a copy of a strided slice of the
+            // fused output when b > 1 — then the copies are what the matmuls save, and
+            // the fused output dies (as with GPT-2's three copies at batch 2)
+            if self.p.attn == Attn::Eager && self.p.batch > 1 {
+                let fused = q;
+                let d = self.dt(fused);
+                let (q_e, kv_e) = (
+                    self.tokens * spec.heads * spec.head_dim,
+                    self.tokens * spec.kv_heads * spec.head_dim,
+                );
+                let needs_copy =
+                    !spec.qk_norm.is_some() && !matches!(spec.positions, Positions::Rope { .. });
+                if needs_copy {
+                    q = self.unary_plain("q fold copy", fused, q_e, d);
+                    k = self.unary_plain("k fold copy", fused, kv_e, d);
+                }
+                v = self.unary_plain("v fold copy", fused, kv_e, d);
+            }
+        }
         if spec.qk_norm.is_some() {
             q = self.norm(q, spec.head_dim, spec.norm);
             k = self.norm(k, spec.head_dim, spec.norm);
@@ -756,7 +777,23 @@ impl Graph<'_> {
             {
                 self.math_attention(spec, [q, k, v], any_rg)
             }
-            Attn::Sdpa | Attn::Flash => self.fused_attention(spec, [q, k, v], any_rg),
+            Attn::Sdpa | Attn::Flash => {
+                let out = self.fused_attention(spec, [q, k, v], any_rg);
+                // The kernel allocates its output in q's memory order. q made by a
+                // `cat` (partial rotary, Phi-3's rotary) is contiguous in [b, h, s, d]
+                // order, so `transpose(1, 2).contiguous()` after the kernel
+                // (integrations/sdpa_attention.py) copies it, and the output projection
+                // saves the copy; after an element-wise rotary q keeps the projection's
+                // [b, s, h, d] order and the transpose is a view.
+                let head_major_q = spec.rope_cat
+                    || matches!(spec.positions, Positions::Rope { rotary_dim } if rotary_dim < spec.head_dim);
+                if head_major_q {
+                    let (e, d) = (self.elems(out), self.dt(out));
+                    self.unary_plain("attn transpose", out, e, d)
+                } else {
+                    out
+                }
+            }
             _ => self.eager_attention(spec, [q, k, v], any_rg),
         }
     }
@@ -834,7 +871,11 @@ impl Graph<'_> {
         // [b, h] into one batch dim with `reshape`: a view when b = 1 (the stride-0
         // head dim merges with a batch of one), a copy otherwise — then it is what the
         // bmm saves, as repeat_kv's copy is.
-        let copies = !spec.eager_kv_broadcast || p.batch > 1;
+        // `repeat_kv` (expand + reshape) is itself a view when there is one k/v head
+        // (MQA: the size-1 head dim merges with the stride-0 repeat dim), a copy for
+        // 1 < kv heads < heads.
+        let kv_view = nkv == 1 || spec.eager_kv_broadcast;
+        let copies = !kv_view || p.batch > 1;
         let (kr, vr) = if rep > 1 && copies {
             let kr = self.unary_plain("repeat_kv k", k, kv_tokens * nh * hd, d);
             let vr = self.unary_plain("repeat_kv v", v, kv_tokens * nh * hd, d);
