@@ -43,10 +43,14 @@ pub enum Family {
     Phi,
     /// Qwen-1 (remote code, `QWenLMHeadModel`).
     Qwen,
+    /// IBM Granite 3.x (`GraniteForCausalLM`): llama with scalar multipliers.
+    Granite,
+    /// StarCoder2 (`Starcoder2ForCausalLM`): LayerNorm, biases, plain GELU MLP, rope, GQA.
+    Starcoder2,
 }
 
 impl Family {
-    pub const ALL: [Family; 15] = [
+    pub const ALL: [Family; 17] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
@@ -62,6 +66,8 @@ impl Family {
         Family::GptBigcode,
         Family::Phi,
         Family::Qwen,
+        Family::Granite,
+        Family::Starcoder2,
     ];
 
     pub fn model_type(self) -> &'static str {
@@ -81,6 +87,8 @@ impl Family {
             Family::GptBigcode => "gpt_bigcode",
             Family::Phi => "phi",
             Family::Qwen => "qwen",
+            Family::Granite => "granite",
+            Family::Starcoder2 => "starcoder2",
         }
     }
 
@@ -98,6 +106,17 @@ impl std::fmt::Display for Family {
         // `pad` honours width and alignment (`{:<12}` in tables)
         f.pad(self.model_type())
     }
+}
+
+/// Which scalar multiplications a family's forward runs as their own ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ScalarMults {
+    /// `inputs_embeds * embedding_multiplier` after the embedding module.
+    pub embedding: bool,
+    /// `residual + sublayer_out * residual_multiplier` (both sublayers).
+    pub residual: bool,
+    /// `logits / logits_scaling` (or `* logit_scale`) on the head output.
+    pub logits: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,6 +270,10 @@ pub struct ModelSpec {
     /// (modeling_phi3.py `apply_rotary_pos_emb`), so q comes out contiguous in
     /// [b, heads, s, d] order, as with any partial rotary.
     pub rope_cat: bool,
+    /// Scalar multipliers the family's HF code applies as separate ops (each a new
+    /// tensor that saves nothing): Granite's `embedding_multiplier`,
+    /// `residual_multiplier` and `logits / logits_scaling`.
+    pub scalars: ScalarMults,
     pub positions: Positions,
     pub residual: Residual,
     /// Gemma-2 sandwich norms (post-attention and pre/post-feedforward norms).

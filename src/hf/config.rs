@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::arch::{
     Activation, BlockModules, Dropout, Family, LayerGroup, LinearRole, MlpKind, ModelSpec,
-    ModuleSlot, NormKind, Positions, QkNorm, Quantization, Residual,
+    ModuleSlot, NormKind, Positions, QkNorm, Quantization, Residual, ScalarMults,
 };
 use crate::arch::{MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH};
 use crate::error::{Error, Result};
@@ -154,6 +154,8 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
     })?;
     let spec = match family {
         Family::Llama | Family::Mistral | Family::Qwen2 | Family::Qwen3 => llama_like(&c, family)?,
+        Family::Granite => granite(&c)?,
+        Family::Starcoder2 => starcoder2(&c)?,
         Family::Gemma | Family::Gemma2 => gemma(&c, family)?,
         Family::Phi3 => phi3(&c)?,
         Family::Gpt2 | Family::GptBigcode => gpt2(&c, family)?,
@@ -255,7 +257,8 @@ fn block_modules(family: Family, mlp: MlpKind) -> BlockModules {
         _ => QKVO_PROJ,
     };
     let ffn = match (family, mlp) {
-        (Family::Gpt2 | Family::GptBigcode, _) => C_FC,
+        // GPT2MLP; modeling_starcoder2.py Starcoder2MLP: c_fc, c_proj
+        (Family::Gpt2 | Family::GptBigcode | Family::Starcoder2, _) => C_FC,
         (Family::Qwen, _) => QWEN_MLP,
         (Family::Phi, _) => FC12,
         (Family::GptNeox | Family::Falcon | Family::Bloom, _) => H_TO_4H,
@@ -688,6 +691,7 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         eager_kv_broadcast: false,
         mask_always_materialized: false,
         rope_cat: false,
+        scalars: ScalarMults::default(),
         positions: Positions::Rope {
             rotary_dim: d.head_dim,
         },
@@ -784,6 +788,48 @@ fn llama_like(c: &Cfg, family: Family) -> Result<ModelSpec> {
         }
         _ => None,
     };
+    Ok(s)
+}
+
+/// granite (`GraniteConfig`, transformers 5.24 modeling_granite.py): llama's block and
+/// keys (`attention_bias`, `mlp_bias`, `tie_word_embeddings` default false), plus
+/// `embedding_multiplier` (the embedding output is multiplied), `residual_multiplier`
+/// (each sublayer output is multiplied before its residual add), `attention_multiplier`
+/// (the attention scale; no memory) and `logits_scaling` (the logits are divided). The
+/// multiplications run whatever their values, so they are ops of the family.
+fn granite(c: &Cfg) -> Result<ModelSpec> {
+    let mut s = llama_like(c, Family::Granite)?;
+    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 2048)?;
+    s.scalars = ScalarMults {
+        embedding: true,
+        residual: true,
+        logits: true,
+    };
+    Ok(s)
+}
+
+/// starcoder2 (`Starcoder2Config`, transformers 5.24 modeling_starcoder2.py):
+/// `nn.LayerNorm` with bias, q/k/v/o and `c_fc`/`c_proj` with a bias when `use_bias`
+/// (default true), a plain MLP running `hidden_act` (default `gelu_pytorch_tanh`), rope,
+/// GQA, `attention_dropout` / `embedding_dropout` / `residual_dropout` (after o_proj and
+/// c_proj), `sliding_window` (default none), output head tied by default.
+fn starcoder2(c: &Cfg) -> Result<ModelSpec> {
+    let mut s = std_base(c, Family::Starcoder2, true, |hidden, heads| {
+        c.derived_head_dim(hidden, heads)
+    })?;
+    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 4096)?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", true)?;
+    s.norm = NormKind::LayerNorm { bias: true };
+    s.act = c.act("hidden_act", Activation::GeluTanh)?;
+    s.mlp = MlpKind::Plain;
+    let bias = c.bool_or("use_bias", true)?;
+    (s.qkv_bias, s.o_bias, s.mlp_bias) = (bias, bias, bias);
+    s.dropout = Dropout {
+        embd: c.prob("embedding_dropout", 0.0)?,
+        attn: c.prob("attention_dropout", 0.0)?,
+        resid: c.prob("residual_dropout", 0.0)?,
+    };
+    s.sliding_window = c.window()?;
     Ok(s)
 }
 

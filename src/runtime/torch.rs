@@ -297,6 +297,12 @@ impl<'a> Graph<'a> {
         y
     }
 
+    /// `x * python_float`: a new tensor of x's size; saves nothing.
+    fn scalar_mul(&mut self, name: &'static str, x: T) -> T {
+        let (e, d) = (self.elems(x), self.dt(x));
+        self.unary_plain(name, x, e, d)
+    }
+
     /// Unary op that saves nothing (scalar mul/add, neg, cat of halves, mean...).
     fn unary_plain(&mut self, name: &'static str, x: T, elems: u64, dtype: DType) -> T {
         self.begin(&[x]);
@@ -623,11 +629,17 @@ fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (
             if spec.sandwich_norms {
                 a = g.norm(a, h, spec.norm);
             }
+            if spec.scalars.residual {
+                a = g.scalar_mul("* residual_multiplier", a);
+            }
             let h1 = g.add("residual", x, a);
             let n2 = g.norm(h1, h, spec.norm);
             let mut m = g.mlp_block(spec, &lins, n2);
             if spec.sandwich_norms {
                 m = g.norm(m, h, spec.norm);
+            }
+            if spec.scalars.residual {
+                m = g.scalar_mul("* residual_multiplier", m);
             }
             g.add("residual", h1, m)
         }
@@ -1190,7 +1202,9 @@ fn shared_saved(spec: &ModelSpec, p: &LedgerParams) -> u64 {
         // saves nothing of it (the learned-position add, embedding dropout) stands
         // between it and layer 0; otherwise it is layer 0's checkpointed input (Gemma
         // scales inside its embedding module) or the input BLOOM's embedding norm saves.
-        let transformed = matches!(spec.positions, Positions::Learned) || spec.dropout.embd > 0.0;
+        let transformed = matches!(spec.positions, Positions::Learned)
+            || spec.dropout.embd > 0.0
+            || spec.scalars.embedding;
         if transformed && !spec.embed_norm {
             shared += tokens * h * resid_dt.size();
         }
@@ -1240,6 +1254,10 @@ fn head_program<'a>(spec: &ModelSpec, p_head: &'a LedgerParams, training: bool) 
         logits
     } else {
         let mut l = logits;
+        if spec.scalars.logits {
+            // modeling_granite.py: logits = logits / logits_scaling
+            l = g.scalar_mul("logits scale", l);
+        }
         if spec.final_softcap.is_some() {
             l = g.softcap(l, tokens * v, compute);
         }
