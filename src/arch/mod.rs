@@ -47,10 +47,12 @@ pub enum Family {
     Granite,
     /// StarCoder2 (`Starcoder2ForCausalLM`): LayerNorm, biases, plain GELU MLP, rope, GQA.
     Starcoder2,
+    /// OLMo-2 (`Olmo2ForCausalLM`): norms after each sublayer, full-width q/k norms.
+    Olmo2,
 }
 
 impl Family {
-    pub const ALL: [Family; 17] = [
+    pub const ALL: [Family; 18] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
@@ -68,6 +70,7 @@ impl Family {
         Family::Qwen,
         Family::Granite,
         Family::Starcoder2,
+        Family::Olmo2,
     ];
 
     pub fn model_type(self) -> &'static str {
@@ -89,6 +92,7 @@ impl Family {
             Family::Qwen => "qwen",
             Family::Granite => "granite",
             Family::Starcoder2 => "starcoder2",
+            Family::Olmo2 => "olmo2",
         }
     }
 
@@ -123,8 +127,11 @@ pub struct ScalarMults {
 #[serde(rename_all = "snake_case")]
 pub enum NormKind {
     /// HF `*RMSNorm`: upcast to fp32, x * rsqrt(mean(x²) + eps), cast back, × weight.
-    /// `offset_one`: Gemma multiplies by (1 + weight) in fp32 before the cast.
-    RmsNorm { offset_one: bool },
+    /// `offset_one`: Gemma multiplies by (1 + weight). `weight_fp32`: the weight
+    /// multiply runs in fp32 before the cast back (Gemma's `(1 + w.float())`, OLMo-2's
+    /// `(self.weight * x).to(dtype)`); llama casts first and multiplies in the input
+    /// dtype.
+    RmsNorm { offset_one: bool, weight_fp32: bool },
     /// `nn.LayerNorm` (weight, and bias when `bias`).
     LayerNorm { bias: bool },
 }
@@ -186,6 +193,9 @@ pub enum Residual {
     Sequential,
     /// x + attn(norm_a(x)) + mlp(norm_m(x)); `shared_norm`: one norm feeds both (Falcon-7B).
     Parallel { shared_norm: bool },
+    /// x + norm1(attn(x)); then + norm2(mlp(.)): norms after the sublayers only
+    /// (modeling_olmo2.py Olmo2DecoderLayer).
+    PostNorm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -362,6 +372,10 @@ pub enum QkNorm {
     /// StableLM `qk_layernorm`: a bias-free LayerNorm(head_dim) per query and per
     /// key/value head ((heads + kv_heads)·head_dim).
     PerHead,
+    /// OLMo-2 `q_norm`/`k_norm`: one norm over the whole q projection
+    /// (heads·head_dim) and one over the k projection (kv_heads·head_dim), before the
+    /// head reshape.
+    FullWidth,
 }
 
 impl QkNorm {
@@ -493,7 +507,7 @@ impl ModelSpec {
     pub fn norms_per_layer(&self) -> u64 {
         let base = match self.residual {
             Residual::Parallel { shared_norm: true } => 1,
-            _ => 2,
+            Residual::Sequential | Residual::Parallel { .. } | Residual::PostNorm => 2,
         };
         base + if self.sandwich_norms { 2 } else { 0 }
     }

@@ -49,7 +49,7 @@ fn qk_norm_params(spec: &ModelSpec) -> u64 {
         QkNorm::None => 0,
         QkNorm::Shared { bias: false } => 2 * spec.head_dim,
         QkNorm::Shared { bias: true } => 4 * spec.head_dim,
-        QkNorm::PerHead => (spec.heads + spec.kv_heads) * spec.head_dim,
+        QkNorm::PerHead | QkNorm::FullWidth => (spec.heads + spec.kv_heads) * spec.head_dim,
     }
 }
 

@@ -156,6 +156,7 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
         Family::Llama | Family::Mistral | Family::Qwen2 | Family::Qwen3 => llama_like(&c, family)?,
         Family::Granite => granite(&c)?,
         Family::Starcoder2 => starcoder2(&c)?,
+        Family::Olmo2 => olmo2(&c)?,
         Family::Gemma | Family::Gemma2 => gemma(&c, family)?,
         Family::Phi3 => phi3(&c)?,
         Family::Gpt2 | Family::GptBigcode => gpt2(&c, family)?,
@@ -674,7 +675,10 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         vocab: d.vocab,
         max_positions: 2048,
         tie_embeddings: false,
-        norm: NormKind::RmsNorm { offset_one: false },
+        norm: NormKind::RmsNorm {
+            offset_one: false,
+            weight_fp32: false,
+        },
         act: Activation::Silu,
         mlp: MlpKind::Gated {
             fused_gate_up: false,
@@ -833,6 +837,30 @@ fn starcoder2(c: &Cfg) -> Result<ModelSpec> {
     Ok(s)
 }
 
+/// olmo2 (`Olmo2Config`, transformers 5.24 modeling_olmo2.py): llama's projections and
+/// MLP (`attention_bias` default false, untied head by default), `Olmo2RMSNorm`
+/// (weight multiplied in fp32, then cast), no pre-norms: `post_attention_layernorm` and
+/// `post_feedforward_layernorm` on the sublayer outputs, and `q_norm`/`k_norm` over the
+/// whole q and k projections.
+fn olmo2(c: &Cfg) -> Result<ModelSpec> {
+    let mut s = std_base(c, Family::Olmo2, true, |hidden, heads| {
+        c.derived_head_dim(hidden, heads)
+    })?;
+    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 2048)?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
+    s.act = c.act("hidden_act", Activation::Silu)?;
+    s.qkv_bias = c.bool_or("attention_bias", false)?;
+    s.o_bias = s.qkv_bias;
+    s.dropout.attn = c.prob("attention_dropout", 0.0)?;
+    s.norm = NormKind::RmsNorm {
+        offset_one: false,
+        weight_fp32: true,
+    };
+    s.residual = Residual::PostNorm;
+    s.qk_norm = QkNorm::FullWidth;
+    Ok(s)
+}
+
 /// gemma / gemma2 (`GemmaConfig`, `Gemma2Config`): `head_dim` (default 256), RMSNorm
 /// with (1 + weight), embeddings × sqrt(hidden), output head always tied (the class
 /// default; `tie_word_embeddings: false` is honoured). The MLP runs `hidden_activation`
@@ -846,7 +874,10 @@ fn gemma(c: &Cfg, family: Family) -> Result<ModelSpec> {
     })?;
     s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 8192)?;
     s.tie_embeddings = c.bool_or("tie_word_embeddings", true)?;
-    s.norm = NormKind::RmsNorm { offset_one: true };
+    s.norm = NormKind::RmsNorm {
+        offset_one: true,
+        weight_fp32: true,
+    };
     s.act = c.act("hidden_activation", Activation::GeluTanh)?;
     s.embed_scale = true;
     s.qkv_bias = c.bool_or("attention_bias", false)?;

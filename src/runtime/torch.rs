@@ -34,7 +34,7 @@
 //! intermediate kept until the graph is dropped) is `program` + `tape`.
 
 use crate::arch::{
-    Activation, LinearSpec, LoraTargets, MlpKind, ModelSpec, NormKind, Positions, Residual,
+    Activation, LinearSpec, LoraTargets, MlpKind, ModelSpec, NormKind, Positions, QkNorm, Residual,
 };
 use crate::units::dtype::DType;
 use crate::workload::{Attn, Device, GradCkpt, Loss, Precision};
@@ -483,7 +483,7 @@ impl<'a> Graph<'a> {
                 .push((self.op + 1, n * self.p.param_grad_size));
         }
         match kind {
-            NormKind::RmsNorm { offset_one } => {
+            NormKind::RmsNorm { weight_fp32, .. } => {
                 let in_dt = self.dt(x);
                 let x32 = self.cast(x, DType::F32);
                 let sq = self.unary_save_in("pow", x32);
@@ -492,8 +492,8 @@ impl<'a> Graph<'a> {
                 let var = self.unary_plain("add eps", mean, rows, DType::F32);
                 let r = self.unary_save_out("rsqrt", var, DType::F32);
                 let y = self.mul("normalized", x32, r);
-                if offset_one {
-                    // Gemma: (y * (1 + w.float())).type_as(x)
+                if weight_fp32 {
+                    // Gemma: (y * (1 + w.float())).type_as(x); OLMo-2: (w * y).to(dtype)
                     self.begin(&[y]);
                     self.save_if(y, weight_trainable);
                     let e = self.elems(y);
@@ -643,6 +643,14 @@ fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (
             }
             g.add("residual", h1, m)
         }
+        Residual::PostNorm => {
+            let a = g.attention_block(spec, &lins, x);
+            let a = g.norm(a, h, spec.norm);
+            let h1 = g.add("residual", x, a);
+            let m = g.mlp_block(spec, &lins, h1);
+            let m = g.norm(m, h, spec.norm);
+            g.add("residual", h1, m)
+        }
         Residual::Parallel { shared_norm } => {
             let n1 = g.norm(x, h, spec.norm);
             let n2 = if shared_norm {
@@ -710,9 +718,17 @@ impl Graph<'_> {
                 v = self.unary_plain("v fold copy", fused, kv_e, d);
             }
         }
-        if spec.qk_norm.is_some() {
-            q = self.norm(q, spec.head_dim, spec.norm);
-            k = self.norm(k, spec.head_dim, spec.norm);
+        match spec.qk_norm {
+            QkNorm::None => {}
+            // over the whole projection: one row per token
+            QkNorm::FullWidth => {
+                q = self.norm(q, spec.heads * spec.head_dim, spec.norm);
+                k = self.norm(k, spec.kv_heads * spec.head_dim, spec.norm);
+            }
+            QkNorm::Shared { .. } | QkNorm::PerHead => {
+                q = self.norm(q, spec.head_dim, spec.norm);
+                k = self.norm(k, spec.head_dim, spec.norm);
+            }
         }
         if let Positions::Rope { rotary_dim } = spec.positions {
             q = self.rope(q, spec.heads, spec.head_dim, rotary_dim);

@@ -521,7 +521,9 @@ fn norm<O: Ops>(o: &mut O, x: &O::T, n: &Norm<O::T>, kind: NormKind) -> Result<O
     let rb = bcast(o, &r, &d)?;
     let xn = o.binary(&xc, &rb, Bin::Div)?;
     let w = match kind {
-        NormKind::RmsNorm { offset_one: true } => o.affine(&n.w, 1.0, 1.0)?,
+        NormKind::RmsNorm {
+            offset_one: true, ..
+        } => o.affine(&n.w, 1.0, 1.0)?,
         _ => n.w.clone(),
     };
     let wb = bcast(o, &w, &d)?;
@@ -693,6 +695,14 @@ fn layer<O: Ops>(o: &mut O, c: &Ctx<O::T>, x: &O::T, l: &Layer<O::T>) -> Result<
             let h1 = o.binary(x, &a, Bin::Add)?;
             let n2 = norm(o, &h1, l.n2.as_ref().expect("second norm"), kind)?;
             let m = mlp(o, c, &n2, l)?;
+            o.binary(&h1, &m, Bin::Add)
+        }
+        Residual::PostNorm => {
+            let a = attention(o, c, x, l)?;
+            let a = norm(o, &a, &l.n1, kind)?;
+            let h1 = o.binary(x, &a, Bin::Add)?;
+            let m = mlp(o, c, &h1, l)?;
+            let m = norm(o, &m, l.n2.as_ref().expect("second norm"), kind)?;
             o.binary(&h1, &m, Bin::Add)
         }
         Residual::Parallel { .. } => {
