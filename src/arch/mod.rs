@@ -49,10 +49,13 @@ pub enum Family {
     Starcoder2,
     /// OLMo-2 (`Olmo2ForCausalLM`): norms after each sublayer, full-width q/k norms.
     Olmo2,
+    /// Gemma 3 text (`Gemma3ForCausalLM`): Gemma-2's block with q/k norms, no softcaps,
+    /// five sliding-window layers to one global.
+    Gemma3Text,
 }
 
 impl Family {
-    pub const ALL: [Family; 18] = [
+    pub const ALL: [Family; 19] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
@@ -71,6 +74,7 @@ impl Family {
         Family::Granite,
         Family::Starcoder2,
         Family::Olmo2,
+        Family::Gemma3Text,
     ];
 
     pub fn model_type(self) -> &'static str {
@@ -93,6 +97,7 @@ impl Family {
             Family::Granite => "granite",
             Family::Starcoder2 => "starcoder2",
             Family::Olmo2 => "olmo2",
+            Family::Gemma3Text => "gemma3_text",
         }
     }
 

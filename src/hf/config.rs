@@ -157,7 +157,7 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
         Family::Granite => granite(&c)?,
         Family::Starcoder2 => starcoder2(&c)?,
         Family::Olmo2 => olmo2(&c)?,
-        Family::Gemma | Family::Gemma2 => gemma(&c, family)?,
+        Family::Gemma | Family::Gemma2 | Family::Gemma3Text => gemma(&c, family)?,
         Family::Phi3 => phi3(&c)?,
         Family::Gpt2 | Family::GptBigcode => gpt2(&c, family)?,
         Family::GptNeox => gpt_neox(&c)?,
@@ -883,6 +883,23 @@ fn gemma(c: &Cfg, family: Family) -> Result<ModelSpec> {
     s.qkv_bias = c.bool_or("attention_bias", false)?;
     s.o_bias = s.qkv_bias;
     s.dropout.attn = c.prob("attention_dropout", 0.0)?;
+    if family == Family::Gemma3Text {
+        // Gemma3TextConfig: q_norm/k_norm Gemma3RMSNorm(head_dim), sandwich norms, the
+        // softcaps default to none, sliding_window 4096 (every `sliding_window_pattern`-th
+        // layer global)
+        s.sandwich_norms = true;
+        s.qk_norm = QkNorm::Shared { bias: false };
+        s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 131_072)?;
+        let cap = |key: &'static str| -> Result<Option<f64>> {
+            match c.m.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(_) => Ok(Some(c.float_or(key, f64::MIN_POSITIVE, 1e9, 1.0)?)),
+            }
+        };
+        s.attn_softcap = cap("attn_logit_softcapping")?;
+        s.final_softcap = cap("final_logit_softcapping")?;
+        s.sliding_window = Some(c.window()?.unwrap_or(4096));
+    }
     if family == Family::Gemma2 {
         s.sandwich_norms = true;
         let cap = |key: &'static str, default: f64| -> Result<Option<f64>> {

@@ -873,6 +873,20 @@ impl Graph<'_> {
             self.save(k);
             self.save(v);
         }
+        if spec.mask_always_materialized && any_rg {
+            // an explicit boolean mask: SDPA converts it to an additive mask in q's dtype
+            // on every call (attention.cpp convert_boolean_attn_mask), which the kernel
+            // saves: one per layer (trace probe: Falcon-7B, +131072 bytes per layer at
+            // b1 s256)
+            let m = self.out(
+                "sdpa float mask",
+                p_mask_elems(self.p),
+                d,
+                false,
+                Kind::Matmul,
+            );
+            self.save(m);
+        }
         let out = self.out("attention out", tq * nh * hd, d, any_rg, Kind::Matmul);
         let lse = self.out("logsumexp", tq * nh, DType::F32, false, Kind::Matmul);
         if any_rg {
@@ -1193,12 +1207,13 @@ fn shared_saved(spec: &ModelSpec, p: &LedgerParams) -> u64 {
         // rotary muls of every layer (one storage)
         shared += 2 * p.seq * rotary_dim * resid_dt.size();
     }
-    if (p.attn == Attn::Eager && p.grad_ckpt != GradCkpt::None)
-        || (spec.mask_always_materialized && p.attn == Attn::Sdpa)
-    {
-        // the 4-D causal mask [b, 1, s, s]: a saved checkpoint input, or an explicit
-        // mask SDPA saves (one tensor shared by every layer)
+    if p.attn == Attn::Eager && p.grad_ckpt != GradCkpt::None {
+        // the additive 4-D causal mask [b, 1, s, s] becomes a saved checkpoint input
         shared += p.batch * p.seq * p.kv_len * resid_dt.size();
+    }
+    if spec.mask_always_materialized && p.attn == Attn::Sdpa && p.grad_ckpt != GradCkpt::None {
+        // SDPA's boolean mask [b, 1, s, s] (masking_utils sdpa_mask) as a checkpoint input
+        shared += p.batch * p.seq * p.kv_len;
     }
     if spec.dropout.embd > 0.0 && embedding_output_requires_grad(p) {
         // the mask is saved only when the embedding output needs a gradient
@@ -1415,6 +1430,11 @@ pub fn activations(spec: &ModelSpec, p: &LedgerParams) -> Activations {
         per_layer_bytes: per_layer,
         non_layer_bytes,
     }
+}
+
+/// Elements of a [b, 1, s, kv] attention mask.
+fn p_mask_elems(p: &LedgerParams) -> u64 {
+    p.batch * p.seq * p.kv_len
 }
 
 /// Whether the embedding output requires grad: with a trainable embedding, or when
