@@ -52,10 +52,15 @@ pub enum Family {
     /// Gemma 3 text (`Gemma3ForCausalLM`): Gemma-2's block with q/k norms, no softcaps,
     /// five sliding-window layers to one global.
     Gemma3Text,
+    /// Cohere Command-R (`CohereForCausalLM`): parallel attention + MLP on one
+    /// fp32 LayerNorm, interleaved rope in fp32, scaled logits.
+    Cohere,
+    /// Cohere Command-R7B (`Cohere2ForCausalLM`): Cohere's block, sliding-window layers.
+    Cohere2,
 }
 
 impl Family {
-    pub const ALL: [Family; 19] = [
+    pub const ALL: [Family; 21] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
@@ -75,6 +80,8 @@ impl Family {
         Family::Starcoder2,
         Family::Olmo2,
         Family::Gemma3Text,
+        Family::Cohere,
+        Family::Cohere2,
     ];
 
     pub fn model_type(self) -> &'static str {
@@ -98,6 +105,8 @@ impl Family {
             Family::Starcoder2 => "starcoder2",
             Family::Olmo2 => "olmo2",
             Family::Gemma3Text => "gemma3_text",
+            Family::Cohere => "cohere",
+            Family::Cohere2 => "cohere2",
         }
     }
 
@@ -139,6 +148,10 @@ pub enum NormKind {
     RmsNorm { offset_one: bool, weight_fp32: bool },
     /// `nn.LayerNorm` (weight, and bias when `bias`).
     LayerNorm { bias: bool },
+    /// Cohere's `CohereLayerNorm` (weight, no bias) written as Python ops in fp32:
+    /// x.float(), mean, (x - mean) twice, pow, mean, rsqrt, ×, weight.float() ×, cast
+    /// back (modeling_cohere.py / modeling_cohere2.py).
+    CohereLayerNorm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,6 +302,9 @@ pub struct ModelSpec {
     /// tensor that saves nothing): Granite's `embedding_multiplier`,
     /// `residual_multiplier` and `logits / logits_scaling`.
     pub scalars: ScalarMults,
+    /// The rotary embedding runs on fp32 copies of q and k and casts back (Cohere's
+    /// `apply_rotary_pos_emb`).
+    pub rope_fp32: bool,
     pub positions: Positions,
     pub residual: Residual,
     /// Gemma-2 sandwich norms (post-attention and pre/post-feedforward norms).

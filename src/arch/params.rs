@@ -34,7 +34,9 @@ pub struct ParamCounts {
 /// Parameters of one norm of width `width` for the spec's norm kind.
 fn norm_params(spec: &ModelSpec, width: u64) -> u64 {
     match spec.norm {
-        NormKind::RmsNorm { .. } | NormKind::LayerNorm { bias: false } => width,
+        NormKind::RmsNorm { .. }
+        | NormKind::LayerNorm { bias: false }
+        | NormKind::CohereLayerNorm => width,
         NormKind::LayerNorm { bias: true } => 2 * width,
     }
 }

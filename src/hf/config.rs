@@ -157,6 +157,7 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
         Family::Granite => granite(&c)?,
         Family::Starcoder2 => starcoder2(&c)?,
         Family::Olmo2 => olmo2(&c)?,
+        Family::Cohere | Family::Cohere2 => cohere(&c, family)?,
         Family::Gemma | Family::Gemma2 | Family::Gemma3Text => gemma(&c, family)?,
         Family::Phi3 => phi3(&c)?,
         Family::Gpt2 | Family::GptBigcode => gpt2(&c, family)?,
@@ -696,6 +697,7 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         mask_always_materialized: false,
         rope_cat: false,
         scalars: ScalarMults::default(),
+        rope_fp32: false,
         positions: Positions::Rope {
             rotary_dim: d.head_dim,
         },
@@ -858,6 +860,40 @@ fn olmo2(c: &Cfg) -> Result<ModelSpec> {
     };
     s.residual = Residual::PostNorm;
     s.qk_norm = QkNorm::FullWidth;
+    Ok(s)
+}
+
+/// cohere / cohere2 (`CohereConfig`, `Cohere2Config`; transformers 5.24
+/// modeling_cohere.py / modeling_cohere2.py): one `CohereLayerNorm` (no bias, fp32
+/// Python ops) feeding attention and MLP in parallel, a gated MLP, q/k/v/o with
+/// `attention_bias` (default false), interleaved rope on fp32 copies of q and k,
+/// `logits * logit_scale`, embedding shared with the head (`tie_word_embeddings`
+/// default true). Cohere: `use_qk_norm` (per-head CohereLayerNorm over head_dim,
+/// default false). Cohere2: `sliding_window` (default 4096) on three layers of four;
+/// the global layers run without rope.
+fn cohere(c: &Cfg, family: Family) -> Result<ModelSpec> {
+    let mut s = std_base(c, family, true, |hidden, heads| {
+        match c.uint_opt("head_dim", MAX_WIDTH)? {
+            Some(d) => Ok(d),
+            None => c.derived_head_dim(hidden, heads),
+        }
+    })?;
+    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 8192)?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", true)?;
+    s.norm = NormKind::CohereLayerNorm;
+    s.residual = Residual::Parallel { shared_norm: true };
+    s.act = c.act("hidden_act", Activation::Silu)?;
+    s.qkv_bias = c.bool_or("attention_bias", false)?;
+    s.o_bias = s.qkv_bias;
+    s.dropout.attn = c.prob("attention_dropout", 0.0)?;
+    s.rope_fp32 = true;
+    s.scalars.logits = true;
+    if family == Family::Cohere && c.bool_or("use_qk_norm", false)? {
+        s.qk_norm = QkNorm::PerHead;
+    }
+    if family == Family::Cohere2 {
+        s.sliding_window = Some(c.window()?.unwrap_or(4096));
+    }
     Ok(s)
 }
 

@@ -514,6 +514,32 @@ impl<'a> Graph<'a> {
                     self.out("norm out", e, in_dt, rg, Kind::Other)
                 }
             }
+            NormKind::CohereLayerNorm => {
+                // modeling_cohere.py CohereLayerNorm.forward, op by op
+                let in_dt = self.dt(x);
+                let e = self.elems(x);
+                let rows = e / width;
+                let x32 = self.cast(x, DType::F32);
+                let mean = self.unary_plain("mean", x32, rows, DType::F32);
+                let c1 = self.add("x - mean", x32, mean);
+                let sq = self.unary_save_in("pow", c1);
+                let var = self.unary_plain("mean", sq, rows, DType::F32);
+                let c2 = self.add("x - mean", x32, mean);
+                let ve = self.unary_plain("+ eps", var, rows, DType::F32);
+                let r = self.unary_save_out("rsqrt", ve, DType::F32);
+                let y = self.mul("normalized", c2, r);
+                // weight.float() * y: saves y for the weight's gradient
+                self.begin(&[y]);
+                self.save_if(y, weight_trainable);
+                let z = self.out(
+                    "norm out",
+                    e,
+                    DType::F32,
+                    self.rg(y) || weight_trainable,
+                    Kind::Other,
+                );
+                self.cast(z, in_dt)
+            }
             NormKind::LayerNorm { .. } => {
                 self.begin(&[x]);
                 let rg = self.rg(x);
@@ -731,8 +757,18 @@ impl Graph<'_> {
             }
         }
         if let Positions::Rope { rotary_dim } = spec.positions {
-            q = self.rope(q, spec.heads, spec.head_dim, rotary_dim);
-            k = self.rope(k, spec.kv_heads, spec.head_dim, rotary_dim);
+            if spec.rope_fp32 {
+                // Cohere's apply_rotary_pos_emb: q.float(), k.float(), rotate, .to(dtype)
+                let (dq, dk) = (self.dt(q), self.dt(k));
+                let (q32, k32) = (self.cast(q, DType::F32), self.cast(k, DType::F32));
+                let q2 = self.rope(q32, spec.heads, spec.head_dim, rotary_dim);
+                let k2 = self.rope(k32, spec.kv_heads, spec.head_dim, rotary_dim);
+                q = self.cast(q2, dq);
+                k = self.cast(k2, dk);
+            } else {
+                q = self.rope(q, spec.heads, spec.head_dim, rotary_dim);
+                k = self.rope(k, spec.kv_heads, spec.head_dim, rotary_dim);
+            }
         }
         let out = self.attention_core(spec, q, k, v);
         let o = self.linear(out, &find(O).unwrap());
