@@ -57,10 +57,14 @@ pub enum Family {
     Cohere,
     /// Cohere Command-R7B (`Cohere2ForCausalLM`): Cohere's block, sliding-window layers.
     Cohere2,
+    /// OLMo 1 (`OlmoForCausalLM`): llama with parameter-free fp32 LayerNorms.
+    Olmo,
+    /// SmolLM3 (`SmolLM3ForCausalLM`): llama with rope skipped on every fourth layer.
+    Smollm3,
 }
 
 impl Family {
-    pub const ALL: [Family; 21] = [
+    pub const ALL: [Family; 23] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
@@ -82,6 +86,8 @@ impl Family {
         Family::Gemma3Text,
         Family::Cohere,
         Family::Cohere2,
+        Family::Olmo,
+        Family::Smollm3,
     ];
 
     pub fn model_type(self) -> &'static str {
@@ -107,6 +113,8 @@ impl Family {
             Family::Gemma3Text => "gemma3_text",
             Family::Cohere => "cohere",
             Family::Cohere2 => "cohere2",
+            Family::Olmo => "olmo",
+            Family::Smollm3 => "smollm3",
         }
     }
 
@@ -152,6 +160,9 @@ pub enum NormKind {
     /// x.float(), mean, (x - mean) twice, pow, mean, rsqrt, ×, weight.float() ×, cast
     /// back (modeling_cohere.py / modeling_cohere2.py).
     CohereLayerNorm,
+    /// OLMo's `OlmoLayerNorm`: `F.layer_norm(x.float(), no weight, no bias).to(dtype)`
+    /// (modeling_olmo.py): no parameters.
+    OlmoLayerNorm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -38,6 +38,7 @@ fn norm_params(spec: &ModelSpec, width: u64) -> u64 {
         | NormKind::LayerNorm { bias: false }
         | NormKind::CohereLayerNorm => width,
         NormKind::LayerNorm { bias: true } => 2 * width,
+        NormKind::OlmoLayerNorm => 0,
     }
 }
 

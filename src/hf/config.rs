@@ -158,6 +158,7 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
         Family::Starcoder2 => starcoder2(&c)?,
         Family::Olmo2 => olmo2(&c)?,
         Family::Cohere | Family::Cohere2 => cohere(&c, family)?,
+        Family::Olmo | Family::Smollm3 => olmo_smollm3(&c, family)?,
         Family::Gemma | Family::Gemma2 | Family::Gemma3Text => gemma(&c, family)?,
         Family::Phi3 => phi3(&c)?,
         Family::Gpt2 | Family::GptBigcode => gpt2(&c, family)?,
@@ -893,6 +894,30 @@ fn cohere(c: &Cfg, family: Family) -> Result<ModelSpec> {
     }
     if family == Family::Cohere2 {
         s.sliding_window = Some(c.window()?.unwrap_or(4096));
+    }
+    Ok(s)
+}
+
+/// olmo (`OlmoConfig`) and smollm3 (`SmolLM3Config`), transformers 5.24: llama's block
+/// and keys. OLMo: `OlmoLayerNorm` (parameter-free, fp32), untied head by default,
+/// `clip_qkv` (an in-place clamp: no memory). SmolLM3: tied head by default; its
+/// `no_rope_layers` skip rope on every fourth layer (modelled with rope on all).
+fn olmo_smollm3(c: &Cfg, family: Family) -> Result<ModelSpec> {
+    let mut s = std_base(c, family, true, |hidden, heads| {
+        match c.uint_opt("head_dim", MAX_WIDTH)? {
+            Some(d) => Ok(d),
+            None => c.derived_head_dim(hidden, heads),
+        }
+    })?;
+    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 2048)?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", family == Family::Smollm3)?;
+    s.act = c.act("hidden_act", Activation::Silu)?;
+    s.qkv_bias = c.bool_or("attention_bias", false)?;
+    s.o_bias = s.qkv_bias;
+    s.mlp_bias = c.bool_or("mlp_bias", false)?;
+    s.dropout.attn = c.prob("attention_dropout", 0.0)?;
+    if family == Family::Olmo {
+        s.norm = NormKind::OlmoLayerNorm;
     }
     Ok(s)
 }

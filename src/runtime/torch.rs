@@ -514,6 +514,23 @@ impl<'a> Graph<'a> {
                     self.out("norm out", e, in_dt, rg, Kind::Other)
                 }
             }
+            NormKind::OlmoLayerNorm => {
+                // F.layer_norm(x.float(), None, None).to(dtype): the fp32 copy, mean
+                // and rstd are saved when the input needs a gradient (no weight)
+                let in_dt = self.dt(x);
+                let x32 = self.cast(x, DType::F32);
+                self.begin(&[x32]);
+                let rg = self.rg(x32);
+                self.save_if(x32, rg);
+                let rows = self.elems(x32) / width;
+                let mean = self.out("ln mean", rows, DType::F32, false, Kind::Other);
+                let rstd = self.out("ln rstd", rows, DType::F32, false, Kind::Other);
+                self.save_if(mean, rg);
+                self.save_if(rstd, rg);
+                let e = self.elems(x32);
+                let y = self.out("ln out", e, DType::F32, rg, Kind::Other);
+                self.cast(y, in_dt)
+            }
             NormKind::CohereLayerNorm => {
                 // modeling_cohere.py CohereLayerNorm.forward, op by op
                 let in_dt = self.dt(x);

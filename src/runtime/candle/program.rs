@@ -507,7 +507,7 @@ fn norm<O: Ops>(o: &mut O, x: &O::T, n: &Norm<O::T>, kind: NormKind) -> Result<O
             let ss = o.sum_keepdim(&sq, last)?;
             (x.clone(), o.affine(&ss, 1.0 / width, eps())?)
         }
-        NormKind::LayerNorm { .. } | NormKind::CohereLayerNorm => {
+        NormKind::LayerNorm { .. } | NormKind::CohereLayerNorm | NormKind::OlmoLayerNorm => {
             let s = o.sum_keepdim(x, last)?;
             let mean = o.affine(&s, 1.0 / width, 0.0)?;
             let mb = bcast(o, &mean, &d)?;
