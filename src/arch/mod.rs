@@ -61,10 +61,13 @@ pub enum Family {
     Olmo,
     /// SmolLM3 (`SmolLM3ForCausalLM`): llama with rope skipped on every fourth layer.
     Smollm3,
+    /// GPT-J (`GPTJForCausalLM`): parallel attention + MLP on one LayerNorm, partial
+    /// interleaved rope before the head transpose, fp32 q·kᵀ in eager, biased head.
+    Gptj,
 }
 
 impl Family {
-    pub const ALL: [Family; 23] = [
+    pub const ALL: [Family; 24] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
@@ -88,6 +91,7 @@ impl Family {
         Family::Cohere2,
         Family::Olmo,
         Family::Smollm3,
+        Family::Gptj,
     ];
 
     pub fn model_type(self) -> &'static str {
@@ -115,6 +119,7 @@ impl Family {
             Family::Cohere2 => "cohere2",
             Family::Olmo => "olmo",
             Family::Smollm3 => "smollm3",
+            Family::Gptj => "gptj",
         }
     }
 
@@ -316,6 +321,12 @@ pub struct ModelSpec {
     /// The rotary embedding runs on fp32 copies of q and k and casts back (Cohere's
     /// `apply_rotary_pos_emb`).
     pub rope_fp32: bool,
+    /// GPT-J: rope runs on q/k in [b, s, h, d] order before the head transpose, with
+    /// cos/sin `repeat_interleave`d anew on every call (each saved by its mul), and the
+    /// partial-rotary `cat` keeps that order.
+    pub rope_before_transpose: bool,
+    /// GPT-J's eager attention computes q·kᵀ on fp32 copies of q and k.
+    pub eager_qk_fp32: bool,
     pub positions: Positions,
     pub residual: Residual,
     /// Gemma-2 sandwich norms (post-attention and pre/post-feedforward norms).

@@ -159,6 +159,7 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
         Family::Olmo2 => olmo2(&c)?,
         Family::Cohere | Family::Cohere2 => cohere(&c, family)?,
         Family::Olmo | Family::Smollm3 => olmo_smollm3(&c, family)?,
+        Family::Gptj => gptj(&c)?,
         Family::Gemma | Family::Gemma2 | Family::Gemma3Text => gemma(&c, family)?,
         Family::Phi3 => phi3(&c)?,
         Family::Gpt2 | Family::GptBigcode => gpt2(&c, family)?,
@@ -231,6 +232,15 @@ fn block_modules(family: Family, mlp: MlpKind) -> BlockModules {
         m("v_proj", V),
         m("o_proj", O),
     ];
+    // modeling_gptj.py GPTJAttention: q/k/v_proj, out_proj
+    const QKV_OUT_PROJ: &[ModuleSlot] = &[
+        m("q_proj", Q),
+        m("k_proj", K),
+        m("v_proj", V),
+        m("out_proj", O),
+    ];
+    // GPTJMLP: fc_in, fc_out
+    const FC_IN_OUT: &[ModuleSlot] = &[m("fc_in", Up), m("fc_out", Down)];
     // modeling_phi.py PhiAttention: q/k/v_proj, dense
     const QKV_PROJ_DENSE: &[ModuleSlot] = &[
         m("q_proj", Q),
@@ -257,6 +267,7 @@ fn block_modules(family: Family, mlp: MlpKind) -> BlockModules {
         Family::GptNeox | Family::Falcon | Family::Bloom => QKV_DENSE,
         Family::Phi3 => QKV_PROJ,
         Family::Phi => QKV_PROJ_DENSE,
+        Family::Gptj => QKV_OUT_PROJ,
         _ => QKVO_PROJ,
     };
     let ffn = match (family, mlp) {
@@ -264,6 +275,7 @@ fn block_modules(family: Family, mlp: MlpKind) -> BlockModules {
         (Family::Gpt2 | Family::GptBigcode | Family::Starcoder2, _) => C_FC,
         (Family::Qwen, _) => QWEN_MLP,
         (Family::Phi, _) => FC12,
+        (Family::Gptj, _) => FC_IN_OUT,
         (Family::GptNeox | Family::Falcon | Family::Bloom, _) => H_TO_4H,
         (
             _,
@@ -289,6 +301,7 @@ fn family_facts(mut s: ModelSpec) -> ModelSpec {
     for g in &mut s.groups {
         g.modules = modules;
     }
+    // modeling_gptj.py eager attention: softmax of fp32 scores (saved in fp32)
     // modeling_gpt2.py eager attention: softmax in the compute dtype;
     // modeling_falcon.py: softmax(dtype=hidden_states.dtype); llama-style
     // eager_attention_forward (also modeling_gpt_bigcode.py in transformers 5.24):
@@ -699,6 +712,8 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         rope_cat: false,
         scalars: ScalarMults::default(),
         rope_fp32: false,
+        rope_before_transpose: false,
+        eager_qk_fp32: false,
         positions: Positions::Rope {
             rotary_dim: d.head_dim,
         },
@@ -919,6 +934,45 @@ fn olmo_smollm3(c: &Cfg, family: Family) -> Result<ModelSpec> {
     if family == Family::Olmo {
         s.norm = NormKind::OlmoLayerNorm;
     }
+    Ok(s)
+}
+
+/// gptj (`GPTJConfig`, transformers 5.24 modeling_gptj.py): `n_embd`, `n_layer`,
+/// `n_head`, `n_inner` (default 4·n_embd), `rotary_dim` (default 64; `null` = full),
+/// `activation_function` (default gelu_new); one `ln_1` (LayerNorm with bias) feeds
+/// attention and MLP in parallel; q/k/v/out_proj without bias, fc_in/fc_out with;
+/// `embd_pdrop`/`attn_pdrop`/`resid_pdrop` (default 0); the head has a bias and is
+/// untied by default.
+fn gptj(c: &Cfg) -> Result<ModelSpec> {
+    let hidden = c.uint_req(&["n_embd", "hidden_size"], MAX_WIDTH)?;
+    let layers = c.uint_req(&["n_layer", "num_hidden_layers"], MAX_LAYERS)?;
+    let heads = c.uint_req(&["n_head", "num_attention_heads"], MAX_WIDTH)?;
+    let dims = Dims {
+        hidden,
+        layers,
+        heads,
+        head_dim: c.derived_head_dim(hidden, heads)?,
+        intermediate: c.uint_or(&["n_inner"], MAX_WIDTH, 4 * hidden)?,
+        vocab: c.uint_req(&["vocab_size"], MAX_VOCAB)?,
+        kv_heads: heads,
+    };
+    let mut s = base(c, Family::Gptj, dims)?;
+    s.max_positions = c.uint_or(&["n_positions"], MAX_POSITIONS, 2048)?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
+    s.norm = NormKind::LayerNorm { bias: true };
+    s.act = c.act("activation_function", Activation::GeluNew)?;
+    s.mlp = MlpKind::Plain;
+    s.mlp_bias = true;
+    s.lm_head_bias = true;
+    s.residual = Residual::Parallel { shared_norm: true };
+    let rotary = match c.m.get("rotary_dim") {
+        Some(Value::Null) => s.head_dim,
+        _ => c.uint_or(&["rotary_dim"], s.head_dim, 64)?,
+    };
+    s.positions = Positions::Rope { rotary_dim: rotary };
+    s.rope_before_transpose = true;
+    s.eager_qk_fp32 = true;
+    s.dropout = dropouts(c, ["embd_pdrop", "attn_pdrop", "resid_pdrop"], 0.0)?;
     Ok(s)
 }
 

@@ -783,6 +783,21 @@ impl Graph<'_> {
                 q = self.cast(q2, dq);
                 k = self.cast(k2, dk);
             } else {
+                if spec.rope_before_transpose {
+                    // GPT-J's apply_rotary_pos_emb: sin/cos repeat_interleave'd anew for
+                    // each of q and k ([1, s, 1, rotary_dim], the hidden dtype), each
+                    // saved by its mul
+                    let table = self.p.seq * rotary_dim;
+                    let dt = self.rope_dtype();
+                    for x in [q, k] {
+                        let rg = self.rg(x);
+                        self.begin(&[]);
+                        for name in ["cos repeat", "sin repeat"] {
+                            let t = self.out(name, table, dt, false, Kind::Other);
+                            self.save_if(t, rg);
+                        }
+                    }
+                }
                 q = self.rope(q, spec.heads, spec.head_dim, rotary_dim);
                 k = self.rope(k, spec.kv_heads, spec.head_dim, rotary_dim);
             }
@@ -867,7 +882,8 @@ impl Graph<'_> {
                 // saves the copy; after an element-wise rotary q keeps the projection's
                 // [b, s, h, d] order and the transpose is a view.
                 let head_major_q = spec.rope_cat
-                    || matches!(spec.positions, Positions::Rope { rotary_dim } if rotary_dim < spec.head_dim);
+                    || (!spec.rope_before_transpose
+                        && matches!(spec.positions, Positions::Rope { rotary_dim } if rotary_dim < spec.head_dim));
                 if head_major_q {
                     let (e, d) = (self.elems(out), self.dt(out));
                     self.unary_plain("attn transpose", out, e, d)
@@ -979,17 +995,27 @@ impl Graph<'_> {
             (k, v)
         };
         let scores_elems = p.batch * nh * p.seq * p.kv_len;
+        // GPT-J: matmul(query.to(float32), key.to(float32).transpose(2, 3))
+        let (q, kr, sd) = if spec.eager_qk_fp32 {
+            (
+                self.cast(q, DType::F32),
+                self.cast(kr, DType::F32),
+                DType::F32,
+            )
+        } else {
+            (q, kr, d)
+        };
         self.begin(&[q, kr]);
         let (rq, rk) = (self.rg(q), self.rg(kr));
         self.save_if(kr, rq);
         self.save_if(q, rk);
         self.in_attn_core = true;
-        let mut s = self.out("scores", scores_elems, d, any_rg, Kind::AttnCore);
-        s = self.unary_plain("scale", s, scores_elems, d);
+        let mut s = self.out("scores", scores_elems, sd, any_rg, Kind::AttnCore);
+        s = self.unary_plain("scale", s, scores_elems, sd);
         if spec.attn_softcap.is_some() {
             s = self.softcap(s, scores_elems, d);
         }
-        s = self.unary_plain("mask add", s, scores_elems, d);
+        s = self.unary_plain("mask add", s, scores_elems, sd);
         let probs = self.eager_softmax(spec, s);
         let probs = self.dropout(probs, spec.dropout.attn);
         self.in_attn_core = false;
@@ -1255,7 +1281,7 @@ fn shared_saved(spec: &ModelSpec, p: &LedgerParams) -> u64 {
     if pos_saved {
         shared += p.seq * 8;
     }
-    if let Positions::Rope { rotary_dim } = spec.positions {
+    if let (Positions::Rope { rotary_dim }, false) = (spec.positions, spec.rope_before_transpose) {
         // cos and sin [1, s, rotary_dim] in the hidden-state dtype, saved by the
         // rotary muls of every layer (one storage)
         shared += 2 * p.seq * rotary_dim * resid_dt.size();
