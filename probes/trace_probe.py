@@ -60,7 +60,7 @@ import weakref
 DEBUG = bool(os.environ.get("TRACE_PROBE_SAVED"))
 
 COLUMNS = [
-    "model", "layers", "batch", "seq", "dtype", "attn_impl", "grad_ckpt", "mode",
+    "model", "config", "layers", "batch", "seq", "dtype", "attn_impl", "grad_ckpt", "mode",
     "engine", "status", "saved_bytes_storage", "saved_bytes_tensors", "logits_bytes",
     "live_after_fwd_bytes", "peak_fwd_bytes", "peak_bwd_bytes", "peak_bwd_excl_grads",
     "grads_bytes", "trainable_params", "n_saved", "n_saved_storages", "saved_embed",
@@ -316,7 +316,7 @@ def run_cell(c, args, versions):
     if args.scale_down:
         scale_down(cfg)
     row = {k: "" for k in COLUMNS}
-    row.update(model=c["model"], layers=c["layers"], batch=c["batch"], seq=c["seq"],
+    row.update(model=c["model"], config=c["path"], layers=c["layers"], batch=c["batch"], seq=c["seq"],
                dtype=c["dtype"], attn_impl=c["attn_impl"], grad_ckpt=c["grad_ckpt"],
                mode=c["mode"], engine=f"{args.engine}_{c['semantics']}",
                model_type=cfg_json.get("model_type", ""), **versions)

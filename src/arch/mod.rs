@@ -342,6 +342,9 @@ pub struct ModelSpec {
     pub quantization: Option<Quantization>,
     /// Exact tensor list from safetensors headers, when available.
     pub checkpoint: Option<Vec<TensorInfo>>,
+    /// The config's own `model_type` when it is not a modelled family and the model is
+    /// estimated as a generic llama-style decoder (see `hf::config::parse_config`).
+    pub generic_of: Option<String>,
 }
 
 /// A linear layer inside one decoder layer: what LoRA adapts and what saves its input.

@@ -21,12 +21,35 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
+pub mod trace;
+
 use crate::error::{Error, Result};
 use crate::estimate::Correction;
 use crate::probe::measurement::Row;
 use crate::units::bytes::Bytes;
 
 pub const SCHEMA_VERSION: u32 = 1;
+/// The schema of files whose α scales only the decoder layers (`alpha_scope`), written
+/// by the trace calibration; readers accept both.
+pub const SCHEMA_VERSION_SCOPED: u32 = 2;
+
+/// What α multiplies in the estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlphaScope {
+    /// Every activation-class byte (the probe's fit of whole-step peaks; schema 1).
+    #[default]
+    Activations,
+    /// The decoder layers' activation bytes only, the non-layer part as the ledger has
+    /// it (the trace probe's fit of depth 1 and 2 against the ledger; schema 2).
+    DecoderLayers,
+}
+
+impl AlphaScope {
+    fn is_default(&self) -> bool {
+        *self == AlphaScope::Activations
+    }
+}
 pub const MIN_POINTS: usize = 4;
 
 /// Accepted α (the activation scale), fitted or loaded: an estimator off by more than
@@ -130,6 +153,9 @@ pub struct CalibrationFile {
     pub sources: Vec<String>,
     pub families: BTreeMap<String, Entry>,
     pub fallback: Option<Entry>,
+    /// What α scales (absent in schema 1 files: every activation byte).
+    #[serde(default, skip_serializing_if = "AlphaScope::is_default")]
+    pub alpha_scope: AlphaScope,
 }
 
 /// `NVIDIA H100 80GB HBM3` → `h100`: the first word of a GPU's name after the vendor
@@ -289,6 +315,7 @@ pub fn fit(rows: &[Row], sources: Vec<String>) -> Result<CalibrationFile> {
         sources,
         families,
         fallback,
+        alpha_scope: AlphaScope::Activations,
     })
 }
 
@@ -343,21 +370,34 @@ impl CalibrationFile {
         };
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
-        match v.get("schema_version") {
-            Some(s) if s.as_u64() == Some(SCHEMA_VERSION as u64) => {}
+        let accepted = format!("{SCHEMA_VERSION} or {SCHEMA_VERSION_SCOPED}");
+        let version = match v.get("schema_version") {
+            Some(s) if s.as_u64() == Some(SCHEMA_VERSION as u64) => SCHEMA_VERSION,
+            Some(s) if s.as_u64() == Some(SCHEMA_VERSION_SCOPED as u64) => SCHEMA_VERSION_SCOPED,
             Some(s) if s.as_u64().is_some() => {
                 return Err(bad(format!(
-                    "schema_version {s} is not supported; accepted: {SCHEMA_VERSION}"
+                    "schema_version {s} is not supported; accepted: {accepted}"
                 )))
             }
             Some(s) => {
                 return Err(bad(format!(
-                    "schema_version {s}; accepted: the integer {SCHEMA_VERSION} (not a string or another number)"
+                    "schema_version {s}; accepted: the integer {accepted} (not a string or another number)"
                 )))
             }
-            None => return Err(bad(format!("no schema_version; accepted: {SCHEMA_VERSION}"))),
-        }
+            None => return Err(bad(format!("no schema_version; accepted: {accepted}"))),
+        };
         let f: CalibrationFile = serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
+        let want = if f.alpha_scope == AlphaScope::Activations {
+            SCHEMA_VERSION
+        } else {
+            SCHEMA_VERSION_SCOPED
+        };
+        if version != want {
+            return Err(bad(format!(
+                "schema_version {version} with alpha_scope {:?}; accepted: schema_version {want} for it",
+                f.alpha_scope
+            )));
+        }
         let fallback_name = "fallback".to_string();
         let entries = f
             .families
@@ -434,9 +474,13 @@ impl CalibrationFile {
         if beta < 0.0 {
             note += " (negative β not applied: the estimator adds overhead only)";
         }
+        if self.alpha_scope == AlphaScope::DecoderLayers {
+            note += " (α on the decoder layers' activations)";
+        }
         Ok((
             Correction {
                 activation_scale: e.alpha,
+                layers_only: self.alpha_scope == AlphaScope::DecoderLayers,
                 extra_overhead: Bytes(beta.max(0.0) as u64),
             },
             note,
@@ -542,6 +586,7 @@ mod tests {
             git_commit: "abc".into(),
             sources: vec![],
             fallback: Some(families["llama"].clone()),
+            alpha_scope: AlphaScope::Activations,
             families,
         }
     }

@@ -78,6 +78,12 @@ pub fn load_model(s: &Settings) -> Result<llm_mem::ModelSpec> {
         "no model given: pass --model NAME (a preset from `llm-mem models`, a config.json path, or a Hugging Face id org/name[@revision])",
     )?;
     let (mut spec, notes) = hub::resolve_from(&name, &hub::Sources::from_env()?)?;
+    if let (Some(mt), Some(true)) = (&spec.generic_of, s.strict) {
+        anyhow::bail!(
+            "{name}: model_type {mt:?} is not a modelled architecture and --strict refuses the generic estimate; supported model_type values: {}",
+            llm_mem::arch::Family::supported_list()
+        );
+    }
     for n in notes {
         eprintln!("llm-mem: note: {n}");
     }
@@ -96,7 +102,14 @@ pub fn run(args: &EstimateArgs) -> Result<ExitCode> {
     }
     let (w, ov, layout) = (&run.workload, &run.overheads, &run.layout);
     let corr = match &args.calibration {
-        Some(p) => super::probe::correction(p, spec.family.model_type(), w.runtime.as_str())?,
+        // a generic estimate is calibrated under the config's own model_type
+        Some(p) => super::probe::correction(
+            p,
+            spec.generic_of
+                .as_deref()
+                .unwrap_or(spec.family.model_type()),
+            w.runtime.as_str(),
+        )?,
         None => Correction::IDENTITY,
     };
     if layout.is_distributed() {

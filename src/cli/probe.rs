@@ -65,7 +65,8 @@ pub struct CalibrateArgs {
     /// Probe plan to run first.
     #[arg(long, conflicts_with = "from")]
     plan: Option<PathBuf>,
-    /// Measurement files to fit instead of running a plan.
+    /// Measurement files to fit instead of running a plan, or trace probe CSVs
+    /// (probes/trace_probe.py), fitted per architecture against the torch ledger.
     #[arg(long, num_args = 1..)]
     from: Vec<PathBuf>,
     #[arg(long, default_value = ".")]
@@ -261,6 +262,9 @@ fn run_plan(
 }
 
 fn calibrate(a: &CalibrateArgs) -> Result<ExitCode> {
+    if a.plan.is_none() && !a.from.is_empty() && a.from.iter().all(|f| is_trace_file(f)) {
+        return calibrate_trace(a);
+    }
     let files: Vec<PathBuf> = match &a.plan {
         Some(p) => vec![run_plan(p, &a.out, None, None, a.device.as_deref(), a.quiet)?.0],
         None if a.from.is_empty() => bail!("give --plan FILE or --from FILE..."),
@@ -285,6 +289,74 @@ fn calibrate(a: &CalibrateArgs) -> Result<ExitCode> {
             "  {f:<10} α = {:.4} [{:.4}, {:.4}]  β = {:.0} B [{:.0}, {:.0}]  n = {}  R² = {:.5}  LOO max {:.2} %",
             e.alpha, e.alpha_ci[0], e.alpha_ci[1], e.beta_bytes, e.beta_ci[0], e.beta_ci[1], e.n_points, e.r2, e.loo_max_rel_err * 100.0
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `f` starts with a trace probe header.
+fn is_trace_file(f: &std::path::Path) -> bool {
+    use std::io::BufRead;
+    std::fs::File::open(f)
+        .ok()
+        .and_then(|h| std::io::BufReader::new(h).lines().next()?.ok())
+        .is_some_and(|l| calibration::trace::is_trace_header(&l))
+}
+
+/// `probe calibrate --from trace.csv`: the ledger's prediction for every trace cell,
+/// fitted per architecture; one calibration file per engine.
+fn calibrate_trace(a: &CalibrateArgs) -> Result<ExitCode> {
+    let mut rows = Vec::new();
+    for f in &a.from {
+        rows.extend(calibration::trace::read(f)?);
+    }
+    let dirs: Vec<PathBuf> = a
+        .from
+        .iter()
+        .filter_map(|f| f.parent().map(std::path::Path::to_path_buf))
+        .collect();
+    let specs = std::cell::RefCell::new(std::collections::BTreeMap::new());
+    let predict = |r: &calibration::trace::TraceRow| -> llm_mem::error::Result<calibration::trace::Predicted> {
+        // the config as the probe was given it: from here, else beside the trace file
+        let path = std::iter::once(PathBuf::from(&r.config))
+            .chain(dirs.iter().map(|d| d.join(&r.config)))
+            .find(|p| p.is_file())
+            .ok_or_else(|| llm_mem::error::Error::Config {
+                path: r.config.clone(),
+                message: format!(
+                    "the config.json of trace row {} (L{}) is not here or beside the trace file",
+                    r.model, r.layers
+                ),
+            })?;
+        let spec = {
+            let mut cache = specs.borrow_mut();
+            if !cache.contains_key(&path) {
+                cache.insert(path.clone(), llm_mem::hf::hub::load_config_file(&path)?);
+            }
+            cache[&path].clone()
+        };
+        r.predict(&spec)
+    };
+    let sources: Vec<String> = a.from.iter().map(|f| f.display().to_string()).collect();
+    let fitted = calibration::trace::fit(&rows, &predict, sources)?;
+    for s in &fitted.skipped {
+        eprintln!("llm-mem: note: not fitted: {s}");
+    }
+    for cal in &fitted.files {
+        let path = a.out.join("calibration").join(cal.file_name());
+        cal.write(&path)?;
+        println!(
+            "{}: {} / {} ({} trace rows)",
+            path.display(),
+            cal.device,
+            cal.runtime,
+            rows.len()
+        );
+        for (f, e) in &cal.families {
+            println!(
+                "  {f:<14} α = {:.4} [{:.4}, {:.4}]  β = {:.0} B [{:.0}, {:.0}]  n = {}  R² = {:.5}  LOO max {:.2} %",
+                e.alpha, e.alpha_ci[0], e.alpha_ci[1], e.beta_bytes, e.beta_ci[0], e.beta_ci[1], e.n_points, e.r2, e.loo_max_rel_err * 100.0
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -105,12 +105,15 @@ fn ledger_params(
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Correction {
     pub activation_scale: f64,
+    /// α scales only the decoder layers' activations (a trace calibration).
+    pub layers_only: bool,
     pub extra_overhead: Bytes,
 }
 
 impl Correction {
     pub const IDENTITY: Correction = Correction {
         activation_scale: 1.0,
+        layers_only: false,
         extra_overhead: Bytes(0),
     };
 }
@@ -314,7 +317,11 @@ pub fn simulate(
             } else {
                 lora_trainable(spec, w)
             };
-            acts = scaled(torch::activations(local, &rank_ledger_params(w, v)), a);
+            acts = scaled(
+                torch::activations(local, &rank_ledger_params(w, v)),
+                a,
+                corr.layers_only,
+            );
             let plan = train_plan(w, v, &acts);
             timeline::simulate_train(&plan, &mut rec);
         }
@@ -329,7 +336,7 @@ pub fn simulate(
             // one GPU, or one tensor-parallel rank of a served model
             let spec = view.map_or(spec, |v| &v.local);
             layers_here = spec.layers();
-            acts = simulate_serving(spec, w, a, &mut rec)?;
+            acts = simulate_serving(spec, w, a, corr.layers_only, &mut rec)?;
         }
     }
 
@@ -388,6 +395,7 @@ fn simulate_serving(
     spec: &ModelSpec,
     w: &Workload,
     a: f64,
+    layers_only: bool,
     rec: &mut Recorder,
 ) -> Result<Activations> {
     let wb = weights::weight_bytes(spec, w, 0)?;
@@ -398,7 +406,7 @@ fn simulate_serving(
         .unwrap_or(inf.prompt_len)
         .min(inf.prompt_len);
     let pre = ledger_params(w, Trainable::Nothing, chunk, inf.prompt_len, c);
-    let acts = scaled(torch::activations(spec, &pre), a);
+    let acts = scaled(torch::activations(spec, &pre), a, layers_only);
     let total_len = inf.prompt_len + inf.gen_len;
     let dec = ledger_params(w, Trainable::Nothing, 1, total_len, c);
     let dec_layer = torch::layer(spec, &dec, false);
@@ -596,7 +604,7 @@ pub fn kv_bytes_per_token(spec: &ModelSpec, kv_dtype: DType) -> u64 {
 }
 
 /// Activation-class bytes of a ledger multiplied by α.
-fn scaled(mut x: Activations, a: f64) -> Activations {
+fn scaled(mut x: Activations, a: f64, layers_only: bool) -> Activations {
     if a == 1.0 {
         return x;
     }
@@ -606,6 +614,14 @@ fn scaled(mut x: Activations, a: f64) -> Activations {
         l.fwd_peak = scale(l.fwd_peak, a);
         l.bwd_peak = scale(l.bwd_peak, a).max(l.bwd_peak_param_grads);
         l.output_bytes = scale(l.output_bytes, a);
+    }
+    if layers_only {
+        // the non-layer part stays as the ledger has it; per_layer_bytes follows the
+        // layer ledger, non_layer_bytes keeps the first layer's difference
+        let first_diff = x.non_layer_bytes;
+        x.per_layer_bytes = scale(x.per_layer_bytes, a);
+        x.non_layer_bytes = first_diff;
+        return x;
     }
     let n = &mut x.non_layer;
     n.shared = scale(n.shared, a);

@@ -142,16 +142,34 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
         model_type: &model_type,
     };
     c.reject_later_version()?;
-    let family = Family::from_model_type(&model_type).ok_or_else(|| Error::Unsupported {
-        model_type: model_type.clone(),
-        reason: match auto_map_classes(&obj) {
-            Some(classes) => format!(
-                "this architecture is not modelled, and the repo's own code (auto_map: {classes}) is remote code, which llm-mem never runs"
-            ),
-            None => "this architecture is not modelled".to_string(),
-        },
-        supported: Family::supported_list(),
-    })?;
+    let Some(family) = Family::from_model_type(&model_type) else {
+        let missing: Vec<&str> = GENERIC_KEYS
+            .iter()
+            .copied()
+            .filter(|k| !obj.get(*k).is_some_and(Value::is_u64))
+            .collect();
+        if missing.is_empty() {
+            // the standard decoder keys: estimate it as a generic llama-style decoder
+            let mut spec = family_facts(llama_like(&c, Family::Llama)?);
+            spec.generic_of = Some(model_type.clone());
+            spec.validate()?;
+            return Ok(spec);
+        }
+        return Err(Error::Unsupported {
+            model_type: model_type.clone(),
+            reason: match auto_map_classes(&obj) {
+                Some(classes) => format!(
+                    "this architecture is not modelled, its config lacks the standard decoder keys ({}) a generic estimate needs, and the repo's own code (auto_map: {classes}) is remote code, which llm-mem never runs",
+                    missing.join(", ")
+                ),
+                None => format!(
+                    "this architecture is not modelled and its config lacks the standard decoder keys ({}) a generic estimate needs",
+                    missing.join(", ")
+                ),
+            },
+            supported: Family::supported_list(),
+        });
+    };
     let spec = match family {
         Family::Llama | Family::Mistral | Family::Qwen2 | Family::Qwen3 => llama_like(&c, family)?,
         Family::Granite => granite(&c)?,
@@ -173,6 +191,24 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
     let spec = family_facts(spec);
     spec.validate()?;
     Ok(spec)
+}
+
+/// The keys (integers) a config of an unmodelled `model_type` must have to be estimated
+/// as a generic llama-style decoder.
+pub const GENERIC_KEYS: &[&str] = &[
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+];
+
+/// The note shown for a generically estimated model (`spec.generic_of` set): the
+/// assumption, and the commands that measure and calibrate it.
+pub fn generic_note(model_type: &str, config: &str) -> String {
+    format!(
+        "model_type {model_type:?} is not a modelled architecture: estimated as a generic llama-style decoder (pre-RMSNorm, rope, gated MLP, q/k/v/o with `attention_bias`, untied head unless `tie_word_embeddings`); parameters come from the safetensors headers when present. Measure it exactly on a CPU with `python3 probes/trace_probe.py --config {config} --out trace.csv` and fit a correction with `llm-mem probe calibrate --from trace.csv` (then `estimate --calibration FILE`); `--strict` refuses such models instead"
+    )
 }
 
 /// `auto_map` of a config as `AutoModelForCausalLM → modeling_x.Class, ...`; `None`
@@ -208,6 +244,28 @@ pub fn remote_code(json: &str, model_type: &str) -> Option<String> {
     Some(format!(
         "config.json names remote code (auto_map: {classes}); llm-mem never runs it and counts the model as the built-in {model_type:?} family describes it"
     ))
+}
+
+/// The notes for a parsed config: the generic-decoder assumption (with the commands
+/// that measure and calibrate it) and the remote code it names, never run.
+pub fn spec_notes(json: &str, spec: &ModelSpec, config: &str) -> Vec<String> {
+    match &spec.generic_of {
+        Some(mt) => {
+            let mut n = vec![generic_note(mt, config)];
+            let classes = serde_json::from_str::<Value>(json)
+                .ok()
+                .and_then(|v| auto_map_classes(v.as_object()?));
+            if let Some(classes) = classes {
+                n.push(format!(
+                    "config.json names remote code (auto_map: {classes}); llm-mem never runs it"
+                ));
+            }
+            n
+        }
+        None => remote_code(json, spec.family.model_type())
+            .into_iter()
+            .collect(),
+    }
 }
 
 /// One linear slot (see [`block_modules`]).
@@ -727,6 +785,7 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         torch_dtype: c.torch_dtype()?,
         quantization: c.quantization()?,
         checkpoint: None,
+        generic_of: None,
     })
 }
 

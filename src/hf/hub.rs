@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::arch::ModelSpec;
 use crate::error::{Error, Result};
-use crate::hf::config::{parse_config, remote_code};
+use crate::hf::config::{parse_config, spec_notes};
 use crate::hf::remote::{self, Fetched, HubConfig, RepoRef};
 use crate::hf::{cache, presets, safetensors};
 
@@ -221,7 +221,7 @@ pub fn load_config_file(path: &Path) -> Result<ModelSpec> {
 fn load_config_noted(path: &Path, notes: &mut Vec<String>) -> Result<ModelSpec> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::io(path, source))?;
     let mut spec = parse_config(&text, &path.display().to_string())?;
-    notes.extend(remote_code(&text, spec.family.model_type()));
+    notes.extend(spec_notes(&text, &spec, &path.display().to_string()));
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     attach_checkpoint(&mut spec, dir.unwrap_or(Path::new(".")), notes)?;
     Ok(spec)
@@ -237,7 +237,7 @@ fn load_dir_noted(dir: &Path, name: &str, notes: &mut Vec<String>) -> Result<Mod
     let cfg = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg).map_err(|source| Error::io(&cfg, source))?;
     let mut spec = parse_config(&text, &cfg.display().to_string())?;
-    notes.extend(remote_code(&text, spec.family.model_type()));
+    notes.extend(spec_notes(&text, &spec, &cfg.display().to_string()));
     spec.name = name.to_string();
     attach_checkpoint(&mut spec, dir, notes)?;
     Ok(spec)

@@ -1495,6 +1495,14 @@ pub struct Activations {
     pub non_layer_bytes: u64,
 }
 
+/// What the model keeps alive after the forward pass, as the estimate adds it up:
+/// non-layer + layers × per-layer bytes (the trace probe's `live_after_fwd_bytes`).
+pub fn live_after_forward(spec: &ModelSpec, p: &LedgerParams) -> u64 {
+    let a = activations(spec, p);
+    a.non_layer_bytes
+        .saturating_add(spec.layers().saturating_mul(a.per_layer_bytes))
+}
+
 pub fn activations(spec: &ModelSpec, p: &LedgerParams) -> Activations {
     let layer = layer(spec, p, true);
     // The embedding output requires grad only when the embedding is trainable.

@@ -366,7 +366,8 @@ macro_rules! settings {
 }
 
 settings! {
-    model: String => "--model" Value, "Preset name, path to a config.json (or its folder), or a HF id in the local cache.";
+    model: String => "--model" Value, "Preset name, path to a config.json (or its folder), or a Hugging Face id org/name[@revision] (cache, then the Hub).";
+    strict: bool => "--strict" Switch(true), "Refuse a config whose model_type is not a modelled architecture instead of estimating it as a generic llama-style decoder.";
     layers: u64 => "--layers" Value, "Override the number of decoder layers.";
     task: Task => "--task" Value, "train | infer";
     method: MethodKind => "--method" Value, "full | lora | qlora";

@@ -502,6 +502,7 @@ fn remote_code_is_never_run_known_families_are_noted_unknown_refused() {
         "\"model_type\": \"qwen2\", \"auto_map\": {\"AutoModelForCausalLM\": \"modeling_x.XForCausalLM\"}",
     );
     let unknown = cfg.replace("\"model_type\": \"qwen2\"", "\"model_type\": \"xmodel\"");
+    let keyless = unknown.replace("\"intermediate_size\"", "\"ffn_width\"");
     let hub = MockHub::start(vec![
         (
             "acme/remote-known",
@@ -510,6 +511,10 @@ fn remote_code_is_never_run_known_families_are_noted_unknown_refused() {
         (
             "acme/remote-unknown",
             Repo::new(COMMIT).file("config.json", unknown),
+        ),
+        (
+            "acme/remote-keyless",
+            Repo::new(COMMIT).file("config.json", keyless),
         ),
     ]);
     let cache = TempDir::new("hub-remote");
@@ -526,11 +531,31 @@ fn remote_code_is_never_run_known_families_are_noted_unknown_refused() {
         notes.iter().any(|n| n.contains("no model.safetensors")),
         "{notes:?}"
     );
-    let e = hub::resolve_from("acme/remote-unknown", &src)
+    // an unmodelled model_type with the standard decoder keys is estimated generically,
+    // with the assumption and the remote code named; without them it is refused
+    let (spec, notes) = hub::resolve_from("acme/remote-unknown", &src).unwrap();
+    assert_eq!(spec.generic_of.as_deref(), Some("xmodel"));
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("\"xmodel\" is not a modelled architecture")
+                && n.contains("probes/trace_probe.py")
+                && n.contains("--strict")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("remote code") && n.contains("never runs it")),
+        "{notes:?}"
+    );
+    let e = hub::resolve_from("acme/remote-keyless", &src)
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("\"xmodel\"") && e.contains("remote code, which llm-mem never runs"),
+        e.contains("\"xmodel\"")
+            && e.contains("lacks the standard decoder keys (intermediate_size)")
+            && e.contains("remote code, which llm-mem never runs"),
         "{e}"
     );
 }

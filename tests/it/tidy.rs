@@ -46,7 +46,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "calibration",
-        &["probe", "estimate", "workload", "arch", "units", "error"],
+        &[
+            "probe", "estimate", "runtime", "workload", "arch", "units", "error",
+        ],
     ),
     (
         "report",
