@@ -327,6 +327,9 @@ pub struct ModelSpec {
     pub rope_before_transpose: bool,
     /// GPT-J's eager attention computes q·kᵀ on fp32 copies of q and k.
     pub eager_qk_fp32: bool,
+    /// The decoder's linears run `input @ self.weight.T` (Falcon's `FalconLinear`):
+    /// autocast casts the transposed view, not the leaf weight, so nothing is cached.
+    pub linear_as_matmul: bool,
     pub positions: Positions,
     pub residual: Residual,
     /// Gemma-2 sandwich norms (post-attention and pre/post-feedforward norms).

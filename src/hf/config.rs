@@ -373,6 +373,8 @@ fn family_facts(mut s: ModelSpec) -> ModelSpec {
     // heads; FalconModel: create_causal_mask(..., allow_is_causal_skip=False)
     s.eager_kv_broadcast = s.family == Family::Falcon;
     s.mask_always_materialized = s.family == Family::Falcon;
+    // modeling_falcon.py FalconLinear.forward: input @ self.weight.T
+    s.linear_as_matmul = s.family == Family::Falcon;
     // modeling_phi3.py apply_rotary_pos_emb: torch.cat([rotated, q_pass]) always
     s.rope_cat = s.family == Family::Phi3;
     s
@@ -772,6 +774,7 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         rope_fp32: false,
         rope_before_transpose: false,
         eager_qk_fp32: false,
+        linear_as_matmul: false,
         positions: Positions::Rope {
             rotary_dim: d.head_dim,
         },

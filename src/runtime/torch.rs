@@ -177,6 +177,9 @@ struct Graph<'a> {
     param_grads: Vec<(u32, u64)>,
     /// While set, new tensors are tagged `Kind::AttnCore`.
     in_attn_core: bool,
+    /// Autocast caches trainable weights' half copies (false for Falcon's
+    /// `input @ weight.T` linears).
+    weight_cache: bool,
 }
 
 impl<'a> Graph<'a> {
@@ -189,6 +192,7 @@ impl<'a> Graph<'a> {
             bwd_workspace: Vec::new(),
             param_grads: Vec::new(),
             in_attn_core: false,
+            weight_cache: true,
         }
     }
 
@@ -418,7 +422,7 @@ impl<'a> Graph<'a> {
         // Autocast caches the half copy of a weight that requires grad (a leaf) until
         // the autocast region ends; a frozen weight is cast anew at every call and
         // its copy lives only as long as autograd keeps it.
-        let kind = if weight_trainable {
+        let kind = if weight_trainable && self.weight_cache {
             Kind::Cache
         } else {
             Kind::Other
@@ -660,6 +664,7 @@ fn find_linear(lins: &[LinearSpec], role: crate::arch::LinearRole) -> Option<Lin
 /// Build one decoder layer's program and measure it.
 fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (Graph<'a>, T) {
     let mut g = Graph::new(p);
+    g.weight_cache = !spec.linear_as_matmul;
     let resid_dt = p.resid_dtype();
     let x = g.input(spec.hidden, resid_dt, input_rg);
     let lins = spec.layer_linears();
