@@ -36,6 +36,7 @@ def main():
                    "--mode full,lora_all --dtype bf16,amp_bf16 --layers 1,2 --batch 2 --seq 32")
     a = p.parse_args()
     out = a.out or tempfile.mkdtemp(prefix="trace-check-")
+    os.makedirs(out, exist_ok=True)
     rows = {}
     for engine in ("fake", "real"):
         path = os.path.join(out, f"{engine}.csv")
