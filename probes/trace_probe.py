@@ -171,6 +171,26 @@ class Tracker:
         ex = self.excluded | set(also_excluded)
         return sum(n for k, n in self.live.items() if k not in ex)
 
+    def dump_peak(self, start, end, base_live):
+        """Debugging: the storages alive at the peak of events[start:end], with the op
+        and module that made each."""
+        live = {k: n for k, n in base_live.items() if k not in self.excluded}
+        cur = sum(live.values())
+        best, best_live = cur, dict(live)
+        for n, k in self.events[start:end]:
+            if isinstance(k, tuple) or k in self.excluded:
+                continue
+            if n > 0:
+                live[k] = n
+            else:
+                live.pop(k, None)
+            cur += n
+            if cur > best:
+                best, best_live = cur, dict(live)
+        print(f"  peak {best} bytes:", file=sys.stderr)
+        for k, n in sorted(best_live.items(), key=lambda kv: -kv[1]):
+            print(f"    {n:>12} {self.origin.get(k)}", file=sys.stderr)
+
     def accumulated(self, grad):
         """Marks the moment a gradient became a parameter's `.grad` (a post-accumulate
         hook): from then on `peak_between(.., drop_accumulated=True)` leaves it out."""
@@ -448,6 +468,8 @@ def run_cell(c, args, versions):
                 grads = [p.grad for p in params if p.grad is not None]
                 row["grads_bytes"] = sum(g.untyped_storage().nbytes() for g in grads)
                 row["peak_bwd_bytes"] = tracker.peak_between(m2, m3, after_fwd)
+                if DEBUG:
+                    tracker.dump_peak(m2, m3, after_fwd)
                 row["peak_bwd_excl_grads"] = tracker.peak_between(m2, m3, after_fwd, drop_accumulated=True)
                 del loss
                 gc.collect()
@@ -501,7 +523,10 @@ def scale_down(cfg):
     if getattr(cfg, "num_key_value_heads", None) is not None:
         cfg.num_key_value_heads = max(1, new_heads // group)
     if getattr(cfg, "head_dim", None) is not None:
-        cfg.head_dim = 16
+        try:
+            cfg.head_dim = 16
+        except AttributeError:
+            pass  # a property derived from hidden_size / heads (Falcon)
     for k in ("intermediate_size", "ffn_hidden_size", "n_inner"):
         if getattr(cfg, k, None) is not None:
             setattr(cfg, k, 128)

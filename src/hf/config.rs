@@ -917,21 +917,34 @@ fn starcoder2(c: &Cfg) -> Result<ModelSpec> {
     Ok(s)
 }
 
+/// The llama-style keys the newer families share (transformers 5.24 config classes):
+/// `head_dim` (default hidden/heads), `max_position_embeddings`, `tie_word_embeddings`,
+/// `hidden_act` (default silu), `attention_bias` on q/k/v/o, `mlp_bias`,
+/// `attention_dropout` — the family's own defaults given.
+fn llama_keys(c: &Cfg, family: Family, max_pos: u64, tie: bool) -> Result<ModelSpec> {
+    let mut s = std_base(c, family, true, |hidden, heads| {
+        match c.uint_opt("head_dim", MAX_WIDTH)? {
+            Some(d) => Ok(d),
+            None => c.derived_head_dim(hidden, heads),
+        }
+    })?;
+    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, max_pos)?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", tie)?;
+    s.act = c.act("hidden_act", Activation::Silu)?;
+    s.qkv_bias = c.bool_or("attention_bias", false)?;
+    s.o_bias = s.qkv_bias;
+    s.mlp_bias = c.bool_or("mlp_bias", false)?;
+    s.dropout.attn = c.prob("attention_dropout", 0.0)?;
+    Ok(s)
+}
+
 /// olmo2 (`Olmo2Config`, transformers 5.24 modeling_olmo2.py): llama's projections and
 /// MLP (`attention_bias` default false, untied head by default), `Olmo2RMSNorm`
 /// (weight multiplied in fp32, then cast), no pre-norms: `post_attention_layernorm` and
 /// `post_feedforward_layernorm` on the sublayer outputs, and `q_norm`/`k_norm` over the
 /// whole q and k projections.
 fn olmo2(c: &Cfg) -> Result<ModelSpec> {
-    let mut s = std_base(c, Family::Olmo2, true, |hidden, heads| {
-        c.derived_head_dim(hidden, heads)
-    })?;
-    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 2048)?;
-    s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
-    s.act = c.act("hidden_act", Activation::Silu)?;
-    s.qkv_bias = c.bool_or("attention_bias", false)?;
-    s.o_bias = s.qkv_bias;
-    s.dropout.attn = c.prob("attention_dropout", 0.0)?;
+    let mut s = llama_keys(c, Family::Olmo2, 2048, false)?;
     s.norm = NormKind::RmsNorm {
         offset_one: false,
         weight_fp32: true,
@@ -950,20 +963,9 @@ fn olmo2(c: &Cfg) -> Result<ModelSpec> {
 /// default false). Cohere2: `sliding_window` (default 4096) on three layers of four;
 /// the global layers run without rope.
 fn cohere(c: &Cfg, family: Family) -> Result<ModelSpec> {
-    let mut s = std_base(c, family, true, |hidden, heads| {
-        match c.uint_opt("head_dim", MAX_WIDTH)? {
-            Some(d) => Ok(d),
-            None => c.derived_head_dim(hidden, heads),
-        }
-    })?;
-    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 8192)?;
-    s.tie_embeddings = c.bool_or("tie_word_embeddings", true)?;
+    let mut s = llama_keys(c, family, 8192, true)?;
     s.norm = NormKind::CohereLayerNorm;
     s.residual = Residual::Parallel { shared_norm: true };
-    s.act = c.act("hidden_act", Activation::Silu)?;
-    s.qkv_bias = c.bool_or("attention_bias", false)?;
-    s.o_bias = s.qkv_bias;
-    s.dropout.attn = c.prob("attention_dropout", 0.0)?;
     s.rope_fp32 = true;
     s.scalars.logits = true;
     if family == Family::Cohere && c.bool_or("use_qk_norm", false)? {
@@ -980,19 +982,7 @@ fn cohere(c: &Cfg, family: Family) -> Result<ModelSpec> {
 /// `clip_qkv` (an in-place clamp: no memory). SmolLM3: tied head by default; its
 /// `no_rope_layers` skip rope on every fourth layer (modelled with rope on all).
 fn olmo_smollm3(c: &Cfg, family: Family) -> Result<ModelSpec> {
-    let mut s = std_base(c, family, true, |hidden, heads| {
-        match c.uint_opt("head_dim", MAX_WIDTH)? {
-            Some(d) => Ok(d),
-            None => c.derived_head_dim(hidden, heads),
-        }
-    })?;
-    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 2048)?;
-    s.tie_embeddings = c.bool_or("tie_word_embeddings", family == Family::Smollm3)?;
-    s.act = c.act("hidden_act", Activation::Silu)?;
-    s.qkv_bias = c.bool_or("attention_bias", false)?;
-    s.o_bias = s.qkv_bias;
-    s.mlp_bias = c.bool_or("mlp_bias", false)?;
-    s.dropout.attn = c.prob("attention_dropout", 0.0)?;
+    let mut s = llama_keys(c, family, 2048, family == Family::Smollm3)?;
     if family == Family::Olmo {
         s.norm = NormKind::OlmoLayerNorm;
     }

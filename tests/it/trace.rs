@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 
 use llm_mem::arch::{params, LoraTargets};
 use llm_mem::error::Error;
-use llm_mem::runtime::torch::{activations, LedgerParams, Trainable};
-use llm_mem::workload::{Attn, Device, GradCkpt, Loss, Precision};
+use llm_mem::runtime::torch::{activations, LedgerParams};
 
 use crate::util::{data_path, Table};
 
@@ -79,42 +78,23 @@ fn pairs() -> (BTreeMap<Cell, Pair>, usize) {
     (out, rows)
 }
 
+/// The probe's recipe for `c`, as the trace calibration reads it.
 fn ledger_params(c: &Cell) -> LedgerParams {
-    LedgerParams {
+    llm_mem::calibration::trace::TraceRow {
+        model: c.model.clone(),
+        config: String::new(),
+        model_type: String::new(),
+        layers: 1,
         batch: c.batch,
         seq: c.seq,
-        kv_len: c.seq,
-        precision: if c.dtype == "amp_bf16" {
-            Precision::AmpBf16
-        } else {
-            Precision::Bf16
-        },
-        attn: c.attn.parse::<Attn>().unwrap(),
-        grad_ckpt: if c.ckpt == "none" {
-            GradCkpt::None
-        } else {
-            GradCkpt::Full
-        },
-        device: if c.engine.ends_with("cuda") {
-            Device::Cuda
-        } else {
-            Device::Cpu
-        },
-        trainable: match c.mode.as_str() {
-            "full" => Trainable::All,
-            "lora_all" => Trainable::Lora {
-                rank: 16,
-                targets: LoraTargets::AllLinear,
-            },
-            _ => Trainable::Lora {
-                rank: 16,
-                targets: LoraTargets::Attn,
-            },
-        },
-        loss: Loss::Standard,
-        param_grad_size: 2,
-        sp_div: 1,
+        dtype: c.dtype.clone(),
+        attn: c.attn.clone(),
+        ckpt: c.ckpt.clone(),
+        mode: c.mode.clone(),
+        engine: c.engine.clone(),
+        live: 0,
     }
+    .ledger_params()
 }
 
 #[test]
