@@ -151,7 +151,7 @@ class Tracker:
         self.live[k] = n
         self.events.append((n, k))
         if op is not None and DEBUG:
-            self.origin[k] = (op, self.where() if self.where else "")
+            self.origin[k] = (op, self.where() if self.where else "", tuple(t.shape), str(t.dtype)[6:])
         weakref.finalize(st, self._free, k)
 
     def _free(self, k):
@@ -533,6 +533,13 @@ def scale_down(cfg):
     for k in ("query_pre_attn_scalar",):
         if getattr(cfg, k, None) is not None:
             setattr(cfg, k, 16)
+    # ids that must stay inside the smaller vocabulary and widths inside the head
+    for k in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        v = getattr(cfg, k, None)
+        if isinstance(v, int) and v >= 256:
+            setattr(cfg, k, 0)
+    if isinstance(getattr(cfg, "rotary_dim", None), int):
+        cfg.rotary_dim = min(cfg.rotary_dim, 8)
 
 
 class swap_by_set_data:
