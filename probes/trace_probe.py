@@ -603,16 +603,19 @@ class _Null:
 
 
 def attn_targets(model):
-    """peft's attention projections: q/k/v/o where the model has them, else its fused
-    qkv and output projection (the oracle's `lora_attn`)."""
+    """The attention projections (the oracle's `lora_attn`): every Linear directly under
+    an attention module, by full name, so that a name the MLP shares (GPT-2's and
+    GPTBigCode's `c_proj`) is not matched there too (peft matches target names as
+    suffixes)."""
     import torch
-    leaf = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    for group in (["q_proj", "k_proj", "v_proj", "o_proj"], ["q_proj", "k_proj", "v_proj", "dense"],
-                  ["qkv_proj", "o_proj"], ["c_attn", "c_proj"], ["query_key_value", "dense"],
-                  ["Wqkv", "out_proj"], ["q_proj", "k_proj", "v_proj", "out_proj"]):
-        if all(g in leaf for g in group):
-            return group
-    raise ValueError(f"no attention projections among {sorted(leaf)}")
+    parents = ("self_attn", "attn", "attention", "self_attention")
+    names = sorted(
+        n for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and "." in n and n.split(".")[-2] in parents
+    )
+    if not names:
+        raise ValueError("no Linear directly under an attention module")
+    return names
 
 
 def main(argv):
