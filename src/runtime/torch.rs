@@ -941,13 +941,27 @@ impl Graph<'_> {
         let d = self.compute();
         let (nh, hd) = (spec.heads, spec.head_dim);
         let tq = self.tokens;
+        let masked = explicit_sdpa_mask(spec, self.p);
+        // With a mask, transformers' sdpa_attention_forward does not pass enable_gqa
+        // (integrations/sdpa_attention.py use_gqa_in_sdpa) and repeats k/v itself: the
+        // repeated copies are what the kernel saves (Falcon calls SDPA on its own
+        // broadcast heads)
+        let (k, v) = if masked && spec.kv_heads < nh && !spec.eager_kv_broadcast {
+            let kv_e = self.p.batch * self.p.kv_len * nh * hd;
+            (
+                self.unary_plain("repeat_kv k", k, kv_e, d),
+                self.unary_plain("repeat_kv v", v, kv_e, d),
+            )
+        } else {
+            (k, v)
+        };
         self.begin(&[q, k, v]);
         if any_rg {
             self.save(q);
             self.save(k);
             self.save(v);
         }
-        if spec.mask_always_materialized && any_rg {
+        if masked && any_rg {
             // an explicit boolean mask: SDPA converts it to an additive mask in q's dtype
             // on every call (attention.cpp convert_boolean_attn_mask), which the kernel
             // saves: one per layer (trace probe: Falcon-7B, +131072 bytes per layer at
@@ -1295,7 +1309,7 @@ fn shared_saved(spec: &ModelSpec, p: &LedgerParams) -> u64 {
         // the additive 4-D causal mask [b, 1, s, s] becomes a saved checkpoint input
         shared += p.batch * p.seq * p.kv_len * resid_dt.size();
     }
-    if spec.mask_always_materialized && p.attn == Attn::Sdpa && p.grad_ckpt != GradCkpt::None {
+    if explicit_sdpa_mask(spec, p) && p.grad_ckpt != GradCkpt::None {
         // SDPA's boolean mask [b, 1, s, s] (masking_utils sdpa_mask) as a checkpoint input
         shared += p.batch * p.seq * p.kv_len;
     }
@@ -1522,6 +1536,15 @@ pub fn activations(spec: &ModelSpec, p: &LedgerParams) -> Activations {
         per_layer_bytes: per_layer,
         non_layer_bytes,
     }
+}
+
+/// Whether SDPA gets an explicit mask in training: Falcon always; a sliding-window
+/// model once the keys reach the window (masking_utils `_ignore_causal_mask_sdpa`:
+/// `kv_length >= local_attention_size` keeps the mask). Every layer is treated as a
+/// sliding one (the global layers of Gemma-3 / Cohere-2 are over-counted).
+fn explicit_sdpa_mask(spec: &ModelSpec, p: &LedgerParams) -> bool {
+    p.attn == Attn::Sdpa
+        && (spec.mask_always_materialized || spec.sliding_window.is_some_and(|w| p.kv_len >= w))
 }
 
 /// Elements of a [b, 1, s, kv] attention mask.
