@@ -64,10 +64,13 @@ pub enum Family {
     /// GPT-J (`GPTJForCausalLM`): parallel attention + MLP on one LayerNorm, partial
     /// interleaved rope before the head transpose, fp32 q·kᵀ in eager, biased head.
     Gptj,
+    /// NVIDIA Nemotron (`NemotronForCausalLM`): LayerNorm with (1 + weight) and bias,
+    /// relu² MLP, partial rope.
+    Nemotron,
 }
 
 impl Family {
-    pub const ALL: [Family; 24] = [
+    pub const ALL: [Family; 25] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
@@ -92,6 +95,7 @@ impl Family {
         Family::Olmo,
         Family::Smollm3,
         Family::Gptj,
+        Family::Nemotron,
     ];
 
     pub fn model_type(self) -> &'static str {
@@ -120,6 +124,7 @@ impl Family {
             Family::Olmo => "olmo",
             Family::Smollm3 => "smollm3",
             Family::Gptj => "gptj",
+            Family::Nemotron => "nemotron",
         }
     }
 
@@ -181,6 +186,8 @@ pub enum Activation {
     /// `gelu_pytorch_tanh` (one fused op).
     GeluTanh,
     Relu,
+    /// `relu2` (`ReLUSquaredActivation`, transformers activations.py): relu, then square.
+    Relu2,
     /// BLOOM's `BloomGelu` (transformers `modeling_bloom.py` `GeLUFunction`): the tanh
     /// approximation inside one `torch.autograd.Function`, which saves only its input.
     BloomGelu,
@@ -194,6 +201,7 @@ impl Activation {
             "gelu" | "gelu_python" => Activation::Gelu,
             "gelu_pytorch_tanh" | "gelu_tanh" => Activation::GeluTanh,
             "relu" => Activation::Relu,
+            "relu2" => Activation::Relu2,
             _ => return None,
         })
     }

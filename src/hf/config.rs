@@ -178,6 +178,7 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
         Family::Cohere | Family::Cohere2 => cohere(&c, family)?,
         Family::Olmo | Family::Smollm3 => olmo_smollm3(&c, family)?,
         Family::Gptj => gptj(&c)?,
+        Family::Nemotron => nemotron(&c)?,
         Family::Gemma | Family::Gemma2 | Family::Gemma3Text => gemma(&c, family)?,
         Family::Phi3 => phi3(&c)?,
         Family::Gpt2 | Family::GptBigcode => gpt2(&c, family)?,
@@ -1025,6 +1026,37 @@ fn gptj(c: &Cfg) -> Result<ModelSpec> {
     s.rope_before_transpose = true;
     s.eager_qk_fp32 = true;
     s.dropout = dropouts(c, ["embd_pdrop", "attn_pdrop", "resid_pdrop"], 0.0)?;
+    Ok(s)
+}
+
+/// nemotron (`NemotronConfig`, transformers 5.24 modeling_nemotron.py):
+/// `NemotronLayerNorm1P` (F.layer_norm with weight + 1 and a bias), a plain MLP
+/// (`up_proj`, `down_proj`) running `hidden_act` (default relu2), `attention_bias` /
+/// `mlp_bias` (default false), partial rope (`partial_rotary_factor`, top level or in
+/// `rope_parameters`, default 0.5), untied head by default.
+fn nemotron(c: &Cfg) -> Result<ModelSpec> {
+    let mut s = llama_keys(c, Family::Nemotron, 4096, false)?;
+    s.act = c.act("hidden_act", Activation::Relu2)?;
+    s.norm = NormKind::LayerNorm { bias: true };
+    s.mlp = MlpKind::Plain;
+    let nested =
+        c.m.get("rope_parameters")
+            .and_then(|r| r.get("partial_rotary_factor"))
+            .and_then(Value::as_f64);
+    let factor = match nested {
+        Some(f) if f > 0.0 && f <= 1.0 => f,
+        Some(f) => {
+            return Err(Error::invalid(
+                "rope_parameters.partial_rotary_factor",
+                f,
+                "a number in (0, 1]",
+            ))
+        }
+        None => c.float_or("partial_rotary_factor", f64::MIN_POSITIVE, 1.0, 0.5)?,
+    };
+    s.positions = Positions::Rope {
+        rotary_dim: rotary_dim(s.head_dim, factor),
+    };
     Ok(s)
 }
 

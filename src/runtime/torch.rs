@@ -588,6 +588,11 @@ impl<'a> Graph<'a> {
             Activation::Silu => self.unary_save_in("silu", x),
             Activation::Gelu | Activation::GeluTanh => self.unary_save_in("gelu", x),
             Activation::Relu => self.unary_save_out("relu", x, self.dt(x)),
+            Activation::Relu2 => {
+                // relu saves its output; torch.square saves its input (that output)
+                let r = self.unary_save_out("relu", x, self.dt(x));
+                self.unary_save_in("square", r)
+            }
             Activation::GeluNew => {
                 // 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))
                 let (e, d) = (self.elems(x), self.dt(x));

@@ -137,7 +137,7 @@ pub fn check_supported(spec: &ModelSpec) -> Result<()> {
             "rope or learned",
         ));
     }
-    if spec.act == Activation::Relu {
+    if matches!(spec.act, Activation::Relu | Activation::Relu2) {
         return Err(Error::invalid(
             "probe activation",
             "relu",
