@@ -997,19 +997,7 @@ fn olmo_smollm3(c: &Cfg, family: Family) -> Result<ModelSpec> {
 /// `embd_pdrop`/`attn_pdrop`/`resid_pdrop` (default 0); the head has a bias and is
 /// untied by default.
 fn gptj(c: &Cfg) -> Result<ModelSpec> {
-    let hidden = c.uint_req(&["n_embd", "hidden_size"], MAX_WIDTH)?;
-    let layers = c.uint_req(&["n_layer", "num_hidden_layers"], MAX_LAYERS)?;
-    let heads = c.uint_req(&["n_head", "num_attention_heads"], MAX_WIDTH)?;
-    let dims = Dims {
-        hidden,
-        layers,
-        heads,
-        head_dim: c.derived_head_dim(hidden, heads)?,
-        intermediate: c.uint_or(&["n_inner"], MAX_WIDTH, 4 * hidden)?,
-        vocab: c.uint_req(&["vocab_size"], MAX_VOCAB)?,
-        kv_heads: heads,
-    };
-    let mut s = base(c, Family::Gptj, dims)?;
+    let mut s = base(c, Family::Gptj, gpt_dims(c, Ok)?)?;
     s.max_positions = c.uint_or(&["n_positions"], MAX_POSITIONS, 2048)?;
     s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
     s.norm = NormKind::LayerNorm { bias: true };
@@ -1145,23 +1133,33 @@ fn phi3(c: &Cfg) -> Result<ModelSpec> {
 /// tied output head (default true). GPT-BigCode `multi_query` (default true) → one KV
 /// head. The `hidden_size` / `num_hidden_layers` / `num_attention_heads` aliases of the
 /// classes' `attribute_map` are accepted too.
-fn gpt2(c: &Cfg, family: Family) -> Result<ModelSpec> {
+/// The sizes under GPT-2's key names (`n_embd`, `n_layer`, `n_head`, `n_inner` default
+/// 4·n_embd), shared by GPT-2, GPTBigCode and GPT-J; `kv_heads` from the head count.
+fn gpt_dims(c: &Cfg, kv_heads: impl FnOnce(u64) -> Result<u64>) -> Result<Dims> {
     let hidden = c.uint_req(&["n_embd", "hidden_size"], MAX_WIDTH)?;
     let layers = c.uint_req(&["n_layer", "num_hidden_layers"], MAX_LAYERS)?;
     let heads = c.uint_req(&["n_head", "num_attention_heads"], MAX_WIDTH)?;
-    let dims = Dims {
+    Ok(Dims {
         hidden,
         layers,
         heads,
         head_dim: c.derived_head_dim(hidden, heads)?,
         intermediate: c.uint_or(&["n_inner"], MAX_WIDTH, 4 * hidden)?,
         vocab: c.uint_req(&["vocab_size"], MAX_VOCAB)?,
-        kv_heads: if family == Family::GptBigcode && c.bool_or("multi_query", true)? {
-            1
-        } else {
-            heads
-        },
-    };
+        kv_heads: kv_heads(heads)?,
+    })
+}
+
+fn gpt2(c: &Cfg, family: Family) -> Result<ModelSpec> {
+    let dims = gpt_dims(c, |heads| {
+        Ok(
+            if family == Family::GptBigcode && c.bool_or("multi_query", true)? {
+                1
+            } else {
+                heads
+            },
+        )
+    })?;
     let mut s = base(c, family, dims)?;
     s.max_positions = c.uint_or(
         &["n_positions", "max_position_embeddings"],
@@ -1343,7 +1341,7 @@ fn stablelm(c: &Cfg) -> Result<ModelSpec> {
 
 /// bloom (`BloomConfig`): `hidden_size` (or `n_embed`), `n_layer`, `n_head`, MLP 4·hidden,
 /// biases everywhere, LayerNorm with bias, `word_embeddings_layernorm`, ALiBi, BLOOM's
-/// tanh GELU (`bloom_gelu_forward`, written as Python ops like gelu_new),
+/// tanh GELU (`BloomGelu`: one autograd Function that saves only its input),
 /// `tie_word_embeddings` default true. ALiBi has no position limit: `max_positions` is
 /// `seq_length` when given, else the 2048 of the BLOOM training runs.
 fn bloom(c: &Cfg) -> Result<ModelSpec> {
