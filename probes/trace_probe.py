@@ -129,7 +129,9 @@ class Tracker:
         self.excluded = set()   # parameter / buffer / input storages
         self.params = set()     # parameter / buffer storages
         self.events = []        # (+bytes | -bytes, key) in order
-        self.origin = {}        # storage key -> (op, module) that created it (debugging)
+        self.origin = {}        # event index -> (op, module, shape, dtype) that made it (debugging)
+        self.origin_now = {}    # storage key -> origin of the storage alive under it now
+        self.origin_at_start = {}  # origin_now when the phase dump_peak shows began
         self.where = None       # a callable naming the current module
 
     @staticmethod
@@ -149,9 +151,14 @@ class Tracker:
             return
         n = st.nbytes()
         self.live[k] = n
+        if DEBUG:
+            # keys are reused once a storage dies: an origin belongs to the event that
+            # made the storage, and every new storage gets one, even when it is first
+            # seen outside an op (a pack hook)
+            self.origin[len(self.events)] = (op or "(no op)", self.where() if self.where else "",
+                                             tuple(t.shape), str(t.dtype)[6:])
+            self.origin_now[k] = self.origin[len(self.events)]
         self.events.append((n, k))
-        if op is not None and DEBUG:
-            self.origin[k] = (op, self.where() if self.where else "", tuple(t.shape), str(t.dtype)[6:])
         weakref.finalize(st, self._free, k)
 
     def _free(self, k):
@@ -174,22 +181,40 @@ class Tracker:
     def dump_peak(self, start, end, base_live):
         """Debugging: the storages alive at the peak of events[start:end], with the op
         and module that made each."""
-        live = {k: n for k, n in base_live.items() if k not in self.excluded}
-        cur = sum(live.values())
-        best, best_live = cur, dict(live)
-        for n, k in self.events[start:end]:
+        live = {k: (n, self.origin_at_start.get(k)) for k, n in base_live.items()
+                if k not in self.excluded}
+        cur = sum(n for n, _ in live.values())
+        best, best_live, best_i = cur, dict(live), start
+        trail = []
+        for i, (n, k) in enumerate(self.events[start:end], start):
             if isinstance(k, tuple) or k in self.excluded:
                 continue
             if n > 0:
-                live[k] = n
+                live[k] = (n, self.origin.get(i))
             else:
+                trail.append((i, n, live.get(k, (0, None))[1]))
                 live.pop(k, None)
+            if n > 0:
+                trail.append((i, n, self.origin.get(i)))
             cur += n
             if cur > best:
-                best, best_live = cur, dict(live)
+                best, best_live, best_i = cur, dict(live), i
+            if i == int(os.environ.get("TRACE_PROBE_AT", "-1")):
+                # TRACE_PROBE_AT=i: the live set after event i
+                print(f"  live after event {i}: {cur} bytes", file=sys.stderr)
+                for _, (b, o) in sorted(live.items(), key=lambda kv: -kv[1][0]):
+                    print(f"    {b:>12} {o}", file=sys.stderr)
+        # TRACE_PROBE_TRAIL=N: the N storage events up to the peak, with the running total
+        n_trail = int(os.environ.get("TRACE_PROBE_TRAIL", "0"))
+        if n_trail:
+            upto = [e for e in trail if e[0] <= best_i][-n_trail:]
+            run = best - sum(n for _, n, _ in upto)
+            for i, n, o in upto:
+                run += n
+                print(f"    ev {i:>7} {n:>+12} {run:>12} {o}", file=sys.stderr)
         print(f"  peak {best} bytes:", file=sys.stderr)
-        for k, n in sorted(best_live.items(), key=lambda kv: -kv[1]):
-            print(f"    {n:>12} {self.origin.get(k)}", file=sys.stderr)
+        for k, (n, o) in sorted(best_live.items(), key=lambda kv: -kv[1][0]):
+            print(f"    {n:>12} {o}", file=sys.stderr)
 
     def accumulated(self, grad):
         """Marks the moment a gradient became a parameter's `.grad` (a post-accumulate
@@ -457,11 +482,12 @@ def run_cell(c, args, versions):
                 if os.environ.get("TRACE_PROBE_SAVED"):
                     for k, n in tracker.live.items():
                         if k not in tracker.excluded and k not in saved["storages"]:
-                            print(f"  alive, not saved: {n} bytes, made by {tracker.origin.get(k)}",
+                            print(f"  alive, not saved: {n} bytes, made by {tracker.origin_now.get(k)}",
                                   file=sys.stderr)
                 for h in hooks:
                     h.remove()
                 after_fwd = dict(tracker.live)
+                tracker.origin_at_start = dict(tracker.origin_now)
                 m2 = tracker.mark()
                 loss.backward()
                 m3 = tracker.mark()

@@ -75,10 +75,10 @@ impl TraceRow {
             } else {
                 Attn::Sdpa
             },
-            grad_ckpt: if self.ckpt == "none" {
-                GradCkpt::None
-            } else {
-                GradCkpt::Full
+            grad_ckpt: match self.ckpt.as_str() {
+                "none" => GradCkpt::None,
+                "reentrant" => GradCkpt::FullReentrant,
+                _ => GradCkpt::Full,
             },
             device: if self.engine.ends_with("cuda") {
                 Device::Cuda

@@ -143,7 +143,7 @@ fn ckpt_rank(c: GradCkpt) -> u8 {
     match c {
         GradCkpt::None => 0,
         GradCkpt::Selective => 1,
-        GradCkpt::Full => 2,
+        GradCkpt::Full | GradCkpt::FullReentrant => 2,
     }
 }
 

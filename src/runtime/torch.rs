@@ -27,8 +27,17 @@
 //!   llama-style models) saves probs; probs.to(dtype) and repeated v saved by P·V.
 //! - dropout (p > 0) saves its mask (bool on CUDA, input dtype on CPU).
 //!
-//! Checkpointing: `full` saves only the layer input and rebuilds the whole saved set
-//! during backward; `selective` (Megatron, Korthikanti et al. 2022) keeps everything
+//! - Liveness follows eager Python: a tensor passed to a module call (decoder layer,
+//!   attention, MLP, norm, peft LoRA linear) stays referenced until that module
+//!   returns, not just until its last use; the final norm's output stays referenced
+//!   (`outputs.last_hidden_state`) until the loss is computed.
+//!
+//! Checkpointing: `full` saves only the layer input and rebuilds the saved set during
+//! backward — non-reentrant (`torch.utils.checkpoint`, `use_reentrant=False`, torch
+//! 2.15): recomputation starts at the first saved tensor the backward unpacks, after
+//! the layer's save-free tail (a LoRA branch's cast/add/scaling) has run its backward,
+//! and stops early after the last save; `full-reentrant` (`CheckpointFunction`)
+//! recomputes the whole layer first, while only the output gradient waits; `selective` (Megatron, Korthikanti et al. 2022) keeps everything
 //! but the attention core (QKᵀ scores, softmax, attention dropout), which it recomputes.
 //! This ledger is the `torch` runtime profile; the `candle` profile (every forward
 //! intermediate kept until the graph is dropped) is `program` + `tape`.
@@ -180,6 +189,9 @@ struct Graph<'a> {
     /// Autocast caches trainable weights' half copies (false for Falcon's
     /// `input @ weight.T` linears).
     weight_cache: bool,
+    /// The last op whose backward unpacks a saved tensor (an activation or a frozen
+    /// parameter): where a non-reentrant checkpoint starts its recomputation.
+    last_unpack: u32,
 }
 
 impl<'a> Graph<'a> {
@@ -193,6 +205,7 @@ impl<'a> Graph<'a> {
             param_grads: Vec::new(),
             in_attn_core: false,
             weight_cache: true,
+            last_unpack: 0,
         }
     }
 
@@ -257,6 +270,17 @@ impl<'a> Graph<'a> {
     fn save(&mut self, t: T) {
         let n = &mut self.nodes[t.0];
         n.saved_by = n.saved_by.min(self.op);
+        self.last_unpack = self.last_unpack.max(self.op);
+    }
+
+    /// The current op saves a parameter for its backward (a frozen weight the input's
+    /// gradient needs): no activation bytes, but under non-reentrant checkpointing
+    /// unpacking it starts the recomputation (torch/utils/checkpoint.py, 2.15:
+    /// `_checkpoint_hook.unpack_hook` recomputes on the first unpack of any holder).
+    fn saves_param(&mut self, cond: bool) {
+        if cond {
+            self.last_unpack = self.last_unpack.max(self.op);
+        }
     }
 
     fn save_if(&mut self, t: T, cond: bool) {
@@ -385,6 +409,7 @@ impl<'a> Graph<'a> {
         self.begin(&[xin]);
         let x_rg = self.rg(xin);
         self.save_if(xin, weight_trainable);
+        self.saves_param(x_rg);
         if self.p.precision.is_amp() {
             self.autocast_weight(lin, x_rg, weight_trainable);
         }
@@ -471,12 +496,22 @@ impl<'a> Graph<'a> {
             DType::F32,
         );
         let sum = self.add("lora add", base, scaled);
-        self.cast(sum, compute)
+        let y = self.cast(sum, compute);
+        // the module call (`peft.tuners.lora.Linear.forward(x)`) holds x until it returns
+        self.hold(&[x]);
+        y
     }
 
     // ---- norms --------------------------------------------------------------------
 
+    /// A norm module on `x` (its call holds x until it returns).
     fn norm(&mut self, x: T, width: u64, kind: NormKind) -> T {
+        let y = self.norm_ops(x, width, kind);
+        self.hold(&[x]);
+        y
+    }
+
+    fn norm_ops(&mut self, x: T, width: u64, kind: NormKind) -> T {
         let weight_trainable = self.p.trainable.base_weights();
         if weight_trainable {
             let n = match kind {
@@ -500,6 +535,8 @@ impl<'a> Graph<'a> {
                     // Gemma: (y * (1 + w.float())).type_as(x); OLMo-2: (w * y).to(dtype)
                     self.begin(&[y]);
                     self.save_if(y, weight_trainable);
+                    let y_rg = self.rg(y);
+                    self.saves_param(y_rg);
                     let e = self.elems(y);
                     let z = self.out(
                         "norm out",
@@ -513,6 +550,8 @@ impl<'a> Graph<'a> {
                     let y16 = self.cast(y, in_dt);
                     self.begin(&[y16]);
                     self.save_if(y16, weight_trainable);
+                    let y_rg = self.rg(y16);
+                    self.saves_param(y_rg);
                     let e = self.elems(y16);
                     let rg = self.rg(y16) || weight_trainable;
                     self.out("norm out", e, in_dt, rg, Kind::Other)
@@ -552,6 +591,8 @@ impl<'a> Graph<'a> {
                 // weight.float() * y: saves y for the weight's gradient
                 self.begin(&[y]);
                 self.save_if(y, weight_trainable);
+                let y_rg = self.rg(y);
+                self.saves_param(y_rg);
                 let z = self.out(
                     "norm out",
                     e,
@@ -717,6 +758,8 @@ fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (
             g.add("residual", am, x)
         }
     };
+    // the decoder layer's call holds its input (`hidden_states`) until it returns
+    g.hold(&[x]);
     (g, out)
 }
 
@@ -814,7 +857,12 @@ impl Graph<'_> {
         }
         let out = self.attention_core(spec, q, k, v);
         let o = self.linear(out, &find(O).unwrap());
-        self.dropout(o, spec.dropout.resid)
+        let o = self.dropout(o, spec.dropout.resid);
+        // The module's `forward(hidden_states, ...)` frame references its input until
+        // it returns: a normed input nothing saves (frozen projections) is freed only
+        // then, not after its last use
+        self.hold(&[n]);
+        o
     }
 
     /// The MLP block on the normed input `n`: gated (fused gate_up or separate) or
@@ -843,7 +891,10 @@ impl Graph<'_> {
             }
         };
         let d = self.linear(prod, &find(Down).unwrap());
-        self.dropout(d, spec.dropout.resid)
+        let d = self.dropout(d, spec.dropout.resid);
+        // `forward(x)` holds x until it returns (see attention_block)
+        self.hold(&[n]);
+        d
     }
 
     /// `act(gate) * up` over the two halves of a fused gate_up output `gu` (width
@@ -1102,7 +1153,7 @@ impl Keep {
         let training = self.training;
         match self.ckpt {
             GradCkpt::None => self.kept(n),
-            GradCkpt::Full => training && n.kind == Kind::Input,
+            GradCkpt::Full | GradCkpt::FullReentrant => training && n.kind == Kind::Input,
             // Megatron selective recomputation: the attention core is recomputed
             GradCkpt::Selective => training && self.kept(n) && n.kind != Kind::AttnCore,
         }
@@ -1113,9 +1164,14 @@ impl Keep {
 /// transients until their last use), by a difference array over op indices:
 /// O(tensors + ops).
 fn fwd_peak_with(g: &Graph, keep: &dyn Fn(&Node) -> bool) -> u64 {
+    fwd_peak_upto(g, keep, g.op)
+}
+
+/// `fwd_peak_with` over ops `0..=upto` only (a recomputation that stops early).
+fn fwd_peak_upto(g: &Graph, keep: &dyn Fn(&Node) -> bool, upto: u32) -> u64 {
     let ops = g.op;
-    let n_ops = ops as usize;
-    let mut diff = vec![0i128; n_ops + 2];
+    let n_ops = upto.min(ops) as usize;
+    let mut diff = vec![0i128; ops as usize + 2];
     for n in &g.nodes {
         let end = if keep(n) || n.kind == Kind::Cache || n.born == ops {
             ops
@@ -1182,6 +1238,31 @@ fn backward_peak(g: &Graph, out: T) -> (u64, u64) {
     (bwd_peak, bwd_peak_param_grads)
 }
 
+/// Activation gradients alive when the backward reaches op `j` (before `j`'s own
+/// backward runs: the gradients of tensors born at or before `j` whose consumers
+/// after `j` have all run theirs), and the parameter gradients allocated by the ops
+/// after `j`.
+fn grads_waiting_at(g: &Graph, out: T, j: u32) -> (u64, u64) {
+    let ops = g.op;
+    let mut act = 0u64;
+    for (idx, n) in g.nodes.iter().enumerate() {
+        if !n.rg {
+            continue;
+        }
+        let last = if idx == out.0 { ops } else { n.last_use };
+        if n.born <= j && last > j {
+            act += n.bytes;
+        }
+    }
+    let pg = g
+        .param_grads
+        .iter()
+        .filter(|(o, _)| *o > j)
+        .map(|(_, b)| *b)
+        .sum();
+    (act, pg)
+}
+
 /// Liveness of a recorded program.
 fn measure(g: &Graph, out: T, p: &LedgerParams) -> LayerLedger {
     let ckpt = p.grad_ckpt;
@@ -1210,8 +1291,23 @@ fn measure(g: &Graph, out: T, p: &LedgerParams) -> LayerLedger {
     let param_grads: u64 = g.param_grads.iter().map(|(_, b)| *b).sum();
     if training {
         (bwd_peak, bwd_peak_param_grads) = backward_peak(g, out);
-        if ckpt != GradCkpt::None {
-            // Recomputation rebuilds the forward and its saved set before backward,
+        if ckpt == GradCkpt::Full {
+            // torch.utils.checkpoint non-reentrant (torch 2.15 `_checkpoint_hook`,
+            // early stop on): the backward runs the layer's last ops, which save
+            // nothing (casts, adds, scalings: a LoRA branch's tail), until the first
+            // node that unpacks a saved tensor; the recomputation then replays the
+            // forward up to the last op that saves one, while the gradients produced so
+            // far (and the parameter gradients of those ops) wait.
+            let j = g.last_unpack.max(1);
+            let (waiting, pg) = grads_waiting_at(g, out, j);
+            let recompute = fwd_peak_upto(g, &|n| keep.kept(n), j);
+            if recompute + waiting + pg > bwd_peak {
+                bwd_peak = recompute + waiting + pg;
+                bwd_peak_param_grads = pg;
+            }
+        } else if ckpt != GradCkpt::None {
+            // Reentrant `CheckpointFunction.backward` (and Megatron's recomputation)
+            // rebuild the whole forward and its saved set before the layer's backward,
             // while the output gradient waits.
             let recompute = fwd_peak_with(g, &|n| keep.kept(n));
             if recompute + output_bytes > bwd_peak {
@@ -1399,9 +1495,11 @@ fn head_program<'a>(spec: &ModelSpec, p_head: &'a LedgerParams, training: bool) 
         let l32 = g.cast(l, DType::F32);
         let lsm = g.unary_save_out("log_softmax", l32, DType::F32);
         // The model's `logits` (returned in its output) and the loss function's fp32
-        // copy stay referenced until the loss is computed.
+        // copy stay referenced until the loss is computed, and so does the final
+        // norm's output (`outputs.last_hidden_state` in `LlamaForCausalLM.forward`,
+        // transformers 5.24; saved anyway when the head is trainable).
         g.begin(&[lsm]);
-        g.hold(&[logits, l32]);
+        g.hold(&[logits, l32, n]);
         let labels = g.out("shift labels", tokens, DType::I64, false, Kind::Other);
         g.save_if(labels, training);
         g.out("loss", 1, DType::F32, training, Kind::Other)
@@ -1567,7 +1665,7 @@ fn embedding_output_requires_grad(p: &LedgerParams) -> bool {
 fn layer_for_first(spec: &ModelSpec, p: &LedgerParams) -> LayerLedger {
     let embed_rg = embedding_output_requires_grad(p);
     let mut l = layer(spec, p, embed_rg);
-    if p.grad_ckpt == GradCkpt::Full && p.trainable.any() {
+    if p.grad_ckpt.is_full() && p.trainable.any() {
         // a checkpointed layer saves its input even when it needs no gradient
         l.saved = l.saved.max(layer(spec, p, true).saved);
     }

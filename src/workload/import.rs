@@ -458,10 +458,9 @@ fn training_arguments_defaults(c: &mut Import) {
 /// - `hparams/model_args.py`: `disable_gradient_checkpointing: bool = False`,
 ///   `use_reentrant_gc: bool = True` → `model/model_utils/checkpointing.py` calls
 ///   `gradient_checkpointing_enable` on every trainable model: full per-layer
-///   checkpointing. Reentrant and non-reentrant checkpointing are modelled the same
-///   (each layer keeps its input; one layer is recomputed at a time in backward); the
-///   non-reentrant variant can free recomputed tensors a little earlier, so the estimate
-///   is the reentrant one, which LLaMA-Factory uses by default.
+///   checkpointing, reentrant (`full-reentrant`: the layer is recomputed before its
+///   backward) unless `use_reentrant_gc: false` (`full`: torch's non-reentrant
+///   checkpoint, recomputing at the first unpack).
 ///   `flash_attn: AttentionFunction = "auto"` (transformers' choice: SDPA);
 ///   `enable_liger_kernel: bool = False` (the standard loss).
 /// - `hparams/finetuning_args.py`: `lora_rank: int = 8`, `lora_target: str = "all"`
@@ -487,13 +486,20 @@ fn llama_factory_defaults(c: &mut Import, map: &serde_json::Map<String, Value>) 
         } else {
             default_key("disable_gradient_checkpointing", "false")
         };
-        if c.s.grad_ckpt.is_none() {
-            c.put(
-                |s| &mut s.grad_ckpt,
-                "grad_ckpt",
-                Some(GradCkpt::Full),
-                &from,
-            );
+        let reentrant = match map.get("use_reentrant_gc") {
+            Some(v) => as_bool(v, "use_reentrant_gc", origin)?.unwrap_or(true),
+            None => true,
+        };
+        let (mode, from) = match (reentrant, map.contains_key("use_reentrant_gc")) {
+            (true, false) => (
+                GradCkpt::FullReentrant,
+                format!("{from}, {}", default_key("use_reentrant_gc", "true")),
+            ),
+            (true, true) => (GradCkpt::FullReentrant, "use_reentrant_gc".to_string()),
+            (false, _) => (GradCkpt::Full, "use_reentrant_gc".to_string()),
+        };
+        if matches!(c.s.grad_ckpt, None | Some(GradCkpt::Full)) {
+            c.put(|s| &mut s.grad_ckpt, "grad_ckpt", Some(mode), &from);
         }
     }
     c.default(|s| &mut s.attn, "attn", Attn::Sdpa, "flash_attn", "auto");
@@ -919,7 +925,8 @@ mod tests {
             (Some(8), Some(1024), Some(2))
         );
         assert_eq!(c.dtype, Some(Precision::Bf16));
-        assert_eq!(c.grad_ckpt, Some(GradCkpt::Full));
+        // LLaMA-Factory's use_reentrant_gc defaults to true
+        assert_eq!(c.grad_ckpt, Some(GradCkpt::FullReentrant));
         assert_eq!(c.optimizer, Some(Optimizer::PagedAdamW8bit));
         assert_eq!(c.describe("batch"), "sft.yaml: per_device_train_batch_size");
         assert!(w.iter().any(|x| x.contains("unknown_knob")));

@@ -134,9 +134,21 @@ choice_enum!(
     Attn, "attn", { Eager => "eager", Sdpa => "sdpa", Flash => "flash" | "flash_attention_2" | "fa2" });
 choice_enum!(
     /// `--grad-ckpt`: `full` checkpoints every decoder layer (saves its input, recomputes
-    /// it in backward); `selective` recomputes only the attention core (QKᵀ, softmax,
-    /// attention dropout) as Megatron does, keeping everything else.
-    GradCkpt, "grad_ckpt", { None => "none" | "off", Full => "full" | "on", Selective => "selective" });
+    /// it in backward) with torch's non-reentrant checkpoint (transformers 5's default,
+    /// `use_reentrant=False`): the recomputation starts lazily, at the first saved
+    /// tensor the layer's backward unpacks. `full-reentrant` is the reentrant
+    /// `CheckpointFunction` (LLaMA-Factory's default): the whole layer is recomputed
+    /// before its backward starts. `selective` recomputes only the attention core
+    /// (QKᵀ, softmax, attention dropout) as Megatron does, keeping everything else.
+    GradCkpt, "grad_ckpt", { None => "none" | "off", Full => "full" | "on" | "non-reentrant",
+        FullReentrant => "full-reentrant" | "reentrant", Selective => "selective" });
+
+impl GradCkpt {
+    /// Every decoder layer is checkpointed (either implementation).
+    pub fn is_full(self) -> bool {
+        matches!(self, GradCkpt::Full | GradCkpt::FullReentrant)
+    }
+}
 choice_enum!(
     /// `--loss`
     Loss, "loss", { Standard => "standard", Chunked => "chunked", FusedLinearCe => "fused-linear-ce" | "liger" });

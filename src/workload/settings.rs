@@ -382,7 +382,7 @@ settings! {
     seq_len: u64 => "--seq-len" Value, "Sequence length (tokens per sample).";
     grad_accum: u64 => "--grad-accum" Value, "Gradient accumulation steps.";
     attn: Attn => "--attn" Value, "eager | sdpa | flash";
-    grad_ckpt: GradCkpt => "--grad-ckpt" Value, "none | full | selective";
+    grad_ckpt: GradCkpt => "--grad-ckpt" Value, "none | full | full-reentrant | selective";
     loss: Loss => "--loss" Value, "standard | chunked | fused-linear-ce";
     runtime: Runtime => "--runtime" Value, "torch | candle";
     device: Device => "--device" Value, "cuda | cpu: device semantics of the tensors (LayerNorm stats, dropout masks).";

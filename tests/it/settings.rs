@@ -44,9 +44,24 @@ const LF_QLORA: &str = "stage: sft\nfinetuning_type: lora\nlora_target: all\nlor
 
 #[test]
 fn h2_llama_factory_checkpoints_by_default() {
+    // reentrant: LLaMA-Factory's `use_reentrant_gc: true` default
     let (s, _) = from_train_args(LF_QLORA, Format::Yaml, "lf.yaml").unwrap();
-    assert_eq!(s.grad_ckpt, Some(GradCkpt::Full));
+    assert_eq!(s.grad_ckpt, Some(GradCkpt::FullReentrant));
+    assert!(
+        s.describe("grad_ckpt")
+            .contains("use_reentrant_gc (absent: default true)"),
+        "{}",
+        s.describe("grad_ckpt")
+    );
     assert_eq!(s.method, Some(MethodKind::Qlora));
+    let nr = format!("{LF_QLORA}use_reentrant_gc: false\n");
+    let (s, _) = from_train_args(&nr, Format::Yaml, "lf.yaml").unwrap();
+    assert_eq!(s.grad_ckpt, Some(GradCkpt::Full));
+    let bad = format!("{LF_QLORA}use_reentrant_gc: sometimes\n");
+    let e = from_train_args(&bad, Format::Yaml, "lf.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("use_reentrant_gc"), "{e}");
     let off = format!("{LF_QLORA}disable_gradient_checkpointing: true\n");
     let (s, _) = from_train_args(&off, Format::Yaml, "lf.yaml").unwrap();
     assert_eq!(s.grad_ckpt, Some(GradCkpt::None));
@@ -62,7 +77,7 @@ fn h2_llama_factory_checkpoints_by_default() {
         "rtx4090",
     ]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("grad-ckpt full"), "{r:?}");
+    assert!(r.stdout.contains("grad-ckpt full-reentrant"), "{r:?}");
 }
 
 #[test]
@@ -77,7 +92,7 @@ fn h2_llama_factory_defaults_fill_absent_keys() {
     assert_eq!(s.seq_len, Some(2048));
     assert_eq!(s.attn, Some(Attn::Sdpa));
     assert_eq!(s.batch, Some(8));
-    assert_eq!(s.grad_ckpt, Some(GradCkpt::Full));
+    assert_eq!(s.grad_ckpt, Some(GradCkpt::FullReentrant));
     assert!(
         s.describe("grad_ckpt").contains("lf.yaml"),
         "{}",
