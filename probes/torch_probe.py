@@ -2,7 +2,7 @@
 """The PyTorch probe: the same plan as `llm-mem probe run`, on HF transformers models.
 
     python3 probes/torch_probe.py --plan probes/gpu-default.toml --binary PATH/llm-mem \
-        --out OUT [--device cuda:0] [--dry-run]
+        --out OUT [--device cuda:0 | fake | fake-cuda] [--dry-run]
 
 Reads the plan TOML (schema_version 1, the schema of src/probe/mod.rs) and asks the
 binary for its points (`llm-mem probe points`), so both probes run exactly the same
@@ -20,6 +20,16 @@ Writes OUT/results/<plan>-<device>-torch-<date>.csv with exactly the columns of 
 Rust measurement file (runtime `torch`), the estimator's prediction filled from
 `llm-mem estimate --runtime torch --json`; `llm-mem probe calibrate --from FILE` fits
 calibration/<gpu>-torch.json from it.
+
+`--device fake` (or `fake-cpu`) / `fake-cuda` runs the same steps without a GPU, on
+fake tensors (meter `fake-tensor`, device `fake-cpu` / `fake-cuda`): the model is built
+under `FakeTensorMode` and the trace probe's tracker (trace_probe.py) follows every
+storage; a phase's peak is the highest live total in it minus the live total at the
+step's start, exact storage bytes with no allocator rounding. `fake-cuda` routes SDPA
+and dropout to the kernels a GPU picks; its prediction is asked for with the same
+device semantics and no cuBLAS workspace (`--cublas-workspace 0`). The estimator's
+`loss` event covers the head and the loss, this script's forward phase runs through
+the head: compare the peaks, not the forward phases.
 
 `--dry-run` needs neither torch nor a GPU: every row is written with status `skipped`
 and no measurement (CI checks plan parsing, the points and the CSV this way).
@@ -138,16 +148,17 @@ def run_bin(binary, args):
     return r.stdout
 
 
-def torch_prediction(binary, point, dtype, optimizer, attn, cfg_dir):
+def torch_prediction(binary, point, dtype, optimizer, attn, cfg_dir, extra=()):
     """The estimator's `torch` prediction for a point: absolute allocated bytes at the
-    peak and per phase."""
+    peak and per phase (`extra`: more estimate flags, e.g. a fake meter's device
+    semantics and no cuBLAS workspace)."""
     os.makedirs(cfg_dir, exist_ok=True)
     cfg = os.path.join(cfg_dir, "config.json")
     with open(cfg, "w") as f:
         json.dump(point["hf_config"], f)
     args = ["estimate", "--model", cfg, "--task", "train", "--method", point["method"],
             "--dtype", dtype, "--optimizer", optimizer, "--batch", str(point["batch"]),
-            "--seq-len", str(point["seq"]), "--attn", attn, "--runtime", "torch", "--json"]
+            "--seq-len", str(point["seq"]), "--attn", attn, "--runtime", "torch", "--json"] + list(extra)
     if point["method"] == "lora":
         args += ["--lora-rank", str(point["lora_rank"]), "--lora-alpha", str(point["lora_alpha"]),
                  "--lora-targets", "all-linear"]
@@ -252,19 +263,28 @@ class Sampler(threading.Thread):
 
 def add_lora(model, rank, alpha, torch):
     """Freeze everything, then wrap every linear of the decoder layers (nn.Linear and
-    GPT-2's Conv1D; not the LM head) with a LoRA adapter: x·Aᵀ·Bᵀ·(alpha/rank)."""
+    GPT-2's Conv1D; not the LM head) with a LoRA adapter as peft 0.21 runs one
+    (`tuners/lora/layer.py` `Linear.forward`, lora_dropout 0, and
+    `autocast_adapter_dtype=True`: fp32 adapters): result = base(x);
+    result + lora_B(lora_A(x.to(fp32))) · alpha/rank, cast back to the result's dtype.
+    Written here so that the probe needs no peft on a device machine."""
     nn = torch.nn
+    F = torch.nn.functional
 
     class LoRA(nn.Module):
         def __init__(self, base, fin, fout):
             super().__init__()
             self.base, self.scale = base, alpha / rank
             p = next(base.parameters())
-            self.lora_A = nn.Parameter(torch.randn(rank, fin, dtype=p.dtype, device=p.device) * 0.02)
-            self.lora_B = nn.Parameter(torch.zeros(fout, rank, dtype=p.dtype, device=p.device))
+            self.lora_A = nn.Parameter(torch.randn(rank, fin, dtype=torch.float32, device=p.device) * 0.02)
+            self.lora_B = nn.Parameter(torch.zeros(fout, rank, dtype=torch.float32, device=p.device))
 
         def forward(self, x):
-            return self.base(x) + (x @ self.lora_A.t() @ self.lora_B.t()) * self.scale
+            result = self.base(x)
+            dt = result.dtype
+            x = x.to(self.lora_A.dtype)
+            result = result + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale
+            return result.to(dt)
 
     for p in model.parameters():
         p.requires_grad_(False)
@@ -334,8 +354,11 @@ def measure_point(point, plan, device, torch, transformers, nvml):
 
         logits = phase(lambda: model(input_ids=ids).logits)
         loss = phase(lambda: loss_of(logits))
+        # as HF Trainer's training_step: compute_loss returns the loss only, so the
+        # model's outputs (the logits) are released before the backward
+        del logits
         phase(lambda: loss.backward())
-        del loss, logits
+        del loss
         phase(lambda: opt.step())
         opt.zero_grad(set_to_none=True)
         return out
@@ -374,6 +397,95 @@ def measure_point(point, plan, device, torch, transformers, nvml):
     side.update(allocator_peak_bytes=alloc_peak, reserved_peak_bytes=reserved_peak,
                 device_used_peak_bytes=dev_peak, process_used_peak_bytes=proc_peak)
     return static, grad_bytes, phases, side
+
+
+def measure_point_fake(point, plan, semantics, torch, transformers):
+    """The same step as `measure_point`, on fake tensors (meter `fake-tensor`): the model
+    is built under `FakeTensorMode` (no weights, no device memory) and every storage an
+    op makes is followed to its death by the trace probe's tracker (trace_probe.py,
+    weak references). Per phase: the highest live total over the phase minus the live
+    total at the step's start, as `max_memory_allocated - memory_allocated` (exact
+    storage bytes; no allocator rounding). `semantics` cuda routes SDPA and dropout to
+    the kernels a GPU picks (trace_probe.gpu_sdpa / cuda_routing)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import trace_probe as tp
+
+    dtype = {"f32": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16,
+             "f16": torch.float16, "fp16": torch.float16}[plan["dtype"]]
+    attn = "sdpa" if plan["attn"] == "sdpa" else "eager"
+    restore = [tp.see_fake_as_real()]
+    if semantics == "cuda":
+        sdpa, _ = tp.gpu_sdpa()
+        restore.append(tp.cuda_routing(sdpa))
+    tracker = tp.Tracker()
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=False):
+            cfg = transformers.AutoConfig.for_model(**point["hf_config"])
+            cfg.use_cache = False
+            with torch.device("cpu"):
+                model = transformers.AutoModelForCausalLM.from_config(
+                    cfg, dtype=dtype, attn_implementation=attn)
+            if next(model.parameters()).dtype != dtype:
+                model = model.to(dtype)
+            model.train()
+            if point["method"] == "lora":
+                add_lora(model, point["lora_rank"], point["lora_alpha"], torch)
+            params = list(model.parameters())
+            trainable = [p for p in params if p.requires_grad]
+            # the CUDA run's optimizer (fused AdamW: no step temporaries)
+            opt = torch.optim.AdamW(trainable, lr=1e-4, fused=True)
+            b, s, vocab = point["batch"], point["seq"], point["vocab"]
+            ids = torch.randint(0, vocab, (b, s))
+            for t in params + list(model.buffers()) + [ids]:
+                tracker.see(t)
+
+            def loss_of(logits):
+                fn = getattr(model, "loss_function", None)
+                if fn is not None:
+                    return fn(logits=logits, labels=ids, vocab_size=vocab)
+                sl = logits[:, :-1].float().reshape(-1, vocab)
+                return torch.nn.functional.cross_entropy(sl, ids[:, 1:].reshape(-1))
+
+            def step():
+                marks = [tracker.mark()]
+                starts = [dict(tracker.live)]
+                logits = model(input_ids=ids).logits
+                marks.append(tracker.mark()), starts.append(dict(tracker.live))
+                loss = loss_of(logits)
+                del logits  # released before the backward, as in measure_point
+                gc.collect()
+                marks.append(tracker.mark()), starts.append(dict(tracker.live))
+                loss.backward()
+                del loss
+                gc.collect()
+                marks.append(tracker.mark()), starts.append(dict(tracker.live))
+                opt.step()
+                marks.append(tracker.mark())
+                opt.zero_grad(set_to_none=True)
+                gc.collect()
+                return [tracker.peak_between(marks[i], marks[i + 1], starts[i]) for i in range(4)]
+
+            with tp.make_mode(tracker):
+                for _ in range(plan["warmup_steps"]):
+                    step()
+                phases = [0, 0, 0, 0]
+                for _ in range(max(1, plan["measured_steps"])):
+                    gc.collect()
+                    base = tracker.live_bytes()
+                    for i, peak in enumerate(step()):
+                        phases[i] = max(phases[i], peak - base)
+            nbytes = lambda ps: sum(p.untyped_storage().nbytes() for p in ps)  # noqa: E731
+            grad_bytes = nbytes(trainable)
+            static = nbytes(params) + sum(
+                v.untyped_storage().nbytes() for st in opt.state.values() for v in st.values()
+                if torch.is_tensor(v))
+            del model, opt, params, trainable, ids
+    finally:
+        for r in restore:
+            r()
+        gc.collect()
+    return static, grad_bytes, phases, {}
 
 
 class _NoSampler:
@@ -490,25 +602,37 @@ class CsvOut:
             os.fsync(f.fileno())
 
 
+# `--device` values measured on fake tensors, and the device semantics each emulates
+FAKE_DEVICES = {"fake": "cpu", "fake-cpu": "cpu", "fake-cuda": "cuda"}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--plan", required=True)
     ap.add_argument("--binary", default=os.environ.get("LLM_MEM", "llm-mem"), help="the llm-mem binary")
     ap.add_argument("--out", default=".", help="results/ is written under it")
-    ap.add_argument("--device", default=None, help="cuda:N (default: the plan's)")
+    ap.add_argument("--device", default=None,
+                    help="cuda:N, or fake / fake-cpu / fake-cuda: fake tensors on a CPU, no GPU "
+                         "(default: the plan's)")
     ap.add_argument("--csv", default=None, help="write / resume this file instead")
     ap.add_argument("--dry-run", action="store_true", help="no torch: rows with status skipped")
     a = ap.parse_args(argv)
 
     plan = load_plan(a.plan)
     device = a.device or plan["device"]
-    if not a.dry_run and not device.startswith("cuda"):
-        raise SystemExit(f"device {device!r}: the torch probe measures CUDA memory; give --device cuda:N (or --dry-run)")
-    args = ["probe", "points", "--plan", a.plan] + (["--device", device] if a.device else [])
+    fake = device in FAKE_DEVICES
+    if not a.dry_run and not device.startswith("cuda") and not fake:
+        raise SystemExit(f"device {device!r}: the torch probe measures CUDA memory (cuda:N) or fake "
+                         f"tensors ({', '.join(FAKE_DEVICES)}); or give --dry-run")
+    semantics = FAKE_DEVICES.get(device)
+    # the binary knows cpu and cuda:N; fake devices take the plan's points as they are
+    args = ["probe", "points", "--plan", a.plan] + (["--device", device] if a.device and not fake else [])
     doc = json.loads(run_bin(a.binary, args))
     ids = [p["id"] for p in doc["points"]]
     if doc["plan"] != plan["name"] or sorted(ids) != sorted(expected_point_ids(plan)):
         raise SystemExit("the binary's points differ from this plan's: is the binary from this checkout?")
+    if fake:
+        device = f"fake-{semantics}"
     slug = device.replace(":", "")
     path = a.csv or os.path.join(a.out, "results", f"{plan['name']}-{slug}-torch-{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}.csv")
 
@@ -517,6 +641,11 @@ def main(argv=None):
     nvml = None
     if a.dry_run:
         prov.update(device_name="dry run", meter="none")
+    elif fake:
+        import torch
+        import transformers
+        prov.update(device_name=f"fake tensors ({semantics} semantics)", meter="fake-tensor",
+                    driver=f"torch {torch.__version__}, transformers {transformers.__version__}")
     else:
         import torch
         import transformers
@@ -535,6 +664,8 @@ def main(argv=None):
         prov["driver"] = f"{drv} (torch {torch.__version__}, transformers {transformers.__version__})".strip()
         device = f"cuda:{index}"
 
+    if fake:
+        doc = dict(doc, device=device)
     out = CsvOut(path, doc["csv_header"], {p["id"]: base_row(doc, p, None, prov) for p in doc["points"]})
     ran = failed = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -544,8 +675,12 @@ def main(argv=None):
             row = base_row(doc, point, plan, prov)
             t0 = time.time()
             try:
+                # fake tensors have no cuBLAS workspace (a real CUDA run allocates it
+                # through the caching allocator, so it counts there)
+                extra = ["--device", semantics, "--cublas-workspace", "0"] if fake else []
                 pred = torch_prediction(a.binary, point, doc["dtype"], plan["optimizer"], plan["attn"],
-                                        os.path.join(tmp, re.sub(r"[^A-Za-z0-9_.-]", "_", point["model"])))
+                                        os.path.join(tmp, re.sub(r"[^A-Za-z0-9_.-]", "_", point["model"])),
+                                        extra)
                 row.update(predicted_peak_bytes=pred["peak"], predicted_forward_bytes=pred["forward"],
                            predicted_loss_bytes=pred["loss"], predicted_backward_bytes=pred["backward"],
                            predicted_optimizer_bytes=pred["optimizer"])
@@ -555,13 +690,19 @@ def main(argv=None):
                 row.update(status="skipped", message=(row["message"] or "dry run"))
             else:
                 try:
-                    static, grads, ph, side = measure_point(point, plan, device, torch, transformers, nvml)
+                    if fake:
+                        static, grads, ph, side = measure_point_fake(point, plan, semantics, torch, transformers)
+                    else:
+                        static, grads, ph, side = measure_point(point, plan, device, torch, transformers, nvml)
                     row.update(status="ok", static_bytes=static, grad_bytes=grads,
                                measured_forward_bytes=static + ph[0], measured_loss_bytes=static + ph[1],
                                measured_backward_bytes=static + ph[2], measured_optimizer_bytes=static + ph[3],
-                               measured_peak_bytes=static + max(ph), peak_source="torch-allocator-high-water")
+                               measured_peak_bytes=static + max(ph),
+                               peak_source="fake-tensor-storage-high-water" if fake else "torch-allocator-high-water")
                     srcs = ["allocator=torch-max-memory-allocated", "reserved=torch-max-memory-reserved"]
-                    if nvml.source:
+                    if fake:
+                        srcs = ["allocator=fake-tensor-storages"]
+                    elif nvml.source:
                         srcs.append(f"device_used={nvml.source}")
                         srcs.append(f"process_used={side.get('_proc_src') or 'nvml-pid-not-listed'}")
                     else:
@@ -576,7 +717,8 @@ def main(argv=None):
                     failed += 1
                 finally:
                     gc.collect()
-                    torch.cuda.empty_cache()
+                    if not fake:
+                        torch.cuda.empty_cache()
             row["seconds"] = round(time.time() - t0, 3)
             out.write(row)
             ran += 1

@@ -200,6 +200,41 @@ impl SettingValue for Bytes {
     }
 }
 
+/// An overhead amount (CUDA context, cuBLAS workspace, NCCL buffers): any memory
+/// amount, or zero (`0`, `0B`, `none`) where the run has none — a CPU run's context, a
+/// fake-tensor meter's cuBLAS workspace, `CUBLAS_WORKSPACE_CONFIG=:0:0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverheadBytes(pub Bytes);
+
+impl OverheadBytes {
+    const ACCEPTED: &'static str = "0 or none, or a memory amount";
+
+    fn zero(s: &str) -> bool {
+        let t = s.trim().to_ascii_lowercase();
+        t == "none" || t.trim_end_matches(|c: char| c.is_ascii_alphabetic()).trim() == "0"
+    }
+}
+
+impl SettingValue for OverheadBytes {
+    fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
+        if Self::zero(s) {
+            return Ok(OverheadBytes(Bytes(0)));
+        }
+        Bytes::from_text(s)
+            .map(OverheadBytes)
+            .map_err(|(v, a)| (v, format!("{}; {a}", Self::ACCEPTED)))
+    }
+    fn from_json(v: &Value) -> std::result::Result<Self, (String, String)> {
+        match v {
+            Value::Number(n) if n.as_u64() == Some(0) => Ok(OverheadBytes(Bytes(0))),
+            Value::String(s) => Self::from_text(s),
+            other => Bytes::from_json(other)
+                .map(OverheadBytes)
+                .map_err(|(v, a)| (v, format!("{}; {a}", Self::ACCEPTED))),
+        }
+    }
+}
+
 impl SettingValue for Device {
     fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
         match s.trim().to_ascii_lowercase().as_str() {
@@ -393,8 +428,8 @@ settings! {
     prefill_chunk: u64 => "--prefill-chunk" Value, "Inference: prefill in chunks of this many tokens.";
     gpu_memory: Bytes => "--gpu-memory" Value, "GPU memory to check against, e.g. 80GiB (exit 1 if the peak does not fit).";
     gpu: String => "--gpu" Value, "A GPU from `llm-mem gpus`, e.g. h100-80gb.";
-    cuda_context: Bytes => "--cuda-context" Value, "CUDA context size (default 512MiB).";
-    cublas_workspace: Bytes => "--cublas-workspace" Value, "cuBLAS workspace (default 32MiB).";
+    cuda_context: OverheadBytes => "--cuda-context" Value, "CUDA context size (default 512MiB; 0 for none).";
+    cublas_workspace: OverheadBytes => "--cublas-workspace" Value, "cuBLAS workspace (default 32MiB; 0 for none).";
     allocator_fragmentation: f64 => "--allocator-fragmentation" Value, "Allocator fragmentation as a fraction of dynamic memory (default 0.05).";
     dp: u64 => "--dp" Value, "Data-parallel degree.";
     tp: u64 => "--tp" Value, "Tensor-parallel degree (Megatron column/row parallel linears, vocab-parallel head).";
@@ -412,7 +447,7 @@ settings! {
     distributed_optimizer: bool => "--distributed-optimizer" Switch(true), "Megatron's distributed optimizer (optimizer state sharded over dp).";
     micro_batches: u64 => "--micro-batches" Value, "Micro-batches per pipeline flush (default: --grad-accum).";
     pp_layers: StageLayers => "--pp-layers" Value, "Layers per pipeline stage, e.g. 10,12,10 (default: even split).";
-    nccl_buffers: Bytes => "--nccl-buffers" Value, "NCCL buffers per process group (default 128MiB).";
+    nccl_buffers: OverheadBytes => "--nccl-buffers" Value, "NCCL buffers per process group (default 128MiB; 0 for none).";
     zero_reduce_bucket: u64 => "--zero-reduce-bucket" Value, "ZeRO reduce bucket size in elements (DeepSpeed reduce_bucket_size).";
     zero_allgather_bucket: u64 => "--zero-allgather-bucket" Value, "ZeRO all-gather bucket size in elements (DeepSpeed allgather_bucket_size).";
     zero3_prefetch_bucket: u64 => "--zero3-prefetch-bucket" Value, "ZeRO-3 prefetch bucket in elements (DeepSpeed stage3_prefetch_bucket_size).";
@@ -832,8 +867,8 @@ impl Settings {
     fn overheads(&self) -> Overheads {
         let d = Overheads::default();
         Overheads {
-            cuda_context: self.cuda_context.unwrap_or(d.cuda_context),
-            cublas_workspace: self.cublas_workspace.unwrap_or(d.cublas_workspace),
+            cuda_context: self.cuda_context.map_or(d.cuda_context, |b| b.0),
+            cublas_workspace: self.cublas_workspace.map_or(d.cublas_workspace, |b| b.0),
             allocator_fragmentation: self
                 .allocator_fragmentation
                 .unwrap_or(d.allocator_fragmentation),
@@ -862,7 +897,7 @@ impl Settings {
             micro_batches: self.micro_batches,
             pp_layers: self.pp_layers.clone().map(|p| p.0),
             buffers: Buffers {
-                nccl_per_group: self.nccl_buffers.unwrap_or(b.nccl_per_group),
+                nccl_per_group: self.nccl_buffers.map_or(b.nccl_per_group, |b| b.0),
                 zero_reduce_bucket: self.zero_reduce_bucket.unwrap_or(b.zero_reduce_bucket),
                 zero_allgather_bucket: self
                     .zero_allgather_bucket

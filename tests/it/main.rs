@@ -11,6 +11,7 @@ mod util;
 mod cli;
 mod csv;
 mod cuda;
+mod fake_probe;
 mod fuzz;
 mod hub;
 mod mock_hub;

@@ -636,3 +636,32 @@ fn settings_from_flags_round_trip() {
     let s = Settings::from_flags(&[("batch", "3")]).unwrap();
     assert_eq!(s.batch, Some(3));
 }
+
+/// Overheads may be zero (a fake-tensor meter has no cuBLAS workspace, a CPU run no
+/// CUDA context): `0`, `0B` and `none` remove exactly that term; a negative or
+/// malformed amount is an error naming the flag.
+#[test]
+fn overheads_accept_zero_and_refuse_negative_amounts() {
+    let base = ["--model", "gpt2", "--seq-len", "512", "--json"];
+    let with = |extra: &[&str]| {
+        let mut a: Vec<&str> = base.to_vec();
+        a.extend_from_slice(extra);
+        let r = estimate(&a);
+        assert_eq!(r.code, 0, "{r:?}");
+        device_peak(&r)
+    };
+    let default = with(&[]);
+    for zero in ["0", "0B", "none"] {
+        assert_eq!(
+            default - with(&["--cublas-workspace", zero]),
+            32 << 20,
+            "--cublas-workspace {zero}"
+        );
+    }
+    assert_eq!(default - with(&["--cuda-context", "0"]), 512 << 20);
+    for bad in ["-3", "lots", "0.5.1GiB"] {
+        let mut a: Vec<&str> = base.to_vec();
+        a.extend_from_slice(&["--cublas-workspace", bad]);
+        assert_error(&estimate(&a), &["--cublas-workspace", bad, "0 or none"]);
+    }
+}
