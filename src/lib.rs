@@ -27,6 +27,7 @@ pub mod probe;
 pub mod report;
 pub mod runtime;
 pub mod units;
+pub mod validate;
 pub mod workload;
 
 pub use arch::{Family, ModelSpec};

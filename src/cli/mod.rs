@@ -17,6 +17,7 @@ mod fuzz;
 pub mod list;
 pub mod plan;
 pub mod probe;
+pub mod validate;
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +59,9 @@ enum Command {
     /// Measure real candle training steps, fit corrections, report.
     #[command(subcommand)]
     Probe(probe::ProbeCommand),
+    /// Run the estimator on every row of a measurement table and report how far off it
+    /// is, per row, source group, framework and metric.
+    Validate(Box<validate::ValidateArgs>),
 }
 
 impl Cli {
@@ -69,6 +73,7 @@ impl Cli {
             Command::Gpus { json } => list::gpus(*json),
             Command::Plan(a) => plan::run(a),
             Command::Probe(p) => probe::run(p),
+            Command::Validate(a) => validate::run(a),
         }
     }
 }

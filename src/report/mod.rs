@@ -1,7 +1,8 @@
 //! Output formats, one file each: `human` (table), `json` (schema_version 1, written
 //! from the wire types of `wire`), `csv`; probe reports: `probe_md`, `probe_csv`,
-//! `probe_svg`. They only format an [`Estimate`](crate::estimate::Estimate); no
-//! computation here.
+//! `probe_svg`; validation reports: `validate_human`, `validate_json`, `validate_md`,
+//! `validate_svg`. They only format an [`Estimate`](crate::estimate::Estimate), a
+//! comparison or a [`Validation`](crate::validate::Validation); no computation here.
 
 pub mod csv;
 pub mod human;
@@ -9,6 +10,10 @@ pub mod json;
 pub mod probe_csv;
 pub mod probe_md;
 pub mod probe_svg;
+pub mod validate_human;
+pub mod validate_json;
+pub mod validate_md;
+pub mod validate_svg;
 mod wire;
 
 use crate::units::bytes::Bytes;

@@ -333,6 +333,36 @@ fn fuzz_measurement_csvs() {
     );
 }
 
+// ---------------------------------------------------------------- validation tables
+
+#[test]
+fn fuzz_validation_tables() {
+    use llm_mem::validate::{table, validate};
+    let corpus = std::fs::read_to_string(root().join("tests/data/measured/public.csv")).unwrap();
+    let configs = root().join("tests/data/configs");
+    let resolve = |m: &str| {
+        let p = configs.join(m).join("config.json");
+        llm_mem::hf::hub::resolve_with(&p.display().to_string(), None)
+    };
+    fuzz(
+        "validation tables",
+        cases(200),
+        mutated(1, 4),
+        |(_, ms), _| {
+            if let Ok(rows) = table::parse(&mutate(&corpus, &ms), "fuzz.csv") {
+                // every mapped row estimated (or refused) without a panic; a few rows
+                // per case keep the budget
+                let v = validate(&rows[..rows.len().min(6)], &resolve);
+                let s = &v.summary;
+                if s.supported > s.rows || !(0.0..=1.0).contains(&s.within_10_pct) {
+                    return Err(fail(format!("inconsistent summary {s:?}")));
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
 // ---------------------------------------------------------------- calibration files
 
 #[test]

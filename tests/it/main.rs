@@ -28,3 +28,4 @@ mod sources;
 mod stack;
 mod tidy;
 mod trace;
+mod validate;

@@ -51,8 +51,22 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "validate",
+        &[
+            "distributed",
+            "estimate",
+            "runtime",
+            "workload",
+            "hf",
+            "arch",
+            "units",
+            "error",
+        ],
+    ),
+    (
         "report",
         &[
+            "validate",
             "calibration",
             "distributed",
             "estimate",

@@ -1,0 +1,304 @@
+//! A measured row → the tool's settings, column by column, or the reason it cannot be
+//! estimated. The mapping is the same flag set a user would pass to `llm-mem estimate`
+//! (each row's equivalent command is printed with `--verbose`); nothing here is fitted
+//! to a row.
+//!
+//! | column | setting |
+//! |---|---|
+//! | `task`, `micro_batch`, `seq_len`, `gen_tokens` | `--task`, `--batch`, `--seq-len` (train) or `--prompt-len` + `--gen-len` (infer) |
+//! | `method` + `quant` | `full`; `lora`; `qlora` when the base is `nf4` / `nf4-dq` / `fp4` (bitsandbytes 4-bit: fp4 and nf4 store the same 4 bits + absmax per 64); `nf4` without double quantization → `--no-double-quant` |
+//! | `lora_rank`, `lora_targets` | `--lora-rank`; role tokens (`q`, `k`, `v`, `o`, `qkv`, `gate`, `up`, `down`, `mlp`) → the model's own module names (a fused q/k/v linear for `q`/`k`/`v` on a fused model) |
+//! | `weight_dtype` | `bf16` / `fp16` / `fp32` → `--dtype`; `mixed-bf16` / `mixed-fp16` → `amp-bf16` / `amp-fp16` (fp32 weights, half compute) |
+//! | `optimizer` | `--optimizer` (`adamw` is torch's fused AdamW) |
+//! | `grad_ckpt`, `attn_impl`, `loss_impl` | `--grad-ckpt`, `--attn`, `--loss` |
+//! | `parallelism`, `n_gpus`, `tp`/`pp`/`cp` | `fsdp-full` → `--fsdp full --dp N` (+ `--offload-params`, FSDP's one CPUOffload switch, for `-offload`); `zero2`/`zero3` → `--zero 2/3 --dp N` (+ `--offload-params --offload-optimizer`); `tp` → `--tp N` |
+//! | `metric` | which estimated figure is compared: `allocated` / `active` → allocated (`max_memory_allocated`), `reserved` → reserved, `nvidia-smi` and `unknown` → device (reserved + CUDA context) |
+//!
+//! Refused, with the reason (they count as misses): PEFT methods other than LoRA
+//! (DoRA, VeRA, OFT, ...), LoRA on the output head, modules trained in full next to
+//! the adapters, LayerNorm tuning, 8-bit and GPTQ base weights, an unknown optimizer,
+//! sequence length, rank or checkpointing, vLLM's profile metric (the serving engines'
+//! own accounting), and `mixed` parallelism without its degrees.
+
+use crate::arch::{LinearRole, ModelSpec};
+
+use super::table::MeasuredRow;
+
+/// Which estimated figure a row's `metric` is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// `torch.cuda.max_memory_allocated` (and `active`, the same blocks in use).
+    Allocated,
+    /// `torch.cuda.max_memory_reserved`.
+    Reserved,
+    /// What the device shows in use (`nvidia-smi`): reserved + CUDA context + NCCL.
+    Device,
+}
+
+impl Metric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Allocated => "allocated",
+            Metric::Reserved => "reserved",
+            Metric::Device => "device",
+        }
+    }
+}
+
+/// A row mapped onto settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mapped {
+    /// `(setting key, value)` in `Settings::from_flags` form.
+    pub settings: Vec<(String, String)>,
+    pub metric: Metric,
+    /// Assumptions the mapping made (shown with the row).
+    pub notes: Vec<String>,
+}
+
+impl Mapped {
+    /// The equivalent `llm-mem estimate` command line (the model as given).
+    pub fn command(&self) -> String {
+        let mut s = String::from("llm-mem estimate");
+        for (k, v) in &self.settings {
+            let flag = k.replace('_', "-");
+            match (k.as_str(), v.as_str()) {
+                ("double_quant", "false") => s.push_str(" --no-double-quant"),
+                ("offload_params" | "offload_optimizer", "true") => {
+                    s.push_str(&format!(" --{flag}"))
+                }
+                _ => s.push_str(&format!(" --{flag} {v}")),
+            }
+        }
+        s
+    }
+}
+
+/// Maps `r` (whose model is `spec`) onto settings, or says why it cannot be estimated.
+pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
+    let mut s: Vec<(String, String)> = Vec::new();
+    let mut notes = Vec::new();
+    let mut put = |k: &str, v: String| s.push((k.to_string(), v));
+    put("model", r.model.clone());
+    // method and base-weight quantization
+    let method = match (r.method.as_str(), r.quant.as_str()) {
+        ("other-peft", _) => {
+            return Err("a PEFT method other than LoRA (DoRA, VeRA, OFT, ...): not modelled".into())
+        }
+        (_, "int8") => return Err("8-bit (int8) base weights: not modelled yet".into()),
+        (_, "gptq-int4") => return Err("GPTQ int4 base weights: not modelled yet".into()),
+        ("qlora" | "lora", "nf4" | "nf4-dq" | "fp4") => "qlora",
+        ("qlora", "none") => return Err("method qlora with quant none".into()),
+        ("full", q) if q != "none" => {
+            return Err(format!("full fine-tuning of {q}-quantized weights"))
+        }
+        // inference on bitsandbytes 4-bit weights: the tool's NF4 serving
+        ("none", "nf4" | "nf4-dq" | "fp4") => "qlora",
+        ("none", _) => "full",
+        (m, _) => m,
+    };
+    if r.quant == "fp4" {
+        notes.push("bitsandbytes fp4 stored as nf4 is: 4 bits + an fp32 absmax per 64".into());
+    }
+    let task = r.task.as_str();
+    put("task", task.to_string());
+    if task == "train" || method == "qlora" {
+        put("method", method.to_string());
+    }
+    if method != "full" && task == "train" {
+        let rank = r
+            .lora_rank
+            .filter(|&k| k > 0)
+            .ok_or_else(|| "LoRA rank unknown".to_string())?;
+        put("lora_rank", rank.to_string());
+        put("lora_targets", lora_targets(&r.lora_targets, spec)?);
+    }
+    if method == "qlora" && (r.quant == "nf4" || r.quant == "fp4") {
+        put("double_quant", "false".into());
+    }
+    // precision
+    let dtype = match r.weight_dtype.as_str() {
+        "mixed-bf16" => "amp-bf16",
+        "mixed-fp16" => "amp-fp16",
+        d => d,
+    };
+    put("dtype", dtype.to_string());
+    // optimizer
+    if task == "train" {
+        match r.optimizer.as_str() {
+            "unknown" => return Err("optimizer unknown".into()),
+            "none" => return Err("a training row without an optimizer".into()),
+            o => put("optimizer", o.to_string()),
+        }
+    }
+    // shapes
+    let seq = r
+        .seq_len
+        .ok_or_else(|| "sequence length unknown".to_string())?;
+    put("batch", r.micro_batch.to_string());
+    if task == "train" {
+        put("seq_len", seq.to_string());
+    } else {
+        put("prompt_len", seq.to_string());
+        put("gen_len", r.gen_tokens.max(1).to_string());
+    }
+    // kernels and checkpointing
+    if task == "train" {
+        match r.grad_ckpt.as_str() {
+            "unknown" => return Err("activation checkpointing unknown".into()),
+            g => put("grad_ckpt", g.to_string()),
+        }
+        match r.loss_impl.as_str() {
+            "unknown" => return Err("loss implementation unknown".into()),
+            "none" => {}
+            l => put("loss", l.to_string()),
+        }
+    }
+    match r.attn_impl.as_str() {
+        "unknown" => {
+            notes.push("attention implementation unknown: sdpa (transformers' default)".into());
+            put("attn", "sdpa".into());
+        }
+        a => put("attn", a.to_string()),
+    }
+    // parallelism
+    let (tp, pp, cp) = (r.tp, r.pp, r.cp);
+    let model_parallel = tp * pp * cp;
+    if !r.n_gpus.is_multiple_of(model_parallel) {
+        return Err(format!(
+            "n_gpus {} is not a multiple of tp × pp × cp = {model_parallel}",
+            r.n_gpus
+        ));
+    }
+    let dp = r.n_gpus / model_parallel;
+    let offload = r.parallelism.ends_with("-offload");
+    match r.parallelism.as_str() {
+        "none" => {
+            if r.n_gpus > 1 {
+                put("dp", dp.to_string());
+            }
+        }
+        "fsdp-full" | "fsdp-full-offload" => {
+            put("fsdp", "full".into());
+            put("dp", dp.to_string());
+        }
+        "zero2" => {
+            put("zero", "2".into());
+            put("dp", dp.to_string());
+        }
+        "zero3" | "zero3-offload" => {
+            put("zero", "3".into());
+            put("dp", dp.to_string());
+        }
+        "tp" => put("tp", r.n_gpus.to_string()),
+        "mixed" => {
+            if model_parallel == 1 {
+                return Err("parallelism mixed without tp/pp/cp degrees".into());
+            }
+            put("dp", dp.to_string());
+        }
+        other => return Err(format!("parallelism {other}")),
+    }
+    if r.parallelism != "tp" {
+        for (k, n) in [("tp", tp), ("pp", pp), ("cp", cp)] {
+            if n > 1 {
+                put(k, n.to_string());
+            }
+        }
+    }
+    if offload {
+        // FSDP's CPUOffload moves parameters, gradients and optimizer state together
+        // (one switch); ZeRO-3 offloads parameters and optimizer state separately
+        put("offload_params", "true".into());
+        if r.parallelism.starts_with("zero") {
+            put("offload_optimizer", "true".into());
+        }
+    }
+    let metric = match r.metric.as_str() {
+        "allocated" | "active" => Metric::Allocated,
+        "reserved" => Metric::Reserved,
+        "nvidia-smi" => Metric::Device,
+        "unknown" => {
+            notes.push("metric unknown: compared with the device figure (reserved + CUDA context), what nvidia-smi shows".into());
+            Metric::Device
+        }
+        "vllm-profile" => {
+            return Err(
+                "vLLM's profile metric: the serving engines' accounting is not modelled yet".into(),
+            )
+        }
+        m => return Err(format!("metric {m}")),
+    };
+    Ok(Mapped {
+        settings: s,
+        metric,
+        notes,
+    })
+}
+
+/// The table's `lora_targets` token → `--lora-targets` for `spec`.
+fn lora_targets(token: &str, spec: &ModelSpec) -> Result<String, String> {
+    match token {
+        "all-linear" => return Ok("all-linear".into()),
+        "attn" => return Ok("attn".into()),
+        "none" | "unknown" => return Err(format!("LoRA targets {token}")),
+        _ => {}
+    }
+    let tokens: Vec<&str> = match token {
+        "qv" => vec!["q", "v"],
+        t => match t.strip_prefix("custom:") {
+            Some(list) => list.split('+').collect(),
+            None => return Err(format!("LoRA targets {t:?}")),
+        },
+    };
+    let linears: Vec<_> = spec.each_linear().collect();
+    let mut names: Vec<&str> = Vec::new();
+    let fused_qkv = linears.iter().any(|l| l.role == LinearRole::Qkv);
+    let fused_gate_up = linears.iter().any(|l| l.role == LinearRole::GateUp);
+    for t in tokens {
+        if t.starts_with("full:") {
+            return Err(format!(
+                "{t}: a module trained in full next to the adapters (PEFT modules_to_save) is not modelled yet"
+            ));
+        }
+        let roles: Vec<LinearRole> = match t {
+            "q" | "k" | "v" if fused_qkv => vec![LinearRole::Qkv],
+            "q" => vec![LinearRole::Q],
+            "k" => vec![LinearRole::K],
+            "v" => vec![LinearRole::V],
+            "qkv" => vec![LinearRole::Qkv, LinearRole::Q, LinearRole::K, LinearRole::V],
+            "o" => vec![LinearRole::O],
+            "gate" | "up" if fused_gate_up => vec![LinearRole::GateUp],
+            "gate" => vec![LinearRole::Gate],
+            "up" => vec![LinearRole::Up],
+            "down" => vec![LinearRole::Down],
+            "mlp" => vec![
+                LinearRole::Gate,
+                LinearRole::Up,
+                LinearRole::GateUp,
+                LinearRole::Down,
+            ],
+            "lm_head" => {
+                return Err(
+                    "LoRA on the output head (its fp32 logits-sized branch): not modelled yet"
+                        .into(),
+                )
+            }
+            "all-linear" => return Ok("all-linear".into()),
+            "norm" => return Err("LoRA on norms (LayerNorm tuning): not modelled".into()),
+            other => return Err(format!("LoRA target token {other:?}")),
+        };
+        let before = names.len();
+        for l in &linears {
+            if roles.contains(&l.role) && !names.contains(&l.name) {
+                names.push(l.name);
+            }
+        }
+        if names.len() == before && !roles.iter().any(|r| linears.iter().any(|l| l.role == *r)) {
+            return Err(format!(
+                "LoRA target {t:?}: {} has no such linear",
+                spec.family
+            ));
+        }
+    }
+    Ok(names.join(","))
+}
