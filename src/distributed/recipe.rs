@@ -128,6 +128,15 @@ pub fn precision_recipe<'a>(w: &'a Workload, layout: &Layout) -> PrecisionRecipe
                 "--dtype {p} under FSDP is modelled as torch FSDP MixedPrecision(param_dtype={half}, reduce_dtype={half}) as accelerate installs it: fp32 sharded parameters are the master copy, layers are gathered in {half}, no autocast weight cache"
             ));
         }
+        if is_half(p) && layout.fsdp_upcast {
+            // accelerate accelerator.py prepare_model (v0.30.0, #2674, `upcasted_log`):
+            // under mixed precision every trainable flat parameter that is not fp32 is
+            // cast to fp32 (`param.data = param.data.to(torch.float32)`); FSDP's
+            // MixedPrecision(param_dtype=half) gathers the layers in the half dtype
+            return mapped(w, p, true, ImpliedMaster::FsdpMixedPrecision, format!(
+                "{p} parameters under FSDP with mixed precision are upcast to fp32 as accelerate does (accelerate >= 0.30, --fsdp-upcast): fp32 sharded parameters, gradients and optimizer state, layers gathered in {p}"
+            ));
+        }
         if is_half(p) && !w.master_weights {
             return PrecisionRecipe {
                 note: Some(format!(

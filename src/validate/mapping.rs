@@ -12,6 +12,7 @@
 //! | `optimizer` | `--optimizer` (`adamw` is torch's fused AdamW) |
 //! | `grad_ckpt`, `attn_impl`, `loss_impl` | `--grad-ckpt`, `--attn`, `--loss` |
 //! | `parallelism`, `n_gpus`, `tp`/`pp`/`cp` | `fsdp-full` → `--fsdp full --dp N` (+ `--offload-params`, FSDP's one CPUOffload switch, for `-offload`); `zero2`/`zero3` → `--zero 2/3 --dp N` (+ `--offload-params --offload-optimizer`); `tp` → `--tp N` |
+//! | `framework` | `--framework NAME` when a profile of that name is shipped (`hf-trainer`, `accelerate`, `litgpt`, `torchtune`); otherwise none, with a note |
 //! | `metric` | which estimated figure is compared: `allocated` / `active` → allocated (`max_memory_allocated`), `reserved` → reserved, `nvidia-smi` and `unknown` → device (reserved + CUDA context) |
 //!
 //! Refused, with the reason (they count as misses): PEFT methods other than LoRA
@@ -212,6 +213,18 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
         if r.parallelism.starts_with("zero") {
             put("offload_optimizer", "true".into());
         }
+    }
+    // the framework's profile (its mechanisms' defaults), when one is shipped
+    if crate::workload::profile::SHIPPED
+        .iter()
+        .any(|(n, _)| *n == r.framework)
+    {
+        put("framework", r.framework.clone());
+    } else {
+        notes.push(format!(
+            "no profile for framework {:?}: PyTorch + transformers + peft as the ledger models them",
+            r.framework
+        ));
     }
     let metric = match r.metric.as_str() {
         "allocated" | "active" => Metric::Allocated,

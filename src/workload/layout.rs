@@ -129,6 +129,9 @@ pub struct Layout {
     pub fsdp: Option<FsdpMode>,
     /// 1 = FSDP1 flat parameters (padded to the shard count), 2 = FSDP2 per-parameter.
     pub fsdp_version: u8,
+    /// accelerate's upcast of half-precision trainable FSDP parameters to fp32 under
+    /// mixed precision (`distributed::recipe`).
+    pub fsdp_upcast: bool,
     pub offload_optimizer: bool,
     pub offload_params: bool,
     pub distributed_optimizer: bool,
@@ -153,6 +156,7 @@ impl Default for Layout {
             zero: 0,
             fsdp: None,
             fsdp_version: 2,
+            fsdp_upcast: false,
             offload_optimizer: false,
             offload_params: false,
             distributed_optimizer: false,

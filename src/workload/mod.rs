@@ -7,6 +7,7 @@
 pub mod import;
 pub mod layout;
 pub mod overhead;
+pub mod profile;
 pub mod settings;
 
 use serde::{Deserialize, Serialize};

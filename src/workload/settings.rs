@@ -441,6 +441,8 @@ settings! {
     zero: ZeroStage => "--zero" Value, "DeepSpeed ZeRO stage: 0 | 1 | 2 | 3.";
     fsdp: FsdpMode => "--fsdp" Value, "PyTorch FSDP: full | grad-op | hybrid.";
     fsdp_version: FsdpVersion => "--fsdp-version" Value, "FSDP version: 1 (flat parameters) | 2 (per-parameter sharding, default).";
+    fsdp_upcast: bool => "--fsdp-upcast" Value, "true | false: under FSDP with half-precision parameters, accelerate's fp32 upcast of the flat parameters (accelerate >= 0.30 with --bf16/--fp16): fp32 sharded master, layers gathered in the half dtype (set by --framework hf-trainer).";
+    framework: String => "--framework" Value, "A shipped framework profile (hf-trainer | accelerate | litgpt | torchtune): defaults for the mechanisms it runs; your own settings win.";
     fsdp_shard_group: u64 => "--fsdp-shard-group" Value, "FSDP hybrid-shard group size (default min(dp, 8)).";
     offload_optimizer: bool => "--offload-optimizer" Switch(true), "Optimizer state (and ZeRO's fp32 copies) in host memory.";
     offload_params: bool => "--offload-params" Switch(true), "Parameters in host memory (ZeRO-3 or FSDP).";
@@ -664,6 +666,23 @@ impl Settings {
     /// layout (checked against `spec` and the workload) and the capacity to check
     /// against. Errors name where each value came from.
     pub fn resolve(&self, spec: &ModelSpec) -> Result<Run> {
+        let with_profile = self.with_profile()?;
+        let this = with_profile.as_ref().unwrap_or(self);
+        this.resolve_here(spec)
+    }
+
+    /// `self` under its `--framework` profile's defaults (`None` without one): the
+    /// profile's settings, replaced by every value `self` sets.
+    pub fn with_profile(&self) -> Result<Option<Settings>> {
+        let Some(name) = &self.framework else {
+            return Ok(None);
+        };
+        let p = crate::workload::profile::Profile::shipped(name.trim())
+            .map_err(|e| self.attribute(e))?;
+        Ok(Some(p.settings.merged(self.clone())))
+    }
+
+    fn resolve_here(&self, spec: &ModelSpec) -> Result<Run> {
         let (workload, overheads) = self.build(spec)?;
         self.check_global_batch()?;
         let layout = self.layout();
@@ -891,6 +910,7 @@ impl Settings {
             zero: self.zero.map_or(d.zero, |z| z.0),
             fsdp: self.fsdp,
             fsdp_version: self.fsdp_version.map_or(d.fsdp_version, |v| v.0),
+            fsdp_upcast: self.fsdp_upcast.unwrap_or(false),
             offload_optimizer: self.offload_optimizer.unwrap_or(false),
             offload_params: self.offload_params.unwrap_or(false),
             distributed_optimizer: self.distributed_optimizer.unwrap_or(false),

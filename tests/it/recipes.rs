@@ -726,3 +726,67 @@ fn l16_header_shows_small_parameter_counts_in_their_units() {
     ]);
     assert!(r.stdout.contains(", 0 trainable)"), "{}", r.stdout);
 }
+
+/// `--framework hf-trainer`: accelerate >= 0.30 upcasts half-precision trainable FSDP
+/// flat parameters to fp32 under mixed precision (accelerate/accelerator.py
+/// `prepare_model`, PR #2674, `upcasted_log`; "we follow DeepSpeed's strategy to hold
+/// the parameters in full precision"), and its FSDP plugin defaults to FSDP1
+/// (`FullyShardedDataParallelPlugin.fsdp_version = 1`). So bf16 weights under the
+/// profile are sized as MixedPrecision over fp32 shards — exactly `--dtype amp-bf16
+/// --fsdp-version 1` — while a value the user sets wins, and without FSDP the profile
+/// changes nothing.
+#[test]
+fn hf_trainer_profile_upcasts_fsdp_parameters_to_fp32_as_accelerate_does() {
+    let base = [
+        "--model",
+        "llama-3.2-1b",
+        "--method",
+        "full",
+        "--batch",
+        "4",
+        "--seq-len",
+        "1024",
+        "--grad-ckpt",
+        "full",
+        "--json",
+    ];
+    let peak = |extra: &[&str]| -> (u64, String) {
+        let mut a = vec!["estimate"];
+        a.extend_from_slice(&base);
+        a.extend_from_slice(extra);
+        let r = run(&a);
+        assert_eq!(r.code, 0, "{r:?}");
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        (v["peak"]["allocated_bytes"].as_u64().unwrap(), r.stdout)
+    };
+    let fsdp = ["--fsdp", "full", "--dp", "4"];
+    let with = |more: &[&str]| {
+        let mut a = fsdp.to_vec();
+        a.extend_from_slice(more);
+        peak(&a)
+    };
+    let (profiled, note) = with(&["--dtype", "bf16", "--framework", "hf-trainer"]);
+    let (amp_v1, _) = with(&["--dtype", "amp-bf16", "--fsdp-version", "1"]);
+    let (pure_v1, _) = with(&["--dtype", "bf16", "--fsdp-version", "1"]);
+    assert_eq!(
+        profiled, amp_v1,
+        "the profile = fp32 shards gathered in bf16, FSDP1"
+    );
+    assert!(profiled > pure_v1, "{profiled} vs {pure_v1}");
+    assert!(note.contains("upcast to fp32 as accelerate does"), "{note}");
+    // the user's own value wins over the profile's
+    let (off, _) = with(&[
+        "--dtype",
+        "bf16",
+        "--framework",
+        "hf-trainer",
+        "--fsdp-upcast",
+        "false",
+    ]);
+    assert_eq!(off, pure_v1);
+    // litgpt (Lightning Fabric, bf16-true) keeps bf16 shards
+    let (litgpt, _) = with(&["--dtype", "bf16", "--framework", "litgpt"]);
+    assert_eq!(litgpt, pure_v1);
+    // one GPU: nothing to shard, nothing changes
+    assert_eq!(peak(&["--framework", "hf-trainer"]).0, peak(&[]).0);
+}
