@@ -62,6 +62,7 @@ impl TraceRow {
     /// layer, CPU or CUDA kernels) and shapes.
     pub fn ledger_params(&self) -> LedgerParams {
         LedgerParams {
+            quant_keeps_input: false,
             batch: self.batch,
             seq: self.seq,
             kv_len: self.seq,

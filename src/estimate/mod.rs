@@ -81,6 +81,10 @@ fn ledger_params(
     batch: u64,
 ) -> LedgerParams {
     LedgerParams {
+        quant_keeps_input: match &w.method {
+            crate::workload::Method::Qlora(l) => l.bnb_keeps_input,
+            _ => false,
+        },
         sp_div: 1,
         param_grad_size: if w.master_weights {
             4
@@ -137,6 +141,9 @@ pub struct Statics {
     pub weights: u64,
     pub master_weights: u64,
     pub optimizer_state: u64,
+    /// The part of `optimizer_state` in CUDA managed memory (paged optimizers), which
+    /// the allocator's counters do not see ([`optimizer::managed_state_bytes`]).
+    pub optimizer_state_managed: u64,
     pub optimizer_step_temp: u64,
     /// Resident gradients per decoder layer / head / embedding / the rest.
     pub grad_layer: u64,
@@ -196,6 +203,7 @@ impl RankView {
                     0
                 },
                 optimizer_state: optimizer::state_bytes(w.optimizer, &shapes, state_size),
+                optimizer_state_managed: optimizer::managed_state_bytes(w.optimizer, &shapes),
                 optimizer_step_temp: optimizer::step_temporaries(w.optimizer, &shapes, state_size),
                 grad_layer: if full {
                     counts.per_layer * grad_size
@@ -302,7 +310,10 @@ pub fn simulate(
         // candle keeps the whole graph and replays its own backward: simulated op by op
         return candle::estimate_train(spec, w, ov, corr, warnings);
     }
-    let ev_ov = event_overheads(w, ov, corr, view);
+    let mut ev_ov = event_overheads(w, ov, corr, view);
+    if w.device == Device::Cuda {
+        ev_ov.managed = view.map_or(0, |v| v.statics.optimizer_state_managed);
+    }
     let mut rec = Recorder::new(ev_ov);
 
     let acts: Activations;
@@ -479,6 +490,7 @@ pub fn event_overheads(
 ) -> EventOverheads {
     let cuda = w.device == Device::Cuda;
     EventOverheads {
+        managed: 0,
         in_allocator: corr.extra_overhead.get()
             + view.map_or(0, |v| v.in_allocator_extra)
             + if cuda { ov.cublas_workspace.get() } else { 0 },

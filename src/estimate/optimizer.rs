@@ -159,6 +159,36 @@ pub fn state_bytes(opt: Optimizer, shapes: &[Shape], s: u64) -> u64 {
         .sum()
 }
 
+/// Elements from which a paged bitsandbytes optimizer puts a parameter's state in CUDA
+/// managed memory (bitsandbytes optim/optimizer.py `get_state_buffer`, 0.49:
+/// `if not self.is_paged or p.numel() < 1e5: torch.zeros_like(...)` else
+/// `F.get_paged(...)`).
+pub const PAGED_MIN_NUMEL: u64 = 100_000;
+
+/// Bytes of the optimizer state that live in CUDA managed memory, outside PyTorch's
+/// caching allocator: a paged optimizer's state buffers of tensors with at least
+/// [`PAGED_MIN_NUMEL`] elements (bitsandbytes functional.py `get_paged`:
+/// `lib.cget_managed_ptr` = cudaMallocManaged, wrapped with `torch.frombuffer`), so
+/// `max_memory_allocated` / `max_memory_reserved` never count them; the driver pages
+/// them to host memory under pressure. The 8-bit blockwise absmax stay in the
+/// allocator. Zero for every other optimizer.
+pub fn managed_state_bytes(opt: Optimizer, shapes: &[Shape]) -> u64 {
+    shapes
+        .iter()
+        .filter(|t| t.numel() >= PAGED_MIN_NUMEL)
+        .map(|t| {
+            let n = t.numel();
+            let per = match opt {
+                Optimizer::PagedAdamW => 2 * n * 4,
+                // state1/state2 uint8 (the tensor is >= 4096 elements, so 8-bit)
+                Optimizer::PagedAdamW8bit => 2 * n,
+                _ => 0,
+            };
+            per * t.count
+        })
+        .sum()
+}
+
 /// Bytes of temporaries that exist only during `optimizer.step()`.
 pub fn step_temporaries(opt: Optimizer, shapes: &[Shape], s: u64) -> u64 {
     let total: u64 = shapes.iter().map(|t| t.numel() * t.count).sum();
@@ -174,6 +204,32 @@ pub fn step_temporaries(opt: Optimizer, shapes: &[Shape], s: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paged_state_of_large_tensors_is_managed_memory() {
+        let t = |rows, cols| Shape {
+            rows,
+            cols,
+            count: 2,
+        };
+        // 4096 x 4096 is paged; a 16 x 4096 LoRA factor (65 536 < 1e5) is not
+        let shapes = [t(4096, 4096), t(16, 4096)];
+        let n = 4096 * 4096 * 2;
+        assert_eq!(
+            managed_state_bytes(Optimizer::PagedAdamW, &shapes),
+            2 * n * 4
+        );
+        assert_eq!(
+            managed_state_bytes(Optimizer::PagedAdamW8bit, &shapes),
+            2 * n
+        );
+        assert_eq!(managed_state_bytes(Optimizer::AdamW, &shapes), 0);
+        assert_eq!(managed_state_bytes(Optimizer::AdamW8bit, &shapes), 0);
+        // managed bytes are part of the state, never more
+        for o in [Optimizer::PagedAdamW, Optimizer::PagedAdamW8bit] {
+            assert!(managed_state_bytes(o, &shapes) <= state_bytes(o, &shapes, 4));
+        }
+    }
 
     #[test]
     fn adamw_is_two_states() {

@@ -111,12 +111,15 @@ pub struct EventOverheads {
     pub outside: u64,
     /// Fraction of dynamic memory the caching allocator holds in addition.
     pub fragmentation: f64,
+    /// Component bytes in CUDA managed memory (a paged optimizer's state): on the
+    /// device, outside the allocator's counters.
+    pub managed: u64,
 }
 
 impl EventOverheads {
     /// (allocated, reserved, components with `overhead` filled in).
     pub fn apply(&self, mut c: Components) -> (u64, u64, Components) {
-        let tensors = c.total().get();
+        let tensors = c.total().get().saturating_sub(self.managed);
         let allocated = tensors + self.in_allocator;
         let dynamic = c.activations + c.logits_and_loss + c.temporaries + c.gradients;
         let slack = (dynamic.get() as f64 * self.fragmentation).round() as u64;

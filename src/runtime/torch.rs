@@ -65,6 +65,11 @@ pub struct LedgerParams {
     /// Bytes per element of a trainable base parameter's gradient (2 for bf16, 4 for
     /// fp32 or an fp32 gradient buffer). LoRA adapters always get fp32 gradients.
     pub param_grad_size: u64,
+    /// The frozen base linears are bitsandbytes 4-bit ones that keep their input for
+    /// backward whenever it needs a gradient (`MatMul4Bit.forward`: `ctx.tensors = (A,
+    /// B)` if `any(ctx.needs_input_grad[:2])`, bitsandbytes < 0.43.2; 0.43.2 keeps only
+    /// B, PR #1270 "delete useless buffered activation"). The head is never quantized.
+    pub quant_keeps_input: bool,
     /// Megatron sequence parallelism: tensors of the residual stream (norms, residual
     /// adds, row-parallel outputs) are split across this many tensor-parallel ranks
     /// (1 = off). Tensor parallelism itself is expressed by the caller passing a
@@ -398,6 +403,7 @@ impl<'a> Graph<'a> {
     /// gradient, and the output (÷ sp for a row-parallel linear under sequence
     /// parallelism, after the column-parallel input's all-gather otherwise).
     fn base_linear(&mut self, x: T, lin: &LinearSpec) -> T {
+        use crate::arch::LinearRole;
         let weight_trainable = self.p.trainable.base_weights();
         let compute = self.compute();
         // Under autocast the input is cast per call; the half weight copy is cached.
@@ -408,7 +414,8 @@ impl<'a> Graph<'a> {
         };
         self.begin(&[xin]);
         let x_rg = self.rg(xin);
-        self.save_if(xin, weight_trainable);
+        let quant_keeps = self.p.quant_keeps_input && x_rg && lin.role != LinearRole::Head;
+        self.save_if(xin, weight_trainable || quant_keeps);
         self.saves_param(x_rg);
         if self.p.precision.is_amp() {
             self.autocast_weight(lin, x_rg, weight_trainable);
@@ -418,7 +425,6 @@ impl<'a> Graph<'a> {
             let n = lin.params();
             self.param_grads.push((self.op, n * self.p.param_grad_size));
         }
-        use crate::arch::LinearRole;
         let sp = self.p.sp_div.max(1);
         let row_parallel = matches!(lin.role, LinearRole::O | LinearRole::Down);
         if sp > 1 && !row_parallel {
@@ -1678,6 +1684,7 @@ mod tests {
 
     fn params(trainable: Trainable, ckpt: GradCkpt) -> LedgerParams {
         LedgerParams {
+            quant_keeps_input: false,
             batch: 1,
             seq: 256,
             kv_len: 256,

@@ -13,7 +13,7 @@
 //! | `grad_ckpt`, `attn_impl`, `loss_impl` | `--grad-ckpt`, `--attn`, `--loss` |
 //! | `parallelism`, `n_gpus`, `tp`/`pp`/`cp` | `fsdp-full` → `--fsdp full --dp N` (+ `--offload-params`, FSDP's one CPUOffload switch, for `-offload`); `zero2`/`zero3` → `--zero 2/3 --dp N` (+ `--offload-params --offload-optimizer`); `tp` → `--tp N` |
 //! | `framework` | `--framework NAME` when a profile of that name is shipped (`hf-trainer`, `accelerate`, `litgpt`, `torchtune`); otherwise none, with a note |
-//! | `metric` | which estimated figure is compared: `allocated` / `active` → allocated (`max_memory_allocated`), `reserved` → reserved, `nvidia-smi` and `unknown` → device (reserved + CUDA context) |
+//! | `metric` | which estimated figure is compared: `allocated` / `active` → allocated (`max_memory_allocated`), `reserved` → reserved, `nvidia-smi` and `unknown` → device (reserved + CUDA context); `unknown` from torchtune → reserved (its memory stats are the allocator's) |
 //!
 //! Refused, with the reason (they count as misses): PEFT methods other than LoRA
 //! (DoRA, VeRA, OFT, ...), LoRA on the output head, modules trained in full next to
@@ -230,6 +230,12 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
         "allocated" | "active" => Metric::Allocated,
         "reserved" => Metric::Reserved,
         "nvidia-smi" => Metric::Device,
+        "unknown" if r.framework == "torchtune" => {
+            // torchtune/training/memory.py get_memory_stats: peak_memory_active /
+            // _alloc / _reserved, all from torch.cuda.memory_stats (no context)
+            notes.push("metric unknown: torchtune logs the caching allocator's peaks (training/memory.py get_memory_stats); compared with reserved, the largest of them".into());
+            Metric::Reserved
+        }
         "unknown" => {
             notes.push("metric unknown: compared with the device figure (reserved + CUDA context), what nvidia-smi shows".into());
             Metric::Device

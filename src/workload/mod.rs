@@ -205,6 +205,9 @@ pub struct LoraConfig {
     pub targets: LoraTargets,
     /// QLoRA with bitsandbytes double quantization of the NF4 absmax.
     pub double_quant: bool,
+    /// QLoRA on bitsandbytes < 0.43.2, whose 4-bit linears keep their input for
+    /// backward (`--bnb-version`; see `runtime::torch::LedgerParams::quant_keeps_input`).
+    pub bnb_keeps_input: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

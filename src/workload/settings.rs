@@ -322,6 +322,43 @@ impl SettingValue for ZeroStage {
     }
 }
 
+/// A bitsandbytes version `major.minor.patch` (`0.42`, `0.43.2`, `0.45.2.dev0` read as
+/// its numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BnbVersion(pub u32, pub u32, pub u32);
+
+impl BnbVersion {
+    /// The first release whose `MatMul4Bit` keeps no input (PR #1270, July 2024).
+    pub const KEEPS_NO_INPUT: BnbVersion = BnbVersion(0, 43, 2);
+}
+
+impl SettingValue for BnbVersion {
+    fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
+        let bad = || {
+            (
+                s.to_string(),
+                "a version major.minor[.patch], e.g. 0.42.0".to_string(),
+            )
+        };
+        let core = s.trim().trim_start_matches('v');
+        let mut parts = core.split('.');
+        let mut num = |req: bool| -> std::result::Result<u32, (String, String)> {
+            match parts.next() {
+                Some(p) => {
+                    let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+                    if digits.is_empty() || digits.len() > 6 {
+                        return Err(bad());
+                    }
+                    digits.parse().map_err(|_| bad())
+                }
+                None if req => Err(bad()),
+                None => Ok(0),
+            }
+        };
+        Ok(BnbVersion(num(true)?, num(true)?, num(false)?))
+    }
+}
+
 /// The FSDP version: 1 (flat parameters) or 2 (per-parameter sharding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FsdpVersion(pub u8);
@@ -441,6 +478,7 @@ settings! {
     zero: ZeroStage => "--zero" Value, "DeepSpeed ZeRO stage: 0 | 1 | 2 | 3.";
     fsdp: FsdpMode => "--fsdp" Value, "PyTorch FSDP: full | grad-op | hybrid.";
     fsdp_version: FsdpVersion => "--fsdp-version" Value, "FSDP version: 1 (flat parameters) | 2 (per-parameter sharding, default).";
+    bnb_version: BnbVersion => "--bnb-version" Value, "bitsandbytes version, e.g. 0.42.0 (default: a current one): before 0.43.2 a QLoRA 4-bit linear keeps its input for backward.";
     fsdp_upcast: bool => "--fsdp-upcast" Value, "true | false: under FSDP with half-precision parameters, accelerate's fp32 upcast of the flat parameters (accelerate >= 0.30 with --bf16/--fp16): fp32 sharded master, layers gathered in the half dtype (set by --framework hf-trainer).";
     framework: String => "--framework" Value, "A shipped framework profile (hf-trainer | accelerate | litgpt | torchtune): defaults for the mechanisms it runs; your own settings win.";
     fsdp_shard_group: u64 => "--fsdp-shard-group" Value, "FSDP hybrid-shard group size (default min(dp, 8)).";
@@ -851,6 +889,9 @@ impl Settings {
                 alpha: self.lora_alpha.unwrap_or(2.0 * rank as f64),
                 targets: self.lora_targets.clone().unwrap_or(LoraTargets::AllLinear),
                 double_quant: self.double_quant.unwrap_or(true),
+                bnb_keeps_input: self
+                    .bnb_version
+                    .is_some_and(|v| v < BnbVersion::KEEPS_NO_INPUT),
             },
         ))
     }

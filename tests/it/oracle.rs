@@ -94,6 +94,7 @@ fn per_layer_and_non_layer_activations_within_3_percent() {
     let mut worst: f64 = 0.0;
     for r in rows("per_layer.csv").iter().filter(|r| !skip(r)) {
         let p = LedgerParams {
+            quant_keeps_input: false,
             batch: r.batch,
             seq: r.seq,
             kv_len: r.seq,
