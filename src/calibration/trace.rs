@@ -63,6 +63,7 @@ impl TraceRow {
     pub fn ledger_params(&self) -> LedgerParams {
         LedgerParams {
             quant_keeps_input: false,
+            legacy_causal_lm_loss: false,
             batch: self.batch,
             seq: self.seq,
             kv_len: self.seq,

@@ -85,6 +85,7 @@ fn ledger_params(
             crate::workload::Method::Qlora(l) => l.bnb_keeps_input,
             _ => false,
         },
+        legacy_causal_lm_loss: w.legacy_causal_lm_loss,
         sp_div: 1,
         param_grad_size: if w.master_weights {
             4

@@ -70,6 +70,12 @@ pub struct LedgerParams {
     /// B)` if `any(ctx.needs_input_grad[:2])`, bitsandbytes < 0.43.2; 0.43.2 keeps only
     /// B, PR #1270 "delete useless buffered activation"). The head is never quantized.
     pub quant_keeps_input: bool,
+    /// transformers < 4.46 (e.g. 4.44 `LlamaForCausalLM.forward`): `logits =
+    /// logits.float()` in the model's forward (the fp32 logits are the output, the
+    /// half ones die), then `shift_logits = logits[..., :-1, :].contiguous()` — a second
+    /// fp32 copy — into `CrossEntropyLoss`. From 4.46 `loss_utils.ForCausalLMLoss`
+    /// upcasts inside the loss and shifts the labels (`nn.functional.pad`) instead.
+    pub legacy_causal_lm_loss: bool,
     /// Megatron sequence parallelism: tensors of the residual stream (norms, residual
     /// adds, row-parallel outputs) are split across this many tensor-parallel ranks
     /// (1 = off). Tensor parallelism itself is expressed by the caller passing a
@@ -1497,15 +1503,31 @@ fn head_program<'a>(spec: &ModelSpec, p_head: &'a LedgerParams, training: bool) 
         if spec.final_softcap.is_some() {
             l = g.softcap(l, tokens * v, compute);
         }
-        // transformers' ForCausalLMLoss: logits.float(), then cross_entropy
-        let l32 = g.cast(l, DType::F32);
-        let lsm = g.unary_save_out("log_softmax", l32, DType::F32);
-        // The model's `logits` (returned in its output) and the loss function's fp32
-        // copy stay referenced until the loss is computed, and so does the final
-        // norm's output (`outputs.last_hidden_state` in `LlamaForCausalLM.forward`,
-        // transformers 5.24; saved anyway when the head is trainable).
-        g.begin(&[lsm]);
-        g.hold(&[logits, l32, n]);
+        if p_head.legacy_causal_lm_loss {
+            // transformers < 4.46: the model's output is the fp32 upcast; the loss
+            // reads a contiguous copy of all but the last position
+            let l32 = g.cast(l, DType::F32);
+            let shifted = g.unary_plain(
+                "shift_logits copy",
+                l32,
+                p_head.batch * p_head.seq.saturating_sub(1) * v,
+                DType::F32,
+            );
+            let lsm = g.unary_save_out("log_softmax", shifted, DType::F32);
+            g.begin(&[lsm]);
+            g.hold(&[l32, shifted, n]);
+        } else {
+            // transformers' ForCausalLMLoss: logits.float(), then cross_entropy
+            let l32 = g.cast(l, DType::F32);
+            let lsm = g.unary_save_out("log_softmax", l32, DType::F32);
+            // The model's `logits` (returned in its output) and the loss function's
+            // fp32 copy stay referenced until the loss is computed, and so does the
+            // final norm's output (`outputs.last_hidden_state` in
+            // `LlamaForCausalLM.forward`, transformers 5.24; saved anyway when the
+            // head is trainable).
+            g.begin(&[lsm]);
+            g.hold(&[logits, l32, n]);
+        }
         let labels = g.out("shift labels", tokens, DType::I64, false, Kind::Other);
         g.save_if(labels, training);
         g.out("loss", 1, DType::F32, training, Kind::Other)
@@ -1685,6 +1707,7 @@ mod tests {
     fn params(trainable: Trainable, ckpt: GradCkpt) -> LedgerParams {
         LedgerParams {
             quant_keeps_input: false,
+            legacy_causal_lm_loss: false,
             batch: 1,
             seq: 256,
             kv_len: 256,

@@ -236,6 +236,10 @@ pub struct Workload {
     pub grad_ckpt: GradCkpt,
     pub loss: Loss,
     pub runtime: Runtime,
+    /// transformers < 4.46's causal-LM loss (`--transformers-version`): the model
+    /// upcasts its logits in forward and the loss shifts a contiguous fp32 copy
+    /// (`runtime::torch::LedgerParams::legacy_causal_lm_loss`).
+    pub legacy_causal_lm_loss: bool,
     pub device: Device,
     pub infer: InferConfig,
 }
@@ -255,6 +259,7 @@ impl Default for Workload {
             grad_ckpt: GradCkpt::None,
             loss: Loss::Standard,
             runtime: Runtime::Torch,
+            legacy_causal_lm_loss: false,
             device: Device::Cuda,
             infer: InferConfig {
                 prompt_len: 1024,

@@ -322,17 +322,22 @@ impl SettingValue for ZeroStage {
     }
 }
 
-/// A bitsandbytes version `major.minor.patch` (`0.42`, `0.43.2`, `0.45.2.dev0` read as
-/// its numbers).
+/// A library version `major.minor[.patch]` (`0.42`, `0.43.2`, `4.45.2`, `0.45.2.dev0`
+/// read as its numbers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct BnbVersion(pub u32, pub u32, pub u32);
+pub struct Version(pub u32, pub u32, pub u32);
 
-impl BnbVersion {
-    /// The first release whose `MatMul4Bit` keeps no input (PR #1270, July 2024).
-    pub const KEEPS_NO_INPUT: BnbVersion = BnbVersion(0, 43, 2);
+impl Version {
+    /// bitsandbytes: the first release whose `MatMul4Bit` keeps no input (PR #1270,
+    /// July 2024).
+    pub const BNB_KEEPS_NO_INPUT: Version = Version(0, 43, 2);
+    /// transformers: the first release computing the causal-LM loss in
+    /// `loss_utils.ForCausalLMLoss` (upcast inside the loss, labels shifted by padding;
+    /// no logits copy), 4.46.0.
+    pub const TRANSFORMERS_LOSS_FUNCTION: Version = Version(4, 46, 0);
 }
 
-impl SettingValue for BnbVersion {
+impl SettingValue for Version {
     fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
         let bad = || {
             (
@@ -355,7 +360,7 @@ impl SettingValue for BnbVersion {
                 None => Ok(0),
             }
         };
-        Ok(BnbVersion(num(true)?, num(true)?, num(false)?))
+        Ok(Version(num(true)?, num(true)?, num(false)?))
     }
 }
 
@@ -478,7 +483,8 @@ settings! {
     zero: ZeroStage => "--zero" Value, "DeepSpeed ZeRO stage: 0 | 1 | 2 | 3.";
     fsdp: FsdpMode => "--fsdp" Value, "PyTorch FSDP: full | grad-op | hybrid.";
     fsdp_version: FsdpVersion => "--fsdp-version" Value, "FSDP version: 1 (flat parameters) | 2 (per-parameter sharding, default).";
-    bnb_version: BnbVersion => "--bnb-version" Value, "bitsandbytes version, e.g. 0.42.0 (default: a current one): before 0.43.2 a QLoRA 4-bit linear keeps its input for backward.";
+    transformers_version: Version => "--transformers-version" Value, "transformers version, e.g. 4.44.2 (default: 5.24, the one the ledger mirrors): before 4.46 the model upcasts the logits and the loss shifts an fp32 copy of them.";
+    bnb_version: Version => "--bnb-version" Value, "bitsandbytes version, e.g. 0.42.0 (default: a current one): before 0.43.2 a QLoRA 4-bit linear keeps its input for backward.";
     fsdp_upcast: bool => "--fsdp-upcast" Value, "true | false: under FSDP with half-precision parameters, accelerate's fp32 upcast of the flat parameters (accelerate >= 0.30 with --bf16/--fp16): fp32 sharded master, layers gathered in the half dtype (set by --framework hf-trainer).";
     framework: String => "--framework" Value, "A shipped framework profile (hf-trainer | accelerate | litgpt | torchtune): defaults for the mechanisms it runs; your own settings win.";
     fsdp_shard_group: u64 => "--fsdp-shard-group" Value, "FSDP hybrid-shard group size (default min(dp, 8)).";
@@ -891,7 +897,7 @@ impl Settings {
                 double_quant: self.double_quant.unwrap_or(true),
                 bnb_keeps_input: self
                     .bnb_version
-                    .is_some_and(|v| v < BnbVersion::KEEPS_NO_INPUT),
+                    .is_some_and(|v| v < Version::BNB_KEEPS_NO_INPUT),
             },
         ))
     }
@@ -913,6 +919,9 @@ impl Settings {
             grad_ckpt: self.grad_ckpt.unwrap_or(d.grad_ckpt),
             loss: self.loss.unwrap_or(d.loss),
             runtime: self.runtime.unwrap_or(d.runtime),
+            legacy_causal_lm_loss: self
+                .transformers_version
+                .is_some_and(|v| v < Version::TRANSFORMERS_LOSS_FUNCTION),
             device: self.device.unwrap_or(d.device),
             infer: InferConfig {
                 prompt_len: self.prompt_len.unwrap_or(d.infer.prompt_len),

@@ -112,3 +112,48 @@ fn old_bitsandbytes_4bit_linears_keep_their_input() {
         r.stderr
     );
 }
+
+/// The causal-LM loss by transformers version. Before 4.46 (e.g. 4.44
+/// `LlamaForCausalLM.forward`) the model upcasts its logits (`logits = logits.float()`,
+/// the half logits die) and the loss takes `shift_logits = logits[..., :-1,
+/// :].contiguous()`, a second fp32 copy, into CrossEntropyLoss; from 4.46
+/// (`loss/loss_utils.py ForCausalLMLoss`) the loss upcasts and shifts the labels with
+/// `nn.functional.pad`, so the model's half logits stay the output. At the loss event
+/// of Llama-3.2-1B, b4 × s1024 (V = 128 256), the old path holds the shifted copy
+/// instead of the half logits, and its log_softmax covers b fewer rows.
+#[test]
+fn transformers_before_4_46_shifts_an_fp32_copy_of_the_logits() {
+    let at_loss = |v: &str| -> u64 {
+        let r = run([
+            "estimate",
+            "--model",
+            "llama-3.2-1b",
+            "--seq-len",
+            "1024",
+            "--batch",
+            "4",
+            "--transformers-version",
+            v,
+            "--json",
+        ]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let d: Value = serde_json::from_str(&r.stdout).unwrap();
+        let ev = d["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["phase"] == "loss")
+            .unwrap()
+            .clone();
+        ev["allocated_bytes"].as_u64().unwrap()
+    };
+    let (b, s, v) = (4u64, 1024u64, 128_256u64);
+    let shift_copy = b * (s - 1) * v * 4;
+    let half_logits = b * s * v * 2;
+    let fewer_rows = b * v * 4;
+    assert_eq!(
+        at_loss("4.44.2") - at_loss("4.46.0"),
+        shift_copy - half_logits - fewer_rows
+    );
+    assert_eq!(at_loss("4.46.0"), at_loss("5.24"));
+}

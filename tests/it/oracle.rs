@@ -95,6 +95,7 @@ fn per_layer_and_non_layer_activations_within_3_percent() {
     for r in rows("per_layer.csv").iter().filter(|r| !skip(r)) {
         let p = LedgerParams {
             quant_keeps_input: false,
+            legacy_causal_lm_loss: false,
             batch: r.batch,
             seq: r.seq,
             kv_len: r.seq,
