@@ -1,5 +1,5 @@
-//! `llm-mem estimate`: settings from `--config`, `--deepspeed`, `--train-args` and the
-//! flags (in that order, later layers win) → one validated run → the estimate → a report.
+//! `llm-mem estimate`: settings from `--profile`, `--config`, `--deepspeed`,
+//! `--train-args` and the flags (in that order, later layers win) → one validated run → the estimate → a report.
 
 use std::process::ExitCode;
 
@@ -11,6 +11,7 @@ use llm_mem::estimate::{estimate_corrected, Correction};
 use llm_mem::hf::hub;
 use llm_mem::report::{self, Fit};
 use llm_mem::workload::import;
+use llm_mem::workload::profile::Profile;
 use llm_mem::workload::settings::{Format, Settings};
 
 use super::args::SettingFlags;
@@ -23,6 +24,10 @@ pub struct EstimateArgs {
     /// Settings file (TOML, YAML or JSON) with the same names as these flags.
     #[arg(long)]
     pub config: Option<String>,
+    /// A framework profile of your own (TOML: schema_version, name, description,
+    /// [settings]): defaults under every other layer, like a shipped --framework one.
+    #[arg(long)]
+    pub profile: Option<String>,
     /// DeepSpeed JSON config (zero stage, offload, buckets, micro-batch, bf16/fp16).
     #[arg(long)]
     pub deepspeed: Option<String>,
@@ -45,14 +50,23 @@ fn read(flag: &str, path: &str) -> Result<String> {
 }
 
 impl EstimateArgs {
-    /// Config file < DeepSpeed config < training arguments < flags; with the imports'
+    /// Profile file < config file < DeepSpeed config < training arguments < flags (a
+    /// shipped `--framework` profile sits under all of them); with the imports'
     /// warnings.
     pub fn settings(&self) -> Result<(Settings, Vec<String>)> {
         let mut s = Settings::default();
         let mut warnings = Vec::new();
+        if let Some(path) = &self.profile {
+            let p = Profile::parse(&read("--profile", path)?, path)?;
+            eprintln!(
+                "llm-mem: note: profile {} ({path}): {}",
+                p.name, p.description
+            );
+            s = p.settings;
+        }
         if let Some(path) = &self.config {
             let format = Format::from_path(path, "--config")?;
-            s = Settings::parse(&read("--config", path)?, format, path)?;
+            s = s.merged(Settings::parse(&read("--config", path)?, format, path)?);
         }
         if let Some(path) = &self.deepspeed {
             let (c, w) = import::from_deepspeed(&read("--deepspeed", path)?, path)?;

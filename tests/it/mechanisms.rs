@@ -157,3 +157,44 @@ fn transformers_before_4_46_shifts_an_fp32_copy_of_the_logits() {
     );
     assert_eq!(at_loss("4.46.0"), at_loss("5.24"));
 }
+
+/// A profile of your own (`--profile FILE`) sits under every other layer, may only set
+/// estimate's settings, and a shipped `--framework` profile sits under it.
+#[test]
+fn a_user_profile_sets_defaults_that_flags_override() {
+    let d = crate::util::TempDir::new("profile");
+    let p = d.write(
+        "my-stack.toml",
+        "schema_version = 1\nname = \"my-stack\"\ndescription = \"FSDP1 with accelerate's upcast\"\n\
+         [settings]\nfsdp_version = 1\nfsdp_upcast = true\n",
+    );
+    let fsdp = ["--model", "llama-3.2-1b", "--fsdp", "full", "--dp", "4"];
+    let with = |extra: &[&str]| {
+        let mut a = fsdp.to_vec();
+        a.extend_from_slice(extra);
+        peak(&a).0
+    };
+    let mine = with(&["--profile", &p]);
+    assert_eq!(mine, with(&["--framework", "hf-trainer"]));
+    assert_eq!(
+        with(&["--profile", &p, "--fsdp-upcast", "false"]),
+        with(&["--fsdp-version", "1"])
+    );
+    let r = run(["estimate", "--model", "gpt2", "--profile", &p]);
+    assert!(
+        r.stderr.contains("llm-mem: note: profile my-stack"),
+        "{}",
+        r.stderr
+    );
+    let bad = d.write(
+        "bad.toml",
+        "schema_version = 1\nname = \"x\"\ndescription = \"\"\n[settings]\nmagic_speedup = 2\n",
+    );
+    let r = run(["estimate", "--model", "gpt2", "--profile", &bad]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("settings.magic_speedup: not a setting"),
+        "{}",
+        r.stderr
+    );
+}
