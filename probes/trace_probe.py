@@ -4,7 +4,8 @@ transformers can build, on a CPU, without weights and without a GPU.
 
     python3 probes/trace_probe.py --config CONFIG.json [--config ...] --out ROWS.csv \
         [--layers 1,2] [--batch 1] [--seq 128] [--dtype bf16,amp_bf16] \
-        [--attn eager,sdpa] [--grad-ckpt none,nonreentrant] [--mode full,lora_all,lora_attn] \
+        [--attn eager,sdpa] [--grad-ckpt none,nonreentrant] \
+        [--mode full,lora_all,lora_attn,lora_all_model,lora_attn_model] \
         [--semantics cpu,cuda] [--engine fake|real] [--optimizer]
 
 Each cell of the cross product builds the model from its config.json with
@@ -399,11 +400,16 @@ def run_cell(c, args, versions):
                     "use_reentrant": c["grad_ckpt"] == "reentrant"})
             if c["mode"] != "full":
                 import peft
-                targets = "all-linear" if c["mode"] == "lora_all" else attn_targets(model)
+                if c["mode"] not in ("lora_all", "lora_attn", "lora_all_model", "lora_attn_model"):
+                    raise ValueError(f"mode {c['mode']!r}: full, lora_all, lora_attn, lora_all_model, lora_attn_model")
+                targets = "all-linear" if c["mode"].startswith("lora_all") else attn_targets(model)
                 lcfg = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none",
                                        target_modules=targets, task_type="CAUSAL_LM")
                 with swap_by_set_data():
-                    model = peft.get_peft_model(model, lcfg)
+                    # `*_model`: adapters in the model's dtype (peft's
+                    # autocast_adapter_dtype=False), as torchtune/litgpt keep them
+                    model = peft.get_peft_model(
+                        model, lcfg, autocast_adapter_dtype=not c["mode"].endswith("_model"))
                 if c["grad_ckpt"] != "none":
                     model.enable_input_require_grads()
             model.train()

@@ -49,7 +49,8 @@ pub struct TraceRow {
     pub attn: String,
     /// `none` | `nonreentrant` | `reentrant`.
     pub ckpt: String,
-    /// `full` | `lora_all` | `lora_attn`.
+    /// `full` | `lora_all` | `lora_attn`, and `lora_all_model` / `lora_attn_model` with
+    /// the adapters in the model's dtype.
     pub mode: String,
     /// `fake_cpu` | `fake_cuda` | `real_cpu`.
     pub engine: String,
@@ -64,6 +65,7 @@ impl TraceRow {
         LedgerParams {
             quant_keeps_input: false,
             legacy_causal_lm_loss: false,
+            lora_fp32: !self.mode.ends_with("_model"),
             batch: self.batch,
             seq: self.seq,
             kv_len: self.seq,
@@ -89,7 +91,7 @@ impl TraceRow {
             },
             trainable: match self.mode.as_str() {
                 "full" => Trainable::All,
-                "lora_all" => Trainable::Lora {
+                "lora_all" | "lora_all_model" => Trainable::Lora {
                     rank: 16,
                     targets: LoraTargets::AllLinear,
                 },
@@ -219,7 +221,16 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<TraceRow>> {
             dtype: choice("dtype", &["bf16", "amp_bf16"])?,
             attn: choice("attn_impl", &["eager", "sdpa"])?,
             ckpt: choice("grad_ckpt", &["none", "nonreentrant", "reentrant"])?,
-            mode: choice("mode", &["full", "lora_all", "lora_attn"])?,
+            mode: choice(
+                "mode",
+                &[
+                    "full",
+                    "lora_all",
+                    "lora_attn",
+                    "lora_all_model",
+                    "lora_attn_model",
+                ],
+            )?,
             engine: choice("engine", &["fake_cpu", "fake_cuda", "real_cpu"])?,
             live: num("live_after_fwd_bytes")?,
         };

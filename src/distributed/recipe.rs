@@ -104,7 +104,31 @@ pub fn precision_recipe<'a>(w: &'a Workload, layout: &Layout) -> PrecisionRecipe
         implied: None,
         note: None,
     };
-    if w.task != Task::Train || !w.method.is_full() {
+    if w.task != Task::Train {
+        return asked;
+    }
+    if let (Some(l), true) = (w.method.lora(), layout.zero > 0) {
+        // DeepSpeed's bf16/fp16 engine casts the whole module, adapters included
+        // (runtime/engine.py `_configure_distributed_model`: `self.module.bfloat16()`
+        // / `.half()`, 0.19.1), and ZeRO keeps fp32 partitions of the trainable
+        // adapters; the frozen base is held in the half dtype
+        let (p, half) = (w.precision, half_of(w.precision));
+        if (p.is_amp() || is_half(p)) && (l.adapter_fp32 || p.is_amp()) {
+            let mut m = w.clone();
+            m.precision = half;
+            m.master_weights = true;
+            m.method = m.method.with_adapter_dtype(false);
+            return PrecisionRecipe {
+                workload: Cow::Owned(m),
+                implied: Some(ImpliedMaster::Zero),
+                note: Some(format!(
+                    "LoRA with --dtype {p} under ZeRO is modelled as DeepSpeed's {half} engine: the whole module, adapters included, is cast to {half}; the adapters' fp32 master partition and optimizer state are ZeRO's"
+                )),
+            };
+        }
+        return asked;
+    }
+    if !w.method.is_full() {
         return asked;
     }
     let (p, half) = (w.precision, half_of(w.precision));

@@ -86,6 +86,7 @@ fn ledger_params(
             _ => false,
         },
         legacy_causal_lm_loss: w.legacy_causal_lm_loss,
+        lora_fp32: w.method.lora().is_none_or(|l| l.adapter_fp32),
         sp_div: 1,
         param_grad_size: if w.master_weights {
             4
@@ -245,8 +246,17 @@ pub fn lora_trainable(spec: &ModelSpec, w: &Workload) -> u64 {
 /// Gradient element size, optimizer-state element size and the trainable tensors.
 pub fn optimizer_shapes(spec: &ModelSpec, w: &Workload) -> (u64, u64, Vec<optimizer::Shape>) {
     match w.method.lora() {
-        // peft adapters are fp32 (autocast_adapter_dtype), so are their grads and state
-        Some(l) => (4, 4, optimizer::lora_shapes(spec, l.rank, &l.targets)),
+        // peft adapters are fp32 (autocast_adapter_dtype), so are their grads and state;
+        // adapters in the model dtype have grads and torch.optim state in that dtype,
+        // or fp32 ones with an fp32 master copy
+        Some(l) => {
+            let s = if w.master_weights {
+                4
+            } else {
+                l.adapter_size(w.precision)
+            };
+            (s, s, optimizer::lora_shapes(spec, l.rank, &l.targets))
+        }
         None => {
             let s = if w.master_weights {
                 4

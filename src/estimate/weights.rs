@@ -61,10 +61,9 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_trainable: u64) -> Resu
     let linear = params::linear_weight_params(spec);
     let dt = w.precision.param_dtype();
     let rest_dt = if dt == DType::F8 { DType::BF16 } else { dt };
-    let adapters = if w.method.is_full() {
-        0
-    } else {
-        lora_trainable * 4
+    let adapters = match w.method.lora() {
+        None => 0,
+        Some(l) => lora_trainable * l.adapter_size(w.precision),
     };
     let n_linear_tensors = spec.sum_over_layers(|l| l.copies);
 

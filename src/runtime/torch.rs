@@ -76,6 +76,9 @@ pub struct LedgerParams {
     /// fp32 copy — into `CrossEntropyLoss`. From 4.46 `loss_utils.ForCausalLMLoss`
     /// upcasts inside the loss and shifts the labels (`nn.functional.pad`) instead.
     pub legacy_causal_lm_loss: bool,
+    /// peft's fp32 adapters (`autocast_adapter_dtype=True`): the input is cast to fp32
+    /// per adapter; `false`: adapters in the compute dtype, no casts.
+    pub lora_fp32: bool,
     /// Megatron sequence parallelism: tensors of the residual stream (norms, residual
     /// adds, row-parallel outputs) are split across this many tensor-parallel ranks
     /// (1 = off). Tensor parallelism itself is expressed by the caller passing a
@@ -478,35 +481,33 @@ impl<'a> Graph<'a> {
     /// peft's LoRA branch of rank `r` on `lin`, added to the base output `base`.
     fn lora_branch(&mut self, x: T, lin: &LinearSpec, r: u64, base: T) -> T {
         let compute = self.compute();
-        // peft: x.to(lora_A.weight.dtype) -> lora_B(lora_A(x)) * scaling, added to the
-        // base result (type promotion to fp32), then cast back.
-        let x32 = self.cast(x, DType::F32);
-        let x32 = if x32 == x {
-            // already fp32: peft still feeds the same tensor
-            x
+        // peft (tuners/lora/layer.py Linear.forward, 0.21): x.to(lora_A.weight.dtype) ->
+        // lora_B(lora_A(x)) * scaling, added to the base result (type promotion to
+        // fp32 for fp32 adapters), then cast back. Adapters in the compute dtype need
+        // no cast: lora_A saves the input itself.
+        let ad = if self.p.lora_fp32 || self.p.precision.is_amp() {
+            DType::F32
         } else {
-            x32
+            compute
         };
-        self.begin(&[x32]);
-        self.save(x32);
-        self.param_grads.push((self.op, r * lin.in_features * 4));
-        let a = self.out("lora_A", self.tokens * r, DType::F32, true, Kind::Matmul);
+        let xa = self.cast(x, ad);
+        self.begin(&[xa]);
+        self.save(xa);
+        self.param_grads
+            .push((self.op, r * lin.in_features * ad.size()));
+        let a = self.out("lora_A", self.tokens * r, ad, true, Kind::Matmul);
         self.begin(&[a]);
         self.save(a);
-        self.param_grads.push((self.op, r * lin.out_features * 4));
+        self.param_grads
+            .push((self.op, r * lin.out_features * ad.size()));
         let b = self.out(
             "lora_B",
             self.tokens * lin.out_features,
-            DType::F32,
+            ad,
             true,
             Kind::Matmul,
         );
-        let scaled = self.unary_plain(
-            "lora scaling",
-            b,
-            self.tokens * lin.out_features,
-            DType::F32,
-        );
+        let scaled = self.unary_plain("lora scaling", b, self.tokens * lin.out_features, ad);
         let sum = self.add("lora add", base, scaled);
         let y = self.cast(sum, compute);
         // the module call (`peft.tuners.lora.Linear.forward(x)`) holds x until it returns
@@ -1708,6 +1709,7 @@ mod tests {
         LedgerParams {
             quant_keeps_input: false,
             legacy_causal_lm_loss: false,
+            lora_fp32: true,
             batch: 1,
             seq: 256,
             kv_len: 256,

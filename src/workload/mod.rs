@@ -68,6 +68,21 @@ pub enum Method {
 }
 
 impl Method {
+    /// The same method with LoRA adapters in fp32 (`true`) or the model's dtype.
+    pub fn with_adapter_dtype(&self, fp32: bool) -> Method {
+        match self {
+            Method::Full => Method::Full,
+            Method::Lora(l) => Method::Lora(LoraConfig {
+                adapter_fp32: fp32,
+                ..l.clone()
+            }),
+            Method::Qlora(l) => Method::Qlora(LoraConfig {
+                adapter_fp32: fp32,
+                ..l.clone()
+            }),
+        }
+    }
+
     pub fn kind(&self) -> MethodKind {
         match self {
             Method::Full => MethodKind::Full,
@@ -151,6 +166,9 @@ impl GradCkpt {
     }
 }
 choice_enum!(
+    /// `--lora-dtype`: the adapters' dtype.
+    LoraDtype, "lora_dtype", { Fp32 => "fp32" | "float32", Model => "model" | "bf16" | "fp16" });
+choice_enum!(
     /// `--loss`
     Loss, "loss", { Standard => "standard", Chunked => "chunked", FusedLinearCe => "fused-linear-ce" | "liger" });
 choice_enum!(
@@ -208,6 +226,22 @@ pub struct LoraConfig {
     /// QLoRA on bitsandbytes < 0.43.2, whose 4-bit linears keep their input for
     /// backward (`--bnb-version`; see `runtime::torch::LedgerParams::quant_keeps_input`).
     pub bnb_keeps_input: bool,
+    /// Adapters in fp32 (peft's `autocast_adapter_dtype=True`, the default) or in the
+    /// model's parameter dtype (`--lora-dtype model`: torchtune, litgpt, peft with
+    /// `autocast_adapter_dtype=False`, DeepSpeed's bf16/fp16 engine casting the whole
+    /// module).
+    pub adapter_fp32: bool,
+}
+
+impl LoraConfig {
+    /// Bytes per adapter element under `precision`.
+    pub fn adapter_size(&self, precision: Precision) -> u64 {
+        if self.adapter_fp32 {
+            4
+        } else {
+            precision.param_dtype().size()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

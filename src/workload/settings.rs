@@ -26,8 +26,8 @@ use crate::units::dtype::DType;
 use crate::workload::layout::{Buffers, FsdpMode, Layout};
 use crate::workload::overhead::Overheads;
 use crate::workload::{
-    Attn, Device, GradCkpt, InferConfig, LoraConfig, Loss, Method, MethodKind, Optimizer,
-    Precision, Runtime, Task, Workload,
+    Attn, Device, GradCkpt, InferConfig, LoraConfig, LoraDtype, Loss, Method, MethodKind,
+    Optimizer, Precision, Runtime, Task, Workload,
 };
 
 /// Where a setting's value came from.
@@ -122,7 +122,9 @@ macro_rules! choice_setting {
         }
     )*};
 }
-choice_setting!(Task, MethodKind, Precision, Optimizer, Attn, GradCkpt, Loss, Runtime, FsdpMode);
+choice_setting!(
+    Task, MethodKind, Precision, Optimizer, Attn, GradCkpt, Loss, Runtime, FsdpMode, LoraDtype
+);
 
 impl SettingValue for u64 {
     fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
@@ -484,6 +486,7 @@ settings! {
     fsdp: FsdpMode => "--fsdp" Value, "PyTorch FSDP: full | grad-op | hybrid.";
     fsdp_version: FsdpVersion => "--fsdp-version" Value, "FSDP version: 1 (flat parameters) | 2 (per-parameter sharding, default).";
     transformers_version: Version => "--transformers-version" Value, "transformers version, e.g. 4.44.2 (default: 5.24, the one the ledger mirrors): before 4.46 the model upcasts the logits and the loss shifts an fp32 copy of them.";
+    lora_dtype: LoraDtype => "--lora-dtype" Value, "fp32 | model: LoRA adapters in fp32 (peft's default autocast_adapter_dtype) or in the model's dtype (torchtune, litgpt, DeepSpeed bf16/fp16).";
     bnb_version: Version => "--bnb-version" Value, "bitsandbytes version, e.g. 0.42.0 (default: a current one): before 0.43.2 a QLoRA 4-bit linear keeps its input for backward.";
     fsdp_upcast: bool => "--fsdp-upcast" Value, "true | false: under FSDP with half-precision parameters, accelerate's fp32 upcast of the flat parameters (accelerate >= 0.30 with --bf16/--fp16): fp32 sharded master, layers gathered in the half dtype (set by --framework hf-trainer).";
     framework: String => "--framework" Value, "A shipped framework profile (hf-trainer | accelerate | litgpt | torchtune): defaults for the mechanisms it runs; your own settings win.";
@@ -895,6 +898,7 @@ impl Settings {
                 alpha: self.lora_alpha.unwrap_or(2.0 * rank as f64),
                 targets: self.lora_targets.clone().unwrap_or(LoraTargets::AllLinear),
                 double_quant: self.double_quant.unwrap_or(true),
+                adapter_fp32: self.lora_dtype.is_none_or(|d| d == LoraDtype::Fp32),
                 bnb_keeps_input: self
                     .bnb_version
                     .is_some_and(|v| v < Version::BNB_KEEPS_NO_INPUT),

@@ -198,3 +198,47 @@ fn a_user_profile_sets_defaults_that_flags_override() {
         r.stderr
     );
 }
+
+/// LoRA adapters in the model's dtype (`--lora-dtype model`: torchtune's and litgpt's
+/// LoRALinear, peft with `autocast_adapter_dtype=False`) against peft's default fp32
+/// adapters (`tuners/lora/layer.py`: `x = self._cast_input_dtype(x,
+/// lora_A.weight.dtype)`): no fp32 input copy per adapter, bf16 adapter weights,
+/// gradients and AdamW state. The ledger's per-tensor side is held to the trace probe's
+/// `lora_*_model` rows (tests/it/trace.rs); here the per-layer total of Llama-3.2-1B,
+/// all-linear r16, s512, and DeepSpeed's bf16 engine, which casts the adapters too.
+#[test]
+fn adapters_in_the_model_dtype_keep_no_fp32_copies() {
+    let base = [
+        "--model",
+        "llama-3.2-1b",
+        "--method",
+        "lora",
+        "--seq-len",
+        "512",
+    ];
+    let with = |d: &'static str| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(&["--lora-dtype", d]);
+        per_layer(&a)
+    };
+    let (fp32, model) = (with("fp32"), with("model"));
+    assert_eq!(fp32, per_layer(&base), "fp32 is peft's default");
+    assert!(model < fp32, "{model} vs {fp32}");
+    // the saved set shrinks by the fp32 copies of the 7 adapted inputs (q, k, v of one
+    // norm output; o; gate, up of the other; down) and the fp32 lora_A outputs,
+    // replaced by bf16 ones: lora_A outputs (512 x 16) and the bf16 inputs nothing
+    // else saved (the two norm outputs and act x up)
+    let t = 512u64;
+    let fp32_copies = t * (2048 * 6 + 8192) * 4 + 7 * t * 16 * 4;
+    let bf16_kept = t * (2048 * 2 + 8192) * 2 + 7 * t * 16 * 2;
+    assert_eq!(fp32 - model, fp32_copies - bf16_kept);
+    // DeepSpeed's bf16 engine casts the whole module, adapters included
+    let zero = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(&["--zero", "2", "--dp", "2"]);
+        a.extend_from_slice(extra);
+        per_layer(&a)
+    };
+    assert_eq!(zero(&[]), zero(&["--lora-dtype", "model"]));
+    assert_eq!(zero(&[]), model);
+}

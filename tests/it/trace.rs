@@ -490,12 +490,16 @@ fn forward_and_backward_peaks_match_the_trace() {
         if lora {
             pairs.push((
                 "lora_targets",
-                if mode == "lora_all" {
+                if mode.starts_with("lora_all") {
                     "all-linear"
                 } else {
                     "attn"
                 },
             ));
+            if mode.ends_with("_model") {
+                // peft's autocast_adapter_dtype=False: adapters in the model's dtype
+                pairs.push(("lora_dtype", "model"));
+            }
         }
         let cfg = Settings::from_flags(&pairs).unwrap();
         let (w, _) = crate::util::build(&s, &cfg);
