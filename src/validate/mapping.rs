@@ -6,7 +6,7 @@
 //! | column | setting |
 //! |---|---|
 //! | `task`, `micro_batch`, `seq_len`, `gen_tokens` | `--task`, `--batch`, `--seq-len` (train) or `--prompt-len` + `--gen-len` (infer) |
-//! | `method` + `quant` | `full`; `lora`; `qlora` when the base is `nf4` / `nf4-dq` / `fp4` (bitsandbytes 4-bit: fp4 and nf4 store the same 4 bits + absmax per 64); `nf4` without double quantization → `--no-double-quant` |
+//! | `method` + `quant` | `full`; `lora`; `qlora` when the base is `nf4` / `nf4-dq` / `fp4` (bitsandbytes 4-bit: fp4 and nf4 store the same 4 bits + absmax per 64); `nf4` without double quantization → `--no-double-quant`; `gptq-int4` with LoRA or inference when the model's config carries a gptq `quantization_config` (the estimator sizes the packed weights from it) |
 //! | `lora_rank`, `lora_targets` | `--lora-rank`; role tokens (`q`, `k`, `v`, `o`, `qkv`, `gate`, `up`, `down`, `mlp`) → the model's own module names (a fused q/k/v linear for `q`/`k`/`v` on a fused model) |
 //! | `weight_dtype` | `bf16` / `fp16` / `fp32` → `--dtype`; `mixed-bf16` / `mixed-fp16` → `amp-bf16` / `amp-fp16` (fp32 weights, half compute) |
 //! | `optimizer` | `--optimizer` (`adamw` is torch's fused AdamW) |
@@ -17,7 +17,8 @@
 //!
 //! Refused, with the reason (they count as misses): PEFT methods other than LoRA
 //! (DoRA, VeRA, OFT, ...), LoRA on the output head, modules trained in full next to
-//! the adapters, LayerNorm tuning, 8-bit and GPTQ base weights, an unknown optimizer,
+//! the adapters, LayerNorm tuning, 8-bit base weights, GPTQ rows whose config has no
+//! gptq `quantization_config`, an unknown optimizer,
 //! sequence length, rank or checkpointing, vLLM's profile metric (the serving engines'
 //! own accounting), and `mixed` parallelism without its degrees.
 
@@ -86,7 +87,25 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
             return Err("a PEFT method other than LoRA (DoRA, VeRA, OFT, ...): not modelled".into())
         }
         (_, "int8") => return Err("8-bit (int8) base weights: not modelled yet".into()),
-        (_, "gptq-int4") => return Err("GPTQ int4 base weights: not modelled yet".into()),
+        // a GPTQ checkpoint (its config's quantization_config) is sized as packed int4
+        // weights by the estimator itself; LoRA or inference on it, never full training
+        ("lora" | "none", "gptq-int4")
+            if spec
+                .quantization
+                .as_ref()
+                .is_some_and(|q| q.method.eq_ignore_ascii_case("gptq")) =>
+        {
+            if r.method == "none" {
+                "full"
+            } else {
+                "lora"
+            }
+        }
+        (_, "gptq-int4") => {
+            return Err(
+                "GPTQ int4 base weights on a config without a gptq quantization_config".into(),
+            )
+        }
         ("qlora" | "lora", "nf4" | "nf4-dq" | "fp4") => "qlora",
         ("qlora", "none") => return Err("method qlora with quant none".into()),
         ("full", q) if q != "none" => {
@@ -269,16 +288,19 @@ fn lora_targets(token: &str, spec: &ModelSpec) -> Result<String, String> {
             None => return Err(format!("LoRA targets {t:?}")),
         },
     };
+    // every token is read before any answer: a module trained in full anywhere in the
+    // list is refused even next to all-linear
+    if let Some(t) = tokens.iter().find(|t| t.starts_with("full:")) {
+        return Err(format!(
+            "{t}: a module trained in full next to the adapters (PEFT modules_to_save) is not modelled yet"
+        ));
+    }
     let linears: Vec<_> = spec.each_linear().collect();
     let mut names: Vec<&str> = Vec::new();
+    let mut all_linear = false;
     let fused_qkv = linears.iter().any(|l| l.role == LinearRole::Qkv);
     let fused_gate_up = linears.iter().any(|l| l.role == LinearRole::GateUp);
     for t in tokens {
-        if t.starts_with("full:") {
-            return Err(format!(
-                "{t}: a module trained in full next to the adapters (PEFT modules_to_save) is not modelled yet"
-            ));
-        }
         let roles: Vec<LinearRole> = match t {
             "q" | "k" | "v" if fused_qkv => vec![LinearRole::Qkv],
             "q" => vec![LinearRole::Q],
@@ -302,7 +324,10 @@ fn lora_targets(token: &str, spec: &ModelSpec) -> Result<String, String> {
                         .into(),
                 )
             }
-            "all-linear" => return Ok("all-linear".into()),
+            "all-linear" => {
+                all_linear = true;
+                continue;
+            }
             "norm" => return Err("LoRA on norms (LayerNorm tuning): not modelled".into()),
             other => return Err(format!("LoRA target token {other:?}")),
         };
@@ -319,5 +344,147 @@ fn lora_targets(token: &str, spec: &ModelSpec) -> Result<String, String> {
             ));
         }
     }
+    if all_linear {
+        return Ok("all-linear".into());
+    }
     Ok(names.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hf::presets;
+
+    fn row(edit: impl Fn(&mut MeasuredRow)) -> MeasuredRow {
+        let mut r = MeasuredRow {
+            line: 2,
+            id: "r".into(),
+            source_group: "g".into(),
+            model: "llama-2-7b".into(),
+            task: "train".into(),
+            method: "lora".into(),
+            lora_rank: Some(16),
+            lora_targets: "qv".into(),
+            quant: "none".into(),
+            weight_dtype: "bf16".into(),
+            optimizer: "adamw".into(),
+            micro_batch: 2,
+            seq_len: Some(512),
+            gen_tokens: 0,
+            grad_ckpt: "none".into(),
+            attn_impl: "sdpa".into(),
+            loss_impl: "standard".into(),
+            framework: "peft".into(),
+            parallelism: "none".into(),
+            n_gpus: 1,
+            tp: 1,
+            pp: 1,
+            cp: 1,
+            gpu: "unknown".into(),
+            metric: "allocated".into(),
+            measured_gib: 10.0,
+        };
+        edit(&mut r);
+        r
+    }
+
+    fn setting<'a>(m: &'a Mapped, k: &str) -> Option<&'a str> {
+        m.settings
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn spec(name: &str) -> ModelSpec {
+        presets::get(name).unwrap().unwrap()
+    }
+
+    #[test]
+    fn role_tokens_become_the_models_own_module_names() {
+        let m = map(&row(|_| {}), &spec("llama-2-7b")).unwrap();
+        assert_eq!(setting(&m, "lora_targets"), Some("q_proj,v_proj"));
+        // Falcon's fused query_key_value serves q and v
+        let m = map(&row(|_| {}), &spec("falcon-7b")).unwrap();
+        assert_eq!(setting(&m, "lora_targets"), Some("query_key_value"));
+        let m = map(
+            &row(|r| r.lora_targets = "custom:k+v+down".into()),
+            &spec("llama-2-7b"),
+        )
+        .unwrap();
+        assert_eq!(setting(&m, "lora_targets"), Some("k_proj,v_proj,down_proj"));
+        for (t, why) in [
+            ("custom:q+lm_head", "output head"),
+            ("custom:all-linear+full:wte", "modules_to_save"),
+            ("custom:norm", "norms"),
+            ("custom:zz", "\"zz\""),
+        ] {
+            let e = map(&row(|r| r.lora_targets = t.into()), &spec("llama-2-7b")).unwrap_err();
+            assert!(e.contains(why), "{t}: {e}");
+        }
+    }
+
+    #[test]
+    fn offload_follows_each_framework_and_gptq_needs_a_gptq_config() {
+        let fsdp = map(
+            &row(|r| {
+                r.parallelism = "fsdp-full-offload".into();
+                r.n_gpus = 4;
+            }),
+            &spec("llama-2-7b"),
+        )
+        .unwrap();
+        assert_eq!(setting(&fsdp, "offload_params"), Some("true"));
+        assert_eq!(
+            setting(&fsdp, "offload_optimizer"),
+            None,
+            "FSDP's one CPUOffload"
+        );
+        assert_eq!(setting(&fsdp, "dp"), Some("4"));
+        let zero = map(
+            &row(|r| r.parallelism = "zero3-offload".into()),
+            &spec("llama-2-7b"),
+        )
+        .unwrap();
+        assert_eq!(setting(&zero, "offload_optimizer"), Some("true"));
+        let gptq = |model: &str| map(&row(|r| r.quant = "gptq-int4".into()), &spec(model));
+        assert_eq!(
+            setting(&gptq("mistral-7b-v0.1-gptq").unwrap(), "method"),
+            Some("lora")
+        );
+        assert!(gptq("mistral-7b-v0.1")
+            .unwrap_err()
+            .contains("quantization_config"));
+        let e = map(&row(|r| r.n_gpus = 3), &spec("llama-2-7b"));
+        assert!(e.is_ok(), "plain data parallelism over 3 GPUs");
+        let e = map(
+            &row(|r| {
+                r.n_gpus = 3;
+                r.tp = 2;
+            }),
+            &spec("llama-2-7b"),
+        )
+        .unwrap_err();
+        assert!(e.contains("not a multiple"), "{e}");
+    }
+
+    #[test]
+    fn metrics_pick_the_figure_the_tool_measured() {
+        let metric = |m: &str, fw: &str| {
+            map(
+                &row(|r| {
+                    r.metric = m.into();
+                    r.framework = fw.into();
+                }),
+                &spec("llama-2-7b"),
+            )
+            .map(|x| x.metric)
+        };
+        assert_eq!(metric("allocated", "peft"), Ok(Metric::Allocated));
+        assert_eq!(metric("active", "peft"), Ok(Metric::Allocated));
+        assert_eq!(metric("reserved", "peft"), Ok(Metric::Reserved));
+        assert_eq!(metric("nvidia-smi", "peft"), Ok(Metric::Device));
+        assert_eq!(metric("unknown", "peft"), Ok(Metric::Device));
+        assert_eq!(metric("unknown", "torchtune"), Ok(Metric::Reserved));
+        assert!(metric("vllm-profile", "vllm").is_err());
+    }
 }
