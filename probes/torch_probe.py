@@ -303,18 +303,14 @@ def add_lora(model, rank, alpha, torch):
     return len(targets)
 
 
-def measure_point(point, plan, device, torch, transformers, nvml):
+def build_point(point, plan, device, torch, transformers):
+    """The point's model (random init, the plan's dtype and attention, LoRA when asked),
+    its parameters, the trainable ones, a fused AdamW over those, the input ids and the
+    loss function: what both meters run."""
     dtype = {"f32": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16,
              "f16": torch.float16, "fp16": torch.float16}[plan["dtype"]]
-    side = {}
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.synchronize()
-    if nvml.source:
-        d, p, src = nvml.read()
-        side.update(device_used_baseline_bytes=d, process_used_baseline_bytes=p)
-        side["_proc_src"] = src
     cfg = transformers.AutoConfig.for_model(**point["hf_config"])
+    cfg.use_cache = False
     attn = "sdpa" if plan["attn"] == "sdpa" else "eager"
     try:  # transformers >= 4.56 names it `dtype`; older ones `torch_dtype`
         model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
@@ -322,11 +318,14 @@ def measure_point(point, plan, device, torch, transformers, nvml):
         model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype, attn_implementation=attn)
     if next(model.parameters()).dtype != dtype:
         model = model.to(dtype)
-    model.to(device).train()
+    if device is not None:  # None: built where it is (fake tensors cannot be moved)
+        model.to(device)
+    model.train()
     if point["method"] == "lora":
         add_lora(model, point["lora_rank"], point["lora_alpha"], torch)
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
+    # fused AdamW: no step temporaries (the estimator's `adamw`)
     opt = torch.optim.AdamW(trainable, lr=1e-4, fused=True)
     b, s, vocab = point["batch"], point["seq"], point["vocab"]
     ids = torch.randint(0, vocab, (b, s), device=device)
@@ -337,6 +336,20 @@ def measure_point(point, plan, device, torch, transformers, nvml):
             return fn(logits=logits, labels=ids, vocab_size=vocab)
         sl = logits[:, :-1].float().reshape(-1, vocab)
         return torch.nn.functional.cross_entropy(sl, ids[:, 1:].reshape(-1))
+
+    return model, params, trainable, opt, ids, loss_of
+
+
+def measure_point(point, plan, device, torch, transformers, nvml):
+    side = {}
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.synchronize()
+    if nvml.source:
+        d, p, src = nvml.read()
+        side.update(device_used_baseline_bytes=d, process_used_baseline_bytes=p)
+        side["_proc_src"] = src
+    model, params, trainable, opt, ids, loss_of = build_point(point, plan, device, torch, transformers)
 
     def step(sampler=None):
         out = []
@@ -411,9 +424,6 @@ def measure_point_fake(point, plan, semantics, torch, transformers):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import trace_probe as tp
 
-    dtype = {"f32": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16,
-             "f16": torch.float16, "fp16": torch.float16}[plan["dtype"]]
-    attn = "sdpa" if plan["attn"] == "sdpa" else "eager"
     restore = [tp.see_fake_as_real()]
     if semantics == "cuda":
         sdpa, _ = tp.gpu_sdpa()
@@ -421,31 +431,11 @@ def measure_point_fake(point, plan, semantics, torch, transformers):
     tracker = tp.Tracker()
     try:
         with FakeTensorMode(allow_non_fake_inputs=False):
-            cfg = transformers.AutoConfig.for_model(**point["hf_config"])
-            cfg.use_cache = False
             with torch.device("cpu"):
-                model = transformers.AutoModelForCausalLM.from_config(
-                    cfg, dtype=dtype, attn_implementation=attn)
-            if next(model.parameters()).dtype != dtype:
-                model = model.to(dtype)
-            model.train()
-            if point["method"] == "lora":
-                add_lora(model, point["lora_rank"], point["lora_alpha"], torch)
-            params = list(model.parameters())
-            trainable = [p for p in params if p.requires_grad]
-            # the CUDA run's optimizer (fused AdamW: no step temporaries)
-            opt = torch.optim.AdamW(trainable, lr=1e-4, fused=True)
-            b, s, vocab = point["batch"], point["seq"], point["vocab"]
-            ids = torch.randint(0, vocab, (b, s))
+                model, params, trainable, opt, ids, loss_of = build_point(
+                    point, plan, None, torch, transformers)
             for t in params + list(model.buffers()) + [ids]:
                 tracker.see(t)
-
-            def loss_of(logits):
-                fn = getattr(model, "loss_function", None)
-                if fn is not None:
-                    return fn(logits=logits, labels=ids, vocab_size=vocab)
-                sl = logits[:, :-1].float().reshape(-1, vocab)
-                return torch.nn.functional.cross_entropy(sl, ids[:, 1:].reshape(-1))
 
             def step():
                 marks = [tracker.mark()]

@@ -5,7 +5,7 @@ transformers can build, on a CPU, without weights and without a GPU.
     python3 probes/trace_probe.py --config CONFIG.json [--config ...] --out ROWS.csv \
         [--layers 1,2] [--batch 1] [--seq 128] [--dtype bf16,amp_bf16] \
         [--attn eager,sdpa] [--grad-ckpt none,nonreentrant] \
-        [--mode full,lora_all,lora_attn,lora_all_model,lora_attn_model] \
+        [--mode full,lora_all,lora_attn,lora_all_model,lora_attn_model,lora_all_head,...] \
         [--semantics cpu,cuda] [--engine fake|real] [--optimizer]
 
 Each cell of the cross product builds the model from its config.json with
@@ -400,9 +400,18 @@ def run_cell(c, args, versions):
                     "use_reentrant": c["grad_ckpt"] == "reentrant"})
             if c["mode"] != "full":
                 import peft
-                if c["mode"] not in ("lora_all", "lora_attn", "lora_all_model", "lora_attn_model"):
-                    raise ValueError(f"mode {c['mode']!r}: full, lora_all, lora_attn, lora_all_model, lora_attn_model")
-                targets = "all-linear" if c["mode"].startswith("lora_all") else attn_targets(model)
+                modes = ("lora_all", "lora_attn", "lora_all_model", "lora_attn_model",
+                         "lora_all_head", "lora_all_head_model")
+                if c["mode"] not in modes:
+                    raise ValueError(f"mode {c['mode']!r}: full, {', '.join(modes)}")
+                if c["mode"].startswith("lora_all_head"):
+                    # every linear leaf name (peft's all-linear) plus the output head
+                    targets = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                                      if type(m).__name__ in ("Linear", "Conv1D")})
+                elif c["mode"].startswith("lora_all"):
+                    targets = "all-linear"
+                else:
+                    targets = attn_targets(model)
                 lcfg = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none",
                                        target_modules=targets, task_type="CAUSAL_LM")
                 with swap_by_set_data():

@@ -677,6 +677,11 @@ pub enum LoraTargets {
     Names(Vec<String>),
 }
 
+/// The output head's module name as LoRA targets name it.
+pub const HEAD_NAME: &str = "lm_head";
+/// In a list of LoRA targets, every block linear (`all-linear,lm_head`).
+pub const ALL_LINEAR: &str = "all-linear";
+
 impl LoraTargets {
     pub fn parse(s: &str) -> Result<LoraTargets> {
         let t = s.trim();
@@ -692,8 +697,10 @@ impl LoraTargets {
             .collect();
         if names.is_empty()
             || names.iter().any(|n| {
-                !n.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                n != ALL_LINEAR
+                    && !n
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
             })
         {
             return Err(Error::invalid(
@@ -709,8 +716,16 @@ impl LoraTargets {
         match self {
             LoraTargets::Attn => lin.role.is_attention(),
             LoraTargets::AllLinear => lin.role != LinearRole::Head,
-            LoraTargets::Names(ns) => ns.iter().any(|n| n == lin.name),
+            LoraTargets::Names(ns) => ns
+                .iter()
+                .any(|n| n == lin.name || (n == ALL_LINEAR && lin.role != LinearRole::Head)),
         }
+    }
+
+    /// The output head is adapted too (`lm_head` named in the list, as peft's
+    /// `target_modules=[..., "lm_head"]`; peft's `all-linear` leaves it out).
+    pub fn head(&self) -> bool {
+        matches!(self, LoraTargets::Names(ns) if ns.iter().any(|n| n == HEAD_NAME))
     }
 
     /// Names that match no linear of `spec` are an error, never silently ignored.
@@ -718,13 +733,13 @@ impl LoraTargets {
         if let LoraTargets::Names(ns) = self {
             let lins: Vec<LinearSpec> = spec.each_linear().collect();
             for n in ns {
-                if !lins.iter().any(|l| l.name == n) {
+                if n != HEAD_NAME && n != ALL_LINEAR && !lins.iter().any(|l| l.name == n) {
                     let accepted: Vec<&str> = lins.iter().map(|l| l.name).collect();
                     return Err(Error::invalid(
                         "LoRA target module",
                         n,
                         format!(
-                            "attn, all-linear, or modules of {}: {}",
+                            "attn, all-linear, or modules of {}: {}, lm_head",
                             spec.family,
                             accepted.join(", ")
                         ),

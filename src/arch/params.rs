@@ -243,6 +243,8 @@ pub struct LoraCount {
 /// target list simply match nothing here; use `LoraTargets::check_against` first.
 pub fn lora(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> LoraCount {
     let adapted = |l: &LinearSpec| targets.matches(l);
+    // peft on the head: lora_A (r x hidden) and lora_B (vocab x r)
+    let head = u64::from(targets.head());
     LoraCount {
         trainable: spec.sum_over_layers(|l| {
             if adapted(l) {
@@ -250,8 +252,8 @@ pub fn lora(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> LoraCount {
             } else {
                 0
             }
-        }),
-        adapted_modules: spec.sum_over_layers(|l| u64::from(adapted(l))),
+        }) + head * rank.saturating_mul(spec.hidden + spec.vocab),
+        adapted_modules: spec.sum_over_layers(|l| u64::from(adapted(l))) + head,
     }
 }
 

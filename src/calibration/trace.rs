@@ -49,8 +49,8 @@ pub struct TraceRow {
     pub attn: String,
     /// `none` | `nonreentrant` | `reentrant`.
     pub ckpt: String,
-    /// `full` | `lora_all` | `lora_attn`, and `lora_all_model` / `lora_attn_model` with
-    /// the adapters in the model's dtype.
+    /// `full` | `lora_all` | `lora_attn` | `lora_all_head` (all-linear and the output
+    /// head), and the `*_model` variants with the adapters in the model's dtype.
     pub mode: String,
     /// `fake_cpu` | `fake_cuda` | `real_cpu`.
     pub engine: String,
@@ -94,6 +94,14 @@ impl TraceRow {
                 "lora_all" | "lora_all_model" => Trainable::Lora {
                     rank: 16,
                     targets: LoraTargets::AllLinear,
+                },
+                // the probe names every linear leaf and lm_head
+                "lora_all_head" | "lora_all_head_model" => Trainable::Lora {
+                    rank: 16,
+                    targets: LoraTargets::Names(vec![
+                        crate::arch::ALL_LINEAR.to_string(),
+                        crate::arch::HEAD_NAME.to_string(),
+                    ]),
                 },
                 _ => Trainable::Lora {
                     rank: 16,
@@ -229,6 +237,8 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<TraceRow>> {
                     "lora_attn",
                     "lora_all_model",
                     "lora_attn_model",
+                    "lora_all_head",
+                    "lora_all_head_model",
                 ],
             )?,
             engine: choice("engine", &["fake_cpu", "fake_cuda", "real_cpu"])?,

@@ -104,6 +104,18 @@ pub fn full_shapes(spec: &ModelSpec) -> Vec<Shape> {
 
 /// Trainable tensors of LoRA: lora_A (r × in) and lora_B (out × r) per adapted linear.
 pub fn lora_shapes(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> Vec<Shape> {
+    let head = targets.head().then_some([
+        Shape {
+            rows: rank,
+            cols: spec.hidden,
+            count: 1,
+        },
+        Shape {
+            rows: spec.vocab,
+            cols: rank,
+            count: 1,
+        },
+    ]);
     spec.groups
         .iter()
         .flat_map(|g| {
@@ -125,6 +137,7 @@ pub fn lora_shapes(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> Vec<Sh
                     ]
                 })
         })
+        .chain(head.into_iter().flatten())
         .collect()
 }
 

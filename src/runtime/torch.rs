@@ -1550,9 +1550,14 @@ fn head_and_loss(spec: &ModelSpec, p: &LedgerParams, nl: &mut NonLayer) {
     // (peft's all-linear excludes it).
     let p_head = LedgerParams {
         trainable: match &p.trainable {
-            Trainable::Lora { rank, .. } => Trainable::Lora {
+            // only the head itself, when the targets name it
+            Trainable::Lora { rank, targets } => Trainable::Lora {
                 rank: *rank,
-                targets: LoraTargets::Names(Vec::new()),
+                targets: LoraTargets::Names(if targets.head() {
+                    vec![crate::arch::HEAD_NAME.to_string()]
+                } else {
+                    Vec::new()
+                }),
             },
             t => t.clone(),
         },

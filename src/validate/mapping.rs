@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `task`, `micro_batch`, `seq_len`, `gen_tokens` | `--task`, `--batch`, `--seq-len` (train) or `--prompt-len` + `--gen-len` (infer) |
 //! | `method` + `quant` | `full`; `lora`; `qlora` when the base is `nf4` / `nf4-dq` / `fp4` (bitsandbytes 4-bit: fp4 and nf4 store the same 4 bits + absmax per 64); `nf4` without double quantization → `--no-double-quant`; `gptq-int4` with LoRA or inference when the model's config carries a gptq `quantization_config` (the estimator sizes the packed weights from it) |
-//! | `lora_rank`, `lora_targets` | `--lora-rank`; role tokens (`q`, `k`, `v`, `o`, `qkv`, `gate`, `up`, `down`, `mlp`) → the model's own module names (a fused q/k/v linear for `q`/`k`/`v` on a fused model) |
+//! | `lora_rank`, `lora_targets` | `--lora-rank`; role tokens (`q`, `k`, `v`, `o`, `qkv`, `gate`, `up`, `down`, `mlp`, `lm_head`) → the model's own module names (a fused q/k/v linear for `q`/`k`/`v` on a fused model; `lm_head` for the output head) |
 //! | `weight_dtype` | `bf16` / `fp16` / `fp32` → `--dtype`; `mixed-bf16` / `mixed-fp16` → `amp-bf16` / `amp-fp16` (fp32 weights, half compute) |
 //! | `optimizer` | `--optimizer` (`adamw` is torch's fused AdamW) |
 //! | `grad_ckpt`, `attn_impl`, `loss_impl` | `--grad-ckpt`, `--attn`, `--loss` |
@@ -16,7 +16,7 @@
 //! | `metric` | which estimated figure is compared: `allocated` / `active` → allocated (`max_memory_allocated`), `reserved` → reserved, `nvidia-smi` and `unknown` → device (reserved + CUDA context); `unknown` from torchtune → reserved (its memory stats are the allocator's) |
 //!
 //! Refused, with the reason (they count as misses): PEFT methods other than LoRA
-//! (DoRA, VeRA, OFT, ...), LoRA on the output head, modules trained in full next to
+//! (DoRA, VeRA, OFT, ...), modules trained in full next to
 //! the adapters, LayerNorm tuning, 8-bit base weights, GPTQ rows whose config has no
 //! gptq `quantization_config`, an unknown optimizer,
 //! sequence length, rank or checkpointing, vLLM's profile metric (the serving engines'
@@ -298,6 +298,7 @@ fn lora_targets(token: &str, spec: &ModelSpec) -> Result<String, String> {
     let linears: Vec<_> = spec.each_linear().collect();
     let mut names: Vec<&str> = Vec::new();
     let mut all_linear = false;
+    let mut head = false;
     let fused_qkv = linears.iter().any(|l| l.role == LinearRole::Qkv);
     let fused_gate_up = linears.iter().any(|l| l.role == LinearRole::GateUp);
     for t in tokens {
@@ -319,10 +320,8 @@ fn lora_targets(token: &str, spec: &ModelSpec) -> Result<String, String> {
                 LinearRole::Down,
             ],
             "lm_head" => {
-                return Err(
-                    "LoRA on the output head (its fp32 logits-sized branch): not modelled yet"
-                        .into(),
-                )
+                head = true;
+                continue;
             }
             "all-linear" => {
                 all_linear = true;
@@ -345,7 +344,10 @@ fn lora_targets(token: &str, spec: &ModelSpec) -> Result<String, String> {
         }
     }
     if all_linear {
-        return Ok("all-linear".into());
+        names = vec![crate::arch::ALL_LINEAR];
+    }
+    if head {
+        names.push(crate::arch::HEAD_NAME);
     }
     Ok(names.join(","))
 }
@@ -356,34 +358,7 @@ mod tests {
     use crate::hf::presets;
 
     fn row(edit: impl Fn(&mut MeasuredRow)) -> MeasuredRow {
-        let mut r = MeasuredRow {
-            line: 2,
-            id: "r".into(),
-            source_group: "g".into(),
-            model: "llama-2-7b".into(),
-            task: "train".into(),
-            method: "lora".into(),
-            lora_rank: Some(16),
-            lora_targets: "qv".into(),
-            quant: "none".into(),
-            weight_dtype: "bf16".into(),
-            optimizer: "adamw".into(),
-            micro_batch: 2,
-            seq_len: Some(512),
-            gen_tokens: 0,
-            grad_ckpt: "none".into(),
-            attn_impl: "sdpa".into(),
-            loss_impl: "standard".into(),
-            framework: "peft".into(),
-            parallelism: "none".into(),
-            n_gpus: 1,
-            tp: 1,
-            pp: 1,
-            cp: 1,
-            gpu: "unknown".into(),
-            metric: "allocated".into(),
-            measured_gib: 10.0,
-        };
+        let mut r = super::super::table::sample_row();
         edit(&mut r);
         r
     }
@@ -413,7 +388,6 @@ mod tests {
         .unwrap();
         assert_eq!(setting(&m, "lora_targets"), Some("k_proj,v_proj,down_proj"));
         for (t, why) in [
-            ("custom:q+lm_head", "output head"),
             ("custom:all-linear+full:wte", "modules_to_save"),
             ("custom:norm", "norms"),
             ("custom:zz", "\"zz\""),

@@ -274,32 +274,10 @@ mod tests {
 
     fn res(id: &str, err: Option<f64>) -> RowResult {
         let row = MeasuredRow {
-            line: 2,
             id: id.into(),
             source_group: "g".into(),
-            model: "m".into(),
-            task: "train".into(),
-            method: "full".into(),
-            lora_rank: Some(0),
-            lora_targets: "none".into(),
-            quant: "none".into(),
-            weight_dtype: "bf16".into(),
-            optimizer: "adamw".into(),
-            micro_batch: 1,
-            seq_len: Some(512),
-            gen_tokens: 0,
-            grad_ckpt: "none".into(),
-            attn_impl: "sdpa".into(),
-            loss_impl: "standard".into(),
             framework: "f".into(),
-            parallelism: "none".into(),
-            n_gpus: 1,
-            tp: 1,
-            pp: 1,
-            cp: 1,
-            gpu: "unknown".into(),
-            metric: "allocated".into(),
-            measured_gib: 10.0,
+            ..table::sample_row()
         };
         let outcome = match err {
             Some(e) => Outcome::Estimated {

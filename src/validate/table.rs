@@ -270,6 +270,39 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<MeasuredRow>> {
     Ok(rows)
 }
 
+/// A well-formed row for tests (LoRA q,v on llama-2-7b, 10 GiB allocated).
+#[cfg(test)]
+pub(crate) fn sample_row() -> MeasuredRow {
+    MeasuredRow {
+        line: 2,
+        id: "r".into(),
+        source_group: "g".into(),
+        model: "llama-2-7b".into(),
+        task: "train".into(),
+        method: "lora".into(),
+        lora_rank: Some(16),
+        lora_targets: "qv".into(),
+        quant: "none".into(),
+        weight_dtype: "bf16".into(),
+        optimizer: "adamw".into(),
+        micro_batch: 2,
+        seq_len: Some(512),
+        gen_tokens: 0,
+        grad_ckpt: "none".into(),
+        attn_impl: "sdpa".into(),
+        loss_impl: "standard".into(),
+        framework: "peft".into(),
+        parallelism: "none".into(),
+        n_gpus: 1,
+        tp: 1,
+        pp: 1,
+        cp: 1,
+        gpu: "unknown".into(),
+        metric: "allocated".into(),
+        measured_gib: 10.0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

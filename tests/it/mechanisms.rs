@@ -5,13 +5,18 @@ use serde_json::Value;
 
 use crate::util::run;
 
-fn peak(args: &[&str]) -> (u64, u64, u64) {
+/// `llm-mem estimate ARGS --json`, parsed.
+fn estimate_json(args: &[&str]) -> Value {
     let mut a = vec!["estimate"];
     a.extend_from_slice(args);
     a.push("--json");
     let r = run(&a);
     assert_eq!(r.code, 0, "{r:?}");
-    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    serde_json::from_str(&r.stdout).unwrap()
+}
+
+fn peak(args: &[&str]) -> (u64, u64, u64) {
+    let v = estimate_json(args);
     let p = &v["peak"];
     (
         p["allocated_bytes"].as_u64().unwrap(),
@@ -53,13 +58,9 @@ fn paged_optimizer_state_is_outside_the_allocator() {
 }
 
 fn per_layer(args: &[&str]) -> u64 {
-    let mut a = vec!["estimate"];
-    a.extend_from_slice(args);
-    a.push("--json");
-    let r = run(&a);
-    assert_eq!(r.code, 0, "{r:?}");
-    let v: Value = serde_json::from_str(&r.stdout).unwrap();
-    v["activations"]["per_layer_bytes"].as_u64().unwrap()
+    estimate_json(args)["activations"]["per_layer_bytes"]
+        .as_u64()
+        .unwrap()
 }
 
 /// bitsandbytes `MatMul4Bit.forward` before 0.43.2 (autograd/_functions.py:

@@ -142,6 +142,15 @@ fn the_ledger_against_the_trace_probe_on_every_architecture() {
                 c.model
             );
             params_checked += 1;
+        } else if c.mode.starts_with("lora_all_head") {
+            let targets = LoraTargets::parse("all-linear,lm_head").unwrap();
+            let lora = params::lora(&two, 16, &targets).trainable;
+            assert_eq!(
+                lora, p.trainable_l2,
+                "{}: LoRA all-linear + lm_head r=16 at depth 2",
+                c.model
+            );
+            params_checked += 1;
         } else if c.mode == "lora_attn" {
             let lora = params::lora(&two, 16, &LoraTargets::Attn).trainable;
             assert_eq!(
@@ -490,7 +499,9 @@ fn forward_and_backward_peaks_match_the_trace() {
         if lora {
             pairs.push((
                 "lora_targets",
-                if mode.starts_with("lora_all") {
+                if mode.starts_with("lora_all_head") {
+                    "all-linear,lm_head"
+                } else if mode.starts_with("lora_all") {
                     "all-linear"
                 } else {
                     "attn"
