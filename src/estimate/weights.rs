@@ -93,6 +93,13 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_trainable: u64) -> Resu
             quant + (total - linear) * rest_dt.size()
         }
         (_, Precision::Fp8) => linear + n_linear_tensors * 4 + (total - linear) * rest_dt.size(),
+        // bitsandbytes Int8Params._quantize (nn/modules.py, 0.49): CB int8 like the
+        // weight, SCB one fp32 absmax per output row (int8_vectorwise_quant); the rest
+        // (embeddings, norms, head) in fp16
+        (_, Precision::Int8) => {
+            let scb = spec.sum_over_layers(|l| l.copies * l.out_features * 4);
+            linear + scb + (total - linear) * DType::F16.size()
+        }
         _ => total * dt.size(),
     };
     Ok(WeightBytes { base, adapters })

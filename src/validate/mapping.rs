@@ -17,7 +17,8 @@
 //!
 //! Refused, with the reason (they count as misses): PEFT methods other than LoRA
 //! (DoRA, VeRA, OFT, ...), modules trained in full next to
-//! the adapters, LayerNorm tuning, 8-bit base weights, GPTQ rows whose config has no
+//! the adapters, LayerNorm tuning, training over 8-bit base weights (inference on them
+//! is `--dtype int8`), GPTQ rows whose config has no
 //! gptq `quantization_config`, an unknown optimizer,
 //! sequence length, rank or checkpointing, vLLM's profile metric (the serving engines'
 //! own accounting), and `mixed` parallelism without its degrees.
@@ -86,7 +87,10 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
         ("other-peft", _) => {
             return Err("a PEFT method other than LoRA (DoRA, VeRA, OFT, ...): not modelled".into())
         }
-        (_, "int8") => return Err("8-bit (int8) base weights: not modelled yet".into()),
+        ("none", "int8") => "int8-infer",
+        (_, "int8") => {
+            return Err("training over 8-bit (LLM.int8) base weights: not modelled yet".into())
+        }
         // a GPTQ checkpoint (its config's quantization_config) is sized as packed int4
         // weights by the estimator itself; LoRA or inference on it, never full training
         ("lora" | "none", "gptq-int4")
@@ -135,11 +139,12 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
     if method == "qlora" && (r.quant == "nf4" || r.quant == "fp4") {
         put("double_quant", "false".into());
     }
-    // precision
-    let dtype = match r.weight_dtype.as_str() {
-        "mixed-bf16" => "amp-bf16",
-        "mixed-fp16" => "amp-fp16",
-        d => d,
+    // precision (bitsandbytes LLM.int8 weights serve with fp16 compute)
+    let dtype = match (method, r.weight_dtype.as_str()) {
+        ("int8-infer", _) => "int8",
+        (_, "mixed-bf16") => "amp-bf16",
+        (_, "mixed-fp16") => "amp-fp16",
+        (_, d) => d,
     };
     put("dtype", dtype.to_string());
     // optimizer

@@ -121,7 +121,8 @@ impl std::fmt::Display for Method {
 choice_enum!(
 /// `--dtype`: the precision recipe. `amp-*` keeps fp32 parameters and runs matmuls
 /// under torch autocast (half-precision copies of the weights live during forward);
-/// `fp8` is for inference only (fp8 weights, bf16 compute).
+/// `fp8` (fp8 weights, bf16 compute) and `int8` (bitsandbytes LLM.int8 weights, fp16
+/// compute) are for inference only.
 Precision, "dtype", {
     Fp32 => "fp32" | "float32",
     Bf16 => "bf16" | "bfloat16",
@@ -129,6 +130,8 @@ Precision, "dtype", {
     AmpBf16 => "amp-bf16" | "amp_bf16",
     AmpFp16 => "amp-fp16" | "amp_fp16",
     Fp8 => "fp8",
+    /// bitsandbytes LLM.int8() weights (`load_in_8bit`), fp16 compute: inference only.
+    Int8 => "int8" | "llm-int8",
 });
 choice_enum!(
 /// `--optimizer`
@@ -183,6 +186,7 @@ impl Precision {
             Precision::Bf16 => DType::BF16,
             Precision::Fp16 => DType::F16,
             Precision::Fp8 => DType::F8,
+            Precision::Int8 => DType::I8,
         }
     }
     /// dtype of matmul inputs/outputs.
@@ -190,7 +194,7 @@ impl Precision {
         match self {
             Precision::Fp32 => DType::F32,
             Precision::Bf16 | Precision::AmpBf16 | Precision::Fp8 => DType::BF16,
-            Precision::Fp16 | Precision::AmpFp16 => DType::F16,
+            Precision::Fp16 | Precision::AmpFp16 | Precision::Int8 => DType::F16,
         }
     }
     pub fn is_amp(self) -> bool {
@@ -411,11 +415,11 @@ impl Workload {
             }
             l.targets.check_against(spec)?;
         }
-        if self.precision == Precision::Fp8 && self.is_train() {
+        if matches!(self.precision, Precision::Fp8 | Precision::Int8) && self.is_train() {
             return Err(Error::invalid(
                 "dtype",
-                "fp8",
-                "fp8 weights for --task infer only; for training use fp32, bf16, fp16, amp-bf16 or amp-fp16",
+                self.precision,
+                "fp8 and int8 weights for --task infer only; for training use fp32, bf16, fp16, amp-bf16 or amp-fp16",
             ));
         }
         if self.master_weights && !matches!(self.precision, Precision::Bf16 | Precision::Fp16) {

@@ -454,7 +454,7 @@ settings! {
     lora_alpha: f64 => "--lora-alpha" Value, "LoRA alpha (default 2 x rank; does not change memory).";
     lora_targets: LoraTargets => "--lora-targets" Value, "attn | all-linear | comma-separated module names (q_proj,v_proj,...).";
     double_quant: bool => "--no-double-quant" Switch(false), "QLoRA without double quantization of the NF4 scales.";
-    dtype: Precision => "--dtype" Value, "fp32 | bf16 | fp16 | amp-bf16 | amp-fp16 | fp8 (inference weights).";
+    dtype: Precision => "--dtype" Value, "fp32 | bf16 | fp16 | amp-bf16 | amp-fp16 | fp8, int8 (inference weights: fp8, bitsandbytes LLM.int8).";
     master_weights: bool => "--master-weights" Switch(true), "Half-precision parameters with an fp32 master copy in the optimizer.";
     optimizer: Optimizer => "--optimizer" Value, "adamw (fused) | adamw-foreach | adamw-8bit | paged-adamw | paged-adamw-8bit | sgd | sgd-momentum | adafactor | lion";
     batch: u64 => "--batch" Value, "Micro-batch size per GPU.";

@@ -243,3 +243,33 @@ fn adapters_in_the_model_dtype_keep_no_fp32_copies() {
     assert_eq!(zero(&[]), zero(&["--lora-dtype", "model"]));
     assert_eq!(zero(&[]), model);
 }
+
+/// bitsandbytes LLM.int8 weights (`load_in_8bit`; nn/modules.py `Int8Params._quantize`:
+/// `CB, SCB, _ = int8_vectorwise_quant(B)` — CB int8 like the weight, SCB one fp32
+/// absmax per output row), fp16 for the rest: GPT-2's weights under `--dtype int8` are
+/// its linear weights in one byte each, 4 bytes per output row of each, and the rest in
+/// two bytes. Training over them is refused, naming the value.
+#[test]
+fn int8_inference_weights_are_one_byte_plus_row_scales() {
+    let weights = |d: &str| {
+        estimate_json(&["--model", "gpt2", "--task", "infer", "--dtype", d])["components_at_peak"]
+            ["weights"]
+            .as_u64()
+            .unwrap()
+    };
+    // GPT-2 small: 12 layers of c_attn (768 -> 2304), c_proj (768 -> 768), c_fc
+    // (768 -> 3072), mlp c_proj (3072 -> 768); 124 439 808 parameters in all
+    let linear: u64 = 12 * (768 * 2304 + 768 * 768 + 768 * 3072 + 3072 * 768);
+    let rows: u64 = 12 * (2304 + 768 + 3072 + 768);
+    assert_eq!(
+        weights("int8"),
+        linear + rows * 4 + (124_439_808 - linear) * 2
+    );
+    let r = run(["estimate", "--model", "gpt2", "--dtype", "int8"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("int8") && r.stderr.contains("--task infer"),
+        "{}",
+        r.stderr
+    );
+}
