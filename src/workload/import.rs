@@ -395,6 +395,33 @@ pub fn from_train_args(
             _ => train_arg(&mut c, &mut warn, k, val)?,
         }
     }
+    // TrainingArguments.gradient_checkpointing_kwargs is passed to
+    // gradient_checkpointing_enable (modeling_utils.py): `use_reentrant: true` picks
+    // torch's reentrant CheckpointFunction; absent, transformers 5 uses non-reentrant
+    if let Some(kw) = map.get("gradient_checkpointing_kwargs") {
+        let key = "gradient_checkpointing_kwargs.use_reentrant";
+        let reentrant = match kw {
+            Value::Object(o) => match o.get("use_reentrant") {
+                Some(v) => as_bool(v, key, origin)?,
+                None => None,
+            },
+            Value::Null => None,
+            other => {
+                return Err(err(
+                    origin,
+                    format!("gradient_checkpointing_kwargs = {other}: expected a mapping such as {{\"use_reentrant\": false}}"),
+                ))
+            }
+        };
+        if reentrant == Some(true) && c.s.grad_ckpt == Some(GradCkpt::Full) {
+            c.put(
+                |s| &mut s.grad_ckpt,
+                "grad_ckpt",
+                Some(GradCkpt::FullReentrant),
+                key,
+            );
+        }
+    }
     if llama_factory && finetuning.is_none() {
         // LLaMA-Factory v0.9.1 src/llamafactory/hparams/finetuning_args.py:
         // finetuning_type: Literal["lora", "freeze", "full"] = "lora"
@@ -661,7 +688,10 @@ fn train_arg(c: &mut Import, warn: &mut Vec<String>, k: &str, val: &Value) -> Re
             return Err(err(origin, "deepspeed: pass that file with --deepspeed PATH as well (its settings are read from there)"));
         }
         // read by `fsdp_mixed_precision` and `llama_factory_defaults`
-        "fsdp_config" | "disable_gradient_checkpointing" | "use_reentrant_gc" => {}
+        "fsdp_config"
+        | "disable_gradient_checkpointing"
+        | "use_reentrant_gc"
+        | "gradient_checkpointing_kwargs" => {}
         "ddp_find_unused_parameters" | "ddp_bucket_cap_mb" => {}
         k if TA_QUIET.contains(&k) => {}
         _ => warn.push(format!("{origin}: key {k:?} is not modelled")),

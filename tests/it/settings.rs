@@ -665,3 +665,37 @@ fn overheads_accept_zero_and_refuse_negative_amounts() {
         assert_error(&estimate(&a), &["--cublas-workspace", bad, "0 or none"]);
     }
 }
+
+/// HF TrainingArguments' `gradient_checkpointing_kwargs` reach
+/// `gradient_checkpointing_enable` (transformers modeling_utils.py): `use_reentrant: true`
+/// is torch's reentrant checkpoint, absent or false the non-reentrant one (transformers
+/// 5's default); a value that is not a mapping is an error naming the key.
+#[test]
+fn trainer_gradient_checkpointing_kwargs_pick_the_checkpoint_implementation() {
+    let ta = |kw: &str| {
+        from_train_args(
+            &format!("{{\"gradient_checkpointing\": true{kw}}}"),
+            Format::Json,
+            "ta.json",
+        )
+    };
+    assert_eq!(ta("").unwrap().0.grad_ckpt, Some(GradCkpt::Full));
+    let (s, w) = ta(", \"gradient_checkpointing_kwargs\": {\"use_reentrant\": true}").unwrap();
+    assert_eq!(s.grad_ckpt, Some(GradCkpt::FullReentrant));
+    assert!(
+        s.describe("grad_ckpt").contains("use_reentrant"),
+        "{}",
+        s.describe("grad_ckpt")
+    );
+    assert!(
+        !w.iter()
+            .any(|x| x.contains("gradient_checkpointing_kwargs")),
+        "{w:?}"
+    );
+    let (s, _) = ta(", \"gradient_checkpointing_kwargs\": {\"use_reentrant\": false}").unwrap();
+    assert_eq!(s.grad_ckpt, Some(GradCkpt::Full));
+    let e = ta(", \"gradient_checkpointing_kwargs\": 3")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gradient_checkpointing_kwargs = 3"), "{e}");
+}
