@@ -43,7 +43,7 @@ pub fn render(title: &str, source: &str, v: &Validation) -> String {
         }
     }
     s.push_str(
-        "\n## Rows\n\n| id | model | task / method | framework | metric | measured GiB | estimated GiB | error | note |\n|---|---|---|---|---|---|---|---|---|\n",
+        "\n## Rows\n\n| id | model | task / method | framework | metric | measured GiB | estimated GiB | error | abs error | note |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &v.rows {
         let m = &r.row;
@@ -54,7 +54,7 @@ pub fn render(title: &str, source: &str, v: &Validation) -> String {
                 rel_err,
                 mapped,
             } => s.push_str(&format!(
-                "| {} | {} | {what} | {} | {} → {} | {:.2} | {:.2} | {:+.1}% | {} |\n",
+                "| {} | {} | {what} | {} | {} → {} | {:.2} | {:.2} | {:+.1}% | {:.1}% | {} |\n",
                 m.id,
                 m.model,
                 m.framework,
@@ -63,10 +63,11 @@ pub fn render(title: &str, source: &str, v: &Validation) -> String {
                 m.measured_gib,
                 estimated_gib,
                 rel_err * 100.0,
+                rel_err.abs() * 100.0,
                 mapped.notes.join("; ").replace('|', "/")
             )),
             Outcome::Unsupported { reason } => s.push_str(&format!(
-                "| {} | {} | {what} | {} | {} | {:.2} | – | unsupported | {} |\n",
+                "| {} | {} | {what} | {} | {} | {:.2} | – | unsupported | – | {} |\n",
                 m.id,
                 m.model,
                 m.framework,
