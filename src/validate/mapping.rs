@@ -76,116 +76,147 @@ impl Mapped {
     }
 }
 
+/// `(key, value)` pairs in `Settings::from_flags` form, in the order they were set.
+#[derive(Default)]
+struct Pairs(Vec<(String, String)>);
+
+impl Pairs {
+    fn put(&mut self, k: &str, v: impl Into<String>) {
+        self.0.push((k.to_string(), v.into()));
+    }
+}
+
 /// Maps `r` (whose model is `spec`) onto settings, or says why it cannot be estimated.
 pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
-    let mut s: Vec<(String, String)> = Vec::new();
+    let mut s = Pairs::default();
     let mut notes = Vec::new();
-    let mut put = |k: &str, v: String| s.push((k.to_string(), v));
-    put("model", r.model.clone());
-    // method and base-weight quantization
-    let method = match (r.method.as_str(), r.quant.as_str()) {
-        ("other-peft", _) => {
-            return Err("a PEFT method other than LoRA (DoRA, VeRA, OFT, ...): not modelled".into())
-        }
-        ("none", "int8") => "int8-infer",
-        (_, "int8") => {
-            return Err("training over 8-bit (LLM.int8) base weights: not modelled yet".into())
-        }
-        // a GPTQ checkpoint (its config's quantization_config) is sized as packed int4
-        // weights by the estimator itself; LoRA or inference on it, never full training
-        ("lora" | "none", "gptq-int4")
-            if spec
-                .quantization
-                .as_ref()
-                .is_some_and(|q| q.method.eq_ignore_ascii_case("gptq")) =>
-        {
-            if r.method == "none" {
-                "full"
-            } else {
-                "lora"
-            }
-        }
-        (_, "gptq-int4") => {
-            return Err(
-                "GPTQ int4 base weights on a config without a gptq quantization_config".into(),
-            )
-        }
-        ("qlora" | "lora", "nf4" | "nf4-dq" | "fp4") => "qlora",
-        ("qlora", "none") => return Err("method qlora with quant none".into()),
-        ("full", q) if q != "none" => {
-            return Err(format!("full fine-tuning of {q}-quantized weights"))
-        }
-        // inference on bitsandbytes 4-bit weights: the tool's NF4 serving
-        ("none", "nf4" | "nf4-dq" | "fp4") => "qlora",
-        ("none", _) => "full",
-        (m, _) => m,
-    };
+    s.put("model", r.model.clone());
+    let (method, int8) = method_of(r, spec)?;
     if r.quant == "fp4" {
         notes.push("bitsandbytes fp4 stored as nf4 is: 4 bits + an fp32 absmax per 64".into());
     }
-    let task = r.task.as_str();
-    put("task", task.to_string());
-    if task == "train" || method == "qlora" {
-        put("method", method.to_string());
+    let train = r.task == "train";
+    s.put("task", r.task.clone());
+    if train || method == "qlora" {
+        s.put("method", method);
     }
-    if method != "full" && task == "train" {
+    if method != "full" && train {
         let rank = r
             .lora_rank
             .filter(|&k| k > 0)
             .ok_or_else(|| "LoRA rank unknown".to_string())?;
-        put("lora_rank", rank.to_string());
-        put("lora_targets", lora_targets(&r.lora_targets, spec)?);
+        s.put("lora_rank", rank.to_string());
+        s.put("lora_targets", lora_targets(&r.lora_targets, spec)?);
     }
     if method == "qlora" && (r.quant == "nf4" || r.quant == "fp4") {
-        put("double_quant", "false".into());
+        s.put("double_quant", "false");
     }
     // precision (bitsandbytes LLM.int8 weights serve with fp16 compute)
-    let dtype = match (method, r.weight_dtype.as_str()) {
-        ("int8-infer", _) => "int8",
-        (_, "mixed-bf16") => "amp-bf16",
-        (_, "mixed-fp16") => "amp-fp16",
-        (_, d) => d,
+    let dtype = match r.weight_dtype.as_str() {
+        _ if int8 => "int8",
+        "mixed-bf16" => "amp-bf16",
+        "mixed-fp16" => "amp-fp16",
+        d => d,
     };
-    put("dtype", dtype.to_string());
-    // optimizer
-    if task == "train" {
+    s.put("dtype", dtype);
+    if train {
         match r.optimizer.as_str() {
             "unknown" => return Err("optimizer unknown".into()),
             "none" => return Err("a training row without an optimizer".into()),
-            o => put("optimizer", o.to_string()),
+            o => s.put("optimizer", o),
         }
     }
     // shapes
     let seq = r
         .seq_len
         .ok_or_else(|| "sequence length unknown".to_string())?;
-    put("batch", r.micro_batch.to_string());
-    if task == "train" {
-        put("seq_len", seq.to_string());
+    s.put("batch", r.micro_batch.to_string());
+    if train {
+        s.put("seq_len", seq.to_string());
     } else {
-        put("prompt_len", seq.to_string());
-        put("gen_len", r.gen_tokens.max(1).to_string());
+        s.put("prompt_len", seq.to_string());
+        s.put("gen_len", r.gen_tokens.max(1).to_string());
     }
     // kernels and checkpointing
-    if task == "train" {
+    if train {
         match r.grad_ckpt.as_str() {
             "unknown" => return Err("activation checkpointing unknown".into()),
-            g => put("grad_ckpt", g.to_string()),
+            g => s.put("grad_ckpt", g),
         }
         match r.loss_impl.as_str() {
             "unknown" => return Err("loss implementation unknown".into()),
             "none" => {}
-            l => put("loss", l.to_string()),
+            l => s.put("loss", l),
         }
     }
     match r.attn_impl.as_str() {
         "unknown" => {
             notes.push("attention implementation unknown: sdpa (transformers' default)".into());
-            put("attn", "sdpa".into());
+            s.put("attn", "sdpa");
         }
-        a => put("attn", a.to_string()),
+        a => s.put("attn", a),
     }
-    // parallelism
+    parallelism(r, &mut s)?;
+    // the framework's profile (its mechanisms' defaults), when one is shipped
+    if crate::workload::profile::SHIPPED
+        .iter()
+        .any(|(n, _)| *n == r.framework)
+    {
+        s.put("framework", r.framework.clone());
+    } else {
+        notes.push(format!(
+            "no profile for framework {:?}: PyTorch + transformers + peft as the ledger models them",
+            r.framework
+        ));
+    }
+    let metric = metric_of(r, &mut notes)?;
+    Ok(Mapped {
+        settings: s.0,
+        metric,
+        notes,
+    })
+}
+
+/// The tool's method for the row's method and base-weight quantization, and whether the
+/// weights are bitsandbytes LLM.int8 (inference only).
+fn method_of(r: &MeasuredRow, spec: &ModelSpec) -> Result<(&'static str, bool), String> {
+    let gptq_config = spec
+        .quantization
+        .as_ref()
+        .is_some_and(|q| q.method.eq_ignore_ascii_case("gptq"));
+    Ok(match (r.method.as_str(), r.quant.as_str()) {
+        ("other-peft", _) => {
+            return Err("a PEFT method other than LoRA (DoRA, VeRA, OFT, ...): not modelled".into())
+        }
+        ("none", "int8") => ("full", true),
+        (_, "int8") => {
+            return Err("training over 8-bit (LLM.int8) base weights: not modelled yet".into())
+        }
+        // a GPTQ checkpoint (its config's quantization_config) is sized as packed int4
+        // weights by the estimator itself; LoRA or inference on it, never full training
+        ("lora", "gptq-int4") if gptq_config => ("lora", false),
+        ("none", "gptq-int4") if gptq_config => ("full", false),
+        (_, "gptq-int4") => {
+            return Err(
+                "GPTQ int4 base weights on a config without a gptq quantization_config".into(),
+            )
+        }
+        ("qlora" | "lora", "nf4" | "nf4-dq" | "fp4") => ("qlora", false),
+        ("qlora", "none") => return Err("method qlora with quant none".into()),
+        ("full", q) if q != "none" => {
+            return Err(format!("full fine-tuning of {q}-quantized weights"))
+        }
+        // inference on bitsandbytes 4-bit weights: the tool's NF4 serving
+        ("none", "nf4" | "nf4-dq" | "fp4") => ("qlora", false),
+        ("none" | "full", _) => ("full", false),
+        ("lora", _) => ("lora", false),
+        ("qlora", _) => ("qlora", false),
+        (m, _) => return Err(format!("method {m}")),
+    })
+}
+
+/// The layout settings of `parallelism`, `n_gpus` and the tp/pp/cp degrees.
+fn parallelism(r: &MeasuredRow, s: &mut Pairs) -> Result<(), String> {
     let (tp, pp, cp) = (r.tp, r.pp, r.cp);
     let model_parallel = tp * pp * cp;
     if !r.n_gpus.is_multiple_of(model_parallel) {
@@ -194,63 +225,50 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
             r.n_gpus
         ));
     }
-    let dp = r.n_gpus / model_parallel;
-    let offload = r.parallelism.ends_with("-offload");
+    let dp = (r.n_gpus / model_parallel).to_string();
     match r.parallelism.as_str() {
-        "none" => {
-            if r.n_gpus > 1 {
-                put("dp", dp.to_string());
-            }
-        }
+        "none" if r.n_gpus > 1 => s.put("dp", dp),
+        "none" => {}
         "fsdp-full" | "fsdp-full-offload" => {
-            put("fsdp", "full".into());
-            put("dp", dp.to_string());
+            s.put("fsdp", "full");
+            s.put("dp", dp);
         }
         "zero2" => {
-            put("zero", "2".into());
-            put("dp", dp.to_string());
+            s.put("zero", "2");
+            s.put("dp", dp);
         }
         "zero3" | "zero3-offload" => {
-            put("zero", "3".into());
-            put("dp", dp.to_string());
+            s.put("zero", "3");
+            s.put("dp", dp);
         }
-        "tp" => put("tp", r.n_gpus.to_string()),
-        "mixed" => {
-            if model_parallel == 1 {
-                return Err("parallelism mixed without tp/pp/cp degrees".into());
-            }
-            put("dp", dp.to_string());
+        "tp" => s.put("tp", r.n_gpus.to_string()),
+        "mixed" if model_parallel == 1 => {
+            return Err("parallelism mixed without tp/pp/cp degrees".into())
         }
+        "mixed" => s.put("dp", dp),
         other => return Err(format!("parallelism {other}")),
     }
     if r.parallelism != "tp" {
         for (k, n) in [("tp", tp), ("pp", pp), ("cp", cp)] {
             if n > 1 {
-                put(k, n.to_string());
+                s.put(k, n.to_string());
             }
         }
     }
-    if offload {
+    if r.parallelism.ends_with("-offload") {
         // FSDP's CPUOffload moves parameters, gradients and optimizer state together
         // (one switch); ZeRO-3 offloads parameters and optimizer state separately
-        put("offload_params", "true".into());
+        s.put("offload_params", "true");
         if r.parallelism.starts_with("zero") {
-            put("offload_optimizer", "true".into());
+            s.put("offload_optimizer", "true");
         }
     }
-    // the framework's profile (its mechanisms' defaults), when one is shipped
-    if crate::workload::profile::SHIPPED
-        .iter()
-        .any(|(n, _)| *n == r.framework)
-    {
-        put("framework", r.framework.clone());
-    } else {
-        notes.push(format!(
-            "no profile for framework {:?}: PyTorch + transformers + peft as the ledger models them",
-            r.framework
-        ));
-    }
-    let metric = match r.metric.as_str() {
+    Ok(())
+}
+
+/// The estimated figure the row's `metric` is compared with.
+fn metric_of(r: &MeasuredRow, notes: &mut Vec<String>) -> Result<Metric, String> {
+    Ok(match r.metric.as_str() {
         "allocated" | "active" => Metric::Allocated,
         "reserved" => Metric::Reserved,
         "nvidia-smi" => Metric::Device,
@@ -270,11 +288,6 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
             )
         }
         m => return Err(format!("metric {m}")),
-    };
-    Ok(Mapped {
-        settings: s,
-        metric,
-        notes,
     })
 }
 

@@ -5,6 +5,16 @@ use serde_json::Value;
 
 use crate::util::run;
 
+/// Llama-3.2-1B LoRA (all-linear r16) at s512: the small case several mechanisms use.
+const LORA_1B: [&str; 6] = [
+    "--model",
+    "llama-3.2-1b",
+    "--method",
+    "lora",
+    "--seq-len",
+    "512",
+];
+
 /// `llm-mem estimate ARGS --json`, parsed.
 fn estimate_json(args: &[&str]) -> Value {
     let mut a = vec!["estimate"];
@@ -93,14 +103,7 @@ fn old_bitsandbytes_4bit_linears_keep_their_input() {
     assert_eq!(fixed, default);
     assert_eq!(with(Some("0.43.1")), old);
     // LoRA on bf16 weights is not a bitsandbytes linear: no change
-    let lora = [
-        "--model",
-        "llama-3.2-1b",
-        "--method",
-        "lora",
-        "--seq-len",
-        "512",
-    ];
+    let lora = LORA_1B;
     let mut old_lora = lora.to_vec();
     old_lora.extend_from_slice(&["--bnb-version", "0.42.0"]);
     assert_eq!(per_layer(&lora), per_layer(&old_lora));
@@ -209,14 +212,7 @@ fn a_user_profile_sets_defaults_that_flags_override() {
 /// all-linear r16, s512, and DeepSpeed's bf16 engine, which casts the adapters too.
 #[test]
 fn adapters_in_the_model_dtype_keep_no_fp32_copies() {
-    let base = [
-        "--model",
-        "llama-3.2-1b",
-        "--method",
-        "lora",
-        "--seq-len",
-        "512",
-    ];
+    let base = LORA_1B;
     let with = |d: &'static str| {
         let mut a = base.to_vec();
         a.extend_from_slice(&["--lora-dtype", d]);
