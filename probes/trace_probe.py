@@ -5,7 +5,7 @@ transformers can build, on a CPU, without weights and without a GPU.
     python3 probes/trace_probe.py --config CONFIG.json [--config ...] --out ROWS.csv \
         [--layers 1,2] [--batch 1] [--seq 128] [--dtype bf16,amp_bf16] \
         [--attn eager,sdpa] [--grad-ckpt none,nonreentrant] \
-        [--mode full,lora_all,lora_attn,lora_all_model,lora_attn_model,lora_all_head,...] \
+        [--mode full,lora_all,lora_attn,lora_all_model,lora_attn_model,lora_all_head,lora_all_drop,...] \
         [--semantics cpu,cuda] [--engine fake|real] [--optimizer]
 
 Each cell of the cross product builds the model from its config.json with
@@ -35,7 +35,8 @@ optimizer phase and the versions):
 
 Recipes: `bf16` = parameters and compute in bf16; `amp_bf16` = fp32 parameters under
 `torch.autocast(device, bfloat16)`. LoRA: peft `LoraConfig(r=16, lora_alpha=32,
-lora_dropout=0, bias="none")`, `all-linear` or the attention projections. Checkpointing:
+lora_dropout=0, bias="none")` (`lora_dropout=0.05` in the `*_drop` modes), `all-linear` or
+the attention projections. Checkpointing:
 `gradient_checkpointing_enable(use_reentrant=...)`.
 
 `--semantics cuda`: what a GPU keeps, on fake CPU tensors (fake CUDA tensors need a CUDA
@@ -401,7 +402,7 @@ def run_cell(c, args, versions):
             if c["mode"] != "full":
                 import peft
                 modes = ("lora_all", "lora_attn", "lora_all_model", "lora_attn_model",
-                         "lora_all_head", "lora_all_head_model")
+                         "lora_all_head", "lora_all_head_model", "lora_all_drop", "lora_attn_drop")
                 if c["mode"] not in modes:
                     raise ValueError(f"mode {c['mode']!r}: full, {', '.join(modes)}")
                 if c["mode"].startswith("lora_all_head"):
@@ -412,7 +413,10 @@ def run_cell(c, args, versions):
                     targets = "all-linear"
                 else:
                     targets = attn_targets(model)
-                lcfg = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none",
+                # `*_drop`: lora_dropout=0.05 (a mask and a dropped copy per adapter)
+                lcfg = peft.LoraConfig(r=16, lora_alpha=32,
+                                       lora_dropout=0.05 if c["mode"].endswith("_drop") else 0.0,
+                                       bias="none",
                                        target_modules=targets, task_type="CAUSAL_LM")
                 with swap_by_set_data():
                     # `*_model`: adapters in the model's dtype (peft's

@@ -66,6 +66,13 @@ impl TraceRow {
             quant_keeps_input: false,
             legacy_causal_lm_loss: false,
             lora_fp32: !self.mode.ends_with("_model"),
+            // trace_probe.py builds peft's LoraConfig without dropout, or with
+            // lora_dropout=0.05 in the `*_drop` modes
+            lora_dropout: if self.mode.ends_with("_drop") {
+                0.05
+            } else {
+                0.0
+            },
             batch: self.batch,
             seq: self.seq,
             kv_len: self.seq,
@@ -91,7 +98,7 @@ impl TraceRow {
             },
             trainable: match self.mode.as_str() {
                 "full" => Trainable::All,
-                "lora_all" | "lora_all_model" => Trainable::Lora {
+                "lora_all" | "lora_all_model" | "lora_all_drop" => Trainable::Lora {
                     rank: 16,
                     targets: LoraTargets::AllLinear,
                 },
@@ -239,6 +246,8 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<TraceRow>> {
                     "lora_attn_model",
                     "lora_all_head",
                     "lora_all_head_model",
+                    "lora_all_drop",
+                    "lora_attn_drop",
                 ],
             )?,
             engine: choice("engine", &["fake_cpu", "fake_cuda", "real_cpu"])?,

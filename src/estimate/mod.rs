@@ -87,6 +87,7 @@ fn ledger_params(
         },
         legacy_causal_lm_loss: w.legacy_causal_lm_loss,
         lora_fp32: w.method.lora().is_none_or(|l| l.adapter_fp32),
+        lora_dropout: w.method.lora().map_or(0.0, |l| l.dropout),
         sp_div: 1,
         param_grad_size: if w.master_weights {
             4

@@ -18,7 +18,7 @@
 //! model{name,family,layers,hidden,params_total,params_trainable}
 //! workload{
 //!   task,method,
-//!   lora{rank,alpha,targets,double_quant}  # null for method "full"; targets:
+//!   lora{rank,alpha,targets,double_quant,dropout}  # null for method "full"; targets:
 //!                                          # "attn", "all-linear" or {"names": [...]}
 //!   precision,master_weights,
 //!   master_weights_implied_by,           # null on one GPU (see the distributed estimate)
@@ -89,7 +89,7 @@
 //! workload{
 //!   attn,batch,device,grad_accum,grad_ckpt,
 //!   infer{concurrency,gen_len,kv_dtype,prefill_chunk,prompt_len}
-//!   lora{alpha,double_quant,rank,targets}  # null for method "full"
+//!   lora{alpha,double_quant,dropout,rank,targets}  # null for method "full"
 //!   loss,master_weights,
 //!   master_weights_implied_by,          # "ZeRO", "Megatron", "FSDP MixedPrecision":
 //!                                       # fp32 master weights the layout's framework
@@ -317,6 +317,7 @@ fn workload<'a>(w: &'a Workload, implied: Option<&'static str>) -> wire::Workloa
                 LoraTargets::Names(n) => wire::LoraTargets::Names(n),
             },
             double_quant: l.double_quant,
+            dropout: l.dropout,
         }),
         precision: w.precision.as_str(),
         master_weights: w.master_weights,

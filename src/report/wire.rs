@@ -80,6 +80,7 @@ pub(crate) struct Lora<'a> {
     pub alpha: f64,
     pub targets: LoraTargets<'a>,
     pub double_quant: bool,
+    pub dropout: f64,
 }
 
 /// `"attn"`, `"all-linear"` or `{"names": [...]}`.

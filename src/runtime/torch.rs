@@ -79,6 +79,11 @@ pub struct LedgerParams {
     /// peft's fp32 adapters (`autocast_adapter_dtype=True`): the input is cast to fp32
     /// per adapter; `false`: adapters in the compute dtype, no casts.
     pub lora_fp32: bool,
+    /// LoRA dropout probability (peft `lora_dropout`, tuners/lora/layer.py 0.21
+    /// `Linear.forward`: `lora_B(lora_A(dropout(x)))` on the adapter-dtype input; an
+    /// `nn.Identity` when 0): each adapter keeps the mask (when x needs a gradient)
+    /// and lora_A keeps the dropped copy instead of x.
+    pub lora_dropout: f64,
     /// Megatron sequence parallelism: tensors of the residual stream (norms, residual
     /// adds, row-parallel outputs) are split across this many tensor-parallel ranks
     /// (1 = off). Tensor parallelism itself is expressed by the caller passing a
@@ -491,6 +496,7 @@ impl<'a> Graph<'a> {
             compute
         };
         let xa = self.cast(x, ad);
+        let xa = self.dropout(xa, self.p.lora_dropout);
         self.begin(&[xa]);
         self.save(xa);
         self.param_grads
@@ -1715,6 +1721,7 @@ mod tests {
             quant_keeps_input: false,
             legacy_causal_lm_loss: false,
             lora_fp32: true,
+            lora_dropout: 0.0,
             batch: 1,
             seq: 256,
             kv_len: 256,

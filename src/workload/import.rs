@@ -353,7 +353,6 @@ const TA_QUIET: &[&str] = &[
     "remove_unused_columns",
     "group_by_length",
     "neftune_noise_alpha",
-    "lora_dropout",
     "lr",
     "eval_dataset",
     "load_best_model_at_end",
@@ -680,6 +679,23 @@ fn train_arg(c: &mut Import, warn: &mut Vec<String>, k: &str, val: &Value) -> Re
             }
             c.put(|s| &mut s.lora_alpha, "lora_alpha", alpha, k)
         }
+        "lora_dropout" => {
+            let p = match val {
+                Value::Null => None,
+                Value::Number(n) => n
+                    .as_f64()
+                    .filter(|p| p.is_finite() && (0.0..1.0).contains(p)),
+                _ => None,
+            };
+            if p.is_none() && !val.is_null() {
+                return Err(Error::invalid(
+                    format!("{origin}: {k}"),
+                    val,
+                    "a probability 0 <= p < 1",
+                ));
+            }
+            c.put(|s| &mut s.lora_dropout, "lora_dropout", p, k)
+        }
         "lora_target" | "target_modules" => {
             let targets = lora_targets_of(val, k, origin)?;
             c.put(|s| &mut s.lora_targets, "lora_targets", Some(targets), k);
@@ -946,8 +962,16 @@ mod tests {
         let y = "model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct\nstage: sft\nfinetuning_type: lora\n\
                  lora_target: all\nlora_rank: 8\nquantization_bit: 4\ncutoff_len: 1024\n\
                  per_device_train_batch_size: 2\ngradient_accumulation_steps: 8\nbf16: true\n\
-                 gradient_checkpointing: true\noptim: paged_adamw_8bit\nunknown_knob: 3\n";
+                 gradient_checkpointing: true\noptim: paged_adamw_8bit\nunknown_knob: 3\n\
+                 lora_dropout: 0.1\n";
         let (c, w) = from_train_args(y, Format::Yaml, "sft.yaml").unwrap();
+        // finetuning_args.py `lora_dropout: float = 0.0`; peft LoraConfig.lora_dropout
+        assert_eq!(c.lora_dropout, Some(0.1));
+        let bad = from_train_args("lora_dropout: 1.5\n", Format::Yaml, "sft.yaml").unwrap_err();
+        assert!(
+            bad.to_string().contains("lora_dropout") && bad.to_string().contains("0 <= p < 1"),
+            "{bad}"
+        );
         assert_eq!(c.method, Some(MethodKind::Qlora));
         assert_eq!(c.lora_targets, Some(crate::arch::LoraTargets::AllLinear));
         assert_eq!(

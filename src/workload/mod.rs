@@ -227,6 +227,10 @@ pub struct LoraConfig {
     pub targets: LoraTargets,
     /// QLoRA with bitsandbytes double quantization of the NF4 absmax.
     pub double_quant: bool,
+    /// Dropout probability on each adapter's input (peft `LoraConfig.lora_dropout`,
+    /// litgpt `lora_dropout`): `lora_B(lora_A(dropout(x)))` keeps the mask and the
+    /// dropped copy instead of x (see `runtime::torch::LedgerParams::lora_dropout`).
+    pub dropout: f64,
     /// QLoRA on bitsandbytes < 0.43.2, whose 4-bit linears keep their input for
     /// backward (`--bnb-version`; see `runtime::torch::LedgerParams::quant_keeps_input`).
     pub bnb_keeps_input: bool,

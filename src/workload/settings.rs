@@ -453,6 +453,7 @@ settings! {
     lora_rank: u64 => "--lora-rank" Value, "LoRA rank (default 16 with --method lora/qlora).";
     lora_alpha: f64 => "--lora-alpha" Value, "LoRA alpha (default 2 x rank; does not change memory).";
     lora_targets: LoraTargets => "--lora-targets" Value, "attn | all-linear | comma-separated module names (q_proj,v_proj,...).";
+    lora_dropout: f64 => "--lora-dropout" Value, "LoRA dropout probability on each adapter's input, 0 <= p < 1 (peft / litgpt lora_dropout; default 0): every adapted linear then keeps a dropout mask and the dropped copy of its input.";
     double_quant: bool => "--no-double-quant" Switch(false), "QLoRA without double quantization of the NF4 scales.";
     dtype: Precision => "--dtype" Value, "fp32 | bf16 | fp16 | amp-bf16 | amp-fp16 | fp8, int8 (inference weights: fp8, bitsandbytes LLM.int8).";
     master_weights: bool => "--master-weights" Switch(true), "Half-precision parameters with an fp32 master copy in the optimizer.";
@@ -870,16 +871,19 @@ impl Settings {
 
     fn method(&self) -> Result<Method> {
         let kind = self.method.unwrap_or(MethodKind::Full);
-        let lora_given =
-            self.lora_rank.is_some() || self.lora_alpha.is_some() || self.lora_targets.is_some();
+        let lora_given = self.lora_rank.is_some()
+            || self.lora_alpha.is_some()
+            || self.lora_targets.is_some()
+            || self.lora_dropout.is_some_and(|p| p > 0.0);
         if kind == MethodKind::Full {
             if lora_given {
-                let key = ["lora_rank", "lora_alpha", "lora_targets"]
+                let key = ["lora_rank", "lora_alpha", "lora_targets", "lora_dropout"]
                     .into_iter()
                     .find(|k| match *k {
                         "lora_rank" => self.lora_rank.is_some(),
                         "lora_alpha" => self.lora_alpha.is_some(),
-                        _ => self.lora_targets.is_some(),
+                        "lora_targets" => self.lora_targets.is_some(),
+                        _ => self.lora_dropout.is_some(),
                     })
                     .unwrap_or("lora_rank");
                 return Err(Error::invalid(
@@ -891,6 +895,14 @@ impl Settings {
             return Ok(Method::Full);
         }
         let rank = self.lora_rank.unwrap_or(16);
+        let dropout = self.lora_dropout.unwrap_or(0.0);
+        if !(dropout.is_finite() && (0.0..1.0).contains(&dropout)) {
+            return Err(Error::invalid(
+                "lora_dropout",
+                dropout,
+                "a probability 0 <= p < 1",
+            ));
+        }
         Ok(Method::new(
             kind,
             LoraConfig {
@@ -898,6 +910,7 @@ impl Settings {
                 alpha: self.lora_alpha.unwrap_or(2.0 * rank as f64),
                 targets: self.lora_targets.clone().unwrap_or(LoraTargets::AllLinear),
                 double_quant: self.double_quant.unwrap_or(true),
+                dropout,
                 adapter_fp32: self.lora_dtype.is_none_or(|d| d == LoraDtype::Fp32),
                 bnb_keeps_input: self
                     .bnb_version

@@ -269,3 +269,48 @@ fn int8_inference_weights_are_one_byte_plus_row_scales() {
         r.stderr
     );
 }
+
+/// LoRA dropout (peft tuners/lora/layer.py 0.21 `Linear.forward`: `x =
+/// self._cast_input_dtype(x, lora_A.weight.dtype)` then `lora_B(lora_A(dropout(x)))`,
+/// one `nn.Dropout` per adapted module; litgpt lora.py `LoRALinear.forward` the same):
+/// lora_A keeps the dropped copy instead of the cast input, and the dropout keeps its
+/// mask (bool on CUDA) when the input needs a gradient. Llama-3.2-1B all-linear r16,
+/// s512, fp32 adapters: every adapter's input gets a one-byte mask — q, k, v each on
+/// the first norm's output, o on the attention output, gate and up on the second
+/// norm's output (h = 2048 each), down on act × up (i = 8192). The trace probe checks
+/// the same on eight families (`lora_*_drop` rows of tests/data/trace/activations.csv).
+#[test]
+fn lora_dropout_keeps_a_mask_per_adapter() {
+    let with = |p: Option<&str>| {
+        let mut a = LORA_1B.to_vec();
+        if let Some(p) = p {
+            a.extend_from_slice(&["--lora-dropout", p]);
+        }
+        per_layer(&a)
+    };
+    let (none, drop) = (with(None), with(Some("0.05")));
+    assert_eq!(drop - none, 512 * (6 * 2048 + 8192));
+    assert_eq!(with(Some("0")), none);
+    // the probability does not change the bytes
+    assert_eq!(with(Some("0.3")), drop);
+    // out of range, or with full fine-tuning: errors naming the setting
+    for (args, want) in [
+        (vec!["--lora-dropout", "1"], "0 <= p < 1"),
+        (vec!["--lora-dropout", "-0.1"], "0 <= p < 1"),
+        (vec!["--lora-dropout", "nan"], "0 <= p < 1"),
+    ] {
+        let mut a = vec!["estimate"];
+        a.extend_from_slice(&LORA_1B);
+        a.extend_from_slice(&args);
+        let r = run(&a);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.contains("--lora-dropout") && r.stderr.contains(want),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    let r = run(["estimate", "--model", "gpt2", "--lora-dropout", "0.1"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("--lora-dropout"), "{}", r.stderr);
+}

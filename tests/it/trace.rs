@@ -511,6 +511,9 @@ fn forward_and_backward_peaks_match_the_trace() {
                 // peft's autocast_adapter_dtype=False: adapters in the model's dtype
                 pairs.push(("lora_dtype", "model"));
             }
+            if mode.ends_with("_drop") {
+                pairs.push(("lora_dropout", "0.05"));
+            }
         }
         let cfg = Settings::from_flags(&pairs).unwrap();
         let (w, _) = crate::util::build(&s, &cfg);
