@@ -773,6 +773,19 @@ impl Settings {
         for u in unused {
             out.push(format!("{u} has no effect with {what}"));
         }
+        // a framework profile's LoRA defaults (litgpt's lora_dropout) are inert without
+        // LoRA; one the user set is worth a word
+        let from_profile = |k: &str| matches!(self.origins.get(k), Some(Origin::File { path, .. }) if path.starts_with("profile "));
+        if self.lora_dropout.is_some_and(|p| p > 0.0)
+            && w.method.lora().is_none()
+            && !from_profile("lora_dropout")
+        {
+            out.push(format!(
+                "{} has no effect with {} full (no LoRA adapters)",
+                self.describe("lora_dropout"),
+                self.describe("method")
+            ));
+        }
         if self.micro_batches.is_some() && layout.pp <= 1 {
             out.push(format!(
                 "{} has no effect without pipeline parallelism ({} > 1)",
@@ -871,19 +884,16 @@ impl Settings {
 
     fn method(&self) -> Result<Method> {
         let kind = self.method.unwrap_or(MethodKind::Full);
-        let lora_given = self.lora_rank.is_some()
-            || self.lora_alpha.is_some()
-            || self.lora_targets.is_some()
-            || self.lora_dropout.is_some_and(|p| p > 0.0);
+        let lora_given =
+            self.lora_rank.is_some() || self.lora_alpha.is_some() || self.lora_targets.is_some();
         if kind == MethodKind::Full {
             if lora_given {
-                let key = ["lora_rank", "lora_alpha", "lora_targets", "lora_dropout"]
+                let key = ["lora_rank", "lora_alpha", "lora_targets"]
                     .into_iter()
                     .find(|k| match *k {
                         "lora_rank" => self.lora_rank.is_some(),
                         "lora_alpha" => self.lora_alpha.is_some(),
-                        "lora_targets" => self.lora_targets.is_some(),
-                        _ => self.lora_dropout.is_some(),
+                        _ => self.lora_targets.is_some(),
                     })
                     .unwrap_or("lora_rank");
                 return Err(Error::invalid(
