@@ -73,6 +73,7 @@ impl TraceRow {
             } else {
                 0.0
             },
+            litgpt: false,
             batch: self.batch,
             seq: self.seq,
             kv_len: self.seq,

@@ -179,6 +179,7 @@ pub fn estimate_layout(
     spec.validate()?;
     w.validate(spec)?;
     layout.validate(spec, w)?;
+    let spec = &*estimate::instantiated(spec, w);
     // the per-rank recipes count "layers × one layer": a uniform stack
     spec.uniform_block()?;
     // the precision recipe of the layout's framework (recipe.rs)

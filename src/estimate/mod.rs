@@ -88,6 +88,7 @@ fn ledger_params(
         legacy_causal_lm_loss: w.legacy_causal_lm_loss,
         lora_fp32: w.method.lora().is_none_or(|l| l.adapter_fp32),
         lora_dropout: w.method.lora().map_or(0.0, |l| l.dropout),
+        litgpt: w.implementation == crate::workload::Implementation::Litgpt,
         sp_div: 1,
         param_grad_size: if w.master_weights {
             4
@@ -289,11 +290,26 @@ pub fn estimate_corrected(
 ) -> Result<Estimate> {
     spec.validate()?;
     w.validate(spec)?;
+    let spec = &*instantiated(spec, w);
     let view = match w.task {
         Task::Train => Some(RankView::single(spec, w)?),
         Task::Infer => None,
     };
     simulate(spec, w, ov, corr, view.as_ref())
+}
+
+/// The model as `w`'s implementation instantiates it: litgpt never ties the output
+/// head to the embedding (scripts/convert_hf_checkpoint.py copies
+/// `transformer.wte.weight` into `lm_head.weight` when a checkpoint has none; its `GPT`
+/// has no tying), so a tied checkpoint gets a head of its own there.
+pub fn instantiated<'a>(spec: &'a ModelSpec, w: &Workload) -> std::borrow::Cow<'a, ModelSpec> {
+    if w.implementation == crate::workload::Implementation::Litgpt && spec.tie_embeddings {
+        let mut s = spec.clone();
+        s.tie_embeddings = false;
+        std::borrow::Cow::Owned(s)
+    } else {
+        std::borrow::Cow::Borrowed(spec)
+    }
 }
 
 /// Run the timeline for one rank (`view`; `None` = inference on one GPU). `spec` is the
@@ -530,15 +546,28 @@ pub fn rank_ledger_params(w: &Workload, v: &RankView) -> LedgerParams {
 /// The timeline inputs of one rank: its view plus its activation ledger.
 pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
     let local = &v.local;
+    let litgpt = w.implementation == crate::workload::Implementation::Litgpt;
     let layer_extra_temp = if w.method.is_qlora() {
-        // bitsandbytes dequantizes one linear weight at a time for the matmul
-        local
-            .layer_linears()
-            .iter()
-            .map(|l| l.in_features * l.out_features)
-            .max()
-            .unwrap_or(0)
+        // bitsandbytes dequantizes one linear weight at a time for the matmul; under
+        // Lightning's BitsandbytesPrecision the quantization state is fp16
+        // (plugins/precision/bitsandbytes.py `quantize`: `weight.to(dtype=torch.half)`),
+        // so `dequantize_4bit(...).to(A.dtype)` holds an fp16 and a bf16 copy
+        let copies = if litgpt { 2 } else { 1 };
+        copies
+            * local
+                .layer_linears()
+                .iter()
+                .map(|l| l.in_features * l.out_features)
+                .max()
+                .unwrap_or(0)
             * w.precision.compute_dtype().size()
+    } else {
+        0
+    };
+    // litgpt QLoRA quantizes the head too: each chunk's matmul dequantizes all of it
+    // (fp16, then the bf16 copy)
+    let head_dequant = if litgpt && w.method.is_qlora() && v.has_head {
+        2 * local.vocab * local.hidden * w.precision.compute_dtype().size()
     } else {
         0
     };
@@ -565,9 +594,26 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
         shared: acts.non_layer.shared,
         head_saved: acts.non_layer.head_saved,
         loss_saved: acts.non_layer.loss_saved,
-        head_fwd_transient: acts.non_layer.head_fwd_transient,
-        head_bwd_transient: acts.non_layer.head_bwd_transient,
+        // the head's dequantized weight exists while one chunk's matmul runs: in
+        // forward before the fp32 copies are made (the 2 bytes per logit of the bf16
+        // chunks the transient counts beyond the fp32 logits and log-probs at the loss
+        // are not there yet), in backward next to one bf16 chunk gradient (¼ of the
+        // two fp32 chunk gradients the transient counts)
+        head_fwd_transient: acts
+            .non_layer
+            .head_fwd_transient
+            .max(head_dequant.saturating_sub(acts.non_layer.head_fwd_transient)),
+        head_bwd_transient: acts
+            .non_layer
+            .head_bwd_transient
+            .max(head_dequant + acts.non_layer.head_bwd_transient / 4),
         head_grad_logits: match w.loss {
+            // litgpt: the bf16 gradient of one 128-token head chunk (finetune/lora.py)
+            // or of all the logits (finetune/full.py)
+            _ if litgpt && !w.method.is_full() => {
+                w.batch * torch::LM_HEAD_CHUNK.min(v.seq_local) * local.vocab * cd
+            }
+            _ if litgpt => tokens * local.vocab * cd,
             crate::workload::Loss::Standard => tokens * local.vocab * cd,
             crate::workload::Loss::Chunked => {
                 tokens * local.vocab * cd / torch::CHUNKED_LOSS_CHUNKS
@@ -585,6 +631,29 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
         gathered_fwd: v.gathered_fwd,
         gathered_bwd: v.gathered_bwd,
         optimizer_extra: v.optimizer_extra,
+        held_by_loop: if v.has_head {
+            acts.non_layer.held_by_loop
+        } else {
+            0
+        },
+        // litgpt's fit() keeps `loss` (the graph's root) bound until the next
+        // iteration assigns a new one, after its forward and loss
+        prev_step_held: if litgpt {
+            let n = v.local.layers();
+            let stack = if v.has_embedding {
+                acts.first.ctx_held + n.saturating_sub(1) * acts.layer.ctx_held
+            } else {
+                n * acts.layer.ctx_held
+            };
+            stack
+                + if v.has_head {
+                    acts.non_layer.ctx_held
+                } else {
+                    0
+                }
+        } else {
+            0
+        },
     }
 }
 

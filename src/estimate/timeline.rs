@@ -233,6 +233,13 @@ pub struct TrainPlan {
     pub gathered_bwd: u64,
     /// Extra bytes during the optimizer step (e.g. ZeRO's all-gather bucket).
     pub optimizer_extra: u64,
+    /// Held by the training loop from the loss through backward and the optimizer
+    /// step, until the next micro-batch's forward returns (litgpt's `logits`).
+    pub held_by_loop: u64,
+    /// The previous step's graph, alive through this step's forward and loss because
+    /// the loop still holds its `loss` (litgpt), counted by what custom Functions'
+    /// `ctx` attributes keep in it (bitsandbytes < 0.43.2 4-bit inputs).
+    pub prev_step_held: u64,
 }
 
 /// What one decoder layer costs on a rank's timeline (bytes).
@@ -312,14 +319,15 @@ pub fn simulate_train<S: Sink>(p: &TrainPlan, rec: &mut S) {
             resident_grads: if mb == 0 { 0 } else { p.grads_total() },
         };
         let (saved, cache) = pass.forward(rec);
-        pass.loss(rec, saved, cache);
-        pass.backward(rec, saved);
+        pass.loss(rec, saved + p.held_by_loop, cache);
+        pass.backward(rec, saved + p.held_by_loop);
     }
     rec.moment(
         Phase::Optimizer,
         || "optimizer step".to_string(),
         Components {
             gradients: Bytes(p.grads_total()),
+            activations: Bytes(p.held_by_loop),
             temporaries: Bytes(p.optimizer_step_temp + p.optimizer_extra),
             ..base
         },
@@ -400,7 +408,9 @@ impl Pass<'_> {
             gradients: Bytes(self.resident_grads),
             ..self.base
         };
-        let other_mb = p.inflight_saved;
+        // a later micro-batch runs while the loop still holds the previous one's logits
+        let other_mb =
+            p.inflight_saved + p.prev_step_held + if self.mb > 0 { p.held_by_loop } else { 0 };
         let mut saved = p.shared;
         let mut cache = 0u64;
         let input_event = if p.has_embedding {
@@ -461,7 +471,9 @@ impl Pass<'_> {
                 || format!("logits and loss{tag}"),
                 Components {
                     gradients: Bytes(self.resident_grads),
-                    activations: Bytes(p.inflight_saved + saved + self.head_act()),
+                    activations: Bytes(
+                        p.inflight_saved + p.prev_step_held + saved + self.head_act(),
+                    ),
                     logits_and_loss: Bytes(p.loss_saved + p.head_fwd_transient),
                     temporaries: Bytes(cache + p.gathered_fwd),
                     ..self.base

@@ -90,7 +90,16 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_trainable: u64) -> Resu
             let dq = l.double_quant;
             let quant =
                 spec.sum_over_layers(|l| l.copies * nf4_bytes(l.in_features * l.out_features, dq));
-            quant + (total - linear) * rest_dt.size()
+            // Lightning's BitsandbytesPrecision (litgpt) replaces every nn.Linear, the
+            // head's weight too; transformers keeps the head in the parameter dtype
+            let head = if w.implementation == crate::workload::Implementation::Litgpt {
+                counts.lm_head - if spec.lm_head_bias { spec.vocab } else { 0 }
+            } else {
+                0
+            };
+            quant
+                + nf4_bytes(head, dq) * u64::from(head > 0)
+                + (total - linear - head) * rest_dt.size()
         }
         (_, Precision::Fp8) => linear + n_linear_tensors * 4 + (total - linear) * rest_dt.size(),
         // bitsandbytes Int8Params._quantize (nn/modules.py, 0.49): CB int8 like the

@@ -48,6 +48,9 @@ use crate::arch::{
 use crate::units::dtype::DType;
 use crate::workload::{Attn, Device, GradCkpt, Loss, Precision};
 
+mod litgpt;
+pub use litgpt::LM_HEAD_CHUNK;
+
 /// What the ledger needs to know about the run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LedgerParams {
@@ -84,6 +87,9 @@ pub struct LedgerParams {
     /// `nn.Identity` when 0): each adapter keeps the mask (when x needs a gradient)
     /// and lora_A keeps the dropped copy instead of x.
     pub lora_dropout: f64,
+    /// The run executes litgpt's own model code (`--implementation litgpt`, see
+    /// `litgpt.rs`) instead of transformers' modeling files and peft.
+    pub litgpt: bool,
     /// Megatron sequence parallelism: tensors of the residual stream (norms, residual
     /// adds, row-parallel outputs) are split across this many tensor-parallel ranks
     /// (1 = off). Tensor parallelism itself is expressed by the caller passing a
@@ -155,6 +161,9 @@ pub struct LayerLedger {
     pub output_bytes: u64,
     /// Every tensor the forward creates, in order.
     pub tensors: Vec<LedgerTensor>,
+    /// Of `saved`: bytes a custom Function's `ctx` keeps (bitsandbytes < 0.43.2
+    /// 4-bit linears' inputs), alive until the graph itself is freed.
+    pub ctx_held: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +195,10 @@ struct Node {
     /// Smallest op index that saved this node (u32::MAX = not saved).
     saved_by: u32,
     kind: Kind,
+    /// Referenced by a custom autograd Function's `ctx` attribute (bitsandbytes <
+    /// 0.43.2 `MatMul4Bit`: `ctx.tensors = (A, B)`), not by `save_for_backward`: freed
+    /// with the graph, not when its node's backward runs.
+    ctx_held: bool,
 }
 
 /// A tensor handle in a layer program.
@@ -239,6 +252,7 @@ impl<'a> Graph<'a> {
             held_until: 0,
             saved_by: u32::MAX,
             kind: Kind::Input,
+            ctx_held: false,
         });
         T(self.nodes.len() - 1)
     }
@@ -275,6 +289,7 @@ impl<'a> Graph<'a> {
             held_until: self.op,
             saved_by: u32::MAX,
             kind,
+            ctx_held: false,
         });
         T(self.nodes.len() - 1)
     }
@@ -428,8 +443,15 @@ impl<'a> Graph<'a> {
         };
         self.begin(&[xin]);
         let x_rg = self.rg(xin);
-        let quant_keeps = self.p.quant_keeps_input && x_rg && lin.role != LinearRole::Head;
+        // transformers' bitsandbytes integration leaves the head unquantized
+        // (`get_keys_to_not_convert`); Lightning's BitsandbytesPrecision replaces every
+        // nn.Linear, litgpt's head included
+        let quant_keeps =
+            self.p.quant_keeps_input && x_rg && (lin.role != LinearRole::Head || self.p.litgpt);
         self.save_if(xin, weight_trainable || quant_keeps);
+        if quant_keeps {
+            self.nodes[xin.0].ctx_held = true;
+        }
         self.saves_param(x_rg);
         if self.p.precision.is_amp() {
             self.autocast_weight(lin, x_rg, weight_trainable);
@@ -1301,6 +1323,7 @@ fn measure(g: &Graph, out: T, p: &LedgerParams) -> LayerLedger {
         .map(|n| n.bytes)
         .sum();
     let output_bytes = g.nodes[out.0].bytes;
+    let ctx_held = ctx_held_bytes(g, p);
 
     // Forward: live bytes at each op (transients live until their last use).
     let fwd_peak = fwd_peak_with(g, &|n| keep.kept_fwd(n));
@@ -1356,13 +1379,28 @@ fn measure(g: &Graph, out: T, p: &LedgerParams) -> LayerLedger {
         param_grads,
         output_bytes,
         tensors,
+        ctx_held,
     }
+}
+
+/// Bytes `ctx` attributes keep in `g` (training without checkpointing: a checkpointed
+/// forward keeps nothing of the kind past its region).
+fn ctx_held_bytes(g: &Graph, p: &LedgerParams) -> u64 {
+    if !p.trainable.any() || p.grad_ckpt != GradCkpt::None {
+        return 0;
+    }
+    g.nodes.iter().filter(|n| n.ctx_held).map(|n| n.bytes).sum()
 }
 
 /// Ledger of one decoder layer whose input requires grad (`input_rg`); layer 0 of a
 /// LoRA model gets `false` (the frozen embedding's output needs no gradient).
 pub fn layer(spec: &ModelSpec, p: &LedgerParams, input_rg: bool) -> LayerLedger {
-    let (g, out) = layer_program(spec, p, input_rg && p.trainable.any());
+    let rg = input_rg && p.trainable.any();
+    let (g, out) = if p.litgpt {
+        litgpt::layer_program(spec, p, rg)
+    } else {
+        layer_program(spec, p, rg)
+    };
     measure(&g, out, p)
 }
 
@@ -1384,6 +1422,11 @@ pub struct NonLayer {
     pub head_bwd_transient: u64,
     /// Bytes of the embedding output (the first residual stream tensor).
     pub embed_out: u64,
+    /// Held by the training loop from the loss until the backward ends (litgpt's
+    /// `logits`, Fabric's fp32 copy): neither saved by autograd nor freed by it.
+    pub held_by_loop: u64,
+    /// What the head's `ctx` attributes keep (see [`LayerLedger::ctx_held`]).
+    pub ctx_held: u64,
 }
 
 /// The non-layer ledger.
@@ -1392,14 +1435,19 @@ pub fn non_layer(spec: &ModelSpec, p: &LedgerParams) -> NonLayer {
     let resid_dt = p.resid_dtype();
     let mut nl = NonLayer {
         embed_out: tokens * spec.hidden * resid_dt.size() / p.sp_div.max(1),
-        shared: if p.trainable.any() {
+        // litgpt's cos/sin are buffers, and it builds no mask: nothing shared
+        shared: if p.trainable.any() && !p.litgpt {
             shared_saved(spec, p)
         } else {
             0
         },
         ..NonLayer::default()
     };
-    head_and_loss(spec, p, &mut nl);
+    if p.litgpt {
+        litgpt::head_and_loss(spec, p, &mut nl);
+    } else {
+        head_and_loss(spec, p, &mut nl);
+    }
     nl
 }
 
@@ -1547,14 +1595,11 @@ fn head_program<'a>(spec: &ModelSpec, p_head: &'a LedgerParams, training: bool) 
     }
 }
 
-/// Fills the head fields of `nl`: what the final norm, head and loss save, and their
-/// forward / backward transients, per loss implementation.
-fn head_and_loss(spec: &ModelSpec, p: &LedgerParams, nl: &mut NonLayer) {
-    let training = p.trainable.any();
-    let tokens = p.batch * p.seq;
-    // The head is trainable with full fine-tuning (tied or not) and frozen under LoRA
-    // (peft's all-linear excludes it).
-    let p_head = LedgerParams {
+/// The run's parameters for the final norm and head: trainable with full fine-tuning
+/// (tied or not), under LoRA only when the targets name the head (peft's all-linear
+/// excludes it); never inside a checkpointed layer.
+fn head_params(p: &LedgerParams) -> LedgerParams {
+    LedgerParams {
         trainable: match &p.trainable {
             // only the head itself, when the targets name it
             Trainable::Lora { rank, targets } => Trainable::Lora {
@@ -1570,7 +1615,15 @@ fn head_and_loss(spec: &ModelSpec, p: &LedgerParams, nl: &mut NonLayer) {
         // the head and loss are never inside a checkpointed layer
         grad_ckpt: GradCkpt::None,
         ..p.clone()
-    };
+    }
+}
+
+/// Fills the head fields of `nl`: what the final norm, head and loss save, and their
+/// forward / backward transients, per loss implementation.
+fn head_and_loss(spec: &ModelSpec, p: &LedgerParams, nl: &mut NonLayer) {
+    let training = p.trainable.any();
+    let tokens = p.batch * p.seq;
+    let p_head = head_params(p);
     let hp = head_program(spec, &p_head, training);
     let g = &hp.g;
     // the loss scalar is the program's output, kept by the caller
@@ -1722,6 +1775,7 @@ mod tests {
             legacy_causal_lm_loss: false,
             lora_fp32: true,
             lora_dropout: 0.0,
+            litgpt: false,
             batch: 1,
             seq: 256,
             kv_len: 256,

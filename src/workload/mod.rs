@@ -175,6 +175,12 @@ choice_enum!(
     /// `--loss`
     Loss, "loss", { Standard => "standard", Chunked => "chunked", FusedLinearCe => "fused-linear-ce" | "liger" });
 choice_enum!(
+    /// `--implementation`: whose model code the run executes — transformers' modeling
+    /// files with peft adapters, or litgpt's own `GPT` (litgpt 0.4 `model.py` /
+    /// `lora.py` under Lightning Fabric: fused qkv, an untied head, fp32 logits from
+    /// Fabric's output conversion, chunked head and loss; `runtime/torch/litgpt.rs`).
+    Implementation, "implementation", { Transformers => "transformers" | "hf", Litgpt => "litgpt" });
+choice_enum!(
     /// `--runtime`: whose memory behaviour to simulate.
     Runtime, "runtime", { Torch => "torch" | "pytorch", Candle => "candle" });
 
@@ -282,6 +288,8 @@ pub struct Workload {
     /// upcasts its logits in forward and the loss shifts a contiguous fp32 copy
     /// (`runtime::torch::LedgerParams::legacy_causal_lm_loss`).
     pub legacy_causal_lm_loss: bool,
+    /// Whose model code runs (`--implementation`; set by `--framework litgpt`).
+    pub implementation: Implementation,
     pub device: Device,
     pub infer: InferConfig,
 }
@@ -302,6 +310,7 @@ impl Default for Workload {
             loss: Loss::Standard,
             runtime: Runtime::Torch,
             legacy_causal_lm_loss: false,
+            implementation: Implementation::Transformers,
             device: Device::Cuda,
             infer: InferConfig {
                 prompt_len: 1024,

@@ -26,8 +26,8 @@ use crate::units::dtype::DType;
 use crate::workload::layout::{Buffers, FsdpMode, Layout};
 use crate::workload::overhead::Overheads;
 use crate::workload::{
-    Attn, Device, GradCkpt, InferConfig, LoraConfig, LoraDtype, Loss, Method, MethodKind,
-    Optimizer, Precision, Runtime, Task, Workload,
+    Attn, Device, GradCkpt, Implementation, InferConfig, LoraConfig, LoraDtype, Loss, Method,
+    MethodKind, Optimizer, Precision, Runtime, Task, Workload,
 };
 
 /// Where a setting's value came from.
@@ -123,7 +123,17 @@ macro_rules! choice_setting {
     )*};
 }
 choice_setting!(
-    Task, MethodKind, Precision, Optimizer, Attn, GradCkpt, Loss, Runtime, FsdpMode, LoraDtype
+    Task,
+    MethodKind,
+    Precision,
+    Optimizer,
+    Attn,
+    GradCkpt,
+    Loss,
+    Runtime,
+    FsdpMode,
+    LoraDtype,
+    Implementation
 );
 
 impl SettingValue for u64 {
@@ -465,6 +475,7 @@ settings! {
     grad_ckpt: GradCkpt => "--grad-ckpt" Value, "none | full | full-reentrant | selective";
     loss: Loss => "--loss" Value, "standard | chunked | fused-linear-ce";
     runtime: Runtime => "--runtime" Value, "torch | candle";
+    implementation: Implementation => "--implementation" Value, "transformers | litgpt: whose model code runs (transformers' modeling files + peft, or litgpt's own GPT under Lightning Fabric; set by --framework litgpt).";
     device: Device => "--device" Value, "cuda | cpu: device semantics of the tensors (LayerNorm stats, dropout masks).";
     prompt_len: u64 => "--prompt-len" Value, "Inference: prompt tokens per sequence.";
     gen_len: u64 => "--gen-len" Value, "Inference: generated tokens per sequence.";
@@ -949,6 +960,7 @@ impl Settings {
             legacy_causal_lm_loss: self
                 .transformers_version
                 .is_some_and(|v| v < Version::TRANSFORMERS_LOSS_FUNCTION),
+            implementation: self.implementation.unwrap_or(d.implementation),
             device: self.device.unwrap_or(d.device),
             infer: InferConfig {
                 prompt_len: self.prompt_len.unwrap_or(d.infer.prompt_len),

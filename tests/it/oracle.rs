@@ -98,6 +98,7 @@ fn per_layer_and_non_layer_activations_within_3_percent() {
             legacy_causal_lm_loss: false,
             lora_fp32: true,
             lora_dropout: 0.0,
+            litgpt: false,
             batch: r.batch,
             seq: r.seq,
             kv_len: r.seq,
