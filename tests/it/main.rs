@@ -14,6 +14,7 @@ mod cuda;
 mod fake_probe;
 mod fuzz;
 mod hub;
+mod litgpt;
 mod mechanisms;
 mod mock_hub;
 mod oracle;

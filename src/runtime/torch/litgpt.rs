@@ -185,12 +185,45 @@ impl Graph<'_> {
         s.mask_always_materialized = false;
         s.sliding_window = None;
         let any_rg = self.rg(q) || self.rg(k) || self.rg(v);
-        let out = self.fused_attention(&s, [q, k, v], any_rg);
+        let out = if spec.attn_softcap.is_some() {
+            self.litgpt_softcap_attention(nh, hs, [q, k, v], any_rg)
+        } else {
+            self.fused_attention(&s, [q, k, v], any_rg)
+        };
         // y.transpose(1, 2).reshape(B, T, C): q came from a cat, the output is head-major
         let y = self.plain("attn transpose", &[out], tok * nh * hs, d);
         let o = self.linear(y, &find(lins, LinearRole::O).expect("an output projection"));
         self.hold(&[n]);
         o
+    }
+
+    /// `CausalSelfAttention.scaled_dot_product_attention` with
+    /// `attention_logit_softcapping` (Gemma-2): `q @ k.mT * scale`, `tanh(s / cap) * cap`,
+    /// an explicit additive mask (`torch.ones(T, T).triu(1)`, masked_fill_), `softmax(...,
+    /// dtype=torch.float).to(q.dtype)`, `@ v`.
+    fn litgpt_softcap_attention(&mut self, nh: u64, hs: u64, [q, k, v]: [T; 3], rg: bool) -> T {
+        let d = self.compute();
+        let (b, t) = (self.p.batch, self.p.seq);
+        let s = b * nh * t * self.p.kv_len;
+        self.begin(&[q, k]);
+        self.save_if(q, rg);
+        self.save_if(k, rg);
+        self.in_attn_core = true;
+        let qk = self.out("q @ k.mT", s, d, rg, Kind::AttnCore);
+        let scaled = self.plain("* scale", &[qk], s, d);
+        let div = self.plain("/ softcap", &[scaled], s, d);
+        let th = self.unary_save_out("tanh", div, d);
+        let capped = self.plain("* softcap", &[th], s, d);
+        // the mask: ones(T, T, dtype=q.dtype).triu(diagonal=1), masked_fill_(-inf)
+        let mask = self.plain("mask", &[], t * self.p.kv_len, d);
+        let masked = self.plain("+ mask", &[capped, mask], s, d);
+        let sm = self.unary_save_out("softmax", masked, DType::F32);
+        let probs = self.cast(sm, d);
+        self.in_attn_core = false;
+        self.begin(&[probs, v]);
+        self.save_if(probs, rg);
+        self.save_if(v, rg);
+        self.out("scores @ v", b * t * nh * hs, d, rg, Kind::Matmul)
     }
 
     /// `apply_rope(x[..., :rn], cos, sin)` with fp32 buffers, then the `cat` with the
