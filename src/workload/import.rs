@@ -358,6 +358,25 @@ const TA_QUIET: &[&str] = &[
     "load_best_model_at_end",
 ];
 
+/// `val` as a finite number accepted by `ok` (`None` for null); anything else is an
+/// error naming `origin: key` and `accepted`.
+fn number_where(
+    val: &Value,
+    key: &str,
+    origin: &str,
+    ok: impl Fn(f64) -> bool,
+    accepted: &str,
+) -> Result<Option<f64>> {
+    match val {
+        Value::Null => Ok(None),
+        Value::Number(n) => match n.as_f64() {
+            Some(x) if x.is_finite() && ok(x) => Ok(Some(x)),
+            _ => Err(Error::invalid(format!("{origin}: {key}"), val, accepted)),
+        },
+        _ => Err(Error::invalid(format!("{origin}: {key}"), val, accepted)),
+    }
+}
+
 /// HF TrainingArguments-style JSON/YAML or a LLaMA-Factory YAML.
 pub fn from_train_args(
     text: &str,
@@ -665,35 +684,17 @@ fn train_arg(c: &mut Import, warn: &mut Vec<String>, k: &str, val: &Value) -> Re
             k,
         ),
         "lora_alpha" => {
-            let alpha = match val {
-                Value::Null => None,
-                Value::Number(n) => n.as_f64().filter(|a| a.is_finite() && *a > 0.0),
-                _ => None,
-            };
-            if alpha.is_none() && !val.is_null() {
-                return Err(Error::invalid(
-                    format!("{origin}: {k}"),
-                    val,
-                    "a positive number",
-                ));
-            }
+            let alpha = number_where(val, k, origin, |a| a > 0.0, "a positive number")?;
             c.put(|s| &mut s.lora_alpha, "lora_alpha", alpha, k)
         }
         "lora_dropout" => {
-            let p = match val {
-                Value::Null => None,
-                Value::Number(n) => n
-                    .as_f64()
-                    .filter(|p| p.is_finite() && (0.0..1.0).contains(p)),
-                _ => None,
-            };
-            if p.is_none() && !val.is_null() {
-                return Err(Error::invalid(
-                    format!("{origin}: {k}"),
-                    val,
-                    "a probability 0 <= p < 1",
-                ));
-            }
+            let p = number_where(
+                val,
+                k,
+                origin,
+                |p| (0.0..1.0).contains(&p),
+                "a probability 0 <= p < 1",
+            )?;
             c.put(|s| &mut s.lora_dropout, "lora_dropout", p, k)
         }
         "lora_target" | "target_modules" => {

@@ -366,14 +366,13 @@ pub(super) fn head_and_loss(spec: &ModelSpec, p: &LedgerParams, nl: &mut NonLaye
         role: LinearRole::Head,
         copies: 1,
     };
-    let logits = g.linear(n, &head);
+    g.linear(n, &head);
     let head_saved: u64 = g
         .nodes
         .iter()
         .filter(|nd| nd.saved_by != u32::MAX)
         .map(|nd| nd.bytes)
         .sum();
-    let _ = (logits, x);
     nl.ctx_held = super::ctx_held_bytes(&g, &p_head);
     if !training {
         nl.head_saved = 0;
