@@ -5,7 +5,7 @@ transformers can build, on a CPU, without weights and without a GPU.
     python3 probes/trace_probe.py --config CONFIG.json [--config ...] --out ROWS.csv \
         [--layers 1,2] [--batch 1] [--seq 128] [--dtype bf16,amp_bf16] \
         [--attn eager,sdpa] [--grad-ckpt none,nonreentrant] \
-        [--mode full,lora_all,lora_attn,lora_all_model,lora_attn_model,lora_all_head,lora_all_drop,...] \
+        [--mode full,lora_all,lora_attn,...,dora_attn,lorafa_attn,adalora_attn,vera_attn,ia3,ln_tuning] \
         [--semantics cpu,cuda] [--engine fake|real] [--optimizer]
 
 Each cell of the cross product builds the model from its config.json with
@@ -400,29 +400,7 @@ def run_cell(c, args, versions):
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
                     "use_reentrant": c["grad_ckpt"] == "reentrant"})
             if c["mode"] != "full":
-                import peft
-                modes = ("lora_all", "lora_attn", "lora_all_model", "lora_attn_model",
-                         "lora_all_head", "lora_all_head_model", "lora_all_drop", "lora_attn_drop")
-                if c["mode"] not in modes:
-                    raise ValueError(f"mode {c['mode']!r}: full, {', '.join(modes)}")
-                if c["mode"].startswith("lora_all_head"):
-                    # every linear leaf name (peft's all-linear) plus the output head
-                    targets = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                                      if type(m).__name__ in ("Linear", "Conv1D")})
-                elif c["mode"].startswith("lora_all"):
-                    targets = "all-linear"
-                else:
-                    targets = attn_targets(model)
-                # `*_drop`: lora_dropout=0.05 (a mask and a dropped copy per adapter)
-                lcfg = peft.LoraConfig(r=16, lora_alpha=32,
-                                       lora_dropout=0.05 if c["mode"].endswith("_drop") else 0.0,
-                                       bias="none",
-                                       target_modules=targets, task_type="CAUSAL_LM")
-                with swap_by_set_data():
-                    # `*_model`: adapters in the model's dtype (peft's
-                    # autocast_adapter_dtype=False), as torchtune/litgpt keep them
-                    model = peft.get_peft_model(
-                        model, lcfg, autocast_adapter_dtype=not c["mode"].endswith("_model"))
+                model = apply_peft(model, c)
                 if c["grad_ckpt"] != "none":
                     model.enable_input_require_grads()
             model.train()
@@ -600,7 +578,7 @@ class swap_by_set_data:
         def swap(t1, t2):
             try:
                 self.orig(t1, t2)
-            except RuntimeError:
+            except (RuntimeError, TypeError, AssertionError):
                 t1.data = t2.data
 
         torch.utils.swap_tensors = swap
@@ -645,6 +623,64 @@ class _Null:
 
     def __exit__(self, *a):
         return False
+
+
+LORA_MODES = ("lora_all", "lora_attn", "lora_all_model", "lora_attn_model",
+              "lora_all_head", "lora_all_head_model", "lora_all_drop", "lora_attn_drop")
+# Other PEFT methods, each on the attention projections unless its own default targets
+# (peft's per-model-type mapping) are the point: DoRA (use_dora), LoRA-FA (lora_A
+# frozen, as peft.optimizers.create_lorafa_optimizer does), AdaLoRA (init_r 16), VeRA
+# (r 16), IA3 and LN tuning with peft's default targets for the model type.
+PEFT_MODES = ("dora_attn", "lorafa_attn", "adalora_attn", "vera_attn", "ia3", "ln_tuning")
+
+
+def apply_peft(model, c):
+    import peft
+    mode = c["mode"]
+    if mode not in LORA_MODES + PEFT_MODES:
+        raise ValueError(f"mode {mode!r}: full, {', '.join(LORA_MODES + PEFT_MODES)}")
+    if mode.startswith("lora_all_head"):
+        # every linear leaf name (peft's all-linear) plus the output head
+        targets = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                          if type(m).__name__ in ("Linear", "Conv1D")})
+    elif mode.startswith("lora_all"):
+        targets = "all-linear"
+    else:
+        targets = attn_targets(model)
+    if mode in LORA_MODES or mode in ("dora_attn", "lorafa_attn"):
+        # `*_drop`: lora_dropout=0.05 (a mask and a dropped copy per adapter)
+        cfg = peft.LoraConfig(r=16, lora_alpha=32,
+                              lora_dropout=0.05 if mode.endswith("_drop") else 0.0,
+                              bias="none", use_dora=mode == "dora_attn",
+                              target_modules=targets, task_type="CAUSAL_LM")
+    elif mode == "adalora_attn":
+        cfg = peft.AdaLoraConfig(init_r=16, target_r=8, lora_alpha=32, lora_dropout=0.0,
+                                 total_step=10, target_modules=targets, task_type="CAUSAL_LM")
+    elif mode == "vera_attn":
+        cfg = peft.VeraConfig(r=16, vera_dropout=0.0, target_modules=targets,
+                              task_type="CAUSAL_LM")
+    elif mode == "ia3":
+        cfg = peft.IA3Config(task_type="CAUSAL_LM")
+    else:
+        cfg = peft.LNTuningConfig(task_type="CAUSAL_LM")
+        # LNTuningLayer deep-copies the norm; a FakeTensor's deepcopy would bring a new
+        # FakeTensorMode with it: keep the current one (a real tensor copies as usual)
+        import copy
+        import peft.tuners.ln_tuning.layer as ln_layer
+        from torch._guards import detect_fake_mode
+        w = next(model.parameters())
+        mode_now = detect_fake_mode([w])
+        memo = {} if mode_now is None else {id(mode_now): mode_now}
+        ln_layer.deepcopy = lambda m: copy.deepcopy(m, dict(memo))
+    with swap_by_set_data():
+        # `*_model`: adapters in the model's dtype (peft's autocast_adapter_dtype=False),
+        # as torchtune/litgpt keep them
+        model = peft.get_peft_model(model, cfg, autocast_adapter_dtype=not mode.endswith("_model"))
+    if mode == "lorafa_attn":
+        for n, p in model.named_parameters():
+            if "lora_A" in n:
+                p.requires_grad_(False)
+    return model
 
 
 def attn_targets(model):

@@ -6,7 +6,10 @@
 //! only this struct. Invariants (checked by `ModelSpec::validate`): every size is > 0,
 //! `heads % kv_heads == 0`, `head_dim * heads` need not equal `hidden` (Gemma, Qwen3).
 
+pub mod adapter;
 pub mod params;
+
+pub use adapter::Adapter;
 
 use serde::{Deserialize, Serialize};
 
@@ -466,6 +469,17 @@ impl LinearRole {
 }
 
 impl ModelSpec {
+    /// The output head `lm_head` (hidden → vocab) as a linear.
+    pub fn head_linear(&self) -> LinearSpec {
+        LinearSpec {
+            name: HEAD_NAME,
+            in_features: self.hidden,
+            out_features: self.vocab,
+            bias: self.lm_head_bias,
+            role: LinearRole::Head,
+            copies: 1,
+        }
+    }
     pub fn q_dim(&self) -> u64 {
         self.heads * self.head_dim
     }

@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::arch::{LinearSpec, LoraTargets, ModelSpec, NormKind, Positions, QkNorm, TensorInfo};
+use crate::arch::{
+    Adapter, LinearSpec, LoraTargets, ModelSpec, NormKind, Positions, QkNorm, TensorInfo,
+};
 
 /// Parameter counts of a model, split like `oracle/params.json` `breakdown`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -228,12 +230,16 @@ pub fn count_checkpoint(tensors: &[TensorInfo]) -> Option<ParamCounts> {
     Some(c)
 }
 
-/// LoRA adapter size, as `peft.get_peft_model` creates it.
+/// Adapter size, as `peft.get_peft_model` creates it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LoraCount {
-    /// Trainable adapter parameters: Σ over adapted linears of r·in + out·r
-    /// (`lora_A` is r×in, `lora_B` is out×r; `bias="none"`).
+    /// Trainable adapter parameters: for LoRA Σ over adapted linears of r·in + out·r
+    /// (`lora_A` is r×in, `lora_B` is out×r; `bias="none"`); other tuners per
+    /// [`Adapter::per_linear`].
     pub trainable: u64,
+    /// Adapter elements held in memory (≥ `trainable`: LoRA-FA's frozen `lora_A`,
+    /// AdaLoRA's `ranknum`, VeRA's shared projections).
+    pub stored: u64,
     /// Number of adapted linear modules over all layers.
     pub adapted_modules: u64,
 }
@@ -242,18 +248,38 @@ pub struct LoraCount {
 /// output head, as peft's `all-linear`), over all layers. Unknown names in an explicit
 /// target list simply match nothing here; use `LoraTargets::check_against` first.
 pub fn lora(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> LoraCount {
+    adapters(spec, rank, targets, Adapter::Lora)
+}
+
+/// The peft tuner `adapter` of rank `rank` on the linears matched by `targets` (the
+/// head when `lm_head` is named).
+pub fn adapters(spec: &ModelSpec, rank: u64, targets: &LoraTargets, adapter: Adapter) -> LoraCount {
     let adapted = |l: &LinearSpec| targets.matches(l);
-    // peft on the head: lora_A (r x hidden) and lora_B (vocab x r)
-    let head = u64::from(targets.head());
+    let head = targets.head().then(|| spec.head_linear());
+    let per = |l: &LinearSpec, pick: fn((u64, u64)) -> u64| {
+        if adapted(l) {
+            pick(adapter.per_linear(l, rank))
+        } else {
+            0
+        }
+    };
+    let head_part = |pick: fn((u64, u64)) -> u64| {
+        head.as_ref()
+            .map_or(0, |h| pick(adapter.per_linear(h, rank)))
+    };
+    let shared = adapter.shared_stored(
+        spec.each_linear()
+            .filter(|l| adapted(l))
+            .collect::<Vec<_>>()
+            .iter()
+            .chain(head.as_ref()),
+        rank,
+    );
     LoraCount {
-        trainable: spec.sum_over_layers(|l| {
-            if adapted(l) {
-                rank.saturating_mul(l.in_features + l.out_features)
-            } else {
-                0
-            }
-        }) + head * rank.saturating_mul(spec.hidden + spec.vocab),
-        adapted_modules: spec.sum_over_layers(|l| u64::from(adapted(l))) + head,
+        trainable: spec.sum_over_layers(|l| per(l, |c| c.0)) + head_part(|c| c.0),
+        stored: spec.sum_over_layers(|l| per(l, |c| c.1)) + head_part(|c| c.1) + shared,
+        adapted_modules: spec.sum_over_layers(|l| u64::from(adapted(l)))
+            + u64::from(head.is_some()),
     }
 }
 

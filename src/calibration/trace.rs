@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{fit_line, CalibrationFile};
-use crate::arch::{LoraTargets, ModelSpec};
+use crate::arch::{Adapter, LoraTargets, ModelSpec};
 use crate::error::{Error, Result};
 use crate::runtime::torch::{activations, LedgerParams, Trainable};
 use crate::workload::{Attn, Device, GradCkpt, Loss, Precision};
@@ -97,28 +97,50 @@ impl TraceRow {
             } else {
                 Device::Cpu
             },
-            trainable: match self.mode.as_str() {
-                "full" => Trainable::All,
-                "lora_all" | "lora_all_model" | "lora_all_drop" => Trainable::Lora {
-                    rank: 16,
-                    targets: LoraTargets::AllLinear,
-                },
-                // the probe names every linear leaf and lm_head
-                "lora_all_head" | "lora_all_head_model" => Trainable::Lora {
-                    rank: 16,
-                    targets: LoraTargets::Names(vec![
-                        crate::arch::ALL_LINEAR.to_string(),
-                        crate::arch::HEAD_NAME.to_string(),
-                    ]),
-                },
-                _ => Trainable::Lora {
-                    rank: 16,
-                    targets: LoraTargets::Attn,
-                },
-            },
+            trainable: self.trainable(),
             loss: Loss::Standard,
             param_grad_size: 2,
             sp_div: 1,
+        }
+    }
+
+    /// The trainable set of this row's `mode` (trace_probe.py `apply_peft`): rank 16
+    /// LoRA variants on all linears, the head or the attention projections; (IA)³ with
+    /// peft's default targets for the model type.
+    fn trainable(&self) -> Trainable {
+        let lora = |targets, adapter| Trainable::Lora {
+            rank: 16,
+            targets,
+            adapter,
+        };
+        match self.mode.as_str() {
+            "full" => Trainable::All,
+            "lora_all" | "lora_all_model" | "lora_all_drop" => {
+                lora(LoraTargets::AllLinear, Adapter::Lora)
+            }
+            // the probe names every linear leaf and lm_head
+            "lora_all_head" | "lora_all_head_model" => lora(
+                LoraTargets::Names(vec![
+                    crate::arch::ALL_LINEAR.to_string(),
+                    crate::arch::HEAD_NAME.to_string(),
+                ]),
+                Adapter::Lora,
+            ),
+            "dora_attn" => lora(LoraTargets::Attn, Adapter::Dora),
+            "lorafa_attn" => lora(LoraTargets::Attn, Adapter::LoraFa),
+            "adalora_attn" => lora(LoraTargets::Attn, Adapter::AdaLora),
+            "vera_attn" => lora(LoraTargets::Attn, Adapter::Vera),
+            "ia3" => Trainable::Lora {
+                rank: 0,
+                targets: LoraTargets::Names(
+                    Adapter::ia3_peft_default_targets(&self.model_type)
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect(),
+                ),
+                adapter: Adapter::Ia3,
+            },
+            _ => lora(LoraTargets::Attn, Adapter::Lora),
         }
     }
 

@@ -189,7 +189,7 @@ impl RankView {
     pub fn single(spec: &ModelSpec, w: &Workload) -> Result<RankView> {
         let counts = params::count(spec);
         let lora_trainable = lora_trainable(spec, w);
-        let wb = weights::weight_bytes(spec, w, lora_trainable)?;
+        let wb = weights::weight_bytes(spec, w, lora_stored(spec, w))?;
         let full = w.method.is_full();
         let params_trainable = if full { counts.total } else { lora_trainable };
         let (grad_size, state_size, shapes) = optimizer_shapes(spec, w);
@@ -238,11 +238,19 @@ impl RankView {
     }
 }
 
-/// LoRA adapter parameters of the run (0 for full fine-tuning).
+/// Trainable adapter parameters of the run (0 for full fine-tuning).
 pub fn lora_trainable(spec: &ModelSpec, w: &Workload) -> u64 {
-    w.method
-        .lora()
-        .map_or(0, |l| params::lora(spec, l.rank, &l.targets).trainable)
+    w.method.lora().map_or(0, |l| {
+        params::adapters(spec, l.rank, &l.targets, l.adapter).trainable
+    })
+}
+
+/// Adapter elements held in memory (trained or frozen: LoRA-FA's lora_A, VeRA's shared
+/// projections; 0 for full fine-tuning).
+pub fn lora_stored(spec: &ModelSpec, w: &Workload) -> u64 {
+    w.method.lora().map_or(0, |l| {
+        params::adapters(spec, l.rank, &l.targets, l.adapter).stored
+    })
 }
 
 /// Gradient element size, optimizer-state element size and the trainable tensors.
@@ -257,7 +265,11 @@ pub fn optimizer_shapes(spec: &ModelSpec, w: &Workload) -> (u64, u64, Vec<optimi
             } else {
                 l.adapter_size(w.precision)
             };
-            (s, s, optimizer::lora_shapes(spec, l.rank, &l.targets))
+            (
+                s,
+                s,
+                optimizer::lora_shapes(spec, l.rank, &l.targets, l.adapter),
+            )
         }
         None => {
             let s = if w.master_weights {
@@ -274,6 +286,7 @@ fn trainable_kind(w: &Workload) -> Trainable {
     match w.method.lora() {
         Some(l) => Trainable::Lora {
             rank: l.rank,
+            adapter: l.adapter,
             targets: l.targets.clone(),
         },
         None => Trainable::All,

@@ -17,7 +17,7 @@
 //! | lion | n·s | 1 × largest tensor · s |
 
 use crate::arch::params;
-use crate::arch::{LoraTargets, ModelSpec};
+use crate::arch::{Adapter, LinearSpec, LoraTargets, ModelSpec};
 use crate::workload::Optimizer;
 
 /// A trainable tensor: `count` tensors of shape rows × cols (cols = 1 for vectors).
@@ -102,42 +102,31 @@ pub fn full_shapes(spec: &ModelSpec) -> Vec<Shape> {
     v
 }
 
-/// Trainable tensors of LoRA: lora_A (r × in) and lora_B (out × r) per adapted linear.
-pub fn lora_shapes(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> Vec<Shape> {
-    let head = targets.head().then_some([
-        Shape {
-            rows: rank,
-            cols: spec.hidden,
-            count: 1,
-        },
-        Shape {
-            rows: spec.vocab,
-            cols: rank,
-            count: 1,
-        },
-    ]);
+/// Trainable tensors of the adapters ([`Adapter::trained_shapes`]: LoRA's lora_A
+/// (r × in) and lora_B (out × r), ...) per adapted linear, the head included when
+/// targeted.
+pub fn lora_shapes(
+    spec: &ModelSpec,
+    rank: u64,
+    targets: &LoraTargets,
+    adapter: Adapter,
+) -> Vec<Shape> {
+    let head = targets.head().then(|| spec.head_linear());
+    let per = move |l: &LinearSpec, count: u64| {
+        adapter
+            .trained_shapes(l, rank)
+            .into_iter()
+            .map(move |(rows, cols)| Shape { rows, cols, count })
+    };
     spec.groups
         .iter()
         .flat_map(|g| {
             spec.block_linears(&g.modules)
                 .into_iter()
                 .filter(|l| targets.matches(l))
-                .flat_map(move |l| {
-                    [
-                        Shape {
-                            rows: rank,
-                            cols: l.in_features,
-                            count: g.count,
-                        },
-                        Shape {
-                            rows: l.out_features,
-                            cols: rank,
-                            count: g.count,
-                        },
-                    ]
-                })
+                .flat_map(move |l| per(&l, g.count).collect::<Vec<_>>())
         })
-        .chain(head.into_iter().flatten())
+        .chain(head.iter().flat_map(|h| per(h, 1).collect::<Vec<_>>()))
         .collect()
 }
 

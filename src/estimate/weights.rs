@@ -55,7 +55,7 @@ pub fn gptq_bytes(in_f: u64, out_f: u64, bits: u64, group: Option<u64>) -> u64 {
         + in_f * 4
 }
 
-pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_trainable: u64) -> Result<WeightBytes> {
+pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_stored: u64) -> Result<WeightBytes> {
     let counts = params::count(spec);
     let total = counts.total;
     let linear = params::linear_weight_params(spec);
@@ -63,7 +63,7 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_trainable: u64) -> Resu
     let rest_dt = if dt == DType::F8 { DType::BF16 } else { dt };
     let adapters = match w.method.lora() {
         None => 0,
-        Some(l) => lora_trainable * l.adapter_size(w.precision),
+        Some(l) => lora_stored * l.adapter_size(w.precision),
     };
     let n_linear_tensors = spec.sum_over_layers(|l| l.copies);
 

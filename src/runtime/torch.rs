@@ -43,7 +43,8 @@
 //! intermediate kept until the graph is dropped) is `program` + `tape`.
 
 use crate::arch::{
-    Activation, LinearSpec, LoraTargets, MlpKind, ModelSpec, NormKind, Positions, QkNorm, Residual,
+    Activation, Adapter, LinearSpec, LoraTargets, MlpKind, ModelSpec, NormKind, Positions, QkNorm,
+    Residual,
 };
 use crate::units::dtype::DType;
 use crate::workload::{Attn, Device, GradCkpt, Loss, Precision};
@@ -114,8 +115,13 @@ impl LedgerParams {
 pub enum Trainable {
     /// Full fine-tuning / pre-training.
     All,
-    /// Only LoRA adapters (fp32, peft default) on the targeted linears.
-    Lora { rank: u64, targets: LoraTargets },
+    /// Only peft adapters (fp32, peft default) on the targeted linears: LoRA or
+    /// another tuner (`adapter`).
+    Lora {
+        rank: u64,
+        targets: LoraTargets,
+        adapter: Adapter,
+    },
     /// Inference: nothing requires grad, nothing is saved.
     Nothing,
 }
@@ -416,15 +422,245 @@ impl<'a> Graph<'a> {
         self.p.precision.compute_dtype()
     }
 
-    /// `nn.Linear` / `Conv1D` with optional peft LoRA, per the trainable set.
+    /// `nn.Linear` / `Conv1D` with an optional peft adapter, per the trainable set.
     fn linear(&mut self, x: T, lin: &LinearSpec) -> T {
-        let lora_rank = match &self.p.trainable {
-            Trainable::Lora { rank, targets } if targets.matches(lin) => Some(*rank),
+        let adapted = match &self.p.trainable {
+            Trainable::Lora {
+                rank,
+                targets,
+                adapter,
+            } if targets.matches(lin) => Some((*rank, *adapter)),
             _ => None,
         };
+        let Some((r, adapter)) = adapted else {
+            return self.base_linear(x, lin);
+        };
+        if adapter == Adapter::Ia3 && Adapter::ia3_feedforward(lin) {
+            return self.ia3_input(x, lin);
+        }
         let base = self.base_linear(x, lin);
-        let Some(r) = lora_rank else { return base };
-        self.lora_branch(x, lin, r, base)
+        match adapter {
+            Adapter::Lora => self.lora_branch(x, lin, r, base),
+            Adapter::LoraFa => self.lora_fa_branch(x, lin, r, base),
+            Adapter::Dora => self.dora_branch(x, lin, r, base),
+            Adapter::AdaLora => self.adalora_branch(x, lin, r, base),
+            Adapter::Vera => self.vera_branch(x, lin, r, base),
+            Adapter::Ia3 => self.ia3_output(x, lin, base),
+        }
+    }
+
+    /// The adapters' dtype: fp32 with peft's `autocast_adapter_dtype=True` (and under
+    /// autocast, whose parameters are fp32), else the compute dtype.
+    fn adapter_dtype(&self) -> DType {
+        if self.p.lora_fp32 || self.p.precision.is_amp() {
+            DType::F32
+        } else {
+            self.compute()
+        }
+    }
+
+    /// The end of an adapter whose branch `delta` is added to the base output (type
+    /// promotion to the adapter dtype) and cast back; the module call holds x.
+    fn adapter_add(&mut self, x: T, base: T, delta: T) -> T {
+        let compute = self.compute();
+        let sum = self.add("adapter add", base, delta);
+        let y = self.cast(sum, compute);
+        self.hold(&[x]);
+        y
+    }
+
+    /// LoRA-FA: `lora_B(lora_A(dropout(x)))` with `lora_A` frozen
+    /// (peft/optimizers/lorafa.py 0.21 `create_lorafa_optimizer` sets
+    /// `requires_grad=False` on every `lora_A`): lora_A saves only its weight, so the
+    /// cast input is not kept; lora_B keeps lora_A's output.
+    fn lora_fa_branch(&mut self, x: T, lin: &LinearSpec, r: u64, base: T) -> T {
+        let ad = self.adapter_dtype();
+        let xa = self.cast(x, ad);
+        let xa = self.dropout(xa, self.p.lora_dropout);
+        self.begin(&[xa]);
+        let x_rg = self.rg(xa);
+        self.saves_param(x_rg);
+        let a = self.out("lora_A", self.tokens * r, ad, x_rg, Kind::Matmul);
+        self.begin(&[a]);
+        self.save(a);
+        self.param_grads
+            .push((self.op, r * lin.out_features * ad.size()));
+        let b = self.out(
+            "lora_B",
+            self.tokens * lin.out_features,
+            ad,
+            true,
+            Kind::Matmul,
+        );
+        let scaled = self.scalar_mul("lora scaling", b);
+        self.adapter_add(x, base, scaled)
+    }
+
+    /// DoRA (peft tuners/lora/variants.py `DoraLinearVariant.forward` →
+    /// tuners/lora/dora.py `DoraLinearLayer.forward`, 0.21): the LoRA weight is made
+    /// by running the adapters on an identity (`lora_B(lora_A(eye(in))).T`), the
+    /// frozen weight is copied to the adapter dtype and the row norms of
+    /// `W + s·ΔW` computed (detached); then `(m/‖·‖ − 1)·base + (m/‖·‖)·lora·s`. The
+    /// products keep the base output (compute dtype) and the LoRA result (adapter
+    /// dtype) besides LoRA's own saves; the weight-sized temporaries die with the
+    /// forward. With dropout the base result is recomputed `F.linear(dropout(x), W)`
+    /// on the adapter-dtype weight copy, which that matmul then keeps.
+    fn dora_branch(&mut self, x: T, lin: &LinearSpec, r: u64, base: T) -> T {
+        let ad = self.adapter_dtype();
+        let (i, o) = (lin.in_features, lin.out_features);
+        let xa = self.cast(x, ad);
+        // get_lora_weight: x_eye, lora_A(x_eye), lora_B(...) — their graph is only
+        // referenced by lora_weight, a local of the forward
+        self.begin(&[]);
+        let eye = self.out("dora eye", i * i, ad, false, Kind::Other);
+        self.begin(&[eye]);
+        let ae = self.out("dora lora_A(eye)", i * r, ad, true, Kind::Other);
+        self.begin(&[ae]);
+        let lw = self.out("dora lora weight", i * o, ad, true, Kind::Other);
+        // weight.to(x.dtype): a copy unless the frozen weight already has it
+        let w = if self.p.precision.param_dtype() == ad {
+            None
+        } else {
+            self.begin(&[]);
+            Some(self.out("dora weight copy", i * o, ad, false, Kind::Other))
+        };
+        // get_weight_norm: weight + scaling * lora_weight.detach(), its row norms
+        self.begin(&[lw]);
+        let slw = self.out("dora scaled lora weight", i * o, ad, false, Kind::Other);
+        self.begin(&w.into_iter().chain([slw]).collect::<Vec<_>>());
+        let sum_w = self.out("dora merged weight", i * o, ad, false, Kind::Other);
+        self.begin(&[sum_w]);
+        let norm = self.out("dora weight norm", o, ad, false, Kind::Other);
+        // magnitude / weight_norm: saves the norm for the magnitude's gradient
+        self.begin(&[norm]);
+        self.save(norm);
+        self.param_grads.push((self.op, o * ad.size()));
+        let mns = self.out("dora magnitude scale", o, ad, true, Kind::Other);
+        // lora_B(lora_A(x)) as in LoRA (dropout, if any, applied first)
+        let xd = self.dropout(xa, self.p.lora_dropout);
+        let base_result = if xd == xa {
+            base
+        } else {
+            let w = w.unwrap_or(sum_w);
+            self.begin(&[xd, w]);
+            let x_rg = self.rg(xd);
+            self.save_if(w, x_rg);
+            self.out("dora base result", self.tokens * o, ad, x_rg, Kind::Matmul)
+        };
+        self.begin(&[xd]);
+        self.save(xd);
+        self.param_grads.push((self.op, r * i * ad.size()));
+        let a = self.out("lora_A", self.tokens * r, ad, true, Kind::Matmul);
+        self.begin(&[a]);
+        self.save(a);
+        self.param_grads.push((self.op, r * o * ad.size()));
+        let lora = self.out("lora_B", self.tokens * o, ad, true, Kind::Matmul);
+        // the temporaries die here, with lora_weight
+        self.hold(&[eye, ae, lw]);
+        let mns1 = self.unary_plain("dora scale - 1", mns, o, ad);
+        let p1 = self.mul("dora scaled base", mns1, base_result);
+        let p2 = self.mul("dora scaled lora", mns, lora);
+        let p3 = self.scalar_mul("lora scaling", p2);
+        let dora = self.add("dora result", p1, p3);
+        self.adapter_add(x, base, dora)
+    }
+
+    /// AdaLoRA (peft tuners/adalora/layer.py 0.21 `SVDLinear.forward`): `result +=
+    /// (dropout(x) @ (lora_A * lora_E).T @ lora_B.T) * scaling / ranknum` — an
+    /// in-place add into the base output (no cast back: it keeps the compute dtype).
+    /// The first matmul keeps the cast input and the r × in product `lora_A * lora_E`,
+    /// the second its r-wide output; `ranknum` requires grad under peft 0.21 (see
+    /// `Adapter::per_linear`), so the division keeps its numerator. The orthogonality
+    /// penalty AdaLoraModel adds to the loss works on r × r matrices (not counted).
+    fn adalora_branch(&mut self, x: T, lin: &LinearSpec, r: u64, base: T) -> T {
+        let ad = self.adapter_dtype();
+        let (i, o) = (lin.in_features, lin.out_features);
+        let xa = self.cast(x, ad);
+        let xd = self.dropout(xa, self.p.lora_dropout);
+        self.begin(&[]);
+        self.param_grads.push((self.op, (r * i + r) * ad.size()));
+        let ae = self.out("lora_A * lora_E", r * i, ad, true, Kind::Other);
+        self.begin(&[xd, ae]);
+        // mm saves x for the product's gradient, the product for x's (if it needs one)
+        self.save(xd);
+        let x_rg = self.rg(xd);
+        self.save_if(ae, x_rg);
+        let h = self.out("x @ (A*E)^T", self.tokens * r, ad, true, Kind::Matmul);
+        self.begin(&[h]);
+        self.save(h);
+        self.param_grads.push((self.op, r * o * ad.size()));
+        let y = self.out("@ lora_B^T", self.tokens * o, ad, true, Kind::Matmul);
+        let s = self.scalar_mul("lora scaling", y);
+        self.begin(&[s]);
+        self.save(s);
+        self.param_grads.push((self.op, ad.size()));
+        let d = self.out("/ ranknum", self.tokens * o, ad, true, Kind::Other);
+        // result += d (in place)
+        self.begin(&[base, d]);
+        self.nodes[base.0].rg = true;
+        self.hold(&[x]);
+        base
+    }
+
+    /// VeRA (peft tuners/vera/layer.py 0.21 `Linear.forward`): `result + lambda_b *
+    /// F.linear(lambda_d * F.linear(dropout(x), A), B)` on slices of the frozen shared
+    /// `vera_A`/`vera_B` buffers: the frozen matmuls keep no activation; the two
+    /// trained scalings keep their r-wide and out-wide inputs.
+    fn vera_branch(&mut self, x: T, lin: &LinearSpec, r: u64, base: T) -> T {
+        let ad = self.adapter_dtype();
+        let o = lin.out_features;
+        let xa = self.cast(x, ad);
+        let xd = self.dropout(xa, self.p.lora_dropout);
+        self.begin(&[xd]);
+        let x_rg = self.rg(xd);
+        self.saves_param(x_rg);
+        let h1 = self.out("vera_A", self.tokens * r, ad, x_rg, Kind::Matmul);
+        self.begin(&[h1]);
+        self.save(h1);
+        self.param_grads.push((self.op, r * ad.size()));
+        let h2 = self.out("lambda_d *", self.tokens * r, ad, true, Kind::Other);
+        self.begin(&[h2]);
+        self.saves_param(true);
+        let h3 = self.out("vera_B", self.tokens * o, ad, true, Kind::Matmul);
+        self.begin(&[h3]);
+        self.save(h3);
+        self.param_grads.push((self.op, o * ad.size()));
+        let h4 = self.out("lambda_b *", self.tokens * o, ad, true, Kind::Other);
+        self.adapter_add(x, base, h4)
+    }
+
+    /// (IA)³ on a non-feed-forward linear (peft tuners/ia3/layer.py 0.21
+    /// `Linear.forward`): `(result * ia3_l).to(result.dtype)` — the product keeps the
+    /// base output for the vector's gradient.
+    fn ia3_output(&mut self, x: T, lin: &LinearSpec, base: T) -> T {
+        let ad = self.adapter_dtype();
+        let o = lin.out_features;
+        let compute = self.compute();
+        self.begin(&[base]);
+        self.save(base);
+        self.param_grads.push((self.op, o * ad.size()));
+        let d = promote(self.dt(base), ad);
+        let p = self.out("ia3 scaling", self.tokens * o, d, true, Kind::Other);
+        let y = self.cast(p, compute);
+        self.hold(&[x]);
+        y
+    }
+
+    /// (IA)³ on a feed-forward output projection: `x.to(ia3 dtype) * ia3_l`, cast
+    /// back, into the frozen base linear — the product keeps the cast input.
+    fn ia3_input(&mut self, x: T, lin: &LinearSpec) -> T {
+        let ad = self.adapter_dtype();
+        let i = lin.in_features;
+        let in_dt = self.dt(x);
+        let xa = self.cast(x, ad);
+        self.begin(&[xa]);
+        self.save(xa);
+        self.param_grads.push((self.op, i * ad.size()));
+        let p = self.out("ia3 scaling", self.tokens * i, ad, true, Kind::Other);
+        let interm = self.cast(p, in_dt);
+        let y = self.base_linear(interm, lin);
+        self.hold(&[x]);
+        y
     }
 
     /// The base projection `x·Wᵀ (+ b)`: saves x when W is trainable (under autocast its
@@ -1537,14 +1773,7 @@ fn head_program<'a>(spec: &ModelSpec, p_head: &'a LedgerParams, training: bool) 
     let mut g = Graph::new(p_head);
     let x = g.input(h, p_head.resid_dtype(), training);
     let n = g.norm(x, h, spec.norm);
-    let head = LinearSpec {
-        name: "lm_head",
-        in_features: h,
-        out_features: v,
-        bias: spec.lm_head_bias,
-        role: crate::arch::LinearRole::Head,
-        copies: 1,
-    };
+    let head = spec.head_linear();
     let logits = g.linear(n, &head);
     let loss_from = g.nodes.len();
     let last = if p_head.loss == Loss::FusedLinearCe {
@@ -1602,8 +1831,13 @@ fn head_params(p: &LedgerParams) -> LedgerParams {
     LedgerParams {
         trainable: match &p.trainable {
             // only the head itself, when the targets name it
-            Trainable::Lora { rank, targets } => Trainable::Lora {
+            Trainable::Lora {
+                rank,
+                targets,
+                adapter,
+            } => Trainable::Lora {
                 rank: *rank,
+                adapter: *adapter,
                 targets: LoraTargets::Names(if targets.head() {
                     vec![crate::arch::HEAD_NAME.to_string()]
                 } else {
@@ -1805,6 +2039,7 @@ mod tests {
         let lora = Trainable::Lora {
             rank: 16,
             targets: LoraTargets::AllLinear,
+            adapter: Adapter::Lora,
         };
         let l = layer(&spec, &params(lora, GradCkpt::Full), true);
         assert_eq!(l.fwd_cache, 0);

@@ -12,7 +12,7 @@ pub mod settings;
 
 use serde::{Deserialize, Serialize};
 
-use crate::arch::{LoraTargets, ModelSpec};
+use crate::arch::{Adapter, LoraTargets, ModelSpec};
 use crate::error::{Error, Result};
 use crate::units::dtype::DType;
 
@@ -245,6 +245,8 @@ pub struct LoraConfig {
     /// `autocast_adapter_dtype=False`, DeepSpeed's bf16/fp16 engine casting the whole
     /// module).
     pub adapter_fp32: bool,
+    /// The peft tuner (`--peft`): LoRA or one of its relatives over the same targets.
+    pub adapter: Adapter,
 }
 
 impl LoraConfig {
@@ -422,7 +424,9 @@ impl Workload {
     /// LoRA settings, precision, master weights and runtime fit together.
     fn check_recipe(&self, spec: &ModelSpec) -> Result<()> {
         if let Some(l) = self.method.lora() {
-            within("lora_rank", l.rank, MAX_LORA_RANK)?;
+            if l.adapter.has_rank() {
+                within("lora_rank", l.rank, MAX_LORA_RANK)?;
+            }
             if !(l.alpha.is_finite() && l.alpha > 0.0) {
                 return Err(Error::invalid("lora_alpha", l.alpha, "a number > 0"));
             }

@@ -19,7 +19,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::arch::{LoraTargets, ModelSpec};
+use crate::arch::{Adapter, LoraTargets, ModelSpec};
 use crate::error::{Error, Result};
 use crate::units::bytes::Bytes;
 use crate::units::dtype::DType;
@@ -133,7 +133,8 @@ choice_setting!(
     Runtime,
     FsdpMode,
     LoraDtype,
-    Implementation
+    Implementation,
+    Adapter
 );
 
 impl SettingValue for u64 {
@@ -463,6 +464,7 @@ settings! {
     lora_rank: u64 => "--lora-rank" Value, "LoRA rank (default 16 with --method lora/qlora).";
     lora_alpha: f64 => "--lora-alpha" Value, "LoRA alpha (default 2 x rank; does not change memory).";
     lora_targets: LoraTargets => "--lora-targets" Value, "attn | all-linear | comma-separated module names (q_proj,v_proj,...).";
+    peft: Adapter => "--peft" Value, "The peft tuner on the targeted linears (with --method lora/qlora): lora (default) | dora (use_dora: a trained magnitude per output) | lora-fa (lora_A frozen) | adalora (SVD form, rank = init_r) | vera (shared frozen projections, trained scaling vectors) | ia3 (a trained scaling vector; no rank).";
     lora_dropout: f64 => "--lora-dropout" Value, "LoRA dropout probability on each adapter's input, 0 <= p < 1 (peft / litgpt lora_dropout; default 0): every adapted linear then keeps a dropout mask and the dropped copy of its input.";
     double_quant: bool => "--no-double-quant" Switch(false), "QLoRA without double quantization of the NF4 scales.";
     dtype: Precision => "--dtype" Value, "fp32 | bf16 | fp16 | amp-bf16 | amp-fp16 | fp8, int8 (inference weights: fp8, bitsandbytes LLM.int8).";
@@ -895,16 +897,19 @@ impl Settings {
 
     fn method(&self) -> Result<Method> {
         let kind = self.method.unwrap_or(MethodKind::Full);
-        let lora_given =
-            self.lora_rank.is_some() || self.lora_alpha.is_some() || self.lora_targets.is_some();
+        let lora_given = self.lora_rank.is_some()
+            || self.lora_alpha.is_some()
+            || self.lora_targets.is_some()
+            || self.peft.is_some();
         if kind == MethodKind::Full {
             if lora_given {
-                let key = ["lora_rank", "lora_alpha", "lora_targets"]
+                let key = ["lora_rank", "lora_alpha", "lora_targets", "peft"]
                     .into_iter()
                     .find(|k| match *k {
                         "lora_rank" => self.lora_rank.is_some(),
                         "lora_alpha" => self.lora_alpha.is_some(),
-                        _ => self.lora_targets.is_some(),
+                        "lora_targets" => self.lora_targets.is_some(),
+                        _ => self.peft.is_some(),
                     })
                     .unwrap_or("lora_rank");
                 return Err(Error::invalid(
@@ -915,7 +920,19 @@ impl Settings {
             }
             return Ok(Method::Full);
         }
-        let rank = self.lora_rank.unwrap_or(16);
+        let adapter = self.peft.unwrap_or_default();
+        // (IA)³ has no rank: a rank given with it is a mistake, not ignored
+        let rank = match (adapter.has_rank(), self.lora_rank) {
+            (true, r) => r.unwrap_or(16),
+            (false, None) => 0,
+            (false, Some(r)) => return Err(Error::invalid(
+                self.describe("lora_rank"),
+                r,
+                format!(
+                    "no rank with --peft {adapter} (its vectors are sized by the adapted linears)"
+                ),
+            )),
+        };
         let dropout = self.lora_dropout.unwrap_or(0.0);
         if !(dropout.is_finite() && (0.0..1.0).contains(&dropout)) {
             return Err(Error::invalid(
@@ -930,6 +947,7 @@ impl Settings {
                 rank,
                 alpha: self.lora_alpha.unwrap_or(2.0 * rank as f64),
                 targets: self.lora_targets.clone().unwrap_or(LoraTargets::AllLinear),
+                adapter,
                 double_quant: self.double_quant.unwrap_or(true),
                 dropout,
                 adapter_fp32: self.lora_dtype.is_none_or(|d| d == LoraDtype::Fp32),

@@ -8,7 +8,7 @@
 //!   non-reentrant checkpointing each modelled as torch runs it. Set ORACLE_VERBOSE=1
 //!   to list the rows beyond 3%.
 
-use llm_mem::arch::{Dropout, LoraTargets, ModelSpec};
+use llm_mem::arch::{Adapter, Dropout, LoraTargets, ModelSpec};
 use llm_mem::estimate::estimate;
 use llm_mem::estimate::timeline::Phase;
 use llm_mem::runtime::torch::{activations, LedgerParams, Trainable};
@@ -79,10 +79,12 @@ fn trainable(mode: &str) -> Trainable {
         "lora_all" => Trainable::Lora {
             rank: 16,
             targets: LoraTargets::AllLinear,
+            adapter: Adapter::Lora,
         },
         "lora_attn" => Trainable::Lora {
             rank: 16,
             targets: LoraTargets::Attn,
+            adapter: Adapter::Lora,
         },
         m => panic!("unknown mode {m}"),
     }

@@ -24,6 +24,7 @@ struct Cell {
     ckpt: String,
     mode: String,
     engine: String,
+    model_type: String,
 }
 
 struct Pair {
@@ -32,8 +33,8 @@ struct Pair {
     trainable_l2: u64,
 }
 
-fn pairs() -> (BTreeMap<Cell, Pair>, usize) {
-    let t = Table::data("trace/activations.csv");
+fn pairs(file: &str) -> (BTreeMap<Cell, Pair>, usize) {
+    let t = Table::data(file);
     let mut l1: BTreeMap<Cell, f64> = BTreeMap::new();
     let mut out = BTreeMap::new();
     let mut rows = 0;
@@ -54,6 +55,7 @@ fn pairs() -> (BTreeMap<Cell, Pair>, usize) {
             ckpt: t.col(r, "grad_ckpt").to_string(),
             mode: t.col(r, "mode").to_string(),
             engine: t.col(r, "engine").to_string(),
+            model_type: t.col(r, "model_type").to_string(),
         };
         let live = num("live_after_fwd_bytes") as f64;
         match num("layers") {
@@ -83,7 +85,7 @@ fn ledger_params(c: &Cell) -> LedgerParams {
     llm_mem::calibration::trace::TraceRow {
         model: c.model.clone(),
         config: String::new(),
-        model_type: String::new(),
+        model_type: c.model_type.clone(),
         layers: 1,
         batch: c.batch,
         seq: c.seq,
@@ -99,7 +101,7 @@ fn ledger_params(c: &Cell) -> LedgerParams {
 
 #[test]
 fn the_ledger_against_the_trace_probe_on_every_architecture() {
-    let (pairs, rows) = pairs();
+    let (pairs, rows) = pairs("trace/activations.csv");
     let mut refused: BTreeMap<String, usize> = BTreeMap::new();
     // model → (cells, worst per-layer error, worst non-layer error)
     let mut per_model: BTreeMap<String, (usize, f64, f64)> = BTreeMap::new();
@@ -591,4 +593,92 @@ fn moe_traces_are_present_and_their_configs_refused_today() {
     }
     assert_eq!(rows.len(), 72, "ok MoE rows");
     assert_eq!(archs.len(), 5, "{archs:?}");
+}
+
+/// peft's other tuners against the trace probe (`tests/data/trace/peft.csv`, modes
+/// `dora_attn`, `lorafa_attn`, `adalora_attn`, `vera_attn` at rank 16 on the attention
+/// projections, `ia3` and its peft default targets; trace_probe.py `apply_peft`): the
+/// trainable parameters exactly at depth 2, the bytes alive after the forward within
+/// 1% at depth 1 and 2, on every row of three families, bf16, eager/sdpa, without and
+/// with checkpointing, CPU and CUDA semantics.
+#[test]
+fn peft_tuners_against_the_trace_probe() {
+    use llm_mem::arch::Adapter;
+    let (pairs, rows) = pairs("trace/peft.csv");
+    let mut failures = Vec::new();
+    let mut checked: BTreeMap<String, usize> = BTreeMap::new();
+    let mut params_checked = 0;
+    for (c, p) in &pairs {
+        let spec = crate::util::config_spec(&c.model);
+        let lp = ledger_params(c);
+        let llm_mem::runtime::torch::Trainable::Lora {
+            rank,
+            targets,
+            adapter,
+        } = &lp.trainable
+        else {
+            panic!("{}: mode {} is not an adapter", c.model, c.mode);
+        };
+        assert!(
+            *adapter != Adapter::Lora,
+            "{}: mode {} maps to plain LoRA",
+            c.model,
+            c.mode
+        );
+        let two = spec.with_layers(2).unwrap();
+        let got = params::adapters(&two, *rank, targets, *adapter).trainable;
+        if got != p.trainable_l2 {
+            failures.push(format!(
+                "{} {}: trainable {} vs probe {}",
+                c.model, c.mode, got, p.trainable_l2
+            ));
+        }
+        params_checked += 1;
+        let total = |depth: u64| {
+            let a = activations(&spec.with_layers(depth).unwrap(), &lp);
+            (a.non_layer_bytes + depth * a.per_layer_bytes) as f64
+        };
+        let (e1, e2) = (total(1) / p.live[0] - 1.0, total(2) / p.live[1] - 1.0);
+        if std::env::var("TRACE_VERBOSE").is_ok() {
+            println!(
+                "{} {} {} {} {}: depth 1 {:+.3}%, depth 2 {:+.3}%",
+                c.model,
+                c.attn,
+                c.ckpt,
+                c.mode,
+                c.engine,
+                e1 * 100.0,
+                e2 * 100.0
+            );
+        }
+        if e1.abs() > 0.01 || e2.abs() > 0.01 {
+            failures.push(format!(
+                "{c:?}: depth 1 {:+.2}%, depth 2 {:+.2}%",
+                e1 * 100.0,
+                e2 * 100.0
+            ));
+        }
+        *checked.entry(c.mode.clone()).or_default() += 1;
+    }
+    println!("peft trace rows {rows}; depth pairs per mode {checked:?}; parameter counts {params_checked}");
+    assert!(
+        failures.is_empty(),
+        "{} misses:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(rows >= 200, "{rows} rows read");
+    for m in [
+        "dora_attn",
+        "lorafa_attn",
+        "adalora_attn",
+        "vera_attn",
+        "ia3",
+    ] {
+        assert!(
+            checked.get(m).copied().unwrap_or(0) >= 20,
+            "mode {m}: {:?} depth pairs",
+            checked.get(m)
+        );
+    }
 }

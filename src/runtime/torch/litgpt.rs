@@ -67,7 +67,7 @@ impl Graph<'_> {
     /// Which of q, k, v the run adapts: a target naming the transformers q/k/v
     /// projections, or the fused one (all three).
     fn lora_qkv(&self, lins: &[LinearSpec]) -> Option<(u64, [bool; 3])> {
-        let super::Trainable::Lora { rank, targets } = &self.p.trainable else {
+        let super::Trainable::Lora { rank, targets, .. } = &self.p.trainable else {
             return None;
         };
         let on = |role| find(lins, role).is_some_and(|l| targets.matches(&l));
@@ -358,14 +358,7 @@ pub(super) fn head_and_loss(spec: &ModelSpec, p: &LedgerParams, nl: &mut NonLaye
     let h = spec.hidden;
     let x = g.input(h, p_head.resid_dtype(), training);
     let n = g.norm(x, h, norm_kind(spec.norm));
-    let head = LinearSpec {
-        name: "lm_head",
-        in_features: h,
-        out_features: v,
-        bias: spec.lm_head_bias,
-        role: LinearRole::Head,
-        copies: 1,
-    };
+    let head = spec.head_linear();
     g.linear(n, &head);
     let head_saved: u64 = g
         .nodes

@@ -1,0 +1,165 @@
+//! `Adapter`: which peft tuner adapts the targeted linears (`--peft`), and the
+//! parameters it adds to one of them.
+//!
+//! Each variant mirrors a peft 0.21 tuner layer (file named per variant); the
+//! activations its forward saves are replayed in `runtime::torch` (`adapter_branch`).
+
+use serde::{Deserialize, Serialize};
+
+use super::{LinearRole, LinearSpec};
+use crate::error::{Error, Result};
+
+/// A peft tuner over frozen base weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Adapter {
+    /// LoRA (`tuners/lora/layer.py` `Linear`): `lora_B(lora_A(x))·scaling`.
+    #[default]
+    Lora,
+    /// DoRA (`LoraConfig(use_dora=True)`, `tuners/lora/dora.py` `DoraLinearLayer`):
+    /// LoRA plus a trained magnitude vector of `out` elements.
+    Dora,
+    /// LoRA-FA (`peft.optimizers.create_lorafa_optimizer`): LoRA with `lora_A` frozen,
+    /// only `lora_B` trained.
+    LoraFa,
+    /// AdaLoRA (`tuners/adalora/layer.py` `SVDLinear`): `lora_A` (r × in), `lora_E`
+    /// (r × 1), `lora_B` (out × r), r = `init_r`.
+    AdaLora,
+    /// VeRA (`tuners/vera/layer.py`): frozen random `vera_A` / `vera_B` shared by every
+    /// adapted layer (buffers sized to the largest in/out), trained `lambda_d` (r) and
+    /// `lambda_b` (out) per layer.
+    Vera,
+    /// (IA)³ (`tuners/ia3/layer.py`): one trained vector per layer, scaling the input
+    /// of a feed-forward output projection (`in` elements) or the output of any other
+    /// targeted linear (`out` elements).
+    Ia3,
+}
+
+impl Adapter {
+    pub const ALL: &'static [Adapter] = &[
+        Adapter::Lora,
+        Adapter::Dora,
+        Adapter::LoraFa,
+        Adapter::AdaLora,
+        Adapter::Vera,
+        Adapter::Ia3,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Adapter::Lora => "lora",
+            Adapter::Dora => "dora",
+            Adapter::LoraFa => "lora-fa",
+            Adapter::AdaLora => "adalora",
+            Adapter::Vera => "vera",
+            Adapter::Ia3 => "ia3",
+        }
+    }
+
+    pub fn accepted() -> String {
+        Adapter::ALL
+            .iter()
+            .map(|a| a.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The variant has a rank (every one but (IA)³).
+    pub fn has_rank(self) -> bool {
+        !matches!(self, Adapter::Ia3)
+    }
+
+    /// (IA)³ scales the input of a feed-forward module instead of its output. peft's
+    /// `TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING` (utils/constants.py,
+    /// 0.21) names the MLP's output projection for every decoder family
+    /// (`down_proj`, `mlp.c_proj`, `dense_4h_to_h`, `fc2`, `fc_out`).
+    pub fn ia3_feedforward(l: &LinearSpec) -> bool {
+        l.role == LinearRole::Down
+    }
+
+    /// peft's default (IA)³ targets for a model type
+    /// (`TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING`, utils/constants.py 0.21),
+    /// for the families whose module names are unambiguous leaf names; empty otherwise.
+    pub fn ia3_peft_default_targets(model_type: &str) -> &'static [&'static str] {
+        match model_type {
+            "llama" | "mistral" => &["k_proj", "v_proj", "down_proj"],
+            "qwen2" | "qwen3" | "gemma" => &["q_proj", "v_proj", "down_proj"],
+            "phi" => &["q_proj", "v_proj", "fc2"],
+            "bloom" => &["query_key_value", "dense_4h_to_h"],
+            "falcon" => &["query_key_value", "dense_4h_to_h"],
+            _ => &[],
+        }
+    }
+
+    /// Trained and stored elements this adapter adds to the adapted linear `l` at rank
+    /// `r` (shared VeRA projections excluded: see [`Adapter::shared_stored`]).
+    pub fn per_linear(self, l: &LinearSpec, r: u64) -> (u64, u64) {
+        let (i, o) = (l.in_features, l.out_features);
+        let lora = r.saturating_mul(i + o);
+        match self {
+            Adapter::Lora => (lora, lora),
+            // magnitude: `lora_magnitude_vector` of out_features
+            Adapter::Dora => (lora + o, lora + o),
+            // lora_A (r × in) stays, frozen
+            Adapter::LoraFa => (r.saturating_mul(o), lora),
+            // lora_E: r × 1, and `ranknum`, a one-element parameter created frozen
+            // that requires grad once peft 0.21 has activated the adapter (the trace
+            // probe's trainable count; older peft, e.g. the MetaMathQA runs' counts,
+            // left it frozen)
+            Adapter::AdaLora => (lora + r + 1, lora + r + 1),
+            Adapter::Vera => (r + o, r + o),
+            Adapter::Ia3 if Adapter::ia3_feedforward(l) => (i, i),
+            Adapter::Ia3 => (o, o),
+        }
+    }
+
+    /// The trained tensors (rows × cols) this adapter adds to `l`: what the optimizer
+    /// keeps state for.
+    pub fn trained_shapes(self, l: &LinearSpec, r: u64) -> Vec<(u64, u64)> {
+        let (i, o) = (l.in_features, l.out_features);
+        match self {
+            Adapter::Lora => vec![(r, i), (o, r)],
+            Adapter::Dora => vec![(r, i), (o, r), (1, o)],
+            Adapter::LoraFa => vec![(o, r)],
+            Adapter::AdaLora => vec![(r, i), (r, 1), (o, r), (1, 1)],
+            Adapter::Vera => vec![(r, 1), (o, 1)],
+            Adapter::Ia3 if Adapter::ia3_feedforward(l) => vec![(1, i)],
+            Adapter::Ia3 => vec![(o, 1)],
+        }
+    }
+
+    /// Stored elements shared by all adapted linears: VeRA's `vera_A` (r × max in) and
+    /// `vera_B` (max out × r), `BufferDict` buffers (`VeraModel._init_vera_A_vera_B`).
+    pub fn shared_stored<'a>(self, adapted: impl Iterator<Item = &'a LinearSpec>, r: u64) -> u64 {
+        if self != Adapter::Vera {
+            return 0;
+        }
+        let (mut i, mut o) = (0, 0);
+        for l in adapted {
+            i = i.max(l.in_features);
+            o = o.max(l.out_features);
+        }
+        r.saturating_mul(i + o)
+    }
+}
+
+impl std::str::FromStr for Adapter {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Adapter> {
+        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "lora" => Ok(Adapter::Lora),
+            "dora" => Ok(Adapter::Dora),
+            "lora-fa" | "lorafa" => Ok(Adapter::LoraFa),
+            "adalora" => Ok(Adapter::AdaLora),
+            "vera" => Ok(Adapter::Vera),
+            "ia3" => Ok(Adapter::Ia3),
+            _ => Err(Error::invalid("peft", s, Adapter::accepted())),
+        }
+    }
+}
+
+impl std::fmt::Display for Adapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
