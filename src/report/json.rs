@@ -18,7 +18,7 @@
 //! model{name,family,layers,hidden,params_total,params_trainable}
 //! workload{
 //!   task,method,
-//!   lora{rank,alpha,targets,double_quant,dropout}  # null for method "full"; targets:
+//!   lora{rank,alpha,targets,double_quant,dropout,peft}  # null for method "full"; targets:
 //!                                          # "attn", "all-linear" or {"names": [...]}
 //!   precision,master_weights,
 //!   master_weights_implied_by,           # null on one GPU (see the distributed estimate)
@@ -89,7 +89,7 @@
 //! workload{
 //!   attn,batch,device,grad_accum,grad_ckpt,
 //!   infer{concurrency,gen_len,kv_dtype,prefill_chunk,prompt_len}
-//!   lora{alpha,double_quant,dropout,rank,targets}  # null for method "full"
+//!   lora{alpha,double_quant,dropout,peft,rank,targets}  # null for method "full"
 //!   loss,master_weights,
 //!   master_weights_implied_by,          # "ZeRO", "Megatron", "FSDP MixedPrecision":
 //!                                       # fp32 master weights the layout's framework
@@ -318,6 +318,7 @@ fn workload<'a>(w: &'a Workload, implied: Option<&'static str>) -> wire::Workloa
             },
             double_quant: l.double_quant,
             dropout: l.dropout,
+            peft: l.adapter.as_str(),
         }),
         precision: w.precision.as_str(),
         master_weights: w.master_weights,

@@ -81,6 +81,8 @@ pub(crate) struct Lora<'a> {
     pub targets: LoraTargets<'a>,
     pub double_quant: bool,
     pub dropout: f64,
+    /// The peft tuner (`lora`, `dora`, `lora-fa`, `adalora`, `vera`, `ia3`).
+    pub peft: &'static str,
 }
 
 /// `"attn"`, `"all-linear"` or `{"names": [...]}`.

@@ -743,16 +743,11 @@ impl<'a> Graph<'a> {
 
     /// peft's LoRA branch of rank `r` on `lin`, added to the base output `base`.
     fn lora_branch(&mut self, x: T, lin: &LinearSpec, r: u64, base: T) -> T {
-        let compute = self.compute();
         // peft (tuners/lora/layer.py Linear.forward, 0.21): x.to(lora_A.weight.dtype) ->
         // lora_B(lora_A(x)) * scaling, added to the base result (type promotion to
         // fp32 for fp32 adapters), then cast back. Adapters in the compute dtype need
         // no cast: lora_A saves the input itself.
-        let ad = if self.p.lora_fp32 || self.p.precision.is_amp() {
-            DType::F32
-        } else {
-            compute
-        };
+        let ad = self.adapter_dtype();
         let xa = self.cast(x, ad);
         let xa = self.dropout(xa, self.p.lora_dropout);
         self.begin(&[xa]);
@@ -771,12 +766,9 @@ impl<'a> Graph<'a> {
             true,
             Kind::Matmul,
         );
-        let scaled = self.unary_plain("lora scaling", b, self.tokens * lin.out_features, ad);
-        let sum = self.add("lora add", base, scaled);
-        let y = self.cast(sum, compute);
+        let scaled = self.scalar_mul("lora scaling", b);
         // the module call (`peft.tuners.lora.Linear.forward(x)`) holds x until it returns
-        self.hold(&[x]);
-        y
+        self.adapter_add(x, base, scaled)
     }
 
     // ---- norms --------------------------------------------------------------------

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `task`, `micro_batch`, `seq_len`, `gen_tokens` | `--task`, `--batch`, `--seq-len` (train) or `--prompt-len` + `--gen-len` (infer) |
 //! | `method` + `quant` | `full`; `lora`; `qlora` when the base is `nf4` / `nf4-dq` / `fp4` (bitsandbytes 4-bit: fp4 and nf4 store the same 4 bits + absmax per 64); `nf4` without double quantization → `--no-double-quant`; `gptq-int4` with LoRA or inference when the model's config carries a gptq `quantization_config` (the estimator sizes the packed weights from it) |
+//! | `method` `other-peft` | `--method lora --peft NAME`, the tuner read from `notes` (the table's README: "see notes"): `peft_type ADALORA` / `VERA` / `IA3` → `adalora` / `vera` / `ia3`; `peft_type LORA` with `DoRA` / `use_dora` → `dora`, with `LoRA-FA` / `lorafa` → `lora-fa`; any other peft type is refused, named |
 //! | `lora_rank`, `lora_targets` | `--lora-rank`; role tokens (`q`, `k`, `v`, `o`, `qkv`, `gate`, `up`, `down`, `mlp`, `lm_head`) → the model's own module names (a fused q/k/v linear for `q`/`k`/`v` on a fused model; `lm_head` for the output head) |
 //! | `weight_dtype` | `bf16` / `fp16` / `fp32` → `--dtype`; `mixed-bf16` / `mixed-fp16` → `amp-bf16` / `amp-fp16` (fp32 weights, half compute) |
 //! | `optimizer` | `--optimizer` (`adamw` is torch's fused AdamW) |
@@ -15,8 +16,8 @@
 //! | `framework` | `--framework NAME` when a profile of that name is shipped (`hf-trainer`, `accelerate`, `litgpt`, `torchtune`); otherwise none, with a note |
 //! | `metric` | which estimated figure is compared: `allocated` / `active` → allocated (`max_memory_allocated`), `reserved` → reserved, `nvidia-smi` and `unknown` → device (reserved + CUDA context); `unknown` from torchtune → reserved (its memory stats are the allocator's) |
 //!
-//! Refused, with the reason (they count as misses): PEFT methods other than LoRA
-//! (DoRA, VeRA, OFT, ...), modules trained in full next to
+//! Refused, with the reason (they count as misses): PEFT tuners not modelled (OFT,
+//! BOFT, LoHa, prompt and prefix tuning, ...), modules trained in full next to
 //! the adapters, LayerNorm tuning, training over 8-bit base weights (inference on them
 //! is `--dtype int8`), GPTQ rows whose config has no
 //! gptq `quantization_config`, an unknown optimizer,
@@ -100,12 +101,22 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
     if train || method == "qlora" {
         s.put("method", method);
     }
+    let peft = if r.method == "other-peft" {
+        let p = peft_of(&r.notes)?;
+        s.put("peft", p);
+        p
+    } else {
+        "lora"
+    };
     if method != "full" && train {
-        let rank = r
-            .lora_rank
-            .filter(|&k| k > 0)
-            .ok_or_else(|| "LoRA rank unknown".to_string())?;
-        s.put("lora_rank", rank.to_string());
+        // (IA)³ has no rank (the table writes 0)
+        if peft != "ia3" {
+            let rank = r
+                .lora_rank
+                .filter(|&k| k > 0)
+                .ok_or_else(|| "LoRA rank unknown".to_string())?;
+            s.put("lora_rank", rank.to_string());
+        }
         s.put("lora_targets", lora_targets(&r.lora_targets, spec)?);
     }
     if method == "qlora" && (r.quant == "nf4" || r.quant == "fp4") {
@@ -185,8 +196,11 @@ fn method_of(r: &MeasuredRow, spec: &ModelSpec) -> Result<(&'static str, bool), 
         .as_ref()
         .is_some_and(|q| q.method.eq_ignore_ascii_case("gptq"));
     Ok(match (r.method.as_str(), r.quant.as_str()) {
-        ("other-peft", _) => {
-            return Err("a PEFT method other than LoRA (DoRA, VeRA, OFT, ...): not modelled".into())
+        ("other-peft", "none") => ("lora", false),
+        ("other-peft", q) => {
+            return Err(format!(
+                "a PEFT tuner other than LoRA over {q}-quantized weights"
+            ))
         }
         ("none", "int8") => ("full", true),
         (_, "int8") => {
@@ -213,6 +227,30 @@ fn method_of(r: &MeasuredRow, spec: &ModelSpec) -> Result<(&'static str, bool), 
         ("qlora", _) => ("qlora", false),
         (m, _) => return Err(format!("method {m}")),
     })
+}
+
+/// The peft tuner of an `other-peft` row, from its notes: the `peft_type` the source
+/// recorded (a LoRA type with DoRA or LoRA-FA named), or why it is not modelled.
+fn peft_of(notes: &str) -> Result<&'static str, String> {
+    let ty = notes
+        .split("peft_type ")
+        .nth(1)
+        .map(|t| {
+            t.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .next()
+                .unwrap_or("")
+        })
+        .unwrap_or("");
+    let lower = notes.to_ascii_lowercase();
+    match ty {
+        "ADALORA" => Ok("adalora"),
+        "VERA" => Ok("vera"),
+        "IA3" => Ok("ia3"),
+        "LORA" | "" if lower.contains("use_dora") || notes.contains("DoRA") => Ok("dora"),
+        "LORA" | "" if lower.contains("lora-fa") || lower.contains("lorafa") => Ok("lora-fa"),
+        "" => Err("a PEFT method other than LoRA whose peft_type the notes do not name".into()),
+        t => Err(format!("PEFT tuner {t}: not modelled")),
+    }
 }
 
 /// The layout settings of `parallelism`, `n_gpus` and the tp/pp/cp degrees.
@@ -413,6 +451,49 @@ mod tests {
             let e = map(&row(|r| r.lora_targets = t.into()), &spec("llama-2-7b")).unwrap_err();
             assert!(e.contains(why), "{t}: {e}");
         }
+    }
+
+    #[test]
+    fn an_other_peft_row_takes_its_tuner_from_the_notes() {
+        let other = |notes: &str, rank: Option<u64>, targets: &str| {
+            map(
+                &row(|r| {
+                    r.method = "other-peft".into();
+                    r.notes = notes.into();
+                    r.lora_rank = rank;
+                    r.lora_targets = targets.into();
+                }),
+                &spec("llama-3.2-3b"),
+            )
+        };
+        let dora = other("peft_type LORA; targets ['q_proj']; DoRA", Some(32), "qv").unwrap();
+        assert_eq!(setting(&dora, "method"), Some("lora"));
+        assert_eq!(setting(&dora, "peft"), Some("dora"));
+        assert_eq!(setting(&dora, "lora_rank"), Some("32"));
+        let fa = other("peft_type LORA; optimizer lora-fa", Some(32), "qv").unwrap();
+        assert_eq!(setting(&fa, "peft"), Some("lora-fa"));
+        for (t, want) in [("ADALORA", "adalora"), ("VERA", "vera")] {
+            let m = other(
+                &format!("experiment x; peft_type {t}; targets"),
+                Some(8),
+                "qv",
+            )
+            .unwrap();
+            assert_eq!(setting(&m, "peft"), Some(want), "{t}");
+        }
+        // (IA)³: no rank (the table's 0), its targets as given
+        let ia3 = other("peft_type IA3; targets", Some(0), "custom:k+v+down").unwrap();
+        assert_eq!(setting(&ia3, "peft"), Some("ia3"));
+        assert_eq!(setting(&ia3, "lora_rank"), None);
+        assert_eq!(
+            setting(&ia3, "lora_targets"),
+            Some("k_proj,v_proj,down_proj")
+        );
+        // a tuner not modelled is named; so is a row that names none
+        let e = other("peft_type BOFT; targets", Some(0), "qv").unwrap_err();
+        assert!(e.contains("BOFT"), "{e}");
+        let e = other("some method", Some(8), "qv").unwrap_err();
+        assert!(e.contains("peft_type"), "{e}");
     }
 
     #[test]

@@ -127,6 +127,9 @@ pub struct MeasuredRow {
     pub metric: String,
     /// Per GPU, GiB (2^30 bytes).
     pub measured_gib: f64,
+    /// The optional `notes` column (free text; an `other-peft` row's tuner is read from
+    /// it), empty when absent.
+    pub notes: String,
 }
 
 /// Parses the table text (`origin` names it in errors).
@@ -160,6 +163,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<MeasuredRow>> {
         .iter()
         .map(|c| (*c, header.iter().position(|h| h == c).unwrap_or(0)))
         .collect();
+    let notes_at = header.iter().position(|h| h == "notes");
     let mut rows = Vec::new();
     let mut ids = BTreeMap::new();
     for (i, rec) in rd.records().enumerate() {
@@ -261,6 +265,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<MeasuredRow>> {
             gpu: text_cell("gpu")?,
             metric: token("metric")?,
             measured_gib,
+            notes: notes_at.and_then(|i| rec.get(i)).unwrap_or("").to_string(),
             id,
         });
     }
@@ -300,6 +305,7 @@ pub(crate) fn sample_row() -> MeasuredRow {
         gpu: "unknown".into(),
         metric: "allocated".into(),
         measured_gib: 10.0,
+        notes: String::new(),
     }
 }
 

@@ -925,13 +925,15 @@ impl Settings {
         let rank = match (adapter.has_rank(), self.lora_rank) {
             (true, r) => r.unwrap_or(16),
             (false, None) => 0,
-            (false, Some(r)) => return Err(Error::invalid(
-                self.describe("lora_rank"),
-                r,
-                format!(
+            (false, Some(r)) => {
+                return Err(Error::invalid(
+                    self.describe("lora_rank"),
+                    r,
+                    format!(
                     "no rank with --peft {adapter} (its vectors are sized by the adapted linears)"
                 ),
-            )),
+                ))
+            }
         };
         let dropout = self.lora_dropout.unwrap_or(0.0);
         if !(dropout.is_finite() && (0.0..1.0).contains(&dropout)) {
@@ -945,7 +947,10 @@ impl Settings {
             kind,
             LoraConfig {
                 rank,
-                alpha: self.lora_alpha.unwrap_or(2.0 * rank as f64),
+                // (IA)³ has neither rank nor alpha; 1 keeps the alpha check meaningful
+                alpha: self
+                    .lora_alpha
+                    .unwrap_or(if rank > 0 { 2.0 * rank as f64 } else { 1.0 }),
                 targets: self.lora_targets.clone().unwrap_or(LoraTargets::AllLinear),
                 adapter,
                 double_quant: self.double_quant.unwrap_or(true),

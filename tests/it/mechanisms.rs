@@ -319,3 +319,60 @@ fn lora_dropout_keeps_a_mask_per_adapter() {
         r.stderr
     );
 }
+
+/// peft's other tuners (`--peft`), each its layer's forward (peft 0.21): on
+/// Llama-3.2-1B, r16 on the attention projections (q and o: out 2048, k and v: out
+/// 512; Σout = 5120), s512, fp32 adapters. DoRA (tuners/lora/dora.py
+/// `DoraLinearLayer.forward`) keeps, besides LoRA's saves, the base output (bf16) and
+/// the LoRA result (fp32) for its two products, plus three out-sized fp32 vectors:
+/// 512 · 5120 · (2 + 4) + 3 · 5120 · 4 bytes per layer, and a magnitude of out per
+/// linear. LoRA-FA (optimizers/lorafa.py: `lora_A.requires_grad_(False)`) keeps no
+/// fp32 input copy: 4 adapters · 512 · 2048 · 4 bytes less, and trains lora_B only.
+/// (IA)³ has no rank. The trace probe checks every tuner on three families
+/// (`tests/data/trace/peft.csv`).
+#[test]
+fn peft_tuners_keep_what_their_forward_saves() {
+    let with = |p: &str| {
+        let mut a = LORA_1B.to_vec();
+        a.extend_from_slice(&["--lora-targets", "attn", "--peft", p]);
+        let j = estimate_json(&a);
+        (
+            j["activations"]["per_layer_bytes"].as_u64().unwrap(),
+            j["model"]["params_trainable"].as_u64().unwrap(),
+            j["workload"]["lora"]["peft"].as_str().unwrap().to_string(),
+        )
+    };
+    let (lora, lora_p, _) = with("lora");
+    let (dora, dora_p, name) = with("dora");
+    assert_eq!(name, "dora");
+    assert_eq!(dora - lora, 512 * 5120 * 6 + 3 * 5120 * 4);
+    assert_eq!(
+        dora_p - lora_p,
+        16 * 5120,
+        "a magnitude per output, 16 layers"
+    );
+    let (fa, fa_p, _) = with("lora-fa");
+    assert_eq!(lora - fa, 4 * 512 * 2048 * 4);
+    assert_eq!(fa_p, 16 * 16 * 5120, "lora_B only");
+    let (_, ia3_p, _) = with("ia3");
+    assert_eq!(
+        ia3_p,
+        16 * 5120,
+        "one vector of out per attention projection"
+    );
+    // errors name the setting and what is accepted
+    for (args, want) in [
+        (vec!["--peft", "ia3", "--lora-rank", "8"], "no rank"),
+        (vec!["--peft", "oft"], "dora"),
+    ] {
+        let mut a = vec!["estimate"];
+        a.extend_from_slice(&LORA_1B);
+        a.extend_from_slice(&args);
+        let r = run(&a);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
+    }
+    let r = run(["estimate", "--model", "gpt2", "--peft", "dora"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("--method lora"), "{}", r.stderr);
+}

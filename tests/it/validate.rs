@@ -104,11 +104,21 @@ fn rows_map_onto_the_settings_a_user_would_pass() {
             .contains("--task infer --method qlora --no-double-quant --dtype fp16"),
         "{b}"
     );
-    // unsupported with the reason
-    assert!(row("peft-metamath-005")["reason"]
+    // other PEFT tuners: the tuner from the notes (DoRA), (IA)³ without a rank
+    let d = row("peft-metamath-005");
+    assert_eq!(d["settings"]["peft"], "dora", "{d}");
+    assert!(
+        d["command"].as_str().unwrap().contains("--peft dora"),
+        "{d}"
+    );
+    let i = row("peft-metamath-007");
+    assert_eq!(i["settings"]["peft"], "ia3", "{i}");
+    assert!(i["settings"].get("lora_rank").is_none(), "{i}");
+    // unsupported with the reason, naming the tuner
+    assert!(row("peft-metamath-015")["reason"]
         .as_str()
         .unwrap()
-        .contains("PEFT method other than LoRA"));
+        .contains("PEFT tuner BOFT"));
 }
 
 #[test]
