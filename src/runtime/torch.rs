@@ -477,23 +477,43 @@ impl<'a> Graph<'a> {
         let ad = self.adapter_dtype();
         let xa = self.cast(x, ad);
         let xa = self.dropout(xa, self.p.lora_dropout);
-        self.begin(&[xa]);
-        let x_rg = self.rg(xa);
-        self.saves_param(x_rg);
-        let a = self.out("lora_A", self.tokens * r, ad, x_rg, Kind::Matmul);
+        let b = self.lora_pair(xa, lin, r, false);
+        let scaled = self.scalar_mul("lora scaling", b);
+        self.adapter_add(x, base, scaled)
+    }
+
+    /// `lora_B(lora_A(x))` on the adapter-dtype input `x`: lora_A keeps x when its
+    /// weight is trained (else only its weight, when x needs a gradient), lora_B keeps
+    /// lora_A's output; each trained weight gets its gradient.
+    fn lora_pair(&mut self, x: T, lin: &LinearSpec, r: u64, a_trained: bool) -> T {
+        let ad = self.dt(x);
+        self.begin(&[x]);
+        let x_rg = self.rg(x);
+        if a_trained {
+            self.save(x);
+            self.param_grads
+                .push((self.op, r * lin.in_features * ad.size()));
+        } else {
+            self.saves_param(x_rg);
+        }
+        let a = self.out(
+            "lora_A",
+            self.tokens * r,
+            ad,
+            a_trained || x_rg,
+            Kind::Matmul,
+        );
         self.begin(&[a]);
         self.save(a);
         self.param_grads
             .push((self.op, r * lin.out_features * ad.size()));
-        let b = self.out(
+        self.out(
             "lora_B",
             self.tokens * lin.out_features,
             ad,
             true,
             Kind::Matmul,
-        );
-        let scaled = self.scalar_mul("lora scaling", b);
-        self.adapter_add(x, base, scaled)
+        )
     }
 
     /// DoRA (peft tuners/lora/variants.py `DoraLinearVariant.forward` →
@@ -547,14 +567,7 @@ impl<'a> Graph<'a> {
             self.save_if(w, x_rg);
             self.out("dora base result", self.tokens * o, ad, x_rg, Kind::Matmul)
         };
-        self.begin(&[xd]);
-        self.save(xd);
-        self.param_grads.push((self.op, r * i * ad.size()));
-        let a = self.out("lora_A", self.tokens * r, ad, true, Kind::Matmul);
-        self.begin(&[a]);
-        self.save(a);
-        self.param_grads.push((self.op, r * o * ad.size()));
-        let lora = self.out("lora_B", self.tokens * o, ad, true, Kind::Matmul);
+        let lora = self.lora_pair(xd, lin, r, true);
         // the temporaries die here, with lora_weight
         self.hold(&[eye, ae, lw]);
         let mns1 = self.unary_plain("dora scale - 1", mns, o, ad);
@@ -750,22 +763,7 @@ impl<'a> Graph<'a> {
         let ad = self.adapter_dtype();
         let xa = self.cast(x, ad);
         let xa = self.dropout(xa, self.p.lora_dropout);
-        self.begin(&[xa]);
-        self.save(xa);
-        self.param_grads
-            .push((self.op, r * lin.in_features * ad.size()));
-        let a = self.out("lora_A", self.tokens * r, ad, true, Kind::Matmul);
-        self.begin(&[a]);
-        self.save(a);
-        self.param_grads
-            .push((self.op, r * lin.out_features * ad.size()));
-        let b = self.out(
-            "lora_B",
-            self.tokens * lin.out_features,
-            ad,
-            true,
-            Kind::Matmul,
-        );
+        let b = self.lora_pair(xa, lin, r, true);
         let scaled = self.scalar_mul("lora scaling", b);
         // the module call (`peft.tuners.lora.Linear.forward(x)`) holds x until it returns
         self.adapter_add(x, base, scaled)
