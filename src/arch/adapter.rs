@@ -130,7 +130,7 @@ impl Adapter {
 
     /// Stored elements shared by all adapted linears: VeRA's `vera_A` (r × max in) and
     /// `vera_B` (max out × r), `BufferDict` buffers (`VeraModel._init_vera_A_vera_B`).
-    pub fn shared_stored<'a>(self, adapted: impl Iterator<Item = &'a LinearSpec>, r: u64) -> u64 {
+    pub fn shared_stored(self, adapted: impl Iterator<Item = LinearSpec>, r: u64) -> u64 {
         if self != Adapter::Vera {
             return 0;
         }

@@ -267,14 +267,7 @@ pub fn adapters(spec: &ModelSpec, rank: u64, targets: &LoraTargets, adapter: Ada
         head.as_ref()
             .map_or(0, |h| pick(adapter.per_linear(h, rank)))
     };
-    let shared = adapter.shared_stored(
-        spec.each_linear()
-            .filter(|l| adapted(l))
-            .collect::<Vec<_>>()
-            .iter()
-            .chain(head.as_ref()),
-        rank,
-    );
+    let shared = adapter.shared_stored(spec.each_linear().filter(adapted).chain(head), rank);
     LoraCount {
         trainable: spec.sum_over_layers(|l| per(l, |c| c.0)) + head_part(|c| c.0),
         stored: spec.sum_over_layers(|l| per(l, |c| c.1)) + head_part(|c| c.1) + shared,
