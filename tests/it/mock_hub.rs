@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,6 +80,9 @@ pub struct Req {
 pub struct MockHub {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<Req>>>,
+    /// Connections accepted and not yet logged: a client can read its whole answer
+    /// before the serving thread records the request.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl MockHub {
@@ -94,23 +98,38 @@ impl MockHub {
         );
         let log = Arc::new(Mutex::new(Vec::new()));
         let log2 = log.clone();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let in_flight2 = in_flight.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
                 let (repos, log) = (repos.clone(), log2.clone());
+                let busy = in_flight2.clone();
+                busy.fetch_add(1, Ordering::SeqCst);
                 std::thread::spawn(move || {
                     let _ = serve(conn, &repos, &log);
+                    busy.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        MockHub { addr, log }
+        MockHub {
+            addr,
+            log,
+            in_flight,
+        }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
+    /// The requests served so far, once every accepted connection is logged (waits at
+    /// most 10 s for the serving threads).
     pub fn requests(&self) -> Vec<Req> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.in_flight.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         self.log.lock().unwrap().clone()
     }
 }
