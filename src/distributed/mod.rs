@@ -43,6 +43,7 @@ use crate::arch::params;
 use crate::arch::{LinearRole, ModelSpec, Positions};
 use crate::error::Result;
 use crate::estimate::optimizer;
+use crate::estimate::timeline::Unsynced;
 use crate::estimate::weights;
 use crate::estimate::{self, Correction, Estimate, RankView, Statics};
 use crate::units::bytes::Bytes;
@@ -277,6 +278,7 @@ fn serving_estimate(
         inflight_microbatches: 1.0,
         gathered_fwd: 0,
         gathered_bwd: 0,
+        unsynced: Unsynced::default(),
         optimizer_extra: 0,
         in_allocator_extra: 0,
         // replicas do not talk to each other: only the tensor-parallel group
@@ -310,7 +312,10 @@ fn serving_estimate(
 /// state + master weights + gathered parameter buffers (ZeRO-3 / FSDP).
 fn model_states(v: &RankView) -> u64 {
     let s = &v.statics;
-    let grads = v.local.layers() * s.grad_layer + s.grad_head + s.grad_embedding + s.grad_other;
+    // a tied matrix's gradient is counted once, as the head's (`TrainPlan::tied`)
+    let tied = v.local.tie_embeddings && v.has_embedding && v.has_head;
+    let emb = if tied { 0 } else { s.grad_embedding };
+    let grads = v.local.layers() * s.grad_layer + s.grad_head + emb + s.grad_other;
     s.weights + grads + s.optimizer_state + s.master_weights + v.gathered_fwd.min(v.gathered_bwd)
 }
 
@@ -336,6 +341,13 @@ pub fn rank_view(
     let mut st = sh.statics;
     st.grad_layer = sh.grad_layer;
     split_rest_grads(&mut st, &s, r.rest_params, sh.grad_rest);
+    let (embedding, head, other) = split_rest(&s, r.rest_params, sh.unsynced_rest);
+    let unsynced = Unsynced {
+        layer: sh.unsynced_layer,
+        head,
+        embedding,
+        other,
+    };
 
     // context parallelism: ring attention holds two K/V chunks in flight
     let seq_local = w.seq_len / layout.cp;
@@ -361,6 +373,7 @@ pub fn rank_view(
         inflight_microbatches: inflight_microbatches(layout, stage, micro_batches),
         gathered_fwd: sh.gathered_fwd,
         gathered_bwd: sh.gathered_bwd,
+        unsynced,
         optimizer_extra: sh.optimizer_extra,
         in_allocator_extra: sh.in_alloc,
         outside_extra: groups * layout.buffers.nccl_per_group.get(),
@@ -608,6 +621,10 @@ struct Sharded {
     grad_rest: u64,
     gathered_fwd: u64,
     gathered_bwd: u64,
+    /// Unsharded gradient bytes beyond `grad_layer` / `grad_rest` while micro-batches
+    /// accumulate under FSDP's `no_sync`.
+    unsynced_layer: u64,
+    unsynced_rest: u64,
     optimizer_extra: u64,
     /// Persistent buffers in the allocator (DDP reducer buckets).
     in_alloc: u64,
@@ -714,6 +731,17 @@ fn fsdp_states(r: &Recipe, mode: FsdpMode) -> Sharded {
     };
     sh.grad_layer = g(s.t_layer);
     sh.grad_rest = g(r.rest_params);
+    // Gradient accumulation under no_sync (FSDP1 `FullyShardedDataParallel.no_sync`,
+    // FSDP2 `set_requires_gradient_sync(False)`; entered by Lightning Fabric
+    // `_FSDPBackwardSyncControl.no_backward_sync`, accelerate `Accelerator.no_sync` /
+    // `accumulate`, transformers Trainer's inner loop): every unit's gradient stays
+    // unsharded on the GPU, in the dtype autograd produced it in (the compute dtype
+    // under MixedPrecision), until the last micro-batch reduce-scatters it.
+    if layout.fsdp_no_sync && r.w.grad_accum > 1 && n > 1.0 {
+        let el = if r.mixed { r.compute } else { r.grad_el };
+        sh.unsynced_layer = (s.t_layer * el).saturating_sub(sh.grad_layer);
+        sh.unsynced_rest = (r.rest_params * el).saturating_sub(sh.grad_rest);
+    }
     sh.statics.optimizer_state = if offload_params { 0 } else { div(states, n) };
     sh.statics.optimizer_step_temp = if offload_params { 0 } else { div(step_temp, n) };
     // unsharded units in the compute dtype
@@ -782,19 +810,32 @@ fn replicated_states(r: &Recipe) -> Sharded {
 /// (`grad_rest`: embedding, head, final norm, positions) in proportion to their
 /// parameters.
 fn split_rest_grads(st: &mut Statics, s: &Stage, rest_params: u64, grad_rest: u64) {
+    (st.grad_embedding, st.grad_head, st.grad_other) = split_rest(s, rest_params, grad_rest);
+}
+
+/// `bytes` of the rest of the trainable parameters as (embedding, head, other), in
+/// proportion to their parameters (all `other` when only adapters train).
+fn split_rest(s: &Stage, rest_params: u64, bytes: u64) -> (u64, u64, u64) {
     let rest_share = |p: u64| {
         if rest_params == 0 {
             0
         } else {
-            (grad_rest as f64 * p as f64 / rest_params as f64).round() as u64
+            (bytes as f64 * p as f64 / rest_params as f64).round() as u64
         }
     };
     if s.full {
-        st.grad_embedding = rest_share(s.p_emb);
-        st.grad_head = rest_share(s.p_head);
-        st.grad_other = grad_rest - st.grad_embedding - st.grad_head;
+        let (emb, head) = (rest_share(s.p_emb), rest_share(s.p_head));
+        let other = bytes - emb - head;
+        if s.local.tie_embeddings && s.first && s.last {
+            // one tied matrix (p_head = 0): the timeline's convention is that the head
+            // holds the shared gradient and the embedding's is the transient summed
+            // into it (`TrainPlan::tied`)
+            (emb, emb, other)
+        } else {
+            (emb, head, other)
+        }
     } else {
-        st.grad_other = grad_rest;
+        (0, 0, bytes)
     }
 }
 

@@ -176,6 +176,8 @@ pub struct RankView {
     pub inflight_microbatches: f64,
     pub gathered_fwd: u64,
     pub gathered_bwd: u64,
+    /// Unsharded gradients held while micro-batches accumulate under FSDP's `no_sync`.
+    pub unsynced: timeline::Unsynced,
     pub optimizer_extra: u64,
     /// Persistent buffers in the allocator (gradient buckets) / outside it (NCCL).
     pub in_allocator_extra: u64,
@@ -230,6 +232,7 @@ impl RankView {
             inflight_microbatches: 1.0,
             gathered_fwd: 0,
             gathered_bwd: 0,
+            unsynced: timeline::Unsynced::default(),
             optimizer_extra: 0,
             in_allocator_extra: 0,
             outside_extra: 0,
@@ -641,6 +644,7 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
         has_embedding: v.has_embedding,
         has_head: v.has_head,
         inflight_saved,
+        unsynced: v.unsynced,
         gathered_fwd: v.gathered_fwd,
         gathered_bwd: v.gathered_bwd,
         optimizer_extra: v.optimizer_extra,

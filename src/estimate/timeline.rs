@@ -227,6 +227,9 @@ pub struct TrainPlan {
     /// Saved activations of other micro-batches in flight on this stage (pipeline
     /// schedules), present throughout forward and backward.
     pub inflight_saved: u64,
+    /// Gradient bytes held beyond the resident (sharded) ones while micro-batches
+    /// accumulate under FSDP's `no_sync` (all zero otherwise).
+    pub unsynced: Unsynced,
     /// Gathered (unsharded) parameters during forward / parameters and unsharded
     /// gradients during backward (ZeRO-3, FSDP), and gradient buckets.
     pub gathered_fwd: u64,
@@ -240,6 +243,24 @@ pub struct TrainPlan {
     /// the loop still holds its `loss` (litgpt), counted by what custom Functions'
     /// `ctx` attributes keep in it (bitsandbytes < 0.43.2 4-bit inputs).
     pub prev_step_held: u64,
+}
+
+/// Gradient accumulation under FSDP's `no_sync` (torch 2.x
+/// `torch/distributed/fsdp/_runtime_utils.py` `_post_backward_hook`: without
+/// `_sync_gradients` it returns before `_reduce_grad`, leaving the unsharded
+/// `flat_param.grad`; FSDP2 `_fsdp_param.py` keeps `unsharded_accumulated_grad`): each
+/// accumulating micro-batch leaves every unit's gradient unsharded; the last one
+/// accumulates into them and reduce-scatters each unit after its backward, freeing the
+/// unsharded gradient. Bytes beyond the sharded gradients the plan already counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Unsynced {
+    /// Per decoder layer (a layer unit).
+    pub layer: u64,
+    /// The root unit's parameters (head, embedding, the rest as in
+    /// [`TrainPlan::grad_head`] …), reduce-scattered at the end of backward.
+    pub head: u64,
+    pub embedding: u64,
+    pub other: u64,
 }
 
 /// What one decoder layer costs on a rank's timeline (bytes).
@@ -289,6 +310,14 @@ impl TrainPlan {
         let emb = if self.tied { 0 } else { self.grad_embedding };
         self.layers_sum(|c| c.grad) + self.grad_head + emb + self.grad_other
     }
+
+    /// Unsharded gradient bytes beyond [`TrainPlan::grads_total`] between accumulating
+    /// micro-batches under `no_sync`.
+    pub fn unsynced_total(&self) -> u64 {
+        let u = &self.unsynced;
+        let emb = if self.tied { 0 } else { u.embedding };
+        self.layer_count() * u.layer + u.head + emb + u.other
+    }
 }
 
 /// Simulate one training step.
@@ -316,7 +345,11 @@ pub fn simulate_train<S: Sink>(p: &TrainPlan, rec: &mut S) {
             } else {
                 String::new()
             },
-            resident_grads: if mb == 0 { 0 } else { p.grads_total() },
+            resident_grads: if mb == 0 {
+                0
+            } else {
+                p.grads_total() + p.unsynced_total()
+            },
         };
         let (saved, cache) = pass.forward(rec);
         pass.loss(rec, saved + p.held_by_loop, cache);
@@ -499,7 +532,7 @@ impl Pass<'_> {
         let mut grads = self.resident_grads;
         if !p.has_head {
             if self.mb == 0 {
-                grads += p.grad_other;
+                grads += p.grad_other + p.unsynced.other;
             }
             return grads;
         }
@@ -518,7 +551,7 @@ impl Pass<'_> {
             at_head(grads, p.loss_saved + p.head_bwd_transient, p.gathered_bwd),
         );
         if self.mb == 0 {
-            grads += p.grad_head + p.grad_other;
+            grads += p.grad_head + p.grad_other + p.unsynced.head + p.unsynced.other;
         }
         rec.moment(
             Phase::Backward,
@@ -526,7 +559,7 @@ impl Pass<'_> {
             at_head(
                 grads,
                 p.head_grad_logits,
-                self.accum_temp(p.grad_head) + p.embed_out + p.gathered_bwd,
+                self.accum_temp(p.grad_head + p.unsynced.head) + p.embed_out + p.gathered_bwd,
             ),
         );
         grads
@@ -545,9 +578,7 @@ impl Pass<'_> {
                     // the layers down to the next recorded one only release and grow
                     let k = i - self.next_shown_down(i - 1).max(start);
                     saved -= k * c.saved;
-                    if self.mb == 0 {
-                        grads += k * c.grad;
-                    }
+                    grads = self.after_layers_backward(grads, k, c.grad);
                     i -= k;
                     continue;
                 }
@@ -571,19 +602,29 @@ impl Pass<'_> {
                             temporaries: Bytes(
                                 peak - own - held
                                     + c.extra_temp
-                                    + self.accum_temp(c.grad)
+                                    + self.accum_temp(c.grad + p.unsynced.layer)
                                     + p.gathered_bwd,
                             ),
                             ..self.base
                         },
                     );
                 }
-                if self.mb == 0 {
-                    grads += c.grad;
-                }
+                grads = self.after_layers_backward(grads, 1, c.grad);
             }
         }
         (saved, grads)
+    }
+
+    /// Gradients resident after `k` more layers (of `grad` bytes each) finished their
+    /// backward: the first micro-batch allocates them (unsharded under `no_sync`); the
+    /// last one reduce-scatters each layer's unsharded gradient and frees it.
+    fn after_layers_backward(&self, grads: u64, k: u64, grad: u64) -> u64 {
+        let u = self.p.unsynced.layer;
+        if self.mb == 0 {
+            grads + k * (grad + u)
+        } else {
+            grads - k * u
+        }
     }
 
     /// The embedding's backward (first stage).
@@ -592,12 +633,14 @@ impl Pass<'_> {
         // untied → its own gradient; tied → autograd sums the head's and the
         // embedding's gradient in its input buffer (the new dense gradient plus the
         // out-of-place sum) before storing it
+        // (unsharded under no_sync)
+        let g = p.grad_embedding + p.unsynced.embedding;
         let (emb_grad, emb_temp) = if p.tied {
-            (0, 2 * p.grad_embedding)
+            (0, 2 * g)
         } else if self.mb == 0 {
-            (p.grad_embedding, 0)
+            (g, 0)
         } else {
-            (0, p.grad_embedding)
+            (0, g)
         };
         grads += emb_grad;
         rec.moment(

@@ -132,6 +132,9 @@ pub struct Layout {
     /// accelerate's upcast of half-precision trainable FSDP parameters to fp32 under
     /// mixed precision (`distributed::recipe`).
     pub fsdp_upcast: bool,
+    /// Gradient accumulation under FSDP's `no_sync` (`distributed::fsdp_states`): the
+    /// accumulating micro-batches keep unsharded gradients.
+    pub fsdp_no_sync: bool,
     pub offload_optimizer: bool,
     pub offload_params: bool,
     pub distributed_optimizer: bool,
@@ -157,6 +160,7 @@ impl Default for Layout {
             fsdp: None,
             fsdp_version: 2,
             fsdp_upcast: false,
+            fsdp_no_sync: false,
             offload_optimizer: false,
             offload_params: false,
             distributed_optimizer: false,

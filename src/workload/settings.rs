@@ -503,6 +503,7 @@ settings! {
     lora_dtype: LoraDtype => "--lora-dtype" Value, "fp32 | model: LoRA adapters in fp32 (peft's default autocast_adapter_dtype) or in the model's dtype (torchtune, litgpt, DeepSpeed bf16/fp16).";
     bnb_version: Version => "--bnb-version" Value, "bitsandbytes version, e.g. 0.42.0 (default: a current one): before 0.43.2 a QLoRA 4-bit linear keeps its input for backward.";
     fsdp_upcast: bool => "--fsdp-upcast" Value, "true | false: under FSDP with half-precision parameters, accelerate's fp32 upcast of the flat parameters (accelerate >= 0.30 with --bf16/--fp16): fp32 sharded master, layers gathered in the half dtype (set by --framework hf-trainer).";
+    fsdp_no_sync: bool => "--fsdp-no-sync" Value, "true | false: with --grad-accum > 1 under FSDP, the accumulating micro-batches run under no_sync (FSDP1 `no_sync()`, FSDP2 `set_requires_gradient_sync(False)`), so every rank holds unsharded gradients until the last micro-batch reduce-scatters them (set by --framework hf-trainer, accelerate, litgpt).";
     framework: String => "--framework" Value, "A shipped framework profile (hf-trainer | accelerate | litgpt | torchtune): defaults for the mechanisms it runs; your own settings win.";
     fsdp_shard_group: u64 => "--fsdp-shard-group" Value, "FSDP hybrid-shard group size (default min(dp, 8)).";
     offload_optimizer: bool => "--offload-optimizer" Switch(true), "Optimizer state (and ZeRO's fp32 copies) in host memory.";
@@ -1023,6 +1024,7 @@ impl Settings {
             fsdp: self.fsdp,
             fsdp_version: self.fsdp_version.map_or(d.fsdp_version, |v| v.0),
             fsdp_upcast: self.fsdp_upcast.unwrap_or(false),
+            fsdp_no_sync: self.fsdp_no_sync.unwrap_or(false),
             offload_optimizer: self.offload_optimizer.unwrap_or(false),
             offload_params: self.offload_params.unwrap_or(false),
             distributed_optimizer: self.distributed_optimizer.unwrap_or(false),

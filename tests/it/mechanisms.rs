@@ -376,3 +376,109 @@ fn peft_tuners_keep_what_their_forward_saves() {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("--method lora"), "{}", r.stderr);
 }
+
+/// Gradient accumulation under FSDP's `no_sync` (torch
+/// `distributed/fsdp/_runtime_utils.py` `_post_backward_hook` returns before
+/// `_reduce_grad` without `_sync_gradients`; entered by Lightning Fabric's
+/// `no_backward_sync`, accelerate's `accumulate` and the HF Trainer): between
+/// micro-batches every rank holds the unsharded gradients. Llama-3.2-1B full bf16, FSDP1
+/// over 4 ranks, 2 micro-batches: at the second micro-batch's loss the no_sync run holds
+/// exactly the unsharded minus the sharded gradients more (2 B per parameter × 3/4, each
+/// shard rounded to the byte); the optimizer step sees the same sharded gradients; with
+/// one micro-batch, or without no_sync, nothing changes. The litgpt profile sets it.
+#[test]
+fn fsdp_no_sync_keeps_unsharded_gradients_between_micro_batches() {
+    let at = |extra: &[&str], event: &str| -> u64 {
+        let mut a = vec![
+            "--model",
+            "llama-3.2-1b",
+            "--dtype",
+            "bf16",
+            "--seq-len",
+            "512",
+            "--fsdp",
+            "full",
+            "--fsdp-version",
+            "1",
+            "--dp",
+            "4",
+        ];
+        a.extend_from_slice(extra);
+        let d = estimate_json(&a);
+        let ev = d["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"] == event)
+            .unwrap_or_else(|| panic!("no event {event:?}"))
+            .clone();
+        ev["allocated_bytes"].as_u64().unwrap()
+    };
+    let accum = ["--grad-accum", "2"];
+    let loss2 = "logits and loss (micro-batch 2)";
+    let with = |sync: &str, ev: &str| {
+        let mut a = accum.to_vec();
+        a.extend_from_slice(&["--fsdp-no-sync", sync]);
+        at(&a, ev)
+    };
+    let p = 1_235_814_400u64; // Llama-3.2-1B, tied
+    let extra = with("true", loss2) - with("false", loss2);
+    let want = p * 2 - p * 2 / 4;
+    assert!(extra.abs_diff(want) <= 64, "{extra} vs {want}");
+    assert_eq!(
+        with("true", "optimizer step"),
+        with("false", "optimizer step")
+    );
+    assert_eq!(
+        at(&["--fsdp-no-sync", "true"], "optimizer step"),
+        at(&[], "optimizer step")
+    );
+    let mut lit = accum.to_vec();
+    lit.extend_from_slice(&["--framework", "litgpt"]);
+    let mut lit_off = lit.clone();
+    lit_off.extend_from_slice(&["--fsdp-no-sync", "false"]);
+    assert!(at(&lit, loss2) - at(&lit_off, loss2) >= want - 64);
+}
+
+/// A tied embedding's gradient is counted once under data-parallel sharding, as on one
+/// GPU: Llama-3.2-1B (tied) full bf16 AdamW under DeepSpeed ZeRO-1 over 2 ranks holds
+/// bf16 weights and gradients (2 + 2 B per parameter) and half of the fp32 gradients,
+/// master weights and AdamW states ((4 + 4 + 8) / 2 B): 12 B per parameter, in the
+/// steady state and at the optimizer step. The timeline used to drop the tied matrix's
+/// gradients under sharded layouts (4 B × 262,668,288 at the step).
+#[test]
+fn tied_embedding_gradient_is_counted_once_when_sharded() {
+    let d = estimate_json(&[
+        "--model",
+        "llama-3.2-1b",
+        "--dtype",
+        "bf16",
+        "--seq-len",
+        "512",
+        "--zero",
+        "1",
+        "--dp",
+        "2",
+        "--zero-allgather-bucket",
+        "0",
+        "--zero-reduce-bucket",
+        "0",
+        "--cublas-workspace",
+        "0",
+    ]);
+    let rank = &d["per_rank"][0];
+    assert_eq!(
+        rank["model_states_bytes"].as_u64().unwrap(),
+        12 * 1_235_814_400
+    );
+    // the timeline's optimizer step holds them all (and nothing else, buckets off)
+    let step = rank["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "optimizer step")
+        .unwrap()["allocated_bytes"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(step, 12 * 1_235_814_400);
+}
