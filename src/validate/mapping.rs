@@ -6,6 +6,7 @@
 //! | column | setting |
 //! |---|---|
 //! | `task`, `micro_batch`, `seq_len`, `gen_tokens` | `--task`, `--batch`, `--seq-len` (train) or `--prompt-len` + `--gen-len` (infer) |
+//! | `grad_accum` (optional column), else `notes` | `--grad-accum`: the column; else what the notes state (`no grad accumulation`, `GA N`, `GA N (LoRA) / M (QLoRA)`, `gradient_accumulation_steps N`); else 1, with a note |
 //! | `method` + `quant` | `full`; `lora`; `qlora` when the base is `nf4` / `nf4-dq` / `fp4` (bitsandbytes 4-bit: fp4 and nf4 store the same 4 bits + absmax per 64); `nf4` without double quantization → `--no-double-quant`; `gptq-int4` with LoRA or inference when the model's config carries a gptq `quantization_config` (the estimator sizes the packed weights from it) |
 //! | `method` `other-peft` | `--method lora --peft NAME`, the tuner read from `notes` (the table's README: "see notes"): `peft_type ADALORA` / `VERA` / `IA3` → `adalora` / `vera` / `ia3`; `peft_type LORA` with `DoRA` / `use_dora` → `dora`, with `LoRA-FA` / `lorafa` → `lora-fa`; any other peft type is refused, named |
 //! | `lora_rank`, `lora_targets` | `--lora-rank`; role tokens (`q`, `k`, `v`, `o`, `qkv`, `gate`, `up`, `down`, `mlp`, `lm_head`) → the model's own module names (a fused q/k/v linear for `q`/`k`/`v` on a fused model; `lm_head` for the output head) |
@@ -148,6 +149,21 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
         s.put("prompt_len", seq.to_string());
         s.put("gen_len", r.gen_tokens.max(1).to_string());
     }
+    if train {
+        match grad_accum_of(r) {
+            Some((n, from)) => {
+                if n > 1 {
+                    s.put("grad_accum", n.to_string());
+                }
+                if from == "notes" {
+                    notes.push(format!("gradient accumulation {n}, read from the notes"));
+                }
+            }
+            None => notes.push(
+                "gradient accumulation not given: 1 assumed (with more, gradients are resident during the next micro-batch)".into(),
+            ),
+        }
+    }
     // kernels and checkpointing
     if train {
         match r.grad_ckpt.as_str() {
@@ -251,6 +267,52 @@ fn peft_of(notes: &str) -> Result<&'static str, String> {
         "" => Err("a PEFT method other than LoRA whose peft_type the notes do not name".into()),
         t => Err(format!("PEFT tuner {t}: not modelled")),
     }
+}
+
+/// Gradient accumulation steps and where they came from: the `grad_accum` column, else
+/// the notes when they state it (`no grad accumulation`; `GA N`; `GA N (LoRA) / M
+/// (QLoRA)` per method; `gradient_accumulation_steps N` / `=N` / `: N`).
+fn grad_accum_of(r: &MeasuredRow) -> Option<(u64, &'static str)> {
+    if let Some(n) = r.grad_accum {
+        return Some((n, "column"));
+    }
+    let notes = r.notes.as_str();
+    let lower = notes.to_ascii_lowercase();
+    if lower.contains("no grad accumulation") || lower.contains("no gradient accumulation") {
+        return Some((1, "notes"));
+    }
+    let number_after = |at: &str| -> Option<u64> {
+        let t = at.trim_start_matches([' ', '=', ':']);
+        let digits: String = t.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok().filter(|n| (1..=1 << 20).contains(n))
+    };
+    // "GA " as a word of its own (not the tail of "OMEGA 3")
+    let ga = notes
+        .match_indices("GA ")
+        .map(|(i, _)| i)
+        .find(|&i| i == 0 || !notes[..i].ends_with(|c: char| c.is_ascii_alphanumeric()));
+    if let Some(i) = ga {
+        let rest = &notes[i + 3..];
+        let first = number_after(rest)?;
+        // "GA 4 (LoRA) / 2 (QLoRA)": the figure of the row's method
+        if let Some(j) = rest.find("(QLoRA)") {
+            let head = &rest[..j];
+            if r.method == "qlora" {
+                if let Some(k) = head.rfind('/') {
+                    return number_after(&head[k + 1..]).map(|n| (n, "notes"));
+                }
+            }
+        }
+        return Some((first, "notes"));
+    }
+    for key in ["gradient_accumulation_steps", "grad accumulation"] {
+        if let Some(i) = lower.find(key) {
+            if let Some(n) = number_after(&lower[i + key.len()..]) {
+                return Some((n, "notes"));
+            }
+        }
+    }
+    None
 }
 
 /// The layout settings of `parallelism`, `n_gpus` and the tp/pp/cp degrees.
@@ -494,6 +556,41 @@ mod tests {
         assert!(e.contains("BOFT"), "{e}");
         let e = other("some method", Some(8), "qv").unwrap_err();
         assert!(e.contains("peft_type"), "{e}");
+    }
+
+    #[test]
+    fn gradient_accumulation_comes_from_the_column_else_the_notes() {
+        let accum = |edit: &dyn Fn(&mut MeasuredRow)| {
+            let m = map(&row(edit), &spec("llama-2-7b")).unwrap();
+            (setting(&m, "grad_accum").map(str::to_owned), m.notes)
+        };
+        // the column wins over the notes
+        let (n, _) = accum(&|r| {
+            r.grad_accum = Some(8);
+            r.notes = "GA 2".into();
+        });
+        assert_eq!(n.as_deref(), Some("8"));
+        // peft docs: "GA 4 (LoRA) / 2 (QLoRA)", the figure of the row's method
+        let peft = "per_device_train_batch_size 8, GA 4 (LoRA) / 2 (QLoRA) || precision";
+        let (n, notes) = accum(&|r| r.notes = peft.into());
+        assert_eq!(n.as_deref(), Some("4"));
+        assert!(notes.iter().any(|x| x.contains("read from the notes")));
+        let (n, _) = accum(&|r| {
+            r.notes = peft.into();
+            r.method = "qlora".into();
+            r.quant = "nf4-dq".into();
+        });
+        assert_eq!(n.as_deref(), Some("2"));
+        // torchtune README: one micro-batch per step, so no setting at all
+        let (n, notes) = accum(&|r| r.notes = "batch 2, no grad accumulation, packed".into());
+        assert_eq!(n, None);
+        assert!(notes.iter().all(|x| !x.contains("not given")), "{notes:?}");
+        let (n, _) = accum(&|r| r.notes = "gradient_accumulation_steps=16".into());
+        assert_eq!(n.as_deref(), Some("16"));
+        // nothing said: 1, and the report says it was assumed
+        let (n, notes) = accum(&|_| {});
+        assert_eq!(n, None);
+        assert!(notes.iter().any(|x| x.contains("1 assumed")), "{notes:?}");
     }
 
     #[test]

@@ -127,6 +127,9 @@ pub struct MeasuredRow {
     pub metric: String,
     /// Per GPU, GiB (2^30 bytes).
     pub measured_gib: f64,
+    /// The optional `grad_accum` column (gradient accumulation steps per optimizer
+    /// step); `None` when the column is absent, empty or `unknown`.
+    pub grad_accum: Option<u64>,
     /// The optional `notes` column (free text; an `other-peft` row's tuner is read from
     /// it), empty when absent.
     pub notes: String,
@@ -164,6 +167,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<MeasuredRow>> {
         .map(|c| (*c, header.iter().position(|h| h == c).unwrap_or(0)))
         .collect();
     let notes_at = header.iter().position(|h| h == "notes");
+    let accum_at = header.iter().position(|h| h == "grad_accum");
     let mut rows = Vec::new();
     let mut ids = BTreeMap::new();
     for (i, rec) in rd.records().enumerate() {
@@ -239,8 +243,22 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<MeasuredRow>> {
                 ))
             }
         };
+        let grad_accum = match accum_at.and_then(|i| rec.get(i)).map(str::trim) {
+            None | Some("") | Some("unknown") => None,
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if (1..=1 << 20).contains(&n) => Some(n),
+                _ => {
+                    return Err(bad(
+                        "grad_accum",
+                        v,
+                        "an integer in 1..=2^20, unknown, or empty",
+                    ))
+                }
+            },
+        };
         rows.push(MeasuredRow {
             line,
+            grad_accum,
             source_group: text_cell("source_group")?,
             model: text_cell("model")?,
             task: token("task")?,
@@ -305,6 +323,7 @@ pub(crate) fn sample_row() -> MeasuredRow {
         gpu: "unknown".into(),
         metric: "allocated".into(),
         measured_gib: 10.0,
+        grad_accum: None,
         notes: String::new(),
     }
 }
@@ -350,6 +369,25 @@ mod tests {
                 "{e}"
             );
             assert!(e.contains(needle), "{needle}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_optional_grad_accum_column_parses_and_bad_values_are_named() {
+        let with = |v: &str| {
+            parse(
+                &format!("{},grad_accum\n{GOOD},{v}\n", COLUMNS.join(",")),
+                "t.csv",
+            )
+        };
+        assert_eq!(with("4").unwrap()[0].grad_accum, Some(4));
+        assert_eq!(with("").unwrap()[0].grad_accum, None);
+        assert_eq!(with("unknown").unwrap()[0].grad_accum, None);
+        assert_eq!(parse(&table(GOOD), "t.csv").unwrap()[0].grad_accum, None);
+        for bad in ["0", "-2", "four", "2000000"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("grad_accum = \"{bad}\"")), "{e}");
+            assert!(e.contains("1..=2^20"), "{e}");
         }
     }
 
