@@ -591,6 +591,7 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
     let cd = w.precision.compute_dtype().size();
     let st = &v.statics;
     let layers = layer_runs(v, acts, layer_extra_temp);
+    let layer_saved_max = layers.iter().map(|r| r.cost.saved).max().unwrap_or(0);
     let stage_saved: u64 = layers.iter().map(|r| r.count * r.cost.saved).sum::<u64>()
         + acts.non_layer.shared
         + if v.has_head {
@@ -605,7 +606,21 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
         weights: st.weights,
         master_weights: st.master_weights,
         optimizer_state: st.optimizer_state,
-        optimizer_step_temp: st.optimizer_step_temp,
+        optimizer_step_temp: if w.optimizer_in_bwd {
+            // one optimizer per parameter: the step temporaries of the largest tensor
+            // (an upper bound for a sharded one)
+            let (_, state_size, shapes) = optimizer_shapes(local, w);
+            shapes
+                .iter()
+                .max_by_key(|sh| sh.rows * sh.cols)
+                .map_or(0, |sh| {
+                    let one = optimizer::Shape { count: 1, ..*sh };
+                    optimizer::step_temporaries(w.optimizer, &[one], state_size)
+                })
+                .min(st.optimizer_step_temp)
+        } else {
+            st.optimizer_step_temp
+        },
         embed_out: acts.non_layer.embed_out,
         shared: acts.non_layer.shared,
         head_saved: acts.non_layer.head_saved,
@@ -653,6 +668,9 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
         } else {
             0
         },
+        optimizer_in_bwd: w.optimizer_in_bwd,
+        // five stashed tensors; under checkpointing one per layer (its input)
+        offload_stash: w.activation_offload.then_some(5 * layer_saved_max),
         // litgpt's fit() keeps `loss` (the graph's root) bound until the next
         // iteration assigns a new one, after its forward and loss
         prev_step_held: if litgpt {

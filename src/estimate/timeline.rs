@@ -243,6 +243,28 @@ pub struct TrainPlan {
     /// the loop still holds its `loss` (litgpt), counted by what custom Functions'
     /// `ctx` attributes keep in it (bitsandbytes < 0.43.2 4-bit inputs).
     pub prev_step_held: u64,
+    /// torchtune `optimizer_in_bwd` (`modules/optim.py` `OptimizerInBackward`: one
+    /// optimizer per parameter, `register_post_accumulate_grad_hook` →
+    /// `_step_and_clear`): each gradient is stepped and freed as soon as autograd has
+    /// accumulated it, so none stay resident; a tied embedding's head gradient waits in
+    /// autograd's input buffer of its `AccumulateGrad` until the embedding's backward.
+    /// `optimizer_step_temp` is then one tensor's step temporaries, present at every
+    /// backward moment.
+    pub optimizer_in_bwd: bool,
+    /// torchtune activation offloading (`training/_activation_offloading.py`,
+    /// `OffloadActivations` with `use_streams=True`, `max_fwd_stash_size=5`,
+    /// `min_offload_size=1024`): every saved tensor of ≥ 1024 bytes that is not a
+    /// parameter is copied to pinned host memory in forward; the GPU copy stays in
+    /// `fwd_stash` until five newer ones are packed, and the stash is emptied after
+    /// the first backward node that brings a tensor back. In backward a tensor comes
+    /// back when its node unpacks it and is freed when the next node starts. Under
+    /// activation checkpointing a layer saves one such tensor — its input, through
+    /// `torch.utils.checkpoint`'s `_NoopSaveInputs`, outside the checkpoint's own hooks
+    /// — so the value is the bytes of the layers' saved tensors the stash can hold
+    /// (five layers' inputs), `None` without offloading. The output head's input stays
+    /// on the GPU (`get_act_offloading_ctx_manager` disables offloading for
+    /// `model.output`), and the loss runs outside the context.
+    pub offload_stash: Option<u64>,
 }
 
 /// Gradient accumulation under FSDP's `no_sync` (torch 2.x
@@ -355,16 +377,28 @@ pub fn simulate_train<S: Sink>(p: &TrainPlan, rec: &mut S) {
         pass.loss(rec, saved + p.held_by_loop, cache);
         pass.backward(rec, saved + p.held_by_loop);
     }
-    rec.moment(
-        Phase::Optimizer,
-        || "optimizer step".to_string(),
-        Components {
-            gradients: Bytes(p.grads_total()),
-            activations: Bytes(p.held_by_loop),
-            temporaries: Bytes(p.optimizer_step_temp + p.optimizer_extra),
-            ..base
-        },
-    );
+    if p.optimizer_in_bwd {
+        rec.moment(
+            Phase::Optimizer,
+            || "optimizer step (ran inside backward)".to_string(),
+            Components {
+                activations: Bytes(p.held_by_loop),
+                temporaries: Bytes(p.optimizer_extra),
+                ..base
+            },
+        );
+    } else {
+        rec.moment(
+            Phase::Optimizer,
+            || "optimizer step".to_string(),
+            Components {
+                gradients: Bytes(p.grads_total()),
+                activations: Bytes(p.held_by_loop),
+                temporaries: Bytes(p.optimizer_step_temp + p.optimizer_extra),
+                ..base
+            },
+        );
+    }
     rec.moment(
         Phase::Optimizer,
         || "zero_grad (gradients freed)".to_string(),
@@ -445,6 +479,7 @@ impl Pass<'_> {
         let other_mb =
             p.inflight_saved + p.prev_step_held + if self.mb > 0 { p.held_by_loop } else { 0 };
         let mut saved = p.shared;
+        let mut layers_saved = 0u64;
         let mut cache = 0u64;
         let input_event = if p.has_embedding {
             "embedding"
@@ -469,6 +504,7 @@ impl Pass<'_> {
                     // the layers up to the next recorded one only accumulate
                     let k = self.next_shown_up(i).min(end) - i;
                     saved += k * c.saved;
+                    layers_saved += k * c.saved;
                     cache += k * c.fwd_cache;
                     i += k;
                     continue;
@@ -479,7 +515,9 @@ impl Pass<'_> {
                         Phase::Forward,
                         || format!("layer {i} forward{tag}"),
                         Components {
-                            activations: Bytes(other_mb + saved + held),
+                            activations: Bytes(
+                                other_mb + saved - self.on_host(layers_saved) + held,
+                            ),
                             temporaries: Bytes(
                                 cache + c.fwd_peak - held + c.extra_temp + p.gathered_fwd,
                             ),
@@ -488,6 +526,7 @@ impl Pass<'_> {
                     );
                 }
                 saved += c.saved;
+                layers_saved += c.saved;
                 cache += c.fwd_cache;
                 i += 1;
             }
@@ -505,7 +544,9 @@ impl Pass<'_> {
                 Components {
                     gradients: Bytes(self.resident_grads),
                     activations: Bytes(
-                        p.inflight_saved + p.prev_step_held + saved + self.head_act(),
+                        p.inflight_saved + p.prev_step_held + saved
+                            - self.on_host(p.layers_sum(|c| c.saved))
+                            + self.head_act(),
                     ),
                     logits_and_loss: Bytes(p.loss_saved + p.head_fwd_transient),
                     temporaries: Bytes(cache + p.gathered_fwd),
@@ -536,9 +577,10 @@ impl Pass<'_> {
             }
             return grads;
         }
+        let on_host = self.on_host(p.layers_sum(|c| c.saved));
         let at_head = |grads: u64, logits: u64, temporaries: u64| Components {
             gradients: Bytes(grads),
-            activations: Bytes(p.inflight_saved + saved + self.head_act()),
+            activations: Bytes(p.inflight_saved + saved - on_host + self.head_act()),
             logits_and_loss: Bytes(logits),
             temporaries: Bytes(temporaries),
             ..self.base
@@ -559,16 +601,45 @@ impl Pass<'_> {
             at_head(
                 grads,
                 p.head_grad_logits,
-                self.accum_temp(p.grad_head + p.unsynced.head) + p.embed_out + p.gathered_bwd,
+                self.accum_temp(p.grad_head + p.unsynced.head)
+                    + p.embed_out
+                    + p.gathered_bwd
+                    + self.in_bwd_step(),
             ),
         );
+        if p.optimizer_in_bwd {
+            // stepped and freed; a tied head's gradient waits for the embedding's
+            grads = if p.tied { p.grad_head } else { 0 };
+        }
         grads
+    }
+
+    /// Bytes of the layers' saved tensors (`layers_saved` of them saved so far) that
+    /// activation offloading keeps in host memory in forward: all but the stash.
+    fn on_host(&self, layers_saved: u64) -> u64 {
+        match self.p.offload_stash {
+            Some(stash) => layers_saved.saturating_sub(stash),
+            None => 0,
+        }
+    }
+
+    /// One tensor's optimizer-step temporaries inside backward (`optimizer_in_bwd`).
+    fn in_bwd_step(&self) -> u64 {
+        if self.p.optimizer_in_bwd {
+            self.p.optimizer_step_temp
+        } else {
+            0
+        }
     }
 
     /// The layers' backward in reverse: each releases its saved tensors and allocates
     /// its gradients. Returns the saved bytes and gradients after the first layer.
     fn layers_backward<S: Sink>(&self, rec: &mut S, mut saved: u64, mut grads: u64) -> (u64, u64) {
         let (p, tag) = (self.p, &self.tag);
+        // offloaded layers' tensors are all on the host in backward (the stash is
+        // emptied at the first node that brings one back); each layer's return with
+        // its recomputation (`held`)
+        let mut layers_left = p.layers_sum(|c| c.saved);
         let mut i = self.n_layers;
         for run in p.layers.iter().rev() {
             let c = &run.cost;
@@ -578,6 +649,7 @@ impl Pass<'_> {
                     // the layers down to the next recorded one only release and grow
                     let k = i - self.next_shown_down(i - 1).max(start);
                     saved -= k * c.saved;
+                    layers_left -= k * c.saved;
                     grads = self.after_layers_backward(grads, k, c.grad);
                     i -= k;
                     continue;
@@ -585,6 +657,12 @@ impl Pass<'_> {
                 i -= 1;
                 let (s, peak) = (c.saved, c.bwd_peak);
                 saved -= s;
+                layers_left -= s;
+                let host = if p.offload_stash.is_some() {
+                    layers_left
+                } else {
+                    0
+                };
                 if self.show(i) {
                     // the layer's peak already counts its gradients allocated so far
                     let own = if self.mb == 0 {
@@ -598,12 +676,13 @@ impl Pass<'_> {
                         || format!("layer {i} backward{tag}"),
                         Components {
                             gradients: Bytes(grads + own),
-                            activations: Bytes(p.inflight_saved + saved + held),
+                            activations: Bytes(p.inflight_saved + saved - host + held),
                             temporaries: Bytes(
                                 peak - own - held
                                     + c.extra_temp
                                     + self.accum_temp(c.grad + p.unsynced.layer)
-                                    + p.gathered_bwd,
+                                    + p.gathered_bwd
+                                    + self.in_bwd_step(),
                             ),
                             ..self.base
                         },
@@ -620,7 +699,10 @@ impl Pass<'_> {
     /// last one reduce-scatters each layer's unsharded gradient and frees it.
     fn after_layers_backward(&self, grads: u64, k: u64, grad: u64) -> u64 {
         let u = self.p.unsynced.layer;
-        if self.mb == 0 {
+        if self.p.optimizer_in_bwd {
+            // each stepped and freed by its hook
+            grads
+        } else if self.mb == 0 {
             grads + k * (grad + u)
         } else {
             grads - k * u
@@ -637,6 +719,9 @@ impl Pass<'_> {
         let g = p.grad_embedding + p.unsynced.embedding;
         let (emb_grad, emb_temp) = if p.tied {
             (0, 2 * g)
+        } else if p.optimizer_in_bwd {
+            // allocated, then stepped and freed by its hook
+            (0, g)
         } else if self.mb == 0 {
             (g, 0)
         } else {
@@ -649,7 +734,7 @@ impl Pass<'_> {
             Components {
                 gradients: Bytes(grads),
                 activations: Bytes(p.inflight_saved + saved),
-                temporaries: Bytes(emb_temp + p.embed_out + p.gathered_bwd),
+                temporaries: Bytes(emb_temp + p.embed_out + p.gathered_bwd + self.in_bwd_step()),
                 ..self.base
             },
         );

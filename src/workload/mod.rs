@@ -293,6 +293,14 @@ pub struct Workload {
     /// Whose model code runs (`--implementation`; set by `--framework litgpt`).
     pub implementation: Implementation,
     pub device: Device,
+    /// torchtune's `optimizer_in_bwd` (`modules/optim.py` `OptimizerInBackward`): one
+    /// optimizer per parameter, stepped from its `register_post_accumulate_grad_hook`
+    /// and its gradient freed there, so gradients never accumulate over the model.
+    pub optimizer_in_bwd: bool,
+    /// torchtune's activation offloading (`training/_activation_offloading.py`
+    /// `OffloadActivations`, with activation checkpointing): tensors saved for backward
+    /// go to pinned host memory (see `timeline::TrainPlan::offload_stash`).
+    pub activation_offload: bool,
     pub infer: InferConfig,
 }
 
@@ -314,6 +322,8 @@ impl Default for Workload {
             legacy_causal_lm_loss: false,
             implementation: Implementation::Transformers,
             device: Device::Cuda,
+            optimizer_in_bwd: false,
+            activation_offload: false,
             infer: InferConfig {
                 prompt_len: 1024,
                 gen_len: 256,
@@ -458,6 +468,40 @@ impl Workload {
                 "attn",
                 "flash with --runtime candle",
                 "eager or sdpa with the candle runtime (its probe models have no flash-attention kernel)",
+            ));
+        }
+        if self.optimizer_in_bwd && self.grad_accum > 1 {
+            // torchtune recipes raise: "Gradient accumulation is not supported with
+            // optimizer_in_bwd: True"
+            return Err(Error::invalid(
+                "optimizer_in_bwd",
+                format!("with grad_accum {}", self.grad_accum),
+                "optimizer_in_bwd with grad_accum 1 (each step frees the gradient it used; nothing is left to accumulate)",
+            ));
+        }
+        if self.activation_offload
+            && !matches!(self.grad_ckpt, GradCkpt::Full | GradCkpt::FullReentrant)
+        {
+            // torchtune recipes raise: "enable_activation_offloading should only be True
+            // when enable_activation_checkpointing is True"
+            return Err(Error::invalid(
+                "activation_offload",
+                format!("with grad_ckpt {}", self.grad_ckpt),
+                "activation_offload with --grad-ckpt full (the offloaded tensors are the checkpointed layers' inputs)",
+            ));
+        }
+        if self.activation_offload && self.device != Device::Cuda {
+            return Err(Error::invalid(
+                "activation_offload",
+                format!("with device {:?}", self.device).to_lowercase(),
+                "activation_offload on cuda (it moves tensors from the GPU to host memory)",
+            ));
+        }
+        if self.runtime == Runtime::Candle && (self.optimizer_in_bwd || self.activation_offload) {
+            return Err(Error::invalid(
+                "runtime",
+                "candle with optimizer_in_bwd or activation_offload",
+                "torch (the candle probe steps its optimizer after backward and keeps activations on the device)",
             ));
         }
         if self.runtime == Runtime::Candle && self.grad_ckpt != GradCkpt::None {

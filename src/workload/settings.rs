@@ -504,6 +504,8 @@ settings! {
     bnb_version: Version => "--bnb-version" Value, "bitsandbytes version, e.g. 0.42.0 (default: a current one): before 0.43.2 a QLoRA 4-bit linear keeps its input for backward.";
     fsdp_upcast: bool => "--fsdp-upcast" Value, "true | false: under FSDP with half-precision parameters, accelerate's fp32 upcast of the flat parameters (accelerate >= 0.30 with --bf16/--fp16): fp32 sharded master, layers gathered in the half dtype (set by --framework hf-trainer).";
     fsdp_no_sync: bool => "--fsdp-no-sync" Value, "true | false: with --grad-accum > 1 under FSDP, the accumulating micro-batches run under no_sync (FSDP1 `no_sync()`, FSDP2 `set_requires_gradient_sync(False)`), so every rank holds unsharded gradients until the last micro-batch reduce-scatters them (set by --framework hf-trainer, accelerate, litgpt).";
+    optimizer_in_bwd: bool => "--optimizer-in-bwd" Value, "true | false: the optimizer steps each parameter inside backward and frees its gradient (torchtune optimizer_in_bwd: OptimizerInBackward's post-accumulate-grad hooks); needs --grad-accum 1.";
+    activation_offload: bool => "--activation-offload" Value, "true | false: torchtune's activation offloading (OffloadActivations, with --grad-ckpt full): the checkpointed layers' inputs wait in pinned host memory, the GPU keeps the last five saved tensors and the layer being recomputed.";
     framework: String => "--framework" Value, "A shipped framework profile (hf-trainer | accelerate | litgpt | torchtune): defaults for the mechanisms it runs; your own settings win.";
     fsdp_shard_group: u64 => "--fsdp-shard-group" Value, "FSDP hybrid-shard group size (default min(dp, 8)).";
     offload_optimizer: bool => "--offload-optimizer" Switch(true), "Optimizer state (and ZeRO's fp32 copies) in host memory.";
@@ -986,6 +988,8 @@ impl Settings {
                 .is_some_and(|v| v < Version::TRANSFORMERS_LOSS_FUNCTION),
             implementation: self.implementation.unwrap_or(d.implementation),
             device: self.device.unwrap_or(d.device),
+            optimizer_in_bwd: self.optimizer_in_bwd.unwrap_or(false),
+            activation_offload: self.activation_offload.unwrap_or(false),
             infer: InferConfig {
                 prompt_len: self.prompt_len.unwrap_or(d.infer.prompt_len),
                 gen_len: self.gen_len.unwrap_or(d.infer.gen_len),

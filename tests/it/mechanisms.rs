@@ -482,3 +482,102 @@ fn tied_embedding_gradient_is_counted_once_when_sharded() {
         .unwrap();
     assert_eq!(step, 12 * 1_235_814_400);
 }
+
+/// `llm-mem estimate ARGS`: its error message (stderr), the run failing with exit 2.
+fn estimate_error(args: &[&str]) -> String {
+    let mut a = vec!["estimate"];
+    a.extend_from_slice(args);
+    let r = run(&a);
+    assert_eq!(r.code, 2, "{r:?}");
+    r.stderr
+}
+
+/// The allocated bytes at the timeline event named `event`.
+fn allocated_at(args: &[&str], event: &str) -> u64 {
+    let d = estimate_json(args);
+    d["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == event)
+        .unwrap_or_else(|| panic!("no event {event:?} in {args:?}"))["allocated_bytes"]
+        .as_u64()
+        .unwrap()
+}
+
+/// torchtune's `optimizer_in_bwd` (torchtune `modules/optim.py` `OptimizerInBackward`:
+/// one optimizer per parameter, stepped and cleared from
+/// `register_post_accumulate_grad_hook`): Llama-3.2-1B full bf16 with fused AdamW. At
+/// layer 1's backward the usual step holds the gradients of layers 2–15 and of the
+/// final norm (14 × 60,821,504 + 2,048 parameters × 2 B); with the optimizer in backward
+/// they were already stepped and freed, and the tied head's gradient (in autograd's
+/// input buffer until the embedding's backward) is held in both. The step after
+/// backward holds no gradients; accumulation is refused, as torchtune's recipes do.
+#[test]
+fn optimizer_in_backward_frees_each_gradient_when_stepped() {
+    let base = [
+        "--model",
+        "llama-3.2-1b",
+        "--dtype",
+        "bf16",
+        "--seq-len",
+        "512",
+        "--grad-ckpt",
+        "full",
+    ];
+    let with = |on: &str, ev: &str| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(&["--optimizer-in-bwd", on]);
+        allocated_at(&a, ev)
+    };
+    let diff = with("false", "layer 1 backward") - with("true", "layer 1 backward");
+    assert_eq!(diff, (14 * 60_821_504 + 2_048) * 2);
+    let weights_and_state = with("true", "weights and optimizer state resident");
+    assert_eq!(
+        with("true", "optimizer step (ran inside backward)"),
+        weights_and_state
+    );
+    assert!(with("false", "optimizer step") > weights_and_state + 2 * 1_235_814_400 - 64);
+    let mut a = base.to_vec();
+    a.extend_from_slice(&["--optimizer-in-bwd", "true", "--grad-accum", "2"]);
+    let e = estimate_error(&a);
+    assert!(
+        e.contains("optimizer_in_bwd") && e.contains("grad_accum 1"),
+        "{e}"
+    );
+}
+
+/// torchtune's activation offloading (torchtune `training/_activation_offloading.py`
+/// `OffloadActivations`, five tensors in `fwd_stash`): under full checkpointing each
+/// layer of Llama-3.2-1B saves its input (512 tokens × 2,048 × 2 B = 2 MiB); at the loss
+/// the 16 layers' inputs are on the host but for the last five, and at the last layer's
+/// backward all fifteen below it are. Offloading needs checkpointing, as in torchtune.
+#[test]
+fn activation_offload_keeps_only_the_stash_on_the_gpu() {
+    let base = [
+        "--model",
+        "llama-3.2-1b",
+        "--dtype",
+        "bf16",
+        "--seq-len",
+        "512",
+        "--grad-ckpt",
+        "full",
+    ];
+    let input = 512 * 2048 * 2;
+    assert_eq!(per_layer(&base), input);
+    let with = |on: &str, ev: &str| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(&["--activation-offload", on]);
+        allocated_at(&a, ev)
+    };
+    let at_loss = with("false", "logits and loss") - with("true", "logits and loss");
+    assert_eq!(at_loss, 11 * input);
+    let last = with("false", "layer 15 backward") - with("true", "layer 15 backward");
+    assert_eq!(last, 15 * input);
+    let e = estimate_error(&["--model", "llama-3.2-1b", "--activation-offload", "true"]);
+    assert!(
+        e.contains("activation_offload") && e.contains("--grad-ckpt full"),
+        "{e}"
+    );
+}
