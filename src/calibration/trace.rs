@@ -101,6 +101,7 @@ impl TraceRow {
             loss: Loss::Standard,
             param_grad_size: 2,
             sp_div: 1,
+            compile: false,
         }
     }
 

@@ -90,6 +90,7 @@ fn ledger_params(
         lora_dropout: w.method.lora().map_or(0.0, |l| l.dropout),
         litgpt: w.implementation == crate::workload::Implementation::Litgpt,
         sp_div: 1,
+        compile: w.compile,
         param_grad_size: if w.master_weights {
             4
         } else {
@@ -646,10 +647,25 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
             }
             _ if litgpt => tokens * local.vocab * cd,
             crate::workload::Loss::Standard => tokens * local.vocab * cd,
-            crate::workload::Loss::Chunked => {
-                tokens * local.vocab * cd / torch::CHUNKED_LOSS_CHUNKS
-            }
+            // every chunk's logit gradient exists before the first chunk's head
+            // backward runs: the cross-entropies were created after all the head's
+            // matmuls, and autograd's ready queue runs the node with the larger
+            // sequence number first (torch/csrc/autograd/engine.cpp
+            // `CompareNodeTaskTime`; checked with tensor hooks on torch 2.15: logit
+            // gradients 7..0, then the head's weight gradient, summed)
+            crate::workload::Loss::Chunked => tokens * local.vocab * cd,
             crate::workload::Loss::FusedLinearCe => 0,
+        },
+        // a trained chunked head: each chunk's matmul backward makes a full weight
+        // gradient that autograd adds into the sum its input buffer holds
+        head_bwd_weight_grad: if w.loss == crate::workload::Loss::Chunked
+            && !litgpt
+            && w.method.is_full()
+            && v.has_head
+        {
+            local.vocab * local.hidden * optimizer_shapes(local, w).0
+        } else {
+            0
         },
         grad_head: st.grad_head,
         grad_embedding: st.grad_embedding,

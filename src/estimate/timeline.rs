@@ -212,6 +212,10 @@ pub struct TrainPlan {
     pub head_bwd_transient: u64,
     /// Gradient of the logits in the compute dtype, alive during the head's backward.
     pub head_grad_logits: u64,
+    /// A chunked head's weight gradient of the chunk in backward, beside the running
+    /// sum (`grad_head`) autograd's input buffer holds (0 when the head is frozen or
+    /// not chunked).
+    pub head_bwd_weight_grad: u64,
     /// Parameter gradients resident after backward: of the head (0 when frozen; a tied
     /// head's gradient is the embedding's), of the embedding (0 when frozen), of
     /// everything else (final norm, positions). Each layer's are in its [`LayerCost`].
@@ -602,6 +606,7 @@ impl Pass<'_> {
                 grads,
                 p.head_grad_logits,
                 self.accum_temp(p.grad_head + p.unsynced.head)
+                    + p.head_bwd_weight_grad
                     + p.embed_out
                     + p.gathered_bwd
                     + self.in_bwd_step(),

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `task`, `micro_batch`, `seq_len`, `gen_tokens` | `--task`, `--batch`, `--seq-len` (train) or `--prompt-len` + `--gen-len` (infer) |
 //! | `grad_accum` (optional column), else `notes` | `--grad-accum`: the column; else what the notes state (`no grad accumulation`, `GA N`, `GA N (LoRA) / M (QLoRA)`, `gradient_accumulation_steps N`); else 1, with a note |
-//! | `notes` | `--optimizer-in-bwd true` when they say `optimizer_in_bwd=True` or "optimizer step fused into backward"; `--activation-offload true` when they say "activation offloading" (torchtune's switches; the table has no column for them) |
+//! | `notes` | `--optimizer-in-bwd true` when they say `optimizer_in_bwd=True` or "optimizer step fused into backward"; `--activation-offload true` when they say "activation offloading"; `--compile true` when they say "torch.compile on" (torchtune's switches; the table has no column for them) |
 //! | `method` + `quant` | `full`; `lora`; `qlora` when the base is `nf4` / `nf4-dq` / `fp4` (bitsandbytes 4-bit: fp4 and nf4 store the same 4 bits + absmax per 64); `nf4` without double quantization → `--no-double-quant`; `gptq-int4` with LoRA or inference when the model's config carries a gptq `quantization_config` (the estimator sizes the packed weights from it) |
 //! | `method` `other-peft` | `--method lora --peft NAME`, the tuner read from `notes` (the table's README: "see notes"): `peft_type ADALORA` / `VERA` / `IA3` → `adalora` / `vera` / `ia3`; `peft_type LORA` with `DoRA` / `use_dora` → `dora`, with `LoRA-FA` / `lorafa` → `lora-fa`; any other peft type is refused, named |
 //! | `lora_rank`, `lora_targets` | `--lora-rank`; role tokens (`q`, `k`, `v`, `o`, `qkv`, `gate`, `up`, `down`, `mlp`, `lm_head`) → the model's own module names (a fused q/k/v linear for `q`/`k`/`v` on a fused model; `lm_head` for the output head) |
@@ -174,6 +174,10 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
         {
             s.put("optimizer_in_bwd", "true");
             notes.push("optimizer in backward, read from the notes".into());
+        }
+        if lower.contains("torch.compile on") || lower.contains("compile=true") {
+            s.put("compile", "true");
+            notes.push("torch.compile, read from the notes".into());
         }
         if lower.contains("activation offloading")
             || lower.contains("enable_activation_offloading=true")

@@ -301,6 +301,10 @@ pub struct Workload {
     /// `OffloadActivations`, with activation checkpointing): tensors saved for backward
     /// go to pinned host memory (see `timeline::TrainPlan::offload_stash`).
     pub activation_offload: bool,
+    /// `torch.compile` as torchtune's recipes apply it (`training/_compile.py`: each
+    /// decoder layer, and the loss's `compute_cross_entropy`); modelled where its
+    /// effect is known (`runtime::torch::LedgerParams::compile`).
+    pub compile: bool,
     pub infer: InferConfig,
 }
 
@@ -324,6 +328,7 @@ impl Default for Workload {
             device: Device::Cuda,
             optimizer_in_bwd: false,
             activation_offload: false,
+            compile: false,
             infer: InferConfig {
                 prompt_len: 1024,
                 gen_len: 256,

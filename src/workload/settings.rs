@@ -506,6 +506,7 @@ settings! {
     fsdp_no_sync: bool => "--fsdp-no-sync" Value, "true | false: with --grad-accum > 1 under FSDP, the accumulating micro-batches run under no_sync (FSDP1 `no_sync()`, FSDP2 `set_requires_gradient_sync(False)`), so every rank holds unsharded gradients until the last micro-batch reduce-scatters them (set by --framework hf-trainer, accelerate, litgpt).";
     optimizer_in_bwd: bool => "--optimizer-in-bwd" Value, "true | false: the optimizer steps each parameter inside backward and frees its gradient (torchtune optimizer_in_bwd: OptimizerInBackward's post-accumulate-grad hooks); needs --grad-accum 1.";
     activation_offload: bool => "--activation-offload" Value, "true | false: torchtune's activation offloading (OffloadActivations, with --grad-ckpt full): the checkpointed layers' inputs wait in pinned host memory, the GPU keeps the last five saved tensors and the layer being recomputed.";
+    compile: bool => "--compile" Value, "true | false: torch.compile as torchtune applies it (each decoder layer and the chunked loss's cross-entropy). Modelled: the compiled cross-entropy saves each chunk's half-precision logits instead of fp32 log-probabilities. The layers' saved tensors stay as eager (an upper bound without checkpointing).";
     framework: String => "--framework" Value, "A shipped framework profile (hf-trainer | accelerate | litgpt | torchtune): defaults for the mechanisms it runs; your own settings win.";
     fsdp_shard_group: u64 => "--fsdp-shard-group" Value, "FSDP hybrid-shard group size (default min(dp, 8)).";
     offload_optimizer: bool => "--offload-optimizer" Switch(true), "Optimizer state (and ZeRO's fp32 copies) in host memory.";
@@ -990,6 +991,7 @@ impl Settings {
             device: self.device.unwrap_or(d.device),
             optimizer_in_bwd: self.optimizer_in_bwd.unwrap_or(false),
             activation_offload: self.activation_offload.unwrap_or(false),
+            compile: self.compile.unwrap_or(false),
             infer: InferConfig {
                 prompt_len: self.prompt_len.unwrap_or(d.infer.prompt_len),
                 gen_len: self.gen_len.unwrap_or(d.infer.gen_len),

@@ -581,3 +581,70 @@ fn activation_offload_keeps_only_the_stash_on_the_gpu() {
         "{e}"
     );
 }
+
+/// torchtune's chunked cross-entropy (`CEWithChunkedOutputLoss`, 8 chunks) eager and
+/// under `torch.compile` (`apply_compile_strategy` compiles `compute_cross_entropy`):
+/// Llama-3.2-1B full bf16, 512 tokens, T × V = 512 × 128,256 logits. At the loss the
+/// eager run holds every chunk's fp32 log-probabilities (T·V·4 B) and one chunk's fp32
+/// copy (T·V/8 · 4 B) beside the list of bf16 chunks both runs hold; the compiled
+/// graphs save those bf16 chunks themselves plus two fp32 values per token (the
+/// partitioner's choice, measured with torch 2.15's inductor on CPU). In the loss's
+/// backward the bf16 list is gone: eager keeps the fp32 log-probabilities and makes one
+/// chunk's fp32 gradient; compiled keeps the bf16 chunks.
+#[test]
+fn compiled_chunked_cross_entropy_saves_the_half_precision_chunks() {
+    let at = |compile: &str, ev: &str| {
+        allocated_at(
+            &[
+                "--model",
+                "llama-3.2-1b",
+                "--dtype",
+                "bf16",
+                "--seq-len",
+                "512",
+                "--loss",
+                "chunked",
+                "--compile",
+                compile,
+            ],
+            ev,
+        )
+    };
+    let (t, tv) = (512u64, 512u64 * 128_256);
+    let chunk = tv / 8;
+    assert_eq!(
+        at("false", "logits and loss") - at("true", "logits and loss"),
+        tv * 4 + chunk * 4 - 2 * t * 4
+    );
+    assert_eq!(
+        at("false", "loss backward") - at("true", "loss backward"),
+        tv * 2 + chunk * 4 - 2 * t * 4
+    );
+}
+
+/// The chunked head's backward (torch/csrc/autograd/engine.cpp `CompareNodeTaskTime`:
+/// the ready node with the larger sequence number runs first, so every chunk's
+/// cross-entropy backward runs before the first chunk's matmul backward; checked with
+/// tensor hooks on torch 2.15): all the logits' gradients exist at the head's backward,
+/// as with the unchunked loss, and a trained head adds each chunk's full weight
+/// gradient beside the sum autograd's input buffer holds — Llama-3.2-1B full bf16:
+/// 128,256 × 2,048 × 2 B more than the standard loss at that moment.
+#[test]
+fn a_chunked_trained_head_sums_one_weight_gradient_per_chunk() {
+    let at = |loss: &str| {
+        allocated_at(
+            &[
+                "--model",
+                "llama-3.2-1b",
+                "--dtype",
+                "bf16",
+                "--seq-len",
+                "512",
+                "--loss",
+                loss,
+            ],
+            "lm_head backward",
+        )
+    };
+    assert_eq!(at("chunked") - at("standard"), 128_256 * 2_048 * 2);
+}

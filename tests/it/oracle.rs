@@ -120,6 +120,7 @@ fn per_layer_and_non_layer_activations_within_3_percent() {
             loss: Loss::Standard,
             param_grad_size: 2,
             sp_div: 1,
+            compile: false,
         };
         let a = activations(&spec(&r.model), &p);
         for (got, col) in [
