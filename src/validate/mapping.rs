@@ -151,13 +151,13 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
         s.put("gen_len", r.gen_tokens.max(1).to_string());
     }
     if train {
-        match grad_accum_of(r) {
+        match grad_accum_of(r).or_else(|| litgpt_recipe_accum(r)) {
             Some((n, from)) => {
                 if n > 1 {
                     s.put("grad_accum", n.to_string());
                 }
-                if from == "notes" {
-                    notes.push(format!("gradient accumulation {n}, read from the notes"));
+                if let Some(from) = from {
+                    notes.push(format!("gradient accumulation {n}, {from}"));
                 }
             }
             None => notes.push(
@@ -294,14 +294,15 @@ fn peft_of(notes: &str) -> Result<&'static str, String> {
 /// Gradient accumulation steps and where they came from: the `grad_accum` column, else
 /// the notes when they state it (`no grad accumulation`; `GA N`; `GA N (LoRA) / M
 /// (QLoRA)` per method; `gradient_accumulation_steps N` / `=N` / `: N`).
-fn grad_accum_of(r: &MeasuredRow) -> Option<(u64, &'static str)> {
+fn grad_accum_of(r: &MeasuredRow) -> Option<(u64, Option<String>)> {
     if let Some(n) = r.grad_accum {
-        return Some((n, "column"));
+        return Some((n, None));
     }
+    let from_notes = Some("read from the notes".to_string());
     let notes = r.notes.as_str();
     let lower = notes.to_ascii_lowercase();
     if lower.contains("no grad accumulation") || lower.contains("no gradient accumulation") {
-        return Some((1, "notes"));
+        return Some((1, from_notes));
     }
     let number_after = |at: &str| -> Option<u64> {
         let t = at.trim_start_matches([' ', '=', ':']);
@@ -321,20 +322,62 @@ fn grad_accum_of(r: &MeasuredRow) -> Option<(u64, &'static str)> {
             let head = &rest[..j];
             if r.method == "qlora" {
                 if let Some(k) = head.rfind('/') {
-                    return number_after(&head[k + 1..]).map(|n| (n, "notes"));
+                    return number_after(&head[k + 1..]).map(|n| (n, from_notes));
                 }
             }
         }
-        return Some((first, "notes"));
+        return Some((first, from_notes));
     }
     for key in ["gradient_accumulation_steps", "grad accumulation"] {
         if let Some(i) = lower.find(key) {
             if let Some(n) = number_after(&lower[i + key.len()..]) {
-                return Some((n, "notes"));
+                return Some((n, from_notes));
             }
         }
     }
     None
+}
+
+/// litgpt's finetuning recipes (`config_hub/finetune`, commit 00af8b0d): config,
+/// devices, global_batch_size, micro_batch_size.
+const LITGPT_CONFIG_HUB: &str = include_str!("litgpt_config_hub.csv");
+
+/// A litgpt row whose notes name its recipe (`config gemma-2b/full.yaml`): the
+/// accumulation litgpt computes for the run, `global_batch_size // devices //
+/// micro_batch_size` (litgpt/args.py `TrainArgs.gradient_accumulation_iters`), with the
+/// recipe's global batch and the row's own devices and micro-batch.
+fn litgpt_recipe_accum(r: &MeasuredRow) -> Option<(u64, Option<String>)> {
+    if r.framework != "litgpt" {
+        return None;
+    }
+    let at = r.notes.find("config ")? + "config ".len();
+    let name: String = r.notes[at..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ';' && *c != ',')
+        .collect();
+    let gbs = litgpt_recipes().find(|(c, ..)| *c == name)?.2;
+    let n = gbs / r.n_gpus.max(1) / r.micro_batch.max(1);
+    Some((
+        n.max(1),
+        Some(format!(
+            "litgpt's recipe {name} (config_hub at 00af8b0d): global_batch_size {gbs} // devices {} // micro_batch_size {}",
+            r.n_gpus, r.micro_batch
+        )),
+    ))
+}
+
+/// The rows of [`LITGPT_CONFIG_HUB`]: (config, devices, global_batch_size,
+/// micro_batch_size).
+fn litgpt_recipes() -> impl Iterator<Item = (&'static str, u64, u64, u64)> {
+    LITGPT_CONFIG_HUB
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("config,") && !l.is_empty())
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            let c = f.next()?;
+            let mut n = || f.next()?.parse::<u64>().ok();
+            Some((c, n()?, n()?, n()?))
+        })
 }
 
 /// The layout settings of `parallelism`, `n_gpus` and the tp/pp/cp degrees.
@@ -609,6 +652,21 @@ mod tests {
         assert!(notes.iter().all(|x| !x.contains("not given")), "{notes:?}");
         let (n, _) = accum(&|r| r.notes = "gradient_accumulation_steps=16".into());
         assert_eq!(n.as_deref(), Some("16"));
+        // a litgpt row naming its recipe: 16 // 4 devices // 1 (gemma-2b/full.yaml)
+        let (n, notes) = accum(&|r| {
+            r.framework = "litgpt".into();
+            r.notes = "config gemma-2b/full.yaml; devices=4 in config".into();
+            r.n_gpus = 4;
+            r.micro_batch = 1;
+        });
+        assert_eq!(n.as_deref(), Some("4"));
+        assert!(
+            notes.iter().any(|x| x.contains("global_batch_size 16")),
+            "{notes:?}"
+        );
+        // every recipe of the shipped table parsed (42 YAML files at 00af8b0d)
+        assert_eq!(litgpt_recipes().count(), 42);
+        assert!(litgpt_recipes().all(|(_, d, g, m)| d >= 1 && g >= d * m));
         // nothing said: 1, and the report says it was assumed
         let (n, notes) = accum(&|_| {});
         assert_eq!(n, None);
