@@ -102,7 +102,8 @@ pub struct LedgerParams {
     /// values per row (max, log-sum-exp) and recomputes the softmax in backward, where
     /// eager autograd saves the fp32 log-probabilities (measured with torch 2.15 on CPU:
     /// 2.0005 B vs 8.0003 B per logit received by the pack hook, the eager figure being
-    /// one fp32 storage packed twice). Only the chunked loss is affected.
+    /// one fp32 storage packed twice). Only the chunked loss is affected there; the
+    /// decoder layers follow [`compiled_saves`].
     pub compile: bool,
 }
 
@@ -213,6 +214,10 @@ struct Node {
     /// 0.43.2 `MatMul4Bit`: `ctx.tensors = (A, B)`), not by `save_for_backward`: freed
     /// with the graph, not when its node's backward runs.
     ctx_held: bool,
+    /// The tensors the op that made it read (node indices).
+    srcs: smallvec::SmallVec<[u32; 3]>,
+    /// Read by a matmul or attention kernel (an op whose output is `Kind::Matmul`).
+    feeds_kernel: bool,
 }
 
 /// A tensor handle in a layer program.
@@ -238,6 +243,8 @@ struct Graph<'a> {
     /// The last op whose backward unpacks a saved tensor (an activation or a frozen
     /// parameter): where a non-reentrant checkpoint starts its recomputation.
     last_unpack: u32,
+    /// The inputs of the current op (set by `begin`).
+    cur_inputs: smallvec::SmallVec<[u32; 3]>,
 }
 
 impl<'a> Graph<'a> {
@@ -252,6 +259,7 @@ impl<'a> Graph<'a> {
             in_attn_core: false,
             weight_cache: true,
             last_unpack: 0,
+            cur_inputs: smallvec::SmallVec::new(),
         }
     }
 
@@ -267,6 +275,8 @@ impl<'a> Graph<'a> {
             saved_by: u32::MAX,
             kind: Kind::Input,
             ctx_held: false,
+            srcs: smallvec::SmallVec::new(),
+            feeds_kernel: false,
         });
         T(self.nodes.len() - 1)
     }
@@ -281,8 +291,10 @@ impl<'a> Graph<'a> {
     /// Start an op consuming `inputs`.
     fn begin(&mut self, inputs: &[T]) {
         self.op += 1;
+        self.cur_inputs.clear();
         for t in inputs {
             self.nodes[t.0].last_use = self.op;
+            self.cur_inputs.push(t.0 as u32);
         }
     }
 
@@ -293,6 +305,11 @@ impl<'a> Graph<'a> {
         } else {
             kind
         };
+        if kind == Kind::Matmul {
+            for &i in &self.cur_inputs {
+                self.nodes[i as usize].feeds_kernel = true;
+            }
+        }
         self.nodes.push(Node {
             name,
             bytes: elems * dtype.size(),
@@ -304,6 +321,8 @@ impl<'a> Graph<'a> {
             saved_by: u32::MAX,
             kind,
             ctx_held: false,
+            srcs: self.cur_inputs.clone(),
+            feeds_kernel: false,
         });
         T(self.nodes.len() - 1)
     }
@@ -1630,12 +1649,60 @@ fn ctx_held_bytes(g: &Graph, p: &LedgerParams) -> u64 {
 /// LoRA model gets `false` (the frozen embedding's output needs no gradient).
 pub fn layer(spec: &ModelSpec, p: &LedgerParams, input_rg: bool) -> LayerLedger {
     let rg = input_rg && p.trainable.any();
-    let (g, out) = if p.litgpt {
+    let (mut g, out) = if p.litgpt {
         litgpt::layer_program(spec, p, rg)
     } else {
         layer_program(spec, p, rg)
     };
+    if p.compile && p.grad_ckpt == GradCkpt::None {
+        compiled_saves(&mut g);
+    }
     measure(&g, out, p)
+}
+
+/// What a compiled layer saves, as a documented approximation of inductor's min-cut
+/// partitioner (torch 2.15 `torch/_functorch/partitioners.py`
+/// `min_cut_rematerialization_partition`: pointwise ops are recomputed in backward,
+/// matmuls and reductions never are, `ban_recompute_reductions`): a tensor eager
+/// autograd saves that an elementwise op made (a norm's fp32 copy and scaled output,
+/// an activation's output, a cast) is dropped unless a matmul or attention kernel
+/// reads it, and the tensors it is recomputed from — back to matmul / attention
+/// outputs, the layer input, kernel inputs or per-row statistics (≤ one element per
+/// token: rstd) — are saved instead. Checked against inductor by
+/// `probes/compile_probe.py` (saved-tensor hooks around one compiled decoder layer,
+/// torch 2.15 on CPU; `tests/data/trace/compiled_layers.csv`, asserted by
+/// `tests/it/oracle.rs`). Forward transients stay as eager (the fusion of the
+/// intermediates is not modelled: an upper bound). Not applied under checkpointing,
+/// where a layer saves its input either way.
+fn compiled_saves(g: &mut Graph) {
+    let tokens = g.tokens;
+    let keeps = |n: &Node| {
+        matches!(
+            n.kind,
+            Kind::Matmul | Kind::Input | Kind::AttnCore | Kind::Cache
+        ) || n.feeds_kernel
+            || n.bytes / n.dtype.size().max(1) <= tokens
+    };
+    let mut stack: Vec<usize> = Vec::new();
+    for i in 0..g.nodes.len() {
+        let n = &g.nodes[i];
+        if n.saved_by == u32::MAX || keeps(n) {
+            continue;
+        }
+        let at = n.saved_by;
+        g.nodes[i].saved_by = u32::MAX;
+        stack.clear();
+        stack.extend(g.nodes[i].srcs.iter().map(|&s| s as usize));
+        while let Some(j) = stack.pop() {
+            if keeps(&g.nodes[j]) {
+                let nj = &mut g.nodes[j];
+                nj.saved_by = nj.saved_by.min(at);
+            } else {
+                let more: smallvec::SmallVec<[u32; 3]> = g.nodes[j].srcs.clone();
+                stack.extend(more.iter().map(|&s| s as usize));
+            }
+        }
+    }
 }
 
 /// Everything outside the decoder layers that stays alive from forward to backward,

@@ -302,8 +302,8 @@ pub struct Workload {
     /// go to pinned host memory (see `timeline::TrainPlan::offload_stash`).
     pub activation_offload: bool,
     /// `torch.compile` as torchtune's recipes apply it (`training/_compile.py`: each
-    /// decoder layer, and the loss's `compute_cross_entropy`); modelled where its
-    /// effect is known (`runtime::torch::LedgerParams::compile`).
+    /// decoder layer, and the loss's `compute_cross_entropy`): what the compiled graphs
+    /// save (`runtime::torch::LedgerParams::compile`, `compiled_saves`).
     pub compile: bool,
     pub infer: InferConfig,
 }

@@ -590,7 +590,8 @@ fn activation_offload_keeps_only_the_stash_on_the_gpu() {
 /// graphs save those bf16 chunks themselves plus two fp32 values per token (the
 /// partitioner's choice, measured with torch 2.15's inductor on CPU). In the loss's
 /// backward the bf16 list is gone: eager keeps the fp32 log-probabilities and makes one
-/// chunk's fp32 gradient; compiled keeps the bf16 chunks.
+/// chunk's fp32 gradient; compiled keeps the bf16 chunks. (Checkpointed layers, whose
+/// saved inputs compile does not change.)
 #[test]
 fn compiled_chunked_cross_entropy_saves_the_half_precision_chunks() {
     let at = |compile: &str, ev: &str| {
@@ -604,6 +605,8 @@ fn compiled_chunked_cross_entropy_saves_the_half_precision_chunks() {
                 "512",
                 "--loss",
                 "chunked",
+                "--grad-ckpt",
+                "full",
                 "--compile",
                 compile,
             ],
