@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{LinearRole, LinearSpec};
+use super::{Family, LinearRole, LinearSpec, ModelSpec, NormKind, Residual};
 use crate::error::{Error, Result};
 
 /// A peft tuner over frozen base weights.
@@ -33,6 +33,107 @@ pub enum Adapter {
     /// of a feed-forward output projection (`in` elements) or the output of any other
     /// targeted linear (`out` elements).
     Ia3,
+    /// LN tuning (`tuners/ln_tuning/layer.py` `LNTuningLayer`): a deep copy of each
+    /// targeted norm layer is trained in its place, the base norm frozen; no linear is
+    /// adapted. The targets are peft's default for the model type ([`LnNorms`]).
+    LnTuning,
+}
+
+/// The norms LN tuning trains: peft 0.21 `utils/constants.py`
+/// `TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING`, by the role each named
+/// module has in the model's block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LnNorms {
+    /// The norm before attention (`input_layernorm`, `ln_1`; the one shared norm of a
+    /// parallel block).
+    pub pre_attn: bool,
+    /// The norm before the MLP (`post_attention_layernorm` in llama naming, `ln_2`,
+    /// Gemma-2's `pre_feedforward_layernorm`).
+    pub pre_mlp: bool,
+    /// Gemma-2/3's sandwich norms after each sublayer (`post_attention_layernorm`,
+    /// `post_feedforward_layernorm`).
+    pub sandwich: bool,
+    /// The final norm (`norm`, `ln_f`, `final_layernorm`).
+    pub final_norm: bool,
+}
+
+/// Where a norm sits in the model, for LN tuning's targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormSlot {
+    PreAttn,
+    PreMlp,
+    Sandwich,
+    /// q/k norms inside attention: no LN tuning mapping names them.
+    Qk,
+    Final,
+}
+
+impl LnNorms {
+    /// peft's default LN tuning targets for `spec`'s model type; `None` when peft has
+    /// none (it then asks for `target_modules`).
+    pub fn of(spec: &ModelSpec) -> Option<LnNorms> {
+        let all3 = LnNorms {
+            pre_attn: true,
+            pre_mlp: true,
+            sandwich: false,
+            final_norm: true,
+        };
+        let shared = matches!(spec.residual, Residual::Parallel { shared_norm: true });
+        Some(match spec.family {
+            // input_layernorm, post_attention_layernorm, norm / ln_f; gpt2 ln_1, ln_2, ln_f
+            Family::Llama | Family::Mistral | Family::Gemma | Family::Bloom | Family::Gpt2 => all3,
+            // falcon: input_layernorm (the shared norm of Falcon-7B's parallel block;
+            // the two-norm variant names them ln_attn / ln_mlp, not matched), ln_f
+            // phi: input_layernorm, final_layernorm; gptj: ln_1, ln_f
+            Family::Falcon | Family::Phi | Family::Gptj => LnNorms {
+                pre_attn: shared,
+                pre_mlp: false,
+                ..all3
+            },
+            Family::Gemma2 | Family::Gemma3Text => LnNorms {
+                sandwich: true,
+                ..all3
+            },
+            // qwen2, qwen3: ["post_attention_layernorm"] only
+            Family::Qwen2 | Family::Qwen3 => LnNorms {
+                pre_attn: false,
+                pre_mlp: true,
+                sandwich: false,
+                final_norm: false,
+            },
+            _ => return None,
+        })
+    }
+
+    pub fn has(&self, slot: NormSlot) -> bool {
+        match slot {
+            NormSlot::PreAttn => self.pre_attn,
+            NormSlot::PreMlp => self.pre_mlp,
+            NormSlot::Sandwich => self.sandwich,
+            NormSlot::Qk => false,
+            NormSlot::Final => self.final_norm,
+        }
+    }
+
+    /// Trained elements: (per decoder layer, the final norm).
+    pub fn params(&self, spec: &ModelSpec) -> (u64, u64) {
+        let one = match spec.norm {
+            NormKind::LayerNorm { bias: true } => 2 * spec.hidden,
+            NormKind::OlmoLayerNorm => 0,
+            _ => spec.hidden,
+        };
+        (
+            self.per_layer_norms(spec) * one,
+            u64::from(self.final_norm) * one,
+        )
+    }
+
+    /// Trained norm modules per decoder layer.
+    pub fn per_layer_norms(&self, spec: &ModelSpec) -> u64 {
+        u64::from(self.pre_attn)
+            + u64::from(self.pre_mlp)
+            + 2 * u64::from(self.sandwich && spec.sandwich_norms)
+    }
 }
 
 impl Adapter {
@@ -43,6 +144,7 @@ impl Adapter {
         Adapter::AdaLora,
         Adapter::Vera,
         Adapter::Ia3,
+        Adapter::LnTuning,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +155,7 @@ impl Adapter {
             Adapter::AdaLora => "adalora",
             Adapter::Vera => "vera",
             Adapter::Ia3 => "ia3",
+            Adapter::LnTuning => "ln-tuning",
         }
     }
 
@@ -64,9 +167,14 @@ impl Adapter {
             .join(", ")
     }
 
-    /// The variant has a rank (every one but (IA)³).
+    /// The variant has a rank (every one but (IA)³ and LN tuning).
     pub fn has_rank(self) -> bool {
-        !matches!(self, Adapter::Ia3)
+        !matches!(self, Adapter::Ia3 | Adapter::LnTuning)
+    }
+
+    /// The variant adapts linears (every one but LN tuning, which trains norms).
+    pub fn adapts_linears(self) -> bool {
+        self != Adapter::LnTuning
     }
 
     /// (IA)³ scales the input of a feed-forward module instead of its output. peft's
@@ -110,6 +218,7 @@ impl Adapter {
             Adapter::Vera => (r + o, r + o),
             Adapter::Ia3 if Adapter::ia3_feedforward(l) => (i, i),
             Adapter::Ia3 => (o, o),
+            Adapter::LnTuning => (0, 0),
         }
     }
 
@@ -125,6 +234,7 @@ impl Adapter {
             Adapter::Vera => vec![(r, 1), (o, 1)],
             Adapter::Ia3 if Adapter::ia3_feedforward(l) => vec![(1, i)],
             Adapter::Ia3 => vec![(o, 1)],
+            Adapter::LnTuning => vec![],
         }
     }
 
@@ -153,6 +263,7 @@ impl std::str::FromStr for Adapter {
             "adalora" => Ok(Adapter::AdaLora),
             "vera" => Ok(Adapter::Vera),
             "ia3" => Ok(Adapter::Ia3),
+            "ln-tuning" | "lntuning" => Ok(Adapter::LnTuning),
             _ => Err(Error::invalid("peft", s, Adapter::accepted())),
         }
     }

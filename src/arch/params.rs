@@ -254,6 +254,20 @@ pub fn lora(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> LoraCount {
 /// The peft tuner `adapter` of rank `rank` on the linears matched by `targets` (the
 /// head when `lm_head` is named).
 pub fn adapters(spec: &ModelSpec, rank: u64, targets: &LoraTargets, adapter: Adapter) -> LoraCount {
+    if adapter == Adapter::LnTuning {
+        // the trained copies of the targeted norms, stored beside the frozen originals
+        let Some(ln) = crate::arch::adapter::LnNorms::of(spec) else {
+            return LoraCount::default();
+        };
+        let (per_layer, fin) = ln.params(spec);
+        let n = spec.layers() * per_layer + fin;
+        let modules = spec.layers() * ln.per_layer_norms(spec) + u64::from(ln.final_norm);
+        return LoraCount {
+            trainable: n,
+            stored: n,
+            adapted_modules: modules,
+        };
+    }
     let adapted = |l: &LinearSpec| targets.matches(l);
     let head = targets.head().then(|| spec.head_linear());
     let per = |l: &LinearSpec, pick: fn((u64, u64)) -> u64| {

@@ -141,6 +141,12 @@ impl TraceRow {
                 ),
                 adapter: Adapter::Ia3,
             },
+            // peft's default LN tuning targets for the model type (no linear adapted)
+            "ln_tuning" => Trainable::Lora {
+                rank: 0,
+                targets: LoraTargets::Names(Vec::new()),
+                adapter: Adapter::LnTuning,
+            },
             _ => lora(LoraTargets::Attn, Adapter::Lora),
         }
     }

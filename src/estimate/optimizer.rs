@@ -111,6 +111,22 @@ pub fn lora_shapes(
     targets: &LoraTargets,
     adapter: Adapter,
 ) -> Vec<Shape> {
+    if adapter == Adapter::LnTuning {
+        // one weight (and bias) vector per trained norm copy
+        let Some(ln) = crate::arch::adapter::LnNorms::of(spec) else {
+            return Vec::new();
+        };
+        let (per_layer, fin) = ln.params(spec);
+        return [(per_layer, spec.layers()), (fin, 1)]
+            .into_iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(rows, count)| Shape {
+                rows,
+                cols: 1,
+                count,
+            })
+            .collect();
+    }
     let head = targets.head().then(|| spec.head_linear());
     let per = move |l: &LinearSpec, count: u64| {
         adapter

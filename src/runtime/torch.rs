@@ -42,6 +42,7 @@
 //! This ledger is the `torch` runtime profile; the `candle` profile (every forward
 //! intermediate kept until the graph is dropped) is `program` + `tape`.
 
+use crate::arch::adapter::{LnNorms, NormSlot};
 use crate::arch::{
     Activation, Adapter, LinearSpec, LoraTargets, MlpKind, ModelSpec, NormKind, Positions, QkNorm,
     Residual,
@@ -245,6 +246,8 @@ struct Graph<'a> {
     last_unpack: u32,
     /// The inputs of the current op (set by `begin`).
     cur_inputs: smallvec::SmallVec<[u32; 3]>,
+    /// LN tuning's trained norms (peft's default targets for the model type).
+    ln: Option<LnNorms>,
 }
 
 impl<'a> Graph<'a> {
@@ -260,6 +263,7 @@ impl<'a> Graph<'a> {
             weight_cache: true,
             last_unpack: 0,
             cur_inputs: smallvec::SmallVec::new(),
+            ln: None,
         }
     }
 
@@ -459,7 +463,7 @@ impl<'a> Graph<'a> {
             } if targets.matches(lin) => Some((*rank, *adapter)),
             _ => None,
         };
-        let Some((r, adapter)) = adapted else {
+        let Some((r, adapter)) = adapted.filter(|(_, a)| a.adapts_linears()) else {
             return self.base_linear(x, lin);
         };
         if adapter == Adapter::Ia3 && Adapter::ia3_feedforward(lin) {
@@ -473,6 +477,7 @@ impl<'a> Graph<'a> {
             Adapter::AdaLora => self.adalora_branch(x, lin, r, base),
             Adapter::Vera => self.vera_branch(x, lin, r, base),
             Adapter::Ia3 => self.ia3_output(x, lin, base),
+            Adapter::LnTuning => base,
         }
     }
 
@@ -798,15 +803,28 @@ impl<'a> Graph<'a> {
 
     // ---- norms --------------------------------------------------------------------
 
-    /// A norm module on `x` (its call holds x until it returns).
-    fn norm(&mut self, x: T, width: u64, kind: NormKind) -> T {
-        let y = self.norm_ops(x, width, kind);
+    /// A norm module on `x` at `slot` (its call holds x until it returns).
+    fn norm(&mut self, x: T, width: u64, kind: NormKind, slot: NormSlot) -> T {
+        let y = self.norm_ops(x, width, kind, slot);
         self.hold(&[x]);
         y
     }
 
-    fn norm_ops(&mut self, x: T, width: u64, kind: NormKind) -> T {
-        let weight_trainable = self.p.trainable.base_weights();
+    /// The norm's weight requires grad: full fine-tuning, or LN tuning's trained copy
+    /// of a targeted norm (peft `LNTuningLayer.forward` runs the copy, same ops).
+    fn norm_trainable(&self, slot: NormSlot) -> bool {
+        match &self.p.trainable {
+            Trainable::All => true,
+            Trainable::Lora {
+                adapter: Adapter::LnTuning,
+                ..
+            } => self.ln.is_some_and(|ln| ln.has(slot)),
+            _ => false,
+        }
+    }
+
+    fn norm_ops(&mut self, x: T, width: u64, kind: NormKind, slot: NormSlot) -> T {
+        let weight_trainable = self.norm_trainable(slot);
         if weight_trainable {
             let n = match kind {
                 NormKind::LayerNorm { bias: true } => 2 * width,
@@ -1005,6 +1023,7 @@ fn find_linear(lins: &[LinearSpec], role: crate::arch::LinearRole) -> Option<Lin
 fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (Graph<'a>, T) {
     let mut g = Graph::new(p);
     g.weight_cache = !spec.linear_as_matmul;
+    g.ln = LnNorms::of(spec);
     let resid_dt = p.resid_dtype();
     let x = g.input(spec.hidden, resid_dt, input_rg);
     let lins = spec.layer_linears();
@@ -1012,19 +1031,19 @@ fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (
 
     let out = match spec.residual {
         Residual::Sequential => {
-            let n1 = g.norm(x, h, spec.norm);
+            let n1 = g.norm(x, h, spec.norm, NormSlot::PreAttn);
             let mut a = g.attention_block(spec, &lins, n1);
             if spec.sandwich_norms {
-                a = g.norm(a, h, spec.norm);
+                a = g.norm(a, h, spec.norm, NormSlot::Sandwich);
             }
             if spec.scalars.residual {
                 a = g.scalar_mul("* residual_multiplier", a);
             }
             let h1 = g.add("residual", x, a);
-            let n2 = g.norm(h1, h, spec.norm);
+            let n2 = g.norm(h1, h, spec.norm, NormSlot::PreMlp);
             let mut m = g.mlp_block(spec, &lins, n2);
             if spec.sandwich_norms {
-                m = g.norm(m, h, spec.norm);
+                m = g.norm(m, h, spec.norm, NormSlot::Sandwich);
             }
             if spec.scalars.residual {
                 m = g.scalar_mul("* residual_multiplier", m);
@@ -1033,18 +1052,18 @@ fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (
         }
         Residual::PostNorm => {
             let a = g.attention_block(spec, &lins, x);
-            let a = g.norm(a, h, spec.norm);
+            let a = g.norm(a, h, spec.norm, NormSlot::PreAttn);
             let h1 = g.add("residual", x, a);
             let m = g.mlp_block(spec, &lins, h1);
-            let m = g.norm(m, h, spec.norm);
+            let m = g.norm(m, h, spec.norm, NormSlot::PreMlp);
             g.add("residual", h1, m)
         }
         Residual::Parallel { shared_norm } => {
-            let n1 = g.norm(x, h, spec.norm);
+            let n1 = g.norm(x, h, spec.norm, NormSlot::PreAttn);
             let n2 = if shared_norm {
                 n1
             } else {
-                g.norm(x, h, spec.norm)
+                g.norm(x, h, spec.norm, NormSlot::PreMlp)
             };
             let a = g.attention_block(spec, &lins, n1);
             let m = g.mlp_block(spec, &lins, n2);
@@ -1112,12 +1131,12 @@ impl Graph<'_> {
             QkNorm::None => {}
             // over the whole projection: one row per token
             QkNorm::FullWidth => {
-                q = self.norm(q, spec.heads * spec.head_dim, spec.norm);
-                k = self.norm(k, spec.kv_heads * spec.head_dim, spec.norm);
+                q = self.norm(q, spec.heads * spec.head_dim, spec.norm, NormSlot::Qk);
+                k = self.norm(k, spec.kv_heads * spec.head_dim, spec.norm, NormSlot::Qk);
             }
             QkNorm::Shared { .. } | QkNorm::PerHead => {
-                q = self.norm(q, spec.head_dim, spec.norm);
-                k = self.norm(k, spec.head_dim, spec.norm);
+                q = self.norm(q, spec.head_dim, spec.norm, NormSlot::Qk);
+                k = self.norm(k, spec.head_dim, spec.norm, NormSlot::Qk);
             }
         }
         if let Positions::Rope { rotary_dim } = spec.positions {
@@ -1836,8 +1855,9 @@ fn head_program<'a>(spec: &ModelSpec, p_head: &'a LedgerParams, training: bool) 
     let h = spec.hidden;
     let v = spec.vocab;
     let mut g = Graph::new(p_head);
+    g.ln = LnNorms::of(spec);
     let x = g.input(h, p_head.resid_dtype(), training);
-    let n = g.norm(x, h, spec.norm);
+    let n = g.norm(x, h, spec.norm, NormSlot::Final);
     let head = spec.head_linear();
     let logits = g.linear(n, &head);
     let loss_from = g.nodes.len();

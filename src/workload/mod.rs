@@ -446,6 +446,24 @@ impl Workload {
                 return Err(Error::invalid("lora_alpha", l.alpha, "a number > 0"));
             }
             l.targets.check_against(spec)?;
+            if l.adapter == crate::arch::Adapter::LnTuning
+                && crate::arch::adapter::LnNorms::of(spec).is_none()
+            {
+                return Err(Error::invalid(
+                    "peft",
+                    format!("ln-tuning on model type {}", spec.family.model_type()),
+                    "a model type with peft's default LN tuning targets: llama, mistral, gemma, gemma2, gemma3_text, qwen2, qwen3, bloom, gpt2, falcon, phi, gptj",
+                ));
+            }
+            if l.adapter == crate::arch::Adapter::LnTuning
+                && self.implementation == Implementation::Litgpt
+            {
+                return Err(Error::invalid(
+                    "peft",
+                    "ln-tuning with --implementation litgpt",
+                    "transformers (LN tuning is a peft tuner)",
+                ));
+            }
         }
         if matches!(self.precision, Precision::Fp8 | Precision::Int8) && self.is_train() {
             return Err(Error::invalid(

@@ -464,7 +464,7 @@ settings! {
     lora_rank: u64 => "--lora-rank" Value, "LoRA rank (default 16 with --method lora/qlora).";
     lora_alpha: f64 => "--lora-alpha" Value, "LoRA alpha (default 2 x rank; does not change memory).";
     lora_targets: LoraTargets => "--lora-targets" Value, "attn | all-linear | comma-separated module names (q_proj,v_proj,...).";
-    peft: Adapter => "--peft" Value, "The peft tuner on the targeted linears (with --method lora/qlora): lora (default) | dora (use_dora: a trained magnitude per output) | lora-fa (lora_A frozen) | adalora (SVD form, rank = init_r) | vera (shared frozen projections, trained scaling vectors) | ia3 (a trained scaling vector; no rank).";
+    peft: Adapter => "--peft" Value, "The peft tuner on the targeted linears (with --method lora/qlora): lora (default) | dora (use_dora: a trained magnitude per output) | lora-fa (lora_A frozen) | adalora (SVD form, rank = init_r) | vera (shared frozen projections, trained scaling vectors) | ia3 (a trained scaling vector; no rank) | ln-tuning (trained copies of the norms peft maps for the model type; no rank, no targets).";
     lora_dropout: f64 => "--lora-dropout" Value, "LoRA dropout probability on each adapter's input, 0 <= p < 1 (peft / litgpt lora_dropout; default 0): every adapted linear then keeps a dropout mask and the dropped copy of its input.";
     double_quant: bool => "--no-double-quant" Switch(false), "QLoRA without double quantization of the NF4 scales.";
     dtype: Precision => "--dtype" Value, "fp32 | bf16 | fp16 | amp-bf16 | amp-fp16 | fp8, int8 (inference weights: fp8, bitsandbytes LLM.int8).";
@@ -939,6 +939,13 @@ impl Settings {
                 ))
             }
         };
+        if adapter == Adapter::LnTuning && self.lora_targets.is_some() {
+            return Err(Error::invalid(
+                self.describe("lora_targets"),
+                self.lora_targets.as_ref().map_or(String::new(), |t| t.to_string()),
+                "none with --peft ln-tuning (it trains the norms peft's LN tuning mapping names for the model type)",
+            ));
+        }
         let dropout = self.lora_dropout.unwrap_or(0.0);
         if !(dropout.is_finite() && (0.0..1.0).contains(&dropout)) {
             return Err(Error::invalid(
@@ -955,7 +962,11 @@ impl Settings {
                 alpha: self
                     .lora_alpha
                     .unwrap_or(if rank > 0 { 2.0 * rank as f64 } else { 1.0 }),
-                targets: self.lora_targets.clone().unwrap_or(LoraTargets::AllLinear),
+                targets: if adapter == Adapter::LnTuning {
+                    LoraTargets::Names(Vec::new())
+                } else {
+                    self.lora_targets.clone().unwrap_or(LoraTargets::AllLinear)
+                },
                 adapter,
                 double_quant: self.double_quant.unwrap_or(true),
                 dropout,

@@ -651,3 +651,45 @@ fn a_chunked_trained_head_sums_one_weight_gradient_per_chunk() {
     };
     assert_eq!(at("chunked") - at("standard"), 128_256 * 2_048 * 2);
 }
+
+/// PEFT LN tuning (peft 0.21 `tuners/ln_tuning/layer.py`: a trained deep copy of each
+/// targeted norm; targets from `TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING`):
+/// Llama-3.2-1B trains `input_layernorm`, `post_attention_layernorm` (16 layers) and
+/// `norm`: 33 × 2,048 weights; Qwen2.5-0.5B only `post_attention_layernorm`: 24 × 896.
+/// No linear is adapted, so no rank and no targets; a model type peft has no mapping
+/// for (GPT-NeoX) is refused. The saved activations equal the trace probe's
+/// (`tests/data/trace/peft.csv`, mode `ln_tuning`, checked in `tests/it/trace.rs`).
+#[test]
+fn ln_tuning_trains_the_norms_peft_maps_for_the_model_type() {
+    let trainable = |model: &str| {
+        estimate_json(&["--model", model, "--method", "lora", "--peft", "ln-tuning"])["model"]
+            ["params_trainable"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(trainable("llama-3.2-1b"), 33 * 2_048);
+    assert_eq!(trainable("qwen2.5-0.5b"), 24 * 896);
+    let e = estimate_error(&[
+        "--model",
+        "llama-3.2-1b",
+        "--method",
+        "lora",
+        "--peft",
+        "ln-tuning",
+        "--lora-targets",
+        "q_proj",
+    ]);
+    assert!(
+        e.contains("--lora-targets") && e.contains("ln-tuning"),
+        "{e}"
+    );
+    let e = estimate_error(&[
+        "--model",
+        "pythia-1b",
+        "--method",
+        "lora",
+        "--peft",
+        "ln-tuning",
+    ]);
+    assert!(e.contains("gpt_neox"), "{e}");
+}

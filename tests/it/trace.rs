@@ -674,9 +674,12 @@ fn peft_tuners_against_the_trace_probe() {
         "adalora_attn",
         "vera_attn",
         "ia3",
+        "ln_tuning",
     ] {
+        // ln_tuning: four families x eager/sdpa x no/non-reentrant checkpointing, CPU
+        let want = if m == "ln_tuning" { 16 } else { 20 };
         assert!(
-            checked.get(m).copied().unwrap_or(0) >= 20,
+            checked.get(m).copied().unwrap_or(0) >= want,
             "mode {m}: {:?} depth pairs",
             checked.get(m)
         );

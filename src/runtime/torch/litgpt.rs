@@ -33,6 +33,7 @@
 //!   head and splits the reshaped, shifted logits into 128-row chunks.
 
 use super::{Graph, Kind, LedgerParams, NonLayer, T};
+use crate::arch::adapter::NormSlot;
 use crate::arch::{Activation, LinearRole, LinearSpec, MlpKind, ModelSpec, NormKind, Residual};
 use crate::units::dtype::DType;
 
@@ -322,24 +323,28 @@ pub(super) fn layer_program<'a>(
     let nk = norm_kind(spec.norm);
     let out = match spec.residual {
         Residual::Parallel { shared_norm } => {
-            let n1 = g.norm(x, h, nk);
+            let n1 = g.norm(x, h, nk, NormSlot::PreAttn);
             let a = g.litgpt_attention(spec, &lins, n1);
-            let n2 = if shared_norm { n1 } else { g.norm(x, h, nk) };
+            let n2 = if shared_norm {
+                n1
+            } else {
+                g.norm(x, h, nk, NormSlot::PreMlp)
+            };
             let m = g.litgpt_mlp(spec, &lins, n2);
             let ma = g.add("mlp + attn", m, a);
             g.add("residual", ma, x)
         }
         _ => {
-            let n1 = g.norm(x, h, nk);
+            let n1 = g.norm(x, h, nk, NormSlot::PreAttn);
             let mut a = g.litgpt_attention(spec, &lins, n1);
             if spec.sandwich_norms {
-                a = g.norm(a, h, nk);
+                a = g.norm(a, h, nk, NormSlot::Sandwich);
             }
             let h1 = g.add("residual", a, x);
-            let n2 = g.norm(h1, h, nk);
+            let n2 = g.norm(h1, h, nk, NormSlot::PreMlp);
             let mut m = g.litgpt_mlp(spec, &lins, n2);
             if spec.sandwich_norms {
-                m = g.norm(m, h, nk);
+                m = g.norm(m, h, nk, NormSlot::Sandwich);
             }
             g.add("residual", m, h1)
         }
@@ -357,7 +362,7 @@ pub(super) fn head_and_loss(spec: &ModelSpec, p: &LedgerParams, nl: &mut NonLaye
     let mut g = Graph::new(&p_head);
     let h = spec.hidden;
     let x = g.input(h, p_head.resid_dtype(), training);
-    let n = g.norm(x, h, norm_kind(spec.norm));
+    let n = g.norm(x, h, norm_kind(spec.norm), NormSlot::Final);
     let head = spec.head_linear();
     g.linear(n, &head);
     let head_saved: u64 = g
