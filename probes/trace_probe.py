@@ -631,7 +631,11 @@ LORA_MODES = ("lora_all", "lora_attn", "lora_all_model", "lora_attn_model",
 # (peft's per-model-type mapping) are the point: DoRA (use_dora), LoRA-FA (lora_A
 # frozen, as peft.optimizers.create_lorafa_optimizer does), AdaLoRA (init_r 16), VeRA
 # (r 16), IA3 and LN tuning with peft's default targets for the model type.
-PEFT_MODES = ("dora_attn", "lorafa_attn", "adalora_attn", "vera_attn", "ia3", "ln_tuning")
+PEFT_MODES = ("dora_attn", "lorafa_attn", "adalora_attn", "vera_attn", "ia3", "ln_tuning",
+              "prompt_tuning")
+# `prompt_tuning`: PromptTuningConfig(num_virtual_tokens=PROMPT_TOKENS); the model then runs
+# seq + PROMPT_TOKENS positions (peft prepends the prompt and pads the labels with -100)
+PROMPT_TOKENS = 16
 
 
 def apply_peft(model, c):
@@ -661,6 +665,8 @@ def apply_peft(model, c):
                               task_type="CAUSAL_LM")
     elif mode == "ia3":
         cfg = peft.IA3Config(task_type="CAUSAL_LM")
+    elif mode == "prompt_tuning":
+        cfg = peft.PromptTuningConfig(num_virtual_tokens=PROMPT_TOKENS, task_type="CAUSAL_LM")
     else:
         cfg = peft.LNTuningConfig(task_type="CAUSAL_LM")
         # LNTuningLayer deep-copies the norm; a FakeTensor's deepcopy would bring a new

@@ -37,6 +37,12 @@ pub enum Adapter {
     /// targeted norm layer is trained in its place, the base norm frozen; no linear is
     /// adapted. The targets are peft's default for the model type ([`LnNorms`]).
     LnTuning,
+    /// Prompt tuning (`tuners/prompt_tuning/model.py` `PromptEmbedding`;
+    /// `PeftModelForCausalLM.forward`): `num_virtual_tokens` trained embeddings
+    /// (the rank slot holds that number) concatenated before the input embeddings,
+    /// the labels padded with -100: every layer runs on seq + virtual tokens and its
+    /// input requires grad from the first layer on; no linear is adapted.
+    PromptTuning,
 }
 
 /// The norms LN tuning trains: peft 0.21 `utils/constants.py`
@@ -145,6 +151,7 @@ impl Adapter {
         Adapter::Vera,
         Adapter::Ia3,
         Adapter::LnTuning,
+        Adapter::PromptTuning,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -156,6 +163,7 @@ impl Adapter {
             Adapter::Vera => "vera",
             Adapter::Ia3 => "ia3",
             Adapter::LnTuning => "ln-tuning",
+            Adapter::PromptTuning => "prompt-tuning",
         }
     }
 
@@ -169,12 +177,16 @@ impl Adapter {
 
     /// The variant has a rank (every one but (IA)³ and LN tuning).
     pub fn has_rank(self) -> bool {
-        !matches!(self, Adapter::Ia3 | Adapter::LnTuning)
+        !matches!(
+            self,
+            Adapter::Ia3 | Adapter::LnTuning | Adapter::PromptTuning
+        )
     }
 
-    /// The variant adapts linears (every one but LN tuning, which trains norms).
+    /// The variant adapts linears (every one but LN tuning, which trains norms, and
+    /// prompt tuning, which trains input embeddings).
     pub fn adapts_linears(self) -> bool {
-        self != Adapter::LnTuning
+        !matches!(self, Adapter::LnTuning | Adapter::PromptTuning)
     }
 
     /// (IA)³ scales the input of a feed-forward module instead of its output. peft's
@@ -218,7 +230,7 @@ impl Adapter {
             Adapter::Vera => (r + o, r + o),
             Adapter::Ia3 if Adapter::ia3_feedforward(l) => (i, i),
             Adapter::Ia3 => (o, o),
-            Adapter::LnTuning => (0, 0),
+            Adapter::LnTuning | Adapter::PromptTuning => (0, 0),
         }
     }
 
@@ -234,7 +246,7 @@ impl Adapter {
             Adapter::Vera => vec![(r, 1), (o, 1)],
             Adapter::Ia3 if Adapter::ia3_feedforward(l) => vec![(1, i)],
             Adapter::Ia3 => vec![(o, 1)],
-            Adapter::LnTuning => vec![],
+            Adapter::LnTuning | Adapter::PromptTuning => vec![],
         }
     }
 
@@ -264,6 +276,7 @@ impl std::str::FromStr for Adapter {
             "vera" => Ok(Adapter::Vera),
             "ia3" => Ok(Adapter::Ia3),
             "ln-tuning" | "lntuning" => Ok(Adapter::LnTuning),
+            "prompt-tuning" => Ok(Adapter::PromptTuning),
             _ => Err(Error::invalid("peft", s, Adapter::accepted())),
         }
     }

@@ -254,6 +254,15 @@ pub fn lora(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> LoraCount {
 /// The peft tuner `adapter` of rank `rank` on the linears matched by `targets` (the
 /// head when `lm_head` is named).
 pub fn adapters(spec: &ModelSpec, rank: u64, targets: &LoraTargets, adapter: Adapter) -> LoraCount {
+    if adapter == Adapter::PromptTuning {
+        // `PromptEmbedding`: nn.Embedding(num_virtual_tokens, hidden) (the rank slot)
+        let n = rank.saturating_mul(spec.hidden);
+        return LoraCount {
+            trainable: n,
+            stored: n,
+            adapted_modules: 1,
+        };
+    }
     if adapter == Adapter::LnTuning {
         // the trained copies of the targeted norms, stored beside the frozen originals
         let Some(ln) = crate::arch::adapter::LnNorms::of(spec) else {

@@ -57,7 +57,19 @@ pub struct TraceRow {
     pub live: u64,
 }
 
+/// trace_probe.py's `PROMPT_TOKENS`: the virtual tokens of its `prompt_tuning` mode.
+pub const PROBE_PROMPT_TOKENS: u64 = 16;
+
 impl TraceRow {
+    /// The virtual tokens peft prepends in this cell (prompt tuning), else 0.
+    pub fn virtual_tokens(&self) -> u64 {
+        if self.mode == "prompt_tuning" {
+            PROBE_PROMPT_TOKENS
+        } else {
+            0
+        }
+    }
+
     /// The ledger's parameters for this cell: the probe's recipe (bf16 or AMP-bf16,
     /// LoRA r=16 on all linears or the attention projections, checkpointing of every
     /// layer, CPU or CUDA kernels) and shapes.
@@ -75,8 +87,9 @@ impl TraceRow {
             },
             litgpt: false,
             batch: self.batch,
-            seq: self.seq,
-            kv_len: self.seq,
+            // prompt tuning: peft prepends the probe's PROMPT_TOKENS virtual tokens
+            seq: self.seq + self.virtual_tokens(),
+            kv_len: self.seq + self.virtual_tokens(),
             precision: if self.dtype == "amp_bf16" {
                 Precision::AmpBf16
             } else {
@@ -140,6 +153,11 @@ impl TraceRow {
                         .collect(),
                 ),
                 adapter: Adapter::Ia3,
+            },
+            "prompt_tuning" => Trainable::Lora {
+                rank: self.virtual_tokens(),
+                targets: LoraTargets::Names(Vec::new()),
+                adapter: Adapter::PromptTuning,
             },
             // peft's default LN tuning targets for the model type (no linear adapted)
             "ln_tuning" => Trainable::Lora {

@@ -111,6 +111,13 @@ pub fn lora_shapes(
     targets: &LoraTargets,
     adapter: Adapter,
 ) -> Vec<Shape> {
+    if adapter == Adapter::PromptTuning {
+        return vec![Shape {
+            rows: rank,
+            cols: spec.hidden,
+            count: 1,
+        }];
+    }
     if adapter == Adapter::LnTuning {
         // one weight (and bias) vector per trained norm copy
         let Some(ln) = crate::arch::adapter::LnNorms::of(spec) else {

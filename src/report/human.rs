@@ -86,11 +86,29 @@ fn write_task(s: &mut String, w: &Workload, implied: Option<&str>) {
         (true, None) => " + fp32 master weights".to_string(),
         (false, None) => String::new(),
     };
+    use crate::arch::Adapter;
     let method = match w.method.lora() {
-        Some(l) => format!(
-            "{} r={} alpha={} targets={}",
-            w.method, l.rank, l.alpha, l.targets
+        Some(l) if l.adapter == Adapter::PromptTuning => format!(
+            "{} (peft prompt-tuning, {} virtual tokens prepended)",
+            w.method, l.rank
         ),
+        Some(l) if l.adapter == Adapter::LnTuning => {
+            format!("{} (peft ln-tuning: the model type's norms)", w.method)
+        }
+        Some(l) if l.adapter == Adapter::Ia3 => {
+            format!("{} (peft ia3) targets={}", w.method, l.targets)
+        }
+        Some(l) => {
+            let tuner = if l.adapter == Adapter::Lora {
+                String::new()
+            } else {
+                format!(" (peft {})", l.adapter)
+            };
+            format!(
+                "{}{tuner} r={} alpha={} targets={}",
+                w.method, l.rank, l.alpha, l.targets
+            )
+        }
         None => w.method.to_string(),
     };
     match w.task {

@@ -477,7 +477,7 @@ impl<'a> Graph<'a> {
             Adapter::AdaLora => self.adalora_branch(x, lin, r, base),
             Adapter::Vera => self.vera_branch(x, lin, r, base),
             Adapter::Ia3 => self.ia3_output(x, lin, base),
-            Adapter::LnTuning => base,
+            Adapter::LnTuning | Adapter::PromptTuning => base,
         }
     }
 
@@ -1763,6 +1763,22 @@ pub fn non_layer(spec: &ModelSpec, p: &LedgerParams) -> NonLayer {
         },
         ..NonLayer::default()
     };
+    if let Trainable::Lora {
+        adapter: Adapter::PromptTuning,
+        rank: virtual_tokens,
+        ..
+    } = p.trainable
+    {
+        if p.grad_ckpt != GradCkpt::None {
+            // peft's prompt-tuning forward under checkpointing: the word embeddings'
+            // output (made to require grad by `enable_input_require_grads`) stays
+            // alive beside the concatenated [prompt; input] the first layer reads —
+            // measured by the trace probe (mode `prompt_tuning`: exactly b × seq × h
+            // of the residual dtype more than the concatenation alone)
+            let user_tokens = p.batch * p.seq.saturating_sub(virtual_tokens);
+            nl.shared += user_tokens * spec.hidden * resid_dt.size();
+        }
+    }
     if p.litgpt {
         litgpt::head_and_loss(spec, p, &mut nl);
     } else {
@@ -2097,7 +2113,16 @@ fn p_mask_elems(p: &LedgerParams) -> u64 {
 /// transformers' `gradient_checkpointing_enable()` calls `enable_input_require_grads()`
 /// on a PEFT model (so checkpointed layers get a gradient-carrying input).
 fn embedding_output_requires_grad(p: &LedgerParams) -> bool {
-    p.trainable.base_weights() || (p.trainable.any() && p.grad_ckpt != GradCkpt::None)
+    p.trainable.base_weights()
+        || (p.trainable.any() && p.grad_ckpt != GradCkpt::None)
+        // the trained prompt embeddings are concatenated into the first layer's input
+        || matches!(
+            p.trainable,
+            Trainable::Lora {
+                adapter: Adapter::PromptTuning,
+                ..
+            }
+        )
 }
 
 fn layer_for_first(spec: &ModelSpec, p: &LedgerParams) -> LayerLedger {

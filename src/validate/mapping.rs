@@ -9,7 +9,7 @@
 //! | `grad_accum` (optional column), else `notes` | `--grad-accum`: the column; else what the notes state (`no grad accumulation`, `GA N`, `GA N (LoRA) / M (QLoRA)`, `gradient_accumulation_steps N`); else 1, with a note |
 //! | `notes` | `--optimizer-in-bwd true` when they say `optimizer_in_bwd=True` or "optimizer step fused into backward"; `--activation-offload true` when they say "activation offloading"; `--compile true` when they say "torch.compile on" (torchtune's switches; the table has no column for them) |
 //! | `method` + `quant` | `full`; `lora`; `qlora` when the base is `nf4` / `nf4-dq` / `fp4` (bitsandbytes 4-bit: fp4 and nf4 store the same 4 bits + absmax per 64); `nf4` without double quantization → `--no-double-quant`; `gptq-int4` with LoRA or inference when the model's config carries a gptq `quantization_config` (the estimator sizes the packed weights from it) |
-//! | `method` `other-peft` | `--method lora --peft NAME`, the tuner read from `notes` (the table's README: "see notes"): `peft_type ADALORA` / `VERA` / `IA3` / `LN_TUNING` → `adalora` / `vera` / `ia3` / `ln-tuning` (its targets: peft's default norms for the model type); `peft_type LORA` with `DoRA` / `use_dora` → `dora`, with `LoRA-FA` / `lorafa` → `lora-fa`; any other peft type is refused, named |
+//! | `method` `other-peft` | `--method lora --peft NAME`, the tuner read from `notes` (the table's README: "see notes"): `peft_type ADALORA` / `VERA` / `IA3` / `LN_TUNING` / `PROMPT_TUNING` → `adalora` / `vera` / `ia3` / `ln-tuning` (its targets: peft's default norms for the model type) / `prompt-tuning` (`--virtual-tokens` = the notes' `trainable params` over the hidden size); `peft_type LORA` with `DoRA` / `use_dora` → `dora`, with `LoRA-FA` / `lorafa` → `lora-fa`; any other peft type is refused, named |
 //! | `lora_rank`, `lora_targets` | `--lora-rank`; role tokens (`q`, `k`, `v`, `o`, `qkv`, `gate`, `up`, `down`, `mlp`, `lm_head`) → the model's own module names (a fused q/k/v linear for `q`/`k`/`v` on a fused model; `lm_head` for the output head) |
 //! | `weight_dtype` | `bf16` / `fp16` / `fp32` → `--dtype`; `mixed-bf16` / `mixed-fp16` → `amp-bf16` / `amp-fp16` (fp32 weights, half compute) |
 //! | `optimizer` | `--optimizer` (`adamw` is torch's fused AdamW) |
@@ -110,7 +110,24 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
     } else {
         "lora"
     };
-    if method != "full" && train && peft == "ln-tuning" {
+    if method != "full" && train && peft == "prompt-tuning" {
+        // peft's num_virtual_tokens: the row's trainable count over the hidden size
+        // (PromptEmbedding is num_virtual_tokens x hidden)
+        let n = trainable_params_of(&r.notes)
+            .ok_or("prompt tuning without the trainable parameter count in the notes (num_virtual_tokens unknown)")?;
+        if n == 0 || n % spec.hidden != 0 {
+            return Err(format!(
+                "prompt tuning with {n} trainable parameters: not a multiple of the hidden size {}",
+                spec.hidden
+            ));
+        }
+        s.put("virtual_tokens", (n / spec.hidden).to_string());
+        notes.push(format!(
+            "prompt tuning: {} virtual tokens (trainable {n} / hidden {})",
+            n / spec.hidden,
+            spec.hidden
+        ));
+    } else if method != "full" && train && peft == "ln-tuning" {
         // LN tuning: no rank, no linear targets — peft's mapping for the model type
         // names the norms (the table's `custom:norm`)
         if !matches!(r.lora_targets.as_str(), "custom:norm" | "none" | "") {
@@ -294,11 +311,23 @@ fn peft_of(notes: &str) -> Result<&'static str, String> {
         "VERA" => Ok("vera"),
         "IA3" => Ok("ia3"),
         "LN_TUNING" => Ok("ln-tuning"),
+        "PROMPT_TUNING" => Ok("prompt-tuning"),
         "LORA" | "" if lower.contains("use_dora") || notes.contains("DoRA") => Ok("dora"),
         "LORA" | "" if lower.contains("lora-fa") || lower.contains("lorafa") => Ok("lora-fa"),
         "" => Err("a PEFT method other than LoRA whose peft_type the notes do not name".into()),
         t => Err(format!("PEFT tuner {t}: not modelled")),
     }
+}
+
+/// The `trainable params N` a row's notes record (digits with thousands commas).
+fn trainable_params_of(notes: &str) -> Option<u64> {
+    let at = notes.find("trainable params ")? + "trainable params ".len();
+    let digits: String = notes[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ',')
+        .filter(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
 /// Gradient accumulation steps and where they came from: the `grad_accum` column, else
@@ -634,6 +663,22 @@ mod tests {
         assert_eq!(setting(&ln, "lora_targets"), None);
         let e = other("peft_type LN_TUNING", Some(0), "qv").unwrap_err();
         assert!(e.contains("LN tuning"), "{e}");
+        // prompt tuning: the virtual tokens from the trainable count (3B hidden 3072)
+        let pt = other(
+            "peft_type PROMPT_TUNING; trainable params 614,400;",
+            Some(0),
+            "none",
+        )
+        .unwrap();
+        assert_eq!(setting(&pt, "peft"), Some("prompt-tuning"));
+        assert_eq!(setting(&pt, "virtual_tokens"), Some("200"));
+        let e = other(
+            "peft_type PROMPT_TUNING; trainable params 1,000;",
+            Some(0),
+            "none",
+        )
+        .unwrap_err();
+        assert!(e.contains("multiple of the hidden size 3072"), "{e}");
         let e = other("peft_type BOFT; targets", Some(0), "qv").unwrap_err();
         assert!(e.contains("BOFT"), "{e}");
         let e = other("some method", Some(8), "qv").unwrap_err();

@@ -504,6 +504,7 @@ settings! {
     bnb_version: Version => "--bnb-version" Value, "bitsandbytes version, e.g. 0.42.0 (default: a current one): before 0.43.2 a QLoRA 4-bit linear keeps its input for backward.";
     fsdp_upcast: bool => "--fsdp-upcast" Value, "true | false: under FSDP with half-precision parameters, accelerate's fp32 upcast of the flat parameters (accelerate >= 0.30 with --bf16/--fp16): fp32 sharded master, layers gathered in the half dtype (set by --framework hf-trainer).";
     fsdp_no_sync: bool => "--fsdp-no-sync" Value, "true | false: with --grad-accum > 1 under FSDP, the accumulating micro-batches run under no_sync (FSDP1 `no_sync()`, FSDP2 `set_requires_gradient_sync(False)`), so every rank holds unsharded gradients until the last micro-batch reduce-scatters them (set by --framework hf-trainer, accelerate, litgpt).";
+    virtual_tokens: u64 => "--virtual-tokens" Value, "With --peft prompt-tuning: peft's num_virtual_tokens, trained embeddings prepended to every sequence (the model runs seq-len + this many positions).";
     optimizer_in_bwd: bool => "--optimizer-in-bwd" Value, "true | false: the optimizer steps each parameter inside backward and frees its gradient (torchtune optimizer_in_bwd: OptimizerInBackward's post-accumulate-grad hooks); needs --grad-accum 1.";
     activation_offload: bool => "--activation-offload" Value, "true | false: torchtune's activation offloading (OffloadActivations, with --grad-ckpt full): the checkpointed layers' inputs wait in pinned host memory, the GPU keeps the last five saved tensors and the layer being recomputed.";
     compile: bool => "--compile" Value, "true | false: torch.compile as torchtune applies it (each decoder layer and the chunked loss's cross-entropy). Modelled: the compiled cross-entropy saves each chunk's half-precision logits instead of fp32 log-probabilities; without checkpointing a compiled layer recomputes its elementwise tensors in backward and saves their sources (inductor's partitioner); forward transients stay as eager.";
@@ -904,18 +905,26 @@ impl Settings {
         let lora_given = self.lora_rank.is_some()
             || self.lora_alpha.is_some()
             || self.lora_targets.is_some()
-            || self.peft.is_some();
+            || self.peft.is_some()
+            || self.virtual_tokens.is_some();
         if kind == MethodKind::Full {
             if lora_given {
-                let key = ["lora_rank", "lora_alpha", "lora_targets", "peft"]
-                    .into_iter()
-                    .find(|k| match *k {
-                        "lora_rank" => self.lora_rank.is_some(),
-                        "lora_alpha" => self.lora_alpha.is_some(),
-                        "lora_targets" => self.lora_targets.is_some(),
-                        _ => self.peft.is_some(),
-                    })
-                    .unwrap_or("lora_rank");
+                let key = [
+                    "lora_rank",
+                    "lora_alpha",
+                    "lora_targets",
+                    "peft",
+                    "virtual_tokens",
+                ]
+                .into_iter()
+                .find(|k| match *k {
+                    "lora_rank" => self.lora_rank.is_some(),
+                    "lora_alpha" => self.lora_alpha.is_some(),
+                    "lora_targets" => self.lora_targets.is_some(),
+                    "peft" => self.peft.is_some(),
+                    _ => self.virtual_tokens.is_some(),
+                })
+                .unwrap_or("lora_rank");
                 return Err(Error::invalid(
                     key,
                     "set with method full",
@@ -939,11 +948,38 @@ impl Settings {
                 ))
             }
         };
-        if adapter == Adapter::LnTuning && self.lora_targets.is_some() {
+        let rank = match (adapter, self.virtual_tokens) {
+            (Adapter::PromptTuning, Some(n)) if (1..=1 << 20).contains(&n) => n,
+            (Adapter::PromptTuning, Some(n)) => {
+                return Err(Error::invalid(
+                    self.describe("virtual_tokens"),
+                    n,
+                    "an integer in 1..=2^20",
+                ))
+            }
+            (Adapter::PromptTuning, None) => {
+                return Err(Error::invalid(
+                    "peft",
+                    "prompt-tuning without --virtual-tokens",
+                    "--virtual-tokens N (peft PromptTuningConfig.num_virtual_tokens)",
+                ))
+            }
+            (_, Some(n)) => {
+                return Err(Error::invalid(
+                    self.describe("virtual_tokens"),
+                    n,
+                    "--virtual-tokens only with --peft prompt-tuning",
+                ))
+            }
+            (_, None) => rank,
+        };
+        if matches!(adapter, Adapter::LnTuning | Adapter::PromptTuning)
+            && self.lora_targets.is_some()
+        {
             return Err(Error::invalid(
                 self.describe("lora_targets"),
                 self.lora_targets.as_ref().map_or(String::new(), |t| t.to_string()),
-                "none with --peft ln-tuning (it trains the norms peft's LN tuning mapping names for the model type)",
+                format!("none with --peft {adapter} (it adapts no linear: LN tuning trains the norms peft's mapping names for the model type, prompt tuning its virtual tokens)"),
             ));
         }
         let dropout = self.lora_dropout.unwrap_or(0.0);
@@ -962,7 +998,7 @@ impl Settings {
                 alpha: self
                     .lora_alpha
                     .unwrap_or(if rank > 0 { 2.0 * rank as f64 } else { 1.0 }),
-                targets: if adapter == Adapter::LnTuning {
+                targets: if !adapter.adapts_linears() {
                     LoraTargets::Names(Vec::new())
                 } else {
                     self.lora_targets.clone().unwrap_or(LoraTargets::AllLinear)
@@ -982,14 +1018,23 @@ impl Settings {
     fn workload(&self) -> Result<Workload> {
         let d = Workload::default();
         let precision = self.dtype.unwrap_or(d.precision);
+        let method = self.method()?;
+        // prompt tuning prepends its virtual tokens to every sequence
+        let virtual_tokens = match method.lora() {
+            Some(l) if l.adapter == Adapter::PromptTuning => l.rank,
+            _ => 0,
+        };
         Ok(Workload {
             task: self.task.unwrap_or(d.task),
-            method: self.method()?,
+            method,
             precision,
             master_weights: self.master_weights.unwrap_or(false),
             optimizer: self.optimizer.unwrap_or(d.optimizer),
             batch: self.batch.unwrap_or(d.batch),
-            seq_len: self.seq_len.unwrap_or(d.seq_len),
+            seq_len: self
+                .seq_len
+                .unwrap_or(d.seq_len)
+                .saturating_add(virtual_tokens),
             grad_accum: self.grad_accum.unwrap_or(d.grad_accum),
             attn: self.attn.unwrap_or(d.attn),
             grad_ckpt: self.grad_ckpt.unwrap_or(d.grad_ckpt),

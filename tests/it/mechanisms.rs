@@ -693,3 +693,55 @@ fn ln_tuning_trains_the_norms_peft_maps_for_the_model_type() {
     ]);
     assert!(e.contains("gpt_neox"), "{e}");
 }
+
+/// PEFT prompt tuning (peft 0.21 `tuners/prompt_tuning/model.py` `PromptEmbedding`,
+/// `PeftModelForCausalLM.forward`): `--virtual-tokens 200` on Llama-3.2-1B trains
+/// 200 × 2,048 prompt embeddings and the model runs 512 + 200 positions (every layer's
+/// input requiring grad). The number of virtual tokens is required; a rank or virtual
+/// tokens without prompt tuning are refused. The trace probe checks the bytes
+/// (`tests/data/trace/peft.csv`, mode `prompt_tuning`, exact on four families).
+#[test]
+fn prompt_tuning_prepends_its_virtual_tokens() {
+    let d = estimate_json(&[
+        "--model",
+        "llama-3.2-1b",
+        "--method",
+        "lora",
+        "--peft",
+        "prompt-tuning",
+        "--virtual-tokens",
+        "200",
+        "--seq-len",
+        "512",
+    ]);
+    assert_eq!(d["model"]["params_trainable"].as_u64(), Some(200 * 2_048));
+    assert_eq!(d["workload"]["seq_len"].as_u64(), Some(712));
+    for (args, needle) in [
+        (
+            vec!["--method", "lora", "--peft", "prompt-tuning"],
+            "--virtual-tokens N",
+        ),
+        (
+            vec!["--method", "lora", "--virtual-tokens", "8"],
+            "only with --peft prompt-tuning",
+        ),
+        (
+            vec![
+                "--method",
+                "lora",
+                "--peft",
+                "prompt-tuning",
+                "--virtual-tokens",
+                "8",
+                "--lora-rank",
+                "8",
+            ],
+            "no rank with --peft prompt-tuning",
+        ),
+    ] {
+        let mut a = vec!["--model", "llama-3.2-1b"];
+        a.extend(args);
+        let e = estimate_error(&a);
+        assert!(e.contains(needle), "{needle}: {e}");
+    }
+}

@@ -675,9 +675,11 @@ fn peft_tuners_against_the_trace_probe() {
         "vera_attn",
         "ia3",
         "ln_tuning",
+        "prompt_tuning",
     ] {
-        // ln_tuning: four families x eager/sdpa x no/non-reentrant checkpointing, CPU
-        let want = if m == "ln_tuning" { 16 } else { 20 };
+        // ln_tuning, prompt_tuning: four families x eager/sdpa x no/non-reentrant
+        // checkpointing, CPU
+        let want = if m.ends_with("_tuning") { 16 } else { 20 };
         assert!(
             checked.get(m).copied().unwrap_or(0) >= want,
             "mode {m}: {:?} depth pairs",
