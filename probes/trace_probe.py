@@ -632,9 +632,11 @@ LORA_MODES = ("lora_all", "lora_attn", "lora_all_model", "lora_attn_model",
 # frozen, as peft.optimizers.create_lorafa_optimizer does), AdaLoRA (init_r 16), VeRA
 # (r 16), IA3 and LN tuning with peft's default targets for the model type.
 PEFT_MODES = ("dora_attn", "lorafa_attn", "adalora_attn", "vera_attn", "ia3", "ln_tuning",
-              "prompt_tuning")
+              "prompt_tuning", "prefix_tuning")
 # `prompt_tuning`: PromptTuningConfig(num_virtual_tokens=PROMPT_TOKENS); the model then runs
-# seq + PROMPT_TOKENS positions (peft prepends the prompt and pads the labels with -100)
+# seq + PROMPT_TOKENS positions (peft prepends the prompt and pads the labels with -100);
+# `prefix_tuning`: PrefixTuningConfig(num_virtual_tokens=PROMPT_TOKENS), every layer's keys
+# and values get that many trained entries before them
 PROMPT_TOKENS = 16
 
 
@@ -667,6 +669,8 @@ def apply_peft(model, c):
         cfg = peft.IA3Config(task_type="CAUSAL_LM")
     elif mode == "prompt_tuning":
         cfg = peft.PromptTuningConfig(num_virtual_tokens=PROMPT_TOKENS, task_type="CAUSAL_LM")
+    elif mode == "prefix_tuning":
+        cfg = peft.PrefixTuningConfig(num_virtual_tokens=PROMPT_TOKENS, task_type="CAUSAL_LM")
     else:
         cfg = peft.LNTuningConfig(task_type="CAUSAL_LM")
         # LNTuningLayer deep-copies the norm; a FakeTensor's deepcopy would bring a new

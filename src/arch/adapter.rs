@@ -43,6 +43,12 @@ pub enum Adapter {
     /// the labels padded with -100: every layer runs on seq + virtual tokens and its
     /// input requires grad from the first layer on; no linear is adapted.
     PromptTuning,
+    /// Prefix tuning (`tuners/prefix_tuning/model.py` `PrefixEncoder` without
+    /// projection: nn.Embedding(num_virtual_tokens, layers × 2 × kv_dim), the rank
+    /// slot holding num_virtual_tokens): each layer's keys and values are the trained
+    /// prefix concatenated before the new ones (`DynamicCache.update`), so attention
+    /// reads seq + virtual keys under an explicit mask; no linear is adapted.
+    PrefixTuning,
 }
 
 /// The norms LN tuning trains: peft 0.21 `utils/constants.py`
@@ -152,6 +158,7 @@ impl Adapter {
         Adapter::Ia3,
         Adapter::LnTuning,
         Adapter::PromptTuning,
+        Adapter::PrefixTuning,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -164,6 +171,7 @@ impl Adapter {
             Adapter::Ia3 => "ia3",
             Adapter::LnTuning => "ln-tuning",
             Adapter::PromptTuning => "prompt-tuning",
+            Adapter::PrefixTuning => "prefix-tuning",
         }
     }
 
@@ -179,14 +187,22 @@ impl Adapter {
     pub fn has_rank(self) -> bool {
         !matches!(
             self,
-            Adapter::Ia3 | Adapter::LnTuning | Adapter::PromptTuning
+            Adapter::Ia3 | Adapter::LnTuning | Adapter::PromptTuning | Adapter::PrefixTuning
         )
     }
 
     /// The variant adapts linears (every one but LN tuning, which trains norms, and
     /// prompt tuning, which trains input embeddings).
     pub fn adapts_linears(self) -> bool {
-        !matches!(self, Adapter::LnTuning | Adapter::PromptTuning)
+        !matches!(
+            self,
+            Adapter::LnTuning | Adapter::PromptTuning | Adapter::PrefixTuning
+        )
+    }
+
+    /// The variant trains virtual tokens (the rank slot holds their number).
+    pub fn has_virtual_tokens(self) -> bool {
+        matches!(self, Adapter::PromptTuning | Adapter::PrefixTuning)
     }
 
     /// (IA)³ scales the input of a feed-forward module instead of its output. peft's
@@ -230,7 +246,7 @@ impl Adapter {
             Adapter::Vera => (r + o, r + o),
             Adapter::Ia3 if Adapter::ia3_feedforward(l) => (i, i),
             Adapter::Ia3 => (o, o),
-            Adapter::LnTuning | Adapter::PromptTuning => (0, 0),
+            Adapter::LnTuning | Adapter::PromptTuning | Adapter::PrefixTuning => (0, 0),
         }
     }
 
@@ -246,7 +262,7 @@ impl Adapter {
             Adapter::Vera => vec![(r, 1), (o, 1)],
             Adapter::Ia3 if Adapter::ia3_feedforward(l) => vec![(1, i)],
             Adapter::Ia3 => vec![(o, 1)],
-            Adapter::LnTuning | Adapter::PromptTuning => vec![],
+            Adapter::LnTuning | Adapter::PromptTuning | Adapter::PrefixTuning => vec![],
         }
     }
 
@@ -277,6 +293,7 @@ impl std::str::FromStr for Adapter {
             "ia3" => Ok(Adapter::Ia3),
             "ln-tuning" | "lntuning" => Ok(Adapter::LnTuning),
             "prompt-tuning" => Ok(Adapter::PromptTuning),
+            "prefix-tuning" => Ok(Adapter::PrefixTuning),
             _ => Err(Error::invalid("peft", s, Adapter::accepted())),
         }
     }

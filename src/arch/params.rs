@@ -254,9 +254,15 @@ pub fn lora(spec: &ModelSpec, rank: u64, targets: &LoraTargets) -> LoraCount {
 /// The peft tuner `adapter` of rank `rank` on the linears matched by `targets` (the
 /// head when `lm_head` is named).
 pub fn adapters(spec: &ModelSpec, rank: u64, targets: &LoraTargets, adapter: Adapter) -> LoraCount {
-    if adapter == Adapter::PromptTuning {
-        // `PromptEmbedding`: nn.Embedding(num_virtual_tokens, hidden) (the rank slot)
-        let n = rank.saturating_mul(spec.hidden);
+    if adapter.has_virtual_tokens() {
+        // `PromptEmbedding`: nn.Embedding(num_virtual_tokens, hidden); `PrefixEncoder`:
+        // nn.Embedding(num_virtual_tokens, layers × 2 × kv_dim) (the rank slot)
+        let width = if adapter == Adapter::PrefixTuning {
+            spec.layers() * 2 * spec.kv_dim()
+        } else {
+            spec.hidden
+        };
+        let n = rank.saturating_mul(width);
         return LoraCount {
             trainable: n,
             stored: n,

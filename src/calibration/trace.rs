@@ -61,9 +61,19 @@ pub struct TraceRow {
 pub const PROBE_PROMPT_TOKENS: u64 = 16;
 
 impl TraceRow {
-    /// The virtual tokens peft prepends in this cell (prompt tuning), else 0.
+    /// The virtual tokens peft prepends to the input in this cell (prompt tuning),
+    /// else 0.
     pub fn virtual_tokens(&self) -> u64 {
         if self.mode == "prompt_tuning" {
+            PROBE_PROMPT_TOKENS
+        } else {
+            0
+        }
+    }
+
+    /// The virtual tokens before every layer's keys (prefix tuning), else 0.
+    pub fn prefix_tokens(&self) -> u64 {
+        if self.mode == "prefix_tuning" {
             PROBE_PROMPT_TOKENS
         } else {
             0
@@ -89,7 +99,7 @@ impl TraceRow {
             batch: self.batch,
             // prompt tuning: peft prepends the probe's PROMPT_TOKENS virtual tokens
             seq: self.seq + self.virtual_tokens(),
-            kv_len: self.seq + self.virtual_tokens(),
+            kv_len: self.seq + self.virtual_tokens() + self.prefix_tokens(),
             precision: if self.dtype == "amp_bf16" {
                 Precision::AmpBf16
             } else {
@@ -153,6 +163,11 @@ impl TraceRow {
                         .collect(),
                 ),
                 adapter: Adapter::Ia3,
+            },
+            "prefix_tuning" => Trainable::Lora {
+                rank: self.prefix_tokens(),
+                targets: LoraTargets::Names(Vec::new()),
+                adapter: Adapter::PrefixTuning,
             },
             "prompt_tuning" => Trainable::Lora {
                 rank: self.virtual_tokens(),

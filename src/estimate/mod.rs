@@ -556,6 +556,8 @@ pub fn event_overheads(
 /// Ledger parameters of a rank's training step.
 pub fn rank_ledger_params(w: &Workload, v: &RankView) -> LedgerParams {
     let mut lp = ledger_params(w, trainable_kind(w), v.seq_local, w.seq_len, w.batch);
+    // prefix tuning: every layer attends to its virtual tokens too
+    lp.kv_len += lp.prefix_tokens();
     lp.sp_div = v.sp_div;
     lp
 }

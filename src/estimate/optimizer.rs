@@ -118,6 +118,13 @@ pub fn lora_shapes(
             count: 1,
         }];
     }
+    if adapter == Adapter::PrefixTuning {
+        return vec![Shape {
+            rows: rank,
+            cols: spec.layers() * 2 * spec.kv_dim(),
+            count: 1,
+        }];
+    }
     if adapter == Adapter::LnTuning {
         // one weight (and bias) vector per trained norm copy
         let Some(ln) = crate::arch::adapter::LnNorms::of(spec) else {

@@ -88,6 +88,10 @@ fn write_task(s: &mut String, w: &Workload, implied: Option<&str>) {
     };
     use crate::arch::Adapter;
     let method = match w.method.lora() {
+        Some(l) if l.adapter == Adapter::PrefixTuning => format!(
+            "{} (peft prefix-tuning, {} virtual keys and values per layer)",
+            w.method, l.rank
+        ),
         Some(l) if l.adapter == Adapter::PromptTuning => format!(
             "{} (peft prompt-tuning, {} virtual tokens prepended)",
             w.method, l.rank

@@ -109,6 +109,19 @@ pub struct LedgerParams {
 }
 
 impl LedgerParams {
+    /// Prefix tuning's virtual tokens before every layer's keys and values (0 for any
+    /// other recipe); `kv_len` already counts them.
+    pub fn prefix_tokens(&self) -> u64 {
+        match self.trainable {
+            Trainable::Lora {
+                adapter: Adapter::PrefixTuning,
+                rank,
+                ..
+            } => rank,
+            _ => 0,
+        }
+    }
+
     /// dtype of the residual stream (hidden states between layers, rotary tables): the
     /// parameters' fp32 under autocast, else the compute dtype.
     pub fn resid_dtype(&self) -> DType {
@@ -477,7 +490,7 @@ impl<'a> Graph<'a> {
             Adapter::AdaLora => self.adalora_branch(x, lin, r, base),
             Adapter::Vera => self.vera_branch(x, lin, r, base),
             Adapter::Ia3 => self.ia3_output(x, lin, base),
-            Adapter::LnTuning | Adapter::PromptTuning => base,
+            Adapter::LnTuning | Adapter::PromptTuning | Adapter::PrefixTuning => base,
         }
     }
 
@@ -1168,6 +1181,18 @@ impl Graph<'_> {
                 k = self.rope(k, spec.kv_heads, spec.head_dim, rotary_dim);
             }
         }
+        let prefix = self.p.prefix_tokens();
+        if prefix > 0 {
+            // prefix tuning: `DynamicCache.update` concatenates the trained prefix
+            // before the new keys and values (torch.cat saves nothing); the results
+            // require grad through the prefix
+            let kv_e = self.p.batch * (self.p.seq + prefix) * spec.kv_heads * spec.head_dim;
+            let (dk, dv) = (self.dt(k), self.dt(v));
+            self.begin(&[k]);
+            k = self.out("prefix cat k", kv_e, dk, true, Kind::Other);
+            self.begin(&[v]);
+            v = self.out("prefix cat v", kv_e, dv, true, Kind::Other);
+        }
         let out = self.attention_core(spec, q, k, v);
         let o = self.linear(out, &find(O).unwrap());
         let o = self.dropout(o, spec.dropout.resid);
@@ -1315,15 +1340,18 @@ impl Graph<'_> {
         // (integrations/sdpa_attention.py use_gqa_in_sdpa) and repeats k/v itself: the
         // repeated copies are what the kernel saves (Falcon calls SDPA on its own
         // broadcast heads)
-        let (k, v) = if masked && spec.kv_heads < nh && !spec.eager_kv_broadcast {
-            let kv_e = self.p.batch * self.p.kv_len * nh * hd;
-            (
-                self.unary_plain("repeat_kv k", k, kv_e, d),
-                self.unary_plain("repeat_kv v", v, kv_e, d),
-            )
-        } else {
-            (k, v)
-        };
+        // (one k/v head: `repeat_kv`'s expand + reshape is a view, nothing is copied;
+        // trace probe, Gemma-2B prefix tuning)
+        let (k, v) =
+            if masked && 1 < spec.kv_heads && spec.kv_heads < nh && !spec.eager_kv_broadcast {
+                let kv_e = self.p.batch * self.p.kv_len * nh * hd;
+                (
+                    self.unary_plain("repeat_kv k", k, kv_e, d),
+                    self.unary_plain("repeat_kv v", v, kv_e, d),
+                )
+            } else {
+                (k, v)
+            };
         self.begin(&[q, k, v]);
         if any_rg {
             self.save(q);
@@ -2101,7 +2129,11 @@ pub fn activations(spec: &ModelSpec, p: &LedgerParams) -> Activations {
 /// sliding one (the global layers of Gemma-3 / Cohere-2 are over-counted).
 fn explicit_sdpa_mask(spec: &ModelSpec, p: &LedgerParams) -> bool {
     p.attn == Attn::Sdpa
-        && (spec.mask_always_materialized || spec.sliding_window.is_some_and(|w| p.kv_len >= w))
+        && (spec.mask_always_materialized
+            || spec.sliding_window.is_some_and(|w| p.kv_len >= w)
+            // prefix tuning's past keys: masking_utils `_ignore_causal_mask_sdpa` drops
+            // the mask only for kv_length == query_length
+            || p.prefix_tokens() > 0)
 }
 
 /// Elements of a [b, 1, s, kv] attention mask.

@@ -9,7 +9,7 @@
 //! | `grad_accum` (optional column), else `notes` | `--grad-accum`: the column; else what the notes state (`no grad accumulation`, `GA N`, `GA N (LoRA) / M (QLoRA)`, `gradient_accumulation_steps N`); else 1, with a note |
 //! | `notes` | `--optimizer-in-bwd true` when they say `optimizer_in_bwd=True` or "optimizer step fused into backward"; `--activation-offload true` when they say "activation offloading"; `--compile true` when they say "torch.compile on" (torchtune's switches; the table has no column for them) |
 //! | `method` + `quant` | `full`; `lora`; `qlora` when the base is `nf4` / `nf4-dq` / `fp4` (bitsandbytes 4-bit: fp4 and nf4 store the same 4 bits + absmax per 64); `nf4` without double quantization → `--no-double-quant`; `gptq-int4` with LoRA or inference when the model's config carries a gptq `quantization_config` (the estimator sizes the packed weights from it) |
-//! | `method` `other-peft` | `--method lora --peft NAME`, the tuner read from `notes` (the table's README: "see notes"): `peft_type ADALORA` / `VERA` / `IA3` / `LN_TUNING` / `PROMPT_TUNING` → `adalora` / `vera` / `ia3` / `ln-tuning` (its targets: peft's default norms for the model type) / `prompt-tuning` (`--virtual-tokens` = the notes' `trainable params` over the hidden size); `peft_type LORA` with `DoRA` / `use_dora` → `dora`, with `LoRA-FA` / `lorafa` → `lora-fa`; any other peft type is refused, named |
+//! | `method` `other-peft` | `--method lora --peft NAME`, the tuner read from `notes` (the table's README: "see notes"): `peft_type ADALORA` / `VERA` / `IA3` / `LN_TUNING` / `PROMPT_TUNING` / `PREFIX_TUNING` → `adalora` / `vera` / `ia3` / `ln-tuning` (its targets: peft's default norms for the model type) / `prompt-tuning` / `prefix-tuning` (`--virtual-tokens` = the notes' `trainable params` over the hidden size / layers × 2 × kv_dim); `peft_type LORA` with `DoRA` / `use_dora` → `dora`, with `LoRA-FA` / `lorafa` → `lora-fa`; any other peft type is refused, named |
 //! | `lora_rank`, `lora_targets` | `--lora-rank`; role tokens (`q`, `k`, `v`, `o`, `qkv`, `gate`, `up`, `down`, `mlp`, `lm_head`) → the model's own module names (a fused q/k/v linear for `q`/`k`/`v` on a fused model; `lm_head` for the output head) |
 //! | `weight_dtype` | `bf16` / `fp16` / `fp32` → `--dtype`; `mixed-bf16` / `mixed-fp16` → `amp-bf16` / `amp-fp16` (fp32 weights, half compute) |
 //! | `optimizer` | `--optimizer` (`adamw` is torch's fused AdamW) |
@@ -110,22 +110,27 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
     } else {
         "lora"
     };
-    if method != "full" && train && peft == "prompt-tuning" {
-        // peft's num_virtual_tokens: the row's trainable count over the hidden size
-        // (PromptEmbedding is num_virtual_tokens x hidden)
-        let n = trainable_params_of(&r.notes)
-            .ok_or("prompt tuning without the trainable parameter count in the notes (num_virtual_tokens unknown)")?;
-        if n == 0 || n % spec.hidden != 0 {
+    if method != "full" && train && matches!(peft, "prompt-tuning" | "prefix-tuning") {
+        // peft's num_virtual_tokens: the row's trainable count over one token's width
+        // (PromptEmbedding: num_virtual_tokens x hidden; PrefixEncoder without
+        // projection: num_virtual_tokens x layers x 2 x kv_dim)
+        let (width, what) = if peft == "prompt-tuning" {
+            (spec.hidden, "the hidden size")
+        } else {
+            (spec.layers() * 2 * spec.kv_dim(), "layers x 2 x kv_dim")
+        };
+        let n = trainable_params_of(&r.notes).ok_or(format!(
+            "{peft} without the trainable parameter count in the notes (num_virtual_tokens unknown)"
+        ))?;
+        if n == 0 || n % width != 0 {
             return Err(format!(
-                "prompt tuning with {n} trainable parameters: not a multiple of the hidden size {}",
-                spec.hidden
+                "{peft} with {n} trainable parameters: not a multiple of {what} {width}"
             ));
         }
-        s.put("virtual_tokens", (n / spec.hidden).to_string());
+        s.put("virtual_tokens", (n / width).to_string());
         notes.push(format!(
-            "prompt tuning: {} virtual tokens (trainable {n} / hidden {})",
-            n / spec.hidden,
-            spec.hidden
+            "{peft}: {} virtual tokens (trainable {n} / {what} {width})",
+            n / width
         ));
     } else if method != "full" && train && peft == "ln-tuning" {
         // LN tuning: no rank, no linear targets — peft's mapping for the model type
@@ -312,6 +317,7 @@ fn peft_of(notes: &str) -> Result<&'static str, String> {
         "IA3" => Ok("ia3"),
         "LN_TUNING" => Ok("ln-tuning"),
         "PROMPT_TUNING" => Ok("prompt-tuning"),
+        "PREFIX_TUNING" => Ok("prefix-tuning"),
         "LORA" | "" if lower.contains("use_dora") || notes.contains("DoRA") => Ok("dora"),
         "LORA" | "" if lower.contains("lora-fa") || lower.contains("lorafa") => Ok("lora-fa"),
         "" => Err("a PEFT method other than LoRA whose peft_type the notes do not name".into()),
@@ -679,6 +685,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("multiple of the hidden size 3072"), "{e}");
+        // prefix tuning: over 28 layers x 2 x 1024 (3B: 8 kv heads of 128)
+        let px = other(
+            "peft_type PREFIX_TUNING; trainable params 11,468,800;",
+            Some(0),
+            "none",
+        )
+        .unwrap();
+        assert_eq!(setting(&px, "peft"), Some("prefix-tuning"));
+        assert_eq!(setting(&px, "virtual_tokens"), Some("200"));
         let e = other("peft_type BOFT; targets", Some(0), "qv").unwrap_err();
         assert!(e.contains("BOFT"), "{e}");
         let e = other("some method", Some(8), "qv").unwrap_err();

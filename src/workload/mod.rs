@@ -455,13 +455,23 @@ impl Workload {
                     "a model type with peft's default LN tuning targets: llama, mistral, gemma, gemma2, gemma3_text, qwen2, qwen3, bloom, gpt2, falcon, phi, gptj",
                 ));
             }
-            if l.adapter == crate::arch::Adapter::LnTuning
+            if l.adapter == crate::arch::Adapter::PrefixTuning && self.grad_ckpt != GradCkpt::None {
+                // peft 0.21 peft_model.py `PeftModel.add_adapter` (prompt learning): "prefix tuning now uses Cache but that won't work with gradient checkpointing"
+                // raises "PREFIX_TUNING does not work with gradient checkpointing."
+                return Err(Error::invalid(
+                    "grad_ckpt",
+                    format!("{} with --peft prefix-tuning", self.grad_ckpt),
+                    "none (peft: PREFIX_TUNING does not work with gradient checkpointing)",
+                ));
+            }
+            if !l.adapter.adapts_linears()
+                && l.adapter != crate::arch::Adapter::Ia3
                 && self.implementation == Implementation::Litgpt
             {
                 return Err(Error::invalid(
                     "peft",
-                    "ln-tuning with --implementation litgpt",
-                    "transformers (LN tuning is a peft tuner)",
+                    format!("{} with --implementation litgpt", l.adapter),
+                    "transformers (a peft tuner)",
                 ));
             }
         }

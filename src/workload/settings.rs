@@ -949,33 +949,31 @@ impl Settings {
             }
         };
         let rank = match (adapter, self.virtual_tokens) {
-            (Adapter::PromptTuning, Some(n)) if (1..=1 << 20).contains(&n) => n,
-            (Adapter::PromptTuning, Some(n)) => {
+            (a, Some(n)) if a.has_virtual_tokens() && (1..=1 << 20).contains(&n) => n,
+            (a, Some(n)) if a.has_virtual_tokens() => {
                 return Err(Error::invalid(
                     self.describe("virtual_tokens"),
                     n,
                     "an integer in 1..=2^20",
                 ))
             }
-            (Adapter::PromptTuning, None) => {
+            (a, None) if a.has_virtual_tokens() => {
                 return Err(Error::invalid(
                     "peft",
-                    "prompt-tuning without --virtual-tokens",
-                    "--virtual-tokens N (peft PromptTuningConfig.num_virtual_tokens)",
+                    format!("{a} without --virtual-tokens"),
+                    "--virtual-tokens N (peft's num_virtual_tokens)",
                 ))
             }
             (_, Some(n)) => {
                 return Err(Error::invalid(
                     self.describe("virtual_tokens"),
                     n,
-                    "--virtual-tokens only with --peft prompt-tuning",
+                    "--virtual-tokens only with --peft prompt-tuning or prefix-tuning",
                 ))
             }
             (_, None) => rank,
         };
-        if matches!(adapter, Adapter::LnTuning | Adapter::PromptTuning)
-            && self.lora_targets.is_some()
-        {
+        if !adapter.adapts_linears() && self.lora_targets.is_some() {
             return Err(Error::invalid(
                 self.describe("lora_targets"),
                 self.lora_targets.as_ref().map_or(String::new(), |t| t.to_string()),

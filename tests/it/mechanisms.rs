@@ -745,3 +745,54 @@ fn prompt_tuning_prepends_its_virtual_tokens() {
         assert!(e.contains(needle), "{needle}: {e}");
     }
 }
+
+/// PEFT prefix tuning (peft 0.21 `tuners/prefix_tuning/model.py` `PrefixEncoder`,
+/// `PeftModelForCausalLM.forward`: the prefix as the layers' past keys and values):
+/// Llama-3.2-1B with 32 virtual tokens trains 32 × 16 layers × 2 × 512 (8 kv heads ×
+/// 64) values; every layer concatenates them before its keys and values, so the
+/// attention reads 512 + 32 keys under SDPA's explicit mask, and more is saved per
+/// layer than with 8 virtual tokens. peft refuses it under gradient checkpointing, so
+/// does the tool. The trace probe checks the bytes (`tests/data/trace/peft.csv`, mode
+/// `prefix_tuning`: within 0.09% on four families).
+#[test]
+fn prefix_tuning_extends_every_layers_keys_and_values() {
+    let run = |n: &str| {
+        estimate_json(&[
+            "--model",
+            "llama-3.2-1b",
+            "--method",
+            "lora",
+            "--peft",
+            "prefix-tuning",
+            "--virtual-tokens",
+            n,
+            "--seq-len",
+            "512",
+        ])
+    };
+    let (d32, d8) = (run("32"), run("8"));
+    assert_eq!(
+        d32["model"]["params_trainable"].as_u64(),
+        Some(32 * 16 * 2 * 512)
+    );
+    assert_eq!(d32["workload"]["seq_len"].as_u64(), Some(512));
+    let per = |d: &Value| d["activations"]["per_layer_bytes"].as_u64().unwrap();
+    // k and v for 24 more keys (8 kv heads x 64, bf16), the SDPA inputs and the cache
+    assert!(per(&d32) > per(&d8), "{} vs {}", per(&d32), per(&d8));
+    let e = estimate_error(&[
+        "--model",
+        "llama-3.2-1b",
+        "--method",
+        "lora",
+        "--peft",
+        "prefix-tuning",
+        "--virtual-tokens",
+        "8",
+        "--grad-ckpt",
+        "full",
+    ]);
+    assert!(
+        e.contains("does not work with gradient checkpointing"),
+        "{e}"
+    );
+}
