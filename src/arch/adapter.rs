@@ -49,6 +49,10 @@ pub enum Adapter {
     /// prefix concatenated before the new ones (`DynamicCache.update`), so attention
     /// reads seq + virtual keys under an explicit mask; no linear is adapted.
     PrefixTuning,
+    /// LoHa (`tuners/loha/layer.py`): `hada_w1_a` (out × r), `hada_w1_b` (r × in),
+    /// `hada_w2_a`, `hada_w2_b`; each forward builds the full delta weight
+    /// `(w1a @ w1b) * (w2a @ w2b) * scale` (`HadaWeight`) and adds `F.linear(x, ΔW)`.
+    Loha,
 }
 
 /// The norms LN tuning trains: peft 0.21 `utils/constants.py`
@@ -159,6 +163,7 @@ impl Adapter {
         Adapter::LnTuning,
         Adapter::PromptTuning,
         Adapter::PrefixTuning,
+        Adapter::Loha,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -172,6 +177,7 @@ impl Adapter {
             Adapter::LnTuning => "ln-tuning",
             Adapter::PromptTuning => "prompt-tuning",
             Adapter::PrefixTuning => "prefix-tuning",
+            Adapter::Loha => "loha",
         }
     }
 
@@ -246,6 +252,7 @@ impl Adapter {
             Adapter::Vera => (r + o, r + o),
             Adapter::Ia3 if Adapter::ia3_feedforward(l) => (i, i),
             Adapter::Ia3 => (o, o),
+            Adapter::Loha => (2 * lora, 2 * lora),
             Adapter::LnTuning | Adapter::PromptTuning | Adapter::PrefixTuning => (0, 0),
         }
     }
@@ -262,6 +269,7 @@ impl Adapter {
             Adapter::Vera => vec![(r, 1), (o, 1)],
             Adapter::Ia3 if Adapter::ia3_feedforward(l) => vec![(1, i)],
             Adapter::Ia3 => vec![(o, 1)],
+            Adapter::Loha => vec![(o, r), (r, i), (o, r), (r, i)],
             Adapter::LnTuning | Adapter::PromptTuning | Adapter::PrefixTuning => vec![],
         }
     }
@@ -294,6 +302,7 @@ impl std::str::FromStr for Adapter {
             "ln-tuning" | "lntuning" => Ok(Adapter::LnTuning),
             "prompt-tuning" => Ok(Adapter::PromptTuning),
             "prefix-tuning" => Ok(Adapter::PrefixTuning),
+            "loha" => Ok(Adapter::Loha),
             _ => Err(Error::invalid("peft", s, Adapter::accepted())),
         }
     }

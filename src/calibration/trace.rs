@@ -154,6 +154,7 @@ impl TraceRow {
             "lorafa_attn" => lora(LoraTargets::Attn, Adapter::LoraFa),
             "adalora_attn" => lora(LoraTargets::Attn, Adapter::AdaLora),
             "vera_attn" => lora(LoraTargets::Attn, Adapter::Vera),
+            "loha_attn" => lora(LoraTargets::Attn, Adapter::Loha),
             "ia3" => Trainable::Lora {
                 rank: 0,
                 targets: LoraTargets::Names(

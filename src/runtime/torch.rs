@@ -490,6 +490,7 @@ impl<'a> Graph<'a> {
             Adapter::AdaLora => self.adalora_branch(x, lin, r, base),
             Adapter::Vera => self.vera_branch(x, lin, r, base),
             Adapter::Ia3 => self.ia3_output(x, lin, base),
+            Adapter::Loha => self.loha_branch(x, lin, r, base),
             Adapter::LnTuning | Adapter::PromptTuning | Adapter::PrefixTuning => base,
         }
     }
@@ -502,6 +503,33 @@ impl<'a> Graph<'a> {
         } else {
             self.compute()
         }
+    }
+
+    /// LoHa (peft 0.21 `tuners/loha/layer.py` `Linear._get_delta_activations`):
+    /// `HadaWeight.apply(w1a, w1b, w2a, w2b, scale)` builds `(w1a @ w1b) * (w2a @
+    /// w2b) * scale`, a full out × in weight in the adapter dtype from two same-sized
+    /// products (saving only the four factors); `F.linear(x.to(ΔW.dtype), ΔW)` then
+    /// saves the cast input (ΔW needs a gradient) and ΔW itself when the input needs
+    /// one. Its backward makes `grad_out * scale` and two products of the weight's
+    /// size at a time.
+    fn loha_branch(&mut self, x: T, lin: &LinearSpec, r: u64, base: T) -> T {
+        let ad = self.adapter_dtype();
+        let (i, o) = (lin.in_features, lin.out_features);
+        self.begin(&[]);
+        let w1 = self.out("hada w1a @ w1b", o * i, ad, true, Kind::Other);
+        let w2 = self.out("hada w2a @ w2b", o * i, ad, true, Kind::Other);
+        self.begin(&[w1, w2]);
+        self.param_grads
+            .push((self.op, 2 * r * (i + o) * ad.size()));
+        self.bwd_workspace.push((self.op, 3 * o * i * ad.size()));
+        let dw = self.out("loha delta weight", o * i, ad, true, Kind::Other);
+        let xin = self.cast(x, ad);
+        self.begin(&[xin, dw]);
+        self.save(xin);
+        let x_rg = self.rg(xin);
+        self.save_if(dw, x_rg);
+        let y = self.out("loha out", self.tokens * o, ad, true, Kind::Matmul);
+        self.adapter_add(x, base, y)
     }
 
     /// The end of an adapter whose branch `delta` is added to the base output (type

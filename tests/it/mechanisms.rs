@@ -796,3 +796,35 @@ fn prefix_tuning_extends_every_layers_keys_and_values() {
         "{e}"
     );
 }
+
+/// PEFT LoHa (peft 0.21 `tuners/loha/layer.py`: `HadaWeight` builds the full delta
+/// weight `(w1a @ w1b) * (w2a @ w2b) * scale` each forward, then `F.linear(x.to(fp32),
+/// ΔW)`): Llama-3.2-1B r8 on q_proj, v_proj trains twice LoRA's factors (2 · 8 · (in +
+/// out) per linear: 1,703,936), and each layer keeps its fp32 ΔW for the input's
+/// gradient — 2,048² + 512 · 2,048 elements × 4 B — where LoRA keeps lora_A's
+/// 512 × 8 fp32 outputs; both keep the fp32 input copy. The trace probe checks the
+/// bytes (`tests/data/trace/peft.csv`, mode `loha_attn`, real tensors).
+#[test]
+fn loha_keeps_the_full_delta_weight_of_each_adapted_linear() {
+    let run = |peft: &str| {
+        estimate_json(&[
+            "--model",
+            "llama-3.2-1b",
+            "--method",
+            "lora",
+            "--peft",
+            peft,
+            "--lora-rank",
+            "8",
+            "--lora-targets",
+            "q_proj,v_proj",
+            "--seq-len",
+            "512",
+        ])
+    };
+    let (loha, lora) = (run("loha"), run("lora"));
+    assert_eq!(loha["model"]["params_trainable"].as_u64(), Some(1_703_936));
+    let per = |d: &Value| d["activations"]["per_layer_bytes"].as_u64().unwrap();
+    let delta_w = (2_048 * 2_048 + 512 * 2_048) * 4;
+    assert_eq!(per(&loha) - per(&lora), delta_w - 2 * 512 * 8 * 4);
+}
