@@ -632,7 +632,7 @@ LORA_MODES = ("lora_all", "lora_attn", "lora_all_model", "lora_attn_model",
 # frozen, as peft.optimizers.create_lorafa_optimizer does), AdaLoRA (init_r 16), VeRA
 # (r 16), IA3 and LN tuning with peft's default targets for the model type.
 PEFT_MODES = ("dora_attn", "lorafa_attn", "adalora_attn", "vera_attn", "ia3", "ln_tuning",
-              "prompt_tuning", "prefix_tuning", "loha_attn")
+              "prompt_tuning", "prefix_tuning", "loha_attn", "oft_attn")
 # `prompt_tuning`: PromptTuningConfig(num_virtual_tokens=PROMPT_TOKENS); the model then runs
 # seq + PROMPT_TOKENS positions (peft prepends the prompt and pads the labels with -100);
 # `prefix_tuning`: PrefixTuningConfig(num_virtual_tokens=PROMPT_TOKENS), every layer's keys
@@ -662,6 +662,9 @@ def apply_peft(model, c):
     elif mode == "adalora_attn":
         cfg = peft.AdaLoraConfig(init_r=16, target_r=8, lora_alpha=32, lora_dropout=0.0,
                                  total_step=10, target_modules=targets, task_type="CAUSAL_LM")
+    elif mode == "oft_attn":
+        # r 16 blocks per adapted linear (oft_block_size 0: in_features / r)
+        cfg = peft.OFTConfig(r=16, oft_block_size=0, target_modules=targets, task_type="CAUSAL_LM")
     elif mode == "loha_attn":
         cfg = peft.LoHaConfig(r=16, alpha=32, target_modules=targets, task_type="CAUSAL_LM")
     elif mode == "vera_attn":

@@ -53,6 +53,11 @@ pub enum Adapter {
     /// `hada_w2_a`, `hada_w2_b`; each forward builds the full delta weight
     /// `(w1a @ w1b) * (w2a @ w2b) * scale` (`HadaWeight`) and adds `F.linear(x, ΔW)`.
     Loha,
+    /// OFT (`tuners/oft/layer.py` `OFTRotationModule`, peft 0.21): `r` blocks of
+    /// size `in / r` on the input; each block's skew-symmetric generator (its upper
+    /// triangle, `bs·(bs−1)/2` trained values) becomes a rotation by the Cayley–Neumann
+    /// series; the input is rotated block by block (`einsum`) before the frozen linear.
+    Oft,
 }
 
 /// The norms LN tuning trains: peft 0.21 `utils/constants.py`
@@ -164,6 +169,7 @@ impl Adapter {
         Adapter::PromptTuning,
         Adapter::PrefixTuning,
         Adapter::Loha,
+        Adapter::Oft,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -178,6 +184,7 @@ impl Adapter {
             Adapter::PromptTuning => "prompt-tuning",
             Adapter::PrefixTuning => "prefix-tuning",
             Adapter::Loha => "loha",
+            Adapter::Oft => "oft",
         }
     }
 
@@ -204,6 +211,14 @@ impl Adapter {
             self,
             Adapter::LnTuning | Adapter::PromptTuning | Adapter::PrefixTuning
         )
+    }
+
+    /// OFT's block size on `l` at `r` blocks: `in / r` when it divides (peft
+    /// `OFTLayer.update_layer` with `oft_block_size=0`), else `None` (peft adjusts
+    /// the parameters; not modelled).
+    pub fn oft_block(l: &LinearSpec, r: u64) -> Option<u64> {
+        (r > 0 && l.in_features.is_multiple_of(r) && l.in_features / r > 1)
+            .then(|| l.in_features / r)
     }
 
     /// The variant trains virtual tokens (the rank slot holds their number).
@@ -253,6 +268,10 @@ impl Adapter {
             Adapter::Ia3 if Adapter::ia3_feedforward(l) => (i, i),
             Adapter::Ia3 => (o, o),
             Adapter::Loha => (2 * lora, 2 * lora),
+            Adapter::Oft => {
+                let n = Adapter::oft_block(l, r).map_or(0, |bs| r * (bs * (bs - 1) / 2));
+                (n, n)
+            }
             Adapter::LnTuning | Adapter::PromptTuning | Adapter::PrefixTuning => (0, 0),
         }
     }
@@ -270,6 +289,9 @@ impl Adapter {
             Adapter::Ia3 if Adapter::ia3_feedforward(l) => vec![(1, i)],
             Adapter::Ia3 => vec![(o, 1)],
             Adapter::Loha => vec![(o, r), (r, i), (o, r), (r, i)],
+            Adapter::Oft => {
+                Adapter::oft_block(l, r).map_or(vec![], |bs| vec![(r, bs * (bs - 1) / 2)])
+            }
             Adapter::LnTuning | Adapter::PromptTuning | Adapter::PrefixTuning => vec![],
         }
     }
@@ -303,6 +325,7 @@ impl std::str::FromStr for Adapter {
             "prompt-tuning" => Ok(Adapter::PromptTuning),
             "prefix-tuning" => Ok(Adapter::PrefixTuning),
             "loha" => Ok(Adapter::Loha),
+            "oft" => Ok(Adapter::Oft),
             _ => Err(Error::invalid("peft", s, Adapter::accepted())),
         }
     }

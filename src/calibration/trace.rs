@@ -155,6 +155,7 @@ impl TraceRow {
             "adalora_attn" => lora(LoraTargets::Attn, Adapter::AdaLora),
             "vera_attn" => lora(LoraTargets::Attn, Adapter::Vera),
             "loha_attn" => lora(LoraTargets::Attn, Adapter::Loha),
+            "oft_attn" => lora(LoraTargets::Attn, Adapter::Oft),
             "ia3" => Trainable::Lora {
                 rank: 0,
                 targets: LoraTargets::Names(

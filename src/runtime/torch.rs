@@ -482,6 +482,10 @@ impl<'a> Graph<'a> {
         if adapter == Adapter::Ia3 && Adapter::ia3_feedforward(lin) {
             return self.ia3_input(x, lin);
         }
+        if adapter == Adapter::Oft {
+            let xr = self.oft_rotate(x, lin, r);
+            return self.base_linear(xr, lin);
+        }
         let base = self.base_linear(x, lin);
         match adapter {
             Adapter::Lora => self.lora_branch(x, lin, r, base),
@@ -491,6 +495,7 @@ impl<'a> Graph<'a> {
             Adapter::Vera => self.vera_branch(x, lin, r, base),
             Adapter::Ia3 => self.ia3_output(x, lin, base),
             Adapter::Loha => self.loha_branch(x, lin, r, base),
+            Adapter::Oft => unreachable!("OFT rotates the input: see linear()"),
             Adapter::LnTuning | Adapter::PromptTuning | Adapter::PrefixTuning => base,
         }
     }
@@ -530,6 +535,43 @@ impl<'a> Graph<'a> {
         self.save_if(dw, x_rg);
         let y = self.out("loha out", self.tokens * o, ad, true, Kind::Matmul);
         self.adapter_add(x, base, y)
+    }
+
+    /// OFT (peft 0.21 `tuners/oft/layer.py` `Linear.forward`, `OFTRotationModule.
+    /// forward`): x cast to the adapter dtype, reshaped to r blocks of `bs` and
+    /// rotated by `einsum("...rk,rkc->...rc", x, R)`, whose bmm runs on a block-major
+    /// copy of x (saved for R's gradient) and on R (saved for x's gradient when x
+    /// needs one); R itself comes from the Cayley–Neumann series over r × bs × bs
+    /// matrices; the rotated input is copied back token-major and cast to the compute
+    /// dtype for the frozen linear.
+    fn oft_rotate(&mut self, x: T, lin: &LinearSpec, r: u64) -> T {
+        let ad = self.adapter_dtype();
+        let i = lin.in_features;
+        let bs = Adapter::oft_block(lin, r).unwrap_or(i);
+        // `_cayley_batch` with the default 5 Neumann terms: R = I + 2Q + 2Q² + 2Q³ + Q⁴
+        // by `bmm(Q, Q)`, `bmm(Q², Q)`, `bmm(Q³, Q)`, which save Q, Q² and Q³
+        let blocks = r * bs * bs;
+        self.begin(&[]);
+        self.param_grads
+            .push((self.op, r * (bs * (bs - 1) / 2) * ad.size()));
+        for name in ["oft Q (skew)", "oft Q²", "oft Q³"] {
+            let q = self.out(name, blocks, ad, true, Kind::Matmul);
+            self.save(q);
+        }
+        let rot = self.out("oft rotation", blocks, ad, true, Kind::Other);
+        let xin = self.cast(x, ad);
+        let e = self.elems(xin);
+        let xb = self.unary_plain("oft block-major copy", xin, e, ad);
+        self.begin(&[xb, rot]);
+        self.save(xb);
+        let x_rg = self.rg(xb);
+        self.save_if(rot, x_rg);
+        let yb = self.out("oft rotated", e, ad, true, Kind::Matmul);
+        let y = self.unary_plain("oft token-major copy", yb, e, ad);
+        let compute = self.compute();
+        let y = self.cast(y, compute);
+        self.hold(&[x]);
+        y
     }
 
     /// The end of an adapter whose branch `delta` is added to the base output (type

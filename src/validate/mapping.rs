@@ -9,7 +9,7 @@
 //! | `grad_accum` (optional column), else `notes` | `--grad-accum`: the column; else what the notes state (`no grad accumulation`, `GA N`, `GA N (LoRA) / M (QLoRA)`, `gradient_accumulation_steps N`); else 1, with a note |
 //! | `notes` | `--optimizer-in-bwd true` when they say `optimizer_in_bwd=True` or "optimizer step fused into backward"; `--activation-offload true` when they say "activation offloading"; `--compile true` when they say "torch.compile on" (torchtune's switches; the table has no column for them) |
 //! | `method` + `quant` | `full`; `lora`; `qlora` when the base is `nf4` / `nf4-dq` / `fp4` (bitsandbytes 4-bit: fp4 and nf4 store the same 4 bits + absmax per 64); `nf4` without double quantization → `--no-double-quant`; `gptq-int4` with LoRA or inference when the model's config carries a gptq `quantization_config` (the estimator sizes the packed weights from it) |
-//! | `method` `other-peft` | `--method lora --peft NAME`, the tuner read from `notes` (the table's README: "see notes"): `peft_type LOHA` → `loha` (rank and targets from their columns); `peft_type ADALORA` / `VERA` / `IA3` / `LN_TUNING` / `PROMPT_TUNING` / `PREFIX_TUNING` → `adalora` / `vera` / `ia3` / `ln-tuning` (its targets: peft's default norms for the model type) / `prompt-tuning` / `prefix-tuning` (`--virtual-tokens` = the notes' `trainable params` over the hidden size / layers × 2 × kv_dim); `peft_type LORA` with `DoRA` / `use_dora` → `dora`, with `LoRA-FA` / `lorafa` → `lora-fa`; any other peft type is refused, named |
+//! | `method` `other-peft` | `--method lora --peft NAME`, the tuner read from `notes` (the table's README: "see notes"): `peft_type LOHA` / `OFT` → `loha` / `oft` (rank — OFT's number of blocks — and targets from their columns); `peft_type ADALORA` / `VERA` / `IA3` / `LN_TUNING` / `PROMPT_TUNING` / `PREFIX_TUNING` → `adalora` / `vera` / `ia3` / `ln-tuning` (its targets: peft's default norms for the model type) / `prompt-tuning` / `prefix-tuning` (`--virtual-tokens` = the notes' `trainable params` over the hidden size / layers × 2 × kv_dim); `peft_type LORA` with `DoRA` / `use_dora` → `dora`, with `LoRA-FA` / `lorafa` → `lora-fa`; any other peft type is refused, named |
 //! | `lora_rank`, `lora_targets` | `--lora-rank`; role tokens (`q`, `k`, `v`, `o`, `qkv`, `gate`, `up`, `down`, `mlp`, `lm_head`) → the model's own module names (a fused q/k/v linear for `q`/`k`/`v` on a fused model; `lm_head` for the output head) |
 //! | `weight_dtype` | `bf16` / `fp16` / `fp32` → `--dtype`; `mixed-bf16` / `mixed-fp16` → `amp-bf16` / `amp-fp16` (fp32 weights, half compute) |
 //! | `optimizer` | `--optimizer` (`adamw` is torch's fused AdamW) |
@@ -319,6 +319,7 @@ fn peft_of(notes: &str) -> Result<&'static str, String> {
         "PROMPT_TUNING" => Ok("prompt-tuning"),
         "PREFIX_TUNING" => Ok("prefix-tuning"),
         "LOHA" => Ok("loha"),
+        "OFT" => Ok("oft"),
         "LORA" | "" if lower.contains("use_dora") || notes.contains("DoRA") => Ok("dora"),
         "LORA" | "" if lower.contains("lora-fa") || lower.contains("lorafa") => Ok("lora-fa"),
         "" => Err("a PEFT method other than LoRA whose peft_type the notes do not name".into()),
@@ -703,6 +704,14 @@ mod tests {
         .unwrap();
         assert_eq!(setting(&loha, "peft"), Some("loha"));
         assert_eq!(setting(&loha, "lora_rank"), Some("32"));
+        let oft = other(
+            "peft_type OFT; targets ['q_proj', 'v_proj']",
+            Some(32),
+            "qv",
+        )
+        .unwrap();
+        assert_eq!(setting(&oft, "peft"), Some("oft"));
+        assert_eq!(setting(&oft, "lora_rank"), Some("32"));
         let e = other("peft_type BOFT; targets", Some(0), "qv").unwrap_err();
         assert!(e.contains("BOFT"), "{e}");
         let e = other("some method", Some(8), "qv").unwrap_err();

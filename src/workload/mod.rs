@@ -455,6 +455,18 @@ impl Workload {
                     "a model type with peft's default LN tuning targets: llama, mistral, gemma, gemma2, gemma3_text, qwen2, qwen3, bloom, gpt2, falcon, phi, gptj",
                 ));
             }
+            if l.adapter == crate::arch::Adapter::Oft {
+                if let Some(lin) = spec
+                    .each_linear()
+                    .find(|lin| l.targets.matches(lin) && Adapter::oft_block(lin, l.rank).is_none())
+                {
+                    return Err(Error::invalid(
+                        "lora_rank",
+                        format!("{} with --peft oft on {} (in_features {})", l.rank, lin.name, lin.in_features),
+                        "a number of OFT blocks that divides every targeted linear's in_features into blocks of 2 or more",
+                    ));
+                }
+            }
             if l.adapter == crate::arch::Adapter::PrefixTuning && self.grad_ckpt != GradCkpt::None {
                 // peft 0.21 peft_model.py `PeftModel.add_adapter` (prompt learning): "prefix tuning now uses Cache but that won't work with gradient checkpointing"
                 // raises "PREFIX_TUNING does not work with gradient checkpointing."

@@ -363,7 +363,7 @@ fn peft_tuners_keep_what_their_forward_saves() {
     // errors name the setting and what is accepted
     for (args, want) in [
         (vec!["--peft", "ia3", "--lora-rank", "8"], "no rank"),
-        (vec!["--peft", "oft"], "dora"),
+        (vec!["--peft", "boft"], "dora"),
     ] {
         let mut a = vec!["estimate"];
         a.extend_from_slice(&LORA_1B);
@@ -827,4 +827,53 @@ fn loha_keeps_the_full_delta_weight_of_each_adapted_linear() {
     let per = |d: &Value| d["activations"]["per_layer_bytes"].as_u64().unwrap();
     let delta_w = (2_048 * 2_048 + 512 * 2_048) * 4;
     assert_eq!(per(&loha) - per(&lora), delta_w - 2 * 512 * 8 * 4);
+}
+
+/// PEFT OFT (peft 0.21 `tuners/oft/layer.py`: r rotation blocks of in / r on the input,
+/// each from `bs·(bs−1)/2` trained values by the Cayley–Neumann series): Llama-3.2-1B
+/// r16 on q_proj, v_proj (in 2,048: blocks of 128) trains 16 · 128 · 127 / 2 per linear
+/// (260,096 in all). Each adapted linear keeps the series' Q, Q², Q³ and the rotation,
+/// 4 · r · (in / r)² fp32 values, beside its input's block-major fp32 copy (the same at
+/// any r): halving the blocks' count from 32 to 16 adds 16 · 2,048² · (1/16 − 1/32) B
+/// per linear. A rank that does not divide in_features is refused (peft adjusts the
+/// block size then; not modelled). The trace probe checks the bytes
+/// (`tests/data/trace/peft.csv`, mode `oft_attn`: exact on four families).
+#[test]
+fn oft_rotates_each_adapted_input_by_its_blocks() {
+    let run = |rank: &str| {
+        estimate_json(&[
+            "--model",
+            "llama-3.2-1b",
+            "--method",
+            "lora",
+            "--peft",
+            "oft",
+            "--lora-rank",
+            rank,
+            "--lora-targets",
+            "q_proj,v_proj",
+            "--seq-len",
+            "512",
+        ])
+    };
+    let (r16, r32) = (run("16"), run("32"));
+    assert_eq!(
+        r16["model"]["params_trainable"].as_u64(),
+        Some(16 * 2 * 16 * (128 * 127 / 2))
+    );
+    let per = |d: &Value| d["activations"]["per_layer_bytes"].as_u64().unwrap();
+    assert_eq!(per(&r16) - per(&r32), 2 * (16 * 2_048 * 2_048 / 32));
+    let e = estimate_error(&[
+        "--model",
+        "llama-3.2-1b",
+        "--method",
+        "lora",
+        "--peft",
+        "oft",
+        "--lora-rank",
+        "3",
+        "--lora-targets",
+        "q_proj",
+    ]);
+    assert!(e.contains("oft") && e.contains("divides"), "{e}");
 }

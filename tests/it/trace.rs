@@ -634,9 +634,15 @@ fn peft_tuners_against_the_trace_probe() {
             ));
         }
         params_checked += 1;
+        // summed from the parts: a first layer that keeps far less than the others
+        // (LoHa's delta weights wait for an input that needs a gradient) would make
+        // `non_layer_bytes`, a non-negative remainder, clamp
         let total = |depth: u64| {
             let a = activations(&spec.with_layers(depth).unwrap(), &lp);
-            (a.non_layer_bytes + depth * a.per_layer_bytes) as f64
+            (a.non_layer.shared
+                + a.non_layer.head_saved
+                + a.first.saved
+                + (depth - 1) * a.layer.saved) as f64
         };
         let (e1, e2) = (total(1) / p.live[0] - 1.0, total(2) / p.live[1] - 1.0);
         if std::env::var("TRACE_VERBOSE").is_ok() {
@@ -677,12 +683,16 @@ fn peft_tuners_against_the_trace_probe() {
         "ln_tuning",
         "prompt_tuning",
         "prefix_tuning",
+        "oft_attn",
+        "loha_attn",
     ] {
         // ln_tuning, prompt_tuning: four families x eager/sdpa x no/non-reentrant
         // checkpointing, CPU; prefix_tuning without checkpointing (peft refuses it)
         let want = match m {
             "prefix_tuning" => 8,
-            "ln_tuning" | "prompt_tuning" => 16,
+            // real tensors (LoHa's module dropout draws torch.rand): three families
+            "loha_attn" => 12,
+            "ln_tuning" | "prompt_tuning" | "oft_attn" => 16,
             _ => 20,
         };
         assert!(
