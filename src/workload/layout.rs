@@ -367,6 +367,14 @@ impl Layout {
     /// Context parallelism (ring attention) splits the sequence in 2·cp chunks and runs
     /// on flash/SDPA kernels.
     fn check_context(&self, w: &Workload) -> Result<()> {
+        if w.optimizer_in_bwd && (self.zero > 0 || self.pp > 1 || self.distributed_optimizer) {
+            // torchtune's OptimizerInBackward steps plain torch optimizers from autograd
+            // hooks; DeepSpeed's and Megatron's optimizers (and pipeline schedules) step
+            // after the whole backward
+            return layout(
+                "--optimizer-in-bwd is torchtune's per-parameter step (single device or FSDP); not with --zero, --pp or --distributed-optimizer".into(),
+            );
+        }
         if self.cp > 1 {
             if !w.seq_len.is_multiple_of(2 * self.cp) {
                 return layout(format!(

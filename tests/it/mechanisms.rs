@@ -545,6 +545,14 @@ fn optimizer_in_backward_frees_each_gradient_when_stepped() {
         e.contains("optimizer_in_bwd") && e.contains("grad_accum 1"),
         "{e}"
     );
+    // DeepSpeed steps its own optimizer after backward
+    let mut a = base.to_vec();
+    a.extend_from_slice(&["--optimizer-in-bwd", "true", "--zero", "2", "--dp", "2"]);
+    let e = estimate_error(&a);
+    assert!(
+        e.contains("--optimizer-in-bwd") && e.contains("--zero"),
+        "{e}"
+    );
 }
 
 /// torchtune's activation offloading (torchtune `training/_activation_offloading.py`
