@@ -671,15 +671,43 @@ mod tests {
         assert_eq!(setting(&ln, "lora_targets"), None);
         let e = other("peft_type LN_TUNING", Some(0), "qv").unwrap_err();
         assert!(e.contains("LN tuning"), "{e}");
-        // prompt tuning: the virtual tokens from the trainable count (3B hidden 3072)
-        let pt = other(
-            "peft_type PROMPT_TUNING; trainable params 614,400;",
-            Some(0),
-            "none",
-        )
-        .unwrap();
-        assert_eq!(setting(&pt, "peft"), Some("prompt-tuning"));
-        assert_eq!(setting(&pt, "virtual_tokens"), Some("200"));
+        // notes → (peft, the setting it implies): prompt / prefix tuning take their
+        // virtual tokens from the trainable count (3B: hidden 3072; 28 layers x 2 x
+        // 1024), LoHa and OFT their rank from the column
+        for (notes, rank, targets, peft, (key, want)) in [
+            (
+                "peft_type PROMPT_TUNING; trainable params 614,400;",
+                0,
+                "none",
+                "prompt-tuning",
+                ("virtual_tokens", "200"),
+            ),
+            (
+                "peft_type PREFIX_TUNING; trainable params 11,468,800;",
+                0,
+                "none",
+                "prefix-tuning",
+                ("virtual_tokens", "200"),
+            ),
+            (
+                "peft_type LOHA; targets ['q_proj', 'v_proj']",
+                32,
+                "qv",
+                "loha",
+                ("lora_rank", "32"),
+            ),
+            (
+                "peft_type OFT; targets ['q_proj', 'v_proj']",
+                32,
+                "qv",
+                "oft",
+                ("lora_rank", "32"),
+            ),
+        ] {
+            let m = other(notes, Some(rank), targets).unwrap();
+            assert_eq!(setting(&m, "peft"), Some(peft), "{notes}");
+            assert_eq!(setting(&m, key), Some(want), "{notes}");
+        }
         let e = other(
             "peft_type PROMPT_TUNING; trainable params 1,000;",
             Some(0),
@@ -687,31 +715,6 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("multiple of the hidden size 3072"), "{e}");
-        // prefix tuning: over 28 layers x 2 x 1024 (3B: 8 kv heads of 128)
-        let px = other(
-            "peft_type PREFIX_TUNING; trainable params 11,468,800;",
-            Some(0),
-            "none",
-        )
-        .unwrap();
-        assert_eq!(setting(&px, "peft"), Some("prefix-tuning"));
-        assert_eq!(setting(&px, "virtual_tokens"), Some("200"));
-        let loha = other(
-            "peft_type LOHA; targets ['q_proj', 'v_proj']",
-            Some(32),
-            "qv",
-        )
-        .unwrap();
-        assert_eq!(setting(&loha, "peft"), Some("loha"));
-        assert_eq!(setting(&loha, "lora_rank"), Some("32"));
-        let oft = other(
-            "peft_type OFT; targets ['q_proj', 'v_proj']",
-            Some(32),
-            "qv",
-        )
-        .unwrap();
-        assert_eq!(setting(&oft, "peft"), Some("oft"));
-        assert_eq!(setting(&oft, "lora_rank"), Some("32"));
         let e = other("peft_type BOFT; targets", Some(0), "qv").unwrap_err();
         assert!(e.contains("BOFT"), "{e}");
         let e = other("some method", Some(8), "qv").unwrap_err();

@@ -388,35 +388,14 @@ fn peft_tuners_keep_what_their_forward_saves() {
 /// one micro-batch, or without no_sync, nothing changes. The litgpt profile sets it.
 #[test]
 fn fsdp_no_sync_keeps_unsharded_gradients_between_micro_batches() {
-    let at = |extra: &[&str], event: &str| -> u64 {
-        let mut a = vec![
-            "--model",
-            "llama-3.2-1b",
-            "--dtype",
-            "bf16",
-            "--seq-len",
-            "512",
-            "--fsdp",
-            "full",
-            "--fsdp-version",
-            "1",
-            "--dp",
-            "4",
-        ];
+    let at = |extra: &[&'static str], event: &str| -> u64 {
+        let mut a = full_1b(&["--fsdp", "full", "--fsdp-version", "1", "--dp", "4"]);
         a.extend_from_slice(extra);
-        let d = estimate_json(&a);
-        let ev = d["timeline"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["event"] == event)
-            .unwrap_or_else(|| panic!("no event {event:?}"))
-            .clone();
-        ev["allocated_bytes"].as_u64().unwrap()
+        allocated_at(&a, event)
     };
     let accum = ["--grad-accum", "2"];
     let loss2 = "logits and loss (micro-batch 2)";
-    let with = |sync: &str, ev: &str| {
+    let with = |sync: &'static str, ev: &str| {
         let mut a = accum.to_vec();
         a.extend_from_slice(&["--fsdp-no-sync", sync]);
         at(&a, ev)
@@ -448,13 +427,7 @@ fn fsdp_no_sync_keeps_unsharded_gradients_between_micro_batches() {
 /// gradients under sharded layouts (4 B × 262,668,288 at the step).
 #[test]
 fn tied_embedding_gradient_is_counted_once_when_sharded() {
-    let d = estimate_json(&[
-        "--model",
-        "llama-3.2-1b",
-        "--dtype",
-        "bf16",
-        "--seq-len",
-        "512",
+    let d = estimate_json(&full_1b(&[
         "--zero",
         "1",
         "--dp",
@@ -465,7 +438,7 @@ fn tied_embedding_gradient_is_counted_once_when_sharded() {
         "0",
         "--cublas-workspace",
         "0",
-    ]);
+    ]));
     let rank = &d["per_rank"][0];
     assert_eq!(
         rank["model_states_bytes"].as_u64().unwrap(),
@@ -481,6 +454,43 @@ fn tied_embedding_gradient_is_counted_once_when_sharded() {
         .as_u64()
         .unwrap();
     assert_eq!(step, 12 * 1_235_814_400);
+}
+
+/// Llama-3.2-1B full bf16 fine-tuning at s512: the small case of the torchtune
+/// mechanisms, followed by `extra`.
+fn full_1b(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut a = vec![
+        "--model",
+        "llama-3.2-1b",
+        "--dtype",
+        "bf16",
+        "--seq-len",
+        "512",
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+/// Llama-3.2-1B at s512 under the peft tuner `peft` (`--method lora --peft PEFT`),
+/// followed by `extra`.
+fn peft_1b(peft: &'static str, extra: &[&'static str]) -> Vec<&'static str> {
+    let mut a = vec![
+        "--model",
+        "llama-3.2-1b",
+        "--method",
+        "lora",
+        "--peft",
+        peft,
+        "--seq-len",
+        "512",
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+/// The per-layer saved bytes of an estimate's JSON.
+fn per_layer_of(d: &Value) -> u64 {
+    d["activations"]["per_layer_bytes"].as_u64().unwrap()
 }
 
 /// `llm-mem estimate ARGS`: its error message (stderr), the run failing with exit 2.
@@ -515,44 +525,35 @@ fn allocated_at(args: &[&str], event: &str) -> u64 {
 /// backward holds no gradients; accumulation is refused, as torchtune's recipes do.
 #[test]
 fn optimizer_in_backward_frees_each_gradient_when_stepped() {
-    let base = [
-        "--model",
-        "llama-3.2-1b",
-        "--dtype",
-        "bf16",
-        "--seq-len",
-        "512",
-        "--grad-ckpt",
-        "full",
-    ];
-    let with = |on: &str, ev: &str| {
-        let mut a = base.to_vec();
-        a.extend_from_slice(&["--optimizer-in-bwd", on]);
-        allocated_at(&a, ev)
+    let with = |extra: &[&'static str]| {
+        let mut a = full_1b(&["--grad-ckpt", "full", "--optimizer-in-bwd"]);
+        a.extend_from_slice(extra);
+        a
     };
-    let diff = with("false", "layer 1 backward") - with("true", "layer 1 backward");
+    let at = |on: &'static str, ev: &str| allocated_at(&with(&[on]), ev);
+    let diff = at("false", "layer 1 backward") - at("true", "layer 1 backward");
     assert_eq!(diff, (14 * 60_821_504 + 2_048) * 2);
-    let weights_and_state = with("true", "weights and optimizer state resident");
+    let weights_and_state = at("true", "weights and optimizer state resident");
     assert_eq!(
-        with("true", "optimizer step (ran inside backward)"),
+        at("true", "optimizer step (ran inside backward)"),
         weights_and_state
     );
-    assert!(with("false", "optimizer step") > weights_and_state + 2 * 1_235_814_400 - 64);
-    let mut a = base.to_vec();
-    a.extend_from_slice(&["--optimizer-in-bwd", "true", "--grad-accum", "2"]);
-    let e = estimate_error(&a);
-    assert!(
-        e.contains("optimizer_in_bwd") && e.contains("grad_accum 1"),
-        "{e}"
-    );
-    // DeepSpeed steps its own optimizer after backward
-    let mut a = base.to_vec();
-    a.extend_from_slice(&["--optimizer-in-bwd", "true", "--zero", "2", "--dp", "2"]);
-    let e = estimate_error(&a);
-    assert!(
-        e.contains("--optimizer-in-bwd") && e.contains("--zero"),
-        "{e}"
-    );
+    assert!(at("false", "optimizer step") > weights_and_state + 2 * 1_235_814_400 - 64);
+    // refused with accumulation, and where DeepSpeed steps its own optimizer after
+    // backward
+    for (extra, needles) in [
+        (
+            &["true", "--grad-accum", "2"][..],
+            ["optimizer_in_bwd", "grad_accum 1"],
+        ),
+        (
+            &["true", "--zero", "2", "--dp", "2"][..],
+            ["--optimizer-in-bwd", "--zero"],
+        ),
+    ] {
+        let e = estimate_error(&with(extra));
+        assert!(needles.iter().all(|n| e.contains(n)), "{e}");
+    }
 }
 
 /// torchtune's activation offloading (torchtune `training/_activation_offloading.py`
@@ -562,26 +563,18 @@ fn optimizer_in_backward_frees_each_gradient_when_stepped() {
 /// backward all fifteen below it are. Offloading needs checkpointing, as in torchtune.
 #[test]
 fn activation_offload_keeps_only_the_stash_on_the_gpu() {
-    let base = [
-        "--model",
-        "llama-3.2-1b",
-        "--dtype",
-        "bf16",
-        "--seq-len",
-        "512",
-        "--grad-ckpt",
-        "full",
-    ];
+    let base = full_1b(&["--grad-ckpt", "full"]);
     let input = 512 * 2048 * 2;
     assert_eq!(per_layer(&base), input);
-    let with = |on: &str, ev: &str| {
-        let mut a = base.to_vec();
-        a.extend_from_slice(&["--activation-offload", on]);
-        allocated_at(&a, ev)
+    let at = |on: &'static str, ev: &str| {
+        allocated_at(
+            &full_1b(&["--grad-ckpt", "full", "--activation-offload", on]),
+            ev,
+        )
     };
-    let at_loss = with("false", "logits and loss") - with("true", "logits and loss");
+    let at_loss = at("false", "logits and loss") - at("true", "logits and loss");
     assert_eq!(at_loss, 11 * input);
-    let last = with("false", "layer 15 backward") - with("true", "layer 15 backward");
+    let last = at("false", "layer 15 backward") - at("true", "layer 15 backward");
     assert_eq!(last, 15 * input);
     let e = estimate_error(&["--model", "llama-3.2-1b", "--activation-offload", "true"]);
     assert!(
@@ -602,22 +595,16 @@ fn activation_offload_keeps_only_the_stash_on_the_gpu() {
 /// saved inputs compile does not change.)
 #[test]
 fn compiled_chunked_cross_entropy_saves_the_half_precision_chunks() {
-    let at = |compile: &str, ev: &str| {
+    let at = |compile: &'static str, ev: &str| {
         allocated_at(
-            &[
-                "--model",
-                "llama-3.2-1b",
-                "--dtype",
-                "bf16",
-                "--seq-len",
-                "512",
+            &full_1b(&[
                 "--loss",
                 "chunked",
                 "--grad-ckpt",
                 "full",
                 "--compile",
                 compile,
-            ],
+            ]),
             ev,
         )
     };
@@ -642,21 +629,7 @@ fn compiled_chunked_cross_entropy_saves_the_half_precision_chunks() {
 /// 128,256 × 2,048 × 2 B more than the standard loss at that moment.
 #[test]
 fn a_chunked_trained_head_sums_one_weight_gradient_per_chunk() {
-    let at = |loss: &str| {
-        allocated_at(
-            &[
-                "--model",
-                "llama-3.2-1b",
-                "--dtype",
-                "bf16",
-                "--seq-len",
-                "512",
-                "--loss",
-                loss,
-            ],
-            "lm_head backward",
-        )
-    };
+    let at = |loss: &'static str| allocated_at(&full_1b(&["--loss", loss]), "lm_head backward");
     assert_eq!(at("chunked") - at("standard"), 128_256 * 2_048 * 2);
 }
 
@@ -677,16 +650,7 @@ fn ln_tuning_trains_the_norms_peft_maps_for_the_model_type() {
     };
     assert_eq!(trainable("llama-3.2-1b"), 33 * 2_048);
     assert_eq!(trainable("qwen2.5-0.5b"), 24 * 896);
-    let e = estimate_error(&[
-        "--model",
-        "llama-3.2-1b",
-        "--method",
-        "lora",
-        "--peft",
-        "ln-tuning",
-        "--lora-targets",
-        "q_proj",
-    ]);
+    let e = estimate_error(&peft_1b("ln-tuning", &["--lora-targets", "q_proj"]));
     assert!(
         e.contains("--lora-targets") && e.contains("ln-tuning"),
         "{e}"
@@ -710,18 +674,7 @@ fn ln_tuning_trains_the_norms_peft_maps_for_the_model_type() {
 /// (`tests/data/trace/peft.csv`, mode `prompt_tuning`, exact on four families).
 #[test]
 fn prompt_tuning_prepends_its_virtual_tokens() {
-    let d = estimate_json(&[
-        "--model",
-        "llama-3.2-1b",
-        "--method",
-        "lora",
-        "--peft",
-        "prompt-tuning",
-        "--virtual-tokens",
-        "200",
-        "--seq-len",
-        "512",
-    ]);
+    let d = estimate_json(&peft_1b("prompt-tuning", &["--virtual-tokens", "200"]));
     assert_eq!(d["model"]["params_trainable"].as_u64(), Some(200 * 2_048));
     assert_eq!(d["workload"]["seq_len"].as_u64(), Some(712));
     for (args, needle) in [
@@ -764,41 +717,20 @@ fn prompt_tuning_prepends_its_virtual_tokens() {
 /// `prefix_tuning`: within 0.09% on four families).
 #[test]
 fn prefix_tuning_extends_every_layers_keys_and_values() {
-    let run = |n: &str| {
-        estimate_json(&[
-            "--model",
-            "llama-3.2-1b",
-            "--method",
-            "lora",
-            "--peft",
-            "prefix-tuning",
-            "--virtual-tokens",
-            n,
-            "--seq-len",
-            "512",
-        ])
-    };
+    let run = |n: &'static str| estimate_json(&peft_1b("prefix-tuning", &["--virtual-tokens", n]));
     let (d32, d8) = (run("32"), run("8"));
     assert_eq!(
         d32["model"]["params_trainable"].as_u64(),
         Some(32 * 16 * 2 * 512)
     );
     assert_eq!(d32["workload"]["seq_len"].as_u64(), Some(512));
-    let per = |d: &Value| d["activations"]["per_layer_bytes"].as_u64().unwrap();
+    let per = per_layer_of;
     // k and v for 24 more keys (8 kv heads x 64, bf16), the SDPA inputs and the cache
     assert!(per(&d32) > per(&d8), "{} vs {}", per(&d32), per(&d8));
-    let e = estimate_error(&[
-        "--model",
-        "llama-3.2-1b",
-        "--method",
-        "lora",
-        "--peft",
+    let e = estimate_error(&peft_1b(
         "prefix-tuning",
-        "--virtual-tokens",
-        "8",
-        "--grad-ckpt",
-        "full",
-    ]);
+        &["--virtual-tokens", "8", "--grad-ckpt", "full"],
+    ));
     assert!(
         e.contains("does not work with gradient checkpointing"),
         "{e}"
@@ -814,25 +746,15 @@ fn prefix_tuning_extends_every_layers_keys_and_values() {
 /// bytes (`tests/data/trace/peft.csv`, mode `loha_attn`, real tensors).
 #[test]
 fn loha_keeps_the_full_delta_weight_of_each_adapted_linear() {
-    let run = |peft: &str| {
-        estimate_json(&[
-            "--model",
-            "llama-3.2-1b",
-            "--method",
-            "lora",
-            "--peft",
+    let run = |peft: &'static str| {
+        estimate_json(&peft_1b(
             peft,
-            "--lora-rank",
-            "8",
-            "--lora-targets",
-            "q_proj,v_proj",
-            "--seq-len",
-            "512",
-        ])
+            &["--lora-rank", "8", "--lora-targets", "q_proj,v_proj"],
+        ))
     };
     let (loha, lora) = (run("loha"), run("lora"));
     assert_eq!(loha["model"]["params_trainable"].as_u64(), Some(1_703_936));
-    let per = |d: &Value| d["activations"]["per_layer_bytes"].as_u64().unwrap();
+    let per = per_layer_of;
     let delta_w = (2_048 * 2_048 + 512 * 2_048) * 4;
     assert_eq!(per(&loha) - per(&lora), delta_w - 2 * 512 * 8 * 4);
 }
@@ -848,28 +770,18 @@ fn loha_keeps_the_full_delta_weight_of_each_adapted_linear() {
 /// (`tests/data/trace/peft.csv`, mode `oft_attn`: exact on four families).
 #[test]
 fn oft_rotates_each_adapted_input_by_its_blocks() {
-    let run = |rank: &str| {
-        estimate_json(&[
-            "--model",
-            "llama-3.2-1b",
-            "--method",
-            "lora",
-            "--peft",
+    let run = |rank: &'static str| {
+        estimate_json(&peft_1b(
             "oft",
-            "--lora-rank",
-            rank,
-            "--lora-targets",
-            "q_proj,v_proj",
-            "--seq-len",
-            "512",
-        ])
+            &["--lora-rank", rank, "--lora-targets", "q_proj,v_proj"],
+        ))
     };
     let (r16, r32) = (run("16"), run("32"));
     assert_eq!(
         r16["model"]["params_trainable"].as_u64(),
         Some(16 * 2 * 16 * (128 * 127 / 2))
     );
-    let per = |d: &Value| d["activations"]["per_layer_bytes"].as_u64().unwrap();
+    let per = per_layer_of;
     assert_eq!(per(&r16) - per(&r32), 2 * (16 * 2_048 * 2_048 / 32));
     let e = estimate_error(&[
         "--model",
