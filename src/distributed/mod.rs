@@ -279,6 +279,8 @@ fn serving_estimate(
         gathered_fwd: 0,
         gathered_bwd: 0,
         unsynced: Unsynced::default(),
+        fsdp_root_grads: (0, 0),
+        fsdp_unit_grad_assembly: 0,
         optimizer_extra: 0,
         in_allocator_extra: 0,
         // replicas do not talk to each other: only the tensor-parallel group
@@ -374,6 +376,8 @@ pub fn rank_view(
         gathered_fwd: sh.gathered_fwd,
         gathered_bwd: sh.gathered_bwd,
         unsynced,
+        fsdp_root_grads: sh.root_grads,
+        fsdp_unit_grad_assembly: sh.unit_grad_assembly,
         optimizer_extra: sh.optimizer_extra,
         in_allocator_extra: sh.in_alloc,
         outside_extra: groups * layout.buffers.nccl_per_group.get(),
@@ -625,6 +629,11 @@ struct Sharded {
     /// accumulate under FSDP's `no_sync`.
     unsynced_layer: u64,
     unsynced_rest: u64,
+    /// FSDP's root unit gradients (unsharded): (held from the head's backward until
+    /// the embedding's, the extra at the embedding's backward). See `fsdp_states`.
+    root_grads: (u64, u64),
+    /// FSDP: a layer unit's gradient assembled for its reduce-scatter (unsharded, 2×).
+    unit_grad_assembly: u64,
     optimizer_extra: u64,
     /// Persistent buffers in the allocator (DDP reducer buckets).
     in_alloc: u64,
@@ -753,15 +762,38 @@ fn fsdp_states(r: &Recipe, mode: FsdpMode) -> Sharded {
     } else {
         0
     };
+    // A unit's gradient is assembled unsharded before its reduce-scatter: FSDP1's flat
+    // parameter gets it from `SplitWithSizesBackward` (the views' gradients wait in its
+    // input buffer until the last one arrives, then `cat` makes the flat gradient
+    // beside them), FSDP2's `foreach_reduce` copies the parameters' gradients into its
+    // reduce-scatter input while they still exist (torch 2.x
+    // `_fsdp_collectives.py`): twice the unit's gradients at its end, in the dtype
+    // autograd made them in (the compute dtype under MixedPrecision).
+    // (checked on the CPU with torch 2.15: a flat parameter's views make the backward
+    // peak one gradient copy higher than separate leaves). Its own gradients during a
+    // layer's backward are the ledger's (`LayerCost::bwd_peak_param_grads`); the
+    // assembly is its own moment after it (`TrainPlan::unit_grad_assembly`).
+    let grad_el = if r.mixed { compute } else { r.grad_el };
+    sh.unit_grad_assembly = if full { 2 * s.p_layer * grad_el } else { 0 };
     match mode {
         FsdpMode::GradOp => {
             sh.gathered_fwd = s.p_stage * compute;
-            sh.gathered_bwd = s.p_stage * compute + if full { unit } else { 0 };
+            sh.gathered_bwd = s.p_stage * compute;
         }
         FsdpMode::Full | FsdpMode::Hybrid => {
             sh.gathered_fwd = root + 2 * (unit + pad);
-            sh.gathered_bwd = root + 2 * (unit + pad) + if full { unit } else { 0 };
+            sh.gathered_bwd = root + 2 * (unit + pad);
         }
+    }
+    // The root unit (embedding, final norm, head) on a stage holding all three: the
+    // head's and the norm's gradients (a tied head's is the embedding matrix's) wait
+    // unsharded from the head's backward until the embedding's, which completes the
+    // unit; then views and assembled gradient coexist.
+    if full && s.first && s.last {
+        let tied = s.local.tie_embeddings;
+        let pending = (if tied { s.p_emb } else { s.p_head } + s.p_other) * grad_el;
+        let total = (s.p_emb + s.p_head + s.p_other) * grad_el;
+        sh.root_grads = (pending, 2 * total - pending);
     }
     sh
 }

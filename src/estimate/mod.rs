@@ -179,6 +179,11 @@ pub struct RankView {
     pub gathered_bwd: u64,
     /// Unsharded gradients held while micro-batches accumulate under FSDP's `no_sync`.
     pub unsynced: timeline::Unsynced,
+    /// FSDP's root unit: (unsharded gradients held from the head's backward until the
+    /// embedding's, the extra at the embedding's backward while they are assembled).
+    pub fsdp_root_grads: (u64, u64),
+    /// FSDP: a layer unit's gradient as assembled for its reduce-scatter.
+    pub fsdp_unit_grad_assembly: u64,
     pub optimizer_extra: u64,
     /// Persistent buffers in the allocator (gradient buckets) / outside it (NCCL).
     pub in_allocator_extra: u64,
@@ -234,6 +239,8 @@ impl RankView {
             gathered_fwd: 0,
             gathered_bwd: 0,
             unsynced: timeline::Unsynced::default(),
+            fsdp_root_grads: (0, 0),
+            fsdp_unit_grad_assembly: 0,
             optimizer_extra: 0,
             in_allocator_extra: 0,
             outside_extra: 0,
@@ -678,6 +685,9 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
         has_head: v.has_head,
         inflight_saved,
         unsynced: v.unsynced,
+        root_grads_pending: v.fsdp_root_grads.0,
+        root_grads_assembly: v.fsdp_root_grads.1,
+        unit_grad_assembly: v.fsdp_unit_grad_assembly,
         gathered_fwd: v.gathered_fwd,
         gathered_bwd: v.gathered_bwd,
         optimizer_extra: v.optimizer_extra,

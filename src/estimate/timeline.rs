@@ -234,6 +234,16 @@ pub struct TrainPlan {
     /// Gradient bytes held beyond the resident (sharded) ones while micro-batches
     /// accumulate under FSDP's `no_sync` (all zero otherwise).
     pub unsynced: Unsynced,
+    /// FSDP's root unit gradients, unsharded: held from the head's backward until the
+    /// embedding's completes the unit (`root_grads_pending`), and the extra while the
+    /// unit's gradient is assembled beside them at the embedding's backward
+    /// (`root_grads_assembly`; see `distributed::fsdp_states`).
+    pub root_grads_pending: u64,
+    pub root_grads_assembly: u64,
+    /// FSDP: a layer unit's unsharded gradient as assembled for its reduce-scatter
+    /// after the layer's backward — twice the unit's gradients (see
+    /// `distributed::fsdp_states`); 0 otherwise.
+    pub unit_grad_assembly: u64,
     /// Gathered (unsharded) parameters during forward / parameters and unsharded
     /// gradients during backward (ZeRO-3, FSDP), and gradient buckets.
     pub gathered_fwd: u64,
@@ -628,6 +638,16 @@ impl Pass<'_> {
         }
     }
 
+    /// FSDP's root-unit gradients waiting for the embedding's backward (a stage with
+    /// the head and the embedding).
+    fn root_pending(&self) -> u64 {
+        if self.p.has_head && self.p.has_embedding {
+            self.p.root_grads_pending
+        } else {
+            0
+        }
+    }
+
     /// One tensor's optimizer-step temporaries inside backward (`optimizer_in_bwd`).
     fn in_bwd_step(&self) -> u64 {
         if self.p.optimizer_in_bwd {
@@ -687,11 +707,28 @@ impl Pass<'_> {
                                     + c.extra_temp
                                     + self.accum_temp(c.grad + p.unsynced.layer)
                                     + p.gathered_bwd
+                                    + self.root_pending()
                                     + self.in_bwd_step(),
                             ),
                             ..self.base
                         },
                     );
+                    if p.unit_grad_assembly > 0 {
+                        // its activations freed, the unit's gradient is assembled
+                        // unsharded for its reduce-scatter
+                        rec.moment(
+                            Phase::Backward,
+                            || format!("layer {i} gradient reduce-scatter{tag}"),
+                            Components {
+                                gradients: Bytes(grads),
+                                activations: Bytes(p.inflight_saved + saved - host),
+                                temporaries: Bytes(
+                                    p.unit_grad_assembly + p.gathered_bwd + self.root_pending(),
+                                ),
+                                ..self.base
+                            },
+                        );
+                    }
                 }
                 grads = self.after_layers_backward(grads, 1, c.grad);
             }
@@ -739,7 +776,14 @@ impl Pass<'_> {
             Components {
                 gradients: Bytes(grads),
                 activations: Bytes(p.inflight_saved + saved),
-                temporaries: Bytes(emb_temp + p.embed_out + p.gathered_bwd + self.in_bwd_step()),
+                temporaries: Bytes(
+                    emb_temp
+                        + p.embed_out
+                        + p.gathered_bwd
+                        + self.root_pending()
+                        + p.root_grads_assembly * u64::from(p.has_head)
+                        + self.in_bwd_step(),
+                ),
                 ..self.base
             },
         );
@@ -802,4 +846,71 @@ pub fn simulate_infer<S: Sink>(p: &InferPlan, rec: &mut S) {
             ..base
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(p: &TrainPlan) -> Vec<Event> {
+        let mut rec = Recorder::new(EventOverheads {
+            in_allocator: 0,
+            outside: 0,
+            fragmentation: 0.0,
+            managed: 0,
+        });
+        simulate_train(p, &mut rec);
+        rec.events
+    }
+
+    fn event<'a>(evs: &'a [Event], name: &str) -> &'a Event {
+        evs.iter()
+            .find(|e| e.event == name)
+            .unwrap_or_else(|| panic!("no event {name:?}"))
+    }
+
+    /// FSDP's gradient assembly (see `distributed::fsdp_states`): after a layer's
+    /// backward its unit's unsharded gradient is assembled (its own moment: the
+    /// layer's activations freed, `unit_grad_assembly` on top); the root unit's
+    /// pending gradients ride through every layer's backward and are assembled at the
+    /// embedding's.
+    #[test]
+    fn fsdp_assembles_unit_and_root_gradients_at_their_own_moments() {
+        let cost = LayerCost {
+            saved: 1_000,
+            bwd_peak: 5_000,
+            grad: 10,
+            ..LayerCost::default()
+        };
+        let p = TrainPlan {
+            layers: smallvec::smallvec![LayerRun { count: 3, cost }],
+            weights: 100_000,
+            has_embedding: true,
+            has_head: true,
+            grad_accum: 1,
+            gathered_bwd: 700,
+            unit_grad_assembly: 40_000,
+            root_grads_pending: 300,
+            root_grads_assembly: 900,
+            ..TrainPlan::default()
+        };
+        let evs = recorded(&p);
+        let rs = event(&evs, "layer 2 gradient reduce-scatter");
+        // layers 0 and 1 still saved; layer 2's gradient resident (sharded)
+        assert_eq!(rs.components.activations, Bytes(2_000));
+        assert_eq!(rs.components.temporaries, Bytes(40_000 + 700 + 300));
+        assert_eq!(rs.components.gradients, Bytes(0));
+        let l2 = event(&evs, "layer 2 backward");
+        assert_eq!(l2.components.temporaries, Bytes(5_000 - 1_000 + 700 + 300));
+        let emb = event(&evs, "embedding backward");
+        assert_eq!(emb.components.temporaries, Bytes(700 + 300 + 900));
+        // without FSDP no such moment
+        let plain = TrainPlan {
+            unit_grad_assembly: 0,
+            ..p
+        };
+        assert!(recorded(&plain)
+            .iter()
+            .all(|e| !e.event.contains("reduce-scatter")));
+    }
 }

@@ -201,7 +201,10 @@ fn h1_amp_bf16_under_fsdp_is_torch_mixed_precision() {
         checked += 1;
     }
     assert_eq!(checked, 2);
-    // no autocast copy of the gathered model: far below the whole bf16 model per rank
+    // no autocast copy of the gathered model: below half the whole bf16 model per rank
+    // (what is there at the peak: the gathered root unit and two layers, and the root
+    // unit's gradients assembled unsharded — 2 × (embedding + head) in bf16 — at the
+    // embedding's backward)
     let l = Layout {
         dp: 8,
         fsdp: Some(FsdpMode::Full),
@@ -211,7 +214,7 @@ fn h1_amp_bf16_under_fsdp_is_torch_mixed_precision() {
     let e = &d.worst().estimate;
     let whole_bf16 = llm_mem::arch::params::count(&spec).total * 2;
     assert!(
-        e.components_at_peak.temporaries.get() < whole_bf16 / 4,
+        e.components_at_peak.temporaries.get() < whole_bf16 / 2,
         "{:?}",
         e.components_at_peak
     );
@@ -264,7 +267,9 @@ fn h1_cli_repro_70b_fsdp_amp() {
         "amp-bf16",
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains("peak: 145.72 GiB"), "{}", r.stdout);
+    // 145.72 GiB before the root unit's gradient assembly at the embedding's backward
+    // (2 × the unsharded embedding + head gradients, bf16) was modelled
+    assert!(r.stdout.contains("peak: 149.46 GiB"), "{}", r.stdout);
 }
 
 /// `estimate --model llama-3.1-8b --dp 8` and `rest`.
