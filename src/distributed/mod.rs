@@ -281,6 +281,7 @@ fn serving_estimate(
         unsynced: Unsynced::default(),
         fsdp_root_grads: (0, 0),
         fsdp_unit_grad_assembly: 0,
+        fsdp_edge_units: (0, 0, 0),
         optimizer_extra: 0,
         in_allocator_extra: 0,
         // replicas do not talk to each other: only the tensor-parallel group
@@ -378,6 +379,7 @@ pub fn rank_view(
         unsynced,
         fsdp_root_grads: sh.root_grads,
         fsdp_unit_grad_assembly: sh.unit_grad_assembly,
+        fsdp_edge_units: (sh.embed_unit, sh.head_unit, sh.head_grad_assembly),
         optimizer_extra: sh.optimizer_extra,
         in_allocator_extra: sh.in_alloc,
         outside_extra: groups * layout.buffers.nccl_per_group.get(),
@@ -634,6 +636,11 @@ struct Sharded {
     root_grads: (u64, u64),
     /// FSDP: a layer unit's gradient assembled for its reduce-scatter (unsharded, 2×).
     unit_grad_assembly: u64,
+    /// FSDP with separate embedding / head units: their gathered parameters around
+    /// their own passes, and the head's gradient assembled at its backward.
+    embed_unit: u64,
+    head_unit: u64,
+    head_grad_assembly: u64,
     optimizer_extra: u64,
     /// Persistent buffers in the allocator (DDP reducer buckets).
     in_alloc: u64,
@@ -756,7 +763,18 @@ fn fsdp_states(r: &Recipe, mode: FsdpMode) -> Sharded {
     // unsharded units in the compute dtype
     let compute = r.compute;
     let unit = s.p_layer * compute;
-    let root = (s.p_emb + s.p_head + s.p_other) * compute;
+    // with the embedding and the head as units of their own, the root keeps the rest
+    // (final norm); they are gathered only around their own forward and backward
+    let separate = layout.fsdp_separate_embeddings && full;
+    let root = if separate {
+        s.p_other * compute
+    } else {
+        (s.p_emb + s.p_head + s.p_other) * compute
+    };
+    if separate {
+        sh.embed_unit = s.p_emb * compute;
+        sh.head_unit = s.p_head * compute;
+    }
     let pad = if layout.fsdp_version == 1 {
         (n as u64) * compute * 2
     } else {
@@ -789,7 +807,13 @@ fn fsdp_states(r: &Recipe, mode: FsdpMode) -> Sharded {
     // head's and the norm's gradients (a tied head's is the embedding matrix's) wait
     // unsharded from the head's backward until the embedding's, which completes the
     // unit; then views and assembled gradient coexist.
-    if full && s.first && s.last {
+    if separate {
+        // each unit's gradient assembled at its own backward: the head's right after
+        // it, the embedding's at the end; the root keeps only the norm's waiting
+        sh.head_grad_assembly = 2 * s.p_head * grad_el;
+        let norm = s.p_other * grad_el;
+        sh.root_grads = (norm, 2 * s.p_emb * grad_el + norm);
+    } else if full && s.first && s.last {
         let tied = s.local.tie_embeddings;
         let pending = (if tied { s.p_emb } else { s.p_head } + s.p_other) * grad_el;
         let total = (s.p_emb + s.p_head + s.p_other) * grad_el;

@@ -184,6 +184,9 @@ pub struct RankView {
     pub fsdp_root_grads: (u64, u64),
     /// FSDP: a layer unit's gradient as assembled for its reduce-scatter.
     pub fsdp_unit_grad_assembly: u64,
+    /// FSDP with the embedding and head as units of their own: (the embedding's
+    /// gathered parameters, the head's, the head's gradient as assembled).
+    pub fsdp_edge_units: (u64, u64, u64),
     pub optimizer_extra: u64,
     /// Persistent buffers in the allocator (gradient buckets) / outside it (NCCL).
     pub in_allocator_extra: u64,
@@ -241,6 +244,7 @@ impl RankView {
             unsynced: timeline::Unsynced::default(),
             fsdp_root_grads: (0, 0),
             fsdp_unit_grad_assembly: 0,
+            fsdp_edge_units: (0, 0, 0),
             optimizer_extra: 0,
             in_allocator_extra: 0,
             outside_extra: 0,
@@ -688,6 +692,9 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
         root_grads_pending: v.fsdp_root_grads.0,
         root_grads_assembly: v.fsdp_root_grads.1,
         unit_grad_assembly: v.fsdp_unit_grad_assembly,
+        embed_unit: v.fsdp_edge_units.0,
+        head_unit: v.fsdp_edge_units.1,
+        head_grad_assembly: v.fsdp_edge_units.2,
         gathered_fwd: v.gathered_fwd,
         gathered_bwd: v.gathered_bwd,
         optimizer_extra: v.optimizer_extra,

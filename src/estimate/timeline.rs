@@ -244,6 +244,13 @@ pub struct TrainPlan {
     /// after the layer's backward — twice the unit's gradients (see
     /// `distributed::fsdp_states`); 0 otherwise.
     pub unit_grad_assembly: u64,
+    /// FSDP with the embedding and the head as units of their own (torchtune
+    /// `custom_sharded_layers`): their gathered parameters, present only around
+    /// their own forward and backward, and the head's gradient as assembled at its
+    /// backward (0 otherwise).
+    pub embed_unit: u64,
+    pub head_unit: u64,
+    pub head_grad_assembly: u64,
     /// Gathered (unsharded) parameters during forward / parameters and unsharded
     /// gradients during backward (ZeRO-3, FSDP), and gradient buckets.
     pub gathered_fwd: u64,
@@ -505,7 +512,7 @@ impl Pass<'_> {
             || format!("{input_event}{tag}"),
             Components {
                 activations: Bytes(other_mb + saved),
-                temporaries: Bytes(p.embed_out + p.gathered_fwd),
+                temporaries: Bytes(p.embed_out + p.gathered_fwd + p.embed_unit),
                 ..with_grads
             },
         );
@@ -563,7 +570,7 @@ impl Pass<'_> {
                             + self.head_act(),
                     ),
                     logits_and_loss: Bytes(p.loss_saved + p.head_fwd_transient),
-                    temporaries: Bytes(cache + p.gathered_fwd),
+                    temporaries: Bytes(cache + p.gathered_fwd + p.head_unit),
                     ..self.base
                 },
             );
@@ -604,7 +611,11 @@ impl Pass<'_> {
         rec.moment(
             Phase::Backward,
             || format!("loss backward{tag}"),
-            at_head(grads, p.loss_saved + p.head_bwd_transient, p.gathered_bwd),
+            at_head(
+                grads,
+                p.loss_saved + p.head_bwd_transient,
+                p.gathered_bwd + p.head_unit,
+            ),
         );
         if self.mb == 0 {
             grads += p.grad_head + p.grad_other + p.unsynced.head + p.unsynced.other;
@@ -617,11 +628,27 @@ impl Pass<'_> {
                 p.head_grad_logits,
                 self.accum_temp(p.grad_head + p.unsynced.head)
                     + p.head_bwd_weight_grad
+                    + p.head_unit
+                    // its own unit's unsharded gradient (assembled below)
+                    + p.head_grad_assembly / 2
                     + p.embed_out
                     + p.gathered_bwd
                     + self.in_bwd_step(),
             ),
         );
+        if p.head_grad_assembly > 0 {
+            // the head's unit, done: its gradient assembled for the reduce-scatter, the
+            // logits' gradients gone
+            rec.moment(
+                Phase::Backward,
+                || format!("lm_head gradient reduce-scatter{tag}"),
+                at_head(
+                    grads,
+                    0,
+                    p.head_unit + p.head_grad_assembly + p.embed_out + p.gathered_bwd,
+                ),
+            );
+        }
         if p.optimizer_in_bwd {
             // stepped and freed; a tied head's gradient waits for the embedding's
             grads = if p.tied { p.grad_head } else { 0 };
@@ -779,6 +806,7 @@ impl Pass<'_> {
                 temporaries: Bytes(
                     emb_temp
                         + p.embed_out
+                        + p.embed_unit
                         + p.gathered_bwd
                         + self.root_pending()
                         + p.root_grads_assembly * u64::from(p.has_head)
@@ -904,6 +932,25 @@ mod tests {
         assert_eq!(l2.components.temporaries, Bytes(5_000 - 1_000 + 700 + 300));
         let emb = event(&evs, "embedding backward");
         assert_eq!(emb.components.temporaries, Bytes(700 + 300 + 900));
+        // the embedding and the head as units of their own (torchtune's
+        // custom_sharded_layers): gathered around their own passes, the head's
+        // gradient assembled after its backward
+        let edges = TrainPlan {
+            embed_unit: 50,
+            head_unit: 60,
+            head_grad_assembly: 80,
+            ..p.clone()
+        };
+        let evs = recorded(&edges);
+        let rs = event(&evs, "lm_head gradient reduce-scatter");
+        assert_eq!(rs.components.temporaries, Bytes(60 + 80 + 700));
+        assert_eq!(rs.components.logits_and_loss, Bytes(0));
+        let head = event(&evs, "lm_head backward");
+        assert_eq!(head.components.temporaries, Bytes(60 + 40 + 700));
+        let emb_f = event(&evs, "embedding");
+        assert_eq!(emb_f.components.temporaries, Bytes(50));
+        let emb_b = event(&evs, "embedding backward");
+        assert_eq!(emb_b.components.temporaries, Bytes(50 + 700 + 300 + 900));
         // without FSDP no such moment
         let plain = TrainPlan {
             unit_grad_assembly: 0,

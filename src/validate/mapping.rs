@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `task`, `micro_batch`, `seq_len`, `gen_tokens` | `--task`, `--batch`, `--seq-len` (train) or `--prompt-len` + `--gen-len` (infer) |
 //! | `grad_accum` (optional column), else `notes` | `--grad-accum`: the column; else what the notes state (`no grad accumulation`, `GA N`, `GA N (LoRA) / M (QLoRA)`, `gradient_accumulation_steps N`); else 1, with a note |
+//! | `notes` naming a torchtune config | `--fsdp-separate-embeddings true` when that config (torchtune `recipes/configs` at 30b8519e8, `torchtune_sharded_configs.csv`) sets `custom_sharded_layers: ['tok_embeddings', 'output']` |
 //! | `notes` | `--optimizer-in-bwd true` when they say `optimizer_in_bwd=True` or "optimizer step fused into backward"; `--activation-offload true` when they say "activation offloading"; `--compile true` when they say "torch.compile on" (torchtune's switches; the table has no column for them) |
 //! | `method` + `quant` | `full`; `lora`; `qlora` when the base is `nf4` / `nf4-dq` / `fp4` (bitsandbytes 4-bit: fp4 and nf4 store the same 4 bits + absmax per 64); `nf4` without double quantization → `--no-double-quant`; `gptq-int4` with LoRA or inference when the model's config carries a gptq `quantization_config` (the estimator sizes the packed weights from it) |
 //! | `method` `other-peft` | `--method lora --peft NAME`, the tuner read from `notes` (the table's README: "see notes"): `peft_type LOHA` / `OFT` → `loha` / `oft` (rank — OFT's number of blocks — and targets from their columns); `peft_type ADALORA` / `VERA` / `IA3` / `LN_TUNING` / `PROMPT_TUNING` / `PREFIX_TUNING` → `adalora` / `vera` / `ia3` / `ln-tuning` (its targets: peft's default norms for the model type) / `prompt-tuning` / `prefix-tuning` (`--virtual-tokens` = the notes' `trainable params` over the hidden size / layers × 2 × kv_dim); `peft_type LORA` with `DoRA` / `use_dora` → `dora`, with `LoRA-FA` / `lorafa` → `lora-fa`; any other peft type is refused, named |
@@ -197,6 +198,14 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
         }
     }
     // torchtune's memory switches, where the notes state them (the table has no column)
+    if train && r.parallelism.starts_with("fsdp") {
+        if let Some(config) = torchtune_separate_embeddings(r) {
+            s.put("fsdp_separate_embeddings", "true");
+            notes.push(format!(
+                "torchtune {config} shards tok_embeddings and output as units of their own (custom_sharded_layers)"
+            ));
+        }
+    }
     if train {
         let lower = r.notes.to_ascii_lowercase();
         if lower.contains("optimizer_in_bwd=true")
@@ -383,6 +392,27 @@ fn grad_accum_of(r: &MeasuredRow) -> Option<(u64, Option<String>)> {
         }
     }
     None
+}
+
+/// torchtune's configs that shard the embedding and the head as FSDP units of their
+/// own (`recipes/configs` at 30b8519e8, `custom_sharded_layers`).
+const TORCHTUNE_SHARDED_CONFIGS: &str = include_str!("torchtune_sharded_configs.csv");
+
+/// A torchtune row whose notes name a config that shards the embedding and the head
+/// separately (`config llama3_1/70B_full`).
+fn torchtune_separate_embeddings(r: &MeasuredRow) -> Option<String> {
+    if r.framework != "torchtune" {
+        return None;
+    }
+    let at = r.notes.find("config ")? + "config ".len();
+    let name: String = r.notes[at..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && !matches!(c, ';' | ',' | '(' | ':'))
+        .collect();
+    TORCHTUNE_SHARDED_CONFIGS
+        .lines()
+        .any(|l| l == name)
+        .then_some(name)
 }
 
 /// litgpt's finetuning recipes (`config_hub/finetune`, commit 00af8b0d): config,
@@ -765,6 +795,29 @@ mod tests {
         // every recipe of the shipped table parsed (42 YAML files at 00af8b0d)
         assert_eq!(litgpt_recipes().count(), 42);
         assert!(litgpt_recipes().all(|(_, d, g, m)| d >= 1 && g >= d * m));
+        // torchtune configs that shard the embedding and head separately (4 at 30b8519e8)
+        assert_eq!(
+            TORCHTUNE_SHARDED_CONFIGS
+                .lines()
+                .filter(|l| !l.starts_with('#') && *l != "config")
+                .count(),
+            4
+        );
+        let tt = |notes: &str| {
+            let r = row(|r| {
+                r.framework = "torchtune".into();
+                r.parallelism = "fsdp-full".into();
+                r.n_gpus = 8;
+                r.notes = notes.into();
+            });
+            let m = map(&r, &spec("llama-2-7b")).unwrap();
+            setting(&m, "fsdp_separate_embeddings").map(str::to_owned)
+        };
+        assert_eq!(
+            tt("config llama3_1/70B_full (fsdp_cpu_offload=True)").as_deref(),
+            Some("true")
+        );
+        assert_eq!(tt("config llama3_1/70B_lora: r16"), None);
         // nothing said: 1, and the report says it was assumed
         let (n, notes) = accum(&|_| {});
         assert_eq!(n, None);

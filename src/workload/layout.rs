@@ -135,6 +135,10 @@ pub struct Layout {
     /// Gradient accumulation under FSDP's `no_sync` (`distributed::fsdp_states`): the
     /// accumulating micro-batches keep unsharded gradients.
     pub fsdp_no_sync: bool,
+    /// The embedding and the output head sharded as FSDP units of their own
+    /// (torchtune `custom_sharded_layers: ['tok_embeddings', 'output']`), not in the
+    /// root unit (`distributed::fsdp_states`).
+    pub fsdp_separate_embeddings: bool,
     pub offload_optimizer: bool,
     pub offload_params: bool,
     pub distributed_optimizer: bool,
@@ -161,6 +165,7 @@ impl Default for Layout {
             fsdp_version: 2,
             fsdp_upcast: false,
             fsdp_no_sync: false,
+            fsdp_separate_embeddings: false,
             offload_optimizer: false,
             offload_params: false,
             distributed_optimizer: false,

@@ -508,6 +508,7 @@ settings! {
     optimizer_in_bwd: bool => "--optimizer-in-bwd" Value, "true | false: the optimizer steps each parameter inside backward and frees its gradient (torchtune optimizer_in_bwd: OptimizerInBackward's post-accumulate-grad hooks); needs --grad-accum 1.";
     activation_offload: bool => "--activation-offload" Value, "true | false: torchtune's activation offloading (OffloadActivations, with --grad-ckpt full): the checkpointed layers' inputs wait in pinned host memory, the GPU keeps the last five saved tensors and the layer being recomputed.";
     compile: bool => "--compile" Value, "true | false: torch.compile as torchtune applies it (each decoder layer and the chunked loss's cross-entropy). Modelled: the compiled cross-entropy saves each chunk's half-precision logits instead of fp32 log-probabilities; without checkpointing a compiled layer recomputes its elementwise tensors in backward and saves their sources (inductor's partitioner); forward transients stay as eager.";
+    fsdp_separate_embeddings: bool => "--fsdp-separate-embeddings" Value, "true | false: under FSDP the embedding and the output head are units of their own (torchtune's custom_sharded_layers: ['tok_embeddings', 'output']), gathered only around their forward and backward and reduce-scattered at once, instead of staying in the root unit.";
     framework: String => "--framework" Value, "A shipped framework profile (hf-trainer | accelerate | litgpt | torchtune): defaults for the mechanisms it runs; your own settings win.";
     fsdp_shard_group: u64 => "--fsdp-shard-group" Value, "FSDP hybrid-shard group size (default min(dp, 8)).";
     offload_optimizer: bool => "--offload-optimizer" Switch(true), "Optimizer state (and ZeRO's fp32 copies) in host memory.";
@@ -1085,6 +1086,7 @@ impl Settings {
             fsdp_version: self.fsdp_version.map_or(d.fsdp_version, |v| v.0),
             fsdp_upcast: self.fsdp_upcast.unwrap_or(false),
             fsdp_no_sync: self.fsdp_no_sync.unwrap_or(false),
+            fsdp_separate_embeddings: self.fsdp_separate_embeddings.unwrap_or(false),
             offload_optimizer: self.offload_optimizer.unwrap_or(false),
             offload_params: self.offload_params.unwrap_or(false),
             distributed_optimizer: self.distributed_optimizer.unwrap_or(false),

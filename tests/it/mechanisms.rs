@@ -797,3 +797,40 @@ fn oft_rotates_each_adapted_input_by_its_blocks() {
     ]);
     assert!(e.contains("oft") && e.contains("divides"), "{e}");
 }
+
+/// torchtune's `custom_sharded_layers: ['tok_embeddings', 'output']` (its 8B/70B full
+/// configs; `--fsdp-separate-embeddings`): FSDP2 units of their own for the embedding
+/// and the head, so neither stays gathered in the root unit through the layers, and
+/// the head's gradient is reduce-scattered right after its backward instead of waiting
+/// unsharded for the embedding's. Llama-3.1-8B (untied, 128,256 × 4,096 = 525,336,576
+/// per matrix) full bf16 FSDP over 8: at the last layer's backward the root held both
+/// matrices gathered and the head's gradient, 3 × 525,336,576 × 2 B more.
+#[test]
+fn separate_embedding_units_leave_the_root_unit_small() {
+    let at = |v: &'static str| {
+        let a = [
+            "--model",
+            "llama-3.1-8b",
+            "--dtype",
+            "bf16",
+            "--seq-len",
+            "512",
+            "--fsdp",
+            "full",
+            "--dp",
+            "8",
+            "--fsdp-separate-embeddings",
+            v,
+        ];
+        let d = estimate_json(&a);
+        d["per_rank"][0]["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"] == "layer 31 backward")
+            .unwrap()["allocated_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(at("false") - at("true"), 3 * 525_336_576 * 2);
+}
