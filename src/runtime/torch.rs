@@ -2141,8 +2141,18 @@ fn fused_linear_ce(spec: &ModelSpec, p: &LedgerParams, hp: &HeadProgram, nl: &mu
         } else {
             0
         });
-    nl.head_saved = norm_saved + grad_in;
-    nl.loss_saved = grad_in;
+    // a trained head: Liger's forward also accumulates the head weight's gradient,
+    // chunk by chunk, into `grad_weight = torch.zeros_like(weight)` and saves it for
+    // backward (liger_kernel/ops/fused_linear_cross_entropy.py
+    // `fused_linear_cross_entropy_forward`, `ctx.save_for_backward(grad_input,
+    // grad_weight, ...)`); backward returns it as the weight's gradient
+    let grad_weight = if p.trainable.base_weights() {
+        v * h * p.precision.param_dtype().size()
+    } else {
+        0
+    };
+    nl.head_saved = norm_saved + grad_in + grad_weight;
+    nl.loss_saved = grad_in + grad_weight;
     // one chunk of fp32 logits and its gradient (Liger sizes chunks to about
     // hidden_size tokens)
     let chunk_tokens = tokens.min(h);
@@ -2261,6 +2271,28 @@ mod tests {
             sp_div: 1,
             compile: false,
         }
+    }
+
+    /// Liger's fused linear cross-entropy keeps the head weight's gradient from its
+    /// forward (`grad_weight`, the weight's dtype: fp32 under autocast) when the head
+    /// trains: Llama-3.2-1B's tied 128,256 × 2,048 matrix, 4 B each, beside the input
+    /// gradient both recipes keep.
+    #[test]
+    fn fused_linear_ce_keeps_the_trained_heads_weight_gradient() {
+        let spec = crate::hf::presets::get("llama-3.2-1b").unwrap().unwrap();
+        let with = |t: Trainable| {
+            let p = LedgerParams {
+                loss: Loss::FusedLinearCe,
+                ..params(t, GradCkpt::None)
+            };
+            non_layer(&spec, &p).loss_saved
+        };
+        let lora = Trainable::Lora {
+            rank: 16,
+            targets: LoraTargets::AllLinear,
+            adapter: Adapter::Lora,
+        };
+        assert_eq!(with(Trainable::All) - with(lora), 128_256 * 2_048 * 4);
     }
 
     #[test]
