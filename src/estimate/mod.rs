@@ -287,13 +287,19 @@ pub fn optimizer_shapes(spec: &ModelSpec, w: &Workload) -> (u64, u64, Vec<optimi
             )
         }
         None => {
-            let s = if w.master_weights {
-                4
-            } else {
-                w.precision.param_dtype().size()
-            };
+            let s = full_grad_size(w);
             (s, s, optimizer::full_shapes(spec))
         }
+    }
+}
+
+/// Bytes per gradient (and state) element of a full fine-tune: fp32 with a master
+/// copy, else the parameters' dtype.
+fn full_grad_size(w: &Workload) -> u64 {
+    if w.master_weights {
+        4
+    } else {
+        w.precision.param_dtype().size()
     }
 }
 
@@ -676,7 +682,7 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
             && w.method.is_full()
             && v.has_head
         {
-            local.vocab * local.hidden * optimizer_shapes(local, w).0
+            local.vocab * local.hidden * full_grad_size(w)
         } else {
             0
         },

@@ -675,6 +675,15 @@ impl Pass<'_> {
         }
     }
 
+    /// FSDP's root-unit gradient assembly at the embedding's backward (same stages).
+    fn root_assembly(&self) -> u64 {
+        if self.p.has_head && self.p.has_embedding {
+            self.p.root_grads_assembly
+        } else {
+            0
+        }
+    }
+
     /// One tensor's optimizer-step temporaries inside backward (`optimizer_in_bwd`).
     fn in_bwd_step(&self) -> u64 {
         if self.p.optimizer_in_bwd {
@@ -809,7 +818,7 @@ impl Pass<'_> {
                         + p.embed_unit
                         + p.gathered_bwd
                         + self.root_pending()
-                        + p.root_grads_assembly * u64::from(p.has_head)
+                        + self.root_assembly()
                         + self.in_bwd_step(),
                 ),
                 ..self.base

@@ -394,6 +394,17 @@ fn grad_accum_of(r: &MeasuredRow) -> Option<(u64, Option<String>)> {
     None
 }
 
+/// The recipe a row's notes name (`config llama3_1/70B_full (...)`, `config
+/// gemma-2b/full.yaml;`): the word after `config `.
+fn config_named(notes: &str) -> Option<String> {
+    let at = notes.find("config ")? + "config ".len();
+    let name: String = notes[at..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && !matches!(c, ';' | ',' | '(' | ':'))
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
 /// torchtune's configs that shard the embedding and the head as FSDP units of their
 /// own (`recipes/configs` at 30b8519e8, `custom_sharded_layers`).
 const TORCHTUNE_SHARDED_CONFIGS: &str = include_str!("torchtune_sharded_configs.csv");
@@ -404,11 +415,7 @@ fn torchtune_separate_embeddings(r: &MeasuredRow) -> Option<String> {
     if r.framework != "torchtune" {
         return None;
     }
-    let at = r.notes.find("config ")? + "config ".len();
-    let name: String = r.notes[at..]
-        .chars()
-        .take_while(|c| !c.is_whitespace() && !matches!(c, ';' | ',' | '(' | ':'))
-        .collect();
+    let name = config_named(&r.notes)?;
     TORCHTUNE_SHARDED_CONFIGS
         .lines()
         .any(|l| l == name)
@@ -427,11 +434,7 @@ fn litgpt_recipe_accum(r: &MeasuredRow) -> Option<(u64, Option<String>)> {
     if r.framework != "litgpt" {
         return None;
     }
-    let at = r.notes.find("config ")? + "config ".len();
-    let name: String = r.notes[at..]
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != ';' && *c != ',')
-        .collect();
+    let name = config_named(&r.notes)?;
     let gbs = litgpt_recipes().find(|(c, ..)| *c == name)?.2;
     let n = gbs / r.n_gpus.max(1) / r.micro_batch.max(1);
     Some((
