@@ -10,7 +10,7 @@
 //! | `notes` naming a torchtune config | `--fsdp-separate-embeddings true` when that config (torchtune `recipes/configs` at 30b8519e8, `torchtune_sharded_configs.csv`) sets `custom_sharded_layers: ['tok_embeddings', 'output']` |
 //! | `notes` | `--optimizer-in-bwd true` when they say `optimizer_in_bwd=True` or "optimizer step fused into backward"; `--activation-offload true` when they say "activation offloading"; `--compile true` when they say "torch.compile on" (torchtune's switches; the table has no column for them) |
 //! | `method` + `quant` | `full`; `lora`; `qlora` when the base is `nf4` / `nf4-dq` / `fp4` (bitsandbytes 4-bit: fp4 and nf4 store the same 4 bits + absmax per 64); `nf4` without double quantization → `--no-double-quant`; `gptq-int4` with LoRA or inference when the model's config carries a gptq `quantization_config` (the estimator sizes the packed weights from it) |
-//! | `method` `other-peft` | `--method lora --peft NAME`, the tuner read from `notes` (the table's README: "see notes"): `peft_type LOHA` / `OFT` → `loha` / `oft` (rank — OFT's number of blocks — and targets from their columns); `peft_type ADALORA` / `VERA` / `IA3` / `LN_TUNING` / `PROMPT_TUNING` / `PREFIX_TUNING` → `adalora` / `vera` / `ia3` / `ln-tuning` (its targets: peft's default norms for the model type) / `prompt-tuning` / `prefix-tuning` (`--virtual-tokens` = the notes' `trainable params` over the hidden size / layers × 2 × kv_dim); `peft_type LORA` with `DoRA` / `use_dora` → `dora`, with `LoRA-FA` / `lorafa` → `lora-fa`; any other peft type is refused, named |
+//! | `method` `other-peft` | `--method lora --peft NAME`, the tuner read from `notes` (the table's README: "see notes"): `peft_type LOHA` / `OFT` → `loha` / `oft` (rank — OFT's number of blocks — and targets from their columns); `peft_type ADALORA` / `VERA` / `IA3` / `LN_TUNING` / `PROMPT_TUNING` / `PREFIX_TUNING` → `adalora` / `vera` / `ia3` / `ln-tuning` (its targets: peft's default norms for the model type) / `prompt-tuning` / `prefix-tuning` (`--virtual-tokens` = the notes' `trainable params` over the hidden size / layers × 2 × kv_dim); `peft_type LORA` with `DoRA` / `use_dora` → `dora`, with `LoRA-FA` / `lorafa` → `lora-fa` (`lora` for a row from peft's MetaMathQA harness, whose `disable_adapter()` context re-enables lora_A's gradient after the LoRA-FA optimizer froze it); any other peft type is refused, named |
 //! | `lora_rank`, `lora_targets` | `--lora-rank`; role tokens (`q`, `k`, `v`, `o`, `qkv`, `gate`, `up`, `down`, `mlp`, `lm_head`) → the model's own module names (a fused q/k/v linear for `q`/`k`/`v` on a fused model; `lm_head` for the output head) |
 //! | `weight_dtype` | `bf16` / `fp16` / `fp32` → `--dtype`; `mixed-bf16` / `mixed-fp16` → `amp-bf16` / `amp-fp16` (fp32 weights, half compute) |
 //! | `optimizer` | `--optimizer` (`adamw` is torch's fused AdamW) |
@@ -105,7 +105,20 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
         s.put("method", method);
     }
     let peft = if r.method == "other-peft" {
-        let p = peft_of(&r.notes)?;
+        let mut p = peft_of(&r.notes)?;
+        if p == "lora-fa" && r.source.contains("method_comparison/MetaMathQA") {
+            // peft's MetaMathQA run.py (d787f51b) builds the LoRA-FA optimizer (which
+            // freezes every lora_A), then computes the wiki loss under
+            // `model.disable_adapter()`; leaving that context calls
+            // `enable_adapters(True)` → `set_adapter`, which sets requires_grad on
+            // every adapter layer again (tuners_utils.py): lora_A keeps its input and
+            // gets a gradient as in LoRA; the optimizer still keeps state for lora_B
+            // only (the LoRA states of lora_A, 2 x r x in fp32 per linear, are counted)
+            p = "lora";
+            notes.push(
+                "LoRA-FA under peft's MetaMathQA harness: its disable_adapter() context (the wiki loss) re-enables lora_A's gradient after the optimizer froze it, so the step runs as LoRA's".into(),
+            );
+        }
         s.put("peft", p);
         p
     } else {
@@ -679,6 +692,19 @@ mod tests {
         assert_eq!(setting(&dora, "lora_rank"), Some("32"));
         let fa = other("peft_type LORA; optimizer lora-fa", Some(32), "qv").unwrap();
         assert_eq!(setting(&fa, "peft"), Some("lora-fa"));
+        // the MetaMathQA harness re-enables lora_A's gradient (disable_adapter's exit)
+        let harness = map(
+            &row(|r| {
+                r.method = "other-peft".into();
+                r.notes = "peft_type LORA; optimizer lora-fa".into();
+                r.source = "huggingface/peft method_comparison/MetaMathQA/results/*.json".into();
+                r.lora_rank = Some(32);
+            }),
+            &spec("llama-3.2-3b"),
+        )
+        .unwrap();
+        assert_eq!(setting(&harness, "peft"), Some("lora"));
+        assert!(harness.notes.iter().any(|n| n.contains("disable_adapter")));
         for (t, want) in [("ADALORA", "adalora"), ("VERA", "vera")] {
             let m = other(
                 &format!("experiment x; peft_type {t}; targets"),

@@ -133,6 +133,10 @@ pub struct MeasuredRow {
     /// The optional `notes` column (free text; an `other-peft` row's tuner is read from
     /// it), empty when absent.
     pub notes: String,
+    /// The optional `source` column (where the figure was published; it names a
+    /// measurement harness whose own behaviour the mapping reproduces), empty when
+    /// absent.
+    pub source: String,
 }
 
 /// Parses the table text (`origin` names it in errors).
@@ -167,6 +171,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<MeasuredRow>> {
         .map(|c| (*c, header.iter().position(|h| h == c).unwrap_or(0)))
         .collect();
     let notes_at = header.iter().position(|h| h == "notes");
+    let source_at = header.iter().position(|h| h == "source");
     let accum_at = header.iter().position(|h| h == "grad_accum");
     let mut rows = Vec::new();
     let mut ids = BTreeMap::new();
@@ -284,6 +289,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<MeasuredRow>> {
             metric: token("metric")?,
             measured_gib,
             notes: notes_at.and_then(|i| rec.get(i)).unwrap_or("").to_string(),
+            source: source_at.and_then(|i| rec.get(i)).unwrap_or("").to_string(),
             id,
         });
     }
@@ -325,6 +331,7 @@ pub(crate) fn sample_row() -> MeasuredRow {
         measured_gib: 10.0,
         grad_accum: None,
         notes: String::new(),
+        source: String::new(),
     }
 }
 
