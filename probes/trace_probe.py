@@ -56,6 +56,7 @@ import csv
 import gc
 import json
 import os
+import re
 import sys
 import weakref
 
@@ -632,7 +633,16 @@ LORA_MODES = ("lora_all", "lora_attn", "lora_all_model", "lora_attn_model",
 # frozen, as peft.optimizers.create_lorafa_optimizer does), AdaLoRA (init_r 16), VeRA
 # (r 16), IA3 and LN tuning with peft's default targets for the model type.
 PEFT_MODES = ("dora_attn", "lorafa_attn", "adalora_attn", "vera_attn", "ia3", "ln_tuning",
-              "prompt_tuning", "prefix_tuning", "loha_attn", "oft_attn")
+              "prompt_tuning", "prefix_tuning", "loha_attn", "oft_attn", "boft_attn",
+              "osf_attn", "osf_attn_legacy")
+# `boft_attn`: BOFTConfig(boft_block_size=BOFT_BLOCK, boft_n_butterfly_factor=1) (peft's
+# defaults; without its CUDA extension peft forces one butterfly factor anyway);
+# `osf_attn`: OSF training OSF_RANK directions of every adapted linear (rank_pattern sets
+# each module's effective_rank to min(out, in) - OSF_RANK); `osf_attn_legacy`: the same under
+# peft < 0.21 (whose OSF rebuilds the full weight every forward), e.g. with peft 0.20.0
+# installed apart and put first on PYTHONPATH
+BOFT_BLOCK = 4
+OSF_RANK = 16
 # `prompt_tuning`: PromptTuningConfig(num_virtual_tokens=PROMPT_TOKENS); the model then runs
 # seq + PROMPT_TOKENS positions (peft prepends the prompt and pads the labels with -100);
 # `prefix_tuning`: PrefixTuningConfig(num_virtual_tokens=PROMPT_TOKENS), every layer's keys
@@ -665,6 +675,17 @@ def apply_peft(model, c):
     elif mode == "oft_attn":
         # r 16 blocks per adapted linear (oft_block_size 0: in_features / r)
         cfg = peft.OFTConfig(r=16, oft_block_size=0, target_modules=targets, task_type="CAUSAL_LM")
+    elif mode == "boft_attn":
+        cfg = peft.BOFTConfig(boft_block_size=BOFT_BLOCK, boft_n_butterfly_factor=1,
+                              target_modules=targets, task_type="CAUSAL_LM")
+    elif mode in ("osf_attn", "osf_attn_legacy"):
+        legacy = tuple(int(v) for v in peft.__version__.split(".")[:2]) < (0, 21)
+        if legacy != (mode == "osf_attn_legacy"):
+            raise ValueError(f"mode {mode} with peft {peft.__version__}")
+        mins = {n: min(m.weight.shape) for n, m in model.named_modules()
+                if type(m).__name__ == "Linear"}
+        cfg = peft.OSFConfig(target_modules=targets,
+                             rank_pattern={re.escape(t): mins[t] - OSF_RANK for t in targets})
     elif mode == "loha_attn":
         cfg = peft.LoHaConfig(r=16, alpha=32, target_modules=targets, task_type="CAUSAL_LM")
     elif mode == "vera_attn":

@@ -58,6 +58,21 @@ pub enum Adapter {
     /// triangle, `bs·(bs−1)/2` trained values) becomes a rotation by the Cayley–Neumann
     /// series; the input is rotated block by block (`einsum`) before the frozen linear.
     Oft,
+    /// BOFT (`tuners/boft/layer.py` `Linear`, peft 0.21, `boft_n_butterfly_factor=1`,
+    /// the default and what peft forces without its CUDA extension): the rank slot
+    /// holds `boft_block_size` b; `boft_R` (in/b blocks of b × b, Cayley-parametrized)
+    /// and the output scaling `boft_s` (out × 1) are trained; each forward builds the
+    /// full in × in rotation (`block_diag`, two `bmm` with the permutation buffer
+    /// `boft_P`, a product with an identity) and runs the frozen linear on the rotated
+    /// input.
+    Boft,
+    /// OSF (`tuners/osf/layer.py` `Linear`, utils.py, peft 0.21): the rank slot holds
+    /// the trained rank r = min(out, in) − `effective_rank`; the SVD of the frozen weight
+    /// is kept as buffers (`U_high`, `S_high`, `V_high`, the top min(out, in) − r
+    /// directions, in the weight's dtype) and trained parameters (`U_low`, `S_low`,
+    /// `V_low`); each forward rebuilds the full weight from them and runs `F.linear`
+    /// with it (the base layer's weight stays, unused).
+    Osf,
 }
 
 /// The norms LN tuning trains: peft 0.21 `utils/constants.py`
@@ -170,6 +185,8 @@ impl Adapter {
         Adapter::PrefixTuning,
         Adapter::Loha,
         Adapter::Oft,
+        Adapter::Boft,
+        Adapter::Osf,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -185,6 +202,8 @@ impl Adapter {
             Adapter::PrefixTuning => "prefix-tuning",
             Adapter::Loha => "loha",
             Adapter::Oft => "oft",
+            Adapter::Boft => "boft",
+            Adapter::Osf => "osf",
         }
     }
 
@@ -219,6 +238,53 @@ impl Adapter {
     pub fn oft_block(l: &LinearSpec, r: u64) -> Option<u64> {
         (r > 0 && l.in_features.is_multiple_of(r) && l.in_features / r > 1)
             .then(|| l.in_features / r)
+    }
+
+    /// BOFT's block count on `l` at block size `b`: `in / b` when `b` divides it
+    /// (peft `BOFTLayer.update_layer` raises "in_features must be divisible by
+    /// boft_block_size" otherwise), else `None`.
+    pub fn boft_blocks(l: &LinearSpec, b: u64) -> Option<u64> {
+        (b > 0 && l.in_features.is_multiple_of(b)).then(|| l.in_features / b)
+    }
+
+    /// OSF's frozen (`effective_rank`) and trained ranks on `l` when `r` directions
+    /// are trained: `(min(out, in) − r, r)`, `None` unless 0 < r < min(out, in)
+    /// (peft `OSFLayer.update_layer` needs effective_rank > 0).
+    pub fn osf_ranks(l: &LinearSpec, r: u64) -> Option<(u64, u64)> {
+        let m = l.in_features.min(l.out_features);
+        (r > 0 && r < m).then(|| (m - r, r))
+    }
+
+    /// Frozen buffers the adapter keeps per adapted linear `l` at rank `r`:
+    /// (elements in the base weight's dtype, fp32 elements).
+    ///
+    /// - OSF, peft >= 0.21 (`OSFLayer.update_layer`): `U_low_init` (out × r),
+    ///   `S_low_init` (r), `V_low_init` (r × in), clones of the trained factors' start,
+    ///   plus the high-rank factor that is not square — `U_high` (out × k) when out >
+    ///   in, `V_high` (k × in) when out < in — for the gradient projection;
+    ///   `osf_reconstruct` (peft < 0.21): `U_high`, `S_high`, `V_high`. All in the
+    ///   weight's dtype (`decompose_weight_matrix`; `autocast_adapter_dtype` casts
+    ///   parameters only).
+    /// - BOFT: the permutation `boft_P` (1 × in × in, `torch.empty` in the default
+    ///   fp32, registered outside the adapter dicts, so neither cast nor moved with
+    ///   them).
+    pub fn frozen_buffers(self, l: &LinearSpec, r: u64, osf_reconstruct: bool) -> (u64, u64) {
+        let (i, o) = (l.in_features, l.out_features);
+        match (self, Adapter::osf_ranks(l, r)) {
+            (Adapter::Osf, Some((k, _))) if osf_reconstruct => (k * (o + i + 1), 0),
+            (Adapter::Osf, Some((k, t))) => {
+                let high = if o > i {
+                    o * k
+                } else if o < i {
+                    k * i
+                } else {
+                    0
+                };
+                (t * (o + i + 1) + high, 0)
+            }
+            (Adapter::Boft, _) => (0, i * i),
+            _ => (0, 0),
+        }
     }
 
     /// The variant trains virtual tokens (the rank slot holds their number).
@@ -272,6 +338,17 @@ impl Adapter {
                 let n = Adapter::oft_block(l, r).map_or(0, |bs| r * (bs * (bs - 1) / 2));
                 (n, n)
             }
+            // boft_R (in/b blocks of b x b) + boft_s (out x 1)
+            Adapter::Boft => {
+                let n = Adapter::boft_blocks(l, r).map_or(0, |d| d * r * r + o);
+                (n, n)
+            }
+            // U_low (out x r), S_low (r), V_low (r x in); the frozen buffers are
+            // counted by `frozen_buffers`
+            Adapter::Osf => {
+                let n = Adapter::osf_ranks(l, r).map_or(0, |(_, t)| t * (o + i + 1));
+                (n, n)
+            }
             Adapter::LnTuning | Adapter::PromptTuning | Adapter::PrefixTuning => (0, 0),
         }
     }
@@ -291,6 +368,12 @@ impl Adapter {
             Adapter::Loha => vec![(o, r), (r, i), (o, r), (r, i)],
             Adapter::Oft => {
                 Adapter::oft_block(l, r).map_or(vec![], |bs| vec![(r, bs * (bs - 1) / 2)])
+            }
+            Adapter::Boft => {
+                Adapter::boft_blocks(l, r).map_or(vec![], |d| vec![(d * r, r), (o, 1)])
+            }
+            Adapter::Osf => {
+                Adapter::osf_ranks(l, r).map_or(vec![], |(_, t)| vec![(o, t), (1, t), (t, i)])
             }
             Adapter::LnTuning | Adapter::PromptTuning | Adapter::PrefixTuning => vec![],
         }
@@ -326,6 +409,8 @@ impl std::str::FromStr for Adapter {
             "prefix-tuning" => Ok(Adapter::PrefixTuning),
             "loha" => Ok(Adapter::Loha),
             "oft" => Ok(Adapter::Oft),
+            "boft" => Ok(Adapter::Boft),
+            "osf" => Ok(Adapter::Osf),
             _ => Err(Error::invalid("peft", s, Adapter::accepted())),
         }
     }

@@ -305,6 +305,24 @@ pub fn adapters(spec: &ModelSpec, rank: u64, targets: &LoraTargets, adapter: Ada
     }
 }
 
+/// Frozen adapter buffers over the adapted linears (and the head when targeted):
+/// (elements in the base weights' dtype, fp32 elements), per
+/// [`Adapter::frozen_buffers`].
+pub fn adapter_buffers(
+    spec: &ModelSpec,
+    rank: u64,
+    targets: &LoraTargets,
+    adapter: Adapter,
+    osf_reconstruct: bool,
+) -> (u64, u64) {
+    let one = |l: &LinearSpec| adapter.frozen_buffers(l, rank, osf_reconstruct);
+    let head = targets.head().then(|| spec.head_linear());
+    let (mut base, mut fp32) = head.as_ref().map_or((0, 0), one);
+    base += spec.sum_over_layers(|l| if targets.matches(l) { one(l).0 } else { 0 });
+    fp32 += spec.sum_over_layers(|l| if targets.matches(l) { one(l).1 } else { 0 });
+    (base, fp32)
+}
+
 /// Number of elements of all decoder-layer linear weights (Σ in·out × layers; biases,
 /// norms, embeddings and the output head excluded) — what QLoRA / bitsandbytes and
 /// GPTQ quantize when a model is loaded in 4 or 8 bits (transformers keeps `lm_head`

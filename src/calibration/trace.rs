@@ -88,6 +88,8 @@ impl TraceRow {
             quant_keeps_input: false,
             legacy_causal_lm_loss: false,
             lora_fp32: !self.mode.ends_with("_model"),
+            // `osf_attn_legacy`: the probe run under peft < 0.21
+            osf_reconstruct: self.mode == "osf_attn_legacy",
             // trace_probe.py builds peft's LoraConfig without dropout, or with
             // lora_dropout=0.05 in the `*_drop` modes
             lora_dropout: if self.mode.ends_with("_drop") {
@@ -156,6 +158,14 @@ impl TraceRow {
             "vera_attn" => lora(LoraTargets::Attn, Adapter::Vera),
             "loha_attn" => lora(LoraTargets::Attn, Adapter::Loha),
             "oft_attn" => lora(LoraTargets::Attn, Adapter::Oft),
+            // the probe's BOFT_BLOCK (boft_block_size 4) and OSF_RANK (16 trained
+            // directions per adapted linear)
+            "boft_attn" => Trainable::Lora {
+                rank: 4,
+                targets: LoraTargets::Attn,
+                adapter: Adapter::Boft,
+            },
+            "osf_attn" | "osf_attn_legacy" => lora(LoraTargets::Attn, Adapter::Osf),
             "ia3" => Trainable::Lora {
                 rank: 0,
                 targets: LoraTargets::Names(

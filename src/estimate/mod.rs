@@ -87,6 +87,7 @@ fn ledger_params(
         },
         legacy_causal_lm_loss: w.legacy_causal_lm_loss,
         lora_fp32: w.method.lora().is_none_or(|l| l.adapter_fp32),
+        osf_reconstruct: w.method.lora().is_some_and(|l| l.osf_reconstruct),
         lora_dropout: w.method.lora().map_or(0.0, |l| l.dropout),
         litgpt: w.implementation == crate::workload::Implementation::Litgpt,
         sp_div: 1,

@@ -63,7 +63,14 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_stored: u64) -> Result<
     let rest_dt = if dt == DType::F8 { DType::BF16 } else { dt };
     let adapters = match w.method.lora() {
         None => 0,
-        Some(l) => lora_stored * l.adapter_size(w.precision),
+        Some(l) => {
+            // OSF's SVD buffers in the weights' dtype; BOFT's fp32 permutation where it
+            // lives on the device (`LoraConfig::boft_perm_on_host`)
+            let (base, fp32) =
+                params::adapter_buffers(spec, l.rank, &l.targets, l.adapter, l.osf_reconstruct);
+            let fp32 = if l.boft_perm_on_host { 0 } else { fp32 };
+            lora_stored * l.adapter_size(w.precision) + base * rest_dt.size() + fp32 * 4
+        }
     };
     let n_linear_tensors = spec.sum_over_layers(|l| l.copies);
 

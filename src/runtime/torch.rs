@@ -84,6 +84,9 @@ pub struct LedgerParams {
     /// peft's fp32 adapters (`autocast_adapter_dtype=True`): the input is cast to fp32
     /// per adapter; `false`: adapters in the compute dtype, no casts.
     pub lora_fp32: bool,
+    /// peft < 0.21's OSF: every adapted linear rebuilds its full weight each forward
+    /// (see `Graph::osf_linear`).
+    pub osf_reconstruct: bool,
     /// LoRA dropout probability (peft `lora_dropout`, tuners/lora/layer.py 0.21
     /// `Linear.forward`: `lora_B(lora_A(dropout(x)))` on the adapter-dtype input; an
     /// `nn.Identity` when 0): each adapter keeps the mask (when x needs a gradient)
@@ -486,6 +489,12 @@ impl<'a> Graph<'a> {
             let xr = self.oft_rotate(x, lin, r);
             return self.base_linear(xr, lin);
         }
+        if adapter == Adapter::Boft {
+            return self.boft_linear(x, lin, r);
+        }
+        if adapter == Adapter::Osf {
+            return self.osf_linear(x, lin, r);
+        }
         let base = self.base_linear(x, lin);
         match adapter {
             Adapter::Lora => self.lora_branch(x, lin, r, base),
@@ -495,7 +504,9 @@ impl<'a> Graph<'a> {
             Adapter::Vera => self.vera_branch(x, lin, r, base),
             Adapter::Ia3 => self.ia3_output(x, lin, base),
             Adapter::Loha => self.loha_branch(x, lin, r, base),
-            Adapter::Oft => unreachable!("OFT rotates the input: see linear()"),
+            Adapter::Oft | Adapter::Boft | Adapter::Osf => {
+                unreachable!("OFT, BOFT and OSF replace the base call: see linear()")
+            }
             Adapter::LnTuning | Adapter::PromptTuning | Adapter::PrefixTuning => base,
         }
     }
@@ -570,6 +581,189 @@ impl<'a> Graph<'a> {
         let y = self.unary_plain("oft token-major copy", yb, e, ad);
         let compute = self.compute();
         let y = self.cast(y, compute);
+        self.hold(&[x]);
+        y
+    }
+
+    /// BOFT (peft 0.21 `tuners/boft/layer.py` `Linear.forward`, one butterfly factor,
+    /// block size `b`, no `boft_dropout`): `cayley_batch` turns the in/b trained b × b
+    /// blocks into rotations (`linalg.solve`, keeping its LU factors, pivots and
+    /// result); `block_diag` lays them out as one in × in matrix in the adapter dtype,
+    /// cast to x's dtype; the fp32 `boft_P` is copied to x's dtype, which both `bmm`
+    /// keep; the product with `torch.eye(in)` keeps the identity; `x @ rotation` keeps x
+    /// (and the rotation when x needs a gradient); the frozen linear runs on the rotated
+    /// input, and `result * boft_scale` keeps the result for the scale's gradient.
+    fn boft_linear(&mut self, x: T, lin: &LinearSpec, b: u64) -> T {
+        let ad = self.adapter_dtype();
+        let xd = self.dt(x);
+        let (i, o) = (lin.in_features, lin.out_features);
+        let d = Adapter::boft_blocks(lin, b).unwrap_or(1);
+        let blk = d * b * b;
+        // boft_rotation = eye(in), boft_scale = ones(out, 1), both in x's dtype
+        self.begin(&[]);
+        let eye = self.out("boft eye", i * i, xd, false, Kind::Other);
+        let ones = self.out("boft ones", o, xd, false, Kind::Other);
+        // cayley_batch: skew = 0.5 (R − Rᵀ); solve(I + skew, I − skew, left=False)
+        self.begin(&[]);
+        self.param_grads.push((self.op, (blk + o) * ad.size()));
+        let skew = self.out("boft skew", blk, ad, true, Kind::Other);
+        let a = self.unary_plain("boft I + skew", skew, blk, ad);
+        let rhs = self.unary_plain("boft I - skew", skew, blk, ad);
+        self.begin(&[a, rhs]);
+        let lu = self.out("boft solve LU", blk, ad, false, Kind::Other);
+        let piv = self.out("boft solve pivots", d * b, DType::I32, false, Kind::Other);
+        let q = self.out("boft cayley", blk, ad, true, Kind::Matmul);
+        self.save(lu);
+        self.save(piv);
+        self.save(q);
+        // block_diag(*unbind(Q)) (its backward slices: nothing kept), cast to x's dtype
+        let bd = self.unary_plain("boft block_diag", q, i * i, ad);
+        let bd = self.cast(bd, xd);
+        // boft_P.to(x): a copy in x's dtype (none when the buffer already has it)
+        self.begin(&[]);
+        let perm = if xd == DType::F32 {
+            self.out("boft_P", 0, xd, false, Kind::Other)
+        } else {
+            self.out("boft_P copy", i * i, xd, false, Kind::Other)
+        };
+        self.begin(&[bd, perm]);
+        self.save(perm);
+        let m1 = self.out("boft bmm", i * i, xd, true, Kind::Matmul);
+        self.begin(&[perm, m1]);
+        self.save(perm);
+        let m2 = self.out("boft bmm", i * i, xd, true, Kind::Matmul);
+        // butterfly_oft_mat @ boft_rotation (the identity): keeps the identity
+        self.begin(&[m2, eye]);
+        self.save(eye);
+        let rot = self.out("boft rotation", i * i, xd, true, Kind::Matmul);
+        // boft_s * boft_scale: keeps the ones
+        self.begin(&[ones]);
+        self.save(ones);
+        let scale = self.out("boft scale", o, promote(ad, xd), true, Kind::Other);
+        // x @ boft_rotation
+        self.begin(&[x, rot]);
+        self.save(x);
+        let x_rg = self.rg(x);
+        self.save_if(rot, x_rg);
+        let xr = self.out(
+            "boft rotated input",
+            self.tokens * i,
+            xd,
+            true,
+            Kind::Matmul,
+        );
+        // its backward: the rotation's and the butterfly product's gradients (in × in)
+        self.bwd_workspace.push((self.op, 2 * i * i * xd.size()));
+        let y = self.base_linear(xr, lin);
+        let y = if lin.bias {
+            let e = self.elems(y);
+            self.unary_plain("boft result - bias", y, e, xd)
+        } else {
+            y
+        };
+        self.begin(&[y, scale]);
+        self.save(y);
+        self.save(scale);
+        let e = self.elems(y);
+        let ys = self.out(
+            "boft scaled",
+            e,
+            promote(xd, self.dt(scale)),
+            true,
+            Kind::Other,
+        );
+        let ys = if lin.bias {
+            self.unary_plain("boft result + bias", ys, e, self.dt(ys))
+        } else {
+            ys
+        };
+        self.cast(ys, xd)
+    }
+
+    /// OSF (peft 0.21 `tuners/osf/layer.py` `Linear.forward`, "LoRA-style factored
+    /// forward"): the frozen base linear, plus `F.linear(F.linear(x.to(A.dtype), B), A)`
+    /// with `A = cat[U_low·S_low, −U_low_init·S_low_init]` (out × 2r) and `B =
+    /// cat[V_low; V_low_init]` (2r × in), in the wider of the adapter and weight dtypes:
+    /// the first keeps the cast input (and B when the input needs a gradient), the
+    /// second keeps its 2r-wide input and A; `U_low·S_low` keeps only parameters.
+    /// Backward: the gradient hooks' projections onto the frozen subspace (r × r and
+    /// out × r or r × in temporaries). `osf_reconstruct` (peft < 0.21) runs
+    /// [`Graph::osf_reconstructed`] instead.
+    fn osf_linear(&mut self, x: T, lin: &LinearSpec, r: u64) -> T {
+        if self.p.osf_reconstruct {
+            return self.osf_reconstructed(x, lin, r);
+        }
+        let ad = self.adapter_dtype();
+        let bd = self.p.precision.param_dtype();
+        let (i, o) = (lin.in_features, lin.out_features);
+        let t = Adapter::osf_ranks(lin, r).map_or(r, |(_, t)| t);
+        let base = self.base_linear(x, lin);
+        self.begin(&[]);
+        let us = self.out("osf U_low * S_low", o * t, ad, true, Kind::Other);
+        self.param_grads
+            .push((self.op, t * (o + i + 1) * ad.size()));
+        self.bwd_workspace
+            .push((self.op, (t * (o + i) + 2 * t * t) * ad.size()));
+        let us0 = self.out("osf U_low_init * S_low_init", o * t, bd, false, Kind::Other);
+        let us0 = self.unary_plain("osf neg", us0, o * t, bd);
+        let wd = promote(ad, bd);
+        self.begin(&[us, us0]);
+        let a = self.out("osf A (cat)", o * 2 * t, wd, true, Kind::Other);
+        self.begin(&[]);
+        let b = self.out("osf B (cat)", 2 * t * i, wd, true, Kind::Other);
+        let xin = self.cast(x, wd);
+        self.begin(&[xin, b]);
+        self.save(xin);
+        let x_rg = self.rg(xin);
+        self.save_if(b, x_rg);
+        let h = self.out("osf x @ B^T", self.tokens * 2 * t, wd, true, Kind::Matmul);
+        self.begin(&[h, a]);
+        self.save(h);
+        self.save(a);
+        let d = self.out("osf delta", self.tokens * o, wd, true, Kind::Matmul);
+        let d = self.cast(d, self.dt(base));
+        let y = self.add("osf add", base, d);
+        self.hold(&[x]);
+        y
+    }
+
+    /// OSF before peft 0.21 (`tuners/osf/layer.py` `Linear.forward` at 0.20, utils.py
+    /// `reconstruct_weight_matrix`): the weight is rebuilt each forward as
+    /// `(U_high·S_high) @ V_high + (U_low·S_low) @ V_low` — the frozen high part in
+    /// the buffers' dtype, the trained low part keeping `U_low·S_low` (out × r) for
+    /// `V_low`'s gradient — and `F.linear(x.to(W.dtype), W)` keeps the cast input and
+    /// the whole rebuilt weight (out × in) when the input needs a gradient. Backward
+    /// makes the weight's gradient (out × in) and the gradient hooks' projections
+    /// onto the high subspace (k × r and out × r, r × k and r × in).
+    fn osf_reconstructed(&mut self, x: T, lin: &LinearSpec, r: u64) -> T {
+        let ad = self.adapter_dtype();
+        let bd = self.p.precision.param_dtype();
+        let (i, o) = (lin.in_features, lin.out_features);
+        let (k, t) = Adapter::osf_ranks(lin, r).unwrap_or((0, r));
+        self.begin(&[]);
+        let hs = self.out("osf U_high * S_high", o * k, bd, false, Kind::Other);
+        self.begin(&[hs]);
+        let high = self.out("osf high part", o * i, bd, false, Kind::Matmul);
+        // U_low * S_low keeps its two parameters (no activation bytes)
+        self.begin(&[]);
+        let us = self.out("osf U_low * S_low", o * t, ad, true, Kind::Other);
+        self.begin(&[us]);
+        self.save(us);
+        self.param_grads
+            .push((self.op, t * (o + i + 1) * ad.size()));
+        self.bwd_workspace
+            .push((self.op, (t * (o + i) + 2 * k * t) * ad.size()));
+        let low = self.out("osf low part", o * i, ad, true, Kind::Matmul);
+        let w = self.add("osf weight", high, low);
+        let wd = self.dt(w);
+        let xin = self.cast(x, wd);
+        self.begin(&[xin, w]);
+        self.save(xin);
+        let x_rg = self.rg(xin);
+        self.save_if(w, x_rg);
+        self.bwd_workspace.push((self.op, o * i * wd.size()));
+        let y = self.out("osf linear", self.tokens * o, wd, true, Kind::Matmul);
+        let y = self.cast(y, self.dt(x));
         self.hold(&[x]);
         y
     }
@@ -2256,6 +2450,7 @@ mod tests {
             quant_keeps_input: false,
             legacy_causal_lm_loss: false,
             lora_fp32: true,
+            osf_reconstruct: false,
             lora_dropout: 0.0,
             litgpt: false,
             batch: 1,

@@ -10,7 +10,7 @@
 //! | `notes` naming a torchtune config | `--fsdp-separate-embeddings true` when that config (torchtune `recipes/configs` at 30b8519e8, `torchtune_sharded_configs.csv`) sets `custom_sharded_layers: ['tok_embeddings', 'output']` |
 //! | `notes` | `--optimizer-in-bwd true` when they say `optimizer_in_bwd=True` or "optimizer step fused into backward"; `--activation-offload true` when they say "activation offloading"; `--compile true` when they say "torch.compile on" (torchtune's switches; the table has no column for them) |
 //! | `method` + `quant` | `full`; `lora`; `qlora` when the base is `nf4` / `nf4-dq` / `fp4` (bitsandbytes 4-bit: fp4 and nf4 store the same 4 bits + absmax per 64); `nf4` without double quantization → `--no-double-quant`; `gptq-int4` with LoRA or inference when the model's config carries a gptq `quantization_config` (the estimator sizes the packed weights from it) |
-//! | `method` `other-peft` | `--method lora --peft NAME`, the tuner read from `notes` (the table's README: "see notes"): `peft_type LOHA` / `OFT` → `loha` / `oft` (rank — OFT's number of blocks — and targets from their columns); `peft_type ADALORA` / `VERA` / `IA3` / `LN_TUNING` / `PROMPT_TUNING` / `PREFIX_TUNING` → `adalora` / `vera` / `ia3` / `ln-tuning` (its targets: peft's default norms for the model type) / `prompt-tuning` / `prefix-tuning` (`--virtual-tokens` = the notes' `trainable params` over the hidden size / layers × 2 × kv_dim); `peft_type LORA` with `DoRA` / `use_dora` → `dora`, with `LoRA-FA` / `lorafa` → `lora-fa` (`lora` for a row from peft's MetaMathQA harness, whose `disable_adapter()` context re-enables lora_A's gradient after the LoRA-FA optimizer froze it); any other peft type is refused, named |
+//! | `method` `other-peft` | `--method lora --peft NAME`, the tuner read from `notes` (the table's README: "see notes"): `peft_type LOHA` / `OFT` / `BOFT` / `OSF` → `loha` / `oft` / `boft` / `osf` (rank — OFT's number of blocks, BOFT's block size (peft's default 4 when the row gives 0), OSF's trained rank — and targets from their columns; under peft's MetaMathQA harness BOFT's permutation buffers stay on the host, and each run's peft version and `autocast_adapter_dtype` come from `metamath_runs.csv`); `peft_type ADALORA` / `VERA` / `IA3` / `LN_TUNING` / `PROMPT_TUNING` / `PREFIX_TUNING` → `adalora` / `vera` / `ia3` / `ln-tuning` (its targets: peft's default norms for the model type) / `prompt-tuning` / `prefix-tuning` (`--virtual-tokens` = the notes' `trainable params` over the hidden size / layers × 2 × kv_dim); `peft_type LORA` with `DoRA` / `use_dora` → `dora`, with `LoRA-FA` / `lorafa` → `lora-fa` (`lora` for a row from peft's MetaMathQA harness, whose `disable_adapter()` context re-enables lora_A's gradient after the LoRA-FA optimizer froze it); any other peft type is refused, named |
 //! | `lora_rank`, `lora_targets` | `--lora-rank`; role tokens (`q`, `k`, `v`, `o`, `qkv`, `gate`, `up`, `down`, `mlp`, `lm_head`) → the model's own module names (a fused q/k/v linear for `q`/`k`/`v` on a fused model; `lm_head` for the output head) |
 //! | `weight_dtype` | `bf16` / `fp16` / `fp32` → `--dtype`; `mixed-bf16` / `mixed-fp16` → `amp-bf16` / `amp-fp16` (fp32 weights, half compute) |
 //! | `optimizer` | `--optimizer` (`adamw` is torch's fused AdamW) |
@@ -19,9 +19,9 @@
 //! | `framework` | `--framework NAME` when a profile of that name is shipped (`hf-trainer`, `accelerate`, `litgpt`, `torchtune`); otherwise none, with a note |
 //! | `metric` | which estimated figure is compared: `allocated` / `active` → allocated (`max_memory_allocated`), `reserved` → reserved, `nvidia-smi` and `unknown` → device (reserved + CUDA context); `unknown` from torchtune → reserved (its memory stats are the allocator's) |
 //!
-//! Refused, with the reason (they count as misses): PEFT tuners not modelled (OFT,
-//! BOFT, LoHa, prompt and prefix tuning, ...), modules trained in full next to
-//! the adapters, LayerNorm tuning, training over 8-bit base weights (inference on them
+//! Refused, with the reason (they count as misses): PEFT tuners not modelled (a
+//! `peft_type` other than those above), modules trained in full next to
+//! the adapters, training over 8-bit base weights (inference on them
 //! is `--dtype int8`), GPTQ rows whose config has no
 //! gptq `quantization_config`, an unknown optimizer,
 //! sequence length, rank or checkpointing, vLLM's profile metric (the serving engines'
@@ -119,6 +119,14 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
                 "LoRA-FA under peft's MetaMathQA harness: its disable_adapter() context (the wiki loss) re-enables lora_A's gradient after the optimizer froze it, so the step runs as LoRA's".into(),
             );
         }
+        if p == "boft" && r.source.contains("method_comparison/MetaMathQA") {
+            // utils.py get_base_model loads with device_map=<accelerator> and run.py never
+            // moves the model after get_peft_model: BOFT's boft_P buffers stay where
+            // update_layer created them, on the CPU (BOFTLayer registers them outside the
+            // adapter dicts `_move_adapter_to_device_of_base_layer` moves)
+            s.put("boft_perm_on_host", "true");
+            notes.push("BOFT under peft's MetaMathQA harness: the model is loaded with device_map and never moved, so the fp32 boft_P buffers stay on the host".into());
+        }
         s.put("peft", p);
         p
     } else {
@@ -156,8 +164,12 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
             ));
         }
     } else if method != "full" && train {
-        // (IA)³ has no rank (the table writes 0)
-        if peft != "ia3" {
+        // (IA)³ has no rank (the table writes 0); BOFT's rank slot is its block size,
+        // peft's BOFTConfig default (boft_block_size 4) when the row gives none
+        if peft == "boft" && r.lora_rank.is_none_or(|k| k == 0) {
+            s.put("lora_rank", "4");
+            notes.push("BOFT block size 4: peft's BOFTConfig default boft_block_size (the row gives no rank)".into());
+        } else if peft != "ia3" {
             let rank = r
                 .lora_rank
                 .filter(|&k| k > 0)
@@ -165,6 +177,16 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
             s.put("lora_rank", rank.to_string());
         }
         s.put("lora_targets", lora_targets(&r.lora_targets, spec)?);
+    }
+    if let Some((version, autocast)) = metamath_run(r) {
+        // the run's own peft (its results' package_info) and adapter dtype
+        s.put("peft_version", version.to_string());
+        if !autocast && method != "full" {
+            s.put("lora_dtype", "model");
+        }
+        notes.push(format!(
+            "peft {version}, autocast_adapter_dtype {autocast} (the run's results at 5d602fdbf)"
+        ));
     }
     if method == "qlora" && (r.quant == "nf4" || r.quant == "fp4") {
         s.put("double_quant", "false");
@@ -342,6 +364,8 @@ fn peft_of(notes: &str) -> Result<&'static str, String> {
         "PREFIX_TUNING" => Ok("prefix-tuning"),
         "LOHA" => Ok("loha"),
         "OFT" => Ok("oft"),
+        "BOFT" => Ok("boft"),
+        "OSF" => Ok("osf"),
         "LORA" | "" if lower.contains("use_dora") || notes.contains("DoRA") => Ok("dora"),
         "LORA" | "" if lower.contains("lora-fa") || lower.contains("lorafa") => Ok("lora-fa"),
         "" => Err("a PEFT method other than LoRA whose peft_type the notes do not name".into()),
@@ -433,6 +457,32 @@ fn torchtune_separate_embeddings(r: &MeasuredRow) -> Option<String> {
         .lines()
         .any(|l| l == name)
         .then_some(name)
+}
+
+/// peft's MetaMathQA runs (`method_comparison/MetaMathQA` at 5d602fdbf): per
+/// experiment, the peft version and `autocast_adapter_dtype` its results record.
+const METAMATH_RUNS: &str = include_str!("metamath_runs.csv");
+
+/// A MetaMathQA row's run, found by the experiment its notes name (`experiment
+/// osf--llama-3.2-3B-rank128`): (peft version, autocast_adapter_dtype).
+fn metamath_run(r: &MeasuredRow) -> Option<(&'static str, bool)> {
+    if !r.source.contains("method_comparison/MetaMathQA") {
+        return None;
+    }
+    let name = r
+        .notes
+        .split("experiment ")
+        .nth(1)?
+        .split([';', ' '])
+        .next()?;
+    METAMATH_RUNS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let mut f = l.split(',');
+            (f.next()? == name).then_some(())?;
+            Some((f.next()?, f.next()?.trim().parse().ok()?))
+        })
 }
 
 /// litgpt's finetuning recipes (`config_hub/finetune`, commit 00af8b0d): config,
@@ -774,8 +824,45 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("multiple of the hidden size 3072"), "{e}");
-        let e = other("peft_type BOFT; targets", Some(0), "qv").unwrap_err();
-        assert!(e.contains("BOFT"), "{e}");
+        let e = other("peft_type XYZ; targets", Some(0), "qv").unwrap_err();
+        assert!(e.contains("XYZ"), "{e}");
+        // BOFT: the rank slot is the block size, peft's default 4 when the row has none
+        let boft = other("peft_type BOFT; targets", Some(0), "qv").unwrap();
+        assert_eq!(setting(&boft, "peft"), Some("boft"));
+        assert_eq!(setting(&boft, "lora_rank"), Some("4"));
+        assert_eq!(setting(&boft, "boft_perm_on_host"), None);
+        let osf = other("peft_type OSF; targets", Some(128), "qv").unwrap();
+        assert_eq!(setting(&osf, "peft"), Some("osf"));
+        assert_eq!(setting(&osf, "lora_rank"), Some("128"));
+        assert_eq!(setting(&osf, "lora_dtype"), None);
+        // under peft's MetaMathQA harness: boft_P stays on the host; the OSF experiment
+        // keeps its adapters in the model's dtype (its training_params.json)
+        let harness = |notes: &str, rank| {
+            map(
+                &row(|r| {
+                    r.method = "other-peft".into();
+                    r.notes = notes.into();
+                    r.source =
+                        "huggingface/peft method_comparison/MetaMathQA/results/*.json".into();
+                    r.lora_rank = rank;
+                }),
+                &spec("llama-3.2-3b"),
+            )
+            .unwrap()
+        };
+        let boft = harness(
+            "experiment boft--llama-3.2-3B-default; peft_type BOFT",
+            Some(0),
+        );
+        assert_eq!(setting(&boft, "boft_perm_on_host"), Some("true"));
+        assert_eq!(setting(&boft, "lora_dtype"), None);
+        let osf = harness(
+            "experiment osf--llama-3.2-3B-rank128; peft_type OSF",
+            Some(128),
+        );
+        assert_eq!(setting(&osf, "lora_dtype"), Some("model"));
+        assert_eq!(setting(&osf, "peft_version"), Some("0.19.2.dev0"));
+        assert_eq!(setting(&boft, "peft_version"), Some("0.19.2.dev0"));
         let e = other("some method", Some(8), "qv").unwrap_err();
         assert!(e.contains("peft_type"), "{e}");
     }

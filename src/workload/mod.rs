@@ -247,6 +247,17 @@ pub struct LoraConfig {
     pub adapter_fp32: bool,
     /// The peft tuner (`--peft`): LoRA or one of its relatives over the same targets.
     pub adapter: Adapter,
+    /// BOFT's fp32 permutation buffers stay on the host (`--boft-perm host`): peft
+    /// creates `boft_P` on the CPU and moves only the adapter dicts to the base
+    /// layer's device, so a model loaded with `device_map` and never moved after
+    /// `get_peft_model` keeps them there (each forward copies them to the device in
+    /// the compute dtype); HF Trainer's `model.to(device)` moves them, fp32.
+    pub boft_perm_on_host: bool,
+    /// peft < 0.21's OSF (`--peft-version`): each forward rebuilds the adapted
+    /// linear's full weight from its SVD factors (`reconstruct_weight_matrix`) and
+    /// keeps the high-rank factors; 0.21 applies a factored low-rank delta beside the
+    /// frozen base linear.
+    pub osf_reconstruct: bool,
 }
 
 impl LoraConfig {
@@ -466,6 +477,38 @@ impl Workload {
                         "a number of OFT blocks that divides every targeted linear's in_features into blocks of 2 or more",
                     ));
                 }
+            }
+            if l.adapter == crate::arch::Adapter::Boft {
+                if let Some(lin) = spec.each_linear().find(|lin| {
+                    l.targets.matches(lin) && Adapter::boft_blocks(lin, l.rank).is_none()
+                }) {
+                    return Err(Error::invalid(
+                        "lora_rank",
+                        format!("{} with --peft boft on {} (in_features {})", l.rank, lin.name, lin.in_features),
+                        "a BOFT block size (boft_block_size) that divides every targeted linear's in_features (peft: in_features must be divisible by boft_block_size)",
+                    ));
+                }
+            }
+            if l.adapter == crate::arch::Adapter::Osf {
+                if let Some(lin) = spec
+                    .each_linear()
+                    .find(|lin| l.targets.matches(lin) && Adapter::osf_ranks(lin, l.rank).is_none())
+                {
+                    return Err(Error::invalid(
+                        "lora_rank",
+                        format!("{} with --peft osf on {} ({} x {})", l.rank, lin.name, lin.out_features, lin.in_features),
+                        "a trained OSF rank r with 0 < r < min(out, in) of every targeted linear (peft: effective_rank = min - r must be positive)",
+                    ));
+                }
+            }
+            if matches!(l.adapter, Adapter::Boft | Adapter::Osf)
+                && self.method.kind() == MethodKind::Qlora
+            {
+                return Err(Error::invalid(
+                    "peft",
+                    format!("{} with --method qlora", l.adapter),
+                    "--method lora (peft's BOFT and OSF layers wrap plain nn.Linear weights: no 4-bit layer)",
+                ));
             }
             if l.adapter == crate::arch::Adapter::PrefixTuning && self.grad_ckpt != GradCkpt::None {
                 // peft 0.21 peft_model.py `PeftModel.add_adapter` (prompt learning): "prefix tuning now uses Cache but that won't work with gradient checkpointing"

@@ -348,6 +348,10 @@ impl Version {
     /// `loss_utils.ForCausalLMLoss` (upcast inside the loss, labels shifted by padding;
     /// no logits copy), 4.46.0.
     pub const TRANSFORMERS_LOSS_FUNCTION: Version = Version(4, 46, 0);
+    /// peft: the first release whose OSF applies a factored low-rank delta
+    /// (`tuners/osf/layer.py` "LoRA-style factored forward") instead of rebuilding the
+    /// weight, 0.21.0 (0.20.0's wheel rebuilds it).
+    pub const PEFT_OSF_FACTORED: Version = Version(0, 21, 0);
 }
 
 impl SettingValue for Version {
@@ -501,6 +505,8 @@ settings! {
     fsdp_version: FsdpVersion => "--fsdp-version" Value, "FSDP version: 1 (flat parameters) | 2 (per-parameter sharding, default).";
     transformers_version: Version => "--transformers-version" Value, "transformers version, e.g. 4.44.2 (default: 5.24, the one the ledger mirrors): before 4.46 the model upcasts the logits and the loss shifts an fp32 copy of them.";
     lora_dtype: LoraDtype => "--lora-dtype" Value, "fp32 | model: LoRA adapters in fp32 (peft's default autocast_adapter_dtype) or in the model's dtype (torchtune, litgpt, DeepSpeed bf16/fp16).";
+    boft_perm_on_host: bool => "--boft-perm-on-host" Switch(true), "With --peft boft: the fp32 permutation buffers stay on the host (a model loaded with device_map and never moved after get_peft_model: peft creates boft_P on the CPU and moves only the adapter weights); by default they are on the device (HF Trainer moves the model).";
+    peft_version: Version => "--peft-version" Value, "peft version, e.g. 0.19.2 (default: 0.21, the one the ledger mirrors): before 0.21 an OSF linear rebuilds its full weight every forward.";
     bnb_version: Version => "--bnb-version" Value, "bitsandbytes version, e.g. 0.42.0 (default: a current one): before 0.43.2 a QLoRA 4-bit linear keeps its input for backward.";
     fsdp_upcast: bool => "--fsdp-upcast" Value, "true | false: under FSDP with half-precision parameters, accelerate's fp32 upcast of the flat parameters (accelerate >= 0.30 with --bf16/--fp16): fp32 sharded master, layers gathered in the half dtype (set by --framework hf-trainer).";
     fsdp_no_sync: bool => "--fsdp-no-sync" Value, "true | false: with --grad-accum > 1 under FSDP, the accumulating micro-batches run under no_sync (FSDP1 `no_sync()`, FSDP2 `set_requires_gradient_sync(False)`), so every rank holds unsharded gradients until the last micro-batch reduce-scatters them (set by --framework hf-trainer, accelerate, litgpt).";
@@ -1006,6 +1012,10 @@ impl Settings {
                 double_quant: self.double_quant.unwrap_or(true),
                 dropout,
                 adapter_fp32: self.lora_dtype.is_none_or(|d| d == LoraDtype::Fp32),
+                boft_perm_on_host: self.boft_perm_on_host.unwrap_or(false),
+                osf_reconstruct: self
+                    .peft_version
+                    .is_some_and(|v| v < Version::PEFT_OSF_FACTORED),
                 bnb_keeps_input: self
                     .bnb_version
                     .is_some_and(|v| v < Version::BNB_KEEPS_NO_INPUT),

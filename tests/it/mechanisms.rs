@@ -363,7 +363,7 @@ fn peft_tuners_keep_what_their_forward_saves() {
     // errors name the setting and what is accepted
     for (args, want) in [
         (vec!["--peft", "ia3", "--lora-rank", "8"], "no rank"),
-        (vec!["--peft", "boft"], "dora"),
+        (vec!["--peft", "vblora"], "dora"),
     ] {
         let mut a = vec!["estimate"];
         a.extend_from_slice(&LORA_1B);
@@ -833,4 +833,99 @@ fn separate_embedding_units_leave_the_root_unit_small() {
             .unwrap()
     };
     assert_eq!(at("false") - at("true"), 3 * 525_336_576 * 2);
+}
+
+/// PEFT BOFT (peft 0.21 `tuners/boft/layer.py`, one butterfly factor): the rank slot is
+/// `boft_block_size`. Llama-3.2-1B, block 4 on q_proj (2,048 → 2,048) and v_proj
+/// (2,048 → 512) trains 512 blocks of 4 × 4 plus the output scaling per linear:
+/// (8,192 + 2,048) + (8,192 + 512) per layer, 303,104 in all. The fp32 permutation
+/// buffer `boft_P` (in × in) lives on the device unless `--boft-perm-on-host` (a model
+/// never moved after `get_peft_model`): 16 layers × 2 × 2,048² × 4 B apart. A block
+/// size that does not divide in_features, and BOFT over 4-bit weights, are refused.
+/// The trace probe checks the activations (`tests/data/trace/peft.csv`, mode
+/// `boft_attn` on real tensors).
+#[test]
+fn boft_trains_blocks_and_keeps_a_full_rotation_per_adapted_input() {
+    let run = |extra: &[&'static str]| {
+        let mut a = vec!["--lora-rank", "4", "--lora-targets", "q_proj,v_proj"];
+        a.extend_from_slice(extra);
+        estimate_json(&peft_1b("boft", &a))
+    };
+    let (device, host) = (run(&[]), run(&["--boft-perm-on-host"]));
+    assert_eq!(device["model"]["params_trainable"].as_u64(), Some(303_104));
+    let weights = |d: &Value| d["components_at_peak"]["weights"].as_u64().unwrap();
+    assert_eq!(
+        weights(&device) - weights(&host),
+        16 * 2 * 2_048 * 2_048 * 4
+    );
+    // the activations do not depend on where the buffer lives (each forward copies it)
+    assert_eq!(per_layer_of(&device), per_layer_of(&host));
+    let e = estimate_error(&[
+        "--model",
+        "llama-3.2-1b",
+        "--method",
+        "lora",
+        "--peft",
+        "boft",
+        "--lora-rank",
+        "3",
+        "--lora-targets",
+        "q_proj",
+    ]);
+    assert!(e.contains("boft") && e.contains("divid"), "{e}");
+    let e = estimate_error(&[
+        "--model",
+        "llama-3.2-1b",
+        "--method",
+        "qlora",
+        "--peft",
+        "boft",
+        "--lora-rank",
+        "4",
+    ]);
+    assert!(e.contains("qlora"), "{e}");
+}
+
+/// PEFT OSF (`tuners/osf`): r trained singular directions per adapted linear, U_low
+/// (out × r), S_low (r), V_low (r × in). Llama-3.2-1B r16 on q_proj (2,048²) and v_proj
+/// (512 × 2,048): 16 · 4,097 + 16 · 2,561 per layer, 1,704,448 in all. peft 0.21 keeps
+/// the factors' initial copies and the non-square high factor (v_proj's V_high, 496 ×
+/// 2,048) in bf16 and runs a factored delta; peft < 0.21 (`--peft-version 0.19.2`)
+/// keeps U_high, S_high, V_high instead and rebuilds each weight every forward, which
+/// the linear keeps (fp32 under autocast_adapter_dtype) — per layer (2,048² + 512 ·
+/// 2,048) · 4 B plus U_low·S_low, less the factored path's B, x·Bᵀ and A. The trace
+/// probe checks both (`osf_attn` with peft 0.21.2, `osf_attn_legacy` with 0.20.0).
+#[test]
+fn osf_trains_the_low_singular_directions_as_its_peft_version_runs_them() {
+    let run = |extra: &[&'static str]| {
+        let mut a = vec!["--lora-rank", "16", "--lora-targets", "q_proj,v_proj"];
+        a.extend_from_slice(extra);
+        estimate_json(&peft_1b("osf", &a))
+    };
+    let (now, old) = (run(&[]), run(&["--peft-version", "0.19.2"]));
+    assert_eq!(now["model"]["params_trainable"].as_u64(), Some(1_704_448));
+    assert_eq!(old["model"]["params_trainable"].as_u64(), Some(1_704_448));
+    let weights = |d: &Value| d["components_at_peak"]["weights"].as_u64().unwrap();
+    let buffers_now: u64 = (16 * 4_097 + 16 * 2_561) + 496 * 2_048;
+    let buffers_old: u64 = 2_032 * (2_048 + 2_048 + 1) + 496 * (512 + 2_048 + 1);
+    assert_eq!(
+        weights(&old) - weights(&now),
+        16 * (buffers_old - buffers_now) * 2
+    );
+    let rebuilt = (2_048 * 2_048 + 512 * 2_048) * 4 + (2_048 + 512) * 16 * 4;
+    let factored = 2 * (32 * 2_048 * 4) + 2 * (512 * 32 * 4) + (2_048 + 512) * 32 * 4;
+    assert_eq!(per_layer_of(&old) - per_layer_of(&now), rebuilt - factored);
+    let e = estimate_error(&[
+        "--model",
+        "llama-3.2-1b",
+        "--method",
+        "lora",
+        "--peft",
+        "osf",
+        "--lora-rank",
+        "512",
+        "--lora-targets",
+        "v_proj",
+    ]);
+    assert!(e.contains("osf") && e.contains("min"), "{e}");
 }

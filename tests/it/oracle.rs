@@ -99,6 +99,7 @@ fn per_layer_and_non_layer_activations_within_3_percent() {
             quant_keeps_input: false,
             legacy_causal_lm_loss: false,
             lora_fp32: true,
+            osf_reconstruct: false,
             lora_dropout: 0.0,
             litgpt: false,
             batch: r.batch,

@@ -596,8 +596,10 @@ fn moe_traces_are_present_and_their_configs_refused_today() {
 }
 
 /// peft's other tuners against the trace probe (`tests/data/trace/peft.csv`, modes
-/// `dora_attn`, `lorafa_attn`, `adalora_attn`, `vera_attn` at rank 16 on the attention
-/// projections, `ia3` and its peft default targets; trace_probe.py `apply_peft`): the
+/// `dora_attn`, `lorafa_attn`, `adalora_attn`, `vera_attn`, `loha_attn`, `oft_attn`,
+/// `osf_attn` (and `osf_attn_legacy` under peft 0.20) at rank 16 and `boft_attn` at
+/// block size 4 on the attention projections, `ia3`, `ln_tuning`, `prompt_tuning` and
+/// `prefix_tuning` with peft's defaults; trace_probe.py `apply_peft`): the
 /// trainable parameters exactly at depth 2, the bytes alive after the forward within
 /// 1% at depth 1 and 2, on every row of three families, bf16, eager/sdpa, without and
 /// with checkpointing, CPU and CUDA semantics.
@@ -685,14 +687,17 @@ fn peft_tuners_against_the_trace_probe() {
         "prefix_tuning",
         "oft_attn",
         "loha_attn",
+        "boft_attn",
+        "osf_attn",
+        "osf_attn_legacy",
     ] {
         // ln_tuning, prompt_tuning: four families x eager/sdpa x no/non-reentrant
         // checkpointing, CPU; prefix_tuning without checkpointing (peft refuses it)
         let want = match m {
             "prefix_tuning" => 8,
             // real tensors (LoHa's module dropout draws torch.rand): three families
-            "loha_attn" => 12,
-            "ln_tuning" | "prompt_tuning" | "oft_attn" => 16,
+            "loha_attn" | "boft_attn" => 12,
+            "ln_tuning" | "prompt_tuning" | "oft_attn" | "osf_attn" | "osf_attn_legacy" => 16,
             _ => 20,
         };
         assert!(

@@ -114,11 +114,17 @@ fn rows_map_onto_the_settings_a_user_would_pass() {
     let i = row("peft-metamath-007");
     assert_eq!(i["settings"]["peft"], "ia3", "{i}");
     assert!(i["settings"].get("lora_rank").is_none(), "{i}");
-    // unsupported with the reason, naming the tuner
-    assert!(row("peft-metamath-015")["reason"]
-        .as_str()
-        .unwrap()
-        .contains("PEFT tuner BOFT"));
+    // BOFT: peft's default block size, its permutation left on the host by the harness;
+    // OSF: the run's own peft (its OSF rebuilt each weight) and adapter dtype
+    let b = row("peft-metamath-015");
+    assert_eq!(b["settings"]["peft"], "boft", "{b}");
+    assert_eq!(b["settings"]["lora_rank"], "4", "{b}");
+    assert_eq!(b["settings"]["boft_perm_on_host"], "true", "{b}");
+    let o = row("peft-metamath-016");
+    assert_eq!(o["settings"]["peft_version"], "0.19.2.dev0", "{o}");
+    assert_eq!(o["settings"]["lora_dtype"], "model", "{o}");
+    // LoRA-FA under the harness runs as LoRA (its disable_adapter() re-enables lora_A)
+    assert_eq!(row("peft-metamath-006")["settings"]["peft"], "lora");
 }
 
 #[test]
