@@ -693,7 +693,12 @@ fn zero_states(r: &Recipe) -> Sharded {
     };
     sh.statics.optimizer_state = if offload_opt { 0 } else { div(states, n) };
     sh.statics.optimizer_step_temp = if offload_opt { 0 } else { div(step_temp, n) };
-    let half = 2u64;
+    // gathered parameters and the gradient bucket are in the engine's parameter dtype:
+    // half precision with DeepSpeed's bf16/fp16 (which casts the module), fp32 without
+    // (DeepSpeed 0.19 zero/partition_parameters.py `_all_gather` allocates
+    // `param.ds_numel` elements of `param.dtype`; stage3.py `__ipg_bucket_flat_buffer`
+    // of `self.dtype`, the trainable parameters' dtype)
+    let half = r.pd;
     // no gathered buffer holds more parameters than exist: live parameters, the
     // prefetch bucket and the all-gather bucket at most the stage's parameters. The
     // gradient bucket is allocated at its configured size whatever the model

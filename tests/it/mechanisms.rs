@@ -929,3 +929,38 @@ fn osf_trains_the_low_singular_directions_as_its_peft_version_runs_them() {
     ]);
     assert!(e.contains("osf") && e.contains("min"), "{e}");
 }
+
+/// DeepSpeed ZeRO-3 gathers parameters and fills its gradient bucket in the engine's
+/// parameter dtype (DeepSpeed 0.19 `partition_parameters.py` `_all_gather`: `ds_numel`
+/// elements of `param.dtype`; `stage3.py` `__ipg_bucket_flat_buffer` of the trainable
+/// parameters' dtype): fp32 without DeepSpeed's bf16/fp16, so twice the bytes.
+/// Llama-3.2-1B LoRA, everything offloaded, at the loss backward: the embedding (the
+/// largest module, 128,256 × 2,048) gathered and its gradient slot, the 5·10⁷ prefetch
+/// bucket and the 5·10⁸ gradient bucket.
+#[test]
+fn zero3_buffers_take_the_engines_parameter_dtype() {
+    let temporaries = |dtype: &'static str| {
+        estimate_json(&[
+            "--model",
+            "llama-3.2-1b",
+            "--method",
+            "lora",
+            "--seq-len",
+            "512",
+            "--zero",
+            "3",
+            "--dp",
+            "1",
+            "--offload-params",
+            "--offload-optimizer",
+            "--dtype",
+            dtype,
+        ])["components_at_peak"]["temporaries"]
+            .as_u64()
+            .unwrap()
+    };
+    let embed: u64 = 128_256 * 2_048;
+    let elements = (embed + 50_000_000) + embed + 500_000_000;
+    assert_eq!(temporaries("bf16"), elements * 2);
+    assert_eq!(temporaries("fp32"), elements * 4);
+}
