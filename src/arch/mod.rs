@@ -70,10 +70,18 @@ pub enum Family {
     /// NVIDIA Nemotron (`NemotronForCausalLM`): LayerNorm with (1 + weight) and bias,
     /// relu² MLP, partial rope.
     Nemotron,
+    /// Mixtral (`MixtralForCausalLM`): Mistral's attention, a sparse MoE block of fused
+    /// experts with top-k routing renormalized in fp32.
+    Mixtral,
+    /// Qwen2-MoE / Qwen1.5-MoE (`Qwen2MoeForCausalLM`): Qwen2's attention, routed
+    /// experts plus a shared expert behind a sigmoid gate.
+    Qwen2Moe,
+    /// Qwen3-MoE (`Qwen3MoeForCausalLM`): Qwen3's attention (q/k norms), routed experts.
+    Qwen3Moe,
 }
 
 impl Family {
-    pub const ALL: [Family; 25] = [
+    pub const ALL: [Family; 28] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
@@ -99,6 +107,9 @@ impl Family {
         Family::Smollm3,
         Family::Gptj,
         Family::Nemotron,
+        Family::Mixtral,
+        Family::Qwen2Moe,
+        Family::Qwen3Moe,
     ];
 
     pub fn model_type(self) -> &'static str {
@@ -128,6 +139,9 @@ impl Family {
             Family::Smollm3 => "smollm3",
             Family::Gptj => "gptj",
             Family::Nemotron => "nemotron",
+            Family::Mixtral => "mixtral",
+            Family::Qwen2Moe => "qwen2_moe",
+            Family::Qwen3Moe => "qwen3_moe",
         }
     }
 
@@ -359,6 +373,39 @@ pub struct ModelSpec {
     /// The config's own `model_type` when it is not a modelled family and the model is
     /// estimated as a generic llama-style decoder (see `hf::config::parse_config`).
     pub generic_of: Option<String>,
+    /// A sparse mixture-of-experts feed-forward block in every decoder layer.
+    pub moe: Option<MoeSpec>,
+}
+
+/// A sparse mixture-of-experts feed-forward block as transformers 5 builds it: a
+/// router (`gate`, hidden → experts, a parameter, not an `nn.Linear`), the routed
+/// experts fused into 3-D parameters (`experts.gate_up_proj`: experts × 2·width ×
+/// hidden, `experts.down_proj`: experts × hidden × width) and, for Qwen2-MoE, a shared
+/// dense expert behind a sigmoid gate (`shared_expert`, `shared_expert_gate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoeSpec {
+    /// Routed experts (`num_local_experts`, `num_experts`).
+    pub experts: u64,
+    /// Experts per token (`num_experts_per_tok`).
+    pub top_k: u64,
+    /// Each routed expert's intermediate width (`moe_intermediate_size`; Mixtral's
+    /// `intermediate_size`).
+    pub expert_intermediate: u64,
+    /// The shared expert's intermediate width (`shared_expert_intermediate_size`).
+    pub shared_expert: Option<u64>,
+    /// The top-k weights are renormalized to sum to one (Mixtral always;
+    /// `norm_topk_prob` for Qwen).
+    pub norm_topk: bool,
+    /// The routing weights stay fp32 into the combine (Mixtral's router returns the
+    /// softmax's fp32 values); Qwen's routers cast them to the logits' dtype.
+    pub fp32_weights: bool,
+}
+
+impl MoeSpec {
+    /// Parameters of one routed expert (its gate/up and down slices).
+    pub fn expert_params(&self, hidden: u64) -> u64 {
+        3 * hidden * self.expert_intermediate
+    }
 }
 
 /// A linear layer inside one decoder layer: what LoRA adapts and what saves its input.
@@ -457,6 +504,19 @@ pub enum LinearRole {
     Down,
     /// The output head (vocab-parallel under tensor parallelism; never a LoRA target).
     Head,
+    /// An MoE router (hidden → experts).
+    Router,
+    /// The routed experts' fused gate/up projection (one copy per expert).
+    ExpertGateUp,
+    /// The routed experts' down projection (one copy per expert).
+    ExpertDown,
+    /// The shared expert's gate and up projections (hidden → its width).
+    SharedGate,
+    SharedUp,
+    /// The shared expert's down projection.
+    SharedDown,
+    /// The shared expert's sigmoid gate (hidden → 1).
+    SharedExpertGate,
 }
 
 impl LinearRole {
@@ -464,6 +524,20 @@ impl LinearRole {
         matches!(
             self,
             LinearRole::Q | LinearRole::K | LinearRole::V | LinearRole::Qkv | LinearRole::O
+        )
+    }
+
+    /// A module of a mixture-of-experts block (router, routed or shared experts).
+    pub fn is_moe(self) -> bool {
+        matches!(
+            self,
+            LinearRole::Router
+                | LinearRole::ExpertGateUp
+                | LinearRole::ExpertDown
+                | LinearRole::SharedGate
+                | LinearRole::SharedUp
+                | LinearRole::SharedDown
+                | LinearRole::SharedExpertGate
         )
     }
 }
@@ -562,6 +636,25 @@ impl ModelSpec {
                 GateUp => (h, 2 * i, self.mlp_bias),
                 Down => (i, h, self.mlp_bias),
                 Head => (h, self.vocab, self.lm_head_bias),
+                Router => (h, self.moe.map_or(0, |m| m.experts), false),
+                ExpertGateUp => (h, 2 * self.moe.map_or(0, |m| m.expert_intermediate), false),
+                ExpertDown => (self.moe.map_or(0, |m| m.expert_intermediate), h, false),
+                SharedGate | SharedUp => (
+                    h,
+                    self.moe.and_then(|m| m.shared_expert).unwrap_or(0),
+                    false,
+                ),
+                SharedDown => (
+                    self.moe.and_then(|m| m.shared_expert).unwrap_or(0),
+                    h,
+                    false,
+                ),
+                SharedExpertGate => (h, 1, false),
+            };
+            // routed experts: one slice of the fused parameter per expert
+            let copies = match slot.role {
+                ExpertGateUp | ExpertDown => self.moe.map_or(slot.copies, |m| m.experts),
+                _ => slot.copies,
             };
             LinearSpec {
                 name: slot.name,
@@ -569,7 +662,7 @@ impl ModelSpec {
                 out_features,
                 bias,
                 role: slot.role,
-                copies: slot.copies,
+                copies,
             }
         })
     }
@@ -606,6 +699,24 @@ impl ModelSpec {
         pos("head_dim", self.head_dim)?;
         pos("intermediate_size", self.intermediate)?;
         pos("vocab_size", self.vocab)?;
+        if let Some(m) = &self.moe {
+            pos("num_experts", m.experts)?;
+            pos("moe_intermediate_size", m.expert_intermediate)?;
+            if m.top_k == 0 || m.top_k > m.experts {
+                return Err(Error::invalid(
+                    "num_experts_per_tok",
+                    m.top_k,
+                    format!("an integer in 1..={} (the number of experts)", m.experts),
+                ));
+            }
+            if m.shared_expert == Some(0) {
+                return Err(Error::invalid(
+                    "shared_expert_intermediate_size",
+                    0,
+                    "an integer > 0",
+                ));
+            }
+        }
         if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::invalid(
                 "num_key_value_heads",

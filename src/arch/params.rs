@@ -323,6 +323,26 @@ pub fn adapter_buffers(
     (base, fp32)
 }
 
+/// Parameters a token runs through: every parameter but the routed experts it is not
+/// sent to (top-k of them per MoE layer); the embedding and the head are counted, as
+/// the totals are (Mixtral's "12.9B active" counts them; Qwen's "A2.7B" / "A3B" model
+/// cards count the non-embedding part, see [`active_non_embedding`]). Dense models:
+/// the total.
+pub fn active(spec: &ModelSpec) -> u64 {
+    let total = count(spec).total;
+    let Some(m) = spec.moe else {
+        return total;
+    };
+    let idle = spec.layers() * (m.experts - m.top_k) * m.expert_params(spec.hidden);
+    total.saturating_sub(idle)
+}
+
+/// [`active`] without the embedding and the output head.
+pub fn active_non_embedding(spec: &ModelSpec) -> u64 {
+    let c = count(spec);
+    active(spec).saturating_sub(c.embedding + c.lm_head)
+}
+
 /// Number of elements of all decoder-layer linear weights (Σ in·out × layers; biases,
 /// norms, embeddings and the output head excluded) — what QLoRA / bitsandbytes and
 /// GPTQ quantize when a model is loaded in 4 or 8 bits (transformers keeps `lm_head`

@@ -515,7 +515,9 @@ impl Stage {
         let (local, layers) = (&self.local, self.layers);
         let (_, state_size, mut shapes) = estimate::optimizer_shapes(local, w);
         if self.full {
-            shapes.retain(|s| s.count == layers && s.count > 0);
+            // the layers' tensors: `layers` of each, or layers × experts of a routed
+            // expert's slice
+            shapes.retain(|s| s.count > 0 && s.count >= layers && s.count.is_multiple_of(layers));
             if layers == 1 {
                 // count == 1 cannot tell a layer tensor from the rest: rebuild the layer set
                 shapes = optimizer::layer_shapes(local);

@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::arch::{
     Activation, BlockModules, Dropout, Family, LayerGroup, LinearRole, MlpKind, ModelSpec,
-    ModuleSlot, NormKind, Positions, QkNorm, Quantization, Residual, ScalarMults,
+    ModuleSlot, MoeSpec, NormKind, Positions, QkNorm, Quantization, Residual, ScalarMults,
 };
 use crate::arch::{MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH};
 use crate::error::{Error, Result};
@@ -32,9 +32,6 @@ pub const LATER_VERSION: &str =
 
 /// `model_type`s of mixture-of-experts or MLA text models (rejected, see [`LATER_VERSION`]).
 const MOE_TYPES: &[&str] = &[
-    "mixtral",
-    "qwen2_moe",
-    "qwen3_moe",
     "deepseek_v2",
     "deepseek_v3",
     "dbrx",
@@ -55,6 +52,9 @@ const MOE_TYPES: &[&str] = &[
     "hunyuan_v1_moe",
     "dots1",
 ];
+
+/// The mixture-of-experts `model_type`s that are modelled (`moe`).
+const MODELLED_MOE_TYPES: &[&str] = &["mixtral", "qwen2_moe", "qwen3_moe"];
 
 /// `model_type`s of vision-language models (rejected, see [`LATER_VERSION`]).
 const VLM_TYPES: &[&str] = &[
@@ -188,6 +188,7 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
         Family::Bloom => bloom(&c)?,
         Family::Phi => phi(&c)?,
         Family::Qwen => qwen(&c)?,
+        Family::Mixtral | Family::Qwen2Moe | Family::Qwen3Moe => moe(&c, family)?,
     };
     let spec = family_facts(spec);
     spec.validate()?;
@@ -329,7 +330,26 @@ fn block_modules(family: Family, mlp: MlpKind) -> BlockModules {
         Family::Gptj => QKV_OUT_PROJ,
         _ => QKVO_PROJ,
     };
+    // MixtralSparseMoeBlock: gate (the router), experts.gate_up_proj / down_proj;
+    // Qwen2MoeSparseMoeBlock adds shared_expert.{gate,up,down}_proj and
+    // shared_expert_gate (an nn.Linear, hidden -> 1)
+    const MOE: &[ModuleSlot] = &[
+        m("gate", Router),
+        m("gate_up_proj", ExpertGateUp),
+        m("down_proj", ExpertDown),
+    ];
+    const MOE_SHARED: &[ModuleSlot] = &[
+        m("gate_proj", SharedGate),
+        m("up_proj", SharedUp),
+        m("down_proj", SharedDown),
+        m("gate", Router),
+        m("gate_up_proj", ExpertGateUp),
+        m("down_proj", ExpertDown),
+        m("shared_expert_gate", SharedExpertGate),
+    ];
     let ffn = match (family, mlp) {
+        (Family::Mixtral | Family::Qwen3Moe, _) => MOE,
+        (Family::Qwen2Moe, _) => MOE_SHARED,
         // GPT2MLP; modeling_starcoder2.py Starcoder2MLP: c_fc, c_proj
         (Family::Gpt2 | Family::GptBigcode | Family::Starcoder2, _) => C_FC,
         (Family::Qwen, _) => QWEN_MLP,
@@ -506,8 +526,13 @@ impl Cfg<'_> {
             supported: Family::supported_list(),
         };
         let mt = self.model_type;
-        if MOE_TYPES.contains(&mt) || VLM_TYPES.contains(&mt) || mt.contains("moe") {
+        let modelled = Family::from_model_type(mt).is_some();
+        if MOE_TYPES.contains(&mt) || VLM_TYPES.contains(&mt) || (mt.contains("moe") && !modelled) {
             return Err(unsupported());
+        }
+        if modelled && MODELLED_MOE_TYPES.contains(&mt) {
+            // the expert keys are the family's own (`moe` parses them)
+            return Ok(());
         }
         for key in [
             "num_local_experts",
@@ -790,6 +815,7 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         quantization: c.quantization()?,
         checkpoint: None,
         generic_of: None,
+        moe: None,
     })
 }
 
@@ -873,6 +899,88 @@ fn llama_like(c: &Cfg, family: Family) -> Result<ModelSpec> {
         }
         _ => None,
     };
+    Ok(s)
+}
+
+/// mixtral / qwen2_moe / qwen3_moe (transformers 5.24 modeling_mixtral.py,
+/// modeling_qwen2_moe.py, modeling_qwen3_moe.py): the attention of Mistral, Qwen2
+/// (q/k/v biases) and Qwen3 (q/k norms) with a sparse MoE block in every layer.
+/// Mixtral: `num_local_experts`, `num_experts_per_tok`, the experts' width
+/// `intermediate_size`, `MixtralTopKRouter` renormalizing the top-k fp32 weights;
+/// Qwen: `num_experts`, `num_experts_per_tok`, `moe_intermediate_size`,
+/// `norm_topk_prob` (default false), weights cast to the logits' dtype, Qwen2-MoE's
+/// `shared_expert_intermediate_size`. Dense layers among the sparse ones
+/// (`decoder_sparse_step` > 1, `mlp_only_layers`), `router_jitter_noise` and
+/// `output_router_logits` (the auxiliary loss keeps every layer's router logits) are
+/// refused, named.
+fn moe(c: &Cfg, family: Family) -> Result<ModelSpec> {
+    let attention = match family {
+        Family::Mixtral => Family::Mistral,
+        Family::Qwen2Moe => Family::Qwen2,
+        _ => Family::Qwen3,
+    };
+    let mut s = llama_like(c, attention)?;
+    s.family = family;
+    let (experts_key, width_key) = if family == Family::Mixtral {
+        ("num_local_experts", "intermediate_size")
+    } else {
+        ("num_experts", "moe_intermediate_size")
+    };
+    let experts = c
+        .uint_opt(experts_key, 1 << 16)?
+        .ok_or_else(|| c.missing(experts_key))?;
+    let top_k = c
+        .uint_opt("num_experts_per_tok", 1 << 16)?
+        .ok_or_else(|| c.missing("num_experts_per_tok"))?;
+    let expert_intermediate = c
+        .uint_opt(width_key, MAX_WIDTH)?
+        .ok_or_else(|| c.missing(width_key))?;
+    let shared_expert = if family == Family::Qwen2Moe {
+        c.uint_opt("shared_expert_intermediate_size", MAX_WIDTH)?
+    } else {
+        None
+    };
+    let refuse = |key: &str, value: String, accepted: &str| {
+        Err(Error::Unsupported {
+            model_type: c.model_type.to_string(),
+            reason: format!("`{key}` = {value}: {accepted}"),
+            supported: Family::supported_list(),
+        })
+    };
+    if family != Family::Mixtral {
+        let step = c.uint_or(&["decoder_sparse_step"], 1 << 16, 1)?;
+        let dense_layers = c
+            .get("mlp_only_layers")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+        if step != 1 || dense_layers {
+            return refuse(
+                if step != 1 { "decoder_sparse_step" } else { "mlp_only_layers" },
+                if step != 1 { step.to_string() } else { "non-empty".into() },
+                "dense MLP layers among the sparse ones are estimated with per-group layer programs, not modelled yet (a sparse block in every layer is)",
+            );
+        }
+    }
+    if let Some(j) = c.get("router_jitter_noise").and_then(Value::as_f64) {
+        if j != 0.0 {
+            return refuse(
+                "router_jitter_noise",
+                j.to_string(),
+                "0 (the training-time jitter's in-place multiply is not modelled)",
+            );
+        }
+    }
+    if c.bool_or("output_router_logits", false)? {
+        return refuse("output_router_logits", "true".into(), "false (the auxiliary load-balancing loss, which keeps every layer's router logits, is not modelled)");
+    }
+    s.moe = Some(MoeSpec {
+        experts,
+        top_k,
+        expert_intermediate,
+        shared_expert,
+        norm_topk: family == Family::Mixtral || c.bool_or("norm_topk_prob", false)?,
+        fp32_weights: family == Family::Mixtral,
+    });
     Ok(s)
 }
 
@@ -1489,7 +1597,7 @@ mod tests {
     #[test]
     fn moe_and_vlm_are_unsupported() {
         for j in [
-            r#"{"model_type":"mixtral"}"#,
+            r#"{"model_type":"deepseek_v3"}"#,
             r#"{"model_type":"llama","num_local_experts":8}"#,
             r#"{"model_type":"qwen","visual":{}}"#,
             r#"{"model_type":"llava"}"#,
@@ -1503,6 +1611,55 @@ mod tests {
             parse_config(r#"{"model_type":"t5"}"#, "m").unwrap_err(),
             Error::Unsupported { .. }
         ));
+    }
+
+    /// The modelled MoE families: their expert keys, and what is refused by name.
+    #[test]
+    fn moe_configs_parse_and_their_limits_are_named() {
+        let base = r#""hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,
+            "num_key_value_heads":2,"intermediate_size":96,"vocab_size":100"#;
+        let mixtral = format!(
+            r#"{{"model_type":"mixtral",{base},"num_local_experts":4,"num_experts_per_tok":2}}"#
+        );
+        let s = parse_config(&mixtral, "m").unwrap();
+        let m = s.moe.unwrap();
+        assert_eq!((m.experts, m.top_k, m.expert_intermediate), (4, 2, 96));
+        assert!(m.norm_topk && m.fp32_weights && m.shared_expert.is_none());
+        let qwen2 = format!(
+            r#"{{"model_type":"qwen2_moe",{base},"num_experts":8,"num_experts_per_tok":2,
+            "moe_intermediate_size":32,"shared_expert_intermediate_size":48}}"#
+        );
+        let m = parse_config(&qwen2, "m").unwrap().moe.unwrap();
+        assert_eq!((m.expert_intermediate, m.shared_expert), (32, Some(48)));
+        assert!(!m.norm_topk && !m.fp32_weights);
+        // a missing expert key, top-k above the experts, dense layers, the aux loss
+        let e = parse_config(
+            &format!(r#"{{"model_type":"qwen3_moe",{base},"num_experts_per_tok":2,"moe_intermediate_size":32}}"#),
+            "m",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("num_experts"), "{e}");
+        let e = parse_config(
+            &format!(
+                r#"{{"model_type":"mixtral",{base},"num_local_experts":2,"num_experts_per_tok":3}}"#
+            ),
+            "m",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("num_experts_per_tok"), "{e}");
+        for (extra, key) in [
+            (r#","decoder_sparse_step":2"#, "decoder_sparse_step"),
+            (r#","mlp_only_layers":[0]"#, "mlp_only_layers"),
+            (r#","output_router_logits":true"#, "output_router_logits"),
+        ] {
+            let j = format!(
+                r#"{{"model_type":"qwen3_moe",{base},"num_experts":8,"num_experts_per_tok":2,"moe_intermediate_size":32{extra}}}"#
+            );
+            match parse_config(&j, "m").unwrap_err() {
+                Error::Unsupported { reason, .. } => assert!(reason.contains(key), "{reason}"),
+                e => panic!("{e}"),
+            }
+        }
     }
 
     #[test]

@@ -44,8 +44,8 @@
 
 use crate::arch::adapter::{LnNorms, NormSlot};
 use crate::arch::{
-    Activation, Adapter, LinearSpec, LoraTargets, MlpKind, ModelSpec, NormKind, Positions, QkNorm,
-    Residual,
+    Activation, Adapter, LinearSpec, LoraTargets, MlpKind, ModelSpec, MoeSpec, NormKind, Positions,
+    QkNorm, Residual,
 };
 use crate::units::dtype::DType;
 use crate::workload::{Attn, Device, GradCkpt, Loss, Precision};
@@ -1472,6 +1472,9 @@ impl Graph<'_> {
     fn mlp_block(&mut self, spec: &ModelSpec, lins: &[LinearSpec], n: T) -> T {
         use crate::arch::LinearRole::*;
         let find = |role| find_linear(lins, role);
+        if let Some(moe) = spec.moe {
+            return self.moe_block(spec, &moe, lins, n);
+        }
         let prod = match spec.mlp {
             MlpKind::Gated {
                 fused_gate_up: true,
@@ -1497,6 +1500,148 @@ impl Graph<'_> {
         // `forward(x)` holds x until it returns (see attention_block)
         self.hold(&[n]);
         d
+    }
+
+    /// A sparse MoE block as transformers 5.24 runs it (modeling_mixtral.py
+    /// `MixtralSparseMoeBlock`, modeling_qwen2_moe.py / modeling_qwen3_moe.py
+    /// `*SparseMoeBlock`, integrations/moe.py `grouped_mm_experts_forward`, the default
+    /// `experts_implementation`), on T tokens, k experts each, S = T·k rows:
+    ///
+    /// - Qwen2-MoE's shared expert first: a dense gated MLP of its width;
+    /// - the router: `F.linear(x, gate.weight)` (T × experts logits), the softmax in
+    ///   fp32 (`.float()` / `dtype=torch.float`; it keeps its output), `topk` (keeps its
+    ///   indices), the in-place renormalization `/= sum` (keeps the sum; its result is
+    ///   the top-k values themselves), Qwen's cast of the weights to the logits' dtype;
+    /// - the experts: `sort` of the expert ids, `hidden[perm // k]` (S × hidden, keeps
+    ///   its int64 index) and `weights[perm]` (keeps `perm`), the expert-count
+    ///   `histc` (over an fp32 copy of the ids on the CPU, int32 on CUDA) and its
+    ///   int32 `cumsum`, `grouped_mm` with the fused gate/up parameter (keeps its input
+    ///   when the experts train, and the offsets), `act(gate) * up` on the chunked
+    ///   halves (keeps the fused output and the activation), `grouped_mm` with
+    ///   `down_proj` (keeps its input), `* weights` (keeps both: S × hidden in the
+    ///   wider dtype — fp32 for Mixtral's weights), the inverse permutation (int64,
+    ///   kept by the gather `[inv_perm]`), `view(T, k, hidden).sum(1)` and the cast back;
+    /// - Qwen2-MoE: `sigmoid(shared_expert_gate(x)) * shared` (keeps the sigmoid's
+    ///   output and the shared output) added to the routed output.
+    fn moe_block(&mut self, spec: &ModelSpec, moe: &MoeSpec, lins: &[LinearSpec], n: T) -> T {
+        use crate::arch::LinearRole::*;
+        let find = |role| find_linear(lins, role);
+        let (h, k, e) = (spec.hidden, moe.top_k, moe.experts);
+        let t = self.tokens;
+        let s = t * k;
+        let ie = moe.expert_intermediate;
+        let cd = self.dt(n);
+        let shared = if moe.shared_expert.is_some() {
+            let g = self.linear(n, &find(SharedGate).unwrap());
+            let a = self.act(g, spec.act);
+            let u = self.linear(n, &find(SharedUp).unwrap());
+            let p = self.mul("shared act*up", a, u);
+            Some(self.linear(p, &find(SharedDown).unwrap()))
+        } else {
+            None
+        };
+        // router
+        let logits = self.base_linear(n, &find(Router).unwrap());
+        let l32 = self.cast(logits, DType::F32);
+        let probs = self.unary_save_out("router softmax", l32, DType::F32);
+        self.begin(&[probs]);
+        let w_rg = self.rg(probs);
+        let vals = self.out("router topk values", t * k, DType::F32, w_rg, Kind::Other);
+        let idx = self.out("router topk indices", t * k, DType::I64, false, Kind::Other);
+        self.save_if(idx, w_rg);
+        if moe.norm_topk {
+            self.begin(&[vals]);
+            let sum = self.out("router topk sum", t, DType::F32, w_rg, Kind::Other);
+            self.begin(&[vals, sum]);
+            self.save_if(sum, w_rg);
+            self.save_if(vals, w_rg);
+        }
+        let weights = if moe.fp32_weights {
+            vals
+        } else {
+            self.cast(vals, self.dt(logits))
+        };
+        let wd = self.dt(weights);
+        // sort by expert; gather the rows and their weights
+        self.begin(&[idx]);
+        let _sorted = self.out("expert ids sorted", s, DType::I64, false, Kind::Other);
+        let perm = self.out("expert perm", s, DType::I64, false, Kind::Other);
+        let rows = self.unary_plain("perm // k", perm, s, DType::I64);
+        self.begin(&[n, rows]);
+        let n_rg = self.rg(n);
+        self.save_if(rows, n_rg);
+        let xg = self.out("expert rows (gathered)", s * h, cd, n_rg, Kind::Other);
+        self.begin(&[weights, perm]);
+        self.save_if(perm, w_rg);
+        let wg = self.out("expert weights (gathered)", s, wd, w_rg, Kind::Other);
+        // histc over the sorted ids (CPU: an fp32 copy), cumsum to int32 offsets
+        let ids_dt = match self.p.device {
+            Device::Cpu => DType::F32,
+            Device::Cuda => DType::I32,
+        };
+        self.begin(&[_sorted]);
+        let ids_cast = self.out("expert ids (histc input)", s, ids_dt, false, Kind::Other);
+        let hist = self.unary_plain("tokens per expert", ids_cast, e, DType::F32);
+        let offs = self.unary_plain("expert offsets", hist, e, DType::I32);
+        // grouped_mm with the fused gate/up parameter (input cast to its dtype)
+        let experts_trained = self.p.trainable.base_weights();
+        let pd = self.p.precision.param_dtype();
+        let xin = self.cast(xg, pd);
+        self.begin(&[xin, offs]);
+        let x_rg = self.rg(xin);
+        self.save_if(xin, experts_trained);
+        self.save_if(offs, experts_trained || x_rg);
+        self.saves_param(x_rg);
+        let gu_lin = find(ExpertGateUp).unwrap();
+        if experts_trained {
+            self.param_grads
+                .push((self.op, gu_lin.params() * self.p.param_grad_size));
+        }
+        let gu_rg = x_rg || experts_trained;
+        let gu = self.out(
+            "experts gate_up (grouped_mm)",
+            s * 2 * ie,
+            pd,
+            gu_rg,
+            Kind::Matmul,
+        );
+        // act(gate) * up on the two views of gu
+        self.begin(&[gu]);
+        self.save_if(gu, gu_rg);
+        let a = self.out("experts act(gate)", s * ie, pd, gu_rg, Kind::Other);
+        self.begin(&[gu, a]);
+        self.save_if(a, gu_rg);
+        let prod = self.out("experts act*up", s * ie, pd, gu_rg, Kind::Other);
+        // grouped_mm with down_proj
+        self.begin(&[prod, offs]);
+        self.save_if(prod, experts_trained);
+        self.saves_param(gu_rg);
+        let d_lin = find(ExpertDown).unwrap();
+        if experts_trained {
+            self.param_grads
+                .push((self.op, d_lin.params() * self.p.param_grad_size));
+        }
+        let down = self.out("experts down (grouped_mm)", s * h, pd, gu_rg, Kind::Matmul);
+        // * routing weights (keeps both), restore the order, sum over k
+        let weighted = self.mul("experts * weights", down, wg);
+        self.begin(&[perm]);
+        let inv = self.out("inverse perm", s, DType::I64, false, Kind::Other);
+        let _ar = self.out("arange", s, DType::I64, false, Kind::Other);
+        let wdt = self.dt(weighted);
+        let w_rg2 = self.rg(weighted);
+        self.begin(&[weighted, inv]);
+        self.save_if(inv, w_rg2);
+        let unperm = self.out("experts [inv_perm]", s * h, wdt, w_rg2, Kind::Other);
+        let summed = self.unary_plain("sum over k", unperm, t * h, wdt);
+        let mut y = self.cast(summed, cd);
+        if let Some(sh) = shared {
+            let gl = self.linear(n, &find(SharedExpertGate).unwrap());
+            let sg = self.unary_save_out("sigmoid", gl, self.dt(gl));
+            let gated = self.mul("sigmoid * shared", sg, sh);
+            y = self.add("experts + shared", y, gated);
+        }
+        self.hold(&[n]);
+        y
     }
 
     /// `act(gate) * up` over the two halves of a fused gate_up output `gu` (width

@@ -307,6 +307,14 @@ impl Layout {
     /// `num_kv_heads = max(1, total_num_kv_heads // tp_size)`).
     fn check_tensor_parallel(&self, spec: &ModelSpec, w: &Workload) -> Result<()> {
         let t = self.tp;
+        if t > 1 && spec.moe.is_some() {
+            // how Megatron and the serving engines split routed experts (expert and
+            // expert-tensor parallelism) is modelled with `--ep`, not yet
+            return layout(format!(
+                "--tp {t} on the mixture-of-experts model {}: tensor parallelism over routed experts is not modelled yet; use --tp 1 (data parallelism, FSDP or ZeRO shard the experts like any parameter)",
+                spec.name
+            ));
+        }
         if !spec.heads.is_multiple_of(t) {
             return layout(format!(
                 "--tp {t} does not divide the {} attention heads of {}; use a divisor of {}",

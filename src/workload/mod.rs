@@ -478,6 +478,21 @@ impl Workload {
                     ));
                 }
             }
+            if spec.moe.is_some() {
+                if let Some(lin) = spec
+                    .each_linear()
+                    .find(|lin| lin.role.is_moe() && l.targets.matches(lin))
+                {
+                    // peft 0.21 `utils/transformers_weight_conversion.py` maps all-linear
+                    // and the v4 expert names onto transformers 5's fused expert
+                    // parameters (rank and alpha rescaled); not modelled yet
+                    return Err(Error::invalid(
+                        "lora_targets",
+                        format!("{} (matches the MoE block's {})", l.targets, lin.name),
+                        "the attention projections on a mixture-of-experts model (--lora-targets attn or q_proj,k_proj,v_proj,o_proj): LoRA on the router and the fused experts is not modelled yet",
+                    ));
+                }
+            }
             if l.adapter == crate::arch::Adapter::Boft {
                 if let Some(lin) = spec.each_linear().find(|lin| {
                     l.targets.matches(lin) && Adapter::boft_blocks(lin, l.rank).is_none()

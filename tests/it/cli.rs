@@ -112,17 +112,27 @@ fn unknown_model_type() {
 }
 
 #[test]
-fn mixture_of_experts_is_rejected() {
+fn mixture_of_experts_beyond_the_modelled_ones_is_rejected() {
     let d = TempDir::new("moe");
     let p = d.write(
+        "deepseek/config.json",
+        &read_data("configs/deepseek-v2-lite/config.json"),
+    );
+    let folder = d.path().join("deepseek").display().to_string();
+    for m in [&p, &folder] {
+        let r = estimate(&["--model", m]);
+        assert_error(&r, &["deepseek_v2", "mixture-of-experts", "later version"]);
+    }
+    // Mixtral is estimated; LoRA on its router and fused experts is refused, named
+    let m = d.write(
         "mixtral/config.json",
         &read_data("configs/mixtral-8x7b-v0.1/config.json"),
     );
-    let folder = d.path().join("mixtral").display().to_string();
-    for m in [&p, &folder] {
-        let r = estimate(&["--model", m]);
-        assert_error(&r, &["mixtral", "mixture-of-experts", "later version"]);
-    }
+    let r = estimate(&["--model", &m, "--seq-len", "512"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("mixtral"), "{}", r.stdout);
+    let r = estimate(&["--model", &m, "--method", "lora"]);
+    assert_error(&r, &["all-linear", "gate", "attention projections"]);
 }
 
 #[test]

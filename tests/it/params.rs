@@ -94,7 +94,7 @@ fn lora_explicit_names() {
 
 #[test]
 fn moe_and_vlm_are_unsupported() {
-    for m in ["mixtral-8x7b-v0.1", "llava-1.5-7b"] {
+    for m in ["deepseek-v2-lite", "gpt-oss-20b", "llava-1.5-7b"] {
         let e = parse_config(&read_data(&format!("configs/{m}/config.json")), m).unwrap_err();
         match e {
             Error::Unsupported { reason, .. } => {
@@ -318,4 +318,50 @@ fn family_fields() {
     assert_eq!(p("mistral-7b-v0.1").sliding_window, Some(4096));
     assert_eq!(p("mistral-7b-v0.3").sliding_window, None);
     assert_eq!(p("llama-3.1-8b").torch_dtype, Some(llm_mem::DType::BF16));
+}
+
+/// Mixture-of-experts totals and active parameters (transformers 5.24's fused experts),
+/// against the published figures: Mixtral-8x7B's safetensors total (46,702,792,704)
+/// exactly and "12.9B active"; Qwen1.5-MoE-A2.7B "14.3B" total, "2.7B activated";
+/// Qwen3-30B-A3B "30.5B in total and 3.3B activated", "29.9B non-embedding". Each
+/// published active figure counts the embedding and the head (as `params::active`
+/// does); they are rounded to 0.1B by their authors, so within 0.06B here.
+#[test]
+fn moe_totals_and_active_parameters() {
+    let of = |m: &str| parse_config(&read_data(&format!("configs/{m}/config.json")), m).unwrap();
+    let b = |n: u64| n as f64 / 1e9;
+    let mut checked = 0;
+    for (m, total, active) in [
+        ("mixtral-8x7b-v0.1", 46.7, 12.9),
+        ("qwen1.5-moe-a2.7b", 14.3, 2.7),
+        ("qwen3-30b-a3b", 30.5, 3.3),
+    ] {
+        let s = of(m);
+        let c = params::count(&s);
+        assert!((b(c.total) - total).abs() < 0.06, "{m}: total {}", c.total);
+        assert!(
+            (b(params::active(&s)) - active).abs() < 0.06,
+            "{m}: active {}",
+            params::active(&s)
+        );
+        // exactly the dense parts plus top-k experts per layer
+        let m_spec = s.moe.unwrap();
+        assert_eq!(
+            c.total - params::active(&s),
+            s.layers()
+                * (m_spec.experts - m_spec.top_k)
+                * 3
+                * s.hidden
+                * m_spec.expert_intermediate
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+    assert_eq!(
+        params::count(&of("mixtral-8x7b-v0.1")).total,
+        46_702_792_704
+    );
+    let q3 = params::count(&of("qwen3-30b-a3b"));
+    assert!((b(q3.total - q3.embedding - q3.lm_head) - 29.9).abs() < 0.06);
+    assert_eq!(params::active(&of("qwen3-30b-a3b")), 3_353_032_704);
 }

@@ -574,25 +574,89 @@ fn forward_and_backward_peaks_match_the_trace() {
 }
 
 /// The MoE traces (`tests/data/trace/moe.csv`: Mixtral, Qwen1.5-MoE, Qwen3-MoE,
-/// DeepSeek-V2-Lite with MLA, gpt-oss) are the ground truth the MoE issue will be held
-/// to; today every one of their configs is refused, never estimated as a dense model.
+/// DeepSeek-V2-Lite with MLA, gpt-oss; trace_probe.py on transformers 5.24's fused
+/// experts, `grouped_mm`): the modelled families' parameters exactly at depth 1 and 2
+/// and the bytes alive after a full fine-tuning forward within 1% (eager/sdpa × no /
+/// non-reentrant checkpointing); the other configs are refused, never estimated as a
+/// dense model.
 #[test]
-fn moe_traces_are_present_and_their_configs_refused_today() {
+fn moe_traces_against_the_ledger_and_the_rest_refused() {
     use llm_mem::calibration::trace;
     let rows = trace::read(&data_path("trace/moe.csv")).unwrap();
-    let mut archs = std::collections::BTreeSet::new();
+    let (pairs, _) = pairs("trace/moe.csv");
+    let mut refused = std::collections::BTreeSet::new();
+    let mut failures = Vec::new();
+    let mut params_checked = 0;
     for r in &rows {
         let text =
             std::fs::read_to_string(data_path(r.config.trim_start_matches("tests/data/"))).unwrap();
         match llm_mem::hf::config::parse_config(&text, &r.model) {
-            Err(Error::Unsupported { .. }) => {}
-            other => panic!("{}: {:?}", r.model, other.map(|s| s.family)),
+            Err(Error::Unsupported { .. }) => {
+                refused.insert(r.model_type.clone());
+            }
+            Ok(spec) => assert!(spec.moe.is_some(), "{}", r.model),
+            Err(e) => panic!("{}: {e}", r.model),
         }
         assert!(r.live > 0);
-        archs.insert(r.model_type.clone());
     }
-    assert_eq!(rows.len(), 72, "ok MoE rows");
-    assert_eq!(archs.len(), 5, "{archs:?}");
+    let mut checked = 0;
+    for (c, p) in &pairs {
+        if c.mode != "full" || refused.contains(&c.model_type) {
+            continue;
+        }
+        let spec = crate::util::config_spec(&c.model);
+        let two = params::count(&spec.with_layers(2).unwrap()).total;
+        if two != p.params_l2 {
+            failures.push(format!(
+                "{}: params at depth 2 {two} vs probe {}",
+                c.model, p.params_l2
+            ));
+        }
+        params_checked += 1;
+        let lp = ledger_params(c);
+        let total = |depth: u64| {
+            let a = activations(&spec.with_layers(depth).unwrap(), &lp);
+            (a.non_layer.shared
+                + a.non_layer.head_saved
+                + a.first.saved
+                + (depth - 1) * a.layer.saved) as f64
+        };
+        let (e1, e2) = (total(1) / p.live[0] - 1.0, total(2) / p.live[1] - 1.0);
+        if std::env::var("TRACE_VERBOSE").is_ok() {
+            println!(
+                "{} {} {}: depth 1 {:+.3}%, depth 2 {:+.3}%",
+                c.model,
+                c.attn,
+                c.ckpt,
+                e1 * 100.0,
+                e2 * 100.0
+            );
+        }
+        if e1.abs() > 0.01 || e2.abs() > 0.01 {
+            failures.push(format!(
+                "{c:?}: depth 1 {:+.2}%, depth 2 {:+.2}%",
+                e1 * 100.0,
+                e2 * 100.0
+            ));
+        }
+        checked += 1;
+    }
+    println!("MoE: {params_checked} parameter counts, {checked} full fine-tuning depth pairs; refused {refused:?}");
+    assert!(
+        failures.is_empty(),
+        "{} misses:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(params_checked, 12, "one count per full fine-tuning cell");
+    assert_eq!(
+        checked, 12,
+        "three families x eager/sdpa x none/non-reentrant"
+    );
+    assert_eq!(
+        refused.into_iter().collect::<Vec<_>>(),
+        vec!["deepseek_v2".to_string(), "gpt_oss".to_string()]
+    );
 }
 
 /// peft's other tuners against the trace probe (`tests/data/trace/peft.csv`, modes
