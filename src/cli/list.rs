@@ -17,15 +17,17 @@ pub fn models(json: bool) -> Result<ExitCode> {
         llm_mem::report::json::render_models(&infos)
     } else {
         let mut s = format!(
-            "{:<44} {:<12} {:>10}  {}\n",
-            "preset", "family", "params", "hf id"
+            "{:<44} {:<12} {:<6} {:>10} {:>10}  {}\n",
+            "preset", "family", "kind", "params", "active", "hf id"
         );
         for i in &infos {
             s += &format!(
-                "{:<44} {:<12} {:>9.2}B  {}{}\n",
+                "{:<44} {:<12} {:<6} {:>9.2}B {:>9.2}B  {}{}\n",
                 i.name,
                 i.family,
+                i.kind,
                 i.params_total as f64 / 1e9,
+                i.params_active as f64 / 1e9,
                 i.hf_id,
                 i.quantization
                     .as_deref()

@@ -32,6 +32,12 @@ pub struct ModelSummary {
     pub hidden: u64,
     pub params_total: u64,
     pub params_trainable: u64,
+    /// Parameters a token runs through: the total less the routed experts it is not
+    /// sent to (`arch::params::active`); the total for a dense model.
+    pub params_active: u64,
+    /// Whether the model routes tokens over experts (the human report then shows the
+    /// active count).
+    pub moe: bool,
 }
 
 /// The moment of the peak.
@@ -513,6 +519,12 @@ impl ModelSummary {
             hidden: spec.hidden,
             params_total,
             params_trainable,
+            params_active: spec.moe.map_or(params_total, |m| {
+                params_total.saturating_sub(
+                    spec.layers() * (m.experts - m.top_k) * m.expert_params(spec.hidden),
+                )
+            }),
+            moe: spec.moe.is_some(),
         }
     }
 }

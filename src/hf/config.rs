@@ -973,6 +973,13 @@ fn moe(c: &Cfg, family: Family) -> Result<ModelSpec> {
     if c.bool_or("output_router_logits", false)? {
         return refuse("output_router_logits", "true".into(), "false (the auxiliary load-balancing loss, which keeps every layer's router logits, is not modelled)");
     }
+    if s.quantization.is_some() {
+        return refuse(
+            "quantization_config",
+            "present".into(),
+            "unquantized experts (how a GPTQ/AWQ checkpoint's per-expert linears map onto transformers 5's fused experts is not modelled)",
+        );
+    }
     s.moe = Some(MoeSpec {
         experts,
         top_k,

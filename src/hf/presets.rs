@@ -77,6 +77,18 @@ const PRESETS: &[(&str, &str)] = &[
         "mistral-7b-v0.3",
         include_str!("presets/mistral-7b-v0.3.json"),
     ),
+    (
+        "mixtral-8x22b-v0.1",
+        include_str!("presets/mixtral-8x22b-v0.1.json"),
+    ),
+    (
+        "mixtral-8x7b-instruct-v0.1",
+        include_str!("presets/mixtral-8x7b-instruct-v0.1.json"),
+    ),
+    (
+        "mixtral-8x7b-v0.1",
+        include_str!("presets/mixtral-8x7b-v0.1.json"),
+    ),
     ("octocoder", include_str!("presets/octocoder.json")),
     ("phi-1_5", include_str!("presets/phi-1_5.json")),
     ("phi-2", include_str!("presets/phi-2.json")),
@@ -122,6 +134,10 @@ const PRESETS: &[(&str, &str)] = &[
         "qwen-7b-chat-int4",
         include_str!("presets/qwen-7b-chat-int4.json"),
     ),
+    (
+        "qwen1.5-moe-a2.7b",
+        include_str!("presets/qwen1.5-moe-a2.7b.json"),
+    ),
     ("qwen2-7b", include_str!("presets/qwen2-7b.json")),
     ("qwen2.5-0.5b", include_str!("presets/qwen2.5-0.5b.json")),
     (
@@ -157,6 +173,7 @@ const PRESETS: &[(&str, &str)] = &[
     ("qwen3-0.6b", include_str!("presets/qwen3-0.6b.json")),
     ("qwen3-1.7b", include_str!("presets/qwen3-1.7b.json")),
     ("qwen3-14b", include_str!("presets/qwen3-14b.json")),
+    ("qwen3-30b-a3b", include_str!("presets/qwen3-30b-a3b.json")),
     ("qwen3-32b", include_str!("presets/qwen3-32b.json")),
     ("qwen3-4b", include_str!("presets/qwen3-4b.json")),
     ("qwen3-8b", include_str!("presets/qwen3-8b.json")),
@@ -200,6 +217,11 @@ pub struct PresetInfo {
     pub family: Family,
     /// Exact parameter count ([`params::count`]), tied weights once.
     pub params_total: u64,
+    /// Parameters a token runs through ([`params::active`]: the total for a dense
+    /// model; top-k routed experts per layer for an MoE, embedding and head counted).
+    pub params_active: u64,
+    /// `dense` or `moe`.
+    pub kind: &'static str,
     /// The HF repo the config was published in (`_name_or_path`).
     pub hf_id: String,
     /// `quantization_config` method and bits, e.g. `gptq 4-bit`.
@@ -219,6 +241,8 @@ pub fn describe(name: &str) -> Option<Result<PresetInfo>> {
             name: n,
             family: spec.family,
             params_total: params::count(&spec).total,
+            params_active: params::active(&spec),
+            kind: if spec.moe.is_some() { "moe" } else { "dense" },
             hf_id,
             quantization: spec
                 .quantization
@@ -252,18 +276,22 @@ pub fn by_hf_id(id: &str) -> Option<&'static str> {
 /// Models of the reference set that this version does not model, so that asking for
 /// one by name says why instead of "not found": (name, model_type, kind).
 const KNOWN_UNSUPPORTED: &[(&str, &str, &str)] = &[
-    ("mixtral-8x7b-v0.1", "mixtral", "mixture-of-experts model"),
-    (
-        "mixtral-8x7b-instruct-v0.1",
-        "mixtral",
-        "mixture-of-experts model",
-    ),
     (
         "mixtral-8x7b-instruct-v0.1-gptq",
         "mixtral",
-        "mixture-of-experts model",
+        "GPTQ-quantized mixture-of-experts model",
     ),
-    ("qwen3-30b-a3b", "qwen3_moe", "mixture-of-experts model"),
+    (
+        "deepseek-v2-lite",
+        "deepseek_v2",
+        "mixture-of-experts model with latent attention",
+    ),
+    (
+        "deepseek-v3",
+        "deepseek_v3",
+        "mixture-of-experts model with latent attention",
+    ),
+    ("gpt-oss-20b", "gpt_oss", "mixture-of-experts model"),
     ("llama-3.2-11b-vision", "mllama", "vision-language model"),
     ("llava-1.5-7b", "llava", "vision-language model"),
     ("qwen2-vl-2b-instruct", "qwen2_vl", "vision-language model"),

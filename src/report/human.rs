@@ -67,9 +67,14 @@ fn render_run(e: &Estimate, w: &Workload, fit: Option<&Fit>, implied: Option<&st
 
 /// The model line: name, family, layers, hidden size, total and trainable parameters.
 fn write_model(s: &mut String, m: &ModelSummary) {
+    let active = if m.moe {
+        format!(", {} active per token", param_count(m.params_active))
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         s,
-        "llm-mem estimate: {} ({}, {} layers, hidden {}, {} params, {} trainable)",
+        "llm-mem estimate: {} ({}, {} layers, hidden {}, {} params{active}, {} trainable)",
         m.name,
         m.family,
         m.layers,

@@ -15,7 +15,7 @@
 //! ```text
 //! schema_version                        # 1
 //! tool{name,version}                    # "llm-mem" and the crate version
-//! model{name,family,layers,hidden,params_total,params_trainable}
+//! model{name,family,layers,hidden,params_total,params_trainable,params_active}
 //! workload{
 //!   task,method,
 //!   lora{rank,alpha,targets,double_quant,dropout,peft}  # null for method "full"; targets:
@@ -65,7 +65,7 @@
 //!   pp_layers[],                        # layers per stage, or null (even split)
 //!   sequence_parallel,tp,vpp,zero
 //! }
-//! model{family,hidden,layers,name,params_total,params_trainable}
+//! model{family,hidden,layers,name,params_active,params_total,params_trainable}
 //! model_states_bytes
 //! overheads{allocator_fragmentation,cublas_workspace,cuda_context,nccl}
 //! peak{allocated_bytes,device_bytes,event,phase,reserved_bytes}
@@ -74,7 +74,7 @@
 //!   components_at_peak{activations,gradients,kv_cache,logits_and_loss,master_weights,
 //!     optimizer_state,overhead,temporaries,weights}
 //!   layers,
-//!   model{family,hidden,layers,name,params_total,params_trainable}
+//!   model{family,hidden,layers,name,params_active,params_total,params_trainable}
 //!   model_states_bytes,
 //!   name,                               # e.g. "stage 0 (first)", "every rank"
 //!   peak{allocated_bytes,device_bytes,event,phase,reserved_bytes}
@@ -164,7 +164,7 @@
 //! A bare array (no `schema_version`), one entry per preset, sorted by name.
 //!
 //! ```text
-//! [{family,hf_id,name,params_total,quantization}]  # quantization e.g. "gptq 4-bit", or null
+//! [{family,hf_id,kind,name,params_active,params_total,quantization}]  # kind "dense" | "moe"; params_active: top-k routed experts per layer (embedding and head counted); quantization e.g. "gptq 4-bit", or null
 //! ```
 
 use serde::Serialize;
@@ -268,6 +268,8 @@ pub fn render_models(infos: &[PresetInfo]) -> String {
             hf_id: &i.hf_id,
             name: i.name,
             params_total: i.params_total,
+            params_active: i.params_active,
+            kind: i.kind,
             quantization: i.quantization.as_deref(),
         })
         .collect();
@@ -301,6 +303,7 @@ fn model(m: &ModelSummary) -> wire::Model<'_> {
         hidden: m.hidden,
         params_total: m.params_total,
         params_trainable: m.params_trainable,
+        params_active: m.params_active,
     }
 }
 

@@ -46,6 +46,9 @@ pub(crate) struct Model<'a> {
     pub hidden: u64,
     pub params_total: u64,
     pub params_trainable: u64,
+    /// Parameters a token runs through (top-k routed experts per layer for an MoE;
+    /// the total for a dense model).
+    pub params_active: u64,
 }
 
 /// `workload`: the settings of the run under their v1 names (`precision` is `--dtype`'s
@@ -312,6 +315,11 @@ pub(crate) struct ModelEntry<'a> {
     pub hf_id: &'a str,
     pub name: &'a str,
     pub params_total: u64,
+    /// Parameters a token runs through (top-k experts for an MoE; embedding and head
+    /// counted).
+    pub params_active: u64,
+    /// `dense` | `moe`.
+    pub kind: &'static str,
     /// e.g. `"gptq 4-bit"`; null for unquantized checkpoints.
     pub quantization: Option<&'a str>,
 }

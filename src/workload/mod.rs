@@ -449,6 +449,18 @@ impl Workload {
 
     /// LoRA settings, precision, master weights and runtime fit together.
     fn check_recipe(&self, spec: &ModelSpec) -> Result<()> {
+        if spec.moe.is_some()
+            && (self.method.kind() == MethodKind::Qlora
+                || matches!(self.precision, Precision::Fp8 | Precision::Int8))
+        {
+            // bitsandbytes' and the fp8 integrations replace nn.Linear modules; what
+            // they do with transformers 5's fused expert parameters is not modelled
+            return Err(Error::invalid(
+                if self.method.kind() == MethodKind::Qlora { "method" } else { "dtype" },
+                format!("{} / {} on the mixture-of-experts model {}", self.method.kind(), self.precision, spec.name),
+                "unquantized weights (--method full or lora; --dtype fp32, bf16, fp16, amp-bf16, amp-fp16) on a mixture-of-experts model",
+            ));
+        }
         if let Some(l) = self.method.lora() {
             if l.adapter.has_rank() {
                 within("lora_rank", l.rank, MAX_LORA_RANK)?;

@@ -51,6 +51,11 @@ const DEVICES: &[&str] = &["cuda", "cpu"];
 
 /// torch: fp8 weights only for inference.
 const TORCH_TRAIN_DTYPES: &[&str] = &["fp32", "bf16", "fp16", "amp-bf16", "amp-fp16"];
+/// A mixture-of-experts preset: no quantized base (bitsandbytes and fp8 replace
+/// `nn.Linear` modules, not fused expert parameters; refused), LoRA on the attention
+/// projections (`lora_targets attn`: LoRA on the experts is refused).
+const MOE_METHODS: &[&str] = &["full", "lora"];
+const MOE_INFER_DTYPES: &[&str] = &["fp32", "bf16", "fp16", "amp-bf16", "amp-fp16"];
 /// torch: a GPTQ/AWQ checkpoint is not fully fine-tuned.
 const QUANTIZED_TRAIN_METHODS: &[&str] = &["lora", "qlora"];
 
@@ -195,12 +200,19 @@ fn torch_case() -> impl Strategy<Value = Case> {
     (proptest::sample::select(torch_presets()), pick(TASKS)).prop_flat_map(
         |((preset, quantized), task)| {
             let train = task == "train";
-            let methods = if train && quantized {
+            let moe = crate::util::preset(preset).moe.is_some();
+            let methods = if moe {
+                MOE_METHODS
+            } else if train && quantized {
                 QUANTIZED_TRAIN_METHODS
             } else {
                 METHODS
             };
-            let dtypes = if train { TORCH_TRAIN_DTYPES } else { DTYPES };
+            let dtypes = match (train, moe) {
+                (true, _) => TORCH_TRAIN_DTYPES,
+                (false, true) => MOE_INFER_DTYPES,
+                (false, false) => DTYPES,
+            };
             (
                 pick(methods),
                 pick(dtypes),
@@ -286,6 +298,8 @@ fn generated(c: &Case) -> bool {
             let spec = preset(c.preset);
             (!train || TORCH_TRAIN_DTYPES.contains(&c.dtype))
                 && (!(train && quantized(&spec)) || QUANTIZED_TRAIN_METHODS.contains(&c.method))
+                && (spec.moe.is_none()
+                    || (MOE_METHODS.contains(&c.method) && MOE_INFER_DTYPES.contains(&c.dtype)))
         }
         "candle" => {
             let spec = preset(c.preset);
@@ -332,6 +346,9 @@ fn config(c: &Case, batch: u64, seq: u64, ckpt: &str) -> Settings {
     ];
     if infer {
         pairs.extend([("concurrency", b.as_str()), ("prompt_len", s.as_str())]);
+    }
+    if c.method != "full" && preset(c.preset).moe.is_some() {
+        pairs.push(("lora_targets", "attn"));
     }
     Settings::from_flags(&pairs).expect("every generated value parses")
 }
