@@ -838,12 +838,43 @@ impl LoraTargets {
     }
 
     pub fn matches(&self, lin: &LinearSpec) -> bool {
+        // peft's all-linear: the nn.Linear modules but the head; transformers 5's
+        // router and fused experts are a parameter and a 3-D parameter (peft reaches
+        // them only through its MoE conversion, see `Workload::check_recipe`)
+        let linear = !matches!(
+            lin.role,
+            LinearRole::Head
+                | LinearRole::Router
+                | LinearRole::ExpertGateUp
+                | LinearRole::ExpertDown
+        );
         match self {
             LoraTargets::Attn => lin.role.is_attention(),
-            LoraTargets::AllLinear => lin.role != LinearRole::Head,
+            LoraTargets::AllLinear => linear,
             LoraTargets::Names(ns) => ns
                 .iter()
-                .any(|n| n == lin.name || (n == ALL_LINEAR && lin.role != LinearRole::Head)),
+                .any(|n| n == lin.name || (n == ALL_LINEAR && linear)),
+        }
+    }
+
+    /// peft 0.21 converts these targets onto `family`'s fused experts and router
+    /// (`utils/transformers_weight_conversion.py` `_convert_peft_config_moe`: all-linear,
+    /// or the v4 names, become `target_parameters` on `gate.weight`, `gate_up_proj`
+    /// and `down_proj`, rank and alpha doubled on the fused gate/up) — for the model
+    /// types transformers' conversion mapping names (mixtral; qwen3_moe through
+    /// qwen2_moe's pattern), not for qwen2_moe itself.
+    pub fn converted_onto_experts(&self, family: Family) -> bool {
+        let v4: &[&str] = match family {
+            Family::Mixtral => &["gate", "w1", "w2", "w3"],
+            Family::Qwen3Moe => &["gate", "gate_proj", "up_proj", "down_proj"],
+            _ => return false,
+        };
+        match self {
+            LoraTargets::Attn => false,
+            LoraTargets::AllLinear => true,
+            LoraTargets::Names(ns) => ns
+                .iter()
+                .any(|n| n == ALL_LINEAR || v4.contains(&n.as_str())),
         }
     }
 

@@ -491,9 +491,23 @@ impl Workload {
                 }
             }
             if spec.moe.is_some() {
+                use crate::arch::LinearRole;
+                let expert_or_router = |lin: &crate::arch::LinearSpec| {
+                    matches!(
+                        lin.role,
+                        LinearRole::Router | LinearRole::ExpertGateUp | LinearRole::ExpertDown
+                    )
+                };
+                if l.targets.converted_onto_experts(spec.family) {
+                    return Err(Error::invalid(
+                        "lora_targets",
+                        format!("{} on {}", l.targets, spec.family),
+                        "the attention projections (--lora-targets attn or q_proj,k_proj,v_proj,o_proj): peft 0.21 converts all-linear and the v4 expert names onto the router and the fused experts (target_parameters), which is not modelled yet",
+                    ));
+                }
                 if let Some(lin) = spec
                     .each_linear()
-                    .find(|lin| lin.role.is_moe() && l.targets.matches(lin))
+                    .find(|lin| expert_or_router(lin) && l.targets.matches(lin))
                 {
                     // peft 0.21 `utils/transformers_weight_conversion.py` maps all-linear
                     // and the v4 expert names onto transformers 5's fused expert

@@ -132,7 +132,7 @@ fn mixture_of_experts_beyond_the_modelled_ones_is_rejected() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("mixtral"), "{}", r.stdout);
     let r = estimate(&["--model", &m, "--method", "lora"]);
-    assert_error(&r, &["all-linear", "gate", "attention projections"]);
+    assert_error(&r, &["all-linear", "fused experts", "attention projections"]);
 }
 
 #[test]

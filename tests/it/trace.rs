@@ -575,10 +575,12 @@ fn forward_and_backward_peaks_match_the_trace() {
 
 /// The MoE traces (`tests/data/trace/moe.csv`: Mixtral, Qwen1.5-MoE, Qwen3-MoE,
 /// DeepSeek-V2-Lite with MLA, gpt-oss; trace_probe.py on transformers 5.24's fused
-/// experts, `grouped_mm`): the modelled families' parameters exactly at depth 1 and 2
-/// and the bytes alive after a full fine-tuning forward within 1% (eager/sdpa × no /
-/// non-reentrant checkpointing); the other configs are refused, never estimated as a
-/// dense model.
+/// experts, `grouped_mm`): the modelled families' parameters exactly at depth 2 and
+/// the bytes alive after a full fine-tuning forward within 1% (eager/sdpa × no /
+/// non-reentrant checkpointing), Qwen2-MoE's LoRA all-linear (peft adapts its nn.Linear
+/// modules: attention, the shared expert and its gate) likewise; LoRA all-linear on
+/// Mixtral and Qwen3-MoE (peft converts it onto the fused experts) is refused, and the
+/// other configs are refused, never estimated as a dense model.
 #[test]
 fn moe_traces_against_the_ledger_and_the_rest_refused() {
     use llm_mem::calibration::trace;
@@ -600,19 +602,42 @@ fn moe_traces_against_the_ledger_and_the_rest_refused() {
         assert!(r.live > 0);
     }
     let mut checked = 0;
+    let mut lora_checked = 0;
+    let mut lora_refused = 0;
     for (c, p) in &pairs {
-        if c.mode != "full" || refused.contains(&c.model_type) {
+        if refused.contains(&c.model_type) {
             continue;
         }
         let spec = crate::util::config_spec(&c.model);
-        let two = params::count(&spec.with_layers(2).unwrap()).total;
-        if two != p.params_l2 {
-            failures.push(format!(
-                "{}: params at depth 2 {two} vs probe {}",
-                c.model, p.params_l2
-            ));
+        if c.mode == "lora_all" {
+            // peft 0.21 converts all-linear onto Mixtral's and Qwen3-MoE's fused
+            // experts (refused); on Qwen2-MoE it adapts the nn.Linear modules only:
+            // attention, the shared expert and its gate
+            if LoraTargets::AllLinear.converted_onto_experts(spec.family) {
+                lora_refused += 1;
+                continue;
+            }
+            let two = spec.with_layers(2).unwrap();
+            let got = params::lora(&two, 16, &LoraTargets::AllLinear).trainable;
+            if got != p.trainable_l2 {
+                failures.push(format!(
+                    "{} lora_all: trainable {got} vs probe {}",
+                    c.model, p.trainable_l2
+                ));
+            }
+            lora_checked += 1;
+        } else if c.mode != "full" {
+            continue;
+        } else {
+            let two = params::count(&spec.with_layers(2).unwrap()).total;
+            if two != p.params_l2 {
+                failures.push(format!(
+                    "{}: params at depth 2 {two} vs probe {}",
+                    c.model, p.params_l2
+                ));
+            }
+            params_checked += 1;
         }
-        params_checked += 1;
         let lp = ledger_params(c);
         let total = |depth: u64| {
             let a = activations(&spec.with_layers(depth).unwrap(), &lp);
@@ -624,8 +649,9 @@ fn moe_traces_against_the_ledger_and_the_rest_refused() {
         let (e1, e2) = (total(1) / p.live[0] - 1.0, total(2) / p.live[1] - 1.0);
         if std::env::var("TRACE_VERBOSE").is_ok() {
             println!(
-                "{} {} {}: depth 1 {:+.3}%, depth 2 {:+.3}%",
+                "{} {} {} {}: depth 1 {:+.3}%, depth 2 {:+.3}%",
                 c.model,
+                c.mode,
                 c.attn,
                 c.ckpt,
                 e1 * 100.0,
@@ -641,7 +667,7 @@ fn moe_traces_against_the_ledger_and_the_rest_refused() {
         }
         checked += 1;
     }
-    println!("MoE: {params_checked} parameter counts, {checked} full fine-tuning depth pairs; refused {refused:?}");
+    println!("MoE: {params_checked} parameter counts, {checked} depth pairs ({lora_checked} LoRA), {lora_refused} LoRA cells refused; refused {refused:?}");
     assert!(
         failures.is_empty(),
         "{} misses:\n{}",
@@ -650,9 +676,10 @@ fn moe_traces_against_the_ledger_and_the_rest_refused() {
     );
     assert_eq!(params_checked, 12, "one count per full fine-tuning cell");
     assert_eq!(
-        checked, 12,
-        "three families x eager/sdpa x none/non-reentrant"
+        checked, 16,
+        "three families x eager/sdpa x none/non-reentrant, and Qwen2-MoE's LoRA cells"
     );
+    assert_eq!((lora_checked, lora_refused), (4, 8));
     assert_eq!(
         refused.into_iter().collect::<Vec<_>>(),
         vec!["deepseek_v2".to_string(), "gpt_oss".to_string()]
