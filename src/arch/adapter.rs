@@ -318,7 +318,12 @@ impl Adapter {
     /// `r` (shared VeRA projections excluded: see [`Adapter::shared_stored`]).
     pub fn per_linear(self, l: &LinearSpec, r: u64) -> (u64, u64) {
         let (i, o) = (l.in_features, l.out_features);
-        let lora = r.saturating_mul(i + o);
+        // a parameter reached through peft's MoE conversion (`ParamWrapper`): lora_A
+        // (r·experts × in), lora_B (out × r·experts), the fused gate/up at 2r
+        let r = Adapter::param_wrapper_rank(l, r);
+        let lora =
+            r.saturating_mul(i + o)
+                .saturating_mul(if l.via_conversion { l.copies } else { 1 });
         match self {
             Adapter::Lora => (lora, lora),
             // magnitude: `lora_magnitude_vector` of out_features
@@ -353,10 +358,26 @@ impl Adapter {
         }
     }
 
+    /// The rank peft gives `l` at rank `r`: twice it on a fused gate/up expert
+    /// parameter reached by its MoE conversion (`_convert_peft_config_moe` sets
+    /// `rank_pattern` and `alpha_pattern` to 2× for the two v4 projections fused into
+    /// it), else `r`.
+    pub fn param_wrapper_rank(l: &LinearSpec, r: u64) -> u64 {
+        if l.via_conversion && l.role == crate::arch::LinearRole::ExpertGateUp {
+            2 * r
+        } else {
+            r
+        }
+    }
+
     /// The trained tensors (rows × cols) this adapter adds to `l`: what the optimizer
     /// keeps state for.
     pub fn trained_shapes(self, l: &LinearSpec, r: u64) -> Vec<(u64, u64)> {
         let (i, o) = (l.in_features, l.out_features);
+        if l.via_conversion && self == Adapter::Lora {
+            let re = Adapter::param_wrapper_rank(l, r) * l.copies;
+            return vec![(re, i), (o, re)];
+        }
         match self {
             Adapter::Lora => vec![(r, i), (o, r)],
             Adapter::Dora => vec![(r, i), (o, r), (1, o)],

@@ -419,6 +419,12 @@ pub struct LinearSpec {
     pub role: LinearRole,
     /// Identical copies of the module in the block (routed experts); 1 for dense.
     pub copies: u64,
+    /// A parameter, not an `nn.Linear` (transformers 5's MoE router and fused experts),
+    /// that peft's all-linear reaches through its MoE conversion
+    /// (`utils/transformers_weight_conversion.py`: Mixtral, Qwen3-MoE; `ParamWrapper`,
+    /// the fused gate/up at twice the rank); false for every module, and for a
+    /// parameter peft never converts (Qwen2-MoE's).
+    pub via_conversion: bool,
 }
 
 impl LinearSpec {
@@ -552,6 +558,7 @@ impl ModelSpec {
             bias: self.lm_head_bias,
             role: LinearRole::Head,
             copies: 1,
+            via_conversion: false,
         }
     }
     pub fn q_dim(&self) -> u64 {
@@ -656,6 +663,7 @@ impl ModelSpec {
                 ExpertGateUp | ExpertDown => self.moe.map_or(slot.copies, |m| m.experts),
                 _ => slot.copies,
             };
+            let parameter = matches!(slot.role, Router | ExpertGateUp | ExpertDown);
             LinearSpec {
                 name: slot.name,
                 in_features,
@@ -663,6 +671,8 @@ impl ModelSpec {
                 bias,
                 role: slot.role,
                 copies,
+                via_conversion: parameter
+                    && matches!(self.family, Family::Mixtral | Family::Qwen3Moe),
             }
         })
     }
@@ -841,13 +851,14 @@ impl LoraTargets {
         // peft's all-linear: the nn.Linear modules but the head; transformers 5's
         // router and fused experts are a parameter and a 3-D parameter (peft reaches
         // them only through its MoE conversion, see `Workload::check_recipe`)
-        let linear = !matches!(
-            lin.role,
-            LinearRole::Head
-                | LinearRole::Router
-                | LinearRole::ExpertGateUp
-                | LinearRole::ExpertDown
-        );
+        let linear = lin.via_conversion
+            || !matches!(
+                lin.role,
+                LinearRole::Head
+                    | LinearRole::Router
+                    | LinearRole::ExpertGateUp
+                    | LinearRole::ExpertDown
+            );
         match self {
             LoraTargets::Attn => lin.role.is_attention(),
             LoraTargets::AllLinear => linear,

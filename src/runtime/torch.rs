@@ -1540,8 +1540,41 @@ impl Graph<'_> {
         } else {
             None
         };
+        // LoRA through peft's ParamWrapper (`tuners/lora/layer.py`, 0.21) on a
+        // parameter its MoE conversion reaches: the rank it gives that parameter
+        let wrapped = |lin: &LinearSpec| match &self.p.trainable {
+            Trainable::Lora { rank, targets, .. } if lin.via_conversion && targets.matches(lin) => {
+                Some(Adapter::param_wrapper_rank(lin, *rank))
+            }
+            _ => None,
+        };
         // router
-        let logits = self.base_linear(n, &find(Router).unwrap());
+        let router = find(Router).unwrap();
+        let logits = match wrapped(&router) {
+            None => self.base_linear(n, &router),
+            Some(r) => {
+                // `_LoraParameterProxy`: W + (lora_B @ lora_A · scaling).to(W.dtype),
+                // kept by F.linear (with the input) for the input's gradient
+                let ad = self.adapter_dtype();
+                let pd = self.p.precision.param_dtype();
+                self.begin(&[]);
+                self.param_grads.push((
+                    self.op,
+                    r * (router.in_features + router.out_features) * ad.size(),
+                ));
+                let dw = self.out("router delta", e * h, ad, true, Kind::Matmul);
+                let dw = self.scalar_mul("router delta * scaling", dw);
+                let dw = self.cast(dw, pd);
+                self.begin(&[dw]);
+                let w = self.out("router weight + delta", e * h, pd, true, Kind::Other);
+                let xin = self.cast(n, pd);
+                self.begin(&[xin, w]);
+                self.save(xin);
+                let x_rg = self.rg(xin);
+                self.save_if(w, x_rg);
+                self.out("router logits", t * e, pd, true, Kind::Matmul)
+            }
+        };
         let l32 = self.cast(logits, DType::F32);
         let probs = self.unary_save_out("router softmax", l32, DType::F32);
         self.begin(&[probs]);
@@ -1583,17 +1616,60 @@ impl Graph<'_> {
         let ids_cast = self.out("expert ids (histc input)", s, ids_dt, false, Kind::Other);
         let hist = self.unary_plain("tokens per expert", ids_cast, e, DType::F32);
         let offs = self.unary_plain("expert offsets", hist, e, DType::I32);
-        // grouped_mm with the fused gate/up parameter (input cast to its dtype)
-        let experts_trained = self.p.trainable.base_weights();
+        // grouped_mm with the fused gate/up parameter (input cast to its dtype); under
+        // ParamWrapper LoRA each expert stack is rebuilt first (`_LoraFactorsProxy`:
+        // `baddbmm(W, lhs.to(W.dtype), rhs.to(W.dtype))`, keeping both factors' copies),
+        // and the rebuilt stacks are what grouped_mm keeps for the input's gradient
         let pd = self.p.precision.param_dtype();
+        let gu_lin = find(ExpertGateUp).unwrap();
+        let d_lin = find(ExpertDown).unwrap();
+        let mut merged = Vec::new();
+        for lin in [&gu_lin, &d_lin] {
+            if let Some(r) = wrapped(lin) {
+                let ad = self.adapter_dtype();
+                let (i, o) = (lin.in_features, lin.out_features);
+                self.begin(&[]);
+                self.param_grads
+                    .push((self.op, r * e * (i + o) * ad.size()));
+                let (lhs, rhs) = if ad == pd {
+                    (
+                        self.out("lora_B view", 0, pd, true, Kind::Other),
+                        self.out("lora_A view", 0, pd, true, Kind::Other),
+                    )
+                } else {
+                    (
+                        self.out("lora_B cast", e * o * r, pd, true, Kind::Other),
+                        self.out("lora_A cast", e * r * i, pd, true, Kind::Other),
+                    )
+                };
+                self.begin(&[lhs, rhs]);
+                self.save(lhs);
+                self.save(rhs);
+                merged.push(self.out(
+                    "expert stack + delta (baddbmm)",
+                    e * i * o,
+                    pd,
+                    true,
+                    Kind::Matmul,
+                ));
+            }
+        }
+        let experts_trained = self.p.trainable.base_weights() || !merged.is_empty();
         let xin = self.cast(xg, pd);
-        self.begin(&[xin, offs]);
+        match merged.first() {
+            Some(&w) => self.begin(&[xin, offs, w]),
+            None => self.begin(&[xin, offs]),
+        }
         let x_rg = self.rg(xin);
         self.save_if(xin, experts_trained);
         self.save_if(offs, experts_trained || x_rg);
         self.saves_param(x_rg);
-        let gu_lin = find(ExpertGateUp).unwrap();
-        if experts_trained {
+        if let Some(&w) = merged.first() {
+            self.save_if(w, x_rg);
+            // the rebuilt stack's gradient (its lora factors' come from it)
+            self.bwd_workspace
+                .push((self.op, gu_lin.params() * pd.size()));
+        } else if experts_trained {
             self.param_grads
                 .push((self.op, gu_lin.params() * self.p.param_grad_size));
         }
@@ -1613,11 +1689,17 @@ impl Graph<'_> {
         self.save_if(a, gu_rg);
         let prod = self.out("experts act*up", s * ie, pd, gu_rg, Kind::Other);
         // grouped_mm with down_proj
-        self.begin(&[prod, offs]);
+        match merged.get(1) {
+            Some(&w) => self.begin(&[prod, offs, w]),
+            None => self.begin(&[prod, offs]),
+        }
         self.save_if(prod, experts_trained);
         self.saves_param(gu_rg);
-        let d_lin = find(ExpertDown).unwrap();
-        if experts_trained {
+        if let Some(&w) = merged.get(1) {
+            self.save_if(w, gu_rg);
+            self.bwd_workspace
+                .push((self.op, d_lin.params() * pd.size()));
+        } else if experts_trained {
             self.param_grads
                 .push((self.op, d_lin.params() * self.p.param_grad_size));
         }

@@ -498,17 +498,26 @@ impl Workload {
                         LinearRole::Router | LinearRole::ExpertGateUp | LinearRole::ExpertDown
                     )
                 };
-                if l.targets.converted_onto_experts(spec.family) {
+                if l.targets.converted_onto_experts(spec.family) && l.adapter != Adapter::Lora {
+                    // peft 0.21 `ParamWrapper.update_layer`: "does not work with LoRA
+                    // variants like DoRA"; other tuners have no ParamWrapper
                     return Err(Error::invalid(
-                        "lora_targets",
-                        format!("{} on {}", l.targets, spec.family),
-                        "the attention projections (--lora-targets attn or q_proj,k_proj,v_proj,o_proj): peft 0.21 converts all-linear and the v4 expert names onto the router and the fused experts (target_parameters), which is not modelled yet",
+                        "peft",
+                        format!("{} with all-linear on {}", l.adapter, spec.family),
+                        "lora (peft reaches the router and fused experts through its ParamWrapper, LoRA only), or the attention projections as targets",
                     ));
                 }
-                if let Some(lin) = spec
-                    .each_linear()
-                    .find(|lin| expert_or_router(lin) && l.targets.matches(lin))
-                {
+                if l.targets.converted_onto_experts(spec.family) && l.dropout > 0.0 {
+                    // peft 0.21 `ParamWrapper.__init__`: "does not work with lora_dropout != 0"
+                    return Err(Error::invalid(
+                        "lora_dropout",
+                        format!("{} with all-linear on {}", l.dropout, spec.family),
+                        "0 (peft's ParamWrapper, which adapts the router and the fused experts, refuses dropout), or the attention projections as targets",
+                    ));
+                }
+                if let Some(lin) = spec.each_linear().find(|lin| {
+                    expert_or_router(lin) && !lin.via_conversion && l.targets.matches(lin)
+                }) {
                     // peft 0.21 `utils/transformers_weight_conversion.py` maps all-linear
                     // and the v4 expert names onto transformers 5's fused expert
                     // parameters (rank and alpha rescaled); not modelled yet

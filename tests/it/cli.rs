@@ -131,8 +131,14 @@ fn mixture_of_experts_beyond_the_modelled_ones_is_rejected() {
     let r = estimate(&["--model", &m, "--seq-len", "512"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("mixtral"), "{}", r.stdout);
-    let r = estimate(&["--model", &m, "--method", "lora"]);
-    assert_error(&r, &["all-linear", "fused experts", "attention projections"]);
+    // LoRA all-linear reaches the router and the fused experts (peft's ParamWrapper)
+    let r = estimate(&["--model", &m, "--method", "lora", "--seq-len", "512"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // which takes neither LoRA variants nor dropout
+    let r = estimate(&["--model", &m, "--method", "lora", "--peft", "dora"]);
+    assert_error(&r, &["dora", "ParamWrapper"]);
+    let r = estimate(&["--model", &m, "--method", "lora", "--lora-dropout", "0.05"]);
+    assert_error(&r, &["--lora-dropout", "ParamWrapper"]);
 }
 
 #[test]

@@ -153,6 +153,7 @@ impl Graph<'_> {
             bias: spec.qkv_bias,
             role: LinearRole::Qkv,
             copies: 1,
+            via_conversion: false,
         };
         let qkv = self.litgpt_qkv(spec, n, &qkv_lin, lins);
         let d = self.dt(qkv);
@@ -259,6 +260,7 @@ impl Graph<'_> {
                     bias: spec.mlp_bias,
                     role: LinearRole::Gate,
                     copies: 1,
+                    via_conversion: false,
                 };
                 let up = LinearSpec {
                     name: "up_proj",
