@@ -502,6 +502,25 @@ fn estimate_error(args: &[&str]) -> String {
     r.stderr
 }
 
+/// `llm-mem estimate` on Llama-3.2-1B with `--method METHOD --peft PEFT --lora-rank
+/// RANK --lora-targets TARGETS`: its error message (the run failing with exit 2).
+fn peft_1b_error(method: &str, peft: &str, rank: &str, targets: Option<&str>) -> String {
+    let mut a = vec![
+        "--model",
+        "llama-3.2-1b",
+        "--method",
+        method,
+        "--peft",
+        peft,
+        "--lora-rank",
+        rank,
+    ];
+    if let Some(t) = targets {
+        a.extend_from_slice(&["--lora-targets", t]);
+    }
+    estimate_error(&a)
+}
+
 /// The allocated bytes at the timeline event named `event`.
 fn allocated_at(args: &[&str], event: &str) -> u64 {
     let d = estimate_json(args);
@@ -783,18 +802,7 @@ fn oft_rotates_each_adapted_input_by_its_blocks() {
     );
     let per = per_layer_of;
     assert_eq!(per(&r16) - per(&r32), 2 * (16 * 2_048 * 2_048 / 32));
-    let e = estimate_error(&[
-        "--model",
-        "llama-3.2-1b",
-        "--method",
-        "lora",
-        "--peft",
-        "oft",
-        "--lora-rank",
-        "3",
-        "--lora-targets",
-        "q_proj",
-    ]);
+    let e = peft_1b_error("lora", "oft", "3", Some("q_proj"));
     assert!(e.contains("oft") && e.contains("divides"), "{e}");
 }
 
@@ -860,29 +868,9 @@ fn boft_trains_blocks_and_keeps_a_full_rotation_per_adapted_input() {
     );
     // the activations do not depend on where the buffer lives (each forward copies it)
     assert_eq!(per_layer_of(&device), per_layer_of(&host));
-    let e = estimate_error(&[
-        "--model",
-        "llama-3.2-1b",
-        "--method",
-        "lora",
-        "--peft",
-        "boft",
-        "--lora-rank",
-        "3",
-        "--lora-targets",
-        "q_proj",
-    ]);
+    let e = peft_1b_error("lora", "boft", "3", Some("q_proj"));
     assert!(e.contains("boft") && e.contains("divid"), "{e}");
-    let e = estimate_error(&[
-        "--model",
-        "llama-3.2-1b",
-        "--method",
-        "qlora",
-        "--peft",
-        "boft",
-        "--lora-rank",
-        "4",
-    ]);
+    let e = peft_1b_error("qlora", "boft", "4", None);
     assert!(e.contains("qlora"), "{e}");
 }
 
@@ -915,18 +903,7 @@ fn osf_trains_the_low_singular_directions_as_its_peft_version_runs_them() {
     let rebuilt = (2_048 * 2_048 + 512 * 2_048) * 4 + (2_048 + 512) * 16 * 4;
     let factored = 2 * (32 * 2_048 * 4) + 2 * (512 * 32 * 4) + (2_048 + 512) * 32 * 4;
     assert_eq!(per_layer_of(&old) - per_layer_of(&now), rebuilt - factored);
-    let e = estimate_error(&[
-        "--model",
-        "llama-3.2-1b",
-        "--method",
-        "lora",
-        "--peft",
-        "osf",
-        "--lora-rank",
-        "512",
-        "--lora-targets",
-        "v_proj",
-    ]);
+    let e = peft_1b_error("lora", "osf", "512", Some("v_proj"));
     assert!(e.contains("osf") && e.contains("min"), "{e}");
 }
 

@@ -573,6 +573,34 @@ fn forward_and_backward_peaks_match_the_trace() {
     assert!(checked >= 500, "{checked} rows checked");
 }
 
+/// The ledger's bytes alive after the forward against the probe's at depth 1 and 2:
+/// (relative error at 1, at 2), printed with `TRACE_VERBOSE`. Summed from the parts: a
+/// first layer that keeps far less than the others (LoHa's delta weights wait for an
+/// input that needs a gradient) would make `non_layer_bytes`, a non-negative remainder,
+/// clamp.
+fn depth_errors(spec: &llm_mem::arch::ModelSpec, c: &Cell, p: &Pair) -> (f64, f64) {
+    let lp = ledger_params(c);
+    let total = |depth: u64| {
+        let a = activations(&spec.with_layers(depth).unwrap(), &lp);
+        (a.non_layer.shared + a.non_layer.head_saved + a.first.saved + (depth - 1) * a.layer.saved)
+            as f64
+    };
+    let (e1, e2) = (total(1) / p.live[0] - 1.0, total(2) / p.live[1] - 1.0);
+    if std::env::var("TRACE_VERBOSE").is_ok() {
+        println!(
+            "{} {} {} {} {}: depth 1 {:+.3}%, depth 2 {:+.3}%",
+            c.model,
+            c.attn,
+            c.ckpt,
+            c.mode,
+            c.engine,
+            e1 * 100.0,
+            e2 * 100.0
+        );
+    }
+    (e1, e2)
+}
+
 /// The MoE traces (`tests/data/trace/moe.csv`: Mixtral, Qwen1.5-MoE, Qwen3-MoE,
 /// DeepSeek-V2-Lite with MLA, gpt-oss; trace_probe.py on transformers 5.24's fused
 /// experts, `grouped_mm`): the modelled families' parameters exactly at depth 2 and
@@ -636,26 +664,7 @@ fn moe_traces_against_the_ledger_and_the_rest_refused() {
             }
             params_checked += 1;
         }
-        let lp = ledger_params(c);
-        let total = |depth: u64| {
-            let a = activations(&spec.with_layers(depth).unwrap(), &lp);
-            (a.non_layer.shared
-                + a.non_layer.head_saved
-                + a.first.saved
-                + (depth - 1) * a.layer.saved) as f64
-        };
-        let (e1, e2) = (total(1) / p.live[0] - 1.0, total(2) / p.live[1] - 1.0);
-        if std::env::var("TRACE_VERBOSE").is_ok() {
-            println!(
-                "{} {} {} {}: depth 1 {:+.3}%, depth 2 {:+.3}%",
-                c.model,
-                c.mode,
-                c.attn,
-                c.ckpt,
-                e1 * 100.0,
-                e2 * 100.0
-            );
-        }
+        let (e1, e2) = depth_errors(&spec, c, p);
         if e1.abs() > 0.01 || e2.abs() > 0.01 {
             failures.push(format!(
                 "{c:?}: depth 1 {:+.2}%, depth 2 {:+.2}%",
@@ -725,29 +734,7 @@ fn peft_tuners_against_the_trace_probe() {
             ));
         }
         params_checked += 1;
-        // summed from the parts: a first layer that keeps far less than the others
-        // (LoHa's delta weights wait for an input that needs a gradient) would make
-        // `non_layer_bytes`, a non-negative remainder, clamp
-        let total = |depth: u64| {
-            let a = activations(&spec.with_layers(depth).unwrap(), &lp);
-            (a.non_layer.shared
-                + a.non_layer.head_saved
-                + a.first.saved
-                + (depth - 1) * a.layer.saved) as f64
-        };
-        let (e1, e2) = (total(1) / p.live[0] - 1.0, total(2) / p.live[1] - 1.0);
-        if std::env::var("TRACE_VERBOSE").is_ok() {
-            println!(
-                "{} {} {} {} {}: depth 1 {:+.3}%, depth 2 {:+.3}%",
-                c.model,
-                c.attn,
-                c.ckpt,
-                c.mode,
-                c.engine,
-                e1 * 100.0,
-                e2 * 100.0
-            );
-        }
+        let (e1, e2) = depth_errors(&spec, c, p);
         if e1.abs() > 0.01 || e2.abs() > 0.01 {
             failures.push(format!(
                 "{c:?}: depth 1 {:+.2}%, depth 2 {:+.2}%",
