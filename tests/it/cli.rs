@@ -487,6 +487,40 @@ fn snapshot_infer_qwen2_5_7b() {
 }
 
 #[test]
+fn snapshot_infer_mixtral_8x7b() {
+    insta::assert_snapshot!(snapshot_run(&[
+        "--model",
+        "mixtral-8x7b-v0.1",
+        "--task",
+        "infer",
+        "--prompt-len",
+        "4096",
+        "--gen-len",
+        "512",
+        "--concurrency",
+        "8",
+        "--gpu",
+        "h200",
+    ]));
+}
+
+#[test]
+fn snapshot_lora_qwen3_30b_a3b() {
+    insta::assert_snapshot!(snapshot_run(&[
+        "--model",
+        "qwen3-30b-a3b",
+        "--method",
+        "lora",
+        "--seq-len",
+        "2048",
+        "--grad-ckpt",
+        "full",
+        "--gpu",
+        "h100-80gb",
+    ]));
+}
+
+#[test]
 fn snapshot_gpt2_amp_eager_grad_ckpt() {
     insta::assert_snapshot!(snapshot_run(&[
         "--model",
