@@ -375,6 +375,45 @@ pub struct ModelSpec {
     pub generic_of: Option<String>,
     /// A sparse mixture-of-experts feed-forward block in every decoder layer.
     pub moe: Option<MoeSpec>,
+    /// Which layers attend within `sliding_window` (their KV cache holds the window,
+    /// not the context).
+    pub sliding_layers: SlidingLayers,
+}
+
+/// The decoder layers whose attention is a sliding window, as transformers 5.24
+/// configs list them (`layer_types`) or their classes default them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SlidingLayers {
+    /// Every layer attends over the whole context.
+    #[default]
+    None,
+    /// Every layer (a `sliding_window` with no `layer_types`: Mistral, Mixtral,
+    /// Starcoder2, Phi-3; cache_utils.py `get_layer_types_and_kwargs`).
+    All,
+    /// Sliding unless `(i + 1) % period == 0` (Gemma-2: 2, Gemma-3: its
+    /// `sliding_window_pattern`, default 6; Cohere-2: 4).
+    Periodic(u64),
+    /// Sliding from layer `n` on (Qwen2/Qwen3 with `use_sliding_window`:
+    /// `i >= max_window_layers`).
+    From(u64),
+    /// Sliding on even layers below `n` (Qwen2-MoE with `use_sliding_window`).
+    EvenBelow(u64),
+    /// The config's own `layer_types` (repeated past its end for a deeper `--layers`).
+    Listed(Vec<bool>),
+}
+
+impl SlidingLayers {
+    /// Whether layer `i` (from 0) attends within the window.
+    pub fn at(&self, i: u64) -> bool {
+        match self {
+            SlidingLayers::None => false,
+            SlidingLayers::All => true,
+            SlidingLayers::Periodic(p) => !(i + 1).is_multiple_of((*p).max(1)),
+            SlidingLayers::From(n) => i >= *n,
+            SlidingLayers::EvenBelow(n) => i.is_multiple_of(2) && i < *n,
+            SlidingLayers::Listed(v) => !v.is_empty() && v[(i % v.len() as u64) as usize],
+        }
+    }
 }
 
 /// A sparse mixture-of-experts feed-forward block as transformers 5 builds it: a
@@ -571,6 +610,16 @@ impl ModelSpec {
     /// Decoder layers in the stack.
     pub fn layers(&self) -> u64 {
         self.groups.iter().map(|g| g.count).sum()
+    }
+
+    /// Decoder layers attending within `sliding_window` (0 without one).
+    pub fn sliding_layer_count(&self) -> u64 {
+        if self.sliding_window.is_none() {
+            return 0;
+        }
+        (0..self.layers())
+            .filter(|&i| self.sliding_layers.at(i))
+            .count() as u64
     }
 
     /// The linears of one decoder layer of the stack's first group (see

@@ -495,8 +495,12 @@ fn simulate_serving(
     let cd = w.precision.compute_dtype().size();
     let plan = InferPlan {
         weights: wb.total(),
+        // after the prefill every layer's cache holds the prompt: a sliding layer keeps
+        // a view of its last window - 1 tokens into the prompt-long `torch.cat`
+        // result, which keeps that whole storage (cache_utils.py
+        // `DynamicSlidingWindowLayer.update`, transformers 5.24)
         kv_prefill: c * inf.prompt_len * kv_per_token,
-        kv_final: c * total_len * kv_per_token,
+        kv_final: c * kv_cache_bytes(spec, inf.kv_dtype, total_len),
         prefill_layer_peak: acts.layer.fwd_peak,
         // generate() keeps only the last position's logits and copies them to fp32
         prefill_logits: c * v * (cd + 4),
@@ -783,6 +787,18 @@ fn layer_runs(v: &RankView, acts: &Activations, extra_temp: u64) -> LayerRuns {
 /// KV-cache bytes per token of context (all layers, K and V).
 pub fn kv_bytes_per_token(spec: &ModelSpec, kv_dtype: DType) -> u64 {
     2 * spec.layers() * spec.kv_dim() * kv_dtype.size()
+}
+
+/// KV-cache bytes of one sequence of `tokens` during decode: a full-attention layer
+/// holds every token (`DynamicLayer`), a sliding layer the window
+/// (`DynamicSlidingWindowLayer.update` keeps `window - 1` tokens as a view into the
+/// step's `torch.cat` of `window`, transformers 5.24 cache_utils.py), K and V.
+pub fn kv_cache_bytes(spec: &ModelSpec, kv_dtype: DType, tokens: u64) -> u64 {
+    let per_layer_token = 2 * spec.kv_dim() * kv_dtype.size();
+    let sliding = spec.sliding_layer_count();
+    let full = spec.layers() - sliding;
+    let window = spec.sliding_window.map_or(tokens, |w| w.min(tokens));
+    per_layer_token * (full * tokens + sliding * window)
 }
 
 /// Activation-class bytes of a ledger multiplied by α.

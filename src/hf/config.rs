@@ -190,9 +190,62 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
         Family::Qwen => qwen(&c)?,
         Family::Mixtral | Family::Qwen2Moe | Family::Qwen3Moe => moe(&c, family)?,
     };
-    let spec = family_facts(spec);
+    let mut spec = family_facts(spec);
+    spec.sliding_layers = sliding_layers(&c, &spec)?;
     spec.validate()?;
     Ok(spec)
+}
+
+/// Which layers of `s` slide (transformers 5.24 configuration_*.py defaults, or the
+/// config's `layer_types`): none without a `sliding_window`.
+fn sliding_layers(c: &Cfg, s: &ModelSpec) -> Result<crate::arch::SlidingLayers> {
+    use crate::arch::SlidingLayers as S;
+    if s.sliding_window.is_none() {
+        return Ok(S::None);
+    }
+    if let Some(v) = c.get("layer_types") {
+        let list = v.as_array().ok_or_else(|| {
+            Error::invalid(
+                "layer_types",
+                v,
+                "a list of \"full_attention\" / \"sliding_attention\"",
+            )
+        })?;
+        let mut out = Vec::with_capacity(list.len());
+        for t in list {
+            match t.as_str() {
+                Some("sliding_attention") => out.push(true),
+                Some("full_attention") => out.push(false),
+                _ => {
+                    return Err(Error::invalid(
+                        "layer_types",
+                        t,
+                        "\"full_attention\" or \"sliding_attention\"",
+                    ))
+                }
+            }
+        }
+        if out.len() as u64 != s.layers() {
+            return Err(Error::invalid(
+                "layer_types",
+                format!("{} entries", out.len()),
+                format!("one per layer (num_hidden_layers = {})", s.layers()),
+            ));
+        }
+        return Ok(S::Listed(out));
+    }
+    let pattern = |default: u64| c.uint_or(&["sliding_window_pattern"], 1 << 16, default);
+    Ok(match s.family {
+        // Gemma2Config: sliding on even layers
+        Family::Gemma2 => S::Periodic(2),
+        Family::Gemma3Text => S::Periodic(pattern(6)?),
+        Family::Cohere2 => S::Periodic(pattern(4)?),
+        // Qwen2Config / Qwen3Config: i >= max_window_layers (default 28)
+        Family::Qwen2 | Family::Qwen3 => S::From(c.uint_or(&["max_window_layers"], 1 << 16, 28)?),
+        // Qwen2MoeConfig: (i + 1) % 2 and i < max_window_layers
+        Family::Qwen2Moe => S::EvenBelow(c.uint_or(&["max_window_layers"], 1 << 16, 28)?),
+        _ => S::All,
+    })
 }
 
 /// The keys (integers) a config of an unmodelled `model_type` must have to be estimated
@@ -816,6 +869,7 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         checkpoint: None,
         generic_of: None,
         moe: None,
+        sliding_layers: crate::arch::SlidingLayers::None,
     })
 }
 

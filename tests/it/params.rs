@@ -365,3 +365,38 @@ fn moe_totals_and_active_parameters() {
     assert!((b(q3.total - q3.embedding - q3.lm_head) - 29.9).abs() < 0.06);
     assert_eq!(params::active(&of("qwen3-30b-a3b")), 3_353_032_704);
 }
+
+/// KV cache per layer type during decode (`estimate::kv_cache_bytes`): full-attention
+/// layers hold every token, sliding layers their window. Gemma-2-9B: 42 layers, 21
+/// sliding (even layers, Gemma2Config), window 4096, 8 kv heads × 256; Gemma-3-1B: 26
+/// layers, pattern 6 → 22 sliding, window 512, 1 kv head × 256; Mistral-7B-v0.1: all 32
+/// sliding at 4096, 8 × 128; Qwen2.5-7B: none (use_sliding_window false), 4 × 128;
+/// Mixtral: no window. bf16, at 10,000 tokens.
+#[test]
+fn kv_cache_per_layer_type() {
+    use llm_mem::estimate::kv_cache_bytes;
+    use llm_mem::units::dtype::DType;
+    let of = |m: &str| parse_config(&read_data(&format!("configs/{m}/config.json")), m).unwrap();
+    let t = 10_000u64;
+    let mut checked = 0;
+    for (m, full, sliding, window, kv_dim) in [
+        ("gemma-2-9b", 21u64, 21u64, 4096u64, 8 * 256u64),
+        ("gemma-3-1b-pt", 4, 22, 512, 256),
+        ("mistral-7b-v0.1", 0, 32, 4096, 8 * 128),
+        ("qwen2.5-7b", 28, 0, 0, 4 * 128),
+        ("mixtral-8x7b-v0.1", 32, 0, 0, 8 * 128),
+    ] {
+        let s = of(m);
+        assert_eq!(s.sliding_layer_count(), sliding, "{m}");
+        let want = 2 * kv_dim * 2 * (full * t + sliding * window);
+        assert_eq!(kv_cache_bytes(&s, DType::BF16, t), want, "{m}");
+        // below the window every layer holds every token
+        assert_eq!(
+            kv_cache_bytes(&s, DType::BF16, 100),
+            2 * kv_dim * 2 * (full + sliding) * 100,
+            "{m}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 5);
+}
