@@ -220,12 +220,25 @@ pub struct PresetInfo {
     /// Parameters a token runs through ([`params::active`]: the total for a dense
     /// model; top-k routed experts per layer for an MoE, embedding and head counted).
     pub params_active: u64,
-    /// `dense` or `moe`.
+    /// `dense`, `moe` or `hybrid` ([`kind_of`]).
     pub kind: &'static str,
     /// The HF repo the config was published in (`_name_or_path`).
     pub hf_id: String,
     /// `quantization_config` method and bits, e.g. `gptq 4-bit`.
     pub quantization: Option<String>,
+}
+
+/// `moe` (routed experts), `hybrid` (sliding-window and full-attention layers mixed),
+/// else `dense`.
+pub fn kind_of(spec: &ModelSpec) -> &'static str {
+    let sliding = spec.sliding_layer_count();
+    if spec.moe.is_some() {
+        "moe"
+    } else if sliding > 0 && sliding < spec.layers() {
+        "hybrid"
+    } else {
+        "dense"
+    }
 }
 
 /// Name, family, exact parameter count and HF id of a preset.
@@ -242,7 +255,7 @@ pub fn describe(name: &str) -> Option<Result<PresetInfo>> {
             family: spec.family,
             params_total: params::count(&spec).total,
             params_active: params::active(&spec),
-            kind: if spec.moe.is_some() { "moe" } else { "dense" },
+            kind: kind_of(&spec),
             hf_id,
             quantization: spec
                 .quantization

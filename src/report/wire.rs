@@ -318,7 +318,7 @@ pub(crate) struct ModelEntry<'a> {
     /// Parameters a token runs through (top-k experts for an MoE; embedding and head
     /// counted).
     pub params_active: u64,
-    /// `dense` | `moe`.
+    /// `dense` | `moe` | `hybrid`.
     pub kind: &'static str,
     /// e.g. `"gptq 4-bit"`; null for unquantized checkpoints.
     pub quantization: Option<&'a str>,

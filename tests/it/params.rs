@@ -400,3 +400,23 @@ fn kv_cache_per_layer_type() {
     }
     assert_eq!(checked, 5);
 }
+
+/// `llm-mem models`' kind: `moe` for routed experts, `hybrid` when sliding-window and
+/// full-attention layers mix (Gemma-2's alternation), else `dense` (Mistral-7B-v0.1
+/// slides on every layer: one kind of layer).
+#[test]
+fn preset_kinds() {
+    let kind = |n: &str| llm_mem::hf::presets::describe(n).unwrap().unwrap().kind;
+    let mut checked = 0;
+    for (n, want) in [
+        ("mixtral-8x7b-v0.1", "moe"),
+        ("qwen3-30b-a3b", "moe"),
+        ("gemma-2-9b", "hybrid"),
+        ("mistral-7b-v0.1", "dense"),
+        ("llama-3.1-8b", "dense"),
+    ] {
+        assert_eq!(kind(n), want, "{n}");
+        checked += 1;
+    }
+    assert_eq!(checked, 5);
+}
