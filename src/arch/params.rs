@@ -329,12 +329,15 @@ pub fn adapter_buffers(
 /// cards count the non-embedding part, see [`active_non_embedding`]). Dense models:
 /// the total.
 pub fn active(spec: &ModelSpec) -> u64 {
-    let total = count(spec).total;
-    let Some(m) = spec.moe else {
-        return total;
-    };
-    let idle = spec.layers() * (m.experts - m.top_k) * m.expert_params(spec.hidden);
-    total.saturating_sub(idle)
+    count(spec).total.saturating_sub(idle_experts(spec))
+}
+
+/// Parameters of the routed experts a token is not sent to: experts − top-k per MoE
+/// layer (0 for a dense model).
+pub fn idle_experts(spec: &ModelSpec) -> u64 {
+    spec.moe.map_or(0, |m| {
+        spec.layers() * (m.experts - m.top_k) * m.expert_params(spec.hidden)
+    })
 }
 
 /// [`active`] without the embedding and the output head.

@@ -523,11 +523,7 @@ impl ModelSummary {
             hidden: spec.hidden,
             params_total,
             params_trainable,
-            params_active: spec.moe.map_or(params_total, |m| {
-                params_total.saturating_sub(
-                    spec.layers() * (m.experts - m.top_k) * m.expert_params(spec.hidden),
-                )
-            }),
+            params_active: params_total.saturating_sub(params::idle_experts(spec)),
             moe: spec.moe.is_some(),
         }
     }

@@ -352,6 +352,86 @@ impl Default for Workload {
 }
 
 /// `v` in `1..=max`, else an error naming `key`.
+/// A tuner whose rank must fit every targeted linear's shape: OFT's block count and
+/// BOFT's block size divide `in_features` (peft `OFTLayer` / `BOFTLayer.update_layer`),
+/// OSF's trained rank is below min(out, in) (`OSFLayer.update_layer`: effective_rank
+/// > 0).
+fn check_rank_fits(spec: &ModelSpec, l: &LoraConfig) -> Result<()> {
+    let (fits, accepted): (fn(&crate::arch::LinearSpec, u64) -> bool, &str) = match l.adapter {
+        Adapter::Oft => (
+            |lin, r| Adapter::oft_block(lin, r).is_some(),
+            "a number of OFT blocks that divides every targeted linear's in_features into blocks of 2 or more",
+        ),
+        Adapter::Boft => (
+            |lin, r| Adapter::boft_blocks(lin, r).is_some(),
+            "a BOFT block size (boft_block_size) that divides every targeted linear's in_features (peft: in_features must be divisible by boft_block_size)",
+        ),
+        Adapter::Osf => (
+            |lin, r| Adapter::osf_ranks(lin, r).is_some(),
+            "a trained OSF rank r with 0 < r < min(out, in) of every targeted linear (peft: effective_rank = min - r must be positive)",
+        ),
+        _ => return Ok(()),
+    };
+    match spec
+        .each_linear()
+        .find(|lin| l.targets.matches(lin) && !fits(lin, l.rank))
+    {
+        Some(lin) => Err(Error::invalid(
+            "lora_rank",
+            format!(
+                "{} with --peft {} on {} ({} x {})",
+                l.rank, l.adapter, lin.name, lin.out_features, lin.in_features
+            ),
+            accepted,
+        )),
+        None => Ok(()),
+    }
+}
+
+/// LoRA on a mixture-of-experts model as peft 0.21 can run it: through its MoE
+/// conversion (`utils/transformers_weight_conversion.py`) the router and the fused
+/// experts take plain LoRA only (`ParamWrapper`: "does not work with LoRA variants",
+/// nor with `lora_dropout != 0`); where peft does not convert (Qwen2-MoE), the router
+/// and the fused experts are parameters no target reaches.
+fn check_moe_lora(spec: &ModelSpec, l: &LoraConfig) -> Result<()> {
+    use crate::arch::LinearRole;
+    let converted = l.targets.converted_onto_experts(spec.family);
+    if converted && l.adapter != Adapter::Lora {
+        return Err(Error::invalid(
+            "peft",
+            format!("{} with all-linear on {}", l.adapter, spec.family),
+            "lora (peft reaches the router and fused experts through its ParamWrapper, LoRA only), or the attention projections as targets",
+        ));
+    }
+    if converted && l.dropout > 0.0 {
+        return Err(Error::invalid(
+            "lora_dropout",
+            format!("{} with all-linear on {}", l.dropout, spec.family),
+            "0 (peft's ParamWrapper, which adapts the router and the fused experts, refuses dropout), or the attention projections as targets",
+        ));
+    }
+    let unreached = |lin: &crate::arch::LinearSpec| {
+        matches!(
+            lin.role,
+            LinearRole::Router | LinearRole::ExpertGateUp | LinearRole::ExpertDown
+        ) && !lin.via_conversion
+    };
+    match spec
+        .each_linear()
+        .find(|lin| unreached(lin) && l.targets.matches(lin))
+    {
+        Some(lin) => Err(Error::invalid(
+            "lora_targets",
+            format!("{} (matches the MoE block's {})", l.targets, lin.name),
+            format!(
+                "the attention projections or the shared expert on {}: peft has no MoE conversion for this model type, so its router and fused experts (parameters, not nn.Linear modules) are never adapted",
+                spec.family
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn within(key: &'static str, v: u64, max: u64) -> Result<()> {
     if v == 0 || v > max {
         Err(Error::invalid(key, v, format!("an integer in 1..={max}")))
@@ -478,78 +558,9 @@ impl Workload {
                     "a model type with peft's default LN tuning targets: llama, mistral, gemma, gemma2, gemma3_text, qwen2, qwen3, bloom, gpt2, falcon, phi, gptj",
                 ));
             }
-            if l.adapter == crate::arch::Adapter::Oft {
-                if let Some(lin) = spec
-                    .each_linear()
-                    .find(|lin| l.targets.matches(lin) && Adapter::oft_block(lin, l.rank).is_none())
-                {
-                    return Err(Error::invalid(
-                        "lora_rank",
-                        format!("{} with --peft oft on {} (in_features {})", l.rank, lin.name, lin.in_features),
-                        "a number of OFT blocks that divides every targeted linear's in_features into blocks of 2 or more",
-                    ));
-                }
-            }
+            check_rank_fits(spec, l)?;
             if spec.moe.is_some() {
-                use crate::arch::LinearRole;
-                let expert_or_router = |lin: &crate::arch::LinearSpec| {
-                    matches!(
-                        lin.role,
-                        LinearRole::Router | LinearRole::ExpertGateUp | LinearRole::ExpertDown
-                    )
-                };
-                if l.targets.converted_onto_experts(spec.family) && l.adapter != Adapter::Lora {
-                    // peft 0.21 `ParamWrapper.update_layer`: "does not work with LoRA
-                    // variants like DoRA"; other tuners have no ParamWrapper
-                    return Err(Error::invalid(
-                        "peft",
-                        format!("{} with all-linear on {}", l.adapter, spec.family),
-                        "lora (peft reaches the router and fused experts through its ParamWrapper, LoRA only), or the attention projections as targets",
-                    ));
-                }
-                if l.targets.converted_onto_experts(spec.family) && l.dropout > 0.0 {
-                    // peft 0.21 `ParamWrapper.__init__`: "does not work with lora_dropout != 0"
-                    return Err(Error::invalid(
-                        "lora_dropout",
-                        format!("{} with all-linear on {}", l.dropout, spec.family),
-                        "0 (peft's ParamWrapper, which adapts the router and the fused experts, refuses dropout), or the attention projections as targets",
-                    ));
-                }
-                if let Some(lin) = spec.each_linear().find(|lin| {
-                    expert_or_router(lin) && !lin.via_conversion && l.targets.matches(lin)
-                }) {
-                    // peft 0.21 `utils/transformers_weight_conversion.py` maps all-linear
-                    // and the v4 expert names onto transformers 5's fused expert
-                    // parameters (rank and alpha rescaled); not modelled yet
-                    return Err(Error::invalid(
-                        "lora_targets",
-                        format!("{} (matches the MoE block's {})", l.targets, lin.name),
-                        "the attention projections on a mixture-of-experts model (--lora-targets attn or q_proj,k_proj,v_proj,o_proj): LoRA on the router and the fused experts is not modelled yet",
-                    ));
-                }
-            }
-            if l.adapter == crate::arch::Adapter::Boft {
-                if let Some(lin) = spec.each_linear().find(|lin| {
-                    l.targets.matches(lin) && Adapter::boft_blocks(lin, l.rank).is_none()
-                }) {
-                    return Err(Error::invalid(
-                        "lora_rank",
-                        format!("{} with --peft boft on {} (in_features {})", l.rank, lin.name, lin.in_features),
-                        "a BOFT block size (boft_block_size) that divides every targeted linear's in_features (peft: in_features must be divisible by boft_block_size)",
-                    ));
-                }
-            }
-            if l.adapter == crate::arch::Adapter::Osf {
-                if let Some(lin) = spec
-                    .each_linear()
-                    .find(|lin| l.targets.matches(lin) && Adapter::osf_ranks(lin, l.rank).is_none())
-                {
-                    return Err(Error::invalid(
-                        "lora_rank",
-                        format!("{} with --peft osf on {} ({} x {})", l.rank, lin.name, lin.out_features, lin.in_features),
-                        "a trained OSF rank r with 0 < r < min(out, in) of every targeted linear (peft: effective_rank = min - r must be positive)",
-                    ));
-                }
+                check_moe_lora(spec, l)?;
             }
             if matches!(l.adapter, Adapter::Boft | Adapter::Osf)
                 && self.method.kind() == MethodKind::Qlora

@@ -601,6 +601,18 @@ fn depth_errors(spec: &llm_mem::arch::ModelSpec, c: &Cell, p: &Pair) -> (f64, f6
     (e1, e2)
 }
 
+/// [`depth_errors`] beyond 1% at either depth, as a failure line.
+fn depth_miss(spec: &llm_mem::arch::ModelSpec, c: &Cell, p: &Pair) -> Option<String> {
+    let (e1, e2) = depth_errors(spec, c, p);
+    (e1.abs() > 0.01 || e2.abs() > 0.01).then(|| {
+        format!(
+            "{c:?}: depth 1 {:+.2}%, depth 2 {:+.2}%",
+            e1 * 100.0,
+            e2 * 100.0
+        )
+    })
+}
+
 /// The MoE traces (`tests/data/trace/moe.csv`: Mixtral, Qwen1.5-MoE, Qwen3-MoE,
 /// DeepSeek-V2-Lite with MLA, gpt-oss; trace_probe.py on transformers 5.24's fused
 /// experts, `grouped_mm`): the modelled families' parameters exactly at depth 2 and
@@ -664,14 +676,7 @@ fn moe_traces_against_the_ledger_and_the_rest_refused() {
             }
             params_checked += 1;
         }
-        let (e1, e2) = depth_errors(&spec, c, p);
-        if e1.abs() > 0.01 || e2.abs() > 0.01 {
-            failures.push(format!(
-                "{c:?}: depth 1 {:+.2}%, depth 2 {:+.2}%",
-                e1 * 100.0,
-                e2 * 100.0
-            ));
-        }
+        failures.extend(depth_miss(&spec, c, p));
         checked += 1;
     }
     println!("MoE: {params_checked} parameter counts, {checked} depth pairs ({lora_checked} LoRA); refused {refused:?}");
@@ -734,14 +739,7 @@ fn peft_tuners_against_the_trace_probe() {
             ));
         }
         params_checked += 1;
-        let (e1, e2) = depth_errors(&spec, c, p);
-        if e1.abs() > 0.01 || e2.abs() > 0.01 {
-            failures.push(format!(
-                "{c:?}: depth 1 {:+.2}%, depth 2 {:+.2}%",
-                e1 * 100.0,
-                e2 * 100.0
-            ));
-        }
+        failures.extend(depth_miss(&spec, c, p));
         *checked.entry(c.mode.clone()).or_default() += 1;
     }
     println!("peft trace rows {rows}; depth pairs per mode {checked:?}; parameter counts {params_checked}");
