@@ -78,10 +78,17 @@ pub enum Family {
     Qwen2Moe,
     /// Qwen3-MoE (`Qwen3MoeForCausalLM`): Qwen3's attention (q/k norms), routed experts.
     Qwen3Moe,
+    /// DeepSeek-V2 (`DeepseekV2ForCausalLM`): multi-head latent attention with a
+    /// complex-number rope, dense first layers, then softmax-routed experts plus
+    /// ungated shared experts.
+    DeepseekV2,
+    /// DeepSeek-V3 (`DeepseekV3ForCausalLM`): V2's latent attention with a cos/sin rope,
+    /// sigmoid routing with group-limited top-k and a score-correction bias.
+    DeepseekV3,
 }
 
 impl Family {
-    pub const ALL: [Family; 28] = [
+    pub const ALL: [Family; 30] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
@@ -110,7 +117,20 @@ impl Family {
         Family::Mixtral,
         Family::Qwen2Moe,
         Family::Qwen3Moe,
+        Family::DeepseekV2,
+        Family::DeepseekV3,
     ];
+
+    /// peft 0.21 converts LoRA targets onto this family's router and fused experts
+    /// (transformers' `_MODEL_TO_CONVERSION_PATTERN` names it, or peft adds it:
+    /// mixtral; qwen3_moe and deepseek_v2/v3 through qwen2_moe's pattern — but not
+    /// qwen2_moe itself, which the mapping lists only as a pattern).
+    pub fn moe_converted_by_peft(self) -> bool {
+        matches!(
+            self,
+            Family::Mixtral | Family::Qwen3Moe | Family::DeepseekV2 | Family::DeepseekV3
+        )
+    }
 
     pub fn model_type(self) -> &'static str {
         match self {
@@ -142,6 +162,8 @@ impl Family {
             Family::Mixtral => "mixtral",
             Family::Qwen2Moe => "qwen2_moe",
             Family::Qwen3Moe => "qwen3_moe",
+            Family::DeepseekV2 => "deepseek_v2",
+            Family::DeepseekV3 => "deepseek_v3",
         }
     }
 
@@ -375,6 +397,8 @@ pub struct ModelSpec {
     pub generic_of: Option<String>,
     /// A sparse mixture-of-experts feed-forward block in every decoder layer.
     pub moe: Option<MoeSpec>,
+    /// Multi-head latent attention (DeepSeek-V2/V3) in place of q/k/v projections.
+    pub mla: Option<MlaSpec>,
     /// Which layers attend within `sliding_window` (their KV cache holds the window,
     /// not the context).
     pub sliding_layers: SlidingLayers,
@@ -438,6 +462,61 @@ pub struct MoeSpec {
     /// The routing weights stay fp32 into the combine (Mixtral's router returns the
     /// softmax's fp32 values); Qwen's routers cast them to the logits' dtype.
     pub fp32_weights: bool,
+    /// How the router scores and picks experts.
+    pub router: RouterKind,
+    /// The router runs `F.linear(x.float(), weight.float())` with its weight kept in
+    /// fp32 (DeepSeek's `_keep_in_fp32_modules_strict = ["gate.weight"]`).
+    pub router_fp32: bool,
+    /// The shared expert's output passes a sigmoid gate (`shared_expert_gate`,
+    /// Qwen2-MoE); DeepSeek adds its shared experts ungated.
+    pub shared_gate: bool,
+}
+
+/// A router's scoring and selection (transformers 5.24).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouterKind {
+    /// `softmax(logits)` then `topk` (Mixtral, Qwen-MoE, DeepSeek-V2 `greedy`).
+    Softmax,
+    /// DeepSeek-V3's `noaux_tc` (modeling_deepseek_v3.py `DeepseekV3TopkRouter`):
+    /// `sigmoid(logits)` plus the score-correction bias, the top-2 sum per group of
+    /// experts, the `topk_groups` best groups kept by a mask, `topk` over the masked
+    /// scores, the chosen scores gathered.
+    SigmoidGrouped { groups: u64, topk_groups: u64 },
+    /// DeepSeek-V2's `group_limited_greedy`: softmax, the best score per group, the
+    /// `topk_groups` best groups kept by a mask (`masked_fill` with 0), then `topk`.
+    SoftmaxGroupLimited { groups: u64, topk_groups: u64 },
+}
+
+/// Multi-head latent attention (DeepSeek-V2/V3, modeling_deepseek_v2.py /
+/// modeling_deepseek_v3.py `*Attention`, transformers 5.24): queries straight from
+/// `q_proj` or through the `q_a_proj` → `q_a_layernorm` → `q_b_proj` bottleneck; keys
+/// and values from one latent (`kv_a_proj_with_mqa` → `kv_a_layernorm` →
+/// `kv_b_proj`) plus one shared rope key. The spec's `head_dim` is the query/key head
+/// (nope + rope); values have `v_head` channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MlaSpec {
+    pub q_lora_rank: Option<u64>,
+    pub kv_lora_rank: u64,
+    pub qk_nope: u64,
+    pub qk_rope: u64,
+    pub v_head: u64,
+    /// V2 rotates through complex numbers (`torch.polar` frequencies, kept by the
+    /// complex multiply); V3 with cos/sin tables like llama.
+    pub complex_rope: bool,
+    /// V3's `rope_interleave` (default true): the rope slices are de-interleaved by a
+    /// `view/transpose/reshape` copy before the rotation.
+    pub rope_interleave: bool,
+}
+
+impl MlaSpec {
+    /// Bytes per token and layer of what transformers 5.24's cache stores: the normed
+    /// latent and the rotated rope key (`cache.update(k_nope, k_pe)`, "performed while
+    /// the latent KV is still compressed"), i.e. kv_lora_rank + rope elements — what
+    /// vLLM and SGLang store too.
+    pub fn latent_width(&self) -> u64 {
+        self.kv_lora_rank + self.qk_rope
+    }
 }
 
 impl MoeSpec {
@@ -464,6 +543,9 @@ pub struct LinearSpec {
     /// the fused gate/up at twice the rank); false for every module, and for a
     /// parameter peft never converts (Qwen2-MoE's).
     pub via_conversion: bool,
+    /// An `nn.Linear` whose leaf name peft's MoE conversion claims for the fused
+    /// experts, so no LoRA target list reaches it on this model type.
+    pub shadowed: bool,
 }
 
 impl LinearSpec {
@@ -562,13 +644,32 @@ pub enum LinearRole {
     SharedDown,
     /// The shared expert's sigmoid gate (hidden → 1).
     SharedExpertGate,
+    /// Latent attention's query down-projection (`q_a_proj`: hidden → q_lora_rank).
+    QA,
+    /// Latent attention's query up-projection (`q_b_proj`: q_lora_rank → heads ×
+    /// (nope + rope)).
+    QB,
+    /// Latent attention's joint KV down-projection with the shared rope key
+    /// (`kv_a_proj_with_mqa`: hidden → kv_lora_rank + rope).
+    KvA,
+    /// Latent attention's KV up-projection (`kv_b_proj`: kv_lora_rank → heads ×
+    /// (nope + v)).
+    KvB,
 }
 
 impl LinearRole {
     pub fn is_attention(self) -> bool {
         matches!(
             self,
-            LinearRole::Q | LinearRole::K | LinearRole::V | LinearRole::Qkv | LinearRole::O
+            LinearRole::Q
+                | LinearRole::K
+                | LinearRole::V
+                | LinearRole::Qkv
+                | LinearRole::O
+                | LinearRole::QA
+                | LinearRole::QB
+                | LinearRole::KvA
+                | LinearRole::KvB
         )
     }
 
@@ -598,7 +699,19 @@ impl ModelSpec {
             role: LinearRole::Head,
             copies: 1,
             via_conversion: false,
+            shadowed: false,
         }
+    }
+    /// Input width of the attention output projection: heads × v_head under latent
+    /// attention, else the query width.
+    pub fn o_in(&self) -> u64 {
+        self.mla.map_or(self.q_dim(), |m| self.heads * m.v_head)
+    }
+    /// KV-cache elements one decoder layer stores per token: keys and values
+    /// (2 × kv_heads × head_dim), or under latent attention the compressed latent and
+    /// the rope key ([`MlaSpec::latent_width`]).
+    pub fn kv_elems_per_token_layer(&self) -> u64 {
+        self.mla.map_or(2 * self.kv_dim(), |m| m.latent_width())
     }
     pub fn q_dim(&self) -> u64 {
         self.heads * self.head_dim
@@ -610,6 +723,16 @@ impl ModelSpec {
     /// Decoder layers in the stack.
     pub fn layers(&self) -> u64 {
         self.groups.iter().map(|g| g.count).sum()
+    }
+
+    /// Decoder layers whose feed-forward block is the sparse MoE block (a router among
+    /// its modules).
+    pub fn moe_layers(&self) -> u64 {
+        self.groups
+            .iter()
+            .filter(|g| g.modules.ffn.iter().any(|s| s.role == LinearRole::Router))
+            .map(|g| g.count)
+            .sum()
     }
 
     /// Decoder layers attending within `sliding_window` (0 without one).
@@ -684,10 +807,23 @@ impl ModelSpec {
         let (qd, kvd, i) = (self.q_dim(), self.kv_dim(), self.intermediate);
         m.attention.iter().chain(m.ffn).map(move |slot| {
             let (in_features, out_features, bias) = match slot.role {
-                Q => (h, qd, self.qkv_bias),
+                // latent attention's q_proj never has a bias
+                Q => (h, qd, self.qkv_bias && self.mla.is_none()),
                 K | V => (h, kvd, self.qkv_bias),
                 Qkv => (h, qd + 2 * kvd, self.qkv_bias),
-                O => (qd, h, self.o_bias),
+                O => (self.o_in(), h, self.o_bias),
+                QA => (
+                    h,
+                    self.mla.and_then(|m| m.q_lora_rank).unwrap_or(0),
+                    self.qkv_bias,
+                ),
+                QB => (self.mla.and_then(|m| m.q_lora_rank).unwrap_or(0), qd, false),
+                KvA => (h, self.mla.map_or(0, |m| m.latent_width()), self.qkv_bias),
+                KvB => (
+                    self.mla.map_or(0, |m| m.kv_lora_rank),
+                    self.mla.map_or(0, |m| self.heads * (m.qk_nope + m.v_head)),
+                    false,
+                ),
                 Gate | Up => (h, i, self.mlp_bias),
                 GateUp => (h, 2 * i, self.mlp_bias),
                 Down => (i, h, self.mlp_bias),
@@ -720,8 +856,16 @@ impl ModelSpec {
                 bias,
                 role: slot.role,
                 copies,
-                via_conversion: parameter
-                    && matches!(self.family, Family::Mixtral | Family::Qwen3Moe),
+                via_conversion: parameter && self.family.moe_converted_by_peft(),
+                // transformers_weight_conversion.py `_convert_peft_config_moe` moves the
+                // v4 expert names (gate_proj, up_proj, down_proj) from target_modules to
+                // target_parameters: a dense MLP or shared expert with those leaf names is
+                // then no longer a module target (DeepSeek, checked by the trace probe)
+                shadowed: self.family.moe_converted_by_peft()
+                    && matches!(
+                        slot.role,
+                        Gate | Up | Down | SharedGate | SharedUp | SharedDown
+                    ),
             }
         })
     }
@@ -908,6 +1052,9 @@ impl LoraTargets {
                     | LinearRole::ExpertGateUp
                     | LinearRole::ExpertDown
             );
+        if lin.shadowed {
+            return false;
+        }
         match self {
             LoraTargets::Attn => lin.role.is_attention(),
             LoraTargets::AllLinear => linear,
@@ -926,7 +1073,9 @@ impl LoraTargets {
     pub fn converted_onto_experts(&self, family: Family) -> bool {
         let v4: &[&str] = match family {
             Family::Mixtral => &["gate", "w1", "w2", "w3"],
-            Family::Qwen3Moe => &["gate", "gate_proj", "up_proj", "down_proj"],
+            Family::Qwen3Moe | Family::DeepseekV2 | Family::DeepseekV3 => {
+                &["gate", "gate_proj", "up_proj", "down_proj"]
+            }
             _ => return false,
         };
         match self {

@@ -73,7 +73,18 @@ pub fn per_layer_of(spec: &ModelSpec, lins: &[LinearSpec]) -> u64 {
 
 /// What one decoder layer holds besides its linears: its norms and q/k norms.
 fn per_layer_fixed(spec: &ModelSpec) -> u64 {
-    spec.norms_per_layer() * norm_params(spec, spec.hidden) + qk_norm_params(spec)
+    spec.norms_per_layer() * norm_params(spec, spec.hidden)
+        + qk_norm_params(spec)
+        + mla_norm_params(spec)
+}
+
+/// Latent attention's own norms (modeling_deepseek_v2.py `DeepseekV2Attention`):
+/// `q_a_layernorm` over q_lora_rank (with the query bottleneck) and `kv_a_layernorm`
+/// over kv_lora_rank.
+fn mla_norm_params(spec: &ModelSpec) -> u64 {
+    spec.mla.map_or(0, |m| {
+        norm_params(spec, m.kv_lora_rank) + m.q_lora_rank.map_or(0, |r| norm_params(spec, r))
+    })
 }
 
 /// Exact parameter counts from the architecture, or from the checkpoint's tensor list
@@ -336,7 +347,7 @@ pub fn active(spec: &ModelSpec) -> u64 {
 /// layer (0 for a dense model).
 pub fn idle_experts(spec: &ModelSpec) -> u64 {
     spec.moe.map_or(0, |m| {
-        spec.layers() * (m.experts - m.top_k) * m.expert_params(spec.hidden)
+        spec.moe_layers() * (m.experts - m.top_k) * m.expert_params(spec.hidden)
     })
 }
 

@@ -40,7 +40,7 @@ pub mod recipe;
 pub mod search;
 
 use crate::arch::params;
-use crate::arch::{LinearRole, ModelSpec, Positions};
+use crate::arch::{LayerGroup, LinearRole, ModelSpec, Positions};
 use crate::error::Result;
 use crate::estimate::optimizer;
 use crate::estimate::timeline::Unsynced;
@@ -103,7 +103,8 @@ pub fn tp_local(spec: &ModelSpec, tp: u64, start: u64, layers: u64) -> ModelSpec
 
 /// One tensor-parallel rank's weight bytes, split by where they live.
 struct WeightSplit {
-    per_layer: u64,
+    /// All the stage's decoder layers.
+    layers: u64,
     embedding: u64,
     head: u64,
     /// Learned positions and BLOOM's embedding norm (first stage).
@@ -143,12 +144,18 @@ fn other_params(local: &ModelSpec, c: &params::ParamCounts) -> OtherParams {
 }
 
 fn weight_split(local: &ModelSpec, w: &Workload) -> Result<WeightSplit> {
-    let (mut one, mut two) = (local.clone(), local.clone());
+    // each layer group's layer: the bytes of two such layers minus one
+    let mut layers = 0u64;
+    for g in &local.groups {
+        let (mut one, mut two) = (local.clone(), local.clone());
+        one.groups = vec![LayerGroup { count: 1, ..*g }];
+        two.groups = vec![LayerGroup { count: 2, ..*g }];
+        let per_layer =
+            weights::weight_bytes(&two, w, 0)?.base - weights::weight_bytes(&one, w, 0)?.base;
+        layers = layers.saturating_add(g.count.saturating_mul(per_layer));
+    }
+    let mut one = local.clone();
     one.set_layers(1);
-    two.set_layers(2);
-    let w1 = weights::weight_bytes(&one, w, 0)?.base;
-    let w2 = weights::weight_bytes(&two, w, 0)?.base;
-    let per_layer = w2 - w1;
     let c = params::count(&one);
     // non-layer tensors stay in the parameter dtype (bf16 for fp8 / quantized runs)
     let rest = match w.precision.param_dtype().size() {
@@ -157,7 +164,7 @@ fn weight_split(local: &ModelSpec, w: &Workload) -> Result<WeightSplit> {
     };
     let o = other_params(local, &c);
     Ok(WeightSplit {
-        per_layer,
+        layers,
         embedding: c.embedding * rest,
         // a tied head's copy (pipelined) is embedding-sized
         head: c
@@ -181,8 +188,6 @@ pub fn estimate_layout(
     w.validate(spec)?;
     layout.validate(spec, w)?;
     let spec = &*estimate::instantiated(spec, w);
-    // the per-rank recipes count "layers × one layer": a uniform stack
-    spec.uniform_block()?;
     // the precision recipe of the layout's framework (recipe.rs)
     let recipe = precision_recipe(w, layout);
     let w = &*recipe.workload;
@@ -448,6 +453,19 @@ impl Stage {
         let mut one = local.clone();
         one.set_layers(1);
         let counts = params::count(&one);
+        // the stage's layers: every group's own (DeepSeek's dense first layers and its
+        // MoE layers differ); `p_layer` is the largest, the unit FSDP / ZeRO-3 gather
+        let group_params: Vec<(u64, u64)> = local
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    g.count,
+                    params::per_layer_of(&local, &local.block_linears(&g.modules)),
+                )
+            })
+            .collect();
+        let p_layers: u64 = group_params.iter().map(|(n, p)| n * p).sum();
         let full = w.method.is_full();
 
         // parameters this rank holds before data-parallel sharding
@@ -459,7 +477,7 @@ impl Stage {
             (true, _) => counts.embedding,
             (false, _) => counts.lm_head,
         };
-        let p_layer = counts.per_layer;
+        let p_layer = group_params.iter().map(|&(_, p)| p).max().unwrap_or(0);
         let p_emb = if first {
             counts.embedding + o.positions + o.embed_norm
         } else {
@@ -467,10 +485,10 @@ impl Stage {
         };
         let p_head = if last { head_params } else { 0 };
         let p_other = if last { o.final_norm } else { 0 };
-        let p_stage = layers * p_layer + p_emb + p_head + p_other;
+        let p_stage = p_layers + p_emb + p_head + p_other;
 
         let ws = weight_split(&local, w)?;
-        let weights = layers * ws.per_layer
+        let weights = ws.layers
             + if first {
                 ws.embedding + ws.first_extra
             } else {
@@ -484,8 +502,11 @@ impl Stage {
 
         // trainable parameters on this rank
         let lora_local = estimate::lora_trainable(&local, w);
+        // trainable parameters per layer: the stage's mean (a mixed stack's layers
+        // differ; the sums over the stage stay exact up to the division's remainder,
+        // which the non-layer rest absorbs)
         let t_layer = if full {
-            p_layer
+            p_layers / layers.max(1)
         } else {
             lora_local / layers.max(1)
         };
@@ -518,8 +539,9 @@ impl Stage {
             // the layers' tensors: `layers` of each, or layers × experts of a routed
             // expert's slice
             shapes.retain(|s| s.count > 0 && s.count >= layers && s.count.is_multiple_of(layers));
-            if layers == 1 {
-                // count == 1 cannot tell a layer tensor from the rest: rebuild the layer set
+            if layers == 1 || local.groups.len() > 1 {
+                // count == 1 (or a stack of groups) cannot tell a layer tensor from the
+                // rest by its count: rebuild the layer set
                 shapes = optimizer::layer_shapes(local);
             }
             let mut vectors = Vec::new();
@@ -905,8 +927,7 @@ fn split_rest(s: &Stage, rest_params: u64, bytes: u64) -> (u64, u64, u64) {
 /// Parameters of the largest single module a rank gathers (ZeRO-3).
 fn largest_module(local: &ModelSpec, first: bool, last: bool) -> u64 {
     let lin = local
-        .layer_linears()
-        .iter()
+        .each_linear()
         .filter(|l| l.role != LinearRole::Head)
         .map(|l| l.params())
         .max()

@@ -371,8 +371,11 @@ pub fn simulate(
         ));
     }
     ov.validate()?;
-    // the ledger and the candle program describe one block, run by every layer
-    spec.uniform_block()?;
+    // the candle program describes one block, run by every layer (the torch ledger
+    // runs each layer group's own)
+    if w.runtime == crate::workload::Runtime::Candle {
+        spec.uniform_block()?;
+    }
     let counts = params::count(spec);
     let warnings = context_warnings(spec, w);
     if w.task == Task::Train && w.runtime == crate::workload::Runtime::Candle {
@@ -387,11 +390,9 @@ pub fn simulate(
 
     let acts: Activations;
     let mut params_trainable = 0;
-    let layers_here;
     match (w.task, view) {
         (Task::Train, Some(v)) => {
             let local = &v.local;
-            layers_here = local.layers();
             params_trainable = if w.method.is_full() {
                 counts.total
             } else {
@@ -415,18 +416,12 @@ pub fn simulate(
         (Task::Infer, _) => {
             // one GPU, or one tensor-parallel rank of a served model
             let spec = view.map_or(spec, |v| &v.local);
-            layers_here = spec.layers();
             acts = simulate_serving(spec, w, a, corr.layers_only, &mut rec)?;
         }
     }
 
     let total_saved = match w.task {
-        Task::Train => {
-            acts.non_layer.shared
-                + acts.first.saved
-                + (layers_here - 1) * acts.layer.saved
-                + acts.non_layer.head_saved
-        }
+        Task::Train => acts.non_layer.shared + acts.stack_saved() + acts.non_layer.head_saved,
         Task::Infer => 0,
     };
     Ok(recorded(
@@ -489,7 +484,13 @@ fn simulate_serving(
     let acts = scaled(torch::activations(spec, &pre), a, layers_only);
     let total_len = inf.prompt_len + inf.gen_len;
     let dec = ledger_params(w, Trainable::Nothing, 1, total_len, c);
-    let dec_layer = torch::layer(spec, &dec, false);
+    // the largest decode step over the stack's layer groups
+    let dec_peak = spec
+        .groups
+        .iter()
+        .map(|g| torch::layer_of(spec, &g.modules, &dec, false).fwd_peak)
+        .max()
+        .unwrap_or(0);
     let kv_per_token = kv_bytes_per_token(spec, inf.kv_dtype);
     let v = spec.vocab;
     let cd = w.precision.compute_dtype().size();
@@ -501,10 +502,10 @@ fn simulate_serving(
         // `DynamicSlidingWindowLayer.update`, transformers 5.24)
         kv_prefill: c * inf.prompt_len * kv_per_token,
         kv_final: c * kv_cache_bytes(spec, inf.kv_dtype, total_len),
-        prefill_layer_peak: acts.layer.fwd_peak,
+        prefill_layer_peak: acts.max_layer(|l| l.fwd_peak),
         // generate() keeps only the last position's logits and copies them to fp32
         prefill_logits: c * v * (cd + 4),
-        decode_layer_peak: scale(dec_layer.fwd_peak, a),
+        decode_layer_peak: scale(dec_peak, a),
         // logits, fp32 copy, probabilities, sorted values and int64 indices
         decode_logits: c * v * (cd + 4 + 4 + 4 + 8),
         embed_out_prefill: acts.non_layer.embed_out,
@@ -728,12 +729,10 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
         // litgpt's fit() keeps `loss` (the graph's root) bound until the next
         // iteration assigns a new one, after its forward and loss
         prev_step_held: if litgpt {
-            let n = v.local.layers();
-            let stack = if v.has_embedding {
-                acts.first.ctx_held + n.saturating_sub(1) * acts.layer.ctx_held
-            } else {
-                n * acts.layer.ctx_held
-            };
+            let stack: u64 = stage_ledgers(v, acts)
+                .iter()
+                .map(|(n, l, _)| n * l.ctx_held)
+                .sum();
             stack
                 + if v.has_head {
                     acts.non_layer.ctx_held
@@ -748,41 +747,57 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
 
 /// The decoder layers of a rank's stage as runs of equal cost: on the first stage
 /// layer 0 has its own cost (under LoRA its input needs no grad, see
-/// `runtime::torch`), then the rest; later stages run only the general layer.
+/// `runtime::torch`), then the rest of its group; then each further layer group;
+/// later stages run only the general layers.
 fn layer_runs(v: &RankView, acts: &Activations, extra_temp: u64) -> LayerRuns {
-    let n = v.local.layers();
-    let cost = |l: &torch::LayerLedger| LayerCost {
-        saved: l.saved,
-        fwd_cache: l.fwd_cache,
-        fwd_peak: l.fwd_peak,
-        bwd_peak: l.bwd_peak,
-        // the general layer's: gradients the layer's backward has allocated by its peak
-        bwd_peak_param_grads: acts.layer.bwd_peak_param_grads,
-        extra_temp,
-        grad: v.statics.grad_layer,
-    };
-    let general = LayerRun {
-        count: n,
-        cost: cost(&acts.layer),
-    };
-    if v.has_embedding {
-        let first = LayerRun {
-            count: 1,
-            cost: cost(&acts.first),
-        };
-        let rest = LayerRun {
-            count: n - 1,
-            ..general
-        };
-        LayerRuns::from_buf([first, rest])
-    } else {
-        smallvec::smallvec![general]
-    }
+    stage_ledgers(v, acts)
+        .into_iter()
+        .map(|(count, l, general)| LayerRun {
+            count,
+            cost: LayerCost {
+                saved: l.saved,
+                fwd_cache: l.fwd_cache,
+                fwd_peak: l.fwd_peak,
+                bwd_peak: l.bwd_peak,
+                // the general layer's: gradients the layer's backward has allocated by
+                // its peak
+                bwd_peak_param_grads: general.bwd_peak_param_grads,
+                extra_temp,
+                grad: v.statics.grad_layer,
+            },
+        })
+        .collect()
 }
 
-/// KV-cache bytes per token of context (all layers, K and V).
+/// The stage's layers as (count, ledger, the general ledger of its group), bottom to
+/// top: the first layer's own ledger only on the stage that holds the embedding.
+fn stage_ledgers<'a>(
+    v: &RankView,
+    acts: &'a Activations,
+) -> Vec<(u64, &'a torch::LayerLedger, &'a torch::LayerLedger)> {
+    let n = v.local.layers();
+    let general: Vec<(u64, &torch::LayerLedger)> = if acts.groups.is_empty() {
+        vec![(n, &acts.layer)]
+    } else {
+        acts.groups.iter().map(|(c, l)| (*c, l)).collect()
+    };
+    let mut out = Vec::with_capacity(general.len() + 1);
+    for (i, (c, l)) in general.into_iter().enumerate() {
+        if i == 0 && v.has_embedding {
+            out.push((1, &acts.first, l));
+            out.push((c - 1, l, l));
+        } else {
+            out.push((c, l, l));
+        }
+    }
+    out.retain(|(c, _, _)| *c > 0);
+    out
+}
+
+/// KV-cache bytes per token of context (all layers, K and V; latent attention's
+/// latent and rope key, see [`ModelSpec::kv_elems_per_token_layer`]).
 pub fn kv_bytes_per_token(spec: &ModelSpec, kv_dtype: DType) -> u64 {
-    2 * spec.layers() * spec.kv_dim() * kv_dtype.size()
+    spec.layers() * spec.kv_elems_per_token_layer() * kv_dtype.size()
 }
 
 /// KV-cache bytes of one sequence of `tokens` during decode: a full-attention layer
@@ -790,7 +805,7 @@ pub fn kv_bytes_per_token(spec: &ModelSpec, kv_dtype: DType) -> u64 {
 /// (`DynamicSlidingWindowLayer.update` keeps `window - 1` tokens as a view into the
 /// step's `torch.cat` of `window`, transformers 5.24 cache_utils.py), K and V.
 pub fn kv_cache_bytes(spec: &ModelSpec, kv_dtype: DType, tokens: u64) -> u64 {
-    let per_layer_token = 2 * spec.kv_dim() * kv_dtype.size();
+    let per_layer_token = spec.kv_elems_per_token_layer() * kv_dtype.size();
     let sliding = spec.sliding_layer_count();
     let full = spec.layers() - sliding;
     let window = spec.sliding_window.map_or(tokens, |w| w.min(tokens));
@@ -802,7 +817,10 @@ fn scaled(mut x: Activations, a: f64, layers_only: bool) -> Activations {
     if a == 1.0 {
         return x;
     }
-    for l in [&mut x.layer, &mut x.first] {
+    for l in [&mut x.layer, &mut x.first]
+        .into_iter()
+        .chain(x.groups.iter_mut().map(|(_, l)| l))
+    {
         l.saved = scale(l.saved, a);
         l.fwd_cache = scale(l.fwd_cache, a);
         l.fwd_peak = scale(l.fwd_peak, a);

@@ -55,6 +55,21 @@ pub fn gptq_bytes(in_f: u64, out_f: u64, bits: u64, group: Option<u64>) -> u64 {
         + in_f * 4
 }
 
+/// Router parameters transformers keeps in fp32 (every MoE layer's `gate.weight` of a
+/// family whose router runs in fp32).
+pub fn fp32_router_params(spec: &ModelSpec) -> u64 {
+    match spec.moe {
+        Some(m) if m.router_fp32 => spec.sum_over_layers(|l| {
+            if l.role == crate::arch::LinearRole::Router {
+                l.params()
+            } else {
+                0
+            }
+        }),
+        _ => 0,
+    }
+}
+
 pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_stored: u64) -> Result<WeightBytes> {
     let counts = params::count(spec);
     let total = counts.total;
@@ -116,7 +131,9 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_stored: u64) -> Result<
             let scb = spec.sum_over_layers(|l| l.copies * l.out_features * 4);
             linear + scb + (total - linear) * DType::F16.size()
         }
-        _ => total * dt.size(),
+        // DeepSeek keeps its router weight in fp32 whatever the load dtype
+        // (modeling_deepseek_v2.py / _v3.py `_keep_in_fp32_modules_strict`)
+        _ => total * dt.size() + fp32_router_params(spec) * 4u64.saturating_sub(dt.size()),
     };
     Ok(WeightBytes { base, adapters })
 }

@@ -19,8 +19,9 @@
 use serde_json::{Map, Value};
 
 use crate::arch::{
-    Activation, BlockModules, Dropout, Family, LayerGroup, LinearRole, MlpKind, ModelSpec,
-    ModuleSlot, MoeSpec, NormKind, Positions, QkNorm, Quantization, Residual, ScalarMults,
+    Activation, BlockModules, Dropout, Family, LayerGroup, LinearRole, MlaSpec, MlpKind, ModelSpec,
+    ModuleSlot, MoeSpec, NormKind, Positions, QkNorm, Quantization, Residual, RouterKind,
+    ScalarMults,
 };
 use crate::arch::{MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH};
 use crate::error::{Error, Result};
@@ -32,8 +33,6 @@ pub const LATER_VERSION: &str =
 
 /// `model_type`s of mixture-of-experts or MLA text models (rejected, see [`LATER_VERSION`]).
 const MOE_TYPES: &[&str] = &[
-    "deepseek_v2",
-    "deepseek_v3",
     "dbrx",
     "jamba",
     "olmoe",
@@ -54,7 +53,13 @@ const MOE_TYPES: &[&str] = &[
 ];
 
 /// The mixture-of-experts `model_type`s that are modelled (`moe`).
-const MODELLED_MOE_TYPES: &[&str] = &["mixtral", "qwen2_moe", "qwen3_moe"];
+const MODELLED_MOE_TYPES: &[&str] = &[
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "deepseek_v2",
+    "deepseek_v3",
+];
 
 /// `model_type`s of vision-language models (rejected, see [`LATER_VERSION`]).
 const VLM_TYPES: &[&str] = &[
@@ -189,6 +194,7 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
         Family::Phi => phi(&c)?,
         Family::Qwen => qwen(&c)?,
         Family::Mixtral | Family::Qwen2Moe | Family::Qwen3Moe => moe(&c, family)?,
+        Family::DeepseekV2 | Family::DeepseekV3 => deepseek(&c, family)?,
     };
     let mut spec = family_facts(spec);
     spec.sliding_layers = sliding_layers(&c, &spec)?;
@@ -426,12 +432,50 @@ fn block_modules(family: Family, mlp: MlpKind) -> BlockModules {
     BlockModules { attention, ffn }
 }
 
+/// DeepSeek-V2/V3's blocks (modeling_deepseek_v2.py / _v3.py): `DeepseekV2Attention`
+/// with `q_proj` or `q_a_proj` / `q_b_proj`, `kv_a_proj_with_mqa`, `kv_b_proj`,
+/// `o_proj`; a dense layer's `DeepseekV2MLP` (gate/up/down_proj) or the sparse block:
+/// `gate` (the router), `experts.gate_up_proj` / `experts.down_proj`, and
+/// `shared_experts.{gate,up,down}_proj`.
+fn deepseek_modules(q_lora: bool, sparse: bool) -> BlockModules {
+    use LinearRole::*;
+    const ATTN_Q: &[ModuleSlot] = &[
+        m("q_proj", Q),
+        m("kv_a_proj_with_mqa", KvA),
+        m("kv_b_proj", KvB),
+        m("o_proj", O),
+    ];
+    const ATTN_QLORA: &[ModuleSlot] = &[
+        m("q_a_proj", QA),
+        m("q_b_proj", QB),
+        m("kv_a_proj_with_mqa", KvA),
+        m("kv_b_proj", KvB),
+        m("o_proj", O),
+    ];
+    const DENSE: &[ModuleSlot] = &[m("gate_proj", Gate), m("up_proj", Up), m("down_proj", Down)];
+    const SPARSE: &[ModuleSlot] = &[
+        m("gate", Router),
+        m("gate_up_proj", ExpertGateUp),
+        m("down_proj", ExpertDown),
+        m("gate_proj", SharedGate),
+        m("up_proj", SharedUp),
+        m("down_proj", SharedDown),
+    ];
+    BlockModules {
+        attention: if q_lora { ATTN_QLORA } else { ATTN_Q },
+        ffn: if sparse { SPARSE } else { DENSE },
+    }
+}
+
 /// The facts downstream code needs that follow from the family: the block's modules,
 /// the q/k norm shape, the eager softmax dtype.
 fn family_facts(mut s: ModelSpec) -> ModelSpec {
-    let modules = block_modules(s.family, s.mlp);
-    for g in &mut s.groups {
-        g.modules = modules;
+    if s.mla.is_none() {
+        // one block for the stack; DeepSeek's parser sets its dense and sparse groups
+        let modules = block_modules(s.family, s.mlp);
+        for g in &mut s.groups {
+            g.modules = modules;
+        }
     }
     // modeling_gptj.py eager attention: softmax of fp32 scores (saved in fp32)
     // modeling_gpt2.py eager attention: softmax in the compute dtype;
@@ -519,6 +563,17 @@ impl Cfg<'_> {
             }
         }
         Ok(default)
+    }
+
+    /// An integer in `0..=max` (class default when absent / null).
+    fn uint0_or(&self, key: &'static str, max: u64, default: u64) -> Result<u64> {
+        let Some(v) = self.get(key) else {
+            return Ok(default);
+        };
+        match v.as_u64() {
+            Some(n) if n <= max => Ok(n),
+            _ => Err(Error::invalid(key, v, format!("an integer in 0..={max}"))),
+        }
     }
 
     fn bool_or(&self, key: &'static str, default: bool) -> Result<bool> {
@@ -869,6 +924,7 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         checkpoint: None,
         generic_of: None,
         moe: None,
+        mla: None,
         sliding_layers: crate::arch::SlidingLayers::None,
     })
 }
@@ -1041,7 +1097,168 @@ fn moe(c: &Cfg, family: Family) -> Result<ModelSpec> {
         shared_expert,
         norm_topk: family == Family::Mixtral || c.bool_or("norm_topk_prob", false)?,
         fp32_weights: family == Family::Mixtral,
+        router: RouterKind::Softmax,
+        router_fp32: false,
+        shared_gate: shared_expert.is_some(),
     });
+    Ok(s)
+}
+
+/// deepseek_v2 / deepseek_v3 (transformers 5.24 configuration_deepseek_v2.py /
+/// configuration_deepseek_v3.py and their modeling files): multi-head latent attention
+/// ([`MlaSpec`]: `q_lora_rank` (null: a plain `q_proj`; class default 1536),
+/// `kv_lora_rank`, `qk_nope_head_dim`, `qk_rope_head_dim`, `v_head_dim`), the first
+/// `first_k_dense_replace` layers with a dense `intermediate_size` MLP (class default 0
+/// for V2, 3 for V3; the modeling code ignores `moe_layer_freq`), then a sparse block:
+/// `n_routed_experts` experts of `moe_intermediate_size`, `num_experts_per_tok`, and
+/// `n_shared_experts` × `moe_intermediate_size` of ungated shared experts. The router
+/// (`gate.weight`, kept in fp32) scores in fp32: V2 by softmax, `topk_method` greedy or
+/// group_limited_greedy (`n_group`, `topk_group`), never renormalized (V2 ignores
+/// `norm_topk_prob`); V3 by sigmoid with group-limited top-k, renormalized when
+/// `norm_topk_prob` (default true). `routed_scaling_factor` multiplies the weights (a
+/// new tensor, nothing kept). q_proj has no bias; q_a/kv_a/o_proj have `attention_bias`.
+fn deepseek(c: &Cfg, family: Family) -> Result<ModelSpec> {
+    let v3 = family == Family::DeepseekV3;
+    let qk_nope = c.uint_or(&["qk_nope_head_dim"], MAX_WIDTH, 128)?;
+    let qk_rope = c.uint_or(&["qk_rope_head_dim"], MAX_WIDTH, 64)?;
+    let v_head = c.uint_or(&["v_head_dim"], MAX_WIDTH, 128)?;
+    let kv_lora_rank = c.uint_or(&["kv_lora_rank"], MAX_WIDTH, 512)?;
+    // an explicit null selects the plain q_proj; absent is the class default
+    let q_lora_rank = match c.m.get("q_lora_rank") {
+        Some(Value::Null) => None,
+        None => Some(1536),
+        Some(_) => c.uint_opt("q_lora_rank", MAX_WIDTH)?,
+    };
+    let mut s = std_base(c, family, true, |_, _| Ok(qk_nope + qk_rope))?;
+    let refuse = |key: &str, value: String, accepted: &str| {
+        Err(Error::Unsupported {
+            model_type: c.model_type.to_string(),
+            reason: format!("`{key}` = {value}: {accepted}"),
+            supported: Family::supported_list(),
+        })
+    };
+    if s.kv_heads != s.heads {
+        // eager attention's repeat_kv would run on the expanded per-head keys
+        return refuse(
+            "num_key_value_heads",
+            s.kv_heads.to_string(),
+            "num_attention_heads (latent attention expands one latent into every head's keys and values)",
+        );
+    }
+    s.max_positions = c.uint_or(
+        &["max_position_embeddings"],
+        MAX_POSITIONS,
+        if v3 { 4096 } else { 2048 },
+    )?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
+    s.act = c.act("hidden_act", Activation::Silu)?;
+    s.dropout.attn = c.prob("attention_dropout", 0.0)?;
+    s.qkv_bias = c.bool_or("attention_bias", false)?;
+    s.o_bias = s.qkv_bias;
+    s.mlp_bias = !v3 && c.bool_or("mlp_bias", false)?;
+    s.positions = Positions::Rope {
+        rotary_dim: qk_rope,
+    };
+    s.mla = Some(MlaSpec {
+        q_lora_rank,
+        kv_lora_rank,
+        qk_nope,
+        qk_rope,
+        v_head,
+        complex_rope: !v3,
+        rope_interleave: v3 && c.bool_or("rope_interleave", true)?,
+    });
+    let experts = c.uint_or(&["n_routed_experts"], 1 << 16, if v3 { 256 } else { 64 })?;
+    let top_k = match c.uint_opt("num_experts_per_tok", 1 << 16)? {
+        Some(k) => k,
+        None if v3 => 8,
+        None => return Err(c.missing("num_experts_per_tok")),
+    };
+    let expert_intermediate = c.uint_or(
+        &["moe_intermediate_size"],
+        MAX_WIDTH,
+        if v3 { 2048 } else { 1407 },
+    )?;
+    let n_shared = c.uint_or(&["n_shared_experts"], 1 << 10, if v3 { 1 } else { 2 })?;
+    let first_dense = c.uint0_or("first_k_dense_replace", MAX_LAYERS, if v3 { 3 } else { 0 })?;
+    let groups = |default: u64| -> Result<(u64, u64)> {
+        let g = c.uint_or(&["n_group"], 1 << 16, default)?;
+        let tg = c.uint_or(&["topk_group"], 1 << 16, if v3 { 4 } else { 1 })?;
+        if !experts.is_multiple_of(g) || tg > g {
+            return Err(Error::invalid(
+                "n_group / topk_group",
+                format!("{g} / {tg}"),
+                format!("a divisor of n_routed_experts ({experts}) and topk_group <= n_group"),
+            ));
+        }
+        if top_k > tg * (experts / g) {
+            return Err(Error::invalid(
+                "num_experts_per_tok",
+                top_k,
+                format!(
+                    "at most topk_group × experts per group = {}",
+                    tg * (experts / g)
+                ),
+            ));
+        }
+        Ok((g, tg))
+    };
+    let router = if v3 {
+        let (groups, topk_groups) = groups(8)?;
+        RouterKind::SigmoidGrouped {
+            groups,
+            topk_groups,
+        }
+    } else {
+        match c.str_opt("topk_method")?.unwrap_or("greedy") {
+            "greedy" => RouterKind::Softmax,
+            "group_limited_greedy" => {
+                let (groups, topk_groups) = groups(1)?;
+                RouterKind::SoftmaxGroupLimited {
+                    groups,
+                    topk_groups,
+                }
+            }
+            other => {
+                return refuse(
+                    "topk_method",
+                    format!("{other:?}"),
+                    "greedy or group_limited_greedy (DeepseekV2TopkRouter has no other branch)",
+                )
+            }
+        }
+    };
+    if c.bool_or("output_router_logits", false)? {
+        return refuse("output_router_logits", "true".into(), "false (the auxiliary load-balancing loss, which keeps every layer's router logits, is not modelled)");
+    }
+    if s.quantization.is_some() {
+        return refuse(
+            "quantization_config",
+            "present".into(),
+            "an unquantized checkpoint (DeepSeek-V3's block-wise FP8 weights are not modelled)",
+        );
+    }
+    s.moe = Some(MoeSpec {
+        experts,
+        top_k,
+        expert_intermediate,
+        shared_expert: Some(n_shared * expert_intermediate),
+        norm_topk: v3 && c.bool_or("norm_topk_prob", true)?,
+        fp32_weights: true,
+        router,
+        router_fp32: true,
+        shared_gate: false,
+    });
+    let layers = s.layers();
+    let dense = first_dense.min(layers);
+    s.groups = [(dense, false), (layers - dense, true)]
+        .into_iter()
+        .filter(|&(n, _)| n > 0)
+        .map(|(count, sparse)| LayerGroup {
+            count,
+            modules: deepseek_modules(q_lora_rank.is_some(), sparse),
+        })
+        .collect();
     Ok(s)
 }
 
@@ -1658,8 +1875,9 @@ mod tests {
     #[test]
     fn moe_and_vlm_are_unsupported() {
         for j in [
-            r#"{"model_type":"deepseek_v3"}"#,
+            r#"{"model_type":"gpt_oss"}"#,
             r#"{"model_type":"llama","num_local_experts":8}"#,
+            r#"{"model_type":"llama","kv_lora_rank":512}"#,
             r#"{"model_type":"qwen","visual":{}}"#,
             r#"{"model_type":"llava"}"#,
         ] {
@@ -1672,6 +1890,68 @@ mod tests {
             parse_config(r#"{"model_type":"t5"}"#, "m").unwrap_err(),
             Error::Unsupported { .. }
         ));
+    }
+
+    /// DeepSeek-V2/V3: latent attention's widths, the dense first layers as their own
+    /// group, the router by version, and the limits refused by name.
+    #[test]
+    fn deepseek_configs_parse_into_groups_and_their_limits_are_named() {
+        let base = r#""hidden_size":64,"num_hidden_layers":3,"num_attention_heads":4,
+            "intermediate_size":96,"vocab_size":100,"moe_intermediate_size":16,
+            "kv_lora_rank":32,"qk_nope_head_dim":16,"qk_rope_head_dim":8,"v_head_dim":12"#;
+        let v2 = format!(
+            r#"{{"model_type":"deepseek_v2",{base},"q_lora_rank":null,"n_routed_experts":8,
+            "num_experts_per_tok":2,"n_shared_experts":2,"first_k_dense_replace":1}}"#
+        );
+        let s = parse_config(&v2, "m").unwrap();
+        let mla = s.mla.unwrap();
+        assert_eq!(
+            (s.head_dim, mla.q_lora_rank, mla.latent_width()),
+            (24, None, 40)
+        );
+        assert_eq!(s.groups.len(), 2);
+        assert_eq!(
+            (s.groups[0].count, s.groups[1].count, s.moe_layers()),
+            (1, 2, 2)
+        );
+        let m = s.moe.unwrap();
+        assert_eq!(
+            (m.shared_expert, m.router, m.norm_topk),
+            (Some(32), RouterKind::Softmax, false)
+        );
+        // o_proj reads heads x v_head_dim; q_proj has no bias
+        let lins = s.block_linears(&s.groups[1].modules);
+        let o = lins.iter().find(|l| l.role == LinearRole::O).unwrap();
+        assert_eq!(o.in_features, 48);
+        // class defaults: V3 routes by grouped sigmoid, three dense layers, q_lora 1536
+        let v3 = format!(r#"{{"model_type":"deepseek_v3",{base},"n_routed_experts":16}}"#);
+        let s = parse_config(&v3, "m").unwrap();
+        assert_eq!(s.groups.len(), 1, "3 layers, all dense by default");
+        assert_eq!(s.mla.unwrap().q_lora_rank, Some(1536));
+        assert_eq!(
+            s.moe.unwrap().router,
+            RouterKind::SigmoidGrouped {
+                groups: 8,
+                topk_groups: 4
+            }
+        );
+        for (extra, key) in [
+            (r#","num_key_value_heads":2"#, "num_key_value_heads"),
+            (r#","topk_method":"noaux_tc""#, "topk_method"),
+            (r#","output_router_logits":true"#, "output_router_logits"),
+        ] {
+            let j = format!("{}{extra}}}", &v2[..v2.len() - 1]);
+            match parse_config(&j, "m").unwrap_err() {
+                Error::Unsupported { reason, .. } => assert!(reason.contains(key), "{reason}"),
+                e => panic!("{key}: {e}"),
+            }
+        }
+        let bad_groups =
+            format!(r#"{{"model_type":"deepseek_v3",{base},"n_routed_experts":16,"n_group":3}}"#);
+        match parse_config(&bad_groups, "m").unwrap_err() {
+            Error::InvalidValue { what, .. } => assert_eq!(what, "n_group / topk_group"),
+            e => panic!("{e}"),
+        }
     }
 
     /// The modelled MoE families: their expert keys, and what is refused by name.

@@ -14,6 +14,11 @@ use crate::hf::config::parse_config;
 const PRESETS: &[(&str, &str)] = &[
     ("bloomz-7b1", include_str!("presets/bloomz-7b1.json")),
     ("codellama-34b", include_str!("presets/codellama-34b.json")),
+    (
+        "deepseek-v2-lite",
+        include_str!("presets/deepseek-v2-lite.json"),
+    ),
+    ("deepseek-v3", include_str!("presets/deepseek-v3.json")),
     ("falcon-40b", include_str!("presets/falcon-40b.json")),
     ("falcon-7b", include_str!("presets/falcon-7b.json")),
     ("gemma-2-27b", include_str!("presets/gemma-2-27b.json")),
@@ -293,16 +298,6 @@ const KNOWN_UNSUPPORTED: &[(&str, &str, &str)] = &[
         "mixtral-8x7b-instruct-v0.1-gptq",
         "mixtral",
         "GPTQ-quantized mixture-of-experts model",
-    ),
-    (
-        "deepseek-v2-lite",
-        "deepseek_v2",
-        "mixture-of-experts model with latent attention",
-    ),
-    (
-        "deepseek-v3",
-        "deepseek_v3",
-        "mixture-of-experts model with latent attention",
     ),
     ("gpt-oss-20b", "gpt_oss", "mixture-of-experts model"),
     ("llama-3.2-11b-vision", "mllama", "vision-language model"),

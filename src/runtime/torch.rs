@@ -44,8 +44,8 @@
 
 use crate::arch::adapter::{LnNorms, NormSlot};
 use crate::arch::{
-    Activation, Adapter, LinearSpec, LoraTargets, MlpKind, ModelSpec, MoeSpec, NormKind, Positions,
-    QkNorm, Residual,
+    Activation, Adapter, BlockModules, LinearSpec, LoraTargets, MlpKind, ModelSpec, MoeSpec,
+    NormKind, Positions, QkNorm, Residual, RouterKind,
 };
 use crate::units::dtype::DType;
 use crate::workload::{Attn, Device, GradCkpt, Loss, Precision};
@@ -264,6 +264,9 @@ struct Graph<'a> {
     cur_inputs: smallvec::SmallVec<[u32; 3]>,
     /// LN tuning's trained norms (peft's default targets for the model type).
     ln: Option<LnNorms>,
+    /// Channels per value head when they differ from the query/key head (latent
+    /// attention's `v_head_dim`): the attention output's width per head.
+    v_head: Option<u64>,
 }
 
 impl<'a> Graph<'a> {
@@ -280,6 +283,7 @@ impl<'a> Graph<'a> {
             last_unpack: 0,
             cur_inputs: smallvec::SmallVec::new(),
             ln: None,
+            v_head: None,
         }
     }
 
@@ -1082,7 +1086,16 @@ impl<'a> Graph<'a> {
 
     /// A norm module on `x` at `slot` (its call holds x until it returns).
     fn norm(&mut self, x: T, width: u64, kind: NormKind, slot: NormSlot) -> T {
-        let y = self.norm_ops(x, width, kind, slot);
+        let e = self.elems(x);
+        let y = self.norm_ops(x, width, e, kind, slot);
+        self.hold(&[x]);
+        y
+    }
+
+    /// An RMSNorm over a strided slice of `x` with `elems` elements (latent
+    /// attention's `kv_a_layernorm(kv_nope)`): its fp32 cast copies just the slice.
+    fn norm_slice(&mut self, x: T, width: u64, elems: u64, kind: NormKind, slot: NormSlot) -> T {
+        let y = self.norm_ops(x, width, elems, kind, slot);
         self.hold(&[x]);
         y
     }
@@ -1100,7 +1113,7 @@ impl<'a> Graph<'a> {
         }
     }
 
-    fn norm_ops(&mut self, x: T, width: u64, kind: NormKind, slot: NormSlot) -> T {
+    fn norm_ops(&mut self, x: T, width: u64, src: u64, kind: NormKind, slot: NormSlot) -> T {
         let weight_trainable = self.norm_trainable(slot);
         if weight_trainable {
             let n = match kind {
@@ -1113,9 +1126,15 @@ impl<'a> Graph<'a> {
         match kind {
             NormKind::RmsNorm { weight_fp32, .. } => {
                 let in_dt = self.dt(x);
-                let x32 = self.cast(x, DType::F32);
+                let x32 = if src == self.elems(x) {
+                    self.cast(x, DType::F32)
+                } else {
+                    let rg = self.rg(x);
+                    self.begin(&[x]);
+                    self.out("slice cast", src, DType::F32, rg, Kind::Other)
+                };
                 let sq = self.unary_save_in("pow", x32);
-                let rows = self.elems(x) / width;
+                let rows = src / width;
                 let mean = self.unary_plain("mean", sq, rows, DType::F32);
                 let var = self.unary_plain("add eps", mean, rows, DType::F32);
                 let r = self.unary_save_out("rsqrt", var, DType::F32);
@@ -1296,14 +1315,19 @@ fn find_linear(lins: &[LinearSpec], role: crate::arch::LinearRole) -> Option<Lin
     lins.iter().find(|l| l.role == role).copied()
 }
 
-/// Build one decoder layer's program and measure it.
-fn layer_program<'a>(spec: &ModelSpec, p: &'a LedgerParams, input_rg: bool) -> (Graph<'a>, T) {
+/// Build the program of one decoder layer with the block `modules`.
+fn layer_program<'a>(
+    spec: &ModelSpec,
+    modules: &BlockModules,
+    p: &'a LedgerParams,
+    input_rg: bool,
+) -> (Graph<'a>, T) {
     let mut g = Graph::new(p);
     g.weight_cache = !spec.linear_as_matmul;
     g.ln = LnNorms::of(spec);
     let resid_dt = p.resid_dtype();
     let x = g.input(spec.hidden, resid_dt, input_rg);
-    let lins = spec.layer_linears();
+    let lins = spec.block_linears(modules);
     let h = spec.hidden;
 
     let out = match spec.residual {
@@ -1359,6 +1383,9 @@ impl Graph<'_> {
     /// projection and its dropout.
     fn attention_block(&mut self, spec: &ModelSpec, lins: &[LinearSpec], n: T) -> T {
         use crate::arch::LinearRole::*;
+        if let Some(mla) = spec.mla {
+            return self.mla_attention_block(spec, &mla, lins, n);
+        }
         let find = |role| find_linear(lins, role);
         let (q, k, v) = if let Some(qkv) = find(Qkv) {
             let t = self.linear(n, &qkv);
@@ -1467,12 +1494,101 @@ impl Graph<'_> {
         o
     }
 
+    /// Multi-head latent attention as transformers 5.24 runs it in training
+    /// (modeling_deepseek_v2.py / modeling_deepseek_v3.py `*Attention.forward`,
+    /// `expand_kv`), on T tokens, h heads, query/key heads of nope + rope channels:
+    ///
+    /// - queries: `q_proj(x)`, or `q_b_proj(q_a_layernorm(q_a_proj(x)))`; split into
+    ///   nope and rope views;
+    /// - `kv_a_proj_with_mqa(x)` (T × (kv_lora_rank + rope)), `kv_a_layernorm` on its
+    ///   latent slice (the norm's fp32 cast copies the strided slice), the rope key a view;
+    /// - rope on the query's and the key's rope slices: V2 through complex numbers
+    ///   (`x.float()` copies, a complex multiply by the shared `freqs_cis`, which it
+    ///   keeps, cast back); V3 like llama on cos/sin, after the interleave's
+    ///   `view/transpose/reshape` copy when `rope_interleave` (the default);
+    /// - `cat(q_nope, q_rope)`: the query (new, contiguous head-major);
+    /// - `kv_b_proj(latent)` (T × h × (nope + v)); the key a new tensor filled by two
+    ///   `copy_`s (nope part and the expanded rope key); the value a view of
+    ///   `kv_b_proj`'s output, so what the attention keeps of v is that whole output;
+    /// - the attention (value heads of `v_head_dim`: SDPA's CPU flash kernel refuses
+    ///   them, the math reference runs), `reshape`, `o_proj`.
+    fn mla_attention_block(
+        &mut self,
+        spec: &ModelSpec,
+        mla: &crate::arch::MlaSpec,
+        lins: &[LinearSpec],
+        n: T,
+    ) -> T {
+        use crate::arch::LinearRole::*;
+        let find = |role| find_linear(lins, role).expect("latent attention linears");
+        let t = self.tokens;
+        let (nh, qk, r) = (spec.heads, spec.head_dim, mla.qk_rope);
+        let q = match mla.q_lora_rank {
+            Some(ql) => {
+                let a = self.linear(n, &find(QA));
+                let a = self.norm(a, ql, spec.norm, NormSlot::Qk);
+                self.linear(a, &find(QB))
+            }
+            None => self.linear(n, &find(Q)),
+        };
+        let ckv = self.linear(n, &find(KvA));
+        let latent = self.norm_slice(
+            ckv,
+            mla.kv_lora_rank,
+            t * mla.kv_lora_rank,
+            spec.norm,
+            NormSlot::Qk,
+        );
+        let cd = self.dt(q);
+        let rotate = |g: &mut Self, x: T, heads: u64| -> T {
+            let e = t * heads * r;
+            let rg = g.rg(x);
+            if mla.complex_rope {
+                // view_as_complex(x.float()) * freqs_cis -> view_as_real -> type_as(x)
+                g.begin(&[x]);
+                let x32 = g.out("rope slice .float()", e, DType::F32, rg, Kind::Other);
+                let c = g.unary_plain("rope complex mul", x32, e, DType::F32);
+                g.cast(c, cd)
+            } else {
+                let x = if mla.rope_interleave {
+                    g.begin(&[x]);
+                    g.out("rope interleave copy", e, cd, rg, Kind::Other)
+                } else {
+                    x
+                };
+                g.rope(x, heads, r, r)
+            }
+        };
+        let q_rot = rotate(self, q, nh);
+        let k_rot = rotate(self, ckv, 1);
+        let q_rg = self.rg(q) || self.rg(q_rot);
+        self.begin(&[q, q_rot]);
+        let query = self.out("cat(q_nope, q_rot)", t * nh * qk, cd, q_rg, Kind::Other);
+        let kvb = self.linear(latent, &find(KvB));
+        let k_rg = self.rg(kvb) || self.rg(k_rot);
+        self.begin(&[kvb, k_rot]);
+        let key = self.out(
+            "key (new_empty + copy_)",
+            t * nh * qk,
+            cd,
+            k_rg,
+            Kind::Other,
+        );
+        self.v_head = Some(mla.v_head);
+        let out = self.attention_core(spec, query, key, kvb);
+        self.v_head = None;
+        let o = self.linear(out, &find(O));
+        let o = self.dropout(o, spec.dropout.resid);
+        self.hold(&[n]);
+        o
+    }
+
     /// The MLP block on the normed input `n`: gated (fused gate_up or separate) or
     /// plain, the down projection and its dropout.
     fn mlp_block(&mut self, spec: &ModelSpec, lins: &[LinearSpec], n: T) -> T {
         use crate::arch::LinearRole::*;
         let find = |role| find_linear(lins, role);
-        if let Some(moe) = spec.moe {
+        if let Some(moe) = spec.moe.filter(|_| find(Router).is_some()) {
             return self.moe_block(spec, &moe, lins, n);
         }
         let prod = match spec.mlp {
@@ -1531,12 +1647,16 @@ impl Graph<'_> {
         let s = t * k;
         let ie = moe.expert_intermediate;
         let cd = self.dt(n);
-        let shared = if moe.shared_expert.is_some() {
-            let g = self.linear(n, &find(SharedGate).unwrap());
-            let a = self.act(g, spec.act);
-            let u = self.linear(n, &find(SharedUp).unwrap());
-            let p = self.mul("shared act*up", a, u);
-            Some(self.linear(p, &find(SharedDown).unwrap()))
+        let shared_mlp = |g: &mut Self| {
+            let gt = g.linear(n, &find(SharedGate).unwrap());
+            let a = g.act(gt, spec.act);
+            let u = g.linear(n, &find(SharedUp).unwrap());
+            let p = g.mul("shared act*up", a, u);
+            g.linear(p, &find(SharedDown).unwrap())
+        };
+        // Qwen2-MoE runs its shared expert first; DeepSeek after the routed experts
+        let shared = if moe.shared_expert.is_some() && moe.shared_gate {
+            Some(shared_mlp(self))
         } else {
             None
         };
@@ -1548,15 +1668,49 @@ impl Graph<'_> {
             }
             _ => None,
         };
-        // router
+        // router (DeepSeek: `F.linear(x.float(), weight.float())` on its fp32 weight)
         let router = find(Router).unwrap();
+        let amp = self.p.precision.is_amp();
         let logits = match wrapped(&router) {
+            None if moe.router_fp32 && !amp => {
+                let x32 = self.cast(n, DType::F32);
+                let trains = self.p.trainable.base_weights();
+                self.begin(&[x32]);
+                self.save_if(x32, trains);
+                let x_rg = self.rg(x32);
+                self.saves_param(x_rg);
+                if trains {
+                    // the fp32 weight's fp32 gradient
+                    self.param_grads.push((self.op, router.params() * 4));
+                }
+                self.out(
+                    "router logits",
+                    t * e,
+                    DType::F32,
+                    x_rg || trains,
+                    Kind::Matmul,
+                )
+            }
+            None if moe.router_fp32 => {
+                // autocast runs the fp32 linear in half precision anyway
+                let x32 = self.cast(n, DType::F32);
+                self.base_linear(x32, &router)
+            }
             None => self.base_linear(n, &router),
             Some(r) => {
                 // `_LoraParameterProxy`: W + (lora_B @ lora_A · scaling).to(W.dtype),
                 // kept by F.linear (with the input) for the input's gradient
                 let ad = self.adapter_dtype();
-                let pd = self.p.precision.param_dtype();
+                let pd = if moe.router_fp32 {
+                    DType::F32
+                } else {
+                    self.p.precision.param_dtype()
+                };
+                let n = if moe.router_fp32 {
+                    self.cast(n, DType::F32)
+                } else {
+                    n
+                };
                 self.begin(&[]);
                 self.param_grads.push((
                     self.op,
@@ -1576,12 +1730,7 @@ impl Graph<'_> {
             }
         };
         let l32 = self.cast(logits, DType::F32);
-        let probs = self.unary_save_out("router softmax", l32, DType::F32);
-        self.begin(&[probs]);
-        let w_rg = self.rg(probs);
-        let vals = self.out("router topk values", t * k, DType::F32, w_rg, Kind::Other);
-        let idx = self.out("router topk indices", t * k, DType::I64, false, Kind::Other);
-        self.save_if(idx, w_rg);
+        let (vals, idx, w_rg) = self.router_topk(moe, l32, t);
         if moe.norm_topk {
             self.begin(&[vals]);
             let sum = self.out("router topk sum", t, DType::F32, w_rg, Kind::Other);
@@ -1589,6 +1738,12 @@ impl Graph<'_> {
             self.save_if(sum, w_rg);
             self.save_if(vals, w_rg);
         }
+        // DeepSeek: `topk_weights * routed_scaling_factor` (a new tensor, nothing kept)
+        let vals = if moe.router_fp32 {
+            self.scalar_mul("* routed_scaling_factor", vals)
+        } else {
+            vals
+        };
         let weights = if moe.fp32_weights {
             vals
         } else {
@@ -1721,9 +1876,134 @@ impl Graph<'_> {
             let sg = self.unary_save_out("sigmoid", gl, self.dt(gl));
             let gated = self.mul("sigmoid * shared", sg, sh);
             y = self.add("experts + shared", y, gated);
+        } else if moe.shared_expert.is_some() {
+            let sh = shared_mlp(self);
+            y = self.add("experts + shared", y, sh);
         }
         self.hold(&[n]);
         y
+    }
+
+    /// The router's scores and its top-k on fp32 logits `l32` ([`RouterKind`],
+    /// transformers 5.24): (top-k values, top-k indices, whether the values need a
+    /// gradient). Every `topk` / `max(dim)` on a tensor that requires grad keeps its
+    /// int64 indices, `masked_fill` its boolean mask, softmax and sigmoid their output.
+    fn router_topk(&mut self, moe: &MoeSpec, l32: T, t: u64) -> (T, T, bool) {
+        let (e, k) = (moe.experts, moe.top_k);
+        match moe.router {
+            RouterKind::Softmax => {
+                let probs = self.unary_save_out("router softmax", l32, DType::F32);
+                self.begin(&[probs]);
+                let w_rg = self.rg(probs);
+                let vals = self.out("router topk values", t * k, DType::F32, w_rg, Kind::Other);
+                let idx = self.out("router topk indices", t * k, DType::I64, false, Kind::Other);
+                self.save_if(idx, w_rg);
+                (vals, idx, w_rg)
+            }
+            RouterKind::SoftmaxGroupLimited {
+                groups,
+                topk_groups,
+            } => {
+                // DeepseekV2TopkRouter `group_limited_greedy`
+                let probs = self.unary_save_out("router softmax", l32, DType::F32);
+                let w_rg = self.rg(probs);
+                self.begin(&[probs]);
+                let gmax = self.out("group max", t * groups, DType::F32, w_rg, Kind::Other);
+                let gmax_i = self.out(
+                    "group max indices",
+                    t * groups,
+                    DType::I64,
+                    false,
+                    Kind::Other,
+                );
+                self.save_if(gmax_i, w_rg);
+                self.begin(&[gmax]);
+                let gi = self.out(
+                    "group topk indices",
+                    t * topk_groups,
+                    DType::I64,
+                    false,
+                    Kind::Other,
+                );
+                self.save_if(gi, w_rg);
+                let _gv = self.out(
+                    "group topk values",
+                    t * topk_groups,
+                    DType::F32,
+                    w_rg,
+                    Kind::Other,
+                );
+                self.begin(&[gi]);
+                let gm = self.out("group mask", t * groups, DType::F32, false, Kind::Other);
+                let mask = self.unary_plain("~score mask", gm, t * e, DType::Bool);
+                self.begin(&[probs, mask]);
+                self.save_if(mask, w_rg);
+                let masked = self.out("masked scores", t * e, DType::F32, w_rg, Kind::Other);
+                self.begin(&[masked]);
+                let vals = self.out("router topk values", t * k, DType::F32, w_rg, Kind::Other);
+                let idx = self.out("router topk indices", t * k, DType::I64, false, Kind::Other);
+                self.save_if(idx, w_rg);
+                (vals, idx, w_rg)
+            }
+            RouterKind::SigmoidGrouped {
+                groups,
+                topk_groups,
+            } => {
+                // DeepseekV3TopkRouter: sigmoid, + e_score_correction_bias, top-2 sum per
+                // group, the best groups, the mask, top-k, the chosen scores gathered
+                let scores = self.unary_save_out("router sigmoid", l32, DType::F32);
+                let w_rg = self.rg(scores);
+                let biased =
+                    self.unary_plain("scores + correction bias", scores, t * e, DType::F32);
+                self.begin(&[biased]);
+                let top2 = self.out("group top-2", t * groups * 2, DType::F32, w_rg, Kind::Other);
+                let top2_i = self.out(
+                    "group top-2 indices",
+                    t * groups * 2,
+                    DType::I64,
+                    false,
+                    Kind::Other,
+                );
+                self.save_if(top2_i, w_rg);
+                let gs = self.unary_plain("group scores (sum)", top2, t * groups, DType::F32);
+                self.begin(&[gs]);
+                let gi = self.out(
+                    "group topk indices",
+                    t * topk_groups,
+                    DType::I64,
+                    false,
+                    Kind::Other,
+                );
+                self.save_if(gi, w_rg);
+                let _gv = self.out(
+                    "group topk values",
+                    t * topk_groups,
+                    DType::F32,
+                    w_rg,
+                    Kind::Other,
+                );
+                self.begin(&[gi]);
+                let gm = self.out("group mask", t * groups, DType::F32, false, Kind::Other);
+                let mask = self.unary_plain("~score mask", gm, t * e, DType::Bool);
+                self.begin(&[biased, mask]);
+                self.save_if(mask, w_rg);
+                let masked = self.out("masked scores", t * e, DType::F32, w_rg, Kind::Other);
+                self.begin(&[masked]);
+                let _v = self.out("router topk values", t * k, DType::F32, w_rg, Kind::Other);
+                let idx = self.out("router topk indices", t * k, DType::I64, false, Kind::Other);
+                self.save_if(idx, w_rg);
+                // scores.gather(1, idx) keeps idx (the same tensor)
+                self.begin(&[scores, idx]);
+                let vals = self.out(
+                    "router gathered scores",
+                    t * k,
+                    DType::F32,
+                    w_rg,
+                    Kind::Other,
+                );
+                (vals, idx, w_rg)
+            }
+        }
     }
 
     /// `act(gate) * up` over the two halves of a fused gate_up output `gu` (width
@@ -1756,10 +2036,13 @@ impl Graph<'_> {
         match self.p.attn {
             // On CPU, SDPA with dropout is not a flash kernel (sdp_utils_cpp.cpp
             // `check_for_dropout`): it runs the math reference
+            // ... and with value heads narrower than the query/key heads (latent
+            // attention): the CPU flash kernel needs one head size
+            // (sdp_utils_cpp.cpp `check_head_dim_size_cpp`)
             Attn::Sdpa
                 if self.p.device == Device::Cpu
-                    && spec.dropout.attn > 0.0
-                    && self.p.trainable.any() =>
+                    && ((spec.dropout.attn > 0.0 && self.p.trainable.any())
+                        || self.v_head.is_some()) =>
             {
                 self.math_attention(spec, [q, k, v], any_rg)
             }
@@ -1796,11 +2079,12 @@ impl Graph<'_> {
         let up = if d.size() < 4 { DType::F32 } else { d };
         let (nh, hd) = (spec.heads, spec.head_dim);
         let qkv_elems = self.tokens * nh * hd;
+        let v_elems = self.tokens * nh * self.v_head.unwrap_or(hd);
         let scores_elems = self.p.batch * nh * self.p.seq * self.p.kv_len;
         let (q32, k32, v32) = (
             self.unary_plain("q.float()", q, qkv_elems, up),
             self.unary_plain("k.float()", k, qkv_elems, up),
-            self.unary_plain("v.float()", v, qkv_elems, up),
+            self.unary_plain("v.float()", v, v_elems, up),
         );
         let qs = self.unary_plain("q * sqrt(scale)", q32, qkv_elems, up);
         let ks = self.unary_plain("k * sqrt(scale)", k32, qkv_elems, up);
@@ -1816,7 +2100,7 @@ impl Graph<'_> {
         self.begin(&[dropped, v32]);
         self.save_if(dropped, any_rg);
         self.save_if(v32, any_rg);
-        let o = self.out("P·V", qkv_elems, up, any_rg, Kind::Matmul);
+        let o = self.out("P·V", v_elems, up, any_rg, Kind::Matmul);
         self.cast(o, d)
     }
 
@@ -1863,7 +2147,8 @@ impl Graph<'_> {
             );
             self.save(m);
         }
-        let out = self.out("attention out", tq * nh * hd, d, any_rg, Kind::Matmul);
+        let vd = self.v_head.unwrap_or(hd);
+        let out = self.out("attention out", tq * nh * vd, d, any_rg, Kind::Matmul);
         let lse = self.out("logsumexp", tq * nh, DType::F32, false, Kind::Matmul);
         if any_rg {
             self.save(out);
@@ -1930,9 +2215,10 @@ impl Graph<'_> {
         let (rp, rv) = (self.rg(probs), self.rg(vr));
         self.save_if(vr, rp);
         self.save_if(probs, rv);
-        let o = self.out("P·V", tq * nh * hd, d, any_rg, Kind::Matmul);
+        let vd = self.v_head.unwrap_or(hd);
+        let o = self.out("P·V", tq * nh * vd, d, any_rg, Kind::Matmul);
         // [b,h,s,d] -> [b,s,h*d]: transpose + contiguous copy
-        self.unary_plain("attn transpose", o, tq * nh * hd, d)
+        self.unary_plain("attn transpose", o, tq * nh * vd, d)
     }
 
     /// Soft-capping `tanh(x / cap) · cap` (Gemma-2) of `x` with `elems` elements.
@@ -2186,11 +2472,21 @@ fn ctx_held_bytes(g: &Graph, p: &LedgerParams) -> u64 {
 /// Ledger of one decoder layer whose input requires grad (`input_rg`); layer 0 of a
 /// LoRA model gets `false` (the frozen embedding's output needs no gradient).
 pub fn layer(spec: &ModelSpec, p: &LedgerParams, input_rg: bool) -> LayerLedger {
+    layer_of(spec, &spec.groups[0].modules, p, input_rg)
+}
+
+/// [`layer`] for a layer with the block `modules` (one of the stack's groups).
+pub fn layer_of(
+    spec: &ModelSpec,
+    modules: &BlockModules,
+    p: &LedgerParams,
+    input_rg: bool,
+) -> LayerLedger {
     let rg = input_rg && p.trainable.any();
     let (mut g, out) = if p.litgpt {
         litgpt::layer_program(spec, p, rg)
     } else {
-        layer_program(spec, p, rg)
+        layer_program(spec, modules, p, rg)
     };
     if p.compile && p.grad_ckpt == GradCkpt::None {
         compiled_saves(&mut g);
@@ -2587,10 +2883,17 @@ pub const CHUNKED_LOSS_CHUNKS: u64 = 8;
 /// The whole activation picture for one pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Activations {
-    /// A layer whose input requires grad (every layer but possibly the first).
+    /// A layer whose input requires grad (every layer but possibly the first) — of the
+    /// stack's top group when its groups differ.
     pub layer: LayerLedger,
     /// Layer 0 (differs under LoRA/QLoRA: its input needs no gradient).
     pub first: LayerLedger,
+    /// Decoder layers in the stack.
+    pub layers: u64,
+    /// A stack of groups with different blocks (DeepSeek's dense first layers, then the
+    /// MoE ones): each group's layer count and general ledger, bottom to top; empty
+    /// for a uniform stack, whose every layer is `layer`.
+    pub groups: Vec<(u64, LayerLedger)>,
     pub non_layer: NonLayer,
     /// `activations.per_layer_bytes`: what one decoder layer keeps alive until its
     /// backward.
@@ -2604,24 +2907,80 @@ pub struct Activations {
 /// non-layer + layers × per-layer bytes (the trace probe's `live_after_fwd_bytes`).
 pub fn live_after_forward(spec: &ModelSpec, p: &LedgerParams) -> u64 {
     let a = activations(spec, p);
-    a.non_layer_bytes
-        .saturating_add(spec.layers().saturating_mul(a.per_layer_bytes))
+    a.non_layer.shared + a.non_layer.head_saved + a.stack_saved()
+}
+
+impl Activations {
+    /// The stack as runs of equal layers, bottom to top, the first layer's own ledger
+    /// apart: (count, ledger).
+    pub fn runs(&self) -> Vec<(u64, &LayerLedger)> {
+        let mut out = vec![(1, &self.first)];
+        if self.groups.is_empty() {
+            out.push((self.layers - 1, &self.layer));
+        } else {
+            for (i, (n, l)) in self.groups.iter().enumerate() {
+                out.push((if i == 0 { n - 1 } else { *n }, l));
+            }
+        }
+        out.retain(|(n, _)| *n > 0);
+        out
+    }
+
+    /// Bytes every decoder layer keeps until its backward, summed over the stack.
+    pub fn stack_saved(&self) -> u64 {
+        self.runs()
+            .iter()
+            .map(|(n, l)| n.saturating_mul(l.saved))
+            .fold(0, u64::saturating_add)
+    }
+
+    /// The largest of the stack's layers by `f` (over every group's ledger).
+    pub fn max_layer(&self, f: impl Fn(&LayerLedger) -> u64) -> u64 {
+        self.runs().iter().map(|(_, l)| f(l)).max().unwrap_or(0)
+    }
 }
 
 pub fn activations(spec: &ModelSpec, p: &LedgerParams) -> Activations {
-    let layer = layer(spec, p, true);
+    let mixed = spec
+        .groups
+        .iter()
+        .any(|g| g.modules != spec.groups[0].modules);
+    let groups: Vec<(u64, LayerLedger)> = if mixed {
+        spec.groups
+            .iter()
+            .map(|g| (g.count, layer_of(spec, &g.modules, p, true)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let layer = match groups.last() {
+        Some((_, l)) => l.clone(),
+        None => layer(spec, p, true),
+    };
     // The embedding output requires grad only when the embedding is trainable.
     let first = layer_for_first(spec, p);
     let nl = non_layer(spec, p);
     let per_layer = layer.saved;
-    let non_layer_bytes = (nl.shared + nl.head_saved + first.saved).saturating_sub(per_layer);
-    Activations {
+    let mut a = Activations {
         layer,
         first,
+        layers: spec.layers(),
+        groups,
         non_layer: nl,
         per_layer_bytes: per_layer,
-        non_layer_bytes,
+        non_layer_bytes: 0,
+    };
+    // a stack of different layers: `per_layer_bytes` is its mean (rounded down), so
+    // that non-layer + layers × per-layer stays the total
+    let stack = a.stack_saved();
+    if !a.groups.is_empty() {
+        a.per_layer_bytes = stack / a.layers.max(1);
     }
+    // everything that is not `layers × per_layer`: the embedding side, the head and
+    // loss, the first layer's difference (and the rounding of a mixed stack's mean)
+    a.non_layer_bytes = (a.non_layer.shared + a.non_layer.head_saved + stack)
+        .saturating_sub(a.layers.saturating_mul(a.per_layer_bytes));
+    a
 }
 
 /// Whether SDPA gets an explicit mask in training: Falcon always; a sliding-window

@@ -395,6 +395,15 @@ fn check_rank_fits(spec: &ModelSpec, l: &LoraConfig) -> Result<()> {
 /// and the fused experts are parameters no target reaches.
 fn check_moe_lora(spec: &ModelSpec, l: &LoraConfig) -> Result<()> {
     use crate::arch::LinearRole;
+    if spec.mla.is_some() && l.adapter == Adapter::PrefixTuning {
+        // peft's prefix is per-head keys and values; latent attention's cache holds
+        // the compressed latent (modeling_deepseek_v2.py `cache.update(k_nope, k_pe)`)
+        return Err(Error::invalid(
+            "peft",
+            format!("prefix_tuning on {}", spec.family),
+            "another tuner (latent attention caches the compressed latent, not the per-head keys and values a prefix supplies)",
+        ));
+    }
     let converted = l.targets.converted_onto_experts(spec.family);
     if converted && l.adapter != Adapter::Lora {
         return Err(Error::invalid(

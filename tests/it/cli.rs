@@ -115,14 +115,34 @@ fn unknown_model_type() {
 fn mixture_of_experts_beyond_the_modelled_ones_is_rejected() {
     let d = TempDir::new("moe");
     let p = d.write(
+        "gpt-oss/config.json",
+        &read_data("configs/gpt-oss-20b/config.json"),
+    );
+    let folder = d.path().join("gpt-oss").display().to_string();
+    for m in [&p, &folder] {
+        let r = estimate(&["--model", m]);
+        assert_error(&r, &["gpt_oss", "mixture-of-experts", "later version"]);
+    }
+    // DeepSeek-V2-Lite (latent attention, a dense first layer, then MoE) is estimated
+    let ds = d.write(
         "deepseek/config.json",
         &read_data("configs/deepseek-v2-lite/config.json"),
     );
-    let folder = d.path().join("deepseek").display().to_string();
-    for m in [&p, &folder] {
-        let r = estimate(&["--model", m]);
-        assert_error(&r, &["deepseek_v2", "mixture-of-experts", "later version"]);
-    }
+    let r = estimate(&["--model", &ds, "--seq-len", "512"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("deepseek_v2"), "{}", r.stdout);
+    // prefix tuning has no per-head cache to extend under latent attention
+    let r = estimate(&[
+        "--model",
+        &ds,
+        "--method",
+        "lora",
+        "--peft",
+        "prefix-tuning",
+        "--virtual-tokens",
+        "20",
+    ]);
+    assert_error(&r, &["prefix_tuning", "latent"]);
     // Mixtral is estimated; LoRA on its router and fused experts is refused, named
     let m = d.write(
         "mixtral/config.json",

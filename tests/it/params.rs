@@ -94,7 +94,7 @@ fn lora_explicit_names() {
 
 #[test]
 fn moe_and_vlm_are_unsupported() {
-    for m in ["deepseek-v2-lite", "gpt-oss-20b", "llava-1.5-7b"] {
+    for m in ["gpt-oss-20b", "llava-1.5-7b"] {
         let e = parse_config(&read_data(&format!("configs/{m}/config.json")), m).unwrap_err();
         match e {
             Error::Unsupported { reason, .. } => {
@@ -102,6 +102,22 @@ fn moe_and_vlm_are_unsupported() {
             }
             e => panic!("{m}: {e}"),
         }
+    }
+}
+
+/// DeepSeek at full depth: what transformers 5.24 instantiates on the meta device
+/// (`sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters())`, the
+/// published configs; DeepSeek-V3's multi-token-prediction layer is not part of
+/// `DeepseekV3ForCausalLM`), and the parameters a token runs through.
+#[test]
+fn deepseek_totals_as_transformers_instantiates_them() {
+    for (m, total, active) in [
+        ("deepseek-v2-lite", 15_706_484_224u64, 2_661_150_208u64),
+        ("deepseek-v3", 671_026_404_352, 37_552_282_624),
+    ] {
+        let spec = llm_mem::hf::presets::get(m).unwrap().unwrap();
+        assert_eq!(params::count(&spec).total, total, "{m}");
+        assert_eq!(params::active(&spec), active, "{m}");
     }
 }
 
@@ -196,7 +212,12 @@ fn every_preset_parses_and_matches_its_name() {
             c.total,
             c.embedding + c.lm_head + c.decoder_layers + c.other
         );
-        assert_eq!(c.decoder_layers, spec.layers() * c.per_layer);
+        let by_group: u64 = spec
+            .groups
+            .iter()
+            .map(|g| g.count * params::per_layer_of(&spec, &spec.block_linears(&g.modules)))
+            .sum();
+        assert_eq!(c.decoder_layers, by_group, "{name}");
         let info = presets::describe(name).unwrap().unwrap();
         assert_eq!(info.params_total, c.total);
         assert!(!info.hf_id.is_empty(), "{name}");

@@ -154,6 +154,7 @@ impl Graph<'_> {
             role: LinearRole::Qkv,
             copies: 1,
             via_conversion: false,
+            shadowed: false,
         };
         let qkv = self.litgpt_qkv(spec, n, &qkv_lin, lins);
         let d = self.dt(qkv);
@@ -261,6 +262,7 @@ impl Graph<'_> {
                     role: LinearRole::Gate,
                     copies: 1,
                     via_conversion: false,
+                    shadowed: false,
                 };
                 let up = LinearSpec {
                     name: "up_proj",
