@@ -144,6 +144,8 @@ pub(crate) struct Components {
 
 #[derive(Serialize)]
 pub(crate) struct Activations {
+    /// One decoder layer's saved bytes; a mixed stack's mean (non-layer + layers ×
+    /// per-layer = total).
     pub per_layer_bytes: u64,
     pub non_layer_bytes: u64,
     pub total_bytes: u64,

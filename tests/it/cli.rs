@@ -525,6 +525,24 @@ fn snapshot_infer_mixtral_8x7b() {
 }
 
 #[test]
+fn snapshot_infer_deepseek_v2_lite() {
+    insta::assert_snapshot!(snapshot_run(&[
+        "--model",
+        "deepseek-v2-lite",
+        "--task",
+        "infer",
+        "--prompt-len",
+        "8192",
+        "--gen-len",
+        "1024",
+        "--concurrency",
+        "16",
+        "--gpu",
+        "h100-80gb",
+    ]));
+}
+
+#[test]
 fn snapshot_lora_qwen3_30b_a3b() {
     insta::assert_snapshot!(snapshot_run(&[
         "--model",

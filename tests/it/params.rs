@@ -422,6 +422,36 @@ fn kv_cache_per_layer_type() {
     assert_eq!(checked, 5);
 }
 
+/// Latent attention's cache: the normed latent and the rotated rope key per token and
+/// layer, (kv_lora_rank + qk_rope_head_dim) × 2 B in bf16 (what transformers 5.24's
+/// DynamicCache holds for DeepSeek-V2/V3: measured on a 3-layer model after a 40-token
+/// forward, 48 B per token and layer for 16 + 8), against the expanded per-head keys and
+/// values (heads × (nope + rope + v)) an MHA cache of the same heads would hold.
+#[test]
+fn kv_cache_of_latent_attention() {
+    use llm_mem::estimate::{kv_bytes_per_token, kv_cache_bytes};
+    use llm_mem::units::dtype::DType;
+    let mut checked = 0;
+    // (model, layers, heads, the expanded cache's multiple of the latent one)
+    for (m, layers, heads, ratio) in [
+        ("deepseek-v2-lite", 27u64, 16u64, 8u64),
+        ("deepseek-v3", 61, 128, 71),
+    ] {
+        let s = llm_mem::hf::presets::get(m).unwrap().unwrap();
+        let per_token = layers * (512 + 64) * 2;
+        assert_eq!(kv_bytes_per_token(&s, DType::BF16), per_token, "{m}");
+        assert_eq!(
+            kv_cache_bytes(&s, DType::BF16, 32_768),
+            32_768 * per_token,
+            "{m}"
+        );
+        let expanded = layers * heads * (128 + 64 + 128) * 2;
+        assert_eq!(expanded / per_token, ratio, "{m}");
+        checked += 1;
+    }
+    assert_eq!(checked, 2);
+}
+
 /// `llm-mem models`' kind: `moe` for routed experts, `hybrid` when sliding-window and
 /// full-attention layers mix (Gemma-2's alternation), else `dense` (Mistral-7B-v0.1
 /// slides on every layer: one kind of layer).
@@ -432,6 +462,7 @@ fn preset_kinds() {
     for (n, want) in [
         ("mixtral-8x7b-v0.1", "moe"),
         ("qwen3-30b-a3b", "moe"),
+        ("deepseek-v3", "moe"),
         ("gemma-2-9b", "hybrid"),
         ("mistral-7b-v0.1", "dense"),
         ("llama-3.1-8b", "dense"),
@@ -439,5 +470,5 @@ fn preset_kinds() {
         assert_eq!(kind(n), want, "{n}");
         checked += 1;
     }
-    assert_eq!(checked, 5);
+    assert_eq!(checked, 6);
 }
