@@ -85,10 +85,14 @@ pub enum Family {
     /// DeepSeek-V3 (`DeepseekV3ForCausalLM`): V2's latent attention with a cos/sin rope,
     /// sigmoid routing with group-limited top-k and a score-correction bias.
     DeepseekV3,
+    /// gpt-oss (`GptOssForCausalLM`): biased attention with learned sinks, alternating
+    /// sliding/full layers, top-k-then-softmax routing onto biased experts with a
+    /// clamped SwiGLU.
+    GptOss,
 }
 
 impl Family {
-    pub const ALL: [Family; 30] = [
+    pub const ALL: [Family; 31] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
@@ -119,6 +123,7 @@ impl Family {
         Family::Qwen3Moe,
         Family::DeepseekV2,
         Family::DeepseekV3,
+        Family::GptOss,
     ];
 
     /// peft 0.21 converts LoRA targets onto this family's router and fused experts
@@ -164,6 +169,7 @@ impl Family {
             Family::Qwen3Moe => "qwen3_moe",
             Family::DeepseekV2 => "deepseek_v2",
             Family::DeepseekV3 => "deepseek_v3",
+            Family::GptOss => "gpt_oss",
         }
     }
 
@@ -399,6 +405,13 @@ pub struct ModelSpec {
     pub moe: Option<MoeSpec>,
     /// Multi-head latent attention (DeepSeek-V2/V3) in place of q/k/v projections.
     pub mla: Option<MlaSpec>,
+    /// gpt-oss's attention sinks: one learned logit per head concatenated to the
+    /// scores before a softmax in the compute dtype (modeling_gpt_oss.py
+    /// `eager_attention_forward`).
+    pub attn_sinks: bool,
+    /// The rotary tables hold head_dim / 2 channels (gpt-oss's `_apply_rotary_emb` on
+    /// the two halves), not head_dim.
+    pub rope_half_table: bool,
     /// Which layers attend within `sliding_window` (their KV cache holds the window,
     /// not the context).
     pub sliding_layers: SlidingLayers,
@@ -470,6 +483,12 @@ pub struct MoeSpec {
     /// The shared expert's output passes a sigmoid gate (`shared_expert_gate`,
     /// Qwen2-MoE); DeepSeek adds its shared experts ungated.
     pub shared_gate: bool,
+    /// The router and the experts have biases (gpt-oss: `router.bias`,
+    /// `gate_up_proj_bias`, `down_proj_bias`).
+    pub biases: bool,
+    /// gpt-oss's clamped SwiGLU on interleaved gate/up channels
+    /// (`GptOssExperts._apply_gate`) instead of `act(gate) * up`.
+    pub clamped_swiglu: bool,
 }
 
 /// A router's scoring and selection (transformers 5.24).
@@ -483,6 +502,9 @@ pub enum RouterKind {
     /// experts, the `topk_groups` best groups kept by a mask, `topk` over the masked
     /// scores, the chosen scores gathered.
     SigmoidGrouped { groups: u64, topk_groups: u64 },
+    /// gpt-oss (`GptOssTopKRouter`): `topk` of the logits, then a softmax over the k
+    /// values in the logits' dtype.
+    TopkSoftmax,
     /// DeepSeek-V2's `group_limited_greedy`: softmax, the best score per group, the
     /// `topk_groups` best groups kept by a mask (`masked_fill` with 0), then `topk`.
     SoftmaxGroupLimited { groups: u64, topk_groups: u64 },
@@ -520,9 +542,14 @@ impl MlaSpec {
 }
 
 impl MoeSpec {
-    /// Parameters of one routed expert (its gate/up and down slices).
+    /// Parameters of one routed expert (its gate/up and down slices, and their biases).
     pub fn expert_params(&self, hidden: u64) -> u64 {
-        3 * hidden * self.expert_intermediate
+        let bias = if self.biases {
+            2 * self.expert_intermediate + hidden
+        } else {
+            0
+        };
+        3 * hidden * self.expert_intermediate + bias
     }
 }
 
@@ -828,9 +855,21 @@ impl ModelSpec {
                 GateUp => (h, 2 * i, self.mlp_bias),
                 Down => (i, h, self.mlp_bias),
                 Head => (h, self.vocab, self.lm_head_bias),
-                Router => (h, self.moe.map_or(0, |m| m.experts), false),
-                ExpertGateUp => (h, 2 * self.moe.map_or(0, |m| m.expert_intermediate), false),
-                ExpertDown => (self.moe.map_or(0, |m| m.expert_intermediate), h, false),
+                Router => (
+                    h,
+                    self.moe.map_or(0, |m| m.experts),
+                    self.moe.is_some_and(|m| m.biases),
+                ),
+                ExpertGateUp => (
+                    h,
+                    2 * self.moe.map_or(0, |m| m.expert_intermediate),
+                    self.moe.is_some_and(|m| m.biases),
+                ),
+                ExpertDown => (
+                    self.moe.map_or(0, |m| m.expert_intermediate),
+                    h,
+                    self.moe.is_some_and(|m| m.biases),
+                ),
                 SharedGate | SharedUp => (
                     h,
                     self.moe.and_then(|m| m.shared_expert).unwrap_or(0),

@@ -76,6 +76,8 @@ fn per_layer_fixed(spec: &ModelSpec) -> u64 {
     spec.norms_per_layer() * norm_params(spec, spec.hidden)
         + qk_norm_params(spec)
         + mla_norm_params(spec)
+        // gpt-oss: `self_attn.sinks`, one per head
+        + if spec.attn_sinks { spec.heads } else { 0 }
 }
 
 /// Latent attention's own norms (modeling_deepseek_v2.py `DeepseekV2Attention`):

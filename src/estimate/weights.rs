@@ -55,18 +55,33 @@ pub fn gptq_bytes(in_f: u64, out_f: u64, bits: u64, group: Option<u64>) -> u64 {
         + in_f * 4
 }
 
-/// Router parameters transformers keeps in fp32 (every MoE layer's `gate.weight` of a
-/// family whose router runs in fp32).
-pub fn fp32_router_params(spec: &ModelSpec) -> u64 {
+/// Router parameters transformers keeps in fp32 when the model loads in fp16 or bf16
+/// (every MoE layer's `gate.weight` of a family whose router runs in fp32:
+/// `_keep_in_fp32_modules_strict`).
+pub fn fp32_router_params(spec: &ModelSpec, dt: DType) -> u64 {
     match spec.moe {
-        Some(m) if m.router_fp32 => spec.sum_over_layers(|l| {
-            if l.role == crate::arch::LinearRole::Router {
-                l.params()
-            } else {
-                0
-            }
-        }),
+        Some(m) if m.router_fp32 && matches!(dt, DType::F16 | DType::BF16) => {
+            spec.sum_over_layers(|l| {
+                if l.role == crate::arch::LinearRole::Router {
+                    l.params()
+                } else {
+                    0
+                }
+            })
+        }
         _ => 0,
+    }
+}
+
+/// Norm weights transformers keeps in fp32 when the model loads in fp16 (gpt-oss's
+/// `_keep_in_fp32_modules` = input/post-attention layernorms and the final norm;
+/// modeling_utils.py: non-strict modules are upcast "only if the requested dtype is
+/// fp16").
+pub fn fp32_norm_params(spec: &ModelSpec, dt: DType) -> u64 {
+    if spec.family == crate::arch::Family::GptOss && dt == DType::F16 {
+        (spec.layers() * spec.norms_per_layer() + 1) * spec.hidden
+    } else {
+        0
     }
 }
 
@@ -133,7 +148,11 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_stored: u64) -> Result<
         }
         // DeepSeek keeps its router weight in fp32 whatever the load dtype
         // (modeling_deepseek_v2.py / _v3.py `_keep_in_fp32_modules_strict`)
-        _ => total * dt.size() + fp32_router_params(spec) * 4u64.saturating_sub(dt.size()),
+        _ => {
+            total * dt.size()
+                + (fp32_router_params(spec, dt) + fp32_norm_params(spec, dt))
+                    * 4u64.saturating_sub(dt.size())
+        }
     };
     Ok(WeightBytes { base, adapters })
 }

@@ -44,7 +44,6 @@ const MOE_TYPES: &[&str] = &[
     "nllb_moe",
     "llama4",
     "llama4_text",
-    "gpt_oss",
     "minimax",
     "ernie4_5_moe",
     "glm4_moe",
@@ -59,6 +58,7 @@ const MODELLED_MOE_TYPES: &[&str] = &[
     "qwen3_moe",
     "deepseek_v2",
     "deepseek_v3",
+    "gpt_oss",
 ];
 
 /// `model_type`s of vision-language models (rejected, see [`LATER_VERSION`]).
@@ -195,6 +195,7 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
         Family::Qwen => qwen(&c)?,
         Family::Mixtral | Family::Qwen2Moe | Family::Qwen3Moe => moe(&c, family)?,
         Family::DeepseekV2 | Family::DeepseekV3 => deepseek(&c, family)?,
+        Family::GptOss => gpt_oss(&c)?,
     };
     let mut spec = family_facts(spec);
     spec.sliding_layers = sliding_layers(&c, &spec)?;
@@ -242,8 +243,8 @@ fn sliding_layers(c: &Cfg, s: &ModelSpec) -> Result<crate::arch::SlidingLayers> 
     }
     let pattern = |default: u64| c.uint_or(&["sliding_window_pattern"], 1 << 16, default);
     Ok(match s.family {
-        // Gemma2Config: sliding on even layers
-        Family::Gemma2 => S::Periodic(2),
+        // Gemma2Config: sliding on even layers; GptOssConfig: `(i + 1) % 2`
+        Family::Gemma2 | Family::GptOss => S::Periodic(2),
         Family::Gemma3Text => S::Periodic(pattern(6)?),
         Family::Cohere2 => S::Periodic(pattern(4)?),
         // Qwen2Config / Qwen3Config: i >= max_window_layers (default 28)
@@ -397,6 +398,11 @@ fn block_modules(family: Family, mlp: MlpKind) -> BlockModules {
         m("gate_up_proj", ExpertGateUp),
         m("down_proj", ExpertDown),
     ];
+    const GPT_OSS_MOE: &[ModuleSlot] = &[
+        m("router", Router),
+        m("gate_up_proj", ExpertGateUp),
+        m("down_proj", ExpertDown),
+    ];
     const MOE_SHARED: &[ModuleSlot] = &[
         m("gate_proj", SharedGate),
         m("up_proj", SharedUp),
@@ -407,6 +413,9 @@ fn block_modules(family: Family, mlp: MlpKind) -> BlockModules {
         m("shared_expert_gate", SharedExpertGate),
     ];
     let ffn = match (family, mlp) {
+        // GptOssMLP: router (a module with weight and bias), experts.gate_up_proj /
+        // down_proj (with their biases)
+        (Family::GptOss, _) => GPT_OSS_MOE,
         (Family::Mixtral | Family::Qwen3Moe, _) => MOE,
         (Family::Qwen2Moe, _) => MOE_SHARED,
         // GPT2MLP; modeling_starcoder2.py Starcoder2MLP: c_fc, c_proj
@@ -925,6 +934,8 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         generic_of: None,
         moe: None,
         mla: None,
+        attn_sinks: false,
+        rope_half_table: false,
         sliding_layers: crate::arch::SlidingLayers::None,
     })
 }
@@ -1100,6 +1111,8 @@ fn moe(c: &Cfg, family: Family) -> Result<ModelSpec> {
         router: RouterKind::Softmax,
         router_fp32: false,
         shared_gate: shared_expert.is_some(),
+        biases: false,
+        clamped_swiglu: false,
     });
     Ok(s)
 }
@@ -1248,6 +1261,8 @@ fn deepseek(c: &Cfg, family: Family) -> Result<ModelSpec> {
         router,
         router_fp32: true,
         shared_gate: false,
+        biases: false,
+        clamped_swiglu: false,
     });
     let layers = s.layers();
     let dense = first_dense.min(layers);
@@ -1259,6 +1274,67 @@ fn deepseek(c: &Cfg, family: Family) -> Result<ModelSpec> {
             modules: deepseek_modules(q_lora_rank.is_some(), sparse),
         })
         .collect();
+    Ok(s)
+}
+
+/// gpt_oss (transformers 5.24 configuration_gpt_oss.py / modeling_gpt_oss.py):
+/// llama's block with biased q/k/v/o (`attention_bias`, default true), one learned sink
+/// logit per head, rope over `head_dim` (default 64) with half-width cos/sin tables,
+/// `sliding_window` (default 128) on alternating layers (`layer_types`, default
+/// `(i + 1) % 2`), RMSNorm weights kept in fp32 (`_keep_in_fp32_modules`), and an MoE
+/// block in every layer: `num_local_experts` (default 128) experts of
+/// `intermediate_size` (default 2880) with biases, `num_experts_per_tok` (default 4),
+/// `GptOssTopKRouter` (top-k of the biased logits, softmax over them), the clamped
+/// SwiGLU (`swiglu_limit`). transformers 5.24 has no SDPA path for it (eager or a flash
+/// kernel with sinks).
+fn gpt_oss(c: &Cfg) -> Result<ModelSpec> {
+    let mut s = std_base(c, Family::GptOss, true, |_, _| {
+        c.uint_or(&["head_dim"], MAX_WIDTH, 64)
+    })?;
+    s.max_positions = c.uint_or(&["max_position_embeddings"], MAX_POSITIONS, 131_072)?;
+    s.tie_embeddings = c.bool_or("tie_word_embeddings", false)?;
+    s.act = c.act("hidden_act", Activation::Silu)?;
+    s.dropout.attn = c.prob("attention_dropout", 0.0)?;
+    s.qkv_bias = c.bool_or("attention_bias", true)?;
+    s.o_bias = s.qkv_bias;
+    s.norm = NormKind::RmsNorm {
+        offset_one: false,
+        weight_fp32: true,
+    };
+    s.attn_sinks = true;
+    s.rope_half_table = true;
+    s.sliding_window = Some(c.window()?.unwrap_or(128));
+    let experts = c.uint_or(&["num_local_experts"], 1 << 16, 128)?;
+    let top_k = c.uint_or(&["num_experts_per_tok"], 1 << 16, 4)?;
+    let refuse = |key: &str, accepted: &str| {
+        Err(Error::Unsupported {
+            model_type: c.model_type.to_string(),
+            reason: format!("`{key}`: {accepted}"),
+            supported: Family::supported_list(),
+        })
+    };
+    if c.bool_or("output_router_logits", false)? {
+        return refuse("output_router_logits", "false (the auxiliary load-balancing loss, which keeps every layer's router logits, is not modelled)");
+    }
+    if s.quantization.is_some() {
+        return refuse(
+            "quantization_config",
+            "an unquantized (bf16) checkpoint (the MXFP4 experts' layout is not modelled)",
+        );
+    }
+    s.moe = Some(MoeSpec {
+        experts,
+        top_k,
+        expert_intermediate: s.intermediate,
+        shared_expert: None,
+        norm_topk: false,
+        fp32_weights: false,
+        router: RouterKind::TopkSoftmax,
+        router_fp32: false,
+        shared_gate: false,
+        biases: true,
+        clamped_swiglu: true,
+    });
     Ok(s)
 }
 
@@ -1875,7 +1951,7 @@ mod tests {
     #[test]
     fn moe_and_vlm_are_unsupported() {
         for j in [
-            r#"{"model_type":"gpt_oss"}"#,
+            r#"{"model_type":"llama4_text"}"#,
             r#"{"model_type":"llama","num_local_experts":8}"#,
             r#"{"model_type":"llama","kv_lora_rank":512}"#,
             r#"{"model_type":"qwen","visual":{}}"#,

@@ -1729,7 +1729,11 @@ impl Graph<'_> {
                 self.out("router logits", t * e, pd, true, Kind::Matmul)
             }
         };
-        let l32 = self.cast(logits, DType::F32);
+        let l32 = if moe.router == RouterKind::TopkSoftmax {
+            logits
+        } else {
+            self.cast(logits, DType::F32)
+        };
         let (vals, idx, w_rg) = self.router_topk(moe, l32, t);
         if moe.norm_topk {
             self.begin(&[vals]);
@@ -1836,13 +1840,42 @@ impl Graph<'_> {
             gu_rg,
             Kind::Matmul,
         );
-        // act(gate) * up on the two views of gu
-        self.begin(&[gu]);
-        self.save_if(gu, gu_rg);
-        let a = self.out("experts act(gate)", s * ie, pd, gu_rg, Kind::Other);
-        self.begin(&[gu, a]);
-        self.save_if(a, gu_rg);
-        let prod = self.out("experts act*up", s * ie, pd, gu_rg, Kind::Other);
+        if moe.biases {
+            // `_grouped_linear`: `out.add_(gate_up_proj_bias[expert_ids_g])` — the
+            // gather keeps the sorted ids when the biases train; the add is in place
+            self.begin(&[_sorted]);
+            self.save_if(_sorted, experts_trained);
+            self.out(
+                "gate_up bias [ids]",
+                s * 2 * ie,
+                pd,
+                experts_trained,
+                Kind::Other,
+            );
+        }
+        let prod = if moe.clamped_swiglu {
+            // GptOssExperts._apply_gate on the strided views gu[..., ::2] / gu[..., 1::2]:
+            // both clamps keep gu; gate * sigmoid(gate * alpha) keeps the clamped gate
+            // and the sigmoid; (up + 1) * glu keeps both factors
+            self.begin(&[gu]);
+            self.save_if(gu, gu_rg);
+            let gate = self.out("gate.clamp(max)", s * ie, pd, gu_rg, Kind::Other);
+            self.begin(&[gu]);
+            let up = self.out("up.clamp(-l, l)", s * ie, pd, gu_rg, Kind::Other);
+            let ga = self.scalar_mul("gate * alpha", gate);
+            let sig = self.unary_save_out("sigmoid", ga, pd);
+            let glu = self.mul("gate * sigmoid", gate, sig);
+            let up1 = self.scalar_mul("up + 1", up);
+            self.mul("(up + 1) * glu", up1, glu)
+        } else {
+            // act(gate) * up on the two views of gu
+            self.begin(&[gu]);
+            self.save_if(gu, gu_rg);
+            let a = self.out("experts act(gate)", s * ie, pd, gu_rg, Kind::Other);
+            self.begin(&[gu, a]);
+            self.save_if(a, gu_rg);
+            self.out("experts act*up", s * ie, pd, gu_rg, Kind::Other)
+        };
         // grouped_mm with down_proj
         match merged.get(1) {
             Some(&w) => self.begin(&[prod, offs, w]),
@@ -1859,6 +1892,10 @@ impl Graph<'_> {
                 .push((self.op, d_lin.params() * self.p.param_grad_size));
         }
         let down = self.out("experts down (grouped_mm)", s * h, pd, gu_rg, Kind::Matmul);
+        if moe.biases {
+            self.begin(&[_sorted]);
+            self.out("down bias [ids]", s * h, pd, experts_trained, Kind::Other);
+        }
         // * routing weights (keeps both), restore the order, sum over k
         let weighted = self.mul("experts * weights", down, wg);
         self.begin(&[perm]);
@@ -1891,6 +1928,17 @@ impl Graph<'_> {
     fn router_topk(&mut self, moe: &MoeSpec, l32: T, t: u64) -> (T, T, bool) {
         let (e, k) = (moe.experts, moe.top_k);
         match moe.router {
+            RouterKind::TopkSoftmax => {
+                // topk of the logits, softmax over the k values (their dtype)
+                let d = self.dt(l32);
+                self.begin(&[l32]);
+                let w_rg = self.rg(l32);
+                let top = self.out("router topk values", t * k, d, w_rg, Kind::Other);
+                let idx = self.out("router topk indices", t * k, DType::I64, false, Kind::Other);
+                self.save_if(idx, w_rg);
+                let vals = self.unary_save_out("router softmax (top-k)", top, d);
+                (vals, idx, w_rg)
+            }
             RouterKind::Softmax => {
                 let probs = self.unary_save_out("router softmax", l32, DType::F32);
                 self.begin(&[probs]);
@@ -2208,7 +2256,30 @@ impl Graph<'_> {
             s = self.softcap(s, scores_elems, d);
         }
         s = self.unary_plain("mask add", s, scores_elems, sd);
-        let probs = self.eager_softmax(spec, s);
+        let probs = if spec.attn_sinks {
+            // gpt-oss: cat([scores, sinks expanded]) (one more column), minus the row
+            // max (`max(dim)` keeps its int64 indices), softmax in the scores' dtype
+            // (keeps its output), the sink column dropped (a view)
+            let rows = p.batch * nh * p.seq;
+            let rg = any_rg || self.p.trainable.base_weights();
+            self.begin(&[s]);
+            let cat = self.out(
+                "cat(scores, sinks)",
+                scores_elems + rows,
+                sd,
+                rg,
+                Kind::AttnCore,
+            );
+            self.begin(&[cat]);
+            let mx = self.out("row max", rows, sd, false, Kind::AttnCore);
+            let mi = self.out("row max indices", rows, DType::I64, false, Kind::AttnCore);
+            self.save_if(mi, rg);
+            self.begin(&[cat, mx]);
+            let shifted = self.out("- row max", scores_elems + rows, sd, rg, Kind::AttnCore);
+            self.unary_save_out("softmax (with sinks)", shifted, sd)
+        } else {
+            self.eager_softmax(spec, s)
+        };
         let probs = self.dropout(probs, spec.dropout.attn);
         self.in_attn_core = false;
         self.begin(&[probs, vr]);
@@ -2621,12 +2692,33 @@ fn shared_saved(spec: &ModelSpec, p: &LedgerParams) -> u64 {
     }
     if let (Positions::Rope { rotary_dim }, false) = (spec.positions, spec.rope_before_transpose) {
         // cos and sin [1, s, rotary_dim] in the hidden-state dtype, saved by the
-        // rotary muls of every layer (one storage)
-        shared += 2 * p.seq * rotary_dim * resid_dt.size();
+        // rotary muls of every layer (one storage); gpt-oss's tables are half as wide
+        // (modeling_gpt_oss.py `GptOssRotaryEmbedding`: no `cat((freqs, freqs))`);
+        // DeepSeek-V2's one complex64 `freqs_cis` [1, s, rope / 2]
+        let table = if spec.mla.is_some_and(|m| m.complex_rope) {
+            p.seq * rotary_dim * 4
+        } else if spec.rope_half_table {
+            p.seq * rotary_dim * resid_dt.size()
+        } else {
+            2 * p.seq * rotary_dim * resid_dt.size()
+        };
+        shared += table;
     }
     if p.attn == Attn::Eager && p.grad_ckpt != GradCkpt::None {
-        // the additive 4-D causal mask [b, 1, s, s] becomes a saved checkpoint input
-        shared += p.batch * p.seq * p.kv_len * resid_dt.size();
+        // the additive 4-D causal mask [b, 1, s, s] becomes a saved checkpoint input;
+        // a stack of sliding and full layers gets one mask of each type, distinct
+        // once the keys pass the window (masking_utils
+        // `create_sliding_window_causal_mask`; trace probe: gpt-oss at s256, window 128)
+        let sliding = spec.sliding_layer_count();
+        let kinds = if sliding > 0
+            && sliding < spec.layers()
+            && spec.sliding_window.is_some_and(|w| w < p.kv_len)
+        {
+            2
+        } else {
+            1
+        };
+        shared += kinds * p.batch * p.seq * p.kv_len * resid_dt.size();
     }
     if explicit_sdpa_mask(spec, p) && p.grad_ckpt != GradCkpt::None {
         // SDPA's boolean mask [b, 1, s, s] (masking_utils sdpa_mask) as a checkpoint input

@@ -479,6 +479,14 @@ impl Workload {
     pub fn validate(&self, spec: &ModelSpec) -> Result<()> {
         self.check_sizes()?;
         self.check_largest_tensor(spec)?;
+        if spec.attn_sinks && self.attn == Attn::Sdpa {
+            // modeling_gpt_oss.py `_supports_sdpa = False`: from_pretrained refuses it
+            return Err(Error::invalid(
+                "--attn",
+                format!("sdpa on {}", spec.family),
+                "eager (the default for this model) or flash (a kernel with attention sinks): transformers has no SDPA path for attention sinks",
+            ));
+        }
         self.check_recipe(spec)
     }
 

@@ -900,7 +900,12 @@ impl Settings {
     /// Validated workload and overheads for `spec` (the layout is not checked: see
     /// [`Settings::resolve`]).
     pub fn build(&self, spec: &ModelSpec) -> Result<(Workload, Overheads)> {
-        let w = self.workload().map_err(|e| self.attribute(e))?;
+        let mut w = self.workload().map_err(|e| self.attribute(e))?;
+        if self.attn.is_none() && spec.attn_sinks {
+            // transformers picks eager when a model has no SDPA path (gpt-oss's sinks:
+            // `_supports_sdpa = False`; modeling_utils `_check_and_adjust_attn_implementation`)
+            w.attn = Attn::Eager;
+        }
         let ov = self.overheads();
         ov.validate().map_err(|e| self.attribute(e))?;
         w.validate(spec).map_err(|e| self.attribute(e))?;
@@ -1045,6 +1050,8 @@ impl Settings {
                 .unwrap_or(d.seq_len)
                 .saturating_add(virtual_tokens),
             grad_accum: self.grad_accum.unwrap_or(d.grad_accum),
+            // transformers picks eager when a model has no SDPA path (gpt-oss's sinks:
+            // `_supports_sdpa = False`; modeling_utils `_check_and_adjust_attn_implementation`)
             attn: self.attn.unwrap_or(d.attn),
             grad_ckpt: self.grad_ckpt.unwrap_or(d.grad_ckpt),
             loss: self.loss.unwrap_or(d.loss),

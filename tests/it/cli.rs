@@ -114,15 +114,29 @@ fn unknown_model_type() {
 #[test]
 fn mixture_of_experts_beyond_the_modelled_ones_is_rejected() {
     let d = TempDir::new("moe");
+    // OLMoE (`OlmoeForCausalLM`) is not modelled: refused, never estimated as dense
     let p = d.write(
+        "olmoe/config.json",
+        r#"{"model_type":"olmoe","hidden_size":2048,"num_hidden_layers":16,
+            "num_attention_heads":16,"intermediate_size":1024,"vocab_size":50304,
+            "num_experts":64,"num_experts_per_tok":8}"#,
+    );
+    let folder = d.path().join("olmoe").display().to_string();
+    for m in [&p, &folder] {
+        let r = estimate(&["--model", m]);
+        assert_error(&r, &["olmoe", "mixture-of-experts", "later version"]);
+    }
+    // gpt-oss is estimated with eager attention (it has no SDPA path); --attn sdpa is
+    // refused by name
+    let go = d.write(
         "gpt-oss/config.json",
         &read_data("configs/gpt-oss-20b/config.json"),
     );
-    let folder = d.path().join("gpt-oss").display().to_string();
-    for m in [&p, &folder] {
-        let r = estimate(&["--model", m]);
-        assert_error(&r, &["gpt_oss", "mixture-of-experts", "later version"]);
-    }
+    let r = estimate(&["--model", &go, "--seq-len", "512"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("attn eager"), "{}", r.stdout);
+    let r = estimate(&["--model", &go, "--attn", "sdpa"]);
+    assert_error(&r, &["--attn", "sinks"]);
     // DeepSeek-V2-Lite (latent attention, a dense first layer, then MoE) is estimated
     let ds = d.write(
         "deepseek/config.json",

@@ -94,7 +94,7 @@ fn lora_explicit_names() {
 
 #[test]
 fn moe_and_vlm_are_unsupported() {
-    for m in ["gpt-oss-20b", "llava-1.5-7b"] {
+    for m in ["llava-1.5-7b", "qwen-vl"] {
         let e = parse_config(&read_data(&format!("configs/{m}/config.json")), m).unwrap_err();
         match e {
             Error::Unsupported { reason, .. } => {
@@ -105,7 +105,7 @@ fn moe_and_vlm_are_unsupported() {
     }
 }
 
-/// DeepSeek at full depth: what transformers 5.24 instantiates on the meta device
+/// DeepSeek and gpt-oss at full depth: what transformers 5.24 instantiates on the meta device
 /// (`sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters())`, the
 /// published configs; DeepSeek-V3's multi-token-prediction layer is not part of
 /// `DeepseekV3ForCausalLM`), and the parameters a token runs through.
@@ -114,6 +114,12 @@ fn deepseek_totals_as_transformers_instantiates_them() {
     for (m, total, active) in [
         ("deepseek-v2-lite", 15_706_484_224u64, 2_661_150_208u64),
         ("deepseek-v3", 671_026_404_352, 37_552_282_624),
+        // 24 layers x (32 - 4) idle experts x (2880 x 5760 + 5760 + 2880 x 2880 + 2880)
+        (
+            "gpt-oss-20b",
+            20_914_757_184,
+            20_914_757_184 - 24 * 28 * 24_891_840,
+        ),
     ] {
         let spec = llm_mem::hf::presets::get(m).unwrap().unwrap();
         assert_eq!(params::count(&spec).total, total, "{m}");
@@ -406,6 +412,7 @@ fn kv_cache_per_layer_type() {
         ("mistral-7b-v0.1", 0, 32, 4096, 8 * 128),
         ("qwen2.5-7b", 28, 0, 0, 4 * 128),
         ("mixtral-8x7b-v0.1", 32, 0, 0, 8 * 128),
+        ("gpt-oss-20b", 12, 12, 128, 8 * 64),
     ] {
         let s = of(m);
         assert_eq!(s.sliding_layer_count(), sliding, "{m}");
@@ -419,7 +426,7 @@ fn kv_cache_per_layer_type() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 5);
+    assert_eq!(checked, 6);
 }
 
 /// Latent attention's cache: the normed latent and the rotated rope key per token and

@@ -44,6 +44,8 @@ const OPTIMIZERS: &[&str] = &[
     "lion",
 ];
 const ATTNS: &[&str] = &["eager", "sdpa", "flash"];
+/// gpt-oss's attention sinks have no SDPA path in transformers (refused).
+const SINK_ATTNS: &[&str] = &["eager", "flash"];
 const CKPTS: &[&str] = &["none", "full", "selective"];
 const LOSSES: &[&str] = &["standard", "chunked", "fused-linear-ce"];
 const RUNTIMES: &[&str] = &["torch", "candle"];
@@ -200,7 +202,9 @@ fn torch_case() -> impl Strategy<Value = Case> {
     (proptest::sample::select(torch_presets()), pick(TASKS)).prop_flat_map(
         |((preset, quantized), task)| {
             let train = task == "train";
-            let moe = crate::util::preset(preset).moe.is_some();
+            let spec = crate::util::preset(preset);
+            let moe = spec.moe.is_some();
+            let attns = if spec.attn_sinks { SINK_ATTNS } else { ATTNS };
             let methods = if moe {
                 MOE_METHODS
             } else if train && quantized {
@@ -217,7 +221,7 @@ fn torch_case() -> impl Strategy<Value = Case> {
                 pick(methods),
                 pick(dtypes),
                 pick(OPTIMIZERS),
-                pick(ATTNS),
+                pick(attns),
                 pick(CKPTS),
                 pick(LOSSES),
                 pick(DEVICES),
@@ -300,6 +304,7 @@ fn generated(c: &Case) -> bool {
                 && (!(train && quantized(&spec)) || QUANTIZED_TRAIN_METHODS.contains(&c.method))
                 && (spec.moe.is_none()
                     || (MOE_METHODS.contains(&c.method) && MOE_INFER_DTYPES.contains(&c.dtype)))
+                && (!spec.attn_sinks || SINK_ATTNS.contains(&c.attn))
         }
         "candle" => {
             let spec = preset(c.preset);
