@@ -620,6 +620,8 @@ pub struct LayerGroup {
     pub count: u64,
     /// The block's linear modules.
     pub modules: BlockModules,
+    /// The layers attend within `sliding_window` (their type in `sliding_layers`).
+    pub sliding: bool,
 }
 
 /// Norms over `head_dim` applied to queries and keys.
@@ -994,8 +996,33 @@ impl ModelSpec {
         Ok(m)
     }
 
+    /// Split the groups where the attention type changes (`sliding_layers`), so that
+    /// every group's layers share their block and their attention type.
+    pub fn split_by_attention(&mut self) {
+        let mut out: Vec<LayerGroup> = Vec::with_capacity(self.groups.len());
+        let mut i = 0u64;
+        for g in &self.groups {
+            // runs within this group only: groups are never merged
+            let first = out.len();
+            for _ in 0..g.count {
+                let sliding = self.sliding_window.is_some() && self.sliding_layers.at(i);
+                let n = out.len();
+                match out.last_mut() {
+                    Some(last) if n > first && last.sliding == sliding => last.count += 1,
+                    _ => out.push(LayerGroup {
+                        count: 1,
+                        modules: g.modules,
+                        sliding,
+                    }),
+                }
+                i += 1;
+            }
+        }
+        self.groups = out;
+    }
+
     /// Keep the first `n` layers of the stack (a pipeline stage, `--layers`); beyond
-    /// the stack's depth the last group grows.
+    /// the stack's depth the last group grows (and splits again by attention type).
     pub fn set_layers(&mut self, n: u64) {
         let mut left = n;
         let mut kept = Vec::with_capacity(self.groups.len());
@@ -1013,6 +1040,9 @@ impl ModelSpec {
             }
         }
         self.groups = kept;
+        if self.sliding_window.is_some() {
+            self.split_by_attention();
+        }
     }
 
     /// The layers `start..start + n` of the stack, as the groups that hold them (a

@@ -488,7 +488,7 @@ fn simulate_serving(
     let dec_peak = spec
         .groups
         .iter()
-        .map(|g| torch::layer_of(spec, &g.modules, &dec, false).fwd_peak)
+        .map(|g| torch::layer_of(spec, g, &dec, false).fwd_peak)
         .max()
         .unwrap_or(0);
     let kv_per_token = kv_bytes_per_token(spec, inf.kv_dtype);

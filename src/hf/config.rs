@@ -199,6 +199,7 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
     };
     let mut spec = family_facts(spec);
     spec.sliding_layers = sliding_layers(&c, &spec)?;
+    spec.split_by_attention();
     spec.validate()?;
     Ok(spec)
 }
@@ -885,6 +886,7 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         groups: vec![LayerGroup {
             count: d.layers,
             modules: BlockModules::default(),
+            sliding: false,
         }],
         heads: d.heads,
         kv_heads: d.kv_heads,
@@ -1272,6 +1274,7 @@ fn deepseek(c: &Cfg, family: Family) -> Result<ModelSpec> {
         .map(|(count, sparse)| LayerGroup {
             count,
             modules: deepseek_modules(q_lora_rank.is_some(), sparse),
+            sliding: false,
         })
         .collect();
     Ok(s)

@@ -44,7 +44,7 @@
 
 use crate::arch::adapter::{LnNorms, NormSlot};
 use crate::arch::{
-    Activation, Adapter, BlockModules, LinearSpec, LoraTargets, MlpKind, ModelSpec, MoeSpec,
+    Activation, Adapter, LayerGroup, LinearSpec, LoraTargets, MlpKind, ModelSpec, MoeSpec,
     NormKind, Positions, QkNorm, Residual, RouterKind,
 };
 use crate::units::dtype::DType;
@@ -267,6 +267,8 @@ struct Graph<'a> {
     /// Channels per value head when they differ from the query/key head (latent
     /// attention's `v_head_dim`): the attention output's width per head.
     v_head: Option<u64>,
+    /// The layer attends within the sliding window.
+    sliding: bool,
 }
 
 impl<'a> Graph<'a> {
@@ -284,6 +286,7 @@ impl<'a> Graph<'a> {
             cur_inputs: smallvec::SmallVec::new(),
             ln: None,
             v_head: None,
+            sliding: false,
         }
     }
 
@@ -1318,11 +1321,13 @@ fn find_linear(lins: &[LinearSpec], role: crate::arch::LinearRole) -> Option<Lin
 /// Build the program of one decoder layer with the block `modules`.
 fn layer_program<'a>(
     spec: &ModelSpec,
-    modules: &BlockModules,
+    group: &LayerGroup,
     p: &'a LedgerParams,
     input_rg: bool,
 ) -> (Graph<'a>, T) {
+    let modules = &group.modules;
     let mut g = Graph::new(p);
+    g.sliding = group.sliding;
     g.weight_cache = !spec.linear_as_matmul;
     g.ln = LnNorms::of(spec);
     let resid_dt = p.resid_dtype();
@@ -2158,7 +2163,7 @@ impl Graph<'_> {
         let d = self.compute();
         let (nh, hd) = (spec.heads, spec.head_dim);
         let tq = self.tokens;
-        let masked = explicit_sdpa_mask(spec, self.p);
+        let masked = explicit_sdpa_mask(spec, self.p, self.sliding);
         // With a mask, transformers' sdpa_attention_forward does not pass enable_gqa
         // (integrations/sdpa_attention.py use_gqa_in_sdpa) and repeats k/v itself: the
         // repeated copies are what the kernel saves (Falcon calls SDPA on its own
@@ -2543,13 +2548,13 @@ fn ctx_held_bytes(g: &Graph, p: &LedgerParams) -> u64 {
 /// Ledger of one decoder layer whose input requires grad (`input_rg`); layer 0 of a
 /// LoRA model gets `false` (the frozen embedding's output needs no gradient).
 pub fn layer(spec: &ModelSpec, p: &LedgerParams, input_rg: bool) -> LayerLedger {
-    layer_of(spec, &spec.groups[0].modules, p, input_rg)
+    layer_of(spec, &spec.groups[0], p, input_rg)
 }
 
 /// [`layer`] for a layer with the block `modules` (one of the stack's groups).
 pub fn layer_of(
     spec: &ModelSpec,
-    modules: &BlockModules,
+    group: &LayerGroup,
     p: &LedgerParams,
     input_rg: bool,
 ) -> LayerLedger {
@@ -2557,7 +2562,7 @@ pub fn layer_of(
     let (mut g, out) = if p.litgpt {
         litgpt::layer_program(spec, p, rg)
     } else {
-        layer_program(spec, modules, p, rg)
+        layer_program(spec, group, p, rg)
     };
     if p.compile && p.grad_ckpt == GradCkpt::None {
         compiled_saves(&mut g);
@@ -2702,7 +2707,17 @@ fn shared_saved(spec: &ModelSpec, p: &LedgerParams) -> u64 {
         } else {
             2 * p.seq * rotary_dim * resid_dt.size()
         };
-        shared += table;
+        // Gemma-3: one table per layer type (modeling_gemma3.py
+        // `position_embeddings[layer_type]`, local and global rope bases), each saved
+        // by the layers of its type (trace probe: +1 MiB at s1024 with both present)
+        let both_types =
+            spec.groups.iter().any(|g| g.sliding) && spec.groups.iter().any(|g| !g.sliding);
+        let tables = if spec.family == crate::arch::Family::Gemma3Text && both_types {
+            2
+        } else {
+            1
+        };
+        shared += tables * table;
     }
     if p.attn == Attn::Eager && p.grad_ckpt != GradCkpt::None {
         // the additive 4-D causal mask [b, 1, s, s] becomes a saved checkpoint input;
@@ -2720,7 +2735,8 @@ fn shared_saved(spec: &ModelSpec, p: &LedgerParams) -> u64 {
         };
         shared += kinds * p.batch * p.seq * p.kv_len * resid_dt.size();
     }
-    if explicit_sdpa_mask(spec, p) && p.grad_ckpt != GradCkpt::None {
+    let any_sliding = spec.groups.iter().any(|g| g.sliding);
+    if explicit_sdpa_mask(spec, p, any_sliding) && p.grad_ckpt != GradCkpt::None {
         // SDPA's boolean mask [b, 1, s, s] (masking_utils sdpa_mask) as a checkpoint input
         shared += p.batch * p.seq * p.kv_len;
     }
@@ -3033,15 +3049,25 @@ impl Activations {
 }
 
 pub fn activations(spec: &ModelSpec, p: &LedgerParams) -> Activations {
-    let mixed = spec
-        .groups
-        .iter()
-        .any(|g| g.modules != spec.groups[0].modules);
+    let same = |a: &LayerGroup, b: &LayerGroup| a.modules == b.modules && a.sliding == b.sliding;
+    // litgpt's program is one block whatever the groups (its own attention)
+    let mixed = !p.litgpt && spec.groups.iter().any(|g| !same(g, &spec.groups[0]));
     let groups: Vec<(u64, LayerLedger)> = if mixed {
-        spec.groups
-            .iter()
-            .map(|g| (g.count, layer_of(spec, &g.modules, p, true)))
-            .collect()
+        // one program per distinct (block, attention type)
+        let mut distinct: Vec<(LayerGroup, LayerLedger)> = Vec::new();
+        let mut out = Vec::with_capacity(spec.groups.len());
+        for g in &spec.groups {
+            let l = match distinct.iter().find(|(d, _)| same(d, g)) {
+                Some((_, l)) => l.clone(),
+                None => {
+                    let l = layer_of(spec, g, p, true);
+                    distinct.push((*g, l.clone()));
+                    l
+                }
+            };
+            out.push((g.count, l));
+        }
+        out
     } else {
         Vec::new()
     };
@@ -3076,13 +3102,14 @@ pub fn activations(spec: &ModelSpec, p: &LedgerParams) -> Activations {
 }
 
 /// Whether SDPA gets an explicit mask in training: Falcon always; a sliding-window
-/// model once the keys reach the window (masking_utils `_ignore_causal_mask_sdpa`:
-/// `kv_length >= local_attention_size` keeps the mask). Every layer is treated as a
-/// sliding one (the global layers of Gemma-3 / Cohere-2 are over-counted).
-fn explicit_sdpa_mask(spec: &ModelSpec, p: &LedgerParams) -> bool {
+/// layer (`sliding`) once the keys reach the window (masking_utils
+/// `_ignore_causal_mask_sdpa`: `kv_length >= local_attention_size` keeps the mask); a
+/// full-attention layer of a hybrid stack (Gemma-3's and Cohere-2's global layers) runs
+/// `is_causal` without one.
+fn explicit_sdpa_mask(spec: &ModelSpec, p: &LedgerParams, sliding: bool) -> bool {
     p.attn == Attn::Sdpa
         && (spec.mask_always_materialized
-            || spec.sliding_window.is_some_and(|w| p.kv_len >= w)
+            || (sliding && spec.sliding_window.is_some_and(|w| p.kv_len >= w))
             // prefix tuning's past keys: masking_utils `_ignore_causal_mask_sdpa` drops
             // the mask only for kv_length == query_length
             || p.prefix_tokens() > 0)

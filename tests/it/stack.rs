@@ -19,6 +19,7 @@ fn regrouped(spec: &ModelSpec, counts: &[u64]) -> ModelSpec {
         .map(|&count| LayerGroup {
             count,
             modules: block,
+            sliding: false,
         })
         .collect();
     s
@@ -68,10 +69,12 @@ fn counts_sum_over_groups_with_different_blocks() {
         LayerGroup {
             count: 2,
             modules: block,
+            sliding: false,
         },
         LayerGroup {
             count: 30,
             modules: with_copies(block, 4),
+            sliding: false,
         },
     ];
     let one_dense = params::per_layer(&spec);
@@ -121,6 +124,7 @@ fn a_stack_of_different_blocks_is_estimated_group_by_group() {
     mixed.groups.push(LayerGroup {
         count: 30,
         modules: with_copies(spec.groups[0].modules, 2),
+        sliding: false,
     });
     let (w, _) = Settings::default().build(&spec).unwrap();
     let uniform = estimate(&spec, &w, &Overheads::default()).unwrap();

@@ -710,6 +710,34 @@ fn moe_traces_against_the_ledger_and_the_rest_refused() {
     assert!(refused.is_empty(), "{refused:?}");
 }
 
+/// Hybrid attention past the window (`tests/data/trace/hybrid.csv`: Gemma-3-1B with
+/// sliding and global layers alternating, s1024 against a 512-token window): a sliding
+/// layer's SDPA gets the explicit mask (and the repeated k/v copies the masked call
+/// makes), a global layer runs `is_causal` without one — each layer by its own type, so
+/// depth 2 (one of each) is within 1%, as are parameters.
+#[test]
+fn hybrid_attention_layers_by_their_own_type() {
+    let (pairs, rows) = pairs("trace/hybrid.csv");
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (c, p) in &pairs {
+        let spec = crate::util::config_spec(&c.model);
+        assert_eq!(spec.groups.len(), 26, "alternating sliding / global layers");
+        if c.mode == "full" {
+            let two = params::count(&spec.with_layers(2).unwrap()).total;
+            assert_eq!(two, p.params_l2, "{}", c.model);
+        }
+        failures.extend(depth_miss(&spec, c, p));
+        checked += 1;
+    }
+    assert_eq!(rows, 16);
+    assert_eq!(
+        checked, 8,
+        "eager/sdpa x none/non-reentrant x full/LoRA all-linear"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// peft's other tuners against the trace probe (`tests/data/trace/peft.csv`, modes
 /// `dora_attn`, `lorafa_attn`, `adalora_attn`, `vera_attn`, `loha_attn`, `oft_attn`,
 /// `osf_attn` (and `osf_attn_legacy` under peft 0.20) at rank 16 and `boft_attn` at
