@@ -1093,16 +1093,11 @@ fn moe(c: &Cfg, family: Family) -> Result<ModelSpec> {
             );
         }
     }
-    if c.bool_or("output_router_logits", false)? {
-        return refuse("output_router_logits", "true".into(), "false (the auxiliary load-balancing loss, which keeps every layer's router logits, is not modelled)");
-    }
-    if s.quantization.is_some() {
-        return refuse(
-            "quantization_config",
-            "present".into(),
-            "unquantized experts (how a GPTQ/AWQ checkpoint's per-expert linears map onto transformers 5's fused experts is not modelled)",
-        );
-    }
+    refuse_moe_extras(
+        c,
+        &s,
+        "unquantized experts (how a GPTQ/AWQ checkpoint's per-expert linears map onto transformers 5's fused experts is not modelled)",
+    )?;
     s.moe = Some(MoeSpec {
         experts,
         top_k,
@@ -1117,6 +1112,26 @@ fn moe(c: &Cfg, family: Family) -> Result<ModelSpec> {
         clamped_swiglu: false,
     });
     Ok(s)
+}
+
+/// What every modelled MoE family refuses by name: the auxiliary router loss
+/// (`output_router_logits` keeps every layer's router logits) and a quantized
+/// checkpoint (`quant_accepted` says what is accepted instead).
+fn refuse_moe_extras(c: &Cfg, s: &ModelSpec, quant_accepted: &str) -> Result<()> {
+    let refuse = |key: &str, value: &str, accepted: &str| {
+        Err(Error::Unsupported {
+            model_type: c.model_type.to_string(),
+            reason: format!("`{key}` = {value}: {accepted}"),
+            supported: Family::supported_list(),
+        })
+    };
+    if c.bool_or("output_router_logits", false)? {
+        return refuse("output_router_logits", "true", "false (the auxiliary load-balancing loss, which keeps every layer's router logits, is not modelled)");
+    }
+    if s.quantization.is_some() {
+        return refuse("quantization_config", "present", quant_accepted);
+    }
+    Ok(())
 }
 
 /// deepseek_v2 / deepseek_v3 (transformers 5.24 configuration_deepseek_v2.py /
@@ -1243,16 +1258,11 @@ fn deepseek(c: &Cfg, family: Family) -> Result<ModelSpec> {
             }
         }
     };
-    if c.bool_or("output_router_logits", false)? {
-        return refuse("output_router_logits", "true".into(), "false (the auxiliary load-balancing loss, which keeps every layer's router logits, is not modelled)");
-    }
-    if s.quantization.is_some() {
-        return refuse(
-            "quantization_config",
-            "present".into(),
-            "an unquantized checkpoint (DeepSeek-V3's block-wise FP8 weights are not modelled)",
-        );
-    }
+    refuse_moe_extras(
+        c,
+        &s,
+        "an unquantized checkpoint (DeepSeek-V3's block-wise FP8 weights are not modelled)",
+    )?;
     s.moe = Some(MoeSpec {
         experts,
         top_k,
@@ -1309,22 +1319,11 @@ fn gpt_oss(c: &Cfg) -> Result<ModelSpec> {
     s.sliding_window = Some(c.window()?.unwrap_or(128));
     let experts = c.uint_or(&["num_local_experts"], 1 << 16, 128)?;
     let top_k = c.uint_or(&["num_experts_per_tok"], 1 << 16, 4)?;
-    let refuse = |key: &str, accepted: &str| {
-        Err(Error::Unsupported {
-            model_type: c.model_type.to_string(),
-            reason: format!("`{key}`: {accepted}"),
-            supported: Family::supported_list(),
-        })
-    };
-    if c.bool_or("output_router_logits", false)? {
-        return refuse("output_router_logits", "false (the auxiliary load-balancing loss, which keeps every layer's router logits, is not modelled)");
-    }
-    if s.quantization.is_some() {
-        return refuse(
-            "quantization_config",
-            "an unquantized (bf16) checkpoint (the MXFP4 experts' layout is not modelled)",
-        );
-    }
+    refuse_moe_extras(
+        c,
+        &s,
+        "an unquantized (bf16) checkpoint (the MXFP4 experts' layout is not modelled)",
+    )?;
     s.moe = Some(MoeSpec {
         experts,
         top_k,

@@ -1970,32 +1970,7 @@ impl Graph<'_> {
                     Kind::Other,
                 );
                 self.save_if(gmax_i, w_rg);
-                self.begin(&[gmax]);
-                let gi = self.out(
-                    "group topk indices",
-                    t * topk_groups,
-                    DType::I64,
-                    false,
-                    Kind::Other,
-                );
-                self.save_if(gi, w_rg);
-                let _gv = self.out(
-                    "group topk values",
-                    t * topk_groups,
-                    DType::F32,
-                    w_rg,
-                    Kind::Other,
-                );
-                self.begin(&[gi]);
-                let gm = self.out("group mask", t * groups, DType::F32, false, Kind::Other);
-                let mask = self.unary_plain("~score mask", gm, t * e, DType::Bool);
-                self.begin(&[probs, mask]);
-                self.save_if(mask, w_rg);
-                let masked = self.out("masked scores", t * e, DType::F32, w_rg, Kind::Other);
-                self.begin(&[masked]);
-                let vals = self.out("router topk values", t * k, DType::F32, w_rg, Kind::Other);
-                let idx = self.out("router topk indices", t * k, DType::I64, false, Kind::Other);
-                self.save_if(idx, w_rg);
+                let (vals, idx) = self.group_limited_topk(moe, probs, gmax, t, topk_groups, w_rg);
                 (vals, idx, w_rg)
             }
             RouterKind::SigmoidGrouped {
@@ -2019,32 +1994,7 @@ impl Graph<'_> {
                 );
                 self.save_if(top2_i, w_rg);
                 let gs = self.unary_plain("group scores (sum)", top2, t * groups, DType::F32);
-                self.begin(&[gs]);
-                let gi = self.out(
-                    "group topk indices",
-                    t * topk_groups,
-                    DType::I64,
-                    false,
-                    Kind::Other,
-                );
-                self.save_if(gi, w_rg);
-                let _gv = self.out(
-                    "group topk values",
-                    t * topk_groups,
-                    DType::F32,
-                    w_rg,
-                    Kind::Other,
-                );
-                self.begin(&[gi]);
-                let gm = self.out("group mask", t * groups, DType::F32, false, Kind::Other);
-                let mask = self.unary_plain("~score mask", gm, t * e, DType::Bool);
-                self.begin(&[biased, mask]);
-                self.save_if(mask, w_rg);
-                let masked = self.out("masked scores", t * e, DType::F32, w_rg, Kind::Other);
-                self.begin(&[masked]);
-                let _v = self.out("router topk values", t * k, DType::F32, w_rg, Kind::Other);
-                let idx = self.out("router topk indices", t * k, DType::I64, false, Kind::Other);
-                self.save_if(idx, w_rg);
+                let (_v, idx) = self.group_limited_topk(moe, biased, gs, t, topk_groups, w_rg);
                 // scores.gather(1, idx) keeps idx (the same tensor)
                 self.begin(&[scores, idx]);
                 let vals = self.out(
@@ -2057,6 +2007,50 @@ impl Graph<'_> {
                 (vals, idx, w_rg)
             }
         }
+    }
+
+    /// The group-limited selection both DeepSeek routers share: `topk` of the per-group
+    /// statistic `group_stat` (keeps its indices), the group mask scattered and
+    /// expanded, `scores.masked_fill(~mask, ...)` (keeps the boolean mask), `topk` of the
+    /// masked scores (keeps its indices): (top-k values, top-k indices).
+    fn group_limited_topk(
+        &mut self,
+        moe: &MoeSpec,
+        scores: T,
+        group_stat: T,
+        t: u64,
+        topk_groups: u64,
+        w_rg: bool,
+    ) -> (T, T) {
+        let (e, k) = (moe.experts, moe.top_k);
+        let groups = self.elems(group_stat) / t.max(1);
+        self.begin(&[group_stat]);
+        let gi = self.out(
+            "group topk indices",
+            t * topk_groups,
+            DType::I64,
+            false,
+            Kind::Other,
+        );
+        self.save_if(gi, w_rg);
+        let _gv = self.out(
+            "group topk values",
+            t * topk_groups,
+            DType::F32,
+            w_rg,
+            Kind::Other,
+        );
+        self.begin(&[gi]);
+        let gm = self.out("group mask", t * groups, DType::F32, false, Kind::Other);
+        let mask = self.unary_plain("~score mask", gm, t * e, DType::Bool);
+        self.begin(&[scores, mask]);
+        self.save_if(mask, w_rg);
+        let masked = self.out("masked scores", t * e, DType::F32, w_rg, Kind::Other);
+        self.begin(&[masked]);
+        let vals = self.out("router topk values", t * k, DType::F32, w_rg, Kind::Other);
+        let idx = self.out("router topk indices", t * k, DType::I64, false, Kind::Other);
+        self.save_if(idx, w_rg);
+        (vals, idx)
     }
 
     /// `act(gate) * up` over the two halves of a fused gate_up output `gu` (width
