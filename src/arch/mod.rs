@@ -687,6 +687,16 @@ pub enum LinearRole {
 }
 
 impl LinearRole {
+    /// A parameter of transformers 5's MoE block rather than an `nn.Linear` (the router
+    /// module's weight, the fused 3-D expert stacks): what bitsandbytes'
+    /// `replace_with_bnb_linear` never quantizes.
+    pub fn is_moe_parameter(self) -> bool {
+        matches!(
+            self,
+            LinearRole::Router | LinearRole::ExpertGateUp | LinearRole::ExpertDown
+        )
+    }
+
     pub fn is_attention(self) -> bool {
         matches!(
             self,

@@ -367,6 +367,20 @@ pub fn linear_weight_params(spec: &ModelSpec) -> u64 {
     spec.sum_over_layers(|l| l.copies * l.in_features * l.out_features)
 }
 
+/// [`linear_weight_params`] of the `nn.Linear` modules only: what bitsandbytes
+/// quantizes (transformers 5.24 integrations/bitsandbytes.py `replace_with_bnb_linear`:
+/// `type(module) is nn.Linear` or Conv1D) — an MoE block's router and fused expert
+/// parameters stay in the load dtype.
+pub fn bnb_linear_weight_params(spec: &ModelSpec) -> u64 {
+    spec.sum_over_layers(|l| {
+        if l.role.is_moe_parameter() {
+            0
+        } else {
+            l.copies * l.in_features * l.out_features
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

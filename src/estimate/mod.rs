@@ -460,6 +460,22 @@ fn context_warnings(spec: &ModelSpec, w: &Workload) -> Vec<String> {
             )
         });
     }
+    if spec.moe.is_some()
+        && (w.method.is_qlora() || w.precision == crate::workload::Precision::Int8)
+    {
+        let experts: u64 = spec.sum_over_layers(|l| {
+            if l.role.is_moe_parameter() {
+                l.params()
+            } else {
+                0
+            }
+        });
+        warnings.push(format!(
+            "bitsandbytes quantizes nn.Linear modules only (transformers 5.24 replace_with_bnb_linear): the router and the fused expert parameters of {} ({:.2} B parameters) stay in the load dtype; transformers 4.x quantized its per-expert nn.Linear modules (not modelled)",
+            spec.name,
+            experts as f64 / 1e9
+        ));
+    }
     warnings
 }
 
@@ -603,10 +619,12 @@ pub fn train_plan(w: &Workload, v: &RankView, acts: &Activations) -> TrainPlan {
         // (plugins/precision/bitsandbytes.py `quantize`: `weight.to(dtype=torch.half)`),
         // so `dequantize_4bit(...).to(A.dtype)` holds an fp16 and a bf16 copy
         let copies = if litgpt { 2 } else { 1 };
+        // the largest 4-bit nn.Linear of any layer group (an MoE block's experts and
+        // router stay unquantized)
         copies
             * local
-                .layer_linears()
-                .iter()
+                .each_linear()
+                .filter(|l| !l.role.is_moe_parameter())
                 .map(|l| l.in_features * l.out_features)
                 .max()
                 .unwrap_or(0)

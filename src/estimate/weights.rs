@@ -125,8 +125,16 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_stored: u64) -> Result<
     let base = match (&w.method, w.precision) {
         (Method::Qlora(l), _) => {
             let dq = l.double_quant;
-            let quant =
-                spec.sum_over_layers(|l| l.copies * nf4_bytes(l.in_features * l.out_features, dq));
+            // nn.Linear modules only: an MoE block's router and fused experts stay in
+            // the load dtype (`bnb_linear_weight_params`)
+            let quant = spec.sum_over_layers(|l| {
+                if l.role.is_moe_parameter() {
+                    0
+                } else {
+                    l.copies * nf4_bytes(l.in_features * l.out_features, dq)
+                }
+            });
+            let linear = params::bnb_linear_weight_params(spec);
             // Lightning's BitsandbytesPrecision (litgpt) replaces every nn.Linear, the
             // head's weight too; transformers keeps the head in the parameter dtype
             let head = if w.implementation == crate::workload::Implementation::Litgpt {
@@ -143,7 +151,14 @@ pub fn weight_bytes(spec: &ModelSpec, w: &Workload, lora_stored: u64) -> Result<
         // weight, SCB one fp32 absmax per output row (int8_vectorwise_quant); the rest
         // (embeddings, norms, head) in fp16
         (_, Precision::Int8) => {
-            let scb = spec.sum_over_layers(|l| l.copies * l.out_features * 4);
+            let scb = spec.sum_over_layers(|l| {
+                if l.role.is_moe_parameter() {
+                    0
+                } else {
+                    l.copies * l.out_features * 4
+                }
+            });
+            let linear = params::bnb_linear_weight_params(spec);
             linear + scb + (total - linear) * DType::F16.size()
         }
         // DeepSeek keeps its router weight in fp32 whatever the load dtype

@@ -1011,8 +1011,11 @@ impl<'a> Graph<'a> {
         // transformers' bitsandbytes integration leaves the head unquantized
         // (`get_keys_to_not_convert`); Lightning's BitsandbytesPrecision replaces every
         // nn.Linear, litgpt's head included
-        let quant_keeps =
-            self.p.quant_keeps_input && x_rg && (lin.role != LinearRole::Head || self.p.litgpt);
+        // an MoE router is not an nn.Linear: bitsandbytes leaves it unquantized
+        let quant_keeps = self.p.quant_keeps_input
+            && x_rg
+            && (lin.role != LinearRole::Head || self.p.litgpt)
+            && !lin.role.is_moe_parameter();
         self.save_if(xin, weight_trainable || quant_keeps);
         if quant_keeps {
             self.nodes[xin.0].ctx_held = true;

@@ -546,16 +546,13 @@ impl Workload {
 
     /// LoRA settings, precision, master weights and runtime fit together.
     fn check_recipe(&self, spec: &ModelSpec) -> Result<()> {
-        if spec.moe.is_some()
-            && (self.method.kind() == MethodKind::Qlora
-                || matches!(self.precision, Precision::Fp8 | Precision::Int8))
-        {
-            // bitsandbytes' and the fp8 integrations replace nn.Linear modules; what
-            // they do with transformers 5's fused expert parameters is not modelled
+        if spec.moe.is_some() && self.precision == Precision::Fp8 {
+            // the fp8 integrations' handling of transformers 5's fused expert
+            // parameters is not modelled (bitsandbytes' is: it leaves them unquantized)
             return Err(Error::invalid(
-                if self.method.kind() == MethodKind::Qlora { "method" } else { "dtype" },
-                format!("{} / {} on the mixture-of-experts model {}", self.method.kind(), self.precision, spec.name),
-                "unquantized weights (--method full or lora; --dtype fp32, bf16, fp16, amp-bf16, amp-fp16) on a mixture-of-experts model",
+                "dtype",
+                format!("{} on the mixture-of-experts model {}", self.precision, spec.name),
+                "fp32, bf16, fp16, amp-bf16, amp-fp16 or int8, or --method qlora (bitsandbytes quantizes the nn.Linear modules and leaves the fused experts in the load dtype)",
             ));
         }
         if let Some(l) = self.method.lora() {

@@ -479,3 +479,35 @@ fn preset_kinds() {
     }
     assert_eq!(checked, 6);
 }
+
+/// bitsandbytes on an MoE model (transformers 5.24 `replace_with_bnb_linear`: nn.Linear
+/// modules only): Mixtral-8x7B's attention projections in NF4, its routers and fused
+/// experts (3-D parameters) in bf16 like the embedding, head and norms — 86.5 GiB,
+/// against the ~25 GiB a v4-era "QLoRA Mixtral" had with per-expert nn.Linear modules.
+#[test]
+fn qlora_on_moe_quantizes_the_nn_linear_modules_only() {
+    use llm_mem::estimate::weights::{nf4_bytes, weight_bytes};
+    use llm_mem::workload::settings::{Format, Settings};
+    let spec = llm_mem::hf::presets::get("mixtral-8x7b-v0.1")
+        .unwrap()
+        .unwrap();
+    let s = Settings::parse(
+        "method = \"qlora\"\ndouble_quant = false",
+        Format::Toml,
+        "t.toml",
+    )
+    .unwrap();
+    let (w, _) = s.build(&spec).unwrap();
+    let total = params::count(&spec).total;
+    let (h, kv, i, e) = (4096u64, 1024u64, 14336u64, 8u64);
+    let attn = [h * h, h * kv, h * kv, h * h];
+    let nf4: u64 = attn.iter().map(|&n| nf4_bytes(n, false)).sum();
+    let attn_params: u64 = attn.iter().sum();
+    let experts = e * 3 * h * i + e * h; // gate_up, down, router
+    let want = 32 * nf4 + (total - 32 * attn_params) * 2;
+    assert_eq!(weight_bytes(&spec, &w, 0).unwrap().base, want);
+    assert!(
+        32 * experts > total * 9 / 10,
+        "the experts are most of the model"
+    );
+}

@@ -53,11 +53,11 @@ const DEVICES: &[&str] = &["cuda", "cpu"];
 
 /// torch: fp8 weights only for inference.
 const TORCH_TRAIN_DTYPES: &[&str] = &["fp32", "bf16", "fp16", "amp-bf16", "amp-fp16"];
-/// A mixture-of-experts preset: no quantized base (bitsandbytes and fp8 replace
-/// `nn.Linear` modules, not fused expert parameters; refused), LoRA on the attention
-/// projections (`lora_targets attn`: LoRA on the experts is refused).
-const MOE_METHODS: &[&str] = &["full", "lora"];
-const MOE_INFER_DTYPES: &[&str] = &["fp32", "bf16", "fp16", "amp-bf16", "amp-fp16"];
+/// A mixture-of-experts preset: QLoRA and int8 quantize the nn.Linear modules only (the
+/// fused experts stay in the load dtype), fp8 is refused; LoRA on the attention
+/// projections (`lora_targets attn`).
+const MOE_METHODS: &[&str] = &["full", "lora", "qlora"];
+const MOE_INFER_DTYPES: &[&str] = &["fp32", "bf16", "fp16", "amp-bf16", "amp-fp16", "int8"];
 /// torch: a GPTQ/AWQ checkpoint is not fully fine-tuned.
 const QUANTIZED_TRAIN_METHODS: &[&str] = &["lora", "qlora"];
 
