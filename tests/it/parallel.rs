@@ -480,8 +480,20 @@ mod properties {
 #[test]
 fn pipeline_stages_partition_the_model_states() {
     // untied: the stages' weights, gradients and optimizer state add up to one GPU's
-    // under the same recipe (Megatron pipelines keep fp32 master weights: H3)
-    let spec = preset("llama-3.1-8b");
+    // under the same recipe (Megatron pipelines keep fp32 master weights: H3) — also
+    // for DeepSeek-V2-Lite, whose stack is a dense layer then 26 MoE layers, so its
+    // first stage sums two layer groups
+    let mut checked = 0;
+    for name in ["llama-3.1-8b", "deepseek-v2-lite"] {
+        checked += pipeline_partition(name);
+    }
+    assert_eq!(checked, 4, "two models x pp 2 and 4");
+}
+
+/// [`pipeline_stages_partition_the_model_states`] for one preset: the layouts checked.
+fn pipeline_partition(name: &str) -> u64 {
+    let spec = preset(name);
+    let mut checked = 0;
     let w = workload(
         &spec,
         Settings::from_flags(&[("seq_len", "1024"), ("master_weights", "true")]).unwrap(),
@@ -513,8 +525,10 @@ fn pipeline_stages_partition_the_model_states() {
         )
         .unwrap();
         let sum: u64 = d.per_rank.iter().map(|r| r.model_states_bytes.get()).sum();
-        assert_eq!(sum, one.worst().model_states_bytes.get(), "pp {pp}");
+        assert_eq!(sum, one.worst().model_states_bytes.get(), "{name} pp {pp}");
+        checked += 1;
     }
+    checked
 }
 
 #[test]
