@@ -233,6 +233,9 @@ pub enum Activation {
     Relu,
     /// `relu2` (`ReLUSquaredActivation`, transformers activations.py): relu, then square.
     Relu2,
+    /// `quick_gelu` (transformers activations.py `QuickGELUActivation`, CLIP):
+    /// `x * sigmoid(1.702 * x)`.
+    QuickGelu,
     /// BLOOM's `BloomGelu` (transformers `modeling_bloom.py` `GeLUFunction`): the tanh
     /// approximation inside one `torch.autograd.Function`, which saves only its input.
     BloomGelu,
@@ -245,6 +248,7 @@ impl Activation {
             "gelu_new" | "gelu_fast" | "gelu_python_tanh" => Activation::GeluNew,
             "gelu" | "gelu_python" => Activation::Gelu,
             "gelu_pytorch_tanh" | "gelu_tanh" => Activation::GeluTanh,
+            "quick_gelu" => Activation::QuickGelu,
             "relu" => Activation::Relu,
             "relu2" => Activation::Relu2,
             _ => return None,
@@ -412,6 +416,8 @@ pub struct ModelSpec {
     /// The rotary tables hold head_dim / 2 channels (gpt-oss's `_apply_rotary_emb` on
     /// the two halves), not head_dim.
     pub rope_half_table: bool,
+    /// A vision tower and projector in front of the decoder (LLaVA).
+    pub vision: Option<Box<VisionSpec>>,
     /// Which layers attend within `sliding_window` (their KV cache holds the window,
     /// not the context).
     pub sliding_layers: SlidingLayers,
@@ -508,6 +514,46 @@ pub enum RouterKind {
     /// DeepSeek-V2's `group_limited_greedy`: softmax, the best score per group, the
     /// `topk_groups` best groups kept by a mask (`masked_fill` with 0), then `topk`.
     SoftmaxGroupLimited { groups: u64, topk_groups: u64 },
+}
+
+/// The vision side of a LLaVA-style model (transformers 5.24 modeling_llava.py
+/// `LlavaModel`): a CLIP ViT (`CLIPVisionModel`: patch convolution, class token,
+/// learned positions, `pre_layrnorm`, encoder layers of LayerNorm + q/k/v/out_proj with
+/// biases + fc1/fc2, `post_layernorm`) described as a [`ModelSpec`] whose layers are the
+/// encoder layers, and `LlavaMultiModalProjector` (linear_1 → act → linear_2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisionSpec {
+    /// The tower's encoder (hidden, heads, layers, MLP width, LayerNorm, module slots).
+    pub tower: ModelSpec,
+    pub image_size: u64,
+    pub patch_size: u64,
+    pub channels: u64,
+    /// Encoder layers whose output the features come from (`vision_feature_layer` -2:
+    /// all but the last; the last still exists and runs).
+    pub feature_layers: u64,
+    /// `vision_feature_select_strategy` "default" drops the class token.
+    pub drop_cls: bool,
+    /// The projector's output width (the text hidden size) and activation.
+    pub projector_out: u64,
+    pub projector_act: Activation,
+    pub projector_bias: bool,
+}
+
+impl VisionSpec {
+    /// Patches per image: (image_size / patch_size)².
+    pub fn patches(&self) -> u64 {
+        (self.image_size / self.patch_size.max(1)).pow(2)
+    }
+
+    /// Tokens the tower runs per image (the patches and the class token).
+    pub fn tower_tokens(&self) -> u64 {
+        self.patches() + 1
+    }
+
+    /// Image tokens per image in the text sequence.
+    pub fn image_tokens(&self) -> u64 {
+        self.patches() + u64::from(!self.drop_cls)
+    }
 }
 
 /// Multi-head latent attention (DeepSeek-V2/V3, modeling_deepseek_v2.py /

@@ -27,6 +27,8 @@ pub struct ParamCounts {
     /// Everything else: final norm, learned position table (GPT-2 `wpe`), BLOOM's
     /// embedding LayerNorm.
     pub other: u64,
+    /// A VLM's vision tower and projector ([`vision_params`]).
+    pub vision: u64,
     /// Parameters of the largest single module (the embedding or output head, the
     /// position table, or the largest linear with its bias) — DeepSpeed's
     /// "largest layer", `largest_module_params` in params.json.
@@ -142,15 +144,64 @@ pub fn count_architecture(spec: &ModelSpec) -> ParamCounts {
         .max(head_module)
         .max(positions)
         .max(largest_linear);
+    let vision = vision_params(spec);
     ParamCounts {
-        total: embedding + lm_head + decoder_layers + other,
+        total: embedding + lm_head + decoder_layers + other + vision,
         embedding,
         lm_head,
         decoder_layers,
         per_layer,
         other,
+        vision,
         largest_module,
     }
+}
+
+/// A VLM's vision parameters (transformers 5.24 modeling_clip.py `CLIPVisionTransformer`
+/// and modeling_llava.py `LlavaMultiModalProjector`): the patch convolution (channels ×
+/// patch² × hidden, no bias), the class embedding, the position table ((patches + 1) ×
+/// hidden), `pre_layrnorm` and `post_layernorm` (LayerNorm with bias), the encoder
+/// layers; the projector's linear_1 (tower hidden → text hidden) and linear_2 (text →
+/// text), with biases when `multimodal_projector_bias`.
+pub fn vision_params(spec: &ModelSpec) -> u64 {
+    let Some(v) = &spec.vision else {
+        return 0;
+    };
+    let t = &v.tower;
+    let h = t.hidden;
+    let embeddings = v.channels * v.patch_size * v.patch_size * h + h + v.tower_tokens() * h;
+    let norms = 2 * norm_params(t, h);
+    let layers = t.sum_over_layers(|l| l.params()) + t.layers() * per_layer_fixed(t);
+    let projector: u64 = projector_linears(v).iter().map(|l| l.params()).sum();
+    embeddings + norms + layers + projector
+}
+
+/// The projector's two linears (`linear_1`, `linear_2`), what peft's all-linear adapts.
+pub fn projector_linears(v: &crate::arch::VisionSpec) -> [LinearSpec; 2] {
+    let lin = |name, role, i, o| LinearSpec {
+        name,
+        in_features: i,
+        out_features: o,
+        bias: v.projector_bias,
+        role,
+        copies: 1,
+        via_conversion: false,
+        shadowed: false,
+    };
+    [
+        lin(
+            "linear_1",
+            crate::arch::LinearRole::Up,
+            v.tower.hidden,
+            v.projector_out,
+        ),
+        lin(
+            "linear_2",
+            crate::arch::LinearRole::Down,
+            v.projector_out,
+            v.projector_out,
+        ),
+    ]
 }
 
 /// Names of non-parameter buffers that some checkpoints store: rotary `inv_freq`,
@@ -310,12 +361,33 @@ pub fn adapters(spec: &ModelSpec, rank: u64, targets: &LoraTargets, adapter: Ada
             .map_or(0, |h| pick(adapter.per_linear(h, rank)))
     };
     let shared = adapter.shared_stored(spec.each_linear().filter(adapted).chain(head), rank);
-    LoraCount {
+    let mut c = LoraCount {
         trainable: spec.sum_over_layers(|l| per(l, |c| c.0)) + head_part(|c| c.0),
         stored: spec.sum_over_layers(|l| per(l, |c| c.1)) + head_part(|c| c.1) + shared,
         adapted_modules: spec.sum_over_layers(|l| u64::from(adapted(l)))
             + u64::from(head.is_some()),
+    };
+    if let Some(v) = &spec.vision {
+        // the vision side: peft's all-linear (every nn.Linear but the head) and explicit
+        // names reach the tower's and the projector's linears; `attn` means the language
+        // model's attention projections
+        let vision_adapted = |l: &LinearSpec| !matches!(targets, LoraTargets::Attn) && adapted(l);
+        let pl = projector_linears(v);
+        for (n, l) in v
+            .tower
+            .each_linear()
+            .map(|l| (v.tower.layers(), l))
+            .chain(pl.iter().map(|l| (1, *l)))
+        {
+            if vision_adapted(&l) {
+                let (t, s) = adapter.per_linear(&l, rank);
+                c.trainable += n * t;
+                c.stored += n * s;
+                c.adapted_modules += n;
+            }
+        }
     }
+    c
 }
 
 /// Frozen adapter buffers over the adapted linears (and the head when targeted):

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use crate::arch::{
     Activation, BlockModules, Dropout, Family, LayerGroup, LinearRole, MlaSpec, MlpKind, ModelSpec,
     ModuleSlot, MoeSpec, NormKind, Positions, QkNorm, Quantization, Residual, RouterKind,
-    ScalarMults,
+    ScalarMults, VisionSpec,
 };
 use crate::arch::{MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH};
 use crate::error::{Error, Result};
@@ -141,6 +141,9 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
             })
         }
     };
+    if model_type == "llava" {
+        return llava(&obj, name);
+    }
     let c = Cfg {
         m: &obj,
         path: name,
@@ -938,6 +941,7 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         mla: None,
         attn_sinks: false,
         rope_half_table: false,
+        vision: None,
         sliding_layers: crate::arch::SlidingLayers::None,
     })
 }
@@ -1132,6 +1136,184 @@ fn refuse_moe_extras(c: &Cfg, s: &ModelSpec, quant_accepted: &str) -> Result<()>
         return refuse("quantization_config", "present", quant_accepted);
     }
     Ok(())
+}
+
+/// llava (transformers 5.24 configuration_llava.py / modeling_llava.py, LLaVA-1.5): the
+/// decoder from `text_config` (llama, with `LlamaConfig`'s class defaults for the keys
+/// the file leaves out), a CLIP vision tower from `vision_config`
+/// (`clip_vision_model`, `CLIPVisionConfig` defaults) and `LlavaMultiModalProjector`
+/// (`projector_hidden_act`, default gelu; `multimodal_projector_bias`, default true).
+/// `vision_feature_layer` (default -2) picks the hidden state the features come from
+/// (an integer; a list of layers is refused), `vision_feature_select_strategy`
+/// "default" drops the class token, and `image_seq_length` (default 576) must equal the
+/// image tokens that follow.
+fn llava(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
+    let cfg = Cfg {
+        m: obj,
+        path: name,
+        model_type: "llava",
+    };
+    let sub = |key: &'static str| -> Result<Map<String, Value>> {
+        match obj.get(key) {
+            Some(Value::Object(m)) => Ok(m.clone()),
+            Some(v) => Err(Error::invalid(key, v, "an object")),
+            None => Err(cfg.missing(key)),
+        }
+    };
+    let mut text = sub("text_config")?;
+    let text_type = text
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or("llama")
+        .to_string();
+    if text_type != "llama" {
+        return Err(Error::Unsupported {
+            model_type: format!("llava with a {text_type} text_config"),
+            reason: "LLaVA with a llama text model (LLaVA-1.5) is modelled".into(),
+            supported: Family::supported_list(),
+        });
+    }
+    // configuration_llama.py class defaults (what LlavaConfig's text_config gets)
+    for (k, v) in [
+        ("model_type", Value::from("llama")),
+        ("vocab_size", Value::from(32000u64)),
+        ("hidden_size", Value::from(4096u64)),
+        ("intermediate_size", Value::from(11008u64)),
+        ("num_hidden_layers", Value::from(32u64)),
+        ("num_attention_heads", Value::from(32u64)),
+    ] {
+        text.entry(k).or_insert(v);
+    }
+    for k in ["torch_dtype", "tie_word_embeddings"] {
+        if let (false, Some(v)) = (text.contains_key(k), obj.get(k)) {
+            text.insert(k.to_string(), v.clone());
+        }
+    }
+    let mut s = parse_config(&Value::Object(text).to_string(), name)?;
+    let vision = sub("vision_config")?;
+    let vt = vision
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or("clip_vision_model");
+    if vt != "clip_vision_model" {
+        return Err(Error::Unsupported {
+            model_type: format!("llava with a {vt} vision tower"),
+            reason: "LLaVA-1.5's CLIP vision tower (clip_vision_model) is modelled".into(),
+            supported: Family::supported_list(),
+        });
+    }
+    let v = Cfg {
+        m: &vision,
+        path: name,
+        model_type: "clip_vision_model",
+    };
+    // configuration_clip.py CLIPVisionConfig defaults
+    let hidden = v.uint_or(&["hidden_size"], MAX_WIDTH, 768)?;
+    let heads = v.uint_or(&["num_attention_heads"], MAX_WIDTH, 12)?;
+    let layers = v.uint_or(&["num_hidden_layers"], MAX_LAYERS, 12)?;
+    let intermediate = v.uint_or(&["intermediate_size"], MAX_WIDTH, 3072)?;
+    let image_size = v.uint_or(&["image_size"], 1 << 16, 224)?;
+    let patch_size = v.uint_or(&["patch_size"], 1 << 12, 32)?;
+    let channels = v.uint_or(&["num_channels"], 64, 3)?;
+    if !hidden.is_multiple_of(heads) || patch_size > image_size {
+        return Err(Error::invalid(
+            "vision_config",
+            format!("hidden {hidden}, heads {heads}, patch {patch_size}, image {image_size}"),
+            "heads dividing hidden_size and patch_size <= image_size",
+        ));
+    }
+    const CLIP: BlockModules = BlockModules {
+        attention: &[
+            m("q_proj", LinearRole::Q),
+            m("k_proj", LinearRole::K),
+            m("v_proj", LinearRole::V),
+            m("out_proj", LinearRole::O),
+        ],
+        ffn: &[m("fc1", LinearRole::Up), m("fc2", LinearRole::Down)],
+    };
+    let mut tower = s.clone();
+    tower.name = format!("{name} (vision tower)");
+    tower.hidden = hidden;
+    tower.heads = heads;
+    tower.kv_heads = heads;
+    tower.head_dim = hidden / heads;
+    tower.intermediate = intermediate;
+    tower.groups = vec![LayerGroup {
+        count: layers,
+        modules: CLIP,
+        sliding: false,
+    }];
+    tower.norm = NormKind::LayerNorm { bias: true };
+    tower.act = v.act("hidden_act", Activation::QuickGelu)?;
+    tower.mlp = MlpKind::Plain;
+    (tower.qkv_bias, tower.o_bias, tower.mlp_bias) = (true, true, true);
+    let patches = (image_size / patch_size).pow(2);
+    tower.positions = Positions::Learned;
+    tower.max_positions = patches + 1;
+    tower.vision = None;
+    let feature = match obj.get("vision_feature_layer") {
+        None | Some(Value::Null) => -2i64,
+        Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().unwrap_or(-2),
+        Some(v) => {
+            return Err(Error::invalid(
+                "vision_feature_layer",
+                v,
+                "one integer layer index (a list of layers is not modelled)",
+            ))
+        }
+    };
+    let feature_layers = if feature < 0 {
+        layers as i64 + 1 + feature
+    } else {
+        feature
+    };
+    if !(0..=layers as i64).contains(&feature_layers) {
+        return Err(Error::invalid(
+            "vision_feature_layer",
+            feature,
+            format!("an index into the tower's {} hidden states", layers + 1),
+        ));
+    }
+    let drop_cls = match cfg
+        .str_opt("vision_feature_select_strategy")?
+        .unwrap_or("default")
+    {
+        "default" => true,
+        "full" => false,
+        other => {
+            return Err(Error::invalid(
+                "vision_feature_select_strategy",
+                other,
+                "default or full",
+            ))
+        }
+    };
+    let vs = VisionSpec {
+        tower,
+        image_size,
+        patch_size,
+        channels,
+        feature_layers: feature_layers as u64,
+        drop_cls,
+        projector_out: s.hidden,
+        projector_act: cfg.act("projector_hidden_act", Activation::Gelu)?,
+        projector_bias: cfg.bool_or("multimodal_projector_bias", true)?,
+    };
+    let seq = cfg.uint_or(&["image_seq_length"], 1 << 20, 576)?;
+    if seq != vs.image_tokens() {
+        return Err(Error::invalid(
+            "image_seq_length",
+            seq,
+            format!(
+                "the image tokens the tower gives ({} patches{})",
+                vs.patches(),
+                if drop_cls { "" } else { " + the class token" }
+            ),
+        ));
+    }
+    s.name = name.to_string();
+    s.vision = Some(Box::new(vs));
+    Ok(s)
 }
 
 /// deepseek_v2 / deepseek_v3 (transformers 5.24 configuration_deepseek_v2.py /
@@ -1957,7 +2139,7 @@ mod tests {
             r#"{"model_type":"llama","num_local_experts":8}"#,
             r#"{"model_type":"llama","kv_lora_rank":512}"#,
             r#"{"model_type":"qwen","visual":{}}"#,
-            r#"{"model_type":"llava"}"#,
+            r#"{"model_type":"llava_next"}"#,
         ] {
             match parse_config(j, "m").unwrap_err() {
                 Error::Unsupported { reason, .. } => assert_eq!(reason, LATER_VERSION),

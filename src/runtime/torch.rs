@@ -1243,6 +1243,13 @@ impl<'a> Graph<'a> {
             Activation::Silu => self.unary_save_in("silu", x),
             Activation::Gelu | Activation::GeluTanh => self.unary_save_in("gelu", x),
             Activation::Relu => self.unary_save_out("relu", x, self.dt(x)),
+            Activation::QuickGelu => {
+                // x * sigmoid(1.702 * x): the scaled copy is not kept, sigmoid keeps its
+                // output, the product keeps both factors
+                let s = self.scalar_mul("1.702 * x", x);
+                let sig = self.unary_save_out("sigmoid", s, self.dt(x));
+                self.mul("x * sigmoid", x, sig)
+            }
             Activation::Relu2 => {
                 // relu saves its output; torch.square saves its input (that output)
                 let r = self.unary_save_out("relu", x, self.dt(x));

@@ -477,6 +477,18 @@ impl Workload {
     /// Consistency checks; errors name the setting key (`batch`, `seq_len`; the
     /// settings layer names where the value came from), the value and what is accepted.
     pub fn validate(&self, spec: &ModelSpec) -> Result<()> {
+        if spec.vision.is_some() {
+            // parsed and counted (hf::config `llava`, arch::params `vision_params`);
+            // the tower's activations and the image tokens in the step are not modelled
+            return Err(Error::Unsupported {
+                model_type: "llava".into(),
+                reason: format!(
+                    "{}: the vision-language model is parsed and its parameters counted (vision tower and projector included), but estimating its memory (the vision tower's activations, image tokens in the sequence) is not modelled yet",
+                    spec.name
+                ),
+                supported: crate::arch::Family::supported_list(),
+            });
+        }
         self.check_sizes()?;
         self.check_largest_tensor(spec)?;
         if spec.attn_sinks && self.attn == Attn::Sdpa {

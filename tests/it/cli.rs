@@ -126,6 +126,14 @@ fn mixture_of_experts_beyond_the_modelled_ones_is_rejected() {
         let r = estimate(&["--model", m]);
         assert_error(&r, &["olmoe", "mixture-of-experts", "later version"]);
     }
+    // LLaVA-1.5 parses (parameters exact, tests/it/params.rs) but is not estimated:
+    // the error names the model and what is missing
+    let lv = d.write(
+        "llava/config.json",
+        &read_data("configs/llava-1.5-7b/config.json"),
+    );
+    let r = estimate(&["--model", &lv]);
+    assert_error(&r, &["llava", "vision tower", "not modelled yet"]);
     // gpt-oss is estimated with eager attention (it has no SDPA path); --attn sdpa is
     // refused by name
     let go = d.write(

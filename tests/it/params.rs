@@ -24,7 +24,9 @@ fn u(v: &Value) -> u64 {
     v.as_u64().unwrap()
 }
 
-const DENSE: [&str; 3] = ["llama-2-7b", "qwen2.5-0.5b", "gpt2"];
+/// The oracle's dense models and LLaVA-1.5 (its CLIP tower and projector in `vision`;
+/// peft's all-linear adapts their 146 linears too, `attn` the language model's only).
+const DENSE: [&str; 4] = ["llama-2-7b", "qwen2.5-0.5b", "gpt2", "llava-1.5-7b"];
 
 #[test]
 fn totals_and_breakdown_match_pytorch() {
@@ -48,7 +50,7 @@ fn totals_and_breakdown_match_pytorch() {
             u(&r["largest_module_params"]),
             "{m} largest"
         );
-        assert_eq!(u(&b["vision"]), 0);
+        assert_eq!(c.vision, u(&b["vision"]), "{m} vision");
     }
 }
 
@@ -92,10 +94,16 @@ fn lora_explicit_names() {
     assert_eq!(c.adapted_modules, 24);
 }
 
+/// VLMs other than LLaVA-1.5 are refused: Qwen-VL (`qwen` + `visual`) and a
+/// LLaVA-NeXT config.
 #[test]
-fn moe_and_vlm_are_unsupported() {
-    for m in ["llava-1.5-7b", "qwen-vl"] {
-        let e = parse_config(&read_data(&format!("configs/{m}/config.json")), m).unwrap_err();
+fn other_vlms_are_unsupported() {
+    let next = r#"{"model_type":"llava_next","text_config":{},"vision_config":{}}"#;
+    for (m, text) in [
+        ("qwen-vl", read_data("configs/qwen-vl/config.json")),
+        ("llava-next", next.to_string()),
+    ] {
+        let e = parse_config(&text, m).unwrap_err();
         match e {
             Error::Unsupported { reason, .. } => {
                 assert_eq!(reason, llm_mem::hf::config::LATER_VERSION, "{m}")
