@@ -51,6 +51,7 @@ use crate::units::dtype::DType;
 use crate::workload::{Attn, Device, GradCkpt, Loss, Precision};
 
 mod litgpt;
+pub mod vision;
 pub use litgpt::LM_HEAD_CHUNK;
 
 /// What the ledger needs to know about the run.
