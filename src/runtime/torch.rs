@@ -128,6 +128,41 @@ impl LedgerParams {
 
     /// dtype of the residual stream (hidden states between layers, rotary tables): the
     /// parameters' fp32 under autocast, else the compute dtype.
+    /// A run of `batch` sequences of `seq` tokens (keys as long) with the stock stack:
+    /// transformers' current loss path, no quantized base, peft adapters in fp32
+    /// without dropout, no sequence parallelism, no compilation, parameter gradients in
+    /// the parameters' dtype.
+    pub fn plain(
+        batch: u64,
+        seq: u64,
+        precision: Precision,
+        attn: Attn,
+        grad_ckpt: GradCkpt,
+        device: Device,
+        trainable: Trainable,
+    ) -> LedgerParams {
+        LedgerParams {
+            quant_keeps_input: false,
+            legacy_causal_lm_loss: false,
+            lora_fp32: true,
+            osf_reconstruct: false,
+            lora_dropout: 0.0,
+            litgpt: false,
+            batch,
+            seq,
+            kv_len: seq,
+            precision,
+            attn,
+            grad_ckpt,
+            device,
+            trainable,
+            loss: Loss::Standard,
+            param_grad_size: precision.param_dtype().size(),
+            sp_div: 1,
+            compile: false,
+        }
+    }
+
     pub fn resid_dtype(&self) -> DType {
         if self.precision.is_amp() {
             DType::F32
@@ -3156,26 +3191,16 @@ mod tests {
     use super::*;
 
     fn params(trainable: Trainable, ckpt: GradCkpt) -> LedgerParams {
-        LedgerParams {
-            quant_keeps_input: false,
-            legacy_causal_lm_loss: false,
-            lora_fp32: true,
-            osf_reconstruct: false,
-            lora_dropout: 0.0,
-            litgpt: false,
-            batch: 1,
-            seq: 256,
-            kv_len: 256,
-            precision: Precision::AmpBf16,
-            attn: Attn::Sdpa,
-            grad_ckpt: ckpt,
-            device: Device::Cuda,
+        // AMP: fp32 parameters, fp32 gradients
+        LedgerParams::plain(
+            1,
+            256,
+            Precision::AmpBf16,
+            Attn::Sdpa,
+            ckpt,
+            Device::Cuda,
             trainable,
-            loss: Loss::Standard,
-            param_grad_size: 4,
-            sp_div: 1,
-            compile: false,
-        }
+        )
     }
 
     /// Liger's fused linear cross-entropy keeps the head weight's gradient from its

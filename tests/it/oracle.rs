@@ -14,7 +14,7 @@ use llm_mem::estimate::timeline::Phase;
 use llm_mem::runtime::torch::{activations, LedgerParams, Trainable};
 use llm_mem::workload::overhead::Overheads;
 use llm_mem::workload::settings::Settings;
-use llm_mem::workload::{Attn, Device, GradCkpt, Loss, Precision};
+use llm_mem::workload::{Attn, Device, GradCkpt, Precision};
 
 use crate::util::{build, config_spec, Table};
 
@@ -95,33 +95,28 @@ fn per_layer_and_non_layer_activations_within_3_percent() {
     let mut checked = 0;
     let mut worst: f64 = 0.0;
     for r in rows("per_layer.csv").iter().filter(|r| !skip(r)) {
+        let precision = if r.dtype == "amp_bf16" {
+            Precision::AmpBf16
+        } else {
+            Precision::Bf16
+        };
+        let ckpt = match r.ckpt.as_str() {
+            "none" => GradCkpt::None,
+            "reentrant" => GradCkpt::FullReentrant,
+            _ => GradCkpt::Full,
+        };
+        let attn = r.attn.parse::<Attn>().unwrap();
         let p = LedgerParams {
-            quant_keeps_input: false,
-            legacy_causal_lm_loss: false,
-            lora_fp32: true,
-            osf_reconstruct: false,
-            lora_dropout: 0.0,
-            litgpt: false,
-            batch: r.batch,
-            seq: r.seq,
-            kv_len: r.seq,
-            precision: if r.dtype == "amp_bf16" {
-                Precision::AmpBf16
-            } else {
-                Precision::Bf16
-            },
-            attn: r.attn.parse::<Attn>().unwrap(),
-            grad_ckpt: match r.ckpt.as_str() {
-                "none" => GradCkpt::None,
-                "reentrant" => GradCkpt::FullReentrant,
-                _ => GradCkpt::Full,
-            },
-            device: Device::Cpu,
-            trainable: trainable(&r.mode),
-            loss: Loss::Standard,
             param_grad_size: 2,
-            sp_div: 1,
-            compile: false,
+            ..LedgerParams::plain(
+                r.batch,
+                r.seq,
+                precision,
+                attn,
+                ckpt,
+                Device::Cpu,
+                trainable(&r.mode),
+            )
         };
         let a = activations(&spec(&r.model), &p);
         for (got, col) in [
@@ -272,29 +267,20 @@ fn llava_vision_tower_against_the_trace_probe() {
         let mut v = (**base.vision.as_ref().unwrap()).clone();
         v.tower = v.tower.with_layers(depth).unwrap();
         v.feature_layers = depth - 1; // vision_feature_layer -2
-        let p = LedgerParams {
-            quant_keeps_input: false,
-            legacy_causal_lm_loss: false,
-            lora_fp32: true,
-            osf_reconstruct: false,
-            lora_dropout: 0.0,
-            litgpt: false,
-            batch: 1,
-            seq: 1,
-            kv_len: 1,
-            precision: Precision::Bf16,
-            attn: get("attn_impl").parse::<Attn>().unwrap(),
-            grad_ckpt: match get("grad_ckpt").as_str() {
-                "none" => GradCkpt::None,
-                _ => GradCkpt::Full,
-            },
-            device: Device::Cpu,
-            trainable: Trainable::Nothing,
-            loss: Loss::Standard,
-            param_grad_size: 2,
-            sp_div: 1,
-            compile: false,
+        let ckpt = match get("grad_ckpt").as_str() {
+            "none" => GradCkpt::None,
+            _ => GradCkpt::Full,
         };
+        let attn = get("attn_impl").parse::<Attn>().unwrap();
+        let p = LedgerParams::plain(
+            1,
+            1,
+            Precision::Bf16,
+            attn,
+            ckpt,
+            Device::Cpu,
+            Trainable::Nothing,
+        );
         let train = match get("vision_mode").as_str() {
             "full" => VisionTrain::Full,
             "frozen_tower" => VisionTrain::Projector,
