@@ -1359,6 +1359,9 @@ impl Graph<'_> {
     }
 }
 
+/// Names of a router's top-k outputs.
+const ROUTER_TOPK: (&str, &str) = ("router topk values", "router topk indices");
+
 /// The linear of `role` among one layer's linears.
 fn find_linear(lins: &[LinearSpec], role: crate::arch::LinearRole) -> Option<LinearSpec> {
     lins.iter().find(|l| l.role == role).copied()
@@ -1866,44 +1869,18 @@ impl Graph<'_> {
         }
         let experts_trained = self.p.trainable.base_weights() || !merged.is_empty();
         let xin = self.cast(xg, pd);
-        match merged.first() {
-            Some(&w) => self.begin(&[xin, offs, w]),
-            None => self.begin(&[xin, offs]),
-        }
-        let x_rg = self.rg(xin);
-        self.save_if(xin, experts_trained);
-        self.save_if(offs, experts_trained || x_rg);
-        self.saves_param(x_rg);
-        if let Some(&w) = merged.first() {
-            self.save_if(w, x_rg);
-            // the rebuilt stack's gradient (its lora factors' come from it)
-            self.bwd_workspace
-                .push((self.op, gu_lin.params() * pd.size()));
-        } else if experts_trained {
-            self.param_grads
-                .push((self.op, gu_lin.params() * self.p.param_grad_size));
-        }
-        let gu_rg = x_rg || experts_trained;
-        let gu = self.out(
+        let bias_ids = moe.biases.then_some(_sorted);
+        let gu = self.grouped_mm(
             "experts gate_up (grouped_mm)",
+            xin,
+            offs,
+            merged.first().copied(),
+            &gu_lin,
             s * 2 * ie,
-            pd,
-            gu_rg,
-            Kind::Matmul,
+            experts_trained,
+            bias_ids,
         );
-        if moe.biases {
-            // `_grouped_linear`: `out.add_(gate_up_proj_bias[expert_ids_g])` — the
-            // gather keeps the sorted ids when the biases train; the add is in place
-            self.begin(&[_sorted]);
-            self.save_if(_sorted, experts_trained);
-            self.out(
-                "gate_up bias [ids]",
-                s * 2 * ie,
-                pd,
-                experts_trained,
-                Kind::Other,
-            );
-        }
+        let gu_rg = self.rg(gu);
         let prod = if moe.clamped_swiglu {
             // GptOssExperts._apply_gate on the strided views gu[..., ::2] / gu[..., 1::2]:
             // both clamps keep gu; gate * sigmoid(gate * alpha) keeps the clamped gate
@@ -1927,26 +1904,16 @@ impl Graph<'_> {
             self.save_if(a, gu_rg);
             self.out("experts act*up", s * ie, pd, gu_rg, Kind::Other)
         };
-        // grouped_mm with down_proj
-        match merged.get(1) {
-            Some(&w) => self.begin(&[prod, offs, w]),
-            None => self.begin(&[prod, offs]),
-        }
-        self.save_if(prod, experts_trained);
-        self.saves_param(gu_rg);
-        if let Some(&w) = merged.get(1) {
-            self.save_if(w, gu_rg);
-            self.bwd_workspace
-                .push((self.op, d_lin.params() * pd.size()));
-        } else if experts_trained {
-            self.param_grads
-                .push((self.op, d_lin.params() * self.p.param_grad_size));
-        }
-        let down = self.out("experts down (grouped_mm)", s * h, pd, gu_rg, Kind::Matmul);
-        if moe.biases {
-            self.begin(&[_sorted]);
-            self.out("down bias [ids]", s * h, pd, experts_trained, Kind::Other);
-        }
+        let down = self.grouped_mm(
+            "experts down (grouped_mm)",
+            prod,
+            offs,
+            merged.get(1).copied(),
+            &d_lin,
+            s * h,
+            experts_trained,
+            bias_ids,
+        );
         // * routing weights (keeps both), restore the order, sum over k
         let weighted = self.mul("experts * weights", down, wg);
         self.begin(&[perm]);
@@ -1972,6 +1939,50 @@ impl Graph<'_> {
         y
     }
 
+    /// `_grouped_linear` (integrations/moe.py, transformers 5.24): `grouped_mm` of the
+    /// sorted rows `x` with a fused expert stack (`lin`; under ParamWrapper LoRA the
+    /// rebuilt stack `merged`, kept for the input's gradient), keeping `x` when the
+    /// experts train and the offsets; then `out.add_(bias[expert_ids_g])` in place when
+    /// the experts have biases (the gather keeps the sorted ids `bias_ids` when they
+    /// train).
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_mm(
+        &mut self,
+        name: &'static str,
+        x: T,
+        offs: T,
+        merged: Option<T>,
+        lin: &LinearSpec,
+        out_elems: u64,
+        trained: bool,
+        bias_ids: Option<T>,
+    ) -> T {
+        let pd = self.p.precision.param_dtype();
+        match merged {
+            Some(w) => self.begin(&[x, offs, w]),
+            None => self.begin(&[x, offs]),
+        }
+        let x_rg = self.rg(x);
+        self.save_if(x, trained);
+        self.save_if(offs, trained || x_rg);
+        self.saves_param(x_rg);
+        if let Some(w) = merged {
+            self.save_if(w, x_rg);
+            // the rebuilt stack's gradient (its lora factors' come from it)
+            self.bwd_workspace.push((self.op, lin.params() * pd.size()));
+        } else if trained {
+            self.param_grads
+                .push((self.op, lin.params() * self.p.param_grad_size));
+        }
+        let out = self.out(name, out_elems, pd, x_rg || trained, Kind::Matmul);
+        if let Some(ids) = bias_ids {
+            self.begin(&[ids]);
+            self.save_if(ids, trained);
+            self.out("bias [expert ids]", out_elems, pd, trained, Kind::Other);
+        }
+        out
+    }
+
     /// The router's scores and its top-k on fp32 logits `l32` ([`RouterKind`],
     /// transformers 5.24): (top-k values, top-k indices, whether the values need a
     /// gradient). Every `topk` / `max(dim)` on a tensor that requires grad keeps its
@@ -1982,21 +1993,15 @@ impl Graph<'_> {
             RouterKind::TopkSoftmax => {
                 // topk of the logits, softmax over the k values (their dtype)
                 let d = self.dt(l32);
-                self.begin(&[l32]);
                 let w_rg = self.rg(l32);
-                let top = self.out("router topk values", t * k, d, w_rg, Kind::Other);
-                let idx = self.out("router topk indices", t * k, DType::I64, false, Kind::Other);
-                self.save_if(idx, w_rg);
+                let (top, idx) = self.topk(ROUTER_TOPK, l32, t * k, w_rg);
                 let vals = self.unary_save_out("router softmax (top-k)", top, d);
                 (vals, idx, w_rg)
             }
             RouterKind::Softmax => {
                 let probs = self.unary_save_out("router softmax", l32, DType::F32);
-                self.begin(&[probs]);
                 let w_rg = self.rg(probs);
-                let vals = self.out("router topk values", t * k, DType::F32, w_rg, Kind::Other);
-                let idx = self.out("router topk indices", t * k, DType::I64, false, Kind::Other);
-                self.save_if(idx, w_rg);
+                let (vals, idx) = self.topk(ROUTER_TOPK, probs, t * k, w_rg);
                 (vals, idx, w_rg)
             }
             RouterKind::SoftmaxGroupLimited {
@@ -2006,16 +2011,9 @@ impl Graph<'_> {
                 // DeepseekV2TopkRouter `group_limited_greedy`
                 let probs = self.unary_save_out("router softmax", l32, DType::F32);
                 let w_rg = self.rg(probs);
-                self.begin(&[probs]);
-                let gmax = self.out("group max", t * groups, DType::F32, w_rg, Kind::Other);
-                let gmax_i = self.out(
-                    "group max indices",
-                    t * groups,
-                    DType::I64,
-                    false,
-                    Kind::Other,
-                );
-                self.save_if(gmax_i, w_rg);
+                // `max(dim)` keeps its indices like topk
+                let (gmax, _) =
+                    self.topk(("group max", "group max indices"), probs, t * groups, w_rg);
                 let (vals, idx) = self.group_limited_topk(moe, probs, gmax, t, topk_groups, w_rg);
                 (vals, idx, w_rg)
             }
@@ -2029,16 +2027,12 @@ impl Graph<'_> {
                 let w_rg = self.rg(scores);
                 let biased =
                     self.unary_plain("scores + correction bias", scores, t * e, DType::F32);
-                self.begin(&[biased]);
-                let top2 = self.out("group top-2", t * groups * 2, DType::F32, w_rg, Kind::Other);
-                let top2_i = self.out(
-                    "group top-2 indices",
+                let (top2, _) = self.topk(
+                    ("group top-2", "group top-2 indices"),
+                    biased,
                     t * groups * 2,
-                    DType::I64,
-                    false,
-                    Kind::Other,
+                    w_rg,
                 );
-                self.save_if(top2_i, w_rg);
                 let gs = self.unary_plain("group scores (sum)", top2, t * groups, DType::F32);
                 let (_v, idx) = self.group_limited_topk(moe, biased, gs, t, topk_groups, w_rg);
                 // scores.gather(1, idx) keeps idx (the same tensor)
@@ -2070,21 +2064,11 @@ impl Graph<'_> {
     ) -> (T, T) {
         let (e, k) = (moe.experts, moe.top_k);
         let groups = self.elems(group_stat) / t.max(1);
-        self.begin(&[group_stat]);
-        let gi = self.out(
-            "group topk indices",
+        let (_gv, gi) = self.topk(
+            ("group topk values", "group topk indices"),
+            group_stat,
             t * topk_groups,
-            DType::I64,
-            false,
-            Kind::Other,
-        );
-        self.save_if(gi, w_rg);
-        let _gv = self.out(
-            "group topk values",
-            t * topk_groups,
-            DType::F32,
             w_rg,
-            Kind::Other,
         );
         self.begin(&[gi]);
         let gm = self.out("group mask", t * groups, DType::F32, false, Kind::Other);
@@ -2092,10 +2076,23 @@ impl Graph<'_> {
         self.begin(&[scores, mask]);
         self.save_if(mask, w_rg);
         let masked = self.out("masked scores", t * e, DType::F32, w_rg, Kind::Other);
-        self.begin(&[masked]);
-        let vals = self.out("router topk values", t * k, DType::F32, w_rg, Kind::Other);
-        let idx = self.out("router topk indices", t * k, DType::I64, false, Kind::Other);
-        self.save_if(idx, w_rg);
+        self.topk(ROUTER_TOPK, masked, t * k, w_rg)
+    }
+
+    /// `topk` (or `max(dim)`) of `src` giving `n` values: the values in `src`'s dtype
+    /// and the int64 indices, which it keeps when the values need a gradient.
+    fn topk(
+        &mut self,
+        (values, indices): (&'static str, &'static str),
+        src: T,
+        n: u64,
+        rg: bool,
+    ) -> (T, T) {
+        let d = self.dt(src);
+        self.begin(&[src]);
+        let vals = self.out(values, n, d, rg, Kind::Other);
+        let idx = self.out(indices, n, DType::I64, false, Kind::Other);
+        self.save_if(idx, rg);
         (vals, idx)
     }
 
