@@ -136,23 +136,24 @@ fn mixture_of_experts_beyond_the_modelled_ones_is_rejected() {
     assert_error(&r, &["llava", "vision tower", "not modelled yet"]);
     // gpt-oss is estimated with eager attention (it has no SDPA path); --attn sdpa is
     // refused by name
-    let go = d.write(
-        "gpt-oss/config.json",
-        &read_data("configs/gpt-oss-20b/config.json"),
-    );
-    let r = estimate(&["--model", &go, "--seq-len", "512"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("attn eager"), "{}", r.stdout);
+    // a test-data config, written to a folder and estimated at s512: its path and the
+    // human output
+    let estimated = |dir: &str, config: &str| {
+        let p = d.write(
+            &format!("{dir}/config.json"),
+            &read_data(&format!("configs/{config}/config.json")),
+        );
+        let r = estimate(&["--model", &p, "--seq-len", "512"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        (p, r.stdout)
+    };
+    let (go, out) = estimated("gpt-oss", "gpt-oss-20b");
+    assert!(out.contains("attn eager"), "{out}");
     let r = estimate(&["--model", &go, "--attn", "sdpa"]);
     assert_error(&r, &["--attn", "sinks"]);
     // DeepSeek-V2-Lite (latent attention, a dense first layer, then MoE) is estimated
-    let ds = d.write(
-        "deepseek/config.json",
-        &read_data("configs/deepseek-v2-lite/config.json"),
-    );
-    let r = estimate(&["--model", &ds, "--seq-len", "512"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("deepseek_v2"), "{}", r.stdout);
+    let (ds, out) = estimated("deepseek", "deepseek-v2-lite");
+    assert!(out.contains("deepseek_v2"), "{out}");
     // prefix tuning has no per-head cache to extend under latent attention
     let r = estimate(&[
         "--model",
@@ -166,13 +167,8 @@ fn mixture_of_experts_beyond_the_modelled_ones_is_rejected() {
     ]);
     assert_error(&r, &["prefix_tuning", "latent"]);
     // Mixtral is estimated; LoRA on its router and fused experts is refused, named
-    let m = d.write(
-        "mixtral/config.json",
-        &read_data("configs/mixtral-8x7b-v0.1/config.json"),
-    );
-    let r = estimate(&["--model", &m, "--seq-len", "512"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("mixtral"), "{}", r.stdout);
+    let (m, out) = estimated("mixtral", "mixtral-8x7b-v0.1");
+    assert!(out.contains("mixtral"), "{out}");
     // LoRA all-linear reaches the router and the fused experts (peft's ParamWrapper)
     let r = estimate(&["--model", &m, "--method", "lora", "--seq-len", "512"]);
     assert_eq!(r.code, 0, "{r:?}");

@@ -917,13 +917,7 @@ fn osf_trains_the_low_singular_directions_as_its_peft_version_runs_them() {
 #[test]
 fn zero3_buffers_take_the_engines_parameter_dtype() {
     let temporaries = |dtype: &'static str| {
-        estimate_json(&[
-            "--model",
-            "llama-3.2-1b",
-            "--method",
-            "lora",
-            "--seq-len",
-            "512",
+        let zero3 = [
             "--zero",
             "3",
             "--dp",
@@ -932,7 +926,8 @@ fn zero3_buffers_take_the_engines_parameter_dtype() {
             "--offload-optimizer",
             "--dtype",
             dtype,
-        ])["components_at_peak"]["temporaries"]
+        ];
+        estimate_json(&[&LORA_1B[..], &zero3].concat())["components_at_peak"]["temporaries"]
             .as_u64()
             .unwrap()
     };
