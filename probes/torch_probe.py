@@ -10,7 +10,11 @@ scaled-down shapes: the binary gives each point's scaled HF config.json, and thi
 builds it with `AutoModelForCausalLM.from_config` (random init, no downloads) in the
 plan's dtype. Per point: warm-up steps, then measured steps of forward → loss →
 backward → AdamW (fused), each phase bracketed by `torch.cuda.reset_peak_memory_stats`
-and read from `max_memory_allocated` / `max_memory_reserved`; NVML (pynvml, else
+and read from `max_memory_allocated` / `max_memory_reserved` (a phase's measured bytes
+are the absolute `max_memory_allocated`: what the step's start already holds beyond the
+parameters and optimizer state — the two cuBLAS workspaces of forward and backward,
+the inputs — is part of the peak; before 2026-12-04 the script recorded the parameters
+and state plus the rise above the step's start, which left those out); NVML (pynvml, else
 `nvidia-smi`) samples device and process used memory on a thread, with a baseline
 before the model loads. `torch.cuda.OutOfMemoryError` → status `oom`, and the sweep
 goes on. LoRA: every linear of the decoder layers (peft's all-linear), written here so
@@ -392,10 +396,10 @@ def measure_point(point, plan, device, torch, transformers, nvml):
     try:
         for _ in range(max(1, plan["measured_steps"])):
             torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
             r = step(sampler or _NoSampler())
             for i, (a, rv, d, p, src) in enumerate(r):
-                phases[i] = max(phases[i], a - base)
+                # absolute: the row's measured = static + this
+                phases[i] = max(phases[i], a - static)
                 alloc_peak, reserved_peak = max(alloc_peak, a), max(reserved_peak, rv)
                 if d is not None:
                     dev_peak = max(dev_peak or 0, d)

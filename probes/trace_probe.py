@@ -48,6 +48,14 @@ dropout to the fused `native_dropout` (bool mask); AdamW to its foreach implemen
 The CUDA kernels' meta functions give their outputs. Not emulated yet: CUDA autocast's
 op lists (`amp_bf16` cells with CUDA semantics are refused).
 
+Vision-language configs (a `vision_config`; LLaVA): the model is built with
+`AutoModelForImageTextToText`, the decoder has --layers layers and the vision tower
+--vision-layers; each sequence starts with --images × the tower's image tokens (what the
+processor expands `<image>` into), then random text, and `pixel_values` carry the images.
+`--vision` says what trains on the vision side: `full`, `projector` (tower frozen) or
+`frozen` (both frozen) with `--mode full`; `lora` (the LoRA targets reach the tower and the
+projector, peft's all-linear) or `frozen` (the language model's linears only) with LoRA.
+
 Versions of torch, transformers and peft are written into every row.
 """
 
@@ -72,7 +80,8 @@ COLUMNS = [
     "saved_otherdtype_bytes", "hidden_size", "vocab_size",
     # beyond the oracle's columns
     "model_type", "params_total", "param_bytes", "peak_opt_bytes", "opt_state_bytes",
-    "sdpa_kernel", "torch", "transformers", "peft", "error",
+    "sdpa_kernel", "images", "vision_layers", "vision_mode", "image_tokens",
+    "torch", "transformers", "peft", "error",
 ]
 
 
@@ -88,6 +97,14 @@ def parse_args(argv):
     p.add_argument("--attn", default="eager,sdpa")
     p.add_argument("--grad-ckpt", default="none")
     p.add_argument("--mode", default="full")
+    p.add_argument("--images", default="1",
+                   help="vision-language configs (a `vision_config`): images per sequence")
+    p.add_argument("--vision-layers", default="2",
+                   help="vision-language configs: the vision tower's depth")
+    p.add_argument("--vision", default="auto",
+                   help="vision-language configs: what trains on the vision side: frozen, "
+                        "projector, full (with --mode full), lora (LoRA modes reach the tower "
+                        "and projector), auto (full with --mode full, lora with LoRA modes)")
     p.add_argument("--semantics", default="cpu")
     p.add_argument("--engine", default="fake", choices=["fake", "real"])
     p.add_argument("--optimizer", action="store_true", help="also run one AdamW step")
@@ -116,10 +133,27 @@ def cells(args):
                             for ckpt in split(args.grad_ckpt):
                                 for mode in split(args.mode):
                                     for sem in split(args.semantics):
-                                        yield dict(model=name, path=path, layers=layers,
-                                                   batch=batch, seq=seq, dtype=dtype,
-                                                   attn_impl=attn, grad_ckpt=ckpt,
-                                                   mode=mode, semantics=sem)
+                                        base = dict(model=name, path=path, layers=layers,
+                                                    batch=batch, seq=seq, dtype=dtype,
+                                                    attn_impl=attn, grad_ckpt=ckpt,
+                                                    mode=mode, semantics=sem)
+                                        if not is_vlm(path):
+                                            yield base
+                                            continue
+                                        for images in split(args.images, int):
+                                            for vl in split(args.vision_layers, int):
+                                                for vis in split(args.vision):
+                                                    if vis == "auto":
+                                                        vis = "full" if mode == "full" else "lora"
+                                                    yield dict(base, images=images,
+                                                               vision_layers=vl, vision=vis)
+
+
+def is_vlm(path):
+    try:
+        return "vision_config" in json.load(open(path))
+    except (OSError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------- the tracker
@@ -352,13 +386,19 @@ def run_cell(c, args, versions):
     for o in args.override:
         k, _, v = o.partition("=")
         cfg_json[k] = json.loads(v)
-    cfg_json["num_hidden_layers"] = c["layers"]
+    vlm = "vision_config" in cfg_json
+    text_json = cfg_json
+    if vlm:
+        # the decoder's depth is the text config's; the tower's is --vision-layers
+        cfg_json["text_config"] = text_json = dict(cfg_json.get("text_config") or {})
+        cfg_json["vision_config"] = dict(cfg_json["vision_config"], num_hidden_layers=c["vision_layers"])
+    text_json["num_hidden_layers"] = c["layers"]
     for k in ("n_layer", "num_layers"):
-        if k in cfg_json:
-            cfg_json[k] = c["layers"]
+        if k in text_json:
+            text_json[k] = c["layers"]
     for k in ("layer_types",):
-        if isinstance(cfg_json.get(k), list):
-            cfg_json[k] = cfg_json[k][: c["layers"]]
+        if isinstance(text_json.get(k), list):
+            text_json[k] = text_json[k][: c["layers"]]
     cfg = transformers.AutoConfig.for_model(**cfg_json)
     cfg.use_cache = False
     if args.scale_down:
@@ -368,8 +408,15 @@ def run_cell(c, args, versions):
                dtype=c["dtype"], attn_impl=c["attn_impl"], grad_ckpt=c["grad_ckpt"],
                mode=c["mode"], engine=f"{args.engine}_{c['semantics']}",
                model_type=cfg_json.get("model_type", ""), **versions)
-    row["hidden_size"] = getattr(cfg, "hidden_size", "")
-    row["vocab_size"] = getattr(cfg, "vocab_size", "")
+    tcfg = cfg.get_text_config() if vlm else cfg
+    row["hidden_size"] = getattr(tcfg, "hidden_size", "")
+    row["vocab_size"] = getattr(tcfg, "vocab_size", "")
+    if vlm:
+        row.update(images=c["images"], vision_layers=c["vision_layers"], vision_mode=c["vision"])
+        # get_placeholder_mask compares the image-token count (data) with the features'
+        # through torch_compilable_check, which a fake tensor cannot answer; the inputs
+        # are built to match (vlm_inputs)
+        os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = "1"
     # CUDA semantics run on fake *CPU* tensors: PyTorch's autograd engine needs a CUDA
     # context for fake CUDA tensors (pytorch#92627), which no GPU-less machine has. The
     # CUDA kernels' meta functions run on CPU fake tensors, so the kernels a GPU picks
@@ -395,8 +442,9 @@ def run_cell(c, args, versions):
         ctx = fake if fake is not None else _Null()
         with ctx:
             with torch.device(device):
-                model = transformers.AutoModelForCausalLM.from_config(
-                    cfg, attn_implementation=c["attn_impl"], dtype=param_dtype)
+                auto = (transformers.AutoModelForImageTextToText if vlm
+                        else transformers.AutoModelForCausalLM)
+                model = auto.from_config(cfg, attn_implementation=c["attn_impl"], dtype=param_dtype)
             if c["grad_ckpt"] != "none":
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
                     "use_reentrant": c["grad_ckpt"] == "reentrant"})
@@ -404,6 +452,8 @@ def run_cell(c, args, versions):
                 model = apply_peft(model, c)
                 if c["grad_ckpt"] != "none":
                     model.enable_input_require_grads()
+            if vlm:
+                freeze_vision(model, c)
             model.train()
             params = list(model.parameters())
             row["params_total"] = sum(p.numel() for p in params)
@@ -411,9 +461,13 @@ def run_cell(c, args, versions):
             row["param_bytes"] = sum(p.untyped_storage().nbytes() for p in params)
             tracker.exclude_tensors(params + list(model.buffers()))
             tracker.params = set(tracker.excluded)
-            ids = torch.randint(0, cfg.vocab_size, (c["batch"], c["seq"]), device=device)
+            inputs = {}
+            if vlm:
+                ids, inputs["pixel_values"], row["image_tokens"] = vlm_inputs(cfg, c, param_dtype, device)
+            else:
+                ids = torch.randint(0, cfg.vocab_size, (c["batch"], c["seq"]), device=device)
             labels = ids.clone()
-            tracker.exclude_tensors([ids, labels])
+            tracker.exclude_tensors([ids, labels, *inputs.values()])
             for p in params:
                 if p.requires_grad:
                     p.register_post_accumulate_grad_hook(lambda q: tracker.accumulated(q.grad))
@@ -459,7 +513,13 @@ def run_cell(c, args, versions):
                     saved["by"][kind] = saved["by"].get(kind, 0) + n
                     dk = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(t.dtype, "otherdtype")
                     saved["dtype"][dk] = saved["dtype"].get(dk, 0) + n
-                return t
+                # a detached alias (same storage): returning `t` itself would make a node
+                # that saves its own output (softmax, sigmoid) hold a tensor whose grad_fn
+                # is that node, a cycle Python's gc cannot see through autograd's C++
+                # nodes, so a branch the loss never reaches (the vision tower's layers
+                # after the feature layer) would stay alive; autograd without hooks saves
+                # such outputs without their grad_fn
+                return t.detach()
 
             tracker.where = lambda: stack[-1] if stack else ""
             mode = make_mode(tracker)
@@ -469,7 +529,7 @@ def run_cell(c, args, versions):
                 base = dict(tracker.live)
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                        out = model(input_ids=ids, labels=labels)
+                        out = model(input_ids=ids, labels=labels, **inputs)
                 loss = out.loss
                 row["logits_bytes"] = out.logits.numel() * 2 if out.logits is not None else ""
                 m1 = tracker.mark()
@@ -477,6 +537,11 @@ def run_cell(c, args, versions):
                 gc.collect()
                 row["peak_fwd_bytes"] = tracker.peak_between(m0, m1, base)
                 row["live_after_fwd_bytes"] = tracker.live_bytes()
+                if os.environ.get("TRACE_PROBE_LIVE"):
+                    # every storage alive after the forward, by the op and module that made it
+                    for k, n in tracker.live.items():
+                        if k not in tracker.excluded:
+                            print(f"  live {n:>12} {tracker.origin_now.get(k)}", file=sys.stderr)
                 if os.environ.get("TRACE_PROBE_SAVED"):
                     for k, n in tracker.live.items():
                         if k not in tracker.excluded and k not in saved["storages"]:
@@ -533,6 +598,47 @@ def run_cell(c, args, versions):
             r()
         gc.collect()
     return row
+
+
+def vlm_inputs(cfg, c, dtype, device):
+    """A LLaVA-style batch: `images` × the tower's image tokens per sequence at its start
+    (what the processor expands each `<image>` into), random text after it, and
+    `pixel_values` [batch × images, channels, size, size] in the parameters' dtype."""
+    import torch
+    if cfg.model_type != "llava":
+        raise NotImplementedError(f"vision-language model type {cfg.model_type}: llava only")
+    vc = cfg.vision_config
+    per_image = (vc.image_size // vc.patch_size) ** 2
+    if cfg.vision_feature_select_strategy != "default":
+        per_image += 1  # "full" keeps the class token
+    n = c["images"] * per_image
+    if n > c["seq"]:
+        raise ValueError(f"{c['images']} images of {per_image} tokens do not fit in seq {c['seq']}")
+    tok = cfg.image_token_id
+    ids = torch.randint(0, cfg.get_text_config().vocab_size, (c["batch"], c["seq"]), device=device)
+    ids = torch.where(ids == tok, torch.zeros_like(ids), ids)
+    ids[:, :n] = tok
+    pixels = torch.randn(c["batch"] * c["images"], vc.num_channels, vc.image_size, vc.image_size,
+                         dtype=dtype, device=device)
+    return ids, pixels, n
+
+
+VISION_MODULES = ("vision_tower", "multi_modal_projector")
+
+
+def freeze_vision(model, c):
+    """Full fine-tuning with the tower (`projector`) or the tower and the projector
+    (`frozen`) frozen, as LLaVA's recipes do (`requires_grad_(False)`)."""
+    vis = c["vision"]
+    if c["mode"] == "full":
+        if vis not in ("full", "projector", "frozen"):
+            raise ValueError(f"--vision {vis} with --mode full: full, projector or frozen")
+        for n, m in model.named_modules():
+            last = n.rsplit(".", 1)[-1]
+            if last == "vision_tower" and vis != "full" or last == "multi_modal_projector" and vis == "frozen":
+                m.requires_grad_(False)
+    elif vis not in ("lora", "frozen"):
+        raise ValueError(f"--vision {vis} with --mode {c['mode']}: lora or frozen")
 
 
 def scale_down(cfg):
@@ -663,6 +769,12 @@ def apply_peft(model, c):
         targets = "all-linear"
     else:
         targets = attn_targets(model)
+    if c.get("vision") == "frozen":
+        # the language model's linears only, by full name (peft matches suffixes)
+        if targets == "all-linear":
+            targets = [n for n, m in model.named_modules()
+                       if type(m).__name__ == "Linear" and not n.endswith("lm_head")]
+        targets = [t for t in targets if not any(v in t.split(".") for v in VISION_MODULES)]
     if mode in LORA_MODES or mode in ("dora_attn", "lorafa_attn"):
         # `*_drop`: lora_dropout=0.05 (a mask and a dropped copy per adapter)
         cfg = peft.LoraConfig(r=16, lora_alpha=32,

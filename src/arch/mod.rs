@@ -537,6 +537,10 @@ pub struct VisionSpec {
     pub projector_out: u64,
     pub projector_act: Activation,
     pub projector_bias: bool,
+    /// Whether LoRA targets apply on the vision side (peft's all-linear reaches the
+    /// tower and the projector); `false` when the run keeps them to the language model
+    /// (`--vision frozen`, set by `estimate::instantiated`).
+    pub adapters_reach: bool,
 }
 
 impl VisionSpec {

@@ -176,6 +176,40 @@ pub fn vision_params(spec: &ModelSpec) -> u64 {
     embeddings + norms + layers + projector
 }
 
+/// The vision side's linears `targets` adapt, as (count, linear): peft's all-linear
+/// (every nn.Linear but the head) and explicit names reach the tower's and the
+/// projector's linears; `attn` means the language model's attention projections; none
+/// when the targets are kept to the language model ([`VisionSpec::adapters_reach`]).
+pub fn vision_adapted(
+    v: &crate::arch::VisionSpec,
+    targets: &LoraTargets,
+) -> Vec<(u64, LinearSpec)> {
+    if !v.adapters_reach || matches!(targets, LoraTargets::Attn) {
+        return Vec::new();
+    }
+    v.tower
+        .each_linear()
+        .map(|l| (v.tower.layers(), l))
+        .chain(projector_linears(v).into_iter().map(|l| (1, l)))
+        .filter(|(_, l)| targets.matches(l))
+        .collect()
+}
+
+/// Whether `targets` reach any linear of the vision side (see [`vision_adapted`]).
+pub fn vision_targeted(v: &crate::arch::VisionSpec, targets: &LoraTargets) -> bool {
+    !vision_adapted(v, targets).is_empty()
+}
+
+/// Vision parameters trained in full: the tower and the projector (`tower`), the
+/// projector alone (`projector`), or none.
+pub fn vision_trainable(spec: &ModelSpec, tower: bool, projector: bool) -> u64 {
+    match &spec.vision {
+        Some(_) if tower => vision_params(spec),
+        Some(v) if projector => projector_linears(v).iter().map(|l| l.params()).sum(),
+        _ => 0,
+    }
+}
+
 /// The projector's two linears (`linear_1`, `linear_2`), what peft's all-linear adapts.
 pub fn projector_linears(v: &crate::arch::VisionSpec) -> [LinearSpec; 2] {
     let lin = |name, role, i, o| LinearSpec {
@@ -368,23 +402,11 @@ pub fn adapters(spec: &ModelSpec, rank: u64, targets: &LoraTargets, adapter: Ada
             + u64::from(head.is_some()),
     };
     if let Some(v) = &spec.vision {
-        // the vision side: peft's all-linear (every nn.Linear but the head) and explicit
-        // names reach the tower's and the projector's linears; `attn` means the language
-        // model's attention projections
-        let vision_adapted = |l: &LinearSpec| !matches!(targets, LoraTargets::Attn) && adapted(l);
-        let pl = projector_linears(v);
-        for (n, l) in v
-            .tower
-            .each_linear()
-            .map(|l| (v.tower.layers(), l))
-            .chain(pl.iter().map(|l| (1, *l)))
-        {
-            if vision_adapted(&l) {
-                let (t, s) = adapter.per_linear(&l, rank);
-                c.trainable += n * t;
-                c.stored += n * s;
-                c.adapted_modules += n;
-            }
+        for (n, l) in vision_adapted(v, targets) {
+            let (t, s) = adapter.per_linear(&l, rank);
+            c.trainable += n * t;
+            c.stored += n * s;
+            c.adapted_modules += n;
         }
     }
     c

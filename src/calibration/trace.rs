@@ -98,6 +98,10 @@ impl TraceRow {
                 0.0
             },
             litgpt: false,
+            // text cells (the VLM cells are checked through the estimate,
+            // tests/it/trace.rs)
+            images: 0,
+            vision: crate::workload::VisionTrain::Frozen,
             batch: self.batch,
             // prompt tuning: peft prepends the probe's PROMPT_TOKENS virtual tokens
             seq: self.seq + self.virtual_tokens(),

@@ -187,6 +187,15 @@ pub fn estimate_layout(
     spec.validate()?;
     w.validate(spec)?;
     layout.validate(spec, w)?;
+    if spec.vision.is_some() {
+        // the vision tower's parameters, gradients and optimizer state and its
+        // activations are placed on one GPU only (estimate::RankView::single)
+        return Err(crate::error::Error::invalid(
+            "parallel layout",
+            format!("dp {} x tp {} x pp {} x cp {} (zero {}, fsdp {}) for the vision-language model {}", layout.dp, layout.tp, layout.pp, layout.cp, layout.zero, layout.fsdp.map_or("off".to_string(), |f| format!("{f:?}").to_lowercase()), spec.name),
+            "one GPU for a vision-language model (no --dp/--tp/--pp/--cp/--ep above 1, no --zero or --fsdp): where the vision tower sits under data, tensor or pipeline parallelism is not modelled yet",
+        ));
+    }
     let spec = &*estimate::instantiated(spec, w);
     // the precision recipe of the layout's framework (recipe.rs)
     let recipe = precision_recipe(w, layout);

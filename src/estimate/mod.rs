@@ -17,7 +17,7 @@ use crate::runtime::torch::{self, Activations, LedgerParams, LedgerTensor, Train
 use crate::units::bytes::Bytes;
 use crate::units::dtype::DType;
 use crate::workload::overhead::Overheads;
-use crate::workload::{Device, Task, Workload};
+use crate::workload::{Device, Task, VisionTrain, Workload};
 use timeline::{
     Components, Event, EventOverheads, InferPlan, LayerCost, LayerRun, LayerRuns, Phase, Recorder,
     TrainPlan,
@@ -96,6 +96,9 @@ fn ledger_params(
         osf_reconstruct: w.method.lora().is_some_and(|l| l.osf_reconstruct),
         lora_dropout: w.method.lora().map_or(0.0, |l| l.dropout),
         litgpt: w.implementation == crate::workload::Implementation::Litgpt,
+        images: if trainable.any() { w.images } else { 0 },
+        // resolved against the model by the callers that have it (rank_ledger_params)
+        vision: w.vision.unwrap_or(crate::workload::VisionTrain::Frozen),
         sp_div: 1,
         compile: w.compile,
         param_grad_size: if w.master_weights {
@@ -209,7 +212,13 @@ impl RankView {
         let lora_trainable = lora_trainable(spec, w);
         let wb = weights::weight_bytes(spec, w, lora_stored(spec, w))?;
         let full = w.method.is_full();
-        let params_trainable = if full { counts.total } else { lora_trainable };
+        let params_trainable = if full {
+            full_trainable(spec, w)
+        } else {
+            lora_trainable
+        };
+        // the vision parameters trained in full (gradients with the embedding's)
+        let vision_grads = if full { vision_trainable(spec, w) } else { 0 };
         let (grad_size, state_size, shapes) = optimizer_shapes(spec, w);
         Ok(RankView {
             local: spec.clone(),
@@ -243,7 +252,11 @@ impl RankView {
                 } else {
                     0
                 },
-                grad_other: if full { counts.other * grad_size } else { 0 },
+                grad_other: if full {
+                    (counts.other + vision_grads) * grad_size
+                } else {
+                    0
+                },
             },
             inflight_microbatches: 1.0,
             gathered_fwd: 0,
@@ -257,6 +270,23 @@ impl RankView {
             outside_extra: 0,
             params_trainable,
         })
+    }
+}
+
+/// Parameters a full fine-tune trains: all of them but a VLM's frozen vision side
+/// (`--vision projector|frozen`).
+pub fn full_trainable(spec: &ModelSpec, w: &Workload) -> u64 {
+    let c = params::count(spec);
+    c.total - c.vision + vision_trainable(spec, w)
+}
+
+/// A VLM's vision parameters trained in full (`--vision full`: tower and projector;
+/// `projector`; none when frozen or adapted).
+pub fn vision_trainable(spec: &ModelSpec, w: &Workload) -> u64 {
+    match w.vision_train(spec) {
+        Some(VisionTrain::Full) => params::vision_trainable(spec, true, true),
+        Some(VisionTrain::Projector) => params::vision_trainable(spec, false, true),
+        _ => 0,
     }
 }
 
@@ -295,7 +325,18 @@ pub fn optimizer_shapes(spec: &ModelSpec, w: &Workload) -> (u64, u64, Vec<optimi
         }
         None => {
             let s = full_grad_size(w);
-            (s, s, optimizer::full_shapes(spec))
+            let mut shapes = optimizer::full_shapes(spec);
+            // a VLM's vision parameters trained in full, as one vector (their step
+            // temporaries are bounded by the text model's largest tensors)
+            let vision = vision_trainable(spec, w);
+            if vision > 0 {
+                shapes.push(optimizer::Shape {
+                    rows: vision,
+                    cols: 1,
+                    count: 1,
+                });
+            }
+            (s, s, shapes)
         }
     }
 }
@@ -343,14 +384,25 @@ pub fn estimate_corrected(
 /// head to the embedding (scripts/convert_hf_checkpoint.py copies
 /// `transformer.wte.weight` into `lm_head.weight` when a checkpoint has none; its `GPT`
 /// has no tying), so a tied checkpoint gets a head of its own there.
+///
+/// A VLM whose vision side stays frozen under LoRA has its targets kept to the language
+/// model ([`crate::arch::VisionSpec::adapters_reach`]).
 pub fn instantiated<'a>(spec: &'a ModelSpec, w: &Workload) -> std::borrow::Cow<'a, ModelSpec> {
-    if w.implementation == crate::workload::Implementation::Litgpt && spec.tie_embeddings {
-        let mut s = spec.clone();
-        s.tie_embeddings = false;
-        std::borrow::Cow::Owned(s)
-    } else {
-        std::borrow::Cow::Borrowed(spec)
+    let untie = w.implementation == crate::workload::Implementation::Litgpt && spec.tie_embeddings;
+    let keep_to_lm = w.method.lora().is_some()
+        && w.vision_train(spec) == Some(crate::workload::VisionTrain::Frozen)
+        && spec.vision.as_ref().is_some_and(|v| v.adapters_reach);
+    if !untie && !keep_to_lm {
+        return std::borrow::Cow::Borrowed(spec);
     }
+    let mut s = spec.clone();
+    if untie {
+        s.tie_embeddings = false;
+    }
+    if let (true, Some(v)) = (keep_to_lm, s.vision.as_mut()) {
+        v.adapters_reach = false;
+    }
+    std::borrow::Cow::Owned(s)
 }
 
 /// Run the timeline for one rank (`view`; `None` = inference on one GPU). `spec` is the
@@ -394,7 +446,7 @@ pub fn simulate(
         (Task::Train, Some(v)) => {
             let local = &v.local;
             params_trainable = if w.method.is_full() {
-                counts.total
+                full_trainable(spec, w)
             } else {
                 lora_trainable(spec, w)
             };
@@ -459,6 +511,30 @@ fn context_warnings(spec: &ModelSpec, w: &Workload) -> Vec<String> {
                 spec.max_positions
             )
         });
+    }
+    if let (Some(v), Some(train)) = (&spec.vision, w.vision_train(spec)) {
+        let (key, len) = match w.task {
+            Task::Train => ("--seq-len", w.seq_len),
+            Task::Infer => ("--prompt-len", w.infer.prompt_len),
+        };
+        let side = match train {
+            VisionTrain::Full => "the vision tower and the projector train",
+            VisionTrain::Projector => "the projector trains, the vision tower is frozen",
+            VisionTrain::Lora => "LoRA adapters on the vision tower and the projector",
+            VisionTrain::Frozen => "the vision tower and the projector are frozen",
+        };
+        warnings.push(format!(
+            "vision-language model: {} image(s) per sequence of {} tokens ({}x{} px, {} patches) counted inside {key} {len}{}",
+            w.images,
+            v.image_tokens(),
+            v.image_size,
+            v.image_size,
+            v.patches(),
+            match w.task {
+                Task::Train => format!("; {side} (--vision {train})"),
+                Task::Infer => String::new(),
+            }
+        ));
     }
     if spec.moe.is_some()
         && (w.method.is_qlora() || w.precision == crate::workload::Precision::Int8)
@@ -525,9 +601,27 @@ fn simulate_serving(
         // logits, fp32 copy, probabilities, sorted values and int64 indices
         decode_logits: c * v * (cd + 4 + 4 + 4 + 8),
         embed_out_prefill: acts.non_layer.embed_out,
+        vision_prefill: vision_prefill(spec, w),
     };
     timeline::simulate_infer(&plan, rec);
     Ok(acts)
+}
+
+/// A VLM's vision tower over the prompts' images (no grad), at its last layer: the
+/// hidden states of the layers before it, which `get_image_features` keeps for the
+/// feature layer (transformers 5.24 modeling_llava.py `@select_hidden_states`, the
+/// tower's `capture_outputs` recording every `CLIPEncoderLayer` output), and that
+/// layer's forward peak (its input included).
+fn vision_prefill(spec: &ModelSpec, w: &Workload) -> u64 {
+    let Some(v) = spec.vision.as_ref().filter(|_| w.images > 0) else {
+        return 0;
+    };
+    let b = w.infer.concurrency.saturating_mul(w.images);
+    let t = v.tower_tokens();
+    let d = w.precision.compute_dtype().size();
+    let tp = ledger_params(w, Trainable::Nothing, t, t, b);
+    let last = torch::layer(&v.tower, &tp, false).fwd_peak;
+    v.tower.layers().saturating_sub(1) * b * t * v.tower.hidden * d + last
 }
 
 impl ModelSummary {
@@ -585,7 +679,11 @@ pub fn event_overheads(
         managed: 0,
         in_allocator: corr.extra_overhead.get()
             + view.map_or(0, |v| v.in_allocator_extra)
-            + if cuda { ov.cublas_workspace.get() } else { 0 },
+            + if cuda {
+                ov.cublas_workspace.get() * cublas_workspaces(w)
+            } else {
+                0
+            },
         outside: view.map_or(0, |v| v.outside_extra)
             + if cuda {
                 ov.cuda_context.get() + ov.nccl.get()
@@ -600,12 +698,33 @@ pub fn event_overheads(
     }
 }
 
+/// cuBLAS workspaces a step keeps in the caching allocator. PyTorch gives each
+/// (cuBLAS handle, stream) pair its own workspace (aten/src/ATen/cuda/
+/// CublasHandlePool.cpp `getCurrentCUDABlasHandle`: `cublas_handle_stream_to_workspace`,
+/// cuBLASLt sharing it by default, `TORCH_CUBLASLT_UNIFIED_WORKSPACE`) and each thread
+/// its own handle (`DeviceThreadHandlePool`); a training step runs its backward on the
+/// autograd engine's worker thread for the device (torch/csrc/autograd/engine.cpp
+/// `Engine::thread_init`), so forward and backward hold one workspace each — measured
+/// on an H200 (torch 2.11, `results/gpu-default-h200-cuda0-torch-2026-12-04.csv`): the
+/// step's start held 68.2 MB beyond parameters and optimizer state on all 48 points,
+/// two 32 MiB workspaces and the inputs. Inference (and candle) runs on one thread.
+pub fn cublas_workspaces(w: &Workload) -> u64 {
+    if w.task == Task::Train && w.runtime == crate::workload::Runtime::Torch {
+        2
+    } else {
+        1
+    }
+}
+
 /// Ledger parameters of a rank's training step.
 pub fn rank_ledger_params(w: &Workload, v: &RankView) -> LedgerParams {
     let mut lp = ledger_params(w, trainable_kind(w), v.seq_local, w.seq_len, w.batch);
     // prefix tuning: every layer attends to its virtual tokens too
     lp.kv_len += lp.prefix_tokens();
     lp.sp_div = v.sp_div;
+    lp.vision = w
+        .vision_train(&v.local)
+        .unwrap_or(crate::workload::VisionTrain::Frozen);
     lp
 }
 

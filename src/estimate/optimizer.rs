@@ -157,6 +157,13 @@ pub fn lora_shapes(
                 .flat_map(move |l| per(&l, g.count).collect::<Vec<_>>())
         })
         .chain(head.iter().flat_map(|h| per(h, 1).collect::<Vec<_>>()))
+        // the vision side's adapted linears (peft's all-linear reaches the tower)
+        .chain(spec.vision.iter().flat_map(|v| {
+            params::vision_adapted(v, targets)
+                .into_iter()
+                .flat_map(|(n, l)| per(&l, n).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        }))
         .collect()
 }
 

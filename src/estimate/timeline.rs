@@ -838,6 +838,9 @@ pub struct InferPlan {
     pub decode_layer_peak: u64,
     pub decode_logits: u64,
     pub embed_out_prefill: u64,
+    /// A VLM's vision tower over the prompts' images before the language model's
+    /// prefill (0 for text models).
+    pub vision_prefill: u64,
 }
 
 pub fn simulate_infer<S: Sink>(p: &InferPlan, rec: &mut S) {
@@ -846,6 +849,16 @@ pub fn simulate_infer<S: Sink>(p: &InferPlan, rec: &mut S) {
         ..Components::default()
     };
     rec.moment(Phase::Load, || "weights resident".to_string(), base);
+    if p.vision_prefill > 0 {
+        rec.moment(
+            Phase::Prefill,
+            || "prefill, vision tower".to_string(),
+            Components {
+                temporaries: Bytes(p.vision_prefill),
+                ..base
+            },
+        );
+    }
     rec.moment(
         Phase::Prefill,
         || "prefill, last layer".to_string(),

@@ -1298,6 +1298,7 @@ fn llava(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
         projector_out: s.hidden,
         projector_act: cfg.act("projector_hidden_act", Activation::Gelu)?,
         projector_bias: cfg.bool_or("multimodal_projector_bias", true)?,
+        adapters_reach: true,
     };
     let seq = cfg.uint_or(&["image_seq_length"], 1 << 20, 576)?;
     if seq != vs.image_tokens() {

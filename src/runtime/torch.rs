@@ -48,7 +48,7 @@ use crate::arch::{
     NormKind, Positions, QkNorm, Residual, RouterKind,
 };
 use crate::units::dtype::DType;
-use crate::workload::{Attn, Device, GradCkpt, Loss, Precision};
+use crate::workload::{Attn, Device, GradCkpt, Loss, Precision, VisionTrain};
 
 mod litgpt;
 pub mod vision;
@@ -110,6 +110,10 @@ pub struct LedgerParams {
     /// one fp32 storage packed twice). Only the chunked loss is affected there; the
     /// decoder layers follow [`compiled_saves`].
     pub compile: bool,
+    /// A vision-language model's images per sequence (their image tokens are inside
+    /// `seq`; 0: text only) and what trains on the vision side ([`vision::saved`]).
+    pub images: u64,
+    pub vision: VisionTrain,
 }
 
 impl LedgerParams {
@@ -160,6 +164,8 @@ impl LedgerParams {
             param_grad_size: precision.param_dtype().size(),
             sp_div: 1,
             compile: false,
+            images: 0,
+            vision: VisionTrain::Frozen,
         }
     }
 
@@ -192,7 +198,7 @@ impl Trainable {
     fn base_weights(&self) -> bool {
         matches!(self, Trainable::All)
     }
-    fn any(&self) -> bool {
+    pub fn any(&self) -> bool {
         !matches!(self, Trainable::Nothing)
     }
 }
@@ -3112,9 +3118,21 @@ pub fn activations(spec: &ModelSpec, p: &LedgerParams) -> Activations {
         Some((_, l)) => l.clone(),
         None => layer(spec, p, true),
     };
-    // The embedding output requires grad only when the embedding is trainable.
-    let first = layer_for_first(spec, p);
-    let nl = non_layer(spec, p);
+    // The embedding output requires grad only when the embedding is trainable (or the
+    // image features merged into it need a gradient).
+    let vision_run = spec.vision.as_ref().filter(|_| p.images > 0);
+    let first = match vision_run {
+        Some(_) if p.trainable.any() && vision::features_require_grad(p.vision) => {
+            self::layer(spec, p, true)
+        }
+        _ => layer_for_first(spec, p),
+    };
+    let mut nl = non_layer(spec, p);
+    if let Some(v) = vision_run {
+        // the tower, projector and merge keep their tensors from the forward until
+        // the backward ends (they run before the first decoder layer)
+        nl.shared += vision::saved(v, p, p.images, p.vision).total();
+    }
     let per_layer = layer.saved;
     let mut a = Activations {
         layer,

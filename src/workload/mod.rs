@@ -51,6 +51,21 @@ macro_rules! choice_enum {
 }
 
 choice_enum!(
+/// `--vision`: what trains on a vision-language model's vision side (the tower and
+/// the projector in front of the language model).
+VisionTrain, "vision", {
+    /// Nothing: the tower and the projector frozen, the targets (LoRA) on the
+    /// language model only.
+    Frozen => "frozen",
+    /// The projector trains, the tower is frozen (LLaVA's stage-2 recipe).
+    Projector => "projector",
+    /// LoRA adapters on the tower's and the projector's linears (peft's all-linear
+    /// reaches them).
+    Lora => "lora",
+    /// The tower and the projector train (full fine-tuning).
+    Full => "full",
+});
+choice_enum!(
     /// `--task`
     Task, "task", { Train => "train", Infer => "infer" | "inference" | "serve" });
 choice_enum!(
@@ -316,6 +331,12 @@ pub struct Workload {
     /// decoder layer, and the loss's `compute_cross_entropy`): what the compiled graphs
     /// save (`runtime::torch::LedgerParams::compile`, `compiled_saves`).
     pub compile: bool,
+    /// Vision-language models: images per sample (`--images`); each adds the tower's
+    /// image tokens inside `seq_len` (training) or `prompt_len` (inference).
+    pub images: u64,
+    /// Vision-language models: what trains on the vision side (`--vision`; `None`: the
+    /// method's default, [`Workload::vision_train`]).
+    pub vision: Option<VisionTrain>,
     pub infer: InferConfig,
 }
 
@@ -340,6 +361,8 @@ impl Default for Workload {
             optimizer_in_bwd: false,
             activation_offload: false,
             compile: false,
+            images: 1,
+            vision: None,
             infer: InferConfig {
                 prompt_len: 1024,
                 gen_len: 256,
@@ -459,6 +482,7 @@ pub fn integer_range(key: &str) -> Option<(u64, u64)> {
         "seq_len" | "prompt_len" | "prefill_chunk" => (1, MAX_TOKENS),
         "gen_len" => (0, MAX_TOKENS),
         "lora_rank" => (1, MAX_LORA_RANK),
+        "images" => (0, MAX_IMAGES),
         _ => return None,
     })
 }
@@ -466,6 +490,7 @@ pub fn integer_range(key: &str) -> Option<(u64, u64)> {
 pub const MAX_BATCH: u64 = 1 << 20;
 pub const MAX_TOKENS: u64 = 1 << 26;
 pub const MAX_LORA_RANK: u64 = 1 << 16;
+pub const MAX_IMAGES: u64 = 1 << 16;
 /// 256 PiB for one tensor: beyond any device, well inside u64 for sums of hundreds.
 pub const MAX_TENSOR_BYTES: u64 = 1 << 58;
 
@@ -477,19 +502,8 @@ impl Workload {
     /// Consistency checks; errors name the setting key (`batch`, `seq_len`; the
     /// settings layer names where the value came from), the value and what is accepted.
     pub fn validate(&self, spec: &ModelSpec) -> Result<()> {
-        if spec.vision.is_some() {
-            // parsed and counted (hf::config `llava`, arch::params `vision_params`);
-            // the tower's activations and the image tokens in the step are not modelled
-            return Err(Error::Unsupported {
-                model_type: "llava".into(),
-                reason: format!(
-                    "{}: the vision-language model is parsed and its parameters counted (vision tower and projector included), but estimating its memory (the vision tower's activations, image tokens in the sequence) is not modelled yet",
-                    spec.name
-                ),
-                supported: crate::arch::Family::supported_list(),
-            });
-        }
         self.check_sizes()?;
+        self.check_vision(spec)?;
         self.check_largest_tensor(spec)?;
         if spec.attn_sinks && self.attn == Attn::Sdpa {
             // modeling_gpt_oss.py `_supports_sdpa = False`: from_pretrained refuses it
@@ -500,6 +514,93 @@ impl Workload {
             ));
         }
         self.check_recipe(spec)
+    }
+
+    /// What trains on a vision-language model's vision side: `--vision`, else the
+    /// method's default: everything under full fine-tuning; under LoRA the adapters
+    /// wherever the targets reach (peft's all-linear and explicit names reach the tower
+    /// and the projector, `attn` the language model only). `None` for a text model.
+    pub fn vision_train(&self, spec: &ModelSpec) -> Option<VisionTrain> {
+        let v = spec.vision.as_ref()?;
+        Some(self.vision.unwrap_or(match self.method.lora() {
+            None => VisionTrain::Full,
+            Some(l) if crate::arch::params::vision_targeted(v, &l.targets) => VisionTrain::Lora,
+            Some(_) => VisionTrain::Frozen,
+        }))
+    }
+
+    /// Image tokens per sequence (0 for a text model).
+    pub fn image_tokens(&self, spec: &ModelSpec) -> u64 {
+        spec.vision
+            .as_ref()
+            .map_or(0, |v| self.images.saturating_mul(v.image_tokens()))
+    }
+
+    /// `--images` and `--vision` fit the model, the method and the sequence.
+    fn check_vision(&self, spec: &ModelSpec) -> Result<()> {
+        let Some(v) = &spec.vision else {
+            if self.vision.is_some() {
+                return Err(Error::invalid(
+                    "vision",
+                    format!(
+                        "{} on {}",
+                        self.vision.map_or("", |x| x.as_str()),
+                        spec.name
+                    ),
+                    "no --vision: the model has no vision tower",
+                ));
+            }
+            return Ok(());
+        };
+        if self.images > MAX_IMAGES {
+            return Err(Error::invalid(
+                "images",
+                self.images,
+                format!("an integer in 0..={MAX_IMAGES}"),
+            ));
+        }
+        let train = self.vision_train(spec).unwrap_or(VisionTrain::Frozen);
+        match (self.method.lora(), train) {
+            (None, VisionTrain::Lora) => {
+                return Err(Error::invalid(
+                    "vision",
+                    "lora with --method full",
+                    "full, projector or frozen (LoRA adapters on the tower need --method lora or qlora)",
+                ))
+            }
+            (Some(_), VisionTrain::Projector | VisionTrain::Full) => {
+                return Err(Error::invalid(
+                    "vision",
+                    format!("{train} with --method {}", self.method),
+                    "lora (the targets reach the tower and the projector) or frozen (the language model's linears only); a projector trained in full beside adapters (peft modules_to_save) is not modelled",
+                ))
+            }
+            (Some(l), VisionTrain::Lora) if !crate::arch::params::vision_targeted(v, &l.targets) => {
+                return Err(Error::invalid(
+                    "vision",
+                    format!("lora with --lora-targets {}", l.targets),
+                    "frozen, or targets that reach the vision linears (all-linear, or names such as fc1,fc2,linear_1)",
+                ))
+            }
+            _ => {}
+        }
+        let tokens = self.image_tokens(spec);
+        let (key, len) = match self.task {
+            Task::Train => ("seq_len", self.seq_len),
+            Task::Infer => ("prompt_len", self.infer.prompt_len),
+        };
+        if tokens > len {
+            return Err(Error::invalid(
+                key,
+                len,
+                format!(
+                    "at least the {tokens} image tokens of --images {} ({} per image, counted inside the sequence as the processor expands each <image>)",
+                    self.images,
+                    v.image_tokens()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Every size is in its bounds.

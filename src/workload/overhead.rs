@@ -4,9 +4,11 @@
 //!   Outside the framework allocator: `nvidia-smi` sees it, `torch.cuda.max_memory_*`
 //!   does not. Default 512 MiB (torch 2.x on Hopper with lazy module loading measures
 //!   about 0.5 GiB).
-//! - `cublas_workspace`: the cuBLAS/cuBLASLt workspace. Allocated through the caching
+//! - `cublas_workspace`: one cuBLAS/cuBLASLt workspace. Allocated through the caching
 //!   allocator, so it is part of `allocated`. Default 32 MiB (PyTorch's default
-//!   `CUBLAS_WORKSPACE_CONFIG` on sm90).
+//!   `CUBLAS_WORKSPACE_CONFIG` on sm90). A PyTorch training step holds two (its
+//!   forward's thread and the autograd engine's device thread each have a handle and
+//!   a workspace: `estimate::cublas_workspaces`).
 //! - `allocator_fragmentation`: the caching allocator's reserved-but-unallocated bytes
 //!   at the peak, as a fraction of the dynamic (non-static) memory at that moment.
 //!   Default 0.05; the probe's calibration fits the real value per device.

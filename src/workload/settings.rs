@@ -27,7 +27,7 @@ use crate::workload::layout::{Buffers, FsdpMode, Layout};
 use crate::workload::overhead::Overheads;
 use crate::workload::{
     Attn, Device, GradCkpt, Implementation, InferConfig, LoraConfig, LoraDtype, Loss, Method,
-    MethodKind, Optimizer, Precision, Runtime, Task, Workload,
+    MethodKind, Optimizer, Precision, Runtime, Task, VisionTrain, Workload,
 };
 
 /// Where a setting's value came from.
@@ -134,7 +134,8 @@ choice_setting!(
     FsdpMode,
     LoraDtype,
     Implementation,
-    Adapter
+    Adapter,
+    VisionTrain
 );
 
 impl SettingValue for u64 {
@@ -483,6 +484,8 @@ settings! {
     runtime: Runtime => "--runtime" Value, "torch | candle";
     implementation: Implementation => "--implementation" Value, "transformers | litgpt: whose model code runs (transformers' modeling files + peft, or litgpt's own GPT under Lightning Fabric; set by --framework litgpt).";
     device: Device => "--device" Value, "cuda | cpu: device semantics of the tensors (LayerNorm stats, dropout masks).";
+    images: u64 => "--images" Value, "Vision-language models: images per sample (default 1; 0 for text-only batches). Each adds the tower's image tokens (576 for LLaVA-1.5) inside --seq-len / --prompt-len, as the processor expands <image>.";
+    vision: VisionTrain => "--vision" Value, "Vision-language models: what trains on the vision side: frozen | projector | lora | full (default: full with --method full; lora when the LoRA targets reach the tower, as all-linear does; else frozen).";
     prompt_len: u64 => "--prompt-len" Value, "Inference: prompt tokens per sequence.";
     gen_len: u64 => "--gen-len" Value, "Inference: generated tokens per sequence.";
     concurrency: u64 => "--concurrency" Value, "Inference: sequences served at once.";
@@ -491,7 +494,7 @@ settings! {
     gpu_memory: Bytes => "--gpu-memory" Value, "GPU memory to check against, e.g. 80GiB (exit 1 if the peak does not fit).";
     gpu: String => "--gpu" Value, "A GPU from `llm-mem gpus`, e.g. h100-80gb.";
     cuda_context: OverheadBytes => "--cuda-context" Value, "CUDA context size (default 512MiB; 0 for none).";
-    cublas_workspace: OverheadBytes => "--cublas-workspace" Value, "cuBLAS workspace (default 32MiB; 0 for none).";
+    cublas_workspace: OverheadBytes => "--cublas-workspace" Value, "One cuBLAS workspace (default 32MiB, PyTorch's on sm90; 0 for none). A PyTorch training step holds two: the forward's thread and the autograd engine's device thread each get one.";
     allocator_fragmentation: f64 => "--allocator-fragmentation" Value, "Allocator fragmentation as a fraction of dynamic memory (default 0.05).";
     dp: u64 => "--dp" Value, "Data-parallel degree.";
     tp: u64 => "--tp" Value, "Tensor-parallel degree (Megatron column/row parallel linears, vocab-parallel head).";
@@ -1064,6 +1067,8 @@ impl Settings {
             optimizer_in_bwd: self.optimizer_in_bwd.unwrap_or(false),
             activation_offload: self.activation_offload.unwrap_or(false),
             compile: self.compile.unwrap_or(false),
+            images: self.images.unwrap_or(d.images),
+            vision: self.vision,
             infer: InferConfig {
                 prompt_len: self.prompt_len.unwrap_or(d.infer.prompt_len),
                 gen_len: self.gen_len.unwrap_or(d.infer.gen_len),

@@ -126,14 +126,31 @@ fn mixture_of_experts_beyond_the_modelled_ones_is_rejected() {
         let r = estimate(&["--model", m]);
         assert_error(&r, &["olmoe", "mixture-of-experts", "later version"]);
     }
-    // LLaVA-1.5 parses (parameters exact, tests/it/params.rs) but is not estimated:
-    // the error names the model and what is missing
+    // LLaVA-1.5 is estimated (its activations against the trace probe in
+    // tests/it/trace.rs); what does not fit it is refused by name: LoRA on the tower
+    // under full fine-tuning, more image tokens than the sequence holds, --vision on a
+    // text model, a parallel layout
     let lv = d.write(
         "llava/config.json",
         &read_data("configs/llava-1.5-7b/config.json"),
     );
-    let r = estimate(&["--model", &lv]);
-    assert_error(&r, &["llava", "vision tower", "not modelled yet"]);
+    let r = estimate(&["--model", &lv, "--images", "2", "--seq-len", "2048"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("2 image(s) per sequence of 576 tokens")
+            && r.stdout
+                .contains("the vision tower and the projector train (--vision full)"),
+        "{}",
+        r.stdout
+    );
+    let r = estimate(&["--model", &lv, "--vision", "lora"]);
+    assert_error(&r, &["--vision", "lora with --method full", "frozen"]);
+    let r = estimate(&["--model", &lv, "--images", "4", "--seq-len", "2048"]);
+    assert_error(&r, &["--seq-len", "2304 image tokens", "576 per image"]);
+    let r = estimate(&["--model", "gpt2", "--vision", "full"]);
+    assert_error(&r, &["--vision", "no vision tower"]);
+    let r = estimate(&["--model", &lv, "--dp", "2"]);
+    assert_error(&r, &["parallel layout", "vision-language model", "one GPU"]);
     // gpt-oss is estimated with eager attention (it has no SDPA path); --attn sdpa is
     // refused by name
     // a test-data config, written to a folder and estimated at s512: its path and the

@@ -268,8 +268,9 @@ fn h1_cli_repro_70b_fsdp_amp() {
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     // 145.72 GiB before the root unit's gradient assembly at the embedding's backward
-    // (2 × the unsharded embedding + head gradients, bf16) was modelled
-    assert!(r.stdout.contains("peak: 149.46 GiB"), "{}", r.stdout);
+    // (2 × the unsharded embedding + head gradients, bf16) was modelled, 149.46 GiB
+    // before the backward's own cuBLAS workspace (+32 MiB)
+    assert!(r.stdout.contains("peak: 149.49 GiB"), "{}", r.stdout);
 }
 
 /// `estimate --model llama-3.1-8b --dp 8` and `rest`.

@@ -1,36 +1,37 @@
 //! A VLM's vision side in the training forward (transformers 5.24 modeling_clip.py
-//! `CLIPVisionTransformer`, modeling_llava.py `LlavaModel.get_image_features` and
-//! `LlavaMultiModalProjector`): what stays alive after the forward, by what trains.
+//! `CLIPVisionTransformer`, modeling_llava.py `LlavaModel.get_image_features`,
+//! `LlavaMultiModalProjector` and the merge in `LlavaModel.forward`): what stays alive
+//! after the forward, by what trains.
 //!
-//! - embeddings: `patch_embedding(pixel_values)` (the convolution keeps its input
-//!   when its weight trains), the class token `cat`, `+ position_embedding(...)`
-//!   (nothing kept), `pre_layrnorm` (LayerNorm: keeps its input and per-row mean/rstd);
+//! - embeddings: `patch_embedding(pixel_values)` (the convolution keeps its input,
+//!   the batch's `pixel_values`, which like the input ids is not counted), the class
+//!   token `cat`, `+ position_embedding(...)`
+//!   (nothing kept), `pre_layrnorm` (LayerNorm: keeps its input and per-row mean/rstd
+//!   when its weight trains);
 //! - the encoder layers up to the feature layer, each the torch ledger's layer program
-//!   on the tower's [`ModelSpec`] (B·images sequences of patches + 1 tokens, no mask);
-//!   the layers after it run but nothing reaches the loss through them, so their
-//!   graph is freed (`vision_feature_layer` -2: the last layer; `post_layernorm` of
-//!   the pooled class token likewise);
-//! - the projector: linear_1 keeps its input (a view of the feature layer's whole
-//!   output, class token included), gelu its input, linear_2 its input.
+//!   on the tower's [`ModelSpec`](crate::arch::ModelSpec) (B·images sequences of
+//!   patches + 1 tokens, no mask); the layers after it run but nothing reaches the
+//!   loss through them, so their graph is freed (`vision_feature_layer` -2: the last
+//!   layer; `post_layernorm` of the pooled class token likewise). Under LoRA the first
+//!   layer's input needs no gradient (the frozen embeddings'), like the decoder's;
+//! - the projector: linear_1 (its input a view of the feature layer's whole output,
+//!   class token included, kept whole), the activation, linear_2 — the ledger's linear
+//!   program, trained in full or through adapters;
+//! - the merge: `inputs_embeds.masked_scatter(special_image_mask, image_features)`
+//!   keeps the [b, s, 1] bool mask when the embeddings or the image features need a
+//!   gradient.
 //!
-//! Checked against `tests/data/oracle/vision.csv` (the trace probe's LLaVA-1.5 tower
-//! at depth 2 and 3, 1–2 images, eager/SDPA, no/non-reentrant checkpointing, tower and
-//! projector trained or the projector only) by `tests/it/oracle.rs`.
+//! Checked against `tests/data/oracle/vision.csv` (the tower and projector alone) by
+//! `tests/it/oracle.rs` and against whole LLaVA steps (`tests/data/trace/vlm.csv`) by
+//! `tests/it/trace.rs`.
 
-use crate::arch::{Activation, VisionSpec};
-use crate::runtime::torch::{layer, LedgerParams, Trainable};
-use crate::workload::Device;
+pub use crate::workload::VisionTrain;
 
-/// What trains on the vision side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VisionTrain {
-    /// Nothing: the tower and the projector are frozen (the LM's LoRA only).
-    Frozen,
-    /// The projector trains, the tower is frozen (LLaVA's stage-2 default).
-    Projector,
-    /// The tower and the projector train (full fine-tuning).
-    Full,
-}
+use crate::arch::params::projector_linears;
+use crate::arch::VisionSpec;
+use crate::runtime::torch::{layer, measure, Graph, LayerLedger, LedgerParams, Trainable};
+use crate::units::dtype::DType;
+use crate::workload::{Device, GradCkpt};
 
 /// The vision side's bytes alive after the forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -39,57 +40,176 @@ pub struct VisionLedger {
     pub embeddings: u64,
     /// One encoder layer (the tower's general layer).
     pub per_layer: u64,
+    /// The first encoder layer (differs under LoRA: its input needs no gradient).
+    pub first_layer: u64,
     /// Encoder layers whose graph reaches the features.
     pub layers: u64,
-    /// The projector's kept inputs.
+    /// The projector's kept tensors.
     pub projector: u64,
+    /// The merge's image-token mask (and a hooked embedding leaf, see [`merge`]).
+    pub merge: u64,
 }
 
 impl VisionLedger {
     pub fn total(&self) -> u64 {
-        self.embeddings + self.layers * self.per_layer + self.projector
+        let rest = self.layers.saturating_sub(1) * self.per_layer;
+        let first = if self.layers > 0 { self.first_layer } else { 0 };
+        self.embeddings + first + rest + self.projector + self.merge
     }
 }
 
+/// Whether the image features need a gradient (something on the vision side trains).
+pub fn features_require_grad(train: VisionTrain) -> bool {
+    train != VisionTrain::Frozen
+}
+
 /// The vision side of `images` images per sequence for the run `p` (its batch,
-/// precision, attention, checkpointing and device; its `trainable` is the LM's).
+/// sequence, precision, attention, checkpointing and device; its `trainable` is the
+/// language model's: LoRA's targets on the tower under [`VisionTrain::Lora`]).
+///
+/// Under gradient checkpointing transformers 5.24 also makes the tower's input
+/// require grad: `gradient_checkpointing_enable` calls `enable_input_require_grads`
+/// for every model whose `main_input_name` is `input_ids` (modeling_utils.py), which
+/// hooks the input embeddings of every `PreTrainedModel` inside — the language
+/// model's token embedding and the vision model's `patch_embedding`. A frozen
+/// convolution's output then becomes a leaf that requires grad (kept by the graph),
+/// pre_layrnorm keeps its input, each checkpointed tower layer its input, and the
+/// projector's activation its input, even with everything on the vision side frozen.
 pub fn saved(v: &VisionSpec, p: &LedgerParams, images: u64, train: VisionTrain) -> VisionLedger {
-    if train == VisionTrain::Frozen || images == 0 {
+    if images == 0 || !p.trainable.any() {
         return VisionLedger::default();
     }
+    let hooked = p.grad_ckpt != GradCkpt::None;
+    let mut out = VisionLedger {
+        merge: merge(v, p, train),
+        ..VisionLedger::default()
+    };
     let b = p.batch.saturating_mul(images);
     let t = v.tower_tokens();
     let h = v.tower.hidden;
     let d = p.precision.compute_dtype().size();
-    let tower_trains = train == VisionTrain::Full;
-    let mut out = VisionLedger::default();
-    if tower_trains {
-        // the convolution's input, pre_layrnorm's input and its mean / rstd (input
-        // dtype on the CPU, fp32 on CUDA)
-        let stat = match p.device {
-            Device::Cpu => d,
-            Device::Cuda => 4,
-        };
-        let pixels = b * v.channels * v.image_size * v.image_size * d;
-        out.embeddings = pixels + b * t * h * d + 2 * b * t * stat;
-        let tp = LedgerParams {
-            batch: b,
-            seq: t,
-            kv_len: t,
-            trainable: Trainable::All,
-            ..p.clone()
-        };
-        out.per_layer = layer(&v.tower, &tp, true).saved;
-        out.layers = v.feature_layers;
-    }
-    // the projector (trained in both modes): linear_1's input is a view of the feature
-    // layer's output, kept whole; what the activation keeps (gelu: its input;
-    // quick_gelu: its input and the sigmoid) and linear_2's input
-    let p_tokens = b * v.image_tokens();
-    let act_kept = match v.projector_act {
-        Activation::QuickGelu => 2,
-        _ => 1,
+    // pre_layrnorm's (and every LayerNorm's) mean / rstd: input dtype on the CPU,
+    // fp32 on CUDA
+    let stat = match p.device {
+        Device::Cpu => d,
+        Device::Cuda => 4,
     };
-    out.projector = b * t * h * d + (act_kept + 1) * p_tokens * v.projector_out * d;
+    let tp = LedgerParams {
+        batch: b,
+        seq: t,
+        kv_len: t,
+        trainable: match train {
+            VisionTrain::Lora => p.trainable.clone(),
+            VisionTrain::Full => Trainable::All,
+            VisionTrain::Frozen | VisionTrain::Projector => frozen_with_grad(),
+        },
+        ..p.clone()
+    };
+    if train == VisionTrain::Full || hooked {
+        // pre_layrnorm keeps its input and statistics; the convolution keeps its
+        // input, `pixel_values`, the batch's (like the input ids: not counted), or,
+        // frozen and hooked, its output is a leaf the graph keeps
+        out.embeddings = b * t * h * d + 2 * b * t * stat;
+        if train != VisionTrain::Full {
+            out.embeddings += b * v.patches() * h * d;
+        }
+    }
+    out.layers = v.feature_layers;
+    match train {
+        VisionTrain::Full => {
+            out.per_layer = layer(&v.tower, &tp, true).saved;
+            out.first_layer = out.per_layer;
+        }
+        VisionTrain::Lora => {
+            // frozen embeddings: the first layer's input needs a gradient only when
+            // hooked; a checkpointed layer saves its input either way (as the
+            // decoder's)
+            out.per_layer = layer(&v.tower, &tp, true).saved;
+            out.first_layer = layer(&v.tower, &tp, hooked).saved;
+            if p.grad_ckpt.is_full() {
+                out.first_layer = out.first_layer.max(out.per_layer);
+            }
+        }
+        VisionTrain::Frozen | VisionTrain::Projector => {
+            // frozen layers keep something only checkpointed with a hooked input:
+            // the checkpoint's input
+            if hooked {
+                out.per_layer = layer(&v.tower, &tp, true).saved;
+                out.first_layer = out.per_layer;
+            }
+        }
+    }
+    let features_rg = train != VisionTrain::Frozen || hooked;
+    if features_rg {
+        out.projector = projector(v, &tp, b, train, train != VisionTrain::Projector || hooked);
+    }
     out
+}
+
+/// Nothing trainable, but inputs that need a gradient (a frozen module on the path of
+/// a hooked input): a LoRA run whose targets match no linear.
+fn frozen_with_grad() -> Trainable {
+    Trainable::Lora {
+        rank: 1,
+        targets: crate::arch::LoraTargets::Names(Vec::new()),
+        adapter: crate::arch::Adapter::Lora,
+    }
+}
+
+/// The merge (`inputs_embeds.masked_scatter(special_image_mask, image_features)`):
+/// the [b, s, 1] bool mask, kept when the embeddings (trained, or hooked by
+/// `enable_input_require_grads` under checkpointing) or the image features need a
+/// gradient; and, with a frozen embedding under checkpointing, the embedding's output
+/// itself — a leaf that requires grad (the hook's `requires_grad_`), kept by the graph,
+/// which the scatter copies into a new first-layer input (a text model's first layer
+/// reads that leaf directly).
+fn merge(v: &VisionSpec, p: &LedgerParams, train: VisionTrain) -> u64 {
+    let embeds_rg = super::embedding_output_requires_grad(p);
+    let mask = if embeds_rg || features_require_grad(train) {
+        p.batch * p.seq * DType::Bool.size()
+    } else {
+        0
+    };
+    let leaf = if embeds_rg && !matches!(p.trainable, Trainable::All) {
+        p.batch * p.seq * v.projector_out * p.resid_dtype().size()
+    } else {
+        0
+    };
+    mask + leaf
+}
+
+/// What the projector keeps: linear_1 → activation → linear_2 as the ledger's linear
+/// program over the image tokens (trained in full, through adapters, or frozen with
+/// an input that needs a gradient; `x_rg`: the features need one), with the input's
+/// whole storage (class token included) when linear_1 keeps it.
+fn projector(v: &VisionSpec, tp: &LedgerParams, b: u64, train: VisionTrain, x_rg: bool) -> u64 {
+    let pp = LedgerParams {
+        batch: b,
+        seq: v.image_tokens(),
+        kv_len: v.image_tokens(),
+        trainable: match train {
+            VisionTrain::Lora => tp.trainable.clone(),
+            VisionTrain::Full | VisionTrain::Projector => Trainable::All,
+            VisionTrain::Frozen => frozen_with_grad(),
+        },
+        // the projector is not checkpointed (CLIPEncoder's layers are)
+        grad_ckpt: GradCkpt::None,
+        ..tp.clone()
+    };
+    let d = pp.precision.compute_dtype();
+    let [l1, l2] = projector_linears(v);
+    let mut g = Graph::new(&pp);
+    let x = g.input(v.tower.hidden, d, x_rg);
+    let y = g.linear(x, &l1);
+    let y = g.act(y, v.projector_act);
+    let y = g.linear(y, &l2);
+    let l: LayerLedger = measure(&g, y, &pp);
+    let input_kept = l.tensors.iter().any(|t| t.name == "layer input" && t.saved);
+    let cls = if input_kept && v.drop_cls {
+        // `selected_image_feature[:, 1:]` is a view: the class token's rows stay
+        b * v.tower.hidden * d.size()
+    } else {
+        0
+    };
+    l.saved + cls
 }
