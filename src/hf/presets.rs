@@ -59,6 +59,7 @@ const PRESETS: &[(&str, &str)] = &[
         "llama-3.3-70b-instruct",
         include_str!("presets/llama-3.3-70b-instruct.json"),
     ),
+    ("llava-1.5-7b", include_str!("presets/llava-1.5-7b.json")),
     (
         "meta-llama-3-8b",
         include_str!("presets/meta-llama-3-8b.json"),
@@ -226,7 +227,7 @@ pub struct PresetInfo {
     /// Parameters a token runs through ([`params::active`]: the total for a dense
     /// model; top-k routed experts per layer for an MoE, embedding and head counted).
     pub params_active: u64,
-    /// `dense`, `moe` or `hybrid` ([`kind_of`]).
+    /// `dense`, `moe`, `hybrid` or `vlm` ([`kind_of`]).
     pub kind: &'static str,
     /// The HF repo the config was published in (`_name_or_path`).
     pub hf_id: String,
@@ -234,11 +235,13 @@ pub struct PresetInfo {
     pub quantization: Option<String>,
 }
 
-/// `moe` (routed experts), `hybrid` (sliding-window and full-attention layers mixed),
-/// else `dense`.
+/// `vlm` (a vision tower in front), `moe` (routed experts), `hybrid` (sliding-window
+/// and full-attention layers mixed), else `dense`.
 pub fn kind_of(spec: &ModelSpec) -> &'static str {
     let sliding = spec.sliding_layer_count();
-    if spec.moe.is_some() {
+    if spec.vision.is_some() {
+        "vlm"
+    } else if spec.moe.is_some() {
         "moe"
     } else if sliding > 0 && sliding < spec.layers() {
         "hybrid"
@@ -301,7 +304,6 @@ const KNOWN_UNSUPPORTED: &[(&str, &str, &str)] = &[
         "GPTQ-quantized mixture-of-experts model",
     ),
     ("llama-3.2-11b-vision", "mllama", "vision-language model"),
-    ("llava-1.5-7b", "llava", "vision-language model"),
     ("qwen2-vl-2b-instruct", "qwen2_vl", "vision-language model"),
     ("minicpm-llama3-v-2_5", "minicpmv", "vision-language model"),
     ("qwen-vl", "qwen", "vision-language model"),

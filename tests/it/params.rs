@@ -224,7 +224,7 @@ fn every_preset_parses_and_matches_its_name() {
         assert!(c.total > 0, "{name}");
         assert_eq!(
             c.total,
-            c.embedding + c.lm_head + c.decoder_layers + c.other
+            c.embedding + c.lm_head + c.decoder_layers + c.other + c.vision
         );
         let by_group: u64 = spec
             .groups
