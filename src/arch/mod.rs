@@ -495,6 +495,10 @@ pub struct MoeSpec {
     /// gpt-oss's clamped SwiGLU on interleaved gate/up channels
     /// (`GptOssExperts._apply_gate`) instead of `act(gate) * up`.
     pub clamped_swiglu: bool,
+    /// Routed experts held on this rank under expert parallelism (`experts / ep`;
+    /// `None`: all). The router still scores all `experts`.
+    #[serde(default)]
+    pub local_experts: Option<u64>,
 }
 
 /// A router's scoring and selection (transformers 5.24).
@@ -592,6 +596,12 @@ impl MlaSpec {
 }
 
 impl MoeSpec {
+    /// Routed experts whose parameters this rank holds (all but under expert
+    /// parallelism).
+    pub fn experts_here(&self) -> u64 {
+        self.local_experts.unwrap_or(self.experts)
+    }
+
     /// Parameters of one routed expert (its gate/up and down slices, and their biases).
     pub fn expert_params(&self, hidden: u64) -> u64 {
         let bias = if self.biases {
@@ -946,7 +956,7 @@ impl ModelSpec {
             };
             // routed experts: one slice of the fused parameter per expert
             let copies = match slot.role {
-                ExpertGateUp | ExpertDown => self.moe.map_or(slot.copies, |m| m.experts),
+                ExpertGateUp | ExpertDown => self.moe.map_or(slot.copies, |m| m.experts_here()),
                 _ => slot.copies,
             };
             let parameter = matches!(slot.role, Router | ExpertGateUp | ExpertDown);

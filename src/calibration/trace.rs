@@ -102,6 +102,8 @@ impl TraceRow {
             // tests/it/trace.rs)
             images: 0,
             vision: crate::workload::VisionTrain::Frozen,
+            ep: 1,
+            moe_imbalance: 1.0,
             batch: self.batch,
             // prompt tuning: peft prepends the probe's PROMPT_TOKENS virtual tokens
             seq: self.seq + self.virtual_tokens(),

@@ -209,6 +209,17 @@ pub fn estimate_layout(
             "{m} micro-batches per flush with {pp} pipeline stages leaves the pipeline mostly idle; use --micro-batches >= {pp}"
         ));
     }
+    if layout.ep > 1 {
+        if let Some(m) = spec.moe {
+            warnings.push(format!(
+                "expert parallelism over {} ranks: each holds {} of the {} routed experts of every MoE layer and sends and receives its (token, expert) rows by all-to-all (Megatron-Core's alltoall dispatcher); the busiest rank receives {}x the balanced share (--moe-imbalance; 1 assumes perfectly balanced routing)",
+                layout.ep,
+                m.experts / layout.ep,
+                m.experts,
+                w.moe_imbalance
+            ));
+        }
+    }
     if w.task != Task::Train {
         return serving_estimate(spec, w, ov, layout, corr, warnings);
     }
@@ -305,6 +316,7 @@ fn serving_estimate(
             0
         },
         params_trainable: 0,
+        ep: 1,
     };
     let e = estimate::simulate(spec, w, ov, corr, Some(&view))?;
     let ms = e.components_at_peak.weights.get();
@@ -399,6 +411,7 @@ pub fn rank_view(
         outside_extra: groups * layout.buffers.nccl_per_group.get(),
         params_trainable: s.trainable,
         local: s.local,
+        ep: layout.ep,
     })
 }
 
@@ -458,7 +471,13 @@ impl Stage {
         let start: u64 = layout.stage_layers(spec.layers())[..stage as usize]
             .iter()
             .sum();
-        let local = tp_local(spec, layout.tp, start, layers);
+        let mut local = tp_local(spec, layout.tp, start, layers);
+        if layout.ep > 1 {
+            // expert parallelism: this rank's share of every MoE layer's routed experts
+            if let Some(m) = local.moe.as_mut() {
+                m.local_experts = Some(m.experts / layout.ep);
+            }
+        }
         let mut one = local.clone();
         one.set_layers(1);
         let counts = params::count(&one);

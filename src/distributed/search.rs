@@ -101,6 +101,8 @@ pub struct Candidate {
     pub tp: u64,
     pub pp: u64,
     pub cp: u64,
+    /// Expert-parallel degree (MoE training with replicated states; 1 otherwise).
+    pub ep: u64,
     /// Megatron sequence parallelism (on whenever tp > 1 in the searched space).
     pub sequence_parallel: bool,
     pub sharding: Sharding,
@@ -148,8 +150,9 @@ fn ckpt_rank(c: GradCkpt) -> u8 {
 }
 
 /// What a rank's activation ledger depends on: precision, master weights, tp,
-/// sequence-parallel split, cp, checkpointing, micro-batch.
-type LedgerKey = (&'static str, bool, u64, u64, u64, u8, u64);
+/// sequence-parallel split, cp, ep (local experts, all-to-all rows), checkpointing,
+/// micro-batch.
+type LedgerKey = (&'static str, bool, u64, u64, u64, u64, u8, u64);
 
 /// Exact peak evaluations with cached activation ledgers.
 pub struct Evaluator<'a> {
@@ -197,6 +200,7 @@ impl<'a> Evaluator<'a> {
                 layout.tp,
                 v.sp_div,
                 layout.cp,
+                layout.ep,
                 ckpt_rank(w.grad_ckpt),
                 w.batch,
             );
@@ -242,11 +246,13 @@ impl<'a> Evaluator<'a> {
 }
 
 /// The layout of one point of the space (sequence parallelism on whenever tp > 1).
+#[allow(clippy::too_many_arguments)]
 fn layout_of(
     dp: u64,
     tp: u64,
     pp: u64,
     cp: u64,
+    ep: u64,
     sh: Sharding,
     off: Offload,
     grad_accum: u64,
@@ -256,6 +262,7 @@ fn layout_of(
         tp,
         pp,
         cp,
+        ep,
         sequence_parallel: tp > 1,
         zero: match sh {
             Sharding::Zero1 => 1,
@@ -324,10 +331,18 @@ pub fn layouts(spec: &ModelSpec, w: &Workload, world: u64) -> Vec<(Layout, Shard
                         Sharding::FsdpFull => &[Offload::None, Offload::OptimizerAndParams],
                         _ => &[Offload::None],
                     };
+                    // expert parallelism over the data-parallel ranks (MoE, replicated
+                    // states: what Layout::validate accepts)
+                    let eps: Vec<u64> = match spec.moe {
+                        Some(_) if sh == Sharding::Ddp => divisors_pow2(dp, dp),
+                        _ => vec![1],
+                    };
                     for &off in offloads {
-                        let layout = layout_of(dp, tp, pp, cp, sh, off, w.grad_accum);
-                        if layout.validate(spec, w).is_ok() {
-                            out.push((layout, sh, off));
+                        for &ep in &eps {
+                            let layout = layout_of(dp, tp, pp, cp, ep, sh, off, w.grad_accum);
+                            if layout.validate(spec, w).is_ok() {
+                                out.push((layout, sh, off));
+                            }
                         }
                     }
                 }
@@ -379,8 +394,15 @@ pub fn plan(spec: &ModelSpec, w: &Workload, ov: &Overheads, q: &PlanQuery) -> Re
     Ok(PlanResult {
         precision: precision.clone(),
         space: format!(
-            "world ≤ {} GPUs (powers of two and {}); tp ∈ {{1,2,4,8}} with sequence parallelism; pp | world/tp, ≤ 16; cp ∈ {{1,2,4,8}}; dp = rest; ddp, dist-opt, zero1 (+ zero2, zero3, fsdp-full, fsdp-grad-op without pp); offload none/optimizer/+params; grad-ckpt none/selective/full; micro-batch 1..={}",
-            q.gpus, q.gpus, q.max_batch
+            "world ≤ {} GPUs (powers of two and {}); tp ∈ {{1,2,4,8}} with sequence parallelism; pp | world/tp, ≤ 16; cp ∈ {{1,2,4,8}}; dp = rest; ddp, dist-opt, zero1 (+ zero2, zero3, fsdp-full, fsdp-grad-op without pp); {}offload none/optimizer/+params; grad-ckpt none/selective/full; micro-batch 1..={}",
+            q.gpus,
+            q.gpus,
+            if ev.spec.moe.is_some() {
+                "ep ∈ powers of two dividing dp and the experts (with ddp); "
+            } else {
+                ""
+            },
+            q.max_batch
         ),
         cost: COST,
         layouts_considered: considered,
@@ -454,6 +476,7 @@ fn evaluate_space(ev: &mut Evaluator, w: &Workload, q: &PlanQuery) -> (Vec<Candi
                     tp: layout.tp,
                     pp: layout.pp,
                     cp: layout.cp,
+                    ep: layout.ep,
                     sequence_parallel: layout.sequence_parallel,
                     sharding: sh,
                     offload: off,
@@ -511,6 +534,7 @@ fn longest(
                 c.tp,
                 c.pp,
                 c.cp,
+                c.ep,
                 c.sharding,
                 c.offload,
                 ckpt_rank(c.grad_ckpt),
@@ -523,7 +547,16 @@ fn longest(
             ws.batch = 1;
             ws.seq_len = seq;
             ws.grad_ckpt = c.grad_ckpt;
-            let layout = layout_of(c.dp, c.tp, c.pp, c.cp, c.sharding, c.offload, w.grad_accum);
+            let layout = layout_of(
+                c.dp,
+                c.tp,
+                c.pp,
+                c.cp,
+                c.ep,
+                c.sharding,
+                c.offload,
+                w.grad_accum,
+            );
             estimate_layout(spec, &ws, ov, &layout, &Correction::IDENTITY)
                 .ok()
                 .map(|d| d.worst().estimate.peak.device.get())
@@ -600,6 +633,7 @@ fn plan_serving(
                 tp,
                 pp: 1,
                 cp: 1,
+                ep: 1,
                 sequence_parallel: false,
                 sharding: Sharding::Ddp,
                 offload: Offload::None,

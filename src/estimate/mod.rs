@@ -97,6 +97,8 @@ fn ledger_params(
         lora_dropout: w.method.lora().map_or(0.0, |l| l.dropout),
         litgpt: w.implementation == crate::workload::Implementation::Litgpt,
         images: if trainable.any() { w.images } else { 0 },
+        ep: 1,
+        moe_imbalance: w.moe_imbalance,
         // resolved against the model by the callers that have it (rank_ledger_params)
         vision: w.vision.unwrap_or(crate::workload::VisionTrain::Frozen),
         sp_div: 1,
@@ -203,6 +205,8 @@ pub struct RankView {
     pub outside_extra: u64,
     /// Trainable parameters held by this rank before data-parallel sharding.
     pub params_trainable: u64,
+    /// Expert-parallel degree (1: off; `local` then holds experts / ep).
+    pub ep: u64,
 }
 
 impl RankView {
@@ -269,6 +273,7 @@ impl RankView {
             in_allocator_extra: 0,
             outside_extra: 0,
             params_trainable,
+            ep: 1,
         })
     }
 }
@@ -377,7 +382,14 @@ pub fn estimate_corrected(
         Task::Train => Some(RankView::single(spec, w)?),
         Task::Infer => None,
     };
-    simulate(spec, w, ov, corr, view.as_ref())
+    let mut e = simulate(spec, w, ov, corr, view.as_ref())?;
+    if w.moe_imbalance != 1.0 {
+        e.warnings.push(format!(
+            "--moe-imbalance {} has no effect on one GPU: transformers 5.24 runs the experts with grouped_mm over all (token, expert) rows, whose bytes do not depend on the routing; it applies to the busiest rank under --ep > 1",
+            w.moe_imbalance
+        ));
+    }
+    Ok(e)
 }
 
 /// The model as `w`'s implementation instantiates it: litgpt never ties the output
@@ -725,6 +737,7 @@ pub fn rank_ledger_params(w: &Workload, v: &RankView) -> LedgerParams {
     lp.vision = w
         .vision_train(&v.local)
         .unwrap_or(crate::workload::VisionTrain::Frozen);
+    lp.ep = v.ep;
     lp
 }
 

@@ -1114,6 +1114,7 @@ fn moe(c: &Cfg, family: Family) -> Result<ModelSpec> {
         shared_gate: shared_expert.is_some(),
         biases: false,
         clamped_swiglu: false,
+        local_experts: None,
     });
     Ok(s)
 }
@@ -1458,6 +1459,7 @@ fn deepseek(c: &Cfg, family: Family) -> Result<ModelSpec> {
         shared_gate: false,
         biases: false,
         clamped_swiglu: false,
+        local_experts: None,
     });
     let layers = s.layers();
     let dense = first_dense.min(layers);
@@ -1519,6 +1521,7 @@ fn gpt_oss(c: &Cfg) -> Result<ModelSpec> {
         shared_gate: false,
         biases: true,
         clamped_swiglu: true,
+        local_experts: None,
     });
     Ok(s)
 }

@@ -360,12 +360,13 @@ fn write_serving(s: &mut String, r: &PlanResult) {
 fn write_training(s: &mut String, r: &PlanResult) {
     let _ = writeln!(
         s,
-        "  {:>4} {:>4} {:>4} {:>4} {:>4} {:>3}  {:<13} {:<20} {:<10} {:>6} {:>10} {:>14}",
+        "  {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>3}  {:<13} {:<20} {:<10} {:>6} {:>10} {:>14}",
         "gpus",
         "dp",
         "tp",
         "pp",
         "cp",
+        "ep",
         "sp",
         "sharding",
         "offload",
@@ -377,12 +378,13 @@ fn write_training(s: &mut String, r: &PlanResult) {
     for c in &r.fits {
         let _ = writeln!(
             s,
-            "  {:>4} {:>4} {:>4} {:>4} {:>4} {:>3}  {:<13} {:<20} {:<10} {:>6} {:>10.2} {:>14}",
+            "  {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>3}  {:<13} {:<20} {:<10} {:>6} {:>10.2} {:>14}",
             c.world,
             c.dp,
             c.tp,
             c.pp,
             c.cp,
+            c.ep,
             if c.sequence_parallel { "on" } else { "-" },
             c.sharding.as_str(),
             c.offload.as_str(),
@@ -419,7 +421,7 @@ fn write_training(s: &mut String, r: &PlanResult) {
 /// One candidate's layout in words, shared by the two training headline answers.
 fn layout_words(c: &Candidate) -> String {
     format!(
-        "dp {} tp {}{} pp {} cp {}, {}, grad-ckpt {}, {:.2} GiB",
+        "dp {} tp {}{} pp {} cp {}{}, {}, grad-ckpt {}, {:.2} GiB",
         c.dp,
         c.tp,
         if c.sequence_parallel {
@@ -429,6 +431,11 @@ fn layout_words(c: &Candidate) -> String {
         },
         c.pp,
         c.cp,
+        if c.ep > 1 {
+            format!(" ep {}", c.ep)
+        } else {
+            String::new()
+        },
         c.sharding.as_str(),
         c.grad_ckpt.as_str(),
         c.peak_bytes.gib()

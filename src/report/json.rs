@@ -116,10 +116,10 @@
 //! model
 //! result{
 //!   cost,evaluations,
-//!   fits[{cp,dp,grad_ckpt,host_bytes_per_node,max_micro_batch,
+//!   fits[{cp,dp,ep,grad_ckpt,host_bytes_per_node,max_micro_batch,
 //!     max_micro_batch_at_search_limit,offload,peak_bytes,pp,sequence_parallel,
 //!     sharding,tp,world}]
-//!   largest_micro_batch{cp,dp,grad_ckpt,host_bytes_per_node,max_micro_batch,
+//!   largest_micro_batch{cp,dp,ep,grad_ckpt,host_bytes_per_node,max_micro_batch,
 //!     max_micro_batch_at_search_limit,offload,peak_bytes,pp,sequence_parallel,
 //!     sharding,tp,world}                # null when nothing fits
 //!   layouts_considered,
@@ -144,10 +144,10 @@
 //! model
 //! result{
 //!   cost,evaluations,
-//!   fits[{cp,dp,grad_ckpt,host_bytes_per_node,max_micro_batch,
+//!   fits[{cp,dp,ep,grad_ckpt,host_bytes_per_node,max_micro_batch,
 //!     max_micro_batch_at_search_limit,offload,peak_bytes,pp,sequence_parallel,
 //!     sharding,tp,world}]
-//!   largest_micro_batch{cp,dp,grad_ckpt,host_bytes_per_node,max_micro_batch,
+//!   largest_micro_batch{cp,dp,ep,grad_ckpt,host_bytes_per_node,max_micro_batch,
 //!     max_micro_batch_at_search_limit,offload,peak_bytes,pp,sequence_parallel,
 //!     sharding,tp,world}
 //!   layouts_considered,
@@ -485,6 +485,7 @@ fn candidate(c: &Candidate) -> wire::Candidate {
     wire::Candidate {
         cp: c.cp,
         dp: c.dp,
+        ep: c.ep,
         grad_ckpt: c.grad_ckpt.as_str(),
         host_bytes_per_node: c.host_bytes_per_node.map(|b| b.get()),
         max_micro_batch: c.max_micro_batch,

@@ -290,6 +290,8 @@ pub(crate) struct PlanResult<'a> {
 pub(crate) struct Candidate {
     pub cp: u64,
     pub dp: u64,
+    /// Expert-parallel degree (1 but for a mixture-of-experts layout).
+    pub ep: u64,
     pub grad_ckpt: &'static str,
     /// Host memory per node of an offload layout; null without offload.
     pub host_bytes_per_node: Option<u64>,

@@ -114,6 +114,11 @@ pub struct LedgerParams {
     /// `seq`; 0: text only) and what trains on the vision side ([`vision::saved`]).
     pub images: u64,
     pub vision: VisionTrain,
+    /// Expert parallelism: the routed experts are spread over `ep` ranks and each
+    /// (token, expert) row travels to its expert's rank and back (1: off), and the
+    /// busiest rank receives `moe_imbalance` × the balanced share of rows.
+    pub ep: u64,
+    pub moe_imbalance: f64,
 }
 
 impl LedgerParams {
@@ -166,6 +171,8 @@ impl LedgerParams {
             compile: false,
             images: 0,
             vision: VisionTrain::Frozen,
+            ep: 1,
+            moe_imbalance: 1.0,
         }
     }
 
@@ -1823,6 +1830,30 @@ impl Graph<'_> {
         let n_rg = self.rg(n);
         self.save_if(rows, n_rg);
         let xg = self.out("expert rows (gathered)", s * h, cd, n_rg, Kind::Other);
+        // expert parallelism (Megatron-Core `MoEAlltoAllTokenDispatcher`: permute →
+        // all_to_all → experts → all_to_all → unpermute): the rows go to their
+        // experts' ranks; the busiest rank receives `moe_imbalance` × its balanced
+        // share (each rank sends and receives t·k rows when balanced), and its local
+        // experts run on those
+        let ep = self.p.ep > 1;
+        let rs = if ep {
+            ((s as f64) * self.p.moe_imbalance).ceil() as u64
+        } else {
+            s
+        };
+        let xg = if ep {
+            self.begin(&[xg]);
+            self.out(
+                "expert rows (all-to-all received)",
+                rs * h,
+                cd,
+                n_rg,
+                Kind::Other,
+            )
+        } else {
+            xg
+        };
+        let e_here = moe.experts_here();
         self.begin(&[weights, perm]);
         self.save_if(perm, w_rg);
         let wg = self.out("expert weights (gathered)", s, wd, w_rg, Kind::Other);
@@ -1832,9 +1863,9 @@ impl Graph<'_> {
             Device::Cuda => DType::I32,
         };
         self.begin(&[_sorted]);
-        let ids_cast = self.out("expert ids (histc input)", s, ids_dt, false, Kind::Other);
-        let hist = self.unary_plain("tokens per expert", ids_cast, e, DType::F32);
-        let offs = self.unary_plain("expert offsets", hist, e, DType::I32);
+        let ids_cast = self.out("expert ids (histc input)", rs, ids_dt, false, Kind::Other);
+        let hist = self.unary_plain("tokens per expert", ids_cast, e_here, DType::F32);
+        let offs = self.unary_plain("expert offsets", hist, e_here, DType::I32);
         // grouped_mm with the fused gate/up parameter (input cast to its dtype); under
         // ParamWrapper LoRA each expert stack is rebuilt first (`_LoraFactorsProxy`:
         // `baddbmm(W, lhs.to(W.dtype), rhs.to(W.dtype))`, keeping both factors' copies),
@@ -1849,7 +1880,7 @@ impl Graph<'_> {
                 let (i, o) = (lin.in_features, lin.out_features);
                 self.begin(&[]);
                 self.param_grads
-                    .push((self.op, r * e * (i + o) * ad.size()));
+                    .push((self.op, r * e_here * (i + o) * ad.size()));
                 let (lhs, rhs) = if ad == pd {
                     (
                         self.out("lora_B view", 0, pd, true, Kind::Other),
@@ -1857,8 +1888,8 @@ impl Graph<'_> {
                     )
                 } else {
                     (
-                        self.out("lora_B cast", e * o * r, pd, true, Kind::Other),
-                        self.out("lora_A cast", e * r * i, pd, true, Kind::Other),
+                        self.out("lora_B cast", e_here * o * r, pd, true, Kind::Other),
+                        self.out("lora_A cast", e_here * r * i, pd, true, Kind::Other),
                     )
                 };
                 self.begin(&[lhs, rhs]);
@@ -1866,7 +1897,7 @@ impl Graph<'_> {
                 self.save(rhs);
                 merged.push(self.out(
                     "expert stack + delta (baddbmm)",
-                    e * i * o,
+                    e_here * i * o,
                     pd,
                     true,
                     Kind::Matmul,
@@ -1882,7 +1913,7 @@ impl Graph<'_> {
             offs,
             merged.first().copied(),
             &gu_lin,
-            s * 2 * ie,
+            rs * 2 * ie,
             experts_trained,
             bias_ids,
         );
@@ -1893,9 +1924,9 @@ impl Graph<'_> {
             // and the sigmoid; (up + 1) * glu keeps both factors
             self.begin(&[gu]);
             self.save_if(gu, gu_rg);
-            let gate = self.out("gate.clamp(max)", s * ie, pd, gu_rg, Kind::Other);
+            let gate = self.out("gate.clamp(max)", rs * ie, pd, gu_rg, Kind::Other);
             self.begin(&[gu]);
-            let up = self.out("up.clamp(-l, l)", s * ie, pd, gu_rg, Kind::Other);
+            let up = self.out("up.clamp(-l, l)", rs * ie, pd, gu_rg, Kind::Other);
             let ga = self.scalar_mul("gate * alpha", gate);
             let sig = self.unary_save_out("sigmoid", ga, pd);
             let glu = self.mul("gate * sigmoid", gate, sig);
@@ -1905,10 +1936,10 @@ impl Graph<'_> {
             // act(gate) * up on the two views of gu
             self.begin(&[gu]);
             self.save_if(gu, gu_rg);
-            let a = self.out("experts act(gate)", s * ie, pd, gu_rg, Kind::Other);
+            let a = self.out("experts act(gate)", rs * ie, pd, gu_rg, Kind::Other);
             self.begin(&[gu, a]);
             self.save_if(a, gu_rg);
-            self.out("experts act*up", s * ie, pd, gu_rg, Kind::Other)
+            self.out("experts act*up", rs * ie, pd, gu_rg, Kind::Other)
         };
         let down = self.grouped_mm(
             "experts down (grouped_mm)",
@@ -1916,10 +1947,24 @@ impl Graph<'_> {
             offs,
             merged.get(1).copied(),
             &d_lin,
-            s * h,
+            rs * h,
             experts_trained,
             bias_ids,
         );
+        // the rows back to the ranks their tokens live on
+        let down = if ep {
+            let d_rg = self.rg(down);
+            self.begin(&[down]);
+            self.out(
+                "expert outputs (all-to-all returned)",
+                s * h,
+                pd,
+                d_rg,
+                Kind::Other,
+            )
+        } else {
+            down
+        };
         // * routing weights (keeps both), restore the order, sum over k
         let weighted = self.mul("experts * weights", down, wg);
         self.begin(&[perm]);

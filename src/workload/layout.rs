@@ -269,10 +269,42 @@ impl Layout {
     /// candle runtime is single-device, serving takes only tp and replicas.
     fn check_task(&self, spec: &ModelSpec, w: &Workload) -> Result<()> {
         if self.ep > 1 {
-            return layout(format!(
-                "--ep {} needs a mixture-of-experts model; {} is dense (MoE models come in a later version), use --ep 1",
-                self.ep, spec.name
-            ));
+            let Some(m) = spec.moe else {
+                return layout(format!(
+                    "--ep {} needs a mixture-of-experts model; {} is dense, use --ep 1",
+                    self.ep, spec.name
+                ));
+            };
+            if w.task != Task::Train {
+                return layout(format!(
+                    "--ep {} is modelled for training; serving (--task infer) takes --tp and --dp",
+                    self.ep
+                ));
+            }
+            if !self.dp.is_multiple_of(self.ep) {
+                return layout(format!(
+                    "--ep {} must divide --dp {}: expert-parallel ranks are carved out of the data-parallel ones (Megatron-Core's expert_model_parallel_size)",
+                    self.ep, self.dp
+                ));
+            }
+            if !m.experts.is_multiple_of(self.ep) {
+                return layout(format!(
+                    "--ep {} must divide the {} routed experts of {}",
+                    self.ep, m.experts, spec.name
+                ));
+            }
+            if self.zero > 0 || self.fsdp.is_some() || self.distributed_optimizer {
+                return layout(format!(
+                    "--ep {} with ZeRO, FSDP or the distributed optimizer: their sharding of the expert parameters over the expert-data-parallel group (dp / ep) is not modelled yet; expert parallelism is modelled with replicated states (DDP / Megatron without --distributed-optimizer)",
+                    self.ep
+                ));
+            }
+            if w.moe_imbalance > self.ep as f64 {
+                return layout(format!(
+                    "--moe-imbalance {} above --ep {}: the busiest rank cannot receive more than every rank's rows",
+                    w.moe_imbalance, self.ep
+                ));
+            }
         }
         if w.runtime == crate::workload::Runtime::Candle && self.is_distributed() {
             return layout("the candle runtime runs the probe on one device; use --runtime torch for distributed layouts".into());

@@ -337,6 +337,10 @@ pub struct Workload {
     /// Vision-language models: what trains on the vision side (`--vision`; `None`: the
     /// method's default, [`Workload::vision_train`]).
     pub vision: Option<VisionTrain>,
+    /// Mixture-of-experts under expert parallelism: the busiest rank receives this
+    /// many times the balanced share of (token, expert) rows (`--moe-imbalance`, ≥ 1;
+    /// 1 = perfectly balanced routing).
+    pub moe_imbalance: f64,
     pub infer: InferConfig,
 }
 
@@ -363,6 +367,7 @@ impl Default for Workload {
             compile: false,
             images: 1,
             vision: None,
+            moe_imbalance: 1.0,
             infer: InferConfig {
                 prompt_len: 1024,
                 gen_len: 256,
@@ -504,6 +509,14 @@ impl Workload {
     pub fn validate(&self, spec: &ModelSpec) -> Result<()> {
         self.check_sizes()?;
         self.check_vision(spec)?;
+        let f = self.moe_imbalance;
+        if !(f.is_finite() && (1.0..=1024.0).contains(&f)) {
+            return Err(Error::invalid(
+                "moe_imbalance",
+                f,
+                "a factor between 1 (balanced routing) and 1024: the busiest expert-parallel rank's rows over the balanced share",
+            ));
+        }
         self.check_largest_tensor(spec)?;
         if spec.attn_sinks && self.attn == Attn::Sdpa {
             // modeling_gpt_oss.py `_supports_sdpa = False`: from_pretrained refuses it
@@ -557,6 +570,13 @@ impl Workload {
                 "images",
                 self.images,
                 format!("an integer in 0..={MAX_IMAGES}"),
+            ));
+        }
+        if self.runtime == Runtime::Candle {
+            return Err(Error::invalid(
+                "runtime",
+                format!("candle for the vision-language model {}", spec.name),
+                "torch (the candle probe's models have no vision tower)",
             ));
         }
         let train = self.vision_train(spec).unwrap_or(VisionTrain::Frozen);

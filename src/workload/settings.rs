@@ -500,7 +500,8 @@ settings! {
     tp: u64 => "--tp" Value, "Tensor-parallel degree (Megatron column/row parallel linears, vocab-parallel head).";
     pp: u64 => "--pp" Value, "Pipeline-parallel stages (1F1B).";
     cp: u64 => "--cp" Value, "Context-parallel degree (sequence split across ranks, ring attention).";
-    ep: u64 => "--ep" Value, "Expert-parallel degree (MoE only; dense models need 1).";
+    ep: u64 => "--ep" Value, "Expert-parallel degree (MoE training; a divisor of --dp and of the routed experts): each rank holds experts/ep of every MoE layer's routed experts and exchanges the (token, expert) rows with all-to-all (Megatron-Core's alltoall dispatcher).";
+    moe_imbalance: f64 => "--moe-imbalance" Value, "With --ep > 1: the busiest rank receives this many times the balanced share of routed rows (default 1: balanced; at most --ep).";
     vpp: u64 => "--vpp" Value, "Virtual pipeline stages per rank (interleaved 1F1B).";
     sequence_parallel: bool => "--sequence-parallel" Switch(true), "Megatron sequence parallelism (with --tp > 1).";
     zero: ZeroStage => "--zero" Value, "DeepSpeed ZeRO stage: 0 | 1 | 2 | 3.";
@@ -1068,6 +1069,7 @@ impl Settings {
             activation_offload: self.activation_offload.unwrap_or(false),
             compile: self.compile.unwrap_or(false),
             images: self.images.unwrap_or(d.images),
+            moe_imbalance: self.moe_imbalance.unwrap_or(d.moe_imbalance),
             vision: self.vision,
             infer: InferConfig {
                 prompt_len: self.prompt_len.unwrap_or(d.infer.prompt_len),

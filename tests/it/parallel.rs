@@ -594,3 +594,131 @@ fn tensor_parallel_serving_splits_weights_and_kv_cache() {
     .to_string();
     assert!(e.contains("serving") && e.contains("--tp"), "{e}");
 }
+
+/// Expert parallelism (`--ep`): each rank holds experts / ep of every MoE layer's
+/// routed experts (the router, attention, shared parts and embeddings replicated), so
+/// a DDP rank's model states are (dense + routed / ep) × 2 (bf16 weights) + grads +
+/// AdamW's two states, exactly; and the (token, expert) rows the busiest rank
+/// receives scale by `--moe-imbalance`: every tensor of the expert MLP — the received
+/// rows (h), the gate/up output (2·ie), act(gate) (ie), act·up (ie) — per extra row,
+/// h + 4·ie elements of bf16 (Megatron-Core's alltoall dispatcher; transformers' fused
+/// experts behind it).
+#[test]
+fn expert_parallelism_shards_the_routed_experts_and_scales_the_busiest_rank() {
+    use llm_mem::runtime::torch::{layer, LedgerParams, Trainable};
+    use llm_mem::workload::{Attn, Device, GradCkpt, Precision};
+    let spec = preset("mixtral-8x7b-v0.1");
+    let moe = spec.moe.unwrap();
+    let c = llm_mem::arch::params::count(&spec);
+    let routed: u64 = spec.sum_over_layers(|l| {
+        if matches!(
+            l.role,
+            llm_mem::arch::LinearRole::ExpertGateUp | llm_mem::arch::LinearRole::ExpertDown
+        ) {
+            l.params()
+        } else {
+            0
+        }
+    });
+    let mut checked = 0;
+    for ep in [2u64, 4, 8] {
+        let w = workload(
+            &spec,
+            Settings::from_flags(&[("seq_len", "512"), ("grad_ckpt", "full")]).unwrap(),
+        );
+        let layout = Layout {
+            dp: 8,
+            ep,
+            ..Layout::default()
+        };
+        let per_rank = c.total - routed + routed / ep;
+        // bf16 weights and gradients, AdamW's two bf16 states (no master copy)
+        assert_eq!(
+            model_states(&spec, &w, &layout),
+            per_rank * (2 + 2 + 4),
+            "ep {ep}"
+        );
+        checked += 1;
+    }
+    // the ledger: balanced all-to-all keeps each rank's row count; F × the rows on
+    // the busiest rank adds (F − 1)·t·k rows of h + 4·ie bf16 elements to a layer
+    let p = |ep: u64, f: f64| LedgerParams {
+        ep,
+        moe_imbalance: f,
+        ..LedgerParams::plain(
+            1,
+            512,
+            Precision::Bf16,
+            Attn::Sdpa,
+            GradCkpt::None,
+            Device::Cuda,
+            Trainable::All,
+        )
+    };
+    let mut local = spec.clone();
+    local.moe.as_mut().unwrap().local_experts = Some(moe.experts / 2);
+    // the grouped_mm offsets (int32, kept) cover the local experts only
+    let base = layer(&spec, &p(1, 1.0), true).saved - (moe.experts / 2) * 4;
+    assert_eq!(layer(&local, &p(2, 1.0), true).saved, base);
+    let rows = 512 * moe.top_k; // t·k
+    for f in [1.5f64, 2.0] {
+        let extra = ((rows as f64 * f).ceil() as u64 - rows)
+            * (spec.hidden + 4 * moe.expert_intermediate)
+            * 2;
+        assert_eq!(layer(&local, &p(2, f), true).saved, base + extra, "F {f}");
+        checked += 1;
+    }
+    assert_eq!(checked, 5);
+}
+
+/// What expert parallelism does not fit is refused by name: a dense model, ep not
+/// dividing dp or the experts, a sharded recipe, an imbalance above ep; and
+/// `--moe-imbalance` on one GPU is a no-op that says so.
+#[test]
+fn expert_parallel_layouts_that_do_not_fit_are_refused() {
+    let moe = preset("mixtral-8x7b-v0.1");
+    let dense = preset("llama-3.1-8b");
+    let w = workload(&moe, Settings::from_flags(&[("seq_len", "512")]).unwrap());
+    let lay = |dp: u64, ep: u64| Layout {
+        dp,
+        ep,
+        ..Layout::default()
+    };
+    let err = |spec: &ModelSpec, w: &Workload, l: &Layout| {
+        estimate_layout(spec, w, &Overheads::none(), l, &Correction::IDENTITY)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(
+        &dense,
+        &workload(&dense, Settings::from_flags(&[]).unwrap()),
+        &lay(2, 2)
+    )
+    .contains("needs a mixture-of-experts model"));
+    assert!(err(&moe, &w, &lay(6, 4)).contains("must divide --dp 6"));
+    assert!(err(&moe, &w, &lay(32, 16)).contains("must divide the 8 routed experts"));
+    let z = Layout {
+        zero: 2,
+        ..lay(8, 2)
+    };
+    assert!(err(&moe, &w, &z).contains("not modelled yet"));
+    let wi = workload(
+        &moe,
+        Settings::from_flags(&[("seq_len", "512"), ("moe_imbalance", "3")]).unwrap(),
+    );
+    assert!(err(&moe, &wi, &lay(8, 2)).contains("--moe-imbalance 3 above --ep 2"));
+    let e = llm_mem::estimate::estimate(&moe, &wi, &Overheads::none()).unwrap();
+    assert!(
+        e.warnings
+            .iter()
+            .any(|w| w.contains("no effect on one GPU")),
+        "{:?}",
+        e.warnings
+    );
+    let s = Settings::from_flags(&[("moe_imbalance", "0.5")]).unwrap();
+    let bad = s.build(&moe).unwrap_err().to_string();
+    assert!(
+        bad.contains("moe-imbalance") && bad.contains("between 1"),
+        "{bad}"
+    );
+}

@@ -352,8 +352,17 @@ fn config(c: &Case, batch: u64, seq: u64, ckpt: &str) -> Settings {
     if infer {
         pairs.extend([("concurrency", b.as_str()), ("prompt_len", s.as_str())]);
     }
-    if c.method != "full" && preset(c.preset).moe.is_some() {
+    let spec = preset(c.preset);
+    if c.method != "full" && spec.moe.is_some() {
         pairs.push(("lora_targets", "attn"));
+    }
+    // a VLM: as many images as half the sequence holds (none in a short one)
+    let images = spec
+        .vision
+        .as_ref()
+        .map(|v| (seq / (2 * v.image_tokens())).to_string());
+    if let Some(n) = &images {
+        pairs.push(("images", n.as_str()));
     }
     Settings::from_flags(&pairs).expect("every generated value parses")
 }

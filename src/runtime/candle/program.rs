@@ -123,6 +123,13 @@ pub const FAMILIES: [Family; 8] = [
 
 /// Check that `spec` can be built as a probe model.
 pub fn check_supported(spec: &ModelSpec) -> Result<()> {
+    if spec.vision.is_some() {
+        return Err(Error::invalid(
+            "probe architecture",
+            format!("{} (a vision-language model)", spec.name),
+            "a text model: the candle programs have no vision tower",
+        ));
+    }
     if !FAMILIES.contains(&spec.family) {
         return Err(Error::invalid(
             "probe architecture",
