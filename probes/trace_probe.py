@@ -417,6 +417,11 @@ def run_cell(c, args, versions):
         # through torch_compilable_check, which a fake tensor cannot answer; the inputs
         # are built to match (vlm_inputs)
         os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = "1"
+        if args.engine == "fake":
+            # SigLIP's init draws a truncated normal by rejection (data-dependent);
+            # the values are never read on fake tensors
+            import transformers.initialization as tinit
+            tinit.trunc_normal_ = lambda t, *a, **k: t
     # CUDA semantics run on fake *CPU* tensors: PyTorch's autograd engine needs a CUDA
     # context for fake CUDA tensors (pytorch#92627), which no GPU-less machine has. The
     # CUDA kernels' meta functions run on CPU fake tensors, so the kernels a GPU picks
@@ -463,7 +468,8 @@ def run_cell(c, args, versions):
             tracker.params = set(tracker.excluded)
             inputs = {}
             if vlm:
-                ids, inputs["pixel_values"], row["image_tokens"] = vlm_inputs(cfg, c, param_dtype, device)
+                ids, inputs["pixel_values"], row["image_tokens"], extra = vlm_inputs(cfg, c, param_dtype, device)
+                inputs.update(extra)
             else:
                 ids = torch.randint(0, cfg.vocab_size, (c["batch"], c["seq"]), device=device)
             labels = ids.clone()
@@ -605,12 +611,15 @@ def vlm_inputs(cfg, c, dtype, device):
     (what the processor expands each `<image>` into), random text after it, and
     `pixel_values` [batch × images, channels, size, size] in the parameters' dtype."""
     import torch
-    if cfg.model_type != "llava":
-        raise NotImplementedError(f"vision-language model type {cfg.model_type}: llava only")
     vc = cfg.vision_config
-    per_image = (vc.image_size // vc.patch_size) ** 2
-    if cfg.vision_feature_select_strategy != "default":
-        per_image += 1  # "full" keeps the class token
+    if cfg.model_type == "llava":
+        per_image = (vc.image_size // vc.patch_size) ** 2
+        if cfg.vision_feature_select_strategy != "default":
+            per_image += 1  # "full" keeps the class token
+    elif cfg.model_type == "gemma3":
+        per_image = cfg.mm_tokens_per_image  # the projector's pooled tokens
+    else:
+        raise NotImplementedError(f"vision-language model type {cfg.model_type}: llava, gemma3")
     n = c["images"] * per_image
     if n > c["seq"]:
         raise ValueError(f"{c['images']} images of {per_image} tokens do not fit in seq {c['seq']}")
@@ -620,10 +629,15 @@ def vlm_inputs(cfg, c, dtype, device):
     ids[:, :n] = tok
     pixels = torch.randn(c["batch"] * c["images"], vc.num_channels, vc.image_size, vc.image_size,
                          dtype=dtype, device=device)
-    return ids, pixels, n
+    extra = {}
+    if cfg.model_type == "gemma3":
+        # what Gemma3Processor returns beside the ids: 1 on image tokens (the images
+        # attend bidirectionally within their block)
+        extra["token_type_ids"] = (ids == tok).long()
+    return ids, pixels, n, extra
 
 
-VISION_MODULES = ("vision_tower", "multi_modal_projector")
+VISION_MODULES = ("vision_tower", "multi_modal_projector")  # llava, gemma3
 
 
 def freeze_vision(model, c):

@@ -520,11 +520,19 @@ pub enum RouterKind {
     SoftmaxGroupLimited { groups: u64, topk_groups: u64 },
 }
 
-/// The vision side of a LLaVA-style model (transformers 5.24 modeling_llava.py
-/// `LlavaModel`): a CLIP ViT (`CLIPVisionModel`: patch convolution, class token,
-/// learned positions, `pre_layrnorm`, encoder layers of LayerNorm + q/k/v/out_proj with
-/// biases + fc1/fc2, `post_layernorm`) described as a [`ModelSpec`] whose layers are the
-/// encoder layers, and `LlavaMultiModalProjector` (linear_1 → act → linear_2).
+/// The vision side of a vision-language model: a ViT tower described as a
+/// [`ModelSpec`] whose layers are the encoder layers, and the projector into the text
+/// model's width.
+/// - LLaVA (transformers 5.24 modeling_llava.py `LlavaModel`): a CLIP ViT
+///   (`CLIPVisionModel`: patch convolution without bias, class token, learned
+///   positions, `pre_layrnorm`, encoder layers of LayerNorm + q/k/v/out_proj with
+///   biases + fc1/fc2, `post_layernorm` of the pooled class token, unused) and
+///   `LlavaMultiModalProjector` (linear_1 → act → linear_2);
+/// - Gemma-3 (modeling_gemma3.py `Gemma3Model`): a SigLIP ViT (`SiglipVisionModel`:
+///   patch convolution with bias, no class token, learned positions, the same layer
+///   shape, `post_layernorm` over every token feeding the projector) and
+///   `Gemma3MultiModalProjector` (average pooling to `mm_tokens_per_image`, a Gemma
+///   RMSNorm, a matmul with a plain parameter — not an nn.Linear).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VisionSpec {
     /// The tower's encoder (hidden, heads, layers, MLP width, LayerNorm, module slots).
@@ -532,19 +540,37 @@ pub struct VisionSpec {
     pub image_size: u64,
     pub patch_size: u64,
     pub channels: u64,
+    /// CLIP's class token (SigLIP has none).
+    pub class_token: bool,
+    /// The patch convolution has a bias (SigLIP).
+    pub patch_bias: bool,
+    /// CLIP's `pre_layrnorm` before the encoder.
+    pub pre_norm: bool,
+    /// SigLIP's `post_layernorm` over every token, which the projector reads (CLIP's
+    /// normalizes the pooled class token only, which nothing uses).
+    pub post_norm_used: bool,
     /// Encoder layers whose output the features come from (`vision_feature_layer` -2:
     /// all but the last; the last still exists and runs).
     pub feature_layers: u64,
     /// `vision_feature_select_strategy` "default" drops the class token.
     pub drop_cls: bool,
-    /// The projector's output width (the text hidden size) and activation.
+    /// The projector's output width (the text hidden size).
     pub projector_out: u64,
-    pub projector_act: Activation,
-    pub projector_bias: bool,
+    pub projector: Projector,
     /// Whether LoRA targets apply on the vision side (peft's all-linear reaches the
     /// tower and the projector); `false` when the run keeps them to the language model
     /// (`--vision frozen`, set by `estimate::instantiated`).
     pub adapters_reach: bool,
+}
+
+/// How the features reach the text model's width.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Projector {
+    /// LLaVA's `linear_1 → act → linear_2`.
+    Mlp { act: Activation, bias: bool },
+    /// Gemma-3's `avg_pool2d` to `tokens` per image, an RMSNorm of the text model's
+    /// kind (`norm`), a matmul with a parameter.
+    Pooled { tokens: u64, norm: NormKind },
 }
 
 impl VisionSpec {
@@ -555,12 +581,15 @@ impl VisionSpec {
 
     /// Tokens the tower runs per image (the patches and the class token).
     pub fn tower_tokens(&self) -> u64 {
-        self.patches() + 1
+        self.patches() + u64::from(self.class_token)
     }
 
     /// Image tokens per image in the text sequence.
     pub fn image_tokens(&self) -> u64 {
-        self.patches() + u64::from(!self.drop_cls)
+        match self.projector {
+            Projector::Mlp { .. } => self.patches() + u64::from(self.class_token && !self.drop_cls),
+            Projector::Pooled { tokens, .. } => tokens,
+        }
     }
 }
 

@@ -158,22 +158,34 @@ pub fn count_architecture(spec: &ModelSpec) -> ParamCounts {
 }
 
 /// A VLM's vision parameters (transformers 5.24 modeling_clip.py `CLIPVisionTransformer`
-/// and modeling_llava.py `LlavaMultiModalProjector`): the patch convolution (channels ×
-/// patch² × hidden, no bias), the class embedding, the position table ((patches + 1) ×
-/// hidden), `pre_layrnorm` and `post_layernorm` (LayerNorm with bias), the encoder
-/// layers; the projector's linear_1 (tower hidden → text hidden) and linear_2 (text →
-/// text), with biases when `multimodal_projector_bias`.
+/// / modeling_siglip.py `SiglipVisionTransformer`, and the projector): the patch
+/// convolution (channels × patch² × hidden, SigLIP's with a bias), CLIP's class
+/// embedding, the position table (tower tokens × hidden), `pre_layrnorm` (CLIP) and
+/// `post_layernorm` (LayerNorm with bias), the encoder layers; LLaVA's linear_1 (tower
+/// hidden → text hidden) and linear_2 (text → text), with biases when
+/// `multimodal_projector_bias`; Gemma-3's RMSNorm weight and the tower × text
+/// projection matrix.
 pub fn vision_params(spec: &ModelSpec) -> u64 {
     let Some(v) = &spec.vision else {
         return 0;
     };
     let t = &v.tower;
     let h = t.hidden;
-    let embeddings = v.channels * v.patch_size * v.patch_size * h + h + v.tower_tokens() * h;
-    let norms = 2 * norm_params(t, h);
+    let embeddings = v.channels * v.patch_size * v.patch_size * h
+        + if v.patch_bias { h } else { 0 }
+        + if v.class_token { h } else { 0 }
+        + v.tower_tokens() * h;
+    let norms = (1 + u64::from(v.pre_norm)) * norm_params(t, h);
     let layers = t.sum_over_layers(|l| l.params()) + t.layers() * per_layer_fixed(t);
-    let projector: u64 = projector_linears(v).iter().map(|l| l.params()).sum();
-    embeddings + norms + layers + projector
+    embeddings + norms + layers + projector_params(v)
+}
+
+/// The projector's parameters.
+pub fn projector_params(v: &crate::arch::VisionSpec) -> u64 {
+    match v.projector {
+        crate::arch::Projector::Mlp { .. } => projector_linears(v).iter().map(|l| l.params()).sum(),
+        crate::arch::Projector::Pooled { .. } => v.tower.hidden + v.tower.hidden * v.projector_out,
+    }
 }
 
 /// The vision side's linears `targets` adapt, as (count, linear): peft's all-linear
@@ -205,24 +217,28 @@ pub fn vision_targeted(v: &crate::arch::VisionSpec, targets: &LoraTargets) -> bo
 pub fn vision_trainable(spec: &ModelSpec, tower: bool, projector: bool) -> u64 {
     match &spec.vision {
         Some(_) if tower => vision_params(spec),
-        Some(v) if projector => projector_linears(v).iter().map(|l| l.params()).sum(),
+        Some(v) if projector => projector_params(v),
         _ => 0,
     }
 }
 
-/// The projector's two linears (`linear_1`, `linear_2`), what peft's all-linear adapts.
-pub fn projector_linears(v: &crate::arch::VisionSpec) -> [LinearSpec; 2] {
+/// The projector's nn.Linear modules, what peft's all-linear adapts: LLaVA's
+/// `linear_1` and `linear_2`; none for Gemma-3 (its projection is a plain parameter).
+pub fn projector_linears(v: &crate::arch::VisionSpec) -> Vec<LinearSpec> {
+    let crate::arch::Projector::Mlp { bias, .. } = v.projector else {
+        return Vec::new();
+    };
     let lin = |name, role, i, o| LinearSpec {
         name,
         in_features: i,
         out_features: o,
-        bias: v.projector_bias,
+        bias,
         role,
         copies: 1,
         via_conversion: false,
         shadowed: false,
     };
-    [
+    vec![
         lin(
             "linear_1",
             crate::arch::LinearRole::Up,

@@ -20,8 +20,8 @@ use serde_json::{Map, Value};
 
 use crate::arch::{
     Activation, BlockModules, Dropout, Family, LayerGroup, LinearRole, MlaSpec, MlpKind, ModelSpec,
-    ModuleSlot, MoeSpec, NormKind, Positions, QkNorm, Quantization, Residual, RouterKind,
-    ScalarMults, VisionSpec,
+    ModuleSlot, MoeSpec, NormKind, Positions, Projector, QkNorm, Quantization, Residual,
+    RouterKind, ScalarMults, VisionSpec,
 };
 use crate::arch::{MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH};
 use crate::error::{Error, Result};
@@ -1294,11 +1294,17 @@ fn llava(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
         image_size,
         patch_size,
         channels,
+        class_token: true,
+        patch_bias: false,
+        pre_norm: true,
+        post_norm_used: false,
         feature_layers: feature_layers as u64,
         drop_cls,
         projector_out: s.hidden,
-        projector_act: cfg.act("projector_hidden_act", Activation::Gelu)?,
-        projector_bias: cfg.bool_or("multimodal_projector_bias", true)?,
+        projector: Projector::Mlp {
+            act: cfg.act("projector_hidden_act", Activation::Gelu)?,
+            bias: cfg.bool_or("multimodal_projector_bias", true)?,
+        },
         adapters_reach: true,
     };
     let seq = cfg.uint_or(&["image_seq_length"], 1 << 20, 576)?;

@@ -28,7 +28,7 @@
 pub use crate::workload::VisionTrain;
 
 use crate::arch::params::projector_linears;
-use crate::arch::VisionSpec;
+use crate::arch::{LinearSpec, Projector, VisionSpec};
 use crate::runtime::torch::{layer, measure, Graph, LayerLedger, LedgerParams, Trainable};
 use crate::units::dtype::DType;
 use crate::workload::{Device, GradCkpt};
@@ -44,6 +44,8 @@ pub struct VisionLedger {
     pub first_layer: u64,
     /// Encoder layers whose graph reaches the features.
     pub layers: u64,
+    /// SigLIP's post_layernorm (the features' norm).
+    pub post_norm: u64,
     /// The projector's kept tensors.
     pub projector: u64,
     /// The merge's image-token mask (and a hooked embedding leaf, see [`merge`]).
@@ -54,7 +56,7 @@ impl VisionLedger {
     pub fn total(&self) -> u64 {
         let rest = self.layers.saturating_sub(1) * self.per_layer;
         let first = if self.layers > 0 { self.first_layer } else { 0 };
-        self.embeddings + first + rest + self.projector + self.merge
+        self.embeddings + first + rest + self.post_norm + self.projector + self.merge
     }
 }
 
@@ -106,13 +108,20 @@ pub fn saved(v: &VisionSpec, p: &LedgerParams, images: u64, train: VisionTrain) 
         ..p.clone()
     };
     if train == VisionTrain::Full || hooked {
-        // pre_layrnorm keeps its input and statistics; the convolution keeps its
-        // input, `pixel_values`, the batch's (like the input ids: not counted), or,
+        // CLIP's pre_layrnorm keeps its input and statistics; the convolution keeps
+        // its input, `pixel_values`, the batch's (like the input ids: not counted), or,
         // frozen and hooked, its output is a leaf the graph keeps
-        out.embeddings = b * t * h * d + 2 * b * t * stat;
+        if v.pre_norm {
+            out.embeddings = b * t * h * d + 2 * b * t * stat;
+        }
         if train != VisionTrain::Full {
             out.embeddings += b * v.patches() * h * d;
         }
+    }
+    // SigLIP's post_layernorm over every token: its input and statistics, when its
+    // weight trains or its input needs a gradient
+    if v.post_norm_used && (train == VisionTrain::Full || train == VisionTrain::Lora || hooked) {
+        out.post_norm = b * t * h * d + 2 * b * t * stat;
     }
     out.layers = v.feature_layers;
     match train {
@@ -178,38 +187,71 @@ fn merge(v: &VisionSpec, p: &LedgerParams, train: VisionTrain) -> u64 {
     mask + leaf
 }
 
-/// What the projector keeps: linear_1 → activation → linear_2 as the ledger's linear
-/// program over the image tokens (trained in full, through adapters, or frozen with
-/// an input that needs a gradient; `x_rg`: the features need one), with the input's
-/// whole storage (class token included) when linear_1 keeps it.
+/// What the projector keeps (`x_rg`: the features need a gradient).
+/// - LLaVA: linear_1 → activation → linear_2 as the ledger's linear program over the
+///   image tokens (trained in full, through adapters, or frozen), with the input's
+///   whole storage (class token included) when linear_1 keeps it;
+/// - Gemma-3 (`Gemma3MultiModalProjector.forward`): the features' `contiguous()` copy
+///   [b, hidden, side, side], which `avg_pool2d` keeps for its backward; the RMSNorm
+///   of the pooled tokens and the matmul with the projection parameter as the
+///   ledger's norm and linear programs (the parameter is no nn.Linear: adapters never
+///   reach it).
 fn projector(v: &VisionSpec, tp: &LedgerParams, b: u64, train: VisionTrain, x_rg: bool) -> u64 {
+    let trained = matches!(train, VisionTrain::Full | VisionTrain::Projector);
     let pp = LedgerParams {
         batch: b,
         seq: v.image_tokens(),
         kv_len: v.image_tokens(),
-        trainable: match train {
-            VisionTrain::Lora => tp.trainable.clone(),
-            VisionTrain::Full | VisionTrain::Projector => Trainable::All,
-            VisionTrain::Frozen => frozen_with_grad(),
+        trainable: match (train, v.projector) {
+            (VisionTrain::Lora, Projector::Mlp { .. }) => tp.trainable.clone(),
+            _ if trained => Trainable::All,
+            _ => frozen_with_grad(),
         },
-        // the projector is not checkpointed (CLIPEncoder's layers are)
+        // the projector is not checkpointed (the tower's layers are)
         grad_ckpt: GradCkpt::None,
         ..tp.clone()
     };
     let d = pp.precision.compute_dtype();
-    let [l1, l2] = projector_linears(v);
-    let mut g = Graph::new(&pp);
-    let x = g.input(v.tower.hidden, d, x_rg);
-    let y = g.linear(x, &l1);
-    let y = g.act(y, v.projector_act);
-    let y = g.linear(y, &l2);
-    let l: LayerLedger = measure(&g, y, &pp);
-    let input_kept = l.tensors.iter().any(|t| t.name == "layer input" && t.saved);
-    let cls = if input_kept && v.drop_cls {
-        // `selected_image_feature[:, 1:]` is a view: the class token's rows stay
-        b * v.tower.hidden * d.size()
-    } else {
-        0
-    };
-    l.saved + cls
+    match v.projector {
+        Projector::Mlp { act, .. } => {
+            let lins = projector_linears(v);
+            let mut g = Graph::new(&pp);
+            let x = g.input(v.tower.hidden, d, x_rg);
+            let y = g.linear(x, &lins[0]);
+            let y = g.act(y, act);
+            let y = g.linear(y, &lins[1]);
+            let l: LayerLedger = measure(&g, y, &pp);
+            let input_kept = l.tensors.iter().any(|t| t.name == "layer input" && t.saved);
+            let cls = if input_kept && v.class_token && v.drop_cls {
+                // `selected_image_feature[:, 1:]` is a view: the class token's rows stay
+                b * v.tower.hidden * d.size()
+            } else {
+                0
+            };
+            l.saved + cls
+        }
+        Projector::Pooled { norm, .. } => {
+            let h = v.tower.hidden;
+            let pooled_input = if x_rg || trained {
+                b * h * v.patches() * d.size()
+            } else {
+                0
+            };
+            let proj = LinearSpec {
+                name: "mm_input_projection_weight",
+                in_features: h,
+                out_features: v.projector_out,
+                bias: false,
+                role: crate::arch::LinearRole::Up,
+                copies: 1,
+                via_conversion: false,
+                shadowed: false,
+            };
+            let mut g = Graph::new(&pp);
+            let x = g.input(h, d, x_rg);
+            let y = g.norm(x, h, norm, crate::arch::adapter::NormSlot::Final);
+            let y = g.linear(y, &proj);
+            measure(&g, y, &pp).saved + if x_rg { pooled_input } else { 0 }
+        }
+    }
 }
