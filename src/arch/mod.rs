@@ -557,6 +557,11 @@ pub struct VisionSpec {
     /// The projector's output width (the text hidden size).
     pub projector_out: u64,
     pub projector: Projector,
+    /// The image tokens attend to each other both ways (Gemma-3's processor returns
+    /// `token_type_ids`, and `Gemma3Model.forward` builds every layer type's mask with
+    /// `create_masks_for_vision_model`: a data-dependent mask, materialized even where
+    /// a causal layer would otherwise run SDPA's `is_causal`).
+    pub bidirectional_images: bool,
     /// Whether LoRA targets apply on the vision side (peft's all-linear reaches the
     /// tower and the projector); `false` when the run keeps them to the language model
     /// (`--vision frozen`, set by `estimate::instantiated`).

@@ -532,7 +532,7 @@ fn context_warnings(spec: &ModelSpec, w: &Workload) -> Vec<String> {
         let side = match train {
             VisionTrain::Full => "the vision tower and the projector train",
             VisionTrain::Projector => "the projector trains, the vision tower is frozen",
-            VisionTrain::Lora => "LoRA adapters on the vision tower and the projector",
+            VisionTrain::Lora => "LoRA adapters on the vision side's linears (the tower's, and the projector's where it has nn.Linear modules)",
             VisionTrain::Frozen => "the vision tower and the projector are frozen",
         };
         warnings.push(format!(
@@ -620,10 +620,10 @@ fn simulate_serving(
 }
 
 /// A VLM's vision tower over the prompts' images (no grad), at its last layer: the
-/// hidden states of the layers before it, which `get_image_features` keeps for the
-/// feature layer (transformers 5.24 modeling_llava.py `@select_hidden_states`, the
-/// tower's `capture_outputs` recording every `CLIPEncoderLayer` output), and that
-/// layer's forward peak (its input included).
+/// hidden states of the layers before it, which LLaVA's `get_image_features` keeps for
+/// the feature layer (transformers 5.24 modeling_llava.py `@select_hidden_states`, the
+/// tower's `capture_outputs` recording every `CLIPEncoderLayer` output; Gemma-3 reads
+/// only `last_hidden_state`), and that layer's forward peak (its input included).
 fn vision_prefill(spec: &ModelSpec, w: &Workload) -> u64 {
     let Some(v) = spec.vision.as_ref().filter(|_| w.images > 0) else {
         return 0;
@@ -633,7 +633,11 @@ fn vision_prefill(spec: &ModelSpec, w: &Workload) -> u64 {
     let d = w.precision.compute_dtype().size();
     let tp = ledger_params(w, Trainable::Nothing, t, t, b);
     let last = torch::layer(&v.tower, &tp, false).fwd_peak;
-    v.tower.layers().saturating_sub(1) * b * t * v.tower.hidden * d + last
+    let kept = match v.projector {
+        crate::arch::Projector::Mlp { .. } => v.tower.layers().saturating_sub(1),
+        crate::arch::Projector::Pooled { .. } => 0,
+    };
+    kept * b * t * v.tower.hidden * d + last
 }
 
 impl ModelSummary {

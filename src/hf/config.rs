@@ -144,6 +144,9 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
     if model_type == "llava" {
         return llava(&obj, name);
     }
+    if model_type == "gemma3" && obj.contains_key("vision_config") {
+        return gemma3_vlm(&obj, name);
+    }
     let c = Cfg {
         m: &obj,
         path: name,
@@ -1223,35 +1226,18 @@ fn llava(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
             "heads dividing hidden_size and patch_size <= image_size",
         ));
     }
-    const CLIP: BlockModules = BlockModules {
-        attention: &[
-            m("q_proj", LinearRole::Q),
-            m("k_proj", LinearRole::K),
-            m("v_proj", LinearRole::V),
-            m("out_proj", LinearRole::O),
-        ],
-        ffn: &[m("fc1", LinearRole::Up), m("fc2", LinearRole::Down)],
-    };
-    let mut tower = s.clone();
-    tower.name = format!("{name} (vision tower)");
-    tower.hidden = hidden;
-    tower.heads = heads;
-    tower.kv_heads = heads;
-    tower.head_dim = hidden / heads;
-    tower.intermediate = intermediate;
-    tower.groups = vec![LayerGroup {
-        count: layers,
-        modules: CLIP,
-        sliding: false,
-    }];
-    tower.norm = NormKind::LayerNorm { bias: true };
-    tower.act = v.act("hidden_act", Activation::QuickGelu)?;
-    tower.mlp = MlpKind::Plain;
-    (tower.qkv_bias, tower.o_bias, tower.mlp_bias) = (true, true, true);
     let patches = (image_size / patch_size).pow(2);
-    tower.positions = Positions::Learned;
-    tower.max_positions = patches + 1;
-    tower.vision = None;
+    let act = v.act("hidden_act", Activation::QuickGelu)?;
+    let tower = vit_tower(
+        &s,
+        name,
+        hidden,
+        heads,
+        layers,
+        intermediate,
+        act,
+        patches + 1,
+    )?;
     let feature = match obj.get("vision_feature_layer") {
         None | Some(Value::Null) => -2i64,
         Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().unwrap_or(-2),
@@ -1305,6 +1291,7 @@ fn llava(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
             act: cfg.act("projector_hidden_act", Activation::Gelu)?,
             bias: cfg.bool_or("multimodal_projector_bias", true)?,
         },
+        bidirectional_images: false,
         adapters_reach: true,
     };
     let seq = cfg.uint_or(&["image_seq_length"], 1 << 20, 576)?;
@@ -1319,6 +1306,188 @@ fn llava(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
             ),
         ));
     }
+    s.name = name.to_string();
+    s.vision = Some(Box::new(vs));
+    Ok(s)
+}
+
+/// A nested sub-config object `key` of `obj`.
+fn sub_config(
+    obj: &Map<String, Value>,
+    key: &'static str,
+    name: &str,
+) -> Result<Map<String, Value>> {
+    match obj.get(key) {
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(v) => Err(Error::invalid(key, v, "an object")),
+        None => Err(Error::Config {
+            path: name.to_string(),
+            message: format!("missing required field `{key}`"),
+        }),
+    }
+}
+
+/// A ViT encoder of `layers` layers as a [`ModelSpec`] (the tower of a VLM): LayerNorm
+/// with bias, q/k/v/out_proj and fc1/fc2 with biases (CLIP's and SigLIP's
+/// `*EncoderLayer`, eager/SDPA attention without a mask), learned positions over
+/// `positions`; every other field a llama decoder's (no sandwich norms, q/k norms,
+/// scalings or soft-caps), in the text model's dtype.
+#[allow(clippy::too_many_arguments)]
+fn vit_tower(
+    text: &ModelSpec,
+    name: &str,
+    hidden: u64,
+    heads: u64,
+    layers: u64,
+    intermediate: u64,
+    act: Activation,
+    positions: u64,
+) -> Result<ModelSpec> {
+    const VIT: BlockModules = BlockModules {
+        attention: &[
+            m("q_proj", LinearRole::Q),
+            m("k_proj", LinearRole::K),
+            m("v_proj", LinearRole::V),
+            m("out_proj", LinearRole::O),
+        ],
+        ffn: &[m("fc1", LinearRole::Up), m("fc2", LinearRole::Down)],
+    };
+    let base = format!(
+        r#"{{"model_type":"llama","hidden_size":{hidden},"num_hidden_layers":{layers},"num_attention_heads":{heads},"intermediate_size":{intermediate},"vocab_size":1}}"#
+    );
+    let mut tower = parse_config(&base, name)?;
+    tower.name = format!("{name} (vision tower)");
+    tower.torch_dtype = text.torch_dtype;
+    tower.groups = vec![LayerGroup {
+        count: layers,
+        modules: VIT,
+        sliding: false,
+    }];
+    tower.norm = NormKind::LayerNorm { bias: true };
+    tower.act = act;
+    tower.mlp = MlpKind::Plain;
+    (tower.qkv_bias, tower.o_bias, tower.mlp_bias) = (true, true, true);
+    tower.positions = Positions::Learned;
+    tower.max_positions = positions;
+    Ok(tower)
+}
+
+/// Gemma-3 with its vision tower (`gemma3` with a `vision_config`, transformers 5.24
+/// modeling_gemma3.py `Gemma3ForConditionalGeneration`): the text model from
+/// `text_config` with `Gemma3TextConfig`'s class defaults for what the file leaves out
+/// (configuration_gemma3.py), a SigLIP tower from `vision_config`
+/// (`siglip_vision_model`, `SiglipVisionConfig` defaults; no pooling head) and
+/// `Gemma3MultiModalProjector`: `mm_tokens_per_image` (default 256) pooled tokens per
+/// image, a square number dividing the tower's patch grid.
+fn gemma3_vlm(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
+    let cfg = Cfg {
+        m: obj,
+        path: name,
+        model_type: "gemma3",
+    };
+    let mut text = sub_config(obj, "text_config", name)?;
+    // configuration_gemma3.py Gemma3TextConfig class defaults
+    for (k, v) in [
+        ("model_type", Value::from("gemma3_text")),
+        ("vocab_size", Value::from(262_208u64)),
+        ("hidden_size", Value::from(2304u64)),
+        ("intermediate_size", Value::from(9216u64)),
+        ("num_hidden_layers", Value::from(26u64)),
+        ("num_attention_heads", Value::from(8u64)),
+        ("num_key_value_heads", Value::from(4u64)),
+        ("head_dim", Value::from(256u64)),
+        ("hidden_activation", Value::from("gelu_pytorch_tanh")),
+        ("max_position_embeddings", Value::from(131_072u64)),
+        ("rms_norm_eps", Value::from(1e-6)),
+        ("query_pre_attn_scalar", Value::from(256u64)),
+        ("sliding_window", Value::from(4096u64)),
+        ("tie_word_embeddings", Value::from(true)),
+    ] {
+        text.entry(k).or_insert(v);
+    }
+    if let (false, Some(v)) = (text.contains_key("torch_dtype"), obj.get("torch_dtype")) {
+        text.insert("torch_dtype".to_string(), v.clone());
+    }
+    let mut s = parse_config(&Value::Object(text).to_string(), name)?;
+    let vision = sub_config(obj, "vision_config", name)?;
+    let vt = vision
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or("siglip_vision_model");
+    if vt != "siglip_vision_model" {
+        return Err(Error::Unsupported {
+            model_type: format!("gemma3 with a {vt} vision tower"),
+            reason: "Gemma-3's SigLIP vision tower (siglip_vision_model) is modelled".into(),
+            supported: Family::supported_list(),
+        });
+    }
+    let v = Cfg {
+        m: &vision,
+        path: name,
+        model_type: "siglip_vision_model",
+    };
+    // configuration_siglip.py SiglipVisionConfig defaults
+    let hidden = v.uint_or(&["hidden_size"], MAX_WIDTH, 768)?;
+    let heads = v.uint_or(&["num_attention_heads"], MAX_WIDTH, 12)?;
+    let layers = v.uint_or(&["num_hidden_layers"], MAX_LAYERS, 12)?;
+    let intermediate = v.uint_or(&["intermediate_size"], MAX_WIDTH, 3072)?;
+    let image_size = v.uint_or(&["image_size"], 1 << 16, 224)?;
+    let patch_size = v.uint_or(&["patch_size"], 1 << 12, 16)?;
+    let channels = v.uint_or(&["num_channels"], 64, 3)?;
+    if v.bool_or("vision_use_head", false)? {
+        return Err(Error::invalid(
+            "vision_config.vision_use_head",
+            true,
+            "false (Gemma-3 feeds the projector the tower's tokens; a pooling head is not modelled)",
+        ));
+    }
+    if !hidden.is_multiple_of(heads) || patch_size > image_size {
+        return Err(Error::invalid(
+            "vision_config",
+            format!("hidden {hidden}, heads {heads}, patch {patch_size}, image {image_size}"),
+            "heads dividing hidden_size and patch_size <= image_size",
+        ));
+    }
+    let side = image_size / patch_size;
+    let tokens = cfg.uint_or(&["mm_tokens_per_image"], 1 << 20, 256)?;
+    let per_side = (tokens as f64).sqrt().round() as u64;
+    if per_side * per_side != tokens || per_side == 0 || !side.is_multiple_of(per_side) {
+        return Err(Error::invalid(
+            "mm_tokens_per_image",
+            tokens,
+            format!("a square whose side divides the tower's {side} x {side} patch grid (avg_pool2d's kernel)"),
+        ));
+    }
+    let act = v.act("hidden_act", Activation::GeluTanh)?;
+    let tower = vit_tower(
+        &s,
+        name,
+        hidden,
+        heads,
+        layers,
+        intermediate,
+        act,
+        side * side,
+    )?;
+    let vs = VisionSpec {
+        tower,
+        image_size,
+        patch_size,
+        channels,
+        class_token: false,
+        patch_bias: true,
+        pre_norm: false,
+        post_norm_used: true,
+        feature_layers: layers,
+        drop_cls: false,
+        projector_out: s.hidden,
+        projector: Projector::Pooled {
+            tokens,
+            norm: s.norm,
+        },
+        bidirectional_images: true,
+        adapters_reach: true,
+    };
     s.name = name.to_string();
     s.vision = Some(Box::new(vs));
     Ok(s)

@@ -25,6 +25,7 @@ const PRESETS: &[(&str, &str)] = &[
     ("gemma-2-2b", include_str!("presets/gemma-2-2b.json")),
     ("gemma-2-9b", include_str!("presets/gemma-2-9b.json")),
     ("gemma-2b", include_str!("presets/gemma-2b.json")),
+    ("gemma-3-4b-it", include_str!("presets/gemma-3-4b-it.json")),
     ("gemma-7b", include_str!("presets/gemma-7b.json")),
     ("gemma-7b-it", include_str!("presets/gemma-7b-it.json")),
     ("gpt-oss-20b", include_str!("presets/gpt-oss-20b.json")),

@@ -2824,9 +2824,19 @@ fn shared_saved(spec: &ModelSpec, p: &LedgerParams) -> u64 {
         shared += kinds * p.batch * p.seq * p.kv_len * resid_dt.size();
     }
     let any_sliding = spec.groups.iter().any(|g| g.sliding);
-    if explicit_sdpa_mask(spec, p, any_sliding) && p.grad_ckpt != GradCkpt::None {
-        // SDPA's boolean mask [b, 1, s, s] (masking_utils sdpa_mask) as a checkpoint input
-        shared += p.batch * p.seq * p.kv_len;
+    let any_full = spec.groups.iter().any(|g| !g.sliding);
+    if p.grad_ckpt != GradCkpt::None {
+        // SDPA's boolean mask [b, 1, s, s] (masking_utils sdpa_mask) as a checkpoint
+        // input: one per layer type that gets one (distinct once the keys pass the
+        // window, as the eager masks above)
+        let sliding_mask = any_sliding && explicit_sdpa_mask(spec, p, true);
+        let full_mask = any_full && explicit_sdpa_mask(spec, p, false);
+        let masks = match (sliding_mask, full_mask) {
+            (true, true) if spec.sliding_window.is_some_and(|w| w < p.kv_len) => 2,
+            (false, false) => 0,
+            _ => 1,
+        };
+        shared += masks * p.batch * p.seq * p.kv_len;
     }
     if spec.dropout.embd > 0.0 && embedding_output_requires_grad(p) {
         // the mask is saved only when the embedding output needs a gradient
@@ -3212,7 +3222,14 @@ fn explicit_sdpa_mask(spec: &ModelSpec, p: &LedgerParams, sliding: bool) -> bool
             || (sliding && spec.sliding_window.is_some_and(|w| p.kv_len >= w))
             // prefix tuning's past keys: masking_utils `_ignore_causal_mask_sdpa` drops
             // the mask only for kv_length == query_length
-            || p.prefix_tokens() > 0)
+            || p.prefix_tokens() > 0
+            // Gemma-3's images attend both ways within their block: every layer type's
+            // mask is built from `token_type_ids` (VisionSpec::bidirectional_images)
+            || (p.images > 0
+                && spec
+                    .vision
+                    .as_ref()
+                    .is_some_and(|v| v.bidirectional_images)))
 }
 
 /// Elements of a [b, 1, s, kv] attention mask.

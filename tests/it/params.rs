@@ -519,3 +519,18 @@ fn qlora_on_moe_quantizes_the_nn_linear_modules_only() {
         "the experts are most of the model"
     );
 }
+
+/// Gemma-3-4B-IT with its SigLIP tower and pooled projector: the total and the vision
+/// side's parameters equal transformers 5.24's meta-device count of
+/// `Gemma3ForConditionalGeneration` (4,300,079,472 and 419,816,304; the projection
+/// matrix is a plain parameter, so peft's all-linear adapts the tower's linears only).
+#[test]
+fn gemma3_vlm_parameters_are_exact() {
+    let spec = preset("gemma-3-4b-it");
+    let c = params::count(&spec);
+    assert_eq!(c.total, 4_300_079_472);
+    assert_eq!(c.vision, 419_816_304);
+    let v = spec.vision.as_ref().unwrap();
+    assert_eq!((v.image_tokens(), v.tower_tokens()), (256, 4096));
+    assert!(params::projector_linears(v).is_empty());
+}

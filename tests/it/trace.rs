@@ -892,13 +892,27 @@ fn compiled_layers_save_what_inductor_saves() {
 /// row, through the same settings a user passes (`--images`, `--vision`).
 #[test]
 fn llava_training_steps_against_the_trace_probe() {
+    vlm_steps_against_the_trace_probe("llava-1.5-7b-l2v2", "llava-1.5-7b");
+}
+
+/// The same for Gemma-3-4B-IT (`tests/data/trace/vlm.csv` rows of
+/// `configs/gemma-3-4b-it-l2v2/`: a sliding and a global text layer, a SigLIP tower of
+/// depth 2 whose post-norm feeds the pooled projector, 256 tokens per image, the
+/// processor's `token_type_ids`).
+#[test]
+fn gemma3_training_steps_against_the_trace_probe() {
+    vlm_steps_against_the_trace_probe("gemma-3-4b-it-l2v2", "gemma-3-4b-it-l2v2");
+}
+
+/// Every `vlm.csv` row of `model` estimated on the config `config`.
+fn vlm_steps_against_the_trace_probe(config: &str, model: &str) {
     use llm_mem::estimate::estimate;
     use llm_mem::workload::overhead::Overheads;
     use llm_mem::workload::settings::Settings;
-    let spec = crate::util::config_spec("llava-1.5-7b-l2v2");
+    let spec = crate::util::config_spec(config);
     let t = Table::data("trace/vlm.csv");
     let (mut checked, mut worst) = (0, 0f64);
-    for r in &t.rows {
+    for r in t.rows.iter().filter(|r| t.col(r, "model") == model) {
         let get = |n: &str| t.col(r, n).to_string();
         assert_eq!(get("status"), "ok", "{r:?}");
         assert_eq!(
@@ -962,6 +976,6 @@ fn llava_training_steps_against_the_trace_probe() {
         worst = worst.max(err.abs());
         checked += 1;
     }
-    println!("vlm: {checked} rows, worst {:.4}%", worst * 100.0);
-    assert_eq!(checked, 48);
+    println!("{model}: {checked} rows, worst {:.4}%", worst * 100.0);
+    assert_eq!(checked, 48, "{model}");
 }
