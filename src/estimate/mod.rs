@@ -38,6 +38,21 @@ pub struct ModelSummary {
     /// Whether the model routes tokens over experts (the human report then shows the
     /// active count).
     pub moe: bool,
+    /// A vision-language model's vision side as the run uses it (`None` for a text
+    /// model).
+    pub vision: Option<VisionSummary>,
+}
+
+/// The vision side of a VLM run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisionSummary {
+    /// Tower and projector parameters.
+    pub params: u64,
+    /// Images per sequence and the image tokens each adds.
+    pub images: u64,
+    pub tokens_per_image: u64,
+    /// What trains on the vision side (`--vision`, resolved).
+    pub train: VisionTrain,
 }
 
 /// The moment of the peak.
@@ -488,8 +503,19 @@ pub fn simulate(
         Task::Train => acts.non_layer.shared + acts.stack_saved() + acts.non_layer.head_saved,
         Task::Infer => 0,
     };
+    let mut summary = ModelSummary::of(spec, counts.total, params_trainable);
+    summary.vision = spec.vision.as_ref().map(|v| VisionSummary {
+        params: counts.vision,
+        images: w.images,
+        tokens_per_image: v.image_tokens(),
+        // nothing trains when serving
+        train: match w.task {
+            Task::Train => w.vision_train(spec).unwrap_or(VisionTrain::Frozen),
+            Task::Infer => VisionTrain::Frozen,
+        },
+    });
     Ok(recorded(
-        ModelSummary::of(spec, counts.total, params_trainable),
+        summary,
         rec,
         ActivationSummary {
             per_layer_bytes: acts.per_layer_bytes,
@@ -652,6 +678,7 @@ impl ModelSummary {
             params_trainable,
             params_active: params_total.saturating_sub(params::idle_experts(spec)),
             moe: spec.moe.is_some(),
+            vision: None,
         }
     }
 }

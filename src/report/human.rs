@@ -72,9 +72,18 @@ fn write_model(s: &mut String, m: &ModelSummary) {
     } else {
         String::new()
     };
+    let vision = m.vision.as_ref().map_or(String::new(), |v| {
+        format!(
+            ", vision {} params, {} x {} image tokens, vision {}",
+            param_count(v.params),
+            v.images,
+            v.tokens_per_image,
+            v.train
+        )
+    });
     let _ = writeln!(
         s,
-        "llm-mem estimate: {} ({}, {} layers, hidden {}, {} params{active}, {} trainable)",
+        "llm-mem estimate: {} ({}, {} layers, hidden {}, {} params{active}, {} trainable{vision})",
         m.name,
         m.family,
         m.layers,

@@ -15,7 +15,10 @@
 //! ```text
 //! schema_version                        # 1
 //! tool{name,version}                    # "llm-mem" and the crate version
-//! model{name,family,layers,hidden,params_total,params_trainable,params_active}
+//! model{name,family,layers,hidden,params_total,params_trainable,params_active,vision}
+//!                                        # vision: null for a text model, else
+//!                                        # {params,images,tokens_per_image,train},
+//!                                        # train "frozen" "projector" "lora" "full"
 //! workload{
 //!   task,method,
 //!   lora{rank,alpha,targets,double_quant,dropout,peft}  # null for method "full"; targets:
@@ -65,7 +68,7 @@
 //!   pp_layers[],                        # layers per stage, or null (even split)
 //!   sequence_parallel,tp,vpp,zero
 //! }
-//! model{family,hidden,layers,name,params_active,params_total,params_trainable}
+//! model{family,hidden,layers,name,params_active,params_total,params_trainable,vision}
 //! model_states_bytes
 //! overheads{allocator_fragmentation,cublas_workspace,cuda_context,nccl}
 //! peak{allocated_bytes,device_bytes,event,phase,reserved_bytes}
@@ -74,7 +77,7 @@
 //!   components_at_peak{activations,gradients,kv_cache,logits_and_loss,master_weights,
 //!     optimizer_state,overhead,temporaries,weights}
 //!   layers,
-//!   model{family,hidden,layers,name,params_active,params_total,params_trainable}
+//!   model{family,hidden,layers,name,params_active,params_total,params_trainable,vision}
 //!   model_states_bytes,
 //!   name,                               # e.g. "stage 0 (first)", "every rank"
 //!   peak{allocated_bytes,device_bytes,event,phase,reserved_bytes}
@@ -304,6 +307,12 @@ fn model(m: &ModelSummary) -> wire::Model<'_> {
         params_total: m.params_total,
         params_trainable: m.params_trainable,
         params_active: m.params_active,
+        vision: m.vision.as_ref().map(|v| wire::Vision {
+            params: v.params,
+            images: v.images,
+            tokens_per_image: v.tokens_per_image,
+            train: v.train.as_str(),
+        }),
     }
 }
 

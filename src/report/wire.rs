@@ -49,6 +49,19 @@ pub(crate) struct Model<'a> {
     /// Parameters a token runs through (top-k routed experts per layer for an MoE;
     /// the total for a dense model).
     pub params_active: u64,
+    /// A vision-language model's vision side; null for a text model.
+    pub vision: Option<Vision>,
+}
+
+/// `model.vision`: the tower and projector parameters, the images per sequence, the
+/// image tokens each adds inside the sequence, and what trains on the vision side.
+#[derive(Serialize)]
+pub(crate) struct Vision {
+    pub params: u64,
+    pub images: u64,
+    pub tokens_per_image: u64,
+    /// `"frozen"`, `"projector"`, `"lora"` or `"full"`.
+    pub train: &'static str,
 }
 
 /// `workload`: the settings of the run under their v1 names (`precision` is `--dtype`'s
