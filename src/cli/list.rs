@@ -17,12 +17,12 @@ pub fn models(json: bool) -> Result<ExitCode> {
         llm_mem::report::json::render_models(&infos)
     } else {
         let mut s = format!(
-            "{:<44} {:<12} {:<6} {:>10} {:>10}  {}\n",
+            "{:<44} {:<12} {:<10} {:>10} {:>10}  {}\n",
             "preset", "family", "kind", "params", "active", "hf id"
         );
         for i in &infos {
             s += &format!(
-                "{:<44} {:<12} {:<6} {:>9.2}B {:>9.2}B  {}{}\n",
+                "{:<44} {:<12} {:<10} {:>9.2}B {:>9.2}B  {}{}\n",
                 i.name,
                 i.family,
                 i.kind,
@@ -35,6 +35,7 @@ pub fn models(json: bool) -> Result<ExitCode> {
                     .unwrap_or_default()
             );
         }
+        s += "\nactive: parameters a token runs through (an MoE's top-k routed experts per layer), embedding and head counted (Mixtral's published 12.9B counts them; Qwen's A2.7B / A3B model cards count the non-embedding part)\n";
         s
     };
     print_out(&out)?;

@@ -228,7 +228,8 @@ pub struct PresetInfo {
     /// Parameters a token runs through ([`params::active`]: the total for a dense
     /// model; top-k routed experts per layer for an MoE, embedding and head counted).
     pub params_active: u64,
-    /// `dense`, `moe`, `hybrid` or `vlm` ([`kind_of`]).
+    /// `dense`, or its parts among `vlm`, `moe`, `mla`, `hybrid` joined by `+`
+    /// ([`kind_of`]).
     pub kind: &'static str,
     /// The HF repo the config was published in (`_name_or_path`).
     pub hf_id: String,
@@ -236,18 +237,29 @@ pub struct PresetInfo {
     pub quantization: Option<String>,
 }
 
-/// `vlm` (a vision tower in front), `moe` (routed experts), `hybrid` (sliding-window
-/// and full-attention layers mixed), else `dense`.
+/// What the architecture is, as its parts joined by `+` in this order: `vlm` (a vision
+/// tower in front), `moe` (routed experts), `mla` (latent attention), `hybrid`
+/// (sliding-window and full-attention layers mixed); `dense` when none applies.
+/// DeepSeek-V3 is `moe+mla`, gpt-oss `moe+hybrid`, Gemma-3-4B-IT `vlm+hybrid`.
 pub fn kind_of(spec: &ModelSpec) -> &'static str {
     let sliding = spec.sliding_layer_count();
-    if spec.vision.is_some() {
-        "vlm"
-    } else if spec.moe.is_some() {
-        "moe"
-    } else if sliding > 0 && sliding < spec.layers() {
-        "hybrid"
-    } else {
-        "dense"
+    let parts = (
+        spec.vision.is_some(),
+        spec.moe.is_some(),
+        spec.mla.is_some(),
+        sliding > 0 && sliding < spec.layers(),
+    );
+    match parts {
+        (false, false, false, false) => "dense",
+        (true, false, false, false) => "vlm",
+        (true, false, false, true) => "vlm+hybrid",
+        (true, true, _, _) => "vlm+moe",
+        (true, false, true, _) => "vlm+mla",
+        (false, true, true, _) => "moe+mla",
+        (false, true, false, true) => "moe+hybrid",
+        (false, true, false, false) => "moe",
+        (false, false, true, _) => "mla",
+        (false, false, false, true) => "hybrid",
     }
 }
 

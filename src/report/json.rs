@@ -167,7 +167,7 @@
 //! A bare array (no `schema_version`), one entry per preset, sorted by name.
 //!
 //! ```text
-//! [{family,hf_id,kind,name,params_active,params_total,quantization}]  # kind "dense" | "moe" | "hybrid" (sliding-window and full layers mixed) | "vlm" (a vision tower in front); params_active: top-k routed experts per layer (embedding and head counted); quantization e.g. "gptq 4-bit", or null
+//! [{family,hf_id,kind,name,params_active,params_total,quantization}]  # kind "dense", or its parts among "vlm" (a vision tower in front), "moe", "mla" (latent attention), "hybrid" (sliding-window and full layers mixed) joined by "+", e.g. "moe+mla"; params_active: top-k routed experts per layer (embedding and head counted); quantization e.g. "gptq 4-bit", or null
 //! ```
 
 use serde::Serialize;

@@ -467,8 +467,9 @@ fn kv_cache_of_latent_attention() {
     assert_eq!(checked, 2);
 }
 
-/// `llm-mem models`' kind: `moe` for routed experts, `hybrid` when sliding-window and
-/// full-attention layers mix (Gemma-2's alternation), else `dense` (Mistral-7B-v0.1
+/// `llm-mem models`' kind: its parts among `vlm` (a vision tower), `moe` (routed
+/// experts), `mla` (latent attention), `hybrid` (sliding-window and full-attention
+/// layers mixed, Gemma-2's alternation) joined by `+`, else `dense` (Mistral-7B-v0.1
 /// slides on every layer: one kind of layer).
 #[test]
 fn preset_kinds() {
@@ -477,15 +478,19 @@ fn preset_kinds() {
     for (n, want) in [
         ("mixtral-8x7b-v0.1", "moe"),
         ("qwen3-30b-a3b", "moe"),
-        ("deepseek-v3", "moe"),
+        ("deepseek-v3", "moe+mla"),
+        ("deepseek-v2-lite", "moe+mla"),
+        ("gpt-oss-20b", "moe+hybrid"),
         ("gemma-2-9b", "hybrid"),
+        ("gemma-3-4b-it", "vlm+hybrid"),
+        ("llava-1.5-7b", "vlm"),
         ("mistral-7b-v0.1", "dense"),
         ("llama-3.1-8b", "dense"),
     ] {
         assert_eq!(kind(n), want, "{n}");
         checked += 1;
     }
-    assert_eq!(checked, 6);
+    assert_eq!(checked, 10);
 }
 
 /// bitsandbytes on an MoE model (transformers 5.24 `replace_with_bnb_linear`: nn.Linear
