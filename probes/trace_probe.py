@@ -80,7 +80,7 @@ COLUMNS = [
     "saved_otherdtype_bytes", "hidden_size", "vocab_size",
     # beyond the oracle's columns
     "model_type", "params_total", "param_bytes", "peak_opt_bytes", "opt_state_bytes",
-    "sdpa_kernel", "images", "vision_layers", "vision_mode", "image_tokens",
+    "sdpa_kernel", "images", "vision_layers", "vision_mode", "image_tokens", "image_size",
     "torch", "transformers", "peft", "error",
 ]
 
@@ -99,6 +99,9 @@ def parse_args(argv):
     p.add_argument("--mode", default="full")
     p.add_argument("--images", default="1",
                    help="vision-language configs (a `vision_config`): images per sequence")
+    p.add_argument("--image-size", default="",
+                   help="vision-language configs with anyres tiles (llava_onevision): the images' "
+                        "WIDTHxHEIGHT before preprocessing (default: the tower's square)")
     p.add_argument("--vision-layers", default="2",
                    help="vision-language configs: the vision tower's depth")
     p.add_argument("--vision", default="auto",
@@ -146,7 +149,8 @@ def cells(args):
                                                     if vis == "auto":
                                                         vis = "full" if mode == "full" else "lora"
                                                     yield dict(base, images=images,
-                                                               vision_layers=vl, vision=vis)
+                                                               vision_layers=vl, vision=vis,
+                                                               image_size=args.image_size)
 
 
 def is_vlm(path):
@@ -412,7 +416,8 @@ def run_cell(c, args, versions):
     row["hidden_size"] = getattr(tcfg, "hidden_size", "")
     row["vocab_size"] = getattr(tcfg, "vocab_size", "")
     if vlm:
-        row.update(images=c["images"], vision_layers=c["vision_layers"], vision_mode=c["vision"])
+        row.update(images=c["images"], vision_layers=c["vision_layers"], vision_mode=c["vision"],
+                   image_size=c.get("image_size", ""))
         # get_placeholder_mask compares the image-token count (data) with the features'
         # through torch_compilable_check, which a fake tensor cannot answer; the inputs
         # are built to match (vlm_inputs)
@@ -473,7 +478,7 @@ def run_cell(c, args, versions):
             else:
                 ids = torch.randint(0, cfg.vocab_size, (c["batch"], c["seq"]), device=device)
             labels = ids.clone()
-            tracker.exclude_tensors([ids, labels, *inputs.values()])
+            tracker.exclude_tensors([ids, labels, *(v for v in inputs.values() if hasattr(v, "untyped_storage"))])
             for p in params:
                 if p.requires_grad:
                     p.register_post_accumulate_grad_hook(lambda q: tracker.accumulated(q.grad))
@@ -618,8 +623,10 @@ def vlm_inputs(cfg, c, dtype, device):
             per_image += 1  # "full" keeps the class token
     elif cfg.model_type == "gemma3":
         per_image = cfg.mm_tokens_per_image  # the projector's pooled tokens
+    elif cfg.model_type == "llava_onevision":
+        return onevision_inputs(cfg, c, dtype, device)
     else:
-        raise NotImplementedError(f"vision-language model type {cfg.model_type}: llava, gemma3")
+        raise NotImplementedError(f"vision-language model type {cfg.model_type}: llava, gemma3, llava_onevision")
     n = c["images"] * per_image
     if n > c["seq"]:
         raise ValueError(f"{c['images']} images of {per_image} tokens do not fit in seq {c['seq']}")
@@ -637,7 +644,55 @@ def vlm_inputs(cfg, c, dtype, device):
     return ids, pixels, n, extra
 
 
-VISION_MODULES = ("vision_tower", "multi_modal_projector")  # llava, gemma3
+def onevision_inputs(cfg, c, dtype, device):
+    """LLaVA-OneVision: one image per sample goes through anyres (the base crop and the
+    tiles of the best pinpoint resolution, `image_size_to_num_patches`), several images
+    per sample one crop each; the image tokens per image are what the processor counts
+    (`LlavaOnevisionProcessor.replace_image_token`, called here on a stand-in)."""
+    import types
+    import torch
+    from transformers.models.llava_onevision import modeling_llava_onevision as mo
+    from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
+    vc = cfg.vision_config
+    side = vc.image_size
+    w_h = c.get("image_size") or f"{side}x{side}"
+    width, height = (int(x) for x in w_h.split("x"))
+    n = c["images"]
+    if n == 1:
+        crops = mo.image_size_to_num_patches((height, width), cfg.image_grid_pinpoints, side)
+    else:
+        crops = 1
+    stub = types.SimpleNamespace(
+        image_processor=types.SimpleNamespace(image_grid_pinpoints=cfg.image_grid_pinpoints),
+        num_image_tokens=(side // vc.patch_size) ** 2,
+        vision_aspect_ratio=cfg.vision_aspect_ratio,
+        vision_feature_select_strategy=cfg.vision_feature_select_strategy)
+    stub._get_number_of_features = types.MethodType(LlavaOnevisionProcessor._get_number_of_features, stub)
+    stub._get_unpadded_features = types.MethodType(LlavaOnevisionProcessor._get_unpadded_features, stub)
+    if n == 1:
+        per_image = stub._get_number_of_features(height, width, side, side)
+    else:
+        per_image = stub.num_image_tokens + 1
+    if cfg.vision_feature_select_strategy == "default":
+        per_image -= 1
+    total = n * per_image
+    if total > c["seq"]:
+        raise ValueError(f"{n} images of {per_image} tokens do not fit in seq {c['seq']}")
+    tok = cfg.image_token_id
+    ids = torch.randint(0, cfg.get_text_config().vocab_size, (c["batch"], c["seq"]), device=device)
+    ids = torch.where((ids == tok) | (ids == cfg.video_token_id), torch.zeros_like(ids), ids)
+    ids[:, :total] = tok
+    if n == 1:
+        pixels = torch.randn(c["batch"], crops, vc.num_channels, side, side, dtype=dtype, device=device)
+    else:
+        pixels = torch.randn(c["batch"] * n, vc.num_channels, side, side, dtype=dtype, device=device)
+    # plain lists: the model reads them with `.tolist()`, which a fake tensor cannot answer
+    extra = {"image_sizes": [[height, width]] * (n * c["batch"]),
+             "batch_num_images": [n] * c["batch"]}
+    return ids, pixels, total, extra
+
+
+VISION_MODULES = ("vision_tower", "multi_modal_projector", "image_newline")  # llava, gemma3, onevision
 
 
 def freeze_vision(model, c):
@@ -651,6 +706,10 @@ def freeze_vision(model, c):
             last = n.rsplit(".", 1)[-1]
             if last == "vision_tower" and vis != "full" or last == "multi_modal_projector" and vis == "frozen":
                 m.requires_grad_(False)
+        for n, prm in model.named_parameters():
+            # LLaVA-OneVision's image_newline trains with the projector
+            if n.rsplit(".", 1)[-1] == "image_newline" and vis == "frozen":
+                prm.requires_grad_(False)
     elif vis not in ("lora", "frozen"):
         raise ValueError(f"--vision {vis} with --mode {c['mode']}: lora or frozen")
 

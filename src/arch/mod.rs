@@ -562,6 +562,10 @@ pub struct VisionSpec {
     /// `create_masks_for_vision_model`: a data-dependent mask, materialized even where
     /// a causal layer would otherwise run SDPA's `is_causal`).
     pub bidirectional_images: bool,
+    /// LLaVA-OneVision's anyres tiling of a sample's single image (`None`: one crop).
+    pub anyres: Option<Anyres>,
+    /// LLaVA-OneVision's `image_newline` parameter (text hidden), one per row of tiles.
+    pub newline: bool,
     /// Whether LoRA targets apply on the vision side (peft's all-linear reaches the
     /// tower and the projector); `false` when the run keeps them to the language model
     /// (`--vision frozen`, set by `estimate::instantiated`).
@@ -578,7 +582,84 @@ pub enum Projector {
     Pooled { tokens: u64, norm: NormKind },
 }
 
+/// LLaVA-OneVision's anyres (transformers 5.24 modeling_llava_onevision.py
+/// `image_size_to_num_patches`, `pack_image_features`; processing_llava_onevision.py
+/// `_get_number_of_features`): a sample with one image is cut into the tiles of the
+/// best of `pinpoints` (height, width) plus the whole image as a base crop, every crop
+/// through the tower; the tiles' features are unpadded to the image's aspect, pooled
+/// down when they exceed `max_patches` crops' worth, and end each row with a newline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Anyres {
+    pub pinpoints: Vec<(u64, u64)>,
+    pub max_patches: u64,
+}
+
+/// `image_processing_utils.select_best_resolution`: the pinpoint that keeps the most of
+/// the image (downscaled to fit), then wastes the least; the first of equals.
+pub fn select_best_resolution(height: u64, width: u64, pinpoints: &[(u64, u64)]) -> (u64, u64) {
+    let (oh, ow) = (height as f64, width as f64);
+    let mut best = pinpoints.first().copied().unwrap_or((height, width));
+    let (mut max_eff, mut min_waste) = (0u64, u64::MAX);
+    for &(h, w) in pinpoints {
+        let scale = (w as f64 / ow).min(h as f64 / oh);
+        let (dw, dh) = ((ow * scale) as u64, (oh * scale) as u64);
+        let eff = (dw * dh).min(width * height);
+        let waste = (w * h).saturating_sub(eff);
+        if eff > max_eff || (eff == max_eff && waste < min_waste) {
+            (max_eff, min_waste, best) = (eff, waste, (h, w));
+        }
+    }
+    best
+}
+
 impl VisionSpec {
+    /// Tokens the projector gets per crop: the tower's tokens, the class token dropped
+    /// by `vision_feature_select_strategy` "default" (LLaVA's 576; OneVision's 729).
+    pub fn crop_tokens(&self) -> u64 {
+        self.tower_tokens() - u64::from(self.drop_cls && self.tower_tokens() > 0)
+    }
+
+    /// (crops through the tower, image tokens in the text) per image, for `images` per
+    /// sample of `height` x `width` pixels before preprocessing (fixed-resolution towers
+    /// resize every image to their square: one crop, [`Self::image_tokens`]).
+    pub fn layout(&self, images: u64, height: u64, width: u64) -> (u64, u64) {
+        let Some(a) = &self.anyres else {
+            return (1, self.image_tokens());
+        };
+        let drop = u64::from(self.drop_cls);
+        let base = self.patches();
+        if images != 1 {
+            // several images per sample: one crop each, and one newline
+            // (`replace_image_token`: num_image_tokens + 1)
+            return (1, base + 1 - drop);
+        }
+        let side = self.image_size.max(1);
+        let (bh, bw) = select_best_resolution(height.max(1), width.max(1), &a.pinpoints);
+        let crops = 1 + bh.div_ceil(side) * bw.div_ceil(side);
+        // processing_llava_onevision.py `_get_unpadded_features`
+        let per_side = (self.image_size / self.patch_size.max(1)).max(1);
+        let (mut ch, mut cw) = (per_side * (bh / side), per_side * (bw / side));
+        let (oh, ow) = (height.max(1) as f64, width.max(1) as f64);
+        let round7 = |x: f64| ((x * 1e7).round() / 1e7) as u64;
+        if ow / oh > cw as f64 / ch as f64 {
+            let new_h = round7(oh * (cw as f64 / ow));
+            ch -= 2 * (ch.saturating_sub(new_h) / 2);
+        } else {
+            let new_w = round7(ow * (ch as f64 / oh));
+            cw -= 2 * (cw.saturating_sub(new_w) / 2);
+        }
+        let (mut unpadded, mut newlines) = (ch * cw, ch);
+        let ratio = ((ch * cw) as f64 / (a.max_patches * per_side * per_side) as f64).sqrt();
+        if ratio > 1.1 {
+            let (h2, w2) = (
+                (ch as f64 / ratio).floor() as u64,
+                (cw as f64 / ratio).floor() as u64,
+            );
+            (unpadded, newlines) = (h2 * w2, h2);
+        }
+        (crops, base + unpadded + newlines - drop)
+    }
+
     /// Patches per image: (image_size / patch_size)².
     pub fn patches(&self) -> u64 {
         (self.image_size / self.patch_size.max(1)).pow(2)

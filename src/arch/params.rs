@@ -177,7 +177,9 @@ pub fn vision_params(spec: &ModelSpec) -> u64 {
         + v.tower_tokens() * h;
     let norms = (1 + u64::from(v.pre_norm)) * norm_params(t, h);
     let layers = t.sum_over_layers(|l| l.params()) + t.layers() * per_layer_fixed(t);
-    embeddings + norms + layers + projector_params(v)
+    // LLaVA-OneVision's `image_newline` (text hidden)
+    let newline = if v.newline { v.projector_out } else { 0 };
+    embeddings + norms + layers + projector_params(v) + newline
 }
 
 /// The projector's parameters.
@@ -217,7 +219,8 @@ pub fn vision_targeted(v: &crate::arch::VisionSpec, targets: &LoraTargets) -> bo
 pub fn vision_trainable(spec: &ModelSpec, tower: bool, projector: bool) -> u64 {
     match &spec.vision {
         Some(_) if tower => vision_params(spec),
-        Some(v) if projector => projector_params(v),
+        // the projector and, with it, LLaVA-OneVision's image_newline
+        Some(v) if projector => projector_params(v) + if v.newline { v.projector_out } else { 0 },
         _ => 0,
     }
 }

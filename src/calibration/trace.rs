@@ -102,6 +102,7 @@ impl TraceRow {
             // tests/it/trace.rs)
             images: 0,
             vision: crate::workload::VisionTrain::Frozen,
+            image_crops: 1,
             ep: 1,
             moe_imbalance: 1.0,
             batch: self.batch,

@@ -112,6 +112,7 @@ fn ledger_params(
         lora_dropout: w.method.lora().map_or(0.0, |l| l.dropout),
         litgpt: w.implementation == crate::workload::Implementation::Litgpt,
         images: if trainable.any() { w.images } else { 0 },
+        image_crops: 1,
         ep: 1,
         moe_imbalance: w.moe_imbalance,
         // resolved against the model by the callers that have it (rank_ledger_params)
@@ -504,10 +505,10 @@ pub fn simulate(
         Task::Infer => 0,
     };
     let mut summary = ModelSummary::of(spec, counts.total, params_trainable);
-    summary.vision = spec.vision.as_ref().map(|v| VisionSummary {
+    summary.vision = spec.vision.as_ref().map(|_| VisionSummary {
         params: counts.vision,
         images: w.images,
-        tokens_per_image: v.image_tokens(),
+        tokens_per_image: w.image_layout(spec).1,
         // nothing trains when serving
         train: match w.task {
             Task::Train => w.vision_train(spec).unwrap_or(VisionTrain::Frozen),
@@ -561,10 +562,17 @@ fn context_warnings(spec: &ModelSpec, w: &Workload) -> Vec<String> {
             VisionTrain::Lora => "LoRA adapters on the vision side's linears (the tower's, and the projector's where it has nn.Linear modules)",
             VisionTrain::Frozen => "the vision tower and the projector are frozen",
         };
+        let (crops, tokens) = w.image_layout(spec);
+        let tiles = if v.anyres.is_some() {
+            let (iw, ih) = w.image_size.unwrap_or((v.image_size, v.image_size));
+            format!("; {iw}x{ih} px images, {crops} crop(s) of {0}x{0} px each through the tower (anyres)", v.image_size)
+        } else {
+            String::new()
+        };
         warnings.push(format!(
-            "vision-language model: {} image(s) per sequence of {} tokens ({}x{} px, {} patches) counted inside {key} {len}{}",
+            "vision-language model: {} image(s) per sequence of {} tokens ({}x{} px, {} patches) counted inside {key} {len}{tiles}{}",
             w.images,
-            v.image_tokens(),
+            tokens,
             v.image_size,
             v.image_size,
             v.patches(),
@@ -654,7 +662,11 @@ fn vision_prefill(spec: &ModelSpec, w: &Workload) -> u64 {
     let Some(v) = spec.vision.as_ref().filter(|_| w.images > 0) else {
         return 0;
     };
-    let b = w.infer.concurrency.saturating_mul(w.images);
+    let b = w
+        .infer
+        .concurrency
+        .saturating_mul(w.images)
+        .saturating_mul(w.image_layout(spec).0.max(1));
     let t = v.tower_tokens();
     let d = w.precision.compute_dtype().size();
     let tp = ledger_params(w, Trainable::Nothing, t, t, b);
@@ -769,6 +781,7 @@ pub fn rank_ledger_params(w: &Workload, v: &RankView) -> LedgerParams {
         .vision_train(&v.local)
         .unwrap_or(crate::workload::VisionTrain::Frozen);
     lp.ep = v.ep;
+    lp.image_crops = w.image_layout(&v.local).0.max(1);
     lp
 }
 

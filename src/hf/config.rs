@@ -19,8 +19,8 @@
 use serde_json::{Map, Value};
 
 use crate::arch::{
-    Activation, BlockModules, Dropout, Family, LayerGroup, LinearRole, MlaSpec, MlpKind, ModelSpec,
-    ModuleSlot, MoeSpec, NormKind, Positions, Projector, QkNorm, Quantization, Residual,
+    Activation, Anyres, BlockModules, Dropout, Family, LayerGroup, LinearRole, MlaSpec, MlpKind,
+    ModelSpec, ModuleSlot, MoeSpec, NormKind, Positions, Projector, QkNorm, Quantization, Residual,
     RouterKind, ScalarMults, VisionSpec,
 };
 use crate::arch::{MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH};
@@ -146,6 +146,9 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
     }
     if model_type == "gemma3" && obj.contains_key("vision_config") {
         return gemma3_vlm(&obj, name);
+    }
+    if model_type == "llava_onevision" {
+        return llava_onevision(&obj, name);
     }
     let c = Cfg {
         m: &obj,
@@ -1292,6 +1295,8 @@ fn llava(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
             bias: cfg.bool_or("multimodal_projector_bias", true)?,
         },
         bidirectional_images: false,
+        anyres: None,
+        newline: false,
         adapters_reach: true,
     };
     let seq = cfg.uint_or(&["image_seq_length"], 1 << 20, 576)?;
@@ -1372,6 +1377,230 @@ fn vit_tower(
     Ok(tower)
 }
 
+/// A SigLIP tower's shape (`siglip_vision_model`, configuration_siglip.py
+/// `SiglipVisionConfig` defaults; no pooling head), for the VLM `parent`.
+struct Siglip {
+    hidden: u64,
+    heads: u64,
+    layers: u64,
+    intermediate: u64,
+    image_size: u64,
+    patch_size: u64,
+    channels: u64,
+    act: Activation,
+}
+
+fn siglip(vision: &Map<String, Value>, name: &str, parent: &str) -> Result<Siglip> {
+    let vt = vision
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or("siglip_vision_model");
+    if vt != "siglip_vision_model" {
+        return Err(Error::Unsupported {
+            model_type: format!("{parent} with a {vt} vision tower"),
+            reason: format!("{parent}'s SigLIP vision tower (siglip_vision_model) is modelled"),
+            supported: Family::supported_list(),
+        });
+    }
+    let v = Cfg {
+        m: vision,
+        path: name,
+        model_type: "siglip_vision_model",
+    };
+    let t = Siglip {
+        hidden: v.uint_or(&["hidden_size"], MAX_WIDTH, 768)?,
+        heads: v.uint_or(&["num_attention_heads"], MAX_WIDTH, 12)?,
+        layers: v.uint_or(&["num_hidden_layers"], MAX_LAYERS, 12)?,
+        intermediate: v.uint_or(&["intermediate_size"], MAX_WIDTH, 3072)?,
+        image_size: v.uint_or(&["image_size"], 1 << 16, 224)?,
+        patch_size: v.uint_or(&["patch_size"], 1 << 12, 16)?,
+        channels: v.uint_or(&["num_channels"], 64, 3)?,
+        act: v.act("hidden_act", Activation::GeluTanh)?,
+    };
+    if v.bool_or("vision_use_head", false)? {
+        return Err(Error::invalid(
+            "vision_config.vision_use_head",
+            true,
+            format!("false ({parent} feeds the projector the tower's tokens; a pooling head is not modelled)"),
+        ));
+    }
+    if t.heads == 0
+        || !t.hidden.is_multiple_of(t.heads)
+        || t.patch_size == 0
+        || t.patch_size > t.image_size
+    {
+        return Err(Error::invalid(
+            "vision_config",
+            format!(
+                "hidden {}, heads {}, patch {}, image {}",
+                t.hidden, t.heads, t.patch_size, t.image_size
+            ),
+            "heads dividing hidden_size and 0 < patch_size <= image_size",
+        ));
+    }
+    Ok(t)
+}
+
+/// LLaVA-OneVision (`llava_onevision`, transformers 5.24 modeling_llava_onevision.py
+/// `LlavaOnevisionForConditionalGeneration`): a Qwen2 text model from `text_config`
+/// (`Qwen2Config` defaults for what it leaves out), a SigLIP tower
+/// (`vision_feature_layer` -1: the last layer's hidden state, before the
+/// post-layernorm, which runs unused), the LLaVA MLP projector, the `image_newline`
+/// parameter and anyres tiling over `image_grid_pinpoints` (`vision_aspect_ratio`
+/// `anyres_max_N`).
+fn llava_onevision(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
+    let cfg = Cfg {
+        m: obj,
+        path: name,
+        model_type: "llava_onevision",
+    };
+    let mut text = sub_config(obj, "text_config", name)?;
+    let text_type = text
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or("qwen2")
+        .to_string();
+    if text_type != "qwen2" {
+        return Err(Error::Unsupported {
+            model_type: format!("llava_onevision with a {text_type} text_config"),
+            reason: "LLaVA-OneVision with a qwen2 text model is modelled".into(),
+            supported: Family::supported_list(),
+        });
+    }
+    // configuration_qwen2.py Qwen2Config class defaults
+    for (k, v) in [
+        ("model_type", Value::from("qwen2")),
+        ("vocab_size", Value::from(151_936u64)),
+        ("hidden_size", Value::from(4096u64)),
+        ("intermediate_size", Value::from(22_016u64)),
+        ("num_hidden_layers", Value::from(32u64)),
+        ("num_attention_heads", Value::from(32u64)),
+        ("num_key_value_heads", Value::from(32u64)),
+    ] {
+        text.entry(k).or_insert(v);
+    }
+    for k in ["torch_dtype", "tie_word_embeddings"] {
+        if let (false, Some(v)) = (text.contains_key(k), obj.get(k)) {
+            text.insert(k.to_string(), v.clone());
+        }
+    }
+    let mut s = parse_config(&Value::Object(text).to_string(), name)?;
+    let vision = sub_config(obj, "vision_config", name)?;
+    let t = siglip(&vision, name, "llava_onevision")?;
+    let layers = t.layers;
+    let feature = match obj.get("vision_feature_layer") {
+        None | Some(Value::Null) => -1i64,
+        Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().unwrap_or(-1),
+        Some(v) => {
+            return Err(Error::invalid(
+                "vision_feature_layer",
+                v,
+                "one integer layer index (a list of layers is not modelled)",
+            ))
+        }
+    };
+    let feature_layers = if feature < 0 {
+        layers as i64 + 1 + feature
+    } else {
+        feature
+    };
+    if !(0..=layers as i64).contains(&feature_layers) {
+        return Err(Error::invalid(
+            "vision_feature_layer",
+            feature,
+            format!("an index into the tower's {} hidden states", layers + 1),
+        ));
+    }
+    let drop_cls = match cfg
+        .str_opt("vision_feature_select_strategy")?
+        .unwrap_or("full")
+    {
+        "default" => true,
+        "full" => false,
+        other => {
+            return Err(Error::invalid(
+                "vision_feature_select_strategy",
+                other,
+                "default or full",
+            ))
+        }
+    };
+    let pinpoints = match obj.get("image_grid_pinpoints") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|p| match p.as_array().map(|x| x.as_slice()) {
+                Some([h, w]) => match (h.as_u64(), w.as_u64()) {
+                    (Some(h), Some(w)) if h > 0 && w > 0 => Ok((h, w)),
+                    _ => Err(Error::invalid(
+                        "image_grid_pinpoints",
+                        p,
+                        "[height, width] pairs of positive integers",
+                    )),
+                },
+                _ => Err(Error::invalid(
+                    "image_grid_pinpoints",
+                    p,
+                    "[height, width] pairs of positive integers",
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => vec![(t.image_size, t.image_size)],
+        Some(v) => {
+            return Err(Error::invalid(
+                "image_grid_pinpoints",
+                v,
+                "a list of [height, width] pairs",
+            ))
+        }
+    };
+    let aspect = cfg
+        .str_opt("vision_aspect_ratio")?
+        .unwrap_or("anyres_max_9");
+    let max_patches = aspect
+        .strip_prefix("anyres_max_")
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(|| Error::invalid("vision_aspect_ratio", aspect, "anyres_max_N with N >= 1"))?;
+    let tokens = (t.image_size / t.patch_size).pow(2);
+    let tower = vit_tower(
+        &s,
+        name,
+        t.hidden,
+        t.heads,
+        layers,
+        t.intermediate,
+        t.act,
+        tokens,
+    )?;
+    let vs = VisionSpec {
+        tower,
+        image_size: t.image_size,
+        patch_size: t.patch_size,
+        channels: t.channels,
+        class_token: false,
+        patch_bias: true,
+        pre_norm: false,
+        post_norm_used: false,
+        feature_layers: feature_layers as u64,
+        drop_cls,
+        projector_out: s.hidden,
+        projector: Projector::Mlp {
+            act: cfg.act("projector_hidden_act", Activation::Gelu)?,
+            bias: cfg.bool_or("multimodal_projector_bias", true)?,
+        },
+        bidirectional_images: false,
+        anyres: Some(Anyres {
+            pinpoints,
+            max_patches,
+        }),
+        newline: cfg.bool_or("use_image_newline_parameter", true)?,
+        adapters_reach: true,
+    };
+    s.name = name.to_string();
+    s.vision = Some(Box::new(vs));
+    Ok(s)
+}
+
 /// Gemma-3 with its vision tower (`gemma3` with a `vision_config`, transformers 5.24
 /// modeling_gemma3.py `Gemma3ForConditionalGeneration`): the text model from
 /// `text_config` with `Gemma3TextConfig`'s class defaults for what the file leaves out
@@ -1410,44 +1639,16 @@ fn gemma3_vlm(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
     }
     let mut s = parse_config(&Value::Object(text).to_string(), name)?;
     let vision = sub_config(obj, "vision_config", name)?;
-    let vt = vision
-        .get("model_type")
-        .and_then(Value::as_str)
-        .unwrap_or("siglip_vision_model");
-    if vt != "siglip_vision_model" {
-        return Err(Error::Unsupported {
-            model_type: format!("gemma3 with a {vt} vision tower"),
-            reason: "Gemma-3's SigLIP vision tower (siglip_vision_model) is modelled".into(),
-            supported: Family::supported_list(),
-        });
-    }
-    let v = Cfg {
-        m: &vision,
-        path: name,
-        model_type: "siglip_vision_model",
-    };
-    // configuration_siglip.py SiglipVisionConfig defaults
-    let hidden = v.uint_or(&["hidden_size"], MAX_WIDTH, 768)?;
-    let heads = v.uint_or(&["num_attention_heads"], MAX_WIDTH, 12)?;
-    let layers = v.uint_or(&["num_hidden_layers"], MAX_LAYERS, 12)?;
-    let intermediate = v.uint_or(&["intermediate_size"], MAX_WIDTH, 3072)?;
-    let image_size = v.uint_or(&["image_size"], 1 << 16, 224)?;
-    let patch_size = v.uint_or(&["patch_size"], 1 << 12, 16)?;
-    let channels = v.uint_or(&["num_channels"], 64, 3)?;
-    if v.bool_or("vision_use_head", false)? {
-        return Err(Error::invalid(
-            "vision_config.vision_use_head",
-            true,
-            "false (Gemma-3 feeds the projector the tower's tokens; a pooling head is not modelled)",
-        ));
-    }
-    if !hidden.is_multiple_of(heads) || patch_size > image_size {
-        return Err(Error::invalid(
-            "vision_config",
-            format!("hidden {hidden}, heads {heads}, patch {patch_size}, image {image_size}"),
-            "heads dividing hidden_size and patch_size <= image_size",
-        ));
-    }
+    let Siglip {
+        hidden,
+        heads,
+        layers,
+        intermediate,
+        image_size,
+        patch_size,
+        channels,
+        act,
+    } = siglip(&vision, name, "gemma3")?;
     let side = image_size / patch_size;
     let tokens = cfg.uint_or(&["mm_tokens_per_image"], 1 << 20, 256)?;
     let per_side = (tokens as f64).sqrt().round() as u64;
@@ -1458,7 +1659,6 @@ fn gemma3_vlm(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
             format!("a square whose side divides the tower's {side} x {side} patch grid (avg_pool2d's kernel)"),
         ));
     }
-    let act = v.act("hidden_act", Activation::GeluTanh)?;
     let tower = vit_tower(
         &s,
         name,
@@ -1486,6 +1686,8 @@ fn gemma3_vlm(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
             norm: s.norm,
         },
         bidirectional_images: true,
+        anyres: None,
+        newline: false,
         adapters_reach: true,
     };
     s.name = name.to_string();

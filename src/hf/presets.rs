@@ -62,6 +62,10 @@ const PRESETS: &[(&str, &str)] = &[
     ),
     ("llava-1.5-7b", include_str!("presets/llava-1.5-7b.json")),
     (
+        "llava-onevision-qwen2-0.5b-ov",
+        include_str!("presets/llava-onevision-qwen2-0.5b-ov.json"),
+    ),
+    (
         "meta-llama-3-8b",
         include_str!("presets/meta-llama-3-8b.json"),
     ),

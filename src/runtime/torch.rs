@@ -114,6 +114,9 @@ pub struct LedgerParams {
     /// `seq`; 0: text only) and what trains on the vision side ([`vision::saved`]).
     pub images: u64,
     pub vision: VisionTrain,
+    /// Crops each image runs through the tower (LLaVA-OneVision's anyres tiles and
+    /// base; 1 otherwise).
+    pub image_crops: u64,
     /// Expert parallelism: the routed experts are spread over `ep` ranks and each
     /// (token, expert) row travels to its expert's rank and back (1: off), and the
     /// busiest rank receives `moe_imbalance` × the balanced share of rows.
@@ -171,6 +174,7 @@ impl LedgerParams {
             compile: false,
             images: 0,
             vision: VisionTrain::Frozen,
+            image_crops: 1,
             ep: 1,
             moe_imbalance: 1.0,
         }

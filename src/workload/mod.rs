@@ -337,6 +337,10 @@ pub struct Workload {
     /// Vision-language models: what trains on the vision side (`--vision`; `None`: the
     /// method's default, [`Workload::vision_train`]).
     pub vision: Option<VisionTrain>,
+    /// Vision-language models: the images' (width, height) before preprocessing
+    /// (`--image-size WxH`; `None`: the tower's square). Only anyres models
+    /// (LLaVA-OneVision) tile by it; fixed-resolution towers resize every image.
+    pub image_size: Option<(u64, u64)>,
     /// Mixture-of-experts under expert parallelism: the busiest rank receives this
     /// many times the balanced share of (token, expert) rows (`--moe-imbalance`, ≥ 1;
     /// 1 = perfectly balanced routing).
@@ -367,6 +371,7 @@ impl Default for Workload {
             compile: false,
             images: 1,
             vision: None,
+            image_size: None,
             moe_imbalance: 1.0,
             infer: InferConfig {
                 prompt_len: 1024,
@@ -542,11 +547,18 @@ impl Workload {
         }))
     }
 
+    /// (crops through the tower, image tokens in the text) per image of the run
+    /// ([`crate::arch::VisionSpec::layout`]; (0, 0) for a text model).
+    pub fn image_layout(&self, spec: &ModelSpec) -> (u64, u64) {
+        spec.vision.as_ref().map_or((0, 0), |v| {
+            let (w, h) = self.image_size.unwrap_or((v.image_size, v.image_size));
+            v.layout(self.images, h, w)
+        })
+    }
+
     /// Image tokens per sequence (0 for a text model).
     pub fn image_tokens(&self, spec: &ModelSpec) -> u64 {
-        spec.vision
-            .as_ref()
-            .map_or(0, |v| self.images.saturating_mul(v.image_tokens()))
+        self.images.saturating_mul(self.image_layout(spec).1)
     }
 
     /// `--images` and `--vision` fit the model, the method and the sequence.
@@ -565,6 +577,15 @@ impl Workload {
             }
             return Ok(());
         };
+        if let Some((w, h)) = self.image_size {
+            if w == 0 || h == 0 || w > 1 << 16 || h > 1 << 16 {
+                return Err(Error::invalid(
+                    "image_size",
+                    format!("{w}x{h}"),
+                    "WIDTHxHEIGHT, each in 1..=65536 pixels",
+                ));
+            }
+        }
         if self.images > MAX_IMAGES {
             return Err(Error::invalid(
                 "images",
@@ -616,7 +637,7 @@ impl Workload {
                 format!(
                     "at least the {tokens} image tokens of --images {} ({} per image, counted inside the sequence as the processor expands each <image>)",
                     self.images,
-                    v.image_tokens()
+                    self.image_layout(spec).1
                 ),
             ));
         }

@@ -320,6 +320,26 @@ impl SettingValue for StageLayers {
     }
 }
 
+/// `--image-size WIDTHxHEIGHT` (pixels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageSize(pub u64, pub u64);
+
+impl SettingValue for ImageSize {
+    fn from_text(s: &str) -> std::result::Result<Self, (String, String)> {
+        let bad = || {
+            (
+                s.to_string(),
+                "WIDTHxHEIGHT in pixels, e.g. 1024x768".to_string(),
+            )
+        };
+        let (w, h) = s.trim().split_once(['x', 'X']).ok_or_else(bad)?;
+        match (w.trim().parse::<u64>(), h.trim().parse::<u64>()) {
+            (Ok(w), Ok(h)) => Ok(ImageSize(w, h)),
+            _ => Err(bad()),
+        }
+    }
+}
+
 /// The ZeRO stage: 0–3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ZeroStage(pub u8);
@@ -485,6 +505,7 @@ settings! {
     implementation: Implementation => "--implementation" Value, "transformers | litgpt: whose model code runs (transformers' modeling files + peft, or litgpt's own GPT under Lightning Fabric; set by --framework litgpt).";
     device: Device => "--device" Value, "cuda | cpu: device semantics of the tensors (LayerNorm stats, dropout masks).";
     images: u64 => "--images" Value, "Vision-language models: images per sample (default 1; 0 for text-only batches). Each adds the tower's image tokens (576 for LLaVA-1.5) inside --seq-len / --prompt-len, as the processor expands <image>.";
+    image_size: ImageSize => "--image-size" Value, "Vision-language models: the images' WIDTHxHEIGHT before preprocessing (default: the tower's square). LLaVA-OneVision tiles a sample's single image by it (anyres: more crops and image tokens for larger images); fixed-resolution towers (LLaVA-1.5, Gemma-3) resize every image.";
     vision: VisionTrain => "--vision" Value, "Vision-language models: what trains on the vision side: frozen | projector | lora | full (default: full with --method full; lora when the LoRA targets reach the tower, as all-linear does; else frozen).";
     prompt_len: u64 => "--prompt-len" Value, "Inference: prompt tokens per sequence.";
     gen_len: u64 => "--gen-len" Value, "Inference: generated tokens per sequence.";
@@ -1069,6 +1090,7 @@ impl Settings {
             activation_offload: self.activation_offload.unwrap_or(false),
             compile: self.compile.unwrap_or(false),
             images: self.images.unwrap_or(d.images),
+            image_size: self.image_size.map(|s| (s.0, s.1)),
             moe_imbalance: self.moe_imbalance.unwrap_or(d.moe_imbalance),
             vision: self.vision,
             infer: InferConfig {

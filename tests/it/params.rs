@@ -252,6 +252,8 @@ fn every_preset_parses_and_matches_its_name() {
                 | "qwen2-7b"
                 | "qwen2.5-7b"
                 | "qwen2.5-7b-instruct" => 0.12,
+                // the name's 0.5B is its Qwen2 text model; the SigLIP tower adds 0.4B
+                "llava-onevision-qwen2-0.5b-ov" => 0.8,
                 _ => 0.08,
             };
             if (ratio - 1.0).abs() > tol {
@@ -538,4 +540,36 @@ fn gemma3_vlm_parameters_are_exact() {
     let v = spec.vision.as_ref().unwrap();
     assert_eq!((v.image_tokens(), v.tower_tokens()), (256, 4096));
     assert!(params::projector_linears(v).is_empty());
+}
+
+/// LLaVA-OneVision's anyres (`VisionSpec::layout`): crops through the tower and image
+/// tokens per image for one image per sample of each (width, height), equal to what
+/// transformers 5.24 computes for the published config (`image_size_to_num_patches`
+/// and `LlavaOnevisionProcessor._get_number_of_features`, run on these sizes); several
+/// images per sample take one crop and 729 + 1 newline tokens each.
+#[test]
+fn llava_onevision_anyres_crops_and_tokens_match_the_processor() {
+    let spec = crate::util::config_spec("llava-onevision-qwen2-0.5b-ov-l2v2");
+    let v = spec.vision.as_ref().unwrap();
+    let mut checked = 0;
+    for (w, h, crops, tokens) in [
+        (384, 384, 2, 1485),
+        (640, 480, 5, 2929),
+        (1600, 1200, 21, 7309),
+        (480, 1920, 11, 5454),
+        (100, 2000, 7, 2349),
+        (1920, 1080, 16, 7269),
+        (4000, 3000, 31, 7309),
+        (333, 777, 4, 2493),
+    ] {
+        assert_eq!(v.layout(1, h, w), (crops, tokens), "{w}x{h}");
+        checked += 1;
+    }
+    assert_eq!(v.layout(2, 640, 480), (1, 730));
+    assert_eq!(checked, 8);
+    // the published model: transformers 5.24's meta-device count of
+    // LlavaOnevisionForConditionalGeneration (vision tower, projector, image_newline)
+    let full = preset("llava-onevision-qwen2-0.5b-ov");
+    let c = params::count(&full);
+    assert_eq!((c.total, c.vision), (893_675_552, 399_585_440));
 }

@@ -892,7 +892,7 @@ fn compiled_layers_save_what_inductor_saves() {
 /// row, through the same settings a user passes (`--images`, `--vision`).
 #[test]
 fn llava_training_steps_against_the_trace_probe() {
-    vlm_steps_against_the_trace_probe("llava-1.5-7b-l2v2", "llava-1.5-7b");
+    vlm_steps_against_the_trace_probe("llava-1.5-7b-l2v2", "llava-1.5-7b", "trace/vlm.csv", 48);
 }
 
 /// The same for Gemma-3-4B-IT (`tests/data/trace/vlm.csv` rows of
@@ -901,16 +901,38 @@ fn llava_training_steps_against_the_trace_probe() {
 /// processor's `token_type_ids`).
 #[test]
 fn gemma3_training_steps_against_the_trace_probe() {
-    vlm_steps_against_the_trace_probe("gemma-3-4b-it-l2v2", "gemma-3-4b-it-l2v2");
+    vlm_steps_against_the_trace_probe(
+        "gemma-3-4b-it-l2v2",
+        "gemma-3-4b-it-l2v2",
+        "trace/vlm.csv",
+        48,
+    );
 }
 
-/// Every `vlm.csv` row of `model` estimated on the config `config`.
-fn vlm_steps_against_the_trace_probe(config: &str, model: &str) {
+/// LLaVA-OneVision-Qwen2-0.5B (`tests/data/trace/vlm_anyres.csv`: a Qwen2 text model
+/// and a SigLIP tower of depth 2; one 640x480 image per sample — anyres: 5 crops of
+/// 384 px, 2,929 image tokens — or two images of 730 tokens each in 4,096 tokens, the
+/// same 48-cell grid as LLaVA's; and one 1600x1200 image — 21 crops, the tiles'
+/// features pooled down to anyres_max_9: 7,309 tokens — in 8,192 tokens, full
+/// fine-tuning and LoRA all-linear, 8 cells).
+#[test]
+fn llava_onevision_training_steps_against_the_trace_probe() {
+    vlm_steps_against_the_trace_probe(
+        "llava-onevision-qwen2-0.5b-ov-l2v2",
+        "llava-onevision-qwen2-0.5b-ov-l2v2",
+        "trace/vlm_anyres.csv",
+        56,
+    );
+}
+
+/// Every row of `model` in the trace file `file` estimated on the config `config`
+/// (`rows` of them).
+fn vlm_steps_against_the_trace_probe(config: &str, model: &str, file: &str, rows: usize) {
     use llm_mem::estimate::estimate;
     use llm_mem::workload::overhead::Overheads;
     use llm_mem::workload::settings::Settings;
     let spec = crate::util::config_spec(config);
-    let t = Table::data("trace/vlm.csv");
+    let t = Table::data(file);
     let (mut checked, mut worst) = (0, 0f64);
     for r in t.rows.iter().filter(|r| t.col(r, "model") == model) {
         let get = |n: &str| t.col(r, n).to_string();
@@ -952,6 +974,10 @@ fn vlm_steps_against_the_trace_probe(config: &str, model: &str) {
         if let Some(tg) = targets {
             flags.extend([("lora_rank", "16"), ("lora_targets", tg)]);
         }
+        let size = t.get(r, "image_size").unwrap_or_default().to_string();
+        if !size.is_empty() {
+            flags.push(("image_size", size.as_str()));
+        }
         let s = Settings::from_flags(&flags).unwrap();
         let (w, _) = crate::util::build(&spec, &s);
         let e = estimate(&spec, &w, &Overheads::none()).unwrap();
@@ -977,5 +1003,5 @@ fn vlm_steps_against_the_trace_probe(config: &str, model: &str) {
         checked += 1;
     }
     println!("{model}: {checked} rows, worst {:.4}%", worst * 100.0);
-    assert_eq!(checked, 48, "{model}");
+    assert_eq!(checked, rows, "{model}");
 }

@@ -86,7 +86,11 @@ pub fn saved(v: &VisionSpec, p: &LedgerParams, images: u64, train: VisionTrain) 
         merge: merge(v, p, train),
         ..VisionLedger::default()
     };
-    let b = p.batch.saturating_mul(images);
+    // every crop through the tower (LLaVA-OneVision's anyres tiles and base)
+    let b = p
+        .batch
+        .saturating_mul(images)
+        .saturating_mul(p.image_crops.max(1));
     let t = v.tower_tokens();
     let h = v.tower.hidden;
     let d = p.precision.compute_dtype().size();
@@ -117,6 +121,12 @@ pub fn saved(v: &VisionSpec, p: &LedgerParams, images: u64, train: VisionTrain) 
         if train != VisionTrain::Full {
             out.embeddings += b * v.patches() * h * d;
         }
+    }
+    if train == VisionTrain::Full && v.anyres.is_some() && images == 1 {
+        // LLaVA-OneVision's single-image path stacks the crops
+        // (`torch.cat(_pixel_values_list)` of the [b, crops, c, s, s] batch): the
+        // convolution keeps that copy, not the batch's own tensor
+        out.embeddings += b * v.channels * v.image_size * v.image_size * d;
     }
     // SigLIP's post_layernorm over every token: its input and statistics, when its
     // weight trains or its input needs a gradient
@@ -198,10 +208,17 @@ fn merge(v: &VisionSpec, p: &LedgerParams, train: VisionTrain) -> u64 {
 ///   reach it).
 fn projector(v: &VisionSpec, tp: &LedgerParams, b: u64, train: VisionTrain, x_rg: bool) -> u64 {
     let trained = matches!(train, VisionTrain::Full | VisionTrain::Projector);
+    // tokens per crop: LLaVA's projector maps every crop's features (OneVision packs
+    // and unpads them afterwards: views, copies and concatenations nothing keeps);
+    // Gemma-3's norm and projection run on the pooled tokens
+    let seq = match v.projector {
+        Projector::Mlp { .. } => v.crop_tokens(),
+        Projector::Pooled { tokens, .. } => tokens,
+    };
     let pp = LedgerParams {
         batch: b,
-        seq: v.image_tokens(),
-        kv_len: v.image_tokens(),
+        seq,
+        kv_len: seq,
         trainable: match (train, v.projector) {
             (VisionTrain::Lora, Projector::Mlp { .. }) => tp.trainable.clone(),
             _ if trained => Trainable::All,
