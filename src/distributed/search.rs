@@ -284,6 +284,13 @@ fn layout_of(
     }
 }
 
+/// The layout a plan candidate names.
+fn candidate_layout(c: &Candidate, grad_accum: u64) -> Layout {
+    layout_of(
+        c.dp, c.tp, c.pp, c.cp, c.ep, c.sharding, c.offload, grad_accum,
+    )
+}
+
 fn divisors_pow2(n: u64, max: u64) -> Vec<u64> {
     let mut v = Vec::new();
     let mut d = 1;
@@ -547,16 +554,7 @@ fn longest(
             ws.batch = 1;
             ws.seq_len = seq;
             ws.grad_ckpt = c.grad_ckpt;
-            let layout = layout_of(
-                c.dp,
-                c.tp,
-                c.pp,
-                c.cp,
-                c.ep,
-                c.sharding,
-                c.offload,
-                w.grad_accum,
-            );
+            let layout = candidate_layout(c, w.grad_accum);
             estimate_layout(spec, &ws, ov, &layout, &Correction::IDENTITY)
                 .ok()
                 .map(|d| d.worst().estimate.peak.device.get())

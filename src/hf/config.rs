@@ -1241,43 +1241,8 @@ fn llava(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
         act,
         patches + 1,
     )?;
-    let feature = match obj.get("vision_feature_layer") {
-        None | Some(Value::Null) => -2i64,
-        Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().unwrap_or(-2),
-        Some(v) => {
-            return Err(Error::invalid(
-                "vision_feature_layer",
-                v,
-                "one integer layer index (a list of layers is not modelled)",
-            ))
-        }
-    };
-    let feature_layers = if feature < 0 {
-        layers as i64 + 1 + feature
-    } else {
-        feature
-    };
-    if !(0..=layers as i64).contains(&feature_layers) {
-        return Err(Error::invalid(
-            "vision_feature_layer",
-            feature,
-            format!("an index into the tower's {} hidden states", layers + 1),
-        ));
-    }
-    let drop_cls = match cfg
-        .str_opt("vision_feature_select_strategy")?
-        .unwrap_or("default")
-    {
-        "default" => true,
-        "full" => false,
-        other => {
-            return Err(Error::invalid(
-                "vision_feature_select_strategy",
-                other,
-                "default or full",
-            ))
-        }
-    };
+    let feature_layers = feature_layers(obj, layers, -2)?;
+    let drop_cls = drop_cls(&cfg, "default")?;
     let vs = VisionSpec {
         tower,
         image_size,
@@ -1287,7 +1252,7 @@ fn llava(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
         patch_bias: false,
         pre_norm: true,
         post_norm_used: false,
-        feature_layers: feature_layers as u64,
+        feature_layers,
         drop_cls,
         projector_out: s.hidden,
         projector: Projector::Mlp {
@@ -1329,6 +1294,53 @@ fn sub_config(
             path: name.to_string(),
             message: format!("missing required field `{key}`"),
         }),
+    }
+}
+
+/// The tower layers the features come from: `vision_feature_layer` (one integer,
+/// negative counting from the end of the `layers + 1` hidden states; `default` when
+/// absent).
+fn feature_layers(obj: &Map<String, Value>, layers: u64, default: i64) -> Result<u64> {
+    let feature = match obj.get("vision_feature_layer") {
+        None | Some(Value::Null) => default,
+        Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().unwrap_or(default),
+        Some(v) => {
+            return Err(Error::invalid(
+                "vision_feature_layer",
+                v,
+                "one integer layer index (a list of layers is not modelled)",
+            ))
+        }
+    };
+    let index = if feature < 0 {
+        layers as i64 + 1 + feature
+    } else {
+        feature
+    };
+    if !(0..=layers as i64).contains(&index) {
+        return Err(Error::invalid(
+            "vision_feature_layer",
+            feature,
+            format!("an index into the tower's {} hidden states", layers + 1),
+        ));
+    }
+    Ok(index as u64)
+}
+
+/// `vision_feature_select_strategy`: "default" drops the first token (CLIP's class
+/// token), "full" keeps every one.
+fn drop_cls(cfg: &Cfg, default: &str) -> Result<bool> {
+    match cfg
+        .str_opt("vision_feature_select_strategy")?
+        .unwrap_or(default)
+    {
+        "default" => Ok(true),
+        "full" => Ok(false),
+        other => Err(Error::invalid(
+            "vision_feature_select_strategy",
+            other,
+            "default or full",
+        )),
     }
 }
 
@@ -1488,43 +1500,8 @@ fn llava_onevision(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
     let vision = sub_config(obj, "vision_config", name)?;
     let t = siglip(&vision, name, "llava_onevision")?;
     let layers = t.layers;
-    let feature = match obj.get("vision_feature_layer") {
-        None | Some(Value::Null) => -1i64,
-        Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().unwrap_or(-1),
-        Some(v) => {
-            return Err(Error::invalid(
-                "vision_feature_layer",
-                v,
-                "one integer layer index (a list of layers is not modelled)",
-            ))
-        }
-    };
-    let feature_layers = if feature < 0 {
-        layers as i64 + 1 + feature
-    } else {
-        feature
-    };
-    if !(0..=layers as i64).contains(&feature_layers) {
-        return Err(Error::invalid(
-            "vision_feature_layer",
-            feature,
-            format!("an index into the tower's {} hidden states", layers + 1),
-        ));
-    }
-    let drop_cls = match cfg
-        .str_opt("vision_feature_select_strategy")?
-        .unwrap_or("full")
-    {
-        "default" => true,
-        "full" => false,
-        other => {
-            return Err(Error::invalid(
-                "vision_feature_select_strategy",
-                other,
-                "default or full",
-            ))
-        }
-    };
+    let feature_layers = feature_layers(obj, layers, -1)?;
+    let drop_cls = drop_cls(&cfg, "full")?;
     let pinpoints = match obj.get("image_grid_pinpoints") {
         Some(Value::Array(a)) => a
             .iter()
@@ -1581,7 +1558,7 @@ fn llava_onevision(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
         patch_bias: true,
         pre_norm: false,
         post_norm_used: false,
-        feature_layers: feature_layers as u64,
+        feature_layers,
         drop_cls,
         projector_out: s.hidden,
         projector: Projector::Mlp {

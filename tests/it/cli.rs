@@ -618,43 +618,13 @@ fn snapshot_gpt2_amp_eager_grad_ckpt() {
 /// README: a VLM served with HF generate, four images in each 3072-token prompt.
 #[test]
 fn snapshot_infer_llava_1_5_7b() {
-    insta::assert_snapshot!(snapshot_run(&[
-        "--model",
-        "llava-1.5-7b",
-        "--task",
-        "infer",
-        "--images",
-        "4",
-        "--prompt-len",
-        "3072",
-        "--gen-len",
-        "512",
-        "--concurrency",
-        "8",
-        "--gpu",
-        "l40s",
-    ]));
+    let args = "--model llava-1.5-7b --task infer --images 4 --prompt-len 3072 --gen-len 512 --concurrency 8 --gpu l40s";
+    insta::assert_snapshot!(snapshot_run(&args.split(' ').collect::<Vec<_>>()));
 }
 
 /// README: LLaVA-1.5 LoRA (all-linear reaches the tower) with checkpointing.
 #[test]
 fn snapshot_lora_llava_1_5_7b() {
-    insta::assert_snapshot!(snapshot_run(&[
-        "--model",
-        "llava-1.5-7b",
-        "--method",
-        "lora",
-        "--lora-targets",
-        "all-linear",
-        "--images",
-        "2",
-        "--seq-len",
-        "2048",
-        "--batch",
-        "4",
-        "--grad-ckpt",
-        "full",
-        "--gpu",
-        "rtx4090",
-    ]));
+    let args = "--model llava-1.5-7b --method lora --lora-targets all-linear --images 2 --seq-len 2048 --batch 4 --grad-ckpt full --gpu rtx4090";
+    insta::assert_snapshot!(snapshot_run(&args.split(' ').collect::<Vec<_>>()));
 }
