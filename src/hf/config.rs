@@ -1167,36 +1167,20 @@ fn llava(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
             None => Err(cfg.missing(key)),
         }
     };
-    let mut text = sub("text_config")?;
-    let text_type = text
-        .get("model_type")
-        .and_then(Value::as_str)
-        .unwrap_or("llama")
-        .to_string();
-    if text_type != "llama" {
-        return Err(Error::Unsupported {
-            model_type: format!("llava with a {text_type} text_config"),
-            reason: "LLaVA with a llama text model (LLaVA-1.5) is modelled".into(),
-            supported: Family::supported_list(),
-        });
-    }
     // configuration_llama.py class defaults (what LlavaConfig's text_config gets)
-    for (k, v) in [
-        ("model_type", Value::from("llama")),
-        ("vocab_size", Value::from(32000u64)),
-        ("hidden_size", Value::from(4096u64)),
-        ("intermediate_size", Value::from(11008u64)),
-        ("num_hidden_layers", Value::from(32u64)),
-        ("num_attention_heads", Value::from(32u64)),
-    ] {
-        text.entry(k).or_insert(v);
-    }
-    for k in ["torch_dtype", "tie_word_embeddings"] {
-        if let (false, Some(v)) = (text.contains_key(k), obj.get(k)) {
-            text.insert(k.to_string(), v.clone());
-        }
-    }
-    let mut s = parse_config(&Value::Object(text).to_string(), name)?;
+    let mut s = vlm_text_model(
+        obj,
+        name,
+        "llava",
+        "llama",
+        &[
+            ("vocab_size", Value::from(32000u64)),
+            ("hidden_size", Value::from(4096u64)),
+            ("intermediate_size", Value::from(11008u64)),
+            ("num_hidden_layers", Value::from(32u64)),
+            ("num_attention_heads", Value::from(32u64)),
+        ],
+    )?;
     let vision = sub("vision_config")?;
     let vt = vision
         .get("model_type")
@@ -1295,6 +1279,42 @@ fn sub_config(
             message: format!("missing required field `{key}`"),
         }),
     }
+}
+
+/// A VLM's text model from its `text_config` (whose `model_type` must be
+/// `text_type`), with the text config class's `defaults` for what the file leaves out
+/// and the top level's `torch_dtype` / `tie_word_embeddings` where the text config has
+/// none (what the composite config class passes down).
+fn vlm_text_model(
+    obj: &Map<String, Value>,
+    name: &str,
+    vlm: &str,
+    text_type: &str,
+    defaults: &[(&str, Value)],
+) -> Result<ModelSpec> {
+    let mut text = sub_config(obj, "text_config", name)?;
+    let got = text
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or(text_type)
+        .to_string();
+    if got != text_type {
+        return Err(Error::Unsupported {
+            model_type: format!("{vlm} with a {got} text_config"),
+            reason: format!("{vlm} with a {text_type} text model is modelled"),
+            supported: Family::supported_list(),
+        });
+    }
+    text.entry("model_type").or_insert(Value::from(text_type));
+    for (k, v) in defaults {
+        text.entry(k.to_string()).or_insert(v.clone());
+    }
+    for k in ["torch_dtype", "tie_word_embeddings"] {
+        if let (false, Some(v)) = (text.contains_key(k), obj.get(k)) {
+            text.insert(k.to_string(), v.clone());
+        }
+    }
+    parse_config(&Value::Object(text).to_string(), name)
 }
 
 /// The tower layers the features come from: `vision_feature_layer` (one integer,
@@ -1466,37 +1486,21 @@ fn llava_onevision(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
         path: name,
         model_type: "llava_onevision",
     };
-    let mut text = sub_config(obj, "text_config", name)?;
-    let text_type = text
-        .get("model_type")
-        .and_then(Value::as_str)
-        .unwrap_or("qwen2")
-        .to_string();
-    if text_type != "qwen2" {
-        return Err(Error::Unsupported {
-            model_type: format!("llava_onevision with a {text_type} text_config"),
-            reason: "LLaVA-OneVision with a qwen2 text model is modelled".into(),
-            supported: Family::supported_list(),
-        });
-    }
     // configuration_qwen2.py Qwen2Config class defaults
-    for (k, v) in [
-        ("model_type", Value::from("qwen2")),
-        ("vocab_size", Value::from(151_936u64)),
-        ("hidden_size", Value::from(4096u64)),
-        ("intermediate_size", Value::from(22_016u64)),
-        ("num_hidden_layers", Value::from(32u64)),
-        ("num_attention_heads", Value::from(32u64)),
-        ("num_key_value_heads", Value::from(32u64)),
-    ] {
-        text.entry(k).or_insert(v);
-    }
-    for k in ["torch_dtype", "tie_word_embeddings"] {
-        if let (false, Some(v)) = (text.contains_key(k), obj.get(k)) {
-            text.insert(k.to_string(), v.clone());
-        }
-    }
-    let mut s = parse_config(&Value::Object(text).to_string(), name)?;
+    let mut s = vlm_text_model(
+        obj,
+        name,
+        "llava_onevision",
+        "qwen2",
+        &[
+            ("vocab_size", Value::from(151_936u64)),
+            ("hidden_size", Value::from(4096u64)),
+            ("intermediate_size", Value::from(22_016u64)),
+            ("num_hidden_layers", Value::from(32u64)),
+            ("num_attention_heads", Value::from(32u64)),
+            ("num_key_value_heads", Value::from(32u64)),
+        ],
+    )?;
     let vision = sub_config(obj, "vision_config", name)?;
     let t = siglip(&vision, name, "llava_onevision")?;
     let layers = t.layers;
@@ -1591,30 +1595,28 @@ fn gemma3_vlm(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
         path: name,
         model_type: "gemma3",
     };
-    let mut text = sub_config(obj, "text_config", name)?;
     // configuration_gemma3.py Gemma3TextConfig class defaults
-    for (k, v) in [
-        ("model_type", Value::from("gemma3_text")),
-        ("vocab_size", Value::from(262_208u64)),
-        ("hidden_size", Value::from(2304u64)),
-        ("intermediate_size", Value::from(9216u64)),
-        ("num_hidden_layers", Value::from(26u64)),
-        ("num_attention_heads", Value::from(8u64)),
-        ("num_key_value_heads", Value::from(4u64)),
-        ("head_dim", Value::from(256u64)),
-        ("hidden_activation", Value::from("gelu_pytorch_tanh")),
-        ("max_position_embeddings", Value::from(131_072u64)),
-        ("rms_norm_eps", Value::from(1e-6)),
-        ("query_pre_attn_scalar", Value::from(256u64)),
-        ("sliding_window", Value::from(4096u64)),
-        ("tie_word_embeddings", Value::from(true)),
-    ] {
-        text.entry(k).or_insert(v);
-    }
-    if let (false, Some(v)) = (text.contains_key("torch_dtype"), obj.get("torch_dtype")) {
-        text.insert("torch_dtype".to_string(), v.clone());
-    }
-    let mut s = parse_config(&Value::Object(text).to_string(), name)?;
+    let mut s = vlm_text_model(
+        obj,
+        name,
+        "gemma3",
+        "gemma3_text",
+        &[
+            ("vocab_size", Value::from(262_208u64)),
+            ("hidden_size", Value::from(2304u64)),
+            ("intermediate_size", Value::from(9216u64)),
+            ("num_hidden_layers", Value::from(26u64)),
+            ("num_attention_heads", Value::from(8u64)),
+            ("num_key_value_heads", Value::from(4u64)),
+            ("head_dim", Value::from(256u64)),
+            ("hidden_activation", Value::from("gelu_pytorch_tanh")),
+            ("max_position_embeddings", Value::from(131_072u64)),
+            ("rms_norm_eps", Value::from(1e-6)),
+            ("query_pre_attn_scalar", Value::from(256u64)),
+            ("sliding_window", Value::from(4096u64)),
+            ("tie_word_embeddings", Value::from(true)),
+        ],
+    )?;
     let vision = sub_config(obj, "vision_config", name)?;
     let Siglip {
         hidden,
