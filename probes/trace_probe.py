@@ -625,6 +625,8 @@ def vlm_inputs(cfg, c, dtype, device):
         per_image = cfg.mm_tokens_per_image  # the projector's pooled tokens
     elif cfg.model_type == "llava_onevision":
         return onevision_inputs(cfg, c, dtype, device)
+    elif cfg.model_type == "llava_next":
+        return next_inputs(cfg, c, dtype, device)
     else:
         raise NotImplementedError(f"vision-language model type {cfg.model_type}: llava, gemma3, llava_onevision")
     n = c["images"] * per_image
@@ -690,6 +692,38 @@ def onevision_inputs(cfg, c, dtype, device):
     extra = {"image_sizes": [[height, width]] * (n * c["batch"]),
              "batch_num_images": [n] * c["batch"]}
     return ids, pixels, total, extra
+
+
+def next_inputs(cfg, c, dtype, device):
+    """LLaVA-NeXT: every image through anyres (`image_size_to_num_patches`: the base crop
+    and the tiles of the best pinpoint); the image tokens per image as the processor
+    counts them (`LlavaNextProcessor._get_number_of_features`, on a stand-in)."""
+    import types
+    import torch
+    from transformers.models.llava_next import modeling_llava_next as mn
+    from transformers.models.llava_next.processing_llava_next import LlavaNextProcessor
+    vc = cfg.vision_config
+    side = vc.image_size
+    w_h = c.get("image_size") or f"{side}x{side}"
+    width, height = (int(x) for x in w_h.split("x"))
+    n = c["images"]
+    crops = mn.image_size_to_num_patches((height, width), cfg.image_grid_pinpoints, side)
+    stub = types.SimpleNamespace(
+        image_processor=types.SimpleNamespace(image_grid_pinpoints=cfg.image_grid_pinpoints),
+        patch_size=vc.patch_size, num_additional_image_tokens=1)
+    stub._get_unpadded_features = types.MethodType(LlavaNextProcessor._get_unpadded_features, stub)
+    per_image = LlavaNextProcessor._get_number_of_features(stub, height, width, side, side)
+    if cfg.vision_feature_select_strategy == "default":
+        per_image -= 1
+    total = n * per_image
+    if total > c["seq"]:
+        raise ValueError(f"{n} images of {per_image} tokens do not fit in seq {c['seq']}")
+    tok = cfg.image_token_id
+    ids = torch.randint(0, cfg.get_text_config().vocab_size, (c["batch"], c["seq"]), device=device)
+    ids = torch.where(ids == tok, torch.zeros_like(ids), ids)
+    ids[:, :total] = tok
+    pixels = torch.randn(c["batch"] * n, crops, vc.num_channels, side, side, dtype=dtype, device=device)
+    return ids, pixels, total, {"image_sizes": [[height, width]] * (n * c["batch"])}
 
 
 VISION_MODULES = ("vision_tower", "multi_modal_projector", "image_newline")  # llava, gemma3, onevision

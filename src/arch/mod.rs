@@ -591,7 +591,12 @@ pub enum Projector {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Anyres {
     pub pinpoints: Vec<(u64, u64)>,
-    pub max_patches: u64,
+    /// OneVision's `anyres_max_N` pooling of the tiles' features (`None`: LLaVA-NeXT,
+    /// which keeps them all).
+    pub max_patches: Option<u64>,
+    /// OneVision gives several images in one sample a single crop each
+    /// (`batch_num_images`); LLaVA-NeXT tiles every image.
+    pub single_image_only: bool,
 }
 
 /// `image_processing_utils.select_best_resolution`: the pinpoint that keeps the most of
@@ -627,8 +632,10 @@ impl VisionSpec {
             return (1, self.image_tokens());
         };
         let drop = u64::from(self.drop_cls);
-        let base = self.patches();
-        if images != 1 {
+        // the base crop's features: the patches and the class token (LLaVA-NeXT's
+        // `num_additional_image_tokens`), the strategy's drop taken off the total
+        let base = self.tower_tokens();
+        if images != 1 && a.single_image_only {
             // several images per sample: one crop each, and one newline
             // (`replace_image_token`: num_image_tokens + 1)
             return (1, base + 1 - drop);
@@ -649,13 +656,15 @@ impl VisionSpec {
             cw -= 2 * (cw.saturating_sub(new_w) / 2);
         }
         let (mut unpadded, mut newlines) = (ch * cw, ch);
-        let ratio = ((ch * cw) as f64 / (a.max_patches * per_side * per_side) as f64).sqrt();
-        if ratio > 1.1 {
-            let (h2, w2) = (
-                (ch as f64 / ratio).floor() as u64,
-                (cw as f64 / ratio).floor() as u64,
-            );
-            (unpadded, newlines) = (h2 * w2, h2);
+        if let Some(max) = a.max_patches {
+            let ratio = ((ch * cw) as f64 / (max * per_side * per_side) as f64).sqrt();
+            if ratio > 1.1 {
+                let (h2, w2) = (
+                    (ch as f64 / ratio).floor() as u64,
+                    (cw as f64 / ratio).floor() as u64,
+                );
+                (unpadded, newlines) = (h2 * w2, h2);
+            }
         }
         (crops, base + unpadded + newlines - drop)
     }

@@ -141,8 +141,8 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
             })
         }
     };
-    if model_type == "llava" {
-        return llava(&obj, name);
+    if model_type == "llava" || model_type == "llava_next" {
+        return llava(&obj, name, model_type == "llava_next");
     }
     if model_type == "gemma3" && obj.contains_key("vision_config") {
         return gemma3_vlm(&obj, name);
@@ -1154,11 +1154,17 @@ fn refuse_moe_extras(c: &Cfg, s: &ModelSpec, quant_accepted: &str) -> Result<()>
 /// (an integer; a list of layers is refused), `vision_feature_select_strategy`
 /// "default" drops the class token, and `image_seq_length` (default 576) must equal the
 /// image tokens that follow.
-fn llava(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
+///
+/// `next`: LLaVA-NeXT (`llava_next`, modeling_llava_next.py): the same tower and
+/// projector with anyres tiles of every image over `image_grid_pinpoints`
+/// (LlavaNextConfig's default list when absent), unpadded and ending each row with
+/// `image_newline`, no pooling; a llama or mistral text model.
+fn llava(obj: &Map<String, Value>, name: &str, next: bool) -> Result<ModelSpec> {
+    let vlm = if next { "llava_next" } else { "llava" };
     let cfg = Cfg {
         m: obj,
         path: name,
-        model_type: "llava",
+        model_type: vlm,
     };
     let sub = |key: &'static str| -> Result<Map<String, Value>> {
         match obj.get(key) {
@@ -1167,20 +1173,43 @@ fn llava(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
             None => Err(cfg.missing(key)),
         }
     };
-    // configuration_llama.py class defaults (what LlavaConfig's text_config gets)
-    let mut s = vlm_text_model(
-        obj,
-        name,
-        "llava",
-        "llama",
-        &[
-            ("vocab_size", Value::from(32000u64)),
-            ("hidden_size", Value::from(4096u64)),
-            ("intermediate_size", Value::from(11008u64)),
-            ("num_hidden_layers", Value::from(32u64)),
-            ("num_attention_heads", Value::from(32u64)),
-        ],
-    )?;
+    let text_type = obj
+        .get("text_config")
+        .and_then(|t| t.get("model_type"))
+        .and_then(Value::as_str)
+        .unwrap_or("llama");
+    let mut s = if next && text_type == "mistral" {
+        // configuration_mistral.py class defaults
+        vlm_text_model(
+            obj,
+            name,
+            vlm,
+            "mistral",
+            &[
+                ("vocab_size", Value::from(32000u64)),
+                ("hidden_size", Value::from(4096u64)),
+                ("intermediate_size", Value::from(14336u64)),
+                ("num_hidden_layers", Value::from(32u64)),
+                ("num_attention_heads", Value::from(32u64)),
+                ("num_key_value_heads", Value::from(8u64)),
+            ],
+        )?
+    } else {
+        // configuration_llama.py class defaults (what LlavaConfig's text_config gets)
+        vlm_text_model(
+            obj,
+            name,
+            vlm,
+            "llama",
+            &[
+                ("vocab_size", Value::from(32000u64)),
+                ("hidden_size", Value::from(4096u64)),
+                ("intermediate_size", Value::from(11008u64)),
+                ("num_hidden_layers", Value::from(32u64)),
+                ("num_attention_heads", Value::from(32u64)),
+            ],
+        )?
+    };
     let vision = sub("vision_config")?;
     let vt = vision
         .get("model_type")
@@ -1227,7 +1256,7 @@ fn llava(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
     )?;
     let feature_layers = feature_layers(obj, layers, -2)?;
     let drop_cls = drop_cls(&cfg, "default")?;
-    let vs = VisionSpec {
+    let mut vs = VisionSpec {
         tower,
         image_size,
         patch_size,
@@ -1248,6 +1277,24 @@ fn llava(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
         newline: false,
         adapters_reach: true,
     };
+    if next {
+        // configuration_llava_next.py: the default pinpoints
+        let pinpoints = match obj.get("image_grid_pinpoints") {
+            None | Some(Value::Null) => {
+                vec![(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)]
+            }
+            Some(v) => pinpoints_of(v)?,
+        };
+        vs.anyres = Some(Anyres {
+            pinpoints,
+            max_patches: None,
+            single_image_only: false,
+        });
+        vs.newline = true;
+        s.name = name.to_string();
+        s.vision = Some(Box::new(vs));
+        return Ok(s);
+    }
     let seq = cfg.uint_or(&["image_seq_length"], 1 << 20, 576)?;
     if seq != vs.image_tokens() {
         return Err(Error::invalid(
@@ -1315,6 +1362,29 @@ fn vlm_text_model(
         }
     }
     parse_config(&Value::Object(text).to_string(), name)
+}
+
+/// `image_grid_pinpoints`: [height, width] pairs of positive integers.
+fn pinpoints_of(v: &Value) -> Result<Vec<(u64, u64)>> {
+    let bad = |p: &Value| {
+        Error::invalid(
+            "image_grid_pinpoints",
+            p,
+            "a list of [height, width] pairs of positive integers",
+        )
+    };
+    let Value::Array(a) = v else {
+        return Err(bad(v));
+    };
+    a.iter()
+        .map(|p| match p.as_array().map(|x| x.as_slice()) {
+            Some([h, w]) => match (h.as_u64(), w.as_u64()) {
+                (Some(h), Some(w)) if h > 0 && w > 0 => Ok((h, w)),
+                _ => Err(bad(p)),
+            },
+            _ => Err(bad(p)),
+        })
+        .collect()
 }
 
 /// The tower layers the features come from: `vision_feature_layer` (one integer,
@@ -1507,32 +1577,8 @@ fn llava_onevision(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
     let feature_layers = feature_layers(obj, layers, -1)?;
     let drop_cls = drop_cls(&cfg, "full")?;
     let pinpoints = match obj.get("image_grid_pinpoints") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|p| match p.as_array().map(|x| x.as_slice()) {
-                Some([h, w]) => match (h.as_u64(), w.as_u64()) {
-                    (Some(h), Some(w)) if h > 0 && w > 0 => Ok((h, w)),
-                    _ => Err(Error::invalid(
-                        "image_grid_pinpoints",
-                        p,
-                        "[height, width] pairs of positive integers",
-                    )),
-                },
-                _ => Err(Error::invalid(
-                    "image_grid_pinpoints",
-                    p,
-                    "[height, width] pairs of positive integers",
-                )),
-            })
-            .collect::<Result<Vec<_>>>()?,
-        None => vec![(t.image_size, t.image_size)],
-        Some(v) => {
-            return Err(Error::invalid(
-                "image_grid_pinpoints",
-                v,
-                "a list of [height, width] pairs",
-            ))
-        }
+        None | Some(Value::Null) => vec![(t.image_size, t.image_size)],
+        Some(v) => pinpoints_of(v)?,
     };
     let aspect = cfg
         .str_opt("vision_aspect_ratio")?
@@ -1572,7 +1618,8 @@ fn llava_onevision(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
         bidirectional_images: false,
         anyres: Some(Anyres {
             pinpoints,
-            max_patches,
+            max_patches: Some(max_patches),
+            single_image_only: true,
         }),
         newline: cfg.bool_or("use_image_newline_parameter", true)?,
         adapters_reach: true,
@@ -2499,7 +2546,7 @@ mod tests {
             r#"{"model_type":"llama","num_local_experts":8}"#,
             r#"{"model_type":"llama","kv_lora_rank":512}"#,
             r#"{"model_type":"qwen","visual":{}}"#,
-            r#"{"model_type":"llava_next"}"#,
+            r#"{"model_type":"qwen2_vl"}"#,
         ] {
             match parse_config(j, "m").unwrap_err() {
                 Error::Unsupported { reason, .. } => assert_eq!(reason, LATER_VERSION),

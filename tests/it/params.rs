@@ -94,14 +94,14 @@ fn lora_explicit_names() {
     assert_eq!(c.adapted_modules, 24);
 }
 
-/// VLMs other than LLaVA-1.5 are refused: Qwen-VL (`qwen` + `visual`) and a
-/// LLaVA-NeXT config.
+/// VLMs other than the LLaVA family and Gemma-3 are refused: Qwen-VL (`qwen` +
+/// `visual`) and a Qwen2-VL config.
 #[test]
 fn other_vlms_are_unsupported() {
-    let next = r#"{"model_type":"llava_next","text_config":{},"vision_config":{}}"#;
+    let qwen2_vl = r#"{"model_type":"qwen2_vl","text_config":{},"vision_config":{}}"#;
     for (m, text) in [
         ("qwen-vl", read_data("configs/qwen-vl/config.json")),
-        ("llava-next", next.to_string()),
+        ("qwen2-vl", qwen2_vl.to_string()),
     ] {
         let e = parse_config(&text, m).unwrap_err();
         match e {
@@ -572,4 +572,11 @@ fn llava_onevision_anyres_crops_and_tokens_match_the_processor() {
     let full = preset("llava-onevision-qwen2-0.5b-ov");
     let c = params::count(&full);
     assert_eq!((c.total, c.vision), (893_675_552, 399_585_440));
+    // LLaVA-NeXT tiles every image: 640x480 takes 5 crops of 336 px and, with CLIP's
+    // class token dropped, 2,340 tokens, one or two images per sample alike
+    // (LlavaNextProcessor._get_number_of_features - 1 for the "default" strategy)
+    let next = crate::util::config_spec("llava-next-vicuna-l2v2");
+    let nv = next.vision.as_ref().unwrap();
+    assert_eq!(nv.layout(1, 480, 640), (5, 2340));
+    assert_eq!(nv.layout(2, 480, 640), (5, 2340));
 }

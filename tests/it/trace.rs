@@ -925,6 +925,20 @@ fn llava_onevision_training_steps_against_the_trace_probe() {
     );
 }
 
+/// LLaVA-NeXT (`tests/data/trace/vlm_anyres.csv` rows of `configs/llava-next-vicuna-l2v2/`:
+/// LLaVA-1.5's CLIP tower and llama at depth 2 as a `llava_next` config with the default
+/// pinpoints): one or two 640x480 images per sample, each through anyres (5 crops of
+/// 336 px, 2,340 tokens), in 5,120 tokens, the 48-cell grid.
+#[test]
+fn llava_next_training_steps_against_the_trace_probe() {
+    vlm_steps_against_the_trace_probe(
+        "llava-next-vicuna-l2v2",
+        "llava-next-vicuna-l2v2",
+        "trace/vlm_anyres.csv",
+        48,
+    );
+}
+
 /// Every row of `model` in the trace file `file` estimated on the config `config`
 /// (`rows` of them).
 fn vlm_steps_against_the_trace_probe(config: &str, model: &str, file: &str, rows: usize) {

@@ -122,10 +122,15 @@ pub fn saved(v: &VisionSpec, p: &LedgerParams, images: u64, train: VisionTrain) 
             out.embeddings += b * v.patches() * h * d;
         }
     }
-    if train == VisionTrain::Full && v.anyres.is_some() && images == 1 {
-        // LLaVA-OneVision's single-image path stacks the crops
-        // (`torch.cat(_pixel_values_list)` of the [b, crops, c, s, s] batch): the
-        // convolution keeps that copy, not the batch's own tensor
+    let stacked = v
+        .anyres
+        .as_ref()
+        .is_some_and(|a| images == 1 || !a.single_image_only);
+    if train == VisionTrain::Full && stacked {
+        // the anyres path stacks the crops (`torch.cat(_pixel_values_list)` of the
+        // [b, crops, c, s, s] batch; LLaVA-OneVision's single-image samples,
+        // LLaVA-NeXT's every one): the convolution keeps that copy, not the batch's
+        // own tensor
         out.embeddings += b * v.channels * v.image_size * v.image_size * d;
     }
     // SigLIP's post_layernorm over every token: its input and statistics, when its
@@ -239,9 +244,12 @@ fn projector(v: &VisionSpec, tp: &LedgerParams, b: u64, train: VisionTrain, x_rg
             let y = g.linear(y, &lins[1]);
             let l: LayerLedger = measure(&g, y, &pp);
             let input_kept = l.tensors.iter().any(|t| t.name == "layer input" && t.saved);
-            let cls = if input_kept && v.class_token && v.drop_cls {
-                // `selected_image_feature[:, 1:]` is a view: the class token's rows stay
-                b * v.tower.hidden * d.size()
+            let cls = if input_kept && v.class_token && v.drop_cls && b == 1 {
+                // `selected_image_feature[:, 1:]` is a view, and for one crop F.linear
+                // flattens it without a copy: the class token's row stays with it (for
+                // several crops the flattening copies the kept rows, which the program
+                // counts)
+                v.tower.hidden * d.size()
             } else {
                 0
             };
