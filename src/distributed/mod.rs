@@ -176,6 +176,17 @@ fn weight_split(local: &ModelSpec, w: &Workload) -> Result<WeightSplit> {
     })
 }
 
+/// A vision-language model under a parallel layout (`what`): the tower's parameters,
+/// gradients, optimizer state and activations are placed on one GPU only
+/// (`estimate::RankView::single`), so every layout and plan is refused by name.
+pub fn vlm_layout_refused(spec: &ModelSpec, what: &str) -> crate::error::Error {
+    crate::error::Error::invalid(
+        "parallel layout",
+        format!("{what} for the vision-language model {}", spec.name),
+        "one GPU for a vision-language model (no --dp/--tp/--pp/--cp/--ep above 1, no --zero or --fsdp, no plan): where the vision tower sits under data, tensor or pipeline parallelism is not modelled yet",
+    )
+}
+
 /// Estimate every rank class of `layout`.
 pub fn estimate_layout(
     spec: &ModelSpec,
@@ -188,12 +199,19 @@ pub fn estimate_layout(
     w.validate(spec)?;
     layout.validate(spec, w)?;
     if spec.vision.is_some() {
-        // the vision tower's parameters, gradients and optimizer state and its
-        // activations are placed on one GPU only (estimate::RankView::single)
-        return Err(crate::error::Error::invalid(
-            "parallel layout",
-            format!("dp {} x tp {} x pp {} x cp {} (zero {}, fsdp {}) for the vision-language model {}", layout.dp, layout.tp, layout.pp, layout.cp, layout.zero, layout.fsdp.map_or("off".to_string(), |f| format!("{f:?}").to_lowercase()), spec.name),
-            "one GPU for a vision-language model (no --dp/--tp/--pp/--cp/--ep above 1, no --zero or --fsdp): where the vision tower sits under data, tensor or pipeline parallelism is not modelled yet",
+        return Err(vlm_layout_refused(
+            spec,
+            &format!(
+                "dp {} x tp {} x pp {} x cp {} (zero {}, fsdp {})",
+                layout.dp,
+                layout.tp,
+                layout.pp,
+                layout.cp,
+                layout.zero,
+                layout
+                    .fsdp
+                    .map_or("off".to_string(), |f| format!("{f:?}").to_lowercase())
+            ),
         ));
     }
     let spec = &*estimate::instantiated(spec, w);

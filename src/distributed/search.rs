@@ -373,6 +373,12 @@ pub fn plan(spec: &ModelSpec, w: &Workload, ov: &Overheads, q: &PlanQuery) -> Re
     check_query(w, q)?;
     spec.validate()?;
     w.validate(spec)?;
+    if spec.vision.is_some() {
+        return Err(super::vlm_layout_refused(
+            spec,
+            &format!("plan over {} GPUs", q.gpus),
+        ));
+    }
     if w.task != crate::workload::Task::Train {
         return plan_serving(spec, w, ov, q);
     }

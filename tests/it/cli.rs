@@ -151,6 +151,11 @@ fn mixture_of_experts_beyond_the_modelled_ones_is_rejected() {
     assert_error(&r, &["--vision", "no vision tower"]);
     let r = estimate(&["--model", &lv, "--dp", "2"]);
     assert_error(&r, &["parallel layout", "vision-language model", "one GPU"]);
+    let r = run(["plan", "--model", &lv, "--gpus", "2", "--gpu", "h100-80gb"]);
+    assert_error(
+        &r,
+        &["plan over 2 GPUs", "vision-language model", "no plan"],
+    );
     // gpt-oss is estimated with eager attention (it has no SDPA path); --attn sdpa is
     // refused by name
     // a test-data config, written to a folder and estimated at s512: its path and the
