@@ -608,8 +608,8 @@ pub fn select_best_resolution(height: u64, width: u64, pinpoints: &[(u64, u64)])
     for &(h, w) in pinpoints {
         let scale = (w as f64 / ow).min(h as f64 / oh);
         let (dw, dh) = ((ow * scale) as u64, (oh * scale) as u64);
-        let eff = (dw * dh).min(width * height);
-        let waste = (w * h).saturating_sub(eff);
+        let eff = dw.saturating_mul(dh).min(width.saturating_mul(height));
+        let waste = w.saturating_mul(h).saturating_sub(eff);
         if eff > max_eff || (eff == max_eff && waste < min_waste) {
             (max_eff, min_waste, best) = (eff, waste, (h, w));
         }
@@ -642,10 +642,16 @@ impl VisionSpec {
         }
         let side = self.image_size.max(1);
         let (bh, bw) = select_best_resolution(height.max(1), width.max(1), &a.pinpoints);
-        let crops = 1 + bh.div_ceil(side) * bw.div_ceil(side);
+        let crops = bh
+            .div_ceil(side)
+            .saturating_mul(bw.div_ceil(side))
+            .saturating_add(1);
         // processing_llava_onevision.py `_get_unpadded_features`
         let per_side = (self.image_size / self.patch_size.max(1)).max(1);
-        let (mut ch, mut cw) = (per_side * (bh / side), per_side * (bw / side));
+        let (mut ch, mut cw) = (
+            per_side.saturating_mul(bh / side),
+            per_side.saturating_mul(bw / side),
+        );
         let (oh, ow) = (height.max(1) as f64, width.max(1) as f64);
         let round7 = |x: f64| ((x * 1e7).round() / 1e7) as u64;
         if ow / oh > cw as f64 / ch as f64 {
@@ -655,18 +661,23 @@ impl VisionSpec {
             let new_w = round7(ow * (ch as f64 / oh));
             cw -= 2 * (cw.saturating_sub(new_w) / 2);
         }
-        let (mut unpadded, mut newlines) = (ch * cw, ch);
+        let (mut unpadded, mut newlines) = (ch.saturating_mul(cw), ch);
         if let Some(max) = a.max_patches {
-            let ratio = ((ch * cw) as f64 / (max * per_side * per_side) as f64).sqrt();
+            let ratio = (unpadded as f64 / (max as f64 * (per_side * per_side) as f64)).sqrt();
             if ratio > 1.1 {
                 let (h2, w2) = (
                     (ch as f64 / ratio).floor() as u64,
                     (cw as f64 / ratio).floor() as u64,
                 );
-                (unpadded, newlines) = (h2 * w2, h2);
+                (unpadded, newlines) = (h2.saturating_mul(w2), h2);
             }
         }
-        (crops, base + unpadded + newlines - drop)
+        (
+            crops,
+            base.saturating_add(unpadded)
+                .saturating_add(newlines)
+                .saturating_sub(drop),
+        )
     }
 
     /// Patches per image: (image_size / patch_size)².

@@ -1370,7 +1370,7 @@ fn pinpoints_of(v: &Value) -> Result<Vec<(u64, u64)>> {
         Error::invalid(
             "image_grid_pinpoints",
             p,
-            "a list of [height, width] pairs of positive integers",
+            "a list of [height, width] pairs of integers in 1..=65536",
         )
     };
     let Value::Array(a) = v else {
@@ -1379,7 +1379,9 @@ fn pinpoints_of(v: &Value) -> Result<Vec<(u64, u64)>> {
     a.iter()
         .map(|p| match p.as_array().map(|x| x.as_slice()) {
             Some([h, w]) => match (h.as_u64(), w.as_u64()) {
-                (Some(h), Some(w)) if h > 0 && w > 0 => Ok((h, w)),
+                (Some(h), Some(w)) if (1..=1 << 16).contains(&h) && (1..=1 << 16).contains(&w) => {
+                    Ok((h, w))
+                }
                 _ => Err(bad(p)),
             },
             _ => Err(bad(p)),

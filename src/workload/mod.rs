@@ -681,6 +681,19 @@ impl Workload {
             .max(spec.q_dim() + 2 * spec.kv_dim());
         let tokens = rows as f64 * len as f64;
         let mut largest = tokens * widest as f64 * 4.0;
+        if let Some(m) = &spec.moe {
+            // the routed rows: top-k per token, the busiest rank's share
+            let routed = (m.top_k * 2 * m.expert_intermediate.max(spec.hidden)) as f64;
+            largest = largest.max(tokens * routed * self.moe_imbalance.max(1.0) * 4.0);
+        }
+        if let Some(v) = &spec.vision {
+            // every crop of every image through the tower
+            let crops = self.image_layout(spec).0.max(1) as f64;
+            let tower = rows as f64 * self.images as f64 * crops * v.tower_tokens() as f64;
+            let t = &v.tower;
+            let width = t.hidden.max(t.intermediate).max(t.heads * v.tower_tokens()) as f64;
+            largest = largest.max(tower * width * 4.0);
+        }
         if self.attn == Attn::Eager {
             largest = largest.max(tokens * len as f64 * spec.heads as f64 * 4.0);
         }
