@@ -646,6 +646,24 @@ def vlm_inputs(cfg, c, dtype, device):
     return ids, pixels, n, extra
 
 
+def image_ids(cfg, c, n, per_image, device, reserved=()):
+    """Random text ids with `n` × `per_image` image tokens at the start of each sequence
+    (less the class token under the "default" strategy); the image and `reserved`
+    token ids never appear in the text."""
+    import torch
+    if cfg.vision_feature_select_strategy == "default":
+        per_image -= 1
+    total = n * per_image
+    if total > c["seq"]:
+        raise ValueError(f"{n} images of {per_image} tokens do not fit in seq {c['seq']}")
+    tok = cfg.image_token_id
+    ids = torch.randint(0, cfg.get_text_config().vocab_size, (c["batch"], c["seq"]), device=device)
+    for r in (tok, *reserved):
+        ids = torch.where(ids == r, torch.zeros_like(ids), ids)
+    ids[:, :total] = tok
+    return ids, total
+
+
 def onevision_inputs(cfg, c, dtype, device):
     """LLaVA-OneVision: one image per sample goes through anyres (the base crop and the
     tiles of the best pinpoint resolution, `image_size_to_num_patches`), several images
@@ -675,15 +693,7 @@ def onevision_inputs(cfg, c, dtype, device):
         per_image = stub._get_number_of_features(height, width, side, side)
     else:
         per_image = stub.num_image_tokens + 1
-    if cfg.vision_feature_select_strategy == "default":
-        per_image -= 1
-    total = n * per_image
-    if total > c["seq"]:
-        raise ValueError(f"{n} images of {per_image} tokens do not fit in seq {c['seq']}")
-    tok = cfg.image_token_id
-    ids = torch.randint(0, cfg.get_text_config().vocab_size, (c["batch"], c["seq"]), device=device)
-    ids = torch.where((ids == tok) | (ids == cfg.video_token_id), torch.zeros_like(ids), ids)
-    ids[:, :total] = tok
+    ids, total = image_ids(cfg, c, n, per_image, device, (cfg.video_token_id,))
     if n == 1:
         pixels = torch.randn(c["batch"], crops, vc.num_channels, side, side, dtype=dtype, device=device)
     else:
@@ -713,15 +723,7 @@ def next_inputs(cfg, c, dtype, device):
         patch_size=vc.patch_size, num_additional_image_tokens=1)
     stub._get_unpadded_features = types.MethodType(LlavaNextProcessor._get_unpadded_features, stub)
     per_image = LlavaNextProcessor._get_number_of_features(stub, height, width, side, side)
-    if cfg.vision_feature_select_strategy == "default":
-        per_image -= 1
-    total = n * per_image
-    if total > c["seq"]:
-        raise ValueError(f"{n} images of {per_image} tokens do not fit in seq {c['seq']}")
-    tok = cfg.image_token_id
-    ids = torch.randint(0, cfg.get_text_config().vocab_size, (c["batch"], c["seq"]), device=device)
-    ids = torch.where(ids == tok, torch.zeros_like(ids), ids)
-    ids[:, :total] = tok
+    ids, total = image_ids(cfg, c, n, per_image, device)
     pixels = torch.randn(c["batch"] * n, crops, vc.num_channels, side, side, dtype=dtype, device=device)
     return ids, pixels, total, {"image_sizes": [[height, width]] * (n * c["batch"])}
 
