@@ -115,8 +115,9 @@ fn ledger_params(
         image_crops: 1,
         ep: 1,
         moe_imbalance: w.moe_imbalance,
-        // resolved against the model by the callers that have it (rank_ledger_params)
-        vision: w.vision.unwrap_or(crate::workload::VisionTrain::Frozen),
+        // what trains on the vision side needs the model: set by rank_ledger_params
+        // (serving runs no vision ledger)
+        vision: crate::workload::VisionTrain::Frozen,
         sp_div: 1,
         compile: w.compile,
         param_grad_size: if w.master_weights {
