@@ -533,7 +533,18 @@ impl Stage {
         let p_other = if last { o.final_norm } else { 0 };
         let p_stage = p_layers + p_emb + p_head + p_other;
 
-        let ws = weight_split(&local, w)?;
+        // a frozen base stored in another dtype than it computes in (FSDP
+        // MixedPrecision over an fp32 load): its shards are the stored dtype's
+        let ws = match (full, w.frozen_storage) {
+            (false, Some(p)) => weight_split(
+                &local,
+                &Workload {
+                    precision: p,
+                    ..w.clone()
+                },
+            )?,
+            _ => weight_split(&local, w)?,
+        };
         let weights = ws.layers
             + if first {
                 ws.embedding + ws.first_extra

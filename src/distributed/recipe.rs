@@ -24,7 +24,9 @@
 //! shard kept as the optimizer's parameter).
 //!
 //! LoRA runs are left as asked (peft adapters are fp32 already and autocast caches
-//! only weights that require grad).
+//! only weights that require grad), except under ZeRO (DeepSpeed casts the module) and
+//! under FSDP with autocast (accelerate's `MixedPrecision` casts every flat parameter
+//! to half for compute; the frozen base's shards stay fp32 as loaded).
 
 use std::borrow::Cow;
 
@@ -127,6 +129,30 @@ pub fn precision_recipe<'a>(w: &'a Workload, layout: &Layout) -> PrecisionRecipe
             };
         }
         return asked;
+    }
+    if let (Some(_), Some(_), true) = (w.method.lora(), layout.fsdp, w.precision.is_amp()) {
+        // accelerate installs FSDP MixedPrecision(param_dtype=half) for `--bf16` /
+        // `--fp16` (utils/dataclasses.py `FullyShardedDataParallelPlugin`, 0.27-1.x):
+        // every flat parameter, the frozen base's and the adapters', is cast to half
+        // before its all-gather (torch 2.x fsdp/_flat_param.py
+        // `_use_low_precision_shard`), so the layers compute in half from the
+        // embedding on (its output is half) and autocast has nothing left to cast.
+        // The sharded flat parameters keep the dtype the model was loaded in (fp32
+        // for an AMP run) and the adapters stay the optimizer's fp32 parameters.
+        let half = half_of(w.precision);
+        let mut m = w.clone();
+        m.precision = half;
+        m.master_weights = true;
+        m.method = m.method.with_adapter_dtype(false);
+        m.frozen_storage = Some(Precision::Fp32);
+        return PrecisionRecipe {
+            workload: Cow::Owned(m),
+            implied: Some(ImpliedMaster::FsdpMixedPrecision),
+            note: Some(format!(
+                "LoRA with --dtype {p} under FSDP is modelled as accelerate's FSDP MixedPrecision(param_dtype={half}): base and adapters are gathered and computed in {half} (activations in {half}), the sharded base stays fp32 as loaded, the adapters' fp32 shards are the optimizer's",
+                p = w.precision
+            )),
+        };
     }
     if !w.method.is_full() {
         return asked;

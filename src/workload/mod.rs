@@ -345,6 +345,12 @@ pub struct Workload {
     /// many times the balanced share of (token, expert) rows (`--moe-imbalance`, ≥ 1;
     /// 1 = perfectly balanced routing).
     pub moe_imbalance: f64,
+    /// The dtype a LoRA run's frozen base parameters are stored in when the layout's
+    /// framework casts them to `precision` only to compute (torch FSDP
+    /// `MixedPrecision(param_dtype=half)` over a model loaded in fp32: the sharded
+    /// flat parameters stay fp32, the all-gather is in half). `None`: `precision`'s.
+    /// Set by the precision recipe (`distributed::recipe`), not by a flag.
+    pub frozen_storage: Option<Precision>,
     pub infer: InferConfig,
 }
 
@@ -373,6 +379,7 @@ impl Default for Workload {
             vision: None,
             image_size: None,
             moe_imbalance: 1.0,
+            frozen_storage: None,
             infer: InferConfig {
                 prompt_len: 1024,
                 gen_len: 256,

@@ -1092,6 +1092,7 @@ impl Settings {
             images: self.images.unwrap_or(d.images),
             image_size: self.image_size.map(|s| (s.0, s.1)),
             moe_imbalance: self.moe_imbalance.unwrap_or(d.moe_imbalance),
+            frozen_storage: None,
             vision: self.vision,
             infer: InferConfig {
                 prompt_len: self.prompt_len.unwrap_or(d.infer.prompt_len),

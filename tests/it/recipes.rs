@@ -225,6 +225,57 @@ fn h1_amp_bf16_under_fsdp_is_torch_mixed_precision() {
     );
 }
 
+/// accelerate's FSDP MixedPrecision(param_dtype=bf16) casts every flat parameter —
+/// the frozen LoRA base's and the adapters' — to bf16 before its all-gather (torch
+/// fsdp/_flat_param.py `_use_low_precision_shard`; accelerate utils/dataclasses.py
+/// `FullyShardedDataParallelPlugin.set_mixed_precision`): an `amp-bf16` LoRA run
+/// computes as a bf16 one (bf16 residual stream, adapters in bf16) while its sharded
+/// base stays fp32 as loaded (peft examples/sft `torch_dtype=torch.float32`).
+#[test]
+fn lora_amp_under_fsdp_computes_in_half_on_fp32_shards() {
+    let spec = preset("llama-3.1-8b");
+    let lora = [
+        ("method", "lora"),
+        ("lora_rank", "8"),
+        ("lora_targets", "all-linear"),
+        ("grad_ckpt", "full"),
+    ];
+    let with = |d: &'static str, extra: &[(&'static str, &'static str)]| {
+        let mut v = lora.to_vec();
+        v.push(("dtype", d));
+        v.extend_from_slice(extra);
+        train(&spec, &v)
+    };
+    let amp = with("amp-bf16", &[]);
+    let bf16 = with("bf16", &[("lora_dtype", "model")]);
+    let l = Layout {
+        dp: 8,
+        fsdp: Some(FsdpMode::Full),
+        ..Layout::default()
+    };
+    let (a, b) = (
+        dist(&spec, &amp, &l, &Overheads::default()),
+        dist(&spec, &bf16, &l, &Overheads::default()),
+    );
+    let (ea, eb) = (&a.worst().estimate, &b.worst().estimate);
+    // the same activations as the bf16 run with bf16 adapters
+    assert_eq!(ea.activations.total_bytes, eb.activations.total_bytes);
+    // on one GPU the amp run keeps an fp32 residual stream: more activations
+    let single = llm_mem::estimate::estimate(&spec, &amp, &Overheads::default()).unwrap();
+    assert!(single.activations.total_bytes > ea.activations.total_bytes);
+    // the base's shards: fp32, twice the bf16 run's (FSDP holds fp32 adapter shards
+    // in both)
+    let base = |d: &DistributedEstimate| d.worst().estimate.components_at_peak.weights.get();
+    let adapters = llm_mem::estimate::lora_trainable(&spec, &amp) / 8;
+    let (wa, wb) = (base(&a) - 4 * adapters, base(&b) - 4 * adapters);
+    assert!(wa.abs_diff(2 * wb) <= 16, "{wa} vs 2 x {wb}");
+    assert!(
+        a.warnings.iter().any(|w| w.contains("MixedPrecision")),
+        "{:?}",
+        a.warnings
+    );
+}
+
 #[test]
 fn h1_amp_bf16_under_zero_is_deepspeed_bf16() {
     let spec = preset("llama-3.1-8b");
