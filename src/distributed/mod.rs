@@ -105,6 +105,8 @@ pub fn tp_local(spec: &ModelSpec, tp: u64, start: u64, layers: u64) -> ModelSpec
 struct WeightSplit {
     /// All the stage's decoder layers.
     layers: u64,
+    /// The largest single decoder layer as stored.
+    layer_max: u64,
     embedding: u64,
     head: u64,
     /// Learned positions and BLOOM's embedding norm (first stage).
@@ -146,6 +148,7 @@ fn other_params(local: &ModelSpec, c: &params::ParamCounts) -> OtherParams {
 fn weight_split(local: &ModelSpec, w: &Workload) -> Result<WeightSplit> {
     // each layer group's layer: the bytes of two such layers minus one
     let mut layers = 0u64;
+    let mut layer_max = 0u64;
     for g in &local.groups {
         let (mut one, mut two) = (local.clone(), local.clone());
         one.groups = vec![LayerGroup { count: 1, ..*g }];
@@ -153,6 +156,7 @@ fn weight_split(local: &ModelSpec, w: &Workload) -> Result<WeightSplit> {
         let per_layer =
             weights::weight_bytes(&two, w, 0)?.base - weights::weight_bytes(&one, w, 0)?.base;
         layers = layers.saturating_add(g.count.saturating_mul(per_layer));
+        layer_max = layer_max.max(per_layer);
     }
     let mut one = local.clone();
     one.set_layers(1);
@@ -165,6 +169,7 @@ fn weight_split(local: &ModelSpec, w: &Workload) -> Result<WeightSplit> {
     let o = other_params(local, &c);
     Ok(WeightSplit {
         layers,
+        layer_max,
         embedding: c.embedding * rest,
         // a tied head's copy (pipelined) is embedding-sized
         head: c
@@ -469,6 +474,8 @@ struct Stage {
     p_stage: u64,
     /// Weight bytes of the stage.
     weights: u64,
+    /// Bytes of its largest decoder layer as stored (4-bit data for QLoRA).
+    layer_stored: u64,
     /// Trainable parameters per layer / of the stage.
     t_layer: u64,
     trainable: u64,
@@ -581,6 +588,7 @@ impl Stage {
             p_other,
             p_stage,
             weights,
+            layer_stored: ws.layer_max,
             t_layer,
             trainable,
         })
@@ -846,9 +854,17 @@ fn fsdp_states(r: &Recipe, mode: FsdpMode) -> Sharded {
     }
     sh.statics.optimizer_state = if offload_params { 0 } else { div(states, n) };
     sh.statics.optimizer_step_temp = if offload_params { 0 } else { div(step_temp, n) };
-    // unsharded units in the compute dtype
+    // unsharded units in the compute dtype; a 4-bit base is gathered as stored: torchao
+    // NF4Tensor's `fsdp_pre_all_gather` all-gathers its quantized data and scalers
+    // (torchao 0.5+ dtypes/nf4tensor.py, torchtune's FSDP2 QLoRA), and bitsandbytes'
+    // packed 4-bit storage in `bnb_4bit_quant_storage` is a flat parameter FSDP1 gathers
+    // uncast (bitsandbytes 0.43 FSDP-QLoRA; MixedPrecision's param_dtype is that dtype)
     let compute = r.compute;
-    let unit = s.p_layer * compute;
+    let unit = if r.w.method.is_qlora() {
+        s.layer_stored
+    } else {
+        s.p_layer * compute
+    };
     // with the embedding and the head as units of their own, the root keeps the rest
     // (final norm); they are gathered only around their own forward and backward
     let separate = layout.fsdp_separate_embeddings && full;

@@ -207,9 +207,20 @@ pub fn map(r: &MeasuredRow, spec: &ModelSpec) -> Result<Mapped, String> {
         }
     }
     // shapes
-    let seq = r
-        .seq_len
-        .ok_or_else(|| "sequence length unknown".to_string())?;
+    let seq = match r.seq_len {
+        Some(n) => n,
+        None => {
+            // a run over unpacked data padded per batch peaks at the batch holding the
+            // longest sample: with the dataset's longest sample stated, that length
+            let n = longest_sample_of(r)
+                .filter(|_| train)
+                .ok_or_else(|| "sequence length unknown".to_string())?;
+            notes.push(format!(
+                "sequence length {n}: the longest sample the notes state (unpacked data padded per batch peaks at the batch holding it)"
+            ));
+            n
+        }
+    };
     s.put("batch", r.micro_batch.to_string());
     if train {
         s.put("seq_len", seq.to_string());
@@ -433,6 +444,32 @@ fn grad_accum_of(r: &MeasuredRow) -> Option<(u64, Option<String>)> {
 
 /// The recipe a row's notes name (`config llama3_1/70B_full (...)`, `config
 /// gemma-2b/full.yaml;`): the word after `config `.
+/// The dataset's longest sample in tokens, where a row's notes state it for data
+/// padded per batch ("padded per batch ... longest Alpaca sample ~1.3k tokens").
+fn longest_sample_of(r: &MeasuredRow) -> Option<u64> {
+    let lower = r.notes.to_ascii_lowercase();
+    if !lower.contains("padded per batch") {
+        return None;
+    }
+    let at = lower.find("longest")?;
+    let rest = &lower[at..];
+    let tilde = rest.find('~').filter(|&i| i < 60)?;
+    let figure: String = rest[tilde + 1..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let tail = rest[tilde + 1 + figure.len()..].trim_start();
+    let value: f64 = figure.parse().ok()?;
+    let (value, tail) = match tail.strip_prefix('k') {
+        Some(t) => (value * 1000.0, t.trim_start()),
+        None => (value, tail),
+    };
+    if !tail.starts_with("token") || !(1.0..=1.0e7).contains(&value) {
+        return None;
+    }
+    Some(value.round() as u64)
+}
+
 fn config_named(notes: &str) -> Option<String> {
     let at = notes.find("config ")? + "config ".len();
     let name: String = notes[at..]
@@ -1003,5 +1040,46 @@ mod tests {
         assert_eq!(metric("unknown", "peft"), Ok(Metric::Device));
         assert_eq!(metric("unknown", "torchtune"), Ok(Metric::Reserved));
         assert!(metric("vllm-profile", "vllm").is_err());
+    }
+
+    #[test]
+    fn unknown_lengths_take_the_longest_sample_the_notes_state() {
+        let with = |seq: Option<u64>, task: &str, notes: &str| {
+            map(
+                &row(|r| {
+                    r.seq_len = seq;
+                    r.task = task.into();
+                    r.notes = notes.into();
+                }),
+                &spec("llama-2-7b"),
+            )
+        };
+        let padded = "alpaca_cleaned unpacked, padded per batch; length at the peak unknown (longest Alpaca sample ~1.3k tokens with the Llama-2 tokenizer)";
+        let m = with(None, "train", padded).unwrap();
+        assert_eq!(setting(&m, "seq_len"), Some("1300"));
+        assert!(
+            m.notes.iter().any(|n| n.contains("longest sample")),
+            "{:?}",
+            m.notes
+        );
+        let m = with(
+            None,
+            "train",
+            "padded per batch; longest sample ~900 tokens",
+        )
+        .unwrap();
+        assert_eq!(setting(&m, "seq_len"), Some("900"));
+        // a stated length wins; no figure, no "padded per batch" or inference: unknown
+        let m = with(Some(512), "train", padded).unwrap();
+        assert_eq!(setting(&m, "seq_len"), Some("512"));
+        for (task, notes) in [
+            ("train", "padded per batch; length at the peak unknown"),
+            ("train", "longest sample ~1.3k tokens"),
+            ("train", "padded per batch; longest sample ~1.3k words"),
+            ("infer", padded),
+        ] {
+            let e = with(None, task, notes).unwrap_err();
+            assert!(e.contains("sequence length unknown"), "{task} {notes}: {e}");
+        }
     }
 }

@@ -276,6 +276,64 @@ fn lora_amp_under_fsdp_computes_in_half_on_fp32_shards() {
     );
 }
 
+/// A 4-bit base is all-gathered as stored, not in the compute dtype: torchao
+/// NF4Tensor's `fsdp_pre_all_gather` returns its quantized data and scalers (torchao
+/// dtypes/nf4tensor.py, torchtune's FSDP2 QLoRA), and bitsandbytes packs 4-bit data in
+/// `bnb_4bit_quant_storage` so FSDP1 flattens and gathers it uncast. The gathered
+/// buffers (root unit + two layer units) shrink by two layers' bf16 − 4-bit bytes.
+#[test]
+fn fsdp_gathers_a_4bit_base_as_stored() {
+    let spec = preset("llama-3.1-8b");
+    let with = |method: &'static str| {
+        train(
+            &spec,
+            &[
+                ("method", method),
+                ("lora_rank", "8"),
+                ("lora_targets", "all-linear"),
+                ("dtype", "bf16"),
+                ("grad_ckpt", "full"),
+            ],
+        )
+    };
+    let layer_bytes = |w: &Workload| {
+        let (mut one, mut two) = (spec.clone(), spec.clone());
+        one.set_layers(1);
+        two.set_layers(2);
+        let b = |m: &ModelSpec| {
+            llm_mem::estimate::weights::weight_bytes(m, w, 0)
+                .unwrap()
+                .base
+        };
+        b(&two) - b(&one)
+    };
+    let (lora, qlora) = (with("lora"), with("qlora"));
+    let (bf16_layer, nf4_layer) = (layer_bytes(&lora), layer_bytes(&qlora));
+    assert!(nf4_layer * 3 < bf16_layer, "{nf4_layer} vs {bf16_layer}");
+    let mut checked = 0;
+    for version in [1u8, 2] {
+        let l = Layout {
+            dp: 8,
+            fsdp: Some(FsdpMode::Full),
+            fsdp_version: version,
+            ..Layout::default()
+        };
+        let g = |w: &Workload| {
+            let layers = spec.layers();
+            llm_mem::distributed::rank_view(&spec, w, &l, 0, layers, 1)
+                .unwrap()
+                .gathered_fwd
+        };
+        assert_eq!(
+            g(&lora) - g(&qlora),
+            2 * (bf16_layer - nf4_layer),
+            "FSDP{version}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 2);
+}
+
 #[test]
 fn h1_amp_bf16_under_zero_is_deepspeed_bf16() {
     let spec = preset("llama-3.1-8b");
