@@ -394,8 +394,14 @@ def run_cell(c, args, versions):
     text_json = cfg_json
     if vlm:
         # the decoder's depth is the text config's; the tower's is --vision-layers
-        cfg_json["text_config"] = text_json = dict(cfg_json.get("text_config") or {})
-        cfg_json["vision_config"] = dict(cfg_json["vision_config"], num_hidden_layers=c["vision_layers"])
+        base = cfg_json.get("text_config")
+        if base is None and cfg_json.get("model_type") == "qwen2_vl":
+            # Qwen2-VL's text keys sit at the top level (Qwen2VLConfig builds its
+            # text_config from them)
+            base = {k: v for k, v in cfg_json.items() if k not in ("vision_config", "model_type")}
+        cfg_json["text_config"] = text_json = dict(base or {})
+        depth = "depth" if cfg_json.get("model_type") == "qwen2_vl" else "num_hidden_layers"
+        cfg_json["vision_config"] = dict(cfg_json["vision_config"], **{depth: c["vision_layers"]})
     text_json["num_hidden_layers"] = c["layers"]
     for k in ("n_layer", "num_layers"):
         if k in text_json:
@@ -627,8 +633,11 @@ def vlm_inputs(cfg, c, dtype, device):
         return onevision_inputs(cfg, c, dtype, device)
     elif cfg.model_type == "llava_next":
         return next_inputs(cfg, c, dtype, device)
+    elif cfg.model_type == "qwen2_vl":
+        return qwen2_vl_inputs(cfg, c, dtype, device)
     else:
-        raise NotImplementedError(f"vision-language model type {cfg.model_type}: llava, gemma3, llava_onevision")
+        raise NotImplementedError(f"vision-language model type {cfg.model_type}: llava, llava_next, "
+                                  "llava_onevision, gemma3, qwen2_vl")
     n = c["images"] * per_image
     if n > c["seq"]:
         raise ValueError(f"{c['images']} images of {per_image} tokens do not fit in seq {c['seq']}")
@@ -728,7 +737,59 @@ def next_inputs(cfg, c, dtype, device):
     return ids, pixels, total, {"image_sizes": [[height, width]] * (n * c["batch"])}
 
 
-VISION_MODULES = ("vision_tower", "multi_modal_projector", "image_newline")  # llava, gemma3, onevision
+def smart_resize(height, width, factor, min_pixels=56 * 56, max_pixels=28 * 28 * 1280):
+    """transformers 5.24 models/qwen2_vl/image_processing_qwen2_vl.py `smart_resize` (that
+    module imports torchvision, which the probe does not need otherwise)."""
+    import math
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def qwen2_vl_inputs(cfg, c, dtype, device):
+    """Qwen2-VL as its processor builds a batch: each image resized by `smart_resize`
+    (default 448x448), flattened into patches of channels x temporal x patch x patch
+    (`pixel_values` [patches of every image, 1176]), `image_grid_thw` [1, rows, cols]
+    per image, and per image `<|vision_start|>` + rows*cols/merge^2 image tokens +
+    `<|vision_end|>` in the text; `mm_token_type_ids` 1 on the image tokens."""
+    import torch
+    vc = cfg.vision_config
+    w_h = c.get("image_size") or "448x448"
+    width, height = (int(x) for x in w_h.split("x"))
+    patch, merge, temporal = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
+    hb, wb = smart_resize(height, width, patch * merge)
+    gh, gw = hb // patch, wb // patch
+    per_image = gh * gw // (merge * merge)
+    n = c["images"]
+    if n * (per_image + 2) > c["seq"]:
+        raise ValueError(f"{n} images of {per_image} tokens do not fit in seq {c['seq']}")
+    tok, start, end = cfg.image_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id
+    vocab = cfg.get_text_config().vocab_size
+    ids = torch.randint(0, vocab, (c["batch"], c["seq"]), device=device)
+    for r in (tok, start, end, cfg.video_token_id):
+        ids = torch.where(ids == r, torch.zeros_like(ids), ids)
+    at = 0
+    for _ in range(n):
+        ids[:, at] = start
+        ids[:, at + 1:at + 1 + per_image] = tok
+        ids[:, at + 1 + per_image] = end
+        at += per_image + 2
+    patches = c["batch"] * n * gh * gw
+    pixels = torch.randn(patches, vc.in_channels * temporal * patch * patch, dtype=dtype, device=device)
+    grid = torch.tensor([[1, gh, gw]] * (c["batch"] * n), device=device)
+    extra = {"image_grid_thw": grid, "mm_token_type_ids": (ids == tok).int()}
+    return ids, pixels, n * per_image, extra
+
+
+VISION_MODULES = ("vision_tower", "multi_modal_projector", "image_newline", "visual")  # + qwen2_vl
 
 
 def freeze_vision(model, c):
@@ -742,6 +803,11 @@ def freeze_vision(model, c):
             last = n.rsplit(".", 1)[-1]
             if last == "vision_tower" and vis != "full" or last == "multi_modal_projector" and vis == "frozen":
                 m.requires_grad_(False)
+            if last == "visual" and vis != "full":
+                # Qwen2-VL: the tower is `visual` without its `merger` (the projector)
+                m.requires_grad_(False)
+                if vis == "projector":
+                    m.merger.requires_grad_(True)
         for n, prm in model.named_parameters():
             # LLaVA-OneVision's image_newline trains with the projector
             if n.rsplit(".", 1)[-1] == "image_newline" and vis == "frozen":

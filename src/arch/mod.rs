@@ -393,6 +393,9 @@ pub struct ModelSpec {
     pub sandwich_norms: bool,
     /// Gemma: embeddings multiplied by sqrt(hidden).
     pub embed_scale: bool,
+    /// Attention run per image and concatenated (Qwen2-VL's tower under eager/SDPA:
+    /// `torch.cat` of the chunks' outputs, a copy the output projection saves).
+    pub attn_chunk_cat: bool,
     pub attn_softcap: Option<f64>,
     pub final_softcap: Option<f64>,
     pub sliding_window: Option<u64>,
@@ -570,6 +573,54 @@ pub struct VisionSpec {
     /// tower and the projector); `false` when the run keeps them to the language model
     /// (`--vision frozen`, set by `estimate::instantiated`).
     pub adapters_reach: bool,
+    /// The tower ends in a LayerNorm (CLIP's and SigLIP's `post_layernorm`, whether or
+    /// not the features read it; Qwen2-VL's has none).
+    pub post_norm: bool,
+    /// Frames per patch of the patch embedding (Qwen2-VL's Conv3d `temporal_patch_size`,
+    /// an image repeated over it; 1 for a Conv2d).
+    pub temporal_patch: u64,
+    /// Native resolution (Qwen2-VL): images keep their aspect, resized to a multiple of
+    /// patch × merge within a pixel budget; `None`: a fixed square.
+    pub native: Option<Native>,
+}
+
+/// Qwen2-VL's native resolution (transformers 5.24 image_processing_qwen2_vl.py
+/// `smart_resize`, `Qwen2VLImageProcessor` defaults `min_pixels` 56·56, `max_pixels`
+/// 28·28·1280, or `preprocessor_config.json`'s): each image becomes a grid of patches,
+/// every 2×2 of them one image token after the merger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Native {
+    pub min_pixels: u64,
+    pub max_pixels: u64,
+    /// `spatial_merge_size`.
+    pub merge: u64,
+    /// Patch rows × columns of the image as instantiated (`VisionSpec::sized`).
+    pub grid: (u64, u64),
+}
+
+impl Native {
+    /// `smart_resize(height, width, factor = patch × merge, min_pixels, max_pixels)` in
+    /// patches (rows, columns). Python's `round` rounds halves to even.
+    pub fn grid_for(&self, height: u64, width: u64, patch: u64) -> (u64, u64) {
+        let factor = (patch.max(1) * self.merge.max(1)) as f64;
+        let (h, w) = (height.max(1) as f64, width.max(1) as f64);
+        let (mut hb, mut wb) = (
+            (h / factor).round_ties_even() * factor,
+            (w / factor).round_ties_even() * factor,
+        );
+        let (lo, hi) = (self.min_pixels as f64, self.max_pixels as f64);
+        if hb * wb > hi {
+            let beta = (h * w / hi).sqrt();
+            hb = factor.max((h / beta / factor).floor() * factor);
+            wb = factor.max((w / beta / factor).floor() * factor);
+        } else if hb * wb < lo {
+            let beta = (lo / (h * w)).sqrt();
+            hb = (h * beta / factor).ceil() * factor;
+            wb = (w * beta / factor).ceil() * factor;
+        }
+        let p = patch.max(1) as f64;
+        ((hb / p) as u64, (wb / p) as u64)
+    }
 }
 
 /// How the features reach the text model's width.
@@ -580,6 +631,10 @@ pub enum Projector {
     /// Gemma-3's `avg_pool2d` to `tokens` per image, an RMSNorm of the text model's
     /// kind (`norm`), a matmul with a parameter.
     Pooled { tokens: u64, norm: NormKind },
+    /// Qwen2-VL's `PatchMerger`: `ln_q` (LayerNorm over the tower's width), every
+    /// `merge`×`merge` patches viewed as one row, `Linear(4h, 4h) → GELU → Linear(4h,
+    /// text hidden)` with biases.
+    Merger { merge: u64 },
 }
 
 /// LLaVA-OneVision's anyres (transformers 5.24 modeling_llava_onevision.py
@@ -628,6 +683,9 @@ impl VisionSpec {
     /// sample of `height` x `width` pixels before preprocessing (fixed-resolution towers
     /// resize every image to their square: one crop, [`Self::image_tokens`]).
     pub fn layout(&self, images: u64, height: u64, width: u64) -> (u64, u64) {
+        if self.native.is_some() {
+            return (1, self.sized(height, width).image_tokens());
+        }
         let Some(a) = &self.anyres else {
             return (1, self.image_tokens());
         };
@@ -680,9 +738,23 @@ impl VisionSpec {
         )
     }
 
-    /// Patches per image: (image_size / patch_size)².
+    /// Patches per image: (image_size / patch_size)², or a native-resolution image's
+    /// grid.
     pub fn patches(&self) -> u64 {
-        (self.image_size / self.patch_size.max(1)).pow(2)
+        match &self.native {
+            Some(n) => n.grid.0.saturating_mul(n.grid.1),
+            None => (self.image_size / self.patch_size.max(1)).pow(2),
+        }
+    }
+
+    /// The tower for images of `height` × `width` pixels (a native-resolution tower's
+    /// grid; a fixed one resizes every image, unchanged).
+    pub fn sized(&self, height: u64, width: u64) -> VisionSpec {
+        let mut v = self.clone();
+        if let Some(n) = v.native.as_mut() {
+            n.grid = n.grid_for(height, width, self.patch_size);
+        }
+        v
     }
 
     /// Tokens the tower runs per image (the patches and the class token).
@@ -695,6 +767,7 @@ impl VisionSpec {
         match self.projector {
             Projector::Mlp { .. } => self.patches() + u64::from(self.class_token && !self.drop_cls),
             Projector::Pooled { tokens, .. } => tokens,
+            Projector::Merger { merge } => self.patches() / (merge * merge).max(1),
         }
     }
 }

@@ -171,11 +171,17 @@ pub fn vision_params(spec: &ModelSpec) -> u64 {
     };
     let t = &v.tower;
     let h = t.hidden;
-    let embeddings = v.channels * v.patch_size * v.patch_size * h
+    // the position table of a tower with learned positions (Qwen2-VL's rotates)
+    let positions = if t.positions == crate::arch::Positions::Learned {
+        v.tower_tokens() * h
+    } else {
+        0
+    };
+    let embeddings = v.channels * v.temporal_patch.max(1) * v.patch_size * v.patch_size * h
         + if v.patch_bias { h } else { 0 }
         + if v.class_token { h } else { 0 }
-        + v.tower_tokens() * h;
-    let norms = (1 + u64::from(v.pre_norm)) * norm_params(t, h);
+        + positions;
+    let norms = (u64::from(v.post_norm) + u64::from(v.pre_norm)) * norm_params(t, h);
     let layers = t.sum_over_layers(|l| l.params()) + t.layers() * per_layer_fixed(t);
     // LLaVA-OneVision's `image_newline` (text hidden)
     let newline = if v.newline { v.projector_out } else { 0 };
@@ -187,6 +193,10 @@ pub fn projector_params(v: &crate::arch::VisionSpec) -> u64 {
     match v.projector {
         crate::arch::Projector::Mlp { .. } => projector_linears(v).iter().map(|l| l.params()).sum(),
         crate::arch::Projector::Pooled { .. } => v.tower.hidden + v.tower.hidden * v.projector_out,
+        // ln_q (LayerNorm with bias) and the MLP
+        crate::arch::Projector::Merger { .. } => {
+            2 * v.tower.hidden + projector_linears(v).iter().map(|l| l.params()).sum::<u64>()
+        }
     }
 }
 
@@ -228,8 +238,11 @@ pub fn vision_trainable(spec: &ModelSpec, tower: bool, projector: bool) -> u64 {
 /// The projector's nn.Linear modules, what peft's all-linear adapts: LLaVA's
 /// `linear_1` and `linear_2`; none for Gemma-3 (its projection is a plain parameter).
 pub fn projector_linears(v: &crate::arch::VisionSpec) -> Vec<LinearSpec> {
-    let crate::arch::Projector::Mlp { bias, .. } = v.projector else {
-        return Vec::new();
+    let (bias, merged) = match v.projector {
+        crate::arch::Projector::Mlp { bias, .. } => (bias, None),
+        // Qwen2-VL's merger.mlp.0 / mlp.2 over merge² patches per row
+        crate::arch::Projector::Merger { merge } => (true, Some(v.tower.hidden * merge * merge)),
+        crate::arch::Projector::Pooled { .. } => return Vec::new(),
     };
     let lin = |name, role, i, o| LinearSpec {
         name,
@@ -241,6 +254,12 @@ pub fn projector_linears(v: &crate::arch::VisionSpec) -> Vec<LinearSpec> {
         via_conversion: false,
         shadowed: false,
     };
+    if let Some(m) = merged {
+        return vec![
+            lin("0", crate::arch::LinearRole::Up, m, m),
+            lin("2", crate::arch::LinearRole::Down, m, v.projector_out),
+        ];
+    }
     vec![
         lin(
             "linear_1",

@@ -421,10 +421,19 @@ pub fn instantiated<'a>(spec: &'a ModelSpec, w: &Workload) -> std::borrow::Cow<'
     let keep_to_lm = w.method.lora().is_some()
         && w.vision_train(spec) == Some(crate::workload::VisionTrain::Frozen)
         && spec.vision.as_ref().is_some_and(|v| v.adapters_reach);
-    if !untie && !keep_to_lm {
+    // a native-resolution tower at the run's image size (`--image-size`)
+    let resize = spec
+        .vision
+        .as_ref()
+        .filter(|v| v.native.is_some())
+        .and_then(|v| w.image_size.map(|(iw, ih)| v.sized(ih, iw)));
+    if !untie && !keep_to_lm && resize.is_none() {
         return std::borrow::Cow::Borrowed(spec);
     }
     let mut s = spec.clone();
+    if let Some(v) = resize {
+        s.vision = Some(Box::new(v));
+    }
     if untie {
         s.tie_embeddings = false;
     }
@@ -564,19 +573,35 @@ fn context_warnings(spec: &ModelSpec, w: &Workload) -> Vec<String> {
             VisionTrain::Frozen => "the vision tower and the projector are frozen",
         };
         let (crops, tokens) = w.image_layout(spec);
-        let tiles = if v.anyres.is_some() {
+        let tiles = if let Some(n) = &v.native {
+            let (iw, ih) = w.image_size.unwrap_or((v.image_size, v.image_size));
+            let sized = v.sized(ih, iw);
+            let g = sized.native.map_or(n.grid, |s| s.grid);
+            format!(
+                "; {iw}x{ih} px images resized to {}x{} px at native resolution ({} x {} patches of {} px, {}x{} merged per token)",
+                g.1 * v.patch_size,
+                g.0 * v.patch_size,
+                g.0,
+                g.1,
+                v.patch_size,
+                n.merge,
+                n.merge
+            )
+        } else if v.anyres.is_some() {
             let (iw, ih) = w.image_size.unwrap_or((v.image_size, v.image_size));
             format!("; {iw}x{ih} px images, {crops} crop(s) of {0}x{0} px each through the tower (anyres)", v.image_size)
         } else {
             String::new()
         };
+        let crop = if v.native.is_some() {
+            String::new()
+        } else {
+            format!(" ({0}x{0} px, {1} patches)", v.image_size, v.patches())
+        };
         warnings.push(format!(
-            "vision-language model: {} image(s) per sequence of {} tokens ({}x{} px, {} patches) counted inside {key} {len}{tiles}{}",
+            "vision-language model: {} image(s) per sequence of {} tokens{crop} counted inside {key} {len}{tiles}{}",
             w.images,
             tokens,
-            v.image_size,
-            v.image_size,
-            v.patches(),
             match w.task {
                 Task::Train => format!("; {side} (--vision {train})"),
                 Task::Infer => String::new(),
@@ -674,7 +699,9 @@ fn vision_prefill(spec: &ModelSpec, w: &Workload) -> u64 {
     let last = torch::layer(&v.tower, &tp, false).fwd_peak;
     let kept = match v.projector {
         crate::arch::Projector::Mlp { .. } => v.tower.layers().saturating_sub(1),
-        crate::arch::Projector::Pooled { .. } => 0,
+        // Gemma-3 and Qwen2-VL read only the last hidden state (Qwen2-VL's merger
+        // output: `Qwen2VisionTransformerPretrainedModel.forward`'s pooler_output)
+        crate::arch::Projector::Pooled { .. } | crate::arch::Projector::Merger { .. } => 0,
     };
     kept * b * t * v.tower.hidden * d + last
 }

@@ -20,8 +20,8 @@ use serde_json::{Map, Value};
 
 use crate::arch::{
     Activation, Anyres, BlockModules, Dropout, Family, LayerGroup, LinearRole, MlaSpec, MlpKind,
-    ModelSpec, ModuleSlot, MoeSpec, NormKind, Positions, Projector, QkNorm, Quantization, Residual,
-    RouterKind, ScalarMults, VisionSpec,
+    ModelSpec, ModuleSlot, MoeSpec, Native, NormKind, Positions, Projector, QkNorm, Quantization,
+    Residual, RouterKind, ScalarMults, VisionSpec,
 };
 use crate::arch::{MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH};
 use crate::error::{Error, Result};
@@ -149,6 +149,9 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
     }
     if model_type == "llava_onevision" {
         return llava_onevision(&obj, name);
+    }
+    if model_type == "qwen2_vl" {
+        return qwen2_vl(&obj, name);
     }
     let c = Cfg {
         m: &obj,
@@ -926,6 +929,7 @@ fn base(c: &Cfg, family: Family, d: Dims) -> Result<ModelSpec> {
         rope_cat: false,
         scalars: ScalarMults::default(),
         rope_fp32: false,
+        attn_chunk_cat: false,
         rope_before_transpose: false,
         eager_qk_fp32: false,
         linear_as_matmul: false,
@@ -1276,6 +1280,9 @@ fn llava(obj: &Map<String, Value>, name: &str, next: bool) -> Result<ModelSpec> 
         anyres: None,
         newline: false,
         adapters_reach: true,
+        post_norm: true,
+        temporal_patch: 1,
+        native: None,
     };
     if next {
         // configuration_llava_next.py: the default pinpoints
@@ -1545,6 +1552,186 @@ fn siglip(vision: &Map<String, Value>, name: &str, parent: &str) -> Result<Sigli
     Ok(t)
 }
 
+/// A native-resolution tower's pixel budget from a `preprocessor_config.json` (`text`
+/// read from `path`): `size.shortest_edge` / `size.longest_edge`, or the older
+/// top-level `min_pixels` / `max_pixels` (transformers 5.24
+/// image_processing_qwen2_vl.py `Qwen2VLImageProcessor.__init__`). Returns what was
+/// applied, for the notes; `None` when the file sets neither.
+pub fn apply_preprocessor(spec: &mut ModelSpec, text: &str, path: &str) -> Result<Option<String>> {
+    let Some(n) = spec.vision.as_mut().and_then(|v| v.native.as_mut()) else {
+        return Ok(None);
+    };
+    let obj: Value = serde_json::from_str(text).map_err(|e| Error::Config {
+        path: path.to_string(),
+        message: format!("not valid JSON: {e}"),
+    })?;
+    let field = |keys: [(&str, Option<&str>); 2]| -> Result<Option<u64>> {
+        for (key, inner) in keys {
+            let v = match inner {
+                Some(i) => obj.get(key).and_then(|s| s.get(i)),
+                None => obj.get(key),
+            };
+            match v {
+                None | Some(Value::Null) => continue,
+                Some(x) => {
+                    return match x.as_u64() {
+                        Some(p) if (1..=1 << 32).contains(&p) => Ok(Some(p)),
+                        _ => Err(Error::invalid(
+                            inner.unwrap_or(key),
+                            x,
+                            format!("a pixel count in 1..=2^32 ({path})"),
+                        )),
+                    }
+                }
+            }
+        }
+        Ok(None)
+    };
+    let min = field([("size", Some("shortest_edge")), ("min_pixels", None)])?;
+    let max = field([("size", Some("longest_edge")), ("max_pixels", None)])?;
+    if min.is_none() && max.is_none() {
+        return Ok(None);
+    }
+    let (lo, hi) = (min.unwrap_or(n.min_pixels), max.unwrap_or(n.max_pixels));
+    if lo > hi {
+        return Err(Error::invalid(
+            "min_pixels",
+            format!("{lo} > max_pixels {hi}"),
+            format!("min_pixels <= max_pixels ({path})"),
+        ));
+    }
+    (n.min_pixels, n.max_pixels) = (lo, hi);
+    if let Some(v) = spec.vision.as_mut() {
+        let side = v.image_size;
+        **v = v.sized(side, side);
+    }
+    Ok(Some(format!(
+        "{path}: images resized within {lo}..={hi} pixels (min_pixels / max_pixels)"
+    )))
+}
+
+/// Qwen2-VL (transformers 5.24 configuration_qwen2_vl.py / modeling_qwen2_vl.py):
+/// the text model a Qwen2 from the top-level keys (or `text_config`), M-RoPE (three
+/// position rows recombined into one cos/sin table per token: the same tables as a
+/// 1-D rope); the tower `Qwen2VisionTransformerPretrainedModel`: a Conv3d patch
+/// embedding without bias over `temporal_patch_size` frames, `depth` blocks of
+/// LayerNorm → fused `qkv` (bias) → 2-D rotary on fp32 copies → attention within each
+/// image → `proj`, LayerNorm → fc1 → `hidden_act` (quick_gelu) → fc2, no position
+/// table and no final norm; the `PatchMerger` to the text width. Images keep their
+/// aspect (`smart_resize`), 448×448 unless `--image-size` says otherwise.
+fn qwen2_vl(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
+    let mut text = match obj.get("text_config") {
+        Some(Value::Object(t)) => t.clone(),
+        _ => {
+            let mut t = obj.clone();
+            t.remove("vision_config");
+            t
+        }
+    };
+    text.insert("model_type".into(), Value::from("qwen2"));
+    for k in ["torch_dtype", "tie_word_embeddings"] {
+        if let (false, Some(v)) = (text.contains_key(k), obj.get(k)) {
+            text.insert(k.to_string(), v.clone());
+        }
+    }
+    // M-RoPE's `mrope_section` splits the rotary channels between the three position
+    // rows; the tables it builds are a plain rope's size
+    if let Some(Value::Object(r)) = text.get("rope_scaling") {
+        let kind = r
+            .get("type")
+            .or_else(|| r.get("rope_type"))
+            .and_then(Value::as_str);
+        if matches!(kind, Some("mrope") | Some("default")) {
+            text.remove("rope_scaling");
+        }
+    }
+    let mut s = parse_config(&Value::Object(text).to_string(), name)?;
+    let vision = sub_config(obj, "vision_config", name)?;
+    let v = Cfg {
+        m: &vision,
+        path: name,
+        model_type: "qwen2_vl_vision",
+    };
+    // configuration_qwen2_vl.py Qwen2VLVisionConfig defaults
+    let hidden = v.uint_or(&["embed_dim"], MAX_WIDTH, 1280)?;
+    let heads = v.uint_or(&["num_heads"], MAX_WIDTH, 16)?;
+    let layers = v.uint_or(&["depth"], MAX_LAYERS, 32)?;
+    let ratio = v.uint_or(&["mlp_ratio"], 64, 4)?;
+    let patch_size = v.uint_or(&["patch_size", "spatial_patch_size"], 1 << 12, 14)?;
+    let temporal = v.uint_or(&["temporal_patch_size"], 64, 2)?;
+    let merge = v.uint_or(&["spatial_merge_size"], 64, 2)?;
+    let channels = v.uint_or(&["in_channels", "in_chans"], 64, 3)?;
+    let out = v.uint_or(&["hidden_size"], MAX_WIDTH, s.hidden)?;
+    if !hidden.is_multiple_of(heads) || patch_size == 0 || merge == 0 || temporal == 0 {
+        return Err(Error::invalid(
+            "vision_config",
+            format!("embed_dim {hidden}, num_heads {heads}, patch {patch_size}, merge {merge}, temporal {temporal}"),
+            "num_heads dividing embed_dim and positive patch, merge and temporal sizes",
+        ));
+    }
+    if out != s.hidden {
+        return Err(Error::invalid(
+            "vision_config.hidden_size",
+            out,
+            format!(
+                "the text model's hidden_size {} (the merger's output)",
+                s.hidden
+            ),
+        ));
+    }
+    let act = v.act("hidden_act", Activation::QuickGelu)?;
+    const QWEN2_VL_VISION: BlockModules = BlockModules {
+        attention: &[m("qkv", LinearRole::Qkv), m("proj", LinearRole::O)],
+        ffn: &[m("fc1", LinearRole::Up), m("fc2", LinearRole::Down)],
+    };
+    let mut tower = vit_tower(&s, name, hidden, heads, layers, hidden * ratio, act, 0)?;
+    tower.groups = vec![LayerGroup {
+        count: layers,
+        modules: QWEN2_VL_VISION,
+        sliding: false,
+    }];
+    tower.fused_qkv = true;
+    tower.qkv_views = true;
+    tower.positions = Positions::Rope {
+        rotary_dim: hidden / heads,
+    };
+    tower.rope_fp32 = true;
+    tower.attn_chunk_cat = true;
+    tower.max_positions = 1 << 20;
+    let side = 448;
+    let native = Native {
+        min_pixels: 56 * 56,
+        max_pixels: 28 * 28 * 1280,
+        merge,
+        grid: (0, 0),
+    };
+    let vs = VisionSpec {
+        tower,
+        image_size: side,
+        patch_size,
+        channels,
+        class_token: false,
+        patch_bias: false,
+        pre_norm: false,
+        post_norm_used: false,
+        feature_layers: layers,
+        drop_cls: false,
+        projector_out: s.hidden,
+        projector: Projector::Merger { merge },
+        bidirectional_images: false,
+        anyres: None,
+        newline: false,
+        adapters_reach: true,
+        post_norm: false,
+        temporal_patch: temporal,
+        native: Some(native),
+    }
+    .sized(side, side);
+    s.name = name.to_string();
+    s.vision = Some(Box::new(vs));
+    Ok(s)
+}
+
 /// LLaVA-OneVision (`llava_onevision`, transformers 5.24 modeling_llava_onevision.py
 /// `LlavaOnevisionForConditionalGeneration`): a Qwen2 text model from `text_config`
 /// (`Qwen2Config` defaults for what it leaves out), a SigLIP tower
@@ -1625,6 +1812,9 @@ fn llava_onevision(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
         }),
         newline: cfg.bool_or("use_image_newline_parameter", true)?,
         adapters_reach: true,
+        post_norm: true,
+        temporal_patch: 1,
+        native: None,
     };
     s.name = name.to_string();
     s.vision = Some(Box::new(vs));
@@ -1717,6 +1907,9 @@ fn gemma3_vlm(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
         anyres: None,
         newline: false,
         adapters_reach: true,
+        post_norm: true,
+        temporal_patch: 1,
+        native: None,
     };
     s.name = name.to_string();
     s.vision = Some(Box::new(vs));
@@ -2548,7 +2741,7 @@ mod tests {
             r#"{"model_type":"llama","num_local_experts":8}"#,
             r#"{"model_type":"llama","kv_lora_rank":512}"#,
             r#"{"model_type":"qwen","visual":{}}"#,
-            r#"{"model_type":"qwen2_vl"}"#,
+            r#"{"model_type":"qwen2_5_vl"}"#,
         ] {
             match parse_config(j, "m").unwrap_err() {
                 Error::Unsupported { reason, .. } => assert_eq!(reason, LATER_VERSION),

@@ -224,7 +224,28 @@ fn load_config_noted(path: &Path, notes: &mut Vec<String>) -> Result<ModelSpec> 
     notes.extend(spec_notes(&text, &spec, &path.display().to_string()));
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     attach_checkpoint(&mut spec, dir.unwrap_or(Path::new(".")), notes)?;
+    attach_preprocessor(&mut spec, dir.unwrap_or(Path::new(".")), notes)?;
     Ok(spec)
+}
+
+/// A native-resolution VLM's pixel budget from `dir/preprocessor_config.json`, when the
+/// folder has one (see [`crate::hf::config::apply_preprocessor`]).
+fn attach_preprocessor(spec: &mut ModelSpec, dir: &Path, notes: &mut Vec<String>) -> Result<()> {
+    if spec.vision.as_ref().is_none_or(|v| v.native.is_none()) {
+        return Ok(());
+    }
+    let file = dir.join("preprocessor_config.json");
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(Error::io(&file, source)),
+    };
+    if let Some(n) =
+        crate::hf::config::apply_preprocessor(spec, &text, &file.display().to_string())?
+    {
+        notes.push(n);
+    }
+    Ok(())
 }
 
 /// Load `dir/config.json` (errors name the file) and the checkpoint headers in `dir`;
@@ -240,6 +261,7 @@ fn load_dir_noted(dir: &Path, name: &str, notes: &mut Vec<String>) -> Result<Mod
     notes.extend(spec_notes(&text, &spec, &cfg.display().to_string()));
     spec.name = name.to_string();
     attach_checkpoint(&mut spec, dir, notes)?;
+    attach_preprocessor(&mut spec, dir, notes)?;
     Ok(spec)
 }
 

@@ -151,6 +151,10 @@ const PRESETS: &[(&str, &str)] = &[
         include_str!("presets/qwen1.5-moe-a2.7b.json"),
     ),
     ("qwen2-7b", include_str!("presets/qwen2-7b.json")),
+    (
+        "qwen2-vl-2b-instruct",
+        include_str!("presets/qwen2-vl-2b-instruct.json"),
+    ),
     ("qwen2.5-0.5b", include_str!("presets/qwen2.5-0.5b.json")),
     (
         "qwen2.5-0.5b-instruct",
@@ -321,7 +325,7 @@ const KNOWN_UNSUPPORTED: &[(&str, &str, &str)] = &[
         "GPTQ-quantized mixture-of-experts model",
     ),
     ("llama-3.2-11b-vision", "mllama", "vision-language model"),
-    ("qwen2-vl-2b-instruct", "qwen2_vl", "vision-language model"),
+    ("qwen2.5-vl-3b", "qwen2_5_vl", "vision-language model"),
     ("minicpm-llama3-v-2_5", "minicpmv", "vision-language model"),
     ("qwen-vl", "qwen", "vision-language model"),
     ("qwen-vl-chat", "qwen", "vision-language model"),

@@ -1517,8 +1517,21 @@ impl Graph<'_> {
         if let Positions::Rope { rotary_dim } = spec.positions {
             if spec.rope_fp32 {
                 // Cohere's apply_rotary_pos_emb: q.float(), k.float(), rotate, .to(dtype)
+                // (Qwen2-VL's tower: `apply_rotary_pos_emb_vision`, on views of the
+                // fused qkv output: each cast copies its own slice)
                 let (dq, dk) = (self.dt(q), self.dt(k));
-                let (q32, k32) = (self.cast(q, DType::F32), self.cast(k, DType::F32));
+                let (q32, k32) = if q == k {
+                    let (q_e, kv_e) = (
+                        self.tokens * spec.heads * spec.head_dim,
+                        self.tokens * spec.kv_heads * spec.head_dim,
+                    );
+                    (
+                        self.unary_plain("q .float()", q, q_e, DType::F32),
+                        self.unary_plain("k .float()", k, kv_e, DType::F32),
+                    )
+                } else {
+                    (self.cast(q, DType::F32), self.cast(k, DType::F32))
+                };
                 let q2 = self.rope(q32, spec.heads, spec.head_dim, rotary_dim);
                 let k2 = self.rope(k32, spec.kv_heads, spec.head_dim, rotary_dim);
                 q = self.cast(q2, dq);
@@ -1555,7 +1568,13 @@ impl Graph<'_> {
             self.begin(&[v]);
             v = self.out("prefix cat v", kv_e, dv, true, Kind::Other);
         }
-        let out = self.attention_core(spec, q, k, v);
+        let mut out = self.attention_core(spec, q, k, v);
+        if spec.attn_chunk_cat && self.p.attn != Attn::Flash {
+            // modeling_qwen2_vl.py VisionAttention.forward: `torch.cat(attn_outputs,
+            // dim=1)` of the per-image outputs, a new tensor even for one image
+            let (e, d) = (self.elems(out), self.dt(out));
+            out = self.unary_plain("cat chunks", out, e, d);
+        }
         let o = self.linear(out, &find(O).unwrap());
         let o = self.dropout(o, spec.dropout.resid);
         // The module's `forward(hidden_states, ...)` frame references its input until

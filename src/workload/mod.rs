@@ -592,6 +592,15 @@ impl Workload {
                     "WIDTHxHEIGHT, each in 1..=65536 pixels",
                 ));
             }
+            // image_processing_qwen2_vl.py smart_resize: "absolute aspect ratio must be
+            // smaller than 200"
+            if v.native.is_some() && w.max(h) > 200 * w.min(h) {
+                return Err(Error::invalid(
+                    "image_size",
+                    format!("{w}x{h}"),
+                    "an aspect ratio of at most 200 (Qwen2-VL's smart_resize refuses more)",
+                ));
+            }
         }
         if self.images > MAX_IMAGES {
             return Err(Error::invalid(

@@ -94,14 +94,14 @@ fn lora_explicit_names() {
     assert_eq!(c.adapted_modules, 24);
 }
 
-/// VLMs other than the LLaVA family and Gemma-3 are refused: Qwen-VL (`qwen` +
-/// `visual`) and a Qwen2-VL config.
+/// VLMs other than the LLaVA family, Gemma-3 and Qwen2-VL are refused: Qwen-VL
+/// (`qwen` + `visual`) and a Qwen2.5-VL config (window attention in the tower).
 #[test]
 fn other_vlms_are_unsupported() {
-    let qwen2_vl = r#"{"model_type":"qwen2_vl","text_config":{},"vision_config":{}}"#;
+    let qwen2_5_vl = r#"{"model_type":"qwen2_5_vl","text_config":{},"vision_config":{}}"#;
     for (m, text) in [
         ("qwen-vl", read_data("configs/qwen-vl/config.json")),
-        ("qwen2-vl", qwen2_vl.to_string()),
+        ("qwen2.5-vl", qwen2_5_vl.to_string()),
     ] {
         let e = parse_config(&text, m).unwrap_err();
         match e {
@@ -254,6 +254,8 @@ fn every_preset_parses_and_matches_its_name() {
                 | "qwen2.5-7b-instruct" => 0.12,
                 // the name's 0.5B is its Qwen2 text model; the SigLIP tower adds 0.4B
                 "llava-onevision-qwen2-0.5b-ov" => 0.8,
+                // 2.21B: the Qwen2-1.5B text model and a 0.67B tower
+                "qwen2-vl-2b-instruct" => 0.12,
                 _ => 0.08,
             };
             if (ratio - 1.0).abs() > tol {
@@ -579,4 +581,75 @@ fn llava_onevision_anyres_crops_and_tokens_match_the_processor() {
     let nv = next.vision.as_ref().unwrap();
     assert_eq!(nv.layout(1, 480, 640), (5, 2340));
     assert_eq!(nv.layout(2, 480, 640), (5, 2340));
+}
+
+/// Qwen2-VL-2B-Instruct: the total and vision parameters equal transformers 5.24's
+/// meta-device count of `Qwen2VLForConditionalGeneration` (2,208,985,600 and
+/// 665,271,296: Conv3d patch embedding over 2 frames without bias, 32 blocks with a
+/// fused qkv, no position table or final norm, the PatchMerger); image tokens per image
+/// are `smart_resize`'s grid / 2x2 (transformers 5.24 image_processing_qwen2_vl.py, run
+/// on these sizes by `probes/trace_probe.py`'s copy of it).
+#[test]
+fn qwen2_vl_parameters_and_native_resolution_tokens_are_exact() {
+    let spec = preset("qwen2-vl-2b-instruct");
+    let c = params::count(&spec);
+    assert_eq!((c.total, c.vision), (2_208_985_600, 665_271_296));
+    let v = spec.vision.as_ref().unwrap();
+    let mut checked = 0;
+    for (w, h, grid, tokens) in [
+        (448, 448, (32, 32), 256),
+        (1280, 720, (52, 92), 1196),
+        (100, 100, (8, 8), 16),
+        (3000, 4000, (82, 60), 1230),
+        (640, 480, (34, 46), 391),
+        (1920, 1080, (52, 94), 1222),
+        (333, 777, (56, 24), 336),
+        (5000, 50, (4, 358), 358),
+        (28, 28, (4, 4), 4),
+        (10000, 10000, (70, 70), 1225),
+        (700, 70, (4, 50), 50),
+    ] {
+        let sized = v.sized(h, w);
+        assert_eq!(sized.native.unwrap().grid, grid, "{w}x{h}");
+        assert_eq!(v.layout(1, h, w), (1, tokens), "{w}x{h}");
+        assert_eq!(sized.image_tokens(), tokens);
+        checked += 1;
+    }
+    assert_eq!(checked, 11);
+    // the default image: 448x448
+    assert_eq!((v.image_tokens(), v.tower_tokens()), (256, 1024));
+}
+
+/// A `preprocessor_config.json` beside the config sets the pixel budget (its
+/// `size.shortest_edge` / `size.longest_edge`, or the older `min_pixels` /
+/// `max_pixels`); bad values are refused with the file named.
+#[test]
+fn qwen2_vl_pixel_budget_comes_from_the_preprocessor_config() {
+    use llm_mem::hf::config::apply_preprocessor;
+    let base = preset("qwen2-vl-2b-instruct");
+    let tokens = |text: &str| {
+        let mut s = base.clone();
+        apply_preprocessor(&mut s, text, "pp.json").map(|_| {
+            let v = s.vision.as_ref().unwrap();
+            v.layout(1, 1080, 1920).1
+        })
+    };
+    // 256..=1024 tokens' worth of pixels (the Qwen2-VL model card's example budget):
+    // smart_resize(1080, 1920, 28, 200704, 802816) = 672 x 1176 px
+    let budget = r#"{"size": {"shortest_edge": 200704, "longest_edge": 802816}}"#;
+    assert_eq!(tokens(budget).unwrap(), 1008);
+    assert_eq!(tokens(r#"{"max_pixels": 802816}"#).unwrap(), 1008);
+    // nothing set: the processor's defaults
+    assert_eq!(tokens("{}").unwrap(), 1222);
+    for (bad, what) in [
+        (r#"{"max_pixels": 0}"#, "max_pixels"),
+        (
+            r#"{"min_pixels": 900000, "max_pixels": 800000}"#,
+            "min_pixels",
+        ),
+        ("not json", "pp.json"),
+    ] {
+        let e = tokens(bad).unwrap_err().to_string();
+        assert!(e.contains(what), "{bad}: {e}");
+    }
 }

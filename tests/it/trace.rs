@@ -939,6 +939,22 @@ fn llava_next_training_steps_against_the_trace_probe() {
     );
 }
 
+/// Qwen2-VL-2B-Instruct (`tests/data/trace/vlm_native.csv`, real CPU tensors at full
+/// width, text and vision depth 2): native resolution — 448x448 images (256 tokens)
+/// under full fine-tuning with the tower and merger trained, the merger only or
+/// neither; 644x420 images (345 tokens) under LoRA all-linear reaching the tower and
+/// merger or kept to the language model, and LoRA on the attention; one or two images
+/// per sample, eager/SDPA x no/non-reentrant checkpointing.
+#[test]
+fn qwen2_vl_training_steps_against_the_trace_probe() {
+    vlm_steps_against_the_trace_probe(
+        "qwen2-vl-2b-instruct-l2v2",
+        "qwen2-vl-2b-instruct",
+        "trace/vlm_native.csv",
+        48,
+    );
+}
+
 /// Every row of `model` in the trace file `file` estimated on the config `config`
 /// (`rows` of them).
 fn vlm_steps_against_the_trace_probe(config: &str, model: &str, file: &str, rows: usize) {

@@ -28,7 +28,7 @@
 pub use crate::workload::VisionTrain;
 
 use crate::arch::params::projector_linears;
-use crate::arch::{LinearSpec, Projector, VisionSpec};
+use crate::arch::{Activation, LinearSpec, Positions, Projector, VisionSpec};
 use crate::runtime::torch::{layer, measure, Graph, LayerLedger, LedgerParams, Trainable};
 use crate::units::dtype::DType;
 use crate::workload::{Device, GradCkpt};
@@ -100,9 +100,17 @@ pub fn saved(v: &VisionSpec, p: &LedgerParams, images: u64, train: VisionTrain) 
         Device::Cpu => d,
         Device::Cuda => 4,
     };
+    // Qwen2-VL's tower runs every image's patches as one sequence of b·t rows and
+    // attends within each image (`cu_seqlens`: eager/SDPA on each `torch.split` chunk,
+    // batch 1)
+    let (tb, ts) = if v.native.is_some() {
+        (1, b.saturating_mul(t))
+    } else {
+        (b, t)
+    };
     let tp = LedgerParams {
-        batch: b,
-        seq: t,
+        batch: tb,
+        seq: ts,
         kv_len: t,
         trainable: match train {
             VisionTrain::Lora => p.trainable.clone(),
@@ -118,7 +126,10 @@ pub fn saved(v: &VisionSpec, p: &LedgerParams, images: u64, train: VisionTrain) 
         if v.pre_norm {
             out.embeddings = b * t * h * d + 2 * b * t * stat;
         }
-        if train != VisionTrain::Full {
+        // (Qwen2-VL's first block reads the convolution's output itself: the leaf is
+        // that block's checkpointed input, counted with the layer)
+        let direct = !v.class_token && !v.pre_norm && v.tower.positions != Positions::Learned;
+        if train != VisionTrain::Full && !(direct && hooked && v.feature_layers > 0) {
             out.embeddings += b * v.patches() * h * d;
         }
     }
@@ -162,6 +173,11 @@ pub fn saved(v: &VisionSpec, p: &LedgerParams, images: u64, train: VisionTrain) 
                 out.first_layer = out.per_layer;
             }
         }
+    }
+    if let (Positions::Rope { .. }, true) = (v.tower.positions, out.per_layer > 0) {
+        // Qwen2-VL's rotary tables (`Qwen2VLVisionRotaryEmbedding`: cos and sin, fp32,
+        // one row per patch), computed once and kept by every layer's rotation
+        out.embeddings += 2 * b * t * v.tower.head_dim * DType::F32.size();
     }
     let features_rg = train != VisionTrain::Frozen || hooked;
     if features_rg {
@@ -219,13 +235,17 @@ fn projector(v: &VisionSpec, tp: &LedgerParams, b: u64, train: VisionTrain, x_rg
     let seq = match v.projector {
         Projector::Mlp { .. } => v.crop_tokens(),
         Projector::Pooled { tokens, .. } => tokens,
+        // the merged rows (merge² patches each)
+        Projector::Merger { .. } => v.image_tokens(),
     };
     let pp = LedgerParams {
         batch: b,
         seq,
         kv_len: seq,
         trainable: match (train, v.projector) {
-            (VisionTrain::Lora, Projector::Mlp { .. }) => tp.trainable.clone(),
+            (VisionTrain::Lora, Projector::Mlp { .. } | Projector::Merger { .. }) => {
+                tp.trainable.clone()
+            }
             _ if trained => Trainable::All,
             _ => frozen_with_grad(),
         },
@@ -254,6 +274,25 @@ fn projector(v: &VisionSpec, tp: &LedgerParams, b: u64, train: VisionTrain, x_rg
                 0
             };
             l.saved + cls
+        }
+        Projector::Merger { merge } => {
+            // ln_q over the tower's width (rows: every patch), `.view(-1, merge² h)`
+            // (a view), mlp.0 → GELU → mlp.2: the ledger's norm and linear programs on
+            // the merged rows
+            let lins = projector_linears(v);
+            let m2 = merge * merge;
+            let mut g = Graph::new(&pp);
+            let x = g.input(v.tower.hidden * m2, d, x_rg);
+            let y = g.norm(
+                x,
+                v.tower.hidden,
+                v.tower.norm,
+                crate::arch::adapter::NormSlot::Final,
+            );
+            let y = g.linear(y, &lins[0]);
+            let y = g.act(y, Activation::Gelu);
+            let y = g.linear(y, &lins[1]);
+            measure(&g, y, &pp).saved
         }
         Projector::Pooled { norm, .. } => {
             let h = v.tower.hidden;
