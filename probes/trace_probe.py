@@ -395,12 +395,12 @@ def run_cell(c, args, versions):
     if vlm:
         # the decoder's depth is the text config's; the tower's is --vision-layers
         base = cfg_json.get("text_config")
-        if base is None and cfg_json.get("model_type") == "qwen2_vl":
+        if base is None and cfg_json.get("model_type") in ("qwen2_vl", "qwen2_5_vl"):
             # Qwen2-VL's text keys sit at the top level (Qwen2VLConfig builds its
             # text_config from them)
             base = {k: v for k, v in cfg_json.items() if k not in ("vision_config", "model_type")}
         cfg_json["text_config"] = text_json = dict(base or {})
-        depth = "depth" if cfg_json.get("model_type") == "qwen2_vl" else "num_hidden_layers"
+        depth = "depth" if cfg_json.get("model_type") in ("qwen2_vl", "qwen2_5_vl") else "num_hidden_layers"
         cfg_json["vision_config"] = dict(cfg_json["vision_config"], **{depth: c["vision_layers"]})
     text_json["num_hidden_layers"] = c["layers"]
     for k in ("n_layer", "num_layers"):
@@ -633,11 +633,11 @@ def vlm_inputs(cfg, c, dtype, device):
         return onevision_inputs(cfg, c, dtype, device)
     elif cfg.model_type == "llava_next":
         return next_inputs(cfg, c, dtype, device)
-    elif cfg.model_type == "qwen2_vl":
+    elif cfg.model_type in ("qwen2_vl", "qwen2_5_vl"):
         return qwen2_vl_inputs(cfg, c, dtype, device)
     else:
         raise NotImplementedError(f"vision-language model type {cfg.model_type}: llava, llava_next, "
-                                  "llava_onevision, gemma3, qwen2_vl")
+                                  "llava_onevision, gemma3, qwen2_vl, qwen2_5_vl")
     n = c["images"] * per_image
     if n > c["seq"]:
         raise ValueError(f"{c['images']} images of {per_image} tokens do not fit in seq {c['seq']}")

@@ -582,6 +582,44 @@ pub struct VisionSpec {
     /// Native resolution (Qwen2-VL): images keep their aspect, resized to a multiple of
     /// patch × merge within a pixel budget; `None`: a fixed square.
     pub native: Option<Native>,
+    /// Qwen2.5-VL's window attention in the tower (`None`: every block attends over
+    /// the whole image).
+    pub window: Option<WindowAttn>,
+}
+
+/// Qwen2.5-VL's windowed tower (transformers 5.24 modeling_qwen2_5_vl.py
+/// `Qwen2_5_VisionTransformerPretrainedModel.forward`, vision_utils.py
+/// `get_vision_window_index`): the patches are regrouped window by window (an index
+/// copy), blocks outside `full_blocks` attend within windows of `size / patch / merge`
+/// merged tokens a side (8x8 patches for 112 px), the others over the whole image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowAttn {
+    /// `window_size` in pixels.
+    pub size: u64,
+    /// `fullatt_block_indexes`.
+    pub full_blocks: Vec<u64>,
+}
+
+impl WindowAttn {
+    /// The patches of each window of a `grid` (rows, columns of patches) image:
+    /// windows of `w` merged tokens a side, the last row and column of windows cut by
+    /// the image's edge (`get_vision_window_index`'s padding never holds a patch).
+    pub fn window_lengths(&self, grid: (u64, u64), patch: u64, merge: u64) -> Vec<u64> {
+        let w = (self.size / merge.max(1) / patch.max(1)).max(1);
+        let (mh, mw) = (grid.0 / merge.max(1), grid.1 / merge.max(1));
+        let sides = |n: u64| -> Vec<u64> {
+            let mut v = vec![w; (n / w) as usize];
+            if n % w > 0 {
+                v.push(n % w);
+            }
+            v
+        };
+        let (rows, cols) = (sides(mh), sides(mw));
+        let unit = merge * merge;
+        rows.iter()
+            .flat_map(|&r| cols.iter().map(move |&c| r * c * unit))
+            .collect()
+    }
 }
 
 /// Qwen2-VL's native resolution (transformers 5.24 image_processing_qwen2_vl.py

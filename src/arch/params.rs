@@ -188,14 +188,31 @@ pub fn vision_params(spec: &ModelSpec) -> u64 {
     embeddings + norms + layers + projector_params(v) + newline
 }
 
+/// A VLM tower's encoder layers: (all of them, the largest one) in parameters — the
+/// units FSDP's transformer auto-wrap gives each block (`_no_split_modules`).
+pub fn vision_blocks(v: &crate::arch::VisionSpec) -> (u64, u64) {
+    let t = &v.tower;
+    let fixed = per_layer_fixed(t);
+    let all = t.sum_over_layers(|l| l.params()) + t.layers() * fixed;
+    let largest = t
+        .groups
+        .iter()
+        .map(|g| per_layer_of(t, &t.block_linears(&g.modules)) + fixed)
+        .max()
+        .unwrap_or(0);
+    (all, largest)
+}
+
 /// The projector's parameters.
 pub fn projector_params(v: &crate::arch::VisionSpec) -> u64 {
     match v.projector {
         crate::arch::Projector::Mlp { .. } => projector_linears(v).iter().map(|l| l.params()).sum(),
         crate::arch::Projector::Pooled { .. } => v.tower.hidden + v.tower.hidden * v.projector_out,
-        // ln_q (LayerNorm with bias) and the MLP
+        // ln_q (the tower's norm: LayerNorm with bias in Qwen2-VL, RMSNorm in 2.5) and
+        // the MLP
         crate::arch::Projector::Merger { .. } => {
-            2 * v.tower.hidden + projector_linears(v).iter().map(|l| l.params()).sum::<u64>()
+            norm_params(&v.tower, v.tower.hidden)
+                + projector_linears(v).iter().map(|l| l.params()).sum::<u64>()
         }
     }
 }

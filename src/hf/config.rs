@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use crate::arch::{
     Activation, Anyres, BlockModules, Dropout, Family, LayerGroup, LinearRole, MlaSpec, MlpKind,
     ModelSpec, ModuleSlot, MoeSpec, Native, NormKind, Positions, Projector, QkNorm, Quantization,
-    Residual, RouterKind, ScalarMults, VisionSpec,
+    Residual, RouterKind, ScalarMults, VisionSpec, WindowAttn,
 };
 use crate::arch::{MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH};
 use crate::error::{Error, Result};
@@ -150,8 +150,8 @@ pub fn parse_config(json: &str, name: &str) -> Result<ModelSpec> {
     if model_type == "llava_onevision" {
         return llava_onevision(&obj, name);
     }
-    if model_type == "qwen2_vl" {
-        return qwen2_vl(&obj, name);
+    if model_type == "qwen2_vl" || model_type == "qwen2_5_vl" {
+        return qwen2_vl(&obj, name, model_type == "qwen2_5_vl");
     }
     let c = Cfg {
         m: &obj,
@@ -1283,6 +1283,7 @@ fn llava(obj: &Map<String, Value>, name: &str, next: bool) -> Result<ModelSpec> 
         post_norm: true,
         temporal_patch: 1,
         native: None,
+        window: None,
     };
     if next {
         // configuration_llava_next.py: the default pinpoints
@@ -1619,7 +1620,7 @@ pub fn apply_preprocessor(spec: &mut ModelSpec, text: &str, path: &str) -> Resul
 /// image → `proj`, LayerNorm → fc1 → `hidden_act` (quick_gelu) → fc2, no position
 /// table and no final norm; the `PatchMerger` to the text width. Images keep their
 /// aspect (`smart_resize`), 448×448 unless `--image-size` says otherwise.
-fn qwen2_vl(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
+fn qwen2_vl(obj: &Map<String, Value>, name: &str, v25: bool) -> Result<ModelSpec> {
     let mut text = match obj.get("text_config") {
         Some(Value::Object(t)) => t.clone(),
         _ => {
@@ -1650,28 +1651,50 @@ fn qwen2_vl(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
     let v = Cfg {
         m: &vision,
         path: name,
-        model_type: "qwen2_vl_vision",
+        model_type: if v25 {
+            "qwen2_5_vl_vision"
+        } else {
+            "qwen2_vl_vision"
+        },
     };
-    // configuration_qwen2_vl.py Qwen2VLVisionConfig defaults
-    let hidden = v.uint_or(&["embed_dim"], MAX_WIDTH, 1280)?;
+    // configuration_qwen2_vl.py Qwen2VLVisionConfig / configuration_qwen2_5_vl.py
+    // Qwen2_5_VLVisionConfig defaults
+    let (hidden, intermediate, out) = if v25 {
+        let hidden = v.uint_or(&["hidden_size"], MAX_WIDTH, 1280)?;
+        (
+            hidden,
+            v.uint_or(&["intermediate_size"], MAX_WIDTH, 3420)?,
+            v.uint_or(&["out_hidden_size"], MAX_WIDTH, 3584)?,
+        )
+    } else {
+        let hidden = v.uint_or(&["embed_dim"], MAX_WIDTH, 1280)?;
+        let ratio = v.uint_or(&["mlp_ratio"], 64, 4)?;
+        (
+            hidden,
+            hidden * ratio,
+            v.uint_or(&["hidden_size"], MAX_WIDTH, s.hidden)?,
+        )
+    };
     let heads = v.uint_or(&["num_heads"], MAX_WIDTH, 16)?;
     let layers = v.uint_or(&["depth"], MAX_LAYERS, 32)?;
-    let ratio = v.uint_or(&["mlp_ratio"], 64, 4)?;
     let patch_size = v.uint_or(&["patch_size", "spatial_patch_size"], 1 << 12, 14)?;
     let temporal = v.uint_or(&["temporal_patch_size"], 64, 2)?;
     let merge = v.uint_or(&["spatial_merge_size"], 64, 2)?;
     let channels = v.uint_or(&["in_channels", "in_chans"], 64, 3)?;
-    let out = v.uint_or(&["hidden_size"], MAX_WIDTH, s.hidden)?;
     if !hidden.is_multiple_of(heads) || patch_size == 0 || merge == 0 || temporal == 0 {
         return Err(Error::invalid(
             "vision_config",
-            format!("embed_dim {hidden}, num_heads {heads}, patch {patch_size}, merge {merge}, temporal {temporal}"),
-            "num_heads dividing embed_dim and positive patch, merge and temporal sizes",
+            format!("width {hidden}, num_heads {heads}, patch {patch_size}, merge {merge}, temporal {temporal}"),
+            "num_heads dividing the width and positive patch, merge and temporal sizes",
         ));
     }
     if out != s.hidden {
         return Err(Error::invalid(
-            "vision_config.hidden_size",
+            if v25 {
+                "vision_config.out_hidden_size"
+            } else {
+                "vision_config.hidden_size"
+            },
             out,
             format!(
                 "the text model's hidden_size {} (the merger's output)",
@@ -1679,17 +1702,46 @@ fn qwen2_vl(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
             ),
         ));
     }
-    let act = v.act("hidden_act", Activation::QuickGelu)?;
+    let act = v.act(
+        "hidden_act",
+        if v25 {
+            Activation::Silu
+        } else {
+            Activation::QuickGelu
+        },
+    )?;
     const QWEN2_VL_VISION: BlockModules = BlockModules {
         attention: &[m("qkv", LinearRole::Qkv), m("proj", LinearRole::O)],
         ffn: &[m("fc1", LinearRole::Up), m("fc2", LinearRole::Down)],
     };
-    let mut tower = vit_tower(&s, name, hidden, heads, layers, hidden * ratio, act, 0)?;
+    const QWEN2_5_VL_VISION: BlockModules = BlockModules {
+        attention: &[m("qkv", LinearRole::Qkv), m("proj", LinearRole::O)],
+        ffn: &[
+            m("gate_proj", LinearRole::Gate),
+            m("up_proj", LinearRole::Up),
+            m("down_proj", LinearRole::Down),
+        ],
+    };
+    let mut tower = vit_tower(&s, name, hidden, heads, layers, intermediate, act, 0)?;
     tower.groups = vec![LayerGroup {
         count: layers,
-        modules: QWEN2_VL_VISION,
+        modules: if v25 {
+            QWEN2_5_VL_VISION
+        } else {
+            QWEN2_VL_VISION
+        },
         sliding: false,
     }];
+    if v25 {
+        // Qwen2_5_VLRMSNorm (weight * x.to(dtype)), Qwen2_5_VLMLP with biases
+        tower.norm = NormKind::RmsNorm {
+            offset_one: false,
+            weight_fp32: false,
+        };
+        tower.mlp = MlpKind::Gated {
+            fused_gate_up: false,
+        };
+    }
     tower.fused_qkv = true;
     tower.qkv_views = true;
     tower.positions = Positions::Rope {
@@ -1698,6 +1750,43 @@ fn qwen2_vl(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
     tower.rope_fp32 = true;
     tower.attn_chunk_cat = true;
     tower.max_positions = 1 << 20;
+    let window = if v25 {
+        let size = v.uint_or(&["window_size"], 1 << 16, 112)?;
+        let full_blocks = match vision.get("fullatt_block_indexes") {
+            None | Some(Value::Null) => vec![7, 15, 23, 31],
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| x.as_u64().filter(|&i| i < layers))
+                .collect::<Option<Vec<u64>>>()
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "fullatt_block_indexes",
+                        Value::Array(a.clone()),
+                        format!("block indices in 0..{layers}"),
+                    )
+                })?,
+            Some(x) => {
+                return Err(Error::invalid(
+                    "fullatt_block_indexes",
+                    x,
+                    "a list of block indices",
+                ))
+            }
+        };
+        if size < patch_size * merge {
+            return Err(Error::invalid(
+                "window_size",
+                size,
+                format!(
+                    "at least patch_size x spatial_merge_size = {}",
+                    patch_size * merge
+                ),
+            ));
+        }
+        Some(WindowAttn { size, full_blocks })
+    } else {
+        None
+    };
     let side = 448;
     let native = Native {
         min_pixels: 56 * 56,
@@ -1725,6 +1814,7 @@ fn qwen2_vl(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
         post_norm: false,
         temporal_patch: temporal,
         native: Some(native),
+        window,
     }
     .sized(side, side);
     s.name = name.to_string();
@@ -1815,6 +1905,7 @@ fn llava_onevision(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
         post_norm: true,
         temporal_patch: 1,
         native: None,
+        window: None,
     };
     s.name = name.to_string();
     s.vision = Some(Box::new(vs));
@@ -1910,6 +2001,7 @@ fn gemma3_vlm(obj: &Map<String, Value>, name: &str) -> Result<ModelSpec> {
         post_norm: true,
         temporal_patch: 1,
         native: None,
+        window: None,
     };
     s.name = name.to_string();
     s.vision = Some(Box::new(vs));
@@ -2741,7 +2833,7 @@ mod tests {
             r#"{"model_type":"llama","num_local_experts":8}"#,
             r#"{"model_type":"llama","kv_lora_rank":512}"#,
             r#"{"model_type":"qwen","visual":{}}"#,
-            r#"{"model_type":"qwen2_5_vl"}"#,
+            r#"{"model_type":"mllama"}"#,
         ] {
             match parse_config(j, "m").unwrap_err() {
                 Error::Unsupported { reason, .. } => assert_eq!(reason, LATER_VERSION),

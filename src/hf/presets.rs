@@ -176,6 +176,7 @@ const PRESETS: &[(&str, &str)] = &[
         include_str!("presets/qwen2.5-32b-instruct.json"),
     ),
     ("qwen2.5-3b", include_str!("presets/qwen2.5-3b.json")),
+    ("qwen2.5-vl-3b", include_str!("presets/qwen2.5-vl-3b.json")),
     (
         "qwen2.5-3b-instruct",
         include_str!("presets/qwen2.5-3b-instruct.json"),
@@ -325,7 +326,6 @@ const KNOWN_UNSUPPORTED: &[(&str, &str, &str)] = &[
         "GPTQ-quantized mixture-of-experts model",
     ),
     ("llama-3.2-11b-vision", "mllama", "vision-language model"),
-    ("qwen2.5-vl-3b", "qwen2_5_vl", "vision-language model"),
     ("minicpm-llama3-v-2_5", "minicpmv", "vision-language model"),
     ("qwen-vl", "qwen", "vision-language model"),
     ("qwen-vl-chat", "qwen", "vision-language model"),

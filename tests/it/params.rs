@@ -94,14 +94,14 @@ fn lora_explicit_names() {
     assert_eq!(c.adapted_modules, 24);
 }
 
-/// VLMs other than the LLaVA family, Gemma-3 and Qwen2-VL are refused: Qwen-VL
-/// (`qwen` + `visual`) and a Qwen2.5-VL config (window attention in the tower).
+/// VLMs other than the LLaVA family, Gemma-3 and Qwen2/2.5-VL are refused: Qwen-VL
+/// (`qwen` + `visual`) and an mllama config (cross-attention layers).
 #[test]
 fn other_vlms_are_unsupported() {
-    let qwen2_5_vl = r#"{"model_type":"qwen2_5_vl","text_config":{},"vision_config":{}}"#;
+    let mllama = r#"{"model_type":"mllama","text_config":{},"vision_config":{}}"#;
     for (m, text) in [
         ("qwen-vl", read_data("configs/qwen-vl/config.json")),
-        ("qwen2.5-vl", qwen2_5_vl.to_string()),
+        ("mllama", mllama.to_string()),
     ] {
         let e = parse_config(&text, m).unwrap_err();
         match e {
@@ -254,8 +254,10 @@ fn every_preset_parses_and_matches_its_name() {
                 | "qwen2.5-7b-instruct" => 0.12,
                 // the name's 0.5B is its Qwen2 text model; the SigLIP tower adds 0.4B
                 "llava-onevision-qwen2-0.5b-ov" => 0.8,
-                // 2.21B: the Qwen2-1.5B text model and a 0.67B tower
+                // 2.21B: the Qwen2-1.5B text model and a 0.67B tower; 3.75B: Qwen2.5-3B
+                // and a 0.67B tower
                 "qwen2-vl-2b-instruct" => 0.12,
+                "qwen2.5-vl-3b" => 0.26,
                 _ => 0.08,
             };
             if (ratio - 1.0).abs() > tol {
@@ -652,4 +654,34 @@ fn qwen2_vl_pixel_budget_comes_from_the_preprocessor_config() {
         let e = tokens(bad).unwrap_err().to_string();
         assert!(e.contains(what), "{bad}: {e}");
     }
+}
+
+/// Qwen2.5-VL-3B-Instruct: parameters equal transformers 5.24's meta-device count of
+/// `Qwen2_5_VLForConditionalGeneration` (3,754,622,976; vision 668,684,288: RMSNorm
+/// and SwiGLU blocks with biases, an RMSNorm `ln_q`), and the tower's windows are
+/// `get_vision_window_index`'s (vision_utils.py, run on these grids: the count of
+/// windows and Σ len², what eager attention's scores hold).
+#[test]
+fn qwen2_5_vl_parameters_and_windows_are_exact() {
+    let spec = crate::util::config_spec("qwen2.5-vl-3b");
+    let c = params::count(&spec);
+    assert_eq!((c.total, c.vision), (3_754_622_976, 668_684_288));
+    let v = spec.vision.as_ref().unwrap();
+    let w = v.window.as_ref().unwrap();
+    assert_eq!((w.size, w.full_blocks.clone()), (112, vec![7, 15, 23, 31]));
+    let mut checked = 0;
+    for (grid, windows, squares) in [
+        ((32, 32), 16, 65_536),
+        ((30, 46), 24, 81_168),
+        ((52, 92), 84, 288_000),
+        ((8, 8), 1, 4_096),
+        ((4, 358), 45, 45_632),
+    ] {
+        let lens = w.window_lengths(grid, v.patch_size, 2);
+        assert_eq!(lens.len(), windows, "{grid:?}");
+        assert_eq!(lens.iter().map(|l| l * l).sum::<u64>(), squares, "{grid:?}");
+        assert_eq!(lens.iter().sum::<u64>(), grid.0 * grid.1, "{grid:?}");
+        checked += 1;
+    }
+    assert_eq!(checked, 5);
 }

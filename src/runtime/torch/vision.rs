@@ -44,6 +44,10 @@ pub struct VisionLedger {
     pub first_layer: u64,
     /// Encoder layers whose graph reaches the features.
     pub layers: u64,
+    /// Of the layers after the first, those attending over the whole image in a
+    /// windowed tower (Qwen2.5-VL's `fullatt_block_indexes`), and what one keeps.
+    pub full_layers: u64,
+    pub per_full_layer: u64,
     /// SigLIP's post_layernorm (the features' norm).
     pub post_norm: u64,
     /// The projector's kept tensors.
@@ -54,7 +58,12 @@ pub struct VisionLedger {
 
 impl VisionLedger {
     pub fn total(&self) -> u64 {
-        let rest = self.layers.saturating_sub(1) * self.per_layer;
+        let rest = self
+            .layers
+            .saturating_sub(1)
+            .saturating_sub(self.full_layers)
+            * self.per_layer
+            + self.full_layers * self.per_full_layer;
         let first = if self.layers > 0 { self.first_layer } else { 0 };
         self.embeddings + first + rest + self.post_norm + self.projector + self.merge
     }
@@ -128,7 +137,10 @@ pub fn saved(v: &VisionSpec, p: &LedgerParams, images: u64, train: VisionTrain) 
         }
         // (Qwen2-VL's first block reads the convolution's output itself: the leaf is
         // that block's checkpointed input, counted with the layer)
-        let direct = !v.class_token && !v.pre_norm && v.tower.positions != Positions::Learned;
+        let direct = !v.class_token
+            && !v.pre_norm
+            && v.tower.positions != Positions::Learned
+            && v.window.is_none();
         if train != VisionTrain::Full && !(direct && hooked && v.feature_layers > 0) {
             out.embeddings += b * v.patches() * h * d;
         }
@@ -150,28 +162,70 @@ pub fn saved(v: &VisionSpec, p: &LedgerParams, images: u64, train: VisionTrain) 
         out.post_norm = b * t * h * d + 2 * b * t * stat;
     }
     out.layers = v.feature_layers;
+    // Qwen2.5-VL: the windowed blocks attend within windows (eager's scores: Σ over
+    // windows of len², as `kv_len` per patch, exact for whole windows), the others
+    // over each image
+    let (tw, first_full) = match &v.window {
+        Some(win) => {
+            let grid = v.native.map_or((0, 0), |n| n.grid);
+            let merge = v.native.map_or(1, |n| n.merge);
+            let lens = win.window_lengths(grid, v.patch_size, merge);
+            let sq: u64 = lens.iter().map(|l| l.saturating_mul(*l)).sum();
+            out.full_layers = win
+                .full_blocks
+                .iter()
+                .filter(|&&i| i > 0 && i < v.feature_layers)
+                .count() as u64;
+            let kv = (sq as f64 / t.max(1) as f64).round() as u64;
+            (
+                LedgerParams {
+                    kv_len: kv.max(1),
+                    ..tp.clone()
+                },
+                win.full_blocks.contains(&0),
+            )
+        }
+        None => (tp.clone(), false),
+    };
+    let first_p = if first_full { &tp } else { &tw };
     match train {
         VisionTrain::Full => {
-            out.per_layer = layer(&v.tower, &tp, true).saved;
-            out.first_layer = out.per_layer;
+            out.per_layer = layer(&v.tower, &tw, true).saved;
+            out.per_full_layer = layer(&v.tower, &tp, true).saved;
+            out.first_layer = layer(&v.tower, first_p, true).saved;
         }
         VisionTrain::Lora => {
             // frozen embeddings: the first layer's input needs a gradient only when
             // hooked; a checkpointed layer saves its input either way (as the
             // decoder's)
-            out.per_layer = layer(&v.tower, &tp, true).saved;
-            out.first_layer = layer(&v.tower, &tp, hooked).saved;
+            out.per_layer = layer(&v.tower, &tw, true).saved;
+            out.per_full_layer = layer(&v.tower, &tp, true).saved;
+            out.first_layer = layer(&v.tower, first_p, hooked).saved;
             if p.grad_ckpt.is_full() {
-                out.first_layer = out.first_layer.max(out.per_layer);
+                out.first_layer = out.first_layer.max(layer(&v.tower, first_p, true).saved);
             }
         }
         VisionTrain::Frozen | VisionTrain::Projector => {
             // frozen layers keep something only checkpointed with a hooked input:
             // the checkpoint's input
             if hooked {
-                out.per_layer = layer(&v.tower, &tp, true).saved;
-                out.first_layer = out.per_layer;
+                out.per_layer = layer(&v.tower, &tw, true).saved;
+                out.per_full_layer = layer(&v.tower, &tp, true).saved;
+                out.first_layer = layer(&v.tower, first_p, true).saved;
             }
+        }
+    }
+    if v.window.is_some() {
+        // `hidden_states[window_index]` (IndexBackward keeps the merged-token index,
+        // int64) when the patch embedding's output needs a gradient, and the merger
+        // output's `[reverse_indices]` when the features do
+        let m2 = v.native.map_or(1, |n| n.merge * n.merge).max(1);
+        let index = b * t / m2 * DType::I64.size();
+        if train == VisionTrain::Full || hooked {
+            out.embeddings += index;
+        }
+        if train != VisionTrain::Frozen || hooked {
+            out.embeddings += index;
         }
     }
     if let (Positions::Rope { .. }, true) = (v.tower.positions, out.per_layer > 0) {
