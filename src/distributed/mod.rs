@@ -188,7 +188,7 @@ pub fn vlm_layout_refused(spec: &ModelSpec, what: &str) -> crate::error::Error {
     crate::error::Error::invalid(
         "parallel layout",
         format!("{what} for the vision-language model {}", spec.name),
-        "one GPU for a vision-language model (no --dp/--tp/--pp/--cp/--ep above 1, no --zero or --fsdp, no plan): where the vision tower sits under data, tensor or pipeline parallelism is not modelled yet",
+        "data parallelism for a vision-language model (--dp with DDP, --zero 1-3 or --fsdp; no --tp/--pp/--cp/--ep above 1, no plan): where the vision tower sits under tensor, pipeline, context or expert parallelism is not modelled yet",
     )
 }
 
@@ -203,7 +203,7 @@ pub fn estimate_layout(
     spec.validate()?;
     w.validate(spec)?;
     layout.validate(spec, w)?;
-    if spec.vision.is_some() {
+    if spec.vision.is_some() && (layout.tp > 1 || layout.pp > 1 || layout.cp > 1 || layout.ep > 1) {
         return Err(vlm_layout_refused(
             spec,
             &format!(
@@ -476,6 +476,15 @@ struct Stage {
     weights: u64,
     /// Bytes of its largest decoder layer as stored (4-bit data for QLoRA).
     layer_stored: u64,
+    /// A VLM's vision side on the first stage: its largest tower block and the rest
+    /// outside the blocks (patch embedding, positions, norms, projector), in
+    /// parameters; the vision parameters a full fine-tune trains, and the weight bytes
+    /// of those it does not (`--vision projector|frozen`).
+    vision_block: u64,
+    vision_root: u64,
+    vision_total: u64,
+    vision_trained: u64,
+    vision_frozen_bytes: u64,
     /// Trainable parameters per layer / of the stage.
     t_layer: u64,
     trainable: u64,
@@ -521,6 +530,28 @@ impl Stage {
         let p_layers: u64 = group_params.iter().map(|(n, p)| n * p).sum();
         let full = w.method.is_full();
 
+        // a VLM's vision side sits on the first stage (tensor and pipeline parallelism
+        // are refused for VLMs): its weights as the single-GPU estimate holds them
+        let (mut vision_block, mut vision_root, mut vision_trained) = (0, 0, 0);
+        let mut vision_total = 0;
+        let (mut vision_bytes, mut vision_frozen_bytes) = (0, 0);
+        if let (Some(v), true) = (local.vision.as_ref(), first) {
+            let total = params::vision_params(&local);
+            vision_total = total;
+            let (blocks, largest) = params::vision_blocks(v);
+            (vision_block, vision_root) = (largest, total.saturating_sub(blocks));
+            let mut text = local.clone();
+            text.vision = None;
+            vision_bytes = weights::weight_bytes(&local, w, 0)?
+                .base
+                .saturating_sub(weights::weight_bytes(&text, w, 0)?.base);
+            if full {
+                vision_trained = estimate::vision_trainable(&local, w).min(total);
+                let frozen = total - vision_trained;
+                vision_frozen_bytes =
+                    (vision_bytes as f64 * frozen as f64 / total.max(1) as f64).round() as u64;
+            }
+        }
         // parameters this rank holds before data-parallel sharding
         let o = other_params(&local, &counts);
         // tied weights: one copy without pipelining; the last stage keeps its own copy
@@ -538,7 +569,7 @@ impl Stage {
         };
         let p_head = if last { head_params } else { 0 };
         let p_other = if last { o.final_norm } else { 0 };
-        let p_stage = p_layers + p_emb + p_head + p_other;
+        let p_stage = p_layers + p_emb + p_head + p_other + vision_trained;
 
         // a frozen base stored in another dtype than it computes in (FSDP
         // MixedPrecision over an fp32 load): its shards are the stored dtype's
@@ -553,6 +584,7 @@ impl Stage {
             _ => weight_split(&local, w)?,
         };
         let weights = ws.layers
+            + vision_bytes
             + if first {
                 ws.embedding + ws.first_extra
             } else {
@@ -589,6 +621,11 @@ impl Stage {
             p_stage,
             weights,
             layer_stored: ws.layer_max,
+            vision_block,
+            vision_root,
+            vision_total,
+            vision_trained,
+            vision_frozen_bytes,
             t_layer,
             trainable,
         })
@@ -631,6 +668,14 @@ impl Stage {
             if self.p_other > 0 {
                 vectors.push(optimizer::Shape {
                     rows: self.p_other,
+                    cols: 1,
+                    count: 1,
+                });
+            }
+            // a VLM's vision parameters trained in full, one vector as on one GPU
+            if self.vision_trained > 0 {
+                vectors.push(optimizer::Shape {
+                    rows: self.vision_trained,
                     cols: 1,
                     count: 1,
                 });
@@ -683,8 +728,16 @@ impl<'a> Recipe<'a> {
             mixed: w.master_weights || w.precision.is_amp(),
             compute: w.precision.compute_dtype().size(),
             n: layout.shard_degree() as f64,
-            frozen_weights: if full { 0 } else { s.weights },
-            train_bytes_pd: if full { s.weights } else { s.trainable * 4 },
+            frozen_weights: if full {
+                s.vision_frozen_bytes
+            } else {
+                s.weights
+            },
+            train_bytes_pd: if full {
+                s.weights - s.vision_frozen_bytes
+            } else {
+                s.trainable * 4
+            },
             rest_params: s.trainable.saturating_sub(s.layers * s.t_layer),
         }
     }
@@ -860,11 +913,14 @@ fn fsdp_states(r: &Recipe, mode: FsdpMode) -> Sharded {
     // packed 4-bit storage in `bnb_4bit_quant_storage` is a flat parameter FSDP1 gathers
     // uncast (bitsandbytes 0.43 FSDP-QLoRA; MixedPrecision's param_dtype is that dtype)
     let compute = r.compute;
+    // a VLM's tower blocks are units of their own (transformer auto-wrap over
+    // `_no_split_modules`), the rest of its vision side rides in the root
     let unit = if r.w.method.is_qlora() {
         s.layer_stored
     } else {
         s.p_layer * compute
-    };
+    }
+    .max(s.vision_block * compute);
     // with the embedding and the head as units of their own, the root keeps the rest
     // (final norm); they are gathered only around their own forward and backward
     let separate = layout.fsdp_separate_embeddings && full;
@@ -872,7 +928,7 @@ fn fsdp_states(r: &Recipe, mode: FsdpMode) -> Sharded {
         s.p_other * compute
     } else {
         (s.p_emb + s.p_head + s.p_other) * compute
-    };
+    } + s.vision_root * compute;
     if separate {
         sh.embed_unit = s.p_emb * compute;
         sh.head_unit = s.p_head * compute;
@@ -897,8 +953,11 @@ fn fsdp_states(r: &Recipe, mode: FsdpMode) -> Sharded {
     sh.unit_grad_assembly = if full { 2 * s.p_layer * grad_el } else { 0 };
     match mode {
         FsdpMode::GradOp => {
-            sh.gathered_fwd = s.p_stage * compute;
-            sh.gathered_bwd = s.p_stage * compute;
+            // every unit stays gathered: the stage's parameters, the vision side's
+            // frozen ones too
+            let all = s.p_stage - s.vision_trained + s.vision_total;
+            sh.gathered_fwd = all * compute;
+            sh.gathered_bwd = all * compute;
         }
         FsdpMode::Full | FsdpMode::Hybrid => {
             sh.gathered_fwd = root + 2 * (unit + pad);

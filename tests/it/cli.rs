@@ -149,8 +149,15 @@ fn mixture_of_experts_beyond_the_modelled_ones_is_rejected() {
     assert_error(&r, &["--seq-len", "2304 image tokens", "576 per image"]);
     let r = estimate(&["--model", "gpt2", "--vision", "full"]);
     assert_error(&r, &["--vision", "no vision tower"]);
-    let r = estimate(&["--model", &lv, "--dp", "2"]);
-    assert_error(&r, &["parallel layout", "vision-language model", "one GPU"]);
+    let r = estimate(&["--model", &lv, "--dp", "2", "--tp", "2"]);
+    assert_error(
+        &r,
+        &[
+            "parallel layout",
+            "vision-language model",
+            "data parallelism",
+        ],
+    );
     let r = run(["plan", "--model", &lv, "--gpus", "2", "--gpu", "h100-80gb"]);
     assert_error(
         &r,

@@ -914,3 +914,87 @@ fn hf_trainer_profile_upcasts_fsdp_parameters_to_fp32_as_accelerate_does() {
     // one GPU: nothing to shard, nothing changes
     assert_eq!(peak(&["--framework", "hf-trainer"]).0, peak(&[]).0);
 }
+
+/// A VLM under data parallelism holds what one GPU holds of it, sharded as the layout
+/// shards the text model's states: DDP replicates the vision side's weights, gradients
+/// and optimizer state (the single-GPU figures); ZeRO-3 and FSDP split them over the
+/// ranks; a frozen tower (`--vision frozen`) has weights but no gradients or optimizer
+/// state; FSDP gathers a tower block as a unit of its own.
+#[test]
+fn vlm_model_states_under_data_parallel_layouts() {
+    use llm_mem::estimate::estimate;
+    let spec = preset("llava-1.5-7b");
+    let c = llm_mem::arch::params::count(&spec);
+    let full = train(
+        &spec,
+        &[
+            ("method", "full"),
+            ("seq_len", "2048"),
+            ("grad_ckpt", "full"),
+        ],
+    );
+    let single = estimate(&spec, &full, &Overheads::none()).unwrap();
+    let at = |e: &llm_mem::estimate::Estimate| e.components_at_peak.clone();
+    let ddp = Layout {
+        dp: 2,
+        buffers: Buffers::none(),
+        ..Layout::default()
+    };
+    let d = dist(&spec, &full, &ddp, &Overheads::none());
+    let (a, b) = (at(&single), at(&d.worst().estimate));
+    assert_eq!(
+        (a.weights, a.optimizer_state),
+        (b.weights, b.optimizer_state)
+    );
+    // ZeRO-3 over 4: bf16 weights / 4 (the vision side's too); fp32 master / 4
+    let z3 = Layout {
+        dp: 4,
+        zero: 3,
+        buffers: Buffers::none(),
+        ..Layout::default()
+    };
+    let z = at(&dist(&spec, &full, &z3, &Overheads::none()).worst().estimate);
+    assert!(z.weights.get().abs_diff(c.total * 2 / 4) <= 64, "{z:?}");
+    assert!(
+        z.master_weights.get().abs_diff(c.total * 4 / 4) <= 64,
+        "{z:?}"
+    );
+    // the frozen tower: the same weights, the optimizer state of the rest only
+    let frozen = train(
+        &spec,
+        &[
+            ("method", "full"),
+            ("seq_len", "2048"),
+            ("grad_ckpt", "full"),
+            ("vision", "frozen"),
+        ],
+    );
+    let f = at(&dist(&spec, &frozen, &z3, &Overheads::none())
+        .worst()
+        .estimate);
+    assert_eq!(f.weights, z.weights);
+    let trained = (c.total - c.vision) as f64 / c.total as f64;
+    let ratio = f.master_weights.get() as f64 / z.master_weights.get() as f64;
+    assert!((ratio - trained).abs() < 1e-6, "{ratio} vs {trained}");
+    // FSDP: the same shards as ZeRO-3's weights; the gathered unit is the larger of a
+    // decoder layer and a tower block (here the decoder's)
+    let fsdp = Layout {
+        dp: 4,
+        fsdp: Some(FsdpMode::Full),
+        buffers: Buffers::none(),
+        ..Layout::default()
+    };
+    let v = llm_mem::distributed::rank_view(&spec, &full, &fsdp, 0, spec.layers(), 1).unwrap();
+    let text_only = {
+        let mut t = spec.clone();
+        t.vision = None;
+        llm_mem::distributed::rank_view(&t, &full, &fsdp, 0, t.layers(), 1).unwrap()
+    };
+    let vision = spec.vision.as_ref().unwrap();
+    let (blocks, _) = llm_mem::arch::params::vision_blocks(vision);
+    // the root unit also carries the vision side outside its blocks
+    assert_eq!(
+        v.gathered_fwd - text_only.gathered_fwd,
+        (c.vision - blocks) * 2
+    );
+}
