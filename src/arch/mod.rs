@@ -609,7 +609,7 @@ impl WindowAttn {
         let (mh, mw) = (grid.0 / merge.max(1), grid.1 / merge.max(1));
         let sides = |n: u64| -> Vec<u64> {
             let mut v = vec![w; (n / w) as usize];
-            if n % w > 0 {
+            if !n.is_multiple_of(w) {
                 v.push(n % w);
             }
             v

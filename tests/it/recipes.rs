@@ -934,7 +934,7 @@ fn vlm_model_states_under_data_parallel_layouts() {
         ],
     );
     let single = estimate(&spec, &full, &Overheads::none()).unwrap();
-    let at = |e: &llm_mem::estimate::Estimate| e.components_at_peak.clone();
+    let at = |e: &llm_mem::estimate::Estimate| e.components_at_peak;
     let ddp = Layout {
         dp: 2,
         buffers: Buffers::none(),
