@@ -955,6 +955,21 @@ fn qwen2_vl_training_steps_against_the_trace_probe() {
     );
 }
 
+/// Qwen2.5-VL-3B (`tests/data/trace/vlm_native.csv` rows of
+/// `configs/qwen2.5-vl-3b-l2v2/`: the published config at depth 2 with block 0 windowed
+/// and block 1 full, as blocks 6 and 7 of the published tower): the same 48-cell grid
+/// as Qwen2-VL's — 448x448 images (whole 8x8-patch windows) and 644x420 ones (edge
+/// windows of 48 and fewer patches).
+#[test]
+fn qwen2_5_vl_training_steps_against_the_trace_probe() {
+    vlm_steps_against_the_trace_probe(
+        "qwen2.5-vl-3b-l2v2",
+        "qwen2.5-vl-3b",
+        "trace/vlm_native.csv",
+        48,
+    );
+}
+
 /// Every row of `model` in the trace file `file` estimated on the config `config`
 /// (`rows` of them).
 fn vlm_steps_against_the_trace_probe(config: &str, model: &str, file: &str, rows: usize) {
