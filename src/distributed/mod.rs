@@ -96,6 +96,12 @@ pub fn tp_local(spec: &ModelSpec, tp: u64, start: u64, layers: u64) -> ModelSpec
     m.heads = spec.heads / tp;
     m.kv_heads = (spec.kv_heads / tp).max(1);
     m.intermediate = spec.intermediate / tp;
+    if let Some(moe) = m.moe.as_mut() {
+        // tensor parallelism inside every expert (Megatron-Core's ETP = TP default,
+        // vLLM FusedMoE: `intermediate_size_per_partition`); the router is replicated
+        moe.expert_intermediate /= tp;
+        moe.shared_expert = moe.shared_expert.map(|s| s / tp);
+    }
     m.vocab = spec.vocab.div_ceil(tp);
     m.groups = spec.stage_groups(start, layers);
     m

@@ -339,13 +339,29 @@ impl Layout {
     /// `num_kv_heads = max(1, total_num_kv_heads // tp_size)`).
     fn check_tensor_parallel(&self, spec: &ModelSpec, w: &Workload) -> Result<()> {
         let t = self.tp;
-        if t > 1 && spec.moe.is_some() {
-            // how Megatron and the serving engines split routed experts (expert and
-            // expert-tensor parallelism) is modelled with `--ep`, not yet
-            return layout(format!(
-                "--tp {t} on the mixture-of-experts model {}: tensor parallelism over routed experts is not modelled yet; use --tp 1 (data parallelism, FSDP or ZeRO shard the experts like any parameter)",
-                spec.name
-            ));
+        if let (true, Some(m)) = (t > 1, spec.moe) {
+            // every expert's intermediate width split over the tensor-parallel ranks
+            // (Megatron-Core's expert_tensor_parallel_size = tp by default, vLLM's
+            // FusedMoE under TP): it must divide them
+            for (what, width) in [
+                ("routed experts' intermediate", Some(m.expert_intermediate)),
+                ("shared expert's intermediate", m.shared_expert),
+            ] {
+                if let Some(width) = width.filter(|w| !w.is_multiple_of(t)) {
+                    return layout(format!(
+                        "--tp {t} does not divide the {width} channels of the {what} width of {}; use a divisor of {width}",
+                        spec.name
+                    ));
+                }
+            }
+            if w.task == Task::Train && self.sequence_parallel {
+                // Megatron-Core gathers the sequence-parallel tokens over the TP group
+                // before the dispatch (token_dispatcher.py): not modelled
+                return layout(format!(
+                    "--tp {t} with sequence parallelism on the mixture-of-experts model {}: the token all-gather before Megatron-Core's expert dispatch is not modelled yet; train it without --sequence-parallel",
+                    spec.name
+                ));
+            }
         }
         if !spec.heads.is_multiple_of(t) {
             return layout(format!(

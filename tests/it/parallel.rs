@@ -722,3 +722,90 @@ fn expert_parallel_layouts_that_do_not_fit_are_refused() {
         "{bad}"
     );
 }
+
+/// Tensor parallelism inside every expert (Megatron-Core's expert_tensor_parallel_size
+/// defaulting to tp, vLLM's FusedMoE `intermediate_size_per_partition`): each rank
+/// holds experts / 1 of the experts at intermediate / tp, the router replicated; so the
+/// routed experts' bytes on a rank times tp are the whole model's, on Mixtral,
+/// Qwen1.5-MoE (shared expert) and DeepSeek-V2-Lite (latent attention, dense first
+/// layer). A width tp does not divide, and sequence parallelism in training, are
+/// refused by name.
+#[test]
+fn moe_tensor_parallel_splits_every_expert() {
+    use llm_mem::arch::LinearRole;
+    use llm_mem::distributed::tp_local;
+    let expert_params = |s: &ModelSpec| -> (u64, u64) {
+        let (mut experts, mut router) = (0, 0);
+        for l in s.each_linear() {
+            match l.role {
+                LinearRole::ExpertGateUp | LinearRole::ExpertDown => experts += l.params(),
+                LinearRole::SharedGate | LinearRole::SharedUp | LinearRole::SharedDown => {
+                    experts += l.params()
+                }
+                LinearRole::Router => router += l.params(),
+                _ => {}
+            }
+        }
+        (experts, router)
+    };
+    let mut checked = 0;
+    for (name, tp) in [
+        ("mixtral-8x7b-v0.1", 8u64),
+        ("qwen1.5-moe-a2.7b", 4),
+        ("deepseek-v2-lite", 8),
+    ] {
+        let spec = preset(name);
+        let local = tp_local(&spec, tp, 0, spec.layers());
+        let (e, r) = expert_params(&spec);
+        let (le, lr) = expert_params(&local);
+        assert!(e > 0, "{name}");
+        // biases of the down projections are replicated (none in these three)
+        assert_eq!(le * tp, e, "{name}");
+        assert_eq!(lr, r, "{name}: the router is replicated");
+        // the serving estimate runs with it: weights per rank about 1/tp
+        let w = workload(
+            &spec,
+            Settings::from_flags(&[("task", "infer"), ("prompt_len", "512"), ("gen_len", "8")])
+                .unwrap(),
+        );
+        let l = Layout {
+            tp,
+            ..Layout::default()
+        };
+        let d = estimate_layout(&spec, &w, &Overheads::none(), &l, &Correction::IDENTITY).unwrap();
+        let one = llm_mem::estimate::estimate(&spec, &w, &Overheads::none()).unwrap();
+        let ratio = d.worst().estimate.components_at_peak.weights.get() as f64
+            / one.components_at_peak.weights.get() as f64;
+        assert!(
+            ratio > 1.0 / tp as f64 && ratio < 1.3 / tp as f64,
+            "{name}: {ratio}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+    // refusals
+    let mut odd = preset("qwen1.5-moe-a2.7b");
+    if let Some(m) = odd.moe.as_mut() {
+        m.expert_intermediate = 1000;
+    }
+    let w = workload(&odd, Settings::from_flags(&[("seq_len", "512")]).unwrap());
+    let e = Layout {
+        tp: 16,
+        ..Layout::default()
+    }
+    .validate(&odd, &w)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("1000 channels"), "{e}");
+    let mix = preset("mixtral-8x7b-v0.1");
+    let w = workload(&mix, Settings::from_flags(&[("seq_len", "512")]).unwrap());
+    let e = Layout {
+        tp: 2,
+        sequence_parallel: true,
+        ..Layout::default()
+    }
+    .validate(&mix, &w)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("sequence parallelism"), "{e}");
+}
