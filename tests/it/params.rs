@@ -685,3 +685,36 @@ fn qwen2_5_vl_parameters_and_windows_are_exact() {
     }
     assert_eq!(checked, 5);
 }
+
+/// LoRA r16 on Qwen2-VL-2B and Qwen2.5-VL-3B at full depth: trainable parameters equal
+/// peft 0.21.2's on transformers 5.24's meta-device models (`get_peft_model` with
+/// `target_modules="all-linear"` — the tower's and merger's linears too — and with
+/// q/k/v/o: 29,220,864 / 4,358,144 and 41,363,456 / 7,372,800).
+#[test]
+fn qwen_vl_lora_trainable_parameters_match_peft() {
+    use llm_mem::workload::settings::Settings;
+    let mut checked = 0;
+    for (name, all, attn) in [
+        ("qwen2-vl-2b-instruct", 29_220_864u64, 4_358_144u64),
+        ("qwen2.5-vl-3b", 41_363_456, 7_372_800),
+    ] {
+        let spec = preset(name);
+        for (targets, want) in [("all-linear", all), ("attn", attn)] {
+            let s = Settings::from_flags(&[
+                ("method", "lora"),
+                ("lora_rank", "16"),
+                ("lora_targets", targets),
+                ("seq_len", "2048"),
+            ])
+            .unwrap();
+            let (w, _) = crate::util::build(&spec, &s);
+            assert_eq!(
+                llm_mem::estimate::lora_trainable(&spec, &w),
+                want,
+                "{name} {targets}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 4);
+}
